@@ -1,0 +1,149 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+// Command petrel is Petrel's one binary: the server (petrel serve), the operator tools (petrel admin),
+// and the command-line client (register, send, recv, chat, whoami, safety-number).
+//
+// Only this package reads flags and environment variables; everything else takes typed config.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+)
+
+// env is what a subcommand may touch of the outside world, so tests can run commands in-process.
+type env struct {
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	getenv func(string) string
+	// home is the client state directory (--home, PETREL_HOME, default ~/.petrel).
+	home string
+}
+
+type command struct {
+	name    string
+	usage   string
+	summary string
+	run     func(ctx context.Context, e *env, args []string) int
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "serve [--listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F] [--insecure]", "run a Petrel server", runServe},
+		{"admin", "admin invite [--data DIR] [--server URL]", "operator tools (invite codes)", runAdmin},
+		{"register", "register --server URL --name NAME [--invite CODE]", "create an account with this device", runRegister},
+		{"send", "send --to NAME TEXT... | send --to NAME -", "send a message (or each line of stdin)", runSend},
+		{"recv", "recv [--wait DURATION] [--json]", "receive pending messages", runRecv},
+		{"chat", "chat NAME", "interactive terminal chat", runChat},
+		{"whoami", "whoami", "show this device's account, device id and server", runWhoami},
+		{"safety-number", "safety-number NAME", "show the safety number to compare with NAME out of band", runSafetyNumber},
+		{"version", "version", "print the version", runVersion},
+	}
+}
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func runVersion(_ context.Context, e *env, _ []string) int {
+	fmt.Fprintf(e.stdout, "petrel %s\n", version)
+	return 0
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv})
+	stop()
+	os.Exit(code)
+}
+
+// run parses global flags, picks the subcommand and runs it. It returns the exit code.
+func run(ctx context.Context, args []string, e *env) int {
+	global := flag.NewFlagSet("petrel", flag.ContinueOnError)
+	global.SetOutput(e.stderr)
+	home := global.String("home", "", "client state directory (env PETREL_HOME, default ~/.petrel)")
+	global.Usage = func() { usage(e.stderr) }
+	if err := global.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	rest := global.Args()
+	if len(rest) == 0 {
+		usage(e.stderr)
+		return 2
+	}
+	e.home = resolveHome(*home, e.getenv)
+	name := rest[0]
+	if name == "help" || name == "-h" || name == "--help" {
+		usage(e.stdout)
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name == name {
+			return c.run(ctx, e, rest[1:])
+		}
+	}
+	fmt.Fprintf(e.stderr, "petrel: unknown command %q\n\n", name)
+	usage(e.stderr)
+	return 2
+}
+
+func resolveHome(flagValue string, getenv func(string) string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if v := getenv("PETREL_HOME"); v != "" {
+		return v
+	}
+	if h := getenv("HOME"); h != "" {
+		return filepath.Join(h, ".petrel")
+	}
+	return ".petrel"
+}
+
+func usage(w io.Writer) {
+	var b strings.Builder
+	b.WriteString("usage: petrel [--home DIR] COMMAND [flags]\n\ncommands:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(&b, "  %-15s %s\n", c.name, c.summary)
+	}
+	b.WriteString("\nRun 'petrel COMMAND --help' for a command's flags. See README.md for the full reference.\n")
+	io.WriteString(w, b.String())
+}
+
+// newFlags returns a FlagSet for a subcommand that also accepts --home after the subcommand name.
+func newFlags(e *env, name, usageLine string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Func("home", "client state directory (overrides the global --home)", func(s string) error {
+		e.home = s
+		return nil
+	})
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "usage: petrel %s\n\nflags:\n", usageLine)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args and maps -h to exit code 0 and other errors to 2 (ok=false).
+func parseFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	return 0, true
+}
