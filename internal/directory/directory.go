@@ -1,0 +1,486 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+// Package directory holds accounts, devices and their public keys: registration (open, invite-only
+// or closed), device authentication (challenge–response on the device's Ed25519 auth key), and the
+// prekey directory, where fetching a bundle claims exactly one one-time prekey per device.
+//
+// State lives in the bus: account and device records in key-value buckets, one-time prekeys as
+// messages on prekeys.otk.<device> / prekeys.kem.<device>, claimed by get-then-delete (a failed
+// delete means somebody else claimed that one: take the next).
+package directory
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/petrelchat/petrel/e2ee"
+	"github.com/petrelchat/petrel/internal/bus"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+)
+
+// Registration policies.
+const (
+	PolicyOpen   = "open"
+	PolicyInvite = "invite"
+	PolicyClosed = "closed"
+)
+
+// Errors callers branch on. The gateway maps them to wire codes.
+var (
+	ErrUnknownUser        = errors.New("unknown user")
+	ErrUnknownDevice      = errors.New("unknown device")
+	ErrAuthFailed         = errors.New("authentication failed")
+	ErrNameTaken          = errors.New("name taken")
+	ErrInvalidName        = errors.New("invalid name")
+	ErrRegistrationClosed = errors.New("registration is closed")
+	ErrInvalidInvite      = errors.New("invalid or used invite code")
+	ErrInvalidKeys        = errors.New("invalid keys")
+	ErrInvalidRequest     = errors.New("invalid request")
+	ErrDeviceExists       = errors.New("device already registered")
+	ErrUnavailable        = errors.New("directory unavailable")
+	ErrTooManyPreKeys     = errors.New("too many prekeys")
+)
+
+// Limits on what one device may upload.
+const (
+	MaxPreKeysPerUpload = 200
+	MaxPreKeysStored    = 1000
+	maxClaimAttempts    = 64
+)
+
+// Config tunes the directory.
+type Config struct {
+	// Policy is the registration policy: "open", "invite" or "closed". Default: "open".
+	Policy string
+	// ReplenishBelow is the one-time prekey count under which clients are told to upload more. Default: 20.
+	ReplenishBelow uint32
+	Logger         *slog.Logger
+}
+
+// Directory is the account and key directory.
+type Directory struct {
+	cfg Config
+	bus *bus.Bus
+	log *slog.Logger
+}
+
+// New returns a directory over b. It does no I/O.
+func New(b *bus.Bus, cfg Config) *Directory {
+	if cfg.Policy == "" {
+		cfg.Policy = PolicyOpen
+	}
+	if cfg.ReplenishBelow == 0 {
+		cfg.ReplenishBelow = 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Directory{cfg: cfg, bus: b, log: cfg.Logger}
+}
+
+// ReplenishBelow is the configured prekey threshold.
+func (d *Directory) ReplenishBelow() uint32 { return d.cfg.ReplenishBelow }
+
+// Account is the stored record of one account.
+type Account struct {
+	Name    string    `json:"name"`
+	Devices []string  `json:"devices"`
+	Created time.Time `json:"created"`
+}
+
+// KEMKey is a stored ML-KEM prekey.
+type KEMKey struct {
+	ID        uint32 `json:"id"`
+	PublicKey []byte `json:"public_key"`
+	Signature []byte `json:"signature"`
+}
+
+// SignedKey is a stored signed EC prekey.
+type SignedKey struct {
+	ID        uint32    `json:"id"`
+	PublicKey []byte    `json:"public_key"`
+	Signature []byte    `json:"signature"`
+	Created   time.Time `json:"created"`
+}
+
+// Device is the stored record of one device: only public keys.
+type Device struct {
+	ID            string    `json:"id"`
+	Name          string    `json:"name"`
+	AuthKey       []byte    `json:"auth_key"`
+	IdentityKey   []byte    `json:"identity_key"`
+	SignedPreKey  SignedKey `json:"signed_prekey"`
+	LastResortKEM KEMKey    `json:"last_resort_kem"`
+	Created       time.Time `json:"created"`
+}
+
+// Register creates an account named req.Name whose first device is the one that signed nonce.
+func (d *Directory) Register(ctx context.Context, req *pb.Register, nonce []byte) (*Device, error) {
+	if !pb.ValidName(req.GetName()) {
+		return nil, fmt.Errorf("%w: use 1-32 of a-z 0-9 _ . - starting with a letter or digit", ErrInvalidName)
+	}
+	authKey := req.GetAuthKey()
+	if len(authKey) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("%w: auth key must be %d bytes", ErrInvalidKeys, ed25519.PublicKeySize)
+	}
+	deviceID := pb.DeviceID(authKey)
+	if !ed25519.Verify(authKey, pb.AuthPayload(nonce, deviceID), req.GetSignature()) {
+		return nil, fmt.Errorf("%w: signature does not verify", ErrAuthFailed)
+	}
+	keys := req.GetKeys()
+	dev, err := verifyInitialKeys(keys)
+	if err != nil {
+		return nil, err
+	}
+	switch d.cfg.Policy {
+	case PolicyOpen:
+	case PolicyInvite:
+		if err := d.consumeInvite(ctx, req.GetInvite()); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, ErrRegistrationClosed
+	}
+	now := time.Now().UTC()
+	dev.ID, dev.Name, dev.AuthKey, dev.Created = deviceID, req.GetName(), authKey, now
+	dev.SignedPreKey.Created = now
+	devJSON, _ := json.Marshal(dev)
+	if _, err := d.bus.Devices.Create(ctx, deviceID, devJSON); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, ErrDeviceExists
+		}
+		return nil, fmt.Errorf("%w: create device: %v", ErrUnavailable, err)
+	}
+	accJSON, _ := json.Marshal(&Account{Name: req.GetName(), Devices: []string{deviceID}, Created: now})
+	if _, err := d.bus.Accounts.Create(ctx, req.GetName(), accJSON); err != nil {
+		// Undo the device so the key can register again under another name.
+		if derr := d.bus.Devices.Purge(ctx, deviceID); derr != nil {
+			d.log.Warn("undo device after failed account create", "device", deviceID, "err", derr)
+		}
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, ErrNameTaken
+		}
+		return nil, fmt.Errorf("%w: create account: %v", ErrUnavailable, err)
+	}
+	if err := d.addPreKeys(ctx, dev, keys); err != nil {
+		// The account exists; the client can upload prekeys again after connecting.
+		d.log.Warn("store prekeys at registration", "device", deviceID, "err", err)
+	}
+	return dev, nil
+}
+
+// verifyInitialKeys checks the identity, signed prekey and last-resort KEM prekey of a registration.
+func verifyInitialKeys(keys *pb.KeyBundleUpload) (*Device, error) {
+	if keys == nil || keys.GetSignedPrekey() == nil || keys.GetLastResortKemPrekey() == nil {
+		return nil, fmt.Errorf("%w: identity key, signed prekey and last-resort KEM prekey are required", ErrInvalidKeys)
+	}
+	ik, err := e2ee.ParseIdentityKey(keys.GetIdentityKey())
+	if err != nil {
+		return nil, fmt.Errorf("%w: identity key: %v", ErrInvalidKeys, err)
+	}
+	dev := &Device{IdentityKey: ik.Bytes()}
+	spk := keys.GetSignedPrekey()
+	if err := e2ee.VerifySignedPreKey(ik, e2ee.SignedPreKey{ID: spk.GetId(), PublicKey: spk.GetPublicKey(), Signature: spk.GetSignature()}); err != nil {
+		return nil, fmt.Errorf("%w: signed prekey: %v", ErrInvalidKeys, err)
+	}
+	dev.SignedPreKey = SignedKey{ID: spk.GetId(), PublicKey: spk.GetPublicKey(), Signature: spk.GetSignature()}
+	lr := keys.GetLastResortKemPrekey()
+	if err := e2ee.VerifyKEMPreKey(ik, e2ee.KEMPreKey{ID: lr.GetId(), PublicKey: lr.GetPublicKey(), Signature: lr.GetSignature(), LastResort: true}); err != nil {
+		return nil, fmt.Errorf("%w: last-resort KEM prekey: %v", ErrInvalidKeys, err)
+	}
+	dev.LastResortKEM = KEMKey{ID: lr.GetId(), PublicKey: lr.GetPublicKey(), Signature: lr.GetSignature()}
+	return dev, nil
+}
+
+// addPreKeys verifies and stores one-time prekeys (EC and KEM) in one atomic batch per kind.
+func (d *Directory) addPreKeys(ctx context.Context, dev *Device, keys *pb.KeyBundleUpload) error {
+	if len(keys.GetOneTimePrekeys())+len(keys.GetKemPrekeys()) > MaxPreKeysPerUpload*2 {
+		return fmt.Errorf("%w: at most %d of each kind per upload", ErrTooManyPreKeys, MaxPreKeysPerUpload)
+	}
+	if len(keys.GetOneTimePrekeys()) > MaxPreKeysPerUpload || len(keys.GetKemPrekeys()) > MaxPreKeysPerUpload {
+		return fmt.Errorf("%w: at most %d of each kind per upload", ErrTooManyPreKeys, MaxPreKeysPerUpload)
+	}
+	ik, err := e2ee.ParseIdentityKey(dev.IdentityKey)
+	if err != nil {
+		return fmt.Errorf("%w: stored identity key: %v", ErrInvalidKeys, err)
+	}
+	var otks, kems []*nats.Msg
+	for _, k := range keys.GetOneTimePrekeys() {
+		if len(k.GetPublicKey()) == 0 || len(k.GetPublicKey()) > 64 {
+			return fmt.Errorf("%w: one-time prekey %d has a bad length", ErrInvalidKeys, k.GetId())
+		}
+		b, _ := proto.Marshal(k)
+		otks = append(otks, &nats.Msg{Subject: bus.OneTimePreKeySubject(dev.ID), Data: b, Header: nats.Header{}})
+	}
+	for _, k := range keys.GetKemPrekeys() {
+		if k.GetLastResort() {
+			return fmt.Errorf("%w: a one-time KEM prekey is marked last-resort", ErrInvalidKeys)
+		}
+		if err := e2ee.VerifyKEMPreKey(ik, e2ee.KEMPreKey{ID: k.GetId(), PublicKey: k.GetPublicKey(), Signature: k.GetSignature()}); err != nil {
+			return fmt.Errorf("%w: KEM prekey %d: %v", ErrInvalidKeys, k.GetId(), err)
+		}
+		b, _ := proto.Marshal(k)
+		kems = append(kems, &nats.Msg{Subject: bus.KEMPreKeySubject(dev.ID), Data: b, Header: nats.Header{}})
+	}
+	for _, batch := range [][]*nats.Msg{otks, kems} {
+		if len(batch) == 0 {
+			continue
+		}
+		if n, err := d.count(ctx, batch[0].Subject); err == nil && n+len(batch) > MaxPreKeysStored {
+			return fmt.Errorf("%w: a device may hold at most %d unclaimed prekeys of each kind", ErrTooManyPreKeys, MaxPreKeysStored)
+		}
+		for i := 0; i < len(batch); i += 100 {
+			if _, err := jetstreamext.PublishMsgBatch(ctx, d.bus.JS(), batch[i:min(i+100, len(batch))]); err != nil {
+				return fmt.Errorf("%w: store prekeys: %v", ErrUnavailable, err)
+			}
+		}
+	}
+	return nil
+}
+
+// UploadPreKeys adds one-time prekeys and optionally rotates the signed and last-resort prekeys.
+func (d *Directory) UploadPreKeys(ctx context.Context, deviceID string, keys *pb.KeyBundleUpload) (*pb.PreKeyStatus, error) {
+	if keys == nil {
+		return nil, fmt.Errorf("%w: keys missing", ErrInvalidRequest)
+	}
+	dev, rev, err := d.device(ctx, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	if len(keys.GetIdentityKey()) > 0 && string(keys.GetIdentityKey()) != string(dev.IdentityKey) {
+		return nil, fmt.Errorf("%w: the identity key of a device cannot change", ErrInvalidKeys)
+	}
+	ik, err := e2ee.ParseIdentityKey(dev.IdentityKey)
+	if err != nil {
+		return nil, fmt.Errorf("%w: stored identity key: %v", ErrInvalidKeys, err)
+	}
+	changed := false
+	if spk := keys.GetSignedPrekey(); spk != nil {
+		if err := e2ee.VerifySignedPreKey(ik, e2ee.SignedPreKey{ID: spk.GetId(), PublicKey: spk.GetPublicKey(), Signature: spk.GetSignature()}); err != nil {
+			return nil, fmt.Errorf("%w: signed prekey: %v", ErrInvalidKeys, err)
+		}
+		dev.SignedPreKey = SignedKey{ID: spk.GetId(), PublicKey: spk.GetPublicKey(), Signature: spk.GetSignature(), Created: time.Now().UTC()}
+		changed = true
+	}
+	if lr := keys.GetLastResortKemPrekey(); lr != nil {
+		if err := e2ee.VerifyKEMPreKey(ik, e2ee.KEMPreKey{ID: lr.GetId(), PublicKey: lr.GetPublicKey(), Signature: lr.GetSignature(), LastResort: true}); err != nil {
+			return nil, fmt.Errorf("%w: last-resort KEM prekey: %v", ErrInvalidKeys, err)
+		}
+		dev.LastResortKEM = KEMKey{ID: lr.GetId(), PublicKey: lr.GetPublicKey(), Signature: lr.GetSignature()}
+		changed = true
+	}
+	if changed {
+		b, _ := json.Marshal(dev)
+		if _, err := d.bus.Devices.Update(ctx, deviceID, b, rev); err != nil {
+			return nil, fmt.Errorf("%w: update device: %v", ErrUnavailable, err)
+		}
+	}
+	if err := d.addPreKeys(ctx, dev, keys); err != nil {
+		return nil, err
+	}
+	return d.Status(ctx, dev)
+}
+
+// Status reports how many one-time prekeys a device has left.
+func (d *Directory) Status(ctx context.Context, dev *Device) (*pb.PreKeyStatus, error) {
+	otk, err := d.count(ctx, bus.OneTimePreKeySubject(dev.ID))
+	if err != nil {
+		return nil, err
+	}
+	kem, err := d.count(ctx, bus.KEMPreKeySubject(dev.ID))
+	if err != nil {
+		return nil, err
+	}
+	return &pb.PreKeyStatus{
+		OneTimePrekeysLeft:    uint32(otk),
+		KemPrekeysLeft:        uint32(kem),
+		SignedPrekeyCreatedMs: dev.SignedPreKey.Created.UnixMilli(),
+	}, nil
+}
+
+func (d *Directory) count(ctx context.Context, subject string) (int, error) {
+	info, err := d.bus.PreKeys.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return 0, fmt.Errorf("%w: prekey count: %v", ErrUnavailable, err)
+	}
+	return int(info.State.Subjects[subject]), nil
+}
+
+// Authenticate checks a device's signature over the connection's challenge nonce.
+func (d *Directory) Authenticate(ctx context.Context, deviceID string, nonce, sig []byte) (*Device, error) {
+	if !pb.ValidDeviceID(deviceID) {
+		return nil, fmt.Errorf("%w: malformed device id", ErrAuthFailed)
+	}
+	dev, _, err := d.device(ctx, deviceID)
+	if errors.Is(err, ErrUnknownDevice) {
+		return nil, fmt.Errorf("%w: unknown device", ErrAuthFailed)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(dev.AuthKey) != ed25519.PublicKeySize || !ed25519.Verify(dev.AuthKey, pb.AuthPayload(nonce, deviceID), sig) {
+		return nil, fmt.Errorf("%w: signature does not verify", ErrAuthFailed)
+	}
+	return dev, nil
+}
+
+// Device returns a device record.
+func (d *Directory) Device(ctx context.Context, deviceID string) (*Device, error) {
+	dev, _, err := d.device(ctx, deviceID)
+	return dev, err
+}
+
+func (d *Directory) device(ctx context.Context, deviceID string) (*Device, uint64, error) {
+	e, err := d.bus.Devices.Get(ctx, deviceID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, ErrUnknownDevice
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: read device: %v", ErrUnavailable, err)
+	}
+	dev := &Device{}
+	if err := json.Unmarshal(e.Value(), dev); err != nil {
+		return nil, 0, fmt.Errorf("%w: device record %s: %v", ErrUnavailable, deviceID, err)
+	}
+	return dev, e.Revision(), nil
+}
+
+// Account returns an account record.
+func (d *Directory) Account(ctx context.Context, name string) (*Account, error) {
+	if !pb.ValidName(name) {
+		return nil, ErrUnknownUser
+	}
+	e, err := d.bus.Accounts.Get(ctx, name)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, ErrUnknownUser
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: read account: %v", ErrUnavailable, err)
+	}
+	acc := &Account{}
+	if err := json.Unmarshal(e.Value(), acc); err != nil {
+		return nil, fmt.Errorf("%w: account record %s: %v", ErrUnavailable, name, err)
+	}
+	return acc, nil
+}
+
+// Bundles returns a prekey bundle for each requested device of name (all when deviceIDs is empty),
+// claiming one one-time EC prekey and one one-time KEM prekey per device when any are left.
+func (d *Directory) Bundles(ctx context.Context, name string, deviceIDs []string) (*pb.BundleResult, error) {
+	acc, err := d.Account(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	want := acc.Devices
+	if len(deviceIDs) > 0 {
+		owned := make(map[string]bool, len(acc.Devices))
+		for _, id := range acc.Devices {
+			owned[id] = true
+		}
+		for _, id := range deviceIDs {
+			if !owned[id] {
+				return nil, fmt.Errorf("%w: %s has no device %q", ErrUnknownDevice, name, id)
+			}
+		}
+		want = deviceIDs
+	}
+	res := &pb.BundleResult{Name: name}
+	for _, id := range want {
+		dev, _, err := d.device(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		db := &pb.DeviceBundle{
+			DeviceId:     id,
+			IdentityKey:  dev.IdentityKey,
+			SignedPrekey: &pb.SignedPreKey{Id: dev.SignedPreKey.ID, PublicKey: dev.SignedPreKey.PublicKey, Signature: dev.SignedPreKey.Signature},
+			KemPrekey:    &pb.KEMPreKey{Id: dev.LastResortKEM.ID, PublicKey: dev.LastResortKEM.PublicKey, Signature: dev.LastResortKEM.Signature, LastResort: true},
+		}
+		if raw, err := d.claim(ctx, bus.KEMPreKeySubject(id)); err != nil {
+			return nil, err
+		} else if raw != nil {
+			k := &pb.KEMPreKey{}
+			if proto.Unmarshal(raw, k) == nil {
+				db.KemPrekey = k
+			}
+		}
+		if raw, err := d.claim(ctx, bus.OneTimePreKeySubject(id)); err != nil {
+			return nil, err
+		} else if raw != nil {
+			k := &pb.OneTimePreKey{}
+			if proto.Unmarshal(raw, k) == nil {
+				db.OneTimePrekey = k
+			}
+		}
+		res.Devices = append(res.Devices, db)
+	}
+	return res, nil
+}
+
+// claim takes the oldest unclaimed prekey on subject: get it, then delete it; whoever deletes it
+// owns it. It returns nil when none are left.
+func (d *Directory) claim(ctx context.Context, subject string) ([]byte, error) {
+	seq := uint64(1)
+	for range maxClaimAttempts {
+		m, err := d.bus.PreKeys.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: read prekey: %v", ErrUnavailable, err)
+		}
+		if err := d.bus.PreKeys.DeleteMsg(ctx, m.Sequence); err != nil {
+			// Somebody else claimed it (or it expired): take the next one.
+			seq = m.Sequence + 1
+			continue
+		}
+		return m.Data, nil
+	}
+	return nil, fmt.Errorf("%w: prekey claim contended %d times", ErrUnavailable, maxClaimAttempts)
+}
+
+// CreateInvite makes a one-time invite code, valid for bus.InviteTTL.
+func (d *Directory) CreateInvite(ctx context.Context) (string, error) {
+	var raw [10]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	code := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(raw[:]))
+	rec, _ := json.Marshal(map[string]any{"created": time.Now().UTC()})
+	if _, err := d.bus.Invites.Create(ctx, code, rec); err != nil {
+		return "", fmt.Errorf("%w: store invite: %v", ErrUnavailable, err)
+	}
+	return code, nil
+}
+
+// consumeInvite deletes an invite code; only one registration can win it.
+func (d *Directory) consumeInvite(ctx context.Context, code string) error {
+	if code == "" || len(code) > 64 {
+		return ErrInvalidInvite
+	}
+	e, err := d.bus.Invites.Get(ctx, code)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return ErrInvalidInvite
+	}
+	if err != nil {
+		return fmt.Errorf("%w: read invite: %v", ErrUnavailable, err)
+	}
+	if err := d.bus.Invites.Purge(ctx, code, jetstream.LastRevision(e.Revision())); err != nil {
+		return ErrInvalidInvite
+	}
+	return nil
+}

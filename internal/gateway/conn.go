@@ -1,0 +1,429 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lesismal/nbio/nbhttp/websocket"
+	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/petrelchat/petrel/internal/directory"
+	"github.com/petrelchat/petrel/internal/mailbox"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+)
+
+// Connection states.
+const (
+	stateHandshake int32 = iota
+	stateAuthed
+	stateClosed
+)
+
+// conn is one device connection. It holds no buffers while idle.
+type conn struct {
+	g       *Gateway
+	ws      *websocket.Conn
+	id      string
+	nonce   [pb.NonceSize]byte
+	limiter *rate.Limiter
+	state   atomic.Int32
+	sends   atomic.Int32 // sends in flight
+
+	mu    sync.Mutex // guards the fields below
+	dev   *directory.Device
+	att   *mailbox.Attachment
+	route *mailbox.Route
+}
+
+// handle processes one frame. A panic here is contained to this connection (invariant 6).
+func (c *conn) handle(mt websocket.MessageType, data []byte) {
+	var reqID uint64
+	defer func() {
+		if r := recover(); r != nil {
+			errID := newErrorID()
+			c.g.metrics.panics.Inc()
+			c.g.log.Error("panic handling frame", "conn", c.id, "error_id", errID, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			c.write(errorFrame(reqID, &codedError{code: pb.ErrorCode_ERROR_CODE_INTERNAL, msg: "internal error", retry: 1000}, errID))
+		}
+	}()
+	if c.state.Load() == stateClosed {
+		return
+	}
+	c.g.metrics.frames.Inc()
+	if c.state.Load() == stateAuthed {
+		_ = c.ws.SetReadDeadline(time.Now().Add(c.g.cfg.IdleTimeout))
+	}
+	if mt != websocket.BinaryMessage {
+		c.fail(0, pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frames are binary WebSocket messages")
+		return
+	}
+	if !c.limiter.Allow() {
+		c.g.metrics.rejected.WithLabelValues("rate_limited").Inc()
+		c.write(&pb.Frame{Body: &pb.Frame_Error{Error: &pb.Error{
+			Code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, Message: "too many frames", RetryAfterMs: 1000,
+		}}})
+		return
+	}
+	f, err := pb.DecodeFrame(data, c.g.cfg.MaxFrameBytes)
+	if err != nil {
+		code := pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME
+		if errors.Is(err, pb.ErrFrameTooLarge) {
+			code = pb.ErrorCode_ERROR_CODE_FRAME_TOO_LARGE
+		}
+		c.fail(0, code, err.Error())
+		return
+	}
+	reqID = f.Id
+	if c.state.Load() == stateHandshake {
+		c.handshake(f)
+		return
+	}
+	switch b := f.Body.(type) {
+	case *pb.Frame_Send:
+		c.send(f.Id, b.Send)
+	case *pb.Frame_DeliverAck:
+		c.mu.Lock()
+		att := c.att
+		c.mu.Unlock()
+		if att != nil {
+			att.Ack(b.DeliverAck.GetTags())
+		}
+	case *pb.Frame_Ping:
+		c.write(&pb.Frame{Id: f.Id, Body: &pb.Frame_Pong{Pong: &pb.Pong{ClientTimeMs: b.Ping.GetClientTimeMs(), ServerTimeMs: time.Now().UnixMilli()}}})
+	case *pb.Frame_GetBundle:
+		c.getBundle(f.Id, b.GetBundle)
+	case *pb.Frame_UploadPrekeys:
+		c.uploadPreKeys(f.Id, b.UploadPrekeys)
+	case *pb.Frame_QueryQueued:
+		c.queryQueued(f.Id, b.QueryQueued)
+	case *pb.Frame_Register, *pb.Frame_Auth:
+		c.fail(f.Id, pb.ErrorCode_ERROR_CODE_ALREADY_AUTHENTICATED, "this connection is already authenticated")
+	default:
+		c.fail(f.Id, pb.ErrorCode_ERROR_CODE_UNKNOWN_FRAME, "unknown or unexpected frame type")
+	}
+}
+
+func (c *conn) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 10*time.Second)
+}
+
+// handshake accepts Register or Auth; anything else is refused with NOT_AUTHENTICATED.
+func (c *conn) handshake(f *pb.Frame) {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	var (
+		dev *directory.Device
+		err error
+	)
+	switch b := f.Body.(type) {
+	case *pb.Frame_Register:
+		if !c.g.regLimit.Allow() {
+			c.write(&pb.Frame{Id: f.Id, Body: &pb.Frame_Error{Error: &pb.Error{
+				Code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, Message: "too many registrations, try later", RetryAfterMs: 5000,
+			}}})
+			return
+		}
+		dev, err = c.g.dir.Register(ctx, b.Register, c.nonce[:])
+		if err == nil {
+			c.g.metrics.registrations.Inc()
+			c.g.log.Info("registered", "name", dev.Name, "device", dev.ID)
+		}
+	case *pb.Frame_Auth:
+		dev, err = c.g.dir.Authenticate(ctx, b.Auth.GetDeviceId(), c.nonce[:], b.Auth.GetSignature())
+	default:
+		c.fail(f.Id, pb.ErrorCode_ERROR_CODE_NOT_AUTHENTICATED, "authenticate first (Register or Auth)")
+		return
+	}
+	if err != nil {
+		c.g.metrics.authFailures.Inc()
+		errID := newErrorID()
+		c.g.log.Info("handshake refused", "conn", c.id, "error_id", errID, "err", err)
+		c.write(errorFrame(f.Id, err, errID))
+		return
+	}
+	status, err := c.g.dir.Status(ctx, dev)
+	if err != nil {
+		c.write(errorFrame(f.Id, err, newErrorID()))
+		return
+	}
+	c.mu.Lock()
+	c.dev = dev
+	c.route = mailbox.NewRoute()
+	c.mu.Unlock()
+	if !c.state.CompareAndSwap(stateHandshake, stateAuthed) {
+		return
+	}
+	_ = c.ws.SetReadDeadline(time.Now().Add(c.g.cfg.IdleTimeout))
+	c.write(&pb.Frame{Id: f.Id, Body: &pb.Frame_Welcome{Welcome: &pb.Welcome{
+		Name:                  dev.Name,
+		DeviceId:              dev.ID,
+		OneTimePrekeysLeft:    status.GetOneTimePrekeysLeft(),
+		KemPrekeysLeft:        status.GetKemPrekeysLeft(),
+		ReplenishBelow:        c.g.dir.ReplenishBelow(),
+		SignedPrekeyCreatedMs: status.GetSignedPrekeyCreatedMs(),
+		ServerTimeMs:          time.Now().UnixMilli(),
+		MaxFrameBytes:         uint32(c.g.cfg.MaxFrameBytes),
+	}}})
+	att, err := c.g.mb.Attach(dev.ID, c.id, c)
+	if err != nil {
+		c.write(errorFrame(0, err, newErrorID()))
+		c.close()
+		return
+	}
+	c.mu.Lock()
+	if c.state.Load() == stateClosed {
+		c.mu.Unlock()
+		att.Detach()
+		return
+	}
+	c.att = att
+	c.mu.Unlock()
+}
+
+// send validates a Send and hands it to the mailbox; the answer is written when every device has
+// the envelope (acked live or stored), or as an error when one does not.
+func (c *conn) send(id uint64, s *pb.Send) {
+	if id == 0 {
+		c.fail(0, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "a Send needs a request id")
+		return
+	}
+	if !pb.ValidMessageID(s.GetMessageId()) {
+		c.fail(id, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "message_id must be 1-64 of A-Z a-z 0-9 _ -")
+		return
+	}
+	if int(c.sends.Load()) >= c.g.cfg.MaxInflightSends {
+		c.write(&pb.Frame{Id: id, Body: &pb.Frame_Error{Error: &pb.Error{
+			Code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, Message: "too many sends in flight", RetryAfterMs: 100,
+		}}})
+		return
+	}
+	ctx, cancel := c.ctx()
+	acc, err := c.g.dir.Account(ctx, s.GetTo())
+	cancel()
+	if err != nil {
+		c.write(errorFrame(id, err, newErrorID()))
+		return
+	}
+	if err := checkDevices(acc.Devices, s.GetEnvelopes()); err != nil {
+		c.write(errorFrame(id, err, ""))
+		return
+	}
+	c.mu.Lock()
+	dev, route := c.dev, c.route
+	c.mu.Unlock()
+	now := time.Now().UnixMilli()
+	targets := make([]mailbox.Target, 0, len(s.GetEnvelopes()))
+	for _, e := range s.GetEnvelopes() {
+		if e.GetType() != pb.EnvelopeType_ENVELOPE_TYPE_PREKEY && e.GetType() != pb.EnvelopeType_ENVELOPE_TYPE_MESSAGE {
+			c.fail(id, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "envelope type must be PREKEY or MESSAGE")
+			return
+		}
+		if len(e.GetCiphertext()) == 0 {
+			c.fail(id, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "empty ciphertext")
+			return
+		}
+		env, _ := proto.Marshal(&pb.Envelope{
+			MessageId:    s.GetMessageId(),
+			From:         dev.Name,
+			FromDevice:   dev.ID,
+			Type:         e.GetType(),
+			Ciphertext:   e.GetCiphertext(),
+			ServerTimeMs: now,
+		})
+		targets = append(targets, mailbox.Target{
+			DeviceID: e.GetDeviceId(),
+			DedupeID: dev.ID + "." + s.GetMessageId() + "." + e.GetDeviceId(),
+			Envelope: env,
+		})
+	}
+	c.sends.Add(1)
+	c.g.inflight.Add(1)
+	msgID := s.GetMessageId()
+	c.g.mb.Send(route, targets, func(o mailbox.Outcome) {
+		defer c.g.inflight.Done()
+		defer c.sends.Add(-1)
+		if o.Err != nil {
+			errID := newErrorID()
+			c.g.log.Warn("send not acked", "conn", c.id, "error_id", errID, "err", o.Err)
+			c.write(errorFrame(id, o.Err, errID))
+			return
+		}
+		c.g.metrics.sends.Inc()
+		c.write(&pb.Frame{Id: id, Body: &pb.Frame_SendResult{SendResult: &pb.SendResult{
+			MessageId: msgID, DeliveredLive: uint32(o.Live), Stored: uint32(o.Stored),
+		}}})
+	})
+}
+
+// checkDevices requires exactly one envelope per current device of the recipient.
+func checkDevices(current []string, envs []*pb.DeviceCiphertext) error {
+	if len(envs) == 0 {
+		return &codedError{code: pb.ErrorCode_ERROR_CODE_STALE_DEVICES, msg: "no envelopes: the recipient's devices are listed", devices: current}
+	}
+	cur := make(map[string]bool, len(current))
+	for _, d := range current {
+		cur[d] = true
+	}
+	seen := make(map[string]bool, len(envs))
+	for _, e := range envs {
+		d := e.GetDeviceId()
+		if seen[d] {
+			return &codedError{code: pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, msg: "two envelopes for one device"}
+		}
+		seen[d] = true
+		if !cur[d] {
+			return &codedError{code: pb.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE, msg: "the recipient does not own device " + d, devices: current}
+		}
+	}
+	if len(seen) != len(cur) {
+		return &codedError{code: pb.ErrorCode_ERROR_CODE_STALE_DEVICES, msg: "the device list is stale: encrypt for every listed device", devices: current}
+	}
+	return nil
+}
+
+func (c *conn) getBundle(id uint64, req *pb.GetBundle) {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	res, err := c.g.dir.Bundles(ctx, req.GetName(), req.GetDeviceIds())
+	if err != nil {
+		c.write(errorFrame(id, err, newErrorID()))
+		return
+	}
+	c.write(&pb.Frame{Id: id, Body: &pb.Frame_BundleResult{BundleResult: res}})
+}
+
+func (c *conn) uploadPreKeys(id uint64, req *pb.UploadPreKeys) {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	c.mu.Lock()
+	devID := c.dev.ID
+	c.mu.Unlock()
+	st, err := c.g.dir.UploadPreKeys(ctx, devID, req.GetKeys())
+	if err != nil {
+		c.write(errorFrame(id, err, newErrorID()))
+		return
+	}
+	c.write(&pb.Frame{Id: id, Body: &pb.Frame_PrekeyStatus{PrekeyStatus: st}})
+}
+
+func (c *conn) queryQueued(id uint64, req *pb.QueryQueued) {
+	if len(req.GetMessageIds()) > pb.MaxQueryQueued {
+		c.fail(id, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, fmt.Sprintf("at most %d message ids", pb.MaxQueryQueued))
+		return
+	}
+	ctx, cancel := c.ctx()
+	defer cancel()
+	acc, err := c.g.dir.Account(ctx, req.GetTo())
+	if err != nil {
+		c.write(errorFrame(id, err, ""))
+		return
+	}
+	owned := false
+	for _, d := range acc.Devices {
+		owned = owned || d == req.GetDeviceId()
+	}
+	if !owned {
+		c.fail(id, pb.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE, "the recipient does not own that device")
+		return
+	}
+	c.mu.Lock()
+	me := c.dev.ID
+	c.mu.Unlock()
+	found, err := c.g.mb.QueryQueued(ctx, req.GetDeviceId(), me, req.GetMessageIds(), func(b []byte) (string, string, bool) {
+		e := &pb.Envelope{}
+		if proto.Unmarshal(b, e) != nil {
+			return "", "", false
+		}
+		return e.GetMessageId(), e.GetFromDevice(), true
+	})
+	if err != nil {
+		c.write(errorFrame(id, fmt.Errorf("%w: %v", mailbox.ErrStorage, err), newErrorID()))
+		return
+	}
+	c.write(&pb.Frame{Id: id, Body: &pb.Frame_QueuedResult{QueuedResult: &pb.QueuedResult{Queued: found}}})
+}
+
+// Push implements mailbox.Sink: it writes a Deliver frame built around the stored envelope bytes.
+func (c *conn) Push(tag uint64, envelope []byte) error {
+	if c.state.Load() == stateClosed {
+		return errors.New("connection closed")
+	}
+	inner := protowire.AppendTag(nil, 1, protowire.VarintType)
+	inner = protowire.AppendVarint(inner, tag)
+	inner = protowire.AppendTag(inner, 2, protowire.BytesType)
+	inner = protowire.AppendBytes(inner, envelope)
+	frame := make([]byte, 0, len(inner)+8)
+	frame = protowire.AppendTag(frame, 13, protowire.BytesType)
+	frame = protowire.AppendBytes(frame, inner)
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, frame); err != nil {
+		return err
+	}
+	c.g.metrics.pushed.Inc()
+	return nil
+}
+
+// QueueEmpty implements mailbox.Sink.
+func (c *conn) QueueEmpty(delivered int) {
+	c.write(&pb.Frame{Body: &pb.Frame_QueueEmpty{QueueEmpty: &pb.QueueEmpty{Delivered: uint32(delivered)}}})
+}
+
+// Kicked implements mailbox.Sink: another connection of this device took over.
+func (c *conn) Kicked() {
+	c.write(&pb.Frame{Body: &pb.Frame_Error{Error: &pb.Error{
+		Code:    pb.ErrorCode_ERROR_CODE_CONNECTED_ELSEWHERE,
+		Message: "this device connected elsewhere; this connection is closed",
+	}}})
+	c.close()
+}
+
+func (c *conn) write(f *pb.Frame) {
+	b, err := proto.Marshal(f)
+	if err != nil {
+		c.g.log.Error("encode frame", "err", err)
+		return
+	}
+	_ = c.ws.WriteMessage(websocket.BinaryMessage, b)
+}
+
+func (c *conn) fail(id uint64, code pb.ErrorCode, msg string) {
+	c.g.metrics.rejected.WithLabelValues(pb.ErrorCodeName(code)).Inc()
+	c.write(&pb.Frame{Id: id, Body: &pb.Frame_Error{Error: &pb.Error{Code: code, Message: msg}}})
+}
+
+// close closes the WebSocket; onClose then detaches.
+func (c *conn) close() {
+	_ = c.ws.Close()
+	c.shutdown()
+}
+
+// shutdown detaches the device from delivery. Idempotent.
+func (c *conn) shutdown() {
+	if c.state.Swap(stateClosed) == stateClosed {
+		return
+	}
+	c.mu.Lock()
+	att := c.att
+	c.att = nil
+	c.mu.Unlock()
+	if att != nil {
+		att.Detach()
+	}
+}
+
+func newErrorID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

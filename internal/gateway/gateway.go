@@ -1,0 +1,367 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+// Package gateway accepts device WebSocket connections at /v1/connect (subprotocol "petrel.v1",
+// compression off), runs the challenge–response handshake, and turns frames into directory and
+// mailbox calls. It is event-driven: connections live in nbio's pollers, and a goroutine runs for
+// a connection only while one of its frames is being handled, so an idle connection costs a small
+// struct and no buffers.
+//
+// A frame's handler never waits on the network for a send: sends complete asynchronously and their
+// results are written when ready, so a connection keeps reading (and acking) while its own sends are
+// in flight.
+package gateway
+
+import (
+	"context"
+	cryptorand "crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lesismal/llib/std/crypto/tls"
+	"github.com/lesismal/nbio/nbhttp"
+	"github.com/lesismal/nbio/nbhttp/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/petrelchat/petrel/internal/directory"
+	"github.com/petrelchat/petrel/internal/mailbox"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+)
+
+// Config tunes the gateway.
+type Config struct {
+	// MaxFrameBytes is the largest frame accepted. Default: 256 KiB.
+	MaxFrameBytes int
+	// HandshakeTimeout is how long a new connection has to authenticate. Default: 10s.
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection that sends nothing (clients ping) for this long. Default: 120s.
+	IdleTimeout time.Duration
+	// MaxConns is the most connections held; beyond it upgrades get 503 with Retry-After. Required.
+	MaxConns int
+	// FramesPerSecond and FrameBurst rate-limit each connection. Defaults: 2000 and 4000.
+	FramesPerSecond float64
+	FrameBurst      int
+	// MaxInflightSends bounds the unacked sends of one connection. Default: 1024.
+	MaxInflightSends int
+	// RegistrationsPerSecond rate-limits registrations node-wide. Default: 20 (burst 100).
+	RegistrationsPerSecond float64
+	// Node is this node's name (shown in Challenge).
+	Node     string
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxFrameBytes == 0 {
+		c.MaxFrameBytes = pb.DefaultMaxFrameBytes
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 120 * time.Second
+	}
+	if c.FramesPerSecond == 0 {
+		c.FramesPerSecond = 2000
+	}
+	if c.FrameBurst == 0 {
+		c.FrameBurst = 4000
+	}
+	if c.MaxInflightSends == 0 {
+		c.MaxInflightSends = 1024
+	}
+	if c.RegistrationsPerSecond == 0 {
+		c.RegistrationsPerSecond = 20
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Gateway serves device connections.
+type Gateway struct {
+	cfg      Config
+	dir      *directory.Directory
+	mb       *mailbox.Mailbox
+	log      *slog.Logger
+	metrics  *metrics
+	upgrader *websocket.Upgrader
+	regLimit *rate.Limiter
+
+	draining atomic.Bool
+	count    atomic.Int64
+	inflight sync.WaitGroup // sends not yet answered
+
+	mu    sync.Mutex
+	conns map[*conn]struct{} // guarded by mu
+}
+
+// New returns a gateway. It does no I/O.
+func New(dir *directory.Directory, mb *mailbox.Mailbox, cfg Config) *Gateway {
+	cfg.setDefaults()
+	routeNBIOLogs(cfg.Logger)
+	g := &Gateway{
+		cfg:      cfg,
+		dir:      dir,
+		mb:       mb,
+		log:      cfg.Logger,
+		metrics:  newMetrics(cfg.Registry),
+		regLimit: rate.NewLimiter(rate.Limit(cfg.RegistrationsPerSecond), 100),
+		conns:    map[*conn]struct{}{},
+	}
+	u := websocket.NewUpgrader()
+	u.Subprotocols = []string{pb.Subprotocol}
+	u.EnableCompression(false) // ciphertext does not compress; compression next to secrets invites CRIME-style leaks
+	u.MessageLengthLimit = 2 * cfg.MaxFrameBytes
+	u.CheckOrigin = func(*http.Request) bool { return true } // auth is by device signature, not cookies
+	u.OnOpen(g.onOpen)
+	u.OnMessage(g.onMessage)
+	u.OnClose(g.onClose)
+	g.upgrader = u
+	return g
+}
+
+// MaxFrameBytes is the configured frame limit.
+func (g *Gateway) MaxFrameBytes() int { return g.cfg.MaxFrameBytes }
+
+// Conns is the number of open connections.
+func (g *Gateway) Conns() int { return int(g.count.Load()) }
+
+// ServeHTTP upgrades GET /v1/connect. Near the connection limit, or while draining, it answers
+// 503 with Retry-After instead of accepting, so the process never fails inside accept.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if g.draining.Load() {
+		g.metrics.refused.WithLabelValues("draining").Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(5)))
+		http.Error(w, "server is shutting down, reconnect elsewhere", http.StatusServiceUnavailable)
+		return
+	}
+	if g.count.Load() >= int64(g.cfg.MaxConns) {
+		g.metrics.refused.WithLabelValues("full").Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(10)))
+		http.Error(w, "server is at its connection limit", http.StatusServiceUnavailable)
+		return
+	}
+	if !isUpgrade(r) || !hasSubprotocol(r) {
+		http.Error(w, "expected a WebSocket upgrade with subprotocol "+pb.Subprotocol, http.StatusBadRequest)
+		return
+	}
+	if _, err := g.upgrader.Upgrade(w, r, nil); err != nil {
+		g.metrics.refused.WithLabelValues("upgrade").Inc()
+		return
+	}
+}
+
+func isUpgrade(r *http.Request) bool {
+	for _, v := range r.Header.Values("Upgrade") {
+		for _, p := range splitComma(v) {
+			if len(p) == 9 && (p == "websocket" || p == "WebSocket" || p == "Websocket") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func hasSubprotocol(r *http.Request) bool {
+	for _, v := range r.Header.Values("Sec-Websocket-Protocol") {
+		for _, p := range splitComma(v) {
+			if p == pb.Subprotocol {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func splitComma(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			p := s[start:i]
+			for len(p) > 0 && p[0] == ' ' {
+				p = p[1:]
+			}
+			for len(p) > 0 && p[len(p)-1] == ' ' {
+				p = p[:len(p)-1]
+			}
+			out = append(out, p)
+			start = i + 1
+		}
+	}
+	return out
+}
+
+func (g *Gateway) onOpen(ws *websocket.Conn) {
+	c := &conn{g: g, ws: ws}
+	c.id = newErrorID()
+	if _, err := cryptorand.Read(c.nonce[:]); err != nil {
+		ws.Close()
+		return
+	}
+	c.limiter = rate.NewLimiter(rate.Limit(g.cfg.FramesPerSecond), g.cfg.FrameBurst)
+	ws.SetSession(c)
+	g.mu.Lock()
+	g.conns[c] = struct{}{}
+	g.mu.Unlock()
+	g.count.Add(1)
+	g.metrics.conns.Inc()
+	_ = ws.SetReadDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
+	c.write(&pb.Frame{Body: &pb.Frame_Challenge{Challenge: &pb.Challenge{
+		Nonce:        c.nonce[:],
+		ServerTimeMs: time.Now().UnixMilli(),
+		Node:         g.cfg.Node,
+	}}})
+}
+
+func (g *Gateway) onClose(ws *websocket.Conn, _ error) {
+	c, ok := ws.Session().(*conn)
+	if !ok {
+		return
+	}
+	g.mu.Lock()
+	_, present := g.conns[c]
+	delete(g.conns, c)
+	g.mu.Unlock()
+	if !present {
+		return
+	}
+	g.count.Add(-1)
+	g.metrics.conns.Dec()
+	c.shutdown()
+}
+
+func (g *Gateway) onMessage(ws *websocket.Conn, mt websocket.MessageType, data []byte) {
+	c, ok := ws.Session().(*conn)
+	if !ok {
+		return
+	}
+	c.handle(mt, data)
+}
+
+// Drain is the lame-duck shutdown of the gateway: refuse new connections, tell every client to
+// reconnect (spread over time, with jitter, to avoid a reconnect storm), wait for in-flight sends
+// to be answered, then close what is left. It returns when done or when ctx ends.
+func (g *Gateway) Drain(ctx context.Context) error {
+	g.draining.Store(true)
+	g.mu.Lock()
+	conns := make([]*conn, 0, len(g.conns))
+	for c := range g.conns {
+		conns = append(conns, c)
+	}
+	g.mu.Unlock()
+	for _, c := range conns {
+		c.write(&pb.Frame{Body: &pb.Frame_GoAway{GoAway: &pb.GoAway{
+			Reason:       pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN,
+			RetryAfterMs: uint32(250 + rand.IntN(2750)),
+			Message:      "server is shutting down; reconnect",
+		}}})
+	}
+	done := make(chan struct{})
+	go func() { g.inflight.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("waiting for in-flight sends: %w", context.Cause(ctx))
+	}
+	for _, c := range conns {
+		c.close()
+	}
+	return err
+}
+
+// Ready reports whether the gateway accepts connections.
+func (g *Gateway) Ready() bool { return !g.draining.Load() }
+
+// NewEngine builds the nbio HTTP engine that serves handler on addr, with TLS when tlsCfg is set.
+func NewEngine(name, addr string, tlsCfg *tls.Config, maxConns int, handler http.Handler) *nbhttp.Engine {
+	conf := nbhttp.Config{
+		Name:                    name,
+		Network:                 "tcp",
+		MaxLoad:                 maxConns + 64,
+		Handler:                 handler,
+		ReleaseWebsocketPayload: false,
+		MaxWriteBufferSize:      8 << 20, // a client that stops reading is cut off, not buffered forever
+		ReadBufferSize:          16 << 10,
+	}
+	if tlsCfg != nil {
+		conf.AddrsTLS = []string{addr}
+		conf.TLSConfig = tlsCfg
+	} else {
+		conf.Addrs = []string{addr}
+	}
+	return nbhttp.NewEngine(conf)
+}
+
+// LoadTLS loads a certificate and key for NewEngine.
+func LoadTLS(certFile, keyFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load TLS certificate: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// errorFrame maps an error to a wire Error with a stable code.
+func errorFrame(id uint64, err error, errID string) *pb.Frame {
+	code, retry := codeFor(err)
+	e := &pb.Error{Code: code, Message: err.Error(), RetryAfterMs: retry, ErrorId: errID}
+	var ce *codedError
+	if errors.As(err, &ce) {
+		e.Devices = ce.devices
+	}
+	return &pb.Frame{Id: id, Body: &pb.Frame_Error{Error: e}}
+}
+
+// codedError carries a wire code chosen by the gateway itself.
+type codedError struct {
+	code    pb.ErrorCode
+	msg     string
+	retry   uint32
+	devices []string
+}
+
+func (e *codedError) Error() string { return e.msg }
+
+func codeFor(err error) (pb.ErrorCode, uint32) {
+	var ce *codedError
+	switch {
+	case errors.As(err, &ce):
+		return ce.code, ce.retry
+	case errors.Is(err, directory.ErrUnknownUser):
+		return pb.ErrorCode_ERROR_CODE_UNKNOWN_USER, 0
+	case errors.Is(err, directory.ErrUnknownDevice):
+		return pb.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE, 0
+	case errors.Is(err, directory.ErrAuthFailed):
+		return pb.ErrorCode_ERROR_CODE_AUTH_FAILED, 0
+	case errors.Is(err, directory.ErrNameTaken), errors.Is(err, directory.ErrDeviceExists):
+		return pb.ErrorCode_ERROR_CODE_NAME_TAKEN, 0
+	case errors.Is(err, directory.ErrInvalidName):
+		return pb.ErrorCode_ERROR_CODE_INVALID_NAME, 0
+	case errors.Is(err, directory.ErrRegistrationClosed):
+		return pb.ErrorCode_ERROR_CODE_REGISTRATION_CLOSED, 0
+	case errors.Is(err, directory.ErrInvalidInvite):
+		return pb.ErrorCode_ERROR_CODE_INVALID_INVITE, 0
+	case errors.Is(err, directory.ErrInvalidKeys):
+		return pb.ErrorCode_ERROR_CODE_INVALID_KEYS, 0
+	case errors.Is(err, directory.ErrInvalidRequest), errors.Is(err, directory.ErrTooManyPreKeys):
+		return pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, 0
+	case errors.Is(err, directory.ErrUnavailable), errors.Is(err, mailbox.ErrStorage),
+		errors.Is(err, mailbox.ErrOverloaded), errors.Is(err, context.DeadlineExceeded):
+		return pb.ErrorCode_ERROR_CODE_UNAVAILABLE, uint32(500 + rand.IntN(1500))
+	case errors.Is(err, mailbox.ErrClosed):
+		return pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN, uint32(250 + rand.IntN(2750))
+	default:
+		return pb.ErrorCode_ERROR_CODE_INTERNAL, 1000
+	}
+}

@@ -1,0 +1,36 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package gateway
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	conns         prometheus.Gauge
+	frames        prometheus.Counter
+	sends         prometheus.Counter
+	pushed        prometheus.Counter
+	registrations prometheus.Counter
+	authFailures  prometheus.Counter
+	panics        prometheus.Counter
+	refused       *prometheus.CounterVec
+	rejected      *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		conns:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_gateway_connections", Help: "Open device connections."}),
+		frames:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_frames_total", Help: "Frames received."}),
+		sends:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_sends_acked_total", Help: "Sends acked to clients."}),
+		pushed:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_envelopes_pushed_total", Help: "Envelopes pushed to devices."}),
+		registrations: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_registrations_total", Help: "Accounts registered."}),
+		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_handshake_failures_total", Help: "Refused Register/Auth."}),
+		panics:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_panics_total", Help: "Panics contained while handling a frame."}),
+		refused:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_refused_total", Help: "Connections refused before upgrade, by reason."}, []string{"reason"}),
+		rejected:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_rejected_frames_total", Help: "Frames answered with an error, by code."}, []string{"code"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.refused, m.rejected)
+	}
+	return m
+}

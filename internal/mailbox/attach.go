@@ -1,0 +1,385 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package mailbox
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/petrelchat/petrel/internal/bus"
+)
+
+// Sink is the connection side of an Attachment. Its methods must not block.
+type Sink interface {
+	// Push hands one envelope (an encoded Envelope) to the device. An error means the connection
+	// is gone; the envelope stays stored (or the live sender stores it).
+	Push(tag uint64, envelope []byte) error
+	// QueueEmpty tells the device that everything stored before it attached has been pushed.
+	QueueEmpty(delivered int)
+	// Kicked tells the connection that another connection of the same device took over.
+	Kicked()
+}
+
+// liveTagBit marks tags of live deliveries; stored deliveries use the stream sequence as tag.
+const liveTagBit = 1 << 63
+
+// Attachment is one connected device's delivery state on this node.
+type Attachment struct {
+	m       *Mailbox
+	dev     string
+	connID  string
+	sink    Sink
+	stream  jetstream.Stream
+	subject string
+	sub     *nats.Subscription
+	space   chan struct{} // signalled when the window frees up or the attachment closes
+
+	mu sync.Mutex // guards the fields below
+	// closed: detached; nothing more is pushed.
+	closed bool
+	// draining: stored envelopes may be waiting; live deliveries are stored instead, in order.
+	draining     bool
+	drainRunning bool
+	// gen counts wake-ups: a drain that read an empty inbox may only switch to live if gen did not
+	// move meanwhile and no refused live delivery is still being stored.
+	gen           uint64
+	pendingStores int
+	live          map[uint64]string // live tag → reply subject of the waiting sender
+	nextLive      uint64
+	outstanding   []uint64 // stream sequences pushed and not yet purged, ascending
+	acked         map[uint64]bool
+	nextSeq       uint64
+	queueEmpty    bool // QueueEmpty was sent
+	pushedStored  int
+}
+
+// Attach starts delivery to a connected device: it takes the device over from any other
+// connection (on any node), subscribes to its live subject and drains its inbox.
+func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error) {
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	a := &Attachment{
+		m:        m,
+		dev:      deviceID,
+		connID:   connID,
+		sink:     sink,
+		stream:   m.bus.Inbox(m.bus.Shard(deviceID)),
+		subject:  m.bus.InboxSubject(deviceID),
+		space:    make(chan struct{}, 1),
+		draining: true,
+		live:     map[uint64]string{},
+		acked:    map[uint64]bool{},
+		nextSeq:  1,
+	}
+	subj := bus.DeviceSubject(deviceID)
+	// The kick goes out before our subscription exists, so only other connections see it.
+	if err := m.nc.Publish(subj, append([]byte{kindKick}, connID...)); err != nil {
+		return nil, err
+	}
+	sub, err := m.nc.ChanSubscribe(subj, m.dispatcherFor(deviceID))
+	if err != nil {
+		return nil, err
+	}
+	a.sub = sub
+	m.attached.Store(sub, a)
+	m.metrics.attached.Inc()
+	a.mu.Lock()
+	a.startDrainLocked()
+	a.mu.Unlock()
+	return a, nil
+}
+
+// Detach stops delivery. Live deliveries not yet acked are handed back to their senders, who store
+// them; stored ones stay in the inbox. Idempotent.
+func (a *Attachment) Detach() {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	a.closed = true
+	live := a.live
+	a.live = nil
+	a.mu.Unlock()
+	_ = a.sub.Unsubscribe()
+	a.m.attached.Delete(a.sub)
+	a.m.metrics.attached.Dec()
+	a.signal()
+	for _, reply := range live {
+		_ = a.m.nc.Publish(reply, replyStore)
+	}
+}
+
+func (a *Attachment) signal() {
+	select {
+	case a.space <- struct{}{}:
+	default:
+	}
+}
+
+// onMsg handles one message on dev.<device>, in order, on the device's dispatcher goroutine.
+func (a *Attachment) onMsg(msg *nats.Msg) {
+	if len(msg.Data) == 0 {
+		return
+	}
+	switch msg.Data[0] {
+	case kindKick:
+		if string(msg.Data[1:]) != a.connID {
+			a.Detach()
+			a.sink.Kicked()
+		}
+	case kindWake:
+		a.mu.Lock()
+		a.gen++
+		a.startDrainLocked()
+		a.mu.Unlock()
+	case kindLive:
+		a.onLive(msg)
+	}
+}
+
+func (a *Attachment) startDrainLocked() {
+	if a.closed {
+		return
+	}
+	a.draining = true
+	if a.drainRunning {
+		return
+	}
+	a.drainRunning = true
+	a.m.wg.Add(1)
+	go func() {
+		defer a.m.wg.Done()
+		a.drain()
+	}()
+}
+
+func (a *Attachment) onLive(msg *nats.Msg) {
+	env := msg.Data[1:]
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		_ = msg.Respond(replyStore)
+		return
+	}
+	if a.draining || len(a.live)+len(a.outstanding) >= a.m.cfg.Window {
+		// Store it here, behind what the drain is reading, and keep the drain from switching to
+		// live until it is committed: that keeps this sender's order.
+		a.pendingStores++
+		a.gen++
+		a.startDrainLocked()
+		a.mu.Unlock()
+		reply := msg.Reply
+		a.m.Store(a.dev, "", env, func(err error) {
+			a.mu.Lock()
+			a.pendingStores--
+			a.gen++
+			a.mu.Unlock()
+			a.signal()
+			if err != nil {
+				_ = a.m.nc.Publish(reply, replyStore)
+				return
+			}
+			_ = a.m.nc.Publish(reply, replyStored)
+		})
+		return
+	}
+	a.nextLive++
+	tag := liveTagBit | a.nextLive
+	a.live[tag] = msg.Reply
+	a.mu.Unlock()
+	if err := a.sink.Push(tag, env); err != nil {
+		a.mu.Lock()
+		if a.live != nil {
+			delete(a.live, tag)
+		}
+		a.mu.Unlock()
+		_ = msg.Respond(replyStore)
+	}
+}
+
+// Ack handles the device's acks: live ones are answered to their senders, stored ones are purged
+// from the inbox once every earlier pushed envelope is acked too.
+func (a *Attachment) Ack(tags []uint64) {
+	var replies []string
+	var purgeTo uint64
+	a.mu.Lock()
+	for _, t := range tags {
+		if t&liveTagBit != 0 {
+			if reply, ok := a.live[t]; ok {
+				delete(a.live, t)
+				replies = append(replies, reply)
+			}
+			continue
+		}
+		a.acked[t] = true
+	}
+	n := 0
+	for n < len(a.outstanding) && a.acked[a.outstanding[n]] {
+		delete(a.acked, a.outstanding[n])
+		purgeTo = a.outstanding[n]
+		n++
+	}
+	a.outstanding = a.outstanding[n:]
+	a.mu.Unlock()
+	for _, r := range replies {
+		_ = a.m.nc.Publish(r, replyAcked)
+	}
+	if purgeTo > 0 {
+		ctx, cancel := a.m.ctxStore()
+		err := a.stream.Purge(ctx, jetstream.WithPurgeSubject(a.subject), jetstream.WithPurgeSequence(purgeTo+1))
+		cancel()
+		if err != nil {
+			// The envelopes stay stored and will be delivered again: at-least-once.
+			a.m.log.Warn("purge acked envelopes", "device", a.dev, "err", err)
+		} else {
+			a.m.metrics.purged.Add(float64(n))
+		}
+	}
+	if len(tags) > 0 {
+		a.signal()
+	}
+}
+
+// drain pushes stored envelopes in order until the inbox is empty and no wake-up or refused live
+// delivery is pending, then switches the attachment to live delivery.
+func (a *Attachment) drain() {
+	backoff := 50 * time.Millisecond
+	for {
+		a.mu.Lock()
+		if a.closed {
+			a.drainRunning = false
+			a.mu.Unlock()
+			return
+		}
+		gen, from := a.gen, a.nextSeq
+		free := a.m.cfg.Window - len(a.live) - len(a.outstanding)
+		a.mu.Unlock()
+		if free <= 0 {
+			<-a.space
+			continue
+		}
+		n, err := a.readBatch(from, min(free, 256))
+		if err != nil {
+			a.m.log.Warn("inbox drain", "device", a.dev, "err", err)
+			t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
+			select {
+			case <-t.C:
+			case <-a.space:
+				t.Stop()
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		if n > 0 {
+			continue
+		}
+		a.mu.Lock()
+		if a.closed {
+			a.drainRunning = false
+			a.mu.Unlock()
+			return
+		}
+		if a.gen != gen || a.pendingStores > 0 {
+			a.mu.Unlock()
+			if a.pendingStores > 0 {
+				<-a.space
+			}
+			continue
+		}
+		a.draining = false
+		a.drainRunning = false
+		first := !a.queueEmpty
+		a.queueEmpty = true
+		pushed := a.pushedStored
+		a.mu.Unlock()
+		if first {
+			a.sink.QueueEmpty(pushed)
+		}
+		return
+	}
+}
+
+// readBatch reads up to max envelopes from seq from and pushes them; it returns how many.
+func (a *Attachment) readBatch(from uint64, max int) (int, error) {
+	ctx, cancel := a.m.ctxStore()
+	defer cancel()
+	it, err := jetstreamext.GetBatch(ctx, a.m.bus.JS(), a.stream.CachedInfo().Config.Name, max,
+		jetstreamext.GetBatchSubject(a.subject), jetstreamext.GetBatchSeq(from))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for msg, err := range it {
+		if errors.Is(err, jetstreamext.ErrNoMessages) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		a.mu.Lock()
+		if a.closed {
+			a.mu.Unlock()
+			return n, nil
+		}
+		a.outstanding = append(a.outstanding, msg.Sequence)
+		a.nextSeq = msg.Sequence + 1
+		a.pushedStored++
+		a.mu.Unlock()
+		n++
+		if err := a.sink.Push(msg.Sequence, msg.Data); err != nil {
+			a.Detach()
+			return n, nil
+		}
+	}
+	return n, nil
+}
+
+// QueryQueued reports which of ids are still stored for deviceID and were sent by fromDevice.
+func (m *Mailbox) QueryQueued(ctx context.Context, deviceID, fromDevice string, ids []string, decode func([]byte) (msgID, from string, ok bool)) ([]string, error) {
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	stream := bus.InboxStreamName(m.bus.Shard(deviceID))
+	subject := m.bus.InboxSubject(deviceID)
+	var found []string
+	seq := uint64(1)
+	const maxScan = 20_000
+	for scanned := 0; scanned < maxScan; {
+		it, err := jetstreamext.GetBatch(ctx, m.bus.JS(), stream, 256, jetstreamext.GetBatchSubject(subject), jetstreamext.GetBatchSeq(seq))
+		if err != nil {
+			return nil, err
+		}
+		n := 0
+		for msg, err := range it {
+			if errors.Is(err, jetstreamext.ErrNoMessages) {
+				break
+			}
+			if err != nil {
+				return nil, err
+			}
+			n++
+			seq = msg.Sequence + 1
+			if id, from, ok := decode(msg.Data); ok && from == fromDevice && want[id] {
+				found = append(found, id)
+				delete(want, id)
+			}
+		}
+		scanned += n
+		if n == 0 || len(want) == 0 {
+			break
+		}
+	}
+	return found, nil
+}

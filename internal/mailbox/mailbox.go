@@ -1,0 +1,319 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+// Package mailbox is Petrel's store-and-forward: it routes each envelope to its recipient device
+// live when that device is connected to any node (the sender is acked when the device acks), and
+// otherwise appends it to the device's durable inbox before the sender is acked (invariant 1).
+//
+// Live path: a request on the core subject dev.<device> (bus.DeviceSubject), answered by the node
+// holding that device's connection once the device acks. No responders, a refusal, or no ack
+// within LiveAckTimeout send the envelope down the store path instead.
+//
+// Store path: per inbox shard, a writer group-commits appends as atomic batches (one fsync for
+// many messages), then publishes a wake-up on dev.<device> and acks the senders.
+//
+// Delivery: a device's Attachment drains its inbox in order with a bounded in-flight window,
+// signals QueueEmpty once the backlog present at connect has been sent, then switches to live mode;
+// a wake-up switches it back to draining. Acks delete stored envelopes with a subject purge.
+//
+// Per-sender order: a Route (one per sending connection) sends an envelope down the store path
+// whenever an earlier envelope from the same route to the same device is still being stored, and
+// the writer publishes the wake-up before it acks, so a later live delivery can never overtake an
+// earlier stored one on the same bus connection.
+package mailbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/petrelchat/petrel/internal/bus"
+)
+
+// Errors callers branch on.
+var (
+	ErrStorage    = errors.New("inbox storage unavailable")
+	ErrOverloaded = errors.New("inbox writer overloaded")
+	ErrClosed     = errors.New("mailbox closed")
+)
+
+// Config tunes the mailbox.
+type Config struct {
+	// LiveAckTimeout is how long a live delivery may wait for the device's ack before the envelope
+	// is stored instead. Default: 2s.
+	LiveAckTimeout time.Duration
+	// StoreTimeout bounds one inbox commit. Default: 10s.
+	StoreTimeout time.Duration
+	// MaxBatch is the most envelopes one commit holds. Default: 256.
+	MaxBatch int
+	// QueueDepth is each shard writer's queue length; beyond it appends fail fast (retryable). Default: 8192.
+	QueueDepth int
+	// Window is the most unacked envelopes (live and stored) pushed to one device. Default: 256.
+	Window int
+	// Node names this node in reply subjects. Default: a random id.
+	Node     string
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
+}
+
+func (c *Config) setDefaults() {
+	if c.LiveAckTimeout == 0 {
+		c.LiveAckTimeout = 2 * time.Second
+	}
+	if c.StoreTimeout == 0 {
+		c.StoreTimeout = 10 * time.Second
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 256
+	}
+	if c.QueueDepth == 0 {
+		c.QueueDepth = 8192
+	}
+	if c.Window == 0 {
+		c.Window = 256
+	}
+	if c.Node == "" {
+		c.Node = nuid.Next()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Kinds of message on dev.<device>: the first byte of the payload.
+const (
+	kindLive = 'm' // + Envelope bytes; reply expected
+	kindWake = 'w' // the inbox has new envelopes
+	kindKick = 'k' // + connection id: another connection took this device over
+)
+
+// Replies to a live request.
+var (
+	replyAcked  = []byte("ok") // the device acked it
+	replyStored = []byte("sd") // the device's node stored it in the device's inbox (the device is draining)
+	replyStore  = []byte("st") // not delivered: the sender must store it
+)
+
+// liveResult is how a live request ended.
+type liveResult int
+
+const (
+	liveRefused liveResult = iota // no responders, refused or timed out: store it
+	liveAcked
+	liveStored
+)
+
+// Mailbox routes, stores and delivers envelopes.
+type Mailbox struct {
+	cfg     Config
+	bus     *bus.Bus
+	nc      *nats.Conn
+	log     *slog.Logger
+	metrics *metrics
+
+	writers []*shardWriter
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	closed  atomic.Bool
+
+	replyPrefix string
+	replySub    *nats.Subscription
+	pendingMu   sync.Mutex
+	pending     map[uint64]*liveReq // guarded by pendingMu
+	nextToken   atomic.Uint64
+
+	// Device subscriptions deliver into these channels; one dispatcher goroutine each keeps the
+	// order of one device's messages (a device always maps to the same dispatcher).
+	dispatch []chan *nats.Msg
+	attached sync.Map // *nats.Subscription → *Attachment
+}
+
+// New returns a mailbox over b. Start must be called before use.
+func New(b *bus.Bus, cfg Config) *Mailbox {
+	cfg.setDefaults()
+	m := &Mailbox{
+		cfg:     cfg,
+		bus:     b,
+		nc:      b.Conn(),
+		log:     cfg.Logger,
+		metrics: newMetrics(cfg.Registry),
+		stop:    make(chan struct{}),
+		pending: make(map[uint64]*liveReq),
+	}
+	m.replyPrefix = "_PR." + cfg.Node + "."
+	for i := 0; i < b.InboxShards(); i++ {
+		m.writers = append(m.writers, &shardWriter{m: m, stream: bus.InboxStreamName(i), ch: make(chan *appendReq, cfg.QueueDepth), maxBatch: cfg.MaxBatch})
+	}
+	for range 4 {
+		m.dispatch = append(m.dispatch, make(chan *nats.Msg, 1<<16))
+	}
+	return m
+}
+
+// Start subscribes to live replies and starts the shard writers and dispatchers.
+func (m *Mailbox) Start() error {
+	sub, err := m.nc.Subscribe(m.replyPrefix+"*", m.onReply)
+	if err != nil {
+		return fmt.Errorf("subscribe to live replies: %w", err)
+	}
+	if err := sub.SetPendingLimits(1<<20, 256<<20); err != nil {
+		return fmt.Errorf("reply subscription limits: %w", err)
+	}
+	m.replySub = sub
+	for _, w := range m.writers {
+		m.wg.Add(1)
+		go func() { defer m.wg.Done(); w.run(m.stop) }()
+	}
+	for _, ch := range m.dispatch {
+		m.wg.Add(1)
+		go func() { defer m.wg.Done(); m.runDispatch(ch) }()
+	}
+	return nil
+}
+
+// Close stops the writers (failing queued, unacked appends) and dispatchers. Idempotent.
+func (m *Mailbox) Close() {
+	if !m.closed.CompareAndSwap(false, true) {
+		return
+	}
+	if m.replySub != nil {
+		_ = m.replySub.Unsubscribe()
+	}
+	close(m.stop)
+	m.wg.Wait()
+	m.pendingMu.Lock()
+	pend := m.pending
+	m.pending = map[uint64]*liveReq{}
+	m.pendingMu.Unlock()
+	for _, p := range pend {
+		p.timer.Stop()
+		p.done(liveRefused)
+	}
+}
+
+func (m *Mailbox) runDispatch(ch chan *nats.Msg) {
+	for {
+		select {
+		case msg := <-ch:
+			if a, ok := m.attached.Load(msg.Sub); ok {
+				a.(*Attachment).onMsg(msg)
+			}
+		case <-m.stop:
+			return
+		}
+	}
+}
+
+func (m *Mailbox) dispatcherFor(deviceID string) chan *nats.Msg {
+	var h uint32
+	for i := 0; i < len(deviceID); i++ {
+		h = h*31 + uint32(deviceID[i])
+	}
+	return m.dispatch[h%uint32(len(m.dispatch))]
+}
+
+// liveReq is one live delivery waiting for its device's ack.
+type liveReq struct {
+	timer *time.Timer
+	done  func(liveResult)
+}
+
+// sendLive publishes a live request; done runs exactly once with how it ended.
+func (m *Mailbox) sendLive(deviceID string, payload []byte, done func(liveResult)) {
+	tok := m.nextToken.Add(1)
+	p := &liveReq{done: done}
+	m.pendingMu.Lock()
+	m.pending[tok] = p
+	p.timer = time.AfterFunc(m.cfg.LiveAckTimeout, func() { m.finishLive(tok, liveRefused) })
+	m.pendingMu.Unlock()
+	reply := m.replyPrefix + strconv.FormatUint(tok, 36)
+	if err := m.nc.PublishMsg(&nats.Msg{Subject: bus.DeviceSubject(deviceID), Reply: reply, Data: payload}); err != nil {
+		m.finishLive(tok, liveRefused)
+	}
+}
+
+func (m *Mailbox) onReply(msg *nats.Msg) {
+	tok, err := strconv.ParseUint(msg.Subject[len(m.replyPrefix):], 36, 64)
+	if err != nil {
+		return
+	}
+	// An empty reply with a header is NATS's "no responders": the device is not connected.
+	res := liveRefused
+	switch string(msg.Data) {
+	case string(replyAcked):
+		res = liveAcked
+	case string(replyStored):
+		res = liveStored
+	}
+	m.finishLive(tok, res)
+}
+
+func (m *Mailbox) finishLive(tok uint64, res liveResult) {
+	m.pendingMu.Lock()
+	p, ok := m.pending[tok]
+	delete(m.pending, tok)
+	m.pendingMu.Unlock()
+	if !ok {
+		return
+	}
+	p.timer.Stop()
+	p.done(res)
+}
+
+// wakeAll tells each device that got an envelope in a successful commit to drain its inbox.
+func (m *Mailbox) wakeAll(reqs []*appendReq, err error) {
+	if err != nil {
+		return
+	}
+	seen := make(map[string]bool, len(reqs))
+	for _, r := range reqs {
+		if seen[r.deviceID] {
+			continue
+		}
+		seen[r.deviceID] = true
+		_ = m.nc.Publish(bus.DeviceSubject(r.deviceID), []byte{kindWake})
+	}
+}
+
+func (m *Mailbox) observeCommit(n int, start time.Time, err error) {
+	if err != nil {
+		m.metrics.commitErrors.Inc()
+		m.log.Warn("inbox commit failed", "messages", n, "err", err)
+		return
+	}
+	m.metrics.commits.Inc()
+	m.metrics.stored.Add(float64(n))
+	m.metrics.commitSeconds.Observe(time.Since(start).Seconds())
+}
+
+// Store appends one envelope to a device's inbox and calls done when it is durable (nil) or not.
+func (m *Mailbox) Store(deviceID, dedupeID string, envelope []byte, done func(error)) {
+	if m.closed.Load() {
+		done(ErrClosed)
+		return
+	}
+	m.writers[m.bus.Shard(deviceID)].enqueue(&appendReq{
+		subject:  m.bus.InboxSubject(deviceID),
+		dedupeID: dedupeID,
+		deviceID: deviceID,
+		data:     envelope,
+		done:     done,
+	})
+}
+
+// Healthy reports whether the mailbox can store (the bus is connected).
+func (m *Mailbox) Healthy() bool { return !m.closed.Load() && m.bus.Healthy() }
+
+// ctxStore is a context for storage calls made outside a request.
+func (m *Mailbox) ctxStore() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), m.cfg.StoreTimeout)
+}

@@ -1,0 +1,38 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package mailbox
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	sends          prometheus.Counter
+	deliveredLive  prometheus.Counter
+	stored         prometheus.Counter
+	purged         prometheus.Counter
+	commits        prometheus.Counter
+	commitErrors   prometheus.Counter
+	commitSeconds  prometheus.Histogram
+	appendRejected prometheus.Counter
+	batchFallbacks prometheus.Counter
+	attached       prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		sends:          prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_sends_total", Help: "Messages acked to their senders."}),
+		deliveredLive:  prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_delivered_live_total", Help: "Envelopes acked live by their device."}),
+		stored:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_stored_total", Help: "Envelopes appended durably to an inbox."}),
+		purged:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_purged_total", Help: "Stored envelopes deleted after the device acked them."}),
+		commits:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_commits_total", Help: "Inbox commits (each one fsync'd batch)."}),
+		commitErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_commit_errors_total", Help: "Failed inbox commits (none of their messages was acked)."}),
+		commitSeconds:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "petrel_mailbox_commit_seconds", Help: "Inbox commit latency.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		appendRejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_append_rejected_total", Help: "Appends refused because a shard writer's queue was full."}),
+		batchFallbacks: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_batch_fallbacks_total", Help: "Batches re-published one by one because they held a duplicate."}),
+		attached:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_mailbox_attached_devices", Help: "Devices attached for delivery on this node."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.attached)
+	}
+	return m
+}
