@@ -3,7 +3,10 @@
 
 package main
 
-import "context"
+import (
+	"context"
+	"fmt"
+)
 
 // Placeholders: the client commands are being written (see client/).
 
@@ -13,3 +16,8 @@ func runRecv(ctx context.Context, e *env, args []string) int         { return no
 func runChat(ctx context.Context, e *env, args []string) int         { return notYet(e, "chat") }
 func runWhoami(ctx context.Context, e *env, args []string) int       { return notYet(e, "whoami") }
 func runSafetyNumber(ctx context.Context, e *env, args []string) int { return notYet(e, "safety-number") }
+
+func notYet(e *env, name string) int {
+	fmt.Fprintf(e.stderr, "petrel %s: not implemented yet\n", name)
+	return 1
+}

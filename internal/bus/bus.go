@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -200,4 +201,16 @@ func (b *Bus) Close() {
 		b.srv.WaitForShutdown()
 		b.srv = nil
 	}
+}
+
+// DisableJetStreamForTest switches JetStream off on the embedded server, so tests can prove that a
+// storage outage yields retryable errors and no acks. It refuses to run outside tests.
+func (b *Bus) DisableJetStreamForTest() error {
+	if !testing.Testing() {
+		return errors.New("DisableJetStreamForTest called outside a test")
+	}
+	if b.srv == nil {
+		return errors.New("no embedded server")
+	}
+	return b.srv.DisableJetStream()
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -114,8 +115,14 @@ func (a *Attachment) Detach() {
 	a.m.attached.Delete(a.sub)
 	a.m.metrics.attached.Dec()
 	a.signal()
-	for _, reply := range live {
-		_ = a.m.nc.Publish(reply, replyStore)
+	// Hand back in tag order (the order they arrived in) so the senders store them in order.
+	tags := make([]uint64, 0, len(live))
+	for t := range live {
+		tags = append(tags, t)
+	}
+	slices.Sort(tags)
+	for _, t := range tags {
+		_ = a.m.nc.Publish(live[t], replyStore)
 	}
 }
 

@@ -293,3 +293,6 @@ func loadOrCreateToken(path string) (string, error) {
 	}
 	return t, nil
 }
+
+// Bus exposes the node's bus to tests in other packages (failure injection).
+func (s *Server) Bus() *bus.Bus { return s.bus }

@@ -1,0 +1,115 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+
+	"github.com/petrelchat/petrel/internal/server"
+)
+
+func runServe(ctx context.Context, e *env, args []string) int {
+	fs := newFlags(e, "serve", "serve [--listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F] [--insecure] [--nats URL,...]")
+	configPath := fs.String("config", "", "TOML config file (flags override it)")
+	listen := fs.String("listen", "", "listen address (default 127.0.0.1:7070)")
+	data := fs.String("data", "", "data directory (default ./petrel-data)")
+	tlsCert := fs.String("tls-cert", "", "TLS certificate (PEM)")
+	tlsKey := fs.String("tls-key", "", "TLS private key (PEM)")
+	insecure := fs.Bool("insecure", false, "allow plain HTTP on a non-loopback address")
+	registration := fs.String("registration", "", "registration policy: open, invite or closed")
+	natsURLs := fs.String("nats", "", "external NATS URLs, comma-separated (default: embedded)")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error")
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "petrel serve: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	var cfg server.Config
+	if *configPath != "" {
+		var err error
+		if cfg, err = server.LoadConfig(*configPath); err != nil {
+			fmt.Fprintf(e.stderr, "petrel serve: %v\n", err)
+			return 1
+		}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["listen"] {
+		cfg.Listen = *listen
+	}
+	if set["data"] {
+		cfg.Data = *data
+	}
+	if set["tls-cert"] {
+		cfg.TLSCert = *tlsCert
+	}
+	if set["tls-key"] {
+		cfg.TLSKey = *tlsKey
+	}
+	if set["insecure"] {
+		cfg.Insecure = *insecure
+	}
+	if set["registration"] {
+		cfg.Registration = *registration
+	}
+	if set["nats"] {
+		cfg.NATS = splitList(*natsURLs)
+	}
+	if set["log-level"] {
+		cfg.LogLevel = *logLevel
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(e.stderr, "petrel serve: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+		return 1
+	}
+	log := newLogger(e, cfg)
+	srv, err := server.New(cfg, log)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "petrel serve: %v\n", err)
+		return 1
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Run(ctx) }()
+	select {
+	case <-srv.Ready():
+		abs, _ := filepath.Abs(cfg.Data)
+		fmt.Fprintf(e.stdout, "petrel %s serving on %s (data: %s, registration: %s)\n", version, srv.URL(), abs, cfg.Registration)
+	case err := <-errc:
+		fmt.Fprintf(e.stderr, "petrel serve: %v\n", err)
+		return 1
+	}
+	if err := <-errc; err != nil {
+		fmt.Fprintf(e.stderr, "petrel serve: shutdown: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(e *env, cfg server.Config) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(e.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(e.stderr, opts))
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
