@@ -1,0 +1,86 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package archtest
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+type pkg struct {
+	ImportPath string
+	Doc        string
+	Imports    []string
+	Deps       []string
+	Name       string
+}
+
+func listPackages(t *testing.T) []pkg {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-json", "github.com/petrelchat/petrel/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	var pkgs []pkg
+	for {
+		var p pkg
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+// The public SDK and E2EE core must be embeddable anywhere: no internal/ imports, no server parts.
+func TestPublicPackagesDoNotImportInternal(t *testing.T) {
+	for _, p := range listPackages(t) {
+		public := strings.HasPrefix(p.ImportPath, "github.com/petrelchat/petrel/client") ||
+			strings.HasPrefix(p.ImportPath, "github.com/petrelchat/petrel/e2ee") ||
+			strings.HasPrefix(p.ImportPath, "github.com/petrelchat/petrel/proto")
+		if !public {
+			continue
+		}
+		for _, d := range p.Deps {
+			if strings.HasPrefix(d, "github.com/petrelchat/petrel/internal") ||
+				strings.HasPrefix(d, "github.com/nats-io/nats-server") ||
+				strings.HasPrefix(d, "github.com/lesismal/nbio") {
+				t.Errorf("%s depends on %s", p.ImportPath, d)
+			}
+			if d == "testing" {
+				t.Errorf("%s depends on the testing package in production code", p.ImportPath)
+			}
+		}
+	}
+}
+
+// Services never import the composition root or the gateway (dependencies point one way).
+func TestServicesDoNotImportServerOrGateway(t *testing.T) {
+	for _, p := range listPackages(t) {
+		for _, svc := range []string{"directory", "mailbox", "bus"} {
+			if p.ImportPath != "github.com/petrelchat/petrel/internal/"+svc {
+				continue
+			}
+			for _, d := range p.Deps {
+				if strings.HasSuffix(d, "/internal/server") || strings.HasSuffix(d, "/internal/gateway") {
+					t.Errorf("%s imports %s", p.ImportPath, d)
+				}
+			}
+		}
+	}
+}
+
+func TestEveryPackageHasADocComment(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if strings.TrimSpace(p.Doc) == "" {
+			t.Errorf("package %s has no doc comment", p.ImportPath)
+		}
+	}
+}
