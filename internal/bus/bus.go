@@ -66,6 +66,9 @@ func (c *Config) setDefaults() {
 	if c.DuplicateWindow == 0 {
 		c.DuplicateWindow = 10 * time.Minute
 	}
+	if c.DuplicateWindow > c.InboxMaxAge {
+		c.DuplicateWindow = c.InboxMaxAge // JetStream refuses a window longer than the max age
+	}
 	if c.Name == "" {
 		c.Name = "petrel"
 	}

@@ -1,0 +1,179 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package server_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/petrelchat/petrel/internal/server"
+	"github.com/petrelchat/petrel/internal/testserver"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+)
+
+// The drain pushes at most a window of unacked envelopes; acks open the window again.
+func TestDeliveryWindowIsBounded(t *testing.T) {
+	s := testserver.Start(t)
+	alice := testserver.Dial(t, s.URL())
+	alice.MustRegister("alice")
+	bob := testserver.Dial(t, s.URL())
+	bob.MustRegister("bob")
+	bobKey, bobDev := bob.AuthKey, bob.DeviceID
+	bob.WS.CloseNow()
+	const n, window = 300, 256
+	for i := range n {
+		alice.Write(&pb.Frame{Id: uint64(i + 1), Body: &pb.Frame_Send{Send: &pb.Send{
+			MessageId: fmt.Sprintf("w%d", i), To: "bob",
+			Envelopes: []*pb.DeviceCiphertext{{DeviceId: bobDev, Type: pb.EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: []byte{1}}},
+		}}})
+	}
+	for acked := 0; acked < n; {
+		if f := alice.Read(); f.GetSendResult() != nil {
+			acked++
+		} else if f.GetError() != nil {
+			t.Fatal(f)
+		}
+	}
+	bob = testserver.Dial(t, s.URL())
+	bob.Auth(bobKey)
+	var tags []uint64
+	for len(tags) < window {
+		d := mustDeliver(t, bob)
+		tags = append(tags, d.GetTag())
+	}
+	// A ping round trip: anything pushed before the pong would be a window overrun. The drain has
+	// had the whole time the 256 deliveries took to overrun, so this is a real check.
+	if p := bob.Request(&pb.Frame{Body: &pb.Frame_Ping{Ping: &pb.Ping{}}}); p.GetPong() == nil {
+		t.Fatal(p)
+	}
+	for _, f := range bob.Pushes {
+		if f.GetDeliver() != nil {
+			t.Fatalf("more than %d unacked deliveries pushed", window)
+		}
+	}
+	bob.Pushes = nil
+	bob.Write(&pb.Frame{Body: &pb.Frame_DeliverAck{DeliverAck: &pb.DeliverAck{Tags: tags}}})
+	rest := 0
+	for {
+		f := bob.NextPush()
+		if f.GetDeliver() != nil {
+			rest++
+			continue
+		}
+		if qe := f.GetQueueEmpty(); qe != nil {
+			if rest != n-window || qe.GetDelivered() != n {
+				t.Fatalf("after the acks: %d more deliveries, QueueEmpty %v", rest, qe)
+			}
+			return
+		}
+	}
+}
+
+func TestTLS(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, pool := selfSigned(t, dir)
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
+		c.TLSCert, c.TLSKey = certFile, keyFile
+	}))
+	if !strings.HasPrefix(s.URL(), "https://") {
+		t.Fatalf("URL %s", s.URL())
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 10 * time.Second}
+	resp, err := hc.Get(s.URL() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.TLS == nil {
+		t.Fatalf("status %d, tls %v", resp.StatusCode, resp.TLS != nil)
+	}
+	// Plain HTTP on the TLS port fails.
+	if _, err := http.Get(strings.Replace(s.URL(), "https", "http", 1) + "/healthz"); err == nil {
+		t.Fatal("plain HTTP accepted on the TLS listener")
+	}
+}
+
+func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:         true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	cert, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certFile, keyFile, pool
+}
+
+func TestConfigValidateReportsEveryProblem(t *testing.T) {
+	c := server.Config{Listen: "0.0.0.0:7070", Registration: "sometimes", MaxFrameBytes: 10, InboxShards: 999, LogLevel: "loud"}
+	c.SetDefaults()
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("invalid config accepted")
+	}
+	for _, want := range []string{"not a loopback address", "registration", "max_frame_bytes", "inbox_shards", "log_level"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s: %v", want, err)
+		}
+	}
+	ok := server.Config{}
+	ok.SetDefaults()
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+	if ok.Registration != "open" || ok.Listen != "127.0.0.1:7070" || ok.Data != "./petrel-data" {
+		t.Fatalf("defaults: %+v", ok)
+	}
+	remote := server.Config{Listen: "0.0.0.0:7070", Insecure: true}
+	remote.SetDefaults()
+	if remote.Registration != "invite" || remote.Validate() != nil {
+		t.Fatalf("non-loopback defaults: %+v %v", remote, remote.Validate())
+	}
+}
+
+func TestLoadConfigRejectsUnknownKeys(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "petrel.toml")
+	os.WriteFile(p, []byte("listen = \"127.0.0.1:9\"\nlisten_adress = \"typo\"\ninbox_ttl = \"48h\"\n"), 0o600)
+	if _, err := server.LoadConfig(p); err == nil || !strings.Contains(err.Error(), "listen_adress") {
+		t.Fatalf("want unknown key error, got %v", err)
+	}
+	os.WriteFile(p, []byte("listen = \"127.0.0.1:9\"\ninbox_ttl = \"48h\"\n"), 0o600)
+	c, err := server.LoadConfig(p)
+	if err != nil || c.InboxTTL.Duration != 48*time.Hour {
+		t.Fatalf("%+v %v", c, err)
+	}
+}
