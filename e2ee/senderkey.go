@@ -109,7 +109,8 @@ func groupSignatureMessage(body []byte) []byte {
 }
 
 // Encrypt encrypts and signs a group message (at most MaxPlaintextSize
-// bytes of plaintext).
+// bytes of plaintext). Persist the sender key before sending the result
+// (see Session.Encrypt).
 func (k *SenderKey) Encrypt(plaintext []byte) ([]byte, error) {
 	if len(plaintext) > MaxPlaintextSize {
 		return nil, ErrMessageTooLarge

@@ -309,7 +309,9 @@ func AcceptSession(rand io.Reader, local *IdentityKeyPair, store PreKeyStore, ci
 
 // Encrypt encrypts plaintext (at most MaxPlaintextSize bytes) as the next
 // message of the sending chain. Until the peer's first message has been
-// decrypted, the initiator's messages are PreKey messages.
+// decrypted, the initiator's messages are PreKey messages. Persist the
+// session before sending the result: a session restored from an older
+// serialisation would encrypt the next message with the same key.
 func (s *Session) Encrypt(plaintext []byte) ([]byte, error) {
 	if len(plaintext) > MaxPlaintextSize {
 		return nil, ErrMessageTooLarge

@@ -141,22 +141,37 @@ func (d *Directory) Register(ctx context.Context, req *pb.Register, nonce []byte
 	if !ed25519.Verify(authKey, pb.AuthPayload(nonce, deviceID), req.GetSignature()) {
 		return nil, fmt.Errorf("%w: signature does not verify", ErrAuthFailed)
 	}
-	keys := req.GetKeys()
-	dev, err := verifyInitialKeys(keys)
-	if err != nil {
-		return nil, err
-	}
 	switch d.cfg.Policy {
 	case PolicyOpen:
 	case PolicyInvite:
+		// Check the keys before spending the invite.
+		if _, err := verifyInitialKeys(req.GetKeys()); err != nil {
+			return nil, err
+		}
 		if err := d.consumeInvite(ctx, req.GetInvite()); err != nil {
 			return nil, err
 		}
 	default:
 		return nil, ErrRegistrationClosed
 	}
+	return d.registerOne(ctx, req.GetName(), authKey, req.GetKeys())
+}
+
+// registerOne creates the device and account records and stores the one-time prekeys.
+func (d *Directory) registerOne(ctx context.Context, name string, authKey []byte, keys *pb.KeyBundleUpload) (*Device, error) {
+	if !pb.ValidName(name) {
+		return nil, fmt.Errorf("%w: use 1-32 of a-z 0-9 _ . - starting with a letter or digit", ErrInvalidName)
+	}
+	if len(authKey) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("%w: auth key must be %d bytes", ErrInvalidKeys, ed25519.PublicKeySize)
+	}
+	deviceID := pb.DeviceID(authKey)
+	dev, err := verifyInitialKeys(keys)
+	if err != nil {
+		return nil, err
+	}
 	now := time.Now().UTC()
-	dev.ID, dev.Name, dev.AuthKey, dev.Created = deviceID, req.GetName(), authKey, now
+	dev.ID, dev.Name, dev.AuthKey, dev.Created = deviceID, name, authKey, now
 	dev.SignedPreKey.Created = now
 	devJSON, _ := json.Marshal(dev)
 	if _, err := d.bus.Devices.Create(ctx, deviceID, devJSON); err != nil {
@@ -165,8 +180,8 @@ func (d *Directory) Register(ctx context.Context, req *pb.Register, nonce []byte
 		}
 		return nil, fmt.Errorf("%w: create device: %v", ErrUnavailable, err)
 	}
-	accJSON, _ := json.Marshal(&Account{Name: req.GetName(), Devices: []string{deviceID}, Created: now})
-	if _, err := d.bus.Accounts.Create(ctx, req.GetName(), accJSON); err != nil {
+	accJSON, _ := json.Marshal(&Account{Name: name, Devices: []string{deviceID}, Created: now})
+	if _, err := d.bus.Accounts.Create(ctx, name, accJSON); err != nil {
 		// Undo the device so the key can register again under another name.
 		if derr := d.bus.Devices.Purge(ctx, deviceID); derr != nil {
 			d.log.Warn("undo device after failed account create", "device", deviceID, "err", derr)
@@ -483,4 +498,26 @@ func (d *Directory) consumeInvite(ctx context.Context, code string) error {
 		return ErrInvalidInvite
 	}
 	return nil
+}
+
+// MaxBulkRegister is the most devices one bulk registration may carry.
+const MaxBulkRegister = 1000
+
+// RegisterBulk registers synthetic accounts for operators (load generators, fixtures): keys are
+// verified as in Register, but there is no proof of possession and no registration policy. The
+// caller must have checked the operator credential. Results are per device, in order.
+func (d *Directory) RegisterBulk(ctx context.Context, devs []*pb.BulkDevice) (*pb.BulkRegisterResponse, error) {
+	if len(devs) > MaxBulkRegister {
+		return nil, fmt.Errorf("%w: at most %d devices per bulk registration", ErrInvalidRequest, MaxBulkRegister)
+	}
+	res := &pb.BulkRegisterResponse{DeviceIds: make([]string, len(devs)), Errors: make([]string, len(devs))}
+	for i, bd := range devs {
+		dev, err := d.registerOne(ctx, bd.GetName(), bd.GetAuthKey(), bd.GetKeys())
+		if err != nil {
+			res.Errors[i] = err.Error()
+			continue
+		}
+		res.DeviceIds[i] = dev.ID
+	}
+	return res, nil
 }

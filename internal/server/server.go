@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -30,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/directory"
@@ -179,6 +181,7 @@ func (s *Server) start(ctx context.Context) error {
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("POST /v1/admin/invites", s.createInvite)
+	mux.HandleFunc("POST /v1/admin/register-bulk", s.registerBulk)
 
 	var tlsCfg *tls.Config
 	if s.cfg.TLSCert != "" {
@@ -254,10 +257,7 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 
 // createInvite makes a one-time invite code. It needs the operator token from the data directory.
 func (s *Server) createInvite(w http.ResponseWriter, r *http.Request) {
-	auth := r.Header.Get("Authorization")
-	tok, ok := strings.CutPrefix(auth, "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(s.token)) != 1 {
-		http.Error(w, "operator token required", http.StatusUnauthorized)
+	if !s.operator(w, r) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
@@ -269,6 +269,43 @@ func (s *Server) createInvite(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/plain")
 	fmt.Fprintln(w, code)
+}
+
+// operator checks the operator token (constant time) and answers 401 when it is missing or wrong.
+func (s *Server) operator(w http.ResponseWriter, r *http.Request) bool {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(s.token)) != 1 {
+		http.Error(w, "operator token required", http.StatusUnauthorized)
+		return false
+	}
+	return true
+}
+
+// registerBulk registers synthetic accounts for load generators and fixtures (operator only).
+func (s *Server) registerBulk(w http.ResponseWriter, r *http.Request) {
+	if !s.operator(w, r) {
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
+	if err != nil {
+		http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	req := &pb.BulkRegisterRequest{}
+	if err := proto.Unmarshal(body, req); err != nil {
+		http.Error(w, "body is not a BulkRegisterRequest", http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
+	defer cancel()
+	res, err := s.dir.RegisterBulk(ctx, req.GetDevices())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	out, _ := proto.Marshal(res)
+	w.Header().Set("Content-Type", "application/x-protobuf")
+	_, _ = w.Write(out)
 }
 
 func loadOrCreateToken(path string) (string, error) {
