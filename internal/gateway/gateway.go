@@ -300,7 +300,9 @@ func NewEngine(name, addr string, tlsCfg *tls.Config, maxConns int, handler http
 	} else {
 		conf.Addrs = []string{addr}
 	}
-	return nbhttp.NewEngine(conf)
+	e := nbhttp.NewEngine(conf)
+	instrumentForRace(e)
+	return e
 }
 
 // LoadTLS loads a certificate and key for NewEngine.

@@ -171,7 +171,11 @@ func (a *Attachment) startDrainLocked() {
 }
 
 func (a *Attachment) onLive(msg *nats.Msg) {
-	env := msg.Data[1:]
+	dedupeID, env, ok := decodeLive(msg.Data[1:])
+	if !ok || dedupeID == "" {
+		_ = msg.Respond(replyStore)
+		return
+	}
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -186,7 +190,7 @@ func (a *Attachment) onLive(msg *nats.Msg) {
 		a.startDrainLocked()
 		a.mu.Unlock()
 		reply := msg.Reply
-		a.m.Store(a.dev, "", env, func(err error) {
+		a.m.Store(a.dev, dedupeID, env, func(err error) {
 			a.mu.Lock()
 			a.pendingStores--
 			a.gen++
@@ -297,9 +301,9 @@ func (a *Attachment) drain() {
 			a.mu.Unlock()
 			return
 		}
-		if a.gen != gen || a.pendingStores > 0 {
+		if pending := a.pendingStores; a.gen != gen || pending > 0 {
 			a.mu.Unlock()
-			if a.pendingStores > 0 {
+			if pending > 0 {
 				<-a.space
 			}
 			continue

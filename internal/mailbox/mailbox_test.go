@@ -119,3 +119,23 @@ func TestShardCountIsFixed(t *testing.T) {
 	}
 	b3.Close()
 }
+
+// Appends without a dedupe id are never merged with each other (regression: a batch of them was
+// acked but only one stored).
+func TestStoreWithoutDedupeIDKeepsEveryEnvelope(t *testing.T) {
+	b, m := open(t, bus.Config{InboxShards: 1})
+	dev := "0123456789abcdef0123456789abcdef"
+	const n = 50
+	done := make(chan error, n)
+	for range n {
+		m.Store(dev, "", []byte("x"), func(err error) { done <- err })
+	}
+	for range n {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := pending(t, b, dev); got != n {
+		t.Fatalf("stored %d envelopes, want %d", got, n)
+	}
+}

@@ -100,9 +100,7 @@ func (m *Mailbox) Send(route *Route, targets []Target, done func(Outcome)) {
 			store()
 			continue
 		}
-		payload := make([]byte, 1+len(t.Envelope))
-		payload[0] = kindLive
-		copy(payload[1:], t.Envelope)
+		payload := encodeLive(t.DedupeID, t.Envelope)
 		m.sendLive(t.DeviceID, payload, func(res liveResult) {
 			switch res {
 			case liveAcked:
@@ -115,4 +113,26 @@ func (m *Mailbox) Send(route *Route, targets []Target, done func(Outcome)) {
 			}
 		})
 	}
+}
+
+// encodeLive builds a live request: kindLive, the dedupe id's length (1 byte), the dedupe id, and
+// the encoded Envelope. The dedupe id travels along so that the device's node can store the
+// envelope itself, under the same id, when the device cannot take it live.
+func encodeLive(dedupeID string, env []byte) []byte {
+	if len(dedupeID) > 255 {
+		dedupeID = dedupeID[:255]
+	}
+	b := make([]byte, 0, 2+len(dedupeID)+len(env))
+	b = append(b, kindLive, byte(len(dedupeID)))
+	b = append(b, dedupeID...)
+	return append(b, env...)
+}
+
+// decodeLive splits a live request's payload (after the kind byte).
+func decodeLive(b []byte) (dedupeID string, env []byte, ok bool) {
+	if len(b) < 1 || len(b) < 1+int(b[0]) {
+		return "", nil, false
+	}
+	n := int(b[0])
+	return string(b[1 : 1+n]), b[1+n:], true
 }

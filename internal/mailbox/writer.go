@@ -81,6 +81,10 @@ func (w *shardWriter) commit(batch []*appendReq) {
 	uniq := make([]*appendReq, 0, len(batch))
 	followers := map[string][]*appendReq{}
 	for _, r := range batch {
+		if r.dedupeID == "" {
+			uniq = append(uniq, r) // no id: never a duplicate of anything
+			continue
+		}
 		if _, dup := followers[r.dedupeID]; dup {
 			followers[r.dedupeID] = append(followers[r.dedupeID], r)
 			continue
@@ -90,6 +94,9 @@ func (w *shardWriter) commit(batch []*appendReq) {
 	}
 	finish := func(r *appendReq, err error) {
 		r.done(err)
+		if r.dedupeID == "" {
+			return
+		}
 		for _, f := range followers[r.dedupeID] {
 			f.done(err)
 		}
@@ -138,11 +145,11 @@ func (w *shardWriter) publishOne(ctx context.Context, r *appendReq) error {
 }
 
 func newInboxMsg(r *appendReq) *nats.Msg {
-	return &nats.Msg{
-		Subject: r.subject,
-		Data:    r.data,
-		Header:  nats.Header{jetstream.MsgIDHeader: []string{r.dedupeID}},
+	m := &nats.Msg{Subject: r.subject, Data: r.data, Header: nats.Header{}}
+	if r.dedupeID != "" {
+		m.Header.Set(jetstream.MsgIDHeader, r.dedupeID)
 	}
+	return m
 }
 
 func isDuplicateErr(err error) bool {

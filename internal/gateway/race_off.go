@@ -1,0 +1,11 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+//go:build !race
+
+package gateway
+
+import "github.com/lesismal/nbio/nbhttp"
+
+// instrumentForRace does nothing outside race builds (see race_on.go).
+func instrumentForRace(*nbhttp.Engine) {}
