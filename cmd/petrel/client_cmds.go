@@ -4,20 +4,659 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/petrelchat/petrel/client"
+	"github.com/petrelchat/petrel/client/store"
 )
 
-// Placeholders: the client commands are being written (see client/).
+// The client commands: register, send, recv, chat, whoami, safety-number. Each opens the home's
+// store (one process at a time), does its work through the client SDK and exits 0 on success,
+// 1 on failure and 2 on a usage error. Errors go to stderr as "petrel CMD: message".
 
-func runRegister(ctx context.Context, e *env, args []string) int     { return notYet(e, "register") }
-func runSend(ctx context.Context, e *env, args []string) int         { return notYet(e, "send") }
-func runRecv(ctx context.Context, e *env, args []string) int         { return notYet(e, "recv") }
-func runChat(ctx context.Context, e *env, args []string) int         { return notYet(e, "chat") }
-func runWhoami(ctx context.Context, e *env, args []string) int       { return notYet(e, "whoami") }
-func runSafetyNumber(ctx context.Context, e *env, args []string) int { return notYet(e, "safety-number") }
+// clientTuning lets tests shorten the client's timers; zero values mean the SDK defaults.
+var clientTuning client.Config
 
-func notYet(e *env, name string) int {
-	fmt.Fprintf(e.stderr, "petrel %s: not implemented yet\n", name)
+// maxLineBytes bounds one line read from standard input.
+const maxLineBytes = 1 << 20
+
+func fail(e *env, cmd string, err error) int {
+	fmt.Fprintf(e.stderr, "petrel %s: %s\n", cmd, describe(err))
 	return 1
+}
+
+func usageErr(e *env, cmd, format string, args ...any) int {
+	fmt.Fprintf(e.stderr, "petrel %s: %s\n", cmd, fmt.Sprintf(format, args...))
+	fmt.Fprintf(e.stderr, "Run 'petrel %s --help' for usage.\n", cmd)
+	return 2
+}
+
+// describe turns SDK errors into messages a user can act on.
+func describe(err error) string {
+	var netErr *net.OpError
+	switch {
+	case errors.Is(err, client.ErrNameTaken):
+		return "that name is taken; choose another"
+	case errors.Is(err, client.ErrInvalidName):
+		return err.Error() + " (names are 1-32 of a-z 0-9 _ . -, starting with a letter or digit)"
+	case errors.Is(err, client.ErrInvalidInvite):
+		return "this server needs a valid invite code (--invite CODE): " + err.Error()
+	case errors.Is(err, client.ErrRegistrationClosed):
+		return "registration is closed on this server"
+	case errors.Is(err, client.ErrNotRegistered):
+		return err.Error()
+	case errors.Is(err, client.ErrConnectedElsewhere):
+		return "this device connected from another petrel process, which took over: " + err.Error()
+	case errors.Is(err, client.ErrAuthFailed):
+		return "the server does not accept this device any more: " + err.Error()
+	case errors.As(err, &netErr):
+		return "server unreachable: " + err.Error()
+	}
+	return err.Error()
+}
+
+// openStore opens the home (creating it only for register); the caller closes it.
+func openStore(e *env, create bool) (*store.Store, error) {
+	st, err := store.Open(e.home, store.Options{MustExist: !create})
+	if errors.Is(err, store.ErrNoHome) {
+		return nil, fmt.Errorf("%w: %s", client.ErrNotRegistered, e.home)
+	}
+	return st, err
+}
+
+// clientSession is an open client running in the background; its events go to a handler.
+type clientSession struct {
+	st     *store.Store
+	c      *client.Client
+	events chan client.Event
+	runErr chan error // Run's result, buffered
+	wg     sync.WaitGroup
+}
+
+// startClient opens the store and the client, calls before (if not nil) and then starts Run.
+// handle receives every event on the event goroutine (it may be nil).
+func startClient(ctx context.Context, e *env, before func(*client.Client) error, handle func(client.Event)) (*clientSession, error) {
+	st, err := openStore(e, false)
+	if err != nil {
+		return nil, err
+	}
+	s := &clientSession{st: st, events: make(chan client.Event, 64), runErr: make(chan error, 1)}
+	cfg := clientTuning
+	cfg.Store = st
+	cfg.Events = s.events
+	cfg.FailFast = true
+	c, err := client.Open(cfg)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	s.c = c
+	if before != nil {
+		if err := before(c); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		for ev := range s.events {
+			if handle != nil {
+				handle(ev)
+			}
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.runErr <- c.Run(ctx)
+	}()
+	return s, nil
+}
+
+// close stops the client, waits for its goroutines, and closes the store.
+func (s *clientSession) close() {
+	s.c.Close()
+	// Run has returned (Close waits), so nothing emits any more.
+	close(s.events)
+	s.wg.Wait()
+	s.st.Close()
+}
+
+// warnEvent prints identity changes and dropped messages to stderr.
+func warnEvent(e *env, cmd string, ev client.Event) {
+	switch ev := ev.(type) {
+	case *client.IdentityChanged:
+		if ev.NewDevice {
+			fmt.Fprintf(e.stderr, "petrel %s: warning: %s has a new device %s (fingerprint %s); your safety number with %s changed, check it with 'petrel safety-number %s'\n",
+				cmd, ev.Name, ev.DeviceID, ev.NewFingerprint, ev.Name, ev.Name)
+		} else {
+			fmt.Fprintf(e.stderr, "petrel %s: WARNING: the identity key of %s (device %s) CHANGED from %s to %s; your safety number with %s changed, verify it with 'petrel safety-number %s'\n",
+				cmd, ev.Name, ev.DeviceID, ev.OldFingerprint, ev.NewFingerprint, ev.Name, ev.Name)
+		}
+	case *client.DecryptFailed:
+		fmt.Fprintf(e.stderr, "petrel %s: warning: could not decrypt message %s from %s (device %s): %v\n",
+			cmd, ev.MessageID, ev.From, ev.FromDevice, ev.Err)
+	case *client.SendFailed:
+		fmt.Fprintf(e.stderr, "petrel %s: message %s to %s failed: %s\n", cmd, ev.MessageID, ev.To, describe(ev.Err))
+	}
+}
+
+func runRegister(ctx context.Context, e *env, args []string) int {
+	const cmd = "register"
+	fs := newFlags(e, cmd, "register --server URL --name NAME [--invite CODE]\n\n"+
+		"Creates this device's keys in the home directory and registers a new account.\n"+
+		"URL is http://HOST:PORT or https://HOST[:PORT]. A home holds one registered device:\n"+
+		"use another --home for another account.")
+	server := fs.String("server", "", "server base URL (http://HOST:PORT or https://HOST)")
+	name := fs.String("name", "", "account name: 1-32 of a-z 0-9 _ . -, starting with a letter or digit")
+	invite := fs.String("invite", "", "invite code, when the server's registration is invite-only")
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return usageErr(e, cmd, "unexpected argument %q", fs.Arg(0))
+	}
+	if *server == "" || *name == "" {
+		return usageErr(e, cmd, "--server and --name are required")
+	}
+	st, err := openStore(e, true)
+	if err != nil {
+		return fail(e, cmd, err)
+	}
+	defer st.Close()
+	opts := client.RegisterOptions{ServerURL: *server, Name: *name, Invite: *invite}
+	acct, err := client.Register(ctx, st, opts)
+	if err != nil {
+		return fail(e, cmd, err)
+	}
+	fmt.Fprintf(e.stdout, "registered %s on %s\ndevice id:   %s\nfingerprint: %s\n", acct.Name, acct.ServerURL, acct.DeviceID, acct.Fingerprint)
+	return 0
+}
+
+func runSend(ctx context.Context, e *env, args []string) int {
+	const cmd = "send"
+	fs := newFlags(e, cmd, "send --to NAME TEXT... | send --to NAME -\n\n"+
+		"Sends TEXT (the arguments joined by spaces), or with '-' each non-empty line of standard\n"+
+		"input as one message, in order. Prints each message id once the server has acked it.")
+	to := fs.String("to", "", "recipient account name")
+	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the server's ack of each message")
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if *to == "" {
+		return usageErr(e, cmd, "--to is required")
+	}
+	if fs.NArg() == 0 {
+		return usageErr(e, cmd, "nothing to send: give TEXT or - for standard input")
+	}
+	fromStdin := fs.NArg() == 1 && fs.Arg(0) == "-"
+	text := strings.Join(fs.Args(), " ")
+	if !fromStdin && strings.TrimSpace(text) == "" {
+		return usageErr(e, cmd, "empty message")
+	}
+	s, err := startClient(ctx, e, nil, func(ev client.Event) { warnEvent(e, cmd, ev) })
+	if err != nil {
+		return fail(e, cmd, err)
+	}
+	defer s.close()
+
+	send := func(text string) error {
+		sctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		id, err := s.c.Send(sctx, *to, text)
+		if errors.Is(err, client.ErrUnknownUser) {
+			return fmt.Errorf("unknown user %q", *to)
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout, id)
+		return nil
+	}
+	if !fromStdin {
+		if err := send(text); err != nil {
+			return fail(e, cmd, err)
+		}
+		return 0
+	}
+	sc := bufio.NewScanner(e.stdin)
+	sc.Buffer(make([]byte, 0, 64<<10), maxLineBytes)
+	for sc.Scan() {
+		line := strings.TrimSuffix(sc.Text(), "\r")
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		if err := send(line); err != nil {
+			return fail(e, cmd, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fail(e, cmd, fmt.Errorf("read standard input: %w", err))
+	}
+	return 0
+}
+
+// jsonMessage is one line of recv --json.
+type jsonMessage struct {
+	ID         string `json:"id"`
+	From       string `json:"from"`
+	FromDevice string `json:"from_device"`
+	Text       string `json:"text"`
+	SentAt     string `json:"sent_at"`
+	ServerTime string `json:"server_time"`
+	ReceivedAt string `json:"received_at"`
+}
+
+const rfc3339Milli = "2006-01-02T15:04:05.000Z07:00"
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(rfc3339Milli)
+}
+
+// printer writes received messages, as text or JSON lines, and marks them seen.
+type printer struct {
+	e    *env
+	c    *client.Client
+	json bool
+	mu   sync.Mutex // serialises output lines
+}
+
+func (p *printer) print(m *client.Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.json {
+		b, err := json.Marshal(jsonMessage{ID: m.ID, From: m.From, FromDevice: m.FromDevice, Text: m.Text,
+			SentAt: formatTime(m.SentAt), ServerTime: formatTime(m.ServerTime), ReceivedAt: formatTime(m.ReceivedAt)})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(p.e.stdout, "%s\n", b)
+	} else {
+		fmt.Fprintf(p.e.stdout, "%s: %s\n", m.From, sanitize(m.Text))
+	}
+	return p.c.MarkSeen(m.Seq)
+}
+
+// sanitize replaces control characters (other than tab and newline) so a message cannot drive
+// the terminal.
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\t' {
+			return r
+		}
+		if r < 0x20 || r >= 0x7f && r < 0xa0 {
+			return '\uFFFD'
+		}
+		return r
+	}, s)
+}
+
+func runRecv(ctx context.Context, e *env, args []string) int {
+	const cmd = "recv"
+	fs := newFlags(e, cmd, "recv [--wait DURATION] [--json]\n\n"+
+		"Receives every pending message, then keeps waiting until DURATION passes with nothing\n"+
+		"new. Prints 'NAME: TEXT' per message, or with --json one JSON object per line with\n"+
+		"id, from, from_device, text, sent_at, server_time and received_at (RFC 3339, ms).")
+	wait := fs.Duration("wait", 2*time.Second, "how long to wait for more messages after the backlog (restarts at each message)")
+	asJSON := fs.Bool("json", false, "print one JSON object per message")
+	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the server to deliver the backlog")
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return usageErr(e, cmd, "unexpected argument %q", fs.Arg(0))
+	}
+	if *wait < 0 {
+		return usageErr(e, cmd, "--wait must not be negative")
+	}
+	msgs := make(chan *client.Message, 16)
+	queueEmpty := make(chan struct{}, 1)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p := &printer{e: e, json: *asJSON}
+	// Messages received earlier (for example by 'petrel send') but never shown, printed before
+	// the connection brings new ones.
+	showUnseen := func(c *client.Client) error {
+		p.c = c
+		for {
+			unseen, err := c.Unseen(256)
+			if err != nil || len(unseen) == 0 {
+				return err
+			}
+			for _, m := range unseen {
+				if err := p.print(m); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	s, err := startClient(ctx, e, showUnseen, func(ev client.Event) {
+		switch ev := ev.(type) {
+		case *client.Message:
+			select {
+			case msgs <- ev:
+			case <-ctx.Done():
+			}
+		case *client.QueueEmpty:
+			select {
+			case queueEmpty <- struct{}{}:
+			default:
+			}
+		default:
+			warnEvent(e, cmd, ev)
+		}
+	})
+	if err != nil {
+		return fail(e, cmd, err)
+	}
+	// Unblock the event handler before closing (it may wait to hand over a message).
+	defer func() { cancel(); s.close() }()
+	var timer <-chan time.Time
+	var t *time.Timer
+	restart := func() {
+		if t == nil {
+			t = time.NewTimer(*wait)
+			timer = t.C
+			return
+		}
+		t.Reset(*wait)
+	}
+	defer func() {
+		if t != nil {
+			t.Stop()
+		}
+	}()
+	started := false
+	backlog := time.NewTimer(*timeout)
+	defer backlog.Stop()
+	for {
+		select {
+		case <-backlog.C:
+			if !started {
+				err := s.c.LastError()
+				if err == nil {
+					err = errors.New("the server did not deliver the backlog")
+				}
+				return fail(e, cmd, fmt.Errorf("no answer within %v: %w", *timeout, err))
+			}
+		case m := <-msgs:
+			if err := p.print(m); err != nil {
+				return fail(e, cmd, err)
+			}
+			if started {
+				restart()
+			}
+		case <-queueEmpty:
+			if !started {
+				started = true
+				restart()
+			}
+		case <-timer:
+			// Let the delivery receipts (and anything else queued) reach the server.
+			fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
+			err := s.c.Flush(fctx)
+			fcancel()
+			if err != nil {
+				fmt.Fprintf(e.stderr, "petrel %s: warning: receipts not sent yet (they will be next time): %s\n", cmd, describe(err))
+			}
+			return 0
+		case err := <-s.runErr:
+			if err == nil {
+				err = ctx.Err()
+			}
+			if err == nil {
+				err = client.ErrClosed
+			}
+			return fail(e, cmd, err)
+		}
+	}
+}
+
+func runChat(ctx context.Context, e *env, args []string) int {
+	const cmd = "chat"
+	fs := newFlags(e, cmd, "chat NAME\n\n"+
+		"Interactive chat with NAME: each line you type is sent; incoming messages appear as\n"+
+		"'NAME: TEXT'. /quit or end of input exits. Works with a pipe as standard input too.")
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
+		return usageErr(e, cmd, "want exactly one NAME")
+	}
+	peer := fs.Arg(0)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	tty := isTerminal(e.stdin)
+	var outMu sync.Mutex // serialises the screen
+	prompt := func() {
+		if tty {
+			fmt.Fprint(e.stdout, "> ")
+		}
+	}
+	// show prints one line above the prompt (redrawing it on a terminal).
+	show := func(line string) {
+		outMu.Lock()
+		defer outMu.Unlock()
+		if tty {
+			fmt.Fprint(e.stdout, "\r\033[K")
+		}
+		fmt.Fprintln(e.stdout, line)
+		prompt()
+	}
+	var s *clientSession
+	ready := make(chan struct{})
+	handle := func(ev client.Event) {
+		<-ready
+		switch ev := ev.(type) {
+		case *client.Message:
+			show(fmt.Sprintf("%s: %s", ev.From, sanitize(ev.Text)))
+			if err := s.c.MarkSeen(ev.Seq); err != nil {
+				show(fmt.Sprintf("petrel %s: %s", cmd, describe(err)))
+			}
+		case *client.IdentityChanged, *client.DecryptFailed, *client.SendFailed:
+			outMu.Lock()
+			warnEvent(e, cmd, ev)
+			outMu.Unlock()
+		case *client.Disconnected:
+			show(fmt.Sprintf("[disconnected: %s; reconnecting in %v]", describe(ev.Err), ev.RetryIn.Round(time.Millisecond)))
+		}
+	}
+	showUnseen := func(c *client.Client) error {
+		for {
+			unseen, err := c.Unseen(256)
+			if err != nil || len(unseen) == 0 {
+				return err
+			}
+			for _, m := range unseen {
+				show(fmt.Sprintf("%s: %s", m.From, sanitize(m.Text)))
+				if err := c.MarkSeen(m.Seq); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	s, err := startClient(ctx, e, showUnseen, handle)
+	if err != nil {
+		return fail(e, cmd, err)
+	}
+	close(ready)
+	defer s.close()
+	if tty {
+		show(fmt.Sprintf("[chat with %s: type a message and press Enter; /quit to leave]", peer))
+	}
+
+	lines := make(chan string)
+	readErr := make(chan error, 1)
+	// The reader goroutine blocks in stdin; it exits when stdin ends. The command does not wait for
+	// it (an interactive read cannot be interrupted), which is why it only touches channels.
+	go func() {
+		sc := bufio.NewScanner(e.stdin)
+		sc.Buffer(make([]byte, 0, 64<<10), maxLineBytes)
+		for sc.Scan() {
+			select {
+			case lines <- strings.TrimSuffix(sc.Text(), "\r"):
+			case <-ctx.Done():
+				return
+			}
+		}
+		readErr <- sc.Err()
+	}()
+	code := 0
+loop:
+	for {
+		select {
+		case line := <-lines:
+			switch strings.TrimSpace(line) {
+			case "":
+				outMu.Lock()
+				prompt()
+				outMu.Unlock()
+				continue
+			case "/quit":
+				break loop
+			}
+			sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+			_, err := s.c.Send(sctx, peer, line)
+			scancel()
+			if err != nil {
+				if errors.Is(err, client.ErrUnknownUser) {
+					fmt.Fprintf(e.stderr, "petrel %s: unknown user %q\n", cmd, peer)
+					code = 1
+					break loop
+				}
+				if errors.Is(err, client.ErrInvalidName) ||
+					errors.Is(err, client.ErrConnectedElsewhere) || errors.Is(err, client.ErrAuthFailed) {
+					fmt.Fprintf(e.stderr, "petrel %s: %s\n", cmd, describe(err))
+					code = 1
+					break loop
+				}
+				show(fmt.Sprintf("[not sent yet, kept in the outbox: %s]", describe(err)))
+				continue
+			}
+			outMu.Lock()
+			prompt()
+			outMu.Unlock()
+		case err := <-readErr:
+			if err != nil {
+				fmt.Fprintf(e.stderr, "petrel %s: read standard input: %v\n", cmd, err)
+				code = 1
+			}
+			break loop
+		case err := <-s.runErr:
+			if err == nil {
+				err = client.ErrClosed
+			}
+			return fail(e, cmd, err)
+		case <-ctx.Done():
+			break loop
+		}
+	}
+	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer fcancel()
+	if err := s.c.Flush(fctx); err != nil {
+		fmt.Fprintf(e.stderr, "petrel %s: warning: some messages are not sent yet (they stay in the outbox): %s\n", cmd, describe(err))
+	}
+	if tty {
+		fmt.Fprintln(e.stdout)
+	}
+	return code
+}
+
+// isTerminal reports whether r is a character device (an interactive terminal).
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func runWhoami(ctx context.Context, e *env, args []string) int {
+	const cmd = "whoami"
+	fs := newFlags(e, cmd, "whoami\n\nPrints this device's account name, device id, server and identity fingerprint.")
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return usageErr(e, cmd, "unexpected argument %q", fs.Arg(0))
+	}
+	st, err := openStore(e, false)
+	if err != nil {
+		return fail(e, cmd, err)
+	}
+	defer st.Close()
+	c, err := client.Open(client.Config{Store: st})
+	if err != nil {
+		return fail(e, cmd, err)
+	}
+	a := c.Account()
+	fmt.Fprintf(e.stdout, "name:        %s\ndevice id:   %s\nserver:      %s\nfingerprint: %s\n", a.Name, a.DeviceID, a.ServerURL, a.Fingerprint)
+	return 0
+}
+
+func runSafetyNumber(ctx context.Context, e *env, args []string) int {
+	const cmd = "safety-number"
+	fs := newFlags(e, cmd, "safety-number NAME\n\n"+
+		"Prints the 60-digit safety number of your account and NAME, in 12 groups of 5 digits.\n"+
+		"Compare it with NAME in person or over another channel: if it matches, nobody is in\n"+
+		"the middle. NAME's device keys are fetched from the server if not known yet.")
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
+		return usageErr(e, cmd, "want exactly one NAME")
+	}
+	s, err := startClient(ctx, e, nil, func(ev client.Event) { warnEvent(e, cmd, ev) })
+	if err != nil {
+		return fail(e, cmd, err)
+	}
+	defer s.close()
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	n, err := s.c.SafetyNumber(sctx, fs.Arg(0))
+	if errors.Is(err, client.ErrUnknownUser) {
+		return fail(e, cmd, fmt.Errorf("unknown user %q", fs.Arg(0)))
+	}
+	if err != nil {
+		return fail(e, cmd, err)
+	}
+	fmt.Fprint(e.stdout, formatSafetyNumber(n))
+	return 0
+}
+
+// formatSafetyNumber lays out digits like Signal: groups of 5, four groups per line.
+func formatSafetyNumber(n string) string {
+	digits := strings.Map(func(r rune) rune {
+		if r >= '0' && r <= '9' {
+			return r
+		}
+		return -1
+	}, n)
+	var b strings.Builder
+	for i := 0; i < len(digits); i += 5 {
+		end := min(i+5, len(digits))
+		b.WriteString(digits[i:end])
+		switch {
+		case end == len(digits) || (i/5)%4 == 3:
+			b.WriteByte('\n')
+		default:
+			b.WriteByte(' ')
+		}
+	}
+	return b.String()
 }

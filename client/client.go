@@ -1,0 +1,680 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/petrelchat/petrel/client/store"
+	"github.com/petrelchat/petrel/e2ee"
+	petrelv1 "github.com/petrelchat/petrel/proto/petrel/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// Config configures a Client. Zero values mean the documented defaults.
+type Config struct {
+	// Store is the local state; required. The caller opens and closes it.
+	Store *store.Store
+	// Events receives what happens (see Event). The client blocks until each event is taken, so
+	// drain it on a goroutine that does not itself wait for Send. nil: no events.
+	Events chan<- Event
+	// Logger receives diagnostics (ids and counts only). Default: discard.
+	Logger *slog.Logger
+	// ResendInterval is how long a server-acked message may wait for its delivery receipts before
+	// the client asks the server whether it still holds it (and resends it if not). Default: 1h.
+	ResendInterval time.Duration
+	// ReconnectBase and ReconnectMax bound the reconnect backoff (exponential, full jitter).
+	// Defaults: 250ms and 30s.
+	ReconnectBase, ReconnectMax time.Duration
+	// DialTimeout bounds connecting and authenticating. Default: 10s.
+	DialTimeout time.Duration
+	// RequestTimeout bounds the wait for the answer to one request. Default: 30s.
+	RequestTimeout time.Duration
+	// KeepAlive is the interval between Pings on an idle connection. Default: 30s; < 0 disables.
+	KeepAlive time.Duration
+	// SignedPreKeyRotation is the age after which the signed prekey (and the last-resort KEM
+	// prekey) are replaced. Default: 7 days.
+	SignedPreKeyRotation time.Duration
+	// SignedPreKeyGrace is how long a replaced prekey's private key is kept so that PreKey
+	// messages made with it still decrypt. Default: 30 days.
+	SignedPreKeyGrace time.Duration
+	// PreKeyBatch is how many one-time prekeys of each kind a device keeps uploaded. Default: 100.
+	PreKeyBatch int
+	// FailFast makes Run return the first connection error when no connection has succeeded yet
+	// (for one-shot command-line use). Default: false (retry until ctx ends).
+	FailFast bool
+	// Rand is the randomness source for keys and ids. Default: crypto/rand.
+	Rand io.Reader
+	// Now is the clock. Default: time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.ResendInterval <= 0 {
+		c.ResendInterval = time.Hour
+	}
+	if c.ReconnectBase <= 0 {
+		c.ReconnectBase = 250 * time.Millisecond
+	}
+	if c.ReconnectMax <= 0 {
+		c.ReconnectMax = 30 * time.Second
+	}
+	if c.ReconnectMax < c.ReconnectBase {
+		c.ReconnectMax = c.ReconnectBase
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 10 * time.Second
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 30 * time.Second
+	}
+	if c.KeepAlive == 0 {
+		c.KeepAlive = 30 * time.Second
+	}
+	if c.SignedPreKeyRotation <= 0 {
+		c.SignedPreKeyRotation = 7 * 24 * time.Hour
+	}
+	if c.SignedPreKeyGrace <= 0 {
+		c.SignedPreKeyGrace = 30 * 24 * time.Hour
+	}
+	if c.PreKeyBatch <= 0 {
+		c.PreKeyBatch = 100
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Reader
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Account describes this device.
+type Account struct {
+	Name      string
+	DeviceID  string
+	ServerURL string
+	// Fingerprint is a short hex digest of this device's identity key (see Fingerprint).
+	Fingerprint string
+}
+
+// Client is one registered device. It is safe for concurrent use.
+type Client struct {
+	cfg      Config
+	st       *store.Store
+	log      *slog.Logger
+	name     string
+	deviceID string
+	server   string
+	authKey  ed25519.PrivateKey
+	identity *e2ee.IdentityKeyPair
+	boff     backoff
+
+	kick chan struct{} // capacity 1: the outbox has work
+
+	closeCtx context.Context // cancelled by Close
+	closeFn  context.CancelFunc
+	runDone  chan struct{} // closed when Run returns
+
+	mu       sync.Mutex // guards the following fields
+	state    runState
+	cur      *link                 // the ready connection (after QueueEmpty), or nil
+	readyCh  chan struct{}         // closed when cur becomes non-nil; replaced when it drops
+	flushCh  chan struct{}         // closed after each outbox flush; replaced
+	waiters  map[string]chan error // message id → Send waiting for the server's ack
+	lastErr  error                 // the last connection error
+	runErr   error                 // why Run returned
+	maxFrame int                   // the server's frame limit (last Welcome)
+}
+
+// stableConn is how long a connection must last for the reconnect backoff to start over.
+const stableConn = 10 * time.Second
+
+type runState int
+
+const (
+	stateIdle runState = iota
+	stateRunning
+	stateClosed // Close was called; Run returns at once
+)
+
+// Open loads the registered device from cfg.Store (no network I/O). It returns ErrNotRegistered
+// if the store holds no registered device.
+func Open(cfg Config) (*Client, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("client: Config.Store is required")
+	}
+	cfg.setDefaults()
+	var acct *store.Account
+	err := cfg.Store.View(func(tx *store.Tx) error {
+		var err error
+		acct, err = tx.Account()
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) || err == nil && !acct.Registered {
+		return nil, ErrNotRegistered
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(acct.AuthKey) != ed25519.PrivateKeySize {
+		return nil, errors.New("client: stored auth key is malformed")
+	}
+	id, err := e2ee.UnmarshalIdentityKeyPair(acct.Identity)
+	if err != nil {
+		return nil, fmt.Errorf("client: stored identity key: %w", err)
+	}
+	c := &Client{
+		cfg:      cfg,
+		st:       cfg.Store,
+		log:      cfg.Logger.With("device", acct.DeviceID),
+		name:     acct.Name,
+		deviceID: acct.DeviceID,
+		server:   acct.ServerURL,
+		authKey:  ed25519.PrivateKey(acct.AuthKey),
+		identity: id,
+		boff:     backoff{base: cfg.ReconnectBase, max: cfg.ReconnectMax},
+		kick:     make(chan struct{}, 1),
+		runDone:  make(chan struct{}),
+		readyCh:  make(chan struct{}),
+		flushCh:  make(chan struct{}),
+		waiters:  map[string]chan error{},
+		maxFrame: int(acct.MaxFrameBytes),
+	}
+	c.closeCtx, c.closeFn = context.WithCancel(context.Background())
+	if c.maxFrame == 0 {
+		c.maxFrame = petrelv1.DefaultMaxFrameBytes
+	}
+	return c, nil
+}
+
+// Account returns this device's account.
+func (c *Client) Account() Account {
+	return Account{Name: c.name, DeviceID: c.deviceID, ServerURL: c.server,
+		Fingerprint: Fingerprint(c.identity.PublicKey().Bytes())}
+}
+
+// Fingerprint returns a short, human-comparable digest of a public identity key: the first
+// 16 bytes of its SHA-256 in hex, in groups of four.
+func Fingerprint(identityKey []byte) string {
+	sum := sha256.Sum256(identityKey)
+	h := hex.EncodeToString(sum[:16])
+	var b strings.Builder
+	for i := 0; i < len(h); i += 4 {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(h[i : i+4])
+	}
+	return b.String()
+}
+
+// Run connects and keeps the connection up, reconnecting with exponential backoff and full jitter
+// (honouring the server's retry hints), until ctx ends or Close is called (it then returns nil).
+// It returns an error matching ErrConnectedElsewhere when another instance of this device took
+// over, ErrAuthFailed when the server no longer accepts this device, and — with Config.FailFast —
+// the first connection error if no connection ever succeeded. Run may be called once.
+func (c *Client) Run(ctx context.Context) (err error) {
+	c.mu.Lock()
+	switch c.state {
+	case stateClosed:
+		c.mu.Unlock()
+		return ErrClosed
+	case stateRunning:
+		c.mu.Unlock()
+		return errors.New("client: Run called twice")
+	}
+	c.state = stateRunning
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.runErr = err
+		if c.runErr == nil {
+			c.runErr = ErrClosed
+		}
+		c.mu.Unlock()
+		close(c.runDone)
+		c.failWaiters(c.runErr)
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(c.closeCtx, cancel)
+	defer stop()
+
+	attempt := 0
+	everConnected := false
+	for {
+		start := time.Now()
+		connected, err := c.runLink(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if connected {
+			everConnected = true
+			// Only a connection that stayed up resets the backoff: a server that accepts and
+			// drops at once must not be hammered.
+			if time.Since(start) >= stableConn {
+				attempt = 0
+			}
+		}
+		c.mu.Lock()
+		c.lastErr = err
+		c.mu.Unlock()
+		if isFatal(err) {
+			c.log.Warn("connection refused for good", "err", err)
+			return err
+		}
+		if c.cfg.FailFast && !everConnected {
+			return err
+		}
+		delay := c.boff.withRetryAfter(c.boff.delay(attempt), retryAfter(err))
+		attempt++
+		c.log.Info("disconnected", "err", err, "retry_in", delay)
+		if !c.emit(ctx, &Disconnected{Err: err, RetryIn: delay}) {
+			return nil
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		}
+	}
+}
+
+// Close stops Run (if running) and waits for it to return. Messages not yet acked stay in the
+// outbox for the next run. It does not close the store. Idempotent.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	prev := c.state
+	c.state = stateClosed
+	c.mu.Unlock()
+	c.closeFn()
+	if prev == stateRunning {
+		<-c.runDone
+	}
+	c.failWaiters(ErrClosed)
+	return nil
+}
+
+// LastError returns the last connection error (nil while connected or before any attempt).
+func (c *Client) LastError() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastErr
+}
+
+// emit sends ev on Config.Events; it reports false if ctx ended first.
+func (c *Client) emit(ctx context.Context, ev Event) bool {
+	if c.cfg.Events == nil {
+		return true
+	}
+	select {
+	case c.cfg.Events <- ev:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (c *Client) kickOutbox() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Client) setReady(l *link) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l != nil {
+		c.cur = l
+		c.lastErr = nil
+		close(c.readyCh)
+		return
+	}
+	if c.cur != nil {
+		c.cur = nil
+		c.readyCh = make(chan struct{})
+	}
+}
+
+// ready waits for a ready connection.
+func (c *Client) ready(ctx context.Context) (*link, error) {
+	for {
+		c.mu.Lock()
+		l, ch, runErr := c.cur, c.readyCh, c.runErr
+		c.mu.Unlock()
+		if l != nil {
+			return l, nil
+		}
+		if runErr != nil {
+			return nil, runErr
+		}
+		select {
+		case <-ch:
+		case <-c.runDone:
+		case <-c.closeCtx.Done():
+			return nil, ErrClosed
+		case <-ctx.Done():
+			return nil, c.notConnected(ctx.Err())
+		}
+	}
+}
+
+// notConnected builds the error for a wait that ended without a connection.
+func (c *Client) notConnected(cause error) error {
+	if last := c.LastError(); last != nil {
+		return fmt.Errorf("%w: %w (last error: %w)", ErrNotConnected, cause, last)
+	}
+	return fmt.Errorf("%w: %w", ErrNotConnected, cause)
+}
+
+func (c *Client) signalFlushed() {
+	c.mu.Lock()
+	close(c.flushCh)
+	c.flushCh = make(chan struct{})
+	c.mu.Unlock()
+}
+
+// finish hands the outcome of message id to the Send waiting for it; it reports whether one was.
+func (c *Client) finish(id string, err error) bool {
+	c.mu.Lock()
+	w := c.waiters[id]
+	delete(c.waiters, id)
+	c.mu.Unlock()
+	if w != nil {
+		w <- err // buffered
+	}
+	return w != nil
+}
+
+// failWaiters ends every waiting Send: their messages stay in the outbox.
+func (c *Client) failWaiters(err error) {
+	c.mu.Lock()
+	ws := c.waiters
+	c.waiters = map[string]chan error{}
+	c.mu.Unlock()
+	for id, w := range ws {
+		w <- fmt.Errorf("message %s not acked yet, it stays in the outbox: %w", id, err)
+	}
+}
+
+// NewMessageID returns a fresh random message id (22 characters of [A-Za-z0-9_-]).
+func NewMessageID(rand io.Reader) (string, error) {
+	var b [16]byte
+	if _, err := io.ReadFull(rand, b[:]); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// Send sends text to every device of account to and returns the message id once the server has
+// acked it (every recipient device has it, live or durably stored). The message stays in the
+// outbox until every recipient device sent a delivery receipt (see Delivered).
+//
+// If ctx ends before the server's ack, Send returns the id with an error wrapping ctx's (or the
+// connection's) error: the message stays in the outbox and is sent by a later run. Errors
+// matching ErrUnknownUser, ErrInvalidName or ErrFrameTooLarge mean the message was refused for
+// good and left the outbox.
+func (c *Client) Send(ctx context.Context, to, text string) (string, error) {
+	if !petrelv1.ValidName(to) {
+		return "", fmt.Errorf("%w: %q", ErrInvalidName, to)
+	}
+	if to == c.name {
+		return "", errors.New("sending to your own account is not supported yet")
+	}
+	if n := len(text); n > c.frameLimit() {
+		return "", frameTooLarge(n, c.frameLimit())
+	}
+	id, err := NewMessageID(c.cfg.Rand)
+	if err != nil {
+		return "", err
+	}
+	now := c.cfg.Now()
+	content, err := proto.Marshal(&petrelv1.Content{
+		MessageId: id,
+		Body:      &petrelv1.Content_Text{Text: &petrelv1.Text{Body: text, SentAtMs: now.UnixMilli()}},
+	})
+	if err != nil {
+		return "", err
+	}
+	done := make(chan error, 1)
+	c.mu.Lock()
+	if c.runErr != nil || c.state == stateClosed {
+		// Run has returned (or never will): the message would not leave now.
+		err := c.runErr
+		if err == nil {
+			err = ErrClosed
+		}
+		c.mu.Unlock()
+		return "", err
+	}
+	c.waiters[id] = done
+	c.mu.Unlock()
+	err = c.st.Update(func(tx *store.Tx) error {
+		if err := tx.AddOutbox(&store.OutboxEntry{ID: id, To: to, Kind: store.KindText, Content: content, CreatedAt: now}); err != nil {
+			return err
+		}
+		return tx.AddHistory(&store.HistoryRecord{ID: id, Dir: store.Outgoing, Peer: to, Body: text, SentAt: now, Status: store.StatusPending})
+	})
+	if err != nil {
+		c.finish(id, nil)
+		return "", fmt.Errorf("store message: %w", err)
+	}
+	c.kickOutbox()
+	select {
+	case err := <-done:
+		if err != nil {
+			return id, err
+		}
+		return id, nil
+	case <-ctx.Done():
+		c.mu.Lock()
+		delete(c.waiters, id)
+		c.mu.Unlock()
+		return id, fmt.Errorf("message %s not acked yet, it stays in the outbox: %w", id, c.notConnected(ctx.Err()))
+	}
+}
+
+func (c *Client) frameLimit() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.maxFrame
+}
+
+// Flush waits until the outbox holds no message that the server has not acked (receipts
+// included), or ctx ends.
+func (c *Client) Flush(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		ch := c.flushCh
+		c.mu.Unlock()
+		var n int
+		err := c.st.View(func(tx *store.Tx) error {
+			p, err := tx.PendingOutbox(1)
+			n = len(p)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		c.kickOutbox()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return c.notConnected(ctx.Err())
+		case <-c.runDone:
+			c.mu.Lock()
+			err := c.runErr
+			c.mu.Unlock()
+			return err
+		}
+	}
+}
+
+// Unseen returns up to limit received messages not yet marked seen, oldest first (for example
+// messages received while the application was not showing them).
+func (c *Client) Unseen(limit int) ([]*Message, error) {
+	var recs []*store.HistoryRecord
+	err := c.st.View(func(tx *store.Tx) error {
+		var err error
+		recs, err = tx.Unseen(limit)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Message, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, messageFromRecord(r))
+	}
+	return out, nil
+}
+
+// MarkSeen records that messages (by Message.Seq) have been shown.
+func (c *Client) MarkSeen(seqs ...uint64) error {
+	return c.st.Update(func(tx *store.Tx) error { return tx.MarkSeen(seqs...) })
+}
+
+func messageFromRecord(r *store.HistoryRecord) *Message {
+	return &Message{Seq: r.Seq, ID: r.ID, From: r.Peer, FromDevice: r.PeerDevice, Text: r.Body,
+		SentAt: r.SentAt, ServerTime: r.ServerTime, ReceivedAt: r.ReceivedAt}
+}
+
+// OutboxLen returns how many messages (texts awaiting receipts, receipts awaiting the server) are
+// in the outbox.
+func (c *Client) OutboxLen() (int, error) {
+	var n int
+	err := c.st.View(func(tx *store.Tx) error { n = tx.OutboxLen(); return nil })
+	return n, err
+}
+
+// SafetyNumber returns the 60-digit safety number of this account and name (e2ee.SafetyNumber
+// over both sides' device identity keys). If name's devices are not known yet it fetches them,
+// which needs a connection (Run). Compare it with name out of band to rule out a
+// man-in-the-middle.
+func (c *Client) SafetyNumber(ctx context.Context, name string) (string, error) {
+	if !petrelv1.ValidName(name) {
+		return "", fmt.Errorf("%w: %q", ErrInvalidName, name)
+	}
+	keys, ok, err := c.contactKeys(name)
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		l, err := c.ready(ctx)
+		if err != nil {
+			return "", err
+		}
+		if _, err := l.ensureSessions(ctx, name); err != nil {
+			return "", err
+		}
+		if keys, ok, err = c.contactKeys(name); err != nil {
+			return "", err
+		}
+		if !ok {
+			return "", fmt.Errorf("%w: %s has no devices", ErrUnknownUser, name)
+		}
+	}
+	remote := make([]*e2ee.IdentityKey, 0, len(keys))
+	for _, k := range keys {
+		ik, err := e2ee.ParseIdentityKey(k)
+		if err != nil {
+			return "", fmt.Errorf("stored identity key of %s: %w", name, err)
+		}
+		remote = append(remote, ik)
+	}
+	local := []*e2ee.IdentityKey{c.identity.PublicKey()}
+	n := e2ee.SafetyNumber(c.name, local, name, remote)
+	if n == "" {
+		return "", errors.New("safety number unavailable")
+	}
+	return n, nil
+}
+
+// contactKeys returns the identity keys of every known device of name; ok is false unless the
+// full device list is known with a key for each device.
+func (c *Client) contactKeys(name string) (keys [][]byte, ok bool, err error) {
+	err = c.st.View(func(tx *store.Tx) error {
+		ct, err := tx.Contact(name)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !ct.DevicesKnown || len(ct.Devices) == 0 {
+			return nil
+		}
+		for _, dev := range slices.Sorted(maps.Keys(ct.Devices)) {
+			k := ct.Devices[dev].IdentityKey
+			if len(k) == 0 {
+				return nil
+			}
+			keys = append(keys, k)
+		}
+		ok = true
+		return nil
+	})
+	return keys, ok, err
+}
+
+// Contact describes what this device trusts of another account.
+type Contact struct {
+	Name    string
+	Devices []ContactDevice
+}
+
+// ContactDevice is one device of a contact.
+type ContactDevice struct {
+	DeviceID    string
+	Fingerprint string
+	FirstSeen   time.Time
+}
+
+// Contact returns what is known locally of name (ok false if nothing).
+func (c *Client) Contact(name string) (ct Contact, ok bool, err error) {
+	err = c.st.View(func(tx *store.Tx) error {
+		sc, err := tx.Contact(name)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ok = true
+		ct.Name = sc.Name
+		for _, dev := range slices.Sorted(maps.Keys(sc.Devices)) {
+			d := sc.Devices[dev]
+			cd := ContactDevice{DeviceID: dev, FirstSeen: d.FirstSeen}
+			if len(d.IdentityKey) > 0 {
+				cd.Fingerprint = Fingerprint(d.IdentityKey)
+			}
+			ct.Devices = append(ct.Devices, cd)
+		}
+		return nil
+	})
+	return ct, ok, err
+}

@@ -1,0 +1,89 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package client
+
+import "time"
+
+// Event is something the client reports on Config.Events: *Message, *Connected, *QueueEmpty,
+// *Disconnected, *Delivered, *SendFailed, *IdentityChanged, *DecryptFailed or *PreKeysUploaded.
+type Event interface{ isEvent() }
+
+// Message is a received text message. It was persisted and acked before it is reported.
+type Message struct {
+	// Seq is the message's position in the local history (see Client.MarkSeen).
+	Seq        uint64
+	ID         string
+	From       string
+	FromDevice string
+	Text       string
+	// SentAt is the sender's clock; ServerTime when the server accepted it; ReceivedAt ours.
+	SentAt     time.Time
+	ServerTime time.Time
+	ReceivedAt time.Time
+}
+
+// Connected reports an authenticated connection.
+type Connected struct {
+	Name, DeviceID string
+}
+
+// QueueEmpty reports that everything the server held for this device when the connection was
+// made has been received (and reported before this event).
+type QueueEmpty struct {
+	Delivered int
+}
+
+// Disconnected reports a lost connection and when the client will try again.
+type Disconnected struct {
+	Err     error
+	RetryIn time.Duration
+}
+
+// Delivered reports that every recipient device has sent a delivery receipt for a message.
+type Delivered struct {
+	To, MessageID string
+}
+
+// SendFailed reports a message that was refused for good and left the outbox (for example, the
+// recipient account no longer exists) while no Send was waiting for it (a message from an earlier
+// run); a waiting Send returns the error instead.
+type SendFailed struct {
+	To, MessageID string
+	Err           error
+}
+
+// IdentityChanged reports a contact device whose identity key differs from the one trusted
+// before, or a new device on a known contact. Either changes the safety number: users who care
+// should compare it again.
+type IdentityChanged struct {
+	Name     string
+	DeviceID string
+	// NewDevice is true when the device was not known before (its key is new rather than changed).
+	NewDevice bool
+	// OldFingerprint is empty for a new device.
+	OldFingerprint, NewFingerprint string
+}
+
+// DecryptFailed reports an envelope that could not be decrypted; it was acked and dropped.
+type DecryptFailed struct {
+	From, FromDevice, MessageID string
+	Err                         error
+}
+
+// PreKeysUploaded reports prekeys uploaded after connecting: one-time prekeys replenished and/or
+// the signed and last-resort prekeys rotated.
+type PreKeysUploaded struct {
+	OneTime, KEM int
+	Rotated      bool
+}
+
+func (*Message) isEvent()         {}
+func (*PreKeysUploaded) isEvent() {}
+func (*Connected) isEvent()       {}
+func (*QueueEmpty) isEvent()      {}
+func (*Disconnected) isEvent()    {}
+func (*Delivered) isEvent()       {}
+func (*SendFailed) isEvent()      {}
+func (*IdentityChanged) isEvent() {}
+func (*DecryptFailed) isEvent()   {}

@@ -1,0 +1,308 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/petrelchat/petrel/client/store"
+	petrelv1 "github.com/petrelchat/petrel/proto/petrel/v1"
+)
+
+const (
+	// inboundQueue bounds envelopes read but not yet processed; when full the reader waits (and
+	// the server's flow control takes over).
+	inboundQueue = 256
+	// maxAckBatch bounds the envelopes persisted in one transaction and acked in one DeliverAck.
+	maxAckBatch = 128
+)
+
+// link is one authenticated connection and the goroutines that serve it: the reader (owns reads),
+// the inbound worker (decrypt, persist, ack), the sender (prekeys, outbox) and the keep-alive.
+type link struct {
+	c       *Client
+	conn    *conn
+	welcome *petrelv1.Welcome
+	inbound chan inboundItem
+	// queueEmpty is closed by the inbound worker once the stored backlog has been processed.
+	queueEmpty chan struct{}
+	// otkLeft and kemLeft are the server's one-time prekey counts (Welcome, then PreKeyStatus);
+	// only the sender goroutine uses them.
+	otkLeft, kemLeft uint32
+}
+
+type inboundItem struct {
+	deliver    *petrelv1.Deliver
+	queueEmpty *petrelv1.QueueEmpty
+}
+
+// runLink makes one connection and serves it until it fails or ctx ends. connected reports
+// whether authentication succeeded.
+func (c *Client) runLink(ctx context.Context) (connected bool, err error) {
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer cancel()
+	ws, err := dialServer(dctx, c.server)
+	if err != nil {
+		return false, err
+	}
+	cn := newConn(ws, c.cfg.RequestTimeout)
+	welcome, err := c.authenticate(dctx, cn)
+	if err != nil {
+		cn.shutdown(false)
+		return false, err
+	}
+	if mf := int(welcome.GetMaxFrameBytes()); mf > 0 {
+		cn.maxFrame.Store(int64(mf))
+		ws.SetReadLimit(readLimit(mf))
+		c.rememberMaxFrame(mf)
+	}
+	c.log.Info("connected", "name", welcome.GetName())
+	if !c.emit(ctx, &Connected{Name: c.name, DeviceID: c.deviceID}) {
+		cn.shutdown(false)
+		return true, ctx.Err()
+	}
+
+	l := &link{c: c, conn: cn, welcome: welcome,
+		inbound: make(chan inboundItem, inboundQueue), queueEmpty: make(chan struct{}),
+		otkLeft: welcome.GetOneTimePrekeysLeft(), kemLeft: welcome.GetKemPrekeysLeft()}
+	lctx, lcancel := context.WithCancelCause(ctx)
+	var wg sync.WaitGroup
+	start := func(f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(lctx); err != nil {
+				lcancel(err)
+			}
+		}()
+	}
+	start(l.readLoop)
+	start(l.inboundLoop)
+	start(l.senderLoop)
+	start(l.keepAlive)
+	<-lctx.Done()
+	err = context.Cause(lctx)
+	c.setReady(nil)
+	cn.shutdown(ctx.Err() != nil)
+	wg.Wait()
+	lcancel(nil)
+	return true, err
+}
+
+// authenticate runs the handshake: Challenge → Auth → Welcome.
+func (c *Client) authenticate(ctx context.Context, cn *conn) (*petrelv1.Welcome, error) {
+	f, err := cn.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ch := f.GetChallenge()
+	if ch == nil || len(ch.GetNonce()) != petrelv1.NonceSize {
+		if e := f.GetError(); e != nil {
+			return nil, errorFromProto(e)
+		}
+		return nil, fmt.Errorf("%w: expected Challenge", ErrProtocol)
+	}
+	sig := ed25519.Sign(c.authKey, petrelv1.AuthPayload(ch.GetNonce(), c.deviceID))
+	if err := cn.write(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Auth{Auth: &petrelv1.Auth{DeviceId: c.deviceID, Signature: sig}}}); err != nil {
+		return nil, err
+	}
+	f, err = cn.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if e := f.GetError(); e != nil {
+		return nil, errorFromProto(e)
+	}
+	w := f.GetWelcome()
+	if w == nil {
+		return nil, fmt.Errorf("%w: expected Welcome", ErrProtocol)
+	}
+	if w.GetDeviceId() != c.deviceID {
+		return nil, fmt.Errorf("%w: Welcome for another device", ErrProtocol)
+	}
+	return w, nil
+}
+
+func (c *Client) rememberMaxFrame(mf int) {
+	c.mu.Lock()
+	changed := c.maxFrame != mf
+	c.maxFrame = mf
+	c.mu.Unlock()
+	if !changed {
+		return
+	}
+	err := c.st.Update(func(tx *store.Tx) error {
+		a, err := tx.Account()
+		if err != nil {
+			return err
+		}
+		a.MaxFrameBytes = uint32(mf)
+		return tx.PutAccount(a)
+	})
+	if err != nil {
+		c.log.Warn("store frame limit", "err", err)
+	}
+}
+
+// readLoop owns reads: responses go to their requests, pushes to the inbound worker.
+func (l *link) readLoop(ctx context.Context) error {
+	for {
+		f, err := l.conn.read(ctx)
+		if err != nil {
+			return err
+		}
+		if f.GetId() != 0 {
+			l.conn.dispatch(f)
+			continue
+		}
+		var item inboundItem
+		switch b := f.GetBody().(type) {
+		case *petrelv1.Frame_Deliver:
+			if b.Deliver.GetEnvelope() == nil {
+				return fmt.Errorf("%w: Deliver without envelope", ErrProtocol)
+			}
+			item.deliver = b.Deliver
+		case *petrelv1.Frame_QueueEmpty:
+			item.queueEmpty = b.QueueEmpty
+		case *petrelv1.Frame_GoAway:
+			g := b.GoAway
+			return &goAwayError{reason: g.GetReason(), message: g.GetMessage(),
+				retryAfter: time.Duration(g.GetRetryAfterMs()) * time.Millisecond}
+		case *petrelv1.Frame_Error:
+			return errorFromProto(b.Error)
+		default:
+			l.c.log.Debug("ignoring unexpected push")
+			continue
+		}
+		select {
+		case l.inbound <- item:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// inboundLoop processes pushed envelopes in batches: decrypt and persist in one transaction,
+// then ack the batch, then report.
+func (l *link) inboundLoop(ctx context.Context) error {
+	for {
+		var batch []inboundItem
+		select {
+		case it := <-l.inbound:
+			batch = append(batch, it)
+		case <-ctx.Done():
+			return nil
+		}
+	fill:
+		for len(batch) < maxAckBatch && batch[len(batch)-1].queueEmpty == nil {
+			select {
+			case it := <-l.inbound:
+				batch = append(batch, it)
+			default:
+				break fill
+			}
+		}
+		if err := l.processBatch(ctx, batch); err != nil {
+			return err
+		}
+	}
+}
+
+// keepAlive pings the server on an otherwise quiet connection so a dead one is noticed.
+func (l *link) keepAlive(ctx context.Context) error {
+	if l.c.cfg.KeepAlive < 0 {
+		return nil
+	}
+	t := time.NewTicker(l.c.cfg.KeepAlive)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return nil
+		}
+		now := l.c.cfg.Now().UnixMilli()
+		_, err := l.conn.request(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Ping{Ping: &petrelv1.Ping{ClientTimeMs: now}}})
+		if err != nil && ctx.Err() == nil {
+			return fmt.Errorf("keep-alive: %w", err)
+		}
+	}
+}
+
+// senderLoop keeps the prekeys topped up, then (after QueueEmpty) drives the outbox.
+func (l *link) senderLoop(ctx context.Context) error {
+	c := l.c
+	if err := l.maintainPreKeys(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if isConnErr(err) {
+			return err
+		}
+		c.log.Warn("prekey maintenance failed", "err", err)
+	}
+	select {
+	case <-l.queueEmpty:
+	case <-ctx.Done():
+		return nil
+	}
+	c.setReady(l)
+	checkEvery := max(c.cfg.ResendInterval/4, time.Second)
+	nextCheck := time.Time{}
+	for {
+		if now := c.cfg.Now(); !now.Before(nextCheck) {
+			if !nextCheck.IsZero() {
+				// Long-lived connection: rotate the signed prekey on schedule.
+				if err := l.maintainPreKeys(ctx); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					if isConnErr(err) {
+						return err
+					}
+					c.log.Warn("prekey maintenance failed", "err", err)
+				}
+			}
+			if err := l.checkOutbox(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			nextCheck = now.Add(checkEvery)
+		}
+		if err := l.flush(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		c.signalFlushed()
+		t := time.NewTimer(checkEvery)
+		select {
+		case <-c.kick:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		}
+		t.Stop()
+	}
+}
+
+// isConnErr reports an error that means the connection is unusable (as opposed to a refused
+// request).
+func isConnErr(err error) bool {
+	var e *Error
+	if errors.As(err, &e) {
+		return false
+	}
+	return errors.Is(err, errConnClosed) || errors.Is(err, ErrProtocol) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, context.DeadlineExceeded)
+}

@@ -1,0 +1,591 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/petrelchat/petrel/client/store"
+	"github.com/petrelchat/petrel/e2ee"
+	petrelv1 "github.com/petrelchat/petrel/proto/petrel/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// errStartSession reports a session that could not be started from a verified bundle.
+var errStartSession = errors.New("cannot start an E2EE session")
+
+const (
+	// flushBatch bounds the outbox entries read per flush round.
+	flushBatch = 64
+	// maxDeviceRounds bounds the stale-device-list recoveries for one send.
+	maxDeviceRounds = 4
+	// maxTransientRetries bounds retries of one send refused with a retryable error before the
+	// connection is dropped (and re-made with backoff).
+	maxTransientRetries = 5
+	// maxCheckScan bounds the outbox entries examined by one resend check.
+	maxCheckScan = 4096
+	// paddingBlock: plaintexts are padded to a multiple of this many bytes.
+	paddingBlock = 160
+)
+
+// flush sends every pending outbox entry, in order. It returns an error only when the connection
+// (or the store) is unusable; entries refused for good leave the outbox and fail their Send.
+func (l *link) flush(ctx context.Context) error {
+	for {
+		var entries []*store.OutboxEntry
+		err := l.c.st.View(func(tx *store.Tx) error {
+			var err error
+			entries, err = tx.PendingOutbox(flushBatch)
+			return err
+		})
+		if err != nil {
+			return &storeError{err}
+		}
+		if len(entries) == 0 {
+			return nil
+		}
+		for _, e := range entries {
+			if err := l.sendEntry(ctx, e); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// sendEntry sends one entry until the server acks it, refuses it for good, or the connection fails.
+func (l *link) sendEntry(ctx context.Context, e *store.OutboxEntry) error {
+	c := l.c
+	for attempt := 1; ; attempt++ {
+		err := l.trySend(ctx, e)
+		switch {
+		case err == nil:
+			return nil
+		case isConnErr(err) || isStoreErr(err):
+			return err
+		case isTransient(err):
+			if attempt > maxTransientRetries {
+				return err
+			}
+			wait := c.boff.withRetryAfter(c.boff.delay(attempt), retryAfter(err))
+			c.log.Info("send refused for now, retrying", "message_id", e.ID, "err", err, "retry_in", wait)
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			}
+		default:
+			return c.failEntry(ctx, e, err)
+		}
+	}
+}
+
+// trySend encrypts e for every current device of its recipient and sends it, recovering from a
+// stale device list.
+func (l *link) trySend(ctx context.Context, e *store.OutboxEntry) error {
+	for round := 0; ; round++ {
+		devices, err := l.ensureSessions(ctx, e.To)
+		if err != nil {
+			return err
+		}
+		if len(devices) == 0 {
+			return fmt.Errorf("%w: %s has no devices", ErrUnknownDevice, e.To)
+		}
+		frame, err := l.c.encryptEntry(e, devices)
+		if err != nil {
+			return err
+		}
+		resp, err := l.conn.request(ctx, frame)
+		if err == nil {
+			if resp.GetSendResult() == nil {
+				return fmt.Errorf("%w: expected SendResult", ErrProtocol)
+			}
+			return l.c.serverAcked(ctx, e, devices)
+		}
+		var se *Error
+		if errors.As(err, &se) && round < maxDeviceRounds &&
+			(se.Code == petrelv1.ErrorCode_ERROR_CODE_STALE_DEVICES || se.Code == petrelv1.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE) {
+			l.c.log.Info("recipient devices changed, re-encrypting", "to", e.To, "message_id", e.ID)
+			if err := l.c.updateDevices(e.To, se); err != nil {
+				return err
+			}
+			continue
+		}
+		return err
+	}
+}
+
+// encryptEntry encrypts the entry's content once per device (advancing and persisting each
+// session before anything leaves) and builds the Send frame.
+func (c *Client) encryptEntry(e *store.OutboxEntry, devices []string) (*petrelv1.Frame, error) {
+	var content petrelv1.Content
+	if err := proto.Unmarshal(e.Content, &content); err != nil {
+		return nil, fmt.Errorf("stored outbox entry: %w", err)
+	}
+	content.Padding = nil
+	if n := proto.Size(&content) % paddingBlock; n != 0 {
+		// The field's own tag and length take 2-3 bytes; the result is close to a block multiple.
+		content.Padding = make([]byte, max(paddingBlock-n-3, 0))
+	}
+	pt, err := proto.Marshal(&content)
+	if err != nil {
+		return nil, err
+	}
+	send := &petrelv1.Send{MessageId: e.ID, To: e.To}
+	err = c.st.Update(func(tx *store.Tx) error {
+		send.Envelopes = send.Envelopes[:0]
+		for _, dev := range devices {
+			rec, err := loadRecord(tx, e.To, dev)
+			if err != nil {
+				return err
+			}
+			ct, err := rec.Encrypt(pt)
+			if err != nil {
+				return fmt.Errorf("encrypt for %s/%s: %w", e.To, dev, err)
+			}
+			if err := saveRecord(tx, e.To, dev, rec); err != nil {
+				return err
+			}
+			typ := petrelv1.EnvelopeType_ENVELOPE_TYPE_MESSAGE
+			if e2ee.IsPreKeyMessage(ct) {
+				typ = petrelv1.EnvelopeType_ENVELOPE_TYPE_PREKEY
+			}
+			send.Envelopes = append(send.Envelopes, &petrelv1.DeviceCiphertext{DeviceId: dev, Type: typ, Ciphertext: ct})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &petrelv1.Frame{Body: &petrelv1.Frame_Send{Send: send}}, nil
+}
+
+// serverAcked records the server's ack of e, sent to devices.
+func (c *Client) serverAcked(ctx context.Context, e *store.OutboxEntry, devices []string) error {
+	var ev Event
+	err := c.st.Update(func(tx *store.Tx) error {
+		ev = nil
+		cur, err := tx.OutboxByID(e.To, e.ID)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if cur.Kind != store.KindText {
+			return tx.DeleteOutbox(cur)
+		}
+		cur.Awaiting = slices.DeleteFunc(slices.Clone(devices), func(d string) bool { return slices.Contains(cur.Receipted, d) })
+		if len(cur.Awaiting) == 0 {
+			ev, err = c.completeOutbox(tx, cur)
+			return err
+		}
+		cur.ServerAckedAt = c.cfg.Now()
+		cur.CheckedAt = time.Time{}
+		cur.Sends++
+		if err := tx.PutOutbox(cur); err != nil {
+			return err
+		}
+		return c.setHistoryStatus(tx, e.To, e.ID, store.StatusSent, "")
+	})
+	if err != nil {
+		return &storeError{err}
+	}
+	c.finish(e.ID, nil)
+	if ev != nil {
+		c.emit(ctx, ev)
+	}
+	return nil
+}
+
+// failEntry removes an entry the server refused for good and fails its Send.
+func (c *Client) failEntry(ctx context.Context, e *store.OutboxEntry, cause error) error {
+	c.log.Warn("message refused, removed from the outbox", "to", e.To, "message_id", e.ID, "err", cause)
+	err := c.st.Update(func(tx *store.Tx) error {
+		cur, err := tx.OutboxByID(e.To, e.ID)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := tx.DeleteOutbox(cur); err != nil {
+			return err
+		}
+		return c.setHistoryStatus(tx, e.To, e.ID, store.StatusFailed, cause.Error())
+	})
+	if err != nil {
+		return &storeError{err}
+	}
+	if waited := c.finish(e.ID, cause); !waited && e.Kind == store.KindText {
+		c.emit(ctx, &SendFailed{To: e.To, MessageID: e.ID, Err: cause})
+	}
+	return nil
+}
+
+// ensureSessions makes sure there is a session with every known device of name, fetching prekey
+// bundles where needed, and returns the device ids to send to (sorted).
+func (l *link) ensureSessions(ctx context.Context, name string) ([]string, error) {
+	c := l.c
+	var (
+		full    bool
+		missing []string
+	)
+	err := c.st.View(func(tx *store.Tx) error {
+		ct, err := tx.Contact(name)
+		if errors.Is(err, store.ErrNotFound) {
+			full = true
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !ct.DevicesKnown || len(ct.Devices) == 0 {
+			full = true
+			return nil
+		}
+		for dev := range ct.Devices {
+			if !hasSession(tx, name, dev) {
+				missing = append(missing, dev)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, &storeError{err}
+	}
+	if full || len(missing) > 0 {
+		slices.Sort(missing)
+		req := &petrelv1.GetBundle{Name: name, DeviceIds: missing}
+		resp, err := l.conn.request(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_GetBundle{GetBundle: req}})
+		if err != nil {
+			return nil, err
+		}
+		res := resp.GetBundleResult()
+		if res == nil {
+			return nil, fmt.Errorf("%w: expected BundleResult", ErrProtocol)
+		}
+		if err := c.acceptBundles(ctx, name, missing, res); err != nil {
+			return nil, err
+		}
+	}
+	var devices []string
+	err = c.st.View(func(tx *store.Tx) error {
+		ct, err := tx.Contact(name)
+		if err != nil {
+			return err
+		}
+		for _, dev := range slices.Sorted(maps.Keys(ct.Devices)) {
+			if hasSession(tx, name, dev) {
+				devices = append(devices, dev)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, &storeError{err}
+	}
+	return devices, nil
+}
+
+// acceptBundles verifies fetched bundles, records the devices' identity keys (trust on first use,
+// changes reported) and starts sessions with devices that have none. requested lists the devices
+// asked for (nil: all devices, so devices missing from res are gone).
+func (c *Client) acceptBundles(ctx context.Context, name string, requested []string, res *petrelv1.BundleResult) error {
+	type fetched struct {
+		dev    string
+		bundle *e2ee.PreKeyBundle
+	}
+	var got []fetched
+	for _, db := range res.GetDevices() {
+		dev := db.GetDeviceId()
+		if !petrelv1.ValidDeviceID(dev) || db.GetSignedPrekey() == nil || db.GetKemPrekey() == nil {
+			return fmt.Errorf("%w: malformed bundle", ErrProtocol)
+		}
+		b := bundleFromProto(db)
+		if err := b.Verify(); err != nil {
+			c.log.Warn("prekey bundle does not verify", "name", name, "peer_device", dev, "err", err)
+			return fmt.Errorf("%w: %s device %s: %w", ErrUntrustedBundle, name, dev, err)
+		}
+		got = append(got, fetched{dev, b})
+	}
+	var events []Event
+	err := c.st.Update(func(tx *store.Tx) error {
+		events = events[:0]
+		ct, err := tx.Contact(name)
+		if errors.Is(err, store.ErrNotFound) {
+			ct = &store.Contact{Name: name, Devices: map[string]*store.ContactDevice{}}
+		} else if err != nil {
+			return err
+		}
+		seen := map[string]bool{}
+		for _, f := range got {
+			seen[f.dev] = true
+			if ev := c.trustDevice(ct, f.dev, f.bundle.Identity); ev != nil {
+				events = append(events, ev)
+				if !ev.NewDevice {
+					// Sessions with the old identity must not be used any more.
+					if err := tx.DeleteSessionRecord(name, f.dev); err != nil {
+						return err
+					}
+				}
+			}
+			if hasSession(tx, name, f.dev) {
+				continue // a session appeared meanwhile (the device wrote first)
+			}
+			s, err := e2ee.InitiateSession(c.cfg.Rand, c.identity, f.bundle)
+			if err != nil {
+				return fmt.Errorf("%w with %s/%s: %w", errStartSession, name, f.dev, err)
+			}
+			rec := e2ee.NewSessionRecord()
+			rec.Promote(s)
+			if err := saveRecord(tx, name, f.dev, rec); err != nil {
+				return err
+			}
+		}
+		gone := requested
+		if requested == nil {
+			gone = slices.Collect(maps.Keys(ct.Devices))
+		}
+		for _, dev := range gone {
+			if !seen[dev] {
+				delete(ct.Devices, dev)
+				if err := tx.DeleteSessionRecord(name, dev); err != nil {
+					return err
+				}
+			}
+		}
+		ct.DevicesKnown = true
+		ct.UpdatedAt = c.cfg.Now()
+		return tx.PutContact(ct)
+	})
+	if err != nil {
+		if errors.Is(err, errStartSession) || isStoreErr(err) {
+			return err
+		}
+		return &storeError{err}
+	}
+	for _, ev := range events {
+		c.emit(ctx, ev)
+	}
+	return nil
+}
+
+func bundleFromProto(db *petrelv1.DeviceBundle) *e2ee.PreKeyBundle {
+	spk, kpk := db.GetSignedPrekey(), db.GetKemPrekey()
+	b := &e2ee.PreKeyBundle{
+		Identity:     db.GetIdentityKey(),
+		SignedPreKey: e2ee.SignedPreKey{ID: spk.GetId(), PublicKey: spk.GetPublicKey(), Signature: spk.GetSignature()},
+		KEMPreKey: e2ee.KEMPreKey{ID: kpk.GetId(), PublicKey: kpk.GetPublicKey(), Signature: kpk.GetSignature(),
+			LastResort: kpk.GetLastResort()},
+	}
+	if otk := db.GetOneTimePrekey(); otk != nil {
+		b.OneTimePreKey = &e2ee.OneTimePreKey{ID: otk.GetId(), PublicKey: otk.GetPublicKey()}
+	}
+	return b
+}
+
+// updateDevices applies a stale-device answer: drop removed devices (and their sessions) and add
+// new ones (their bundles are fetched by the next ensureSessions).
+func (c *Client) updateDevices(name string, se *Error) error {
+	err := c.st.Update(func(tx *store.Tx) error {
+		ct, err := tx.Contact(name)
+		if errors.Is(err, store.ErrNotFound) {
+			ct = &store.Contact{Name: name, Devices: map[string]*store.ContactDevice{}}
+		} else if err != nil {
+			return err
+		}
+		if se.Code != petrelv1.ErrorCode_ERROR_CODE_STALE_DEVICES && len(se.Devices) == 0 {
+			// No list given: refetch every device.
+			ct.DevicesKnown = false
+			return tx.PutContact(ct)
+		}
+		keep := map[string]bool{}
+		for _, dev := range se.Devices {
+			if !petrelv1.ValidDeviceID(dev) {
+				return fmt.Errorf("%w: malformed device id in stale-devices answer", ErrProtocol)
+			}
+			keep[dev] = true
+			if _, ok := ct.Devices[dev]; !ok {
+				ct.Devices[dev] = &store.ContactDevice{FirstSeen: c.cfg.Now()}
+			}
+		}
+		for dev := range ct.Devices {
+			if !keep[dev] {
+				delete(ct.Devices, dev)
+				if err := tx.DeleteSessionRecord(name, dev); err != nil {
+					return err
+				}
+			}
+		}
+		ct.DevicesKnown = true
+		ct.UpdatedAt = c.cfg.Now()
+		return tx.PutContact(ct)
+	})
+	if err != nil && !errors.Is(err, ErrProtocol) {
+		return &storeError{err}
+	}
+	return err
+}
+
+// checkOutbox asks the server about messages it acked long ago that still miss receipts, and
+// marks those it no longer holds for resending (same id, re-encrypted).
+func (l *link) checkOutbox(ctx context.Context) error {
+	c := l.c
+	now := c.cfg.Now()
+	type target struct{ to, dev string }
+	groups := map[target][]string{}
+	var order []target
+	err := c.st.View(func(tx *store.Tx) error {
+		var after uint64
+		for scanned := 0; scanned < maxCheckScan; {
+			page, err := tx.Outbox(after, 256)
+			if err != nil {
+				return err
+			}
+			if len(page) == 0 {
+				return nil
+			}
+			for _, e := range page {
+				after = e.Seq
+				scanned++
+				if e.Pending() || e.Kind != store.KindText || len(e.Awaiting) == 0 {
+					continue
+				}
+				last := e.ServerAckedAt
+				if e.CheckedAt.After(last) {
+					last = e.CheckedAt
+				}
+				if now.Sub(last) < c.cfg.ResendInterval {
+					continue
+				}
+				for _, dev := range e.Awaiting {
+					t := target{e.To, dev}
+					if _, ok := groups[t]; !ok {
+						order = append(order, t)
+					}
+					groups[t] = append(groups[t], e.ID)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return &storeError{err}
+	}
+	if len(order) == 0 {
+		return nil
+	}
+	type msgKey struct{ to, id string }
+	lost := map[msgKey]bool{}
+	checked := map[msgKey]bool{}
+	goneDevice := map[msgKey][]string{}
+	var failed []msgKey
+	for _, t := range order {
+		ids := groups[t]
+		for len(ids) > 0 {
+			n := min(len(ids), petrelv1.MaxQueryQueued)
+			batch := ids[:n]
+			ids = ids[n:]
+			q := &petrelv1.QueryQueued{To: t.to, DeviceId: t.dev, MessageIds: batch}
+			resp, err := l.conn.request(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_QueryQueued{QueryQueued: q}})
+			var se *Error
+			switch {
+			case err == nil:
+				queued := map[string]bool{}
+				for _, id := range resp.GetQueuedResult().GetQueued() {
+					queued[id] = true
+				}
+				for _, id := range batch {
+					k := msgKey{t.to, id}
+					checked[k] = true
+					if !queued[id] {
+						lost[k] = true
+					}
+				}
+			case errors.Is(err, ErrUnknownDevice):
+				for _, id := range batch {
+					k := msgKey{t.to, id}
+					goneDevice[k] = append(goneDevice[k], t.dev)
+				}
+			case errors.Is(err, ErrUnknownUser):
+				for _, id := range batch {
+					failed = append(failed, msgKey{t.to, id})
+				}
+			case errors.As(err, &se):
+				c.log.Info("outbox check refused, will retry later", "to", t.to, "err", err)
+			default:
+				return err
+			}
+		}
+	}
+	var events []Event
+	resend := 0
+	err = c.st.Update(func(tx *store.Tx) error {
+		events, resend = events[:0], 0
+		keys := map[msgKey]bool{}
+		for k := range checked {
+			keys[k] = true
+		}
+		for k := range goneDevice {
+			keys[k] = true
+		}
+		for k := range keys {
+			e, err := tx.OutboxByID(k.to, k.id)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if e.Pending() {
+				continue
+			}
+			for _, dev := range goneDevice[k] {
+				e.Awaiting = slices.DeleteFunc(e.Awaiting, func(d string) bool { return d == dev })
+			}
+			switch {
+			case len(e.Awaiting) == 0:
+				ev, err := c.completeOutbox(tx, e)
+				if err != nil {
+					return err
+				}
+				events = append(events, ev)
+				continue
+			case lost[k]:
+				// The server no longer holds it and no receipt came: send it again.
+				e.ServerAckedAt, e.CheckedAt, e.Awaiting = time.Time{}, time.Time{}, nil
+				resend++
+			default:
+				e.CheckedAt = now
+			}
+			if err := tx.PutOutbox(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return &storeError{err}
+	}
+	for _, k := range failed {
+		e := &store.OutboxEntry{To: k.to, ID: k.id, Kind: store.KindText}
+		if err := c.failEntry(ctx, e, fmt.Errorf("%w: %s", ErrUnknownUser, k.to)); err != nil {
+			return err
+		}
+	}
+	if resend > 0 {
+		c.log.Info("resending messages the server no longer holds", "count", resend)
+	}
+	for _, ev := range events {
+		c.emit(ctx, ev)
+	}
+	return nil
+}

@@ -1,0 +1,167 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/petrelchat/petrel/client/store"
+	"github.com/petrelchat/petrel/e2ee"
+	petrelv1 "github.com/petrelchat/petrel/proto/petrel/v1"
+)
+
+// RegisterOptions describes a new account.
+type RegisterOptions struct {
+	// ServerURL is the server's base URL: http://HOST:PORT or https://HOST[:PORT].
+	ServerURL string
+	// Name is the account name (1-32 of [a-z0-9_.-], starting with a letter or digit).
+	Name string
+	// Invite is the invite code, for servers whose registration is invite-only.
+	Invite string
+	// PreKeys is how many one-time prekeys of each kind to upload. Default: 100.
+	PreKeys int
+	// Timeout bounds the exchange with the server. Default: 30s.
+	Timeout time.Duration
+	// Rand is the randomness source. Default: crypto/rand.
+	Rand io.Reader
+	// Now is the clock. Default: time.Now.
+	Now func() time.Time
+}
+
+// Register creates this device's keys, stores them in st, and registers a new account with this
+// device as its first device. It refuses (ErrAlreadyRegistered) if st already holds a registered
+// device. Server refusals are *Error values matching ErrNameTaken, ErrInvalidName,
+// ErrInvalidInvite, ErrRegistrationClosed, ...
+func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Account, error) {
+	if opts.PreKeys <= 0 {
+		opts.PreKeys = 100
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 30 * time.Second
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.Reader
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if !petrelv1.ValidName(opts.Name) {
+		return Account{}, fmt.Errorf("%w: %q (want 1-32 of a-z 0-9 _ . -, starting with a letter or digit)", ErrInvalidName, opts.Name)
+	}
+	if _, err := connectURL(opts.ServerURL); err != nil {
+		return Account{}, err
+	}
+	now := opts.Now()
+
+	// Keys first, stored before the server hears of them: a registration whose answer is lost
+	// must not lose the keys of the account it created.
+	pub, priv, err := ed25519.GenerateKey(opts.Rand)
+	if err != nil {
+		return Account{}, err
+	}
+	identity, err := e2ee.GenerateIdentityKeyPair(opts.Rand)
+	if err != nil {
+		return Account{}, fmt.Errorf("generate identity key: %w", err)
+	}
+	idRaw, err := identity.MarshalBinary()
+	if err != nil {
+		return Account{}, err
+	}
+	acct := &store.Account{ServerURL: opts.ServerURL, Name: opts.Name, DeviceID: petrelv1.DeviceID(pub),
+		AuthKey: priv, Identity: idRaw}
+	var up *petrelv1.KeyBundleUpload
+	err = st.Update(func(tx *store.Tx) error {
+		old, err := tx.Account()
+		switch {
+		case err == nil && old.Registered:
+			return fmt.Errorf("%w (%s as %s); use another --home for another account", ErrAlreadyRegistered, old.Name, old.ServerURL)
+		case err != nil && !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+		if err := tx.ResetKeys(); err != nil {
+			return err
+		}
+		g := &keyGen{rand: opts.Rand, now: now, identity: identity, acct: acct}
+		if err := g.signedPreKey(tx); err != nil {
+			return err
+		}
+		if err := g.lastResortKEM(tx); err != nil {
+			return err
+		}
+		if err := g.oneTimeECs(tx, opts.PreKeys); err != nil {
+			return err
+		}
+		if err := g.oneTimeKEMs(tx, opts.PreKeys); err != nil {
+			return err
+		}
+		up = g.upload()
+		up.IdentityKey = identity.PublicKey().Bytes()
+		return tx.PutAccount(acct)
+	})
+	if err != nil {
+		return Account{}, err
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+	ws, err := dialServer(ctx, opts.ServerURL)
+	if err != nil {
+		return Account{}, err
+	}
+	cn := newConn(ws, opts.Timeout)
+	defer cn.shutdown(true)
+	f, err := cn.read(ctx)
+	if err != nil {
+		return Account{}, err
+	}
+	if e := f.GetError(); e != nil {
+		return Account{}, errorFromProto(e)
+	}
+	ch := f.GetChallenge()
+	if ch == nil || len(ch.GetNonce()) != petrelv1.NonceSize {
+		return Account{}, fmt.Errorf("%w: expected Challenge", ErrProtocol)
+	}
+	reg := &petrelv1.Register{
+		Name:      opts.Name,
+		Invite:    opts.Invite,
+		AuthKey:   pub,
+		Signature: ed25519.Sign(priv, petrelv1.AuthPayload(ch.GetNonce(), acct.DeviceID)),
+		Keys:      up,
+	}
+	if err := cn.write(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Register{Register: reg}}); err != nil {
+		return Account{}, err
+	}
+	f, err = cn.read(ctx)
+	if err != nil {
+		return Account{}, err
+	}
+	if e := f.GetError(); e != nil {
+		return Account{}, errorFromProto(e)
+	}
+	w := f.GetWelcome()
+	if w == nil || w.GetDeviceId() != acct.DeviceID || w.GetName() != opts.Name {
+		return Account{}, fmt.Errorf("%w: expected Welcome for this device", ErrProtocol)
+	}
+	err = st.Update(func(tx *store.Tx) error {
+		a, err := tx.Account()
+		if err != nil {
+			return err
+		}
+		a.Registered = true
+		a.RegisteredAt = now
+		a.MaxFrameBytes = w.GetMaxFrameBytes()
+		return tx.PutAccount(a)
+	})
+	if err != nil {
+		return Account{}, fmt.Errorf("the account was created but storing it failed: %w", err)
+	}
+	return Account{Name: opts.Name, DeviceID: acct.DeviceID, ServerURL: opts.ServerURL,
+		Fingerprint: Fingerprint(identity.PublicKey().Bytes())}, nil
+}

@@ -1,0 +1,160 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package store
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func open(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(dir, Options{LockTimeout: 50 * time.Millisecond, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestOpenPermissionsAndLock(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "home")
+	open(t, dir)
+	for path, want := range map[string]os.FileMode{dir: 0o700, filepath.Join(dir, FileName): 0o600} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Mode().Perm(); got != want {
+			t.Errorf("%s: mode %v, want %v", path, got, want)
+		}
+	}
+	_, err := Open(dir, Options{LockTimeout: 50 * time.Millisecond})
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open: got %v, want ErrLocked", err)
+	}
+	if want := "another petrel process is using " + dir; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %q does not say %q", err, want)
+	}
+}
+
+func TestAccountRoundTrip(t *testing.T) {
+	s := open(t, t.TempDir())
+	err := s.View(func(tx *Tx) error {
+		_, err := tx.Account()
+		return err
+	})
+	if !errors.Is(err, ErrNotFound) {
+		t.Fatalf("empty store: %v", err)
+	}
+	a := &Account{ServerURL: "http://x", Name: "alice", DeviceID: "d", AuthKey: []byte{1, 2}, Registered: true, NextKEMPreKeyID: 7}
+	if err := s.Update(func(tx *Tx) error { return tx.PutAccount(a) }); err != nil {
+		t.Fatal(err)
+	}
+	var got *Account
+	s.View(func(tx *Tx) error { got, err = tx.Account(); return err })
+	if err != nil || got.Name != "alice" || got.NextKEMPreKeyID != 7 || string(got.AuthKey) != "\x01\x02" {
+		t.Fatalf("got %+v, %v", got, err)
+	}
+}
+
+func TestHistoryIndexesAndUnseen(t *testing.T) {
+	s := open(t, t.TempDir())
+	err := s.Update(func(tx *Tx) error {
+		for _, r := range []*HistoryRecord{
+			{ID: "m1", Dir: Incoming, Peer: "bob", Body: "one"},
+			{ID: "m1", Dir: Outgoing, Peer: "bob", Body: "mine", Status: StatusPending},
+			{ID: "m2", Dir: Incoming, Peer: "carol", Body: "two"},
+		} {
+			if err := tx.AddHistory(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.View(func(tx *Tx) error {
+		r, err := tx.HistoryByID(Incoming, "bob", "m1")
+		if err != nil || r.Body != "one" {
+			t.Fatalf("incoming m1: %+v %v", r, err)
+		}
+		r, err = tx.HistoryByID(Outgoing, "bob", "m1")
+		if err != nil || r.Body != "mine" {
+			t.Fatalf("outgoing m1: %+v %v", r, err)
+		}
+		if _, err := tx.HistoryByID(Incoming, "carol", "m1"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("ids are per peer: %v", err)
+		}
+		u, _ := tx.Unseen(10)
+		if len(u) != 2 || u[0].ID != "m1" || u[1].ID != "m2" {
+			t.Fatalf("unseen: %+v", u)
+		}
+		return nil
+	})
+	var first uint64
+	s.View(func(tx *Tx) error { u, _ := tx.Unseen(1); first = u[0].Seq; return nil })
+	s.Update(func(tx *Tx) error { return tx.MarkSeen(first) })
+	s.View(func(tx *Tx) error {
+		u, _ := tx.Unseen(10)
+		if len(u) != 1 || u[0].ID != "m2" {
+			t.Fatalf("unseen after MarkSeen: %+v", u)
+		}
+		return nil
+	})
+}
+
+func TestOutboxPendingIndex(t *testing.T) {
+	s := open(t, t.TempDir())
+	var a, b *OutboxEntry
+	s.Update(func(tx *Tx) error {
+		a = &OutboxEntry{ID: "a", To: "bob", Kind: KindText}
+		b = &OutboxEntry{ID: "b", To: "bob", Kind: KindReceipt}
+		if err := tx.AddOutbox(a); err != nil {
+			return err
+		}
+		return tx.AddOutbox(b)
+	})
+	pending := func() []string {
+		var ids []string
+		s.View(func(tx *Tx) error {
+			p, err := tx.PendingOutbox(10)
+			for _, e := range p {
+				ids = append(ids, e.ID)
+			}
+			return err
+		})
+		return ids
+	}
+	if got := pending(); len(got) != 2 || got[0] != "a" || got[1] != "b" {
+		t.Fatalf("pending in order: %v", got)
+	}
+	s.Update(func(tx *Tx) error {
+		a.ServerAckedAt = time.Now()
+		a.Awaiting = []string{"dev"}
+		return tx.PutOutbox(a)
+	})
+	if got := pending(); len(got) != 1 || got[0] != "b" {
+		t.Fatalf("after ack: %v", got)
+	}
+	s.Update(func(tx *Tx) error { return tx.DeleteOutbox(b) })
+	s.View(func(tx *Tx) error {
+		if n := tx.OutboxLen(); n != 1 {
+			t.Fatalf("len %d", n)
+		}
+		e, err := tx.OutboxByID("bob", "a")
+		if err != nil || e.Pending() || len(e.Awaiting) != 1 {
+			t.Fatalf("a: %+v %v", e, err)
+		}
+		if _, err := tx.OutboxByID("bob", "b"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("deleted b: %v", err)
+		}
+		return nil
+	})
+}
