@@ -17,12 +17,7 @@ import (
 // A send while storage is down gets a retryable error and no ack; the connection keeps working.
 func TestSendWhileStorageUnavailable(t *testing.T) {
 	s := testserver.Start(t)
-	alice := testserver.Dial(t, s.URL())
-	alice.MustRegister("alice")
-	bob := testserver.Dial(t, s.URL())
-	bob.MustRegister("bob")
-	bobDev := bob.DeviceID
-	bob.WS.CloseNow()
+	alice, _, bobDev := offlinePair(t, s)
 
 	if err := s.Server().Bus().DisableJetStreamForTest(); err != nil {
 		t.Fatal(err)
@@ -43,12 +38,7 @@ func TestSendWhileStorageUnavailable(t *testing.T) {
 // shutdown is delivered after the restart.
 func TestGracefulShutdownAndRestart(t *testing.T) {
 	s := testserver.Start(t)
-	alice := testserver.Dial(t, s.URL())
-	alice.MustRegister("alice")
-	bob := testserver.Dial(t, s.URL())
-	bob.MustRegister("bob")
-	bobKey, bobDev := bob.AuthKey, bob.DeviceID
-	bob.WS.CloseNow()
+	alice, bobKey, bobDev := offlinePair(t, s)
 	if r := alice.Send("before-restart", "bob", []string{bobDev}, []byte("x")); r.GetSendResult().GetStored() != 1 {
 		t.Fatal(r)
 	}
@@ -70,7 +60,7 @@ func TestGracefulShutdownAndRestart(t *testing.T) {
 	}
 	<-stopped
 	s.Restart(t)
-	bob = testserver.Dial(t, s.URL())
+	bob := testserver.Dial(t, s.URL())
 	if w := bob.Auth(bobKey); w.GetWelcome() == nil {
 		t.Fatal(w)
 	}
@@ -84,12 +74,7 @@ func TestGracefulShutdownAndRestart(t *testing.T) {
 // are delivered live. Nothing is lost and nothing overtakes an earlier message.
 func TestPerSenderOrderAcrossConnect(t *testing.T) {
 	s := testserver.Start(t)
-	alice := testserver.Dial(t, s.URL())
-	alice.MustRegister("alice")
-	bob := testserver.Dial(t, s.URL())
-	bob.MustRegister("bob")
-	bobKey, bobDev := bob.AuthKey, bob.DeviceID
-	bob.WS.CloseNow()
+	alice, bobKey, bobDev := offlinePair(t, s)
 	// Make sure the server has noticed: a probe stored (not live) means bob's attachment is gone.
 	for i := 0; ; i++ {
 		r := alice.Send(fmt.Sprintf("probe%d", i), "bob", []string{bobDev}, []byte{0})
@@ -104,11 +89,7 @@ func TestPerSenderOrderAcrossConnect(t *testing.T) {
 		err error
 	}
 	got := make(chan rcv, 1)
-	for i := range n {
-		alice.Write(&pb.Frame{Id: uint64(1000 + i), Body: &pb.Frame_Send{Send: &pb.Send{
-			MessageId: fmt.Sprintf("m%04d", i), To: "bob",
-			Envelopes: []*pb.DeviceCiphertext{{DeviceId: bobDev, Type: pb.EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: []byte{1}}},
-		}}})
+	pipelineSends(t, alice, "bob", bobDev, "m%04d", n, func(i int) {
 		if i == n/3 {
 			// Bob connects mid-burst and behaves: he acks everything he gets.
 			go func() {
@@ -137,15 +118,7 @@ func TestPerSenderOrderAcrossConnect(t *testing.T) {
 				got <- r
 			}()
 		}
-	}
-	for acked := 0; acked < n; {
-		f := alice.Read()
-		if f.GetSendResult() != nil {
-			acked++
-		} else if f.GetError() != nil {
-			t.Fatalf("send failed: %v", f)
-		}
-	}
+	})
 	r := <-got
 	if r.err != nil {
 		t.Fatal(r.err)

@@ -11,7 +11,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"fmt"
 	"math/big"
 	"net"
 	"net/http"
@@ -29,27 +28,10 @@ import (
 // The drain pushes at most a window of unacked envelopes; acks open the window again.
 func TestDeliveryWindowIsBounded(t *testing.T) {
 	s := testserver.Start(t)
-	alice := testserver.Dial(t, s.URL())
-	alice.MustRegister("alice")
-	bob := testserver.Dial(t, s.URL())
-	bob.MustRegister("bob")
-	bobKey, bobDev := bob.AuthKey, bob.DeviceID
-	bob.WS.CloseNow()
+	alice, bobKey, bobDev := offlinePair(t, s)
 	const n, window = 300, 256
-	for i := range n {
-		alice.Write(&pb.Frame{Id: uint64(i + 1), Body: &pb.Frame_Send{Send: &pb.Send{
-			MessageId: fmt.Sprintf("w%d", i), To: "bob",
-			Envelopes: []*pb.DeviceCiphertext{{DeviceId: bobDev, Type: pb.EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: []byte{1}}},
-		}}})
-	}
-	for acked := 0; acked < n; {
-		if f := alice.Read(); f.GetSendResult() != nil {
-			acked++
-		} else if f.GetError() != nil {
-			t.Fatal(f)
-		}
-	}
-	bob = testserver.Dial(t, s.URL())
+	pipelineSends(t, alice, "bob", bobDev, "w%d", n, nil)
+	bob := testserver.Dial(t, s.URL())
 	bob.Auth(bobKey)
 	var tags []uint64
 	for len(tags) < window {

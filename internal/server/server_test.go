@@ -74,12 +74,7 @@ func TestLiveSendAckedByDevice(t *testing.T) {
 
 func TestOfflineStoreThenDrain(t *testing.T) {
 	s := testserver.Start(t)
-	alice := testserver.Dial(t, s.URL())
-	alice.MustRegister("alice")
-	bob := testserver.Dial(t, s.URL())
-	bob.MustRegister("bob")
-	bobKey, bobDev := bob.AuthKey, bob.DeviceID
-	bob.WS.CloseNow()
+	alice, bobKey, bobDev := offlinePair(t, s)
 
 	for i := range 5 {
 		r := alice.Send(fmt.Sprintf("m%d", i), "bob", []string{bobDev}, []byte{byte(i)})
@@ -87,7 +82,7 @@ func TestOfflineStoreThenDrain(t *testing.T) {
 			t.Fatalf("send %d: want stored=1, got %v", i, r)
 		}
 	}
-	bob = testserver.Dial(t, s.URL())
+	bob := testserver.Dial(t, s.URL())
 	if w := bob.Auth(bobKey); w.GetWelcome() == nil {
 		t.Fatalf("auth: %v", w)
 	}
@@ -315,4 +310,39 @@ func TestConnectedElsewhere(t *testing.T) {
 
 func signFor(key ed25519.PrivateKey, nonce []byte, dev string) []byte {
 	return ed25519.Sign(key, pb.AuthPayload(nonce, dev))
+}
+
+// offlinePair registers alice (connected) and bob, then takes bob offline. It returns alice's
+// connection and bob's auth key and device id.
+func offlinePair(t *testing.T, s *testserver.Server) (*testserver.RawClient, ed25519.PrivateKey, string) {
+	t.Helper()
+	alice := testserver.Dial(t, s.URL())
+	alice.MustRegister("alice")
+	bob := testserver.Dial(t, s.URL())
+	bob.MustRegister("bob")
+	bob.WS.CloseNow()
+	return alice, bob.AuthKey, bob.DeviceID
+}
+
+// pipelineSends writes n sends to dev without waiting, ids fmt.Sprintf(idFormat, i); after each
+// write, between(i) runs (may be nil). Then it waits for all n acks, failing on any error.
+func pipelineSends(t *testing.T, c *testserver.RawClient, to, dev, idFormat string, n int, between func(i int)) {
+	t.Helper()
+	for i := range n {
+		c.Write(&pb.Frame{Id: uint64(1000 + i), Body: &pb.Frame_Send{Send: &pb.Send{
+			MessageId: fmt.Sprintf(idFormat, i), To: to,
+			Envelopes: []*pb.DeviceCiphertext{{DeviceId: dev, Type: pb.EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: []byte{1}}},
+		}}})
+		if between != nil {
+			between(i)
+		}
+	}
+	for acked := 0; acked < n; {
+		f := c.Read()
+		if f.GetSendResult() != nil {
+			acked++
+		} else if f.GetError() != nil {
+			t.Fatalf("send failed: %v", f)
+		}
+	}
 }
