@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -68,7 +69,9 @@ type Config struct {
 	Policy string
 	// ReplenishBelow is the one-time prekey count under which clients are told to upload more. Default: 20.
 	ReplenishBelow uint32
-	Logger         *slog.Logger
+	// AccountCacheSize bounds the in-memory account cache (see Start). Default: 100,000.
+	AccountCacheSize int
+	Logger           *slog.Logger
 }
 
 // Directory is the account and key directory.
@@ -76,6 +79,10 @@ type Directory struct {
 	cfg Config
 	bus *bus.Bus
 	log *slog.Logger
+
+	cache     *accountCache // nil until Start
+	cacheOff  atomic.Bool   // set when the watch ended: the cache may be stale
+	watchDone chan struct{}
 }
 
 // New returns a directory over b. It does no I/O.
@@ -85,6 +92,9 @@ func New(b *bus.Bus, cfg Config) *Directory {
 	}
 	if cfg.ReplenishBelow == 0 {
 		cfg.ReplenishBelow = 20
+	}
+	if cfg.AccountCacheSize == 0 {
+		cfg.AccountCacheSize = 100_000
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -374,11 +384,29 @@ func (d *Directory) device(ctx context.Context, deviceID string) (*Device, uint6
 	return dev, e.Revision(), nil
 }
 
-// Account returns an account record.
+// Account returns an account record (from the cache when Start runs). The result is shared: do not
+// modify it.
 func (d *Directory) Account(ctx context.Context, name string) (*Account, error) {
 	if !pb.ValidName(name) {
 		return nil, ErrUnknownUser
 	}
+	var gen uint64
+	useCache := d.cache != nil && !d.cacheOff.Load()
+	if useCache {
+		a, g, ok := d.cache.get(name)
+		if ok {
+			return a, nil
+		}
+		gen = g
+	}
+	acc, err := d.readAccount(ctx, name)
+	if err == nil && useCache {
+		d.cache.put(name, acc, gen)
+	}
+	return acc, err
+}
+
+func (d *Directory) readAccount(ctx context.Context, name string) (*Account, error) {
 	e, err := d.bus.Accounts.Get(ctx, name)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, ErrUnknownUser

@@ -235,9 +235,9 @@ func (g *Gateway) onClose(ws *websocket.Conn, _ error) {
 	if !present {
 		return
 	}
+	c.shutdown() // detach first: a connection no longer counted is no longer attached
 	g.count.Add(-1)
 	g.metrics.conns.Dec()
-	c.shutdown()
 }
 
 func (g *Gateway) onMessage(ws *websocket.Conn, mt websocket.MessageType, data []byte) {

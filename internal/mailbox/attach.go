@@ -8,6 +8,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -28,6 +29,9 @@ type Sink interface {
 	// Kicked tells the connection that another connection of the same device took over.
 	Kicked()
 }
+
+// maxRoutesRemembered bounds the per-attachment set of sending routes seen.
+const maxRoutesRemembered = 4096
 
 // liveTagBit marks tags of live deliveries; stored deliveries use the stream sequence as tag.
 const liveTagBit = 1 << 63
@@ -50,16 +54,18 @@ type Attachment struct {
 	draining     bool
 	drainRunning bool
 	// gen counts wake-ups: a drain that read an empty inbox may only switch to live if gen did not
-	// move meanwhile and no refused live delivery is still being stored.
-	gen           uint64
-	pendingStores int
-	live          map[uint64]string // live tag → reply subject of the waiting sender
-	nextLive      uint64
-	outstanding   []uint64 // stream sequences pushed and not yet purged, ascending
-	acked         map[uint64]bool
-	nextSeq       uint64
-	queueEmpty    bool // QueueEmpty was sent
-	pushedStored  int
+	// move meanwhile and every refused live delivery has been stored (its ticket came back).
+	gen          uint64
+	tickets      map[string]time.Time // refusals whose store has not been confirmed, by ticket
+	routes       map[string]struct{}  // routes seen by this attachment
+	nextTicket   uint64
+	live         map[uint64]string // live tag → reply subject of the waiting sender
+	nextLive     uint64
+	outstanding  []uint64 // stream sequences pushed and not yet purged, ascending
+	acked        map[uint64]bool
+	nextSeq      uint64
+	queueEmpty   bool // QueueEmpty was sent
+	pushedStored int
 }
 
 // Attach starts delivery to a connected device: it takes the device over from any other
@@ -78,6 +84,8 @@ func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error
 		space:    make(chan struct{}, 1),
 		draining: true,
 		live:     map[uint64]string{},
+		tickets:  map[string]time.Time{},
+		routes:   map[string]struct{}{},
 		acked:    map[uint64]bool{},
 		nextSeq:  1,
 	}
@@ -133,6 +141,27 @@ func (a *Attachment) signal() {
 	}
 }
 
+// expireTicketsLocked forgets refusals whose store was never confirmed (the sender's commit failed
+// or it went away): the sender then did not ack, so nothing can be overtaken.
+func (a *Attachment) expireTicketsLocked() {
+	limit := time.Now().Add(-2 * a.m.cfg.StoreTimeout)
+	for t, at := range a.tickets {
+		if at.Before(limit) {
+			delete(a.tickets, t)
+		}
+	}
+}
+
+// waitSpace waits for a signal or d.
+func (a *Attachment) waitSpace(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-a.space:
+	case <-t.C:
+	}
+}
+
 // onMsg handles one message on dev.<device>, in order, on the device's dispatcher goroutine.
 func (a *Attachment) onMsg(msg *nats.Msg) {
 	if len(msg.Data) == 0 {
@@ -147,8 +176,12 @@ func (a *Attachment) onMsg(msg *nats.Msg) {
 	case kindWake:
 		a.mu.Lock()
 		a.gen++
+		if len(msg.Data) > 1 {
+			delete(a.tickets, string(msg.Data[1:]))
+		}
 		a.startDrainLocked()
 		a.mu.Unlock()
+		a.signal()
 	case kindLive:
 		a.onLive(msg)
 	}
@@ -171,8 +204,8 @@ func (a *Attachment) startDrainLocked() {
 }
 
 func (a *Attachment) onLive(msg *nats.Msg) {
-	dedupeID, env, ok := decodeLive(msg.Data[1:])
-	if !ok || dedupeID == "" {
+	routeID, unanswered, env, ok := decodeLive(msg.Data[1:])
+	if !ok {
 		_ = msg.Respond(replyStore)
 		return
 	}
@@ -182,26 +215,27 @@ func (a *Attachment) onLive(msg *nats.Msg) {
 		_ = msg.Respond(replyStore)
 		return
 	}
-	if a.draining || len(a.live)+len(a.outstanding) >= a.m.cfg.Window {
-		// Store it here, behind what the drain is reading, and keep the drain from switching to
-		// live until it is committed: that keeps this sender's order.
-		a.pendingStores++
+	// The first request from a route that still has earlier requests unanswered: those were
+	// published before we subscribed (no responders, or another connection's), and their sender
+	// will store them. This one must queue behind them.
+	_, seen := a.routes[routeID]
+	if !seen {
+		if len(a.routes) >= maxRoutesRemembered {
+			clear(a.routes) // forgetting only makes a refusal more likely, never an overtake
+		}
+		a.routes[routeID] = struct{}{}
+	}
+	if a.draining || len(a.live)+len(a.outstanding) >= a.m.cfg.Window || (!seen && unanswered) {
+		// Refuse: the sender stores it, in its own order, and hands our ticket back with the
+		// wake-up that follows the commit. Until every ticket is back the drain does not switch
+		// to live, so nothing from that sender can overtake it.
+		a.nextTicket++
+		ticket := a.connID + "." + strconv.FormatUint(a.nextTicket, 36)
+		a.tickets[ticket] = time.Now()
 		a.gen++
 		a.startDrainLocked()
 		a.mu.Unlock()
-		reply := msg.Reply
-		a.m.Store(a.dev, dedupeID, env, func(err error) {
-			a.mu.Lock()
-			a.pendingStores--
-			a.gen++
-			a.mu.Unlock()
-			a.signal()
-			if err != nil {
-				_ = a.m.nc.Publish(reply, replyStore)
-				return
-			}
-			_ = a.m.nc.Publish(reply, replyStored)
-		})
+		_ = msg.Respond(append(append([]byte(nil), replyStore...), ticket...))
 		return
 	}
 	a.nextLive++
@@ -301,10 +335,11 @@ func (a *Attachment) drain() {
 			a.mu.Unlock()
 			return
 		}
-		if pending := a.pendingStores; a.gen != gen || pending > 0 {
+		a.expireTicketsLocked()
+		if pending := len(a.tickets); a.gen != gen || pending > 0 {
 			a.mu.Unlock()
 			if pending > 0 {
-				<-a.space
+				a.waitSpace(a.m.cfg.StoreTimeout)
 			}
 			continue
 		}

@@ -16,10 +16,22 @@
 // signals QueueEmpty once the backlog present at connect has been sent, then switches to live mode;
 // a wake-up switches it back to draining. Acks delete stored envelopes with a subject purge.
 //
-// Per-sender order: a Route (one per sending connection) sends an envelope down the store path
-// whenever an earlier envelope from the same route to the same device is still being stored, and
-// the writer publishes the wake-up before it acks, so a later live delivery can never overtake an
-// earlier stored one on the same bus connection.
+// Per-sender order (one Route per sending connection; every store of a route's envelopes is
+// queued from the answers to its live requests, which arrive in publish order):
+//   - While a live request to a device is unanswered, later envelopes to it go live too; if they
+//     are refused, their stores queue behind the earlier refusals.
+//   - Otherwise, while an envelope to the device is being stored, later ones are stored directly
+//     (behind it, in the shard writer's FIFO).
+//   - An attachment never stores. It refuses a live request while it drains, when its window is
+//     full, or when it is the first request it sees from a route that still has earlier requests
+//     unanswered (those were published before it subscribed); a refusal carries a ticket, the
+//     sender hands the ticket back in the wake-up it publishes after the commit, and the drain
+//     switches to live only when the inbox read empty, no wake-up came meanwhile and every ticket
+//     is back. The writer publishes wake-ups before it acks, on the same bus connection as later
+//     live requests, so a wake-up always reaches the attachment first.
+//
+// The exception: a live delivery the device does not ack within LiveAckTimeout is stored then, and
+// may land behind envelopes sent after it.
 package mailbox
 
 import (
@@ -98,19 +110,16 @@ const (
 
 // Replies to a live request.
 var (
-	replyAcked  = []byte("ok") // the device acked it
-	replyStored = []byte("sd") // the device's node stored it in the device's inbox (the device is draining)
-	replyStore  = []byte("st") // not delivered: the sender must store it
+	replyAcked = []byte("ok") // the device acked it
+	replyStore = []byte("st") // not delivered: the sender must store it; a ticket may follow
 )
 
-// liveResult is how a live request ended.
-type liveResult int
-
-const (
-	liveRefused liveResult = iota // no responders, refused or timed out: store it
-	liveAcked
-	liveStored
-)
+// liveResult is how a live request ended: acked, or refused (no responders, refused, timed out)
+// with the refusing attachment's ticket, if any, to hand back after the store.
+type liveResult struct {
+	acked  bool
+	ticket string
+}
 
 // Mailbox routes, stores and delivers envelopes.
 type Mailbox struct {
@@ -227,6 +236,8 @@ type liveReq struct {
 	done  func(liveResult)
 }
 
+var liveRefused = liveResult{}
+
 // sendLive publishes a live request; done runs exactly once with how it ended.
 func (m *Mailbox) sendLive(deviceID string, payload []byte, done func(liveResult)) {
 	tok := m.nextToken.Add(1)
@@ -247,12 +258,12 @@ func (m *Mailbox) onReply(msg *nats.Msg) {
 		return
 	}
 	// An empty reply with a header is NATS's "no responders": the device is not connected.
-	res := liveRefused
-	switch string(msg.Data) {
-	case string(replyAcked):
-		res = liveAcked
-	case string(replyStored):
-		res = liveStored
+	var res liveResult
+	switch {
+	case string(msg.Data) == string(replyAcked):
+		res.acked = true
+	case len(msg.Data) > len(replyStore) && string(msg.Data[:len(replyStore)]) == string(replyStore):
+		res.ticket = string(msg.Data[len(replyStore):])
 	}
 	m.finishLive(tok, res)
 }
@@ -276,6 +287,14 @@ func (m *Mailbox) wakeAll(reqs []*appendReq, err error) {
 	}
 	seen := make(map[string]bool, len(reqs))
 	for _, r := range reqs {
+		if r.ticket != "" {
+			// Hands the refusing attachment its ticket back; also a wake-up.
+			_ = m.nc.Publish(bus.DeviceSubject(r.deviceID), append([]byte{kindWake}, r.ticket...))
+			seen[r.deviceID] = true
+			continue
+		}
+	}
+	for _, r := range reqs {
 		if seen[r.deviceID] {
 			continue
 		}
@@ -297,6 +316,11 @@ func (m *Mailbox) observeCommit(n int, start time.Time, err error) {
 
 // Store appends one envelope to a device's inbox and calls done when it is durable (nil) or not.
 func (m *Mailbox) Store(deviceID, dedupeID string, envelope []byte, done func(error)) {
+	m.store(deviceID, dedupeID, "", envelope, done)
+}
+
+// store is Store with the ticket of the attachment that refused the envelope, if any.
+func (m *Mailbox) store(deviceID, dedupeID, ticket string, envelope []byte, done func(error)) {
 	if m.closed.Load() {
 		done(ErrClosed)
 		return
@@ -305,6 +329,7 @@ func (m *Mailbox) Store(deviceID, dedupeID string, envelope []byte, done func(er
 		subject:  m.bus.InboxSubject(deviceID),
 		dedupeID: dedupeID,
 		deviceID: deviceID,
+		ticket:   ticket,
 		data:     envelope,
 		done:     done,
 	})

@@ -5,6 +5,8 @@ package mailbox
 
 import (
 	"sync"
+
+	"github.com/nats-io/nuid"
 )
 
 // Target is one recipient device and the encoded Envelope it should receive.
@@ -25,17 +27,38 @@ type Outcome struct {
 // Route carries one sending connection's per-recipient order: while an envelope from this route
 // to a device is being stored, later envelopes to that device are stored too (in order).
 type Route struct {
+	id      string
 	mu      sync.Mutex
 	storing map[string]int // device → envelopes in the store path; guarded by mu
+	live    map[string]int // device → live requests not yet answered; guarded by mu
 }
 
 // NewRoute returns an empty route.
-func NewRoute() *Route { return &Route{storing: map[string]int{}} }
+func NewRoute() *Route {
+	return &Route{id: nuid.Next(), storing: map[string]int{}, live: map[string]int{}}
+}
 
-func (r *Route) mustStore(dev string) bool {
+// decide picks the path for the next envelope to dev. While an earlier live request is
+// unanswered it goes live too: answers arrive in publish order, so if they are refusals the
+// stores are queued in send order. Otherwise, while an earlier envelope is being stored, it is
+// stored (queued behind it). Otherwise it goes live.
+func (r *Route) decide(dev string) (store, unanswered bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.storing[dev] > 0
+	unanswered = r.live[dev] > 0
+	if !unanswered && r.storing[dev] > 0 {
+		return true, false
+	}
+	r.live[dev]++
+	return false, unanswered
+}
+
+func (r *Route) liveAnswered(dev string) {
+	r.mu.Lock()
+	if r.live[dev]--; r.live[dev] <= 0 {
+		delete(r.live, dev)
+	}
+	r.mu.Unlock()
 }
 
 func (r *Route) beginStore(dev string) {
@@ -89,50 +112,56 @@ func (m *Mailbox) Send(route *Route, targets []Target, done func(Outcome)) {
 		}
 	}
 	for _, t := range targets {
-		store := func() {
+		store := func(ticket string) {
 			route.beginStore(t.DeviceID)
-			m.Store(t.DeviceID, t.DedupeID, t.Envelope, func(err error) {
+			m.store(t.DeviceID, t.DedupeID, ticket, t.Envelope, func(err error) {
 				route.endStore(t.DeviceID)
 				finish(false, err)
 			})
 		}
-		if route.mustStore(t.DeviceID) {
-			store()
+		mustStore, unanswered := route.decide(t.DeviceID)
+		if mustStore {
+			store("")
 			continue
 		}
-		payload := encodeLive(t.DedupeID, t.Envelope)
+		payload := encodeLive(route.id, unanswered, t.Envelope)
 		m.sendLive(t.DeviceID, payload, func(res liveResult) {
-			switch res {
-			case liveAcked:
+			// Begin the store (if any) before the live request counts as answered, so the next
+			// envelope sees one path or the other in use.
+			if !res.acked {
+				store(res.ticket)
+			}
+			route.liveAnswered(t.DeviceID)
+			if res.acked {
 				m.metrics.deliveredLive.Inc()
 				finish(true, nil)
-			case liveStored:
-				finish(false, nil)
-			default:
-				store()
 			}
 		})
 	}
 }
 
-// encodeLive builds a live request: kindLive, the dedupe id's length (1 byte), the dedupe id, and
-// the encoded Envelope. The dedupe id travels along so that the device's node can store the
-// envelope itself, under the same id, when the device cannot take it live.
-func encodeLive(dedupeID string, env []byte) []byte {
-	if len(dedupeID) > 255 {
-		dedupeID = dedupeID[:255]
+// encodeLive builds a live request: kindLive, a flags byte (bit 0: earlier live requests from this
+// route to this device are unanswered), the route id's length (1 byte), the route id, and the
+// encoded Envelope.
+func encodeLive(routeID string, unanswered bool, env []byte) []byte {
+	if len(routeID) > 255 {
+		routeID = routeID[:255]
 	}
-	b := make([]byte, 0, 2+len(dedupeID)+len(env))
-	b = append(b, kindLive, byte(len(dedupeID)))
-	b = append(b, dedupeID...)
+	var flags byte
+	if unanswered {
+		flags = 1
+	}
+	b := make([]byte, 0, 3+len(routeID)+len(env))
+	b = append(b, kindLive, flags, byte(len(routeID)))
+	b = append(b, routeID...)
 	return append(b, env...)
 }
 
 // decodeLive splits a live request's payload (after the kind byte).
-func decodeLive(b []byte) (dedupeID string, env []byte, ok bool) {
-	if len(b) < 1 || len(b) < 1+int(b[0]) {
-		return "", nil, false
+func decodeLive(b []byte) (routeID string, unanswered bool, env []byte, ok bool) {
+	if len(b) < 2 || len(b) < 2+int(b[1]) {
+		return "", false, nil, false
 	}
-	n := int(b[0])
-	return string(b[1 : 1+n]), b[1+n:], true
+	n := int(b[1])
+	return string(b[2 : 2+n]), b[0]&1 != 0, b[2+n:], true
 }

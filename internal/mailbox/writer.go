@@ -20,6 +20,7 @@ type appendReq struct {
 	subject  string
 	dedupeID string
 	deviceID string
+	ticket   string // the refusing attachment's ticket, handed back in the wake-up
 	data     []byte
 	done     func(error)
 }

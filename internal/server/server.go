@@ -60,10 +60,12 @@ type Server struct {
 	addr   atomic.Value // net.Addr
 	token  string
 
-	ready    chan struct{}
-	shutOnce sync.Once
-	shutErr  error
-	done     chan struct{}
+	runCtx    context.Context // lives until Shutdown closes storage
+	runCancel context.CancelFunc
+	ready     chan struct{}
+	shutOnce  sync.Once
+	shutErr   error
+	done      chan struct{}
 }
 
 // New validates cfg and returns a server. It does no I/O.
@@ -75,7 +77,8 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{cfg: cfg, log: log, ready: make(chan struct{}), done: make(chan struct{})}, nil
+	runCtx, runCancel := context.WithCancel(context.Background())
+	return &Server{cfg: cfg, log: log, ready: make(chan struct{}), done: make(chan struct{}), runCtx: runCtx, runCancel: runCancel}, nil
 }
 
 // Config returns the effective configuration.
@@ -156,6 +159,9 @@ func (s *Server) start(ctx context.Context) error {
 		ReplenishBelow: s.cfg.PrekeyReplenishBelow,
 		Logger:         s.log.With("component", "directory"),
 	})
+	if err := s.dir.Start(s.runCtx); err != nil {
+		return fmt.Errorf("directory: %w", err)
+	}
 	s.mb = mailbox.New(s.bus, mailbox.Config{
 		LiveAckTimeout: s.cfg.LiveAckTimeout.Duration,
 		Logger:         s.log.With("component", "mailbox"),
@@ -228,6 +234,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) closeStorage() {
+	s.runCancel()
+	if s.dir != nil {
+		s.dir.Wait()
+	}
 	if s.mb != nil {
 		s.mb.Close()
 	}
@@ -329,6 +339,14 @@ func loadOrCreateToken(path string) (string, error) {
 		return "", fmt.Errorf("write operator token: %w", err)
 	}
 	return t, nil
+}
+
+// Conns is the number of open device connections.
+func (s *Server) Conns() int {
+	if s.gw == nil {
+		return 0
+	}
+	return s.gw.Conns()
 }
 
 // Bus exposes the node's bus to tests in other packages (failure injection).

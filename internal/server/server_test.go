@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -321,7 +322,20 @@ func offlinePair(t *testing.T, s *testserver.Server) (*testserver.RawClient, ed2
 	bob := testserver.Dial(t, s.URL())
 	bob.MustRegister("bob")
 	bob.WS.CloseNow()
+	waitConns(t, s, 1)
 	return alice, bob.AuthKey, bob.DeviceID
+}
+
+// waitConns waits until the server holds n connections (closed ones are detached by then).
+func waitConns(t *testing.T, s *testserver.Server, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Server().Conns() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("server holds %d connections, want %d", s.Server().Conns(), n)
+		}
+		time.Sleep(5 * time.Millisecond) // polling a count the server does not announce
+	}
 }
 
 // pipelineSends writes n sends to dev without waiting, ids fmt.Sprintf(idFormat, i); after each
