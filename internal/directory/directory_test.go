@@ -7,10 +7,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -126,4 +128,45 @@ func FuzzHandshake(f *testing.F) {
 			_, _ = d.Register(ctx, body.Register, nonce)
 		}
 	})
+}
+
+// The account cache follows updates of the bucket (a device added elsewhere must show up).
+func TestAccountCacheFollowsUpdates(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	d := directory.New(b, directory.Config{Logger: quiet})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); d.Wait() }()
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nonce := bytes.Repeat([]byte{1}, 32)
+	reg, _ := registration(t, "gus", nonce, 8)
+	if _, err := d.Register(ctx, reg, nonce); err != nil {
+		t.Fatal(err)
+	}
+	acc, err := d.Account(ctx, "gus") // now cached
+	if err != nil || len(acc.Devices) != 1 {
+		t.Fatalf("%+v %v", acc, err)
+	}
+	// Another node adds a device: it writes the bucket directly.
+	updated, _ := json.Marshal(directory.Account{Name: "gus", Devices: []string{acc.Devices[0], "ffffffffffffffffffffffffffffffff"}})
+	if _, err := b.Accounts.Put(ctx, "gus", updated); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		acc, err := d.Account(ctx, "gus")
+		if err == nil && len(acc.Devices) == 2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cache still serves %+v", acc)
+		}
+		time.Sleep(5 * time.Millisecond) // the watch delivers asynchronously
+	}
 }
