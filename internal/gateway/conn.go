@@ -45,6 +45,12 @@ type conn struct {
 	dev   *directory.Device
 	att   *mailbox.Attachment
 	route *mailbox.Route
+
+	fmu        sync.Mutex // held while flushing (see writer.go)
+	wmu        sync.Mutex // guards the write fields below
+	wbuf       *[]byte    // pending frames; nil while idle
+	wscheduled bool
+	wclosed    bool
 }
 
 // handle processes one frame. A panic here is contained to this connection (invariant 6).
@@ -367,7 +373,7 @@ func (c *conn) Push(tag uint64, envelope []byte) error {
 	frame := make([]byte, 0, len(inner)+8)
 	frame = protowire.AppendTag(frame, 13, protowire.BytesType)
 	frame = protowire.AppendBytes(frame, inner)
-	if err := c.ws.WriteMessage(websocket.BinaryMessage, frame); err != nil {
+	if err := c.enqueue(frame); err != nil {
 		return err
 	}
 	c.g.metrics.pushed.Inc()
@@ -394,7 +400,7 @@ func (c *conn) write(f *pb.Frame) {
 		c.g.log.Error("encode frame", "err", err)
 		return
 	}
-	_ = c.ws.WriteMessage(websocket.BinaryMessage, b)
+	_ = c.enqueue(b)
 }
 
 func (c *conn) fail(id uint64, code pb.ErrorCode, msg string) {
@@ -402,8 +408,15 @@ func (c *conn) fail(id uint64, code pb.ErrorCode, msg string) {
 	c.write(&pb.Frame{Id: id, Body: &pb.Frame_Error{Error: &pb.Error{Code: code, Message: msg}}})
 }
 
-// close closes the WebSocket; onClose then detaches.
+// close closes the WebSocket after writing what is pending; onClose then detaches.
 func (c *conn) close() {
+	_ = c.flushLocked()
+	c.closeNow()
+}
+
+// closeNow closes the WebSocket, dropping what is pending.
+func (c *conn) closeNow() {
+	c.closeWriter()
 	_ = c.ws.Close()
 	c.shutdown()
 }

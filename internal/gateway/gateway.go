@@ -102,6 +102,11 @@ type Gateway struct {
 
 	mu    sync.Mutex
 	conns map[*conn]struct{} // guarded by mu
+
+	flushq       chan *conn // connections with frames to write (writer.go)
+	flushWG      sync.WaitGroup
+	flushMu      sync.RWMutex // guards flushStopped and the closing of flushq
+	flushStopped bool
 }
 
 // New returns a gateway. It does no I/O.
@@ -126,8 +131,12 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, cfg Config) *Gateway {
 	u.OnMessage(g.onMessage)
 	u.OnClose(g.onClose)
 	g.upgrader = u
+	g.startFlushers()
 	return g
 }
+
+// Close stops the flushers. Call it after the HTTP engine has stopped.
+func (g *Gateway) Close() { g.stopFlushers() }
 
 // MaxFrameBytes is the configured frame limit.
 func (g *Gateway) MaxFrameBytes() int { return g.cfg.MaxFrameBytes }
@@ -235,6 +244,7 @@ func (g *Gateway) onClose(ws *websocket.Conn, _ error) {
 	if !present {
 		return
 	}
+	c.closeWriter()
 	c.shutdown() // detach first: a connection no longer counted is no longer attached
 	g.count.Add(-1)
 	g.metrics.conns.Dec()

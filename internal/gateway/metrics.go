@@ -13,6 +13,8 @@ type metrics struct {
 	registrations prometheus.Counter
 	authFailures  prometheus.Counter
 	panics        prometheus.Counter
+	flushes       prometheus.Counter
+	slowConsumers prometheus.Counter
 	refused       *prometheus.CounterVec
 	rejected      *prometheus.CounterVec
 }
@@ -26,11 +28,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		registrations: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_registrations_total", Help: "Accounts registered."}),
 		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_handshake_failures_total", Help: "Refused Register/Auth."}),
 		panics:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_panics_total", Help: "Panics contained while handling a frame."}),
+		flushes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_flushes_total", Help: "Coalesced writes (each one or more frames)."}),
+		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_slow_consumers_total", Help: "Connections closed because they stopped reading."}),
 		refused:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_refused_total", Help: "Connections refused before upgrade, by reason."}, []string{"reason"}),
 		rejected:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_rejected_frames_total", Help: "Frames answered with an error, by code."}, []string{"code"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.refused, m.rejected)
+		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.flushes, m.slowConsumers, m.refused, m.rejected)
 	}
 	return m
 }

@@ -226,6 +226,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if s.engine != nil {
 			s.engine.Stop()
 		}
+		if s.gw != nil {
+			s.gw.Close()
+		}
 		s.closeStorage()
 		s.shutErr = errors.Join(errs...)
 		s.log.Info("stopped")
