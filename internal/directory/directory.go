@@ -320,19 +320,16 @@ func (d *Directory) UploadPreKeys(ctx context.Context, deviceID string, keys *pb
 	return d.Status(ctx, dev)
 }
 
-// Status reports how many one-time prekeys a device has left.
+// Status reports how many one-time prekeys a device has left (one stream-info request for both
+// kinds).
 func (d *Directory) Status(ctx context.Context, dev *Device) (*pb.PreKeyStatus, error) {
-	otk, err := d.count(ctx, bus.OneTimePreKeySubject(dev.ID))
+	info, err := d.bus.PreKeys.Info(ctx, jetstream.WithSubjectFilter("prekeys.*."+dev.ID))
 	if err != nil {
-		return nil, err
-	}
-	kem, err := d.count(ctx, bus.KEMPreKeySubject(dev.ID))
-	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: prekey count: %v", ErrUnavailable, err)
 	}
 	return &pb.PreKeyStatus{
-		OneTimePrekeysLeft:    uint32(otk),
-		KemPrekeysLeft:        uint32(kem),
+		OneTimePrekeysLeft:    uint32(info.State.Subjects[bus.OneTimePreKeySubject(dev.ID)]),
+		KemPrekeysLeft:        uint32(info.State.Subjects[bus.KEMPreKeySubject(dev.ID)]),
 		SignedPrekeyCreatedMs: dev.SignedPreKey.Created.UnixMilli(),
 	}, nil
 }
