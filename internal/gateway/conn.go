@@ -75,13 +75,7 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 		c.fail(0, pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frames are binary WebSocket messages")
 		return
 	}
-	if !c.limiter.Allow() {
-		c.g.metrics.rejected.WithLabelValues("rate_limited").Inc()
-		c.write(&pb.Frame{Body: &pb.Frame_Error{Error: &pb.Error{
-			Code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, Message: "too many frames", RetryAfterMs: 1000,
-		}}})
-		return
-	}
+	limited := !c.limiter.Allow()
 	f, err := pb.DecodeFrame(data, c.g.cfg.MaxFrameBytes)
 	if err != nil {
 		code := pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME
@@ -92,6 +86,18 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 		return
 	}
 	reqID = f.Id
+	if limited {
+		// Answer with the request's id, so the client's request completes (and can be retried).
+		c.g.metrics.rejected.WithLabelValues("rate_limited").Inc()
+		if _, ack := f.Body.(*pb.Frame_DeliverAck); ack && c.state.Load() == stateAuthed {
+			// Never drop acks: they free the server's window and storage.
+		} else {
+			c.write(&pb.Frame{Id: f.Id, Body: &pb.Frame_Error{Error: &pb.Error{
+				Code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, Message: "too many frames", RetryAfterMs: 1000,
+			}}})
+			return
+		}
+	}
 	if c.state.Load() == stateHandshake {
 		c.handshake(f)
 		return

@@ -19,13 +19,16 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/lesismal/llib/std/crypto/tls"
+	"github.com/lesismal/nbio"
 	"github.com/lesismal/nbio/nbhttp"
 	"github.com/lesismal/nbio/nbhttp/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -153,17 +156,21 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server is shutting down, reconnect elsewhere", http.StatusServiceUnavailable)
 		return
 	}
-	if g.count.Load() >= int64(g.cfg.MaxConns) {
+	if !isUpgrade(r) || !hasSubprotocol(r) {
+		http.Error(w, "expected a WebSocket upgrade with subprotocol "+pb.Subprotocol, http.StatusBadRequest)
+		return
+	}
+	// Reserve a slot before upgrading, so concurrent upgrades cannot overshoot MaxConns; onClose
+	// gives it back.
+	if g.count.Add(1) > int64(g.cfg.MaxConns) {
+		g.count.Add(-1)
 		g.metrics.refused.WithLabelValues("full").Inc()
 		w.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(10)))
 		http.Error(w, "server is at its connection limit", http.StatusServiceUnavailable)
 		return
 	}
-	if !isUpgrade(r) || !hasSubprotocol(r) {
-		http.Error(w, "expected a WebSocket upgrade with subprotocol "+pb.Subprotocol, http.StatusBadRequest)
-		return
-	}
 	if _, err := g.upgrader.Upgrade(w, r, nil); err != nil {
+		g.count.Add(-1)
 		g.metrics.refused.WithLabelValues("upgrade").Inc()
 		return
 	}
@@ -222,8 +229,7 @@ func (g *Gateway) onOpen(ws *websocket.Conn) {
 	g.mu.Lock()
 	g.conns[c] = struct{}{}
 	g.mu.Unlock()
-	g.count.Add(1)
-	g.metrics.conns.Inc()
+	g.metrics.conns.Inc() // the slot was reserved in ServeHTTP
 	_ = ws.SetReadDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
 	c.write(&pb.Frame{Body: &pb.Frame_Challenge{Challenge: &pb.Challenge{
 		Nonce:        c.nonce[:],
@@ -311,8 +317,31 @@ func NewEngine(name, addr string, tlsCfg *tls.Config, maxConns int, handler http
 		conf.Addrs = []string{addr}
 	}
 	e := nbhttp.NewEngine(conf)
+	e.OnOpen(func(c net.Conn) {
+		setCloseOnExec(c)
+		raceHandoff()
+	})
 	instrumentForRace(e)
 	return e
+}
+
+// setCloseOnExec marks an accepted socket close-on-exec. nbio duplicates each accepted socket with
+// dup(2), which drops the flag, so a process forked from the server (a hook, a worker) would
+// inherit live client sockets and keep them open.
+func setCloseOnExec(c net.Conn) {
+	for range 4 {
+		switch v := c.(type) {
+		case *nbio.Conn:
+			if fd := v.Hash(); fd > 0 {
+				syscall.CloseOnExec(fd)
+			}
+			return
+		case interface{ Conn() net.Conn }:
+			c = v.Conn()
+		default:
+			return
+		}
+	}
 }
 
 // LoadTLS loads a certificate and key for NewEngine.

@@ -6,7 +6,6 @@
 package gateway
 
 import (
-	"net"
 	"sync"
 
 	"github.com/lesismal/nbio"
@@ -23,7 +22,6 @@ var raceMu sync.Mutex
 func raceHandoff() { raceMu.Lock(); raceMu.Unlock() } //nolint:staticcheck // an intentional empty critical section
 
 func instrumentForRace(e *nbhttp.Engine) {
-	e.OnOpen(func(net.Conn) { raceHandoff() })
 	ne := e.Engine
 	ne.OnReadBufferAlloc(func(c *nbio.Conn) *[]byte {
 		raceHandoff()

@@ -159,3 +159,66 @@ func TestLoadConfigRejectsUnknownKeys(t *testing.T) {
 		t.Fatalf("%+v %v", c, err)
 	}
 }
+
+// A rate-limited request is answered with its own id (so the client's request completes), and
+// the connection keeps working.
+func TestRateLimitedRequestsAreAnswered(t *testing.T) {
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
+		c.ConnFramesPerSecond, c.ConnFrameBurst = 1, 5
+	}))
+	c := testserver.Dial(t, s.URL())
+	c.MustRegister("rita") // uses one frame of the burst
+	limited := 0
+	for range 10 {
+		r := c.Request(&pb.Frame{Body: &pb.Frame_Ping{Ping: &pb.Ping{}}})
+		switch {
+		case r.GetPong() != nil:
+		case r.GetError().GetCode() == pb.ErrorCode_ERROR_CODE_RATE_LIMITED && r.GetError().GetRetryAfterMs() > 0:
+			limited++
+		default:
+			t.Fatalf("unexpected answer %v", r)
+		}
+	}
+	if limited == 0 {
+		t.Fatal("no request was rate-limited")
+	}
+}
+
+// Concurrent upgrades cannot overshoot max_conns.
+func TestMaxConnsIsExact(t *testing.T) {
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) { c.MaxConns = 3 }))
+	results := make(chan bool, 12)
+	for range 12 {
+		go func() {
+			req, _ := http.NewRequest("GET", s.URL()+pb.ConnectPath, nil)
+			req.Header.Set("Connection", "Upgrade")
+			req.Header.Set("Upgrade", "websocket")
+			req.Header.Set("Sec-WebSocket-Version", "13")
+			req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+			req.Header.Set("Sec-WebSocket-Protocol", pb.Subprotocol)
+			resp, err := http.DefaultTransport.RoundTrip(req)
+			if err != nil {
+				results <- false
+				return
+			}
+			if resp.StatusCode == http.StatusSwitchingProtocols {
+				results <- true // keep the connection open: do not close the body
+				return
+			}
+			if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+				t.Errorf("refusal: status %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+			}
+			resp.Body.Close()
+			results <- false
+		}()
+	}
+	accepted := 0
+	for range 12 {
+		if <-results {
+			accepted++
+		}
+	}
+	if accepted != 3 {
+		t.Fatalf("accepted %d connections with max_conns 3", accepted)
+	}
+}
