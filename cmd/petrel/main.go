@@ -47,6 +47,8 @@ func commands() []command {
 		{"chat", "chat NAME", "interactive terminal chat", runChat},
 		{"whoami", "whoami", "show this device's account, device id and server", runWhoami},
 		{"safety-number", "safety-number NAME", "show the safety number to compare with NAME out of band", runSafetyNumber},
+		{"bench", benchUsage, "load generator: idle, relay, offline, churn scenarios", runBench},
+		{"bench-worker", "", "", runBenchWorker}, // hidden: a worker process of petrel bench
 		{"version", "version", "print the version", runVersion},
 	}
 }
@@ -116,6 +118,9 @@ func usage(w io.Writer) {
 	var b strings.Builder
 	b.WriteString("usage: petrel [--home DIR] COMMAND [flags]\n\ncommands:\n")
 	for _, c := range commands() {
+		if c.summary == "" {
+			continue // hidden
+		}
 		fmt.Fprintf(&b, "  %-15s %s\n", c.name, c.summary)
 	}
 	b.WriteString("\nRun 'petrel COMMAND --help' for a command's flags. See README.md for the full reference.\n")

@@ -1,0 +1,212 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/petrelchat/petrel/internal/bench"
+)
+
+const benchUsage = "bench SCENARIO --server URL[,URL...] [--json FILE] [--server-pid PID[,PID...]] [scenario flags]"
+
+const benchHelp = `scenarios:
+  idle     --conns N --hold D [--ping-sample N]                 N authenticated connections held open
+  relay    --pairs P --duration D [--size B] [--window W] [--rate R] [--e2ee]
+                                                                online senders → receivers
+  offline  --recipients R --messages M [--senders S] [--size B] [--window W]
+                                                                store for offline devices, then drain
+  churn    --conns N --rate R --duration D                      connect, authenticate, close
+
+Synthetic accounts are registered with the operator token (--admin-token-file, or env
+PETREL_ADMIN_TOKEN). Only loopback servers are accepted. See README.md ("petrel bench").
+`
+
+// benchDefaultTokenFile is where petrel serve keeps the operator token by default.
+var benchDefaultTokenFile = filepath.Join("petrel-data", "admin.token")
+
+func runBench(ctx context.Context, e *env, args []string) int {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+			fmt.Fprintf(e.stderr, "usage: petrel %s\n\n%s", benchUsage, benchHelp)
+			return 0
+		}
+		fmt.Fprintf(e.stderr, "petrel bench: name a scenario (%s)\n\nusage: petrel %s\n\n%s", strings.Join(bench.Scenarios, ", "), benchUsage, benchHelp)
+		return 2
+	}
+	scenario := args[0]
+	known := false
+	for _, s := range bench.Scenarios {
+		known = known || s == scenario
+	}
+	if !known {
+		fmt.Fprintf(e.stderr, "petrel bench: unknown scenario %q (want one of %s)\n", scenario, strings.Join(bench.Scenarios, ", "))
+		return 2
+	}
+	cfg := bench.Config{Scenario: scenario, Log: e.stderr}
+	fs := newFlags(e, "bench "+scenario, benchUsage)
+	servers := fs.String("server", "http://127.0.0.1:7070", "server base URL(s), comma-separated; loopback only")
+	jsonOut := fs.String("json", "", "also write the result as one JSON object to `FILE` (- for standard output)")
+	pids := fs.String("server-pid", "", "server process id(s), comma-separated: report their RSS and CPU")
+	tokenFile := fs.String("admin-token-file", benchDefaultTokenFile, "the operator token: the server's <data>/admin.token (comma-separated: one per server); env PETREL_ADMIN_TOKEN when not given")
+	fs.IntVar(&cfg.Concurrency, "concurrency", 200, "connection attempts in flight per process")
+	fs.IntVar(&cfg.Retries, "retries", 3, "retries of a refused connection attempt (HTTP 503, UNAVAILABLE), jittered backoff")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "bound on one connection attempt (dial + auth)")
+	fs.IntVar(&cfg.MaxConnsPerProcess, "max-conns-per-process", bench.DefaultMaxConnsPerProcess, "beyond this many connections, use worker processes (each on its own 127.0.0.x source address)")
+	switch scenario {
+	case bench.ScenarioIdle:
+		fs.IntVar(&cfg.Conns, "conns", 1000, "connections to hold")
+		fs.DurationVar(&cfg.Hold, "hold", 10*time.Second, "how long to hold them once all are open")
+		fs.IntVar(&cfg.PingSample, "ping-sample", 200, "held connections to ping (5 pings each) for the round-trip percentiles")
+	case bench.ScenarioRelay:
+		fs.IntVar(&cfg.Pairs, "pairs", 100, "sender/receiver pairs")
+		fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measurement window")
+		fs.IntVar(&cfg.Size, "size", 300, "payload bytes (opaque random bytes)")
+		fs.IntVar(&cfg.Window, "window", 0, "unacked sends per sender (default 32; 1 with --e2ee)")
+		fs.Float64Var(&cfg.Rate, "rate", 0, "offered msgs/s across all pairs, open loop (default: closed loop)")
+		fs.BoolVar(&cfg.E2EE, "e2ee", false, "real Signal sessions through the SDK instead of opaque payloads")
+		fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 15*time.Second, "bound on waiting for outstanding acks and deliveries after the window")
+	case bench.ScenarioOffline:
+		fs.IntVar(&cfg.Recipients, "recipients", 100, "offline devices")
+		fs.IntVar(&cfg.Messages, "messages", 10000, "messages in total")
+		fs.IntVar(&cfg.Senders, "senders", 0, "connected sender devices (default min(recipients, 32))")
+		fs.IntVar(&cfg.Size, "size", 300, "payload bytes (opaque random bytes)")
+		fs.IntVar(&cfg.Window, "window", 32, "unacked sends per sender")
+		fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "bound on the store phase and on the drain (default 60s + 2ms per message)")
+	case bench.ScenarioChurn:
+		fs.IntVar(&cfg.Conns, "conns", 100, "devices, and the most connections in flight at once")
+		fs.Float64Var(&cfg.Rate, "rate", 500, "connects/s offered")
+		fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to churn")
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "usage: petrel %s\n\n%s\nflags for %s:\n", benchUsage, benchHelp, scenario)
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args[1:]); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "petrel bench: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	// In Config, zero means "the default": an explicit 0 here means none.
+	if cfg.Retries == 0 {
+		cfg.Retries = -1
+	}
+	if cfg.PingSample == 0 {
+		cfg.PingSample = -1
+	}
+	for _, s := range strings.Split(*servers, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			cfg.Servers = append(cfg.Servers, strings.TrimRight(s, "/"))
+		}
+	}
+	for _, s := range strings.Split(*pids, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := strconv.Atoi(s)
+		if err != nil || p <= 0 {
+			fmt.Fprintf(e.stderr, "petrel bench: --server-pid %q is not a process id\n", s)
+			return 2
+		}
+		cfg.ServerPIDs = append(cfg.ServerPIDs, p)
+	}
+	for _, s := range cfg.Servers {
+		if !bench.IsLoopback(s) {
+			fmt.Fprintf(e.stderr, "petrel bench: --server %s: %v\n", s, bench.ErrNotLoopback)
+			return 2
+		}
+	}
+	tokenSet := false
+	fs.Visit(func(f *flag.Flag) { tokenSet = tokenSet || f.Name == "admin-token-file" })
+	toks, err := benchTokens(e, *tokenFile, tokenSet)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "petrel bench: %v\n", err)
+		return 1
+	}
+	cfg.AdminTokens = toks
+	cfg.WorkerCommand = func(ctx context.Context) *exec.Cmd {
+		exe, err := os.Executable()
+		if err != nil {
+			exe = os.Args[0]
+		}
+		return exec.CommandContext(ctx, exe, "bench-worker")
+	}
+	res, err := bench.Run(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "petrel bench %s: %v\n", scenario, err)
+		return 1
+	}
+	fmt.Fprintf(e.stdout, "petrel bench %s\n", scenario)
+	_ = res.WriteTable(e.stdout)
+	if *jsonOut != "" {
+		b, err := json.Marshal(res)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "petrel bench: %v\n", err)
+			return 1
+		}
+		b = append(b, '\n')
+		if *jsonOut == "-" {
+			_, err = e.stdout.Write(b)
+		} else {
+			err = os.WriteFile(*jsonOut, b, 0o644)
+		}
+		if err != nil {
+			fmt.Fprintf(e.stderr, "petrel bench: write %s: %v\n", *jsonOut, err)
+			return 1
+		}
+	}
+	return 0
+}
+
+// benchTokens reads the operator tokens (one for every server, or one per server):
+// --admin-token-file when given, else PETREL_ADMIN_TOKEN, else the default file.
+func benchTokens(e *env, files string, fileSet bool) ([]string, error) {
+	var toks []string
+	if !fileSet {
+		for _, t := range strings.Split(e.getenv("PETREL_ADMIN_TOKEN"), ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				toks = append(toks, t)
+			}
+		}
+		if len(toks) > 0 {
+			return toks, nil
+		}
+	}
+	for _, file := range strings.Split(files, ",") {
+		b, err := os.ReadFile(strings.TrimSpace(file))
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("no operator token: %s does not exist (pass the server's <data>/admin.token with --admin-token-file, or set PETREL_ADMIN_TOKEN)", file)
+			}
+			return nil, fmt.Errorf("read operator token: %w", err)
+		}
+		t := strings.TrimSpace(string(b))
+		if t == "" {
+			return nil, fmt.Errorf("operator token file %s is empty", file)
+		}
+		toks = append(toks, t)
+	}
+	return toks, nil
+}
+
+// runBenchWorker is the hidden worker process of petrel bench (spec on stdin, results on stdout).
+func runBenchWorker(ctx context.Context, e *env, _ []string) int {
+	var in = e.stdin
+	if e.stdin == nil {
+		in = os.Stdin
+	}
+	return bench.RunWorker(ctx, in, e.stdout, e.stderr)
+}

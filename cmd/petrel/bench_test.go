@@ -1,0 +1,115 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestBenchUsage(t *testing.T) {
+	home := t.TempDir()
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no scenario", []string{"bench"}, 2, "name a scenario"},
+		{"unknown scenario", []string{"bench", "soak"}, 2, "unknown scenario"},
+		{"help", []string{"bench", "idle", "--help"}, 0, "--conns"},
+		{"flag of another scenario", []string{"bench", "relay", "--conns", "5"}, 2, "not defined"},
+		{"not loopback", []string{"bench", "idle", "--server", "http://10.0.0.1:7070"}, 2, "not a loopback address"},
+		{"not loopback among several", []string{"bench", "relay", "--server", "http://127.0.0.1:7070,http://chat.example:7070"}, 2, "not a loopback address"},
+		{"bad pid", []string{"bench", "idle", "--server-pid", "x"}, 2, "not a process id"},
+		{"no token", []string{"bench", "idle", "--server", "http://127.0.0.1:1", "--admin-token-file", filepath.Join(home, "nope")}, 1, "no operator token"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := petrel(t, home, "", tc.args...).must(t, tc.code)
+			if !strings.Contains(r.stderr, tc.want) {
+				t.Fatalf("stderr lacks %q:\n%s", tc.want, r.stderr)
+			}
+		})
+	}
+	r := petrel(t, home, "", "help").must(t, 0)
+	if !strings.Contains(r.stdout, "bench") || strings.Contains(r.stdout, "bench-worker") {
+		t.Fatalf("usage should list bench and hide bench-worker:\n%s", r.stdout)
+	}
+}
+
+// TestProcessBench runs petrel bench against a petrel serve process: relay in one process, and
+// idle spread over two bench-worker processes dialing from 127.0.0.2 and 127.0.0.3.
+func TestProcessBench(t *testing.T) {
+	data := t.TempDir()
+	srv := startServer(t, data, "127.0.0.1:0")
+	pid := strconv.Itoa(srv.cmd.Process.Pid)
+	bench := func(t *testing.T, env []string, args ...string) map[string]any {
+		t.Helper()
+		out := filepath.Join(t.TempDir(), "result.json")
+		cmd := exec.Command(petrelBin, append([]string{"bench"}, append(args, "--server", srv.url, "--server-pid", pid, "--json", out)...)...)
+		cmd.Dir = t.TempDir() // no ./petrel-data here
+		cmd.Env = append(os.Environ(), env...)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("petrel bench %v: %v\nstdout:\n%s\nstderr:\n%s", args, err, stdout.String(), stderr.String())
+		}
+		if !strings.Contains(stdout.String(), "petrel bench "+args[0]) || !strings.Contains(stderr.String(), "RLIMIT_NOFILE") {
+			t.Errorf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		return m
+	}
+	wantNum := func(t *testing.T, m map[string]any, key string) float64 {
+		t.Helper()
+		v, ok := m[key].(float64)
+		if !ok {
+			t.Fatalf("%s = %v (%T), want a number; result %v", key, m[key], m[key], m)
+		}
+		return v
+	}
+	t.Run("relay", func(t *testing.T) {
+		m := bench(t, nil, "relay", "--admin-token-file", filepath.Join(data, "admin.token"), "--pairs", "8", "--duration", "1s")
+		sent := wantNum(t, m, "sent")
+		if sent == 0 || wantNum(t, m, "delivered") != sent || wantNum(t, m, "lost") != 0 ||
+			wantNum(t, m, "duplicates") != 0 || wantNum(t, m, "order_violations") != 0 || wantNum(t, m, "errors") != 0 {
+			t.Errorf("result: %v", m)
+		}
+		for _, k := range []string{"delivered_per_s", "latency_p50_ms", "latency_p99_ms", "latency_p999_ms", "server_cpu_us_per_msg", "server_cpu_pct", "client_cpu_pct", "other_cpu_pct"} {
+			wantNum(t, m, k)
+		}
+	})
+	t.Run("idle with workers", func(t *testing.T) {
+		tok, err := os.ReadFile(filepath.Join(data, "admin.token"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := bench(t, []string{"PETREL_ADMIN_TOKEN=" + strings.TrimSpace(string(tok))},
+			"idle", "--conns", "40", "--hold", "1s", "--max-conns-per-process", "20")
+		if wantNum(t, m, "workers") != 2 || wantNum(t, m, "connected") != 40 || wantNum(t, m, "errors") != 0 {
+			t.Errorf("result: %v", m)
+		}
+		wantNum(t, m, "server_rss_bytes")
+		wantNum(t, m, "rss_per_conn_bytes")
+		wantNum(t, m, "ping_p99_ms")
+		ips, _ := m["source_ips"].([]any)
+		if len(ips) != 2 || ips[0] == ips[1] {
+			t.Errorf("source_ips = %v", m["source_ips"])
+		}
+	})
+}

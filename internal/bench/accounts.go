@@ -1,0 +1,263 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package bench
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/petrelchat/petrel/e2ee"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+)
+
+// MaxBulkDevices is the most devices one bulk registration request may carry (server limit).
+const MaxBulkDevices = 1000
+
+// RegisterBulkPath is the operator endpoint for synthetic accounts.
+const RegisterBulkPath = "/v1/admin/register-bulk"
+
+// account is one synthetic device: an account with a single device. Only the auth key's seed
+// travels to workers; the E2EE keys are needed only at registration (and by --e2ee clients).
+type account struct {
+	Name     string `json:"n"`
+	DeviceID string `json:"d"`
+	Seed     []byte `json:"s"` // Ed25519 seed of the auth key (32 bytes)
+	Server   int    `json:"v"` // index of the server it is registered on and connects to
+
+	priv ed25519.PrivateKey // derived from Seed on first use by one goroutine
+}
+
+func (a *account) key() ed25519.PrivateKey {
+	if a.priv == nil {
+		a.priv = ed25519.NewKeyFromSeed(a.Seed)
+	}
+	return a.priv
+}
+
+// deviceKeys are the private E2EE keys of one device, kept for --e2ee runs.
+type deviceKeys struct {
+	identity *e2ee.IdentityKeyPair
+	signed   *e2ee.SignedPreKeyPair
+	kemLast  *e2ee.KEMPreKeyPair
+	oneTime  []*e2ee.OneTimePreKeyPair
+	kem      []*e2ee.KEMPreKeyPair // one-time ML-KEM prekeys, ids 2..
+}
+
+// newRunPrefix returns a fresh account name prefix, so that runs against one server never collide.
+func newRunPrefix() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "b" + hex.EncodeToString(b[:])
+}
+
+// registrar registers synthetic devices through the operator bulk endpoint of each server.
+type registrar struct {
+	servers []string // base URLs
+	tokens  []string // operator token per server
+	client  *http.Client
+}
+
+// generate makes the keys of one device: an Ed25519 auth key, an identity key, a signed prekey,
+// a last-resort ML-KEM prekey and oneTime one-time prekeys of each kind.
+func generate(name string, oneTime int) (account, *pb.BulkDevice, *deviceKeys, error) {
+	var seed [ed25519.SeedSize]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		return account{}, nil, nil, err
+	}
+	a := account{Name: name, Seed: seed[:]}
+	pub := a.key().Public().(ed25519.PublicKey)
+	a.DeviceID = pb.DeviceID(pub)
+	k := &deviceKeys{}
+	var err error
+	if k.identity, err = e2ee.GenerateIdentityKeyPair(nil); err != nil {
+		return a, nil, nil, err
+	}
+	if k.signed, err = e2ee.GenerateSignedPreKey(nil, 1, k.identity); err != nil {
+		return a, nil, nil, err
+	}
+	if k.kemLast, err = e2ee.GenerateKEMPreKey(nil, 1, k.identity, true); err != nil {
+		return a, nil, nil, err
+	}
+	sp, lp := k.signed.Public(), k.kemLast.Public()
+	up := &pb.KeyBundleUpload{
+		IdentityKey:         k.identity.PublicKey().Bytes(),
+		SignedPrekey:        &pb.SignedPreKey{Id: sp.ID, PublicKey: sp.PublicKey, Signature: sp.Signature},
+		LastResortKemPrekey: &pb.KEMPreKey{Id: lp.ID, PublicKey: lp.PublicKey, Signature: lp.Signature, LastResort: true},
+	}
+	if oneTime > 0 {
+		if k.oneTime, err = e2ee.GenerateOneTimePreKeys(nil, 1, oneTime); err != nil {
+			return a, nil, nil, err
+		}
+		for _, o := range k.oneTime {
+			p := o.Public()
+			up.OneTimePrekeys = append(up.OneTimePrekeys, &pb.OneTimePreKey{Id: p.ID, PublicKey: p.PublicKey})
+		}
+		for i := range oneTime {
+			kp, err := e2ee.GenerateKEMPreKey(nil, uint32(2+i), k.identity, false)
+			if err != nil {
+				return a, nil, nil, err
+			}
+			k.kem = append(k.kem, kp)
+			p := kp.Public()
+			up.KemPrekeys = append(up.KemPrekeys, &pb.KEMPreKey{Id: p.ID, PublicKey: p.PublicKey, Signature: p.Signature})
+		}
+	}
+	return a, &pb.BulkDevice{Name: name, AuthKey: pub, Keys: up}, k, nil
+}
+
+// register generates and registers n devices named prefix-0 … prefix-(n-1); device i belongs to
+// server i % len(servers) (its connections go there too). Keys are generated on every core, and
+// each batch is posted as soon as it is ready, so generation and the server's work overlap. With
+// keep, the private E2EE keys are returned too.
+func (r *registrar) register(ctx context.Context, prefix string, n, oneTime int, keep bool) ([]account, []*deviceKeys, error) {
+	accts := make([]account, n)
+	var keys []*deviceKeys
+	if keep {
+		keys = make([]*deviceKeys, n)
+	}
+	workers := runtime.GOMAXPROCS(0) + 2
+	ns := len(r.servers)
+	// Batches: runs of devices of one server.
+	type batch struct{ server, first, count int } // devices first, first+ns, … (count of them)
+	size := min(MaxBulkDevices, max(50, (n+workers-1)/workers))
+	var batches []batch
+	for sv := range ns {
+		total := (n - sv + ns - 1) / ns
+		for done := 0; done < total; done += size {
+			batches = append(batches, batch{server: sv, first: sv + done*ns, count: min(size, total-done)})
+		}
+	}
+	var (
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+		cancel()
+	}
+	for range min(workers, len(batches)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				b := int(next.Add(1) - 1)
+				if b >= len(batches) {
+					return
+				}
+				bt := batches[b]
+				req := &pb.BulkRegisterRequest{Devices: make([]*pb.BulkDevice, 0, bt.count)}
+				mine := make([]account, 0, bt.count)
+				for k := range bt.count {
+					i := bt.first + k*ns
+					a, dev, dk, err := generate(prefix+"-"+strconv.Itoa(i), oneTime)
+					if err != nil {
+						fail(fmt.Errorf("generate keys: %w", err))
+						return
+					}
+					a.Server = bt.server
+					accts[i] = a
+					if keep {
+						keys[i] = dk
+					}
+					mine = append(mine, a)
+					req.Devices = append(req.Devices, dev)
+				}
+				if err := r.post(ctx, bt.server, req, mine); err != nil {
+					fail(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return nil, nil, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	return accts, keys, nil
+}
+
+// ErrOperatorToken reports a bulk registration the server refused for want of the operator token.
+var ErrOperatorToken = errors.New("the server refused the operator token")
+
+// post sends one bulk registration and checks every device in the answer.
+func (r *registrar) post(ctx context.Context, server int, req *pb.BulkRegisterRequest, accts []account) error {
+	body, err := proto.Marshal(req)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(r.servers[server], "/")+RegisterBulkPath, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	hr.Header.Set("Authorization", "Bearer "+r.tokens[server])
+	hr.Header.Set("Content-Type", "application/x-protobuf")
+	resp, err := r.client.Do(hr)
+	if err != nil {
+		return fmt.Errorf("bulk registration at %s: %w", r.servers[server], err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("bulk registration: read answer: %w", err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		return fmt.Errorf("%w at %s (%s): pass the server's <data>/admin.token with --admin-token-file or PETREL_ADMIN_TOKEN", ErrOperatorToken, r.servers[server], resp.Status)
+	case resp.StatusCode != http.StatusOK:
+		return fmt.Errorf("bulk registration: %s: %s", resp.Status, strings.TrimSpace(string(out[:min(len(out), 300)])))
+	}
+	res := &pb.BulkRegisterResponse{}
+	if err := proto.Unmarshal(out, res); err != nil {
+		return fmt.Errorf("bulk registration: answer is not a BulkRegisterResponse: %w", err)
+	}
+	if len(res.GetDeviceIds()) != len(accts) {
+		return fmt.Errorf("bulk registration: %d device ids for %d devices", len(res.GetDeviceIds()), len(accts))
+	}
+	var failed int
+	var first string
+	for i, id := range res.GetDeviceIds() {
+		if id != accts[i].DeviceID {
+			failed++
+			if first == "" {
+				e := ""
+				if i < len(res.GetErrors()) {
+					e = res.GetErrors()[i]
+				}
+				first = fmt.Sprintf("%s: %s", accts[i].Name, e)
+			}
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("bulk registration: %d of %d devices refused (first: %s)", failed, len(accts), first)
+	}
+	return nil
+}

@@ -1,0 +1,439 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/petrelchat/petrel/internal/server"
+	"github.com/petrelchat/petrel/internal/testserver"
+)
+
+// workerEnv makes the test binary act as a bench worker (see TestMain), so that the worker path
+// runs in real separate processes.
+const workerEnv = "PETREL_BENCH_TEST_WORKER"
+
+// serverEnv makes the test binary act as a server process holding its data in the named
+// directory: it prints its URL, and stops when its standard input closes.
+const serverEnv = "PETREL_BENCH_TEST_SERVER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(workerEnv) == "1" {
+		os.Exit(RunWorker(context.Background(), os.Stdin, os.Stdout, os.Stderr))
+	}
+	if dir := os.Getenv(serverEnv); dir != "" {
+		os.Exit(serveForTest(dir))
+	}
+	os.Exit(m.Run())
+}
+
+func serveForTest(dir string) int {
+	srv, err := server.New(server.Config{Listen: "127.0.0.1:0", Data: dir, InboxShards: 4, Node: "test"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Run(ctx) }()
+	select {
+	case <-srv.Ready():
+	case err := <-errc:
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println(srv.URL())
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	cancel()
+	<-errc
+	return 0
+}
+
+// serverProcess runs a server in a separate process (this test binary, see TestMain). The worker
+// test needs one: the gateway's sockets are not close-on-exec (nbio dup()s them), so workers
+// forked from a process that also hosts the server would inherit its client connections.
+type serverProcess struct {
+	url, dir string
+	pid      int
+}
+
+func startServerProcess(t *testing.T) *serverProcess {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), serverEnv+"="+dir)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("server process: %v", err)
+	}
+	return &serverProcess{url: strings.TrimSpace(line), dir: dir, pid: cmd.Process.Pid}
+}
+
+// testWriter sends progress lines to the test log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func newConfig(t *testing.T, srv *testserver.Server, scenario string) Config {
+	t.Helper()
+	// The server runs in the test process.
+	return configFor(t, srv.URL(), srv.DataDir(), os.Getpid(), scenario)
+}
+
+func configFor(t *testing.T, url, dataDir string, pid int, scenario string) Config {
+	t.Helper()
+	tok, err := os.ReadFile(filepath.Join(dataDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Config{
+		Scenario:    scenario,
+		Servers:     []string{url},
+		AdminTokens: []string{strings.TrimSpace(string(tok))},
+		ServerPIDs:  []int{pid},
+		Log:         testWriter{t},
+	}
+}
+
+func runBench(t *testing.T, cfg Config) (*Result, map[string]any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	var table strings.Builder
+	_ = res.WriteTable(&table)
+	t.Logf("result:\n%s", table.String())
+	b, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("result JSON %s: %v", b, err)
+	}
+	return res, m
+}
+
+func num(t *testing.T, m map[string]any, key string) float64 {
+	t.Helper()
+	v, ok := m[key]
+	if !ok {
+		t.Fatalf("result has no %q", key)
+	}
+	f, ok := v.(float64)
+	if !ok {
+		t.Fatalf("%s = %v (%T), want a number", key, v, v)
+	}
+	return f
+}
+
+func wantKeys(t *testing.T, m map[string]any, keys ...string) {
+	t.Helper()
+	for _, k := range keys {
+		if _, ok := m[k]; !ok {
+			t.Errorf("result JSON has no %q", k)
+		}
+	}
+}
+
+func wantEq(t *testing.T, m map[string]any, key string, want float64) {
+	t.Helper()
+	if got := num(t, m, key); got != want {
+		t.Errorf("%s = %v, want %v", key, got, want)
+	}
+}
+
+var cpuKeys = []string{"server_cpu_pct", "client_cpu_pct", "other_cpu_pct", "errors", "scenario", "duration_s"}
+
+func TestIdle(t *testing.T) {
+	srv := testserver.Start(t)
+	cfg := newConfig(t, srv, ScenarioIdle)
+	cfg.Conns, cfg.Hold, cfg.PingSample = 30, time.Second, 10
+	_, m := runBench(t, cfg)
+	wantKeys(t, m, append(cpuKeys, "conns", "connects_per_s", "server_rss_bytes", "rss_per_conn_bytes", "ping_p99_ms", "connect_p99_ms")...)
+	wantEq(t, m, "connected", 30)
+	wantEq(t, m, "held", 30)
+	wantEq(t, m, "dropped", 0)
+	wantEq(t, m, "errors", 0)
+	wantEq(t, m, "ping_samples", 10*pingRounds)
+	if num(t, m, "server_rss_bytes") <= 0 || num(t, m, "connects_per_s") <= 0 || num(t, m, "ping_p99_ms") <= 0 {
+		t.Errorf("implausible figures: %v", m)
+	}
+	num(t, m, "rss_per_conn_bytes")
+	if m["workers"].(float64) != 0 {
+		t.Errorf("workers = %v, want 0", m["workers"])
+	}
+}
+
+func TestRelayClosedLoop(t *testing.T) {
+	srv := testserver.Start(t)
+	cfg := newConfig(t, srv, ScenarioRelay)
+	// Enough pairs to stay under the server's per-connection frame limit (2000/s by default).
+	cfg.Pairs, cfg.Duration, cfg.Window, cfg.Size = 16, time.Second, 4, 100
+	_, m := runBench(t, cfg)
+	wantKeys(t, m, append(cpuKeys, "delivered", "delivered_per_s", "latency_p50_ms", "latency_p99_ms", "latency_p999_ms",
+		"server_cpu_us_per_msg", "lost", "duplicates", "order_violations", "acks_per_s")...)
+	sent := num(t, m, "sent")
+	if sent < 10 {
+		t.Fatalf("only %v messages sent", sent)
+	}
+	wantEq(t, m, "acked", sent)
+	wantEq(t, m, "delivered", sent)
+	wantEq(t, m, "lost", 0)
+	wantEq(t, m, "duplicates", 0)
+	wantEq(t, m, "order_violations", 0)
+	wantEq(t, m, "errors", 0)
+	if num(t, m, "latency_p50_ms") <= 0 || num(t, m, "latency_p999_ms") < num(t, m, "latency_p50_ms") {
+		t.Errorf("implausible latencies: %v", m)
+	}
+	num(t, m, "server_cpu_us_per_msg")
+}
+
+func TestRelayOpenLoop(t *testing.T) {
+	srv := testserver.Start(t)
+	cfg := newConfig(t, srv, ScenarioRelay)
+	cfg.Pairs, cfg.Duration, cfg.Rate = 4, time.Second, 300
+	_, m := runBench(t, cfg)
+	// The schedule is fixed in advance: exactly rate × duration messages.
+	wantEq(t, m, "sent", 300)
+	wantEq(t, m, "acked", 300)
+	wantEq(t, m, "delivered", 300)
+	wantEq(t, m, "lost", 0)
+	wantEq(t, m, "duplicates", 0)
+	wantEq(t, m, "order_violations", 0)
+	wantEq(t, m, "rate", 300)
+	num(t, m, "send_lag_p99_ms")
+}
+
+func TestRelayE2EE(t *testing.T) {
+	srv := testserver.Start(t)
+	cfg := newConfig(t, srv, ScenarioRelay)
+	cfg.Pairs, cfg.Duration, cfg.E2EE = 2, time.Second, true
+	_, m := runBench(t, cfg)
+	sent := num(t, m, "acked")
+	if sent < 2 {
+		t.Fatalf("only %v messages acked", sent)
+	}
+	wantEq(t, m, "delivered", sent)
+	wantEq(t, m, "lost", 0)
+	wantEq(t, m, "duplicates", 0)
+	wantEq(t, m, "order_violations", 0)
+	wantEq(t, m, "errors", 0)
+	if m["e2ee"] != true {
+		t.Errorf("e2ee = %v", m["e2ee"])
+	}
+}
+
+func TestOffline(t *testing.T) {
+	srv := testserver.Start(t)
+	cfg := newConfig(t, srv, ScenarioOffline)
+	cfg.Recipients, cfg.Messages, cfg.Senders, cfg.Window = 5, 300, 3, 16
+	_, m := runBench(t, cfg)
+	wantKeys(t, m, append(cpuKeys, "stored_per_s", "drained_per_s", "lost", "duplicates", "server_cpu_us_per_msg", "left_stored")...)
+	wantEq(t, m, "stored", 300)
+	wantEq(t, m, "delivered", 300)
+	wantEq(t, m, "lost", 0)
+	wantEq(t, m, "duplicates", 0)
+	wantEq(t, m, "left_stored", 0)
+	wantEq(t, m, "order_violations", 0)
+	wantEq(t, m, "errors", 0)
+	if m["exactly_once"] != true {
+		t.Errorf("exactly_once = %v", m["exactly_once"])
+	}
+	if num(t, m, "stored_per_s") <= 0 || num(t, m, "drained_per_s") <= 0 {
+		t.Errorf("implausible rates: %v", m)
+	}
+}
+
+func TestChurn(t *testing.T) {
+	srv := testserver.Start(t)
+	cfg := newConfig(t, srv, ScenarioChurn)
+	cfg.Conns, cfg.Rate, cfg.Duration = 5, 40, time.Second
+	_, m := runBench(t, cfg)
+	wantKeys(t, m, append(cpuKeys, "connects_per_s", "connected", "failures", "connect_p99_ms")...)
+	wantEq(t, m, "attempts", 40)
+	// A reconnect right after a close may rarely meet the old connection's TIME_WAIT: allow one.
+	if c := num(t, m, "connected"); c < 39 {
+		t.Errorf("connected = %v of 40", c)
+	}
+	if num(t, m, "connects_per_s") <= 0 {
+		t.Errorf("connects_per_s = %v", m["connects_per_s"])
+	}
+}
+
+// TestWorkers forces the worker path: 2 worker processes (this test binary, see TestMain) of 20
+// connections each, dialing from 127.0.0.2 and 127.0.0.3, against a server process.
+func TestWorkers(t *testing.T) {
+	srv := startServerProcess(t)
+	workerCmd := func(ctx context.Context) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, os.Args[0])
+		cmd.Env = append(os.Environ(), workerEnv+"=1")
+		return cmd
+	}
+	check := func(t *testing.T, m map[string]any) {
+		t.Helper()
+		wantEq(t, m, "workers", 2)
+		var pids []int
+		for _, p := range m["worker_pids"].([]any) {
+			pids = append(pids, int(p.(float64)))
+		}
+		if len(pids) != 2 || pids[0] == pids[1] || slices.Contains(pids, os.Getpid()) {
+			t.Errorf("worker_pids = %v (this process %d)", pids, os.Getpid())
+		}
+		var ips []string
+		for _, ip := range m["source_ips"].([]any) {
+			ips = append(ips, ip.(string))
+		}
+		slices.Sort(ips)
+		if !slices.Equal(ips, []string{"127.0.0.2", "127.0.0.3"}) {
+			t.Errorf("source_ips = %v", ips)
+		}
+	}
+	t.Run("idle", func(t *testing.T) {
+		cfg := configFor(t, srv.url, srv.dir, srv.pid, ScenarioIdle)
+		cfg.Conns, cfg.Hold, cfg.PingSample, cfg.MaxConnsPerProcess, cfg.WorkerCommand = 40, time.Second, 20, 20, workerCmd
+		_, m := runBench(t, cfg)
+		check(t, m)
+		num(t, m, "rss_per_conn_bytes")
+		wantEq(t, m, "connected", 40)
+		wantEq(t, m, "held", 40)
+		wantEq(t, m, "ping_samples", 20*pingRounds)
+		wantEq(t, m, "errors", 0)
+	})
+	t.Run("relay", func(t *testing.T) {
+		cfg := configFor(t, srv.url, srv.dir, srv.pid, ScenarioRelay)
+		cfg.Pairs, cfg.Duration, cfg.Window, cfg.MaxConnsPerProcess, cfg.WorkerCommand = 20, time.Second, 4, 20, workerCmd
+		_, m := runBench(t, cfg)
+		check(t, m)
+		sent := num(t, m, "sent")
+		wantEq(t, m, "delivered", sent)
+		wantEq(t, m, "lost", 0)
+		wantEq(t, m, "duplicates", 0)
+		wantEq(t, m, "order_violations", 0)
+		wantEq(t, m, "errors", 0)
+	})
+}
+
+func TestOperatorTokenRequired(t *testing.T) {
+	srv := testserver.Start(t)
+	cfg := newConfig(t, srv, ScenarioIdle)
+	cfg.AdminTokens = []string{"not-the-token"}
+	cfg.Conns = 1
+	_, err := Run(context.Background(), cfg)
+	if !errors.Is(err, ErrOperatorToken) {
+		t.Fatalf("Run with a wrong token: %v, want ErrOperatorToken", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	base := Config{Scenario: ScenarioIdle, Servers: []string{"http://127.0.0.1:7070"}, AdminTokens: []string{"x"}}
+	cases := []struct {
+		name    string
+		edit    func(*Config)
+		wantErr string
+	}{
+		{"ok", func(*Config) {}, ""},
+		{"localhost", func(c *Config) { c.Servers = []string{"http://localhost:7070"} }, ""},
+		{"other loopback", func(c *Config) { c.Servers = []string{"http://127.9.8.7:7070"} }, ""},
+		{"ipv6 loopback", func(c *Config) { c.Servers = []string{"http://[::1]:7070"} }, ""},
+		{"private address", func(c *Config) { c.Servers = []string{"http://10.0.0.1:7070"} }, "not a loopback"},
+		{"host name", func(c *Config) { c.Servers = []string{"http://127.0.0.1:1", "https://chat.example"} }, "not a loopback"},
+		{"no token", func(c *Config) { c.AdminTokens = nil }, "operator token"},
+		{"tokens per server", func(c *Config) {
+			c.Servers = []string{"http://127.0.0.1:1", "http://127.0.0.1:2"}
+			c.AdminTokens = []string{"a", "b"}
+		}, ""},
+		{"token count", func(c *Config) {
+			c.Servers = []string{"http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"}
+			c.AdminTokens = []string{"a", "b"}
+		}, "operator tokens for 3 servers"},
+		{"bad scenario", func(c *Config) { c.Scenario = "soak" }, "unknown scenario"},
+		{"tiny payload", func(c *Config) { c.Size = 8 }, "size"},
+		{"e2ee idle", func(c *Config) { c.E2EE = true }, "relay only"},
+		{"churn without rate", func(c *Config) { c.Scenario = ScenarioChurn; c.Rate = -1 }, "rate"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base
+			tc.edit(&c)
+			c.setDefaults()
+			err := c.Validate()
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
+	// Every problem is reported at once.
+	c := Config{Scenario: "x", Servers: []string{"http://10.1.1.1"}, Size: 1}
+	c.setDefaults()
+	err := c.Validate()
+	for _, want := range []string{"unknown scenario", "not a loopback", "operator token", "size"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+}
+
+// TestTwoServers spreads devices over two independent servers, each with its own operator token.
+func TestTwoServers(t *testing.T) {
+	a, b := testserver.Start(t), testserver.Start(t)
+	cfg := newConfig(t, a, ScenarioIdle)
+	cb := newConfig(t, b, ScenarioIdle)
+	cfg.Servers = append(cfg.Servers, cb.Servers...)
+	cfg.AdminTokens = append(cfg.AdminTokens, cb.AdminTokens...)
+	cfg.Conns, cfg.Hold, cfg.PingSample = 20, 500*time.Millisecond, 4
+	_, m := runBench(t, cfg)
+	wantEq(t, m, "connected", 20)
+	wantEq(t, m, "held", 20)
+	// Each device is registered on the server it connects to: a device sent to the other server
+	// would fail to authenticate there.
+	wantEq(t, m, "errors", 0)
+}

@@ -1,0 +1,315 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package bench
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+)
+
+// Pseudo frame kinds passed to handlers.
+const (
+	kMalformed protowire.Number = -1
+	kClosed    protowire.Number = -2 // the reader loop ended
+)
+
+const (
+	pingRounds = 5
+	// keepAliveEvery is the interval between pings on each held connection (the server closes a
+	// connection silent for 120s).
+	keepAliveEvery = 50 * time.Second
+)
+
+// idleShard holds connections open.
+type idleShard struct {
+	*shardBase
+	conns   []*wsConn
+	pings   atomic.Pointer[[]idlePing] // by sample slot
+	hold    *report                    // errors while holding
+	dropped atomic.Int64
+	ping    *hist
+	stopKA  chan struct{}
+	kaDone  chan struct{}
+}
+
+type idlePing struct {
+	id atomic.Uint64
+	at atomic.Int64 // Unix ns the outstanding ping was sent; 0: none outstanding
+}
+
+func (s *idleShard) handle(c *wsConn, f frameView) {
+	switch f.kind {
+	case kPong:
+		if p := s.pingOf(c); p != nil && f.id == p.id.Load() {
+			if at := p.at.Swap(0); at != 0 {
+				s.ping.Record(time.Duration(time.Now().UnixNano() - at))
+			}
+		}
+	case kQueueEmpty, kWelcome:
+	case kGoAway:
+		s.hold.error("goaway")
+	case kError:
+		s.hold.error("server_" + pb.ErrorCodeName(parseError(f.body).GetCode()))
+	case kClosed:
+		if !c.closing.Load() {
+			s.dropped.Add(1)
+		}
+	case kMalformed:
+		s.hold.error("malformed_frame")
+	}
+}
+
+// pingOf returns the ping state of a sampled connection (nil for the others).
+func (s *idleShard) pingOf(c *wsConn) *idlePing {
+	k := int(c.pingSlot.Load()) - 1
+	pings := s.pings.Load()
+	if k < 0 || pings == nil || k >= len(*pings) {
+		return nil
+	}
+	return &(*pings)[k]
+}
+
+func (s *idleShard) step(ctx context.Context, name string, at time.Time) (*report, error) {
+	switch name {
+	case stepConnect:
+		s.hold = newReport()
+		s.ping = newHist()
+		rep := newReport()
+		idx := make([]int, len(s.spec.Accounts))
+		for i := range idx {
+			idx[i] = i
+		}
+		t := time.Now()
+		s.conns = s.connectAll(ctx, idx, rep, s.handle, nil)
+		rep.span(t, time.Now())
+		s.stopKA, s.kaDone = make(chan struct{}), make(chan struct{})
+		go s.keepAlive()
+		return rep, nil
+	case stepPing:
+		return s.pingSample(ctx), nil
+	case stepClose:
+		rep := s.hold
+		if rep == nil {
+			rep = newReport()
+		}
+		if s.stopKA != nil {
+			close(s.stopKA)
+			<-s.kaDone
+			s.stopKA = nil
+		}
+		var live int64
+		for _, c := range s.conns {
+			if c != nil {
+				live++
+			}
+		}
+		s.closeConns(s.conns)
+		rep.Dropped = s.dropped.Load()
+		rep.Conns = live - rep.Dropped
+		s.conns = nil
+		return rep, nil
+	}
+	return nil, fmt.Errorf("idle: unknown step %q", name)
+}
+
+// pingSample pings a sample of the held connections, pingRounds times each, spread over time.
+func (s *idleShard) pingSample(ctx context.Context) *report {
+	rep := newReport()
+	var sample []*wsConn
+	live := 0
+	for _, c := range s.conns {
+		if c != nil {
+			live++
+		}
+	}
+	n := min(s.spec.P.PingSample, live)
+	if n == 0 {
+		return rep
+	}
+	stride := float64(live) / float64(n)
+	ps := make([]idlePing, n)
+	s.pings.Store(&ps)
+	k := 0
+	for _, c := range s.conns {
+		if c == nil {
+			continue
+		}
+		if len(sample) < n && float64(k) >= float64(len(sample))*stride {
+			c.pingSlot.Store(int32(len(sample) + 1))
+			sample = append(sample, c)
+		}
+		k++
+	}
+	t := time.Now()
+	gap := 200 * time.Millisecond / time.Duration(n)
+	for range pingRounds {
+		for i, c := range sample {
+			if ctx.Err() != nil {
+				return rep
+			}
+			p := &ps[i]
+			if p.at.Load() != 0 {
+				rep.error("ping_timeout") // the previous round's ping is still unanswered
+			}
+			id := c.nextID.Add(1)
+			p.id.Store(id)
+			p.at.Store(time.Now().UnixNano())
+			var buf [32]byte
+			if err := c.write(appendPing(buf[:0], id, time.Now().UnixMilli())); err != nil {
+				p.at.Store(0)
+				rep.error("ping_write")
+			}
+			time.Sleep(gap)
+		}
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		waiting := 0
+		for i := range ps {
+			if ps[i].at.Load() != 0 {
+				waiting++
+			}
+		}
+		if waiting == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := range ps {
+		if ps[i].at.Swap(0) != 0 {
+			rep.error("ping_timeout")
+		}
+	}
+	rep.span(t, time.Now())
+	rep.Ping = s.ping // the ping step runs once
+	return rep
+}
+
+// keepAlive pings every held connection once per keepAliveEvery, spread evenly, until stopped.
+func (s *idleShard) keepAlive() {
+	defer close(s.kaDone)
+	n := len(s.conns)
+	if n == 0 {
+		<-s.stopKA
+		return
+	}
+	gap := keepAliveEvery / time.Duration(n)
+	t := time.NewTimer(keepAliveEvery)
+	defer t.Stop()
+	for i := 0; ; i = (i + 1) % n {
+		select {
+		case <-s.stopKA:
+			return
+		case <-t.C:
+		}
+		if c := s.conns[i]; c != nil {
+			var buf [32]byte
+			_ = c.write(appendPing(buf[:0], c.nextID.Add(1), time.Now().UnixMilli()))
+		}
+		t.Reset(gap)
+	}
+}
+
+func (s *idleShard) close() {
+	if s.stopKA != nil {
+		close(s.stopKA)
+		<-s.kaDone
+		s.stopKA = nil
+	}
+	s.closeConns(s.conns)
+	s.shutdown()
+}
+
+// idle is the coordinator of the idle scenario.
+func (r *run) idle(ctx context.Context) error {
+	cfg := r.cfg
+	accts, _, err := r.register(ctx, cfg.Conns, 0, false)
+	if err != nil {
+		return err
+	}
+	sizes, ips, err := r.plan(cfg.Conns, cfg.Conns)
+	if err != nil {
+		return err
+	}
+	var specs []*shardSpec
+	base := 0
+	for i, n := range sizes {
+		p := r.baseParams()
+		p.PingSample = (max(0, cfg.PingSample)*n + cfg.Conns - 1) / cfg.Conns
+		specs = append(specs, &shardSpec{Index: i, SourceIP: ips[i], Accounts: accts[base : base+n], P: p})
+		base += n
+	}
+	cl, err := r.startShards(ctx, specs)
+	if err != nil {
+		return err
+	}
+	defer cl.close()
+
+	rssBefore, rssOK := cl.serverRSS()
+	cpu0 := cl.sampleCPU()
+	r.logf("connecting %d devices …", cfg.Conns)
+	conn, err := cl.stepAll(ctx, stepConnect, time.Time{})
+	if err != nil {
+		return err
+	}
+	cpu1 := cl.sampleCPU()
+	holdStart := time.Now()
+	r.logf("%d connected (%d given up) in %.1fs; holding for %v", conn.Conns, conn.ConnFailed, conn.elapsed().Seconds(), cfg.Hold)
+	_ = sleepUntil(ctx, holdStart.Add(min(time.Second, cfg.Hold/2)))
+	rssHeld, _ := cl.serverRSS()
+	clientRSS := cl.clientRSS()
+	var ping *report
+	if cfg.PingSample > 0 {
+		if ping, err = cl.stepAll(ctx, stepPing, time.Time{}); err != nil {
+			return err
+		}
+	}
+	_ = sleepUntil(ctx, holdStart.Add(cfg.Hold))
+	cpu2 := cl.sampleCPU()
+	rssEnd, _ := cl.serverRSS()
+	closed, err := cl.stepAll(ctx, stepClose, time.Time{})
+	if err != nil {
+		return err
+	}
+
+	res := r.res
+	res.set("conns", int64(cfg.Conns), "connections asked for")
+	res.set("connected", conn.Conns, "connections established")
+	res.set("held", closed.Conns, "connections still open at the end of the hold")
+	res.set("dropped", closed.Dropped, "held connections the server closed")
+	res.set("hold_s", cfg.Hold.Seconds(), "")
+	res.set("connects_per_s", perSecond(conn.Conns, conn.elapsed()), "connections established per second")
+	res.set("connect_p50_ms", ms(conn.Connect.Quantile(0.50)), "dial + auth")
+	res.set("connect_p99_ms", ms(conn.Connect.Quantile(0.99)), "dial + auth")
+	if ping != nil && ping.Ping != nil {
+		res.set("ping_samples", int64(ping.Ping.Count()), "pings answered, on a sample of held connections")
+		res.set("ping_p50_ms", ms(ping.Ping.Quantile(0.50)), "Ping → Pong while all are held")
+		res.set("ping_p99_ms", ms(ping.Ping.Quantile(0.99)), "Ping → Pong while all are held")
+	}
+	if rssOK {
+		res.set("server_rss_before_bytes", rssBefore, "before connecting")
+		res.set("server_rss_bytes", max(rssHeld, rssEnd), "while all are held")
+		if conn.Conns > 0 {
+			res.set("rss_per_conn_bytes", float64(max(rssHeld, rssEnd)-rssBefore)/float64(conn.Conns), "server RSS growth / connections")
+		}
+	} else {
+		res.set("server_rss_bytes", nil, "needs --server-pid")
+		res.set("rss_per_conn_bytes", nil, "needs --server-pid")
+	}
+	res.set("client_rss_bytes", clientRSS, "the generator's RSS (all its processes) while all are held")
+	connCPU := cpu0.to(cpu1)
+	if connCPU.serverOK && conn.Conns > 0 {
+		res.set("connect_server_cpu_us_per_conn", float64(connCPU.server.Microseconds())/float64(conn.Conns), "server CPU per connection established")
+	}
+	r.addCPU(cpu1.to(cpu2), -1)
+	res.set("source_ips", conn.SourceIPs, "")
+	r.addErrors(conn, ping, closed)
+	return nil
+}

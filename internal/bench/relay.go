@@ -1,0 +1,631 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+)
+
+// Payload header: every opaque payload starts with these fields, followed by random bytes.
+//
+//	[0:8]   sequence number (little endian)
+//	[8:16]  send timestamp, Unix ns (open loop: the scheduled time)
+//	[16:20] stream id (relay: global pair index; offline: recipient index)
+//	[20:24] payloadMagic
+//	[24:28] sender index (offline)
+const (
+	payloadHeader = 28
+	payloadMagic  = 0x4c525450 // "PTRL"
+)
+
+// newPayload returns a payload template of size bytes: random bytes behind the header.
+func newPayload(size int) []byte {
+	p := make([]byte, size)
+	_, _ = rand.Read(p[payloadHeader:])
+	binary.LittleEndian.PutUint32(p[20:24], payloadMagic)
+	return p
+}
+
+func putHeader(p []byte, seq uint64, ts int64, stream, sender uint32) {
+	binary.LittleEndian.PutUint64(p[0:8], seq)
+	binary.LittleEndian.PutUint64(p[8:16], uint64(ts))
+	binary.LittleEndian.PutUint32(p[16:20], stream)
+	binary.LittleEndian.PutUint32(p[24:28], sender)
+}
+
+func readHeader(p []byte) (seq uint64, ts int64, stream, sender uint32, ok bool) {
+	if len(p) < payloadHeader || binary.LittleEndian.Uint32(p[20:24]) != payloadMagic {
+		return 0, 0, 0, 0, false
+	}
+	return binary.LittleEndian.Uint64(p[0:8]), int64(binary.LittleEndian.Uint64(p[8:16])),
+		binary.LittleEndian.Uint32(p[16:20]), binary.LittleEndian.Uint32(p[24:28]), true
+}
+
+// Request ids: 1 is the Auth; a Send of sequence number seq uses seq + sendIDBase.
+const sendIDBase = 2
+
+// relayShard runs pairs: accounts [2k] send to accounts [2k+1].
+type relayShard struct {
+	*shardBase
+	pairs []*relayPair
+	recvs []*wsConn
+	sends []*wsConn
+
+	rep      *report // errors while running
+	cnt      counters
+	lat, ack *hist
+	lag      *hist // open loop: actual send time - scheduled time
+	window   int
+	end      atomic.Int64 // Unix ns at which the measurement window ends
+	t0       int64
+	interval float64 // open loop: ns between two sends of this shard
+	open     bool
+	qEmpty   atomic.Int64 // receivers that have seen QueueEmpty
+}
+
+// sendTime is when a send was scheduled (ts, also in its payload) and written (at), Unix ns.
+type sendTime struct{ ts, at int64 }
+
+// answerTimeout is how long a send may stay unanswered before its window slot is reclaimed (the
+// server may drop a request without answering it, e.g. when its per-connection frame limit trips).
+const answerTimeout = 10 * time.Second
+
+// relayPair is one sender → receiver stream.
+type relayPair struct {
+	s        *relayShard
+	local    int
+	global   uint32
+	to, dev  string // receiver account and device
+	sender   *wsConn
+	receiver *wsConn
+	active   bool
+
+	mu      sync.Mutex // guards the sender side below; taken before rmu
+	nextSeq uint64
+	due     uint64              // sequence numbers below due may be sent
+	pending map[uint64]sendTime // sends not answered yet, by sequence number
+	acked   bitset
+	broken  bool
+	buf     []byte
+	payload []byte
+	msgID   []byte
+
+	rmu     sync.Mutex // guards recv and maxSeen
+	recv    bitset
+	maxSeen int64
+	// tags and ackBuf are used only by the receiver's reader goroutine.
+	tags   []uint64
+	ackBuf []byte
+	qe     bool
+}
+
+func newRelayShard(b *shardBase) (*relayShard, error) {
+	n := len(b.spec.Accounts) / 2
+	s := &relayShard{shardBase: b, window: b.spec.P.Window, rep: newReport(), lat: newHist(), ack: newHist(), lag: newHist()}
+	for k := range n {
+		s.pairs = append(s.pairs, &relayPair{
+			s: s, local: k, global: uint32(b.spec.P.PairBase + k),
+			to: b.spec.Accounts[2*k+1].Name, dev: b.spec.Accounts[2*k+1].DeviceID,
+			pending: make(map[uint64]sendTime, s.window),
+			payload: newPayload(b.spec.P.Size), maxSeen: -1,
+		})
+	}
+	return s, nil
+}
+
+func (s *relayShard) step(ctx context.Context, name string, at time.Time) (*report, error) {
+	switch name {
+	case stepConnect:
+		return s.connect(ctx), nil
+	case stepRun:
+		return s.run(ctx, at), nil
+	case stepClose:
+		s.closeConns(s.sends, s.recvs)
+		s.sends, s.recvs = nil, nil
+		return newReport(), nil
+	}
+	return nil, fmt.Errorf("relay: unknown step %q", name)
+}
+
+func (s *relayShard) close() {
+	s.closeConns(s.sends, s.recvs)
+	s.shutdown()
+}
+
+func (s *relayShard) connect(ctx context.Context) *report {
+	rep := newReport()
+	t := time.Now()
+	var ri, si []int
+	for k := range s.pairs {
+		si = append(si, 2*k)
+		ri = append(ri, 2*k+1)
+	}
+	// Receivers first, and attached (QueueEmpty) before any sender starts, so that the first
+	// messages take the live path.
+	s.recvs = s.connectAll(ctx, ri, rep, s.onReceiver, func(i int, c *wsConn) {
+		p := s.pairs[i/2]
+		c.user = i / 2
+		p.receiver = c
+		c.cc.onIdle = p.flushAcks
+	})
+	want := int64(0)
+	for _, c := range s.recvs {
+		if c != nil {
+			want++
+		}
+	}
+	deadline := time.Now().Add(s.spec.P.ConnectTimeout)
+	for s.qEmpty.Load() < want && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := want - s.qEmpty.Load(); n > 0 {
+		rep.Errors["no_queue_empty"] += n
+	}
+	s.sends = s.connectAll(ctx, si, rep, s.onSender, func(i int, c *wsConn) {
+		c.user = i / 2
+		s.pairs[i/2].sender = c
+	})
+	for _, p := range s.pairs {
+		p.active = p.sender != nil && p.receiver != nil
+		if !p.active {
+			rep.Errors["pair_incomplete"]++
+		}
+	}
+	rep.span(t, time.Now())
+	return rep
+}
+
+func (s *relayShard) onSender(c *wsConn, f frameView) {
+	p := s.pairs[c.user]
+	switch f.kind {
+	case kSendResult:
+		p.onAnswer(f.id, "")
+	case kError:
+		e := parseError(f.body)
+		if f.id == 0 {
+			s.rep.error("server_" + pb.ErrorCodeName(e.GetCode()))
+			return
+		}
+		p.onAnswer(f.id, pb.ErrorCodeName(e.GetCode()))
+	case kGoAway:
+		s.rep.error("goaway")
+	case kClosed:
+		if !c.closing.Load() {
+			s.rep.error("sender_conn_lost")
+			p.mu.Lock()
+			p.broken = true
+			p.mu.Unlock()
+		}
+	case kMalformed:
+		s.rep.error("malformed_frame")
+	}
+}
+
+// onAnswer handles the SendResult (errCode "") or Error answering the Send with request id id.
+func (p *relayPair) onAnswer(id uint64, errCode string) {
+	s := p.s
+	now := time.Now().UnixNano()
+	seq := id - sendIDBase
+	p.mu.Lock()
+	st, ok := p.pending[seq]
+	if id < sendIDBase || !ok {
+		p.mu.Unlock()
+		s.rep.error("late_or_unknown_answer")
+		return
+	}
+	delete(p.pending, seq)
+	if errCode == "" {
+		if p.acked.set(seq) {
+			s.rep.error("duplicate_ack")
+		} else {
+			s.ack.Record(time.Duration(now - st.ts))
+			s.cnt.acked.Add(1)
+			if now < s.end.Load() {
+				s.cnt.ackedInWindow.Add(1)
+			}
+			s.cnt.touch(now)
+		}
+	}
+	p.pumpLocked(now)
+	p.mu.Unlock()
+	if errCode != "" {
+		s.rep.error("send_" + errCode)
+	}
+}
+
+// pumpLocked sends what the schedule allows and the window has room for.
+func (p *relayPair) pumpLocked(now int64) {
+	s := p.s
+	for !p.broken && p.nextSeq < p.due && len(p.pending) < s.window {
+		seq := p.nextSeq
+		ts := now
+		if s.open {
+			ts = s.scheduled(p, seq)
+			s.lag.Record(time.Duration(now - ts))
+		}
+		putHeader(p.payload, seq, ts, p.global, 0)
+		p.msgID = strconv.AppendUint(append(p.msgID[:0], 's'), seq, 36)
+		p.buf = appendSend(p.buf[:0], seq+sendIDBase, p.msgID, p.to, p.dev, p.payload)
+		if err := p.sender.write(p.buf); err != nil {
+			p.broken = true
+			s.rep.error("write")
+			return
+		}
+		p.pending[seq] = sendTime{ts: ts, at: now}
+		p.nextSeq++
+		s.cnt.sent.Add(1)
+	}
+}
+
+// reclaim gives up on sends unanswered for answerTimeout and refills the window.
+func (p *relayPair) reclaim(now int64) {
+	var n int64
+	p.mu.Lock()
+	for seq, st := range p.pending {
+		if now-st.at > int64(answerTimeout) {
+			delete(p.pending, seq)
+			n++
+		}
+	}
+	if n > 0 {
+		p.pumpLocked(now)
+	}
+	p.mu.Unlock()
+	if n > 0 {
+		p.s.rep.mu.Lock()
+		p.s.rep.Errors["send_unanswered"] += n
+		p.s.rep.mu.Unlock()
+	}
+}
+
+// reclaimLoop runs reclaim on every pair each second until stop is closed.
+func (s *relayShard) reclaimLoop(stop <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			now := time.Now().UnixNano()
+			for _, p := range s.pairs {
+				p.reclaim(now)
+			}
+		}
+	}
+}
+
+// scheduled is the open-loop send time of a pair's message seq: the shard's messages are spaced
+// evenly, pairs taking turns.
+func (s *relayShard) scheduled(p *relayPair, seq uint64) int64 {
+	k := float64(seq)*float64(len(s.pairs)) + float64(p.local)
+	return s.t0 + int64(k*s.interval)
+}
+
+func (s *relayShard) onReceiver(c *wsConn, f frameView) {
+	p := s.pairs[c.user]
+	switch f.kind {
+	case kDeliver:
+		tag, ct, ok := parseDeliver(f.body)
+		if !ok {
+			s.rep.error("malformed_deliver")
+			return
+		}
+		p.tags = append(p.tags, tag)
+		seq, ts, stream, _, ok := readHeader(ct)
+		if !ok || stream != p.global {
+			s.rep.error("bad_payload")
+		} else {
+			now := time.Now().UnixNano()
+			p.rmu.Lock()
+			dup := p.recv.set(seq)
+			if !dup && int64(seq) < p.maxSeen {
+				s.cnt.orderViolations.Add(1)
+			}
+			p.maxSeen = max(p.maxSeen, int64(seq))
+			p.rmu.Unlock()
+			if dup {
+				s.cnt.duplicates.Add(1)
+			} else {
+				s.lat.Record(time.Duration(now - ts))
+				s.cnt.delivered.Add(1)
+				if now < s.end.Load() {
+					s.cnt.deliveredInWindow.Add(1)
+				}
+				s.cnt.touch(now)
+			}
+		}
+		if len(p.tags) >= 256 {
+			p.flushAcks()
+		}
+	case kQueueEmpty:
+		if !p.qe {
+			p.qe = true
+			s.qEmpty.Add(1)
+		}
+	case kGoAway:
+		s.rep.error("goaway")
+	case kError:
+		s.rep.error("server_" + pb.ErrorCodeName(parseError(f.body).GetCode()))
+	case kClosed:
+		if !c.closing.Load() {
+			s.rep.error("receiver_conn_lost")
+		}
+	case kMalformed:
+		s.rep.error("malformed_frame")
+	}
+}
+
+// flushAcks acks the deliveries read so far in one DeliverAck (on the receiver's reader goroutine).
+func (p *relayPair) flushAcks() {
+	if len(p.tags) == 0 {
+		return
+	}
+	p.ackBuf = appendDeliverAck(p.ackBuf[:0], p.tags)
+	p.tags = p.tags[:0]
+	if err := p.receiver.write(p.ackBuf); err != nil {
+		p.s.rep.error("ack_write")
+	}
+}
+
+func (s *relayShard) run(ctx context.Context, at time.Time) *report {
+	rep := newReport()
+	_ = sleepUntil(ctx, at)
+	d := s.spec.P.Duration
+	s.t0 = at.UnixNano()
+	s.end.Store(at.Add(d).UnixNano())
+	var active []*relayPair
+	for _, p := range s.pairs {
+		if p.active {
+			active = append(active, p)
+		}
+	}
+	if s.spec.P.Rate > 0 {
+		s.open = true
+		s.interval = 1e9 / s.spec.P.Rate
+	}
+	var sched sync.WaitGroup
+	stopReclaim := make(chan struct{})
+	sched.Add(1)
+	go func() {
+		defer sched.Done()
+		s.reclaimLoop(stopReclaim)
+	}()
+	if s.open {
+		g := min(len(s.pairs), runtime.GOMAXPROCS(0))
+		for i := range g {
+			sched.Add(1)
+			go func() {
+				defer sched.Done()
+				s.schedule(ctx, i, g)
+			}()
+		}
+	} else {
+		now := time.Now().UnixNano()
+		for _, p := range active {
+			p.mu.Lock()
+			p.due = math.MaxUint64
+			p.pumpLocked(now)
+			p.mu.Unlock()
+		}
+	}
+	_ = sleepUntil(ctx, at.Add(d))
+	close(stopReclaim)
+	sched.Wait() // the schedulers stop by themselves at the end of the window
+	for _, p := range s.pairs {
+		p.mu.Lock()
+		p.due = p.nextSeq
+		p.mu.Unlock()
+	}
+	// Drain: wait for the answers to every send and the delivery of every acked message.
+	drainEnd := time.Now().Add(s.spec.P.DrainTimeout)
+	var inflight, lost int64
+	for {
+		inflight, lost = 0, 0
+		for _, p := range active {
+			p.mu.Lock()
+			p.rmu.Lock()
+			if !p.broken {
+				inflight += int64(len(p.pending))
+			}
+			lost += int64(p.acked.andNotCount(&p.recv))
+			p.rmu.Unlock()
+			p.mu.Unlock()
+		}
+		if (inflight == 0 && lost == 0) || time.Now().After(drainEnd) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if inflight > 0 {
+		rep.Errors["send_unanswered"] += inflight
+	}
+	// The errors the connections' handlers counted so far.
+	s.rep.mu.Lock()
+	for k, v := range s.rep.Errors {
+		rep.Errors[k] += v
+	}
+	clear(s.rep.Errors)
+	s.rep.mu.Unlock()
+	s.cnt.into(rep)
+	rep.Lost = lost
+	rep.Latency, rep.Ack = s.lat, s.ack
+	if s.open {
+		rep.Lag = s.lag
+	}
+	rep.Start, rep.End = s.t0, s.end.Load()
+	return rep
+}
+
+// schedule is one open-loop scheduler: it owns the pairs local ≡ g (mod n) and releases each of
+// their messages at its scheduled time, whether or not earlier ones were answered (a full window
+// delays the send, but its latency still counts from the scheduled time).
+func (s *relayShard) schedule(ctx context.Context, g, n int) {
+	var mine []*relayPair
+	for i := g; i < len(s.pairs); i += n {
+		if s.pairs[i].active {
+			mine = append(mine, s.pairs[i])
+		}
+	}
+	if len(mine) == 0 {
+		return
+	}
+	end := s.end.Load()
+	for seq := uint64(0); ; seq++ {
+		for _, p := range mine {
+			t := s.scheduled(p, seq)
+			if t >= end || ctx.Err() != nil {
+				return
+			}
+			now := time.Now().UnixNano()
+			if t > now {
+				time.Sleep(time.Duration(t - now))
+				now = time.Now().UnixNano()
+			}
+			p.mu.Lock()
+			if p.due < seq+1 {
+				p.due = seq + 1
+			}
+			p.pumpLocked(now)
+			p.mu.Unlock()
+		}
+	}
+}
+
+// relay is the coordinator of the relay scenario.
+func (r *run) relay(ctx context.Context) error {
+	cfg := r.cfg
+	if cfg.Rate > 0 && cfg.Rate/float64(cfg.Pairs) > 1500 {
+		r.logf("warning: %.0f msgs/s per sender; the server rate-limits each connection (conn_frames_per_second, default 2000): use more pairs", cfg.Rate/float64(cfg.Pairs))
+	}
+	accts, _, err := r.register(ctx, 2*cfg.Pairs, 0, false)
+	if err != nil {
+		return err
+	}
+	sizes, ips, err := r.plan(cfg.Pairs, 2*cfg.Pairs)
+	if err != nil {
+		return err
+	}
+	var specs []*shardSpec
+	base := 0
+	for i, n := range sizes {
+		p := r.baseParams()
+		p.PairBase = base
+		p.Rate = cfg.Rate * float64(n) / float64(cfg.Pairs)
+		specs = append(specs, &shardSpec{Index: i, SourceIP: ips[i], Accounts: accts[2*base : 2*(base+n)], P: p})
+		base += n
+	}
+	cl, err := r.startShards(ctx, specs)
+	if err != nil {
+		return err
+	}
+	defer cl.close()
+	r.logf("connecting %d receivers, then %d senders …", cfg.Pairs, cfg.Pairs)
+	conn, err := cl.stepAll(ctx, stepConnect, time.Time{})
+	if err != nil {
+		return err
+	}
+	mode := "closed loop, window " + strconv.Itoa(cfg.Window)
+	if cfg.Rate > 0 {
+		mode = fmt.Sprintf("open loop, %.0f msgs/s offered", cfg.Rate)
+	}
+	r.logf("%d connections up; relaying for %v (%s)", conn.Conns, cfg.Duration, mode)
+	run, cpu, err := r.timed(ctx, cl, stepRun, cfg.Duration)
+	if err != nil {
+		return err
+	}
+	rss, rssOK := cl.serverRSS()
+	if _, err := cl.stepAll(ctx, stepClose, time.Time{}); err != nil {
+		return err
+	}
+	r.relayResult(conn, run, cpu)
+	if rssOK {
+		r.res.set("server_rss_bytes", rss, "after the window, all connections open")
+	} else {
+		r.res.set("server_rss_bytes", nil, "needs --server-pid")
+	}
+	return nil
+}
+
+// timed runs a step that starts at a common moment shortly from now and lasts d, sampling the CPU
+// counters at its start and end.
+func (r *run) timed(ctx context.Context, cl *cluster, step string, d time.Duration) (*report, cpuUsage, error) {
+	at := time.Now().Add(300 * time.Millisecond)
+	type out struct {
+		rep *report
+		err error
+	}
+	done := make(chan out, 1)
+	go func() {
+		rep, err := cl.stepAll(ctx, step, at)
+		done <- out{rep, err}
+	}()
+	_ = sleepUntil(ctx, at)
+	c0 := cl.sampleCPU()
+	var c1 cpuSample
+	sampled := false
+	if d > 0 {
+		tm := time.NewTimer(time.Until(at.Add(d)))
+		defer tm.Stop()
+		select {
+		case <-tm.C:
+			c1, sampled = cl.sampleCPU(), true
+		case o := <-done:
+			// Finished early (or failed): sample now.
+			c1 = cl.sampleCPU()
+			return o.rep, c0.to(c1), o.err
+		}
+	}
+	o := <-done
+	if !sampled {
+		c1 = cl.sampleCPU()
+	}
+	return o.rep, c0.to(c1), o.err
+}
+
+func (r *run) relayResult(conn, run *report, cpu cpuUsage) {
+	cfg, res := r.cfg, r.res
+	res.set("pairs", int64(cfg.Pairs), "")
+	res.set("conns", conn.Conns, "connections established")
+	res.set("size", int64(cfg.Size), "payload bytes")
+	res.set("window", int64(cfg.Window), "sends in flight per sender (at most)")
+	if cfg.Rate > 0 {
+		res.set("rate", cfg.Rate, "offered msgs/s (open loop)")
+	} else {
+		res.set("rate", nil, "closed loop")
+	}
+	res.set("e2ee", cfg.E2EE, "")
+	res.set("run_s", cfg.Duration.Seconds(), "measurement window")
+	res.set("sent", run.Sent, "")
+	res.set("acked", run.Acked, "sends acked by the server")
+	res.set("delivered", run.Delivered, "unique messages received")
+	res.set("delivered_per_s", perSecond(run.DeliveredInWindow, cfg.Duration), "in the window")
+	res.set("acks_per_s", perSecond(run.AckedInWindow, cfg.Duration), "sender acks in the window")
+	res.set("latency_p50_ms", ms(run.Latency.Quantile(0.50)), "sender timestamp → receiver")
+	res.set("latency_p99_ms", ms(run.Latency.Quantile(0.99)), "")
+	res.set("latency_p999_ms", ms(run.Latency.Quantile(0.999)), "")
+	res.set("latency_max_ms", ms(run.Latency.Max()), "")
+	res.set("ack_p50_ms", ms(run.Ack.Quantile(0.50)), "Send → SendResult")
+	res.set("ack_p99_ms", ms(run.Ack.Quantile(0.99)), "")
+	if cfg.Rate > 0 && run.Lag != nil {
+		res.set("send_lag_p99_ms", ms(run.Lag.Quantile(0.99)), "actual send - scheduled send (generator or window lag)")
+	}
+	r.addCPU(cpu, run.DeliveredInWindow)
+	res.set("lost", run.Lost, "acked but never delivered")
+	res.set("duplicates", run.Duplicates, "")
+	res.set("order_violations", run.OrderViolations, "per-pair sequence went backwards")
+	res.set("source_ips", conn.SourceIPs, "")
+	r.addErrors(conn, run)
+}
