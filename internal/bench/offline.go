@@ -438,16 +438,8 @@ func (s *offlineShard) onRecipient(c *wsConn, f frameView) {
 			rc.barrierOK = true
 			s.barrier.Add(1)
 		}
-	case kGoAway:
-		s.rep.error("goaway")
-	case kError:
-		s.rep.error("server_" + pb.ErrorCodeName(parseError(f.body).GetCode()))
-	case kClosed:
-		if !c.closing.Load() {
-			s.rep.error("recipient_conn_lost")
-		}
-	case kMalformed:
-		s.rep.error("malformed_frame")
+	default:
+		onOtherFrame(s.rep, c, f, "recipient_conn_lost")
 	}
 }
 

@@ -355,16 +355,8 @@ func (s *relayShard) onReceiver(c *wsConn, f frameView) {
 			p.qe = true
 			s.qEmpty.Add(1)
 		}
-	case kGoAway:
-		s.rep.error("goaway")
-	case kError:
-		s.rep.error("server_" + pb.ErrorCodeName(parseError(f.body).GetCode()))
-	case kClosed:
-		if !c.closing.Load() {
-			s.rep.error("receiver_conn_lost")
-		}
-	case kMalformed:
-		s.rep.error("malformed_frame")
+	default:
+		onOtherFrame(s.rep, c, f, "receiver_conn_lost")
 	}
 }
 
@@ -628,4 +620,21 @@ func (r *run) relayResult(conn, run *report, cpu cpuUsage) {
 	res.set("order_violations", run.OrderViolations, "per-pair sequence went backwards")
 	res.set("source_ips", conn.SourceIPs, "")
 	r.addErrors(conn, run)
+}
+
+// onOtherFrame counts the frames every scenario's receiving side treats alike: GoAway, an Error
+// push, an unexpected close (lostReason) and a malformed frame. Other kinds are ignored.
+func onOtherFrame(rep *report, c *wsConn, f frameView, lostReason string) {
+	switch f.kind {
+	case kGoAway:
+		rep.error("goaway")
+	case kError:
+		rep.error("server_" + pb.ErrorCodeName(parseError(f.body).GetCode()))
+	case kClosed:
+		if !c.closing.Load() {
+			rep.error(lostReason)
+		}
+	case kMalformed:
+		rep.error("malformed_frame")
+	}
 }
