@@ -372,18 +372,24 @@ func (c *conn) Push(tag uint64, envelope []byte) error {
 	if c.state.Load() == stateClosed {
 		return errors.New("connection closed")
 	}
-	inner := protowire.AppendTag(nil, 1, protowire.VarintType)
-	inner = protowire.AppendVarint(inner, tag)
-	inner = protowire.AppendTag(inner, 2, protowire.BytesType)
-	inner = protowire.AppendBytes(inner, envelope)
-	frame := make([]byte, 0, len(inner)+8)
-	frame = protowire.AppendTag(frame, 13, protowire.BytesType)
-	frame = protowire.AppendBytes(frame, inner)
-	if err := c.enqueue(frame); err != nil {
+	if err := c.enqueue(deliverFrame(tag, envelope)); err != nil {
 		return err
 	}
 	c.g.metrics.pushed.Inc()
 	return nil
+}
+
+// deliverFrame builds Frame{deliver: Deliver{tag, envelope}} around already-encoded envelope
+// bytes, in one allocation, without decoding and re-encoding the envelope.
+func deliverFrame(tag uint64, envelope []byte) []byte {
+	innerLen := protowire.SizeTag(1) + protowire.SizeVarint(tag) + protowire.SizeTag(2) + protowire.SizeBytes(len(envelope))
+	frame := make([]byte, 0, protowire.SizeTag(13)+protowire.SizeBytes(innerLen))
+	frame = protowire.AppendTag(frame, 13, protowire.BytesType)
+	frame = protowire.AppendVarint(frame, uint64(innerLen))
+	frame = protowire.AppendTag(frame, 1, protowire.VarintType)
+	frame = protowire.AppendVarint(frame, tag)
+	frame = protowire.AppendTag(frame, 2, protowire.BytesType)
+	return protowire.AppendBytes(frame, envelope)
 }
 
 // QueueEmpty implements mailbox.Sink.

@@ -16,7 +16,9 @@ import (
 	"github.com/petrelchat/petrel/internal/mailbox"
 )
 
-func open(t *testing.T, cfg bus.Config) (*bus.Bus, *mailbox.Mailbox) {
+func open(t *testing.T, cfg bus.Config) (*bus.Bus, *mailbox.Mailbox) { return openB(t, cfg) }
+
+func openB(t testing.TB, cfg bus.Config, mcfg ...mailbox.Config) (*bus.Bus, *mailbox.Mailbox) {
 	t.Helper()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg.DataDir, cfg.Logger = t.TempDir(), quiet
@@ -24,7 +26,12 @@ func open(t *testing.T, cfg bus.Config) (*bus.Bus, *mailbox.Mailbox) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := mailbox.New(b, mailbox.Config{Logger: quiet})
+	mc := mailbox.Config{}
+	if len(mcfg) > 0 {
+		mc = mcfg[0]
+	}
+	mc.Logger = quiet
+	m := mailbox.New(b, mc)
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}

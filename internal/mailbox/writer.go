@@ -104,36 +104,70 @@ func (w *shardWriter) commit(batch []*appendReq) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.m.cfg.StoreTimeout)
 	defer cancel()
-	var err error
-	if len(uniq) == 1 {
-		err = w.publishOne(ctx, uniq[0])
+	errs := make([]error, len(uniq))
+	if len(uniq) < w.m.cfg.MinAtomicBatch {
+		// Small commits: one pipelined publish each. An R1 atomic batch pays a fixed cost for
+		// staging (nats-server builds a temporary file store per batch) that only large batches
+		// amortise; see BENCHMARKS.md.
+		w.publishEach(ctx, uniq, errs)
 	} else {
 		msgs := make([]*nats.Msg, len(uniq))
 		for i, r := range uniq {
 			msgs[i] = newInboxMsg(r)
 		}
-		_, err = jetstreamext.PublishMsgBatch(ctx, w.m.bus.JS(), msgs)
-		if err != nil && isDuplicateErr(err) {
+		_, err := jetstreamext.PublishMsgBatch(ctx, w.m.bus.JS(), msgs)
+		switch {
+		case err != nil && isDuplicateErr(err):
 			// Some message was stored before (a client resend): fall back to one publish each,
 			// where JetStream's dedupe answers duplicates with a success.
 			w.m.metrics.batchFallbacks.Inc()
-			for _, r := range uniq {
-				finish(r, w.publishOne(ctx, r))
+			w.publishEach(ctx, uniq, errs)
+		case err != nil:
+			for i := range errs {
+				errs[i] = fmt.Errorf("%w: %v", ErrStorage, err)
 			}
-			w.m.observeCommit(len(batch), start, nil)
-			w.m.wakeAll(uniq, nil)
-			return
 		}
 	}
-	w.m.observeCommit(len(batch), start, err)
-	if err != nil {
-		err = fmt.Errorf("%w: %v", ErrStorage, err)
+	stored := uniq[:0:0]
+	var firstErr error
+	for i, r := range uniq {
+		if errs[i] == nil {
+			stored = append(stored, r)
+		} else if firstErr == nil {
+			firstErr = errs[i]
+		}
 	}
+	w.m.observeCommit(len(stored), start, firstErr)
 	// Wake the devices before acking, so a live delivery that follows an ack on the same bus
 	// connection reaches the device's session after the wake-up (per-sender order).
-	w.m.wakeAll(uniq, err)
-	for _, r := range uniq {
-		finish(r, err)
+	w.m.wakeAll(stored, nil)
+	for i, r := range uniq {
+		finish(r, errs[i])
+	}
+}
+
+// publishEach publishes every request on its own, pipelined, and records each result in errs.
+func (w *shardWriter) publishEach(ctx context.Context, reqs []*appendReq, errs []error) {
+	futures := make([]jetstream.PubAckFuture, len(reqs))
+	for i, r := range reqs {
+		f, err := w.m.bus.JS().PublishMsgAsync(newInboxMsg(r))
+		if err != nil {
+			errs[i] = fmt.Errorf("%w: %v", ErrStorage, err)
+			continue
+		}
+		futures[i] = f
+	}
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			errs[i] = fmt.Errorf("%w: %v", ErrStorage, err)
+		case <-ctx.Done():
+			errs[i] = fmt.Errorf("%w: %v", ErrStorage, ctx.Err())
+		}
 	}
 }
 

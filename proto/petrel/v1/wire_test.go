@@ -109,3 +109,34 @@ func TestAuthPayloadBindsNonceAndDevice(t *testing.T) {
 		t.Fatalf("payload lacks its context label: %q", a)
 	}
 }
+
+func benchSendFrame() []byte {
+	b, _ := proto.Marshal(&Frame{Id: 42, Body: &Frame_Send{Send: &Send{
+		MessageId: "AbCdEfGhIjKlMnOpQrStUv", To: "bob",
+		Envelopes: []*DeviceCiphertext{{DeviceId: "0123456789abcdef0123456789abcdef", Type: EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: make([]byte, 300)}},
+	}}})
+	return b
+}
+
+// BenchmarkDecodeFrame: one 300-byte Send, the most common client frame.
+func BenchmarkDecodeFrame(b *testing.B) {
+	raw := benchSendFrame()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(raw)))
+	for b.Loop() {
+		if _, err := DecodeFrame(raw, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkEncodeFrame: a SendResult, the most common server answer.
+func BenchmarkEncodeFrame(b *testing.B) {
+	f := &Frame{Id: 42, Body: &Frame_SendResult{SendResult: &SendResult{MessageId: "AbCdEfGhIjKlMnOpQrStUv", DeliveredLive: 1}}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := EncodeFrame(f); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

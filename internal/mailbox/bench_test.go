@@ -1,0 +1,137 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package mailbox_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/petrelchat/petrel/internal/bus"
+	"github.com/petrelchat/petrel/internal/mailbox"
+)
+
+// ackSink acks every live push at once, like a fast device.
+type ackSink struct {
+	att   atomic.Pointer[mailbox.Attachment]
+	empty chan struct{}
+}
+
+func (s *ackSink) Push(tag uint64, _ []byte) error {
+	if a := s.att.Load(); a != nil {
+		a.Ack([]uint64{tag})
+	}
+	return nil
+}
+func (s *ackSink) QueueEmpty(int) { close(s.empty) }
+func (s *ackSink) Kicked()        {}
+
+// BenchmarkLiveRoute: one Send to a device attached on this node, acked by the device, through
+// the real bus (request, push, ack, reply) — the server's live path without WebSockets.
+func BenchmarkLiveRoute(b *testing.B) {
+	_, m := openB(b, bus.Config{InboxShards: 4})
+	dev := "0123456789abcdef0123456789abcdef"
+	sink := &ackSink{empty: make(chan struct{})}
+	att, err := m.Attach(dev, "bench", sink)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sink.att.Store(att)
+	<-sink.empty // live mode from here
+	env := make([]byte, 300)
+	route := mailbox.NewRoute()
+	const window = 64
+	sem := make(chan struct{}, window)
+	var wg sync.WaitGroup
+	var stored atomic.Int64
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		sem <- struct{}{}
+		wg.Add(1)
+		i++
+		m.Send(route, []mailbox.Target{{DeviceID: dev, DedupeID: fmt.Sprint(i), Envelope: env}}, func(o mailbox.Outcome) {
+			if o.Err != nil || o.Live != 1 {
+				stored.Add(1)
+			}
+			<-sem
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	if n := stored.Load(); n > 0 {
+		b.Logf("%d of %d went to storage", n, i)
+	}
+}
+
+// BenchmarkInboxAppend: durable appends (fsync'd before done) from 64 concurrent senders spread
+// over 16 shards; the writers group-commit what queues up meanwhile (max_batch=1: one publish per
+// commit, for comparison).
+func BenchmarkInboxAppend(b *testing.B) {
+	for _, maxBatch := range []int{1, 256} {
+		b.Run(fmt.Sprintf("max_batch=%d", maxBatch), func(b *testing.B) { benchAppend(b, maxBatch) })
+	}
+}
+
+func benchAppend(b *testing.B, maxBatch int) {
+	_, m := openB(b, bus.Config{InboxShards: 16}, mailbox.Config{MaxBatch: maxBatch})
+	env := make([]byte, 300)
+	var n atomic.Int64
+	b.SetParallelism(32) // × GOMAXPROCS senders
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		done := make(chan error, 1)
+		for pb.Next() {
+			k := n.Add(1)
+			dev := fmt.Sprintf("%032x", k%1000)
+			m.Store(dev, fmt.Sprint(k), env, func(err error) { done <- err })
+			if err := <-done; err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkInboxDrainRead: reading one device's stored envelopes 256 at a time (batched direct get).
+func BenchmarkInboxDrainRead(b *testing.B) {
+	bs, m := openB(b, bus.Config{InboxShards: 1})
+	dev := "0123456789abcdef0123456789abcdef"
+	const stored = 2048
+	done := make(chan error, stored)
+	for i := range stored {
+		m.Store(dev, fmt.Sprint(i), make([]byte, 300), func(err error) { done <- err })
+	}
+	for range stored {
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	read := 0
+	for b.Loop() {
+		seq := uint64(1)
+		for got := 0; got < stored; {
+			it, err := jetstreamext.GetBatch(ctx, bs.JS(), bus.InboxStreamName(0), 256,
+				jetstreamext.GetBatchSubject(bs.InboxSubject(dev)), jetstreamext.GetBatchSeq(seq))
+			if err != nil {
+				b.Fatal(err)
+			}
+			for msg, err := range it {
+				if err != nil {
+					b.Fatal(err)
+				}
+				seq = msg.Sequence + 1
+				got++
+			}
+		}
+		read += stored
+	}
+	b.ReportMetric(float64(read)/b.Elapsed().Seconds(), "msgs/s")
+}
