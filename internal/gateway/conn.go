@@ -86,6 +86,9 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 		return
 	}
 	reqID = f.Id
+	if h := frameHook.Load(); h != nil {
+		(*h)(f)
+	}
 	if limited {
 		// Answer with the request's id, so the client's request completes (and can be retried).
 		c.g.metrics.rejected.WithLabelValues("rate_limited").Inc()

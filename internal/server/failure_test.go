@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/petrelchat/petrel/internal/gateway"
 	"github.com/petrelchat/petrel/internal/testserver"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
@@ -118,6 +119,30 @@ func TestPerSenderOrderAcrossConnect(t *testing.T) {
 	for i, id := range r.ids {
 		if want := fmt.Sprintf("m%04d", i); id != want {
 			t.Fatalf("message %d is %s, want %s (order broken)", i, id, want)
+		}
+	}
+}
+
+// Invariant 6: a panic while handling one frame is contained to that request. The request gets
+// INTERNAL with its id, the connection goes on working, and other connections never notice.
+func TestPanicIsContainedToOneRequest(t *testing.T) {
+	s := testserver.Start(t)
+	victim := testserver.Dial(t, s.URL())
+	victim.MustRegister("vic")
+	other := testserver.Dial(t, s.URL())
+	other.MustRegister("oscar")
+	defer gateway.SetFrameHookForTest(func(f *pb.Frame) {
+		if f.GetPing().GetClientTimeMs() == 666 {
+			panic("poison frame")
+		}
+	})()
+	r := victim.Request(&pb.Frame{Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 666}}})
+	if code(r) != pb.ErrorCode_ERROR_CODE_INTERNAL || r.GetError().GetErrorId() == "" {
+		t.Fatalf("want INTERNAL with an error id, got %v", r)
+	}
+	for _, c := range []*testserver.RawClient{victim, other} {
+		if p := c.Request(&pb.Frame{Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 1}}}); p.GetPong().GetClientTimeMs() != 1 {
+			t.Fatalf("connection broken after a contained panic: %v", p)
 		}
 	}
 }
