@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -177,44 +178,24 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func isUpgrade(r *http.Request) bool {
-	for _, v := range r.Header.Values("Upgrade") {
-		for _, p := range splitComma(v) {
-			if len(p) == 9 && (p == "websocket" || p == "WebSocket" || p == "Websocket") {
-				return true
-			}
-		}
-	}
-	return false
+	return headerHasToken(r, "Upgrade", func(p string) bool { return strings.EqualFold(p, "websocket") })
 }
 
+// hasSubprotocol: subprotocol tokens are case-sensitive (RFC 6455).
 func hasSubprotocol(r *http.Request) bool {
-	for _, v := range r.Header.Values("Sec-Websocket-Protocol") {
-		for _, p := range splitComma(v) {
-			if p == pb.Subprotocol {
+	return headerHasToken(r, "Sec-Websocket-Protocol", func(p string) bool { return p == pb.Subprotocol })
+}
+
+// headerHasToken reports whether a comma-separated header lists a token that match accepts.
+func headerHasToken(r *http.Request, name string, match func(string) bool) bool {
+	for _, v := range r.Header.Values(name) {
+		for p := range strings.SplitSeq(v, ",") {
+			if match(strings.TrimSpace(p)) {
 				return true
 			}
 		}
 	}
 	return false
-}
-
-func splitComma(s string) []string {
-	var out []string
-	start := 0
-	for i := 0; i <= len(s); i++ {
-		if i == len(s) || s[i] == ',' {
-			p := s[start:i]
-			for len(p) > 0 && p[0] == ' ' {
-				p = p[1:]
-			}
-			for len(p) > 0 && p[len(p)-1] == ' ' {
-				p = p[:len(p)-1]
-			}
-			out = append(out, p)
-			start = i + 1
-		}
-	}
-	return out
 }
 
 func (g *Gateway) onOpen(ws *websocket.Conn) {
