@@ -355,16 +355,7 @@ func (s *offlineShard) drain(ctx context.Context, at time.Time) *report {
 		rc.c = c
 		c.cc.onIdle = rc.flushAcks
 	})
-	want := int64(0)
-	for _, c := range s.rconns {
-		if c != nil {
-			want++
-		}
-	}
-	deadline := time.Now().Add(s.spec.P.DrainTimeout)
-	for s.barrier.Load() < want && time.Now().Before(deadline) && ctx.Err() == nil {
-		time.Sleep(5 * time.Millisecond)
-	}
+	want := awaitCount(ctx, s.rconns, &s.barrier, s.spec.P.DrainTimeout)
 	end := s.cnt.lastEvent.Load()
 	if n := want - s.qEmpty.Load(); n > 0 {
 		rep.Errors["drain_timeout"] += n

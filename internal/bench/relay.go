@@ -160,16 +160,7 @@ func (s *relayShard) connect(ctx context.Context) *report {
 		p.receiver = c
 		c.cc.onIdle = p.flushAcks
 	})
-	want := int64(0)
-	for _, c := range s.recvs {
-		if c != nil {
-			want++
-		}
-	}
-	deadline := time.Now().Add(s.spec.P.ConnectTimeout)
-	for s.qEmpty.Load() < want && time.Now().Before(deadline) && ctx.Err() == nil {
-		time.Sleep(5 * time.Millisecond)
-	}
+	want := awaitCount(ctx, s.recvs, &s.qEmpty, s.spec.P.ConnectTimeout)
 	if n := want - s.qEmpty.Load(); n > 0 {
 		rep.Errors["no_queue_empty"] += n
 	}
@@ -637,4 +628,20 @@ func onOtherFrame(rep *report, c *wsConn, f frameView, lostReason string) {
 	case kMalformed:
 		rep.error("malformed_frame")
 	}
+}
+
+// awaitCount waits until counter reaches the number of non-nil conns, the timeout passes or ctx
+// ends, polling (the counters are bumped by reader goroutines); it returns that number.
+func awaitCount(ctx context.Context, conns []*wsConn, counter *atomic.Int64, timeout time.Duration) int64 {
+	want := int64(0)
+	for _, c := range conns {
+		if c != nil {
+			want++
+		}
+	}
+	deadline := time.Now().Add(timeout)
+	for counter.Load() < want && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	return want
 }
