@@ -30,8 +30,12 @@ type Sink interface {
 	Kicked()
 }
 
-// maxRoutesRemembered bounds the per-attachment set of sending routes seen.
-const maxRoutesRemembered = 4096
+// maxRoutesRemembered bounds the per-attachment set of sending routes seen; maxTickets bounds the
+// refusals awaiting their store's confirmation.
+const (
+	maxRoutesRemembered = 4096
+	maxTickets          = 8192
+)
 
 // liveTagBit marks tags of live deliveries; stored deliveries use the stream sequence as tag.
 const liveTagBit = 1 << 63
@@ -55,17 +59,18 @@ type Attachment struct {
 	drainRunning bool
 	// gen counts wake-ups: a drain that read an empty inbox may only switch to live if gen did not
 	// move meanwhile and every refused live delivery has been stored (its ticket came back).
-	gen          uint64
-	tickets      map[string]time.Time // refusals whose store has not been confirmed, by ticket
-	routes       map[string]struct{}  // routes seen by this attachment
-	nextTicket   uint64
-	live         map[uint64]string // live tag → reply subject of the waiting sender
-	nextLive     uint64
-	outstanding  []uint64 // stream sequences pushed and not yet purged, ascending
-	acked        map[uint64]bool
-	nextSeq      uint64
-	queueEmpty   bool // QueueEmpty was sent
-	pushedStored int
+	gen           uint64
+	tickets       map[string]time.Time // refusals whose store has not been confirmed, by ticket
+	routes        map[string]struct{}  // routes seen by this attachment
+	overflowUntil time.Time            // refusals beyond maxTickets: drain at least until then
+	nextTicket    uint64
+	live          map[uint64]string // live tag → reply subject of the waiting sender
+	nextLive      uint64
+	outstanding   []uint64 // stream sequences pushed and not yet purged, ascending
+	acked         map[uint64]bool
+	nextSeq       uint64
+	queueEmpty    bool // QueueEmpty was sent
+	pushedStored  int
 }
 
 // Attach starts delivery to a connected device: it takes the device over from any other
@@ -229,9 +234,16 @@ func (a *Attachment) onLive(msg *nats.Msg) {
 		// Refuse: the sender stores it, in its own order, and hands our ticket back with the
 		// wake-up that follows the commit. Until every ticket is back the drain does not switch
 		// to live, so nothing from that sender can overtake it.
-		a.nextTicket++
-		ticket := a.connID + "." + strconv.FormatUint(a.nextTicket, 36)
-		a.tickets[ticket] = time.Now()
+		var ticket string
+		if len(a.tickets) < maxTickets {
+			a.nextTicket++
+			ticket = a.connID + "." + strconv.FormatUint(a.nextTicket, 36)
+			a.tickets[ticket] = time.Now()
+		} else {
+			// Too many unconfirmed refusals: refuse without a ticket, and keep draining until an
+			// unconfirmed store could no longer be pending (as when tickets expire).
+			a.overflowUntil = time.Now().Add(2 * a.m.cfg.StoreTimeout)
+		}
 		a.gen++
 		a.startDrainLocked()
 		a.mu.Unlock()
@@ -266,7 +278,10 @@ func (a *Attachment) Ack(tags []uint64) {
 			}
 			continue
 		}
-		a.acked[t] = true
+		// Only tags pushed and not yet purged count: a client cannot grow this map with bogus tags.
+		if _, ok := slices.BinarySearch(a.outstanding, t); ok {
+			a.acked[t] = true
+		}
 	}
 	n := 0
 	for n < len(a.outstanding) && a.acked[a.outstanding[n]] {
@@ -336,7 +351,11 @@ func (a *Attachment) drain() {
 			return
 		}
 		a.expireTicketsLocked()
-		if pending := len(a.tickets); a.gen != gen || pending > 0 {
+		pending := len(a.tickets)
+		if time.Now().Before(a.overflowUntil) {
+			pending++
+		}
+		if a.gen != gen || pending > 0 {
 			a.mu.Unlock()
 			if pending > 0 {
 				a.waitSpace(a.m.cfg.StoreTimeout)
