@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	httppprof "net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -188,6 +189,7 @@ func (s *Server) start(ctx context.Context) error {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("POST /v1/admin/invites", s.createInvite)
 	mux.HandleFunc("POST /v1/admin/register-bulk", s.registerBulk)
+	mux.HandleFunc("GET /debug/pprof/", s.pprof)
 
 	var tlsCfg *tls.Config
 	if s.cfg.TLSCert != "" {
@@ -319,6 +321,22 @@ func (s *Server) registerBulk(w http.ResponseWriter, r *http.Request) {
 	out, _ := proto.Marshal(res)
 	w.Header().Set("Content-Type", "application/x-protobuf")
 	_, _ = w.Write(out)
+}
+
+// pprof serves the Go runtime profiles (operator only): heap, goroutine, allocs, and
+// /debug/pprof/profile?seconds=N for CPU.
+func (s *Server) pprof(w http.ResponseWriter, r *http.Request) {
+	if !s.operator(w, r) {
+		return
+	}
+	switch strings.TrimPrefix(r.URL.Path, "/debug/pprof/") {
+	case "profile":
+		httppprof.Profile(w, r)
+	case "trace":
+		httppprof.Trace(w, r)
+	default:
+		httppprof.Index(w, r)
+	}
 }
 
 func loadOrCreateToken(path string) (string, error) {
