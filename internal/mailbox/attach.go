@@ -5,7 +5,6 @@ package mailbox
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/petrelchat/petrel/internal/bus"
 )
@@ -42,14 +40,15 @@ const liveTagBit = 1 << 63
 
 // Attachment is one connected device's delivery state on this node.
 type Attachment struct {
-	m       *Mailbox
-	dev     string
-	connID  string
-	sink    Sink
-	stream  jetstream.Stream
-	subject string
-	sub     *nats.Subscription
-	space   chan struct{} // signalled when the window frees up or the attachment closes
+	m          *Mailbox
+	dev        string
+	connID     string
+	sink       Sink
+	stream     jetstream.Stream
+	streamName string
+	subject    string
+	sub        *nats.Subscription
+	space      chan struct{} // signalled when the window frees up or the attachment closes
 
 	mu sync.Mutex // guards the fields below
 	// closed: detached; nothing more is pushed.
@@ -68,6 +67,10 @@ type Attachment struct {
 	nextLive      uint64
 	outstanding   []uint64 // stream sequences pushed and not yet purged, ascending
 	acked         map[uint64]bool
+	purgeWant     uint64 // purge stored envelopes up to here (all acked)
+	purgedTo      uint64 // purged up to here
+	purgeCount    int    // acked envelopes not yet counted as purged
+	purging       bool   // a purge goroutine runs
 	nextSeq       uint64
 	queueEmpty    bool // QueueEmpty was sent
 	pushedStored  int
@@ -80,19 +83,20 @@ func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error
 		return nil, ErrClosed
 	}
 	a := &Attachment{
-		m:        m,
-		dev:      deviceID,
-		connID:   connID,
-		sink:     sink,
-		stream:   m.bus.Inbox(m.bus.Shard(deviceID)),
-		subject:  m.bus.InboxSubject(deviceID),
-		space:    make(chan struct{}, 1),
-		draining: true,
-		live:     map[uint64]string{},
-		tickets:  map[string]time.Time{},
-		routes:   map[string]struct{}{},
-		acked:    map[uint64]bool{},
-		nextSeq:  1,
+		m:          m,
+		dev:        deviceID,
+		connID:     connID,
+		sink:       sink,
+		stream:     m.bus.Inbox(m.bus.Shard(deviceID)),
+		streamName: bus.InboxStreamName(m.bus.Shard(deviceID)),
+		subject:    m.bus.InboxSubject(deviceID),
+		space:      make(chan struct{}, 1),
+		draining:   true,
+		live:       map[uint64]string{},
+		tickets:    map[string]time.Time{},
+		routes:     map[string]struct{}{},
+		acked:      map[uint64]bool{},
+		nextSeq:    1,
 	}
 	subj := bus.DeviceSubject(deviceID)
 	// The kick goes out before our subscription exists, so only other connections see it.
@@ -228,6 +232,9 @@ func (a *Attachment) onLive(msg *nats.Msg) {
 		if len(a.routes) >= maxRoutesRemembered {
 			clear(a.routes) // forgetting only makes a refusal more likely, never an overtake
 		}
+		if a.routes == nil {
+			a.routes = make(map[string]struct{})
+		}
 		a.routes[routeID] = struct{}{}
 	}
 	if a.draining || len(a.live)+len(a.outstanding) >= a.m.cfg.Window || (!seen && unanswered) {
@@ -238,6 +245,9 @@ func (a *Attachment) onLive(msg *nats.Msg) {
 		if len(a.tickets) < maxTickets {
 			a.nextTicket++
 			ticket = a.connID + "." + strconv.FormatUint(a.nextTicket, 36)
+			if a.tickets == nil {
+				a.tickets = make(map[string]time.Time)
+			}
 			a.tickets[ticket] = time.Now()
 		} else {
 			// Too many unconfirmed refusals: refuse without a ticket, and keep draining until an
@@ -252,6 +262,9 @@ func (a *Attachment) onLive(msg *nats.Msg) {
 	}
 	a.nextLive++
 	tag := liveTagBit | a.nextLive
+	if a.live == nil {
+		a.live = make(map[uint64]string)
+	}
 	a.live[tag] = msg.Reply
 	a.mu.Unlock()
 	if err := a.sink.Push(tag, env); err != nil {
@@ -280,6 +293,9 @@ func (a *Attachment) Ack(tags []uint64) {
 		}
 		// Only tags pushed and not yet purged count: a client cannot grow this map with bogus tags.
 		if _, ok := slices.BinarySearch(a.outstanding, t); ok {
+			if a.acked == nil {
+				a.acked = make(map[uint64]bool)
+			}
 			a.acked[t] = true
 		}
 	}
@@ -295,24 +311,85 @@ func (a *Attachment) Ack(tags []uint64) {
 		_ = a.m.nc.Publish(r, replyAcked)
 	}
 	if purgeTo > 0 {
-		ctx, cancel := a.m.ctxStore()
-		err := a.stream.Purge(ctx, jetstream.WithPurgeSubject(a.subject), jetstream.WithPurgeSequence(purgeTo+1))
-		cancel()
-		if err != nil {
-			// The envelopes stay stored and will be delivered again: at-least-once.
-			a.m.log.Warn("purge acked envelopes", "device", a.dev, "err", err)
-		} else {
-			a.m.metrics.purged.Add(float64(n))
-		}
+		a.purge(purgeTo, n)
 	}
 	if len(tags) > 0 {
 		a.signal()
 	}
 }
 
+// purgeRun is a device's purge loop, for a later attachment of the same device to wait on.
+type purgeRun struct {
+	owner *Attachment
+	done  chan struct{}
+}
+
+// purge deletes the stored envelopes up to sequence to (all acked) and n more for the metrics. At
+// most one purge per device is in flight: acks that arrive meanwhile are folded into the next one,
+// so a fast reader costs a purge per round trip, not per ack.
+func (a *Attachment) purge(to uint64, n int) {
+	a.mu.Lock()
+	a.purgeWant = max(a.purgeWant, to)
+	a.purgeCount += n
+	if a.purging {
+		a.mu.Unlock()
+		return
+	}
+	a.purging = true
+	a.mu.Unlock()
+	p := &purgeRun{owner: a, done: make(chan struct{})}
+	a.m.purges.Store(a.dev, p)
+	a.m.wg.Add(1)
+	go func() {
+		defer a.m.wg.Done()
+		defer func() {
+			a.m.purges.CompareAndDelete(a.dev, p)
+			close(p.done)
+		}()
+		for {
+			a.mu.Lock()
+			to, n := a.purgeWant, a.purgeCount
+			if to <= a.purgedTo {
+				a.purging = false
+				a.mu.Unlock()
+				return
+			}
+			a.purgeCount = 0
+			a.mu.Unlock()
+			ctx, cancel := a.m.ctxStore()
+			err := a.stream.Purge(ctx, jetstream.WithPurgeSubject(a.subject), jetstream.WithPurgeSequence(to+1))
+			cancel()
+			a.mu.Lock()
+			if err == nil {
+				a.purgedTo = to
+			}
+			a.mu.Unlock()
+			if err != nil {
+				// The envelopes stay stored and will be delivered again: at-least-once.
+				a.m.log.Warn("purge acked envelopes", "device", a.dev, "err", err)
+				a.mu.Lock()
+				a.purging = false
+				a.mu.Unlock()
+				return
+			}
+			a.m.metrics.purged.Add(float64(n))
+		}
+	}()
+}
+
 // drain pushes stored envelopes in order until the inbox is empty and no wake-up or refused live
 // delivery is pending, then switches the attachment to live delivery.
 func (a *Attachment) drain() {
+	// A purge of this device's acked envelopes still running for a previous connection on this node
+	// would let them be delivered again: wait for it, briefly.
+	if p, ok := a.m.purges.Load(a.dev); ok && p.(*purgeRun).owner != a {
+		t := time.NewTimer(a.m.cfg.StoreTimeout)
+		select {
+		case <-p.(*purgeRun).done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	backoff := 50 * time.Millisecond
 	for {
 		a.mu.Lock()
@@ -379,35 +456,28 @@ func (a *Attachment) drain() {
 func (a *Attachment) readBatch(from uint64, max int) (int, error) {
 	ctx, cancel := a.m.ctxStore()
 	defer cancel()
-	it, err := jetstreamext.GetBatch(ctx, a.m.bus.JS(), a.stream.CachedInfo().Config.Name, max,
-		jetstreamext.GetBatchSubject(a.subject), jetstreamext.GetBatchSeq(from))
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for msg, err := range it {
-		if errors.Is(err, jetstreamext.ErrNoMessages) {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
+	detached := false
+	n, err := a.m.getBatch(ctx, a.streamName, a.subject, from, max, func(seq uint64, data []byte) bool {
 		a.mu.Lock()
 		if a.closed {
 			a.mu.Unlock()
-			return n, nil
+			return false
 		}
-		a.outstanding = append(a.outstanding, msg.Sequence)
-		a.nextSeq = msg.Sequence + 1
+		a.outstanding = append(a.outstanding, seq)
+		a.nextSeq = seq + 1
 		a.pushedStored++
 		a.mu.Unlock()
-		n++
-		if err := a.sink.Push(msg.Sequence, msg.Data); err != nil {
-			a.Detach()
-			return n, nil
+		if err := a.sink.Push(seq, data); err != nil {
+			detached = true
+			return false
 		}
+		return true
+	})
+	if detached {
+		a.Detach()
+		return n, nil
 	}
-	return n, nil
+	return n, err
 }
 
 // QueryQueued reports which of ids are still stored for deviceID and were sent by fromDevice.
@@ -422,24 +492,16 @@ func (m *Mailbox) QueryQueued(ctx context.Context, deviceID, fromDevice string, 
 	seq := uint64(1)
 	const maxScan = 20_000
 	for scanned := 0; scanned < maxScan; {
-		it, err := jetstreamext.GetBatch(ctx, m.bus.JS(), stream, 256, jetstreamext.GetBatchSubject(subject), jetstreamext.GetBatchSeq(seq))
-		if err != nil {
-			return nil, err
-		}
-		n := 0
-		for msg, err := range it {
-			if errors.Is(err, jetstreamext.ErrNoMessages) {
-				break
-			}
-			if err != nil {
-				return nil, err
-			}
-			n++
-			seq = msg.Sequence + 1
-			if id, from, ok := decode(msg.Data); ok && from == fromDevice && want[id] {
+		n, err := m.getBatch(ctx, stream, subject, seq, 256, func(s uint64, data []byte) bool {
+			seq = s + 1
+			if id, from, ok := decode(data); ok && from == fromDevice && want[id] {
 				found = append(found, id)
 				delete(want, id)
 			}
+			return true
+		})
+		if err != nil {
+			return nil, err
 		}
 		scanned += n
 		if n == 0 || len(want) == 0 {

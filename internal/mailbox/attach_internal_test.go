@@ -5,6 +5,7 @@ package mailbox
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -49,5 +50,75 @@ func TestBogusAcksAreNotRemembered(t *testing.T) {
 	defer a.mu.Unlock()
 	if len(a.acked) != 0 || len(a.live) != 0 {
 		t.Fatalf("bogus acks remembered: acked %d, live %d", len(a.acked), len(a.live))
+	}
+}
+
+// getBatch reads through the node's shared reply subscription: an empty subject, a partial batch,
+// an exact batch, an early stop, and a start past the end all give the right messages in order.
+func TestGetBatch(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	m := New(b, Config{Logger: quiet})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	const dev = "0123456789abcdef0123456789abcdef"
+	ctx := context.Background()
+	stream, subject := bus.InboxStreamName(0), b.InboxSubject(dev)
+	read := func(from uint64, max int, stopAfter int) []string {
+		t.Helper()
+		var got []string
+		n, err := m.getBatch(ctx, stream, subject, from, max, func(_ uint64, data []byte) bool {
+			got = append(got, string(data))
+			return stopAfter == 0 || len(got) < stopAfter
+		})
+		if err != nil {
+			t.Fatalf("getBatch(from %d, max %d): %v", from, max, err)
+		}
+		if n != len(got) {
+			t.Fatalf("getBatch returned %d, saw %d", n, len(got))
+		}
+		return got
+	}
+	if got := read(1, 10, 0); len(got) != 0 {
+		t.Fatalf("empty inbox: got %q", got)
+	}
+	// Interleave another device's messages so next_by_subj has to skip them.
+	for i := range 5 {
+		if _, err := b.JS().Publish(ctx, subject, []byte{'a' + byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.JS().Publish(ctx, b.InboxSubject("fedcba9876543210fedcba9876543210"), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := fmt.Sprint(read(1, 10, 0)); got != "[a b c d e]" {
+		t.Fatalf("partial batch: %s", got)
+	}
+	if got := fmt.Sprint(read(1, 5, 0)); got != "[a b c d e]" {
+		t.Fatalf("exact batch: %s", got)
+	}
+	if got := fmt.Sprint(read(1, 3, 0)); got != "[a b c]" {
+		t.Fatalf("short batch: %s", got)
+	}
+	if got := fmt.Sprint(read(4, 10, 0)); got != "[c d e]" { // sequences 5, 7, 9
+		t.Fatalf("from sequence 4: %s", got)
+	}
+	if got := fmt.Sprint(read(1, 10, 2)); got != "[a b]" {
+		t.Fatalf("early stop: %s", got)
+	}
+	if got := read(100, 10, 0); len(got) != 0 {
+		t.Fatalf("past the end: %q", got)
+	}
+	m.pendingMu.Lock()
+	left := len(m.reads)
+	m.pendingMu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d reads still registered", left)
 	}
 }

@@ -143,13 +143,16 @@ type Mailbox struct {
 	replyPrefix string
 	replySub    *nats.Subscription
 	pendingMu   sync.Mutex
-	pending     map[uint64]*liveReq // guarded by pendingMu
+	pending     map[uint64]*liveReq       // guarded by pendingMu
+	reads       map[uint64]chan *nats.Msg // batched direct gets in progress; guarded by pendingMu
+	directGet   string                    // subject prefix of the direct-get API
 	nextToken   atomic.Uint64
 
 	// Device subscriptions deliver into these channels; one dispatcher goroutine each keeps the
 	// order of one device's messages (a device always maps to the same dispatcher).
 	dispatch []chan *nats.Msg
 	attached sync.Map // *nats.Subscription → *Attachment
+	purges   sync.Map // device id → *purgeRun while acked envelopes are being purged
 }
 
 // New returns a mailbox over b. Start must be called before use.
@@ -163,7 +166,9 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		metrics: newMetrics(cfg.Registry),
 		stop:    make(chan struct{}),
 		pending: make(map[uint64]*liveReq),
+		reads:   make(map[uint64]chan *nats.Msg),
 	}
+	m.directGet = m.directGetPrefix()
 	m.replyPrefix = "_PR." + cfg.Node + "."
 	for i := 0; i < b.InboxShards(); i++ {
 		m.writers = append(m.writers, &shardWriter{m: m, stream: bus.InboxStreamName(i), ch: make(chan *appendReq, cfg.QueueDepth), maxBatch: cfg.MaxBatch})
@@ -261,6 +266,16 @@ func (m *Mailbox) sendLive(deviceID string, payload []byte, done func(liveResult
 func (m *Mailbox) onReply(msg *nats.Msg) {
 	tok, err := strconv.ParseUint(msg.Subject[len(m.replyPrefix):], 36, 64)
 	if err != nil {
+		return
+	}
+	m.pendingMu.Lock()
+	ch, isRead := m.reads[tok]
+	m.pendingMu.Unlock()
+	if isRead {
+		select {
+		case ch <- msg:
+		default: // more answers than asked for: the reader fails on the count
+		}
 		return
 	}
 	// An empty reply with a header is NATS's "no responders": the device is not connected.

@@ -35,7 +35,7 @@ type Route struct {
 
 // NewRoute returns an empty route.
 func NewRoute() *Route {
-	return &Route{id: nuid.Next(), storing: map[string]int{}, live: map[string]int{}}
+	return &Route{id: nuid.Next()} // the maps are made on first use: most connections never send
 }
 
 // decide picks the path for the next envelope to dev. While an earlier live request is
@@ -48,6 +48,9 @@ func (r *Route) decide(dev string) (store, unanswered bool) {
 	unanswered = r.live[dev] > 0
 	if !unanswered && r.storing[dev] > 0 {
 		return true, false
+	}
+	if r.live == nil {
+		r.live = make(map[string]int)
 	}
 	r.live[dev]++
 	return false, unanswered
@@ -63,6 +66,9 @@ func (r *Route) liveAnswered(dev string) {
 
 func (r *Route) beginStore(dev string) {
 	r.mu.Lock()
+	if r.storing == nil {
+		r.storing = make(map[string]int)
+	}
 	r.storing[dev]++
 	r.mu.Unlock()
 }

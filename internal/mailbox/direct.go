@@ -1,0 +1,96 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package mailbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+)
+
+// errBadDirectGet is a direct-get answer we cannot use (a missing header, an unknown status).
+var errBadDirectGet = errors.New("unexpected direct-get response")
+
+// directGetPrefix returns the subject prefix of JetStream's direct-get API for this bus.
+func (m *Mailbox) directGetPrefix() string {
+	o := m.bus.JS().Options()
+	switch {
+	case o.APIPrefix != "":
+		return strings.TrimSuffix(o.APIPrefix, ".") + ".DIRECT.GET."
+	case o.Domain != "":
+		return "$JS." + o.Domain + ".API.DIRECT.GET."
+	default:
+		return "$JS.API.DIRECT.GET."
+	}
+}
+
+// getBatch reads up to max messages of subject from stream, starting at sequence from, with one
+// batched direct get whose answers come back through the node's reply subscription (no
+// subscription per read). each is called in order; returning false stops early. It returns how
+// many messages each saw; an empty subject is (0, nil).
+func (m *Mailbox) getBatch(ctx context.Context, stream, subject string, from uint64, max int, each func(seq uint64, data []byte) bool) (int, error) {
+	if max <= 0 {
+		return 0, nil
+	}
+	tok := m.nextToken.Add(1)
+	// At most max messages and one end-of-batch marker come back; the buffer never blocks the
+	// reply subscription.
+	ch := make(chan *nats.Msg, max+1)
+	m.pendingMu.Lock()
+	m.reads[tok] = ch
+	m.pendingMu.Unlock()
+	defer func() {
+		m.pendingMu.Lock()
+		delete(m.reads, tok)
+		m.pendingMu.Unlock()
+	}()
+	req := make([]byte, 0, 64+len(subject))
+	req = append(req, `{"seq":`...)
+	req = strconv.AppendUint(req, from, 10)
+	req = append(req, `,"batch":`...)
+	req = strconv.AppendInt(req, int64(max), 10)
+	req = append(req, `,"next_by_subj":"`...)
+	req = append(req, subject...) // subjects are [A-Za-z0-9._-]: nothing to escape
+	req = append(req, `"}`...)
+	if err := m.nc.PublishMsg(&nats.Msg{
+		Subject: m.directGet + stream,
+		Reply:   m.replyPrefix + strconv.FormatUint(tok, 36),
+		Data:    req,
+	}); err != nil {
+		return 0, err
+	}
+	n := 0
+	for {
+		select {
+		case msg := <-ch:
+			if status := msg.Header.Get("Status"); status != "" && len(msg.Data) == 0 {
+				switch status {
+				case "404", "204": // no (more) messages; end of batch
+					return n, nil
+				default:
+					return n, fmt.Errorf("direct get from %s: %s %s", stream, status, msg.Header.Get("Description"))
+				}
+			}
+			seq, err := strconv.ParseUint(msg.Header.Get("Nats-Sequence"), 10, 64)
+			if err != nil {
+				return n, fmt.Errorf("%w: sequence header: %v", errBadDirectGet, err)
+			}
+			n++
+			if !each(seq, msg.Data) {
+				return n, nil
+			}
+			if n > max {
+				return n, fmt.Errorf("%w: more messages than asked for", errBadDirectGet)
+			}
+		case <-ctx.Done():
+			return n, ctx.Err()
+		case <-m.stop:
+			return n, ErrClosed
+		}
+	}
+}
