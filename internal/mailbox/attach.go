@@ -63,7 +63,7 @@ type Attachment struct {
 	routes        map[string]struct{}  // routes seen by this attachment
 	overflowUntil time.Time            // refusals beyond maxTickets: drain at least until then
 	nextTicket    uint64
-	live          map[uint64]string // live tag → reply subject of the waiting sender
+	live          map[uint64]waiter // live tag → the waiting sender
 	nextLive      uint64
 	outstanding   []uint64 // stream sequences pushed and not yet purged, ascending
 	acked         map[uint64]bool
@@ -92,10 +92,6 @@ func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error
 		subject:    m.bus.InboxSubject(deviceID),
 		space:      make(chan struct{}, 1),
 		draining:   true,
-		live:       map[uint64]string{},
-		tickets:    map[string]time.Time{},
-		routes:     map[string]struct{}{},
-		acked:      map[uint64]bool{},
 		nextSeq:    1,
 	}
 	subj := bus.DeviceSubject(deviceID)
@@ -109,6 +105,7 @@ func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error
 	}
 	a.sub = sub
 	m.attached.Store(sub, a)
+	m.local.Store(deviceID, a)
 	m.metrics.attached.Inc()
 	a.mu.Lock()
 	a.startDrainLocked()
@@ -127,19 +124,29 @@ func (a *Attachment) Detach() {
 	a.closed = true
 	live := a.live
 	a.live = nil
-	a.mu.Unlock()
-	_ = a.sub.Unsubscribe()
-	a.m.attached.Delete(a.sub)
-	a.m.metrics.attached.Dec()
-	a.signal()
-	// Hand back in tag order (the order they arrived in) so the senders store them in order.
+	// Hand back in tag order (the order they arrived in) so the senders store them in order. This
+	// node's own senders are answered before the lock is released: a local request that finds the
+	// attachment closed after that is refused, so its store queues behind these.
 	tags := make([]uint64, 0, len(live))
 	for t := range live {
 		tags = append(tags, t)
 	}
 	slices.Sort(tags)
 	for _, t := range tags {
-		_ = a.m.nc.Publish(live[t], replyStore)
+		if w := live[t]; w.reply == "" {
+			a.m.finishLive(w.tok, liveRefused)
+		}
+	}
+	a.mu.Unlock()
+	a.m.local.CompareAndDelete(a.dev, a)
+	_ = a.sub.Unsubscribe()
+	a.m.attached.Delete(a.sub)
+	a.m.metrics.attached.Dec()
+	a.signal()
+	for _, t := range tags {
+		if w := live[t]; w.reply != "" {
+			_ = a.m.nc.Publish(w.reply, replyStore)
+		}
 	}
 }
 
@@ -183,17 +190,22 @@ func (a *Attachment) onMsg(msg *nats.Msg) {
 			a.sink.Kicked()
 		}
 	case kindWake:
-		a.mu.Lock()
-		a.gen++
-		if len(msg.Data) > 1 {
-			delete(a.tickets, string(msg.Data[1:]))
-		}
-		a.startDrainLocked()
-		a.mu.Unlock()
-		a.signal()
+		a.wake(string(msg.Data[1:]))
 	case kindLive:
 		a.onLive(msg)
 	}
+}
+
+// wake makes the attachment drain its inbox; ticket, if set, is a refusal whose store committed.
+func (a *Attachment) wake(ticket string) {
+	a.mu.Lock()
+	a.gen++
+	if ticket != "" {
+		delete(a.tickets, ticket)
+	}
+	a.startDrainLocked()
+	a.mu.Unlock()
+	a.signal()
 }
 
 func (a *Attachment) startDrainLocked() {
@@ -212,16 +224,48 @@ func (a *Attachment) startDrainLocked() {
 	}()
 }
 
-func (a *Attachment) onLive(msg *nats.Msg) {
-	routeID, unanswered, env, ok := decodeLive(msg.Data[1:])
-	if !ok {
-		_ = msg.Respond(replyStore)
+// waiter is the sender waiting for a live delivery's outcome: a reply subject on the bus, or (for
+// this node's own senders) a pending-request token.
+type waiter struct {
+	reply string
+	tok   uint64
+}
+
+// answer tells the waiting sender how its live request ended.
+func (a *Attachment) answer(w waiter, res liveResult) {
+	if w.reply == "" {
+		a.m.finishLive(w.tok, res)
 		return
 	}
+	switch {
+	case res.acked:
+		_ = a.m.nc.Publish(w.reply, replyAcked)
+	case res.ticket != "":
+		_ = a.m.nc.Publish(w.reply, append(append([]byte(nil), replyStore...), res.ticket...))
+	default:
+		_ = a.m.nc.Publish(w.reply, replyStore)
+	}
+}
+
+// onLive handles a live request that came over the bus.
+func (a *Attachment) onLive(msg *nats.Msg) {
+	routeID, unanswered, env, ok := decodeLive(msg.Data[1:])
+	w := waiter{reply: msg.Reply}
+	if !ok || w.reply == "" {
+		if w.reply != "" {
+			a.answer(w, liveRefused)
+		}
+		return
+	}
+	a.offer(routeID, unanswered, env, w)
+}
+
+// offer delivers one live request to the device, or refuses it (the sender stores it).
+func (a *Attachment) offer(routeID string, unanswered bool, env []byte, w waiter) {
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
-		_ = msg.Respond(replyStore)
+		a.answer(w, liveRefused)
 		return
 	}
 	// The first request from a route that still has earlier requests unanswered: those were
@@ -257,30 +301,31 @@ func (a *Attachment) onLive(msg *nats.Msg) {
 		a.gen++
 		a.startDrainLocked()
 		a.mu.Unlock()
-		_ = msg.Respond(append(append([]byte(nil), replyStore...), ticket...))
+		a.answer(w, liveResult{ticket: ticket})
 		return
 	}
 	a.nextLive++
 	tag := liveTagBit | a.nextLive
 	if a.live == nil {
-		a.live = make(map[uint64]string)
+		a.live = make(map[uint64]waiter)
 	}
-	a.live[tag] = msg.Reply
+	a.live[tag] = w
 	a.mu.Unlock()
 	if err := a.sink.Push(tag, env); err != nil {
 		a.mu.Lock()
-		if a.live != nil {
-			delete(a.live, tag)
-		}
+		_, mine := a.live[tag]
+		delete(a.live, tag)
 		a.mu.Unlock()
-		_ = msg.Respond(replyStore)
+		if mine { // else Detach answered it
+			a.answer(w, liveRefused)
+		}
 	}
 }
 
 // Ack handles the device's acks: live ones are answered to their senders, stored ones are purged
 // from the inbox once every earlier pushed envelope is acked too.
 func (a *Attachment) Ack(tags []uint64) {
-	var replies []string
+	var replies []waiter
 	var purgeTo uint64
 	a.mu.Lock()
 	for _, t := range tags {
@@ -307,8 +352,8 @@ func (a *Attachment) Ack(tags []uint64) {
 	}
 	a.outstanding = a.outstanding[n:]
 	a.mu.Unlock()
-	for _, r := range replies {
-		_ = a.m.nc.Publish(r, replyAcked)
+	for _, w := range replies {
+		a.answer(w, liveResult{acked: true})
 	}
 	if purgeTo > 0 {
 		a.purge(purgeTo, n)

@@ -7,7 +7,11 @@
 //
 // Live path: a request on the core subject dev.<device> (bus.DeviceSubject), answered by the node
 // holding that device's connection once the device acks. No responders, a refusal, or no ack
-// within LiveAckTimeout send the envelope down the store path instead.
+// within LiveAckTimeout send the envelope down the store path instead. When the device is attached
+// on the sending node itself, the request skips the bus (the node-local fast path): same rules,
+// same answers, no bus round trip. A route switches between the two only when the path it used
+// has no request unanswered, and a commit wakes a device attached on its node directly (as well as
+// over the bus) before the senders are acked, so neither path can overtake the other.
 //
 // Store path: per inbox shard, a writer group-commits appends as atomic batches (one fsync for
 // many messages), then publishes a wake-up on dev.<device> and acks the senders.
@@ -152,6 +156,7 @@ type Mailbox struct {
 	// order of one device's messages (a device always maps to the same dispatcher).
 	dispatch []chan *nats.Msg
 	attached sync.Map // *nats.Subscription → *Attachment
+	local    sync.Map // device id → *Attachment attached on this node (the node-local fast path)
 	purges   sync.Map // device id → *purgeRun while acked envelopes are being purged
 }
 
@@ -249,14 +254,21 @@ type liveReq struct {
 
 var liveRefused = liveResult{}
 
-// sendLive publishes a live request; done runs exactly once with how it ended.
-func (m *Mailbox) sendLive(deviceID string, payload []byte, done func(liveResult)) {
+// addPending registers a live request that ends with done, by the device's answer or by
+// LiveAckTimeout (as a refusal), and returns its token.
+func (m *Mailbox) addPending(done func(liveResult)) uint64 {
 	tok := m.nextToken.Add(1)
 	p := &liveReq{done: done}
 	m.pendingMu.Lock()
 	m.pending[tok] = p
 	p.timer = time.AfterFunc(m.cfg.LiveAckTimeout, func() { m.finishLive(tok, liveRefused) })
 	m.pendingMu.Unlock()
+	return tok
+}
+
+// sendLive publishes a live request; done runs exactly once with how it ended.
+func (m *Mailbox) sendLive(deviceID string, payload []byte, done func(liveResult)) {
+	tok := m.addPending(done)
 	reply := m.replyPrefix + strconv.FormatUint(tok, 36)
 	if err := m.nc.PublishMsg(&nats.Msg{Subject: bus.DeviceSubject(deviceID), Reply: reply, Data: payload}); err != nil {
 		m.finishLive(tok, liveRefused)
@@ -311,6 +323,9 @@ func (m *Mailbox) wakeAll(reqs []*appendReq, err error) {
 		if r.ticket != "" {
 			// Hands the refusing attachment its ticket back; also a wake-up.
 			_ = m.nc.Publish(bus.DeviceSubject(r.deviceID), append([]byte{kindWake}, r.ticket...))
+			if a := m.localAttachment(r.deviceID); a != nil {
+				a.wake(r.ticket)
+			}
 			seen[r.deviceID] = true
 			continue
 		}
@@ -321,6 +336,9 @@ func (m *Mailbox) wakeAll(reqs []*appendReq, err error) {
 		}
 		seen[r.deviceID] = true
 		_ = m.nc.Publish(bus.DeviceSubject(r.deviceID), []byte{kindWake})
+		if a := m.localAttachment(r.deviceID); a != nil {
+			a.wake("")
+		}
 	}
 }
 

@@ -27,39 +27,55 @@ type Outcome struct {
 // Route carries one sending connection's per-recipient order: while an envelope from this route
 // to a device is being stored, later envelopes to that device are stored too (in order).
 type Route struct {
-	id      string
-	mu      sync.Mutex
-	storing map[string]int // device → envelopes in the store path; guarded by mu
-	live    map[string]int // device → live requests not yet answered; guarded by mu
+	id string
+	mu sync.Mutex
+	// Per device, guarded by mu; the maps are made on first use (most connections never send).
+	storing map[string]int // envelopes in the store path
+	remote  map[string]int // live requests over the bus not yet answered
+	local   map[string]int // node-local live requests not yet answered
 }
 
 // NewRoute returns an empty route.
 func NewRoute() *Route {
-	return &Route{id: nuid.Next()} // the maps are made on first use: most connections never send
+	return &Route{id: nuid.Next()}
 }
 
 // decide picks the path for the next envelope to dev. While an earlier live request is
-// unanswered it goes live too: answers arrive in publish order, so if they are refusals the
+// unanswered it goes live too: answers arrive in request order, so if they are refusals the
 // stores are queued in send order. Otherwise, while an earlier envelope is being stored, it is
-// stored (queued behind it). Otherwise it goes live.
-func (r *Route) decide(dev string) (store, unanswered bool) {
+// stored (queued behind it). Otherwise it goes live. A live request goes straight to att (the
+// device's attachment on this node, if any) unless requests over the bus are still unanswered:
+// the path changes only when the old one has nothing unanswered.
+func (r *Route) decide(dev string, att *Attachment) (store, unanswered, local bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	unanswered = r.live[dev] > 0
+	remote, loc := r.remote[dev], r.local[dev]
+	unanswered = remote+loc > 0
 	if !unanswered && r.storing[dev] > 0 {
-		return true, false
+		return true, false, false
 	}
-	if r.live == nil {
-		r.live = make(map[string]int)
+	if att != nil && remote == 0 {
+		if r.local == nil {
+			r.local = make(map[string]int)
+		}
+		r.local[dev]++
+		return false, unanswered, true
 	}
-	r.live[dev]++
-	return false, unanswered
+	if r.remote == nil {
+		r.remote = make(map[string]int)
+	}
+	r.remote[dev]++
+	return false, unanswered, false
 }
 
-func (r *Route) liveAnswered(dev string) {
+func (r *Route) liveAnswered(dev string, local bool) {
 	r.mu.Lock()
-	if r.live[dev]--; r.live[dev] <= 0 {
-		delete(r.live, dev)
+	m := r.remote
+	if local {
+		m = r.local
+	}
+	if m[dev]--; m[dev] <= 0 {
+		delete(m, dev)
 	}
 	r.mu.Unlock()
 }
@@ -79,6 +95,14 @@ func (r *Route) endStore(dev string) {
 		delete(r.storing, dev)
 	}
 	r.mu.Unlock()
+}
+
+// localAttachment is the device's attachment on this node, or nil.
+func (m *Mailbox) localAttachment(dev string) *Attachment {
+	if a, ok := m.local.Load(dev); ok {
+		return a.(*Attachment)
+	}
+	return nil
 }
 
 // Send delivers one message to every target and calls done once, when each device has either
@@ -125,24 +149,29 @@ func (m *Mailbox) Send(route *Route, targets []Target, done func(Outcome)) {
 				finish(false, err)
 			})
 		}
-		mustStore, unanswered := route.decide(t.DeviceID)
+		att := m.localAttachment(t.DeviceID)
+		mustStore, unanswered, local := route.decide(t.DeviceID, att)
 		if mustStore {
 			store("")
 			continue
 		}
-		payload := encodeLive(route.id, unanswered, t.Envelope)
-		m.sendLive(t.DeviceID, payload, func(res liveResult) {
+		answered := func(res liveResult) {
 			// Begin the store (if any) before the live request counts as answered, so the next
 			// envelope sees one path or the other in use.
 			if !res.acked {
 				store(res.ticket)
 			}
-			route.liveAnswered(t.DeviceID)
+			route.liveAnswered(t.DeviceID, local)
 			if res.acked {
 				m.metrics.deliveredLive.Inc()
 				finish(true, nil)
 			}
-		})
+		}
+		if local {
+			att.offer(route.id, unanswered, t.Envelope, waiter{tok: m.addPending(answered)})
+			continue
+		}
+		m.sendLive(t.DeviceID, encodeLive(route.id, unanswered, t.Envelope), answered)
 	}
 }
 
