@@ -43,6 +43,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -147,7 +148,7 @@ type Mailbox struct {
 	replyPrefix string
 	replySub    *nats.Subscription
 	pendingMu   sync.Mutex
-	pending     map[uint64]*liveReq       // guarded by pendingMu
+	pending     map[uint64]liveReq        // guarded by pendingMu
 	reads       map[uint64]chan *nats.Msg // batched direct gets in progress; guarded by pendingMu
 	directGet   string                    // subject prefix of the direct-get API
 	nextToken   atomic.Uint64
@@ -170,7 +171,7 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		log:     cfg.Logger,
 		metrics: newMetrics(cfg.Registry),
 		stop:    make(chan struct{}),
-		pending: make(map[uint64]*liveReq),
+		pending: make(map[uint64]liveReq),
 		reads:   make(map[uint64]chan *nats.Msg),
 	}
 	m.directGet = m.directGetPrefix()
@@ -198,6 +199,8 @@ func (m *Mailbox) Start() error {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); w.run(m.stop) }()
 	}
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.expireLive() }()
 	for _, ch := range m.dispatch {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); m.runDispatch(ch) }()
@@ -217,11 +220,45 @@ func (m *Mailbox) Close() {
 	m.wg.Wait()
 	m.pendingMu.Lock()
 	pend := m.pending
-	m.pending = map[uint64]*liveReq{}
+	m.pending = map[uint64]liveReq{}
 	m.pendingMu.Unlock()
 	for _, p := range pend {
-		p.timer.Stop()
 		p.done(liveRefused)
+	}
+}
+
+// clock is the base of nanotime.
+var clock = time.Now()
+
+// nanotime is a monotonic clock in nanoseconds.
+func nanotime() int64 { return int64(time.Since(clock)) }
+
+// expireLive ends, as refusals, the live requests whose device has not answered within
+// LiveAckTimeout. One sweep every eighth of the timeout replaces a timer per request, so a
+// request ends between 1 and 1.125 timeouts after it was sent.
+func (m *Mailbox) expireLive() {
+	t := time.NewTicker(m.cfg.LiveAckTimeout / 8)
+	defer t.Stop()
+	var expired []uint64
+	for {
+		select {
+		case <-t.C:
+		case <-m.stop:
+			return
+		}
+		now := nanotime()
+		expired = expired[:0]
+		m.pendingMu.Lock()
+		for tok, p := range m.pending {
+			if p.deadline <= now {
+				expired = append(expired, tok)
+			}
+		}
+		m.pendingMu.Unlock()
+		slices.Sort(expired) // in request order, so a route's stores queue in send order
+		for _, tok := range expired {
+			m.finishLive(tok, liveRefused)
+		}
 	}
 }
 
@@ -248,8 +285,8 @@ func (m *Mailbox) dispatcherFor(deviceID string) chan *nats.Msg {
 
 // liveReq is one live delivery waiting for its device's ack.
 type liveReq struct {
-	timer *time.Timer
-	done  func(liveResult)
+	deadline int64 // monotonic nanoseconds (nanotime); swept by expireLive
+	done     func(liveResult)
 }
 
 var liveRefused = liveResult{}
@@ -258,10 +295,8 @@ var liveRefused = liveResult{}
 // LiveAckTimeout (as a refusal), and returns its token.
 func (m *Mailbox) addPending(done func(liveResult)) uint64 {
 	tok := m.nextToken.Add(1)
-	p := &liveReq{done: done}
 	m.pendingMu.Lock()
-	m.pending[tok] = p
-	p.timer = time.AfterFunc(m.cfg.LiveAckTimeout, func() { m.finishLive(tok, liveRefused) })
+	m.pending[tok] = liveReq{done: done, deadline: nanotime() + int64(m.cfg.LiveAckTimeout)}
 	m.pendingMu.Unlock()
 	return tok
 }
@@ -309,7 +344,6 @@ func (m *Mailbox) finishLive(tok uint64, res liveResult) {
 	if !ok {
 		return
 	}
-	p.timer.Stop()
 	p.done(res)
 }
 

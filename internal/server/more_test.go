@@ -222,3 +222,31 @@ func TestMaxConnsIsExact(t *testing.T) {
 		t.Fatalf("accepted %d connections with max_conns 3", accepted)
 	}
 }
+
+// A live delivery the device does not ack within live_ack_timeout is stored instead: the sender
+// is acked as stored, and the device gets the envelope again from its inbox on its next connect.
+func TestUnackedLiveDeliveryIsStored(t *testing.T) {
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
+		c.LiveAckTimeout.Duration = 100 * time.Millisecond
+	}))
+	alice := testserver.Dial(t, s.URL())
+	alice.MustRegister("alice")
+	bob := testserver.Dial(t, s.URL())
+	bob.MustRegister("bob")
+	if f := bob.NextPush(); f.GetQueueEmpty() == nil {
+		t.Fatalf("bob: want QueueEmpty first, got %v", f)
+	}
+	r := alice.Send("m1", "bob", []string{bob.DeviceID}, []byte("never-acked"))
+	if r.GetSendResult().GetStored() != 1 || r.GetSendResult().GetDeliveredLive() != 0 {
+		t.Fatalf("want stored=1 after the ack timeout, got %v", r)
+	}
+	if d := bob.NextPush().GetDeliver(); d.GetEnvelope().GetMessageId() != "m1" {
+		t.Fatalf("bob: want the live delivery of m1 first, got %v", d)
+	}
+	bob.WS.CloseNow()
+	bob2 := testserver.Dial(t, s.URL())
+	bob2.Auth(bob.AuthKey)
+	if d := mustDeliver(t, bob2); d.GetEnvelope().GetMessageId() != "m1" || string(d.GetEnvelope().GetCiphertext()) != "never-acked" {
+		t.Fatalf("after reconnecting, want m1 from the inbox, got %v", d)
+	}
+}
