@@ -15,12 +15,13 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base32"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -71,7 +72,10 @@ type Config struct {
 	ReplenishBelow uint32
 	// AccountCacheSize bounds the in-memory account cache (see Start). Default: 100,000.
 	AccountCacheSize int
-	Logger           *slog.Logger
+	// DeviceCacheSize bounds the in-memory cache of device auth keys that Authenticate reads (see
+	// Start); an entry takes about 130 bytes (200,000: about 26 MB). Default: 200,000.
+	DeviceCacheSize int
+	Logger          *slog.Logger
 }
 
 // Directory is the account and key directory.
@@ -80,9 +84,10 @@ type Directory struct {
 	bus *bus.Bus
 	log *slog.Logger
 
-	cache     *accountCache // nil until Start
-	cacheOff  atomic.Bool   // set when the watch ended: the cache may be stale
-	watchDone chan struct{}
+	// Caches, nil until Start. Each is kept correct by a watch on its bucket.
+	accounts *cache[string, *Account]
+	auth     *cache[deviceKey, authEntry]
+	watches  sync.WaitGroup // the watch goroutines started by Start
 }
 
 // New returns a directory over b. It does no I/O.
@@ -95,6 +100,9 @@ func New(b *bus.Bus, cfg Config) *Directory {
 	}
 	if cfg.AccountCacheSize == 0 {
 		cfg.AccountCacheSize = 100_000
+	}
+	if cfg.DeviceCacheSize == 0 {
+		cfg.DeviceCacheSize = 200_000
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -136,6 +144,17 @@ type Device struct {
 	SignedPreKey  SignedKey `json:"signed_prekey"`
 	LastResortKEM KEMKey    `json:"last_resort_kem"`
 	Created       time.Time `json:"created"`
+}
+
+// Principal is an authenticated device: what a connection keeps about it.
+type Principal struct {
+	ID, Name            string
+	SignedPreKeyCreated time.Time
+}
+
+// Principal returns what a connection of this device keeps about it.
+func (dev *Device) Principal() Principal {
+	return Principal{ID: dev.ID, Name: dev.Name, SignedPreKeyCreated: dev.SignedPreKey.Created}
 }
 
 // Register creates an account named req.Name whose first device is the one that signed nonce.
@@ -317,20 +336,20 @@ func (d *Directory) UploadPreKeys(ctx context.Context, deviceID string, keys *pb
 	if err := d.addPreKeys(ctx, dev, keys); err != nil {
 		return nil, err
 	}
-	return d.Status(ctx, dev)
+	return d.Status(ctx, dev.Principal())
 }
 
-// Status reports how many one-time prekeys a device has left (one stream-info request for both
+// Status reports how many one-time prekeys device p has left (one stream-info request for both
 // kinds).
-func (d *Directory) Status(ctx context.Context, dev *Device) (*pb.PreKeyStatus, error) {
-	info, err := d.bus.PreKeys.Info(ctx, jetstream.WithSubjectFilter("prekeys.*."+dev.ID))
+func (d *Directory) Status(ctx context.Context, p Principal) (*pb.PreKeyStatus, error) {
+	info, err := d.bus.PreKeys.Info(ctx, jetstream.WithSubjectFilter("prekeys.*."+p.ID))
 	if err != nil {
 		return nil, fmt.Errorf("%w: prekey count: %v", ErrUnavailable, err)
 	}
 	return &pb.PreKeyStatus{
-		OneTimePrekeysLeft:    uint32(info.State.Subjects[bus.OneTimePreKeySubject(dev.ID)]),
-		KemPrekeysLeft:        uint32(info.State.Subjects[bus.KEMPreKeySubject(dev.ID)]),
-		SignedPrekeyCreatedMs: dev.SignedPreKey.Created.UnixMilli(),
+		OneTimePrekeysLeft:    uint32(info.State.Subjects[bus.OneTimePreKeySubject(p.ID)]),
+		KemPrekeysLeft:        uint32(info.State.Subjects[bus.KEMPreKeySubject(p.ID)]),
+		SignedPrekeyCreatedMs: p.SignedPreKeyCreated.UnixMilli(),
 	}, nil
 }
 
@@ -342,22 +361,107 @@ func (d *Directory) count(ctx context.Context, subject string) (int, error) {
 	return int(info.State.Subjects[subject]), nil
 }
 
-// Authenticate checks a device's signature over the connection's challenge nonce.
-func (d *Directory) Authenticate(ctx context.Context, deviceID string, nonce, sig []byte) (*Device, error) {
-	if !pb.ValidDeviceID(deviceID) {
-		return nil, fmt.Errorf("%w: malformed device id", ErrAuthFailed)
+// Authenticate checks a device's signature over the connection's challenge nonce. The device's
+// auth key comes from the auth cache when Start runs; the signature is always verified.
+func (d *Directory) Authenticate(ctx context.Context, deviceID string, nonce, sig []byte) (Principal, error) {
+	k, ok := parseDeviceKey(deviceID)
+	if !ok {
+		return Principal{}, fmt.Errorf("%w: malformed device id", ErrAuthFailed)
 	}
-	dev, _, err := d.device(ctx, deviceID)
+	e, err := d.authEntry(ctx, deviceID, k)
 	if errors.Is(err, ErrUnknownDevice) {
-		return nil, fmt.Errorf("%w: unknown device", ErrAuthFailed)
+		return Principal{}, fmt.Errorf("%w: unknown device", ErrAuthFailed)
 	}
 	if err != nil {
-		return nil, err
+		return Principal{}, err
 	}
-	if len(dev.AuthKey) != ed25519.PublicKeySize || !ed25519.Verify(dev.AuthKey, pb.AuthPayload(nonce, deviceID), sig) {
-		return nil, fmt.Errorf("%w: signature does not verify", ErrAuthFailed)
+	if !ed25519.Verify(e.key[:], pb.AuthPayload(nonce, deviceID), sig) {
+		return Principal{}, fmt.Errorf("%w: signature does not verify", ErrAuthFailed)
 	}
-	return dev, nil
+	return e.principal(deviceID), nil
+}
+
+// deviceKey is a device id in binary: the auth cache's key (16 bytes instead of a 32-byte string
+// and its header).
+type deviceKey [16]byte
+
+// parseDeviceKey decodes a device id; ok is false when it is malformed.
+func parseDeviceKey(id string) (k deviceKey, ok bool) {
+	if !pb.ValidDeviceID(id) {
+		return k, false
+	}
+	_, err := hex.Decode(k[:], []byte(id))
+	return k, err == nil
+}
+
+// authEntry is what the auth cache keeps of a device: 64 bytes plus the name's bytes, with no
+// []byte header and no time.Time (24 bytes, with a pointer).
+type authEntry struct {
+	name string
+	// The signed prekey's creation time in Unix seconds and nanoseconds.
+	createdSec  int64
+	createdNsec int32
+	key         [ed25519.PublicKeySize]byte
+}
+
+func (e *authEntry) principal(id string) Principal {
+	return Principal{ID: id, Name: e.name, SignedPreKeyCreated: time.Unix(e.createdSec, int64(e.createdNsec)).UTC()}
+}
+
+// authRecord is the part of a stored Device that authentication needs. Decoding into it skips the
+// large fields (identity key, prekeys and their signatures) without base64-decoding them.
+type authRecord struct {
+	ID           string `json:"id"`
+	Name         string `json:"name"`
+	AuthKey      []byte `json:"auth_key"`
+	SignedPreKey struct {
+		Created time.Time `json:"created"`
+	} `json:"signed_prekey"`
+}
+
+// authEntry returns the auth entry of a device from the cache, or reads it from the bucket and
+// caches it. Errors are those of readAuth.
+func (d *Directory) authEntry(ctx context.Context, deviceID string, k deviceKey) (authEntry, error) {
+	var gen uint64
+	useCache := d.auth.usable()
+	if useCache {
+		e, g, ok := d.auth.get(k)
+		if ok {
+			return e, nil
+		}
+		gen = g
+	}
+	e, err := d.readAuth(ctx, deviceID)
+	if err == nil && useCache {
+		d.auth.put(k, e, gen)
+	}
+	return e, err
+}
+
+// readAuth reads the auth entry of a device from the bucket: ErrUnknownDevice when there is none,
+// ErrAuthFailed when its auth key is malformed, ErrUnavailable when it cannot be read.
+func (d *Directory) readAuth(ctx context.Context, deviceID string) (authEntry, error) {
+	kv, err := d.bus.Devices.Get(ctx, deviceID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return authEntry{}, ErrUnknownDevice
+	}
+	if err != nil {
+		return authEntry{}, fmt.Errorf("%w: read device: %v", ErrUnavailable, err)
+	}
+	var rec authRecord
+	if err := json.Unmarshal(kv.Value(), &rec); err != nil {
+		return authEntry{}, fmt.Errorf("%w: device record %s: %v", ErrUnavailable, deviceID, err)
+	}
+	if rec.ID != deviceID {
+		return authEntry{}, fmt.Errorf("%w: device record %s holds device %q", ErrUnavailable, deviceID, rec.ID)
+	}
+	if len(rec.AuthKey) != ed25519.PublicKeySize {
+		return authEntry{}, fmt.Errorf("%w: device record %s: auth key has %d bytes", ErrAuthFailed, deviceID, len(rec.AuthKey))
+	}
+	created := rec.SignedPreKey.Created
+	e := authEntry{name: rec.Name, createdSec: created.Unix(), createdNsec: int32(created.Nanosecond())}
+	copy(e.key[:], rec.AuthKey)
+	return e, nil
 }
 
 // Device returns a device record.
@@ -388,9 +492,9 @@ func (d *Directory) Account(ctx context.Context, name string) (*Account, error) 
 		return nil, ErrUnknownUser
 	}
 	var gen uint64
-	useCache := d.cache != nil && !d.cacheOff.Load()
+	useCache := d.accounts.usable()
 	if useCache {
-		a, g, ok := d.cache.get(name)
+		a, g, ok := d.accounts.get(name)
 		if ok {
 			return a, nil
 		}
@@ -398,7 +502,7 @@ func (d *Directory) Account(ctx context.Context, name string) (*Account, error) 
 	}
 	acc, err := d.readAccount(ctx, name)
 	if err == nil && useCache {
-		d.cache.put(name, acc, gen)
+		d.accounts.put(name, acc, gen)
 	}
 	return acc, err
 }
