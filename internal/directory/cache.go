@@ -96,7 +96,8 @@ func (d *Directory) Start(ctx context.Context) error {
 }
 
 // follow drops the cache entry of every key the watch reports, until ctx ends or the watch ends;
-// then the cache is switched off (nothing keeps it correct any more). key maps a bucket key to a cache key; keys that cannot be cached are ignored.
+// then the cache is switched off (nothing keeps it correct any more). key maps a bucket key to a
+// cache key; keys that cannot be cached are ignored.
 func follow[K comparable, V any](ctx context.Context, w jetstream.KeyWatcher, c *cache[K, V], key func(string) (K, bool)) {
 	defer func() { _ = w.Stop() }()
 	for {
