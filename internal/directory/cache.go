@@ -6,98 +6,122 @@ package directory
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// accountCache keeps recently used accounts in memory so a send does not read the bucket. It is
-// bounded (random eviction) and kept correct by a watch on the bucket: every update drops the
-// entry, and a read that raced with an update is not cached (the generation check).
-type accountCache struct {
+// cache keeps recently used records of a bucket in memory so a hot path does not read the bucket.
+// It is bounded (random eviction) and kept correct by a watch on the bucket (see Start): every
+// update drops the entry, and a read that raced with an update is not cached (the generation
+// check). Two caches use it: accounts (send path) and device auth keys (connect path).
+type cache[K comparable, V any] struct {
 	max int
+	off atomic.Bool // set when the watch ended: the cache may be stale, do not use it
 
 	mu      sync.Mutex // guards the fields below
-	entries map[string]*Account
+	entries map[K]V
 	gen     uint64 // bumped by every invalidation
 }
 
-func newAccountCache(max int) *accountCache {
-	return &accountCache{max: max, entries: make(map[string]*Account)}
+func newCache[K comparable, V any](max int) *cache[K, V] {
+	return &cache[K, V]{max: max, entries: make(map[K]V)}
 }
 
-func (c *accountCache) get(name string) (*Account, uint64, bool) {
+// usable reports whether the cache may be read: it exists (Start ran) and its watch is alive.
+func (c *cache[K, V]) usable() bool { return c != nil && !c.off.Load() }
+
+// get returns the entry of k, and the generation a read of the bucket starts at when it misses.
+func (c *cache[K, V]) get(k K) (V, uint64, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	a, ok := c.entries[name]
-	return a, c.gen, ok
+	v, ok := c.entries[k]
+	return v, c.gen, ok
 }
 
 // put caches a read that started at generation gen, unless an invalidation happened since.
-func (c *accountCache) put(name string, a *Account, gen uint64) {
+func (c *cache[K, V]) put(k K, v V, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen != gen {
 		return
 	}
-	if len(c.entries) >= c.max {
-		for k := range c.entries { // map order is random: a cheap random eviction
-			delete(c.entries, k)
+	if _, ok := c.entries[k]; !ok && len(c.entries) >= c.max {
+		for old := range c.entries { // map order is random: a cheap random eviction
+			delete(c.entries, old)
 			break
 		}
 	}
-	c.entries[name] = a
+	c.entries[k] = v
 }
 
-func (c *accountCache) invalidate(name string) {
+func (c *cache[K, V]) invalidate(k K) {
 	c.mu.Lock()
 	c.gen++
-	delete(c.entries, name)
+	delete(c.entries, k)
 	c.mu.Unlock()
 }
 
-func (c *accountCache) invalidateAll() {
+func (c *cache[K, V]) invalidateAll() {
 	c.mu.Lock()
 	c.gen++
 	clear(c.entries)
 	c.mu.Unlock()
 }
 
-// Start watches the accounts bucket to keep the cache correct, until ctx ends or Close.
-// Without Start the cache is not used.
+func (c *cache[K, V]) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}
+
+// Start watches the accounts and devices buckets to keep the account and auth caches correct,
+// until ctx ends. Without Start the caches are not used. Wait waits for both watches.
 func (d *Directory) Start(ctx context.Context) error {
-	w, err := d.bus.Accounts.WatchAll(ctx, jetstream.UpdatesOnly())
+	accW, err := d.bus.Accounts.WatchAll(ctx, jetstream.UpdatesOnly())
 	if err != nil {
 		return err
 	}
-	d.cache = newAccountCache(d.cfg.AccountCacheSize)
-	d.watchDone = make(chan struct{})
-	go func() {
-		defer close(d.watchDone)
-		defer w.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				d.cache.invalidateAll()
-				return
-			case e, ok := <-w.Updates():
-				if !ok {
-					// The watch ended (connection lost): stop trusting the cache.
-					d.cache.invalidateAll()
-					d.cacheOff.Store(true)
-					return
-				}
-				if e != nil {
-					d.cache.invalidate(e.Key())
-				}
-			}
-		}
-	}()
+	devW, err := d.bus.Devices.WatchAll(ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		_ = accW.Stop()
+		return err
+	}
+	accounts := newCache[string, *Account](d.cfg.AccountCacheSize)
+	auth := newCache[deviceKey, authEntry](d.cfg.DeviceCacheSize)
+	d.watches.Go(func() { follow(ctx, accW, accounts, func(k string) (string, bool) { return k, true }) })
+	d.watches.Go(func() { follow(ctx, devW, auth, parseDeviceKey) })
+	d.accounts, d.auth = accounts, auth
 	return nil
 }
 
-// Wait blocks until the watch started by Start has ended.
-func (d *Directory) Wait() {
-	if d.watchDone != nil {
-		<-d.watchDone
+// follow drops the cache entry of every key the watch reports, until ctx ends or the watch ends;
+// then the cache is switched off (nothing keeps it correct any more). key maps a bucket key to a
+// cache key; keys that cannot be cached are ignored.
+func follow[K comparable, V any](ctx context.Context, w jetstream.KeyWatcher, c *cache[K, V], key func(string) (K, bool)) {
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			c.off.Store(true)
+			c.invalidateAll()
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				// The watch ended (connection lost): stop trusting the cache.
+				c.off.Store(true)
+				c.invalidateAll()
+				return
+			}
+			if e == nil {
+				continue
+			}
+			if k, ok := key(e.Key()); ok {
+				c.invalidate(k)
+			}
+		}
 	}
 }
+
+// Wait blocks until the watches started by Start have ended.
+func (d *Directory) Wait() { d.watches.Wait() }

@@ -15,12 +15,14 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base32"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -71,7 +73,10 @@ type Config struct {
 	ReplenishBelow uint32
 	// AccountCacheSize bounds the in-memory account cache (see Start). Default: 100,000.
 	AccountCacheSize int
-	Logger           *slog.Logger
+	// DeviceCacheSize bounds the in-memory cache of device auth keys that Authenticate reads (see
+	// Start); an entry takes about 130 bytes (200,000: about 26 MB). Default: 200,000.
+	DeviceCacheSize int
+	Logger          *slog.Logger
 }
 
 // Directory is the account and key directory.
@@ -80,9 +85,10 @@ type Directory struct {
 	bus *bus.Bus
 	log *slog.Logger
 
-	cache     *accountCache // nil until Start
-	cacheOff  atomic.Bool   // set when the watch ended: the cache may be stale
-	watchDone chan struct{}
+	// Caches, nil until Start. Each is kept correct by a watch on its bucket.
+	accounts *cache[string, *Account]
+	auth     *cache[deviceKey, authEntry]
+	watches  sync.WaitGroup // the watch goroutines started by Start
 }
 
 // New returns a directory over b. It does no I/O.
@@ -95,6 +101,9 @@ func New(b *bus.Bus, cfg Config) *Directory {
 	}
 	if cfg.AccountCacheSize == 0 {
 		cfg.AccountCacheSize = 100_000
+	}
+	if cfg.DeviceCacheSize == 0 {
+		cfg.DeviceCacheSize = 200_000
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -136,6 +145,17 @@ type Device struct {
 	SignedPreKey  SignedKey `json:"signed_prekey"`
 	LastResortKEM KEMKey    `json:"last_resort_kem"`
 	Created       time.Time `json:"created"`
+}
+
+// Principal is an authenticated device: what a connection keeps about it.
+type Principal struct {
+	ID, Name            string
+	SignedPreKeyCreated time.Time
+}
+
+// Principal returns what a connection of this device keeps about it.
+func (dev *Device) Principal() Principal {
+	return Principal{ID: dev.ID, Name: dev.Name, SignedPreKeyCreated: dev.SignedPreKey.Created}
 }
 
 // Register creates an account named req.Name whose first device is the one that signed nonce.
@@ -317,47 +337,170 @@ func (d *Directory) UploadPreKeys(ctx context.Context, deviceID string, keys *pb
 	if err := d.addPreKeys(ctx, dev, keys); err != nil {
 		return nil, err
 	}
-	return d.Status(ctx, dev)
+	return d.Status(ctx, dev.Principal())
 }
 
-// Status reports how many one-time prekeys a device has left (one stream-info request for both
-// kinds).
-func (d *Directory) Status(ctx context.Context, dev *Device) (*pb.PreKeyStatus, error) {
-	info, err := d.bus.PreKeys.Info(ctx, jetstream.WithSubjectFilter("prekeys.*."+dev.ID))
-	if err != nil {
-		return nil, fmt.Errorf("%w: prekey count: %v", ErrUnavailable, err)
+// Status reports how many one-time prekeys (EC and KEM) device p has left: two direct gets (see
+// count), one after the other. Issuing them concurrently from a second goroutine halves the wait
+// when the cores are idle but costs more CPU per call (measured with BenchmarkStatus), and CPU is
+// what bounds the connect rate.
+func (d *Directory) Status(ctx context.Context, p Principal) (*pb.PreKeyStatus, error) {
+	if !pb.ValidDeviceID(p.ID) {
+		return nil, fmt.Errorf("%w: malformed device id", ErrInvalidRequest)
 	}
-	return &pb.PreKeyStatus{
-		OneTimePrekeysLeft:    uint32(info.State.Subjects[bus.OneTimePreKeySubject(dev.ID)]),
-		KemPrekeysLeft:        uint32(info.State.Subjects[bus.KEMPreKeySubject(dev.ID)]),
-		SignedPrekeyCreatedMs: dev.SignedPreKey.Created.UnixMilli(),
-	}, nil
-}
-
-func (d *Directory) count(ctx context.Context, subject string) (int, error) {
-	info, err := d.bus.PreKeys.Info(ctx, jetstream.WithSubjectFilter(subject))
-	if err != nil {
-		return 0, fmt.Errorf("%w: prekey count: %v", ErrUnavailable, err)
-	}
-	return int(info.State.Subjects[subject]), nil
-}
-
-// Authenticate checks a device's signature over the connection's challenge nonce.
-func (d *Directory) Authenticate(ctx context.Context, deviceID string, nonce, sig []byte) (*Device, error) {
-	if !pb.ValidDeviceID(deviceID) {
-		return nil, fmt.Errorf("%w: malformed device id", ErrAuthFailed)
-	}
-	dev, _, err := d.device(ctx, deviceID)
-	if errors.Is(err, ErrUnknownDevice) {
-		return nil, fmt.Errorf("%w: unknown device", ErrAuthFailed)
-	}
+	otk, err := d.count(ctx, bus.OneTimePreKeySubject(p.ID))
 	if err != nil {
 		return nil, err
 	}
-	if len(dev.AuthKey) != ed25519.PublicKeySize || !ed25519.Verify(dev.AuthKey, pb.AuthPayload(nonce, deviceID), sig) {
-		return nil, fmt.Errorf("%w: signature does not verify", ErrAuthFailed)
+	kem, err := d.count(ctx, bus.KEMPreKeySubject(p.ID))
+	if err != nil {
+		return nil, err
 	}
-	return dev, nil
+	return &pb.PreKeyStatus{
+		OneTimePrekeysLeft:    uint32(otk),
+		KemPrekeysLeft:        uint32(kem),
+		SignedPrekeyCreatedMs: p.SignedPreKeyCreated.UnixMilli(),
+	}, nil
+}
+
+// directGetPreKeys is the direct-get API subject of the PREKEYS stream (AllowDirect is set; the
+// bus uses JetStream's default API prefix).
+const directGetPreKeys = "$JS.API.DIRECT.GET." + bus.PreKeysStream
+
+// count returns how many prekeys the PREKEYS stream holds on subject, with one direct get of a
+// batch of one, starting at sequence 1: the answer is the subject's first message with a
+// Nats-Num-Pending header, the number of matching messages after it; no match answers 404. The
+// server takes that number from its per-subject totals (no scan, exact), and unlike a stream-info
+// request it encodes no JSON. The server also sends an end-of-batch message, which the
+// connection's shared response subscription drops (the request was already answered).
+//
+// In a cluster any in-sync replica may answer, so a count can trail the leader by a moment, as
+// the prekey reads of claim do.
+func (d *Directory) count(ctx context.Context, subject string) (int, error) {
+	// subject is built from a validated device id: nothing in it needs JSON escaping.
+	req := make([]byte, 0, 64+len(subject))
+	req = append(req, `{"seq":1,"batch":1,"next_by_subj":"`...)
+	req = append(req, subject...)
+	req = append(req, `"}`...)
+	m, err := d.bus.Conn().RequestWithContext(ctx, directGetPreKeys, req)
+	if err != nil {
+		return 0, fmt.Errorf("%w: prekey count: %v", ErrUnavailable, err)
+	}
+	switch st := m.Header.Get("Status"); st {
+	case "":
+	case "404":
+		return 0, nil
+	default:
+		return 0, fmt.Errorf("%w: prekey count: direct get answered %s %s", ErrUnavailable, st, m.Header.Get("Description"))
+	}
+	pending, err := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 31)
+	if err != nil {
+		return 0, fmt.Errorf("%w: prekey count: Nats-Num-Pending: %v", ErrUnavailable, err)
+	}
+	return 1 + int(pending), nil
+}
+
+// Authenticate checks a device's signature over the connection's challenge nonce. The device's
+// auth key comes from the auth cache when Start runs; the signature is always verified.
+func (d *Directory) Authenticate(ctx context.Context, deviceID string, nonce, sig []byte) (Principal, error) {
+	k, ok := parseDeviceKey(deviceID)
+	if !ok {
+		return Principal{}, fmt.Errorf("%w: malformed device id", ErrAuthFailed)
+	}
+	e, err := d.authEntry(ctx, deviceID, k)
+	if errors.Is(err, ErrUnknownDevice) {
+		return Principal{}, fmt.Errorf("%w: unknown device", ErrAuthFailed)
+	}
+	if err != nil {
+		return Principal{}, err
+	}
+	if !ed25519.Verify(e.key[:], pb.AuthPayload(nonce, deviceID), sig) {
+		return Principal{}, fmt.Errorf("%w: signature does not verify", ErrAuthFailed)
+	}
+	return e.principal(deviceID), nil
+}
+
+// deviceKey is a device id in binary: the auth cache's key (16 bytes instead of a 32-byte string
+// and its header).
+type deviceKey [16]byte
+
+// parseDeviceKey decodes a device id; ok is false when it is malformed.
+func parseDeviceKey(id string) (k deviceKey, ok bool) {
+	if !pb.ValidDeviceID(id) {
+		return k, false
+	}
+	_, err := hex.Decode(k[:], []byte(id))
+	return k, err == nil
+}
+
+// authEntry is what the auth cache keeps of a device: 64 bytes plus the name's bytes, with no
+// []byte header and no time.Time (24 bytes, with a pointer).
+type authEntry struct {
+	name string
+	// The signed prekey's creation time in Unix seconds and nanoseconds.
+	createdSec  int64
+	createdNsec int32
+	key         [ed25519.PublicKeySize]byte
+}
+
+func (e *authEntry) principal(id string) Principal {
+	return Principal{ID: id, Name: e.name, SignedPreKeyCreated: time.Unix(e.createdSec, int64(e.createdNsec)).UTC()}
+}
+
+// authRecord is the part of a stored Device that authentication needs. Decoding into it skips the
+// large fields (identity key, prekeys and their signatures) without base64-decoding them.
+type authRecord struct {
+	ID           string `json:"id"`
+	Name         string `json:"name"`
+	AuthKey      []byte `json:"auth_key"`
+	SignedPreKey struct {
+		Created time.Time `json:"created"`
+	} `json:"signed_prekey"`
+}
+
+// authEntry returns the auth entry of a device from the cache, or reads it from the bucket and
+// caches it. Errors are those of readAuth.
+func (d *Directory) authEntry(ctx context.Context, deviceID string, k deviceKey) (authEntry, error) {
+	var gen uint64
+	useCache := d.auth.usable()
+	if useCache {
+		e, g, ok := d.auth.get(k)
+		if ok {
+			return e, nil
+		}
+		gen = g
+	}
+	e, err := d.readAuth(ctx, deviceID)
+	if err == nil && useCache {
+		d.auth.put(k, e, gen)
+	}
+	return e, err
+}
+
+// readAuth reads the auth entry of a device from the bucket: ErrUnknownDevice when there is none,
+// ErrAuthFailed when its auth key is malformed, ErrUnavailable when it cannot be read.
+func (d *Directory) readAuth(ctx context.Context, deviceID string) (authEntry, error) {
+	kv, err := d.bus.Devices.Get(ctx, deviceID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return authEntry{}, ErrUnknownDevice
+	}
+	if err != nil {
+		return authEntry{}, fmt.Errorf("%w: read device: %v", ErrUnavailable, err)
+	}
+	var rec authRecord
+	if err := json.Unmarshal(kv.Value(), &rec); err != nil {
+		return authEntry{}, fmt.Errorf("%w: device record %s: %v", ErrUnavailable, deviceID, err)
+	}
+	if rec.ID != deviceID {
+		return authEntry{}, fmt.Errorf("%w: device record %s holds device %q", ErrUnavailable, deviceID, rec.ID)
+	}
+	if len(rec.AuthKey) != ed25519.PublicKeySize {
+		return authEntry{}, fmt.Errorf("%w: device record %s: auth key has %d bytes", ErrAuthFailed, deviceID, len(rec.AuthKey))
+	}
+	created := rec.SignedPreKey.Created
+	e := authEntry{name: rec.Name, createdSec: created.Unix(), createdNsec: int32(created.Nanosecond())}
+	copy(e.key[:], rec.AuthKey)
+	return e, nil
 }
 
 // Device returns a device record.
@@ -388,9 +531,9 @@ func (d *Directory) Account(ctx context.Context, name string) (*Account, error) 
 		return nil, ErrUnknownUser
 	}
 	var gen uint64
-	useCache := d.cache != nil && !d.cacheOff.Load()
+	useCache := d.accounts.usable()
 	if useCache {
-		a, g, ok := d.cache.get(name)
+		a, g, ok := d.accounts.get(name)
 		if ok {
 			return a, nil
 		}
@@ -398,7 +541,7 @@ func (d *Directory) Account(ctx context.Context, name string) (*Account, error) 
 	}
 	acc, err := d.readAccount(ctx, name)
 	if err == nil && useCache {
-		d.cache.put(name, acc, gen)
+		d.accounts.put(name, acc, gen)
 	}
 	return acc, err
 }

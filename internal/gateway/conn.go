@@ -42,7 +42,7 @@ type conn struct {
 	sends   atomic.Int32 // sends in flight
 
 	mu    sync.Mutex // guards the fields below
-	dev   *directory.Device
+	dev   directory.Principal
 	att   *mailbox.Attachment
 	route *mailbox.Route
 
@@ -139,7 +139,7 @@ func (c *conn) handshake(f *pb.Frame) {
 	ctx, cancel := c.ctx()
 	defer cancel()
 	var (
-		dev *directory.Device
+		dev directory.Principal
 		err error
 	)
 	switch b := f.Body.(type) {
@@ -150,8 +150,10 @@ func (c *conn) handshake(f *pb.Frame) {
 			}}})
 			return
 		}
-		dev, err = c.g.dir.Register(ctx, b.Register, c.nonce[:])
+		var d *directory.Device
+		d, err = c.g.dir.Register(ctx, b.Register, c.nonce[:])
 		if err == nil {
+			dev = d.Principal()
 			c.g.metrics.registrations.Inc()
 			c.g.log.Info("registered", "name", dev.Name, "device", dev.ID)
 		}

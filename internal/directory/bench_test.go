@@ -1,0 +1,132 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package directory_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/petrelchat/petrel/internal/bus"
+	"github.com/petrelchat/petrel/internal/directory"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+)
+
+// benchDevice is a registered device and its signature over the benchmark nonce.
+type benchDevice struct {
+	id  string
+	sig []byte
+}
+
+// openBenchDir opens a started directory on a fresh bus, registers n devices, and fills the
+// PREKEYS stream with other devices' keys so counts are taken from a stream that is not empty.
+func openBenchDir(b *testing.B, cfg directory.Config, nonce []byte, n int) (*directory.Directory, []benchDevice) {
+	b.Helper()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	bs, err := bus.Open(context.Background(), bus.Config{DataDir: b.TempDir(), InboxShards: 1, Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(bs.Close)
+	cfg.Logger = quiet
+	d := directory.New(bs, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(func() { cancel(); d.Wait() })
+	if err := d.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	devs := make([]benchDevice, n)
+	for i := range devs {
+		reg, priv := registration(b, fmt.Sprintf("bench%d", i), nonce, byte(100+i))
+		dev, err := d.Register(ctx, reg, nonce)
+		if err != nil {
+			b.Fatal(err)
+		}
+		devs[i] = benchDevice{id: dev.ID, sig: ed25519.Sign(priv, pb.AuthPayload(nonce, dev.ID))}
+	}
+	// 1,000 other devices with 2 keys of each kind.
+	var batch []*nats.Msg
+	for i := range 1000 {
+		id := fmt.Sprintf("%032x", i)
+		for range 2 {
+			batch = append(batch,
+				&nats.Msg{Subject: bus.OneTimePreKeySubject(id), Data: bytes.Repeat([]byte{1}, 40), Header: nats.Header{}},
+				&nats.Msg{Subject: bus.KEMPreKeySubject(id), Data: bytes.Repeat([]byte{2}, 1300), Header: nats.Header{}})
+		}
+		if len(batch) >= 100 {
+			if _, err := jetstreamext.PublishMsgBatch(ctx, bs.JS(), batch); err != nil {
+				b.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	return d, devs
+}
+
+// reportCPU adds the process CPU time per operation (client and embedded server together).
+func reportCPU(b *testing.B, start time.Duration) {
+	if c := cpuTime(); c > 0 && start > 0 {
+		b.ReportMetric(float64(c-start)/float64(b.N), "cpu-ns/op")
+	}
+}
+
+// BenchmarkAuthenticate measures the connect-time authentication: hit authenticates one device
+// over and over (cached after the first), miss alternates between two devices with room for one
+// in the cache (every call reads and decodes the record, then evicts the other one).
+func BenchmarkAuthenticate(b *testing.B) {
+	nonce := bytes.Repeat([]byte{3}, 32)
+	for _, bc := range []struct {
+		name    string
+		cfg     directory.Config
+		devices int
+	}{
+		{name: "hit", devices: 1},
+		{name: "miss", cfg: directory.Config{DeviceCacheSize: 1}, devices: 2},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			d, devs := openBenchDir(b, bc.cfg, nonce, bc.devices)
+			ctx := context.Background()
+			b.ReportAllocs()
+			start := cpuTime()
+			for i := 0; b.Loop(); i++ {
+				dv := devs[i%len(devs)]
+				if _, err := d.Authenticate(ctx, dv.id, nonce, dv.sig); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportCPU(b, start)
+		})
+	}
+}
+
+// BenchmarkStatus measures the connect-time prekey count of a device.
+func BenchmarkStatus(b *testing.B) {
+	nonce := bytes.Repeat([]byte{4}, 32)
+	d, devs := openBenchDir(b, directory.Config{}, nonce, 1)
+	ctx := context.Background()
+	p, err := d.Authenticate(ctx, devs[0].id, nonce, devs[0].sig)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	start := cpuTime()
+	for b.Loop() {
+		st, err := d.Status(ctx, p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if st.GetOneTimePrekeysLeft() != 3 || st.GetKemPrekeysLeft() != 3 {
+			b.Fatalf("status %v", st)
+		}
+	}
+	reportCPU(b, start)
+}

@@ -1,0 +1,37 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package directory
+
+import (
+	"testing"
+	"unsafe"
+)
+
+// AuthCachedForTest reports whether the auth cache holds device id.
+func (d *Directory) AuthCachedForTest(id string) bool {
+	k, ok := parseDeviceKey(id)
+	if !ok || d.auth == nil {
+		return false
+	}
+	_, _, ok = d.auth.get(k)
+	return ok
+}
+
+// AuthCacheLenForTest is the number of devices in the auth cache.
+func (d *Directory) AuthCacheLenForTest() int {
+	if d.auth == nil {
+		return 0
+	}
+	return d.auth.len()
+}
+
+// An auth cache entry stays small: 200,000 of them are the default bound.
+func TestAuthEntrySize(t *testing.T) {
+	if s := unsafe.Sizeof(authEntry{}); s > 64 {
+		t.Fatalf("authEntry is %d bytes, want at most 64", s)
+	}
+	if s := unsafe.Sizeof(deviceKey{}); s != 16 {
+		t.Fatalf("deviceKey is %d bytes, want 16", s)
+	}
+}
