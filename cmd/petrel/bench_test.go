@@ -49,7 +49,13 @@ func TestBenchUsage(t *testing.T) {
 // idle spread over two bench-worker processes dialing from 127.0.0.2 and 127.0.0.3.
 func TestProcessBench(t *testing.T) {
 	data := t.TempDir()
-	srv := startServer(t, data, "127.0.0.1:0")
+	// 8 closed-loop pairs send far more than a user may (conn_frames_per_second, 2,000 by
+	// default): lift the per-connection limit so the run measures the relay, not the limiter.
+	cfg := filepath.Join(t.TempDir(), "petrel.toml")
+	if err := os.WriteFile(cfg, []byte("conn_frames_per_second = 1000000\nconn_frame_burst = 1000000\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startServer(t, data, "127.0.0.1:0", "--config", cfg)
 	pid := strconv.Itoa(srv.cmd.Process.Pid)
 	bench := func(t *testing.T, env []string, args ...string) map[string]any {
 		t.Helper()

@@ -49,9 +49,9 @@ type serverProc struct {
 }
 
 // startServer runs petrel serve on addr ("127.0.0.1:0" for a random port) and waits until it serves.
-func startServer(t *testing.T, data, addr string) *serverProc {
+func startServer(t *testing.T, data, addr string, extra ...string) *serverProc {
 	t.Helper()
-	cmd := exec.Command(petrelBin, "serve", "--listen", addr, "--data", data, "--log-level", "warn")
+	cmd := exec.Command(petrelBin, append([]string{"serve", "--listen", addr, "--data", data, "--log-level", "warn"}, extra...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
