@@ -39,7 +39,10 @@ type conn struct {
 	nonce   [pb.NonceSize]byte
 	limiter *rate.Limiter
 	state   atomic.Int32
-	sends   atomic.Int32 // sends in flight
+	// deadline is when the connection is closed unless a frame comes (gateway clock, see sweep):
+	// the handshake deadline, then the idle deadline, pushed on by every frame.
+	deadline atomic.Int64
+	sends    atomic.Int32 // sends in flight
 
 	mu    sync.Mutex // guards the fields below
 	dev   directory.Principal
@@ -69,7 +72,7 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 	}
 	c.g.metrics.frames.Inc()
 	if c.state.Load() == stateAuthed {
-		_ = c.ws.SetReadDeadline(time.Now().Add(c.g.cfg.IdleTimeout))
+		c.deadline.Store(c.g.now.Load() + int64(c.g.cfg.IdleTimeout))
 	}
 	if mt != websocket.BinaryMessage {
 		c.fail(0, pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frames are binary WebSocket messages")
@@ -182,7 +185,7 @@ func (c *conn) handshake(f *pb.Frame) {
 	if !c.state.CompareAndSwap(stateHandshake, stateAuthed) {
 		return
 	}
-	_ = c.ws.SetReadDeadline(time.Now().Add(c.g.cfg.IdleTimeout))
+	c.deadline.Store(c.g.now.Load() + int64(c.g.cfg.IdleTimeout))
 	c.write(&pb.Frame{Id: f.Id, Body: &pb.Frame_Welcome{Welcome: &pb.Welcome{
 		Name:                  dev.Name,
 		DeviceId:              dev.ID,

@@ -107,10 +107,18 @@ type Gateway struct {
 	mu    sync.Mutex
 	conns map[*conn]struct{} // guarded by mu
 
+	// now is a coarse clock (nanoseconds since clockBase) advanced by sweep; connection
+	// deadlines are on it, so a frame costs an atomic store instead of a timer reset.
+	now       atomic.Int64
+	clockBase time.Time
+	sweepStop chan struct{}
+	sweepDone chan struct{}
+
 	flushq       chan *conn // connections with frames to write (writer.go)
 	flushWG      sync.WaitGroup
 	flushMu      sync.RWMutex // guards flushStopped and the closing of flushq
 	flushStopped bool
+	closeOnce    sync.Once
 }
 
 // New returns a gateway. It does no I/O.
@@ -136,11 +144,59 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, cfg Config) *Gateway {
 	u.OnClose(g.onClose)
 	g.upgrader = u
 	g.startFlushers()
+	g.clockBase = time.Now()
+	g.sweepStop, g.sweepDone = make(chan struct{}), make(chan struct{})
+	go g.sweep()
 	return g
 }
 
-// Close stops the flushers. Call it after the HTTP engine has stopped.
-func (g *Gateway) Close() { g.stopFlushers() }
+// Close stops the flushers and the deadline sweep. Call it after the HTTP engine has stopped.
+func (g *Gateway) Close() {
+	g.stopFlushers()
+	g.closeOnce.Do(func() { close(g.sweepStop) })
+	<-g.sweepDone
+}
+
+// sweepEvery is how often sweep runs: a connection is closed between its deadline and one period
+// after it.
+func (g *Gateway) sweepEvery() time.Duration {
+	return max(min(g.cfg.HandshakeTimeout, g.cfg.IdleTimeout)/8, 10*time.Millisecond)
+}
+
+// sweep advances the gateway clock and closes connections past their deadline (no handshake in
+// time, or idle too long). One goroutine for the node replaces a timer per connection.
+func (g *Gateway) sweep() {
+	defer close(g.sweepDone)
+	t := time.NewTicker(g.sweepEvery())
+	defer t.Stop()
+	var expired []*conn
+	for {
+		select {
+		case <-t.C:
+		case <-g.sweepStop:
+			return
+		}
+		now := int64(time.Since(g.clockBase))
+		g.now.Store(now)
+		expired = expired[:0]
+		g.mu.Lock()
+		for c := range g.conns {
+			if d := c.deadline.Load(); d != 0 && d <= now {
+				expired = append(expired, c)
+			}
+		}
+		g.mu.Unlock()
+		for _, c := range expired {
+			if c.state.Load() == stateHandshake {
+				g.metrics.timeouts.WithLabelValues("handshake").Inc()
+			} else {
+				g.metrics.timeouts.WithLabelValues("idle").Inc()
+			}
+			c.closeNow()
+		}
+		clear(expired)
+	}
+}
 
 // MaxFrameBytes is the configured frame limit.
 func (g *Gateway) MaxFrameBytes() int { return g.cfg.MaxFrameBytes }
@@ -211,7 +267,7 @@ func (g *Gateway) onOpen(ws *websocket.Conn) {
 	g.conns[c] = struct{}{}
 	g.mu.Unlock()
 	g.metrics.conns.Inc() // the slot was reserved in ServeHTTP
-	_ = ws.SetReadDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
+	c.deadline.Store(g.now.Load() + int64(g.cfg.HandshakeTimeout))
 	c.write(&pb.Frame{Body: &pb.Frame_Challenge{Challenge: &pb.Challenge{
 		Nonce:        c.nonce[:],
 		ServerTimeMs: time.Now().UnixMilli(),

@@ -17,6 +17,7 @@ type metrics struct {
 	slowConsumers prometheus.Counter
 	refused       *prometheus.CounterVec
 	rejected      *prometheus.CounterVec
+	timeouts      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -32,9 +33,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_slow_consumers_total", Help: "Connections closed because they stopped reading."}),
 		refused:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_refused_total", Help: "Connections refused before upgrade, by reason."}, []string{"reason"}),
 		rejected:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_rejected_frames_total", Help: "Frames answered with an error, by code."}, []string{"code"}),
+		timeouts:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_timeouts_total", Help: "Connections closed for sending nothing in time, by phase (handshake, idle)."}, []string{"phase"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.flushes, m.slowConsumers, m.refused, m.rejected)
+		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.flushes, m.slowConsumers, m.refused, m.rejected, m.timeouts)
 	}
 	return m
 }

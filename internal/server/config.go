@@ -57,6 +57,10 @@ type Config struct {
 	InboxMaxPerDevice int64 `toml:"inbox_max_per_device"`
 	// LiveAckTimeout is how long a live delivery waits for the device's ack before it is stored. Default: 2s.
 	LiveAckTimeout Duration `toml:"live_ack_timeout"`
+	// HandshakeTimeout is how long a new connection has to authenticate. Default: 10s.
+	HandshakeTimeout Duration `toml:"handshake_timeout"`
+	// IdleTimeout closes a connection that sends no frame for this long (clients ping). Default: 120s.
+	IdleTimeout Duration `toml:"idle_timeout"`
 	// DrainTimeout bounds the graceful shutdown. Default: 20s.
 	DrainTimeout Duration `toml:"drain_timeout"`
 	// NATS lists external NATS server URLs; empty runs NATS embedded in-process. Default: empty.
@@ -127,6 +131,12 @@ func (c *Config) SetDefaults() {
 	if c.DrainTimeout.Duration == 0 {
 		c.DrainTimeout.Duration = 20 * time.Second
 	}
+	if c.HandshakeTimeout.Duration == 0 {
+		c.HandshakeTimeout.Duration = 10 * time.Second
+	}
+	if c.IdleTimeout.Duration == 0 {
+		c.IdleTimeout.Duration = 120 * time.Second
+	}
 	if c.PrekeyReplenishBelow == 0 {
 		c.PrekeyReplenishBelow = 20
 	}
@@ -178,6 +188,12 @@ func (c *Config) Validate() error {
 	}
 	if c.LiveAckTimeout.Duration < 10*time.Millisecond || c.LiveAckTimeout.Duration > time.Minute {
 		bad("live_ack_timeout %s: want 10ms..1m", c.LiveAckTimeout.Duration)
+	}
+	if c.HandshakeTimeout.Duration < 100*time.Millisecond || c.HandshakeTimeout.Duration > 5*time.Minute {
+		bad("handshake_timeout %s: want 100ms..5m", c.HandshakeTimeout.Duration)
+	}
+	if c.IdleTimeout.Duration < 100*time.Millisecond || c.IdleTimeout.Duration > 24*time.Hour {
+		bad("idle_timeout %s: want 100ms..24h", c.IdleTimeout.Duration)
 	}
 	if c.DrainTimeout.Duration < 0 {
 		bad("drain_timeout %s: must not be negative", c.DrainTimeout.Duration)

@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"net/http"
@@ -248,5 +249,60 @@ func TestUnackedLiveDeliveryIsStored(t *testing.T) {
 	bob2.Auth(bob.AuthKey)
 	if d := mustDeliver(t, bob2); d.GetEnvelope().GetMessageId() != "m1" || string(d.GetEnvelope().GetCiphertext()) != "never-acked" {
 		t.Fatalf("after reconnecting, want m1 from the inbox, got %v", d)
+	}
+}
+
+// A connection that does not authenticate within handshake_timeout, or sends nothing for
+// idle_timeout, is closed; one that keeps pinging stays open.
+func TestHandshakeAndIdleTimeouts(t *testing.T) {
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
+		c.HandshakeTimeout.Duration = 200 * time.Millisecond
+		c.IdleTimeout.Duration = 400 * time.Millisecond
+	}))
+	silent := testserver.Dial(t, s.URL()) // gets its Challenge, never authenticates
+	idle := testserver.Dial(t, s.URL())
+	idle.MustRegister("idle")
+	busy := testserver.Dial(t, s.URL())
+	busy.MustRegister("busy")
+	start := time.Now()
+	closed := func(c *testserver.RawClient) time.Duration {
+		t.Helper()
+		for {
+			f, err := c.ReadErr(5 * time.Second)
+			if err != nil {
+				return time.Since(start)
+			}
+			if f.GetQueueEmpty() == nil {
+				t.Fatalf("unexpected frame %v", f)
+			}
+		}
+	}
+	// The busy client pings every 50 ms for longer than both timeouts, from its own goroutine.
+	busyErr := make(chan error, 1)
+	go func() {
+		for i := range 30 {
+			busy.Write(&pb.Frame{Id: uint64(100 + i), Body: &pb.Frame_Ping{Ping: &pb.Ping{}}})
+			for {
+				f, err := busy.ReadErr(5 * time.Second)
+				if err != nil {
+					busyErr <- fmt.Errorf("ping %d: %w", i, err)
+					return
+				}
+				if f.GetPong() != nil {
+					break
+				}
+			}
+			time.Sleep(50 * time.Millisecond) // pacing of the client, not synchronisation
+		}
+		busyErr <- nil
+	}()
+	if d := closed(silent); d > 3*time.Second {
+		t.Fatalf("unauthenticated connection closed after %s", d)
+	}
+	if d := closed(idle); d < 300*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("idle connection closed after %s, want about 400ms", d)
+	}
+	if err := <-busyErr; err != nil {
+		t.Fatalf("a pinging connection was closed: %v", err)
 	}
 }

@@ -174,6 +174,8 @@ func (s *Server) start(ctx context.Context) error {
 	s.gw = gateway.New(s.dir, s.mb, gateway.Config{
 		MaxFrameBytes:          s.cfg.MaxFrameBytes,
 		MaxConns:               maxConns,
+		HandshakeTimeout:       s.cfg.HandshakeTimeout.Duration,
+		IdleTimeout:            s.cfg.IdleTimeout.Duration,
 		FramesPerSecond:        s.cfg.ConnFramesPerSecond,
 		FrameBurst:             s.cfg.ConnFrameBurst,
 		RegistrationsPerSecond: s.cfg.RegistrationsPerSecond,
