@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -59,6 +60,7 @@ func runBench(ctx context.Context, e *env, args []string) int {
 	servers := fs.String("server", "http://127.0.0.1:7070", "server base URL(s), comma-separated; loopback only")
 	jsonOut := fs.String("json", "", "also write the result as one JSON object to `FILE` (- for standard output)")
 	pids := fs.String("server-pid", "", "server process id(s), comma-separated: report their RSS and CPU")
+	cpuProfile := fs.String("cpuprofile", "", "write the generator's own CPU profile (this process, not workers) to `FILE`")
 	tokenFile := fs.String("admin-token-file", benchDefaultTokenFile, "the operator token: the server's <data>/admin.token (comma-separated: one per server); env PETREL_ADMIN_TOKEN when not given")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 200, "connection attempts in flight per process")
 	fs.IntVar(&cfg.Retries, "retries", 3, "retries of a refused connection attempt (HTTP 503, UNAVAILABLE), jittered backoff")
@@ -143,6 +145,19 @@ func runBench(ctx context.Context, e *env, args []string) int {
 			exe = os.Args[0]
 		}
 		return exec.CommandContext(ctx, exe, "bench-worker")
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "petrel bench: %v\n", err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(e.stderr, "petrel bench: cpu profile: %v\n", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
 	}
 	res, err := bench.Run(ctx, cfg)
 	if err != nil {
