@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -254,14 +255,7 @@ func (c *conn) send(id uint64, s *pb.Send) {
 			c.fail(id, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "empty ciphertext")
 			return
 		}
-		env, _ := proto.Marshal(&pb.Envelope{
-			MessageId:    s.GetMessageId(),
-			From:         dev.Name,
-			FromDevice:   dev.ID,
-			Type:         e.GetType(),
-			Ciphertext:   e.GetCiphertext(),
-			ServerTimeMs: now,
-		})
+		env := pb.AppendEnvelope(nil, s.GetMessageId(), dev.Name, dev.ID, e.GetType(), e.GetCiphertext(), now)
 		targets = append(targets, mailbox.Target{
 			DeviceID: e.GetDeviceId(),
 			DedupeID: dev.ID + "." + s.GetMessageId() + "." + e.GetDeviceId(),
@@ -281,17 +275,12 @@ func (c *conn) send(id uint64, s *pb.Send) {
 			return
 		}
 		c.g.metrics.sends.Inc()
-		c.write(&pb.Frame{Id: id, Body: &pb.Frame_SendResult{SendResult: &pb.SendResult{
-			MessageId: msgID, DeliveredLive: uint32(o.Live), Stored: uint32(o.Stored),
-		}}})
+		_ = c.enqueue(pb.AppendSendResultFrame(nil, id, msgID, uint32(o.Live), uint32(o.Stored)))
 	})
 }
 
-// checkDevices requires exactly one envelope per current device of the recipient.
-func checkDevices(current []string, envs []*pb.DeviceCiphertext) error {
-	if len(envs) == 0 {
-		return &codedError{code: pb.ErrorCode_ERROR_CODE_STALE_DEVICES, msg: "no envelopes: the recipient's devices are listed", devices: current}
-	}
+// checkDevicesLarge is checkDevices with maps, for long lists (linear, not quadratic).
+func checkDevicesLarge(current []string, envs []*pb.DeviceCiphertext) error {
 	cur := make(map[string]bool, len(current))
 	for _, d := range current {
 		cur[d] = true
@@ -308,6 +297,33 @@ func checkDevices(current []string, envs []*pb.DeviceCiphertext) error {
 		}
 	}
 	if len(seen) != len(cur) {
+		return &codedError{code: pb.ErrorCode_ERROR_CODE_STALE_DEVICES, msg: "the device list is stale: encrypt for every listed device", devices: current}
+	}
+	return nil
+}
+
+// checkDevices requires exactly one envelope per current device of the recipient.
+func checkDevices(current []string, envs []*pb.DeviceCiphertext) error {
+	if len(envs) == 0 {
+		return &codedError{code: pb.ErrorCode_ERROR_CODE_STALE_DEVICES, msg: "no envelopes: the recipient's devices are listed", devices: current}
+	}
+	if len(envs) > 8 || len(current) > 8 {
+		return checkDevicesLarge(current, envs)
+	}
+	// Device lists are short: linear scans, no maps (this runs for every send).
+	for i, e := range envs {
+		d := e.GetDeviceId()
+		for _, prev := range envs[:i] {
+			if prev.GetDeviceId() == d {
+				return &codedError{code: pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, msg: "two envelopes for one device"}
+			}
+		}
+		if !slices.Contains(current, d) {
+			return &codedError{code: pb.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE, msg: "the recipient does not own device " + d, devices: current}
+		}
+	}
+	// Distinct and all owned: the lists match when they are as long.
+	if len(envs) != len(current) {
 		return &codedError{code: pb.ErrorCode_ERROR_CODE_STALE_DEVICES, msg: "the device list is stale: encrypt for every listed device", devices: current}
 	}
 	return nil

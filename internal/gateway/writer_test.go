@@ -50,3 +50,45 @@ func BenchmarkDeliverFrame(b *testing.B) {
 		buf = appendBinaryFrame(buf[:0], deliverFrame(7, env))
 	}
 }
+
+// The short-list and long-list device checks agree on every outcome.
+func TestCheckDevicesPaths(t *testing.T) {
+	devs := func(ids ...string) []*pb.DeviceCiphertext {
+		out := make([]*pb.DeviceCiphertext, len(ids))
+		for i, id := range ids {
+			out[i] = &pb.DeviceCiphertext{DeviceId: id}
+		}
+		return out
+	}
+	cases := []struct {
+		current []string
+		envs    []*pb.DeviceCiphertext
+		want    pb.ErrorCode // 0: accepted
+	}{
+		{[]string{"a"}, devs("a"), 0},
+		{[]string{"a", "b"}, devs("b", "a"), 0},
+		{[]string{"a", "b"}, devs("a"), pb.ErrorCode_ERROR_CODE_STALE_DEVICES},
+		{[]string{"a"}, devs("a", "a"), pb.ErrorCode_ERROR_CODE_INVALID_REQUEST},
+		{[]string{"a"}, devs("x"), pb.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE},
+		{[]string{"a", "b"}, devs("a", "b", "c"), pb.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE},
+		{[]string{"a"}, nil, pb.ErrorCode_ERROR_CODE_STALE_DEVICES},
+	}
+	codeOf := func(err error) pb.ErrorCode {
+		if err == nil {
+			return 0
+		}
+		c, _ := codeFor(err)
+		return c
+	}
+	for _, c := range cases {
+		got := codeOf(checkDevices(c.current, c.envs))
+		if got != c.want {
+			t.Errorf("checkDevices(%v, %d envelopes) = %v, want %v", c.current, len(c.envs), got, c.want)
+		}
+		if len(c.envs) > 0 {
+			if large := codeOf(checkDevicesLarge(c.current, c.envs)); large != got {
+				t.Errorf("long-list path disagrees for %v: %v vs %v", c.current, large, got)
+			}
+		}
+	}
+}

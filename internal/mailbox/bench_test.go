@@ -31,13 +31,28 @@ func (s *ackSink) Push(tag uint64, _ []byte) error {
 func (s *ackSink) QueueEmpty(int) { close(s.empty) }
 func (s *ackSink) Kicked()        {}
 
-// BenchmarkLiveRoute: one Send to a device attached on this node, acked by the device, through
-// the real bus (request, push, ack, reply) — the server's live path without WebSockets.
+// BenchmarkLiveRoute: one Send to a connected device, acked by the device — the server's live
+// path without WebSockets. local: the device is attached on the sending node (the node-local fast
+// path); bus: it is attached to another mailbox on the same bus (another node), so the request,
+// push, ack and reply cross the bus.
 func BenchmarkLiveRoute(b *testing.B) {
-	_, m := openB(b, bus.Config{InboxShards: 4})
+	b.Run("local", func(b *testing.B) { benchLiveRoute(b, false) })
+	b.Run("bus", func(b *testing.B) { benchLiveRoute(b, true) })
+}
+
+func benchLiveRoute(b *testing.B, remote bool) {
+	bs, m := openB(b, bus.Config{InboxShards: 4})
+	recv := m
+	if remote {
+		recv = mailbox.New(bs, mailbox.Config{Logger: m.Logger()})
+		if err := recv.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(recv.Close)
+	}
 	dev := "0123456789abcdef0123456789abcdef"
 	sink := &ackSink{empty: make(chan struct{})}
-	att, err := m.Attach(dev, "bench", sink)
+	att, err := recv.Attach(dev, "bench", sink)
 	if err != nil {
 		b.Fatal(err)
 	}

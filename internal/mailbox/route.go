@@ -113,65 +113,98 @@ func (m *Mailbox) Send(route *Route, targets []Target, done func(Outcome)) {
 		done(Outcome{})
 		return
 	}
-	var (
-		mu   sync.Mutex
-		out  Outcome
-		left = len(targets)
-	)
-	finish := func(live bool, err error) {
-		mu.Lock()
-		switch {
-		case err != nil:
-			if out.Err == nil {
-				out.Err = err
-			}
-		case live:
-			out.Live++
-		default:
-			out.Stored++
-		}
-		left--
-		last := left == 0
-		res := out
-		mu.Unlock()
-		if last {
-			if res.Err == nil {
-				m.metrics.sends.Inc()
-			}
-			done(res)
-		}
+	op := &sendOp{m: m, route: route, done: done, left: len(targets)}
+	if len(targets) == 1 {
+		op.one.op, op.one.t = op, targets[0]
+		op.one.start()
+		return
 	}
 	for _, t := range targets {
-		store := func(ticket string) {
-			route.beginStore(t.DeviceID)
-			m.store(t.DeviceID, t.DedupeID, ticket, t.Envelope, func(err error) {
-				route.endStore(t.DeviceID)
-				finish(false, err)
-			})
+		(&sendTarget{op: op, t: t}).start()
+	}
+}
+
+// sendOp is one Send in progress.
+type sendOp struct {
+	m     *Mailbox
+	route *Route
+	done  func(Outcome)
+	one   sendTarget // the target of a single-target send (no second allocation)
+
+	mu   sync.Mutex // guards out and left
+	out  Outcome
+	left int
+}
+
+// finish records one target's outcome; the last one calls done.
+func (op *sendOp) finish(live bool, err error) {
+	op.mu.Lock()
+	switch {
+	case err != nil:
+		if op.out.Err == nil {
+			op.out.Err = err
 		}
-		att := m.localAttachment(t.DeviceID)
-		mustStore, unanswered, local := route.decide(t.DeviceID, att)
-		if mustStore {
-			store("")
-			continue
+	case live:
+		op.out.Live++
+	default:
+		op.out.Stored++
+	}
+	op.left--
+	last := op.left == 0
+	res := op.out
+	op.mu.Unlock()
+	if last {
+		if res.Err == nil {
+			op.m.metrics.sends.Inc()
 		}
-		answered := func(res liveResult) {
-			// Begin the store (if any) before the live request counts as answered, so the next
-			// envelope sees one path or the other in use.
-			if !res.acked {
-				store(res.ticket)
-			}
-			route.liveAnswered(t.DeviceID, local)
-			if res.acked {
-				m.metrics.deliveredLive.Inc()
-				finish(true, nil)
-			}
-		}
-		if local {
-			att.offer(route.id, unanswered, t.Envelope, waiter{tok: m.addPending(answered)})
-			continue
-		}
-		m.sendLive(t.DeviceID, encodeLive(route.id, unanswered, t.Envelope), answered)
+		op.done(res)
+	}
+}
+
+// sendTarget is one recipient device of a Send.
+type sendTarget struct {
+	op    *sendOp
+	t     Target
+	local bool // the live request went to an attachment on this node
+}
+
+func (x *sendTarget) start() {
+	m, route, dev := x.op.m, x.op.route, x.t.DeviceID
+	att := m.localAttachment(dev)
+	mustStore, unanswered, local := route.decide(dev, att)
+	if mustStore {
+		x.store("")
+		return
+	}
+	x.local = local
+	if local {
+		att.offer(route.id, unanswered, x.t.Envelope, waiter{tok: m.addPending(x.answered)})
+		return
+	}
+	m.sendLive(dev, encodeLive(route.id, unanswered, x.t.Envelope), x.answered)
+}
+
+func (x *sendTarget) store(ticket string) {
+	x.op.route.beginStore(x.t.DeviceID)
+	x.op.m.store(x.t.DeviceID, x.t.DedupeID, ticket, x.t.Envelope, x.stored)
+}
+
+func (x *sendTarget) stored(err error) {
+	x.op.route.endStore(x.t.DeviceID)
+	x.op.finish(false, err)
+}
+
+// answered ends the live request: acked, or refused (then stored, with the ticket if any).
+func (x *sendTarget) answered(res liveResult) {
+	// Begin the store (if any) before the live request counts as answered, so the next envelope
+	// sees one path or the other in use.
+	if !res.acked {
+		x.store(res.ticket)
+	}
+	x.op.route.liveAnswered(x.t.DeviceID, x.local)
+	if res.acked {
+		x.op.m.metrics.deliveredLive.Inc()
+		x.op.finish(true, nil)
 	}
 }
 
