@@ -9,8 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/coder/websocket"
 )
 
 // churnShard connects, authenticates and closes at a fixed rate. Each of its accounts is one slot:
@@ -48,7 +46,7 @@ func (s *churnShard) run(ctx context.Context, at time.Time) *report {
 		end            = at.Add(d).UnixNano()
 	)
 	// No retries: a refused attempt is a result here, not an obstacle.
-	dl := &dialer{client: s.d.client, retries: 0, timeout: s.d.timeout}
+	dl := s.d.withRetries(0)
 	for i := range n {
 		wg.Add(1)
 		go func() {
@@ -80,11 +78,8 @@ func (s *churnShard) run(ctx context.Context, at time.Time) *report {
 					}
 					mu.Unlock()
 				}
-				// A clean close: close frame, wait for the server's, bounded.
-				cctx, cancel := context.WithTimeout(ctx, closeTimeout)
-				cerr := closeClean(cctx, c)
-				cancel()
-				if cerr != nil {
+				// A close frame, then the socket, without waiting for the server's answer.
+				if err := c.close(); err != nil {
 					rep.error("close")
 				}
 			}
@@ -113,21 +108,6 @@ func (s *churnShard) run(ctx context.Context, at time.Time) *report {
 	rep.Start = at.UnixNano()
 	rep.End = max(lastOK.Load(), rep.Start)
 	return rep
-}
-
-// closeClean closes with a close handshake (the server answers the close frame).
-func closeClean(ctx context.Context, c *wsConn) error {
-	c.closing.Store(true)
-	done := make(chan error, 1)
-	go func() { done <- c.ws.Close(websocket.StatusNormalClosure, "") }()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		c.ws.CloseNow()
-		<-done
-		return ctx.Err()
-	}
 }
 
 // churn is the coordinator of the churn scenario.

@@ -4,24 +4,22 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/coder/websocket"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -45,10 +43,11 @@ const readLimit = 1 << 20
 // corkMax bounds the writes gathered during one read burst.
 const corkMax = 64 << 10
 
-// corkConn is the TCP connection under one WebSocket. Once its reader loop runs (burst mode),
-// writes made while the reader handles what it has read are gathered and sent in one system call
-// right before the reader waits for more bytes; onIdle runs at that moment too (receivers write
-// their batched DeliverAck there). Writes at any other time go straight out.
+// corkConn is the connection under one WebSocket, and the WebSocket's writer. Once its reader
+// loop runs (burst mode), frames written while the reader handles what it has read are gathered
+// and sent in one system call right before the reader waits for more bytes; onIdle runs at that
+// moment too (receivers write their batched DeliverAck there). Writes at any other time go
+// straight out. Writers may be on any goroutine.
 type corkConn struct {
 	net.Conn
 	burst  atomic.Bool
@@ -56,7 +55,7 @@ type corkConn struct {
 
 	mu     sync.Mutex // guards corked, buf, werr
 	corked bool
-	buf    []byte
+	buf    []byte // frames not yet written: gathered (corked) or being written
 	werr   error
 }
 
@@ -83,16 +82,10 @@ func (c *corkConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Write writes p as is (the upgrade request); frames go through writeFrame.
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.werr != nil {
-		return 0, c.werr
-	}
-	if c.corked && len(c.buf)+len(p) <= corkMax {
-		c.buf = append(c.buf, p...)
-		return len(p), nil
-	}
 	if err := c.flushLocked(); err != nil {
 		return 0, err
 	}
@@ -103,28 +96,49 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// writeFrame masks and writes one final frame, or gathers it while corked. flush sends it (and
+// what was gathered) now, corked or not.
+func (c *corkConn) writeFrame(op byte, payload []byte, flush bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.werr != nil {
+		return c.werr
+	}
+	if len(c.buf)+maxClientHeader+len(payload) > corkMax {
+		if err := c.flushLocked(); err != nil {
+			return err
+		}
+	}
+	c.buf = appendClientFrame(c.buf, op, payload, rand.Uint32())
+	if c.corked && !flush && len(c.buf) <= corkMax {
+		return nil
+	}
+	return c.flushLocked()
+}
+
 func (c *corkConn) flushLocked() error {
 	if c.werr != nil || len(c.buf) == 0 {
 		return c.werr
 	}
 	_, err := c.Conn.Write(c.buf)
 	c.buf = c.buf[:0]
+	if cap(c.buf) > corkMax+maxClientHeader { // one large frame: do not keep its buffer
+		c.buf = nil
+	}
 	if err != nil {
 		c.werr = err
 	}
 	return err
 }
 
-// connSlot receives the corkConn that the transport dials for one WebSocket.
-type connSlot struct{ cc *corkConn }
-
-type slotKey struct{}
-
 // dialer opens authenticated device connections from one source address.
 type dialer struct {
-	client  *http.Client
+	nd      *net.Dialer
 	retries int
 	timeout time.Duration
+	targets sync.Map // server base URL → *wsTarget
+	// tlsConfig is the base TLS configuration for https:// servers; nil uses the system roots.
+	tlsConfig *tls.Config
 }
 
 func newDialer(sourceIP string, retries int, timeout time.Duration) *dialer {
@@ -132,48 +146,30 @@ func newDialer(sourceIP string, retries int, timeout time.Duration) *dialer {
 	if sourceIP != "" {
 		nd.LocalAddr = &net.TCPAddr{IP: net.ParseIP(sourceIP)}
 	}
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := nd.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			cc := &corkConn{Conn: c}
-			if slot, ok := ctx.Value(slotKey{}).(*connSlot); ok {
-				slot.cc = cc
-			}
-			return cc, nil
-		},
-		// A fresh TCP connection per WebSocket: upgraded connections are never pooled anyway, and a
-		// refused (503) one must not be reused behind our back.
-		DisableKeepAlives:      true,
-		DisableCompression:     true,
-		MaxResponseHeaderBytes: 16 << 10,
-		ResponseHeaderTimeout:  timeout,
-		ReadBufferSize:         2 << 10,
-		WriteBufferSize:        2 << 10,
-	}
-	return &dialer{client: &http.Client{Transport: tr}, retries: retries, timeout: timeout}
+	return &dialer{nd: nd, retries: retries, timeout: timeout}
 }
 
-func (d *dialer) close() { d.client.CloseIdleConnections() }
+// withRetries returns a dialer like d that retries n times.
+func (d *dialer) withRetries(n int) *dialer {
+	return &dialer{nd: d.nd, retries: n, timeout: d.timeout, tlsConfig: d.tlsConfig}
+}
 
-// wsURL turns a server base URL into its WebSocket endpoint.
-func wsURL(server string) string {
-	u := strings.TrimRight(server, "/") + pb.ConnectPath
-	switch {
-	case strings.HasPrefix(u, "http://"):
-		return "ws://" + u[len("http://"):]
-	case strings.HasPrefix(u, "https://"):
-		return "wss://" + u[len("https://"):]
+func (d *dialer) target(server string) (*wsTarget, error) {
+	if t, ok := d.targets.Load(server); ok {
+		return t.(*wsTarget), nil
 	}
-	return u
+	t, err := parseTarget(server)
+	if err != nil {
+		return nil, err
+	}
+	d.targets.Store(server, t)
+	return t, nil
 }
 
 // wsConn is one authenticated device connection.
 type wsConn struct {
-	ws      *websocket.Conn
 	cc      *corkConn
+	r       frameReader // used by the handshake, then by the reader loop only
 	acct    *account
 	local   string // source IP
 	welcome *pb.Welcome
@@ -228,49 +224,95 @@ func (d *dialer) connect(ctx context.Context, a *account, server string, rep *re
 }
 
 func (d *dialer) connectOnce(ctx context.Context, a *account, server string) (*wsConn, *connectError) {
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
-	defer cancel()
-	slot := &connSlot{}
-	ws, resp, err := websocket.Dial(context.WithValue(ctx, slotKey{}, slot), wsURL(server), &websocket.DialOptions{
-		HTTPClient:      d.client,
-		Subprotocols:    []string{pb.Subprotocol},
-		CompressionMode: websocket.CompressionDisabled,
-	})
-	if resp != nil && resp.Body != nil {
-		resp.Body.Close()
-	}
+	t, err := d.target(server)
 	if err != nil {
-		if resp != nil && resp.StatusCode != 0 && resp.StatusCode != http.StatusSwitchingProtocols {
-			ce := &connectError{reason: "http_" + strconv.Itoa(resp.StatusCode), err: err}
-			if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
-				ce.retryable = true
-				if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
-					ce.retryAfter = time.Duration(s) * time.Second
-				}
-			}
-			return nil, ce
+		return nil, &connectError{reason: "bad_url", err: err}
+	}
+	deadline := time.Now().Add(d.timeout)
+	nc, err := d.nd.DialContext(ctx, "tcp", t.addr) // bounded by d.nd.Timeout
+	if err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
 		}
 		return nil, netError(err)
 	}
-	if ws.Subprotocol() != pb.Subprotocol || slot.cc == nil {
-		ws.CloseNow()
-		return nil, &connectError{reason: "bad_subprotocol", err: fmt.Errorf("server chose subprotocol %q", ws.Subprotocol())}
+	// The deadline bounds the upgrade and the handshake; cancelling ctx cuts them short.
+	_ = nc.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	c, ce := d.upgrade(ctx, nc, t, a)
+	if !stop() && ce == nil { // the deadline may be in the past now
+		ce = netError(ctx.Err())
 	}
-	ws.SetReadLimit(readLimit)
-	c := &wsConn{ws: ws, cc: slot.cc, acct: a, done: make(chan struct{})}
-	if la, ok := slot.cc.LocalAddr().(*net.TCPAddr); ok {
+	if ce != nil {
+		if ctx.Err() != nil && ce.reason == "timeout" {
+			ce = netError(ctx.Err())
+		}
+		nc.Close()
+		return nil, ce
+	}
+	_ = nc.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// upgrade runs the WebSocket upgrade on nc, then the Petrel handshake.
+func (d *dialer) upgrade(ctx context.Context, nc net.Conn, t *wsTarget, a *account) (*wsConn, *connectError) {
+	conn := nc
+	if t.serverName != "" {
+		cfg := &tls.Config{}
+		if d.tlsConfig != nil {
+			cfg = d.tlsConfig.Clone()
+		}
+		cfg.ServerName, cfg.NextProtos = t.serverName, []string{"http/1.1"}
+		tc := tls.Client(nc, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return nil, netError(err)
+		}
+		conn = tc
+	}
+	cc := &corkConn{Conn: conn}
+	key, accept := newWSKey()
+	var req [512]byte
+	if _, err := cc.Write(appendUpgrade(req[:0], t, key[:])); err != nil {
+		return nil, netError(err)
+	}
+	br := bufio.NewReaderSize(cc, readBufferSize)
+	resp, err := readUpgradeResponse(br, accept[:])
+	if err != nil {
+		ce := netError(err)
+		if ce.reason == "error" {
+			ce.reason, ce.retryable = "bad_handshake", false
+		}
+		return nil, ce
+	}
+	if resp.status != 101 {
+		ce := &connectError{reason: "http_" + strconv.Itoa(resp.status), err: fmt.Errorf("upgrade refused: HTTP %d", resp.status)}
+		if resp.status == 503 || resp.status == 429 {
+			ce.retryable = true
+			ce.retryAfter = time.Duration(resp.retryAfter) * time.Second
+		}
+		return nil, ce
+	}
+	switch {
+	case !resp.upgrade || !resp.connection || !resp.acceptOK || resp.extensions:
+		return nil, &connectError{reason: "bad_handshake", err: fmt.Errorf("invalid upgrade response (upgrade %v, connection %v, accept %v, extensions %v)",
+			resp.upgrade, resp.connection, resp.acceptOK, resp.extensions)}
+	case resp.protocol != pb.Subprotocol:
+		return nil, &connectError{reason: "bad_subprotocol", err: fmt.Errorf("server chose subprotocol %q", resp.protocol)}
+	}
+	c := &wsConn{cc: cc, acct: a, done: make(chan struct{})}
+	c.r = frameReader{br: br, limit: readLimit, onPing: c.pong}
+	if la, ok := nc.LocalAddr().(*net.TCPAddr); ok {
 		c.local = la.IP.String()
 	}
-	if ce := c.handshake(ctx); ce != nil {
-		ws.CloseNow()
+	if ce := c.handshake(); ce != nil {
 		return nil, ce
 	}
 	return c, nil
 }
 
 // handshake answers the Challenge with Auth and waits for Welcome.
-func (c *wsConn) handshake(ctx context.Context) *connectError {
-	f, ce := c.readProto(ctx)
+func (c *wsConn) handshake() *connectError {
+	f, ce := c.readProto()
 	if ce != nil {
 		return ce
 	}
@@ -287,12 +329,12 @@ func (c *wsConn) handshake(ctx context.Context) *connectError {
 		Signature: ed25519.Sign(key, pb.AuthPayload(ch.GetNonce(), c.acct.DeviceID)),
 	}}}
 	b, _ := proto.Marshal(auth)
-	if err := c.ws.Write(ctx, websocket.MessageBinary, b); err != nil {
+	if err := c.write(b); err != nil {
 		return netError(err)
 	}
 	c.nextID.Store(1)
 	for {
-		f, ce := c.readProto(ctx)
+		f, ce := c.readProto()
 		if ce != nil {
 			return ce
 		}
@@ -310,13 +352,15 @@ func (c *wsConn) handshake(ctx context.Context) *connectError {
 	}
 }
 
-func (c *wsConn) readProto(ctx context.Context) (*pb.Frame, *connectError) {
-	_, b, err := c.ws.Read(ctx)
+func (c *wsConn) readProto() (*pb.Frame, *connectError) {
+	_, b, err := c.r.next()
 	if err != nil {
 		return nil, netError(err)
 	}
 	f := &pb.Frame{}
-	if err := proto.Unmarshal(b, f); err != nil {
+	err = proto.Unmarshal(b, f)
+	c.r.release()
+	if err != nil {
 		return nil, &connectError{reason: "malformed_frame", err: err}
 	}
 	return f, nil
@@ -350,11 +394,13 @@ func netError(err error) *connectError {
 		ce.reason = "timeout"
 	case errors.Is(err, context.Canceled):
 		ce.reason, ce.retryable = "cancelled", false
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), websocket.CloseStatus(err) != -1:
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.As(err, new(*closeError)):
 		ce.reason = "closed"
+	case errors.Is(err, errWSProtocol), errors.Is(err, errTooLarge):
+		ce.reason, ce.retryable = "ws_protocol", false
 	default:
-		var ue *url.Error
-		if errors.As(err, &ue) {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "dial" {
 			ce.reason = "dial_error"
 		} else {
 			ce.reason = "error"
@@ -522,9 +568,14 @@ func appendPing(b []byte, id uint64, ms int64) []byte {
 	return b
 }
 
-// write sends one binary message (one frame).
+// write sends one binary message (one frame). It may be called from any goroutine.
 func (c *wsConn) write(b []byte) error {
-	return c.ws.Write(context.Background(), websocket.MessageBinary, b)
+	return c.cc.writeFrame(opBinary, b, false)
+}
+
+// pong answers a ping from the server (on the reader goroutine).
+func (c *wsConn) pong(payload []byte) error {
+	return c.cc.writeFrame(opPong, payload, false)
 }
 
 // ping sends a Ping with a fresh request id and returns the id.
@@ -534,16 +585,29 @@ func (c *wsConn) ping() (uint64, error) {
 	return id, c.write(appendPing(buf[:0], id, time.Now().UnixMilli()))
 }
 
-// closeNow closes the connection without a close handshake; the reader loop then ends.
+// closeNow closes the connection without a close frame; the reader loop then ends.
 func (c *wsConn) closeNow() {
 	c.closing.Store(true)
-	c.ws.CloseNow()
+	c.cc.Close()
+}
+
+// close sends a close frame (normal closure) and closes the connection without waiting for the
+// server's answer: the server needs nothing more, and waiting would cost the generator a read per
+// close. The reader loop then ends. The error is the close frame's write error.
+func (c *wsConn) close() error {
+	c.closing.Store(true)
+	_ = c.cc.SetWriteDeadline(time.Now().Add(closeTimeout))
+	p := closePayload(closeNormal)
+	err := c.cc.writeFrame(opClose, p[:], true)
+	c.cc.Close()
+	return err
 }
 
 // handler receives the frames of one connection on its reader goroutine. It must not block.
 type handler func(c *wsConn, f frameView)
 
-// bufPool holds read buffers: a connection holds one only while it handles a frame.
+// bufPool holds the buffers of messages that are fragmented or larger than the read buffer: a
+// connection holds one only while it reads and handles such a message.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 
 // start runs the reader loop on its own goroutine, owned by wg.
@@ -560,36 +624,40 @@ func (c *wsConn) readLoop(h handler) {
 	defer h(c, frameView{kind: kClosed})
 	c.cc.burst.Store(true)
 	for {
-		_, r, err := c.ws.Reader(context.Background())
+		_, b, err := c.r.next()
 		if err != nil {
 			c.err = err
+			c.r.release()
+			c.fail(err)
 			return
 		}
-		bp := bufPool.Get().(*[]byte)
-		buf := (*bp)[:0]
-		for {
-			if len(buf) == cap(buf) {
-				buf = append(buf, 0)[:len(buf)]
-			}
-			n, err := r.Read(buf[len(buf):cap(buf)])
-			buf = buf[:len(buf)+n]
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				c.err = err
-				*bp = buf
-				bufPool.Put(bp)
-				return
-			}
-		}
-		f, err := parseFrame(buf)
+		f, err := parseFrame(b)
 		if err == nil {
 			h(c, f)
 		} else {
 			h(c, frameView{kind: kMalformed})
 		}
-		*bp = buf
-		bufPool.Put(bp)
+		c.r.release()
 	}
+}
+
+// fail ends the connection after a read error: it answers a close frame or a protocol error with
+// a close frame (best effort) and closes the socket.
+func (c *wsConn) fail(err error) {
+	code := 0
+	var ce *closeError
+	switch {
+	case errors.As(err, &ce):
+		code = closeNormal
+	case errors.Is(err, errTooLarge):
+		code = closeTooLarge
+	case errors.Is(err, errWSProtocol):
+		code = closeProtocol
+	}
+	if code != 0 && !c.closing.Load() {
+		p := closePayload(code)
+		_ = c.cc.SetWriteDeadline(time.Now().Add(closeTimeout))
+		_ = c.cc.writeFrame(opClose, p[:], true)
+	}
+	c.cc.Close()
 }

@@ -159,8 +159,8 @@ func containsString(s []string, v string) bool {
 	return false
 }
 
-// closeConns closes connections cleanly (close frame, the server's answer, bounded by
-// closeTimeout; 256 at a time), then waits for their readers.
+// closeConns closes connections (a close frame, bounded by closeTimeout, then the socket; 256 at a
+// time), then waits for their readers.
 func (b *shardBase) closeConns(conns ...[]*wsConn) {
 	work := make(chan *wsConn)
 	var wg sync.WaitGroup
@@ -169,9 +169,7 @@ func (b *shardBase) closeConns(conns ...[]*wsConn) {
 		go func() {
 			defer wg.Done()
 			for c := range work {
-				ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
-				_ = closeClean(ctx, c)
-				cancel()
+				_ = c.close()
 			}
 		}()
 	}
@@ -193,12 +191,11 @@ func (b *shardBase) closeConns(conns ...[]*wsConn) {
 	}
 }
 
-// closeTimeout bounds a clean close.
+// closeTimeout bounds the write of a close frame.
 const closeTimeout = 3 * time.Second
 
 func (b *shardBase) shutdown() {
 	b.wg.Wait()
-	b.d.close()
 }
 
 // sleepUntil waits until t or ctx ends.
