@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/lesismal/nbio/nbhttp/websocket"
-	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -34,12 +33,15 @@ const (
 
 // conn is one device connection. It holds no buffers while idle.
 type conn struct {
-	g       *Gateway
-	ws      *websocket.Conn
-	id      string
-	nonce   [pb.NonceSize]byte
-	limiter *rate.Limiter
-	state   atomic.Int32
+	g     *Gateway
+	ws    *websocket.Conn
+	id    string
+	nonce [pb.NonceSize]byte
+	// The per-connection frame rate limit, a token bucket (rate.Limiter is six times the size). Only
+	// handle uses it, and nbio runs one connection's frames one at a time.
+	tokens     float64
+	tokensTime time.Duration // gateway clock (since clockBase) of the last refill
+	state      atomic.Int32
 	// deadline is when the connection is closed unless a frame comes (gateway clock, see sweep):
 	// the handshake deadline, then the idle deadline, pushed on by every frame.
 	deadline atomic.Int64
@@ -79,7 +81,7 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 		c.fail(0, pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frames are binary WebSocket messages")
 		return
 	}
-	limited := !c.limiter.Allow()
+	limited := !c.allow()
 	f, err := pb.DecodeFrame(data, c.g.cfg.MaxFrameBytes)
 	if err != nil {
 		code := pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME
@@ -134,6 +136,18 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 	}
 }
 
+// allow takes a token for one frame; false means the connection is over its rate.
+func (c *conn) allow() bool {
+	now := time.Since(c.g.clockBase)
+	c.tokens = min(c.tokens+(now-c.tokensTime).Seconds()*c.g.cfg.FramesPerSecond, float64(c.g.cfg.FrameBurst))
+	c.tokensTime = now
+	if c.tokens < 1 {
+		return false
+	}
+	c.tokens--
+	return true
+}
+
 func (c *conn) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 10*time.Second)
 }
@@ -181,7 +195,6 @@ func (c *conn) handshake(f *pb.Frame) {
 	}
 	c.mu.Lock()
 	c.dev = dev
-	c.route = mailbox.NewRoute()
 	c.mu.Unlock()
 	if !c.state.CompareAndSwap(stateHandshake, stateAuthed) {
 		return
@@ -243,6 +256,10 @@ func (c *conn) send(id uint64, s *pb.Send) {
 	}
 	c.mu.Lock()
 	dev, route := c.dev, c.route
+	if route == nil { // made on the first send: most connections never send
+		route = mailbox.NewRoute()
+		c.route = route
+	}
 	c.mu.Unlock()
 	now := time.Now().UnixMilli()
 	targets := make([]mailbox.Target, 0, len(s.GetEnvelopes()))

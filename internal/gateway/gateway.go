@@ -139,6 +139,9 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, cfg Config) *Gateway {
 	u.EnableCompression(false) // ciphertext does not compress; compression next to secrets invites CRIME-style leaks
 	u.MessageLengthLimit = 2 * cfg.MaxFrameBytes
 	u.CheckOrigin = func(*http.Request) bool { return true } // auth is by device signature, not cookies
+	// No nbio read deadline after the upgrade: sweep enforces handshake_timeout and idle_timeout,
+	// without a timer per connection or a timer reset per frame.
+	u.KeepaliveTime = 0
 	u.OnOpen(g.onOpen)
 	u.OnMessage(g.onMessage)
 	u.OnClose(g.onClose)
@@ -261,7 +264,7 @@ func (g *Gateway) onOpen(ws *websocket.Conn) {
 		ws.Close()
 		return
 	}
-	c.limiter = rate.NewLimiter(rate.Limit(g.cfg.FramesPerSecond), g.cfg.FrameBurst)
+	c.tokens, c.tokensTime = float64(g.cfg.FrameBurst), time.Since(g.clockBase)
 	ws.SetSession(c)
 	g.mu.Lock()
 	g.conns[c] = struct{}{}

@@ -40,15 +40,12 @@ const liveTagBit = 1 << 63
 
 // Attachment is one connected device's delivery state on this node.
 type Attachment struct {
-	m          *Mailbox
-	dev        string
-	connID     string
-	sink       Sink
-	stream     jetstream.Stream
-	streamName string
-	subject    string
-	sub        *nats.Subscription
-	space      chan struct{} // signalled when the window frees up or the attachment closes
+	m      *Mailbox
+	dev    string
+	connID string
+	sink   Sink
+	sub    *nats.Subscription
+	space  chan struct{} // signalled when the window frees up or the attachment closes
 
 	mu sync.Mutex // guards the fields below
 	// closed: detached; nothing more is pushed.
@@ -83,16 +80,13 @@ func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error
 		return nil, ErrClosed
 	}
 	a := &Attachment{
-		m:          m,
-		dev:        deviceID,
-		connID:     connID,
-		sink:       sink,
-		stream:     m.bus.Inbox(m.bus.Shard(deviceID)),
-		streamName: bus.InboxStreamName(m.bus.Shard(deviceID)),
-		subject:    m.bus.InboxSubject(deviceID),
-		space:      make(chan struct{}, 1),
-		draining:   true,
-		nextSeq:    1,
+		m:        m,
+		dev:      deviceID,
+		connID:   connID,
+		sink:     sink,
+		space:    make(chan struct{}, 1),
+		draining: true,
+		nextSeq:  1,
 	}
 	subj := bus.DeviceSubject(deviceID)
 	// The kick goes out before our subscription exists, so only other connections see it.
@@ -402,7 +396,8 @@ func (a *Attachment) purge(to uint64, n int) {
 			a.purgeCount = 0
 			a.mu.Unlock()
 			ctx, cancel := a.m.ctxStore()
-			err := a.stream.Purge(ctx, jetstream.WithPurgeSubject(a.subject), jetstream.WithPurgeSequence(to+1))
+			shard := a.m.bus.Shard(a.dev)
+			err := a.m.bus.Inbox(shard).Purge(ctx, jetstream.WithPurgeSubject(a.m.bus.InboxSubject(a.dev)), jetstream.WithPurgeSequence(to+1))
 			cancel()
 			a.mu.Lock()
 			if err == nil {
@@ -502,7 +497,9 @@ func (a *Attachment) readBatch(from uint64, max int) (int, error) {
 	ctx, cancel := a.m.ctxStore()
 	defer cancel()
 	detached := false
-	n, err := a.m.getBatch(ctx, a.streamName, a.subject, from, max, func(seq uint64, data []byte) bool {
+	// The inbox's names are derived here, not kept: an idle attachment stays small.
+	shard := a.m.bus.Shard(a.dev)
+	n, err := a.m.getBatch(ctx, bus.InboxStreamName(shard), a.m.bus.InboxSubject(a.dev), from, max, func(seq uint64, data []byte) bool {
 		a.mu.Lock()
 		if a.closed {
 			a.mu.Unlock()
