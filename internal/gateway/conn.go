@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,6 +81,17 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 		return
 	}
 	limited := !c.allow()
+	if !limited && len(data) <= c.g.cfg.MaxFrameBytes && c.state.Load() == stateAuthed && frameHook.Load() == nil {
+		// The hottest frame, parsed without building messages; anything unusual takes the
+		// general path below, which answers exactly as before.
+		var backing [4]pb.CiphertextView
+		v := pb.SendView{Envelopes: backing[:0]}
+		if pb.ParseSendFrame(data, &v) {
+			reqID = v.ID
+			c.sendView(&v)
+			return
+		}
+	}
 	f, err := pb.DecodeFrame(data, c.g.cfg.MaxFrameBytes)
 	if err != nil {
 		code := pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME
@@ -229,11 +239,23 @@ func (c *conn) handshake(f *pb.Frame) {
 // send validates a Send and hands it to the mailbox; the answer is written when every device has
 // the envelope (acked live or stored), or as an error when one does not.
 func (c *conn) send(id uint64, s *pb.Send) {
+	v := pb.SendView{ID: id, MessageID: []byte(s.GetMessageId()), To: []byte(s.GetTo())}
+	for _, e := range s.GetEnvelopes() {
+		v.Envelopes = append(v.Envelopes, pb.CiphertextView{DeviceID: []byte(e.GetDeviceId()), Type: e.GetType(), Ciphertext: e.GetCiphertext()})
+	}
+	c.sendView(&v)
+}
+
+// sendView is send on a parsed view (the fast path for canonical Send frames). Nothing in v is
+// kept after it returns.
+func (c *conn) sendView(v *pb.SendView) {
+	id := v.ID
 	if id == 0 {
 		c.fail(0, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "a Send needs a request id")
 		return
 	}
-	if !pb.ValidMessageID(s.GetMessageId()) {
+	msgID := string(v.MessageID)
+	if !pb.ValidMessageID(msgID) {
 		c.fail(id, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "message_id must be 1-64 of A-Z a-z 0-9 _ -")
 		return
 	}
@@ -244,13 +266,13 @@ func (c *conn) send(id uint64, s *pb.Send) {
 		return
 	}
 	ctx, cancel := c.ctx()
-	acc, err := c.g.dir.Account(ctx, s.GetTo())
+	acc, err := c.g.dir.Account(ctx, string(v.To))
 	cancel()
 	if err != nil {
 		c.write(errorFrame(id, err, newErrorID()))
 		return
 	}
-	if err := checkDevices(acc.Devices, s.GetEnvelopes()); err != nil {
+	if err := checkDevices(acc.Devices, v.Envelopes); err != nil {
 		c.write(errorFrame(id, err, ""))
 		return
 	}
@@ -262,26 +284,25 @@ func (c *conn) send(id uint64, s *pb.Send) {
 	}
 	c.mu.Unlock()
 	now := time.Now().UnixMilli()
-	targets := make([]mailbox.Target, 0, len(s.GetEnvelopes()))
-	for _, e := range s.GetEnvelopes() {
-		if e.GetType() != pb.EnvelopeType_ENVELOPE_TYPE_PREKEY && e.GetType() != pb.EnvelopeType_ENVELOPE_TYPE_MESSAGE {
+	targets := make([]mailbox.Target, 0, len(v.Envelopes))
+	for _, e := range v.Envelopes {
+		if e.Type != pb.EnvelopeType_ENVELOPE_TYPE_PREKEY && e.Type != pb.EnvelopeType_ENVELOPE_TYPE_MESSAGE {
 			c.fail(id, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "envelope type must be PREKEY or MESSAGE")
 			return
 		}
-		if len(e.GetCiphertext()) == 0 {
+		if len(e.Ciphertext) == 0 {
 			c.fail(id, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "empty ciphertext")
 			return
 		}
-		env := pb.AppendEnvelope(nil, s.GetMessageId(), dev.Name, dev.ID, e.GetType(), e.GetCiphertext(), now)
+		deviceID := ownedDevice(acc.Devices, e.DeviceID) // checked above: one of the account's
 		targets = append(targets, mailbox.Target{
-			DeviceID: e.GetDeviceId(),
-			DedupeID: dev.ID + "." + s.GetMessageId() + "." + e.GetDeviceId(),
-			Envelope: env,
+			DeviceID: deviceID,
+			DedupeID: dev.ID + "." + msgID + "." + deviceID,
+			Envelope: pb.AppendEnvelope(nil, msgID, dev.Name, dev.ID, e.Type, e.Ciphertext, now),
 		})
 	}
 	c.sends.Add(1)
 	c.g.inflight.Add(1)
-	msgID := s.GetMessageId()
 	c.g.mb.Send(route, targets, func(o mailbox.Outcome) {
 		defer c.g.inflight.Done()
 		defer c.sends.Add(-1)
@@ -296,15 +317,25 @@ func (c *conn) send(id uint64, s *pb.Send) {
 	})
 }
 
+// ownedDevice returns the entry of current equal to d (without allocating a string for d).
+func ownedDevice(current []string, d []byte) string {
+	for _, c := range current {
+		if c == string(d) {
+			return c
+		}
+	}
+	return string(d)
+}
+
 // checkDevicesLarge is checkDevices with maps, for long lists (linear, not quadratic).
-func checkDevicesLarge(current []string, envs []*pb.DeviceCiphertext) error {
+func checkDevicesLarge(current []string, envs []pb.CiphertextView) error {
 	cur := make(map[string]bool, len(current))
 	for _, d := range current {
 		cur[d] = true
 	}
 	seen := make(map[string]bool, len(envs))
 	for _, e := range envs {
-		d := e.GetDeviceId()
+		d := string(e.DeviceID)
 		if seen[d] {
 			return &codedError{code: pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, msg: "two envelopes for one device"}
 		}
@@ -320,23 +351,26 @@ func checkDevicesLarge(current []string, envs []*pb.DeviceCiphertext) error {
 }
 
 // checkDevices requires exactly one envelope per current device of the recipient.
-func checkDevices(current []string, envs []*pb.DeviceCiphertext) error {
+func checkDevices(current []string, envs []pb.CiphertextView) error {
 	if len(envs) == 0 {
 		return &codedError{code: pb.ErrorCode_ERROR_CODE_STALE_DEVICES, msg: "no envelopes: the recipient's devices are listed", devices: current}
 	}
 	if len(envs) > 8 || len(current) > 8 {
 		return checkDevicesLarge(current, envs)
 	}
-	// Device lists are short: linear scans, no maps (this runs for every send).
+	// Device lists are short: linear scans, no maps and no allocation (this runs for every send).
 	for i, e := range envs {
-		d := e.GetDeviceId()
 		for _, prev := range envs[:i] {
-			if prev.GetDeviceId() == d {
+			if string(prev.DeviceID) == string(e.DeviceID) {
 				return &codedError{code: pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, msg: "two envelopes for one device"}
 			}
 		}
-		if !slices.Contains(current, d) {
-			return &codedError{code: pb.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE, msg: "the recipient does not own device " + d, devices: current}
+		owned := false
+		for _, c := range current {
+			owned = owned || c == string(e.DeviceID)
+		}
+		if !owned {
+			return &codedError{code: pb.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE, msg: "the recipient does not own device " + string(e.DeviceID), devices: current}
 		}
 	}
 	// Distinct and all owned: the lists match when they are as long.

@@ -53,16 +53,16 @@ func BenchmarkDeliverFrame(b *testing.B) {
 
 // The short-list and long-list device checks agree on every outcome.
 func TestCheckDevicesPaths(t *testing.T) {
-	devs := func(ids ...string) []*pb.DeviceCiphertext {
-		out := make([]*pb.DeviceCiphertext, len(ids))
+	devs := func(ids ...string) []pb.CiphertextView {
+		out := make([]pb.CiphertextView, len(ids))
 		for i, id := range ids {
-			out[i] = &pb.DeviceCiphertext{DeviceId: id}
+			out[i] = pb.CiphertextView{DeviceID: []byte(id)}
 		}
 		return out
 	}
 	cases := []struct {
 		current []string
-		envs    []*pb.DeviceCiphertext
+		envs    []pb.CiphertextView
 		want    pb.ErrorCode // 0: accepted
 	}{
 		{[]string{"a"}, devs("a"), 0},

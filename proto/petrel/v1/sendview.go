@@ -1,0 +1,126 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package petrelv1
+
+import (
+	"math"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// SendView is a Frame{id, send: Send{...}} parsed without building the generated messages: its
+// byte slices alias the input. It is for the server's hottest path; everything else uses
+// DecodeFrame.
+type SendView struct {
+	ID        uint64
+	MessageID []byte
+	To        []byte
+	Envelopes []CiphertextView
+}
+
+// CiphertextView is one DeviceCiphertext of a SendView.
+type CiphertextView struct {
+	DeviceID   []byte
+	Type       EnvelopeType
+	Ciphertext []byte
+}
+
+// ParseSendFrame parses b as a Frame whose body is a Send, appending the envelopes to
+// v.Envelopes[:0]. It accepts only what a well-behaved encoder writes (each field at most once,
+// known fields, valid UTF-8 in strings); on false the caller must use DecodeFrame, which then
+// decides (and reports) exactly as for any other frame. It never panics.
+func ParseSendFrame(b []byte, v *SendView) bool {
+	v.ID, v.MessageID, v.To, v.Envelopes = 0, nil, nil, v.Envelopes[:0]
+	var seenID, seenSend bool
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.VarintType && !seenID:
+			x, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return false
+			}
+			v.ID, seenID, b = x, true, b[n:]
+		case num == 42 && typ == protowire.BytesType && !seenSend:
+			body, n := protowire.ConsumeBytes(b)
+			if n < 0 || !parseSend(body, v) {
+				return false
+			}
+			seenSend, b = true, b[n:]
+		default:
+			return false
+		}
+	}
+	return seenSend
+}
+
+func parseSend(b []byte, v *SendView) bool {
+	var seenMsg, seenTo bool
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || typ != protowire.BytesType {
+			return false
+		}
+		b = b[n:]
+		val, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		switch {
+		case num == 1 && !seenMsg && utf8.Valid(val):
+			v.MessageID, seenMsg = val, true
+		case num == 2 && !seenTo && utf8.Valid(val):
+			v.To, seenTo = val, true
+		case num == 3:
+			var c CiphertextView
+			if !parseCiphertext(val, &c) {
+				return false
+			}
+			v.Envelopes = append(v.Envelopes, c)
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func parseCiphertext(b []byte, c *CiphertextView) bool {
+	var seenDev, seenType, seenCT bool
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.BytesType && !seenDev:
+			val, n := protowire.ConsumeBytes(b)
+			if n < 0 || !utf8.Valid(val) {
+				return false
+			}
+			c.DeviceID, seenDev, b = val, true, b[n:]
+		case num == 2 && typ == protowire.VarintType && !seenType:
+			x, n := protowire.ConsumeVarint(b)
+			if n < 0 || x > math.MaxInt32 {
+				return false
+			}
+			c.Type, seenType, b = EnvelopeType(x), true, b[n:]
+		case num == 3 && typ == protowire.BytesType && !seenCT:
+			val, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return false
+			}
+			c.Ciphertext, seenCT, b = val, true, b[n:]
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,103 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package petrelv1
+
+import (
+	"bytes"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+)
+
+// sameAsDecode checks that when ParseSendFrame accepts b, DecodeFrame accepts it too and finds the
+// same Send.
+func sameAsDecode(t *testing.T, b []byte) bool {
+	var v SendView
+	if !ParseSendFrame(b, &v) {
+		return false
+	}
+	f, err := DecodeFrame(b, len(b)+1)
+	if err != nil {
+		t.Fatalf("ParseSendFrame accepted what DecodeFrame refuses (%v): %x", err, b)
+	}
+	s := f.GetSend()
+	if s == nil || f.GetId() != v.ID || s.GetMessageId() != string(v.MessageID) || s.GetTo() != string(v.To) || len(s.GetEnvelopes()) != len(v.Envelopes) {
+		t.Fatalf("ParseSendFrame disagrees with DecodeFrame on %x: %+v vs %v", b, v, f)
+	}
+	for i, e := range s.GetEnvelopes() {
+		c := v.Envelopes[i]
+		if e.GetDeviceId() != string(c.DeviceID) || e.GetType() != c.Type || !bytes.Equal(e.GetCiphertext(), c.Ciphertext) {
+			t.Fatalf("envelope %d differs: %v vs %+v", i, e, c)
+		}
+	}
+	return true
+}
+
+func TestParseSendFrame(t *testing.T) {
+	send := func(f *Frame) []byte {
+		b, err := proto.Marshal(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ok := []*Frame{
+		{Id: 7, Body: &Frame_Send{Send: &Send{MessageId: "m1", To: "bob", Envelopes: []*DeviceCiphertext{
+			{DeviceId: "0123456789abcdef0123456789abcdef", Type: EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: bytes.Repeat([]byte{1}, 300)},
+			{DeviceId: "fedcba9876543210fedcba9876543210", Type: EnvelopeType_ENVELOPE_TYPE_PREKEY, Ciphertext: []byte{2}},
+		}}}},
+		{Body: &Frame_Send{Send: &Send{}}},
+		{Id: 1 << 60, Body: &Frame_Send{Send: &Send{To: "x", Envelopes: []*DeviceCiphertext{{}}}}},
+	}
+	for _, f := range ok {
+		if !sameAsDecode(t, send(f)) {
+			t.Fatalf("refused a plain Send: %v", f)
+		}
+	}
+	notSend := [][]byte{
+		send(&Frame{Id: 1, Body: &Frame_Ping{Ping: &Ping{}}}),
+		send(&Frame{Id: 1}),
+		{},
+		{0xff},
+		append(send(ok[0]), 0x08, 0x01),     // id twice
+		append(send(ok[0]), send(ok[1])...), // two bodies
+	}
+	for _, b := range notSend {
+		var v SendView
+		if ParseSendFrame(b, &v) {
+			t.Fatalf("accepted %x", b)
+		}
+	}
+	// Invalid UTF-8 in a string field: protobuf refuses it, so must we.
+	bad := send(&Frame{Id: 3, Body: &Frame_Send{Send: &Send{To: "bob"}}})
+	bad[len(bad)-1] = 0xff
+	if sameAsDecode(t, bad) {
+		t.Fatal("accepted invalid UTF-8")
+	}
+}
+
+func FuzzParseSendFrame(f *testing.F) {
+	seed, _ := proto.Marshal(&Frame{Id: 7, Body: &Frame_Send{Send: &Send{MessageId: "m1", To: "bob", Envelopes: []*DeviceCiphertext{
+		{DeviceId: "0123456789abcdef0123456789abcdef", Type: EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: []byte("ct")},
+	}}}})
+	f.Add(seed)
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		sameAsDecode(t, b)
+	})
+}
+
+func BenchmarkParseSendFrame(b *testing.B) {
+	frame, _ := proto.Marshal(&Frame{Id: 7, Body: &Frame_Send{Send: &Send{MessageId: "JTuuTbrhlQembaSSU0kZqQ", To: "bob", Envelopes: []*DeviceCiphertext{
+		{DeviceId: "0123456789abcdef0123456789abcdef", Type: EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: bytes.Repeat([]byte{1}, 300)},
+	}}}})
+	var backing [4]CiphertextView
+	v := SendView{Envelopes: backing[:0]}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !ParseSendFrame(frame, &v) {
+			b.Fatal("refused")
+		}
+	}
+}
