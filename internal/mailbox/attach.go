@@ -45,7 +45,7 @@ type Attachment struct {
 	connID string
 	sink   Sink
 	sub    *nats.Subscription
-	space  chan struct{} // signalled when the window frees up or the attachment closes
+	space  chan struct{} // signalled when the window frees up or the attachment closes; guarded by mu, made on first wait
 
 	mu sync.Mutex // guards the fields below
 	// closed: detached; nothing more is pushed.
@@ -84,7 +84,6 @@ func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error
 		dev:      deviceID,
 		connID:   connID,
 		sink:     sink,
-		space:    make(chan struct{}, 1),
 		draining: true,
 		nextSeq:  1,
 	}
@@ -144,11 +143,28 @@ func (a *Attachment) Detach() {
 	}
 }
 
+// signal wakes a drain waiting for space, if one ever waited. Call it without a.mu held.
 func (a *Attachment) signal() {
+	a.mu.Lock()
+	ch := a.space
+	a.mu.Unlock()
+	if ch == nil {
+		return
+	}
 	select {
-	case a.space <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
+}
+
+// spaceLocked returns the channel signal uses, made on first use: most attachments never wait.
+// Made under a.mu in the same critical section that decided to wait, so a signal after that
+// decision cannot be missed (the channel holds one).
+func (a *Attachment) spaceLocked() chan struct{} {
+	if a.space == nil {
+		a.space = make(chan struct{}, 1)
+	}
+	return a.space
 }
 
 // expireTicketsLocked forgets refusals whose store was never confirmed (the sender's commit failed
@@ -162,12 +178,12 @@ func (a *Attachment) expireTicketsLocked() {
 	}
 }
 
-// waitSpace waits for a signal or d.
-func (a *Attachment) waitSpace(d time.Duration) {
+// waitSpace waits for a signal on space or d.
+func waitSpace(space chan struct{}, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-a.space:
+	case <-space:
 	case <-t.C:
 	}
 }
@@ -440,20 +456,22 @@ func (a *Attachment) drain() {
 		}
 		gen, from := a.gen, a.nextSeq
 		free := a.m.cfg.Window - len(a.live) - len(a.outstanding)
+		var space chan struct{}
+		if free <= 0 {
+			space = a.spaceLocked()
+		}
 		a.mu.Unlock()
 		if free <= 0 {
-			<-a.space
+			<-space
 			continue
 		}
 		n, err := a.readBatch(from, min(free, 256))
 		if err != nil {
 			a.m.log.Warn("inbox drain", "device", a.dev, "err", err)
-			t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
-			select {
-			case <-t.C:
-			case <-a.space:
-				t.Stop()
-			}
+			a.mu.Lock()
+			space := a.spaceLocked()
+			a.mu.Unlock()
+			waitSpace(space, backoff/2+rand.N(backoff/2+1))
 			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
@@ -473,9 +491,13 @@ func (a *Attachment) drain() {
 			pending++
 		}
 		if a.gen != gen || pending > 0 {
+			var space chan struct{}
+			if pending > 0 {
+				space = a.spaceLocked()
+			}
 			a.mu.Unlock()
 			if pending > 0 {
-				a.waitSpace(a.m.cfg.StoreTimeout)
+				waitSpace(space, a.m.cfg.StoreTimeout)
 			}
 			continue
 		}
