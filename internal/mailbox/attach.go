@@ -47,7 +47,10 @@ type Attachment struct {
 	sub    *nats.Subscription
 	space  chan struct{} // signalled when the window frees up or the attachment closes; guarded by mu, made on first wait
 
-	mu sync.Mutex // guards the fields below
+	// handMu is held by Detach while it answers this node's waiting senders (see Detach); taken
+	// after mu, never while holding anything else.
+	handMu sync.Mutex
+	mu     sync.Mutex // guards the fields below
 	// closed: detached; nothing more is pushed.
 	closed bool
 	// draining: stored envelopes may be waiting; live deliveries are stored instead, in order.
@@ -117,9 +120,12 @@ func (a *Attachment) Detach() {
 	a.closed = true
 	live := a.live
 	a.live = nil
-	// Hand back in tag order (the order they arrived in) so the senders store them in order. This
-	// node's own senders are answered before the lock is released: a local request that finds the
-	// attachment closed after that is refused, so its store queues behind these.
+	// Hand back in tag order (the order they arrived in) so the senders store them in order. A
+	// local request that finds the attachment closed waits on handMu until this node's senders
+	// are answered, so its store queues behind theirs. The answers run without a.mu: they call
+	// the senders back, which may close connections (and so Detach again).
+	a.handMu.Lock()
+	a.mu.Unlock()
 	tags := make([]uint64, 0, len(live))
 	for t := range live {
 		tags = append(tags, t)
@@ -130,7 +136,7 @@ func (a *Attachment) Detach() {
 			a.m.finishLive(w.tok, liveRefused)
 		}
 	}
-	a.mu.Unlock()
+	a.handMu.Unlock()
 	a.m.local.CompareAndDelete(a.dev, a)
 	_ = a.sub.Unsubscribe()
 	a.m.attached.Delete(a.sub)
@@ -275,6 +281,10 @@ func (a *Attachment) offer(routeID string, unanswered bool, env []byte, w waiter
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
+		if w.reply == "" {
+			a.handMu.Lock() // wait until Detach has answered this node's earlier requests
+			a.handMu.Unlock()
+		}
 		a.answer(w, liveRefused)
 		return
 	}

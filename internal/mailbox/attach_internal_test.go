@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/petrelchat/petrel/internal/bus"
 )
@@ -120,5 +121,46 @@ func TestGetBatch(t *testing.T) {
 	m.pendingMu.Unlock()
 	if left != 0 {
 		t.Fatalf("%d reads still registered", left)
+	}
+}
+
+// Detach answers this node's waiting senders without holding the attachment's lock: a sender
+// callback that closes the connection (and so detaches again) must not deadlock.
+func TestDetachAnswersWithoutTheLock(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	m := New(b, Config{Logger: quiet})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	const dev = "0123456789abcdef0123456789abcdef"
+	sink := &quietSink{empty: make(chan struct{})}
+	a, err := m.Attach(dev, "c1", sink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-sink.empty // live from here; the sink never acks
+	done := make(chan Outcome, 1)
+	m.Send(NewRoute(), []Target{{DeviceID: dev, DedupeID: "d1", Envelope: []byte("e")}}, func(o Outcome) {
+		a.Detach() // as a connection closed by the answer would
+		done <- o
+	})
+	// Make the hand-back's store fail at once, so the whole callback chain runs inside Detach.
+	m.closed.Store(true)
+	finished := make(chan struct{})
+	go func() { a.Detach(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Detach deadlocked in its own sender callback")
+	}
+	m.closed.Store(false)
+	if o := <-done; o.Err == nil {
+		t.Fatalf("the handed-back send could not be stored, yet got %+v", o)
 	}
 }
