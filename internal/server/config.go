@@ -69,6 +69,10 @@ type Config struct {
 	MaxConns int `toml:"max_conns"`
 	// PrekeyReplenishBelow tells clients to upload one-time prekeys under this count. Default: 20.
 	PrekeyReplenishBelow uint32 `toml:"prekey_replenish_below"`
+	// AccountCacheSize and DeviceCacheSize bound the in-memory caches of accounts (send path) and
+	// device auth keys (connect path). Defaults: 100000 and 200000.
+	AccountCacheSize int `toml:"account_cache_size"`
+	DeviceCacheSize  int `toml:"device_cache_size"`
 	// ConnFramesPerSecond and ConnFrameBurst rate-limit each connection. Defaults: 2000 and 4000.
 	ConnFramesPerSecond float64 `toml:"conn_frames_per_second"`
 	ConnFrameBurst      int     `toml:"conn_frame_burst"`
@@ -140,6 +144,12 @@ func (c *Config) SetDefaults() {
 	if c.PrekeyReplenishBelow == 0 {
 		c.PrekeyReplenishBelow = 20
 	}
+	if c.AccountCacheSize == 0 {
+		c.AccountCacheSize = 100_000
+	}
+	if c.DeviceCacheSize == 0 {
+		c.DeviceCacheSize = 200_000
+	}
 	if c.Node == "" {
 		c.Node, _ = os.Hostname()
 		if c.Node == "" {
@@ -194,6 +204,12 @@ func (c *Config) Validate() error {
 	}
 	if c.IdleTimeout.Duration < 100*time.Millisecond || c.IdleTimeout.Duration > 24*time.Hour {
 		bad("idle_timeout %s: want 100ms..24h", c.IdleTimeout.Duration)
+	}
+	if c.AccountCacheSize < 1 || c.AccountCacheSize > 100_000_000 {
+		bad("account_cache_size %d: want 1..100000000", c.AccountCacheSize)
+	}
+	if c.DeviceCacheSize < 1 || c.DeviceCacheSize > 100_000_000 {
+		bad("device_cache_size %d: want 1..100000000", c.DeviceCacheSize)
 	}
 	if c.DrainTimeout.Duration < 0 {
 		bad("drain_timeout %s: must not be negative", c.DrainTimeout.Duration)

@@ -122,13 +122,14 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 }
 
 func TestConfigValidateReportsEveryProblem(t *testing.T) {
-	c := server.Config{Listen: "0.0.0.0:7070", Registration: "sometimes", MaxFrameBytes: 10, InboxShards: 999, LogLevel: "loud"}
+	c := server.Config{Listen: "0.0.0.0:7070", Registration: "sometimes", MaxFrameBytes: 10, InboxShards: 999, LogLevel: "loud", DeviceCacheSize: -1}
 	c.SetDefaults()
+	c.HandshakeTimeout.Duration = time.Millisecond
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, want := range []string{"not a loopback address", "registration", "max_frame_bytes", "inbox_shards", "log_level"} {
+	for _, want := range []string{"not a loopback address", "registration", "max_frame_bytes", "inbox_shards", "log_level", "device_cache_size", "handshake_timeout"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %s: %v", want, err)
 		}

@@ -156,9 +156,11 @@ func (s *Server) start(ctx context.Context) error {
 		return err
 	}
 	s.dir = directory.New(s.bus, directory.Config{
-		Policy:         s.cfg.Registration,
-		ReplenishBelow: s.cfg.PrekeyReplenishBelow,
-		Logger:         s.log.With("component", "directory"),
+		Policy:           s.cfg.Registration,
+		ReplenishBelow:   s.cfg.PrekeyReplenishBelow,
+		AccountCacheSize: s.cfg.AccountCacheSize,
+		DeviceCacheSize:  s.cfg.DeviceCacheSize,
+		Logger:           s.log.With("component", "directory"),
 	})
 	if err := s.dir.Start(s.runCtx); err != nil {
 		return fmt.Errorf("directory: %w", err)
