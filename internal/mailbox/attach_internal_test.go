@@ -11,10 +11,29 @@ import (
 	"testing"
 	"time"
 
+	"github.com/synadia-io/orbit.go/jetstreamext"
+
 	"github.com/petrelchat/petrel/internal/bus"
 )
 
 type quietSink struct{ empty chan struct{} }
+
+// openInternal opens a bus (one inbox shard) and a started mailbox, both closed when t ends.
+func openInternal(t testing.TB) (*bus.Bus, *Mailbox) {
+	t.Helper()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := New(b, Config{Logger: quiet})
+	if err := m.Start(); err != nil {
+		b.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(); b.Close() })
+	return b, m
+}
 
 func (s *quietSink) Push(uint64, []byte) error { return nil }
 func (s *quietSink) QueueEmpty(int)            { close(s.empty) }
@@ -23,17 +42,7 @@ func (s *quietSink) Kicked()                   {}
 // Acks of tags that were never pushed are ignored: a client cannot grow the server's state by
 // acking bogus tags (invariant 7).
 func TestBogusAcksAreNotRemembered(t *testing.T) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	m := New(b, Config{Logger: quiet})
-	if err := m.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	_, m := openInternal(t)
 	sink := &quietSink{empty: make(chan struct{})}
 	a, err := m.Attach("0123456789abcdef0123456789abcdef", "c1", sink)
 	if err != nil {
@@ -57,17 +66,7 @@ func TestBogusAcksAreNotRemembered(t *testing.T) {
 // getBatch reads through the node's shared reply subscription: an empty subject, a partial batch,
 // an exact batch, an early stop, and a start past the end all give the right messages in order.
 func TestGetBatch(t *testing.T) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	m := New(b, Config{Logger: quiet})
-	if err := m.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	b, m := openInternal(t)
 	const dev = "0123456789abcdef0123456789abcdef"
 	ctx := context.Background()
 	stream, subject := bus.InboxStreamName(0), b.InboxSubject(dev)
@@ -127,17 +126,7 @@ func TestGetBatch(t *testing.T) {
 // Detach answers this node's waiting senders without holding the attachment's lock: a sender
 // callback that closes the connection (and so detaches again) must not deadlock.
 func TestDetachAnswersWithoutTheLock(t *testing.T) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	m := New(b, Config{Logger: quiet})
-	if err := m.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	_, m := openInternal(t)
 	const dev = "0123456789abcdef0123456789abcdef"
 	sink := &quietSink{empty: make(chan struct{})}
 	a, err := m.Attach(dev, "c1", sink)
@@ -163,4 +152,63 @@ func TestDetachAnswersWithoutTheLock(t *testing.T) {
 	if o := <-done; o.Err == nil {
 		t.Fatalf("the handed-back send could not be stored, yet got %+v", o)
 	}
+}
+
+// BenchmarkInboxDrainRead reads one device's 2,048 stored envelopes 256 at a time (batched direct
+// gets). mailbox: the server's read path (getBatch, through the node's reply subscription);
+// jetstreamext: jetstreamext.GetBatch, which the server used before (a subscription per read).
+func BenchmarkInboxDrainRead(b *testing.B) {
+	bs, m := openInternal(b)
+	const dev = "0123456789abcdef0123456789abcdef"
+	const stored = 2048
+	done := make(chan error, stored)
+	for i := range stored {
+		m.Store(dev, fmt.Sprint(i), make([]byte, 300), func(err error) { done <- err })
+	}
+	for range stored {
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	stream, subject := bus.InboxStreamName(0), bs.InboxSubject(dev)
+	b.Run("mailbox", func(b *testing.B) {
+		b.ReportAllocs()
+		read := 0
+		for b.Loop() {
+			seq := uint64(1)
+			for got := 0; got < stored; {
+				n, err := m.getBatch(ctx, stream, subject, seq, 256, func(s uint64, _ []byte) bool { seq = s + 1; return true })
+				if err != nil || n == 0 {
+					b.Fatalf("read %d at %d: %v", n, got, err)
+				}
+				got += n
+			}
+			read += stored
+		}
+		b.ReportMetric(float64(read)/b.Elapsed().Seconds(), "msgs/s")
+	})
+	b.Run("jetstreamext", func(b *testing.B) {
+		b.ReportAllocs()
+		read := 0
+		for b.Loop() {
+			seq := uint64(1)
+			for got := 0; got < stored; {
+				it, err := jetstreamext.GetBatch(ctx, bs.JS(), stream, 256,
+					jetstreamext.GetBatchSubject(subject), jetstreamext.GetBatchSeq(seq))
+				if err != nil {
+					b.Fatal(err)
+				}
+				for msg, err := range it {
+					if err != nil {
+						b.Fatal(err)
+					}
+					seq = msg.Sequence + 1
+					got++
+				}
+			}
+			read += stored
+		}
+		b.ReportMetric(float64(read)/b.Elapsed().Seconds(), "msgs/s")
+	})
 }

@@ -4,13 +4,10 @@
 package mailbox_test
 
 import (
-	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
-
-	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/mailbox"
@@ -111,42 +108,4 @@ func benchAppend(b *testing.B, maxBatch int) {
 			}
 		}
 	})
-}
-
-// BenchmarkInboxDrainRead: reading one device's stored envelopes 256 at a time (batched direct get).
-func BenchmarkInboxDrainRead(b *testing.B) {
-	bs, m := openB(b, bus.Config{InboxShards: 1})
-	dev := "0123456789abcdef0123456789abcdef"
-	const stored = 2048
-	done := make(chan error, stored)
-	for i := range stored {
-		m.Store(dev, fmt.Sprint(i), make([]byte, 300), func(err error) { done <- err })
-	}
-	for range stored {
-		if err := <-done; err != nil {
-			b.Fatal(err)
-		}
-	}
-	ctx := context.Background()
-	b.ReportAllocs()
-	read := 0
-	for b.Loop() {
-		seq := uint64(1)
-		for got := 0; got < stored; {
-			it, err := jetstreamext.GetBatch(ctx, bs.JS(), bus.InboxStreamName(0), 256,
-				jetstreamext.GetBatchSubject(bs.InboxSubject(dev)), jetstreamext.GetBatchSeq(seq))
-			if err != nil {
-				b.Fatal(err)
-			}
-			for msg, err := range it {
-				if err != nil {
-					b.Fatal(err)
-				}
-				seq = msg.Sequence + 1
-				got++
-			}
-		}
-		read += stored
-	}
-	b.ReportMetric(float64(read)/b.Elapsed().Seconds(), "msgs/s")
 }
