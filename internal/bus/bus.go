@@ -174,6 +174,10 @@ func (b *Bus) connect() error {
 // Conn is the NATS connection (core subjects: live delivery, wake-ups).
 func (b *Bus) Conn() *nats.Conn { return b.nc }
 
+// DirectGetSubject is the subject of the direct-get API of stream. The bus's JetStream context
+// uses the default API prefix, "$JS.API".
+func DirectGetSubject(stream string) string { return "$JS.API.DIRECT.GET." + stream }
+
 // JS is the JetStream context.
 func (b *Bus) JS() jetstream.JetStream { return b.js }
 

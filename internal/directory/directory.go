@@ -363,9 +363,8 @@ func (d *Directory) Status(ctx context.Context, p Principal) (*pb.PreKeyStatus, 
 	}, nil
 }
 
-// directGetPreKeys is the direct-get API subject of the PREKEYS stream (AllowDirect is set; the
-// bus uses JetStream's default API prefix).
-const directGetPreKeys = "$JS.API.DIRECT.GET." + bus.PreKeysStream
+// directGetPreKeys is the direct-get API subject of the PREKEYS stream (AllowDirect is set).
+var directGetPreKeys = bus.DirectGetSubject(bus.PreKeysStream)
 
 // count returns how many prekeys the PREKEYS stream holds on subject, with one direct get of a
 // batch of one, starting at sequence 1: the answer is the subject's first message with a

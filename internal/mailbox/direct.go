@@ -8,26 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/petrelchat/petrel/internal/bus"
 )
 
 // errBadDirectGet is a direct-get answer we cannot use (a missing header, an unknown status).
 var errBadDirectGet = errors.New("unexpected direct-get response")
-
-// directGetPrefix returns the subject prefix of JetStream's direct-get API for this bus.
-func (m *Mailbox) directGetPrefix() string {
-	o := m.bus.JS().Options()
-	switch {
-	case o.APIPrefix != "":
-		return strings.TrimSuffix(o.APIPrefix, ".") + ".DIRECT.GET."
-	case o.Domain != "":
-		return "$JS." + o.Domain + ".API.DIRECT.GET."
-	default:
-		return "$JS.API.DIRECT.GET."
-	}
-}
 
 // getBatch reads up to max messages of subject from stream, starting at sequence from, with one
 // batched direct get whose answers come back through the node's reply subscription (no
@@ -58,7 +46,7 @@ func (m *Mailbox) getBatch(ctx context.Context, stream, subject string, from uin
 	req = append(req, subject...) // subjects are [A-Za-z0-9._-]: nothing to escape
 	req = append(req, `"}`...)
 	if err := m.nc.PublishMsg(&nats.Msg{
-		Subject: m.directGet + stream,
+		Subject: bus.DirectGetSubject(stream),
 		Reply:   m.replyPrefix + strconv.FormatUint(tok, 36),
 		Data:    req,
 	}); err != nil {

@@ -150,7 +150,6 @@ type Mailbox struct {
 	pendingMu   sync.Mutex
 	pending     map[uint64]liveReq        // guarded by pendingMu
 	reads       map[uint64]chan *nats.Msg // batched direct gets in progress; guarded by pendingMu
-	directGet   string                    // subject prefix of the direct-get API
 	nextToken   atomic.Uint64
 
 	// Device subscriptions deliver into these channels; one dispatcher goroutine each keeps the
@@ -174,7 +173,7 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		pending: make(map[uint64]liveReq),
 		reads:   make(map[uint64]chan *nats.Msg),
 	}
-	m.directGet = m.directGetPrefix()
+
 	m.replyPrefix = "_PR." + cfg.Node + "."
 	for i := 0; i < b.InboxShards(); i++ {
 		m.writers = append(m.writers, &shardWriter{m: m, stream: bus.InboxStreamName(i), ch: make(chan *appendReq, cfg.QueueDepth), maxBatch: cfg.MaxBatch})
