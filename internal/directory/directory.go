@@ -523,6 +523,9 @@ func (d *Directory) device(ctx context.Context, deviceID string) (*Device, uint6
 	return dev, e.Revision(), nil
 }
 
+// readTimeout bounds a bucket read made for a caller that gave no deadline.
+const readTimeout = 10 * time.Second
+
 // Account returns an account record (from the cache when Start runs). The result is shared: do not
 // modify it.
 func (d *Directory) Account(ctx context.Context, name string) (*Account, error) {
@@ -537,6 +540,12 @@ func (d *Directory) Account(ctx context.Context, name string) (*Account, error) 
 			return a, nil
 		}
 		gen = g
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		// Callers on the send path pass no deadline, so that a cache hit costs no timer.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, readTimeout)
+		defer cancel()
 	}
 	acc, err := d.readAccount(ctx, name)
 	if err == nil && useCache {
