@@ -22,15 +22,22 @@ import (
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
-// startedDir opens a directory on a fresh bus and starts its watches; they end with the test.
-func startedDir(t *testing.T, cfg directory.Config) (*directory.Directory, *bus.Bus) {
+// openBus opens a fresh bus with one inbox shard per test; it closes with the test.
+func openBus(t testing.TB, shards int) (*bus.Bus, *slog.Logger) {
 	t.Helper()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
+	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: shards, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
+	return b, quiet
+}
+
+// startedDir opens a directory on a fresh bus and starts its watches; they end with the test.
+func startedDir(t testing.TB, cfg directory.Config) (*directory.Directory, *bus.Bus) {
+	t.Helper()
+	b, quiet := openBus(t, 1)
 	cfg.Logger = quiet
 	d := directory.New(b, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -249,12 +256,7 @@ func TestAuthCacheBounded(t *testing.T) {
 
 // Once the watches end, nothing keeps the caches correct: they are not used any more.
 func TestAuthCacheOffWhenWatchEnds(t *testing.T) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
+	b, quiet := openBus(t, 1)
 	d := directory.New(b, directory.Config{Logger: quiet})
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := d.Start(ctx); err != nil {

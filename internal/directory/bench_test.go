@@ -8,8 +8,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -31,19 +29,8 @@ type benchDevice struct {
 // PREKEYS stream with other devices' keys so counts are taken from a stream that is not empty.
 func openBenchDir(b *testing.B, cfg directory.Config, nonce []byte, n int) (*directory.Directory, []benchDevice) {
 	b.Helper()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	bs, err := bus.Open(context.Background(), bus.Config{DataDir: b.TempDir(), InboxShards: 1, Logger: quiet})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(bs.Close)
-	cfg.Logger = quiet
-	d := directory.New(bs, cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	b.Cleanup(func() { cancel(); d.Wait() })
-	if err := d.Start(ctx); err != nil {
-		b.Fatal(err)
-	}
+	d, bs := startedDir(b, cfg)
+	ctx := context.Background()
 	devs := make([]benchDevice, n)
 	for i := range devs {
 		reg, priv := registration(b, fmt.Sprintf("bench%d", i), nonce, byte(100+i))

@@ -9,14 +9,11 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/directory"
 	"github.com/petrelchat/petrel/internal/testserver"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
@@ -24,12 +21,7 @@ import (
 
 func openDir(t testing.TB, policy string) *directory.Directory {
 	t.Helper()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 2, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
+	b, quiet := openBus(t, 2)
 	return directory.New(b, directory.Config{Policy: policy, Logger: quiet})
 }
 
@@ -132,18 +124,8 @@ func FuzzHandshake(f *testing.F) {
 
 // The account cache follows updates of the bucket (a device added elsewhere must show up).
 func TestAccountCacheFollowsUpdates(t *testing.T) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
-	d := directory.New(b, directory.Config{Logger: quiet})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer func() { cancel(); d.Wait() }()
-	if err := d.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	d, b := startedDir(t, directory.Config{})
+	ctx := context.Background()
 	nonce := bytes.Repeat([]byte{1}, 32)
 	reg, _ := registration(t, "gus", nonce, 8)
 	if _, err := d.Register(ctx, reg, nonce); err != nil {
