@@ -5,6 +5,8 @@ package mailbox_test
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -41,7 +43,7 @@ func benchLiveRoute(b *testing.B, remote bool) {
 	bs, m := openB(b, bus.Config{InboxShards: 4})
 	recv := m
 	if remote {
-		recv = mailbox.New(bs, mailbox.Config{Logger: m.Logger()})
+		recv = mailbox.New(bs, mailbox.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err := recv.Start(); err != nil {
 			b.Fatal(err)
 		}

@@ -407,9 +407,6 @@ func (m *Mailbox) store(deviceID, dedupeID, ticket string, envelope []byte, done
 	})
 }
 
-// Logger is the mailbox's logger.
-func (m *Mailbox) Logger() *slog.Logger { return m.log }
-
 // Healthy reports whether the mailbox can store (the bus is connected).
 func (m *Mailbox) Healthy() bool { return !m.closed.Load() && m.bus.Healthy() }
 
