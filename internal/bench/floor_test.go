@@ -71,7 +71,7 @@ func benchConnectFloor(b *testing.B, mode floorMode) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var serving sync.WaitGroup
+	var serving sync.WaitGroup // the accept loop and every connection it serves
 	serving.Add(1)
 	go func() {
 		defer serving.Done()
@@ -80,7 +80,9 @@ func benchConnectFloor(b *testing.B, mode floorMode) {
 			if err != nil {
 				return
 			}
+			serving.Add(1)
 			go func() {
+				defer serving.Done()
 				if err := floorServe(c, mode, pub); err != nil && !errors.Is(err, io.EOF) {
 					b.Error(err)
 				}
@@ -89,7 +91,7 @@ func benchConnectFloor(b *testing.B, mode floorMode) {
 	}()
 	defer func() {
 		ln.Close()
-		serving.Wait()
+		serving.Wait() // no b.Error after the benchmark has returned
 	}()
 	addr := ln.Addr().String()
 	b.SetParallelism(32) // × GOMAXPROCS clients, like the churn scenario's concurrent slots
