@@ -429,7 +429,8 @@ func runChat(ctx context.Context, e *env, args []string) int {
 	const cmd = "chat"
 	fs := newFlags(e, cmd, "chat NAME\n\n"+
 		"Interactive chat with NAME: each line you type is sent; incoming messages appear as\n"+
-		"'NAME: TEXT'. /quit or end of input exits. Works with a pipe as standard input too.")
+		"'NAME: TEXT' above the line you are typing. /quit or end of input (Ctrl-D) exits.\n"+
+		"Works with a pipe as standard input too.")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
@@ -441,9 +442,22 @@ func runChat(ctx context.Context, e *env, args []string) int {
 	defer cancel()
 
 	tty := isTerminal(e.stdin)
+	// On an interactive terminal a line editor keeps what you are typing on screen while messages
+	// arrive; everything the command prints goes through it.
+	var ct *chatTerminal
+	screen := e.stdout
+	if f, ok := e.stdin.(*os.File); ok && isTerminalFile(f) && isTerminalFile(e.stdout) {
+		if t, err := openChatTerminal(f, e.stdout, "> "); err == nil {
+			ct = t
+			defer ct.Close()
+			onTerm := *e
+			onTerm.stdout, onTerm.stderr = ct, ct
+			e = &onTerm
+		}
+	}
 	var outMu sync.Mutex // serialises the screen
 	prompt := func() {
-		if tty {
+		if tty && ct == nil {
 			fmt.Fprint(e.stdout, "> ")
 		}
 	}
@@ -451,7 +465,7 @@ func runChat(ctx context.Context, e *env, args []string) int {
 	show := func(line string) {
 		outMu.Lock()
 		defer outMu.Unlock()
-		if tty {
+		if tty && ct == nil {
 			fmt.Fprint(e.stdout, "\r\033[K")
 		}
 		fmt.Fprintln(e.stdout, line)
@@ -504,6 +518,23 @@ func runChat(ctx context.Context, e *env, args []string) int {
 	// The reader goroutine blocks in stdin; it exits when stdin ends. The command does not wait for
 	// it (an interactive read cannot be interrupted), which is why it only touches channels.
 	go func() {
+		if ct != nil {
+			for {
+				line, err := ct.ReadLine()
+				if err != nil {
+					if err == io.EOF {
+						err = nil
+					}
+					readErr <- err
+					return
+				}
+				select {
+				case lines <- line:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
 		sc := bufio.NewScanner(e.stdin)
 		sc.Buffer(make([]byte, 0, 64<<10), maxLineBytes)
 		for sc.Scan() {
@@ -570,7 +601,12 @@ loop:
 	if err := s.c.Flush(fctx); err != nil {
 		fmt.Fprintf(e.stderr, "petrel %s: warning: some messages are not sent yet (they stay in the outbox): %s\n", cmd, describe(err))
 	}
-	if tty {
+	switch {
+	case ct != nil:
+		outMu.Lock()
+		fmt.Fprint(screen, "\r\033[K") // the prompt the line editor left
+		outMu.Unlock()
+	case tty:
 		fmt.Fprintln(e.stdout)
 	}
 	return code
