@@ -367,9 +367,10 @@ func NewEngine(name, addr string, tlsCfg *tls.Config, maxConns int, handler http
 }
 
 // listen opens the engine's listening socket. Accepted connections get no TCP keepalive: Go's
-// default (a probe every 15 s on an idle connection) would cost a million idle connections ~66,000 probes
-// a second (and their answers) and wake mobile radios, and four system calls per accept. Liveness is the
-// application's: clients ping, and idle_timeout closes a connection that has gone quiet.
+// default (a probe every 15 s on an idle connection) would cost a million idle connections
+// ~66,000 probes a second, as many answers, and woken mobile radios, and it takes four system
+// calls per accept. Liveness is the application's: clients ping, and idle_timeout closes a
+// connection that has gone quiet.
 func listen(network, addr string) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: -1}
 	return lc.Listen(context.Background(), network, addr)
