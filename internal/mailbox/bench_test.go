@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/mailbox"
@@ -110,4 +113,54 @@ func benchAppend(b *testing.B, maxBatch int) {
 			}
 		}
 	})
+}
+
+// BenchmarkInboxStoreInFlight: durable appends with a fixed number of stores in flight (a new one
+// starts when one is acked), for 100 devices over 16 shards: the store path of `petrel bench
+// offline` without the gateway and the generator, so all of this process's CPU goes to the
+// mailbox and the embedded NATS server.
+func BenchmarkInboxStoreInFlight(b *testing.B) {
+	for _, inflight := range []int{1024, 4096} {
+		b.Run(fmt.Sprintf("inflight=%d", inflight), func(b *testing.B) {
+			_, m := openB(b, bus.Config{InboxShards: 16})
+			devs := make([]string, 100)
+			for i := range devs {
+				devs[i] = fmt.Sprintf("%032x", i+1)
+			}
+			env := make([]byte, 300)
+			sem := make(chan struct{}, inflight)
+			var wg sync.WaitGroup
+			var failed atomic.Int64
+			b.ReportAllocs()
+			i := 0
+			cpu0 := processCPU()
+			for b.Loop() {
+				sem <- struct{}{}
+				wg.Add(1)
+				i++
+				m.Store(devs[i%len(devs)], strconv.Itoa(i), env, func(err error) {
+					if err != nil {
+						failed.Add(1)
+					}
+					<-sem
+					wg.Done()
+				})
+			}
+			wg.Wait()
+			b.ReportMetric(float64(i)/b.Elapsed().Seconds(), "appends/s")
+			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(i), "cpu-µs/append")
+			if n := failed.Load(); n > 0 {
+				b.Fatalf("%d of %d appends failed", n, i)
+			}
+		})
+	}
+}
+
+// processCPU is this process's user and system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
