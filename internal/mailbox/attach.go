@@ -475,7 +475,7 @@ func (a *Attachment) drain() {
 			<-space
 			continue
 		}
-		n, err := a.readBatch(from, min(free, 256))
+		n, err := a.readBatch(from, min(free, maxReadBatch))
 		if err != nil {
 			a.m.log.Warn("inbox drain", "device", a.dev, "err", err)
 			a.mu.Lock()
@@ -523,6 +523,9 @@ func (a *Attachment) drain() {
 		return
 	}
 }
+
+// maxReadBatch bounds one inbox read (one batched direct get).
+const maxReadBatch = 1024
 
 // readBatch reads up to max envelopes from seq from and pushes them; it returns how many.
 func (a *Attachment) readBatch(from uint64, max int) (int, error) {

@@ -77,7 +77,7 @@ type Config struct {
 	MinAtomicBatch int
 	// QueueDepth is each shard writer's queue length; beyond it appends fail fast (retryable). Default: 8192.
 	QueueDepth int
-	// Window is the most unacked envelopes (live and stored) pushed to one device. Default: 256.
+	// Window is the most unacked envelopes (live and stored) pushed to one device. Default: 1024.
 	Window int
 	// Node names this node in reply subjects. Default: a random id.
 	Node     string
@@ -102,7 +102,7 @@ func (c *Config) setDefaults() {
 		c.QueueDepth = 8192
 	}
 	if c.Window == 0 {
-		c.Window = 256
+		c.Window = 1024
 	}
 	if c.Node == "" {
 		c.Node = nuid.Next()

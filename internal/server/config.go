@@ -55,6 +55,8 @@ type Config struct {
 	InboxShards int `toml:"inbox_shards"`
 	// InboxMaxPerDevice caps one device's stored envelopes. Default: 100000.
 	InboxMaxPerDevice int64 `toml:"inbox_max_per_device"`
+	// DeliveryWindow is the most unacked envelopes pushed to one device. Default: 1024.
+	DeliveryWindow int `toml:"delivery_window"`
 	// LiveAckTimeout is how long a live delivery waits for the device's ack before it is stored. Default: 2s.
 	LiveAckTimeout Duration `toml:"live_ack_timeout"`
 	// HandshakeTimeout is how long a new connection has to authenticate. Default: 10s.
@@ -144,6 +146,9 @@ func (c *Config) SetDefaults() {
 	if c.PrekeyReplenishBelow == 0 {
 		c.PrekeyReplenishBelow = 20
 	}
+	if c.DeliveryWindow == 0 {
+		c.DeliveryWindow = 1024
+	}
 	if c.AccountCacheSize == 0 {
 		c.AccountCacheSize = 100_000
 	}
@@ -195,6 +200,9 @@ func (c *Config) Validate() error {
 	}
 	if c.InboxMaxPerDevice < 1 {
 		bad("inbox_max_per_device %d: want at least 1", c.InboxMaxPerDevice)
+	}
+	if c.DeliveryWindow < 1 || c.DeliveryWindow > 65536 {
+		bad("delivery_window %d: want 1..65536", c.DeliveryWindow)
 	}
 	if c.LiveAckTimeout.Duration < 10*time.Millisecond || c.LiveAckTimeout.Duration > time.Minute {
 		bad("live_ack_timeout %s: want 10ms..1m", c.LiveAckTimeout.Duration)

@@ -167,6 +167,7 @@ func (s *Server) start(ctx context.Context) error {
 	}
 	s.mb = mailbox.New(s.bus, mailbox.Config{
 		LiveAckTimeout: s.cfg.LiveAckTimeout.Duration,
+		Window:         s.cfg.DeliveryWindow,
 		Logger:         s.log.With("component", "mailbox"),
 		Registry:       s.reg,
 	})
