@@ -79,6 +79,12 @@ func (b *Bus) migrate(ctx context.Context) error {
 	if b.Devices, err = kv(jetstream.KeyValueConfig{Bucket: DevicesBucket, Description: "device id → device keys", History: 1}); err != nil {
 		return err
 	}
+	// Bulk registration writes many records of these two buckets as one atomic batch.
+	for _, bucket := range []string{AccountsBucket, DevicesBucket} {
+		if err := b.allowAtomicPublish(ctx, "KV_"+bucket); err != nil {
+			return err
+		}
+	}
 	if b.Invites, err = kv(jetstream.KeyValueConfig{Bucket: InvitesBucket, Description: "one-time invite codes", History: 1, TTL: InviteTTL}); err != nil {
 		return err
 	}
@@ -118,6 +124,24 @@ func (b *Bus) migrate(ctx context.Context) error {
 			return fmt.Errorf("stream %s: %w", name, err)
 		}
 		b.inboxes[i] = s
+	}
+	return nil
+}
+
+// allowAtomicPublish turns on atomic batch publishing for stream (a KV bucket's stream, whose
+// config the KV API writes without it).
+func (b *Bus) allowAtomicPublish(ctx context.Context, stream string) error {
+	s, err := b.js.Stream(ctx, stream)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", stream, err)
+	}
+	cfg := s.CachedInfo().Config
+	if cfg.AllowAtomicPublish {
+		return nil
+	}
+	cfg.AllowAtomicPublish = true
+	if _, err := b.js.UpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("stream %s: allow atomic publish: %w", stream, err)
 	}
 	return nil
 }

@@ -189,20 +189,33 @@ func (d *Directory) Register(ctx context.Context, req *pb.Register, nonce []byte
 
 // registerOne creates the device and account records and stores the one-time prekeys.
 func (d *Directory) registerOne(ctx context.Context, name string, authKey []byte, keys *pb.KeyBundleUpload) (*Device, error) {
+	dev, err := newDevice(name, authKey, keys, time.Now().UTC())
+	if err != nil {
+		return nil, err
+	}
+	return d.create(ctx, dev, keys)
+}
+
+// newDevice checks a registration and builds its device record.
+func newDevice(name string, authKey []byte, keys *pb.KeyBundleUpload, now time.Time) (*Device, error) {
 	if !pb.ValidName(name) {
 		return nil, fmt.Errorf("%w: use 1-32 of a-z 0-9 _ . - starting with a letter or digit", ErrInvalidName)
 	}
 	if len(authKey) != ed25519.PublicKeySize {
 		return nil, fmt.Errorf("%w: auth key must be %d bytes", ErrInvalidKeys, ed25519.PublicKeySize)
 	}
-	deviceID := pb.DeviceID(authKey)
 	dev, err := verifyInitialKeys(keys)
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now().UTC()
-	dev.ID, dev.Name, dev.AuthKey, dev.Created = deviceID, name, authKey, now
+	dev.ID, dev.Name, dev.AuthKey, dev.Created = pb.DeviceID(authKey), name, authKey, now
 	dev.SignedPreKey.Created = now
+	return dev, nil
+}
+
+// create writes a checked device's records, then its one-time prekeys.
+func (d *Directory) create(ctx context.Context, dev *Device, keys *pb.KeyBundleUpload) (*Device, error) {
+	deviceID, name, now := dev.ID, dev.Name, dev.Created
 	devJSON, _ := json.Marshal(dev)
 	if _, err := d.bus.Devices.Create(ctx, deviceID, devJSON); err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) {
@@ -687,13 +700,93 @@ func (d *Directory) RegisterBulk(ctx context.Context, devs []*pb.BulkDevice) (*p
 		return nil, fmt.Errorf("%w: at most %d devices per bulk registration", ErrInvalidRequest, MaxBulkRegister)
 	}
 	res := &pb.BulkRegisterResponse{DeviceIds: make([]string, len(devs)), Errors: make([]string, len(devs))}
+	// Check every device first. The valid ones are written in chunks, one atomic batch per bucket
+	// and chunk: one fsync for the chunk instead of one per device. A chunk that meets a taken name
+	// or an existing device fails as a whole (nothing of it stays), and its devices are then
+	// registered one by one, which finds and reports each conflict.
+	now := time.Now().UTC()
+	var chunk []int // indexes into devs
+	checked := make([]*Device, len(devs))
+	flush := func() {
+		if len(chunk) == 0 {
+			return
+		}
+		batch := make([]*Device, len(chunk))
+		for k, i := range chunk {
+			batch[k] = checked[i]
+		}
+		if err := d.createBatch(ctx, batch); err != nil {
+			d.log.Debug("bulk registration: chunk registered one by one", "devices", len(chunk), "err", err)
+			for _, i := range chunk {
+				if _, err := d.create(ctx, checked[i], devs[i].GetKeys()); err != nil {
+					res.Errors[i] = err.Error()
+				} else {
+					res.DeviceIds[i] = checked[i].ID
+				}
+			}
+		} else {
+			for _, i := range chunk {
+				res.DeviceIds[i] = checked[i].ID
+				if err := d.addPreKeys(ctx, checked[i], devs[i].GetKeys()); err != nil {
+					d.log.Warn("store prekeys at registration", "device", checked[i].ID, "err", err)
+				}
+			}
+		}
+		chunk = chunk[:0]
+	}
+	names, ids := make(map[string]bool, len(devs)), make(map[string]bool, len(devs))
 	for i, bd := range devs {
-		dev, err := d.registerOne(ctx, bd.GetName(), bd.GetAuthKey(), bd.GetKeys())
+		dev, err := newDevice(bd.GetName(), bd.GetAuthKey(), bd.GetKeys(), now)
 		if err != nil {
 			res.Errors[i] = err.Error()
 			continue
 		}
-		res.DeviceIds[i] = dev.ID
+		if names[dev.Name] || ids[dev.ID] {
+			flush() // a repeat within the request: the earlier one is written first, so this one fails
+		}
+		names[dev.Name], ids[dev.ID] = true, true
+		checked[i] = dev
+		chunk = append(chunk, i)
+		if len(chunk) == bulkChunk {
+			flush()
+		}
 	}
+	flush()
 	return res, nil
+}
+
+// bulkChunk is the most devices written in one atomic batch (nats-server allows 1,000 messages).
+const bulkChunk = 250
+
+// createBatch creates the device and account records of devs, which must have distinct ids and
+// names, as one atomic batch per bucket. On error none of them exists.
+func (d *Directory) createBatch(ctx context.Context, devs []*Device) error {
+	devMsgs, accMsgs := make([]*nats.Msg, len(devs)), make([]*nats.Msg, len(devs))
+	for i, dev := range devs {
+		devJSON, _ := json.Marshal(dev)
+		devMsgs[i] = kvCreateMsg(bus.DevicesBucket, dev.ID, devJSON)
+		accJSON, _ := json.Marshal(&Account{Name: dev.Name, Devices: []string{dev.ID}, Created: dev.Created})
+		accMsgs[i] = kvCreateMsg(bus.AccountsBucket, dev.Name, accJSON)
+	}
+	if _, err := jetstreamext.PublishMsgBatch(ctx, d.bus.JS(), devMsgs); err != nil {
+		return fmt.Errorf("device records: %w", err)
+	}
+	if _, err := jetstreamext.PublishMsgBatch(ctx, d.bus.JS(), accMsgs); err != nil {
+		for _, dev := range devs { // undo, so the one-by-one path starts from nothing
+			if derr := d.bus.Devices.Purge(ctx, dev.ID); derr != nil {
+				d.log.Warn("undo device after failed bulk account create", "device", dev.ID, "err", derr)
+			}
+		}
+		return fmt.Errorf("account records: %w", err)
+	}
+	return nil
+}
+
+// kvCreateMsg is a put of key in a KV bucket that succeeds only if the key has never been written
+// (what jetstream.KeyValue.Create does for a key without history).
+func kvCreateMsg(bucket, key string, data []byte) *nats.Msg {
+	m := nats.NewMsg("$KV." + bucket + "." + key)
+	m.Data = data
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+	return m
 }

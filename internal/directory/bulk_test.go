@@ -1,0 +1,146 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package directory_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/petrelchat/petrel/internal/bus"
+	"github.com/petrelchat/petrel/internal/directory"
+	"github.com/petrelchat/petrel/internal/testserver"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+)
+
+// bulkDevice builds a valid bulk registration entry whose auth key comes from seed.
+func bulkDevice(t *testing.T, name string, seed int, oneTime int) *pb.BulkDevice {
+	t.Helper()
+	var s [32]byte
+	copy(s[:], fmt.Sprintf("bulk-seed-%022d", seed))
+	pub := ed25519.NewKeyFromSeed(s[:]).Public().(ed25519.PublicKey)
+	_, up := testserver.NewKeys(t, oneTime)
+	return &pb.BulkDevice{Name: name, AuthKey: pub, Keys: up}
+}
+
+// A bulk registration writes its valid devices in atomic batches; a conflict anywhere (a name
+// taken before or earlier in the request, a device already registered) is reported for that
+// device alone, the others are registered, and nothing is left half-made.
+func TestRegisterBulk(t *testing.T) {
+	ctx := context.Background()
+	b, _ := openBus(t, 1)
+	var logs syncBuffer // shows which path each chunk took
+	d := directory.New(b, directory.Config{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	wctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(func() { cancel(); d.Wait() })
+	if err := d.Start(wctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, bucket := range []string{bus.AccountsBucket, bus.DevicesBucket} {
+		s, err := b.JS().Stream(ctx, "KV_"+bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !s.CachedInfo().Config.AllowAtomicPublish {
+			t.Fatalf("bucket %s does not allow atomic batches", bucket)
+		}
+	}
+
+	// All valid: every device and account exists, and prekeys are stored.
+	var devs []*pb.BulkDevice
+	for i := range 600 { // more than one chunk
+		devs = append(devs, bulkDevice(t, fmt.Sprintf("bulk%d", i), i, 0))
+	}
+	devs[7] = bulkDevice(t, "withprekeys", 7, 3)
+	res, err := d.RegisterBulk(ctx, devs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, bd := range devs {
+		if res.Errors[i] != "" || res.DeviceIds[i] != pb.DeviceID(bd.GetAuthKey()) {
+			t.Fatalf("device %d: id %q error %q", i, res.DeviceIds[i], res.Errors[i])
+		}
+	}
+	if strings.Contains(logs.String(), "one by one") {
+		t.Fatalf("a request without conflicts was not written in batches:\n%s", logs.String())
+	}
+	for _, i := range []int{0, 7, 599} {
+		acc, err := d.Account(ctx, devs[i].GetName())
+		if err != nil || len(acc.Devices) != 1 || acc.Devices[0] != res.DeviceIds[i] {
+			t.Fatalf("account %s: %+v, %v", devs[i].GetName(), acc, err)
+		}
+		if _, err := d.Device(ctx, res.DeviceIds[i]); err != nil {
+			t.Fatalf("device %d: %v", i, err)
+		}
+	}
+	if st, err := d.Status(ctx, directory.Principal{ID: res.DeviceIds[7]}); err != nil || st.GetOneTimePrekeysLeft() != 3 || st.GetKemPrekeysLeft() != 3 {
+		t.Fatalf("prekeys of a bulk device: %v, %v", st, err)
+	}
+
+	// Conflicts, each in a different chunk position.
+	bad := bulkDevice(t, "badkeys", 1000, 0)
+	bad.Keys.SignedPrekey.Signature[0] ^= 1
+	mixed := []*pb.BulkDevice{
+		bulkDevice(t, "fresh1", 1001, 0),
+		bulkDevice(t, "bulk3", 1002, 0), // name taken by the first request
+		bulkDevice(t, "newname", 5, 0),  // device (auth key) registered by the first request
+		bulkDevice(t, "fresh2", 1003, 0),
+		bulkDevice(t, "fresh2", 1004, 0),     // name repeated within this request
+		bad,                                  // keys that do not verify
+		bulkDevice(t, "Not Valid!", 1005, 0), // bad name
+		bulkDevice(t, "fresh3", 1006, 0),
+	}
+	res, err = d.RegisterBulk(ctx, mixed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "one by one") {
+		t.Fatal("a request with conflicts was written in batches")
+	}
+	want := []error{nil, directory.ErrNameTaken, directory.ErrDeviceExists, nil, directory.ErrNameTaken, directory.ErrInvalidKeys, directory.ErrInvalidName, nil}
+	for i, w := range want {
+		switch {
+		case w == nil && (res.Errors[i] != "" || res.DeviceIds[i] == ""):
+			t.Errorf("device %d (%s): error %q", i, mixed[i].GetName(), res.Errors[i])
+		case w != nil && (res.DeviceIds[i] != "" || !strings.Contains(res.Errors[i], errText(w))):
+			t.Errorf("device %d (%s): id %q error %q, want %v", i, mixed[i].GetName(), res.DeviceIds[i], res.Errors[i], w)
+		}
+	}
+	// The refused ones left nothing behind: the device whose name was taken can register again.
+	if _, err := d.Device(ctx, pb.DeviceID(mixed[1].GetAuthKey())); !errors.Is(err, directory.ErrUnknownDevice) {
+		t.Fatalf("a refused device exists: %v", err)
+	}
+	again, err := d.RegisterBulk(ctx, []*pb.BulkDevice{bulkDevice(t, "renamed", 1002, 0), bulkDevice(t, "renamed2", 1004, 0)})
+	if err != nil || again.Errors[0] != "" || again.Errors[1] != "" {
+		t.Fatalf("registering refused devices again under new names: %v %v", again, err)
+	}
+}
+
+// syncBuffer is a log destination the directory's goroutines write to while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// errText is the message of a sentinel error, as it appears in a bulk answer.
+func errText(err error) string {
+	return strings.SplitN(err.Error(), ":", 2)[0]
+}
