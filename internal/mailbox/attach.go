@@ -66,6 +66,8 @@ type Attachment struct {
 	live          map[uint64]waiter // live tag → the waiting sender
 	nextLive      uint64
 	outstanding   []uint64 // stream sequences pushed and not yet purged, ascending
+	outBytes      []uint32 // the size of each outstanding envelope
+	unackedBytes  int      // the sum of outBytes
 	acked         map[uint64]bool
 	purgeWant     uint64 // purge stored envelopes up to here (all acked)
 	purgedTo      uint64 // purged up to here
@@ -368,9 +370,10 @@ func (a *Attachment) Ack(tags []uint64) {
 	for n < len(a.outstanding) && a.acked[a.outstanding[n]] {
 		delete(a.acked, a.outstanding[n])
 		purgeTo = a.outstanding[n]
+		a.unackedBytes -= int(a.outBytes[n])
 		n++
 	}
-	a.outstanding = a.outstanding[n:]
+	a.outstanding, a.outBytes = a.outstanding[n:], a.outBytes[n:]
 	a.mu.Unlock()
 	for _, w := range replies {
 		a.answer(w, liveResult{acked: true})
@@ -466,16 +469,20 @@ func (a *Attachment) drain() {
 		}
 		gen, from := a.gen, a.nextSeq
 		free := a.m.cfg.Window - len(a.live) - len(a.outstanding)
+		budget := a.m.cfg.WindowBytes - a.unackedBytes
 		var space chan struct{}
-		if free <= 0 {
+		if free <= 0 || budget <= 0 {
 			space = a.spaceLocked()
 		}
 		a.mu.Unlock()
-		if free <= 0 {
+		if free <= 0 || budget <= 0 {
+			if a.m.drainWaits != nil {
+				a.m.drainWaits()
+			}
 			<-space
 			continue
 		}
-		n, err := a.readBatch(from, min(free, maxReadBatch))
+		n, err := a.readBatch(from, min(free, maxReadBatch), budget)
 		if err != nil {
 			a.m.log.Warn("inbox drain", "device", a.dev, "err", err)
 			a.mu.Lock()
@@ -527,20 +534,22 @@ func (a *Attachment) drain() {
 // maxReadBatch bounds one inbox read (one batched direct get).
 const maxReadBatch = 1024
 
-// readBatch reads up to max envelopes from seq from and pushes them; it returns how many.
-func (a *Attachment) readBatch(from uint64, max int) (int, error) {
+// readBatch reads up to max envelopes from seq from, stopping after the one that brings them to
+// maxBytes, and pushes them; it returns how many.
+func (a *Attachment) readBatch(from uint64, max, maxBytes int) (int, error) {
 	ctx, cancel := a.m.ctxStore()
 	defer cancel()
 	detached := false
 	// The inbox's names are derived here, not kept: an idle attachment stays small.
 	shard := a.m.bus.Shard(a.dev)
-	n, err := a.m.getBatch(ctx, bus.InboxStreamName(shard), a.m.bus.InboxSubject(a.dev), from, max, func(seq uint64, data []byte) bool {
+	n, err := a.m.getBatch(ctx, bus.InboxStreamName(shard), a.m.bus.InboxSubject(a.dev), from, max, maxBytes, func(seq uint64, data []byte) bool {
 		a.mu.Lock()
 		if a.closed {
 			a.mu.Unlock()
 			return false
 		}
-		a.outstanding = append(a.outstanding, seq)
+		a.outstanding, a.outBytes = append(a.outstanding, seq), append(a.outBytes, uint32(len(data)))
+		a.unackedBytes += len(data)
 		a.nextSeq = seq + 1
 		a.pushedStored++
 		a.mu.Unlock()
@@ -569,7 +578,7 @@ func (m *Mailbox) QueryQueued(ctx context.Context, deviceID, fromDevice string, 
 	seq := uint64(1)
 	const maxScan = 20_000
 	for scanned := 0; scanned < maxScan; {
-		n, err := m.getBatch(ctx, stream, subject, seq, 256, func(s uint64, data []byte) bool {
+		n, err := m.getBatch(ctx, stream, subject, seq, 256, 0, func(s uint64, data []byte) bool {
 			seq = s + 1
 			if id, from, ok := decode(data); ok && from == fromDevice && want[id] {
 				found = append(found, id)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,7 +74,7 @@ func TestGetBatch(t *testing.T) {
 	read := func(from uint64, max int, stopAfter int) []string {
 		t.Helper()
 		var got []string
-		n, err := m.getBatch(ctx, stream, subject, from, max, func(_ uint64, data []byte) bool {
+		n, err := m.getBatch(ctx, stream, subject, from, max, 0, func(_ uint64, data []byte) bool {
 			got = append(got, string(data))
 			return stopAfter == 0 || len(got) < stopAfter
 		})
@@ -178,7 +179,7 @@ func BenchmarkInboxDrainRead(b *testing.B) {
 		for b.Loop() {
 			seq := uint64(1)
 			for got := 0; got < stored; {
-				n, err := m.getBatch(ctx, stream, subject, seq, 256, func(s uint64, _ []byte) bool { seq = s + 1; return true })
+				n, err := m.getBatch(ctx, stream, subject, seq, 256, 0, func(s uint64, _ []byte) bool { seq = s + 1; return true })
 				if err != nil || n == 0 {
 					b.Fatalf("read %d at %d: %v", n, got, err)
 				}
@@ -211,4 +212,91 @@ func BenchmarkInboxDrainRead(b *testing.B) {
 		}
 		b.ReportMetric(float64(read)/b.Elapsed().Seconds(), "msgs/s")
 	})
+}
+
+// windowSink records the stored bytes pushed and not yet acked.
+type windowSink struct {
+	mu      sync.Mutex
+	tags    []uint64
+	unacked int
+	maxSeen int
+	pushed  int
+	empty   chan int // QueueEmpty's count
+}
+
+func (s *windowSink) Push(tag uint64, env []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tags = append(s.tags, tag)
+	s.unacked += len(env)
+	s.maxSeen = max(s.maxSeen, s.unacked)
+	s.pushed++
+	return nil
+}
+func (s *windowSink) QueueEmpty(n int) { s.empty <- n }
+func (s *windowSink) Kicked()          {}
+
+// A deep inbox of large envelopes is pushed a byte window at a time: the drain waits for acks
+// once WindowBytes (and the one envelope that crosses it) are unacked, although the count window
+// would allow them all.
+func TestDrainByteWindow(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const windowBytes, n, size = 256 << 10, 40, 32 << 10 // 1.25 MiB stored: five windows
+	m := New(b, Config{Logger: quiet, WindowBytes: windowBytes})
+	waits := make(chan struct{})
+	m.drainWaits = func() { waits <- struct{}{} }
+	if err := m.Start(); err != nil {
+		b.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(); b.Close() })
+	const dev = "0123456789abcdef0123456789abcdef"
+	done := make(chan error, n)
+	for i := range n {
+		m.Store(dev, fmt.Sprint(i), make([]byte, size), func(err error) { done <- err })
+	}
+	for range n {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	sink := &windowSink{empty: make(chan int, 1)}
+	a, err := m.Attach(dev, "c1", sink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Detach()
+	deadline := time.After(20 * time.Second)
+	for windows := 0; ; {
+		select {
+		case <-waits: // the drain stopped for acks: check what is unacked, then ack it
+			sink.mu.Lock()
+			tags, unacked := sink.tags, sink.unacked
+			sink.tags, sink.unacked = nil, 0
+			sink.mu.Unlock()
+			if unacked < windowBytes || unacked > windowBytes+size {
+				t.Fatalf("the drain waits with %d bytes unacked; the byte window is %d (+ one envelope of %d)", unacked, windowBytes, size)
+			}
+			windows++
+			a.Ack(tags)
+		case delivered := <-sink.empty:
+			sink.mu.Lock()
+			defer sink.mu.Unlock()
+			if delivered != n || sink.pushed != n || windows < n*size/(windowBytes+size) {
+				t.Fatalf("QueueEmpty after %d (%d pushed, %d waits for acks); want %d", delivered, sink.pushed, windows, n)
+			}
+			if sink.maxSeen > windowBytes+size {
+				t.Fatalf("%d bytes pushed and unacked at once; the byte window is %d (+ one envelope of %d)", sink.maxSeen, windowBytes, size)
+			}
+			return
+		case <-deadline:
+			sink.mu.Lock()
+			defer sink.mu.Unlock()
+			t.Fatalf("drain stalled: %d of %d pushed, %d bytes unacked", sink.pushed, n, sink.unacked)
+		}
+	}
 }

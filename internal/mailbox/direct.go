@@ -19,9 +19,10 @@ var errBadDirectGet = errors.New("unexpected direct-get response")
 
 // getBatch reads up to max messages of subject from stream, starting at sequence from, with one
 // batched direct get whose answers come back through the node's reply subscription (no
-// subscription per read). each is called in order; returning false stops early. It returns how
-// many messages each saw; an empty subject is (0, nil).
-func (m *Mailbox) getBatch(ctx context.Context, stream, subject string, from uint64, max int, each func(seq uint64, data []byte) bool) (int, error) {
+// subscription per read). With maxBytes > 0 the server stops after the message that brings the
+// batch to maxBytes. each is called in order; returning false stops early. It returns how many
+// messages each saw; an empty subject is (0, nil).
+func (m *Mailbox) getBatch(ctx context.Context, stream, subject string, from uint64, max, maxBytes int, each func(seq uint64, data []byte) bool) (int, error) {
 	if max <= 0 {
 		return 0, nil
 	}
@@ -42,6 +43,10 @@ func (m *Mailbox) getBatch(ctx context.Context, stream, subject string, from uin
 	req = strconv.AppendUint(req, from, 10)
 	req = append(req, `,"batch":`...)
 	req = strconv.AppendInt(req, int64(max), 10)
+	if maxBytes > 0 {
+		req = append(req, `,"max_bytes":`...)
+		req = strconv.AppendInt(req, int64(maxBytes), 10)
+	}
 	req = append(req, `,"next_by_subj":"`...)
 	req = append(req, subject...) // subjects are [A-Za-z0-9._-]: nothing to escape
 	req = append(req, `"}`...)

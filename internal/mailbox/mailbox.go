@@ -79,6 +79,10 @@ type Config struct {
 	QueueDepth int
 	// Window is the most unacked envelopes (live and stored) pushed to one device. Default: 1024.
 	Window int
+	// WindowBytes bounds the bytes of stored envelopes pushed to one device and not yet acked (one
+	// envelope may go past it), so a deep inbox of large envelopes does not outrun a slow
+	// connection's write buffer. Default: 2 MiB.
+	WindowBytes int
 	// Node names this node in reply subjects. Default: a random id.
 	Node     string
 	Logger   *slog.Logger
@@ -103,6 +107,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Window == 0 {
 		c.Window = 1024
+	}
+	if c.WindowBytes == 0 {
+		c.WindowBytes = 2 << 20
 	}
 	if c.Node == "" {
 		c.Node = nuid.Next()
@@ -144,6 +151,9 @@ type Mailbox struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	closed  atomic.Bool
+
+	// drainWaits, set by tests before any Attach, is told each time a drain waits for its window.
+	drainWaits func()
 
 	replyPrefix string
 	replySub    *nats.Subscription
