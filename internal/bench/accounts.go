@@ -68,9 +68,10 @@ func newRunPrefix() string {
 
 // registrar registers synthetic devices through the operator bulk endpoint of each server.
 type registrar struct {
-	servers []string // base URLs
-	tokens  []string // operator token per server
-	client  *http.Client
+	servers    []string // base URLs
+	tokens     []string // operator token per server
+	client     *http.Client
+	registered atomic.Int64 // devices registered so far, for progress lines
 }
 
 // generate makes the keys of one device: an Ed25519 auth key, an identity key, a signed prekey,
@@ -190,6 +191,7 @@ func (r *registrar) register(ctx context.Context, prefix string, n, oneTime int,
 					fail(err)
 					return
 				}
+				r.registered.Add(int64(len(mine)))
 			}
 		}()
 	}

@@ -34,6 +34,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 )
@@ -113,6 +114,8 @@ type Config struct {
 	WorkerCommand func(ctx context.Context) *exec.Cmd
 	// Log receives progress lines. Default: discard.
 	Log io.Writer
+	// ProgressEvery is how often a long phase writes a progress line to Log. Default: 5s.
+	ProgressEvery time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -172,6 +175,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxConnsPerProcess == 0 {
 		c.MaxConnsPerProcess = DefaultMaxConnsPerProcess
+	}
+	if c.ProgressEvery <= 0 {
+		c.ProgressEvery = 5 * time.Second
 	}
 	if c.Log == nil {
 		c.Log = io.Discard
@@ -315,6 +321,37 @@ type run struct {
 
 func (r *run) logf(format string, args ...any) { logf(r.cfg, format, args...) }
 
+// progress prints a line for a phase every cfg.ProgressEvery until the returned stop is called, so a
+// long phase shows it is alive: "… label: 10s" (of total, when total > 0), and what more tells,
+// if set. A phase shorter than ProgressEvery prints nothing. stop may be called more than once.
+func (r *run) progress(label string, total time.Duration, more func() string) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(r.cfg.ProgressEvery)
+		defer t.Stop()
+		start := time.Now()
+		for {
+			select {
+			case <-t.C:
+				line := fmt.Sprintf("… %s: %.0fs", label, time.Since(start).Seconds())
+				if total > 0 {
+					line += " of " + total.String()
+				}
+				if more != nil {
+					line += ", " + more()
+				}
+				r.logf("%s", line)
+			case <-done:
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(done); <-finished }) }
+}
+
 // register creates n synthetic devices, spread over the servers.
 func (r *run) register(ctx context.Context, n, oneTime int, keep bool) ([]account, []*deviceKeys, error) {
 	tokens := r.cfg.AdminTokens
@@ -325,7 +362,9 @@ func (r *run) register(ctx context.Context, n, oneTime int, keep bool) ([]accoun
 	defer reg.client.CloseIdleConnections()
 	t := time.Now()
 	r.logf("registering %d synthetic devices on %s …", n, strings.Join(r.cfg.Servers, ", "))
+	stop := r.progress("registering", 0, func() string { return fmt.Sprintf("%d of %d registered", reg.registered.Load(), n) })
 	accts, keys, err := reg.register(ctx, newRunPrefix(), n, oneTime, keep)
+	stop()
 	if err != nil {
 		return nil, nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -436,4 +437,41 @@ func TestTwoServers(t *testing.T) {
 	// Each device is registered on the server it connects to: a device sent to the other server
 	// would fail to authenticate there.
 	wantEq(t, m, "errors", 0)
+}
+
+// lockedBuffer collects log lines written by the run's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A long phase writes progress lines while it runs.
+func TestProgressLines(t *testing.T) {
+	srv := testserver.Start(t)
+	cfg := newConfig(t, srv, ScenarioRelay)
+	cfg.Pairs, cfg.Duration, cfg.Rate = 4, time.Second, 200
+	var log lockedBuffer
+	cfg.Log, cfg.ProgressEvery = &log, 300*time.Millisecond
+	runBench(t, cfg)
+	out := log.String()
+	t.Logf("log:\n%s", out)
+	if !strings.Contains(out, "… running: 0s of 1s") && !strings.Contains(out, "… running: 1s of 1s") {
+		t.Fatalf("no progress line for the timed phase")
+	}
+	// 1 s of load, the start delay and the wait for the last acks: a few lines, not a stream.
+	if n := strings.Count(out, "… running"); n > 8 {
+		t.Fatalf("%d progress lines for a phase of about 1.5 s", n)
+	}
 }

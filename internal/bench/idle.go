@@ -255,13 +255,17 @@ func (r *run) idle(ctx context.Context) error {
 	rssBefore, rssOK := cl.serverRSS()
 	cpu0 := cl.sampleCPU()
 	r.logf("connecting %d devices …", cfg.Conns)
+	stop := r.progress("connecting", 0, nil)
 	conn, err := cl.stepAll(ctx, stepConnect, time.Time{})
+	stop()
 	if err != nil {
 		return err
 	}
 	cpu1 := cl.sampleCPU()
 	holdStart := time.Now()
 	r.logf("%d connected (%d given up) in %.1fs; holding for %v", conn.Conns, conn.ConnFailed, conn.elapsed().Seconds(), cfg.Hold)
+	stopHold := r.progress("holding", cfg.Hold, nil)
+	defer stopHold()
 	_ = sleepUntil(ctx, holdStart.Add(min(time.Second, cfg.Hold/2)))
 	rssHeld, _ := cl.serverRSS()
 	clientRSS := cl.clientRSS()
@@ -272,6 +276,7 @@ func (r *run) idle(ctx context.Context) error {
 		}
 	}
 	_ = sleepUntil(ctx, holdStart.Add(cfg.Hold))
+	stopHold()
 	cpu2 := cl.sampleCPU()
 	rssEnd, _ := cl.serverRSS()
 	closed, err := cl.stepAll(ctx, stepClose, time.Time{})

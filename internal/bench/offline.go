@@ -521,7 +521,9 @@ func (r *run) offline(ctx context.Context) error {
 		return err
 	}
 	defer cl.close()
+	stop := r.progress("connecting", 0, nil)
 	conn, err := cl.stepAll(ctx, stepConnect, time.Time{})
+	stop()
 	if err != nil {
 		return err
 	}

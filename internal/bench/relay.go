@@ -516,7 +516,9 @@ func (r *run) relay(ctx context.Context) error {
 	}
 	defer cl.close()
 	r.logf("connecting %d receivers, then %d senders …", cfg.Pairs, cfg.Pairs)
+	stop := r.progress("connecting", 0, nil)
 	conn, err := cl.stepAll(ctx, stepConnect, time.Time{})
+	stop()
 	if err != nil {
 		return err
 	}
@@ -545,6 +547,7 @@ func (r *run) relay(ctx context.Context) error {
 // timed runs a step that starts at a common moment shortly from now and lasts d, sampling the CPU
 // counters at its start and end.
 func (r *run) timed(ctx context.Context, cl *cluster, step string, d time.Duration) (*report, cpuUsage, error) {
+	defer r.progress(stepLabel(step), d, nil)()
 	at := time.Now().Add(300 * time.Millisecond)
 	type out struct {
 		rep *report

@@ -29,6 +29,19 @@ const (
 	stepClose   = "close"   // close every connection
 )
 
+// stepLabel names a step in progress lines.
+func stepLabel(step string) string {
+	switch step {
+	case stepRun:
+		return "running"
+	case stepStore:
+		return "storing"
+	case stepDrain:
+		return "draining"
+	}
+	return step
+}
+
 // shardSpec is everything one shard needs to play its part.
 type shardSpec struct {
 	Scenario string   `json:"scenario"`
