@@ -302,9 +302,9 @@ func (c *conn) sendView(v *pb.SendView) {
 		})
 	}
 	c.sends.Add(1)
-	c.g.inflight.Add(1)
+	c.g.inflight.add()
 	c.g.mb.Send(route, targets, func(o mailbox.Outcome) {
-		defer c.g.inflight.Done()
+		defer c.g.inflight.done()
 		defer c.sends.Add(-1)
 		if o.Err != nil {
 			errID := newErrorID()

@@ -102,7 +102,7 @@ type Gateway struct {
 
 	draining atomic.Bool
 	count    atomic.Int64
-	inflight sync.WaitGroup // sends not yet answered
+	inflight inflight // sends not yet answered
 
 	mu    sync.Mutex
 	conns map[*conn]struct{} // guarded by mu
@@ -322,11 +322,9 @@ func (g *Gateway) Drain(ctx context.Context) error {
 			Message:      "server is shutting down; reconnect",
 		}}})
 	}
-	done := make(chan struct{})
-	go func() { g.inflight.Wait(); close(done) }()
 	var err error
 	select {
-	case <-done:
+	case <-g.inflight.idle():
 	case <-ctx.Done():
 		err = fmt.Errorf("waiting for in-flight sends: %w", context.Cause(ctx))
 	}
@@ -334,6 +332,44 @@ func (g *Gateway) Drain(ctx context.Context) error {
 		c.close()
 	}
 	return err
+}
+
+// inflight counts sends not yet answered, for Drain to wait until none is left. (Not a
+// sync.WaitGroup: sends go on starting while Drain waits, and a WaitGroup forbids an Add from zero
+// concurrent with Wait.)
+type inflight struct {
+	n    atomic.Int64
+	mu   sync.Mutex
+	zero chan struct{} // closed when n reaches zero while idle waits; guarded by mu
+}
+
+func (f *inflight) add() { f.n.Add(1) }
+
+func (f *inflight) done() {
+	if f.n.Add(-1) != 0 {
+		return
+	}
+	f.mu.Lock()
+	if f.zero != nil && f.n.Load() == 0 { // not if another send started meanwhile
+		close(f.zero)
+		f.zero = nil
+	}
+	f.mu.Unlock()
+}
+
+// idle returns a channel that is closed once no send is in flight.
+func (f *inflight) idle() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n.Load() == 0 {
+		ch := make(chan struct{})
+		close(ch)
+		return ch
+	}
+	if f.zero == nil {
+		f.zero = make(chan struct{})
+	}
+	return f.zero
 }
 
 // Ready reports whether the gateway accepts connections.
