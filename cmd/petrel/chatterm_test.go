@@ -15,8 +15,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/petrelchat/petrel/client"
-	"github.com/petrelchat/petrel/client/store"
 	"github.com/petrelchat/petrel/internal/testserver"
 )
 
@@ -54,53 +52,31 @@ func TestCLIChatTerminalKeepsTypedLine(t *testing.T) {
 	petrel(t, alice, "", "register", "--server", srv.URL(), "--name", "alice").must(t, 0)
 	petrel(t, bob, "", "register", "--server", srv.URL(), "--name", "bob").must(t, 0)
 
-	screen := newSyncBuf()
+	screen := &testserver.Buffer{}
 	go io.Copy(screen, master) // ends when the test closes the master
 	ctx, cancel := context.WithTimeout(context.Background(), cliWait)
 	defer cancel()
-	errb := newSyncBuf()
+	errb := &testserver.Buffer{}
 	done := make(chan int, 1)
 	go func() {
 		e := &env{stdin: tty, stdout: tty, stderr: errb, getenv: func(string) string { return "" }}
 		done <- run(ctx, []string{"--home", alice, "chat", "bob"}, e)
 	}()
-	screen.waitFor(t, "[chat with bob")
+	screen.WaitFor(t, "[chat with bob", cliWait)
 
-	st, err := store.Open(bob, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	events := make(chan client.Event, 100)
-	bc, err := client.Open(client.Config{Store: st, Events: events})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runDone := make(chan error, 1)
-	go func() { runDone <- bc.Run(ctx) }()
-	defer func() { bc.Close(); <-runDone }()
-
+	bc := onlineSDK(t, ctx, bob)
 	io.WriteString(master, "half-typ") // no Enter yet
-	screen.waitFor(t, "> half-typ")
+	screen.WaitFor(t, "> half-typ", cliWait)
 	if _, err := bc.Send(ctx, "alice", "a message meanwhile"); err != nil {
 		t.Fatal(err)
 	}
-	screen.waitFor(t, "bob: a message meanwhile\r\n")
+	screen.WaitFor(t, "bob: a message meanwhile\r\n", cliWait)
 	out := screen.String()
 	if after := out[strings.LastIndex(out, "bob: a message meanwhile"):]; !strings.Contains(after, "> half-typ") {
 		t.Fatalf("the half-typed line was not drawn again after the incoming message; screen:\n%q", out)
 	}
 	io.WriteString(master, "ed line\r")
-	for m := (*client.Message)(nil); m == nil; {
-		select {
-		case ev := <-events:
-			if m, _ = ev.(*client.Message); m != nil && (m.From != "alice" || m.Text != "half-typed line") {
-				t.Fatalf("bob got %+v, want alice's %q", m, "half-typed line")
-			}
-		case <-ctx.Done():
-			t.Fatal("bob received nothing from the chat")
-		}
-	}
+	bc.wantMessage(t, ctx, "alice", "half-typed line")
 	io.WriteString(master, "\x04") // Ctrl-D on an empty line leaves
 	select {
 	case code := <-done:

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,49 +22,6 @@ import (
 )
 
 const cliWait = 20 * time.Second
-
-// syncBuf is an output buffer that commands write to while a test waits on its contents.
-type syncBuf struct {
-	mu      sync.Mutex
-	b       bytes.Buffer
-	changed chan struct{}
-}
-
-func newSyncBuf() *syncBuf { return &syncBuf{changed: make(chan struct{})} }
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n, err := s.b.Write(p)
-	close(s.changed)
-	s.changed = make(chan struct{})
-	return n, err
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// waitFor waits until the buffer contains sub.
-func (s *syncBuf) waitFor(t *testing.T, sub string) {
-	t.Helper()
-	deadline := time.After(cliWait)
-	for {
-		s.mu.Lock()
-		ok, ch := strings.Contains(s.b.String(), sub), s.changed
-		s.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-ch:
-		case <-deadline:
-			t.Fatalf("output never contained %q; got:\n%s", sub, s.String())
-		}
-	}
-}
 
 type result struct {
 	code           int
@@ -288,6 +244,48 @@ func outboxLen(t *testing.T, home string) int {
 	return n
 }
 
+// sdkUser is a CLI home's account running through the SDK until the test ends, so a test can
+// send as it and wait for what it receives.
+type sdkUser struct {
+	*client.Client
+	events chan client.Event
+}
+
+func onlineSDK(t *testing.T, ctx context.Context, home string) *sdkUser {
+	t.Helper()
+	st, err := store.Open(home, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &sdkUser{events: make(chan client.Event, 100)}
+	if u.Client, err = client.Open(client.Config{Store: st, Events: u.events}); err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	runDone := make(chan error, 1)
+	go func() { runDone <- u.Run(ctx) }()
+	t.Cleanup(func() { u.Close(); <-runDone; st.Close() })
+	return u
+}
+
+// wantMessage waits for the next message u receives and checks who sent it and what it says.
+func (u *sdkUser) wantMessage(t *testing.T, ctx context.Context, from, text string) {
+	t.Helper()
+	for {
+		select {
+		case ev := <-u.events:
+			if m, ok := ev.(*client.Message); ok {
+				if m.From != from || m.Text != text {
+					t.Fatalf("got %+v, want %s's %q", m, from, text)
+				}
+				return
+			}
+		case <-ctx.Done():
+			t.Fatalf("no message from %s", from)
+		}
+	}
+}
+
 func TestCLIChat(t *testing.T) {
 	fastClients(t)
 	srv := testserver.Start(t)
@@ -297,7 +295,7 @@ func TestCLIChat(t *testing.T) {
 	petrel(t, bob, "", "send", "--to", "alice", "before the chat").must(t, 0)
 
 	inR, inW := io.Pipe()
-	out, errb := newSyncBuf(), newSyncBuf()
+	out, errb := &testserver.Buffer{}, &testserver.Buffer{}
 	done := make(chan int, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), cliWait)
 	defer cancel()
@@ -306,39 +304,16 @@ func TestCLIChat(t *testing.T) {
 		done <- run(ctx, []string{"--home", alice, "chat", "bob"}, e)
 	}()
 	// Pending messages show first; then lines typed are sent; incoming ones appear meanwhile.
-	out.waitFor(t, "bob: before the chat\n")
+	out.WaitFor(t, "bob: before the chat\n", cliWait)
 
 	// Bob is online through the SDK, so the test can wait for what he receives.
-	st, err := store.Open(bob, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	events := make(chan client.Event, 100)
-	bc, err := client.Open(client.Config{Store: st, Events: events})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runDone := make(chan error, 1)
-	go func() { runDone <- bc.Run(ctx) }()
-	defer func() { bc.Close(); <-runDone }()
-
+	bc := onlineSDK(t, ctx, bob)
 	io.WriteString(inW, "hello from chat\n")
-	for m := (*client.Message)(nil); m == nil; {
-		select {
-		case ev := <-events:
-			m, _ = ev.(*client.Message)
-			if m != nil && (m.From != "alice" || m.Text != "hello from chat") {
-				t.Fatalf("bob got %+v", m)
-			}
-		case <-ctx.Done():
-			t.Fatal("bob received nothing from the chat")
-		}
-	}
+	bc.wantMessage(t, ctx, "alice", "hello from chat")
 	if _, err := bc.Send(ctx, "alice", "live reply"); err != nil {
 		t.Fatal(err)
 	}
-	out.waitFor(t, "bob: live reply\n")
+	out.WaitFor(t, "bob: live reply\n", cliWait)
 	io.WriteString(inW, "/quit\n")
 	select {
 	case code := <-done:

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -439,30 +438,12 @@ func TestTwoServers(t *testing.T) {
 	wantEq(t, m, "errors", 0)
 }
 
-// lockedBuffer collects log lines written by the run's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // A long phase writes progress lines while it runs.
 func TestProgressLines(t *testing.T) {
 	srv := testserver.Start(t)
 	cfg := newConfig(t, srv, ScenarioRelay)
 	cfg.Pairs, cfg.Duration, cfg.Rate = 4, time.Second, 200
-	var log lockedBuffer
+	var log testserver.Buffer
 	cfg.Log, cfg.ProgressEvery = &log, 300*time.Millisecond
 	runBench(t, cfg)
 	out := log.String()

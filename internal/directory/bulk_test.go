@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/petrelchat/petrel/internal/bus"
@@ -35,7 +34,7 @@ func bulkDevice(t *testing.T, name string, seed int, oneTime int) *pb.BulkDevice
 func TestRegisterBulk(t *testing.T) {
 	ctx := context.Background()
 	b, _ := openBus(t, 1)
-	var logs syncBuffer // shows which path each chunk took
+	var logs testserver.Buffer // shows which path each chunk took
 	d := directory.New(b, directory.Config{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	wctx, cancel := context.WithCancel(ctx)
 	t.Cleanup(func() { cancel(); d.Wait() })
@@ -120,24 +119,6 @@ func TestRegisterBulk(t *testing.T) {
 	if err != nil || again.Errors[0] != "" || again.Errors[1] != "" {
 		t.Fatalf("registering refused devices again under new names: %v %v", again, err)
 	}
-}
-
-// syncBuffer is a log destination the directory's goroutines write to while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // errText is the message of a sentinel error, as it appears in a bulk answer.

@@ -19,15 +19,21 @@ import (
 
 type quietSink struct{ empty chan struct{} }
 
-// openInternal opens a bus (one inbox shard) and a started mailbox, both closed when t ends.
-func openInternal(t testing.TB) (*bus.Bus, *Mailbox) {
+// openInternal opens a bus (one inbox shard) and a started mailbox (cfg, if given), both closed
+// when t ends.
+func openInternal(t testing.TB, cfg ...Config) (*bus.Bus, *Mailbox) {
 	t.Helper()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := New(b, Config{Logger: quiet})
+	var c Config
+	if len(cfg) > 0 {
+		c = cfg[0]
+	}
+	c.Logger = quiet
+	m := New(b, c)
 	if err := m.Start(); err != nil {
 		b.Close()
 		t.Fatal(err)
@@ -240,20 +246,10 @@ func (s *windowSink) Kicked()          {}
 // once WindowBytes (and the one envelope that crosses it) are unacked, although the count window
 // would allow them all.
 func TestDrainByteWindow(t *testing.T) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
 	const windowBytes, n, size = 256 << 10, 40, 32 << 10 // 1.25 MiB stored: five windows
-	m := New(b, Config{Logger: quiet, WindowBytes: windowBytes})
+	_, m := openInternal(t, Config{WindowBytes: windowBytes})
 	waits := make(chan struct{})
-	m.drainWaits = func() { waits <- struct{}{} }
-	if err := m.Start(); err != nil {
-		b.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close(); b.Close() })
+	m.drainWaits = func() { waits <- struct{}{} } // before any Attach
 	const dev = "0123456789abcdef0123456789abcdef"
 	done := make(chan error, n)
 	for i := range n {

@@ -153,13 +153,7 @@ func TestPanicIsContainedToOneRequest(t *testing.T) {
 // documented exception, so only completeness is checked.
 func TestTakeoverMidBurstLosesNothing(t *testing.T) {
 	s := testserver.Start(t)
-	alice := testserver.Dial(t, s.URL())
-	alice.MustRegister("alice")
-	bob := testserver.Dial(t, s.URL())
-	bob.MustRegister("bob")
-	if f := bob.NextPush(); f.GetQueueEmpty() == nil {
-		t.Fatalf("bob: want QueueEmpty, got %v", f)
-	}
+	alice, bob := onlinePair(t, s)
 	const n = 300
 	// The first connection reads without acking: its live deliveries stay unanswered until the
 	// takeover hands them back to the sender, who stores them.

@@ -232,13 +232,7 @@ func TestUnackedLiveDeliveryIsStored(t *testing.T) {
 	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
 		c.LiveAckTimeout.Duration = 100 * time.Millisecond
 	}))
-	alice := testserver.Dial(t, s.URL())
-	alice.MustRegister("alice")
-	bob := testserver.Dial(t, s.URL())
-	bob.MustRegister("bob")
-	if f := bob.NextPush(); f.GetQueueEmpty() == nil {
-		t.Fatalf("bob: want QueueEmpty first, got %v", f)
-	}
+	alice, bob := onlinePair(t, s)
 	r := alice.Send("m1", "bob", []string{bob.DeviceID}, []byte("never-acked"))
 	if r.GetSendResult().GetStored() != 1 || r.GetSendResult().GetDeliveredLive() != 0 {
 		t.Fatalf("want stored=1 after the ack timeout, got %v", r)

@@ -49,13 +49,7 @@ func TestHealthz(t *testing.T) {
 
 func TestLiveSendAckedByDevice(t *testing.T) {
 	s := testserver.Start(t)
-	alice := testserver.Dial(t, s.URL())
-	alice.MustRegister("alice")
-	bob := testserver.Dial(t, s.URL())
-	bob.MustRegister("bob")
-	if f := bob.NextPush(); f.GetQueueEmpty() == nil {
-		t.Fatalf("bob: want QueueEmpty first, got %v", f)
-	}
+	alice, bob := onlinePair(t, s)
 	// Alice's send completes only once Bob acks, so read Bob's delivery concurrently.
 	got := make(chan *pb.Deliver, 1)
 	go func() {
@@ -315,6 +309,20 @@ func signFor(key ed25519.PrivateKey, nonce []byte, dev string) []byte {
 
 // offlinePair registers alice (connected) and bob, then takes bob offline. It returns alice's
 // connection and bob's auth key and device id.
+// onlinePair registers alice and bob; both stay connected, and bob's (empty) stored queue has
+// been reported, so everything he gets from here on is live.
+func onlinePair(t *testing.T, s *testserver.Server) (alice, bob *testserver.RawClient) {
+	t.Helper()
+	alice = testserver.Dial(t, s.URL())
+	alice.MustRegister("alice")
+	bob = testserver.Dial(t, s.URL())
+	bob.MustRegister("bob")
+	if f := bob.NextPush(); f.GetQueueEmpty() == nil {
+		t.Fatalf("bob: want QueueEmpty first, got %v", f)
+	}
+	return alice, bob
+}
+
 func offlinePair(t *testing.T, s *testserver.Server) (*testserver.RawClient, ed25519.PrivateKey, string) {
 	t.Helper()
 	alice := testserver.Dial(t, s.URL())
