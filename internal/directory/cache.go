@@ -55,6 +55,23 @@ func (c *cache[K, V]) put(k K, v V, gen uint64) {
 	c.entries[k] = v
 }
 
+// load returns k's entry from the cache, or reads it (read) and caches it when the read
+// succeeds. Without a usable cache it just reads.
+func (c *cache[K, V]) load(k K, read func() (V, error)) (V, error) {
+	if !c.usable() {
+		return read()
+	}
+	v, gen, ok := c.get(k)
+	if ok {
+		return v, nil
+	}
+	v, err := read()
+	if err == nil {
+		c.put(k, v, gen)
+	}
+	return v, err
+}
+
 func (c *cache[K, V]) invalidate(k K) {
 	c.mu.Lock()
 	c.gen++

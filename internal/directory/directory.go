@@ -473,20 +473,7 @@ type authRecord struct {
 // authEntry returns the auth entry of a device from the cache, or reads it from the bucket and
 // caches it. Errors are those of readAuth.
 func (d *Directory) authEntry(ctx context.Context, deviceID string, k deviceKey) (authEntry, error) {
-	var gen uint64
-	useCache := d.auth.usable()
-	if useCache {
-		e, g, ok := d.auth.get(k)
-		if ok {
-			return e, nil
-		}
-		gen = g
-	}
-	e, err := d.readAuth(ctx, deviceID)
-	if err == nil && useCache {
-		d.auth.put(k, e, gen)
-	}
-	return e, err
+	return d.auth.load(k, func() (authEntry, error) { return d.readAuth(ctx, deviceID) })
 }
 
 // readAuth reads the auth entry of a device from the bucket: ErrUnknownDevice when there is none,
@@ -545,26 +532,15 @@ func (d *Directory) Account(ctx context.Context, name string) (*Account, error) 
 	if !pb.ValidName(name) {
 		return nil, ErrUnknownUser
 	}
-	var gen uint64
-	useCache := d.accounts.usable()
-	if useCache {
-		a, g, ok := d.accounts.get(name)
-		if ok {
-			return a, nil
+	return d.accounts.load(name, func() (*Account, error) {
+		if _, ok := ctx.Deadline(); !ok {
+			// Callers on the send path pass no deadline, so that a cache hit costs no timer.
+			ctx, cancel := context.WithTimeout(ctx, readTimeout)
+			defer cancel()
+			return d.readAccount(ctx, name)
 		}
-		gen = g
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		// Callers on the send path pass no deadline, so that a cache hit costs no timer.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, readTimeout)
-		defer cancel()
-	}
-	acc, err := d.readAccount(ctx, name)
-	if err == nil && useCache {
-		d.accounts.put(name, acc, gen)
-	}
-	return acc, err
+		return d.readAccount(ctx, name)
+	})
 }
 
 func (d *Directory) readAccount(ctx context.Context, name string) (*Account, error) {
