@@ -19,30 +19,33 @@ import (
 // Server is a running test server.
 type Server struct {
 	cfg    server.Config
+	log    io.Writer // the server's log at debug level, or nil
 	srv    *server.Server
 	cancel context.CancelFunc
 	errc   chan error
 }
 
-// Option adjusts the config before start.
-type Option func(*server.Config)
+// Option adjusts the server before start.
+type Option func(*Server)
 
 // WithConfig applies f to the config.
-func WithConfig(f func(*server.Config)) Option { return Option(f) }
+func WithConfig(f func(*server.Config)) Option { return func(s *Server) { f(&s.cfg) } }
+
+// WithLog writes the server's log, at debug level, to w.
+func WithLog(w io.Writer) Option { return func(s *Server) { s.log = w } }
 
 // Start starts a server and stops it when the test ends.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
-	cfg := server.Config{
+	s := &Server{cfg: server.Config{
 		Listen:      "127.0.0.1:0",
 		Data:        t.TempDir(),
 		InboxShards: 4,
 		Node:        "test",
-	}
+	}}
 	for _, o := range opts {
-		o(&cfg)
+		o(s)
 	}
-	s := &Server{cfg: cfg}
 	s.start(t)
 	t.Cleanup(s.Stop)
 	return s
@@ -51,9 +54,12 @@ func Start(t testing.TB, opts ...Option) *Server {
 func (s *Server) start(t testing.TB) {
 	t.Helper()
 	var log *slog.Logger
-	if os.Getenv("PETREL_TEST_LOG") != "" {
+	switch {
+	case s.log != nil:
+		log = slog.New(slog.NewTextHandler(s.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	case os.Getenv("PETREL_TEST_LOG") != "":
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	} else {
+	default:
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	srv, err := server.New(s.cfg, log)
