@@ -376,7 +376,9 @@ func (f *inflight) idle() <-chan struct{} {
 func (g *Gateway) Ready() bool { return !g.draining.Load() }
 
 // NewEngine builds the nbio HTTP engine that serves handler on addr, with TLS when tlsCfg is set.
-func NewEngine(name, addr string, tlsCfg *tls.Config, maxConns int, handler http.Handler) *nbhttp.Engine {
+// bound, if not nil, is told the listener's address (port 0 picks one). The engine always listens
+// with listen: callers must not replace Engine.Listen, or accepted sockets get TCP keepalive back.
+func NewEngine(name, addr string, tlsCfg *tls.Config, maxConns int, handler http.Handler, bound func(net.Addr)) *nbhttp.Engine {
 	conf := nbhttp.Config{
 		Name:                    name,
 		Network:                 "tcp",
@@ -385,7 +387,13 @@ func NewEngine(name, addr string, tlsCfg *tls.Config, maxConns int, handler http
 		ReleaseWebsocketPayload: false,
 		MaxWriteBufferSize:      8 << 20, // a client that stops reading is cut off, not buffered forever
 		ReadBufferSize:          16 << 10,
-		Listen:                  listen,
+		Listen: func(network, addr string) (net.Listener, error) {
+			ln, err := listen(network, addr)
+			if err == nil && bound != nil {
+				bound(ln.Addr())
+			}
+			return ln, err
+		},
 	}
 	if tlsCfg != nil {
 		conf.AddrsTLS = []string{addr}

@@ -203,15 +203,8 @@ func (s *Server) start(ctx context.Context) error {
 			return err
 		}
 	}
-	s.engine = gateway.NewEngine("petrel", s.cfg.Listen, tlsCfg, maxConns, mux)
-	// Listen ourselves so that port 0 works and the bound address is known.
-	s.engine.Listen = func(network, addr string) (net.Listener, error) {
-		ln, err := net.Listen(network, addr)
-		if err == nil {
-			s.addr.Store(ln.Addr())
-		}
-		return ln, err
-	}
+	// The bound address is recorded so that port 0 works.
+	s.engine = gateway.NewEngine("petrel", s.cfg.Listen, tlsCfg, maxConns, mux, func(a net.Addr) { s.addr.Store(a) })
 	if err := s.engine.Start(); err != nil {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	}
