@@ -63,6 +63,9 @@ var (
 	ErrClosed     = errors.New("mailbox closed")
 )
 
+// DefaultWindow is Config.Window's default (the server's delivery_window).
+const DefaultWindow = 1024
+
 // Config tunes the mailbox.
 type Config struct {
 	// LiveAckTimeout is how long a live delivery may wait for the device's ack before the envelope
@@ -106,7 +109,7 @@ func (c *Config) setDefaults() {
 		c.QueueDepth = 8192
 	}
 	if c.Window == 0 {
-		c.Window = 1024
+		c.Window = DefaultWindow
 	}
 	if c.WindowBytes == 0 {
 		c.WindowBytes = 2 << 20
@@ -183,7 +186,6 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		pending: make(map[uint64]liveReq),
 		reads:   make(map[uint64]chan *nats.Msg),
 	}
-
 	m.replyPrefix = "_PR." + cfg.Node + "."
 	for i := 0; i < b.InboxShards(); i++ {
 		m.writers = append(m.writers, &shardWriter{m: m, stream: bus.InboxStreamName(i), ch: make(chan *appendReq, cfg.QueueDepth), maxBatch: cfg.MaxBatch})

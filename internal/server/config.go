@@ -14,6 +14,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/petrelchat/petrel/internal/directory"
+	"github.com/petrelchat/petrel/internal/mailbox"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -147,13 +148,13 @@ func (c *Config) SetDefaults() {
 		c.PrekeyReplenishBelow = 20
 	}
 	if c.DeliveryWindow == 0 {
-		c.DeliveryWindow = 1024
+		c.DeliveryWindow = mailbox.DefaultWindow
 	}
 	if c.AccountCacheSize == 0 {
-		c.AccountCacheSize = 100_000
+		c.AccountCacheSize = directory.DefaultAccountCacheSize
 	}
 	if c.DeviceCacheSize == 0 {
-		c.DeviceCacheSize = 200_000
+		c.DeviceCacheSize = directory.DefaultDeviceCacheSize
 	}
 	if c.Node == "" {
 		c.Node, _ = os.Hostname()
