@@ -65,6 +65,12 @@ const (
 	maxClaimAttempts    = 64
 )
 
+// Defaults of Config's cache sizes (the server's account_cache_size and device_cache_size).
+const (
+	DefaultAccountCacheSize = 100_000
+	DefaultDeviceCacheSize  = 200_000
+)
+
 // Config tunes the directory.
 type Config struct {
 	// Policy is the registration policy: "open", "invite" or "closed". Default: "open".
@@ -100,10 +106,10 @@ func New(b *bus.Bus, cfg Config) *Directory {
 		cfg.ReplenishBelow = 20
 	}
 	if cfg.AccountCacheSize == 0 {
-		cfg.AccountCacheSize = 100_000
+		cfg.AccountCacheSize = DefaultAccountCacheSize
 	}
 	if cfg.DeviceCacheSize == 0 {
-		cfg.DeviceCacheSize = 200_000
+		cfg.DeviceCacheSize = DefaultDeviceCacheSize
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -215,7 +221,7 @@ func newDevice(name string, authKey []byte, keys *pb.KeyBundleUpload, now time.T
 
 // create writes a checked device's records, then its one-time prekeys.
 func (d *Directory) create(ctx context.Context, dev *Device, keys *pb.KeyBundleUpload) (*Device, error) {
-	deviceID, name, now := dev.ID, dev.Name, dev.Created
+	deviceID, name := dev.ID, dev.Name
 	devJSON, _ := json.Marshal(dev)
 	if _, err := d.bus.Devices.Create(ctx, deviceID, devJSON); err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) {
@@ -223,22 +229,36 @@ func (d *Directory) create(ctx context.Context, dev *Device, keys *pb.KeyBundleU
 		}
 		return nil, fmt.Errorf("%w: create device: %v", ErrUnavailable, err)
 	}
-	accJSON, _ := json.Marshal(&Account{Name: name, Devices: []string{deviceID}, Created: now})
-	if _, err := d.bus.Accounts.Create(ctx, name, accJSON); err != nil {
-		// Undo the device so the key can register again under another name.
-		if derr := d.bus.Devices.Purge(ctx, deviceID); derr != nil {
-			d.log.Warn("undo device after failed account create", "device", deviceID, "err", derr)
-		}
+	if _, err := d.bus.Accounts.Create(ctx, name, newAccountJSON(dev)); err != nil {
+		d.undoDevice(ctx, deviceID) // so the key can register again under another name
 		if errors.Is(err, jetstream.ErrKeyExists) {
 			return nil, ErrNameTaken
 		}
 		return nil, fmt.Errorf("%w: create account: %v", ErrUnavailable, err)
 	}
-	if err := d.addPreKeys(ctx, dev, keys); err != nil {
-		// The account exists; the client can upload prekeys again after connecting.
-		d.log.Warn("store prekeys at registration", "device", deviceID, "err", err)
-	}
+	d.addInitialPreKeys(ctx, dev, keys)
 	return dev, nil
+}
+
+// newAccountJSON is the account record a registration creates: the name, with dev its one device.
+func newAccountJSON(dev *Device) []byte {
+	b, _ := json.Marshal(&Account{Name: dev.Name, Devices: []string{dev.ID}, Created: dev.Created})
+	return b
+}
+
+// undoDevice removes a device record whose account could not be created.
+func (d *Directory) undoDevice(ctx context.Context, deviceID string) {
+	if err := d.bus.Devices.Purge(ctx, deviceID); err != nil {
+		d.log.Warn("undo device after failed account create", "device", deviceID, "err", err)
+	}
+}
+
+// addInitialPreKeys stores a new device's one-time prekeys. A failure is logged, not returned: the
+// account exists, and the client uploads prekeys again after connecting.
+func (d *Directory) addInitialPreKeys(ctx context.Context, dev *Device, keys *pb.KeyBundleUpload) {
+	if err := d.addPreKeys(ctx, dev, keys); err != nil {
+		d.log.Warn("store prekeys at registration", "device", dev.ID, "err", err)
+	}
 }
 
 // verifyInitialKeys checks the identity, signed prekey and last-resort KEM prekey of a registration.
@@ -703,9 +723,7 @@ func (d *Directory) RegisterBulk(ctx context.Context, devs []*pb.BulkDevice) (*p
 		} else {
 			for _, i := range chunk {
 				res.DeviceIds[i] = checked[i].ID
-				if err := d.addPreKeys(ctx, checked[i], devs[i].GetKeys()); err != nil {
-					d.log.Warn("store prekeys at registration", "device", checked[i].ID, "err", err)
-				}
+				d.addInitialPreKeys(ctx, checked[i], devs[i].GetKeys())
 			}
 		}
 		chunk = chunk[:0]
@@ -741,17 +759,14 @@ func (d *Directory) createBatch(ctx context.Context, devs []*Device) error {
 	for i, dev := range devs {
 		devJSON, _ := json.Marshal(dev)
 		devMsgs[i] = kvCreateMsg(bus.DevicesBucket, dev.ID, devJSON)
-		accJSON, _ := json.Marshal(&Account{Name: dev.Name, Devices: []string{dev.ID}, Created: dev.Created})
-		accMsgs[i] = kvCreateMsg(bus.AccountsBucket, dev.Name, accJSON)
+		accMsgs[i] = kvCreateMsg(bus.AccountsBucket, dev.Name, newAccountJSON(dev))
 	}
 	if _, err := jetstreamext.PublishMsgBatch(ctx, d.bus.JS(), devMsgs); err != nil {
 		return fmt.Errorf("device records: %w", err)
 	}
 	if _, err := jetstreamext.PublishMsgBatch(ctx, d.bus.JS(), accMsgs); err != nil {
 		for _, dev := range devs { // undo, so the one-by-one path starts from nothing
-			if derr := d.bus.Devices.Purge(ctx, dev.ID); derr != nil {
-				d.log.Warn("undo device after failed bulk account create", "device", dev.ID, "err", derr)
-			}
+			d.undoDevice(ctx, dev.ID)
 		}
 		return fmt.Errorf("account records: %w", err)
 	}
