@@ -42,8 +42,8 @@ func (c *chatTerminal) ReadLine() (string, error) { return c.t.ReadLine() }
 // Close restores the terminal's mode.
 func (c *chatTerminal) Close() error { return term.Restore(c.fd, c.state) }
 
-// isTerminalFile reports whether v is an *os.File open on a terminal.
-func isTerminalFile(v any) bool {
+// isTerminal reports whether v (standard input or output) is an *os.File open on a terminal.
+func isTerminal(v any) bool {
 	f, ok := v.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }

@@ -446,7 +446,7 @@ func runChat(ctx context.Context, e *env, args []string) int {
 	// arrive; everything the command prints goes through it.
 	var ct *chatTerminal
 	screen := e.stdout
-	if f, ok := e.stdin.(*os.File); ok && isTerminalFile(f) && isTerminalFile(e.stdout) {
+	if f, ok := e.stdin.(*os.File); ok && tty && isTerminal(e.stdout) {
 		if t, err := openChatTerminal(f, e.stdout, "> "); err == nil {
 			ct = t
 			defer ct.Close()
@@ -610,16 +610,6 @@ loop:
 		fmt.Fprintln(e.stdout)
 	}
 	return code
-}
-
-// isTerminal reports whether r is a character device (an interactive terminal).
-func isTerminal(r io.Reader) bool {
-	f, ok := r.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 func runWhoami(ctx context.Context, e *env, args []string) int {
