@@ -10,10 +10,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 )
 
 // BenchmarkConnectFloor measures what an authenticated connect costs on this machine with no
@@ -95,7 +94,10 @@ func benchConnectFloor(b *testing.B, mode floorMode) {
 	}()
 	addr := ln.Addr().String()
 	b.SetParallelism(32) // × GOMAXPROCS clients, like the churn scenario's concurrent slots
-	start := cpuTime()
+	start, err := procCPU(os.Getpid())
+	if err != nil {
+		b.Fatal(err)
+	}
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -107,7 +109,11 @@ func benchConnectFloor(b *testing.B, mode floorMode) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "connects/s")
-	b.ReportMetric(float64((cpuTime()-start).Microseconds())/float64(b.N), "cpu-µs/connect")
+	end, err := procCPU(os.Getpid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64((end-start).Microseconds())/float64(b.N), "cpu-µs/connect")
 }
 
 // floorConnect is the client side of one connect.
@@ -184,13 +190,4 @@ func floorServe(c net.Conn, mode floorMode, pub ed25519.PublicKey) error {
 		return err
 	}
 	return nil
-}
-
-// cpuTime is this process's user and system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
