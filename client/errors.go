@@ -37,6 +37,9 @@ var (
 	ErrInternal             = errors.New("server internal error")
 	ErrAlreadyAuthenticated = errors.New("already authenticated")
 	ErrPermissionDenied     = errors.New("permission denied")
+	// ErrInboxFull: the recipient's inbox (or this sender's share of it) is full. Retrying does
+	// not help until the recipient reads its messages.
+	ErrInboxFull = errors.New("recipient's inbox is full")
 )
 
 // Client-side errors.
@@ -77,6 +80,7 @@ var codeSentinels = map[petrelv1.ErrorCode]error{
 	petrelv1.ErrorCode_ERROR_CODE_INTERNAL:              ErrInternal,
 	petrelv1.ErrorCode_ERROR_CODE_ALREADY_AUTHENTICATED: ErrAlreadyAuthenticated,
 	petrelv1.ErrorCode_ERROR_CODE_PERMISSION_DENIED:     ErrPermissionDenied,
+	petrelv1.ErrorCode_ERROR_CODE_INBOX_FULL:            ErrInboxFull,
 }
 
 // Sentinel returns the sentinel error for a wire code, or nil for an unknown code.

@@ -71,6 +71,10 @@ const (
 	ErrorCode_ERROR_CODE_INTERNAL              ErrorCode = 19
 	ErrorCode_ERROR_CODE_ALREADY_AUTHENTICATED ErrorCode = 20
 	ErrorCode_ERROR_CODE_PERMISSION_DENIED     ErrorCode = 21
+	// The recipient device's inbox is full, or this sender's share of it is: permanent for this
+	// message (retrying the same send fails the same way until the recipient drains its inbox).
+	// Only the envelopes addressed to that inbox fail; other sends are not affected.
+	ErrorCode_ERROR_CODE_INBOX_FULL ErrorCode = 22
 )
 
 // Enum value maps for ErrorCode.
@@ -98,6 +102,7 @@ var (
 		19: "ERROR_CODE_INTERNAL",
 		20: "ERROR_CODE_ALREADY_AUTHENTICATED",
 		21: "ERROR_CODE_PERMISSION_DENIED",
+		22: "ERROR_CODE_INBOX_FULL",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":           0,
@@ -122,6 +127,7 @@ var (
 		"ERROR_CODE_INTERNAL":              19,
 		"ERROR_CODE_ALREADY_AUTHENTICATED": 20,
 		"ERROR_CODE_PERMISSION_DENIED":     21,
+		"ERROR_CODE_INBOX_FULL":            22,
 	}
 )
 
@@ -2322,7 +2328,7 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\vmessage_ids\x18\x03 \x03(\tR\n" +
 	"messageIds\"&\n" +
 	"\fQueuedResult\x12\x16\n" +
-	"\x06queued\x18\x01 \x03(\tR\x06queued*\xb1\x05\n" +
+	"\x06queued\x18\x01 \x03(\tR\x06queued*\xcc\x05\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aERROR_CODE_MALFORMED_FRAME\x10\x01\x12\x1c\n" +
@@ -2346,7 +2352,8 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\x18ERROR_CODE_SHUTTING_DOWN\x10\x12\x12\x17\n" +
 	"\x13ERROR_CODE_INTERNAL\x10\x13\x12$\n" +
 	" ERROR_CODE_ALREADY_AUTHENTICATED\x10\x14\x12 \n" +
-	"\x1cERROR_CODE_PERMISSION_DENIED\x10\x15*b\n" +
+	"\x1cERROR_CODE_PERMISSION_DENIED\x10\x15\x12\x19\n" +
+	"\x15ERROR_CODE_INBOX_FULL\x10\x16*b\n" +
 	"\fEnvelopeType\x12\x1d\n" +
 	"\x19ENVELOPE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ENVELOPE_TYPE_PREKEY\x10\x01\x12\x19\n" +
