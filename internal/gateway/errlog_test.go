@@ -62,15 +62,19 @@ func TestErrorFrameCarriesNoInternals(t *testing.T) {
 }
 
 // A storm of failing requests logs at most the burst, hands out an error id only for the lines it
-// wrote, and the next line written says how many were suppressed.
+// wrote, and the next line written says how many were suppressed. A storm of refusals does not
+// use up the budget of the server's own failures.
 func TestErrorLogIsRateLimited(t *testing.T) {
 	var out bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&out, nil))
-	l := errorLog{lim: rate.NewLimiter(0, errorLogBurst)} // no refill: the burst, then nothing
+	l := newErrorLog()
+	for i := range l.lim {
+		l.lim[i] = rate.NewLimiter(0, errorLogBurst) // no refill: the burst, then nothing
+	}
 	var ids []string
 	const storm = 10 * errorLogBurst
 	for range storm {
-		if id := l.log(log, pb.ErrorCode_ERROR_CODE_UNAVAILABLE, "request failed", "err", "boom"); id != "" {
+		if id := l.log(log, pb.ErrorCode_ERROR_CODE_UNKNOWN_USER, "request failed", "err", "unknown user"); id != "" {
 			ids = append(ids, id)
 		}
 	}
@@ -85,7 +89,12 @@ func TestErrorLogIsRateLimited(t *testing.T) {
 	if got := strings.Count(out.String(), "\n"); got != len(ids) {
 		t.Fatalf("%d log lines for %d ids", got, len(ids))
 	}
-	l.lim.SetLimit(rate.Inf)
+	// The refusals spent their budget, not the server faults'.
+	out.Reset()
+	if id := l.log(log, pb.ErrorCode_ERROR_CODE_UNAVAILABLE, "request failed", "err", "nats: boom"); id == "" || !strings.Contains(out.String(), "level=WARN") {
+		t.Fatalf("a storage failure after a storm of refusals: id %q, log %s", id, out.String())
+	}
+	l.lim[0].SetLimit(rate.Inf)
 	out.Reset()
 	if id := l.log(log, pb.ErrorCode_ERROR_CODE_INVALID_KEYS, "request failed", "err", "bad key"); id == "" {
 		t.Fatal("no id once the limit allows")

@@ -99,7 +99,7 @@ type Gateway struct {
 	metrics  *metrics
 	upgrader *websocket.Upgrader
 	regLimit *rate.Limiter
-	errLog   errorLog // rate-limits the log lines of errors answered to clients
+	errLog   *errorLog // rate-limits the log lines of errors answered to clients
 
 	draining atomic.Bool
 	count    atomic.Int64
