@@ -307,7 +307,8 @@ func TestDuplicateDropped(t *testing.T) {
 }
 
 // The sender's device list for the recipient is wrong (an extra device, the real one missing):
-// the server answers STALE_DEVICES/UNKNOWN_DEVICE with the current list and the client recovers.
+// the server answers UNKNOWN_DEVICE (without listing bob's devices), the client refetches them
+// with GetBundle and recovers.
 func TestStaleDeviceList(t *testing.T) {
 	srv := testserver.Start(t)
 	alice := register(t, srv, "alice", devOpts{}).start()

@@ -96,8 +96,6 @@ type Error struct {
 	RetryAfter time.Duration
 	// ErrorID identifies the error in the server's logs (for support).
 	ErrorID string
-	// Devices is, for ErrStaleDevices, the recipient's current device ids.
-	Devices []string
 }
 
 // Error reads "MESSAGE (CODE, error id ID)", e.g. "unknown user (unknown_user, error id 1f3a)".
@@ -125,7 +123,6 @@ func errorFromProto(p *petrelv1.Error) *Error {
 		Message:    p.GetMessage(),
 		RetryAfter: time.Duration(p.GetRetryAfterMs()) * time.Millisecond,
 		ErrorID:    p.GetErrorId(),
-		Devices:    p.GetDevices(),
 	}
 }
 

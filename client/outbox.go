@@ -112,8 +112,8 @@ func (l *link) trySend(ctx context.Context, e *store.OutboxEntry) error {
 		var se *Error
 		if errors.As(err, &se) && round < maxDeviceRounds &&
 			(se.Code == petrelv1.ErrorCode_ERROR_CODE_STALE_DEVICES || se.Code == petrelv1.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE) {
-			l.c.log.Info("recipient devices changed, re-encrypting", "to", e.To, "message_id", e.ID)
-			if err := l.c.updateDevices(e.To, se); err != nil {
+			l.c.log.Info("recipient devices changed, refetching them and re-encrypting", "to", e.To, "message_id", e.ID)
+			if err := l.c.forgetDevices(e.To); err != nil {
 				return err
 			}
 			continue
@@ -392,47 +392,26 @@ func bundleFromProto(db *petrelv1.DeviceBundle) *e2ee.PreKeyBundle {
 	return b
 }
 
-// updateDevices applies a stale-device answer: drop removed devices (and their sessions) and add
-// new ones (their bundles are fetched by the next ensureSessions).
-func (c *Client) updateDevices(name string, se *Error) error {
+// forgetDevices handles a STALE_DEVICES or UNKNOWN_DEVICE answer: the contact's device list is
+// marked unknown, so the next ensureSessions refetches every device of name through GetBundle
+// (the server's Send answers never list devices), drops the devices that are gone (and their
+// sessions), and starts sessions with the new ones.
+func (c *Client) forgetDevices(name string) error {
 	err := c.st.Update(func(tx *store.Tx) error {
 		ct, err := tx.Contact(name)
 		if errors.Is(err, store.ErrNotFound) {
-			ct = &store.Contact{Name: name, Devices: map[string]*store.ContactDevice{}}
+			return nil // nothing known: the next ensureSessions fetches everything anyway
 		} else if err != nil {
 			return err
 		}
-		if se.Code != petrelv1.ErrorCode_ERROR_CODE_STALE_DEVICES && len(se.Devices) == 0 {
-			// No list given: refetch every device.
-			ct.DevicesKnown = false
-			return tx.PutContact(ct)
-		}
-		keep := map[string]bool{}
-		for _, dev := range se.Devices {
-			if !petrelv1.ValidDeviceID(dev) {
-				return fmt.Errorf("%w: malformed device id in stale-devices answer", ErrProtocol)
-			}
-			keep[dev] = true
-			if _, ok := ct.Devices[dev]; !ok {
-				ct.Devices[dev] = &store.ContactDevice{FirstSeen: c.cfg.Now()}
-			}
-		}
-		for dev := range ct.Devices {
-			if !keep[dev] {
-				delete(ct.Devices, dev)
-				if err := tx.DeleteSessionRecord(name, dev); err != nil {
-					return err
-				}
-			}
-		}
-		ct.DevicesKnown = true
+		ct.DevicesKnown = false
 		ct.UpdatedAt = c.cfg.Now()
 		return tx.PutContact(ct)
 	})
-	if err != nil && !errors.Is(err, ErrProtocol) {
+	if err != nil {
 		return &storeError{err}
 	}
-	return err
+	return nil
 }
 
 // checkOutbox asks the server about messages it acked long ago that still miss receipts, and

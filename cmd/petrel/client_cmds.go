@@ -41,8 +41,11 @@ func usageErr(e *env, cmd, format string, args ...any) int {
 	return 2
 }
 
-// describe turns SDK errors into messages a user can act on.
-func describe(err error) string {
+// describe turns SDK errors into messages a user can act on, escaped for the terminal (an error
+// may carry a server's text).
+func describe(err error) string { return sanitize(describeErr(err)) }
+
+func describeErr(err error) string {
 	var netErr *net.OpError
 	switch {
 	case errors.Is(err, client.ErrNameTaken):
@@ -132,23 +135,28 @@ func (s *clientSession) close() {
 	s.st.Close()
 }
 
-// warnEvent prints identity changes and dropped messages to stderr.
+// warnEvent prints identity changes and dropped messages to stderr (escaped: names, device ids
+// and error texts come from the network).
 func warnEvent(e *env, cmd string, ev client.Event) {
+	var line string
 	switch ev := ev.(type) {
 	case *client.IdentityChanged:
 		if ev.NewDevice {
-			fmt.Fprintf(e.stderr, "petrel %s: warning: %s has a new device %s (fingerprint %s); your safety number with %s changed, check it with 'petrel safety-number %s'\n",
+			line = fmt.Sprintf("petrel %s: warning: %s has a new device %s (fingerprint %s); your safety number with %s changed, check it with 'petrel safety-number %s'",
 				cmd, ev.Name, ev.DeviceID, ev.NewFingerprint, ev.Name, ev.Name)
 		} else {
-			fmt.Fprintf(e.stderr, "petrel %s: WARNING: the identity key of %s (device %s) CHANGED from %s to %s; your safety number with %s changed, verify it with 'petrel safety-number %s'\n",
+			line = fmt.Sprintf("petrel %s: WARNING: the identity key of %s (device %s) CHANGED from %s to %s; your safety number with %s changed, verify it with 'petrel safety-number %s'",
 				cmd, ev.Name, ev.DeviceID, ev.OldFingerprint, ev.NewFingerprint, ev.Name, ev.Name)
 		}
 	case *client.DecryptFailed:
-		fmt.Fprintf(e.stderr, "petrel %s: warning: could not decrypt message %s from %s (device %s): %v\n",
+		line = fmt.Sprintf("petrel %s: warning: could not decrypt message %s from %s (device %s): %v",
 			cmd, ev.MessageID, ev.From, ev.FromDevice, ev.Err)
 	case *client.SendFailed:
-		fmt.Fprintf(e.stderr, "petrel %s: message %s to %s failed: %s\n", cmd, ev.MessageID, ev.To, describe(ev.Err))
+		line = fmt.Sprintf("petrel %s: message %s to %s failed: %s", cmd, ev.MessageID, ev.To, describe(ev.Err))
+	default:
+		return
 	}
+	fmt.Fprintln(e.stderr, sanitize(line))
 }
 
 func runRegister(ctx context.Context, e *env, args []string) int {
@@ -283,25 +291,11 @@ func (p *printer) print(m *client.Message) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(p.e.stdout, "%s\n", b)
+		fmt.Fprintf(p.e.stdout, "%s\n", escapeJSONInvisible(b))
 	} else {
-		fmt.Fprintf(p.e.stdout, "%s: %s\n", m.From, sanitize(m.Text))
+		fmt.Fprintf(p.e.stdout, "%s: %s\n", sanitize(m.From), sanitize(m.Text))
 	}
 	return p.c.MarkSeen(m.Seq)
-}
-
-// sanitize replaces control characters (other than tab and newline) so a message cannot drive
-// the terminal.
-func sanitize(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r == '\n' || r == '\t' {
-			return r
-		}
-		if r < 0x20 || r >= 0x7f && r < 0xa0 {
-			return '\uFFFD'
-		}
-		return r
-	}, s)
 }
 
 func runRecv(ctx context.Context, e *env, args []string) int {
@@ -461,14 +455,14 @@ func runChat(ctx context.Context, e *env, args []string) int {
 			fmt.Fprint(e.stdout, "> ")
 		}
 	}
-	// show prints one line above the prompt (redrawing it on a terminal).
+	// show prints one line above the prompt (redrawing it on a terminal), escaped (sanitize).
 	show := func(line string) {
 		outMu.Lock()
 		defer outMu.Unlock()
 		if tty && ct == nil {
 			fmt.Fprint(e.stdout, "\r\033[K")
 		}
-		fmt.Fprintln(e.stdout, line)
+		fmt.Fprintln(e.stdout, sanitize(line)) // one line, whatever the network sent
 		prompt()
 	}
 	var s *clientSession
@@ -477,7 +471,7 @@ func runChat(ctx context.Context, e *env, args []string) int {
 		<-ready
 		switch ev := ev.(type) {
 		case *client.Message:
-			show(fmt.Sprintf("%s: %s", ev.From, sanitize(ev.Text)))
+			show(fmt.Sprintf("%s: %s", ev.From, ev.Text))
 			if err := s.c.MarkSeen(ev.Seq); err != nil {
 				show(fmt.Sprintf("petrel %s: %s", cmd, describe(err)))
 			}
@@ -496,7 +490,7 @@ func runChat(ctx context.Context, e *env, args []string) int {
 				return err
 			}
 			for _, m := range unseen {
-				show(fmt.Sprintf("%s: %s", m.From, sanitize(m.Text)))
+				show(fmt.Sprintf("%s: %s", m.From, m.Text))
 				if err := c.MarkSeen(m.Seq); err != nil {
 					return err
 				}

@@ -339,9 +339,3 @@ func TestFormatSafetyNumber(t *testing.T) {
 		t.Fatalf("grouped input: %q", got)
 	}
 }
-
-func TestSanitize(t *testing.T) {
-	if got := sanitize("a\x1b[2Jb\tc\nd\x9b"); got != "a\uFFFD[2Jb\tc\nd\uFFFD" {
-		t.Fatalf("got %q", got)
-	}
-}

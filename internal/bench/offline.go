@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protowire"
-
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -254,9 +252,8 @@ func (s *offlineShard) onSender(c *wsConn, f frameView) {
 	snd := s.senders[c.user]
 	switch f.kind {
 	case kSendResult:
-		if live := varintField(f.body, 2); live > 0 {
-			s.rep.error("delivered_live_to_offline")
-		}
+		// The recipients are offline, so an acked send is a stored one. (SendResult no longer
+		// says live or stored: that was a presence oracle.)
 		snd.answer(f.id, nil)
 	case kError:
 		e := parseError(f.body)
@@ -315,27 +312,6 @@ func (snd *offSender) answer(id uint64, e *pb.Error) {
 	if e != nil {
 		s.rep.error("send_" + pb.ErrorCodeName(e.GetCode()))
 	}
-}
-
-// varintField returns varint field num of a message (0 when absent).
-func varintField(b []byte, num protowire.Number) uint64 {
-	for len(b) > 0 {
-		n, typ, l := protowire.ConsumeTag(b)
-		if l < 0 {
-			return 0
-		}
-		b = b[l:]
-		if n == num && typ == protowire.VarintType {
-			v, _ := protowire.ConsumeVarint(b)
-			return v
-		}
-		l = protowire.ConsumeFieldValue(n, typ, b)
-		if l < 0 {
-			return 0
-		}
-		b = b[l:]
-	}
-	return 0
 }
 
 func (s *offlineShard) recipientIdx() []int {

@@ -28,6 +28,8 @@ type Config struct {
 	// URLs is empty.
 	DataDir string
 	// URLs are external NATS servers; empty means start an embedded server. Default: empty.
+	// They may carry credentials (nats://user:pass@host, nats://token@host): print them only
+	// through RedactURL.
 	URLs []string
 	// Replicas is the replication factor of every stream and bucket. Default: 1 (embedded) or 3 (external).
 	Replicas int
@@ -126,7 +128,10 @@ func (b *Bus) connect() error {
 		}
 		nc, err := nats.Connect(url, opts...)
 		if err != nil {
-			return fmt.Errorf("connect to nats %v: %w", b.cfg.URLs, err)
+			// Neither the URLs nor the client's error (a URL parse error quotes the URL) may
+			// print credentials.
+			msg := fmt.Sprintf("connect to nats %v: %s", RedactURLs(b.cfg.URLs), redactSecrets(err.Error(), b.cfg.URLs))
+			return &credentialError{msg: msg, err: err}
 		}
 		b.nc = nc
 	} else {

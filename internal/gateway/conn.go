@@ -200,7 +200,7 @@ func (c *conn) handshake(f *pb.Frame) {
 	}
 	status, err := c.g.dir.Status(ctx, dev)
 	if err != nil {
-		c.write(errorFrame(f.Id, err, newErrorID()))
+		c.writeError(f.Id, err)
 		return
 	}
 	c.mu.Lock()
@@ -222,7 +222,7 @@ func (c *conn) handshake(f *pb.Frame) {
 	}}})
 	att, err := c.g.mb.Attach(dev.ID, c.id, c)
 	if err != nil {
-		c.write(errorFrame(0, err, newErrorID()))
+		c.writeError(0, err)
 		c.close()
 		return
 	}
@@ -237,7 +237,8 @@ func (c *conn) handshake(f *pb.Frame) {
 }
 
 // send validates a Send and hands it to the mailbox; the answer is written when every device has
-// the envelope (acked live or stored), or as an error when one does not.
+// the envelope (acked live or stored), or as an error when one does not. The answer never says
+// which of the two happened.
 func (c *conn) send(id uint64, s *pb.Send) {
 	v := pb.SendView{ID: id, MessageID: []byte(s.GetMessageId()), To: []byte(s.GetTo())}
 	for _, e := range s.GetEnvelopes() {
@@ -269,11 +270,11 @@ func (c *conn) sendView(v *pb.SendView) {
 	// by the directory.
 	acc, err := c.g.dir.Account(context.Background(), string(v.To))
 	if err != nil {
-		c.write(errorFrame(id, err, newErrorID()))
+		c.writeError(id, err)
 		return
 	}
 	if err := checkDevices(acc.Devices, v.Envelopes); err != nil {
-		c.write(errorFrame(id, err, ""))
+		c.writeError(id, err)
 		return
 	}
 	c.mu.Lock()
@@ -307,13 +308,13 @@ func (c *conn) sendView(v *pb.SendView) {
 		defer c.g.inflight.done()
 		defer c.sends.Add(-1)
 		if o.Err != nil {
-			errID := newErrorID()
-			c.g.log.Warn("send not acked", "conn", c.id, "error_id", errID, "err", o.Err)
-			c.write(errorFrame(id, o.Err, errID))
+			c.writeError(id, o.Err)
 			return
 		}
 		c.g.metrics.sends.Inc()
-		_ = c.enqueue(pb.AppendSendResultFrame(nil, id, msgID, uint32(o.Live), uint32(o.Stored)))
+		// Only "accepted": whether the recipient acked live or the envelope was stored would tell
+		// any sender whether the recipient is online (invariant 1 holds either way).
+		_ = c.enqueue(pb.AppendSendResultFrame(nil, id, msgID))
 	})
 }
 
@@ -327,6 +328,15 @@ func ownedDevice(current []string, d []byte) string {
 	return string(d)
 }
 
+// The answers of checkDevices. They never list the recipient's devices: a Send is open to any
+// sender, contact or not, so device ids (and whether a device exists) are given only through the
+// bundle path (GetBundle), where the client refetches after STALE_DEVICES or UNKNOWN_DEVICE.
+var (
+	errDuplicateDevice = &codedError{code: pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, msg: "two envelopes for one device"}
+	errUnknownDevice   = &codedError{code: pb.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE, msg: "the recipient does not own a device of this send: fetch its devices again (GetBundle)"}
+	errStaleDevices    = &codedError{code: pb.ErrorCode_ERROR_CODE_STALE_DEVICES, msg: "the device list is stale: fetch the recipient's devices again (GetBundle) and encrypt for each"}
+)
+
 // checkDevicesLarge is checkDevices with maps, for long lists (linear, not quadratic).
 func checkDevicesLarge(current []string, envs []pb.CiphertextView) error {
 	cur := make(map[string]bool, len(current))
@@ -337,15 +347,15 @@ func checkDevicesLarge(current []string, envs []pb.CiphertextView) error {
 	for _, e := range envs {
 		d := string(e.DeviceID)
 		if seen[d] {
-			return &codedError{code: pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, msg: "two envelopes for one device"}
+			return errDuplicateDevice
 		}
 		seen[d] = true
 		if !cur[d] {
-			return &codedError{code: pb.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE, msg: "the recipient does not own device " + d, devices: current}
+			return errUnknownDevice
 		}
 	}
 	if len(seen) != len(cur) {
-		return &codedError{code: pb.ErrorCode_ERROR_CODE_STALE_DEVICES, msg: "the device list is stale: encrypt for every listed device", devices: current}
+		return errStaleDevices
 	}
 	return nil
 }
@@ -353,7 +363,7 @@ func checkDevicesLarge(current []string, envs []pb.CiphertextView) error {
 // checkDevices requires exactly one envelope per current device of the recipient.
 func checkDevices(current []string, envs []pb.CiphertextView) error {
 	if len(envs) == 0 {
-		return &codedError{code: pb.ErrorCode_ERROR_CODE_STALE_DEVICES, msg: "no envelopes: the recipient's devices are listed", devices: current}
+		return errStaleDevices
 	}
 	if len(envs) > 8 || len(current) > 8 {
 		return checkDevicesLarge(current, envs)
@@ -362,7 +372,7 @@ func checkDevices(current []string, envs []pb.CiphertextView) error {
 	for i, e := range envs {
 		for _, prev := range envs[:i] {
 			if string(prev.DeviceID) == string(e.DeviceID) {
-				return &codedError{code: pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, msg: "two envelopes for one device"}
+				return errDuplicateDevice
 			}
 		}
 		owned := false
@@ -370,12 +380,12 @@ func checkDevices(current []string, envs []pb.CiphertextView) error {
 			owned = owned || c == string(e.DeviceID)
 		}
 		if !owned {
-			return &codedError{code: pb.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE, msg: "the recipient does not own device " + string(e.DeviceID), devices: current}
+			return errUnknownDevice
 		}
 	}
 	// Distinct and all owned: the lists match when they are as long.
 	if len(envs) != len(current) {
-		return &codedError{code: pb.ErrorCode_ERROR_CODE_STALE_DEVICES, msg: "the device list is stale: encrypt for every listed device", devices: current}
+		return errStaleDevices
 	}
 	return nil
 }
@@ -385,7 +395,7 @@ func (c *conn) getBundle(id uint64, req *pb.GetBundle) {
 	defer cancel()
 	res, err := c.g.dir.Bundles(ctx, req.GetName(), req.GetDeviceIds())
 	if err != nil {
-		c.write(errorFrame(id, err, newErrorID()))
+		c.writeError(id, err)
 		return
 	}
 	c.write(&pb.Frame{Id: id, Body: &pb.Frame_BundleResult{BundleResult: res}})
@@ -399,7 +409,7 @@ func (c *conn) uploadPreKeys(id uint64, req *pb.UploadPreKeys) {
 	c.mu.Unlock()
 	st, err := c.g.dir.UploadPreKeys(ctx, devID, req.GetKeys())
 	if err != nil {
-		c.write(errorFrame(id, err, newErrorID()))
+		c.writeError(id, err)
 		return
 	}
 	c.write(&pb.Frame{Id: id, Body: &pb.Frame_PrekeyStatus{PrekeyStatus: st}})
@@ -414,7 +424,7 @@ func (c *conn) queryQueued(id uint64, req *pb.QueryQueued) {
 	defer cancel()
 	acc, err := c.g.dir.Account(ctx, req.GetTo())
 	if err != nil {
-		c.write(errorFrame(id, err, ""))
+		c.writeError(id, err)
 		return
 	}
 	owned := false
@@ -436,7 +446,7 @@ func (c *conn) queryQueued(id uint64, req *pb.QueryQueued) {
 		return e.GetMessageId(), e.GetFromDevice(), true
 	})
 	if err != nil {
-		c.write(errorFrame(id, fmt.Errorf("%w: %v", mailbox.ErrStorage, err), newErrorID()))
+		c.writeError(id, fmt.Errorf("%w: %v", mailbox.ErrStorage, err))
 		return
 	}
 	c.write(&pb.Frame{Id: id, Body: &pb.Frame_QueuedResult{QueuedResult: &pb.QueuedResult{Queued: found}}})
@@ -488,6 +498,22 @@ func (c *conn) write(f *pb.Frame) {
 		return
 	}
 	_ = c.enqueue(b)
+}
+
+// writeError answers request id with err: its stable code and fixed message (errorFrame), and an
+// error id under which the full error is logged. Logs are rate-limited node-wide (errorLog): an
+// error whose line is suppressed gets no id, so every id a client holds is in the log. A
+// codedError is the gateway's own refusal with a fixed message: answered as is, not logged.
+func (c *conn) writeError(id uint64, err error) {
+	code, _ := codeFor(err)
+	c.g.metrics.rejected.WithLabelValues(pb.ErrorCodeName(code)).Inc()
+	var ce *codedError
+	if errors.As(err, &ce) {
+		c.write(errorFrame(id, err, ""))
+		return
+	}
+	errID := c.g.errLog.log(c.g.log, code, "request failed", "conn", c.id, "request", id, "err", err)
+	c.write(errorFrame(id, err, errID))
 }
 
 func (c *conn) fail(id uint64, code pb.ErrorCode, msg string) {

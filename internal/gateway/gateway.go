@@ -99,6 +99,7 @@ type Gateway struct {
 	metrics  *metrics
 	upgrader *websocket.Upgrader
 	regLimit *rate.Limiter
+	errLog   *errorLog // rate-limits the log lines of errors answered to clients
 
 	draining atomic.Bool
 	count    atomic.Int64
@@ -132,6 +133,7 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, cfg Config) *Gateway {
 		log:      cfg.Logger,
 		metrics:  newMetrics(cfg.Registry),
 		regLimit: rate.NewLimiter(rate.Limit(cfg.RegistrationsPerSecond), 100),
+		errLog:   newErrorLog(),
 		conns:    map[*conn]struct{}{},
 	}
 	u := websocket.NewUpgrader()
@@ -448,23 +450,64 @@ func LoadTLS(certFile, keyFile string) (*tls.Config, error) {
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
-// errorFrame maps an error to a wire Error with a stable code.
+// errorFrame maps an error to a wire Error: its stable code, a short fixed message for that code
+// (publicMessage) and errID. The error's own text never reaches the client: it may carry storage
+// internals (NATS errors, subjects, record keys); the caller logs it under errID instead (see
+// conn.writeError). A codedError's message is the gateway's own fixed text and is sent as is.
 func errorFrame(id uint64, err error, errID string) *pb.Frame {
 	code, retry := codeFor(err)
-	e := &pb.Error{Code: code, Message: err.Error(), RetryAfterMs: retry, ErrorId: errID}
+	msg := publicMessage(code)
 	var ce *codedError
-	if errors.As(err, &ce) {
-		e.Devices = ce.devices
+	if errors.As(err, &ce) && ce.msg != "" {
+		msg = ce.msg
 	}
-	return &pb.Frame{Id: id, Body: &pb.Frame_Error{Error: e}}
+	return &pb.Frame{Id: id, Body: &pb.Frame_Error{Error: &pb.Error{Code: code, Message: msg, RetryAfterMs: retry, ErrorId: errID}}}
 }
 
-// codedError carries a wire code chosen by the gateway itself.
+// publicMessage is the fixed client-facing text of a code.
+func publicMessage(code pb.ErrorCode) string {
+	switch code {
+	case pb.ErrorCode_ERROR_CODE_UNKNOWN_USER:
+		return "unknown user"
+	case pb.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE:
+		return "unknown device: fetch the recipient's devices again (GetBundle)"
+	case pb.ErrorCode_ERROR_CODE_STALE_DEVICES:
+		return "the device list is stale: fetch the recipient's devices again (GetBundle)"
+	case pb.ErrorCode_ERROR_CODE_AUTH_FAILED:
+		return "authentication failed"
+	case pb.ErrorCode_ERROR_CODE_NAME_TAKEN:
+		return "name taken"
+	case pb.ErrorCode_ERROR_CODE_INVALID_NAME:
+		return "invalid name: use 1-32 of a-z 0-9 _ . - starting with a letter or digit"
+	case pb.ErrorCode_ERROR_CODE_REGISTRATION_CLOSED:
+		return "registration is closed"
+	case pb.ErrorCode_ERROR_CODE_INVALID_INVITE:
+		return "invalid or used invite code"
+	case pb.ErrorCode_ERROR_CODE_INVALID_KEYS:
+		return "invalid keys: a key, prekey or signature does not verify"
+	case pb.ErrorCode_ERROR_CODE_INVALID_REQUEST:
+		return "invalid request: a field is missing or out of range"
+	case pb.ErrorCode_ERROR_CODE_UNAVAILABLE:
+		return "storage unavailable: nothing was acked, retry later"
+	case pb.ErrorCode_ERROR_CODE_RATE_LIMITED:
+		return "rate limited: retry later"
+	case pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN:
+		return "server is shutting down: reconnect"
+	case pb.ErrorCode_ERROR_CODE_PERMISSION_DENIED:
+		return "permission denied"
+	case pb.ErrorCode_ERROR_CODE_INBOX_FULL:
+		return "the recipient's inbox is full"
+	default:
+		return "internal error"
+	}
+}
+
+// codedError carries a wire code chosen by the gateway itself, with a fixed message (no request
+// data, no internals: it is sent to the client).
 type codedError struct {
-	code    pb.ErrorCode
-	msg     string
-	retry   uint32
-	devices []string
+	code  pb.ErrorCode
+	msg   string
+	retry uint32
 }
 
 func (e *codedError) Error() string { return e.msg }

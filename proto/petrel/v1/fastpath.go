@@ -33,18 +33,12 @@ func AppendEnvelope(b []byte, messageID, from, fromDevice string, typ EnvelopeTy
 	return b
 }
 
-// AppendSendResultFrame appends the encoding of Frame{id, send_result: SendResult{message_id,
-// delivered_live, stored}} to b.
-func AppendSendResultFrame(b []byte, id uint64, messageID string, deliveredLive, stored uint32) []byte {
+// AppendSendResultFrame appends the encoding of Frame{id, send_result: SendResult{message_id}}
+// to b. SendResult's delivered_live and stored are never set: they were a presence oracle.
+func AppendSendResultFrame(b []byte, id uint64, messageID string) []byte {
 	inner := 0
 	if messageID != "" {
 		inner += protowire.SizeTag(1) + protowire.SizeBytes(len(messageID))
-	}
-	if deliveredLive != 0 {
-		inner += protowire.SizeTag(2) + protowire.SizeVarint(uint64(deliveredLive))
-	}
-	if stored != 0 {
-		inner += protowire.SizeTag(3) + protowire.SizeVarint(uint64(stored))
 	}
 	if b == nil {
 		b = make([]byte, 0, 16+inner)
@@ -55,16 +49,7 @@ func AppendSendResultFrame(b []byte, id uint64, messageID string, deliveredLive,
 	}
 	b = protowire.AppendTag(b, 16, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(inner))
-	b = appendString(b, 1, messageID)
-	if deliveredLive != 0 {
-		b = protowire.AppendTag(b, 2, protowire.VarintType)
-		b = protowire.AppendVarint(b, uint64(deliveredLive))
-	}
-	if stored != 0 {
-		b = protowire.AppendTag(b, 3, protowire.VarintType)
-		b = protowire.AppendVarint(b, uint64(stored))
-	}
-	return b
+	return appendString(b, 1, messageID)
 }
 
 func appendString(b []byte, num protowire.Number, s string) []byte {

@@ -35,23 +35,25 @@ func TestAppendEnvelopeMatchesProtobuf(t *testing.T) {
 
 func TestAppendSendResultFrameMatchesProtobuf(t *testing.T) {
 	cases := []struct {
-		id           uint64
-		msgID        string
-		live, stored uint32
+		id    uint64
+		msgID string
 	}{
-		{0, "", 0, 0},
-		{1, "m1", 1, 0},
-		{1 << 40, "a-64-character-id-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 3, 200},
-		{7, "", 0, 1},
+		{0, ""},
+		{1, "m1"},
+		{1 << 40, "a-64-character-id-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"},
+		{7, ""},
 	}
 	for _, c := range cases {
-		f := &Frame{Id: c.id, Body: &Frame_SendResult{SendResult: &SendResult{MessageId: c.msgID, DeliveredLive: c.live, Stored: c.stored}}}
+		f := &Frame{Id: c.id, Body: &Frame_SendResult{SendResult: &SendResult{MessageId: c.msgID}}}
 		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := AppendSendResultFrame(nil, c.id, c.msgID, c.live, c.stored); !bytes.Equal(got, want) {
+		if got := AppendSendResultFrame(nil, c.id, c.msgID); !bytes.Equal(got, want) {
 			t.Fatalf("%+v:\n got %x\nwant %x", c, got, want)
+		}
+		if got := AppendSendResultFrame([]byte{9}, c.id, c.msgID); !bytes.Equal(got[1:], want) || got[0] != 9 {
+			t.Fatalf("%+v: appending to a prefix broke it", c)
 		}
 	}
 }

@@ -1134,12 +1134,20 @@ func (x *Welcome) GetMaxFrameBytes() uint32 {
 
 // Error is the response to a failed request, or the reason a connection is about to close.
 type Error struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	Code         ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=petrel.v1.ErrorCode" json:"code,omitempty"`
-	Message      string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`                                  // human-readable, never contains secrets
-	RetryAfterMs uint32                 `protobuf:"varint,3,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"` // > 0 when retrying later may succeed
-	ErrorId      string                 `protobuf:"bytes,4,opt,name=error_id,json=errorId,proto3" json:"error_id,omitempty"`                   // also logged by the server, for support
-	// For ERROR_CODE_STALE_DEVICES: the recipient's current device ids.
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Code  ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=petrel.v1.ErrorCode" json:"code,omitempty"`
+	// A short fixed text per code: never secrets, internals (storage errors, record keys, subject
+	// names) or anything the request did not already carry. Clients branch on code, not on this.
+	Message      string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	RetryAfterMs uint32 `protobuf:"varint,3,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"` // > 0 when retrying later may succeed
+	// Identifies this error in the server's log, which holds the full cause (for support). Set on
+	// errors the server logged; absent on fixed refusals (rate limits, malformed requests).
+	ErrorId string `protobuf:"bytes,4,opt,name=error_id,json=errorId,proto3" json:"error_id,omitempty"`
+	// Never filled since December 2026 (was a device-list and presence oracle: any sender learned
+	// the recipient's device ids from a STALE_DEVICES or UNKNOWN_DEVICE answer). A client that gets
+	// either code refetches the recipient's devices with GetBundle. Kept for wire compatibility.
+	//
+	// Deprecated: Marked as deprecated in proto/petrel/v1/petrel.proto.
 	Devices       []string `protobuf:"bytes,5,rep,name=devices,proto3" json:"devices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1203,6 +1211,7 @@ func (x *Error) GetErrorId() string {
 	return ""
 }
 
+// Deprecated: Marked as deprecated in proto/petrel/v1/petrel.proto.
 func (x *Error) GetDevices() []string {
 	if x != nil {
 		return x.Devices
@@ -1333,11 +1342,19 @@ func (x *DeviceCiphertext) GetCiphertext() []byte {
 }
 
 // SendResult acks a Send: every recipient device has the envelope (live) or it is durably stored.
+// It says only "accepted": never whether the recipient is online. Delivery and read state travel
+// end to end, as encrypted receipts between clients.
 type SendResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	MessageId     string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
-	DeliveredLive uint32                 `protobuf:"varint,2,opt,name=delivered_live,json=deliveredLive,proto3" json:"delivered_live,omitempty"` // devices that acked it live
-	Stored        uint32                 `protobuf:"varint,3,opt,name=stored,proto3" json:"stored,omitempty"`                                    // devices for which it was stored durably
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	MessageId string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// delivered_live and stored are always 0 since December 2026: they told any sender, contact or
+	// not, whether the recipient was online right now (a presence oracle). Kept for wire
+	// compatibility; never reuse the numbers.
+	//
+	// Deprecated: Marked as deprecated in proto/petrel/v1/petrel.proto.
+	DeliveredLive uint32 `protobuf:"varint,2,opt,name=delivered_live,json=deliveredLive,proto3" json:"delivered_live,omitempty"`
+	// Deprecated: Marked as deprecated in proto/petrel/v1/petrel.proto.
+	Stored        uint32 `protobuf:"varint,3,opt,name=stored,proto3" json:"stored,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1379,6 +1396,7 @@ func (x *SendResult) GetMessageId() string {
 	return ""
 }
 
+// Deprecated: Marked as deprecated in proto/petrel/v1/petrel.proto.
 func (x *SendResult) GetDeliveredLive() uint32 {
 	if x != nil {
 		return x.DeliveredLive
@@ -1386,6 +1404,7 @@ func (x *SendResult) GetDeliveredLive() uint32 {
 	return 0
 }
 
+// Deprecated: Marked as deprecated in proto/petrel/v1/petrel.proto.
 func (x *SendResult) GetStored() uint32 {
 	if x != nil {
 		return x.Stored
@@ -2249,13 +2268,13 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\x0freplenish_below\x18\x05 \x01(\rR\x0ereplenishBelow\x127\n" +
 	"\x18signed_prekey_created_ms\x18\x06 \x01(\x03R\x15signedPrekeyCreatedMs\x12$\n" +
 	"\x0eserver_time_ms\x18\a \x01(\x03R\fserverTimeMs\x12&\n" +
-	"\x0fmax_frame_bytes\x18\b \x01(\rR\rmaxFrameBytes\"\xa6\x01\n" +
+	"\x0fmax_frame_bytes\x18\b \x01(\rR\rmaxFrameBytes\"\xaa\x01\n" +
 	"\x05Error\x12(\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x14.petrel.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12$\n" +
 	"\x0eretry_after_ms\x18\x03 \x01(\rR\fretryAfterMs\x12\x19\n" +
-	"\berror_id\x18\x04 \x01(\tR\aerrorId\x12\x18\n" +
-	"\adevices\x18\x05 \x03(\tR\adevices\"p\n" +
+	"\berror_id\x18\x04 \x01(\tR\aerrorId\x12\x1c\n" +
+	"\adevices\x18\x05 \x03(\tB\x02\x18\x01R\adevices\"p\n" +
 	"\x04Send\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x0e\n" +
@@ -2266,13 +2285,13 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\x04type\x18\x02 \x01(\x0e2\x17.petrel.v1.EnvelopeTypeR\x04type\x12\x1e\n" +
 	"\n" +
 	"ciphertext\x18\x03 \x01(\fR\n" +
-	"ciphertext\"j\n" +
+	"ciphertext\"r\n" +
 	"\n" +
 	"SendResult\x12\x1d\n" +
 	"\n" +
-	"message_id\x18\x01 \x01(\tR\tmessageId\x12%\n" +
-	"\x0edelivered_live\x18\x02 \x01(\rR\rdeliveredLive\x12\x16\n" +
-	"\x06stored\x18\x03 \x01(\rR\x06stored\"\xd1\x01\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\x12)\n" +
+	"\x0edelivered_live\x18\x02 \x01(\rB\x02\x18\x01R\rdeliveredLive\x12\x1a\n" +
+	"\x06stored\x18\x03 \x01(\rB\x02\x18\x01R\x06stored\"\xd1\x01\n" +
 	"\bEnvelope\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x12\n" +

@@ -132,7 +132,7 @@ func BenchmarkDecodeFrame(b *testing.B) {
 
 // BenchmarkEncodeFrame: a SendResult, the most common server answer.
 func BenchmarkEncodeFrame(b *testing.B) {
-	f := &Frame{Id: 42, Body: &Frame_SendResult{SendResult: &SendResult{MessageId: "AbCdEfGhIjKlMnOpQrStUv", DeliveredLive: 1}}}
+	f := &Frame{Id: 42, Body: &Frame_SendResult{SendResult: &SendResult{MessageId: "AbCdEfGhIjKlMnOpQrStUv"}}}
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := EncodeFrame(f); err != nil {

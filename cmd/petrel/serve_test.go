@@ -1,0 +1,34 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+// petrel serve with an external NATS that cannot be reached fails, and names the server without
+// the password or token in its URL (on stdout, stderr, or in the log).
+func TestServeHidesNATSCredentials(t *testing.T) {
+	for _, url := range []string{
+		"nats://u:secret-pass@127.0.0.1:1",
+		"nats://secret-token@127.0.0.1:1",
+		"nats://u:secret-pass@127.0.0.1:bad-port",
+	} {
+		var out, errb bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), cliWait)
+		e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: func(string) string { return "" }}
+		code := run(ctx, []string{"serve", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--log-level", "debug", "--nats", url}, e)
+		cancel()
+		if code != 1 {
+			t.Fatalf("%s: exit code %d, want 1\nstdout:\n%s\nstderr:\n%s", url, code, out.String(), errb.String())
+		}
+		all := out.String() + errb.String()
+		if strings.Contains(all, "secret") || !strings.Contains(all, "127.0.0.1") {
+			t.Errorf("%s: output:\n%s", url, all)
+		}
+	}
+}
