@@ -196,6 +196,9 @@ func (b *Bus) InboxShards() int { return b.cfg.InboxShards }
 // InboxMaxPerDevice is the cap on one device's stored envelopes (the inbox streams' per-subject limit).
 func (b *Bus) InboxMaxPerDevice() int64 { return b.cfg.InboxMaxPerDevice }
 
+// StoreMaxBytes is the embedded store's configured byte limit (0: nats-server's default).
+func (b *Bus) StoreMaxBytes() int64 { return b.cfg.StoreMaxBytes }
+
 // InboxMaxAge is how long an undelivered envelope is kept.
 func (b *Bus) InboxMaxAge() time.Duration { return b.cfg.InboxMaxAge }
 

@@ -187,9 +187,13 @@ type Mailbox struct {
 	writers    []*shardWriter
 	limits     limits        // admission caps (quota.go)
 	queryLimit *queryLimiter // QueryQueued's rate limit
-	stop       chan struct{}
-	wg         sync.WaitGroup
-	closed     atomic.Bool
+	// The store's usage (bytes; read every second, plus what writers committed since) and limit
+	// (0: unknown), and whether an atomic commit timed out since the last read: see storeTight.
+	storeUsed, storeLimit atomic.Int64
+	batchTimedOut         atomic.Bool
+	stop                  chan struct{}
+	wg                    sync.WaitGroup
+	closed                atomic.Bool
 
 	// drainWaits, set by tests before any Attach, is told each time a drain waits for its window.
 	drainWaits func()
@@ -270,6 +274,9 @@ func (m *Mailbox) Start() error {
 	}
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.expireLive() }()
+	m.readStoreUsage()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.watchStore() }()
 	for _, ch := range m.dispatch {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); m.runDispatch(ch) }()

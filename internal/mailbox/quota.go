@@ -384,6 +384,73 @@ func classifyStoreErr(err error) error {
 	return fmt.Errorf("%w: %v", ErrStorage, err)
 }
 
+// watchStore reads the JetStream account's store usage and limit every second (writers add what
+// they commit in between), for storeTight. Stops with the mailbox.
+func (m *Mailbox) watchStore() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-m.stop:
+			return
+		}
+		m.readStoreUsage()
+	}
+}
+
+// readStoreUsage updates storeUsed and storeLimit from the account's usage.
+func (m *Mailbox) readStoreUsage() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	info, err := m.bus.JS().AccountInfo(ctx)
+	if err != nil {
+		return
+	}
+	limit := info.Limits.MaxStore
+	if limit <= 0 {
+		limit = m.bus.StoreMaxBytes()
+	}
+	m.storeLimit.Store(limit)
+	m.storeUsed.Store(int64(info.Store))
+	m.batchTimedOut.Store(false)
+}
+
+// storedSize estimates the bytes an envelope takes in the store (payload, subject, headers and
+// the file store's record overhead).
+func storedSize(r *appendReq) int64 {
+	return int64(len(r.data)+len(r.subject)+len(r.dedupeID)) + 64
+}
+
+// reserveBatch reports whether the admitted requests of a commit may go as one atomic batch, and
+// if so counts their bytes as used (the caller gives back what was not stored). It says no when
+// they, plus a sixteenth of the limit for slack, might not fit in the store, or when an atomic
+// commit timed out since the last read of the usage. Such commits are single publishes:
+// nats-server 2.15.2 leaves an atomic batch that fills the store unanswered until the commit times
+// out, while single publishes are refused at once, one by one.
+func (m *Mailbox) reserveBatch(reqs []*appendReq, admitted []int) (int64, bool) {
+	if m.batchTimedOut.Load() {
+		return 0, false
+	}
+	limit := m.storeLimit.Load()
+	if limit <= 0 {
+		return 0, true
+	}
+	var n int64
+	for _, i := range admitted {
+		n += storedSize(reqs[i])
+	}
+	for {
+		used := m.storeUsed.Load()
+		if used+n+limit/16 > limit {
+			return 0, false
+		}
+		if m.storeUsed.CompareAndSwap(used, used+n) {
+			return n, true
+		}
+	}
+}
+
 // isLimitErr reports whether a failed batch was refused by a stream or store limit (so splitting
 // it lets the envelopes within the limits through).
 func isLimitErr(err error) bool {

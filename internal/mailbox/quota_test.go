@@ -249,3 +249,55 @@ func TestQueryQueuedRateLimited(t *testing.T) {
 		t.Fatalf("4th query in a burst of 3: %v", err)
 	}
 }
+
+// A full inbox stream or store refuses with ErrStoreFull (retryable), envelope by envelope: what
+// was acked is stored, nothing refused is, and other shards go on.
+func TestStoreFull(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  bus.Config
+	}{
+		{"stream", bus.Config{InboxShards: 2, InboxStreamMaxBytes: 200_000}},
+		{"store", bus.Config{InboxShards: 2, StoreMaxBytes: 1 << 20}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, m := openB(t, tc.cfg)
+			var devs, ids []string
+			for i := range 1500 {
+				devs, ids = append(devs, devN(i%300)), append(ids, fmt.Sprint("m", i))
+			}
+			stored := map[string]int{}
+			full := 0
+			for i, err := range storeAll(t, m, devs, ids, 1000) {
+				switch {
+				case err == nil:
+					stored[devs[i]]++
+				case errors.Is(err, mailbox.ErrStoreFull):
+					full++
+				default:
+					t.Fatalf("append %d: %v", i, err)
+				}
+			}
+			if full == 0 {
+				t.Fatal("nothing refused")
+			}
+			ctx := context.Background()
+			total := 0
+			for s := range 2 {
+				info, err := b.Inbox(s).Info(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				total += int(info.State.Msgs)
+			}
+			acked := 0
+			for _, n := range stored {
+				acked += n
+			}
+			if acked != total {
+				t.Fatalf("acked %d, the streams hold %d", acked, total)
+			}
+			t.Logf("%d stored, %d refused", acked, full)
+		})
+	}
+}

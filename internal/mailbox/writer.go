@@ -117,12 +117,17 @@ func (w *shardWriter) commit(batch []*appendReq) {
 	// Admission: an envelope that would overfill its inbox (or its sender's share) is refused
 	// here, so it never joins the batch and never fails the others.
 	admitted := w.admit(ctx, uniq, res)
+	atomicBatch := len(admitted) >= w.m.cfg.MinAtomicBatch
+	var reserved int64 // store bytes counted as used before an atomic batch
+	if atomicBatch {
+		reserved, atomicBatch = w.m.reserveBatch(uniq, admitted)
+	}
 	switch {
 	case len(admitted) == 0:
-	case len(admitted) < w.m.cfg.MinAtomicBatch:
+	case !atomicBatch:
 		// Small commits: one pipelined publish each. An R1 atomic batch pays a fixed cost for
 		// staging (nats-server builds a temporary file store per batch) that only large batches
-		// amortise; see BENCHMARKS.md.
+		// amortise; see BENCHMARKS.md. Also when the store might fill up (see reserveBatch).
 		w.publishEach(ctx, uniq, admitted, res)
 	default:
 		msgs := make([]*nats.Msg, len(admitted))
@@ -141,18 +146,28 @@ func (w *shardWriter) commit(batch []*appendReq) {
 			// where JetStream's dedupe answers duplicates with a success.
 			w.m.metrics.batchFallbacks.Inc()
 			w.publishEach(ctx, uniq, admitted, res)
-		case isLimitErr(err):
+		case isLimitErr(err) || isIncompleteBatch(err):
 			// A stream or store limit refused the batch (the index lagged: another node appended,
 			// or the store filled up): one publish each, so only the refused envelopes fail.
 			w.m.metrics.batchSplits.Inc()
 			w.publishEach(ctx, uniq, admitted, res)
 		default:
+			if errors.Is(err, context.DeadlineExceeded) {
+				w.m.batchTimedOut.Store(true) // perhaps the store filled up: single publishes until the next read
+			}
 			for _, i := range admitted {
 				res[i].err = fmt.Errorf("%w: %v", ErrStorage, err)
 			}
 		}
 	}
 	w.record(uniq, admitted, res)
+	var added int64
+	for _, i := range admitted {
+		if res[i].err == nil && !res[i].dup {
+			added += storedSize(uniq[i])
+		}
+	}
+	w.m.storeUsed.Add(added - reserved)
 	stored := uniq[:0:0]
 	var firstErr error
 	for i, r := range uniq {
@@ -282,6 +297,13 @@ func newInboxMsg(r *appendReq) *nats.Msg {
 		m.Header.Set(jetstream.MsgIDHeader, r.dedupeID)
 	}
 	return m
+}
+
+// isIncompleteBatch reports an atomic batch the server dropped part of (it ran into a limit while
+// staging it): nothing of it was stored, so it is safe to publish one by one.
+func isIncompleteBatch(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10176
 }
 
 func isDuplicateErr(err error) bool {
