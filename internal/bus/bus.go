@@ -41,6 +41,14 @@ type Config struct {
 	// InboxMaxPerDevice caps one device's stored envelopes; further appends are refused (never
 	// silently dropped). Default: 100,000.
 	InboxMaxPerDevice int64
+	// InboxStreamMaxBytes caps each inbox stream (shard) in bytes; appends beyond it are refused
+	// (discard new), never silently dropped. 0 means no cap of its own (the store's limit applies).
+	// Default: 0.
+	InboxStreamMaxBytes int64
+	// StoreMaxBytes caps the embedded server's JetStream file store (every stream and bucket),
+	// in bytes; writes beyond it are refused. 0 leaves nats-server's own default (a share of the
+	// disk's free space at start). Ignored with external NATS (configure the servers). Default: 0.
+	StoreMaxBytes int64
 	// DuplicateWindow is JetStream's message-id dedupe window for inbox appends. Default: 10m.
 	DuplicateWindow time.Duration
 	// Name is this node's name, used as the NATS connection name. Default: "petrel".
@@ -152,6 +160,7 @@ func (b *Bus) connect() error {
 			NoLog:              true,
 			MaxPayload:         8 << 20,
 			JetStreamMaxMemory: 256 << 20,
+			JetStreamMaxStore:  b.cfg.StoreMaxBytes,
 		}
 		srv, err := server.NewServer(sopts)
 		if err != nil {
@@ -188,6 +197,15 @@ func (b *Bus) JS() jetstream.JetStream { return b.js }
 
 // InboxShards is the number of inbox streams.
 func (b *Bus) InboxShards() int { return b.cfg.InboxShards }
+
+// InboxMaxPerDevice is the cap on one device's stored envelopes (the inbox streams' per-subject limit).
+func (b *Bus) InboxMaxPerDevice() int64 { return b.cfg.InboxMaxPerDevice }
+
+// StoreMaxBytes is the embedded store's configured byte limit (0: nats-server's default).
+func (b *Bus) StoreMaxBytes() int64 { return b.cfg.StoreMaxBytes }
+
+// InboxMaxAge is how long an undelivered envelope is kept.
+func (b *Bus) InboxMaxAge() time.Duration { return b.cfg.InboxMaxAge }
 
 // Inbox returns the stream that holds the given shard.
 func (b *Bus) Inbox(shard int) jetstream.Stream { return b.inboxes[shard] }

@@ -104,6 +104,10 @@ func (b *Bus) migrate(ctx context.Context) error {
 		return fmt.Errorf("stream %s: %w", PreKeysStream, err)
 	}
 	b.inboxes = make([]jetstream.Stream, b.cfg.InboxShards)
+	maxBytes := b.cfg.InboxStreamMaxBytes
+	if maxBytes <= 0 {
+		maxBytes = -1 // no cap of the stream's own
+	}
 	for i := range b.inboxes {
 		name := InboxStreamName(i)
 		s, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
@@ -114,6 +118,7 @@ func (b *Bus) migrate(ctx context.Context) error {
 			Replicas:             r,
 			MaxAge:               b.cfg.InboxMaxAge,
 			MaxMsgsPerSubject:    b.cfg.InboxMaxPerDevice,
+			MaxBytes:             maxBytes,
 			Discard:              jetstream.DiscardNew,
 			DiscardNewPerSubject: true,
 			Duplicates:           b.cfg.DuplicateWindow,

@@ -298,7 +298,7 @@ func (c *conn) sendView(v *pb.SendView) {
 		deviceID := ownedDevice(acc.Devices, e.DeviceID) // checked above: one of the account's
 		targets = append(targets, mailbox.Target{
 			DeviceID: deviceID,
-			DedupeID: dev.ID + "." + msgID + "." + deviceID,
+			DedupeID: mailbox.DedupeID(dev.ID, msgID, deviceID),
 			Envelope: pb.AppendEnvelope(nil, msgID, dev.Name, dev.ID, e.Type, e.Ciphertext, now),
 		})
 	}
@@ -438,15 +438,11 @@ func (c *conn) queryQueued(id uint64, req *pb.QueryQueued) {
 	c.mu.Lock()
 	me := c.dev.ID
 	c.mu.Unlock()
-	found, err := c.g.mb.QueryQueued(ctx, req.GetDeviceId(), me, req.GetMessageIds(), func(b []byte) (string, string, bool) {
-		e := &pb.Envelope{}
-		if proto.Unmarshal(b, e) != nil {
-			return "", "", false
-		}
-		return e.GetMessageId(), e.GetFromDevice(), true
-	})
+	// Answered from the mailbox's index of this device's own envelopes (never a scan of the inbox);
+	// rate-limited per device.
+	found, err := c.g.mb.QueryQueued(ctx, req.GetDeviceId(), me, req.GetMessageIds())
 	if err != nil {
-		c.writeError(id, fmt.Errorf("%w: %v", mailbox.ErrStorage, err))
+		c.writeError(id, err)
 		return
 	}
 	c.write(&pb.Frame{Id: id, Body: &pb.Frame_QueuedResult{QueuedResult: &pb.QueuedResult{Queued: found}}})

@@ -535,8 +535,13 @@ func codeFor(err error) (pb.ErrorCode, uint32) {
 		return pb.ErrorCode_ERROR_CODE_INVALID_KEYS, 0
 	case errors.Is(err, directory.ErrInvalidRequest), errors.Is(err, directory.ErrTooManyPreKeys):
 		return pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, 0
+	case errors.Is(err, mailbox.ErrInboxFull):
+		return pb.ErrorCode_ERROR_CODE_INBOX_FULL, 0 // permanent: no retry hint
+	case errors.Is(err, mailbox.ErrQueryRateLimited):
+		return pb.ErrorCode_ERROR_CODE_RATE_LIMITED, uint32(1000 + rand.IntN(1000))
 	case errors.Is(err, directory.ErrUnavailable), errors.Is(err, mailbox.ErrStorage),
-		errors.Is(err, mailbox.ErrOverloaded), errors.Is(err, context.DeadlineExceeded):
+		errors.Is(err, mailbox.ErrStoreFull), errors.Is(err, mailbox.ErrOverloaded),
+		errors.Is(err, context.DeadlineExceeded):
 		return pb.ErrorCode_ERROR_CODE_UNAVAILABLE, uint32(500 + rand.IntN(1500))
 	case errors.Is(err, mailbox.ErrClosed):
 		return pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN, uint32(250 + rand.IntN(2750))

@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0
 
 // Package hostile holds tests that attack a real server as a hostile client would: raw WebSocket
-// and protobuf clients that lie, flood, stall, pipeline or probe for what they should not learn.
-// It has no non-test code beyond this file.
+// and protobuf clients that lie, flood, stall, pipeline or probe for what they should not learn,
+// against an in-process server (internal/testserver), asserting the server's bounds and that other
+// users keep being served meanwhile. It has no non-test code beyond this file.
 package hostile

@@ -4,7 +4,6 @@
 package mailbox
 
 import (
-	"context"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -433,6 +432,9 @@ func (a *Attachment) purge(to uint64, n int) {
 				a.purgedTo = to
 			}
 			a.mu.Unlock()
+			if err == nil {
+				a.m.released(a.dev, to)
+			}
 			if err != nil {
 				// The envelopes stay stored and will be delivered again: at-least-once.
 				a.m.log.Warn("purge acked envelopes", "device", a.dev, "err", err)
@@ -564,39 +566,4 @@ func (a *Attachment) readBatch(from uint64, max, maxBytes int) (int, error) {
 		return n, nil
 	}
 	return n, err
-}
-
-// QueryQueued reports which of ids are still stored for deviceID and were sent by fromDevice. It
-// scans at most 20,000 envelopes or 64 MiB of the inbox, 1 MiB a read; an id beyond that is
-// reported as not queued, and the sender's client sends it again (receivers drop duplicates).
-func (m *Mailbox) QueryQueued(ctx context.Context, deviceID, fromDevice string, ids []string, decode func([]byte) (msgID, from string, ok bool)) ([]string, error) {
-	want := make(map[string]bool, len(ids))
-	for _, id := range ids {
-		want[id] = true
-	}
-	stream := bus.InboxStreamName(m.bus.Shard(deviceID))
-	subject := m.bus.InboxSubject(deviceID)
-	var found []string
-	seq := uint64(1)
-	const maxScan, maxScanBytes, readBytes = 20_000, 64 << 20, 1 << 20
-	scannedBytes := 0
-	for scanned := 0; scanned < maxScan && scannedBytes < maxScanBytes; {
-		n, err := m.getBatch(ctx, stream, subject, seq, 256, readBytes, func(s uint64, data []byte) bool {
-			seq = s + 1
-			scannedBytes += len(data)
-			if id, from, ok := decode(data); ok && from == fromDevice && want[id] {
-				found = append(found, id)
-				delete(want, id)
-			}
-			return true
-		})
-		if err != nil {
-			return nil, err
-		}
-		scanned += n
-		if n == 0 || len(want) == 0 {
-			break
-		}
-	}
-	return found, nil
 }

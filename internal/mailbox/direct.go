@@ -23,6 +23,11 @@ var errBadDirectGet = errors.New("unexpected direct-get response")
 // batch to maxBytes. each is called in order; returning false stops early. It returns how many
 // messages each saw; an empty subject is (0, nil).
 func (m *Mailbox) getBatch(ctx context.Context, stream, subject string, from uint64, max, maxBytes int, each func(seq uint64, data []byte) bool) (int, error) {
+	return m.getBatchMsgs(ctx, stream, subject, from, max, maxBytes, func(seq uint64, msg *nats.Msg) bool { return each(seq, msg.Data) })
+}
+
+// getBatchMsgs is getBatch handing each the whole message (headers too).
+func (m *Mailbox) getBatchMsgs(ctx context.Context, stream, subject string, from uint64, max, maxBytes int, each func(seq uint64, msg *nats.Msg) bool) (int, error) {
 	if max <= 0 {
 		return 0, nil
 	}
@@ -74,7 +79,7 @@ func (m *Mailbox) getBatch(ctx context.Context, stream, subject string, from uin
 				return n, fmt.Errorf("%w: sequence header: %v", errBadDirectGet, err)
 			}
 			n++
-			if !each(seq, msg.Data) {
+			if !each(seq, msg) {
 				return n, nil
 			}
 			if n > max {

@@ -42,6 +42,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -61,6 +62,13 @@ var (
 	ErrStorage    = errors.New("inbox storage unavailable")
 	ErrOverloaded = errors.New("inbox writer overloaded")
 	ErrClosed     = errors.New("mailbox closed")
+	// ErrInboxFull: the recipient device's inbox, or the sender's share of it, is full. Permanent
+	// for this envelope (until the device reads its inbox); only envelopes to that inbox fail.
+	ErrInboxFull = errors.New("recipient's inbox is full")
+	// ErrStoreFull: the inbox stream or the whole store reached its byte limit (retryable).
+	ErrStoreFull = errors.New("inbox storage full")
+	// ErrQueryRateLimited: the asking device sent too many QueryQueued requests (retryable).
+	ErrQueryRateLimited = errors.New("too many queue queries")
 )
 
 // DefaultWindow is Config.Window's default (the server's delivery_window).
@@ -86,6 +94,20 @@ type Config struct {
 	// envelope may go past it), so a deep inbox of large envelopes does not outrun a slow
 	// connection's write buffer. Default: 2 MiB.
 	WindowBytes int
+	// MaxBytesPerDevice caps the bytes of one device's stored envelopes (inbox_max_bytes_per_device);
+	// the envelope cap is the bus's InboxMaxPerDevice. -1: no cap. Default: 64 MiB.
+	MaxBytesPerDevice int64
+	// MaxPerSender caps the envelopes one sending device may have stored in one device's inbox
+	// (inbox_max_per_sender), so that one sender cannot fill it. -1: no cap. Default: a tenth of
+	// the bus's InboxMaxPerDevice (10,000), at least 1.
+	MaxPerSender int64
+	// MaxBytesPerSender is MaxPerSender in bytes (inbox_max_bytes_per_sender). -1: no cap.
+	// Default: a tenth of MaxBytesPerDevice (6.4 MiB).
+	MaxBytesPerSender int64
+	// QueryRate and QueryBurst rate-limit QueryQueued per asking device (queries per second, and
+	// the burst). QueryRate -1: no limit. Defaults: 16 and 128.
+	QueryRate  float64
+	QueryBurst int
 	// Node names this node in reply subjects. Default: a random id.
 	Node     string
 	Logger   *slog.Logger
@@ -113,6 +135,18 @@ func (c *Config) setDefaults() {
 	}
 	if c.WindowBytes == 0 {
 		c.WindowBytes = 2 << 20
+	}
+	if c.MaxBytesPerDevice == 0 {
+		c.MaxBytesPerDevice = 64 << 20
+	}
+	if c.MaxBytesPerSender == 0 && c.MaxBytesPerDevice > 0 {
+		c.MaxBytesPerSender = max(1, c.MaxBytesPerDevice/10)
+	}
+	if c.QueryRate == 0 {
+		c.QueryRate = 16
+	}
+	if c.QueryBurst == 0 {
+		c.QueryBurst = 128
 	}
 	if c.Node == "" {
 		c.Node = nuid.Next()
@@ -150,10 +184,16 @@ type Mailbox struct {
 	log     *slog.Logger
 	metrics *metrics
 
-	writers []*shardWriter
-	stop    chan struct{}
-	wg      sync.WaitGroup
-	closed  atomic.Bool
+	writers    []*shardWriter
+	limits     limits        // admission caps (quota.go)
+	queryLimit *queryLimiter // QueryQueued's rate limit
+	// The store's usage (bytes; read every second, plus what writers committed since) and limit
+	// (0: unknown), and whether an atomic commit timed out since the last read: see storeTight.
+	storeUsed, storeLimit atomic.Int64
+	batchTimedOut         atomic.Bool
+	stop                  chan struct{}
+	wg                    sync.WaitGroup
+	closed                atomic.Bool
 
 	// drainWaits, set by tests before any Attach, is told each time a drain waits for its window.
 	drainWaits func()
@@ -187,8 +227,23 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		reads:   make(map[uint64]chan *nats.Msg),
 	}
 	m.replyPrefix = "_PR." + cfg.Node + "."
+	perSender := cfg.MaxPerSender
+	if perSender == 0 {
+		perSender = max(1, b.InboxMaxPerDevice()/10)
+	}
+	nonNeg := func(v int64) int64 { return max(v, 0) } // -1 (no cap) is 0 for admission
+	m.limits = limits{
+		perDevice:      nonNeg(b.InboxMaxPerDevice()),
+		perDeviceBytes: nonNeg(cfg.MaxBytesPerDevice),
+		perSender:      nonNeg(perSender),
+		perSenderBytes: nonNeg(cfg.MaxBytesPerSender),
+	}
+	m.queryLimit = &queryLimiter{rate: max(cfg.QueryRate, 0), burst: float64(max(cfg.QueryBurst, 1)), seed: maphash.MakeSeed()}
 	for i := 0; i < b.InboxShards(); i++ {
-		m.writers = append(m.writers, &shardWriter{m: m, stream: bus.InboxStreamName(i), ch: make(chan *appendReq, cfg.QueueDepth), maxBatch: cfg.MaxBatch})
+		m.writers = append(m.writers, &shardWriter{
+			m: m, stream: bus.InboxStreamName(i), ch: make(chan *appendReq, cfg.QueueDepth), maxBatch: cfg.MaxBatch,
+			usage: make(map[string]*inboxUsage), unindexed: make(map[string]struct{}),
+		})
 	}
 	for range 4 {
 		m.dispatch = append(m.dispatch, make(chan *nats.Msg, 1<<16))
@@ -206,12 +261,22 @@ func (m *Mailbox) Start() error {
 		return fmt.Errorf("reply subscription limits: %w", err)
 	}
 	m.replySub = sub
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i, w := range m.writers {
+		if err := w.loadUnindexed(ctx, i); err != nil {
+			return err
+		}
+	}
 	for _, w := range m.writers {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); w.run(m.stop) }()
 	}
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.expireLive() }()
+	m.readStoreUsage()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.watchStore() }()
 	for _, ch := range m.dispatch {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); m.runDispatch(ch) }()

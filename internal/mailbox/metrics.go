@@ -6,33 +6,46 @@ package mailbox
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	sends          prometheus.Counter
-	deliveredLive  prometheus.Counter
-	stored         prometheus.Counter
-	purged         prometheus.Counter
-	commits        prometheus.Counter
-	commitErrors   prometheus.Counter
-	commitSeconds  prometheus.Histogram
-	appendRejected prometheus.Counter
-	batchFallbacks prometheus.Counter
-	attached       prometheus.Gauge
+	sends            prometheus.Counter
+	deliveredLive    prometheus.Counter
+	stored           prometheus.Counter
+	purged           prometheus.Counter
+	commits          prometheus.Counter
+	commitErrors     prometheus.Counter
+	commitSeconds    prometheus.Histogram
+	appendRejected   prometheus.Counter
+	batchFallbacks   prometheus.Counter
+	batchSplits      prometheus.Counter
+	inboxFull        *prometheus.CounterVec
+	storeFull        prometheus.Counter
+	indexRebuilds    prometheus.Counter
+	queryRateLimited prometheus.Counter
+	attached         prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		sends:          prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_sends_total", Help: "Messages acked to their senders."}),
-		deliveredLive:  prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_delivered_live_total", Help: "Envelopes acked live by their device."}),
-		stored:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_stored_total", Help: "Envelopes appended durably to an inbox."}),
-		purged:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_purged_total", Help: "Stored envelopes deleted after the device acked them."}),
-		commits:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_commits_total", Help: "Inbox commits (each one fsync'd batch)."}),
-		commitErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_commit_errors_total", Help: "Failed inbox commits (none of their messages was acked)."}),
-		commitSeconds:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "petrel_mailbox_commit_seconds", Help: "Inbox commit latency.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
-		appendRejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_append_rejected_total", Help: "Appends refused because a shard writer's queue was full."}),
-		batchFallbacks: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_batch_fallbacks_total", Help: "Batches re-published one by one because they held a duplicate."}),
-		attached:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_mailbox_attached_devices", Help: "Devices attached for delivery on this node."}),
+		sends:            prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_sends_total", Help: "Messages acked to their senders."}),
+		deliveredLive:    prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_delivered_live_total", Help: "Envelopes acked live by their device."}),
+		stored:           prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_stored_total", Help: "Envelopes appended durably to an inbox."}),
+		purged:           prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_purged_total", Help: "Stored envelopes deleted after the device acked them."}),
+		commits:          prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_commits_total", Help: "Inbox commits (each one fsync'd batch)."}),
+		commitErrors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_commit_errors_total", Help: "Failed inbox commits (none of their messages was acked)."}),
+		commitSeconds:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "petrel_mailbox_commit_seconds", Help: "Inbox commit latency.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		appendRejected:   prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_append_rejected_total", Help: "Appends refused because a shard writer's queue was full."}),
+		batchFallbacks:   prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_batch_fallbacks_total", Help: "Batches re-published one by one because they held a duplicate."}),
+		batchSplits:      prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_batch_splits_total", Help: "Batches refused by a stream or store limit and re-published one by one (only the refused envelopes fail)."}),
+		inboxFull:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_mailbox_inbox_full_total", Help: "Envelopes refused because the recipient's inbox, or the sender's share of it, was full (INBOX_FULL), by reason: count, bytes, sender_count, sender_bytes, stream."}, []string{"reason"}),
+		storeFull:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_store_full_total", Help: "Envelopes refused because an inbox stream or the store reached its byte limit (UNAVAILABLE, retryable)."}),
+		indexRebuilds:    prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_index_rebuilds_total", Help: "Inbox indexes rebuilt from the store (once per device with stored envelopes after a start)."}),
+		queryRateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_query_rate_limited_total", Help: "QueryQueued requests refused by the per-device rate limit."}),
+		attached:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_mailbox_attached_devices", Help: "Devices attached for delivery on this node."}),
+	}
+	for _, r := range []string{reasonCount, reasonBytes, reasonSenderCount, reasonSenderBytes, reasonStream} {
+		m.inboxFull.WithLabelValues(r) // every reason shows, at 0, from the start
 	}
 	if reg != nil {
-		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.attached)
+		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached)
 	}
 	return m
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -26,13 +27,21 @@ type appendReq struct {
 }
 
 // shardWriter group-commits appends to one inbox stream: it takes whatever has queued up while
-// the previous commit was in flight (up to maxBatch) and commits it as one atomic batch, so one
-// fsync covers many messages. A failed commit fails every request in it: none is acked.
+// the previous commit was in flight (up to maxBatch), refuses those that would overfill their
+// inbox (see quota.go), and commits the rest as one atomic batch, so one fsync covers many
+// messages. A failed commit fails every request in it: none is acked.
 type shardWriter struct {
 	m        *Mailbox
 	stream   string
 	ch       chan *appendReq
 	maxBatch int
+
+	// mu guards the inbox index below. The writer holds it while it admits a batch and while it
+	// records the result (not while it publishes); purges (Mailbox.released) and QueryQueued take
+	// it too. Nothing else is locked while it is held, and no callback runs under it.
+	mu        sync.Mutex
+	usage     map[string]*inboxUsage // devices with envelopes stored or admitted, by device id
+	unindexed map[string]struct{}    // devices with envelopes stored before start, not yet indexed
 }
 
 // enqueue hands r to the writer without blocking; a full queue fails r at once (retryable).
@@ -104,37 +113,71 @@ func (w *shardWriter) commit(batch []*appendReq) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.m.cfg.StoreTimeout)
 	defer cancel()
-	errs := make([]error, len(uniq))
-	if len(uniq) < w.m.cfg.MinAtomicBatch {
+	res := make([]pubResult, len(uniq))
+	// Admission: an envelope that would overfill its inbox (or its sender's share) is refused
+	// here, so it never joins the batch and never fails the others.
+	admitted := w.admit(ctx, uniq, res)
+	atomicBatch := len(admitted) >= w.m.cfg.MinAtomicBatch
+	var reserved int64 // store bytes counted as used before an atomic batch
+	if atomicBatch {
+		reserved, atomicBatch = w.m.reserveBatch(uniq, admitted)
+	}
+	switch {
+	case len(admitted) == 0:
+	case !atomicBatch:
 		// Small commits: one pipelined publish each. An R1 atomic batch pays a fixed cost for
 		// staging (nats-server builds a temporary file store per batch) that only large batches
-		// amortise; see BENCHMARKS.md.
-		w.publishEach(ctx, uniq, errs)
-	} else {
-		msgs := make([]*nats.Msg, len(uniq))
-		for i, r := range uniq {
-			msgs[i] = newInboxMsg(r)
+		// amortise; see BENCHMARKS.md. Also when the store might fill up (see reserveBatch).
+		w.publishEach(ctx, uniq, admitted, res)
+	default:
+		msgs := make([]*nats.Msg, len(admitted))
+		for k, i := range admitted {
+			msgs[k] = newInboxMsg(uniq[i])
 		}
-		_, err := jetstreamext.PublishMsgBatch(ctx, w.m.bus.JS(), msgs)
+		ack, err := jetstreamext.PublishMsgBatch(ctx, w.m.bus.JS(), msgs)
 		switch {
-		case err != nil && isDuplicateErr(err):
+		case err == nil:
+			first := ack.Sequence - uint64(len(msgs)) + 1 // an atomic batch is stored contiguously
+			for k, i := range admitted {
+				res[i].seq = first + uint64(k)
+			}
+		case isDuplicateErr(err):
 			// Some message was stored before (a client resend): fall back to one publish each,
 			// where JetStream's dedupe answers duplicates with a success.
 			w.m.metrics.batchFallbacks.Inc()
-			w.publishEach(ctx, uniq, errs)
-		case err != nil:
-			for i := range errs {
-				errs[i] = fmt.Errorf("%w: %v", ErrStorage, err)
+			w.publishEach(ctx, uniq, admitted, res)
+		case isLimitErr(err) || isIncompleteBatch(err):
+			// A stream or store limit refused the batch (the index lagged: another node appended,
+			// or the store filled up): one publish each, so only the refused envelopes fail.
+			w.m.metrics.batchSplits.Inc()
+			w.publishEach(ctx, uniq, admitted, res)
+		default:
+			if errors.Is(err, context.DeadlineExceeded) {
+				w.m.batchTimedOut.Store(true) // perhaps the store filled up: single publishes until the next read
+			}
+			for _, i := range admitted {
+				res[i].err = fmt.Errorf("%w: %v", ErrStorage, err)
 			}
 		}
 	}
+	w.record(uniq, admitted, res)
+	var added int64
+	for _, i := range admitted {
+		if res[i].err == nil && !res[i].dup {
+			added += storedSize(uniq[i])
+		}
+	}
+	w.m.storeUsed.Add(added - reserved)
 	stored := uniq[:0:0]
 	var firstErr error
 	for i, r := range uniq {
-		if errs[i] == nil {
+		switch err := res[i].err; {
+		case err == nil:
 			stored = append(stored, r)
-		} else if firstErr == nil {
-			firstErr = errs[i]
+		case errors.Is(err, ErrInboxFull):
+			// A refusal, not a storage failure: counted by reason, not logged.
+		case firstErr == nil:
+			firstErr = err
 		}
 	}
 	w.m.observeCommit(len(stored), start, firstErr)
@@ -142,41 +185,110 @@ func (w *shardWriter) commit(batch []*appendReq) {
 	// connection reaches the device's session after the wake-up (per-sender order).
 	w.m.wakeAll(stored, nil)
 	for i, r := range uniq {
-		finish(r, errs[i])
+		finish(r, res[i].err)
 	}
 }
 
-// publishEach publishes every request on its own, pipelined, and records each result in errs.
-func (w *shardWriter) publishEach(ctx context.Context, reqs []*appendReq, errs []error) {
-	futures := make([]jetstream.PubAckFuture, len(reqs))
+// pubResult is how one append ended: stored at seq (dup: it was stored before), or err.
+type pubResult struct {
+	seq uint64
+	dup bool
+	err error
+}
+
+// admit checks each request against its inbox's caps and reserves room for those within them; it
+// returns the indexes of the admitted ones and sets res[i].err for the others.
+func (w *shardWriter) admit(ctx context.Context, reqs []*appendReq, res []pubResult) []int {
+	admitted := make([]int, 0, len(reqs))
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	for i, r := range reqs {
-		f, err := w.m.bus.JS().PublishMsgAsync(newInboxMsg(r))
+		u, err := w.usageLocked(ctx, r.deviceID)
 		if err != nil {
-			errs[i] = fmt.Errorf("%w: %v", ErrStorage, err)
+			res[i].err = err
 			continue
 		}
-		futures[i] = f
+		sender, size := senderOf(r.dedupeID), int64(len(r.data))
+		reason := u.refusal(w.m.limits, sender, size)
+		if reason != "" && w.resyncLocked(ctx, r.deviceID, u) {
+			reason = u.refusal(w.m.limits, sender, size) // envelopes expired or were purged elsewhere
+		}
+		if reason != "" {
+			res[i].err = refusalErr(reason)
+			w.m.metrics.inboxFull.WithLabelValues(reason).Inc()
+			if u.empty() {
+				delete(w.usage, r.deviceID)
+			}
+			continue
+		}
+		u.reserve(sender, size)
+		admitted = append(admitted, i)
 	}
-	for i, f := range futures {
+	return admitted
+}
+
+// record ends the reservations of the admitted requests and indexes the stored envelopes.
+func (w *shardWriter) record(reqs []*appendReq, admitted []int, res []pubResult) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, i := range admitted {
+		r := reqs[i]
+		sender, size := senderOf(r.dedupeID), int64(len(r.data))
+		u := w.usage[r.deviceID] // kept while it has reservations
+		u.unreserve(sender, size)
+		switch err := res[i].err; {
+		case err == nil && !res[i].dup: // a duplicate's original is indexed (or already purged)
+			u.add(sender, inboxEntry{seq: res[i].seq, id: hashID(r.dedupeID), size: size})
+		case errors.Is(err, ErrInboxFull):
+			w.m.metrics.inboxFull.WithLabelValues(reasonStream).Inc()
+		case errors.Is(err, ErrStoreFull):
+			w.m.metrics.storeFull.Inc()
+		}
+		if u.empty() {
+			delete(w.usage, r.deviceID)
+		}
+	}
+}
+
+// refusalErr is the error for an admission refusal.
+func refusalErr(reason string) error {
+	switch reason {
+	case reasonBytes:
+		return errFullBytes
+	case reasonSenderCount:
+		return errFullSenderCount
+	case reasonSenderBytes:
+		return errFullSenderBytes
+	}
+	return errFullCount
+}
+
+// publishEach publishes the requests reqs[i] for i in idx on their own, pipelined, and records
+// each result in res.
+func (w *shardWriter) publishEach(ctx context.Context, reqs []*appendReq, idx []int, res []pubResult) {
+	futures := make([]jetstream.PubAckFuture, len(idx))
+	for k, i := range idx {
+		f, err := w.m.bus.JS().PublishMsgAsync(newInboxMsg(reqs[i]))
+		if err != nil {
+			res[i].err = classifyStoreErr(err)
+			continue
+		}
+		futures[k] = f
+	}
+	for k, f := range futures {
 		if f == nil {
 			continue
 		}
+		i := idx[k]
 		select {
-		case <-f.Ok():
+		case ack := <-f.Ok():
+			res[i].seq, res[i].dup = ack.Sequence, ack.Duplicate
 		case err := <-f.Err():
-			errs[i] = fmt.Errorf("%w: %v", ErrStorage, err)
+			res[i].err = classifyStoreErr(err)
 		case <-ctx.Done():
-			errs[i] = fmt.Errorf("%w: %v", ErrStorage, ctx.Err())
+			res[i].err = fmt.Errorf("%w: %v", ErrStorage, ctx.Err())
 		}
 	}
-}
-
-func (w *shardWriter) publishOne(ctx context.Context, r *appendReq) error {
-	_, err := w.m.bus.JS().PublishMsg(ctx, newInboxMsg(r))
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrStorage, err)
-	}
-	return nil
 }
 
 func newInboxMsg(r *appendReq) *nats.Msg {
@@ -185,6 +297,13 @@ func newInboxMsg(r *appendReq) *nats.Msg {
 		m.Header.Set(jetstream.MsgIDHeader, r.dedupeID)
 	}
 	return m
+}
+
+// isIncompleteBatch reports an atomic batch the server dropped part of (it ran into a limit while
+// staging it): nothing of it was stored, so it is safe to publish one by one.
+func isIncompleteBatch(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10176
 }
 
 func isDuplicateErr(err error) bool {

@@ -56,6 +56,24 @@ type Config struct {
 	InboxShards int `toml:"inbox_shards"`
 	// InboxMaxPerDevice caps one device's stored envelopes. Default: 100000.
 	InboxMaxPerDevice int64 `toml:"inbox_max_per_device"`
+	// InboxMaxBytesPerDevice caps the bytes of one device's stored envelopes; -1: no cap.
+	// Default: 67108864 (64 MiB).
+	InboxMaxBytesPerDevice int64 `toml:"inbox_max_bytes_per_device"`
+	// InboxMaxPerSender caps the envelopes one sending device may have stored in one device's
+	// inbox, so one sender cannot fill it; -1: no cap. Default: inbox_max_per_device / 10 (10000).
+	InboxMaxPerSender int64 `toml:"inbox_max_per_sender"`
+	// InboxMaxBytesPerSender is inbox_max_per_sender in bytes; -1: no cap. Default:
+	// inbox_max_bytes_per_device / 10 (6710886).
+	InboxMaxBytesPerSender int64 `toml:"inbox_max_bytes_per_sender"`
+	// InboxStreamMaxBytes caps each inbox stream (shard) in bytes; 0: no cap of its own. Default: 0.
+	InboxStreamMaxBytes int64 `toml:"inbox_stream_max_bytes"`
+	// StoreMaxBytes caps the embedded JetStream store in bytes; 0: nats-server's default (a share
+	// of the disk's free space). Ignored with external NATS. Default: 0.
+	StoreMaxBytes int64 `toml:"store_max_bytes"`
+	// QueryQueuedPerSecond and QueryQueuedBurst rate-limit each device's queue queries (the
+	// outbox check). Defaults: 16 and 128.
+	QueryQueuedPerSecond float64 `toml:"query_queued_per_second"`
+	QueryQueuedBurst     int     `toml:"query_queued_burst"`
 	// DeliveryWindow is the most unacked envelopes pushed to one device. Default: 1024.
 	DeliveryWindow int `toml:"delivery_window"`
 	// LiveAckTimeout is how long a live delivery waits for the device's ack before it is stored. Default: 2s.
@@ -132,6 +150,24 @@ func (c *Config) SetDefaults() {
 	if c.InboxMaxPerDevice == 0 {
 		c.InboxMaxPerDevice = 100_000
 	}
+	if c.InboxMaxBytesPerDevice == 0 {
+		c.InboxMaxBytesPerDevice = 64 << 20
+	}
+	if c.InboxMaxPerSender == 0 {
+		c.InboxMaxPerSender = max(1, c.InboxMaxPerDevice/10)
+	}
+	if c.InboxMaxBytesPerSender == 0 {
+		c.InboxMaxBytesPerSender = -1
+		if c.InboxMaxBytesPerDevice > 0 {
+			c.InboxMaxBytesPerSender = max(1, c.InboxMaxBytesPerDevice/10)
+		}
+	}
+	if c.QueryQueuedPerSecond == 0 {
+		c.QueryQueuedPerSecond = 16
+	}
+	if c.QueryQueuedBurst == 0 {
+		c.QueryQueuedBurst = 128
+	}
 	if c.LiveAckTimeout.Duration == 0 {
 		c.LiveAckTimeout.Duration = 2 * time.Second
 	}
@@ -201,6 +237,23 @@ func (c *Config) Validate() error {
 	}
 	if c.InboxMaxPerDevice < 1 {
 		bad("inbox_max_per_device %d: want at least 1", c.InboxMaxPerDevice)
+	}
+	for _, v := range []struct {
+		key string
+		val int64
+	}{{"inbox_max_bytes_per_device", c.InboxMaxBytesPerDevice}, {"inbox_max_per_sender", c.InboxMaxPerSender}, {"inbox_max_bytes_per_sender", c.InboxMaxBytesPerSender}} {
+		if v.val < -1 || v.val == 0 {
+			bad("%s %d: want at least 1, or -1 for no cap", v.key, v.val)
+		}
+	}
+	if c.InboxStreamMaxBytes < 0 || c.StoreMaxBytes < 0 {
+		bad("inbox_stream_max_bytes and store_max_bytes must not be negative (0: no cap of their own)")
+	}
+	if c.InboxStreamMaxBytes > 0 && c.StoreMaxBytes > 0 && int64(c.InboxShards) > c.StoreMaxBytes/c.InboxStreamMaxBytes {
+		bad("inbox_stream_max_bytes %d × inbox_shards %d exceeds store_max_bytes %d (JetStream reserves each stream's cap)", c.InboxStreamMaxBytes, c.InboxShards, c.StoreMaxBytes)
+	}
+	if c.QueryQueuedPerSecond < 0 || c.QueryQueuedBurst < 0 {
+		bad("query_queued_per_second and query_queued_burst must not be negative")
 	}
 	if c.DeliveryWindow < 1 || c.DeliveryWindow > 65536 {
 		bad("delivery_window %d: want 1..65536", c.DeliveryWindow)

@@ -144,13 +144,15 @@ func (s *Server) start(ctx context.Context) error {
 	s.reg = prometheus.NewRegistry()
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.bus, err = bus.Open(ctx, bus.Config{
-		DataDir:           s.cfg.Data,
-		URLs:              s.cfg.NATS,
-		InboxShards:       s.cfg.InboxShards,
-		InboxMaxAge:       s.cfg.InboxTTL.Duration,
-		InboxMaxPerDevice: s.cfg.InboxMaxPerDevice,
-		Name:              s.cfg.Node,
-		Logger:            s.log.With("component", "bus"),
+		DataDir:             s.cfg.Data,
+		URLs:                s.cfg.NATS,
+		InboxShards:         s.cfg.InboxShards,
+		InboxMaxAge:         s.cfg.InboxTTL.Duration,
+		InboxMaxPerDevice:   s.cfg.InboxMaxPerDevice,
+		InboxStreamMaxBytes: s.cfg.InboxStreamMaxBytes,
+		StoreMaxBytes:       s.cfg.StoreMaxBytes,
+		Name:                s.cfg.Node,
+		Logger:              s.log.With("component", "bus"),
 	})
 	if err != nil {
 		return err
@@ -166,10 +168,15 @@ func (s *Server) start(ctx context.Context) error {
 		return fmt.Errorf("directory: %w", err)
 	}
 	s.mb = mailbox.New(s.bus, mailbox.Config{
-		LiveAckTimeout: s.cfg.LiveAckTimeout.Duration,
-		Window:         s.cfg.DeliveryWindow,
-		Logger:         s.log.With("component", "mailbox"),
-		Registry:       s.reg,
+		LiveAckTimeout:    s.cfg.LiveAckTimeout.Duration,
+		Window:            s.cfg.DeliveryWindow,
+		MaxBytesPerDevice: s.cfg.InboxMaxBytesPerDevice,
+		MaxPerSender:      s.cfg.InboxMaxPerSender,
+		MaxBytesPerSender: s.cfg.InboxMaxBytesPerSender,
+		QueryRate:         s.cfg.QueryQueuedPerSecond,
+		QueryBurst:        s.cfg.QueryQueuedBurst,
+		Logger:            s.log.With("component", "mailbox"),
+		Registry:          s.reg,
 	})
 	if err := s.mb.Start(); err != nil {
 		return err
