@@ -380,10 +380,19 @@ func checkDevices(current []string, envs []pb.CiphertextView) error {
 	return nil
 }
 
+// getBundle answers GetBundle. The directory limits the claims of this device (see
+// directory.Bundles); a refusal is RATE_LIMITED with the directory's retry hint.
 func (c *conn) getBundle(id uint64, req *pb.GetBundle) {
 	ctx, cancel := c.ctx()
 	defer cancel()
-	res, err := c.g.dir.Bundles(ctx, req.GetName(), req.GetDeviceIds())
+	c.mu.Lock()
+	me := c.dev.ID
+	c.mu.Unlock()
+	res, err := c.g.dir.Bundles(ctx, me, req.GetName(), req.GetDeviceIds())
+	if rl := (*directory.RateLimitError)(nil); errors.As(err, &rl) {
+		c.g.metrics.rejected.WithLabelValues(pb.ErrorCodeName(pb.ErrorCode_ERROR_CODE_RATE_LIMITED)).Inc()
+		err = &codedError{code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, msg: rl.Error(), retry: retryMs(rl.RetryAfter)}
+	}
 	if err != nil {
 		c.write(errorFrame(id, err, newErrorID()))
 		return
