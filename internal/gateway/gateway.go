@@ -57,6 +57,8 @@ type Config struct {
 	MaxInflightSends int
 	// RegistrationsPerSecond rate-limits registrations node-wide. Default: 20 (burst 100).
 	RegistrationsPerSecond float64
+	// Registration limits Register attempts per address and refused handshakes per connection.
+	Registration RegistrationLimits
 	// Node is this node's name (shown in Challenge).
 	Node     string
 	Logger   *slog.Logger
@@ -99,6 +101,7 @@ type Gateway struct {
 	metrics  *metrics
 	upgrader *websocket.Upgrader
 	regLimit *rate.Limiter
+	reg      *regGuard // per-IP and per-connection handshake limits (limits.go)
 
 	draining atomic.Bool
 	count    atomic.Int64
@@ -132,6 +135,7 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, cfg Config) *Gateway {
 		log:      cfg.Logger,
 		metrics:  newMetrics(cfg.Registry),
 		regLimit: rate.NewLimiter(rate.Limit(cfg.RegistrationsPerSecond), 100),
+		reg:      newRegGuard(cfg.Registration, cfg.Registry),
 		conns:    map[*conn]struct{}{},
 	}
 	u := websocket.NewUpgrader()
