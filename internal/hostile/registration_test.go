@@ -201,4 +201,3 @@ func TestHostileInviteNotSpentOnTakenName(t *testing.T) {
 		t.Fatalf("the invite was spent by the refused registration: %v", r)
 	}
 }
-
