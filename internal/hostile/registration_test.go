@@ -45,25 +45,34 @@ func registerWithInvite(t *testing.T, c *testserver.RawClient, name, invite stri
 	}}})
 }
 
-// junk opens a connection and sends frames empty Register frames on it, waiting for the answers.
-func junk(t *testing.T, s *testserver.Server, frames int) {
+// junk opens conns connections at once and sends frames empty Register frames on each, waiting
+// for the answers, then for the server to close them (at most 10 s in all).
+func junk(t *testing.T, s *testserver.Server, conns, frames int) {
 	t.Helper()
-	c := testserver.Dial(t, s.URL())
-	for range frames {
-		if r := c.Request(&pb.Frame{Body: &pb.Frame_Register{Register: &pb.Register{}}}); r.GetError() == nil {
-			t.Fatalf("junk registration accepted: %v", r)
+	cs := make([]*testserver.RawClient, conns)
+	for i := range cs {
+		cs[i] = testserver.Dial(t, s.URL())
+	}
+	for _, c := range cs {
+		for range frames {
+			if r := c.Request(&pb.Frame{Body: &pb.Frame_Register{Register: &pb.Register{}}}); r.GetError() == nil {
+				t.Fatalf("junk registration accepted: %v", r)
+			}
 		}
 	}
-	// The server closes the connection after the last refusal; wait for that before going on.
-	// (A client that closes at the same moment as the server exposes an nbio race in which a
-	// stale epoll event of the old socket closes a new connection that reused its descriptor
-	// number: reported separately, not what this test is about.)
-	for {
-		if _, err := c.ReadErr(10 * time.Second); err != nil {
-			break
+	// The server closes each connection after its last refusal; wait for that before going on,
+	// rather than close at the same moment. (A client that closes as the server does exposes an
+	// nbio race in which a stale epoll event of the old socket closes a new connection that
+	// reused its descriptor number: reported separately, not what this test is about.)
+	deadline := time.Now().Add(10 * time.Second)
+	for _, c := range cs {
+		for {
+			if _, err := c.ReadErr(max(time.Until(deadline), time.Millisecond)); err != nil {
+				break
+			}
 		}
+		c.WS.CloseNow()
 	}
-	c.WS.CloseNow()
 }
 
 // Junk Register frames — 150 at once, then a steady stream — do not spend the node's
@@ -71,11 +80,9 @@ func junk(t *testing.T, s *testserver.Server, frames int) {
 func TestHostileJunkRegistrationsDoNotSpendTheBudget(t *testing.T) {
 	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
 		c.Registration = "invite"
-		c.RegistrationsPerSecond = 1 // burst 100: junk that spends it leaves nothing for a while
+		c.RegistrationsPerSecond = 0.01 // burst 100: junk that spends it leaves nothing for a while
 	}))
-	for range 50 {
-		junk(t, s, 3) // 150 junk frames, 3 a connection (the most one connection may fail)
-	}
+	junk(t, s, 50, 3) // 150 junk frames, 3 a connection (the most one connection may fail)
 	real := testserver.Dial(t, s.URL())
 	if r := registerWithInvite(t, real, "real0", newInvite(t, s)); r.GetWelcome() == nil {
 		t.Fatalf("a real registration after 150 junk frames: %v", r)
