@@ -31,8 +31,10 @@ import (
 //     make it unreachable, only cost its new sessions their one-time keys for a while.
 //
 // And a repeat is not a claim: a requester that asks again for a device's bundle within
-// BundleCacheTTL gets the same one-time prekeys as the first time (a client that retries after a
-// lost answer uses the keys it was given instead of burning new ones).
+// BundleCacheTTL gets it without one-time prekeys, and claims none. (Not the keys it got the first
+// time: a client asks again when it has lost its session — a reset, a restored store, a changed
+// identity — and the target may already have used and deleted those keys, so a session built on
+// them could never be decrypted. A bundle without one-time keys always can.)
 //
 // The limiters and the answer cache live in this process: in a cluster each node keeps its own,
 // so a requester that moves between nodes can claim up to once per node and limit.
@@ -40,7 +42,7 @@ import (
 // Defaults of the claim limits (Config).
 const (
 	DefaultBundleCacheTTL                                 = 10 * time.Minute
-	DefaultBundleCacheSize                                = 20_000
+	DefaultBundleCacheSize                                = 200_000
 	DefaultClaimRequesterBurst                            = 100
 	DefaultClaimRequesterPerMinute                        = 10
 	DefaultClaimPairBurst                                 = 6
@@ -90,42 +92,41 @@ func newClaimLimits(cfg *Config) *claimLimits {
 	}
 }
 
-// claimedKeys are the one-time prekeys one requester was given for one device: their encoded
-// protos, nil when none was given.
-type claimedKeys struct {
-	otk, kem []byte
-	expires  time.Time
-}
+// claimedKeys are the one-time prekeys claimed for one device: their encoded protos, nil when
+// none.
+type claimedKeys struct{ otk, kem []byte }
 
-// answerCache keeps, per requester and target device, the one-time prekeys last handed out, for
-// BundleCacheTTL. It is bounded: a full cache drops expired entries, then random ones. An entry is
-// at most about 1.3 KB (an ML-KEM-768 public key and its signature dominate).
+// answerCache remembers, per requester and target device, that the requester claimed the
+// target's one-time prekeys, for BundleCacheTTL. It is bounded: a full cache drops expired
+// entries, then random ones. An entry is a 32-byte key and an 8-byte expiry (in the map about
+// 64 bytes: 200,000 entries are about 13 MB).
 type answerCache struct {
 	ttl time.Duration
 	max int
 
-	mu sync.Mutex // guards m
-	m  map[pairKey]claimedKeys
+	mu sync.Mutex        // guards m
+	m  map[pairKey]int64 // expiry, Unix nanoseconds
 }
 
-func (c *answerCache) get(k pairKey, now time.Time) (claimedKeys, bool) {
+// seen reports whether k claimed within the TTL before now.
+func (c *answerCache) seen(k pairKey, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.m[k]
-	if ok && !now.Before(e.expires) {
+	exp, ok := c.m[k]
+	if ok && now.UnixNano() >= exp {
 		delete(c.m, k)
-		return claimedKeys{}, false
+		return false
 	}
-	return e, ok
+	return ok
 }
 
-func (c *answerCache) put(k pairKey, e claimedKeys, now time.Time) {
-	e.expires = now.Add(c.ttl)
+// put records a claim of k at now.
+func (c *answerCache) put(k pairKey, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.m[k]; !ok && len(c.m) >= c.max {
-		for old, v := range c.m {
-			if !now.Before(v.expires) {
+		for old, exp := range c.m {
+			if now.UnixNano() >= exp {
 				delete(c.m, old)
 			}
 		}
@@ -136,7 +137,7 @@ func (c *answerCache) put(k pairKey, e claimedKeys, now time.Time) {
 			delete(c.m, old)
 		}
 	}
-	c.m[k] = e
+	c.m[k] = now.Add(c.ttl).UnixNano()
 }
 
 func (c *answerCache) len() int {
@@ -148,8 +149,8 @@ func (c *answerCache) len() int {
 // Bundles returns a prekey bundle for each requested device of name (all when deviceIDs is empty;
 // repeats are ignored), claiming for each device one one-time EC prekey and one one-time KEM
 // prekey when any are left, within the claim limits. requester is the asking device: a repeat
-// within BundleCacheTTL gets the keys it got the first time. Over the requester or pair limit the
-// whole request is refused with a *RateLimitError and nothing is claimed.
+// within BundleCacheTTL is answered without one-time prekeys and claims none. Over the requester
+// or pair limit the whole request is refused with a *RateLimitError and nothing is claimed.
 func (d *Directory) Bundles(ctx context.Context, requester, name string, deviceIDs []string) (*pb.BundleResult, error) {
 	from, ok := parseDeviceKey(requester)
 	if !ok {
@@ -189,8 +190,7 @@ func (d *Directory) Bundles(ctx context.Context, requester, name string, deviceI
 			return nil, fmt.Errorf("%w: account %s lists malformed device %q", ErrUnavailable, name, id)
 		}
 		targets[i] = to
-		if e, ok := d.answers.get(pairKey{from, to}, now); ok {
-			keys[i] = e
+		if d.answers.seen(pairKey{from, to}, now) {
 			d.metrics.bundleCached.Inc()
 		} else {
 			fresh = append(fresh, i)
@@ -218,7 +218,7 @@ func (d *Directory) Bundles(ctx context.Context, requester, name string, deviceI
 		res.Devices = append(res.Devices, bundleOf(dev, keys[i]))
 	}
 	for _, i := range fresh {
-		d.answers.put(pairKey{from, targets[i]}, keys[i], now)
+		d.answers.put(pairKey{from, targets[i]}, now)
 	}
 	return res, nil
 }

@@ -71,9 +71,9 @@ func TestBundleDuplicateDeviceIDsClaimOnce(t *testing.T) {
 	}
 }
 
-// A requester that asks again within the window gets the same one-time prekeys and claims none;
-// after the window it claims new ones.
-func TestBundleRepeatGetsTheSameAnswer(t *testing.T) {
+// A requester that asks again within the window gets the bundle without one-time prekeys and
+// claims none; after the window it claims new ones.
+func TestBundleRepeatClaimsNothing(t *testing.T) {
 	clock := newFakeClock()
 	d, _ := startedDir(t, directory.Config{Now: clock.Now, BundleCacheTTL: 10 * time.Minute})
 	ctx := context.Background()
@@ -84,21 +84,24 @@ func TestBundleRepeatGetsTheSameAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := otkID(t, first)
-	wantKEM := first.GetDevices()[0].GetKemPrekey().GetId()
+	if want == 0 || first.GetDevices()[0].GetKemPrekey().GetLastResort() {
+		t.Fatal("the first bundle lacks one-time prekeys")
+	}
 	for i := range 20 {
 		again, err := d.Bundles(ctx, requester(1), "victim", []string{v.id})
 		if err != nil {
 			t.Fatalf("repeat %d: %v", i, err)
 		}
-		if got := otkID(t, again); got != want || again.GetDevices()[0].GetKemPrekey().GetId() != wantKEM {
-			t.Fatalf("repeat %d: one-time prekey %d, want %d (the first answer's)", i, got, want)
+		db := again.GetDevices()[0]
+		if db.GetOneTimePrekey() != nil || !db.GetKemPrekey().GetLastResort() || db.GetSignedPrekey() == nil {
+			t.Fatalf("repeat %d: want the signed and last-resort KEM prekeys only, got %v", i, db)
 		}
 		clock.Add(20 * time.Second)
 	}
 	left(t, d, p, 9, 9)
 	// Another requester gets another key.
-	if other, _ := d.Bundles(ctx, requester(2), "victim", nil); otkID(t, other) == want {
-		t.Fatal("two requesters got the same one-time prekey")
+	if other, _ := d.Bundles(ctx, requester(2), "victim", nil); otkID(t, other) == want || otkID(t, other) == 0 {
+		t.Fatalf("another requester got one-time prekey %d", otkID(t, other))
 	}
 	left(t, d, p, 8, 8)
 	clock.Add(10 * time.Minute)

@@ -84,11 +84,11 @@ type Config struct {
 	// Start); an entry takes about 130 bytes (200,000: about 26 MB). Default: 200,000.
 	DeviceCacheSize int
 
-	// BundleCacheTTL is how long a requester that asks again for a device's bundle gets the same
-	// one-time prekeys instead of new ones. Default: 10m.
+	// BundleCacheTTL is how long a requester that asks again for a device's bundle gets it
+	// without one-time prekeys instead of claiming new ones. Default: 10m.
 	BundleCacheTTL time.Duration
-	// BundleCacheSize bounds the answers kept for BundleCacheTTL (one per requester and target
-	// device, at most about 1.3 KB each: 20,000 are about 26 MB). Default: 20,000.
+	// BundleCacheSize bounds the claims remembered for BundleCacheTTL (one per requester and
+	// target device, about 64 bytes each: 200,000 are about 13 MB). Default: 200,000.
 	BundleCacheSize int
 	// ClaimRequesterBurst and ClaimRequesterPerMinute limit how many devices' one-time prekeys one
 	// device may claim: a burst, then a rate. Over it GetBundle is refused (RATE_LIMITED).
@@ -153,7 +153,7 @@ func New(b *bus.Bus, cfg Config) *Directory {
 		cfg: cfg, bus: b, log: cfg.Logger,
 		metrics: newMetrics(cfg.Registry),
 		limits:  newClaimLimits(&cfg),
-		answers: &answerCache{ttl: cfg.BundleCacheTTL, max: cfg.BundleCacheSize, m: make(map[pairKey]claimedKeys)},
+		answers: &answerCache{ttl: cfg.BundleCacheTTL, max: cfg.BundleCacheSize, m: make(map[pairKey]int64)},
 	}
 }
 

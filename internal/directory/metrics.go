@@ -21,7 +21,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		claimLimited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_directory_bundle_claims_limited_total",
 			Help: "Bundle claims over a limit, by limit: requester and pair refuse the request (RATE_LIMITED); target answers without one-time prekeys."}, []string{"limit"}),
 		bundleCached: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_directory_bundle_cached_answers_total",
-			Help: "Device bundles answered with the one-time prekeys the same requester got before (no new claim)."}),
+			Help: "Device bundles asked for again by the same requester within bundle_cache_ttl, answered without one-time prekeys (no new claim)."}),
 		registerRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_directory_registrations_refused_total",
 			Help: "Registrations refused by the directory, by reason."}, []string{"reason"}),
 		invitesReturned: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_directory_invites_returned_total",

@@ -54,9 +54,9 @@ func TestHostileBundleDuplicateDeviceIDs(t *testing.T) {
 	}
 }
 
-// A requester that asks again — here 500 pipelined GetBundle frames — gets the same one-time
-// prekeys each time and claims no more.
-func TestHostileBundleRepeatGetsTheSameKeys(t *testing.T) {
+// A requester that asks again — here 500 pipelined GetBundle frames — claims one key of each
+// kind with the first; the others are answered without one-time prekeys.
+func TestHostileBundleRepeatClaimsNothing(t *testing.T) {
 	s := testserver.Start(t)
 	victim := testserver.Dial(t, s.URL())
 	victim.Register("victim", 100)
@@ -67,7 +67,7 @@ func TestHostileBundleRepeatGetsTheSameKeys(t *testing.T) {
 		b, _ := proto.Marshal(&pb.Frame{Id: uint64(1000 + i), Body: &pb.Frame_GetBundle{GetBundle: &pb.GetBundle{Name: "victim"}}})
 		attacker.WriteRaw(b)
 	}
-	otks, kems := map[uint32]bool{}, map[uint32]bool{}
+	withKeys := 0
 	for got := 0; got < n; {
 		f := attacker.Read()
 		if f.GetId() < 1000 {
@@ -78,11 +78,12 @@ func TestHostileBundleRepeatGetsTheSameKeys(t *testing.T) {
 		if len(db) != 1 {
 			t.Fatalf("answer %d: %v", f.GetId(), f.GetError())
 		}
-		otks[db[0].GetOneTimePrekey().GetId()] = true
-		kems[db[0].GetKemPrekey().GetId()] = true
+		if db[0].GetOneTimePrekey() != nil || !db[0].GetKemPrekey().GetLastResort() {
+			withKeys++
+		}
 	}
-	if len(otks) != 1 || len(kems) != 1 || otks[0] {
-		t.Fatalf("%d requests got %d distinct EC and %d distinct KEM one-time prekeys, want one of each", n, len(otks), len(kems))
+	if withKeys != 1 {
+		t.Fatalf("%d of %d repeated requests got one-time prekeys, want only the first", withKeys, n)
 	}
 	if otk, kem := prekeysLeft(t, victim); otk != 99 || kem != 99 {
 		t.Fatalf("victim has %d and %d one-time prekeys left, want 99 and 99", otk, kem)

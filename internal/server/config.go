@@ -93,10 +93,10 @@ type Config struct {
 	RegistrationIPLimitLoopback bool `toml:"registration_ip_limit_loopback"`
 	// HandshakeMaxFailures closes a connection after this many refused handshake frames. Default: 3.
 	HandshakeMaxFailures int `toml:"handshake_max_failures"`
-	// BundleCacheTTL is how long a device asking again for another device's bundle gets the same
-	// one-time prekeys. Default: 10m.
+	// BundleCacheTTL is how long a device asking again for another device's bundle gets it without
+	// one-time prekeys (claims none). Default: 10m.
 	BundleCacheTTL Duration `toml:"bundle_cache_ttl"`
-	// BundleCacheSize bounds those remembered answers (about 1.3 KB each). Default: 20000.
+	// BundleCacheSize bounds the claims remembered for that (about 64 bytes each). Default: 200000.
 	BundleCacheSize int `toml:"bundle_cache_size"`
 	// PrekeyClaimRequesterBurst and PrekeyClaimRequesterPerMinute limit how many devices' one-time
 	// prekeys one device may claim (refused beyond). Defaults: 100 and 10.
