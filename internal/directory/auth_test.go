@@ -343,13 +343,13 @@ func TestStatusCounts(t *testing.T) {
 
 	// Each bundle fetch claims one of each kind; the KEM prekeys run out first.
 	for i := 1; i <= 8; i++ {
-		if _, err := d.Bundles(ctx, "bo", nil); err != nil {
+		if _, err := d.Bundles(ctx, fmt.Sprintf("%032x", i), "bo", nil); err != nil { // a new requester each time
 			t.Fatal(err)
 		}
 		check(t, p, uint32(max(7-i, 0)), uint32(max(5-i, 0)))
 	}
 	// Claiming the other device's keys leaves ours alone, and the other device counts right.
-	if _, err := d.Bundles(ctx, "other", nil); err != nil {
+	if _, err := d.Bundles(ctx, fmt.Sprintf("%032x", 99), "other", nil); err != nil {
 		t.Fatal(err)
 	}
 	op, err := d.Authenticate(ctx, other.id, nonce, other.sign(nonce))

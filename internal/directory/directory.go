@@ -27,6 +27,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/synadia-io/orbit.go/jetstreamext"
 	"google.golang.org/protobuf/proto"
 
@@ -82,14 +83,47 @@ type Config struct {
 	// DeviceCacheSize bounds the in-memory cache of device auth keys that Authenticate reads (see
 	// Start); an entry takes about 130 bytes (200,000: about 26 MB). Default: 200,000.
 	DeviceCacheSize int
-	Logger          *slog.Logger
+
+	// BundleCacheTTL is how long a requester that asks again for a device's bundle gets it
+	// without one-time prekeys instead of claiming new ones. Default: 10m.
+	BundleCacheTTL time.Duration
+	// BundleCacheSize bounds the claims remembered for BundleCacheTTL (one per requester and
+	// target device, about 64 bytes each: 200,000 are about 13 MB). Default: 200,000.
+	BundleCacheSize int
+	// ClaimRequesterBurst and ClaimRequesterPerMinute limit how many devices' one-time prekeys one
+	// device may claim: a burst, then a rate. Over it GetBundle is refused (RATE_LIMITED).
+	// Defaults: 100 and 10 a minute.
+	ClaimRequesterBurst     float64
+	ClaimRequesterPerMinute float64
+	// ClaimPairBurst and ClaimPairPerMinute limit how often one device may claim one-time prekeys
+	// of one other device (a repeat within BundleCacheTTL is not a claim). Over it GetBundle is
+	// refused (RATE_LIMITED). Defaults: 6 and 0.1 a minute (Signal-Server's "prekeys" limiter).
+	ClaimPairBurst     float64
+	ClaimPairPerMinute float64
+	// ClaimTargetBurst and ClaimTargetPerMinute limit how many of one device's one-time prekeys
+	// all requesters together may claim. Over it bundles of that device carry no one-time prekey
+	// (the signed and last-resort KEM prekeys only), as when it has none left. Defaults: 20 and
+	// 1 a minute.
+	ClaimTargetBurst     float64
+	ClaimTargetPerMinute float64
+	// ClaimLimiterKeys bounds the keys (devices, pairs) each claim limiter tracks. Default: 100,000.
+	ClaimLimiterKeys int
+
+	Logger *slog.Logger
+	// Registry receives the directory's metrics; nil registers none.
+	Registry prometheus.Registerer
+	// Now is the clock of the claim limits and the answer cache; nil means time.Now.
+	Now func() time.Time
 }
 
 // Directory is the account and key directory.
 type Directory struct {
-	cfg Config
-	bus *bus.Bus
-	log *slog.Logger
+	cfg     Config
+	bus     *bus.Bus
+	log     *slog.Logger
+	metrics *metrics
+	limits  *claimLimits
+	answers *answerCache
 
 	// Caches, nil until Start. Each is kept correct by a watch on its bucket.
 	accounts *cache[string, *Account]
@@ -114,7 +148,40 @@ func New(b *bus.Bus, cfg Config) *Directory {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Directory{cfg: cfg, bus: b, log: cfg.Logger}
+	cfg.setClaimDefaults()
+	return &Directory{
+		cfg: cfg, bus: b, log: cfg.Logger,
+		metrics: newMetrics(cfg.Registry),
+		limits:  newClaimLimits(&cfg),
+		answers: &answerCache{ttl: cfg.BundleCacheTTL, max: cfg.BundleCacheSize, m: make(map[pairKey]int64)},
+	}
+}
+
+// setClaimDefaults fills the unset claim limits.
+func (c *Config) setClaimDefaults() {
+	def := func(v *float64, d float64) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if c.BundleCacheTTL == 0 {
+		c.BundleCacheTTL = DefaultBundleCacheTTL
+	}
+	if c.BundleCacheSize == 0 {
+		c.BundleCacheSize = DefaultBundleCacheSize
+	}
+	def(&c.ClaimRequesterBurst, DefaultClaimRequesterBurst)
+	def(&c.ClaimRequesterPerMinute, DefaultClaimRequesterPerMinute)
+	def(&c.ClaimPairBurst, DefaultClaimPairBurst)
+	def(&c.ClaimPairPerMinute, DefaultClaimPairPerMinute)
+	def(&c.ClaimTargetBurst, DefaultClaimTargetBurst)
+	def(&c.ClaimTargetPerMinute, DefaultClaimTargetPerMinute)
+	if c.ClaimLimiterKeys == 0 {
+		c.ClaimLimiterKeys = DefaultClaimLimiterKeys
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
 }
 
 // ReplenishBelow is the configured prekey threshold.
@@ -164,8 +231,52 @@ func (dev *Device) Principal() Principal {
 	return Principal{ID: dev.ID, Name: dev.Name, SignedPreKeyCreated: dev.SignedPreKey.Created}
 }
 
-// Register creates an account named req.Name whose first device is the one that signed nonce.
+// Register creates an account named req.Name whose first device is the one that signed nonce:
+// CheckRegister, then CompleteRegister.
 func (d *Directory) Register(ctx context.Context, req *pb.Register, nonce []byte) (*Device, error) {
+	r, err := d.CheckRegister(ctx, req, nonce)
+	if err != nil {
+		return nil, err
+	}
+	return d.CompleteRegister(ctx, r)
+}
+
+// Registration is a registration that CheckRegister found valid, for CompleteRegister.
+type Registration struct {
+	dev       *Device
+	keys      *pb.KeyBundleUpload
+	invite    string
+	inviteRev uint64 // the invite's revision when checked: only that one is spent
+	inviteRec []byte // the invite's record, stored again if the registration fails
+}
+
+// Name is the account name being registered.
+func (r *Registration) Name() string { return r.dev.Name }
+
+// CheckRegister does every check of a registration that writes nothing, cheapest first: the
+// policy, the name's syntax, the keys and their signatures, the proof of possession of the auth
+// key over nonce; then, reading the buckets, that the name is free, the device new and the invite
+// (under the invite policy) valid. A registration that passes succeeds in CompleteRegister unless
+// a concurrent one takes the same name, device or invite first. Callers spend shared budgets
+// (the node's registration rate) only on registrations that pass.
+func (d *Directory) CheckRegister(ctx context.Context, req *pb.Register, nonce []byte) (*Registration, error) {
+	r, err := d.checkRegister(ctx, req, nonce)
+	if err != nil {
+		d.metrics.registerRefused.WithLabelValues(refusalReason(err)).Inc()
+	}
+	return r, err
+}
+
+func (d *Directory) checkRegister(ctx context.Context, req *pb.Register, nonce []byte) (*Registration, error) {
+	switch d.cfg.Policy {
+	case PolicyOpen:
+	case PolicyInvite:
+		if code := req.GetInvite(); code == "" || len(code) > maxInviteLen {
+			return nil, ErrInvalidInvite
+		}
+	default:
+		return nil, ErrRegistrationClosed
+	}
 	if !pb.ValidName(req.GetName()) {
 		return nil, fmt.Errorf("%w: use 1-32 of a-z 0-9 _ . - starting with a letter or digit", ErrInvalidName)
 	}
@@ -173,33 +284,83 @@ func (d *Directory) Register(ctx context.Context, req *pb.Register, nonce []byte
 	if len(authKey) != ed25519.PublicKeySize {
 		return nil, fmt.Errorf("%w: auth key must be %d bytes", ErrInvalidKeys, ed25519.PublicKeySize)
 	}
+	if req.GetKeys() == nil || req.GetKeys().GetSignedPrekey() == nil || req.GetKeys().GetLastResortKemPrekey() == nil {
+		return nil, fmt.Errorf("%w: identity key, signed prekey and last-resort KEM prekey are required", ErrInvalidKeys)
+	}
 	deviceID := pb.DeviceID(authKey)
 	if !ed25519.Verify(authKey, pb.AuthPayload(nonce, deviceID), req.GetSignature()) {
 		return nil, fmt.Errorf("%w: signature does not verify", ErrAuthFailed)
 	}
-	switch d.cfg.Policy {
-	case PolicyOpen:
-	case PolicyInvite:
-		// Check the keys before spending the invite.
-		if _, err := verifyInitialKeys(req.GetKeys()); err != nil {
-			return nil, err
-		}
-		if err := d.consumeInvite(ctx, req.GetInvite()); err != nil {
-			return nil, err
-		}
-	default:
-		return nil, ErrRegistrationClosed
-	}
-	return d.registerOne(ctx, req.GetName(), authKey, req.GetKeys())
-}
-
-// registerOne creates the device and account records and stores the one-time prekeys.
-func (d *Directory) registerOne(ctx context.Context, name string, authKey []byte, keys *pb.KeyBundleUpload) (*Device, error) {
-	dev, err := newDevice(name, authKey, keys, time.Now().UTC())
+	dev, err := newDevice(req.GetName(), authKey, req.GetKeys(), time.Now().UTC())
 	if err != nil {
 		return nil, err
 	}
-	return d.create(ctx, dev, keys)
+	// Reads: the name, the device, the invite.
+	switch _, err := d.Account(ctx, dev.Name); {
+	case err == nil:
+		return nil, ErrNameTaken
+	case !errors.Is(err, ErrUnknownUser):
+		return nil, err
+	}
+	k, _ := parseDeviceKey(deviceID)
+	switch _, err := d.authEntry(ctx, deviceID, k); {
+	case err == nil:
+		return nil, ErrDeviceExists
+	case !errors.Is(err, ErrUnknownDevice):
+		return nil, err
+	}
+	r := &Registration{dev: dev, keys: req.GetKeys()}
+	if d.cfg.Policy == PolicyInvite {
+		if r.inviteRev, r.inviteRec, err = d.checkInvite(ctx, req.GetInvite()); err != nil {
+			return nil, err
+		}
+		r.invite = req.GetInvite()
+	}
+	return r, nil
+}
+
+// CompleteRegister writes a registration that CheckRegister passed: it spends the invite (under
+// the invite policy), then creates the device and account records and stores the one-time
+// prekeys. When the records cannot be created (a concurrent registration took the name or the
+// device, or the store failed) the invite is given back.
+func (d *Directory) CompleteRegister(ctx context.Context, r *Registration) (*Device, error) {
+	if r.invite != "" {
+		if err := d.bus.Invites.Purge(ctx, r.invite, jetstream.LastRevision(r.inviteRev)); err != nil {
+			d.metrics.registerRefused.WithLabelValues("invalid_invite").Inc()
+			return nil, ErrInvalidInvite // spent by a concurrent registration
+		}
+	}
+	dev, err := d.create(ctx, r.dev, r.keys)
+	if err != nil {
+		d.metrics.registerRefused.WithLabelValues(refusalReason(err)).Inc()
+		if r.invite != "" {
+			d.returnInvite(ctx, r.invite, r.inviteRec)
+		}
+		return nil, err
+	}
+	return dev, nil
+}
+
+// refusalReason is the metric label of a registration error.
+func refusalReason(err error) string {
+	switch {
+	case errors.Is(err, ErrRegistrationClosed):
+		return "closed"
+	case errors.Is(err, ErrInvalidInvite):
+		return "invalid_invite"
+	case errors.Is(err, ErrInvalidName):
+		return "invalid_name"
+	case errors.Is(err, ErrInvalidKeys):
+		return "invalid_keys"
+	case errors.Is(err, ErrAuthFailed):
+		return "auth_failed"
+	case errors.Is(err, ErrNameTaken):
+		return "name_taken"
+	case errors.Is(err, ErrDeviceExists):
+		return "device_exists"
+	default:
+		return "unavailable"
+	}
 }
 
 // newDevice checks a registration and builds its device record.
@@ -578,81 +739,6 @@ func (d *Directory) readAccount(ctx context.Context, name string) (*Account, err
 	return acc, nil
 }
 
-// Bundles returns a prekey bundle for each requested device of name (all when deviceIDs is empty),
-// claiming one one-time EC prekey and one one-time KEM prekey per device when any are left.
-func (d *Directory) Bundles(ctx context.Context, name string, deviceIDs []string) (*pb.BundleResult, error) {
-	acc, err := d.Account(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	want := acc.Devices
-	if len(deviceIDs) > 0 {
-		owned := make(map[string]bool, len(acc.Devices))
-		for _, id := range acc.Devices {
-			owned[id] = true
-		}
-		for _, id := range deviceIDs {
-			if !owned[id] {
-				return nil, fmt.Errorf("%w: %s has no device %q", ErrUnknownDevice, name, id)
-			}
-		}
-		want = deviceIDs
-	}
-	res := &pb.BundleResult{Name: name}
-	for _, id := range want {
-		dev, _, err := d.device(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		db := &pb.DeviceBundle{
-			DeviceId:     id,
-			IdentityKey:  dev.IdentityKey,
-			SignedPrekey: &pb.SignedPreKey{Id: dev.SignedPreKey.ID, PublicKey: dev.SignedPreKey.PublicKey, Signature: dev.SignedPreKey.Signature},
-			KemPrekey:    &pb.KEMPreKey{Id: dev.LastResortKEM.ID, PublicKey: dev.LastResortKEM.PublicKey, Signature: dev.LastResortKEM.Signature, LastResort: true},
-		}
-		if raw, err := d.claim(ctx, bus.KEMPreKeySubject(id)); err != nil {
-			return nil, err
-		} else if raw != nil {
-			k := &pb.KEMPreKey{}
-			if proto.Unmarshal(raw, k) == nil {
-				db.KemPrekey = k
-			}
-		}
-		if raw, err := d.claim(ctx, bus.OneTimePreKeySubject(id)); err != nil {
-			return nil, err
-		} else if raw != nil {
-			k := &pb.OneTimePreKey{}
-			if proto.Unmarshal(raw, k) == nil {
-				db.OneTimePrekey = k
-			}
-		}
-		res.Devices = append(res.Devices, db)
-	}
-	return res, nil
-}
-
-// claim takes the oldest unclaimed prekey on subject: get it, then delete it; whoever deletes it
-// owns it. It returns nil when none are left.
-func (d *Directory) claim(ctx context.Context, subject string) ([]byte, error) {
-	seq := uint64(1)
-	for range maxClaimAttempts {
-		m, err := d.bus.PreKeys.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%w: read prekey: %v", ErrUnavailable, err)
-		}
-		if err := d.bus.PreKeys.DeleteMsg(ctx, m.Sequence); err != nil {
-			// Somebody else claimed it (or it expired): take the next one.
-			seq = m.Sequence + 1
-			continue
-		}
-		return m.Data, nil
-	}
-	return nil, fmt.Errorf("%w: prekey claim contended %d times", ErrUnavailable, maxClaimAttempts)
-}
-
 // CreateInvite makes a one-time invite code, valid for bus.InviteTTL.
 func (d *Directory) CreateInvite(ctx context.Context) (string, error) {
 	var raw [10]byte
@@ -660,29 +746,62 @@ func (d *Directory) CreateInvite(ctx context.Context) (string, error) {
 		return "", err
 	}
 	code := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(raw[:]))
-	rec, _ := json.Marshal(map[string]any{"created": time.Now().UTC()})
+	rec, _ := json.Marshal(inviteRecord{Created: time.Now().UTC()})
 	if _, err := d.bus.Invites.Create(ctx, code, rec); err != nil {
 		return "", fmt.Errorf("%w: store invite: %v", ErrUnavailable, err)
 	}
 	return code, nil
 }
 
-// consumeInvite deletes an invite code; only one registration can win it.
-func (d *Directory) consumeInvite(ctx context.Context, code string) error {
-	if code == "" || len(code) > 64 {
-		return ErrInvalidInvite
+// maxInviteLen bounds an invite code (CreateInvite makes 16 characters).
+const maxInviteLen = 64
+
+// inviteRecord is the stored value of an invite code.
+type inviteRecord struct {
+	Created time.Time `json:"created"`
+}
+
+// checkInvite reports whether code is an unused invite still valid, with its revision (for the
+// purge that spends it) and record. An invite is valid for bus.InviteTTL from its creation, also
+// after it was given back (see returnInvite).
+func (d *Directory) checkInvite(ctx context.Context, code string) (uint64, []byte, error) {
+	if code == "" || len(code) > maxInviteLen || !validKey(code) {
+		return 0, nil, ErrInvalidInvite
 	}
 	e, err := d.bus.Invites.Get(ctx, code)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return ErrInvalidInvite
+		return 0, nil, ErrInvalidInvite
 	}
 	if err != nil {
-		return fmt.Errorf("%w: read invite: %v", ErrUnavailable, err)
+		return 0, nil, fmt.Errorf("%w: read invite: %v", ErrUnavailable, err)
 	}
-	if err := d.bus.Invites.Purge(ctx, code, jetstream.LastRevision(e.Revision())); err != nil {
-		return ErrInvalidInvite
+	var rec inviteRecord
+	if json.Unmarshal(e.Value(), &rec) == nil && !rec.Created.IsZero() && time.Since(rec.Created) > bus.InviteTTL {
+		return 0, nil, ErrInvalidInvite
 	}
-	return nil
+	return e.Revision(), e.Value(), nil
+}
+
+// returnInvite stores a spent invite code again, with its record, for a registration that spent
+// it and then failed. The record keeps the creation time, so the invite does not live longer
+// (see checkInvite).
+func (d *Directory) returnInvite(ctx context.Context, code string, rec []byte) {
+	if _, err := d.bus.Invites.Create(ctx, code, rec); err != nil {
+		d.log.Warn("give back an invite after a failed registration", "err", err)
+		return
+	}
+	d.metrics.invitesReturned.Inc()
+}
+
+// validKey reports whether s is safe as a KV key (a-z A-Z 0-9 and -_=.).
+func validKey(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '=' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // MaxBulkRegister is the most devices one bulk registration may carry.

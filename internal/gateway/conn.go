@@ -40,6 +40,7 @@ type conn struct {
 	// handle uses it, and nbio runs one connection's frames one at a time.
 	tokens     float64
 	tokensTime time.Duration // gateway clock (since clockBase) of the last refill
+	hsFailures int           // refused handshake frames (see handshakeFailed); only handle uses it
 	state      atomic.Int32
 	// deadline is when the connection is closed unless a frame comes (gateway clock, see sweep):
 	// the handshake deadline, then the idle deadline, pushed on by every frame.
@@ -170,16 +171,11 @@ func (c *conn) handshake(f *pb.Frame) {
 		dev directory.Principal
 		err error
 	)
+	clientFault := true
 	switch b := f.Body.(type) {
 	case *pb.Frame_Register:
-		if !c.g.regLimit.Allow() {
-			c.write(&pb.Frame{Id: f.Id, Body: &pb.Frame_Error{Error: &pb.Error{
-				Code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, Message: "too many registrations, try later", RetryAfterMs: 5000,
-			}}})
-			return
-		}
 		var d *directory.Device
-		d, err = c.g.dir.Register(ctx, b.Register, c.nonce[:])
+		d, clientFault, err = c.register(ctx, b.Register)
 		if err == nil {
 			dev = d.Principal()
 			c.g.metrics.registrations.Inc()
@@ -187,8 +183,10 @@ func (c *conn) handshake(f *pb.Frame) {
 		}
 	case *pb.Frame_Auth:
 		dev, err = c.g.dir.Authenticate(ctx, b.Auth.GetDeviceId(), c.nonce[:], b.Auth.GetSignature())
+		clientFault = errors.Is(err, directory.ErrAuthFailed)
 	default:
 		c.fail(f.Id, pb.ErrorCode_ERROR_CODE_NOT_AUTHENTICATED, "authenticate first (Register or Auth)")
+		c.handshakeFailed()
 		return
 	}
 	if err != nil {
@@ -196,6 +194,9 @@ func (c *conn) handshake(f *pb.Frame) {
 		errID := newErrorID()
 		c.g.log.Info("handshake refused", "conn", c.id, "error_id", errID, "err", err)
 		c.write(errorFrame(f.Id, err, errID))
+		if clientFault {
+			c.handshakeFailed()
+		}
 		return
 	}
 	status, err := c.g.dir.Status(ctx, dev)
@@ -390,10 +391,19 @@ func checkDevices(current []string, envs []pb.CiphertextView) error {
 	return nil
 }
 
+// getBundle answers GetBundle. The directory limits the claims of this device (see
+// directory.Bundles); a refusal is RATE_LIMITED with the directory's retry hint.
 func (c *conn) getBundle(id uint64, req *pb.GetBundle) {
 	ctx, cancel := c.ctx()
 	defer cancel()
-	res, err := c.g.dir.Bundles(ctx, req.GetName(), req.GetDeviceIds())
+	c.mu.Lock()
+	me := c.dev.ID
+	c.mu.Unlock()
+	res, err := c.g.dir.Bundles(ctx, me, req.GetName(), req.GetDeviceIds())
+	if rl := (*directory.RateLimitError)(nil); errors.As(err, &rl) {
+		c.g.metrics.rejected.WithLabelValues(pb.ErrorCodeName(pb.ErrorCode_ERROR_CODE_RATE_LIMITED)).Inc()
+		err = &codedError{code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, msg: rl.Error(), retry: retryMs(rl.RetryAfter)}
+	}
 	if err != nil {
 		c.writeError(id, err)
 		return

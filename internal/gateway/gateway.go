@@ -57,6 +57,8 @@ type Config struct {
 	MaxInflightSends int
 	// RegistrationsPerSecond rate-limits registrations node-wide. Default: 20 (burst 100).
 	RegistrationsPerSecond float64
+	// Registration limits Register attempts per address and refused handshakes per connection.
+	Registration RegistrationLimits
 	// Node is this node's name (shown in Challenge).
 	Node     string
 	Logger   *slog.Logger
@@ -100,6 +102,7 @@ type Gateway struct {
 	upgrader *websocket.Upgrader
 	regLimit *rate.Limiter
 	errLog   *errorLog // rate-limits the log lines of errors answered to clients
+	reg      *regGuard // per-IP and per-connection handshake limits (limits.go)
 
 	draining atomic.Bool
 	count    atomic.Int64
@@ -134,6 +137,7 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, cfg Config) *Gateway {
 		metrics:  newMetrics(cfg.Registry),
 		regLimit: rate.NewLimiter(rate.Limit(cfg.RegistrationsPerSecond), 100),
 		errLog:   newErrorLog(),
+		reg:      newRegGuard(cfg.Registration, cfg.Registry),
 		conns:    map[*conn]struct{}{},
 	}
 	u := websocket.NewUpgrader()

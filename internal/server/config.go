@@ -6,8 +6,10 @@ package server
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -97,8 +99,37 @@ type Config struct {
 	// ConnFramesPerSecond and ConnFrameBurst rate-limit each connection. Defaults: 2000 and 4000.
 	ConnFramesPerSecond float64 `toml:"conn_frames_per_second"`
 	ConnFrameBurst      int     `toml:"conn_frame_burst"`
-	// RegistrationsPerSecond rate-limits registrations on this node. Default: 20.
+	// RegistrationsPerSecond rate-limits registrations on this node; only registrations that pass
+	// every check spend it. Default: 20.
 	RegistrationsPerSecond float64 `toml:"registrations_per_second"`
+	// RegistrationsPerIPPerMinute and RegistrationIPBurst limit Register attempts, valid or not,
+	// from one IP address (IPv6: one /64). Defaults: 6 and 20.
+	RegistrationsPerIPPerMinute float64 `toml:"registrations_per_ip_per_minute"`
+	RegistrationIPBurst         float64 `toml:"registration_ip_burst"`
+	// RegistrationIPLimitLoopback applies the per-IP limit to loopback peers (a local reverse
+	// proxy, the operator's tools) too. Default: false.
+	RegistrationIPLimitLoopback bool `toml:"registration_ip_limit_loopback"`
+	// HandshakeMaxFailures closes a connection after this many refused handshake frames. Default: 3.
+	HandshakeMaxFailures int `toml:"handshake_max_failures"`
+	// BundleCacheTTL is how long a device asking again for another device's bundle gets it without
+	// one-time prekeys (claims none). Default: 10m.
+	BundleCacheTTL Duration `toml:"bundle_cache_ttl"`
+	// BundleCacheSize bounds the claims remembered for that (about 64 bytes each). Default: 200000.
+	BundleCacheSize int `toml:"bundle_cache_size"`
+	// PrekeyClaimRequesterBurst and PrekeyClaimRequesterPerMinute limit how many devices' one-time
+	// prekeys one device may claim (refused beyond). Defaults: 100 and 10.
+	PrekeyClaimRequesterBurst     float64 `toml:"prekey_claim_requester_burst"`
+	PrekeyClaimRequesterPerMinute float64 `toml:"prekey_claim_requester_per_minute"`
+	// PrekeyClaimPairBurst and PrekeyClaimPairPerMinute limit claims by one device from one other
+	// device (refused beyond). Defaults: 6 and 0.1.
+	PrekeyClaimPairBurst     float64 `toml:"prekey_claim_pair_burst"`
+	PrekeyClaimPairPerMinute float64 `toml:"prekey_claim_pair_per_minute"`
+	// PrekeyClaimTargetBurst and PrekeyClaimTargetPerMinute limit claims of one device's one-time
+	// prekeys by everybody (beyond: bundles without one-time prekeys). Defaults: 20 and 1.
+	PrekeyClaimTargetBurst     float64 `toml:"prekey_claim_target_burst"`
+	PrekeyClaimTargetPerMinute float64 `toml:"prekey_claim_target_per_minute"`
+	// PrekeyClaimLimiterKeys bounds the devices or pairs each claim limiter tracks. Default: 100000.
+	PrekeyClaimLimiterKeys int `toml:"prekey_claim_limiter_keys"`
 	// Node names this node in logs and metrics. Default: the host name.
 	Node string `toml:"node"`
 	// LogLevel is debug, info, warn or error. Default: info.
@@ -192,6 +223,7 @@ func (c *Config) SetDefaults() {
 	if c.DeviceCacheSize == 0 {
 		c.DeviceCacheSize = directory.DefaultDeviceCacheSize
 	}
+	c.setAbuseDefaults()
 	if c.Node == "" {
 		c.Node, _ = os.Hostname()
 		if c.Node == "" {
@@ -282,6 +314,7 @@ func (c *Config) Validate() error {
 	if c.ConnFramesPerSecond < 0 || c.ConnFrameBurst < 0 || c.RegistrationsPerSecond < 0 {
 		bad("rate limits must not be negative")
 	}
+	errs = append(errs, c.validateAbuse()...)
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -305,4 +338,73 @@ func isLoopback(listen string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// setAbuseDefaults fills the registration and prekey-claim limits.
+func (c *Config) setAbuseDefaults() {
+	def := func(v *float64, d float64) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.RegistrationsPerIPPerMinute, 6)
+	def(&c.RegistrationIPBurst, 20)
+	if c.HandshakeMaxFailures == 0 {
+		c.HandshakeMaxFailures = 3
+	}
+	if c.BundleCacheTTL.Duration == 0 {
+		c.BundleCacheTTL.Duration = directory.DefaultBundleCacheTTL
+	}
+	if c.BundleCacheSize == 0 {
+		c.BundleCacheSize = directory.DefaultBundleCacheSize
+	}
+	def(&c.PrekeyClaimRequesterBurst, directory.DefaultClaimRequesterBurst)
+	def(&c.PrekeyClaimRequesterPerMinute, directory.DefaultClaimRequesterPerMinute)
+	def(&c.PrekeyClaimPairBurst, directory.DefaultClaimPairBurst)
+	def(&c.PrekeyClaimPairPerMinute, directory.DefaultClaimPairPerMinute)
+	def(&c.PrekeyClaimTargetBurst, directory.DefaultClaimTargetBurst)
+	def(&c.PrekeyClaimTargetPerMinute, directory.DefaultClaimTargetPerMinute)
+	if c.PrekeyClaimLimiterKeys == 0 {
+		c.PrekeyClaimLimiterKeys = directory.DefaultClaimLimiterKeys
+	}
+}
+
+// validateAbuse reports problems in the registration and prekey-claim limits.
+func (c *Config) validateAbuse() []error {
+	var errs []error
+	rates := map[string]float64{
+		"registrations_per_ip_per_minute":   c.RegistrationsPerIPPerMinute,
+		"prekey_claim_requester_per_minute": c.PrekeyClaimRequesterPerMinute,
+		"prekey_claim_pair_per_minute":      c.PrekeyClaimPairPerMinute,
+		"prekey_claim_target_per_minute":    c.PrekeyClaimTargetPerMinute,
+	}
+	bursts := map[string]float64{
+		"registration_ip_burst":        c.RegistrationIPBurst,
+		"prekey_claim_requester_burst": c.PrekeyClaimRequesterBurst,
+		"prekey_claim_pair_burst":      c.PrekeyClaimPairBurst,
+		"prekey_claim_target_burst":    c.PrekeyClaimTargetBurst,
+	}
+	for _, k := range slices.Sorted(maps.Keys(rates)) {
+		if !(rates[k] > 0) { // also NaN
+			errs = append(errs, fmt.Errorf("%s %v: want more than 0", k, rates[k]))
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(bursts)) {
+		if !(bursts[k] >= 1) {
+			errs = append(errs, fmt.Errorf("%s %v: want at least 1", k, bursts[k]))
+		}
+	}
+	if c.HandshakeMaxFailures < 1 || c.HandshakeMaxFailures > 1000 {
+		errs = append(errs, fmt.Errorf("handshake_max_failures %d: want 1..1000", c.HandshakeMaxFailures))
+	}
+	if c.BundleCacheTTL.Duration < time.Second || c.BundleCacheTTL.Duration > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("bundle_cache_ttl %s: want 1s..24h", c.BundleCacheTTL.Duration))
+	}
+	if c.BundleCacheSize < 1 || c.BundleCacheSize > 10_000_000 {
+		errs = append(errs, fmt.Errorf("bundle_cache_size %d: want 1..10000000", c.BundleCacheSize))
+	}
+	if c.PrekeyClaimLimiterKeys < 1 || c.PrekeyClaimLimiterKeys > 100_000_000 {
+		errs = append(errs, fmt.Errorf("prekey_claim_limiter_keys %d: want 1..100000000", c.PrekeyClaimLimiterKeys))
+	}
+	return errs
 }

@@ -162,7 +162,19 @@ func (s *Server) start(ctx context.Context) error {
 		ReplenishBelow:   s.cfg.PrekeyReplenishBelow,
 		AccountCacheSize: s.cfg.AccountCacheSize,
 		DeviceCacheSize:  s.cfg.DeviceCacheSize,
-		Logger:           s.log.With("component", "directory"),
+		BundleCacheTTL:   s.cfg.BundleCacheTTL.Duration,
+		BundleCacheSize:  s.cfg.BundleCacheSize,
+
+		ClaimRequesterBurst:     s.cfg.PrekeyClaimRequesterBurst,
+		ClaimRequesterPerMinute: s.cfg.PrekeyClaimRequesterPerMinute,
+		ClaimPairBurst:          s.cfg.PrekeyClaimPairBurst,
+		ClaimPairPerMinute:      s.cfg.PrekeyClaimPairPerMinute,
+		ClaimTargetBurst:        s.cfg.PrekeyClaimTargetBurst,
+		ClaimTargetPerMinute:    s.cfg.PrekeyClaimTargetPerMinute,
+		ClaimLimiterKeys:        s.cfg.PrekeyClaimLimiterKeys,
+
+		Logger:   s.log.With("component", "directory"),
+		Registry: s.reg,
 	})
 	if err := s.dir.Start(s.runCtx); err != nil {
 		return fmt.Errorf("directory: %w", err)
@@ -189,9 +201,15 @@ func (s *Server) start(ctx context.Context) error {
 		FramesPerSecond:        s.cfg.ConnFramesPerSecond,
 		FrameBurst:             s.cfg.ConnFrameBurst,
 		RegistrationsPerSecond: s.cfg.RegistrationsPerSecond,
-		Node:                   s.cfg.Node,
-		Logger:                 s.log.With("component", "gateway"),
-		Registry:               s.reg,
+		Registration: gateway.RegistrationLimits{
+			PerIPPerMinute:       s.cfg.RegistrationsPerIPPerMinute,
+			PerIPBurst:           s.cfg.RegistrationIPBurst,
+			LimitLoopback:        s.cfg.RegistrationIPLimitLoopback,
+			MaxHandshakeFailures: s.cfg.HandshakeMaxFailures,
+		},
+		Node:     s.cfg.Node,
+		Logger:   s.log.With("component", "gateway"),
+		Registry: s.reg,
 	})
 
 	mux := http.NewServeMux()

@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/testserver"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
@@ -226,7 +227,9 @@ func TestAuthFailures(t *testing.T) {
 }
 
 func TestConcurrentPrekeyClaims(t *testing.T) {
-	s := testserver.Start(t)
+	// 50 claims of one device at once: above the default per-target claim limit, which would
+	// answer the rest without one-time prekeys.
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) { c.PrekeyClaimTargetBurst = 100 }))
 	owner := testserver.Dial(t, s.URL())
 	if r, _ := owner.Register("frank", 100); r.GetWelcome().GetOneTimePrekeysLeft() != 100 {
 		t.Fatalf("want 100 one-time prekeys, got %v", r)
@@ -273,8 +276,10 @@ func TestBundleWithoutOneTimePrekeys(t *testing.T) {
 	owner.Register("gina", 1)
 	c := testserver.Dial(t, s.URL())
 	c.MustRegister("hank")
+	c2 := testserver.Dial(t, s.URL()) // another requester: hank asking again would get his key again
+	c2.MustRegister("hank2")
 	first := c.Request(&pb.Frame{Body: &pb.Frame_GetBundle{GetBundle: &pb.GetBundle{Name: "gina"}}})
-	second := c.Request(&pb.Frame{Body: &pb.Frame_GetBundle{GetBundle: &pb.GetBundle{Name: "gina"}}})
+	second := c2.Request(&pb.Frame{Body: &pb.Frame_GetBundle{GetBundle: &pb.GetBundle{Name: "gina"}}})
 	if first.GetBundleResult().GetDevices()[0].GetOneTimePrekey() == nil {
 		t.Fatalf("first bundle should carry the one prekey: %v", first)
 	}

@@ -1,0 +1,44 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package directory
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the directory's Prometheus metrics.
+type metrics struct {
+	prekeysClaimed  *prometheus.CounterVec // by kind: ec, kem
+	claimLimited    *prometheus.CounterVec // by limit: requester, pair, target
+	bundleCached    prometheus.Counter
+	registerRefused *prometheus.CounterVec // by reason
+	invitesReturned prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		prekeysClaimed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_directory_prekeys_claimed_total",
+			Help: "One-time prekeys handed out in bundles, by kind (ec, kem)."}, []string{"kind"}),
+		claimLimited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_directory_bundle_claims_limited_total",
+			Help: "Bundle claims over a limit, by limit: requester and pair refuse the request (RATE_LIMITED); target answers without one-time prekeys."}, []string{"limit"}),
+		bundleCached: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_directory_bundle_cached_answers_total",
+			Help: "Device bundles asked for again by the same requester within bundle_cache_ttl, answered without one-time prekeys (no new claim)."}),
+		registerRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_directory_registrations_refused_total",
+			Help: "Registrations refused by the directory, by reason."}, []string{"reason"}),
+		invitesReturned: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_directory_invites_returned_total",
+			Help: "Invite codes given back because the registration that spent them failed to be written."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.prekeysClaimed, m.claimLimited, m.bundleCached, m.registerRefused, m.invitesReturned)
+	}
+	return m
+}
+
+// claimed counts the one-time prekeys in k.
+func (m *metrics) claimed(k claimedKeys) {
+	if k.otk != nil {
+		m.prekeysClaimed.WithLabelValues("ec").Inc()
+	}
+	if k.kem != nil {
+		m.prekeysClaimed.WithLabelValues("kem").Inc()
+	}
+}
