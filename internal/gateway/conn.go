@@ -191,8 +191,8 @@ func (c *conn) handshake(f *pb.Frame) {
 	}
 	if err != nil {
 		c.g.metrics.authFailures.Inc()
-		errID := newErrorID()
-		c.g.log.Info("handshake refused", "conn", c.id, "error_id", errID, "err", err)
+		code, _ := codeFor(err)
+		errID := c.g.errLog.log(c.g.log, code, "handshake refused", "conn", c.id, "err", err)
 		c.write(errorFrame(f.Id, err, errID))
 		if clientFault {
 			c.handshakeFailed()
