@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,6 +41,7 @@ func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	s := &Server{cfg: server.Config{
 		Listen:      "127.0.0.1:0",
+		AdminListen: "127.0.0.1:0",
 		Data:        t.TempDir(),
 		InboxShards: 4,
 		Node:        "test",
@@ -78,12 +81,29 @@ func (s *Server) start(t testing.TB) {
 		cancel()
 		t.Fatal("testserver: not ready within 30s")
 	}
-	// Pin the port so a restart comes back at the same URL.
+	// Pin the ports so a restart comes back at the same URLs.
 	s.cfg.Listen = srv.Addr().String()
+	if a := srv.AdminAddr(); a != nil {
+		s.cfg.AdminListen = a.String()
+	}
 }
 
 // URL is the server's base URL (http://127.0.0.1:PORT).
 func (s *Server) URL() string { return s.srv.URL() }
+
+// AdminURL is the admin listener's base URL (http://127.0.0.1:PORT): /metrics, /debug/pprof/,
+// /v1/admin/*. "" when the config turned it off.
+func (s *Server) AdminURL() string { return s.srv.AdminURL() }
+
+// AdminToken is the operator token (the content of <data>/admin.token).
+func (s *Server) AdminToken(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(s.cfg.Data, server.AdminTokenFile))
+	if err != nil {
+		t.Fatalf("testserver: read operator token: %v", err)
+	}
+	return strings.TrimSpace(string(b))
+}
 
 // DataDir is the server's data directory.
 func (s *Server) DataDir() string { return s.cfg.Data }
