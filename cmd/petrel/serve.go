@@ -20,7 +20,7 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "serve", serveUsage)
 	configPath := fs.String("config", "", "TOML config file (flags override it)")
 	listen := fs.String("listen", "", "listen address (default 127.0.0.1:7070)")
-	adminListen := fs.String("admin-listen", "", "operator listener address for /metrics, /debug/pprof/, /v1/admin/* (default 127.0.0.1:7071; 127.0.0.1:0 for any free port, written to DATA/admin.addr; off for none)")
+	adminListen := fs.String("admin-listen", "", "operator listener address for /metrics, /debug/pprof/, /v1/admin/* (default 127.0.0.1:7071, or 127.0.0.1:0 when --listen has port 0; the bound URL is written to DATA/admin.addr; off for none)")
 	data := fs.String("data", "", "data directory (default ./petrel-data)")
 	tlsCert := fs.String("tls-cert", "", "TLS certificate (PEM)")
 	tlsKey := fs.String("tls-key", "", "TLS private key (PEM)")

@@ -23,6 +23,11 @@ func TestAdminListenConfig(t *testing.T) {
 	if def.AdminListen != "127.0.0.1:7071" {
 		t.Fatalf("default admin_listen %q", def.AdminListen)
 	}
+	anyPort := server.Config{Listen: "127.0.0.1:0"}
+	anyPort.SetDefaults()
+	if anyPort.AdminListen != "127.0.0.1:0" {
+		t.Fatalf("default admin_listen with listen on port 0: %q", anyPort.AdminListen)
+	}
 	cases := []struct {
 		name    string
 		edit    func(*server.Config)

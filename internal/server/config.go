@@ -43,7 +43,8 @@ type Config struct {
 	// AdminListen is the address of the operator listener (/metrics, /debug/pprof/, /v1/admin/*),
 	// "127.0.0.1:0" for any free port (its address is written to <data>/admin.addr), "off" for
 	// none. Off loopback it serves TLS with tls_cert/tls_key, or plain HTTP only with insecure.
-	// Default: 127.0.0.1:7071.
+	// Default: 127.0.0.1:7071; 127.0.0.1:0 when listen's port is 0 (so that servers started on
+	// any free port never collide on the admin port).
 	AdminListen string `toml:"admin_listen"`
 	// Data is the directory for all server state (embedded NATS JetStream, admin token). Default: ./petrel-data.
 	Data string `toml:"data"`
@@ -122,6 +123,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.AdminListen == "" {
 		c.AdminListen = admin.DefaultListen
+		if _, port, err := net.SplitHostPort(c.Listen); err == nil && port == "0" {
+			c.AdminListen = "127.0.0.1:0"
+		}
 	}
 	if c.Data == "" {
 		c.Data = "./petrel-data"
