@@ -6,9 +6,17 @@ package admin
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"log/slog"
+	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -405,6 +413,56 @@ func TestNormalizeURL(t *testing.T) {
 	for _, bad := range []string{"", "ftp://x:1", "http://"} {
 		if _, err := NormalizeURL(bad); err == nil {
 			t.Errorf("NormalizeURL(%q) accepted", bad)
+		}
+	}
+}
+
+// With TLS the listener serves HTTPS only, and admin.addr says https.
+func TestTLS(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA: true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	f := start(t, func(c *Config) {
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
+	})
+	if !strings.HasPrefix(f.url, "https://") {
+		t.Fatalf("URL %s", f.url)
+	}
+	if got, _ := ReadAddrFile(f.srv.cfg.AddrFile); got != f.url {
+		t.Fatalf("admin.addr %q, want %s", got, f.url)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	req, _ := http.NewRequest("POST", f.url+InvitesPath, nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.TLS == nil {
+		t.Fatalf("https invite: %d, tls %v", resp.StatusCode, resp.TLS != nil)
+	}
+	plain, _ := http.NewRequest("POST", strings.Replace(f.url, "https", "http", 1)+InvitesPath, nil)
+	plain.Header.Set("Authorization", "Bearer "+testToken)
+	if resp, err := http.DefaultClient.Do(plain); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Fatal("plain HTTP served on the TLS admin listener")
 		}
 	}
 }
