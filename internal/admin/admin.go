@@ -167,7 +167,11 @@ type Server struct {
 
 	baseCtx    context.Context // requests' parent; cancelled by Shutdown
 	baseCancel context.CancelFunc
-	inflight   sync.WaitGroup // handlers running
+
+	reqMu    sync.Mutex    // guards the following fields
+	reqs     int           // handlers running
+	draining bool          // Shutdown waits for reqs to reach 0; no new handler starts
+	idle     chan struct{} // closed when reqs reaches 0 while draining
 
 	mu       sync.Mutex // guards the following fields
 	http     *http.Server
@@ -233,11 +237,27 @@ func (s *Server) routes() http.Handler {
 	return s.track(mux)
 }
 
-// track counts handlers in flight so that Shutdown can wait for them.
+// track counts handlers in flight so that Shutdown can wait for them, and refuses new ones once
+// Shutdown waits.
 func (s *Server) track(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.inflight.Add(1)
-		defer s.inflight.Done()
+		s.reqMu.Lock()
+		if s.draining {
+			s.reqMu.Unlock()
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		s.reqs++
+		s.reqMu.Unlock()
+		defer func() {
+			s.reqMu.Lock()
+			s.reqs--
+			if s.reqs == 0 && s.idle != nil {
+				close(s.idle)
+				s.idle = nil
+			}
+			s.reqMu.Unlock()
+		}()
 		h.ServeHTTP(w, r)
 	})
 }
@@ -423,16 +443,24 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		_ = srv.Close()
 	}
 	<-served
-	// Handlers whose connections Close cut are still told to stop by baseCancel; wait for them
+	// Handlers whose connections Close cut have been told to stop by baseCancel; wait for them
 	// with a bound, since they use storage that closes next.
-	done := make(chan struct{})
-	go func() { s.inflight.Wait(); close(done) }()
-	wait := time.NewTimer(DefaultShutdownTimeout)
-	defer wait.Stop()
-	select {
-	case <-done:
-	case <-wait.C:
-		s.log.Warn("admin listener: requests still running after shutdown")
+	s.reqMu.Lock()
+	s.draining = true
+	var idle chan struct{}
+	if s.reqs > 0 {
+		idle = make(chan struct{})
+		s.idle = idle
+	}
+	s.reqMu.Unlock()
+	if idle != nil {
+		wait := time.NewTimer(DefaultShutdownTimeout)
+		defer wait.Stop()
+		select {
+		case <-idle:
+		case <-wait.C:
+			s.log.Warn("admin listener: requests still running after shutdown")
+		}
 	}
 	s.removeAddrFile()
 	if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
