@@ -247,7 +247,17 @@ func (s *Server) startAdmin() error {
 		if err != nil {
 			return fmt.Errorf("admin listener: load TLS certificate: %w", err)
 		}
-		tlsCfg = &stdtls.Config{Certificates: []stdtls.Certificate{cert}, MinVersion: stdtls.VersionTLS12}
+		tlsCfg = &stdtls.Config{
+			Certificates: []stdtls.Certificate{cert},
+			MinVersion:   stdtls.VersionTLS12,
+			// TLS 1.2: ECDHE with AEAD only (TLS 1.3's suites are fixed; its key exchange includes
+			// X25519MLKEM768 by default).
+			CipherSuites: []uint16{
+				stdtls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, stdtls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+				stdtls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, stdtls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+				stdtls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, stdtls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+			},
+		}
 	}
 	if !loopback && tlsCfg == nil {
 		s.log.Warn("admin listener serves plain HTTP on a non-loopback address (--insecure): the operator token crosses the network in clear", "admin_listen", s.cfg.AdminListen)
