@@ -13,12 +13,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/petrelchat/petrel/internal/admin"
 	"github.com/petrelchat/petrel/internal/server"
 )
 
+const adminUsage = "admin invite [--data DIR] [--admin URL]"
+
 func runAdmin(ctx context.Context, e *env, args []string) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprintln(e.stderr, "usage: petrel admin invite [--data DIR] [--server URL]\n\n  invite   print a one-time invite code (for registration = \"invite\")")
+		fmt.Fprintln(e.stderr, "usage: petrel "+adminUsage+"\n\n  invite   print a one-time invite code (for registration = \"invite\")")
 		if len(args) == 0 {
 			return 2
 		}
@@ -34,13 +37,26 @@ func runAdmin(ctx context.Context, e *env, args []string) int {
 }
 
 func runAdminInvite(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "admin invite", "admin invite [--data DIR] [--server URL]")
-	data := fs.String("data", "./petrel-data", "the server's data directory (holds the operator token)")
-	srvURL := fs.String("server", "http://127.0.0.1:7070", "the running server's URL")
+	fs := newFlags(e, "admin invite", adminUsage)
+	data := fs.String("data", "./petrel-data", "the server's data directory (holds admin.token and admin.addr)")
+	adminURL := fs.String("admin", "", "the admin listener's URL (default: from DIR/admin.addr)")
+	srvURL := fs.String("server", "", "deprecated and ignored: invites come from the admin listener (--admin)")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "petrel admin invite: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *srvURL != "" {
+		fmt.Fprintf(e.stderr, "petrel admin invite: --server is deprecated and ignored: invites come from the admin listener (its address is in %s, or pass --admin URL)\n", filepath.Join(*data, admin.AddrFile))
+	}
 	tokPath := filepath.Join(*data, server.AdminTokenFile)
+	base, from, err := resolveAdminURL(*adminURL, filepath.Dir(tokPath))
+	if err != nil {
+		fmt.Fprintf(e.stderr, "petrel admin invite: %v\n", err)
+		return 2
+	}
 	tok, err := os.ReadFile(tokPath)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "petrel admin invite: read operator token: %v (is --data the server's data directory?)\n", err)
@@ -48,23 +64,52 @@ func runAdminInvite(ctx context.Context, e *env, args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(*srvURL, "/")+"/v1/admin/invites", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+admin.InvitesPath, nil)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "petrel admin invite: %v\n", err)
 		return 2
 	}
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := adminHTTPClient.Do(req)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "petrel admin invite: server unreachable at %s: %v\n", *srvURL, err)
+		fmt.Fprintf(e.stderr, "petrel admin invite: cannot reach the admin listener at %s%s: %v; is the server running?\n", base, from, err)
 		return 1
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(e.stderr, "petrel admin invite: %s: %s\n", resp.Status, strings.TrimSpace(string(body)))
+		fmt.Fprintf(e.stderr, "petrel admin invite: %s%s: %s: %s\n", base, from, resp.Status, strings.TrimSpace(string(body)))
 		return 1
 	}
 	fmt.Fprintln(e.stdout, strings.TrimSpace(string(body)))
 	return 0
+}
+
+// adminHTTPClient talks to admin listeners: no redirects (a redirect could carry the operator
+// token elsewhere), no proxy from the environment.
+var adminHTTPClient = &http.Client{
+	Transport: &http.Transport{Proxy: nil, ForceAttemptHTTP2: false},
+	CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	},
+}
+
+// resolveAdminURL returns the admin listener's base URL: flagValue when given, else the content
+// of dataDir/admin.addr. from says where it came from, for error messages (" (from FILE)"). It
+// refuses a URL that would carry the operator token in clear to another machine.
+func resolveAdminURL(flagValue, dataDir string) (base, from string, err error) {
+	if flagValue != "" {
+		base, err = admin.NormalizeURL(flagValue)
+	} else {
+		file := filepath.Join(dataDir, admin.AddrFile)
+		from = " (from " + file + ")"
+		base, err = admin.ReadAddrFile(file)
+	}
+	if err != nil {
+		return "", "", err
+	}
+	if err := admin.CheckTokenTransport(base); err != nil {
+		return "", "", err
+	}
+	return base, from, nil
 }

@@ -17,10 +17,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/petrelchat/petrel/internal/admin"
 	"github.com/petrelchat/petrel/internal/bench"
 )
 
-const benchUsage = "bench SCENARIO --server URL[,URL...] [--json FILE] [--server-pid PID[,PID...]] [scenario flags]"
+const benchUsage = "bench SCENARIO --server URL[,URL...] [--admin URL[,URL...]] [--json FILE] [--server-pid PID[,PID...]] [scenario flags]"
 
 const benchHelp = `scenarios:
   idle     --conns N --hold D [--ping-sample N]                 N authenticated connections held open
@@ -31,7 +32,8 @@ const benchHelp = `scenarios:
   churn    --conns N --rate R --duration D                      connect, authenticate, close
 
 Synthetic accounts are registered with the operator token (--admin-token-file, or env
-PETREL_ADMIN_TOKEN). Only loopback servers are accepted. See README.md ("petrel bench").
+PETREL_ADMIN_TOKEN) on the servers' admin listeners (--admin, or the admin.addr beside each
+token file). Only loopback servers are accepted. See README.md ("petrel bench").
 `
 
 // benchDefaultTokenFile is where petrel serve keeps the operator token by default.
@@ -62,6 +64,7 @@ func runBench(ctx context.Context, e *env, args []string) int {
 	pids := fs.String("server-pid", "", "server process id(s), comma-separated: report their RSS and CPU")
 	cpuProfile := fs.String("cpuprofile", "", "write the generator's own CPU profile (this process, not workers) to `FILE`")
 	tokenFile := fs.String("admin-token-file", benchDefaultTokenFile, "the operator token: the server's <data>/admin.token (comma-separated: one per server); env PETREL_ADMIN_TOKEN when not given")
+	admins := fs.String("admin", "", "admin listener URL(s), comma-separated: one for all servers or one per server; loopback only (default: the admin.addr beside each --admin-token-file)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 200, "connection attempts in flight per process")
 	fs.IntVar(&cfg.Retries, "retries", 3, "retries of a refused connection attempt (HTTP 503, UNAVAILABLE), jittered backoff")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "bound on one connection attempt (dial + auth)")
@@ -139,6 +142,11 @@ func runBench(ctx context.Context, e *env, args []string) int {
 		return 1
 	}
 	cfg.AdminTokens = toks
+	cfg.Admins, err = benchAdmins(e, *admins, *tokenFile)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "petrel bench: %v\n", err)
+		return 2
+	}
 	cfg.WorkerCommand = func(ctx context.Context) *exec.Cmd {
 		exe, err := os.Executable()
 		if err != nil {
@@ -215,6 +223,45 @@ func benchTokens(e *env, files string, fileSet bool) ([]string, error) {
 		toks = append(toks, t)
 	}
 	return toks, nil
+}
+
+// benchAdmins returns the admin listeners' base URLs: --admin when given, else the admin.addr
+// beside each token file (given or default). They must be on loopback, like the servers (which
+// also keeps the operator token off the network).
+func benchAdmins(e *env, flagValue, tokenFiles string) ([]string, error) {
+	var out []string
+	if flagValue != "" {
+		for _, a := range strings.Split(flagValue, ",") {
+			if a = strings.TrimSpace(a); a == "" {
+				continue
+			}
+			u, err := admin.NormalizeURL(a)
+			if err != nil {
+				return nil, fmt.Errorf("--admin: %w", err)
+			}
+			out = append(out, u)
+		}
+	} else {
+		for _, file := range strings.Split(tokenFiles, ",") {
+			file = strings.TrimSpace(file)
+			addrFile := filepath.Join(filepath.Dir(file), admin.AddrFile)
+			u, err := admin.ReadAddrFile(addrFile)
+			if err != nil {
+				return nil, err
+			}
+			fmt.Fprintf(e.stderr, "petrel bench: admin listener %s (from %s)\n", u, addrFile)
+			out = append(out, u)
+		}
+	}
+	for _, u := range out {
+		if !bench.IsLoopback(u) {
+			return nil, fmt.Errorf("--admin %s: %w (and the operator token never leaves this machine)", u, bench.ErrNotLoopback)
+		}
+		if err := admin.CheckTokenTransport(u); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // runBenchWorker is the hidden worker process of petrel bench (spec on stdin, results on stdout).

@@ -16,6 +16,10 @@ import (
 
 func TestBenchUsage(t *testing.T) {
 	home := t.TempDir()
+	tokenOnly := filepath.Join(t.TempDir(), "admin.token") // a data directory without admin.addr
+	if err := os.WriteFile(tokenOnly, []byte("t0ken\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		args []string
@@ -30,6 +34,9 @@ func TestBenchUsage(t *testing.T) {
 		{"not loopback among several", []string{"bench", "relay", "--server", "http://127.0.0.1:7070,http://chat.example:7070"}, 2, "not a loopback address"},
 		{"bad pid", []string{"bench", "idle", "--server-pid", "x"}, 2, "not a process id"},
 		{"no token", []string{"bench", "idle", "--server", "http://127.0.0.1:1", "--admin-token-file", filepath.Join(home, "nope")}, 1, "no operator token"},
+		{"no admin.addr beside the token", []string{"bench", "idle", "--server", "http://127.0.0.1:1", "--admin-token-file", tokenOnly}, 2, filepath.Join(filepath.Dir(tokenOnly), "admin.addr") + " does not exist"},
+		{"admin not loopback", []string{"bench", "idle", "--server", "http://127.0.0.1:1", "--admin-token-file", tokenOnly, "--admin", "http://192.0.2.1:7071"}, 2, "not a loopback address"},
+		{"admin not a URL", []string{"bench", "idle", "--server", "http://127.0.0.1:1", "--admin-token-file", tokenOnly, "--admin", "ftp://127.0.0.1:1"}, 2, "want http://"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -90,6 +97,7 @@ func TestProcessBench(t *testing.T) {
 		return v
 	}
 	t.Run("relay", func(t *testing.T) {
+		// The admin listener's address comes from the admin.addr beside the token file.
 		m := bench(t, nil, "relay", "--admin-token-file", filepath.Join(data, "admin.token"), "--pairs", "8", "--duration", "1s")
 		sent := wantNum(t, m, "sent")
 		if sent == 0 || wantNum(t, m, "delivered") != sent || wantNum(t, m, "lost") != 0 ||
@@ -105,8 +113,9 @@ func TestProcessBench(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// With the token from the environment, --admin names the admin listener.
 		m := bench(t, []string{"PETREL_ADMIN_TOKEN=" + strings.TrimSpace(string(tok))},
-			"idle", "--conns", "40", "--hold", "1s", "--max-conns-per-process", "20")
+			"idle", "--admin", srv.admin, "--conns", "40", "--hold", "1s", "--max-conns-per-process", "20")
 		if wantNum(t, m, "workers") != 2 || wantNum(t, m, "connected") != 40 || wantNum(t, m, "errors") != 0 {
 			t.Errorf("result: %v", m)
 		}

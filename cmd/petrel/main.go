@@ -39,8 +39,8 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"serve", "serve [--listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F] [--insecure]", "run a Petrel server", runServe},
-		{"admin", "admin invite [--data DIR] [--server URL]", "operator tools (invite codes)", runAdmin},
+		{"serve", serveUsage, "run a Petrel server", runServe},
+		{"admin", adminUsage, "operator tools (invite codes)", runAdmin},
 		{"register", "register --server URL --name NAME [--invite CODE]", "create an account with this device", runRegister},
 		{"send", "send --to NAME TEXT... | send --to NAME -", "send a message (or each line of stdin)", runSend},
 		{"recv", "recv [--wait DURATION] [--json]", "receive pending messages", runRecv},

@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -42,16 +43,18 @@ func TestMain(m *testing.M) {
 
 // serverProc is a `petrel serve` process.
 type serverProc struct {
-	cmd  *exec.Cmd
-	url  string
-	data string
-	addr string
+	cmd   *exec.Cmd
+	url   string
+	admin string // the admin listener's URL
+	data  string
+	addr  string
 }
 
-// startServer runs petrel serve on addr ("127.0.0.1:0" for a random port) and waits until it serves.
+// startServer runs petrel serve on addr ("127.0.0.1:0" for a random port), with its admin
+// listener on a random loopback port, and waits until it serves.
 func startServer(t *testing.T, data, addr string, extra ...string) *serverProc {
 	t.Helper()
-	cmd := exec.Command(petrelBin, append([]string{"serve", "--listen", addr, "--data", data, "--log-level", "warn"}, extra...)...)
+	cmd := exec.Command(petrelBin, append([]string{"serve", "--listen", addr, "--admin-listen", "127.0.0.1:0", "--data", data, "--log-level", "warn"}, extra...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -75,13 +78,15 @@ func startServer(t *testing.T, data, addr string, extra ...string) *serverProc {
 	t.Cleanup(func() { p.kill() })
 	select {
 	case line := <-lines:
-		// "petrel dev serving on http://127.0.0.1:PORT (data: ..., registration: open)"
+		// "petrel dev serving on http://127.0.0.1:PORT (data: ..., registration: open, admin: http://127.0.0.1:PORT)"
 		i := strings.Index(line, "http://")
-		if i < 0 {
+		j := strings.Index(line, "admin: http://")
+		if i < 0 || j < 0 {
 			t.Fatalf("unexpected serve output %q (stderr %s)", line, stderr.String())
 		}
 		p.url = strings.Fields(line[i:])[0]
 		p.addr = strings.TrimPrefix(p.url, "http://")
+		p.admin = strings.TrimSuffix(strings.Fields(line[j+len("admin: "):])[0], ")")
 	case <-time.After(60 * time.Second):
 		t.Fatalf("server did not start; stderr: %s", stderr.String())
 	}
@@ -254,7 +259,7 @@ func TestProcessKillAfterAckRecipientOnline(t *testing.T) {
 // Invite-only registration end to end: the operator prints a code, it works once.
 func TestProcessInviteRegistration(t *testing.T) {
 	data := t.TempDir()
-	cmd := exec.Command(petrelBin, "serve", "--listen", "127.0.0.1:0", "--data", data, "--registration", "invite", "--log-level", "warn")
+	cmd := exec.Command(petrelBin, "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data", data, "--registration", "invite", "--log-level", "warn")
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -276,7 +281,8 @@ func TestProcessInviteRegistration(t *testing.T) {
 	} else if !strings.Contains(strings.ToLower(errOut), "invite") {
 		t.Fatalf("unclear error: %s", errOut)
 	}
-	code := strings.TrimSpace(cli(t, t.TempDir(), "admin", "invite", "--data", data, "--server", url))
+	// The admin listener's address comes from data/admin.addr.
+	code := strings.TrimSpace(cli(t, t.TempDir(), "admin", "invite", "--data", data))
 	if len(code) < 10 {
 		t.Fatalf("invite code %q", code)
 	}
@@ -306,4 +312,78 @@ func TestProcessSIGTERM(t *testing.T) {
 	if out := cli(t, alice, "whoami"); !strings.Contains(out, "alice") {
 		t.Fatalf("whoami after restart: %s", out)
 	}
+}
+
+// petrel admin invite finds the admin listener through admin.addr (several servers on one
+// machine, each on a random admin port), or --admin; --server is still accepted, with a warning;
+// a stale admin.addr, a missing one and a plain-HTTP remote URL give clear errors.
+func TestProcessAdminInvite(t *testing.T) {
+	dataA, dataB := t.TempDir(), t.TempDir()
+	a := startServer(t, dataA, "127.0.0.1:0", "--registration", "invite")
+	b := startServer(t, dataB, "127.0.0.1:0", "--registration", "invite")
+	if a.admin == b.admin {
+		t.Fatalf("two servers, one admin URL %s", a.admin)
+	}
+	for _, s := range []*serverProc{a, b} {
+		addr, err := os.ReadFile(filepath.Join(s.data, "admin.addr"))
+		if err != nil || strings.TrimSpace(string(addr)) != s.admin {
+			t.Fatalf("%s/admin.addr = %q %v, want %s", s.data, addr, err, s.admin)
+		}
+		code := strings.TrimSpace(cli(t, t.TempDir(), "admin", "invite", "--data", s.data))
+		cli(t, t.TempDir(), "register", "--server", s.url, "--name", "carol", "--invite", code)
+	}
+	// --admin names the listener explicitly.
+	if code := strings.TrimSpace(cli(t, t.TempDir(), "admin", "invite", "--data", dataA, "--admin", a.admin)); len(code) < 10 {
+		t.Fatalf("invite code %q", code)
+	}
+	// The old --server flag is accepted, ignored, and said so.
+	out, errOut, err := cliErr(t.TempDir(), "", "admin", "invite", "--data", dataA, "--server", a.url)
+	if err != nil || len(strings.TrimSpace(out)) < 10 || !strings.Contains(errOut, "--server is deprecated") {
+		t.Fatalf("admin invite --server: %v\nstdout %s\nstderr %s", err, out, errOut)
+	}
+	// B's token is refused by A's admin listener.
+	_, errOut, err = cliErr(t.TempDir(), "", "admin", "invite", "--data", dataB, "--admin", a.admin)
+	if err == nil || !strings.Contains(errOut, "401") {
+		t.Fatalf("b's token at a: %v %s", err, errOut)
+	}
+	// The token never goes over plain HTTP to another machine (refused before dialing).
+	_, errOut, err = cliErr(t.TempDir(), "", "admin", "invite", "--data", dataA, "--admin", "http://192.0.2.1:7071")
+	if exitCode(err) != 2 || !strings.Contains(errOut, "refusing to send the operator token over plain http") {
+		t.Fatalf("plain http to a remote admin: %v %s", err, errOut)
+	}
+	// kill -9 leaves a stale admin.addr: the error names the address, the file, and the likely cause.
+	b.kill()
+	_, errOut, err = cliErr(t.TempDir(), "", "admin", "invite", "--data", dataB)
+	if exitCode(err) != 1 || !strings.Contains(errOut, "cannot reach the admin listener at "+b.admin) ||
+		!strings.Contains(errOut, filepath.Join(dataB, "admin.addr")) || !strings.Contains(errOut, "is the server running?") {
+		t.Fatalf("stale admin.addr: %v %s", err, errOut)
+	}
+	// A data directory without admin.addr.
+	empty := t.TempDir()
+	os.WriteFile(filepath.Join(empty, "admin.token"), []byte(strings.Repeat("a", 64)), 0o600)
+	_, errOut, err = cliErr(t.TempDir(), "", "admin", "invite", "--data", empty)
+	if exitCode(err) != 2 || !strings.Contains(errOut, "admin.addr does not exist") || !strings.Contains(errOut, "--admin URL") {
+		t.Fatalf("no admin.addr: %v %s", err, errOut)
+	}
+	// SIGTERM removes admin.addr.
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.cmd.Wait(); err != nil {
+		t.Fatalf("serve after SIGTERM: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dataA, "admin.addr")); !os.IsNotExist(err) {
+		t.Fatalf("admin.addr after a clean shutdown: %v", err)
+	}
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
 }

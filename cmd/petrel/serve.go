@@ -14,10 +14,13 @@ import (
 	"github.com/petrelchat/petrel/internal/server"
 )
 
+const serveUsage = "serve [--listen ADDR] [--admin-listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F] [--insecure] [--nats URL,...]"
+
 func runServe(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "serve", "serve [--listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F] [--insecure] [--nats URL,...]")
+	fs := newFlags(e, "serve", serveUsage)
 	configPath := fs.String("config", "", "TOML config file (flags override it)")
 	listen := fs.String("listen", "", "listen address (default 127.0.0.1:7070)")
+	adminListen := fs.String("admin-listen", "", "operator listener address for /metrics, /debug/pprof/, /v1/admin/* (default 127.0.0.1:7071, or 127.0.0.1:0 when --listen has port 0; the bound URL is written to DATA/admin.addr; off for none)")
 	data := fs.String("data", "", "data directory (default ./petrel-data)")
 	tlsCert := fs.String("tls-cert", "", "TLS certificate (PEM)")
 	tlsKey := fs.String("tls-key", "", "TLS private key (PEM)")
@@ -44,6 +47,9 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if set["listen"] {
 		cfg.Listen = *listen
+	}
+	if set["admin-listen"] {
+		cfg.AdminListen = *adminListen
 	}
 	if set["data"] {
 		cfg.Data = *data
@@ -82,7 +88,11 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	select {
 	case <-srv.Ready():
 		abs, _ := filepath.Abs(cfg.Data)
-		fmt.Fprintf(e.stdout, "petrel %s serving on %s (data: %s, registration: %s)\n", version, srv.URL(), abs, cfg.Registration)
+		adm := srv.AdminURL()
+		if adm == "" {
+			adm = "off"
+		}
+		fmt.Fprintf(e.stdout, "petrel %s serving on %s (data: %s, registration: %s, admin: %s)\n", version, srv.URL(), abs, cfg.Registration, adm)
 	case err := <-errc:
 		fmt.Fprintf(e.stderr, "petrel serve: %v\n", err)
 		return 1

@@ -64,7 +64,7 @@ func TestPublicPackagesDoNotImportInternal(t *testing.T) {
 // Services never import the composition root or the gateway (dependencies point one way).
 func TestServicesDoNotImportServerOrGateway(t *testing.T) {
 	for _, p := range listPackages(t) {
-		for _, svc := range []string{"directory", "mailbox", "bus"} {
+		for _, svc := range []string{"directory", "mailbox", "bus", "admin"} {
 			if p.ImportPath != "github.com/petrelchat/petrel/internal/"+svc {
 				continue
 			}
@@ -74,6 +74,26 @@ func TestServicesDoNotImportServerOrGateway(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// The admin listener reaches the services only through the narrow interfaces it declares: it
+// imports no service, so the server decides what it may touch.
+func TestAdminTakesNarrowInterfaces(t *testing.T) {
+	found := false
+	for _, p := range listPackages(t) {
+		if p.ImportPath != "github.com/petrelchat/petrel/internal/admin" {
+			continue
+		}
+		found = true
+		for _, d := range p.Deps {
+			if strings.HasPrefix(d, "github.com/petrelchat/petrel/internal/") {
+				t.Errorf("%s imports %s", p.ImportPath, d)
+			}
+		}
+	}
+	if !found {
+		t.Error("internal/admin is missing")
 	}
 }
 

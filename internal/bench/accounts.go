@@ -69,6 +69,7 @@ func newRunPrefix() string {
 // registrar registers synthetic devices through the operator bulk endpoint of each server.
 type registrar struct {
 	servers    []string // base URLs
+	admins     []string // admin listener base URL per server
 	tokens     []string // operator token per server
 	client     *http.Client
 	registered atomic.Int64 // devices registered so far, for progress lines
@@ -216,7 +217,11 @@ func (r *registrar) post(ctx context.Context, server int, req *pb.BulkRegisterRe
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(r.servers[server], "/")+RegisterBulkPath, bytes.NewReader(body))
+	adm := strings.TrimRight(r.admins[server], "/")
+	if !IsLoopback(adm) {
+		return fmt.Errorf("admin listener %s: %w", adm, ErrNotLoopback) // never send the token off this machine
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, adm+RegisterBulkPath, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -224,7 +229,7 @@ func (r *registrar) post(ctx context.Context, server int, req *pb.BulkRegisterRe
 	hr.Header.Set("Content-Type", "application/x-protobuf")
 	resp, err := r.client.Do(hr)
 	if err != nil {
-		return fmt.Errorf("bulk registration at %s: %w", r.servers[server], err)
+		return fmt.Errorf("bulk registration: cannot reach the admin listener at %s (of server %s): %w; is the server running? (its admin address is in <data>/admin.addr)", adm, r.servers[server], err)
 	}
 	defer resp.Body.Close()
 	out, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
@@ -233,9 +238,9 @@ func (r *registrar) post(ctx context.Context, server int, req *pb.BulkRegisterRe
 	}
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		return fmt.Errorf("%w at %s (%s): pass the server's <data>/admin.token with --admin-token-file or PETREL_ADMIN_TOKEN", ErrOperatorToken, r.servers[server], resp.Status)
+		return fmt.Errorf("%w at %s (%s): pass the server's <data>/admin.token with --admin-token-file or PETREL_ADMIN_TOKEN", ErrOperatorToken, adm, resp.Status)
 	case resp.StatusCode != http.StatusOK:
-		return fmt.Errorf("bulk registration: %s: %s", resp.Status, strings.TrimSpace(string(out[:min(len(out), 300)])))
+		return fmt.Errorf("bulk registration at %s: %s: %s", adm, resp.Status, strings.TrimSpace(string(out[:min(len(out), 300)])))
 	}
 	res := &pb.BulkRegisterResponse{}
 	if err := proto.Unmarshal(out, res); err != nil {

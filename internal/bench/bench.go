@@ -65,6 +65,10 @@ type Config struct {
 	// AdminTokens are the operator tokens (the content of <data>/admin.token): one for every
 	// server, or one per server in the order of Servers. Required.
 	AdminTokens []string
+	// Admins are the servers' admin listeners' base URLs (http://127.0.0.1:7071, the content of
+	// <data>/admin.addr), where the bulk registration goes: one for every server, or one per
+	// server in the order of Servers. Only loopback hosts. Required.
+	Admins []string
 	// ServerPIDs are the server processes whose RSS and CPU time are reported. Optional.
 	ServerPIDs []int
 
@@ -206,6 +210,21 @@ func (c *Config) Validate() error {
 		}
 		if !IsLoopback(s) {
 			bad("server %q: %w", s, ErrNotLoopback)
+		}
+	}
+	switch {
+	case len(c.Admins) == 0:
+		bad("no admin listener: the bulk registration goes to the server's admin listener (<data>/admin.addr)")
+	case len(c.Admins) != 1 && len(c.Admins) != len(c.Servers):
+		bad("%d admin listeners for %d servers: give one for all, or one per server", len(c.Admins), len(c.Servers))
+	}
+	for _, s := range c.Admins {
+		if !strings.HasPrefix(s, "http://") && !strings.HasPrefix(s, "https://") {
+			bad("admin listener %q: want http://HOST:PORT", s)
+			continue
+		}
+		if !IsLoopback(s) {
+			bad("admin listener %q: %w", s, ErrNotLoopback)
 		}
 	}
 	switch {
@@ -358,7 +377,14 @@ func (r *run) register(ctx context.Context, n, oneTime int, keep bool) ([]accoun
 	for len(tokens) < len(r.cfg.Servers) {
 		tokens = append(tokens, r.cfg.AdminTokens[0])
 	}
-	reg := &registrar{servers: r.cfg.Servers, tokens: tokens, client: &http.Client{}}
+	admins := r.cfg.Admins
+	for len(admins) < len(r.cfg.Servers) {
+		admins = append(admins, r.cfg.Admins[0])
+	}
+	reg := &registrar{servers: r.cfg.Servers, admins: admins, tokens: tokens, client: &http.Client{
+		// A redirect could carry the operator token elsewhere.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
 	defer reg.client.CloseIdleConnections()
 	t := time.Now()
 	r.logf("registering %d synthetic devices on %s …", n, strings.Join(r.cfg.Servers, ", "))

@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 }
 
 func serveForTest(dir string) int {
-	srv, err := server.New(server.Config{Listen: "127.0.0.1:0", Data: dir, InboxShards: 4, Node: "test"}, slog.New(slog.DiscardHandler))
+	srv, err := server.New(server.Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Data: dir, InboxShards: 4, Node: "test"}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -57,7 +57,7 @@ func serveForTest(dir string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	fmt.Println(srv.URL())
+	fmt.Println(srv.URL(), srv.AdminURL())
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	cancel()
 	<-errc
@@ -68,8 +68,8 @@ func serveForTest(dir string) int {
 // test needs one: the gateway's sockets are not close-on-exec (nbio dup()s them), so workers
 // forked from a process that also hosts the server would inherit its client connections.
 type serverProcess struct {
-	url, dir string
-	pid      int
+	url, admin, dir string
+	pid             int
 }
 
 func startServerProcess(t *testing.T) *serverProcess {
@@ -104,7 +104,11 @@ func startServerProcess(t *testing.T) *serverProcess {
 	if err != nil {
 		t.Fatalf("server process: %v", err)
 	}
-	return &serverProcess{url: strings.TrimSpace(line), dir: dir, pid: cmd.Process.Pid}
+	f := strings.Fields(line)
+	if len(f) != 2 {
+		t.Fatalf("server process printed %q, want URL ADMIN-URL", line)
+	}
+	return &serverProcess{url: f[0], admin: f[1], dir: dir, pid: cmd.Process.Pid}
 }
 
 // testWriter sends progress lines to the test log.
@@ -119,10 +123,10 @@ func (w testWriter) Write(p []byte) (int, error) {
 func newConfig(t *testing.T, srv *testserver.Server, scenario string) Config {
 	t.Helper()
 	// The server runs in the test process.
-	return configFor(t, srv.URL(), srv.DataDir(), os.Getpid(), scenario)
+	return configFor(t, srv.URL(), srv.AdminURL(), srv.DataDir(), os.Getpid(), scenario)
 }
 
-func configFor(t *testing.T, url, dataDir string, pid int, scenario string) Config {
+func configFor(t *testing.T, url, adminURL, dataDir string, pid int, scenario string) Config {
 	t.Helper()
 	tok, err := os.ReadFile(filepath.Join(dataDir, "admin.token"))
 	if err != nil {
@@ -131,6 +135,7 @@ func configFor(t *testing.T, url, dataDir string, pid int, scenario string) Conf
 	return Config{
 		Scenario:    scenario,
 		Servers:     []string{url},
+		Admins:      []string{adminURL},
 		AdminTokens: []string{strings.TrimSpace(string(tok))},
 		ServerPIDs:  []int{pid},
 		Log:         testWriter{t},
@@ -335,7 +340,7 @@ func TestWorkers(t *testing.T) {
 		}
 	}
 	t.Run("idle", func(t *testing.T) {
-		cfg := configFor(t, srv.url, srv.dir, srv.pid, ScenarioIdle)
+		cfg := configFor(t, srv.url, srv.admin, srv.dir, srv.pid, ScenarioIdle)
 		cfg.Conns, cfg.Hold, cfg.PingSample, cfg.MaxConnsPerProcess, cfg.WorkerCommand = 40, time.Second, 20, 20, workerCmd
 		_, m := runBench(t, cfg)
 		check(t, m)
@@ -346,7 +351,7 @@ func TestWorkers(t *testing.T) {
 		wantEq(t, m, "errors", 0)
 	})
 	t.Run("relay", func(t *testing.T) {
-		cfg := configFor(t, srv.url, srv.dir, srv.pid, ScenarioRelay)
+		cfg := configFor(t, srv.url, srv.admin, srv.dir, srv.pid, ScenarioRelay)
 		cfg.Pairs, cfg.Duration, cfg.Window, cfg.MaxConnsPerProcess, cfg.WorkerCommand = 20, time.Second, 4, 20, workerCmd
 		_, m := runBench(t, cfg)
 		check(t, m)
@@ -371,7 +376,7 @@ func TestOperatorTokenRequired(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
-	base := Config{Scenario: ScenarioIdle, Servers: []string{"http://127.0.0.1:7070"}, AdminTokens: []string{"x"}}
+	base := Config{Scenario: ScenarioIdle, Servers: []string{"http://127.0.0.1:7070"}, Admins: []string{"http://127.0.0.1:7071"}, AdminTokens: []string{"x"}}
 	cases := []struct {
 		name    string
 		edit    func(*Config)
@@ -384,6 +389,17 @@ func TestValidate(t *testing.T) {
 		{"private address", func(c *Config) { c.Servers = []string{"http://10.0.0.1:7070"} }, "not a loopback"},
 		{"host name", func(c *Config) { c.Servers = []string{"http://127.0.0.1:1", "https://chat.example"} }, "not a loopback"},
 		{"no token", func(c *Config) { c.AdminTokens = nil }, "operator token"},
+		{"no admin listener", func(c *Config) { c.Admins = nil }, "no admin listener"},
+		{"admin listener off this machine", func(c *Config) { c.Admins = []string{"http://10.0.0.1:7071"} }, "not a loopback"},
+		{"admin listener not a URL", func(c *Config) { c.Admins = []string{"127.0.0.1:7071"} }, "want http://"},
+		{"admins per server", func(c *Config) {
+			c.Servers = []string{"http://127.0.0.1:1", "http://127.0.0.1:2"}
+			c.Admins = []string{"http://127.0.0.1:3", "http://127.0.0.1:4"}
+		}, ""},
+		{"admin count", func(c *Config) {
+			c.Servers = []string{"http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"}
+			c.Admins = []string{"http://127.0.0.1:4", "http://127.0.0.1:5"}
+		}, "admin listeners for 3 servers"},
 		{"tokens per server", func(c *Config) {
 			c.Servers = []string{"http://127.0.0.1:1", "http://127.0.0.1:2"}
 			c.AdminTokens = []string{"a", "b"}
@@ -429,6 +445,7 @@ func TestTwoServers(t *testing.T) {
 	cb := newConfig(t, b, ScenarioIdle)
 	cfg.Servers = append(cfg.Servers, cb.Servers...)
 	cfg.AdminTokens = append(cfg.AdminTokens, cb.AdminTokens...)
+	cfg.Admins = append(cfg.Admins, cb.Admins...)
 	cfg.Conns, cfg.Hold, cfg.PingSample = 20, 500*time.Millisecond, 4
 	_, m := runBench(t, cfg)
 	wantEq(t, m, "connected", 20)

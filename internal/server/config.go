@@ -15,6 +15,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/petrelchat/petrel/internal/admin"
 	"github.com/petrelchat/petrel/internal/directory"
 	"github.com/petrelchat/petrel/internal/mailbox"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
@@ -41,6 +42,12 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 type Config struct {
 	// Listen is the address of the HTTP/WebSocket listener. Default: 127.0.0.1:7070.
 	Listen string `toml:"listen"`
+	// AdminListen is the address of the operator listener (/metrics, /debug/pprof/, /v1/admin/*),
+	// "127.0.0.1:0" for any free port (its address is written to <data>/admin.addr), "off" for
+	// none. Off loopback it serves TLS with tls_cert/tls_key, or plain HTTP only with insecure.
+	// Default: 127.0.0.1:7071; 127.0.0.1:0 when listen's port is 0 (so that servers started on
+	// any free port never collide on the admin port).
+	AdminListen string `toml:"admin_listen"`
 	// Data is the directory for all server state (embedded NATS JetStream, admin token). Default: ./petrel-data.
 	Data string `toml:"data"`
 	// TLSCert and TLSKey are PEM files; when set the listener serves TLS. Default: none.
@@ -138,6 +145,9 @@ type Config struct {
 	LogFormat string `toml:"log_format"`
 }
 
+// AdminListenOff as admin_listen runs no admin listener.
+const AdminListenOff = "off"
+
 // LoadConfig reads a TOML config file; unknown keys are errors.
 func LoadConfig(path string) (Config, error) {
 	var c Config
@@ -159,6 +169,12 @@ func LoadConfig(path string) (Config, error) {
 func (c *Config) SetDefaults() {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:7070"
+	}
+	if c.AdminListen == "" {
+		c.AdminListen = admin.DefaultListen
+		if _, port, err := net.SplitHostPort(c.Listen); err == nil && port == "0" {
+			c.AdminListen = "127.0.0.1:0"
+		}
 	}
 	if c.Data == "" {
 		c.Data = "./petrel-data"
@@ -253,6 +269,13 @@ func (c *Config) Validate() error {
 		bad("listen %q is not a loopback address: serve TLS (--tls-cert/--tls-key) or pass --insecure", c.Listen)
 	}
 	_ = host
+	if c.AdminListen != AdminListenOff {
+		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
+			bad("admin_listen %q: %v (want HOST:PORT or off)", c.AdminListen, err)
+		} else if c.TLSCert == "" && !c.Insecure && !isLoopback(c.AdminListen) {
+			bad("admin_listen %q is not a loopback address: serve TLS (--tls-cert/--tls-key) or pass --insecure", c.AdminListen)
+		}
+	}
 	switch c.Registration {
 	case directory.PolicyOpen, directory.PolicyInvite, directory.PolicyClosed:
 	default:

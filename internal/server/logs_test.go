@@ -63,7 +63,7 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 			req.Devices = append(req.Devices, &pb.BulkDevice{Name: name, AuthKey: ed25519.NewKeyFromSeed(seed).Public().(ed25519.PublicKey), Keys: keys})
 		}
 		body, _ := proto.Marshal(req)
-		hr, _ := http.NewRequest(http.MethodPost, s.URL()+"/v1/admin/register-bulk", bytes.NewReader(body))
+		hr, _ := http.NewRequest(http.MethodPost, s.AdminURL()+"/v1/admin/register-bulk", bytes.NewReader(body))
 		hr.Header.Set("Authorization", "Bearer "+tok)
 		resp, err := http.DefaultClient.Do(hr)
 		if err != nil {

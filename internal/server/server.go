@@ -10,30 +10,26 @@ package server
 import (
 	"context"
 	"crypto/rand"
-	"crypto/subtle"
+	stdtls "crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	httppprof "net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/lesismal/llib/std/crypto/tls"
 	"github.com/lesismal/nbio/nbhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/petrelchat/petrel/internal/admin"
 	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/directory"
 	"github.com/petrelchat/petrel/internal/gateway"
@@ -58,7 +54,8 @@ type Server struct {
 	mb     *mailbox.Mailbox
 	gw     *gateway.Gateway
 	engine *nbhttp.Engine
-	addr   atomic.Value // net.Addr
+	admin  *admin.Server // nil when admin_listen is "off"
+	addr   atomic.Value  // net.Addr
 	token  string
 
 	runCtx    context.Context // lives until Shutdown closes storage
@@ -100,12 +97,35 @@ func (s *Server) URL() string {
 	return scheme + "://" + s.Addr().String()
 }
 
+// AdminAddr is the admin listener's address once Ready is closed; nil when admin_listen is "off".
+func (s *Server) AdminAddr() net.Addr {
+	if s.admin == nil {
+		return nil
+	}
+	return s.admin.Addr()
+}
+
+// AdminURL is the admin listener's base URL once Ready is closed (the content of
+// <data>/admin.addr); "" when admin_listen is "off".
+func (s *Server) AdminURL() string {
+	if s.admin == nil {
+		return ""
+	}
+	return s.admin.URL()
+}
+
 // Ready is closed when the server serves.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // Run starts the server and blocks until ctx ends, then shuts down gracefully.
 func (s *Server) Run(ctx context.Context) error {
 	if err := s.start(ctx); err != nil {
+		// Undo what start got to: the admin listener (and its admin.addr), the gateway's
+		// goroutines, storage.
+		_ = s.stopAdmin(context.Background())
+		if s.gw != nil {
+			s.gw.Close()
+		}
 		s.closeStorage()
 		return err
 	}
@@ -216,10 +236,7 @@ func (s *Server) start(ctx context.Context) error {
 	mux.Handle("GET "+pb.ConnectPath, s.gw)
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("POST /v1/admin/invites", s.createInvite)
-	mux.HandleFunc("POST /v1/admin/register-bulk", s.registerBulk)
-	mux.HandleFunc("GET /debug/pprof/", s.pprof)
+	// Operator surfaces (/metrics, pprof, /v1/admin/*) are on the admin listener only.
 
 	var tlsCfg *tls.Config
 	if s.cfg.TLSCert != "" {
@@ -228,11 +245,65 @@ func (s *Server) start(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := s.startAdmin(); err != nil {
+		return err
+	}
 	// The bound address is recorded so that port 0 works.
 	s.engine = gateway.NewEngine("petrel", s.cfg.Listen, tlsCfg, maxConns, mux, func(a net.Addr) { s.addr.Store(a) })
 	if err := s.engine.Start(); err != nil {
+		s.engine = nil
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	}
+	return nil
+}
+
+// startAdmin starts the admin listener (metrics, pprof, invites, bulk registration) and writes
+// its address to <data>/admin.addr. It serves TLS only off loopback, with the public listener's
+// certificate; on loopback /metrics needs no token.
+func (s *Server) startAdmin() error {
+	if s.cfg.AdminListen == AdminListenOff {
+		s.log.Info("admin listener off")
+		return nil
+	}
+	loopback := isLoopback(s.cfg.AdminListen)
+	var tlsCfg *stdtls.Config
+	if !loopback && s.cfg.TLSCert != "" {
+		cert, err := stdtls.LoadX509KeyPair(s.cfg.TLSCert, s.cfg.TLSKey)
+		if err != nil {
+			return fmt.Errorf("admin listener: load TLS certificate: %w", err)
+		}
+		tlsCfg = &stdtls.Config{
+			Certificates: []stdtls.Certificate{cert},
+			MinVersion:   stdtls.VersionTLS12,
+			// TLS 1.2: ECDHE with AEAD only (TLS 1.3's suites are fixed; its key exchange includes
+			// X25519MLKEM768 by default).
+			CipherSuites: []uint16{
+				stdtls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, stdtls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+				stdtls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, stdtls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+				stdtls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, stdtls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+			},
+		}
+	}
+	if !loopback && tlsCfg == nil {
+		s.log.Warn("admin listener serves plain HTTP on a non-loopback address (--insecure): the operator token crosses the network in clear", "admin_listen", s.cfg.AdminListen)
+	}
+	a, err := admin.New(admin.Config{
+		Listen:      s.cfg.AdminListen,
+		Token:       s.token,
+		TLS:         tlsCfg,
+		OpenMetrics: loopback,
+		Gatherer:    s.reg,
+		Registerer:  s.reg,
+		AddrFile:    filepath.Join(s.cfg.Data, admin.AddrFile),
+		Logger:      s.log.With("component", "admin"),
+	}, s.dir)
+	if err != nil {
+		return err
+	}
+	if err := a.Start(); err != nil {
+		return err
+	}
+	s.admin = a
 	return nil
 }
 
@@ -254,11 +325,22 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if s.gw != nil {
 			s.gw.Close()
 		}
+		if err := s.stopAdmin(ctx); err != nil {
+			errs = append(errs, err)
+		}
 		s.closeStorage()
 		s.shutErr = errors.Join(errs...)
 		s.log.Info("stopped")
 	})
 	return s.shutErr
+}
+
+// stopAdmin shuts the admin listener down (it stays up through the drain, for metrics). Idempotent.
+func (s *Server) stopAdmin(ctx context.Context) error {
+	if s.admin == nil {
+		return nil
+	}
+	return s.admin.Shutdown(ctx)
 }
 
 func (s *Server) closeStorage() {
@@ -291,75 +373,6 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, "ready")
-}
-
-// createInvite makes a one-time invite code. It needs the operator token from the data directory.
-func (s *Server) createInvite(w http.ResponseWriter, r *http.Request) {
-	if !s.operator(w, r) {
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	defer cancel()
-	code, err := s.dir.CreateInvite(ctx)
-	if err != nil {
-		http.Error(w, "could not create invite: storage unavailable", http.StatusServiceUnavailable)
-		return
-	}
-	w.Header().Set("Content-Type", "text/plain")
-	fmt.Fprintln(w, code)
-}
-
-// operator checks the operator token (constant time) and answers 401 when it is missing or wrong.
-func (s *Server) operator(w http.ResponseWriter, r *http.Request) bool {
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(s.token)) != 1 {
-		http.Error(w, "operator token required", http.StatusUnauthorized)
-		return false
-	}
-	return true
-}
-
-// registerBulk registers synthetic accounts for load generators and fixtures (operator only).
-func (s *Server) registerBulk(w http.ResponseWriter, r *http.Request) {
-	if !s.operator(w, r) {
-		return
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
-	if err != nil {
-		http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	req := &pb.BulkRegisterRequest{}
-	if err := proto.Unmarshal(body, req); err != nil {
-		http.Error(w, "body is not a BulkRegisterRequest", http.StatusBadRequest)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
-	defer cancel()
-	res, err := s.dir.RegisterBulk(ctx, req.GetDevices())
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	out, _ := proto.Marshal(res)
-	w.Header().Set("Content-Type", "application/x-protobuf")
-	_, _ = w.Write(out)
-}
-
-// pprof serves the Go runtime profiles (operator only): heap, goroutine, allocs, and
-// /debug/pprof/profile?seconds=N for CPU.
-func (s *Server) pprof(w http.ResponseWriter, r *http.Request) {
-	if !s.operator(w, r) {
-		return
-	}
-	switch strings.TrimPrefix(r.URL.Path, "/debug/pprof/") {
-	case "profile":
-		httppprof.Profile(w, r)
-	case "trace":
-		httppprof.Trace(w, r)
-	default:
-		httppprof.Index(w, r)
-	}
 }
 
 func loadOrCreateToken(path string) (string, error) {

@@ -36,14 +36,14 @@ func mustDeliver(t *testing.T, c *testserver.RawClient) *pb.Deliver {
 
 func TestHealthz(t *testing.T) {
 	s := testserver.Start(t)
-	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
-		resp, err := http.Get(s.URL() + path)
+	for _, url := range []string{s.URL() + "/healthz", s.URL() + "/readyz", s.AdminURL() + "/metrics"} {
+		resp, err := http.Get(url)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
 		if resp.StatusCode != 200 {
-			t.Errorf("%s: status %d", path, resp.StatusCode)
+			t.Errorf("%s: status %d", url, resp.StatusCode)
 		}
 	}
 }

@@ -7,9 +7,14 @@ package testserver
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,6 +44,7 @@ func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	s := &Server{cfg: server.Config{
 		Listen:      "127.0.0.1:0",
+		AdminListen: "127.0.0.1:0",
 		Data:        t.TempDir(),
 		InboxShards: 4,
 		Node:        "test",
@@ -78,12 +84,51 @@ func (s *Server) start(t testing.TB) {
 		cancel()
 		t.Fatal("testserver: not ready within 30s")
 	}
-	// Pin the port so a restart comes back at the same URL.
+	probePollers(t, srv.URL())
+	// Pin the ports so a restart comes back at the same URLs.
 	s.cfg.Listen = srv.Addr().String()
+	if a := srv.AdminAddr(); a != nil {
+		s.cfg.AdminListen = a.String()
+	}
+}
+
+// probePollers makes requests through the public listener until nbio's acceptor and pollers have
+// certainly entered their loops. nbio v1.6.9 clears a poller's shutdown flag when its loop starts
+// (poller_epoll.go: "p.shutdown = false"), so a Stop that comes before that hangs for ever; a test
+// that stops a server right after Start, or talks only to the admin listener, would hit it. Each
+// request on a new connection lands on some poller (connections are spread by descriptor), so a
+// few per poller make it very likely that every poller has run; with the one poller of a machine
+// of fewer than 8 cores, one request is proof.
+func probePollers(t testing.TB, base string) {
+	t.Helper()
+	tr := &http.Transport{DisableKeepAlives: true, TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} // loopback test server
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	for range 2 * max(1, runtime.NumCPU()/4) {
+		resp, err := hc.Get(base + "/healthz")
+		if err != nil {
+			t.Fatalf("testserver: probe: %v", err)
+		}
+		resp.Body.Close()
+	}
 }
 
 // URL is the server's base URL (http://127.0.0.1:PORT).
 func (s *Server) URL() string { return s.srv.URL() }
+
+// AdminURL is the admin listener's base URL (http://127.0.0.1:PORT): /metrics, /debug/pprof/,
+// /v1/admin/*. "" when the config turned it off.
+func (s *Server) AdminURL() string { return s.srv.AdminURL() }
+
+// AdminToken is the operator token (the content of <data>/admin.token).
+func (s *Server) AdminToken(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(s.cfg.Data, server.AdminTokenFile))
+	if err != nil {
+		t.Fatalf("testserver: read operator token: %v", err)
+	}
+	return strings.TrimSpace(string(b))
+}
 
 // DataDir is the server's data directory.
 func (s *Server) DataDir() string { return s.cfg.Data }
