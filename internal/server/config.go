@@ -81,6 +81,35 @@ type Config struct {
 	ConnFrameBurst      int     `toml:"conn_frame_burst"`
 	// RegistrationsPerSecond rate-limits registrations on this node. Default: 20.
 	RegistrationsPerSecond float64 `toml:"registrations_per_second"`
+	// ConnQueuedFrames and ConnQueuedBytes bound what one authenticated connection may have sent
+	// and not yet had handled (frames; bytes, each frame's payload plus 128); past either it is
+	// closed (WebSocket 1008). Defaults: 4096 and 16777216 (16 MiB).
+	ConnQueuedFrames int   `toml:"conn_queued_frames"`
+	ConnQueuedBytes  int64 `toml:"conn_queued_bytes"`
+	// PreauthQueuedFrames and PreauthQueuedBytes are the same bounds before a connection has
+	// authenticated. Defaults: 8 and max_frame_bytes + 65536.
+	PreauthQueuedFrames int   `toml:"preauth_queued_frames"`
+	PreauthQueuedBytes  int64 `toml:"preauth_queued_bytes"`
+	// InboundBytes bounds the received, not yet handled bytes of all connections together
+	// (unauthenticated ones may hold half); past it a connection asking for more is closed with
+	// WebSocket 1013 (try again later). Default: 268435456 (256 MiB).
+	InboundBytes int64 `toml:"inbound_bytes"`
+	// MaxPendingUpgrades bounds the listener's sockets that have not upgraded to a WebSocket
+	// (HTTP requests, stalled clients); they do not use max_conns slots. Default: 256.
+	MaxPendingUpgrades int `toml:"max_pending_upgrades"`
+	// MaxPendingUpgradesPerIP bounds them per client address (IPv6: per /64). Default: 32.
+	MaxPendingUpgradesPerIP int `toml:"max_pending_upgrades_per_ip"`
+	// HTTPMaxHeaderBytes bounds an HTTP request's line and headers (431). Default: 16384.
+	HTTPMaxHeaderBytes int `toml:"http_max_header_bytes"`
+	// HTTPMaxBodyBytes bounds an HTTP request body on the public listener, checked from the
+	// headers before the body is read (413; chunked bodies 411). Requests with the operator token
+	// may send 64 MiB. Default: 65536.
+	HTTPMaxBodyBytes int `toml:"http_max_body_bytes"`
+	// MemoryLimit is the Go runtime's soft memory limit in bytes (as GOMEMLIMIT): the collector
+	// works harder near it and returns freed memory to the system sooner. 0 derives it: 80% of
+	// the smaller of the cgroup memory limit and the machine's memory. -1 leaves the runtime's
+	// (GOMEMLIMIT, or none). A GOMEMLIMIT environment variable always wins. Default: 0.
+	MemoryLimit int64 `toml:"memory_limit"`
 	// Node names this node in logs and metrics. Default: the host name.
 	Node string `toml:"node"`
 	// LogLevel is debug, info, warn or error. Default: info.
@@ -228,6 +257,28 @@ func (c *Config) Validate() error {
 	}
 	if c.ConnFramesPerSecond < 0 || c.ConnFrameBurst < 0 || c.RegistrationsPerSecond < 0 {
 		bad("rate limits must not be negative")
+	}
+	if c.ConnQueuedFrames < 0 || c.PreauthQueuedFrames < 0 || c.MaxPendingUpgrades < 0 || c.MaxPendingUpgradesPerIP < 0 {
+		bad("conn_queued_frames, preauth_queued_frames, max_pending_upgrades and max_pending_upgrades_per_ip must not be negative")
+	}
+	oneFrame := int64(c.MaxFrameBytes) + 128
+	if c.ConnQueuedBytes != 0 && c.ConnQueuedBytes < oneFrame {
+		bad("conn_queued_bytes %d: want at least max_frame_bytes + 128 (%d)", c.ConnQueuedBytes, oneFrame)
+	}
+	if c.PreauthQueuedBytes != 0 && c.PreauthQueuedBytes < oneFrame {
+		bad("preauth_queued_bytes %d: want at least max_frame_bytes + 128 (%d)", c.PreauthQueuedBytes, oneFrame)
+	}
+	if c.InboundBytes != 0 && c.InboundBytes < 4*oneFrame {
+		bad("inbound_bytes %d: want at least 4 × (max_frame_bytes + 128) (%d)", c.InboundBytes, 4*oneFrame)
+	}
+	if c.HTTPMaxHeaderBytes != 0 && (c.HTTPMaxHeaderBytes < 1024 || c.HTTPMaxHeaderBytes > 1<<20) {
+		bad("http_max_header_bytes %d: want 1024..1048576", c.HTTPMaxHeaderBytes)
+	}
+	if c.HTTPMaxBodyBytes < 0 || c.HTTPMaxBodyBytes > 64<<20 {
+		bad("http_max_body_bytes %d: want 0..67108864", c.HTTPMaxBodyBytes)
+	}
+	if c.MemoryLimit < -1 {
+		bad("memory_limit %d: want a byte count, 0 (derive) or -1 (off)", c.MemoryLimit)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -174,7 +174,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.mb.Start(); err != nil {
 		return err
 	}
-	s.gw = gateway.New(s.dir, s.mb, gateway.Config{
+	s.gw = gateway.New(s.dir, s.mb, s.withAdmission(gateway.Config{
 		MaxFrameBytes:          s.cfg.MaxFrameBytes,
 		MaxConns:               maxConns,
 		HandshakeTimeout:       s.cfg.HandshakeTimeout.Duration,
@@ -185,7 +185,7 @@ func (s *Server) start(ctx context.Context) error {
 		Node:                   s.cfg.Node,
 		Logger:                 s.log.With("component", "gateway"),
 		Registry:               s.reg,
-	})
+	}))
 
 	mux := http.NewServeMux()
 	mux.Handle("GET "+pb.ConnectPath, s.gw)
@@ -205,6 +205,7 @@ func (s *Server) start(ctx context.Context) error {
 	}
 	// The bound address is recorded so that port 0 works.
 	s.engine = gateway.NewEngine("petrel", s.cfg.Listen, tlsCfg, maxConns, mux, func(a net.Addr) { s.addr.Store(a) })
+	s.gw.Protect(s.engine)
 	if err := s.engine.Start(); err != nil {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	}
@@ -284,10 +285,27 @@ func (s *Server) createInvite(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintln(w, code)
 }
 
-// operator checks the operator token (constant time) and answers 401 when it is missing or wrong.
+// withAdmission adds the admission-control limits of the config to the gateway's config.
+func (s *Server) withAdmission(g gateway.Config) gateway.Config {
+	g.QueuedFrames, g.QueuedBytes = s.cfg.ConnQueuedFrames, s.cfg.ConnQueuedBytes
+	g.PreauthQueuedFrames, g.PreauthQueuedBytes = s.cfg.PreauthQueuedFrames, s.cfg.PreauthQueuedBytes
+	g.InboundBytes = s.cfg.InboundBytes
+	g.MaxPendingUpgrades, g.MaxPendingUpgradesPerIP = s.cfg.MaxPendingUpgrades, s.cfg.MaxPendingUpgradesPerIP
+	g.MaxHeaderBytes, g.MaxBodyBytes = s.cfg.HTTPMaxHeaderBytes, s.cfg.HTTPMaxBodyBytes
+	g.Operator = s.isOperatorToken
+	return g
+}
+
+// isOperatorToken reports whether an Authorization header value carries the operator token
+// (constant time).
+func (s *Server) isOperatorToken(authorization string) bool {
+	tok, ok := strings.CutPrefix(authorization, "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(tok), []byte(s.token)) == 1
+}
+
+// operator checks the operator token and answers 401 when it is missing or wrong.
 func (s *Server) operator(w http.ResponseWriter, r *http.Request) bool {
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(s.token)) != 1 {
+	if !s.isOperatorToken(r.Header.Get("Authorization")) {
 		http.Error(w, "operator token required", http.StatusUnauthorized)
 		return false
 	}
