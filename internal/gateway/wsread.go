@@ -70,7 +70,7 @@ type wsReader struct {
 	charge int64  // bytes charged for the current frame
 	ctl    []byte // payload of the control frame being read
 
-	skip   bool   // the current frame is over max_frame_bytes: its payload is dropped
+	skip bool // the current frame is over max_frame_bytes: its payload is dropped
 
 	msg       []byte // the data message being assembled (nil when none)
 	msgOp     byte   // its opcode (text or binary)
