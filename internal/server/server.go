@@ -126,6 +126,7 @@ func (s *Server) start(ctx context.Context) error {
 		return err
 	}
 	s.token = token
+	applyMemoryLimit(s.cfg.MemoryLimit, s.log)
 	maxConns := s.cfg.MaxConns
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil {
