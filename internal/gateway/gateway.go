@@ -40,6 +40,14 @@ import (
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
+// Defaults of the pending-socket slots (Config.MaxPendingUpgrades, MaxPendingUpgradesPerIP). One
+// address may hold a quarter of the slots: a load generator or a busy NAT connects a few hundred
+// sockets at once, and an attacker needs four addresses to fill them.
+const (
+	DefaultMaxPendingUpgrades      = 1024
+	DefaultMaxPendingUpgradesPerIP = 256
+)
+
 // Config tunes the gateway.
 type Config struct {
 	// MaxFrameBytes is the largest frame accepted. Default: 256 KiB.
@@ -71,10 +79,10 @@ type Config struct {
 	// MaxPendingUpgrades bounds the sockets of the public listener that have not (yet) upgraded to
 	// a WebSocket: HTTP requests in progress, keep-alive connections, slow or stalled clients.
 	// They have their own slots, apart from MaxConns, so they never take an established device's.
-	// Past it new sockets are closed at once. Default: 256.
+	// Past it new sockets are closed at once. Default: DefaultMaxPendingUpgrades.
 	MaxPendingUpgrades int
 	// MaxPendingUpgradesPerIP bounds those sockets per client address (per /64 for IPv6).
-	// Default: 32.
+	// Default: DefaultMaxPendingUpgradesPerIP.
 	MaxPendingUpgradesPerIP int
 	// MaxHeaderBytes bounds an HTTP request's line and headers (431 past it). Default: 16 KiB.
 	MaxHeaderBytes int
@@ -131,10 +139,10 @@ func (c *Config) setDefaults() {
 		c.InboundBytes = 256 << 20
 	}
 	if c.MaxPendingUpgrades == 0 {
-		c.MaxPendingUpgrades = 256
+		c.MaxPendingUpgrades = DefaultMaxPendingUpgrades
 	}
 	if c.MaxPendingUpgradesPerIP == 0 {
-		c.MaxPendingUpgradesPerIP = 32
+		c.MaxPendingUpgradesPerIP = DefaultMaxPendingUpgradesPerIP
 	}
 	if c.MaxHeaderBytes == 0 {
 		c.MaxHeaderBytes = 16 << 10

@@ -180,3 +180,44 @@ func TestHostileSlowBodyClosedAtDeadline(t *testing.T) {
 	}
 	t.Fatal("a request trickling its body was still open after 5s (handshake_timeout 1s)")
 }
+
+// One address cannot hold more than max_pending_upgrades_per_ip sockets that have not upgraded:
+// the rest are closed at once, and other addresses are served.
+func TestHostilePendingPerIPCap(t *testing.T) {
+	ts := testserver.Start(t, testserver.WithConfig(func(c *server.Config) { c.MaxPendingUpgradesPerIP = 8 }))
+	addr := admHostPort(t, ts.URL())
+	var socks []net.Conn
+	for range 40 {
+		c, err := admDialTCP(t, addr, "127.0.0.2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_, _ = io.WriteString(c, "GET / HTTP/1.1\r\n")
+		socks = append(socks, c)
+	}
+	// 32 of them are closed long before handshake_timeout (10s); 8 stay.
+	closed := 0
+	for _, s := range socks {
+		_ = s.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		if _, err := io.Copy(io.Discard, s); err == nil || !isTimeout(err) {
+			closed++
+		}
+	}
+	if closed != 32 {
+		t.Fatalf("%d of 40 stalled sockets from one address closed at once, want 32 (cap 8)", closed)
+	}
+	res, err := (&http.Client{Timeout: 5 * time.Second}).Get(ts.URL() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatal(res.Status)
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}

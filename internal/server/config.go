@@ -14,6 +14,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/petrelchat/petrel/internal/directory"
+	"github.com/petrelchat/petrel/internal/gateway"
 	"github.com/petrelchat/petrel/internal/mailbox"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
@@ -95,9 +96,10 @@ type Config struct {
 	// WebSocket 1013 (try again later). Default: 268435456 (256 MiB).
 	InboundBytes int64 `toml:"inbound_bytes"`
 	// MaxPendingUpgrades bounds the listener's sockets that have not upgraded to a WebSocket
-	// (HTTP requests, stalled clients); they do not use max_conns slots. Default: 256.
+	// (HTTP requests, stalled clients); they do not use max_conns slots, and their file
+	// descriptors are kept apart from the ones max_conns derives from RLIMIT_NOFILE. Default: 1024.
 	MaxPendingUpgrades int `toml:"max_pending_upgrades"`
-	// MaxPendingUpgradesPerIP bounds them per client address (IPv6: per /64). Default: 32.
+	// MaxPendingUpgradesPerIP bounds them per client address (IPv6: per /64). Default: 256.
 	MaxPendingUpgradesPerIP int `toml:"max_pending_upgrades_per_ip"`
 	// HTTPMaxHeaderBytes bounds an HTTP request's line and headers (431). Default: 16384.
 	HTTPMaxHeaderBytes int `toml:"http_max_header_bytes"`
@@ -172,6 +174,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.IdleTimeout.Duration == 0 {
 		c.IdleTimeout.Duration = 120 * time.Second
+	}
+	if c.MaxPendingUpgrades == 0 {
+		c.MaxPendingUpgrades = gateway.DefaultMaxPendingUpgrades
+	}
+	if c.MaxPendingUpgradesPerIP == 0 {
+		c.MaxPendingUpgradesPerIP = gateway.DefaultMaxPendingUpgradesPerIP
 	}
 	if c.PrekeyReplenishBelow == 0 {
 		c.PrekeyReplenishBelow = 20

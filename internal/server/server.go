@@ -130,7 +130,8 @@ func (s *Server) start(ctx context.Context) error {
 	maxConns := s.cfg.MaxConns
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil {
-		auto := int(lim.Cur) - fdHeadroom
+		// Sockets that have not upgraded have slots of their own (max_pending_upgrades).
+		auto := int(lim.Cur) - fdHeadroom - s.cfg.MaxPendingUpgrades
 		if auto < 16 {
 			auto = 16
 		}
