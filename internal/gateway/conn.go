@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lesismal/nbio"
 	"github.com/lesismal/nbio/nbhttp/websocket"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -37,11 +38,19 @@ type conn struct {
 	id    string
 	nonce [pb.NonceSize]byte
 	// The per-connection frame rate limit, a token bucket (rate.Limiter is six times the size). Only
-	// handle uses it, and nbio runs one connection's frames one at a time.
+	// the connection's reader uses it, on the poller goroutine (admission.go).
 	tokens     float64
 	tokensTime time.Duration // gateway clock (since clockBase) of the last refill
 	hsFailures int           // refused handshake frames (see handshakeFailed); only handle uses it
-	state      atomic.Int32
+
+	// Admission (admission.go, wsread.go): what the connection's frames hold before they are
+	// handled. rd belongs to the poller goroutine; queued and held are shared with the executor.
+	rd     wsReader
+	nbc    *nbio.Conn   // the socket, the key of the reader until it is installed
+	queued atomic.Int32 // frames queued and not yet handled
+	held   atomic.Int64 // inbound bytes charged and not yet released; -1 once closed
+
+	state atomic.Int32
 	// deadline is when the connection is closed unless a frame comes (gateway clock, see sweep):
 	// the handshake deadline, then the idle deadline, pushed on by every frame.
 	deadline atomic.Int64
@@ -81,8 +90,7 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 		c.fail(0, pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frames are binary WebSocket messages")
 		return
 	}
-	limited := !c.allow()
-	if !limited && len(data) <= c.g.cfg.MaxFrameBytes && c.state.Load() == stateAuthed && frameHook.Load() == nil {
+	if len(data) <= c.g.cfg.MaxFrameBytes && c.state.Load() == stateAuthed && frameHook.Load() == nil {
 		// The hottest frame, parsed without building messages; anything unusual takes the
 		// general path below, which answers exactly as before.
 		var backing [4]pb.CiphertextView
@@ -105,18 +113,6 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 	reqID = f.Id
 	if h := frameHook.Load(); h != nil {
 		(*h)(f)
-	}
-	if limited {
-		// Answer with the request's id, so the client's request completes (and can be retried).
-		c.g.metrics.rejected.WithLabelValues("rate_limited").Inc()
-		if _, ack := f.Body.(*pb.Frame_DeliverAck); ack && c.state.Load() == stateAuthed {
-			// Never drop acks: they free the server's window and storage.
-		} else {
-			c.write(&pb.Frame{Id: f.Id, Body: &pb.Frame_Error{Error: &pb.Error{
-				Code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, Message: "too many frames", RetryAfterMs: 1000,
-			}}})
-			return
-		}
 	}
 	if c.state.Load() == stateHandshake {
 		c.handshake(f)
@@ -145,18 +141,6 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 	default:
 		c.fail(f.Id, pb.ErrorCode_ERROR_CODE_UNKNOWN_FRAME, "unknown or unexpected frame type")
 	}
-}
-
-// allow takes a token for one frame; false means the connection is over its rate.
-func (c *conn) allow() bool {
-	now := time.Since(c.g.clockBase)
-	c.tokens = min(c.tokens+(now-c.tokensTime).Seconds()*c.g.cfg.FramesPerSecond, float64(c.g.cfg.FrameBurst))
-	c.tokensTime = now
-	if c.tokens < 1 {
-		return false
-	}
-	c.tokens--
-	return true
 }
 
 func (c *conn) ctx() (context.Context, context.CancelFunc) {

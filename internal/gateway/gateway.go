@@ -40,6 +40,14 @@ import (
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
+// Defaults of the pending-socket slots (Config.MaxPendingUpgrades, MaxPendingUpgradesPerIP). One
+// address may hold a quarter of the slots: a load generator or a busy NAT connects a few hundred
+// sockets at once, and an attacker needs four addresses to fill them.
+const (
+	DefaultMaxPendingUpgrades      = 1024
+	DefaultMaxPendingUpgradesPerIP = 256
+)
+
 // Config tunes the gateway.
 type Config struct {
 	// MaxFrameBytes is the largest frame accepted. Default: 256 KiB.
@@ -55,6 +63,33 @@ type Config struct {
 	FrameBurst      int
 	// MaxInflightSends bounds the unacked sends of one connection. Default: 1024.
 	MaxInflightSends int
+	// QueuedFrames and QueuedBytes bound what one authenticated connection may have received and
+	// not yet had handled: messages queued, and bytes (each frame's payload plus 128). Past either
+	// the connection is closed (1008). Defaults: 4096 and 16 MiB.
+	QueuedFrames int
+	QueuedBytes  int64
+	// PreauthQueuedFrames and PreauthQueuedBytes are the same bounds before the connection has
+	// authenticated. Defaults: 8 and MaxFrameBytes + 64 KiB (one frame of any size).
+	PreauthQueuedFrames int
+	PreauthQueuedBytes  int64
+	// InboundBytes bounds the bytes all connections together hold that way; unauthenticated ones
+	// may use half. Past it a connection asking for more is closed with 1013 (try again later).
+	// Default: 256 MiB.
+	InboundBytes int64
+	// MaxPendingUpgrades bounds the sockets of the public listener that have not (yet) upgraded to
+	// a WebSocket: HTTP requests in progress, keep-alive connections, slow or stalled clients.
+	// They have their own slots, apart from MaxConns, so they never take an established device's.
+	// Past it new sockets are closed at once. Default: DefaultMaxPendingUpgrades.
+	MaxPendingUpgrades int
+	// MaxPendingUpgradesPerIP bounds those sockets per client address (per /64 for IPv6).
+	// Default: DefaultMaxPendingUpgradesPerIP.
+	MaxPendingUpgradesPerIP int
+	// MaxHeaderBytes bounds an HTTP request's line and headers (431 past it). Default: 16 KiB.
+	MaxHeaderBytes int
+	// MaxBodyBytes bounds an HTTP request body on the public listener, checked from the headers
+	// before any of the body is read (413 past it; chunked bodies are refused with 411). Default:
+	// 64 KiB.
+	MaxBodyBytes int
 	// RegistrationsPerSecond rate-limits registrations node-wide. Default: 20 (burst 100).
 	RegistrationsPerSecond float64
 	// Registration limits Register attempts per address and refused handshakes per connection.
@@ -87,6 +122,33 @@ func (c *Config) setDefaults() {
 	if c.RegistrationsPerSecond == 0 {
 		c.RegistrationsPerSecond = 20
 	}
+	if c.QueuedFrames == 0 {
+		c.QueuedFrames = 4096
+	}
+	if c.QueuedBytes == 0 {
+		c.QueuedBytes = 16 << 20
+	}
+	if c.PreauthQueuedFrames == 0 {
+		c.PreauthQueuedFrames = 8
+	}
+	if c.PreauthQueuedBytes == 0 {
+		c.PreauthQueuedBytes = int64(c.MaxFrameBytes) + 64<<10
+	}
+	if c.InboundBytes == 0 {
+		c.InboundBytes = 256 << 20
+	}
+	if c.MaxPendingUpgrades == 0 {
+		c.MaxPendingUpgrades = DefaultMaxPendingUpgrades
+	}
+	if c.MaxPendingUpgradesPerIP == 0 {
+		c.MaxPendingUpgradesPerIP = DefaultMaxPendingUpgradesPerIP
+	}
+	if c.MaxHeaderBytes == 0 {
+		c.MaxHeaderBytes = 16 << 10
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = 64 << 10
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -107,6 +169,10 @@ type Gateway struct {
 	draining atomic.Bool
 	count    atomic.Int64
 	inflight inflight // sends not yet answered
+
+	inbound   atomic.Int64 // inbound bytes held by all connections (admission.go)
+	upgrading sync.Map     // *nbio.Conn -> *conn: upgraded, reader not installed yet
+	pre       *preUpgrade  // sockets that have not upgraded (preupgrade.go)
 
 	mu    sync.Mutex
 	conns map[*conn]struct{} // guarded by mu
@@ -135,22 +201,33 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, cfg Config) *Gateway {
 		mb:       mb,
 		log:      cfg.Logger,
 		metrics:  newMetrics(cfg.Registry),
+		pre:      newPreUpgrade(cfg),
 		regLimit: rate.NewLimiter(rate.Limit(cfg.RegistrationsPerSecond), 100),
 		errLog:   newErrorLog(),
 		reg:      newRegGuard(cfg.Registration, cfg.Registry),
 		conns:    map[*conn]struct{}{},
 	}
+	if cfg.Registry != nil {
+		cfg.Registry.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "petrel_gateway_inbound_bytes", Help: "Inbound bytes received and not yet handled, all connections (admission control)."},
+				func() float64 { return float64(g.inbound.Load()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "petrel_gateway_pending_upgrades", Help: "Sockets of the public listener that have not upgraded to a WebSocket."},
+				func() float64 { return float64(g.pre.pending()) }),
+		)
+	}
 	u := websocket.NewUpgrader()
 	u.Subprotocols = []string{pb.Subprotocol}
 	u.EnableCompression(false) // ciphertext does not compress; compression next to secrets invites CRIME-style leaks
-	u.MessageLengthLimit = 2 * cfg.MaxFrameBytes
+	u.MessageLengthLimit = cfg.MaxFrameBytes
 	u.CheckOrigin = func(*http.Request) bool { return true } // auth is by device signature, not cookies
 	// No nbio read deadline after the upgrade: sweep enforces handshake_timeout and idle_timeout,
 	// without a timer per connection or a timer reset per frame.
 	u.KeepaliveTime = 0
 	u.OnOpen(g.onOpen)
-	u.OnMessage(g.onMessage)
 	u.OnClose(g.onClose)
+	// Frames are read by the connection's wsReader, never by nbio's parser (no OnMessage). Should
+	// nbio's parser ever see a frame, it must not answer it either.
+	u.SetPingHandler(func(*websocket.Conn, string) {})
 	g.upgrader = u
 	g.startFlushers()
 	g.clockBase = time.Now()
@@ -235,11 +312,27 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server is at its connection limit", http.StatusServiceUnavailable)
 		return
 	}
+	// The connection exists before the upgrade, so that the reader is in place before the first
+	// frame can arrive (admission.go, feed).
+	res, ok := w.(*nbhttp.Response)
+	var nbc *nbio.Conn
+	if ok && res.Parser != nil {
+		nbc = nbioConn(res.Parser.Conn)
+	}
+	if nbc == nil {
+		g.count.Add(-1)
+		http.Error(w, "not served by the gateway's engine", http.StatusInternalServerError)
+		return
+	}
+	c := g.newConn(nbc)
+	g.upgrading.Store(nbc, c)
 	if _, err := g.upgrader.Upgrade(w, r, nil); err != nil {
+		g.upgrading.Delete(nbc)
 		g.count.Add(-1)
 		g.metrics.refused.WithLabelValues("upgrade").Inc()
 		return
 	}
+	g.pre.upgraded(r.RemoteAddr)
 }
 
 func isUpgrade(r *http.Request) bool {
@@ -263,14 +356,26 @@ func headerHasToken(r *http.Request, name string, match func(string) bool) bool 
 	return false
 }
 
-func (g *Gateway) onOpen(ws *websocket.Conn) {
-	c := &conn{g: g, ws: ws}
+// newConn makes the state of a connection about to be upgraded.
+func (g *Gateway) newConn(nbc *nbio.Conn) *conn {
+	c := &conn{g: g, nbc: nbc}
 	c.id = newErrorID()
+	c.tokens, c.tokensTime = float64(g.cfg.FrameBurst), time.Since(g.clockBase)
+	return c
+}
+
+func (g *Gateway) onOpen(ws *websocket.Conn) {
+	v, ok := g.upgrading.Load(nbioConn(ws.UnderlayerConn()))
+	if !ok {
+		ws.Close()
+		return
+	}
+	c := v.(*conn)
+	c.ws = ws
 	if _, err := cryptorand.Read(c.nonce[:]); err != nil {
 		ws.Close()
 		return
 	}
-	c.tokens, c.tokensTime = float64(g.cfg.FrameBurst), time.Since(g.clockBase)
 	ws.SetSession(c)
 	g.mu.Lock()
 	g.conns[c] = struct{}{}
@@ -289,6 +394,8 @@ func (g *Gateway) onClose(ws *websocket.Conn, _ error) {
 	if !ok {
 		return
 	}
+	g.upgrading.Delete(c.nbc) // if no frame ever came
+	c.releaseAll()
 	g.mu.Lock()
 	_, present := g.conns[c]
 	delete(g.conns, c)
@@ -300,14 +407,6 @@ func (g *Gateway) onClose(ws *websocket.Conn, _ error) {
 	c.shutdown() // detach first: a connection no longer counted is no longer attached
 	g.count.Add(-1)
 	g.metrics.conns.Dec()
-}
-
-func (g *Gateway) onMessage(ws *websocket.Conn, mt websocket.MessageType, data []byte) {
-	c, ok := ws.Session().(*conn)
-	if !ok {
-		return
-	}
-	c.handle(mt, data)
 }
 
 // Drain is the lame-duck shutdown of the gateway: refuse new connections, tell every client to

@@ -155,10 +155,7 @@ func (c *conn) handshakeFailed() {
 	c.closeWithCode(closePolicyViolation, handshakeFailuresReason)
 }
 
-const (
-	closePolicyViolation    = 1008
-	handshakeFailuresReason = "too many failed handshakes"
-)
+const handshakeFailuresReason = "too many failed handshakes"
 
 // closeWithCode queues a WebSocket close frame with code and reason (at most 123 bytes) after
 // what is pending, then writes everything and closes.

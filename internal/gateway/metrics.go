@@ -18,6 +18,9 @@ type metrics struct {
 	refused       *prometheus.CounterVec
 	rejected      *prometheus.CounterVec
 	timeouts      *prometheus.CounterVec
+	rateLimited   *prometheus.CounterVec
+	inboundClosed *prometheus.CounterVec
+	httpRefused   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -33,10 +36,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_slow_consumers_total", Help: "Connections closed because they stopped reading."}),
 		refused:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_refused_total", Help: "Connections refused before upgrade, by reason."}, []string{"reason"}),
 		rejected:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_rejected_frames_total", Help: "Frames answered with an error, by code."}, []string{"code"}),
-		timeouts:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_timeouts_total", Help: "Connections closed for sending nothing in time, by phase (handshake, idle)."}, []string{"phase"}),
+		timeouts:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_timeouts_total", Help: "Connections closed for sending nothing in time, by phase (upgrade, handshake, idle)."}, []string{"phase"}),
+		rateLimited:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_rate_limited_frames_total", Help: "Frames over the connection's rate, refused before being queued, by kind (data: answered RATE_LIMITED; control: a ping without pong)."}, []string{"kind"}),
+		inboundClosed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_inbound_closed_total", Help: "WebSocket connections closed by admission control, by reason (conn_frames, conn_bytes, node_bytes, rate, too_large, unmasked, protocol)."}, []string{"reason"}),
+		httpRefused:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_http_refused_total", Help: "Sockets and HTTP requests of the public listener refused before the upgrade, by reason (pending_full, pending_per_ip, header_too_large, body_too_large, chunked, malformed)."}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.flushes, m.slowConsumers, m.refused, m.rejected, m.timeouts)
+		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.flushes, m.slowConsumers, m.refused, m.rejected, m.timeouts, m.rateLimited, m.inboundClosed, m.httpRefused)
 	}
 	return m
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/petrelchat/petrel/internal/admin"
 	"github.com/petrelchat/petrel/internal/directory"
+	"github.com/petrelchat/petrel/internal/gateway"
 	"github.com/petrelchat/petrel/internal/mailbox"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
@@ -137,6 +138,36 @@ type Config struct {
 	PrekeyClaimTargetPerMinute float64 `toml:"prekey_claim_target_per_minute"`
 	// PrekeyClaimLimiterKeys bounds the devices or pairs each claim limiter tracks. Default: 100000.
 	PrekeyClaimLimiterKeys int `toml:"prekey_claim_limiter_keys"`
+	// ConnQueuedFrames and ConnQueuedBytes bound what one authenticated connection may have sent
+	// and not yet had handled (frames; bytes, each frame's payload plus 128); past either it is
+	// closed (WebSocket 1008). Defaults: 4096 and 16777216 (16 MiB).
+	ConnQueuedFrames int   `toml:"conn_queued_frames"`
+	ConnQueuedBytes  int64 `toml:"conn_queued_bytes"`
+	// PreauthQueuedFrames and PreauthQueuedBytes are the same bounds before a connection has
+	// authenticated. Defaults: 8 and max_frame_bytes + 65536.
+	PreauthQueuedFrames int   `toml:"preauth_queued_frames"`
+	PreauthQueuedBytes  int64 `toml:"preauth_queued_bytes"`
+	// InboundBytes bounds the received, not yet handled bytes of all connections together
+	// (unauthenticated ones may hold half); past it a connection asking for more is closed with
+	// WebSocket 1013 (try again later). Default: 268435456 (256 MiB).
+	InboundBytes int64 `toml:"inbound_bytes"`
+	// MaxPendingUpgrades bounds the listener's sockets that have not upgraded to a WebSocket
+	// (HTTP requests, stalled clients); they do not use max_conns slots, and their file
+	// descriptors are kept apart from the ones max_conns derives from RLIMIT_NOFILE. Default: 1024.
+	MaxPendingUpgrades int `toml:"max_pending_upgrades"`
+	// MaxPendingUpgradesPerIP bounds them per client address (IPv6: per /64). Default: 256.
+	MaxPendingUpgradesPerIP int `toml:"max_pending_upgrades_per_ip"`
+	// HTTPMaxHeaderBytes bounds an HTTP request's line and headers (431). Default: 16384.
+	HTTPMaxHeaderBytes int `toml:"http_max_header_bytes"`
+	// HTTPMaxBodyBytes bounds an HTTP request body on the public listener, checked from the
+	// headers before the body is read (413; chunked bodies 411). The admin listener has its own,
+	// larger limit. Default: 65536.
+	HTTPMaxBodyBytes int `toml:"http_max_body_bytes"`
+	// MemoryLimit is the Go runtime's soft memory limit in bytes (as GOMEMLIMIT): the collector
+	// works harder near it and returns freed memory to the system sooner. 0 derives it: 80% of
+	// the smaller of the cgroup memory limit and the machine's memory. -1 leaves the runtime's
+	// (GOMEMLIMIT, or none). A GOMEMLIMIT environment variable always wins. Default: 0.
+	MemoryLimit int64 `toml:"memory_limit"`
 	// Node names this node in logs and metrics. Default: the host name.
 	Node string `toml:"node"`
 	// LogLevel is debug, info, warn or error. Default: info.
@@ -226,6 +257,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.IdleTimeout.Duration == 0 {
 		c.IdleTimeout.Duration = 120 * time.Second
+	}
+	if c.MaxPendingUpgrades == 0 {
+		c.MaxPendingUpgrades = gateway.DefaultMaxPendingUpgrades
+	}
+	if c.MaxPendingUpgradesPerIP == 0 {
+		c.MaxPendingUpgradesPerIP = gateway.DefaultMaxPendingUpgradesPerIP
 	}
 	if c.PrekeyReplenishBelow == 0 {
 		c.PrekeyReplenishBelow = 20
@@ -338,6 +375,28 @@ func (c *Config) Validate() error {
 		bad("rate limits must not be negative")
 	}
 	errs = append(errs, c.validateAbuse()...)
+	if c.ConnQueuedFrames < 0 || c.PreauthQueuedFrames < 0 || c.MaxPendingUpgrades < 0 || c.MaxPendingUpgradesPerIP < 0 {
+		bad("conn_queued_frames, preauth_queued_frames, max_pending_upgrades and max_pending_upgrades_per_ip must not be negative")
+	}
+	oneFrame := int64(c.MaxFrameBytes) + 128
+	if c.ConnQueuedBytes != 0 && c.ConnQueuedBytes < oneFrame {
+		bad("conn_queued_bytes %d: want at least max_frame_bytes + 128 (%d)", c.ConnQueuedBytes, oneFrame)
+	}
+	if c.PreauthQueuedBytes != 0 && c.PreauthQueuedBytes < oneFrame {
+		bad("preauth_queued_bytes %d: want at least max_frame_bytes + 128 (%d)", c.PreauthQueuedBytes, oneFrame)
+	}
+	if c.InboundBytes != 0 && c.InboundBytes < 4*oneFrame {
+		bad("inbound_bytes %d: want at least 4 × (max_frame_bytes + 128) (%d)", c.InboundBytes, 4*oneFrame)
+	}
+	if c.HTTPMaxHeaderBytes != 0 && (c.HTTPMaxHeaderBytes < 1024 || c.HTTPMaxHeaderBytes > 1<<20) {
+		bad("http_max_header_bytes %d: want 1024..1048576", c.HTTPMaxHeaderBytes)
+	}
+	if c.HTTPMaxBodyBytes < 0 || c.HTTPMaxBodyBytes > 64<<20 {
+		bad("http_max_body_bytes %d: want 0..67108864", c.HTTPMaxBodyBytes)
+	}
+	if c.MemoryLimit < -1 {
+		bad("memory_limit %d: want a byte count, 0 (derive) or -1 (off)", c.MemoryLimit)
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:

@@ -146,10 +146,12 @@ func (s *Server) start(ctx context.Context) error {
 		return err
 	}
 	s.token = token
+	applyMemoryLimit(s.cfg.MemoryLimit, s.log)
 	maxConns := s.cfg.MaxConns
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil {
-		auto := int(lim.Cur) - fdHeadroom
+		// Sockets that have not upgraded have slots of their own (max_pending_upgrades).
+		auto := int(lim.Cur) - fdHeadroom - s.cfg.MaxPendingUpgrades
 		if auto < 16 {
 			auto = 16
 		}
@@ -213,7 +215,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.mb.Start(); err != nil {
 		return err
 	}
-	s.gw = gateway.New(s.dir, s.mb, gateway.Config{
+	s.gw = gateway.New(s.dir, s.mb, s.withAdmission(gateway.Config{
 		MaxFrameBytes:          s.cfg.MaxFrameBytes,
 		MaxConns:               maxConns,
 		HandshakeTimeout:       s.cfg.HandshakeTimeout.Duration,
@@ -230,7 +232,7 @@ func (s *Server) start(ctx context.Context) error {
 		Node:     s.cfg.Node,
 		Logger:   s.log.With("component", "gateway"),
 		Registry: s.reg,
-	})
+	}))
 
 	mux := http.NewServeMux()
 	mux.Handle("GET "+pb.ConnectPath, s.gw)
@@ -250,6 +252,7 @@ func (s *Server) start(ctx context.Context) error {
 	}
 	// The bound address is recorded so that port 0 works.
 	s.engine = gateway.NewEngine("petrel", s.cfg.Listen, tlsCfg, maxConns, mux, func(a net.Addr) { s.addr.Store(a) })
+	s.gw.Protect(s.engine)
 	if err := s.engine.Start(); err != nil {
 		s.engine = nil
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
@@ -373,6 +376,16 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, "ready")
+}
+
+// withAdmission adds the admission-control limits of the config to the gateway's config.
+func (s *Server) withAdmission(g gateway.Config) gateway.Config {
+	g.QueuedFrames, g.QueuedBytes = s.cfg.ConnQueuedFrames, s.cfg.ConnQueuedBytes
+	g.PreauthQueuedFrames, g.PreauthQueuedBytes = s.cfg.PreauthQueuedFrames, s.cfg.PreauthQueuedBytes
+	g.InboundBytes = s.cfg.InboundBytes
+	g.MaxPendingUpgrades, g.MaxPendingUpgradesPerIP = s.cfg.MaxPendingUpgrades, s.cfg.MaxPendingUpgradesPerIP
+	g.MaxHeaderBytes, g.MaxBodyBytes = s.cfg.HTTPMaxHeaderBytes, s.cfg.HTTPMaxBodyBytes
+	return g
 }
 
 func loadOrCreateToken(path string) (string, error) {
