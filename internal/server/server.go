@@ -27,8 +27,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/lesismal/llib/std/crypto/tls"
-	"github.com/lesismal/nbio/nbhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -57,7 +55,7 @@ type Server struct {
 	dir    *directory.Directory
 	mb     *mailbox.Mailbox
 	gw     *gateway.Gateway
-	engine *nbhttp.Engine
+	engine *gateway.Engine
 	addr   atomic.Value // net.Addr
 	token  string
 
@@ -196,15 +194,26 @@ func (s *Server) start(ctx context.Context) error {
 	mux.HandleFunc("POST /v1/admin/register-bulk", s.registerBulk)
 	mux.HandleFunc("GET /debug/pprof/", s.pprof)
 
-	var tlsCfg *tls.Config
+	var tlsOpts *gateway.TLS
 	if s.cfg.TLSCert != "" {
-		tlsCfg, err = gateway.LoadTLS(s.cfg.TLSCert, s.cfg.TLSKey)
+		tlsCfg, err := gateway.LoadTLS(s.cfg.TLSCert, s.cfg.TLSKey)
 		if err != nil {
 			return err
 		}
+		tlsOpts = &gateway.TLS{
+			Config:           tlsCfg,
+			MaxHandshakes:    s.cfg.TLSMaxHandshakes,
+			HandshakeTimeout: s.cfg.HandshakeTimeout.Duration,
+			Gateway:          s.gw,
+			Logger:           s.log.With("component", "tls"),
+			Registry:         s.reg,
+		}
 	}
 	// The bound address is recorded so that port 0 works.
-	s.engine = gateway.NewEngine("petrel", s.cfg.Listen, tlsCfg, maxConns, mux, func(a net.Addr) { s.addr.Store(a) })
+	s.engine, err = gateway.NewEngine("petrel", s.cfg.Listen, tlsOpts, maxConns, mux, func(a net.Addr) { s.addr.Store(a) })
+	if err != nil {
+		return err
+	}
 	if err := s.engine.Start(); err != nil {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	}
