@@ -409,7 +409,8 @@ type tlsConn struct {
 	closed   bool
 	hs       *tlsHandshake // nil once the handshake ended
 	tc       *tls.Conn
-	parser   *nbhttp.Parser
+	parser   *nbhttp.Parser      // until the upgrade
+	pc       nbhttp.ParserCloser // the WebSocket, after the upgrade
 }
 
 // handshake runs the TLS handshake, then hands the connection to drain jobs.
@@ -439,6 +440,7 @@ func (t *tlsConn) handshake() {
 		return
 	}
 	s.handshakes.WithLabelValues("ok").Inc()
+	releaseTLSReadBuffers(tc)
 	hc := &nbhttp.Conn{Conn: tc}
 	p := nbhttp.NewParser(hc, s.e, nbhttp.NewServerProcessor(), false, nbhttp.SyncExecutor)
 	hc.Parser = p
@@ -462,14 +464,28 @@ var plainPool = sync.Pool{New: func() any { b := make([]byte, tlsPlaintextBytes)
 // WebSocket), whose handlers run here, in order. It runs as the connection's nbio job.
 func (t *tlsConn) drain() {
 	t.mu.Lock()
-	tc, p := t.tc, t.parser
+	tc, p, pc := t.tc, t.parser, t.pc
 	t.mu.Unlock()
 	bp := plainPool.Get().(*[]byte)
 	defer plainPool.Put(bp)
 	for {
 		n, err := tc.Read(*bp)
 		if n > 0 {
-			if perr := p.Parse((*bp)[:n]); perr != nil {
+			var perr error
+			if pc != nil {
+				perr = pc.Parse((*bp)[:n])
+			} else {
+				perr = p.Parse((*bp)[:n])
+				if p.ParserCloser != nil {
+					// Upgraded: from now on input goes straight to the WebSocket, and the HTTP
+					// parser is let go.
+					pc = p.ParserCloser
+					t.mu.Lock()
+					t.pc, t.parser = pc, nil
+					t.mu.Unlock()
+				}
+			}
+			if perr != nil {
 				_ = t.nbc.CloseWithError(perr)
 				return
 			}
@@ -488,6 +504,7 @@ func (t *tlsConn) drain() {
 		}
 		t.draining = false
 		t.mu.Unlock()
+		releaseTLSReadBuffers(tc) // an idle connection holds no read buffer
 		return
 	}
 }
@@ -576,9 +593,13 @@ func (t *tlsConn) CloseAndClean(err error) {
 		return
 	}
 	t.closed = true
-	hs, p, state := t.hs, t.parser, t.state
+	hs, p, pc, state := t.hs, t.parser, t.pc, t.state
 	t.hs, t.in, t.off = nil, nil, 0
 	t.mu.Unlock()
+	if pc != nil {
+		pc.CloseAndClean(err)
+		return
+	}
 	if hs != nil {
 		close(hs.done)
 		if state == tlsHello {
