@@ -135,9 +135,11 @@ type tlsServer struct {
 
 	handshakes *prometheus.CounterVec
 
-	ln      net.Listener
+	ln net.Listener
+
+	mu      sync.Mutex     // orders wg.Add after stop with wg.Wait
 	wg      sync.WaitGroup // the acceptor and handshake goroutines
-	stopped sync.Once
+	stopped bool           // guarded by mu
 }
 
 func newTLSServer(e *nbhttp.Engine, network, addr string, bound func(net.Addr), t *TLS) (*tlsServer, error) {
@@ -197,7 +199,9 @@ func (s *tlsServer) start() error {
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
 	s.ln = ln
+	s.mu.Unlock()
 	if s.bound != nil {
 		s.bound(ln.Addr())
 	}
@@ -210,13 +214,29 @@ func (s *tlsServer) start() error {
 // stop closes the listener and ends the handshakes in progress. Connections already handed to the
 // engine are the engine's to close.
 func (s *tlsServer) stop() {
-	s.stopped.Do(func() {
+	s.mu.Lock()
+	if !s.stopped {
+		s.stopped = true
 		close(s.stopping)
 		if s.ln != nil {
 			_ = s.ln.Close()
 		}
-	})
+	}
+	s.mu.Unlock()
 	s.wg.Wait()
+}
+
+// goHandshake starts t's handshake goroutine unless the server is stopping.
+func (s *tlsServer) goHandshake(t *tlsConn) {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		_ = t.nbc.Close()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go t.handshake()
 }
 
 func (s *tlsServer) accept() {
@@ -263,7 +283,14 @@ func (s *tlsServer) add(c net.Conn) {
 	if err := s.e.AddTransferredConn(nbc); err != nil {
 		return // closed by the engine (over MaxLoad)
 	}
-	_ = nbc.SetReadDeadline(time.Now().Add(s.timeout))
+	// The pollers may already have the ClientHello, and the handshake may even be over: the
+	// handshake deadline is set only while it is not (the handshake sets the next deadline under
+	// mu as it ends), so a late one never lands on an established connection.
+	t.mu.Lock()
+	if !t.closed && t.state != tlsOpen {
+		_ = nbc.SetReadDeadline(time.Now().Add(s.timeout))
+	}
+	t.mu.Unlock()
 }
 
 // acquire takes a handshake slot; false if the connection closed or the server stopped first.
@@ -326,8 +353,7 @@ func (s *tlsServer) data(nbc *nbio.Conn, b []byte) {
 	}
 	t.mu.Unlock()
 	if start {
-		s.wg.Add(1)
-		go t.handshake()
+		s.goHandshake(t)
 	}
 	if drain {
 		nbc.Execute(t.drain)
@@ -449,11 +475,12 @@ func (t *tlsConn) handshake() {
 		t.mu.Unlock()
 		return
 	}
+	// Until the HTTP request (the upgrade) is in, the same deadline as a plain connection's. Set
+	// before the state changes: once open, a drain job may upgrade and clear it.
+	_ = t.nbc.SetReadDeadline(time.Now().Add(s.e.KeepaliveTime))
 	t.tc, t.parser, t.hs, t.state = tc, p, nil, tlsOpen
 	t.draining = true
 	t.mu.Unlock()
-	// Until the HTTP request (the upgrade) is in, the same deadline as a plain connection's.
-	_ = t.nbc.SetReadDeadline(time.Now().Add(s.e.KeepaliveTime))
 	// crypto/tls may already hold the first request, read along with the handshake's last flight.
 	t.nbc.Execute(t.drain)
 }
