@@ -104,3 +104,16 @@ func TestEveryPackageHasADocComment(t *testing.T) {
 		}
 	}
 }
+
+// TLS is Go's crypto/tls, never a fork of it (DESIGN.md): no package of ours imports a TLS
+// implementation other than crypto/tls. (nbio's HTTP engine still links lesismal/llib's fork for
+// its own TLS listener, which Petrel does not use: the gateway runs its own acceptor.)
+func TestNoForkedTLS(t *testing.T) {
+	for _, p := range listPackages(t) {
+		for _, imp := range p.Imports {
+			if strings.HasPrefix(imp, "github.com/lesismal/llib") || (strings.HasSuffix(imp, "/tls") && imp != "crypto/tls") {
+				t.Errorf("%s imports %s: TLS is crypto/tls", p.ImportPath, imp)
+			}
+		}
+	}
+}

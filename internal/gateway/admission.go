@@ -10,7 +10,6 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/lesismal/llib/std/crypto/tls"
 	"github.com/lesismal/nbio"
 	"github.com/lesismal/nbio/nbhttp"
 	"github.com/lesismal/nbio/nbhttp/websocket"
@@ -113,9 +112,9 @@ func (c *conn) finished(charge int64) {
 var errNoSession = errors.New("gateway: connection has no parser")
 
 // onData is the nbio engine's data callback (installed by Protect): on the poller goroutine, it
-// takes every chunk read from every socket of the public listener and hands it, decrypted when
-// the socket is TLS, to the connection's current parser: the pre-upgrade guard and nbio's HTTP
-// parser, or the connection's wsReader once it has upgraded.
+// takes every chunk read from every plain socket of the public listener and hands it to the
+// connection's current parser: the pre-upgrade guard and nbio's HTTP parser, or the connection's
+// wsReader once it has upgraded. (TLS sockets: tlsConn.drain does the same with the plaintext.)
 func (g *Gateway) onData(nc *nbio.Conn, data []byte) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -124,30 +123,13 @@ func (g *Gateway) onData(nc *nbio.Conn, data []byte) {
 			_ = nc.Close()
 		}
 	}()
-	pc, ok := nc.Session().(nbhttp.ParserCloser)
-	if !ok {
-		_ = nc.Close()
+	if t, ok := nc.Session().(*tlsConn); ok {
+		t.s.data(nc, data) // buffered for the handshake or a drain job (tls.go)
 		return
 	}
-	if tc := tlsOf(pc); tc != nil {
-		// As nbhttp.Engine.TLSDataHandler, but the parser is chosen for each record here.
-		defer tc.ResetOrFreeBuffer()
-		in := data
-		for {
-			_, n, err := tc.AppendAndRead(in, data)
-			in = nil
-			if err != nil {
-				_ = nc.CloseWithError(err)
-				return
-			}
-			if n == 0 {
-				return
-			}
-			if err := g.feed(nc, data[:n]); err != nil {
-				_ = nc.CloseWithError(err)
-				return
-			}
-		}
+	if _, ok := nc.Session().(nbhttp.ParserCloser); !ok {
+		_ = nc.Close()
+		return
 	}
 	if err := g.feed(nc, data); err != nil {
 		_ = nc.CloseWithError(err)
@@ -171,7 +153,7 @@ func (g *Gateway) feed(nc *nbio.Conn, data []byte) error {
 		nc.SetSession(&c.rd)
 		return c.rd.Parse(data)
 	case *nbhttp.Parser:
-		if err := g.pre.check(nc, data); err != nil {
+		if err := g.pre.check(nc, nc, data); err != nil {
 			if errors.Is(err, errDiscard) {
 				return nil
 			}
@@ -184,16 +166,6 @@ func (g *Gateway) feed(nc *nbio.Conn, data []byte) error {
 	return errNoSession
 }
 
-// tlsOf returns the TLS connection beneath a parser, or nil for plain TCP.
-func tlsOf(pc nbhttp.ParserCloser) *tls.Conn {
-	if hc, ok := pc.UnderlayerConn().(*nbhttp.Conn); ok {
-		if tc, ok := hc.Conn.(*tls.Conn); ok {
-			return tc
-		}
-	}
-	return nil
-}
-
 // nbioConn finds the nbio socket beneath a connection (plain, TLS, or nbhttp's wrapper).
 func nbioConn(c any) *nbio.Conn {
 	for range 4 {
@@ -202,6 +174,10 @@ func nbioConn(c any) *nbio.Conn {
 			return v
 		case *nbhttp.Conn:
 			c = v.Conn
+		case *tlsConn:
+			return v.nbc
+		case interface{ NetConn() net.Conn }: // crypto/tls
+			c = v.NetConn()
 		case interface{ Conn() net.Conn }:
 			c = v.Conn()
 		default:

@@ -28,7 +28,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/lesismal/llib/std/crypto/tls"
 	"github.com/lesismal/nbio"
 	"github.com/lesismal/nbio/nbhttp"
 	"github.com/lesismal/nbio/nbhttp/websocket"
@@ -326,11 +325,21 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c := g.newConn(nbc)
 	g.upgrading.Store(nbc, c)
-	if _, err := g.upgrader.Upgrade(w, r, nil); err != nil {
+	ws, err := g.upgrader.Upgrade(w, r, nil)
+	if err != nil {
 		g.upgrading.Delete(nbc)
 		g.count.Add(-1)
 		g.metrics.refused.WithLabelValues("upgrade").Inc()
 		return
+	}
+	if res.Parser.ParserCloser == nbhttp.ParserCloser(ws) {
+		// A TLS connection: its HTTP parser runs this handler in line and hands what follows the
+		// request (in the same chunk too) to its ParserCloser. The reader takes over at once, so
+		// no frame ever reaches nbio's own WebSocket parser. (A plain socket's reader is installed
+		// by the poller with its next data: feed.)
+		g.upgrading.Delete(nbc)
+		c.rd.c, c.rd.wsc = c, ws
+		res.Parser.ParserCloser = &c.rd
 	}
 	g.pre.upgraded(r.RemoteAddr)
 }
@@ -480,10 +489,39 @@ func (f *inflight) idle() <-chan struct{} {
 // Ready reports whether the gateway accepts connections.
 func (g *Gateway) Ready() bool { return !g.draining.Load() }
 
-// NewEngine builds the nbio HTTP engine that serves handler on addr, with TLS when tlsCfg is set.
+// Engine is the public listener: nbio's HTTP engine and, with TLS, the acceptor that runs TLS
+// handshakes (tls.go) before handing connections to the engine's pollers.
+type Engine struct {
+	*nbhttp.Engine
+	tls *tlsServer
+}
+
+// Start starts the pollers and the listener.
+func (e *Engine) Start() error {
+	if err := e.Engine.Start(); err != nil {
+		return err
+	}
+	if e.tls != nil {
+		if err := e.tls.start(); err != nil {
+			e.Engine.Stop()
+			return err
+		}
+	}
+	return nil
+}
+
+// Stop closes the listener, ends handshakes in progress and closes every connection.
+func (e *Engine) Stop() {
+	if e.tls != nil {
+		e.tls.stop()
+	}
+	e.Engine.Stop()
+}
+
+// NewEngine builds the engine that serves handler on addr, with TLS when tlsOpts is set.
 // bound, if not nil, is told the listener's address (port 0 picks one). The engine always listens
 // with listen: callers must not replace Engine.Listen, or accepted sockets get TCP keepalive back.
-func NewEngine(name, addr string, tlsCfg *tls.Config, maxConns int, handler http.Handler, bound func(net.Addr)) *nbhttp.Engine {
+func NewEngine(name, addr string, tlsOpts *TLS, maxConns int, handler http.Handler, bound func(net.Addr)) (*Engine, error) {
 	conf := nbhttp.Config{
 		Name:                    name,
 		Network:                 "tcp",
@@ -500,19 +538,24 @@ func NewEngine(name, addr string, tlsCfg *tls.Config, maxConns int, handler http
 			return ln, err
 		},
 	}
-	if tlsCfg != nil {
-		conf.AddrsTLS = []string{addr}
-		conf.TLSConfig = tlsCfg
-	} else {
+	if tlsOpts == nil {
 		conf.Addrs = []string{addr}
-	}
-	e := nbhttp.NewEngine(conf)
-	e.OnOpen(func(c net.Conn) {
+	} // with TLS the engine has no listener of its own: tlsServer accepts
+	ne := nbhttp.NewEngine(conf)
+	ne.OnOpen(func(c net.Conn) {
 		setCloseOnExec(c)
 		raceHandoff()
 	})
-	instrumentForRace(e)
-	return e
+	instrumentForRace(ne)
+	e := &Engine{Engine: ne}
+	if tlsOpts != nil {
+		ts, err := newTLSServer(ne, conf.Network, addr, bound, tlsOpts)
+		if err != nil {
+			return nil, err
+		}
+		e.tls = ts
+	}
+	return e, nil
 }
 
 // listen opens the engine's listening socket. Accepted connections get no TCP keepalive: Go's
@@ -542,15 +585,6 @@ func setCloseOnExec(c net.Conn) {
 			return
 		}
 	}
-}
-
-// LoadTLS loads a certificate and key for NewEngine.
-func LoadTLS(certFile, keyFile string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("load TLS certificate: %w", err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
 // errorFrame maps an error to a wire Error: its stable code, a short fixed message for that code

@@ -4,6 +4,7 @@
 package gateway
 
 import (
+	"io"
 	"bytes"
 	"errors"
 	"net"
@@ -145,7 +146,8 @@ var errRefused = errors.New("gateway: request refused before the upgrade")
 // check looks at a pending socket's next plaintext before nbio's HTTP parser does. On a refusal
 // it answers the client itself, stops writing, discards what follows and closes the socket
 // shortly after (so the client can read the answer), and tells the caller not to parse.
-func (p *preUpgrade) check(nc *nbio.Conn, data []byte) error {
+// w is where the answer goes: the socket, or the TLS connection on it.
+func (p *preUpgrade) check(nc *nbio.Conn, w io.Writer, data []byte) error {
 	key, _ := sockKey(nc.RemoteAddr().String())
 	p.mu.Lock()
 	s := p.socks[key]
@@ -162,7 +164,7 @@ func (p *preUpgrade) check(nc *nbio.Conn, data []byte) error {
 	}
 	s.refused = true
 	p.refused(reason)
-	_, _ = nc.Write([]byte("HTTP/1.1 " + strconv.Itoa(status) + " " + reasonText(status) + "\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+	_, _ = w.Write([]byte("HTTP/1.1 " + strconv.Itoa(status) + " " + reasonText(status) + "\r\nContent-Type: text/plain; charset=utf-8\r\n" +
 		"Connection: close\r\nContent-Length: " + strconv.Itoa(len(reason)+1) + "\r\n\r\n" + reason + "\n"))
 	if fd := nc.Hash(); fd > 0 {
 		_ = syscall.Shutdown(fd, syscall.SHUT_WR)

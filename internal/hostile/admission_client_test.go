@@ -7,6 +7,8 @@ import (
 	"bufio"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -75,6 +77,23 @@ func admDial(t testing.TB, base, src string) *admWS {
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
+	return admUpgrade(t, c, host)
+}
+
+// admDialTLS is admDial over TLS (the server's certificate from pool).
+func admDialTLS(t testing.TB, base string, pool *x509.CertPool) *admWS {
+	t.Helper()
+	host := admHostPort(t, base)
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", host, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	return admUpgrade(t, c, host)
+}
+
+// admUpgrade upgrades c to a WebSocket and reads the Challenge.
+func admUpgrade(t testing.TB, c net.Conn, host string) *admWS {
+	t.Helper()
 	t.Cleanup(func() { c.Close() })
 	w := &admWS{t: t, c: c, r: bufio.NewReaderSize(c, 64<<10)}
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))

@@ -54,6 +54,11 @@ type Config struct {
 	// TLSCert and TLSKey are PEM files; when set the listener serves TLS. Default: none.
 	TLSCert string `toml:"tls_cert"`
 	TLSKey  string `toml:"tls_key"`
+	// TLSMaxHandshakes is the most TLS handshakes computing at once; more wait for a slot. A
+	// handshake waiting for its client holds none, and a connection costs no goroutine until its
+	// ClientHello is in. The whole TLS handshake must end within handshake_timeout of accept.
+	// Default: 32.
+	TLSMaxHandshakes int `toml:"tls_max_handshakes"`
 	// Insecure allows plain HTTP on a non-loopback address. Default: false.
 	Insecure bool `toml:"insecure"`
 	// Registration is "open", "invite" or "closed". Default: open on a loopback listen address, invite otherwise.
@@ -255,6 +260,9 @@ func (c *Config) SetDefaults() {
 	if c.HandshakeTimeout.Duration == 0 {
 		c.HandshakeTimeout.Duration = 10 * time.Second
 	}
+	if c.TLSMaxHandshakes == 0 {
+		c.TLSMaxHandshakes = gateway.DefaultTLSMaxHandshakes
+	}
 	if c.IdleTimeout.Duration == 0 {
 		c.IdleTimeout.Duration = 120 * time.Second
 	}
@@ -301,6 +309,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		bad("tls_cert and tls_key must be given together")
+	}
+	if c.TLSMaxHandshakes < 1 || c.TLSMaxHandshakes > 4096 {
+		bad("tls_max_handshakes %d: want 1..4096", c.TLSMaxHandshakes)
 	}
 	if err == nil && c.TLSCert == "" && !c.Insecure && !isLoopback(c.Listen) {
 		bad("listen %q is not a loopback address: serve TLS (--tls-cert/--tls-key) or pass --insecure", c.Listen)

@@ -24,8 +24,6 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"github.com/lesismal/llib/std/crypto/tls"
-	"github.com/lesismal/nbio/nbhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -53,7 +51,7 @@ type Server struct {
 	dir    *directory.Directory
 	mb     *mailbox.Mailbox
 	gw     *gateway.Gateway
-	engine *nbhttp.Engine
+	engine *gateway.Engine
 	admin  *admin.Server // nil when admin_listen is "off"
 	addr   atomic.Value  // net.Addr
 	token  string
@@ -240,19 +238,30 @@ func (s *Server) start(ctx context.Context) error {
 	mux.HandleFunc("GET /readyz", s.readyz)
 	// Operator surfaces (/metrics, pprof, /v1/admin/*) are on the admin listener only.
 
-	var tlsCfg *tls.Config
+	var tlsOpts *gateway.TLS
 	if s.cfg.TLSCert != "" {
-		tlsCfg, err = gateway.LoadTLS(s.cfg.TLSCert, s.cfg.TLSKey)
+		tlsCfg, err := gateway.LoadTLS(s.cfg.TLSCert, s.cfg.TLSKey)
 		if err != nil {
 			return err
+		}
+		tlsOpts = &gateway.TLS{
+			Config:           tlsCfg,
+			MaxHandshakes:    s.cfg.TLSMaxHandshakes,
+			HandshakeTimeout: s.cfg.HandshakeTimeout.Duration,
+			Gateway:          s.gw,
+			Logger:           s.log.With("component", "tls"),
+			Registry:         s.reg,
 		}
 	}
 	if err := s.startAdmin(); err != nil {
 		return err
 	}
 	// The bound address is recorded so that port 0 works.
-	s.engine = gateway.NewEngine("petrel", s.cfg.Listen, tlsCfg, maxConns, mux, func(a net.Addr) { s.addr.Store(a) })
-	s.gw.Protect(s.engine)
+	s.engine, err = gateway.NewEngine("petrel", s.cfg.Listen, tlsOpts, maxConns, mux, func(a net.Addr) { s.addr.Store(a) })
+	if err != nil {
+		return err
+	}
+	s.gw.Protect(s.engine.Engine)
 	if err := s.engine.Start(); err != nil {
 		s.engine = nil
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)

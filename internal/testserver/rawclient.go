@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -35,10 +36,15 @@ type RawClient struct {
 // Dial connects to the server and reads its Challenge.
 func Dial(t testing.TB, baseURL string) *RawClient {
 	t.Helper()
+	return dial(t, baseURL, nil)
+}
+
+func dial(t testing.TB, baseURL string, hc *http.Client) *RawClient {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	u := strings.Replace(baseURL, "http", "ws", 1) + pb.ConnectPath
-	ws, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{Subprotocols: []string{pb.Subprotocol}})
+	ws, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{Subprotocols: []string{pb.Subprotocol}, HTTPClient: hc})
 	if err != nil {
 		t.Fatalf("dial %s: %v", u, err)
 	}
