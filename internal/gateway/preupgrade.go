@@ -4,9 +4,9 @@
 package gateway
 
 import (
-	"io"
 	"bytes"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"strconv"
