@@ -30,6 +30,9 @@ func TestBenchUsage(t *testing.T) {
 		{"not loopback among several", []string{"bench", "relay", "--server", "http://127.0.0.1:7070,http://chat.example:7070"}, 2, "not a loopback address"},
 		{"bad pid", []string{"bench", "idle", "--server-pid", "x"}, 2, "not a process id"},
 		{"no token", []string{"bench", "idle", "--server", "http://127.0.0.1:1", "--admin-token-file", filepath.Join(home, "nope")}, 1, "no operator token"},
+		{"attack help", []string{"bench", "attack", "--help"}, 0, "--max-server-rss"},
+		{"attack bad size", []string{"bench", "attack", "--attack", "pingflood", "--max-server-rss", "lots"}, 2, "want a number of bytes"},
+		{"attack flag of another scenario", []string{"bench", "attack", "--pairs", "5"}, 2, "not defined"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
