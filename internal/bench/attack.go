@@ -733,7 +733,7 @@ func (r *run) attack(ctx context.Context) error {
 	case <-tm.C:
 	case <-tripped:
 		stoppedBy = "guard"
-		if _, why := sampler.trip(); why == "server_gone" {
+		if _, why, _ := sampler.trip(); why == "server_gone" {
 			stoppedBy = "server_gone"
 		}
 	case <-ctx.Done():
@@ -772,6 +772,11 @@ func (r *run) attack(ctx context.Context) error {
 	res.set("stopped_by", stoppedBy, "duration, guard (server RSS past max_server_rss), server_gone or cancelled")
 	res.set("stopped_at_guard", stoppedBy == "guard", "")
 	res.set("max_server_rss_bytes", a.MaxServerRSS, "the guard")
+	if tr, why, when := sampler.trip(); tr {
+		res.set("guard_tripped_at_s", when.Sub(start).Seconds(), why+", from the start of the attack (after attack_s: while settling, sockets closed)")
+	} else {
+		res.set("guard_tripped_at_s", nil, "never")
+	}
 	res.set("opened", at.opened.Load(), "attacking sockets opened (reconnects included)")
 	unit := "frames written whole"
 	switch a.Kind {

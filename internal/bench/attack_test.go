@@ -146,7 +146,7 @@ func TestAttackKinds(t *testing.T) {
 	srv := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
 		c.HandshakeTimeout.Duration = 2 * time.Second
 	}))
-	keys := []string{"attack", "conns", "attack_s", "stopped_by", "stopped_at_guard", "opened", "frames_sent", "bytes_sent",
+	keys := []string{"attack", "conns", "attack_s", "stopped_by", "stopped_at_guard", "guard_tripped_at_s", "opened", "frames_sent", "bytes_sent",
 		"ended", "ended_reasons", "open_at_stop", "stalled_at_stop", "open_failures",
 		"server_rss_before_bytes", "server_rss_peak_bytes", "server_rss_growth_bytes", "server_rss_after_5s_bytes",
 		"server_rss_after_30s_bytes", "server_rss_peak_after_bytes", "server_rss_end_bytes", "server_rss_mib_by_s",
@@ -230,5 +230,25 @@ func TestAttackValidate(t *testing.T) {
 	c.setDefaults()
 	if c.Conns != 1 || c.Attack.MaxServerRSS != DefaultMaxServerRSS || c.Attack.Settle != 30*time.Second {
 		t.Fatalf("defaults: conns %d, guard %d, settle %v", c.Conns, c.Attack.MaxServerRSS, c.Attack.Settle)
+	}
+}
+
+func TestRSSSamplerAt(t *testing.T) {
+	t0 := time.Now()
+	s := &rssSampler{samples: []rssSample{{t0, 1}, {t0.Add(time.Second), 2}, {t0.Add(1900 * time.Millisecond), 3}}}
+	for _, tc := range []struct {
+		at   time.Duration
+		want int64
+		ok   bool
+	}{{0, 1, true}, {1100 * time.Millisecond, 2, true}, {2 * time.Second, 3, true}, {10 * time.Second, 0, false}} {
+		if got, ok := s.at(t0.Add(tc.at), 500*time.Millisecond); got != tc.want || ok != tc.ok {
+			t.Errorf("at(+%v) = %d, %v; want %d, %v", tc.at, got, ok, tc.want, tc.ok)
+		}
+	}
+	if pk, ok := s.peak(t0, t0.Add(1500*time.Millisecond)); !ok || pk.rss != 2 {
+		t.Errorf("peak = %v, %v", pk, ok)
+	}
+	if got := s.perSecondMiB(t0, t0.Add(3*time.Second)); len(got) != 2 {
+		t.Errorf("perSecondMiB = %v", got)
 	}
 }

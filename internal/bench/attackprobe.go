@@ -37,10 +37,11 @@ type rssSampler struct {
 	guard  int64
 	onTrip func(reason string)
 
-	mu      sync.Mutex // guards samples, tripped, reason
-	samples []rssSample
-	tripped bool
-	reason  string // "guard" or "server_gone"
+	mu        sync.Mutex // guards samples, tripped, reason
+	samples   []rssSample
+	tripped   bool
+	reason    string // "guard" or "server_gone"
+	trippedAt time.Time
 
 	stop chan struct{}
 	done chan struct{}
@@ -90,7 +91,7 @@ func (s *rssSampler) sample() int64 {
 		}
 	}
 	if trip != "" {
-		s.tripped, s.reason = true, trip
+		s.tripped, s.reason, s.trippedAt = true, trip, now
 	}
 	s.mu.Unlock()
 	if trip != "" && s.onTrip != nil {
@@ -99,11 +100,11 @@ func (s *rssSampler) sample() int64 {
 	return rss
 }
 
-// trip reports whether the guard tripped, and why.
-func (s *rssSampler) trip() (bool, string) {
+// trip reports whether the guard tripped, why and when.
+func (s *rssSampler) trip() (bool, string, time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.tripped, s.reason
+	return s.tripped, s.reason, s.trippedAt
 }
 
 // last is the latest reading (0 when none).
@@ -133,19 +134,22 @@ func (s *rssSampler) peak(from, to time.Time) (rssSample, bool) {
 	return best, ok
 }
 
-// at is the first reading taken at or after t, if it is no later than t+slack.
+// at is the reading taken nearest to t, if one is within slack of it.
 func (s *rssSampler) at(t time.Time, slack time.Duration) (int64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	best, ok := time.Duration(0), false
+	var rss int64
 	for _, x := range s.samples {
-		if !x.at.Before(t) {
-			if x.at.Sub(t) > slack {
-				return 0, false
-			}
-			return x.rss, true
+		d := x.at.Sub(t)
+		if d < 0 {
+			d = -d
+		}
+		if d <= slack && (!ok || d < best) {
+			best, ok, rss = d, true, x.rss
 		}
 	}
-	return 0, false
+	return rss, ok
 }
 
 // perSecondMiB is the highest reading of each second from start (MiB), up to end.
