@@ -30,6 +30,10 @@ const benchHelp = `scenarios:
   offline  --recipients R --messages M [--senders S] [--size B] [--window W]
                                                                 store for offline devices, then drain
   churn    --conns N --rate R --duration D                      connect, authenticate, close
+  attack   --attack KIND --server-pid PID [--conns N] [--duration D] [--max-server-rss SIZE]
+                                                                hostile sockets against one server:
+                                                                its RSS before/peak/after, and a probe
+           kinds: pipeline, pingflood, bigauth, slowloris, bigbody, slowbody, unmasked
 
 Synthetic accounts are registered with the operator token (--admin-token-file, or env
 PETREL_ADMIN_TOKEN) on the servers' admin listeners (--admin, or the admin.addr beside each
@@ -93,6 +97,35 @@ func runBench(ctx context.Context, e *env, args []string) int {
 		fs.IntVar(&cfg.Conns, "conns", 100, "devices, and the most connections in flight at once")
 		fs.Float64Var(&cfg.Rate, "rate", 500, "connects/s offered")
 		fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to churn")
+	case bench.ScenarioAttack:
+		a := &cfg.Attack
+		fs.StringVar(&a.Kind, "attack", "", "attack kind: "+strings.Join(bench.Attacks, ", "))
+		fs.IntVar(&cfg.Conns, "conns", 1, "attacking sockets (1: the per-connection bound; 100: the node bound)")
+		fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to attack (less if the guard trips)")
+		fs.DurationVar(&a.Settle, "settle", 30*time.Second, "how long to keep sampling and probing the server after the attack stopped")
+		a.MaxServerRSS = bench.DefaultMaxServerRSS
+		fs.Func("max-server-rss", "stop the attack as soon as the server's RSS crosses `SIZE` (e.g. 4GiB, 512MiB)", func(v string) error {
+			n, err := bench.ParseSize(v)
+			if err == nil && n <= 0 {
+				err = errors.New("must be positive")
+			}
+			a.MaxServerRSS = n
+			return err
+		})
+		fs.IntVar(&a.Reconnects, "reconnects", 200, "times each attacking socket is opened again after the server ended or refused it (0: never)")
+		fs.IntVar(&a.FrameBytes, "frame-bytes", 0, "pingflood: ping payload (default 125, at most 125); bigauth: Auth frame size (default 200000); unmasked: payload (default 125)")
+		fs.Func("body-bytes", "bigbody, slowbody: the declared body length, `SIZE` (default 64MiB)", func(v string) error {
+			n, err := bench.ParseSize(v)
+			a.BodyBytes = n
+			return err
+		})
+		fs.Func("body-rate", "slowbody: body bytes per second per socket, `SIZE` (default 2MiB)", func(v string) error {
+			n, err := bench.ParseSize(v)
+			a.BodyRate = n
+			return err
+		})
+		fs.StringVar(&a.Path, "path", "", "bigbody, slowbody: the POST target (default /v1/admin/invites for bigbody, / for slowbody)")
+		fs.BoolVar(&a.Linger, "linger", false, "keep the attacking sockets open, silent and unread, while settling (default: close them when the attack stops)")
 	}
 	fs.Usage = func() {
 		fmt.Fprintf(e.stderr, "usage: petrel %s\n\n%s\nflags for %s:\n", benchUsage, benchHelp, scenario)
@@ -111,6 +144,12 @@ func runBench(ctx context.Context, e *env, args []string) int {
 	}
 	if cfg.PingSample == 0 {
 		cfg.PingSample = -1
+	}
+	if cfg.Attack.Reconnects == 0 {
+		cfg.Attack.Reconnects = -1
+	}
+	if cfg.Attack.Settle == 0 {
+		cfg.Attack.Settle = -1
 	}
 	for _, s := range strings.Split(*servers, ",") {
 		if s = strings.TrimSpace(s); s != "" {

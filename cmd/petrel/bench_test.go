@@ -37,6 +37,9 @@ func TestBenchUsage(t *testing.T) {
 		{"no admin.addr beside the token", []string{"bench", "idle", "--server", "http://127.0.0.1:1", "--admin-token-file", tokenOnly}, 2, filepath.Join(filepath.Dir(tokenOnly), "admin.addr") + " does not exist"},
 		{"admin not loopback", []string{"bench", "idle", "--server", "http://127.0.0.1:1", "--admin-token-file", tokenOnly, "--admin", "http://192.0.2.1:7071"}, 2, "not a loopback address"},
 		{"admin not a URL", []string{"bench", "idle", "--server", "http://127.0.0.1:1", "--admin-token-file", tokenOnly, "--admin", "ftp://127.0.0.1:1"}, 2, "want http://"},
+		{"attack help", []string{"bench", "attack", "--help"}, 0, "--max-server-rss"},
+		{"attack bad size", []string{"bench", "attack", "--attack", "pingflood", "--max-server-rss", "lots"}, 2, "want a number of bytes"},
+		{"attack flag of another scenario", []string{"bench", "attack", "--pairs", "5"}, 2, "not defined"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

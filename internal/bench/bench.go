@@ -13,6 +13,9 @@
 //   - offline: messages stored for offline devices, then drained; store and drain rates, and a
 //     check that every message arrived exactly once and nothing is left stored.
 //   - churn: connect, authenticate, close, at a fixed rate.
+//   - attack: hostile sockets (floods, pipelines, oversized frames and bodies, half requests)
+//     against one server process; its RSS before, at the peak and after, its CPU, and whether a
+//     well-behaved probe client kept being served (see attack.go).
 //
 // Only loopback servers are accepted. Past MaxConnsPerProcess connections the generator spreads
 // itself over worker processes (see RunWorker), each dialing from its own loopback source address,
@@ -48,7 +51,7 @@ const (
 )
 
 // Scenarios lists the scenario names.
-var Scenarios = []string{ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn}
+var Scenarios = []string{ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn, ScenarioAttack}
 
 // DefaultMaxConnsPerProcess is the connection count past which the generator uses worker
 // processes (RLIMIT_NOFILE is 20,000 on the development machines).
@@ -56,7 +59,7 @@ const DefaultMaxConnsPerProcess = 18000
 
 // Config describes one run. Zero values mean the documented defaults.
 type Config struct {
-	// Scenario is idle, relay, offline or churn. Required.
+	// Scenario is idle, relay, offline, churn or attack. Required.
 	Scenario string
 	// Servers are the servers' base URLs (http://127.0.0.1:7070). Devices are spread over them
 	// round-robin: device i is registered on, and connects to, Servers[i % len(Servers)]. Only
@@ -120,6 +123,9 @@ type Config struct {
 	Log io.Writer
 	// ProgressEvery is how often a long phase writes a progress line to Log. Default: 5s.
 	ProgressEvery time.Duration
+
+	// Attack shapes the attack scenario.
+	Attack AttackConfig
 }
 
 func (c *Config) setDefaults() {
@@ -128,8 +134,11 @@ func (c *Config) setDefaults() {
 	}
 	if c.Conns == 0 {
 		c.Conns = 1000
-		if c.Scenario == ScenarioChurn {
+		switch c.Scenario {
+		case ScenarioChurn:
 			c.Conns = 100
+		case ScenarioAttack:
+			c.Conns = 1
 		}
 	}
 	if c.Hold == 0 {
@@ -186,6 +195,9 @@ func (c *Config) setDefaults() {
 	if c.Log == nil {
 		c.Log = io.Discard
 	}
+	if c.Scenario == ScenarioAttack {
+		c.Attack.setDefaults()
+	}
 }
 
 // ErrNotLoopback reports a --server that is not on this machine.
@@ -197,6 +209,8 @@ func (c *Config) Validate() error {
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	switch c.Scenario {
 	case ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn:
+	case ScenarioAttack:
+		c.Attack.validate(c, bad)
 	default:
 		bad("unknown scenario %q (want one of %s)", c.Scenario, strings.Join(Scenarios, ", "))
 	}
@@ -288,7 +302,7 @@ func (c *Config) bound() time.Duration {
 	case ScenarioOffline:
 		n = c.Recipients + c.Senders + c.Messages/10
 	}
-	return 10*time.Minute + time.Duration(n)*10*time.Millisecond + 2*(c.Hold+c.Duration+c.DrainTimeout)
+	return 10*time.Minute + time.Duration(n)*10*time.Millisecond + 2*(c.Hold+c.Duration+c.DrainTimeout+c.Attack.Settle+c.Attack.Baseline)
 }
 
 // Run runs the configured scenario and returns its result.
@@ -318,6 +332,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		err = r.offline(ctx)
 	case ScenarioChurn:
 		err = r.churn(ctx)
+	case ScenarioAttack:
+		err = r.attack(ctx)
 	}
 	if err != nil {
 		return nil, err
