@@ -42,7 +42,9 @@ func TestMain(m *testing.M) {
 }
 
 func serveForTest(dir string) int {
-	srv, err := server.New(server.Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Data: dir, InboxShards: 4, Node: "test"}, slog.New(slog.DiscardHandler))
+	cfg := server.Config{Listen: "127.0.0.1:0", Data: dir, Node: "test"}
+	cfg.AdminListen, cfg.InboxShards = "127.0.0.1:0", 4
+	srv, err := server.New(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -267,13 +268,19 @@ func TestStoreFull(t *testing.T) {
 				devs, ids = append(devs, devN(i%300)), append(ids, fmt.Sprint("m", i))
 			}
 			stored := map[string]int{}
-			full := 0
+			full, timedOut := 0, 0
 			for i, err := range storeAll(t, m, devs, ids, 1000) {
 				switch {
 				case err == nil:
 					stored[devs[i]]++
 				case errors.Is(err, mailbox.ErrStoreFull):
 					full++
+				case tc.name == "store" && errors.Is(err, mailbox.ErrStorage) && strings.Contains(err.Error(), "deadline exceeded"):
+					// An atomic batch that runs into the server's store limit can go unanswered
+					// (nats-server): the commit fails retryable after store_timeout, the writer
+					// falls back to single publishes, and the sender's retry is deduplicated by
+					// message id. Seen under load, when the writer's estimate of the store lags.
+					timedOut++
 				default:
 					t.Fatalf("append %d: %v", i, err)
 				}
@@ -294,10 +301,10 @@ func TestStoreFull(t *testing.T) {
 			for _, n := range stored {
 				acked += n
 			}
-			if acked != total {
-				t.Fatalf("acked %d, the streams hold %d", acked, total)
+			if total < acked || total > acked+timedOut { // an unanswered envelope may be stored or not
+				t.Fatalf("acked %d (%d unanswered), the streams hold %d", acked, timedOut, total)
 			}
-			t.Logf("%d stored, %d refused", acked, full)
+			t.Logf("%d stored, %d refused, %d unanswered", acked, full, timedOut)
 		})
 	}
 }

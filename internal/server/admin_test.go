@@ -36,8 +36,8 @@ func TestAdminListenConfig(t *testing.T) {
 		{"loopback", func(c *server.Config) { c.AdminListen = "127.0.0.1:0" }, ""},
 		{"ipv6 loopback", func(c *server.Config) { c.AdminListen = "[::1]:7071" }, ""},
 		{"off", func(c *server.Config) { c.AdminListen = "off" }, ""},
-		{"not an address", func(c *server.Config) { c.AdminListen = "7071" }, "admin_listen"},
-		{"all interfaces, plain", func(c *server.Config) { c.AdminListen = ":7071" }, "admin_listen \":7071\" is not a loopback address"},
+		{"not an address", func(c *server.Config) { c.AdminListen = "7071" }, "admin.listen"},
+		{"all interfaces, plain", func(c *server.Config) { c.AdminListen = ":7071" }, "admin.listen \":7071\" is not a loopback address"},
 		{"remote, plain", func(c *server.Config) { c.AdminListen = "10.0.0.1:7071" }, "not a loopback address"},
 		{"remote, insecure", func(c *server.Config) { c.AdminListen = "10.0.0.1:7071"; c.Insecure = true }, ""},
 		{"remote, TLS", func(c *server.Config) { c.AdminListen = "10.0.0.1:7071"; c.TLSCert, c.TLSKey = "c.pem", "k.pem" }, ""},
@@ -105,7 +105,8 @@ func TestAdminListenOff(t *testing.T) {
 // A busy admin address fails the start with a way out, and leaves no listener behind.
 func TestAdminListenBusy(t *testing.T) {
 	a := testserver.Start(t)
-	c := server.Config{Listen: "127.0.0.1:0", AdminListen: a.Server().AdminAddr().String(), Data: t.TempDir(), InboxShards: 1, Node: "busy"}
+	c := server.Config{Listen: "127.0.0.1:0", Data: t.TempDir(), Node: "busy"}
+	c.AdminListen, c.InboxShards = a.Server().AdminAddr().String(), 1
 	srv, err := server.New(c, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)

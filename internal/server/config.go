@@ -4,6 +4,7 @@
 package server
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"maps"
@@ -39,49 +40,82 @@ func (d *Duration) UnmarshalText(b []byte) error {
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
 // Config is the whole server configuration: the config file (TOML) with flags applied on top.
+// Keys are grouped in sections ([tls], [admin], [inbox], [limits], [prekeys], [cache]); the
+// section structs are embedded, so a key's Go field is reached directly (c.TLSCert is [tls] cert).
 // Every key is documented in README.md ("Configuration").
 type Config struct {
 	// Listen is the address of the HTTP/WebSocket listener. Default: 127.0.0.1:7070.
 	Listen string `toml:"listen"`
-	// AdminListen is the address of the operator listener (/metrics, /debug/pprof/, /v1/admin/*),
-	// "127.0.0.1:0" for any free port (its address is written to <data>/admin.addr), "off" for
-	// none. Off loopback it serves TLS with tls_cert/tls_key, or plain HTTP only with insecure.
-	// Default: 127.0.0.1:7071; 127.0.0.1:0 when listen's port is 0 (so that servers started on
-	// any free port never collide on the admin port).
-	AdminListen string `toml:"admin_listen"`
 	// Data is the directory for all server state (embedded NATS JetStream, admin token). Default: ./petrel-data.
 	Data string `toml:"data"`
-	// TLSCert and TLSKey are PEM files; when set the listener serves TLS. Default: none.
-	TLSCert string `toml:"tls_cert"`
-	TLSKey  string `toml:"tls_key"`
-	// TLSMaxHandshakes is the most TLS handshakes computing at once; more wait for a slot. A
-	// handshake waiting for its client holds none, and a connection costs no goroutine until its
-	// ClientHello is in. The whole TLS handshake must end within handshake_timeout of accept.
-	// Default: 32.
-	TLSMaxHandshakes int `toml:"tls_max_handshakes"`
 	// Insecure allows plain HTTP on a non-loopback address. Default: false.
 	Insecure bool `toml:"insecure"`
 	// Registration is "open", "invite" or "closed". Default: open on a loopback listen address, invite otherwise.
 	Registration string `toml:"registration"`
-	// MaxFrameBytes is the largest frame accepted. Default: 262144 (256 KiB).
-	MaxFrameBytes int `toml:"max_frame_bytes"`
+	// DrainTimeout bounds the graceful shutdown. Default: 20s.
+	DrainTimeout Duration `toml:"drain_timeout"`
+	// NATS lists external NATS server URLs; empty runs NATS embedded in-process. Default: empty.
+	NATS []string `toml:"nats"`
+	// Node names this node in logs and metrics. Default: the host name.
+	Node string `toml:"node"`
+	// LogLevel is debug, info, warn or error. Default: info.
+	LogLevel string `toml:"log_level"`
+	// LogFormat is text or json. Default: text.
+	LogFormat string `toml:"log_format"`
+
+	TLSSection     `toml:"tls"`
+	AdminSection   `toml:"admin"`
+	InboxSection   `toml:"inbox"`
+	LimitsSection  `toml:"limits"`
+	PrekeysSection `toml:"prekeys"`
+	CacheSection   `toml:"cache"`
+
+	// Warnings are what LoadConfig found to say about the file (deprecated keys); the server logs
+	// them when it starts.
+	Warnings []string `toml:"-"`
+}
+
+// TLSSection is [tls]: TLS on the public listener.
+type TLSSection struct {
+	// TLSCert and TLSKey are PEM files; when set the listener serves TLS. Default: none.
+	TLSCert string `toml:"cert"`
+	TLSKey  string `toml:"key"`
+	// TLSMaxHandshakes is the most TLS handshakes computing at once; more wait for a slot. A
+	// handshake waiting for its client holds none, and a connection costs no goroutine until its
+	// ClientHello is in. The whole TLS handshake must end within handshake_timeout of accept.
+	// Default: 32.
+	TLSMaxHandshakes int `toml:"max_handshakes"`
+}
+
+// AdminSection is [admin]: the operator listener.
+type AdminSection struct {
+	// AdminListen is the address of the operator listener (/metrics, /debug/pprof/, /v1/admin/*),
+	// "127.0.0.1:0" for any free port (its address is written to <data>/admin.addr), "off" for
+	// none. Off loopback it serves TLS with [tls] cert/key, or plain HTTP only with insecure.
+	// Default: 127.0.0.1:7071; 127.0.0.1:0 when listen's port is 0 (so that servers started on
+	// any free port never collide on the admin port). The top-level key admin_listen is the same.
+	AdminListen string `toml:"listen"`
+}
+
+// InboxSection is [inbox]: store-and-forward.
+type InboxSection struct {
 	// InboxTTL is how long undelivered envelopes are kept. Default: 720h (30 days).
-	InboxTTL Duration `toml:"inbox_ttl"`
+	InboxTTL Duration `toml:"ttl"`
 	// InboxShards is the number of inbox streams; fixed once the data directory exists. Default: 16.
-	InboxShards int `toml:"inbox_shards"`
+	InboxShards int `toml:"shards"`
 	// InboxMaxPerDevice caps one device's stored envelopes. Default: 100000.
-	InboxMaxPerDevice int64 `toml:"inbox_max_per_device"`
+	InboxMaxPerDevice int64 `toml:"max_per_device"`
 	// InboxMaxBytesPerDevice caps the bytes of one device's stored envelopes; -1: no cap.
 	// Default: 67108864 (64 MiB).
-	InboxMaxBytesPerDevice int64 `toml:"inbox_max_bytes_per_device"`
+	InboxMaxBytesPerDevice int64 `toml:"max_bytes_per_device"`
 	// InboxMaxPerSender caps the envelopes one sending device may have stored in one device's
-	// inbox, so one sender cannot fill it; -1: no cap. Default: inbox_max_per_device / 10 (10000).
-	InboxMaxPerSender int64 `toml:"inbox_max_per_sender"`
-	// InboxMaxBytesPerSender is inbox_max_per_sender in bytes; -1: no cap. Default:
-	// inbox_max_bytes_per_device / 10 (6710886).
-	InboxMaxBytesPerSender int64 `toml:"inbox_max_bytes_per_sender"`
+	// inbox, so one sender cannot fill it; -1: no cap. Default: max_per_device / 10 (10000).
+	InboxMaxPerSender int64 `toml:"max_per_sender"`
+	// InboxMaxBytesPerSender is max_per_sender in bytes; -1: no cap. Default:
+	// max_bytes_per_device / 10 (6710886).
+	InboxMaxBytesPerSender int64 `toml:"max_bytes_per_sender"`
 	// InboxStreamMaxBytes caps each inbox stream (shard) in bytes; 0: no cap of its own. Default: 0.
-	InboxStreamMaxBytes int64 `toml:"inbox_stream_max_bytes"`
+	InboxStreamMaxBytes int64 `toml:"stream_max_bytes"`
 	// StoreMaxBytes caps the embedded JetStream store in bytes; 0: nats-server's default (a share
 	// of the disk's free space). Ignored with external NATS. Default: 0.
 	StoreMaxBytes int64 `toml:"store_max_bytes"`
@@ -93,56 +127,24 @@ type Config struct {
 	DeliveryWindow int `toml:"delivery_window"`
 	// LiveAckTimeout is how long a live delivery waits for the device's ack before it is stored. Default: 2s.
 	LiveAckTimeout Duration `toml:"live_ack_timeout"`
-	// HandshakeTimeout is how long a new connection has to authenticate. Default: 10s.
+}
+
+// LimitsSection is [limits]: what one connection, one address and the whole node may use.
+type LimitsSection struct {
+	// MaxFrameBytes is the largest frame accepted. Default: 262144 (256 KiB).
+	MaxFrameBytes int `toml:"max_frame_bytes"`
+	// MaxConns caps device connections; 0 derives it from RLIMIT_NOFILE minus headroom. Default: 0.
+	MaxConns int `toml:"max_conns"`
+	// HandshakeTimeout is how long a new connection has to send its whole HTTP request (and TLS
+	// handshake), and then to authenticate. Default: 10s.
 	HandshakeTimeout Duration `toml:"handshake_timeout"`
 	// IdleTimeout closes a connection that sends no frame for this long (clients ping). Default: 120s.
 	IdleTimeout Duration `toml:"idle_timeout"`
-	// DrainTimeout bounds the graceful shutdown. Default: 20s.
-	DrainTimeout Duration `toml:"drain_timeout"`
-	// NATS lists external NATS server URLs; empty runs NATS embedded in-process. Default: empty.
-	NATS []string `toml:"nats"`
-	// MaxConns caps device connections; 0 derives it from RLIMIT_NOFILE minus headroom. Default: 0.
-	MaxConns int `toml:"max_conns"`
-	// PrekeyReplenishBelow tells clients to upload one-time prekeys under this count. Default: 20.
-	PrekeyReplenishBelow uint32 `toml:"prekey_replenish_below"`
-	// AccountCacheSize and DeviceCacheSize bound the in-memory caches of accounts (send path) and
-	// device auth keys (connect path). Defaults: 100000 and 200000.
-	AccountCacheSize int `toml:"account_cache_size"`
-	DeviceCacheSize  int `toml:"device_cache_size"`
+	// HandshakeMaxFailures closes a connection after this many refused handshake frames. Default: 3.
+	HandshakeMaxFailures int `toml:"handshake_max_failures"`
 	// ConnFramesPerSecond and ConnFrameBurst rate-limit each connection. Defaults: 2000 and 4000.
 	ConnFramesPerSecond float64 `toml:"conn_frames_per_second"`
 	ConnFrameBurst      int     `toml:"conn_frame_burst"`
-	// RegistrationsPerSecond rate-limits registrations on this node; only registrations that pass
-	// every check spend it. Default: 20.
-	RegistrationsPerSecond float64 `toml:"registrations_per_second"`
-	// RegistrationsPerIPPerMinute and RegistrationIPBurst limit Register attempts, valid or not,
-	// from one IP address (IPv6: one /64). Defaults: 6 and 20.
-	RegistrationsPerIPPerMinute float64 `toml:"registrations_per_ip_per_minute"`
-	RegistrationIPBurst         float64 `toml:"registration_ip_burst"`
-	// RegistrationIPLimitLoopback applies the per-IP limit to loopback peers (a local reverse
-	// proxy, the operator's tools) too. Default: false.
-	RegistrationIPLimitLoopback bool `toml:"registration_ip_limit_loopback"`
-	// HandshakeMaxFailures closes a connection after this many refused handshake frames. Default: 3.
-	HandshakeMaxFailures int `toml:"handshake_max_failures"`
-	// BundleCacheTTL is how long a device asking again for another device's bundle gets it without
-	// one-time prekeys (claims none). Default: 10m.
-	BundleCacheTTL Duration `toml:"bundle_cache_ttl"`
-	// BundleCacheSize bounds the claims remembered for that (about 64 bytes each). Default: 200000.
-	BundleCacheSize int `toml:"bundle_cache_size"`
-	// PrekeyClaimRequesterBurst and PrekeyClaimRequesterPerMinute limit how many devices' one-time
-	// prekeys one device may claim (refused beyond). Defaults: 100 and 10.
-	PrekeyClaimRequesterBurst     float64 `toml:"prekey_claim_requester_burst"`
-	PrekeyClaimRequesterPerMinute float64 `toml:"prekey_claim_requester_per_minute"`
-	// PrekeyClaimPairBurst and PrekeyClaimPairPerMinute limit claims by one device from one other
-	// device (refused beyond). Defaults: 6 and 0.1.
-	PrekeyClaimPairBurst     float64 `toml:"prekey_claim_pair_burst"`
-	PrekeyClaimPairPerMinute float64 `toml:"prekey_claim_pair_per_minute"`
-	// PrekeyClaimTargetBurst and PrekeyClaimTargetPerMinute limit claims of one device's one-time
-	// prekeys by everybody (beyond: bundles without one-time prekeys). Defaults: 20 and 1.
-	PrekeyClaimTargetBurst     float64 `toml:"prekey_claim_target_burst"`
-	PrekeyClaimTargetPerMinute float64 `toml:"prekey_claim_target_per_minute"`
-	// PrekeyClaimLimiterKeys bounds the devices or pairs each claim limiter tracks. Default: 100000.
-	PrekeyClaimLimiterKeys int `toml:"prekey_claim_limiter_keys"`
 	// ConnQueuedFrames and ConnQueuedBytes bound what one authenticated connection may have sent
 	// and not yet had handled (frames; bytes, each frame's payload plus 128); past either it is
 	// closed (WebSocket 1008). Defaults: 4096 and 16777216 (16 MiB).
@@ -157,8 +159,9 @@ type Config struct {
 	// WebSocket 1013 (try again later). Default: 268435456 (256 MiB).
 	InboundBytes int64 `toml:"inbound_bytes"`
 	// MaxPendingUpgrades bounds the listener's sockets that have not upgraded to a WebSocket
-	// (HTTP requests, stalled clients); they do not use max_conns slots, and their file
-	// descriptors are kept apart from the ones max_conns derives from RLIMIT_NOFILE. Default: 1024.
+	// (HTTP requests, TLS handshakes, stalled clients); they do not use max_conns slots, and their
+	// file descriptors are kept apart from the ones max_conns derives from RLIMIT_NOFILE.
+	// Default: 1024.
 	MaxPendingUpgrades int `toml:"max_pending_upgrades"`
 	// MaxPendingUpgradesPerIP bounds them per client address (IPv6: per /64). Default: 256.
 	MaxPendingUpgradesPerIP int `toml:"max_pending_upgrades_per_ip"`
@@ -173,21 +176,113 @@ type Config struct {
 	// the smaller of the cgroup memory limit and the machine's memory. -1 leaves the runtime's
 	// (GOMEMLIMIT, or none). A GOMEMLIMIT environment variable always wins. Default: 0.
 	MemoryLimit int64 `toml:"memory_limit"`
-	// Node names this node in logs and metrics. Default: the host name.
-	Node string `toml:"node"`
-	// LogLevel is debug, info, warn or error. Default: info.
-	LogLevel string `toml:"log_level"`
-	// LogFormat is text or json. Default: text.
-	LogFormat string `toml:"log_format"`
+	// RegistrationsPerSecond rate-limits registrations on this node; only registrations that pass
+	// every check spend it. Default: 20.
+	RegistrationsPerSecond float64 `toml:"registrations_per_second"`
+	// RegistrationsPerIPPerMinute and RegistrationIPBurst limit Register attempts, valid or not,
+	// from one IP address (IPv6: one /64). Defaults: 6 and 20.
+	RegistrationsPerIPPerMinute float64 `toml:"registrations_per_ip_per_minute"`
+	RegistrationIPBurst         float64 `toml:"registration_ip_burst"`
+	// RegistrationIPLimitLoopback applies the per-IP limit to loopback peers (a local reverse
+	// proxy, the operator's tools) too. Default: false.
+	RegistrationIPLimitLoopback bool `toml:"registration_ip_limit_loopback"`
+}
+
+// PrekeysSection is [prekeys]: one-time prekeys and who may claim them.
+type PrekeysSection struct {
+	// PrekeyReplenishBelow tells clients to upload one-time prekeys under this count. Default: 20.
+	PrekeyReplenishBelow uint32 `toml:"replenish_below"`
+	// BundleCacheTTL is how long a device asking again for another device's bundle gets it without
+	// one-time prekeys (claims none). Default: 10m.
+	BundleCacheTTL Duration `toml:"bundle_cache_ttl"`
+	// BundleCacheSize bounds the claims remembered for that (about 64 bytes each). Default: 200000.
+	BundleCacheSize int `toml:"bundle_cache_size"`
+	// PrekeyClaimRequesterBurst and PrekeyClaimRequesterPerMinute limit how many devices' one-time
+	// prekeys one device may claim (refused beyond). Defaults: 100 and 10.
+	PrekeyClaimRequesterBurst     float64 `toml:"claim_requester_burst"`
+	PrekeyClaimRequesterPerMinute float64 `toml:"claim_requester_per_minute"`
+	// PrekeyClaimPairBurst and PrekeyClaimPairPerMinute limit claims by one device from one other
+	// device (refused beyond). Defaults: 6 and 0.1.
+	PrekeyClaimPairBurst     float64 `toml:"claim_pair_burst"`
+	PrekeyClaimPairPerMinute float64 `toml:"claim_pair_per_minute"`
+	// PrekeyClaimTargetBurst and PrekeyClaimTargetPerMinute limit claims of one device's one-time
+	// prekeys by everybody (beyond: bundles without one-time prekeys). Defaults: 20 and 1.
+	PrekeyClaimTargetBurst     float64 `toml:"claim_target_burst"`
+	PrekeyClaimTargetPerMinute float64 `toml:"claim_target_per_minute"`
+	// PrekeyClaimLimiterKeys bounds the devices or pairs each claim limiter tracks. Default: 100000.
+	PrekeyClaimLimiterKeys int `toml:"claim_limiter_keys"`
+}
+
+// CacheSection is [cache]: in-memory caches.
+type CacheSection struct {
+	// AccountCacheSize and DeviceCacheSize bound the in-memory caches of accounts (send path) and
+	// device auth keys (connect path). Defaults: 100000 and 200000.
+	AccountCacheSize int `toml:"accounts"`
+	DeviceCacheSize  int `toml:"devices"`
+}
+
+// legacyKeys maps the flat keys of earlier releases to their section and key. They are accepted
+// for one release, with a warning. admin_listen is the same as [admin] listen, without one.
+var legacyKeys = map[string][2]string{
+	"tls_cert":                 {"tls", "cert"},
+	"tls_key":                  {"tls", "key"},
+	"admin_listen":             {"admin", "listen"},
+	"max_frame_bytes":          {"limits", "max_frame_bytes"},
+	"max_conns":                {"limits", "max_conns"},
+	"handshake_timeout":        {"limits", "handshake_timeout"},
+	"idle_timeout":             {"limits", "idle_timeout"},
+	"conn_frames_per_second":   {"limits", "conn_frames_per_second"},
+	"conn_frame_burst":         {"limits", "conn_frame_burst"},
+	"registrations_per_second": {"limits", "registrations_per_second"},
+	"inbox_ttl":                {"inbox", "ttl"},
+	"inbox_shards":             {"inbox", "shards"},
+	"inbox_max_per_device":     {"inbox", "max_per_device"},
+	"delivery_window":          {"inbox", "delivery_window"},
+	"live_ack_timeout":         {"inbox", "live_ack_timeout"},
+	"prekey_replenish_below":   {"prekeys", "replenish_below"},
+	"account_cache_size":       {"cache", "accounts"},
+	"device_cache_size":        {"cache", "devices"},
 }
 
 // AdminListenOff as admin_listen runs no admin listener.
 const AdminListenOff = "off"
 
-// LoadConfig reads a TOML config file; unknown keys are errors.
+// LoadConfig reads a TOML config file; unknown keys are errors. The flat keys of earlier releases
+// (legacyKeys) are moved into their sections, each with a warning in Config.Warnings.
 func LoadConfig(path string) (Config, error) {
 	var c Config
-	md, err := toml.DecodeFile(path, &c)
+	raw := map[string]any{}
+	if _, err := toml.DecodeFile(path, &raw); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	var warnings []string
+	for _, old := range slices.Sorted(maps.Keys(raw)) {
+		to, ok := legacyKeys[old]
+		if !ok {
+			continue
+		}
+		sec, isTable := raw[to[0]].(map[string]any)
+		if raw[to[0]] != nil && !isTable {
+			return c, fmt.Errorf("config %s: %s must be a section ([%s])", path, to[0], to[0])
+		}
+		if sec == nil {
+			sec = map[string]any{}
+			raw[to[0]] = sec
+		}
+		if _, dup := sec[to[1]]; dup {
+			return c, fmt.Errorf("config %s: %s and [%s] %s are the same key: give it once", path, old, to[0], to[1])
+		}
+		sec[to[1]] = raw[old]
+		delete(raw, old)
+		if old != "admin_listen" {
+			warnings = append(warnings, fmt.Sprintf("config %s: key %s is deprecated and will be removed in the next release: write it as %s in [%s]", path, old, to[1], to[0]))
+		}
+	}
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(raw); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	md, err := toml.Decode(buf.String(), &c)
 	if err != nil {
 		return c, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -196,8 +291,9 @@ func LoadConfig(path string) (Config, error) {
 		for i, k := range und {
 			keys[i] = k.String()
 		}
-		return c, fmt.Errorf("config %s: unknown keys: %s", path, strings.Join(keys, ", "))
+		return c, fmt.Errorf("config %s: unknown keys: %s (see README.md, Configuration)", path, strings.Join(keys, ", "))
 	}
+	c.Warnings = warnings
 	return c, nil
 }
 
@@ -308,10 +404,10 @@ func (c *Config) Validate() error {
 		bad("listen %q: %v", c.Listen, err)
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
-		bad("tls_cert and tls_key must be given together")
+		bad("tls.cert and tls.key must be given together")
 	}
 	if c.TLSMaxHandshakes < 1 || c.TLSMaxHandshakes > 4096 {
-		bad("tls_max_handshakes %d: want 1..4096", c.TLSMaxHandshakes)
+		bad("tls.max_handshakes %d: want 1..4096", c.TLSMaxHandshakes)
 	}
 	if err == nil && c.TLSCert == "" && !c.Insecure && !isLoopback(c.Listen) {
 		bad("listen %q is not a loopback address: serve TLS (--tls-cert/--tls-key) or pass --insecure", c.Listen)
@@ -319,9 +415,9 @@ func (c *Config) Validate() error {
 	_ = host
 	if c.AdminListen != AdminListenOff {
 		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
-			bad("admin_listen %q: %v (want HOST:PORT or off)", c.AdminListen, err)
+			bad("admin.listen %q: %v (want HOST:PORT or off)", c.AdminListen, err)
 		} else if c.TLSCert == "" && !c.Insecure && !isLoopback(c.AdminListen) {
-			bad("admin_listen %q is not a loopback address: serve TLS (--tls-cert/--tls-key) or pass --insecure", c.AdminListen)
+			bad("admin.listen %q is not a loopback address: serve TLS (--tls-cert/--tls-key) or pass --insecure", c.AdminListen)
 		}
 	}
 	switch c.Registration {
@@ -330,83 +426,83 @@ func (c *Config) Validate() error {
 		bad("registration %q: want open, invite or closed", c.Registration)
 	}
 	if c.MaxFrameBytes < 4096 || c.MaxFrameBytes > 16<<20 {
-		bad("max_frame_bytes %d: want 4096..16777216", c.MaxFrameBytes)
+		bad("limits.max_frame_bytes %d: want 4096..16777216", c.MaxFrameBytes)
 	}
 	if c.InboxTTL.Duration < time.Minute {
-		bad("inbox_ttl %s: want at least 1m", c.InboxTTL.Duration)
+		bad("inbox.ttl %s: want at least 1m", c.InboxTTL.Duration)
 	}
 	if c.InboxShards < 1 || c.InboxShards > 256 {
-		bad("inbox_shards %d: want 1..256", c.InboxShards)
+		bad("inbox.shards %d: want 1..256", c.InboxShards)
 	}
 	if c.InboxMaxPerDevice < 1 {
-		bad("inbox_max_per_device %d: want at least 1", c.InboxMaxPerDevice)
+		bad("inbox.max_per_device %d: want at least 1", c.InboxMaxPerDevice)
 	}
 	for _, v := range []struct {
 		key string
 		val int64
-	}{{"inbox_max_bytes_per_device", c.InboxMaxBytesPerDevice}, {"inbox_max_per_sender", c.InboxMaxPerSender}, {"inbox_max_bytes_per_sender", c.InboxMaxBytesPerSender}} {
+	}{{"inbox.max_bytes_per_device", c.InboxMaxBytesPerDevice}, {"inbox.max_per_sender", c.InboxMaxPerSender}, {"inbox.max_bytes_per_sender", c.InboxMaxBytesPerSender}} {
 		if v.val < -1 || v.val == 0 {
 			bad("%s %d: want at least 1, or -1 for no cap", v.key, v.val)
 		}
 	}
 	if c.InboxStreamMaxBytes < 0 || c.StoreMaxBytes < 0 {
-		bad("inbox_stream_max_bytes and store_max_bytes must not be negative (0: no cap of their own)")
+		bad("inbox.stream_max_bytes and inbox.store_max_bytes must not be negative (0: no cap of their own)")
 	}
 	if c.InboxStreamMaxBytes > 0 && c.StoreMaxBytes > 0 && int64(c.InboxShards) > c.StoreMaxBytes/c.InboxStreamMaxBytes {
-		bad("inbox_stream_max_bytes %d × inbox_shards %d exceeds store_max_bytes %d (JetStream reserves each stream's cap)", c.InboxStreamMaxBytes, c.InboxShards, c.StoreMaxBytes)
+		bad("inbox.stream_max_bytes %d × inbox.shards %d exceeds inbox.store_max_bytes %d (JetStream reserves each stream's cap)", c.InboxStreamMaxBytes, c.InboxShards, c.StoreMaxBytes)
 	}
 	if c.QueryQueuedPerSecond < 0 || c.QueryQueuedBurst < 0 {
-		bad("query_queued_per_second and query_queued_burst must not be negative")
+		bad("inbox.query_queued_per_second and inbox.query_queued_burst must not be negative")
 	}
 	if c.DeliveryWindow < 1 || c.DeliveryWindow > 65536 {
-		bad("delivery_window %d: want 1..65536", c.DeliveryWindow)
+		bad("inbox.delivery_window %d: want 1..65536", c.DeliveryWindow)
 	}
 	if c.LiveAckTimeout.Duration < 10*time.Millisecond || c.LiveAckTimeout.Duration > time.Minute {
-		bad("live_ack_timeout %s: want 10ms..1m", c.LiveAckTimeout.Duration)
+		bad("inbox.live_ack_timeout %s: want 10ms..1m", c.LiveAckTimeout.Duration)
 	}
 	if c.HandshakeTimeout.Duration < 100*time.Millisecond || c.HandshakeTimeout.Duration > 5*time.Minute {
-		bad("handshake_timeout %s: want 100ms..5m", c.HandshakeTimeout.Duration)
+		bad("limits.handshake_timeout %s: want 100ms..5m", c.HandshakeTimeout.Duration)
 	}
 	if c.IdleTimeout.Duration < 100*time.Millisecond || c.IdleTimeout.Duration > 24*time.Hour {
-		bad("idle_timeout %s: want 100ms..24h", c.IdleTimeout.Duration)
+		bad("limits.idle_timeout %s: want 100ms..24h", c.IdleTimeout.Duration)
 	}
 	if c.AccountCacheSize < 1 || c.AccountCacheSize > 100_000_000 {
-		bad("account_cache_size %d: want 1..100000000", c.AccountCacheSize)
+		bad("cache.accounts %d: want 1..100000000", c.AccountCacheSize)
 	}
 	if c.DeviceCacheSize < 1 || c.DeviceCacheSize > 100_000_000 {
-		bad("device_cache_size %d: want 1..100000000", c.DeviceCacheSize)
+		bad("cache.devices %d: want 1..100000000", c.DeviceCacheSize)
 	}
 	if c.DrainTimeout.Duration < 0 {
 		bad("drain_timeout %s: must not be negative", c.DrainTimeout.Duration)
 	}
 	if c.MaxConns < 0 {
-		bad("max_conns %d: must not be negative", c.MaxConns)
+		bad("limits.max_conns %d: must not be negative", c.MaxConns)
 	}
 	if c.ConnFramesPerSecond < 0 || c.ConnFrameBurst < 0 || c.RegistrationsPerSecond < 0 {
-		bad("rate limits must not be negative")
+		bad("limits.conn_frames_per_second, limits.conn_frame_burst and limits.registrations_per_second must not be negative")
 	}
 	errs = append(errs, c.validateAbuse()...)
 	if c.ConnQueuedFrames < 0 || c.PreauthQueuedFrames < 0 || c.MaxPendingUpgrades < 0 || c.MaxPendingUpgradesPerIP < 0 {
-		bad("conn_queued_frames, preauth_queued_frames, max_pending_upgrades and max_pending_upgrades_per_ip must not be negative")
+		bad("limits.conn_queued_frames, limits.preauth_queued_frames, limits.max_pending_upgrades and limits.max_pending_upgrades_per_ip must not be negative")
 	}
 	oneFrame := int64(c.MaxFrameBytes) + 128
 	if c.ConnQueuedBytes != 0 && c.ConnQueuedBytes < oneFrame {
-		bad("conn_queued_bytes %d: want at least max_frame_bytes + 128 (%d)", c.ConnQueuedBytes, oneFrame)
+		bad("limits.conn_queued_bytes %d: want at least limits.max_frame_bytes + 128 (%d)", c.ConnQueuedBytes, oneFrame)
 	}
 	if c.PreauthQueuedBytes != 0 && c.PreauthQueuedBytes < oneFrame {
-		bad("preauth_queued_bytes %d: want at least max_frame_bytes + 128 (%d)", c.PreauthQueuedBytes, oneFrame)
+		bad("limits.preauth_queued_bytes %d: want at least limits.max_frame_bytes + 128 (%d)", c.PreauthQueuedBytes, oneFrame)
 	}
 	if c.InboundBytes != 0 && c.InboundBytes < 4*oneFrame {
-		bad("inbound_bytes %d: want at least 4 × (max_frame_bytes + 128) (%d)", c.InboundBytes, 4*oneFrame)
+		bad("limits.inbound_bytes %d: want at least 4 × (limits.max_frame_bytes + 128) (%d)", c.InboundBytes, 4*oneFrame)
 	}
 	if c.HTTPMaxHeaderBytes != 0 && (c.HTTPMaxHeaderBytes < 1024 || c.HTTPMaxHeaderBytes > 1<<20) {
-		bad("http_max_header_bytes %d: want 1024..1048576", c.HTTPMaxHeaderBytes)
+		bad("limits.http_max_header_bytes %d: want 1024..1048576", c.HTTPMaxHeaderBytes)
 	}
 	if c.HTTPMaxBodyBytes < 0 || c.HTTPMaxBodyBytes > 64<<20 {
-		bad("http_max_body_bytes %d: want 0..67108864", c.HTTPMaxBodyBytes)
+		bad("limits.http_max_body_bytes %d: want 0..67108864", c.HTTPMaxBodyBytes)
 	}
 	if c.MemoryLimit < -1 {
-		bad("memory_limit %d: want a byte count, 0 (derive) or -1 (off)", c.MemoryLimit)
+		bad("limits.memory_limit %d: want a byte count, 0 (derive) or -1 (off)", c.MemoryLimit)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -466,16 +562,16 @@ func (c *Config) setAbuseDefaults() {
 func (c *Config) validateAbuse() []error {
 	var errs []error
 	rates := map[string]float64{
-		"registrations_per_ip_per_minute":   c.RegistrationsPerIPPerMinute,
-		"prekey_claim_requester_per_minute": c.PrekeyClaimRequesterPerMinute,
-		"prekey_claim_pair_per_minute":      c.PrekeyClaimPairPerMinute,
-		"prekey_claim_target_per_minute":    c.PrekeyClaimTargetPerMinute,
+		"limits.registrations_per_ip_per_minute": c.RegistrationsPerIPPerMinute,
+		"prekeys.claim_requester_per_minute":     c.PrekeyClaimRequesterPerMinute,
+		"prekeys.claim_pair_per_minute":          c.PrekeyClaimPairPerMinute,
+		"prekeys.claim_target_per_minute":        c.PrekeyClaimTargetPerMinute,
 	}
 	bursts := map[string]float64{
-		"registration_ip_burst":        c.RegistrationIPBurst,
-		"prekey_claim_requester_burst": c.PrekeyClaimRequesterBurst,
-		"prekey_claim_pair_burst":      c.PrekeyClaimPairBurst,
-		"prekey_claim_target_burst":    c.PrekeyClaimTargetBurst,
+		"limits.registration_ip_burst":  c.RegistrationIPBurst,
+		"prekeys.claim_requester_burst": c.PrekeyClaimRequesterBurst,
+		"prekeys.claim_pair_burst":      c.PrekeyClaimPairBurst,
+		"prekeys.claim_target_burst":    c.PrekeyClaimTargetBurst,
 	}
 	for _, k := range slices.Sorted(maps.Keys(rates)) {
 		if !(rates[k] > 0) { // also NaN
@@ -488,16 +584,16 @@ func (c *Config) validateAbuse() []error {
 		}
 	}
 	if c.HandshakeMaxFailures < 1 || c.HandshakeMaxFailures > 1000 {
-		errs = append(errs, fmt.Errorf("handshake_max_failures %d: want 1..1000", c.HandshakeMaxFailures))
+		errs = append(errs, fmt.Errorf("limits.handshake_max_failures %d: want 1..1000", c.HandshakeMaxFailures))
 	}
 	if c.BundleCacheTTL.Duration < time.Second || c.BundleCacheTTL.Duration > 24*time.Hour {
-		errs = append(errs, fmt.Errorf("bundle_cache_ttl %s: want 1s..24h", c.BundleCacheTTL.Duration))
+		errs = append(errs, fmt.Errorf("prekeys.bundle_cache_ttl %s: want 1s..24h", c.BundleCacheTTL.Duration))
 	}
 	if c.BundleCacheSize < 1 || c.BundleCacheSize > 10_000_000 {
-		errs = append(errs, fmt.Errorf("bundle_cache_size %d: want 1..10000000", c.BundleCacheSize))
+		errs = append(errs, fmt.Errorf("prekeys.bundle_cache_size %d: want 1..10000000", c.BundleCacheSize))
 	}
 	if c.PrekeyClaimLimiterKeys < 1 || c.PrekeyClaimLimiterKeys > 100_000_000 {
-		errs = append(errs, fmt.Errorf("prekey_claim_limiter_keys %d: want 1..100000000", c.PrekeyClaimLimiterKeys))
+		errs = append(errs, fmt.Errorf("prekeys.claim_limiter_keys %d: want 1..100000000", c.PrekeyClaimLimiterKeys))
 	}
 	return errs
 }

@@ -12,7 +12,8 @@ import (
 
 // The inbox quota keys: defaults derived from the device caps, and bad values reported.
 func TestInboxQuotaConfig(t *testing.T) {
-	c := server.Config{InboxMaxPerDevice: 500}
+	var c server.Config
+	c.InboxMaxPerDevice = 500
 	c.SetDefaults()
 	if c.InboxMaxPerSender != 50 || c.InboxMaxBytesPerDevice != 64<<20 || c.InboxMaxBytesPerSender != (64<<20)/10 {
 		t.Fatalf("defaults: per sender %d, bytes per device %d, bytes per sender %d", c.InboxMaxPerSender, c.InboxMaxBytesPerDevice, c.InboxMaxBytesPerSender)
@@ -20,10 +21,10 @@ func TestInboxQuotaConfig(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	bad := server.Config{InboxMaxPerSender: -5, InboxStreamMaxBytes: 1 << 30, StoreMaxBytes: 1 << 30, QueryQueuedBurst: -1}
+	bad := server.Config{InboxSection: server.InboxSection{InboxMaxPerSender: -5, InboxStreamMaxBytes: 1 << 30, StoreMaxBytes: 1 << 30, QueryQueuedBurst: -1}}
 	bad.SetDefaults()
 	err := bad.Validate()
-	for _, want := range []string{"inbox_max_per_sender", "exceeds store_max_bytes", "query_queued"} {
+	for _, want := range []string{"inbox.max_per_sender", "exceeds inbox.store_max_bytes", "query_queued"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate() = %v, want it to mention %q", err, want)
 		}

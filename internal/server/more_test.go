@@ -123,14 +123,15 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 }
 
 func TestConfigValidateReportsEveryProblem(t *testing.T) {
-	c := server.Config{Listen: "0.0.0.0:7070", Registration: "sometimes", MaxFrameBytes: 10, InboxShards: 999, LogLevel: "loud", DeviceCacheSize: -1, DeliveryWindow: -1}
+	c := server.Config{Listen: "0.0.0.0:7070", Registration: "sometimes", LogLevel: "loud"}
+	c.MaxFrameBytes, c.InboxShards, c.DeviceCacheSize, c.DeliveryWindow = 10, 999, -1, -1
 	c.SetDefaults()
 	c.HandshakeTimeout.Duration = time.Millisecond
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, want := range []string{"not a loopback address", "registration", "max_frame_bytes", "inbox_shards", "log_level", "device_cache_size", "handshake_timeout", "delivery_window"} {
+	for _, want := range []string{"not a loopback address", "registration", "limits.max_frame_bytes", "inbox.shards", "log_level", "cache.devices", "limits.handshake_timeout", "inbox.delivery_window"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %s: %v", want, err)
 		}
@@ -156,10 +157,75 @@ func TestLoadConfigRejectsUnknownKeys(t *testing.T) {
 	if _, err := server.LoadConfig(p); err == nil || !strings.Contains(err.Error(), "listen_adress") {
 		t.Fatalf("want unknown key error, got %v", err)
 	}
-	os.WriteFile(p, []byte("listen = \"127.0.0.1:9\"\ninbox_ttl = \"48h\"\n"), 0o600)
+	os.WriteFile(p, []byte("listen = \"127.0.0.1:9\"\n[inbox]\nttl = \"48h\"\nmax_ttl = 3\n"), 0o600)
+	if _, err := server.LoadConfig(p); err == nil || !strings.Contains(err.Error(), "inbox.max_ttl") {
+		t.Fatalf("want unknown key error for a key in a section, got %v", err)
+	}
+}
+
+// Keys live in sections; the flat keys of the previous release still work, with a warning each.
+func TestLoadConfigSectionsAndLegacyKeys(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "petrel.toml")
+	os.WriteFile(p, []byte(`listen = "127.0.0.1:9"
+nats = ["nats://127.0.0.1:4222"]
+[tls]
+cert = "c.pem"
+key = "k.pem"
+max_handshakes = 7
+[admin]
+listen = "127.0.0.1:0"
+[inbox]
+ttl = "48h"
+max_per_sender = 12
+[limits]
+max_frame_bytes = 65536
+handshake_timeout = "3s"
+inbound_bytes = 1073741824
+[prekeys]
+claim_pair_per_minute = 0.5
+[cache]
+devices = 99
+`), 0o600)
 	c, err := server.LoadConfig(p)
-	if err != nil || c.InboxTTL.Duration != 48*time.Hour {
-		t.Fatalf("%+v %v", c, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TLSCert != "c.pem" || c.TLSKey != "k.pem" || c.TLSMaxHandshakes != 7 || c.AdminListen != "127.0.0.1:0" ||
+		c.InboxTTL.Duration != 48*time.Hour || c.InboxMaxPerSender != 12 || c.MaxFrameBytes != 65536 ||
+		c.HandshakeTimeout.Duration != 3*time.Second || c.InboundBytes != 1<<30 || c.PrekeyClaimPairPerMinute != 0.5 ||
+		c.DeviceCacheSize != 99 || len(c.NATS) != 1 || len(c.Warnings) != 0 {
+		t.Fatalf("sections not read: %+v", c)
+	}
+
+	os.WriteFile(p, []byte(`tls_cert = "c.pem"
+tls_key = "k.pem"
+inbox_ttl = "48h"
+max_conns = 100
+account_cache_size = 5
+admin_listen = "127.0.0.1:0"
+[limits]
+idle_timeout = "1m"
+`), 0o600)
+	c, err = server.LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TLSCert != "c.pem" || c.TLSKey != "k.pem" || c.InboxTTL.Duration != 48*time.Hour || c.MaxConns != 100 ||
+		c.AccountCacheSize != 5 || c.AdminListen != "127.0.0.1:0" || c.IdleTimeout.Duration != time.Minute {
+		t.Fatalf("legacy keys not read: %+v", c)
+	}
+	if len(c.Warnings) != 5 { // admin_listen is the same key, not a deprecated one
+		t.Fatalf("want 5 warnings, got %q", c.Warnings)
+	}
+	for _, w := range []string{"tls_cert is deprecated", "write it as cert in [tls]", "max_conns is deprecated", "write it as accounts in [cache]"} {
+		if !strings.Contains(strings.Join(c.Warnings, "\n"), w) {
+			t.Errorf("warnings %q do not say %q", c.Warnings, w)
+		}
+	}
+
+	os.WriteFile(p, []byte("max_conns = 100\n[limits]\nmax_conns = 200\n"), 0o600)
+	if _, err := server.LoadConfig(p); err == nil || !strings.Contains(err.Error(), "give it once") {
+		t.Fatalf("a key given flat and in its section: %v", err)
 	}
 }
 

@@ -73,6 +73,9 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
 	runCtx, runCancel := context.WithCancel(context.Background())
 	return &Server{cfg: cfg, log: log, ready: make(chan struct{}), done: make(chan struct{}), runCtx: runCtx, runCancel: runCancel}, nil
 }

@@ -43,11 +43,11 @@ func WithLog(w io.Writer) Option { return func(s *Server) { s.log = w } }
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	s := &Server{cfg: server.Config{
-		Listen:      "127.0.0.1:0",
-		AdminListen: "127.0.0.1:0",
-		Data:        t.TempDir(),
-		InboxShards: 4,
-		Node:        "test",
+		Listen:       "127.0.0.1:0",
+		AdminSection: server.AdminSection{AdminListen: "127.0.0.1:0"},
+		InboxSection: server.InboxSection{InboxShards: 4},
+		Data:         t.TempDir(),
+		Node:         "test",
 	}}
 	for _, o := range opts {
 		o(s)
