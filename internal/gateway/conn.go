@@ -34,7 +34,7 @@ const (
 // conn is one device connection. It holds no buffers while idle.
 type conn struct {
 	g     *Gateway
-	ws    *websocket.Conn
+	ws    *websocket.Conn // set by onOpen, under wmu (flushLocked may run before)
 	id    string
 	nonce [pb.NonceSize]byte
 	// The per-connection frame rate limit, a token bucket (rate.Limiter is six times the size). Only

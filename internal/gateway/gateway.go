@@ -380,7 +380,9 @@ func (g *Gateway) onOpen(ws *websocket.Conn) {
 		return
 	}
 	c := v.(*conn)
+	c.wmu.Lock() // flushLocked reads ws under wmu: a frame may be answered before this runs
 	c.ws = ws
+	c.wmu.Unlock()
 	if _, err := cryptorand.Read(c.nonce[:]); err != nil {
 		ws.Close()
 		return

@@ -92,6 +92,14 @@ func (c *conn) flushLocked() error {
 	c.fmu.Lock()
 	defer c.fmu.Unlock()
 	c.wmu.Lock()
+	ws := c.ws
+	if ws == nil {
+		// Not open yet (a frame answered before onOpen finished): the buffer stays pending, and
+		// the Challenge that onOpen writes next flushes it.
+		c.wscheduled = false
+		c.wmu.Unlock()
+		return nil
+	}
 	buf := c.wbuf
 	c.wbuf = nil
 	c.wscheduled = false
@@ -102,7 +110,7 @@ func (c *conn) flushLocked() error {
 	var err error
 	if len(*buf) > 0 {
 		c.g.metrics.flushes.Inc()
-		_, err = c.ws.Conn.Write(*buf)
+		_, err = ws.Conn.Write(*buf)
 	}
 	if cap(*buf) <= 64<<10 {
 		*buf = (*buf)[:0]
