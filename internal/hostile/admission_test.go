@@ -92,9 +92,13 @@ func TestHostilePipelinedGetBundleFlood(t *testing.T) {
 // queued (3.3 GB for 3.6M pings) before anything counted it.
 func TestHostilePingFloodUnauthenticated(t *testing.T) {
 	ts := testserver.Start(t)
-	good := wellBehaved(t, ts, "bystander")
-	w := admDial(t, ts.URL(), "")
+	pingFlood(t, wellBehaved(t, ts, "bystander"), admDial(t, ts.URL(), ""))
+}
 
+// pingFlood floods pings on w (which never authenticates or reads) and checks that the server
+// cut it off within the bound while good was served.
+func pingFlood(t *testing.T, good *testserver.RawClient, w *admWS) {
+	t.Helper()
 	one := admFrame(0x9, nil, false)
 	perBatch := (1 << 20) / len(one)
 	batch := bytes.Repeat(one, perBatch)

@@ -32,21 +32,7 @@ func TestHostilePingFloodOverTLS(t *testing.T) {
 	ts, cert := tlsServer(t)
 	good := testserver.DialTLS(t, ts.URL(), cert.Pool)
 	good.MustRegister("bystander")
-	w := admDialTLS(t, ts.URL(), cert.Pool)
-
-	one := admFrame(0x9, nil, false)
-	perBatch := (1 << 20) / len(one)
-	batch := bytes.Repeat(one, perBatch)
-	peak := &admPeak{t: t, base: admBaseline(t)}
-	sent, refused := flood(t, w.c, batch, 4_000_000/perBatch, 3*time.Second, peak, connBound)
-	t.Logf("TLS ping flood: %d pings sent, peak RSS growth %.1f MiB, refused=%v", sent*perBatch, peak.mib(), refused)
-	if peak.peak > connBound {
-		t.Fatalf("one unauthenticated TLS ping flood raised RSS by %.0f MiB (bound %d MiB)", peak.mib(), connBound>>20)
-	}
-	cutOff(t, w.c, refused, "the TLS ping-flooding socket")
-	if err := admServed(t, good); err != nil {
-		t.Fatal(err)
-	}
+	pingFlood(t, good, admDialTLS(t, ts.URL(), cert.Pool))
 }
 
 // Frames pipelined in the same TLS record as the upgrade request go through admission too: an

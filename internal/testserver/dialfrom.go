@@ -20,19 +20,8 @@ import (
 // as 127.0.0.2 (Linux answers for all of 127.0.0.0/8), so that tests can act as several peers.
 func DialFrom(t testing.TB, baseURL, localIP string) *RawClient {
 	t.Helper()
-	ws, err := DialWSFrom(baseURL, localIP)
-	if err != nil {
-		t.Fatalf("dial from %s: %v", localIP, err)
-	}
-	c := &RawClient{t: t, WS: ws}
-	t.Cleanup(func() { ws.CloseNow() })
-	f := c.Read()
-	ch := f.GetChallenge()
-	if ch == nil || len(ch.GetNonce()) != pb.NonceSize {
-		t.Fatalf("first frame is not a challenge: %v", f)
-	}
-	c.Nonce = ch.GetNonce()
-	return c
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(localIP)}}
+	return dial(t, baseURL, &http.Client{Transport: &http.Transport{DialContext: d.DialContext}})
 }
 
 // DialWSFrom opens a WebSocket to the server's connect path from localIP (any loopback address)
