@@ -176,6 +176,7 @@ func (s *Server) start(ctx context.Context) error {
 		StoreMaxBytes:       s.cfg.StoreMaxBytes,
 		Name:                s.cfg.Node,
 		Logger:              s.log.With("component", "bus"),
+		Registry:            s.reg,
 	})
 	if err != nil {
 		return err
