@@ -112,6 +112,10 @@ type Config struct {
 	Node     string
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
+
+	// dispatchCap is the capacity of each dispatch channel; tests make it small to force the bus
+	// to drop messages. Default: 65536.
+	dispatchCap int
 }
 
 func (c *Config) setDefaults() {
@@ -150,6 +154,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Node == "" {
 		c.Node = nuid.Next()
+	}
+	if c.dispatchCap == 0 {
+		c.dispatchCap = 1 << 16
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -211,6 +218,11 @@ type Mailbox struct {
 	attached sync.Map // *nats.Subscription → *Attachment
 	local    sync.Map // device id → *Attachment attached on this node (the node-local fast path)
 	purges   sync.Map // device id → *purgeRun while acked envelopes are being purged
+
+	// resyncReq asks for a resync after the bus dropped device messages (resync.go);
+	// stopSlowConsumer removes the bus callback that sends it.
+	resyncReq        chan struct{}
+	stopSlowConsumer func()
 }
 
 // New returns a mailbox over b. Start must be called before use.
@@ -246,8 +258,9 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		})
 	}
 	for range 4 {
-		m.dispatch = append(m.dispatch, make(chan *nats.Msg, 1<<16))
+		m.dispatch = append(m.dispatch, make(chan *nats.Msg, cfg.dispatchCap))
 	}
+	m.resyncReq = make(chan struct{}, 1)
 	return m
 }
 
@@ -281,6 +294,9 @@ func (m *Mailbox) Start() error {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); m.runDispatch(ch) }()
 	}
+	m.stopSlowConsumer = m.bus.OnSlowConsumer(m.onSlowConsumer)
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.runResync() }()
 	return nil
 }
 
@@ -291,6 +307,9 @@ func (m *Mailbox) Close() {
 	}
 	if m.replySub != nil {
 		_ = m.replySub.Unsubscribe()
+	}
+	if m.stopSlowConsumer != nil {
+		m.stopSlowConsumer()
 	}
 	close(m.stop)
 	m.wg.Wait()
