@@ -5,6 +5,8 @@ package mailbox
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -190,5 +192,93 @@ func TestBusDropsAreRecovered(t *testing.T) {
 	}
 	if v := counterValue(t, reg, "petrel_mailbox_resync_wakes_total", "", ""); v < 1 {
 		t.Fatalf("petrel_mailbox_resync_wakes_total = %v, want at least 1", v)
+	}
+}
+
+// orderSink reports each envelope pushed, in order.
+type orderSink struct{ got chan string }
+
+func (s *orderSink) Push(_ uint64, env []byte) error { s.got <- string(env); return nil }
+func (s *orderSink) QueueEmpty(int)                  {}
+func (s *orderSink) Kicked()                         {}
+
+// An inbox read whose answer the node's reply subscription dropped (a slow consumer) stops before
+// the gap and is read again: the device gets every envelope, in order, and none is skipped (a
+// skipped one would be purged with the acks of the ones after it).
+func TestDroppedInboxReadIsReadAgain(t *testing.T) {
+	b, m := openInternal(t)
+	const dev = "0123456789abcdef0123456789abcdef"
+	stored := make(chan error, 3)
+	big := make([]byte, 8<<10)
+	copy(big, "S2")
+	for _, env := range [][]byte{[]byte("S1"), big, []byte("S3")} {
+		m.Store(dev, string(env[:2]), env, func(err error) { stored <- err })
+		if err := <-stored; err != nil {
+			t.Fatal(err)
+		}
+	}
+	drops := make(chan struct{}, 1)
+	defer b.OnSlowConsumer(func(sub *nats.Subscription) {
+		if bus.SubjectKind(sub.Subject) == bus.KindReply {
+			select {
+			case drops <- struct{}{}:
+			default:
+			}
+		}
+	})()
+	// S2 is larger than the reply subscription's byte limit: nats.go drops it, and it alone.
+	if err := m.replySub.SetPendingLimits(1<<20, 4<<10); err != nil {
+		t.Fatal(err)
+	}
+	sink := &orderSink{got: make(chan string, 64)}
+	a, err := m.Attach(dev, "c1", sink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Detach()
+	<-drops
+	if err := m.replySub.SetPendingLimits(1<<20, 256<<20); err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	seen := map[string]bool{}
+	timeout := time.After(20 * time.Second)
+	for len(seen) < 3 {
+		select {
+		case env := <-sink.got:
+			if id := env[:2]; !seen[id] {
+				seen[id] = true
+				order = append(order, id)
+			}
+		case <-timeout:
+			t.Fatalf("the device got %v after a dropped read answer, want S1 S2 S3", order)
+		}
+	}
+	if fmt.Sprint(order) != "[S1 S2 S3]" {
+		t.Fatalf("delivery order %v, want [S1 S2 S3]", order)
+	}
+}
+
+// getBatch reports a lost answer as errBatchGap and stops before it.
+func TestGetBatchReportsGap(t *testing.T) {
+	b, m := openInternal(t)
+	const dev = "0123456789abcdef0123456789abcdef"
+	ctx := context.Background()
+	big := make([]byte, 8<<10)
+	for _, env := range [][]byte{[]byte("a"), big, []byte("c")} {
+		if _, err := b.JS().Publish(ctx, b.InboxSubject(dev), env); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.replySub.SetPendingLimits(1<<20, 4<<10); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	n, err := m.getBatch(ctx, bus.InboxStreamName(0), b.InboxSubject(dev), 1, 10, 0, func(_ uint64, data []byte) bool {
+		got = append(got, string(data[:1]))
+		return true
+	})
+	if !errors.Is(err, errBatchGap) || n != 1 || fmt.Sprint(got) != "[a]" {
+		t.Fatalf("read across a dropped answer: %d %v, %v; want 1 [a], errBatchGap", n, got, err)
 	}
 }
