@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -56,7 +55,10 @@ type Config struct {
 	DrainTimeout Duration `toml:"drain_timeout"`
 	// NATS lists external NATS server URLs; empty runs NATS embedded in-process. Default: empty.
 	NATS []string `toml:"nats"`
-	// Node names this node in logs and metrics. Default: the host name.
+	// Node names this node in logs and metrics, and is its embedded NATS server's name (unique in
+	// a cluster). Default: the host name, "-" and a random id kept in <data>/node.id (created at
+	// first start), e.g. "db1-3f9a0c12": unique per data directory and stable across restarts.
+	// Set when the server starts: empty in a Config before that.
 	Node string `toml:"node"`
 	// LogLevel is debug, info, warn or error. Default: info.
 	LogLevel string `toml:"log_level"`
@@ -381,12 +383,6 @@ func (c *Config) SetDefaults() {
 		c.DeviceCacheSize = directory.DefaultDeviceCacheSize
 	}
 	c.setAbuseDefaults()
-	if c.Node == "" {
-		c.Node, _ = os.Hostname()
-		if c.Node == "" {
-			c.Node = "petrel"
-		}
-	}
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}

@@ -142,6 +142,14 @@ func (s *Server) start(ctx context.Context) error {
 	if err := os.MkdirAll(s.cfg.Data, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
+	if s.cfg.Node == "" {
+		node, err := defaultNodeName(s.cfg.Data)
+		if err != nil {
+			return err
+		}
+		s.cfg.Node = node
+	}
+	s.log.Info("node", "name", s.cfg.Node)
 	token, err := loadOrCreateToken(filepath.Join(s.cfg.Data, AdminTokenFile))
 	if err != nil {
 		return err
