@@ -97,6 +97,11 @@ type AdminSection struct {
 	// Default: 127.0.0.1:7071; 127.0.0.1:0 when listen's port is 0 (so that servers started on
 	// any free port never collide on the admin port). The top-level key admin_listen is the same.
 	AdminListen string `toml:"listen"`
+	// AdminTokenFile is the file holding the operator token (at least 32 characters; surrounding
+	// white space is ignored). Give every node of a cluster the same file so that one credential
+	// works on all of them; the server only reads it. Default: <data>/admin.token, created at
+	// first start (empty in the Config means the default).
+	AdminTokenFile string `toml:"token_file"`
 }
 
 // InboxSection is [inbox]: store-and-forward.
@@ -414,6 +419,11 @@ func (c *Config) Validate() error {
 			bad("admin.listen %q: %v (want HOST:PORT or off)", c.AdminListen, err)
 		} else if c.TLSCert == "" && !c.Insecure && !isLoopback(c.AdminListen) {
 			bad("admin.listen %q is not a loopback address: serve TLS (--tls-cert/--tls-key) or pass --insecure", c.AdminListen)
+		}
+	}
+	if c.AdminTokenFile != "" {
+		if _, err := readTokenFile(c.AdminTokenFile); err != nil {
+			bad("admin.token_file: %v", err)
 		}
 	}
 	switch c.Registration {
