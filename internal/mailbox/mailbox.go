@@ -36,6 +36,11 @@
 //
 // The exception: a live delivery the device does not ack within LiveAckTimeout is stored then, and
 // may land behind envelopes sent after it.
+//
+// Messages the bus drops (a full dispatch channel or reply subscription: a slow consumer) lose
+// nothing for long: a dropped live request is stored after LiveAckTimeout, a dropped wake-up is
+// made good by a resync that re-reads the affected devices' inboxes (resync.go), and an inbox
+// read that lost an answer stops before the gap and is read again (direct.go).
 package mailbox
 
 import (
