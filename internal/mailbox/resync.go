@@ -45,12 +45,20 @@ func (m *Mailbox) onSlowConsumer(sub *nats.Subscription) {
 	}
 }
 
-// runResync runs a resync after each slow-consumer report, until the mailbox closes.
+// runResync runs a resync after each slow-consumer report, until the mailbox closes. It logs at
+// most one line a second, with the totals since the last one.
 func (m *Mailbox) runResync() {
+	var lastLog time.Time
+	var dropped, woken int
 	for {
 		select {
 		case <-m.resyncReq:
-			m.resync()
+			d, w := m.resync()
+			dropped, woken = dropped+d, woken+w
+			if dropped > 0 && time.Since(lastLog) >= time.Second {
+				m.log.Warn("bus dropped messages to attached devices: their inboxes are re-read", "dropped", dropped, "wakeups", woken)
+				lastLog, dropped, woken = time.Now(), 0, 0
+			}
 		case <-m.stop:
 			return
 		}
@@ -58,13 +66,13 @@ func (m *Mailbox) runResync() {
 }
 
 // resync wakes every attachment whose subscription dropped messages since the last resync, and
-// repeats until it finds none.
-func (m *Mailbox) resync() {
-	type woken struct {
+// repeats until it finds none. It returns how many drops it found and how many wake-ups it sent.
+func (m *Mailbox) resync() (dropped, woken int) {
+	type wake struct {
 		a    *Attachment
 		prev int // seenDropped before this pass
 	}
-	var grown []woken
+	var grown []wake
 	for {
 		if !m.waitDispatchRoom() {
 			return
@@ -80,16 +88,14 @@ func (m *Mailbox) resync() {
 			// seenDropped is only touched by this goroutine.
 			if n > a.seenDropped {
 				lost += n - a.seenDropped
-				grown = append(grown, woken{a, a.seenDropped})
+				grown = append(grown, wake{a, a.seenDropped})
 				a.seenDropped = n
 			}
 			return true
 		})
 		if len(grown) == 0 {
-			return
+			return dropped, woken
 		}
-		m.metrics.busDropped.Add(float64(lost))
-		m.log.Info("bus dropped device messages: re-reading their inboxes", "dropped", lost, "devices", len(grown))
 		chunk := m.resyncChunk()
 		var err error
 		for i, w := range grown {
@@ -106,14 +112,19 @@ func (m *Mailbox) resync() {
 				break
 			}
 			m.metrics.resyncWakes.Inc()
+			woken++
 		}
 		// After the flush each wake-up was either delivered or dropped (the connection handles
 		// what the server sent before its PONG): the next pass tells which.
 		if err == nil {
 			err = m.nc.Flush()
 		}
-		if err != nil {
-			// The bus is away: forget this pass's wake-ups, so the next pass sends them again.
+		if err == nil {
+			m.metrics.busDropped.Add(float64(lost))
+			dropped += lost
+		} else {
+			// The bus is away: forget this pass's drops, so the next pass finds (and counts) them
+			// again and sends their wake-ups again.
 			m.log.Warn("resync wake-ups not confirmed; retrying", "err", err)
 			for _, w := range grown {
 				w.a.seenDropped = w.prev
