@@ -43,6 +43,7 @@ const slowConsumerLogBurst = 5
 // after one of its messages got through (Subscription.Dropped counts every drop).
 type asyncErrors struct {
 	log          *slog.Logger
+	now          func() time.Time // the log limiter's clock
 	slowConsumer *prometheus.CounterVec
 	errs         prometheus.Counter
 
@@ -57,6 +58,7 @@ type asyncErrors struct {
 func newAsyncErrors(log *slog.Logger, reg prometheus.Registerer) *asyncErrors {
 	e := &asyncErrors{
 		log: log,
+		now: time.Now,
 		slowConsumer: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "petrel_bus_slow_consumer_total",
 			Help: "Slow-consumer episodes on this node's bus connection (nats.go dropped messages for a subscription whose channel or pending limits were full), by subject kind: device, reply, other.",
@@ -100,7 +102,7 @@ func (e *asyncErrors) handle(_ *nats.Conn, sub *nats.Subscription, err error) {
 
 // logLimited logs at most slowConsumerLogBurst lines a second, saying how many it left out.
 func (e *asyncErrors) logLimited(msg string, args ...any) {
-	now := time.Now()
+	now := e.now()
 	e.mu.Lock()
 	if now.Sub(e.window) >= time.Second {
 		e.window, e.logged = now, 0
