@@ -17,7 +17,7 @@ import (
 	"github.com/petrelchat/petrel/internal/server"
 )
 
-const adminUsage = "admin invite [--data DIR] [--admin URL]"
+const adminUsage = "admin invite [--data DIR] [--token-file FILE] [--admin URL]"
 
 func runAdmin(ctx context.Context, e *env, args []string) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
@@ -41,6 +41,7 @@ func runAdminInvite(ctx context.Context, e *env, args []string) int {
 	data := fs.String("data", "./petrel-data", "the server's data directory (holds admin.token and admin.addr)")
 	adminURL := fs.String("admin", "", "the admin listener's URL (default: from DIR/admin.addr)")
 	srvURL := fs.String("server", "", "deprecated and ignored: invites come from the admin listener (--admin)")
+	tokenFile := fs.String("token-file", "", "the operator token (default: DIR/admin.token; the server's [admin] token_file when it sets one)")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
@@ -52,14 +53,21 @@ func runAdminInvite(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "petrel admin invite: --server is deprecated and ignored: invites come from the admin listener (its address is in %s, or pass --admin URL)\n", filepath.Join(*data, admin.AddrFile))
 	}
 	tokPath := filepath.Join(*data, server.AdminTokenFile)
-	base, from, err := resolveAdminURL(*adminURL, filepath.Dir(tokPath))
+	if *tokenFile != "" {
+		tokPath = *tokenFile
+	}
+	base, from, err := resolveAdminURL(*adminURL, *data)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "petrel admin invite: %v\n", err)
 		return 2
 	}
 	tok, err := os.ReadFile(tokPath)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "petrel admin invite: read operator token: %v (is --data the server's data directory?)\n", err)
+		hint := "is --data the server's data directory?"
+		if *tokenFile != "" {
+			hint = "is --token-file the server's [admin] token_file?"
+		}
+		fmt.Fprintf(e.stderr, "petrel admin invite: read operator token: %v (%s)\n", err, hint)
 		return 1
 	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)

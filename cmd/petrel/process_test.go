@@ -346,6 +346,19 @@ func TestProcessAdminInvite(t *testing.T) {
 	if err == nil || !strings.Contains(errOut, "401") {
 		t.Fatalf("b's token at a: %v %s", err, errOut)
 	}
+	// --token-file names the token apart from the data directory (a cluster's shared [admin]
+	// token_file): A's token works from anywhere, B's is refused.
+	if code := strings.TrimSpace(cli(t, t.TempDir(), "admin", "invite", "--data", dataA, "--token-file", filepath.Join(dataA, "admin.token"))); len(code) < 10 {
+		t.Fatalf("invite code with --token-file: %q", code)
+	}
+	_, errOut, err = cliErr(t.TempDir(), "", "admin", "invite", "--data", dataA, "--token-file", filepath.Join(dataB, "admin.token"))
+	if err == nil || !strings.Contains(errOut, "401") {
+		t.Fatalf("--token-file with b's token at a: %v %s", err, errOut)
+	}
+	_, errOut, err = cliErr(t.TempDir(), "", "admin", "invite", "--data", dataA, "--token-file", filepath.Join(dataA, "nope"))
+	if exitCode(err) != 1 || !strings.Contains(errOut, "is --token-file the server's [admin] token_file?") {
+		t.Fatalf("--token-file missing: %v %s", err, errOut)
+	}
 	// The token never goes over plain HTTP to another machine (refused before dialing).
 	_, errOut, err = cliErr(t.TempDir(), "", "admin", "invite", "--data", dataA, "--admin", "http://192.0.2.1:7071")
 	if exitCode(err) != 2 || !strings.Contains(errOut, "refusing to send the operator token over plain http") {

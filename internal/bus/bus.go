@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config selects and tunes the bus.
@@ -55,6 +56,8 @@ type Config struct {
 	Name string
 	// Logger receives bus events. Default: slog.Default().
 	Logger *slog.Logger
+	// Registry receives the bus's metrics (slow consumers); nil registers none.
+	Registry prometheus.Registerer
 }
 
 func (c *Config) setDefaults() {
@@ -93,6 +96,9 @@ type Bus struct {
 	srv *server.Server // nil when external
 	nc  *nats.Conn
 	js  jetstream.JetStream
+	// async counts and logs the connection's asynchronous errors (slow consumers) and tells the
+	// OnSlowConsumer listeners.
+	async *asyncErrors
 
 	// Buckets and streams, opened by migrate.
 	Accounts jetstream.KeyValue // account name → account record
@@ -105,7 +111,7 @@ type Bus struct {
 // Open starts the embedded server (or dials the external one), connects, and applies migrations.
 func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	cfg.setDefaults()
-	b := &Bus{cfg: cfg}
+	b := &Bus{cfg: cfg, async: newAsyncErrors(cfg.Logger, cfg.Registry)}
 	if err := b.connect(); err != nil {
 		b.Close()
 		return nil, err
@@ -128,6 +134,8 @@ func (b *Bus) connect() error {
 			}
 		}),
 		nats.ReconnectHandler(func(_ *nats.Conn) { b.cfg.Logger.Info("nats reconnected") }),
+		// Without it nats.go drops messages for a full subscription silently.
+		nats.ErrorHandler(b.async.handle),
 	}
 	if len(b.cfg.URLs) > 0 {
 		url := b.cfg.URLs[0]

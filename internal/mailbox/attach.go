@@ -44,7 +44,9 @@ type Attachment struct {
 	connID string
 	sink   Sink
 	sub    *nats.Subscription
-	space  chan struct{} // signalled when the window frees up or the attachment closes; guarded by mu, made on first wait
+	// seenDropped is sub.Dropped() when the last resync looked; only the resync goroutine uses it.
+	seenDropped int
+	space       chan struct{} // signalled when the window frees up or the attachment closes; guarded by mu, made on first wait
 
 	// handMu is held by Detach while it answers this node's waiting senders (see Detach); taken
 	// after mu, never while holding anything else.

@@ -17,11 +17,38 @@ import (
 // errBadDirectGet is a direct-get answer we cannot use (a missing header, an unknown status).
 var errBadDirectGet = errors.New("unexpected direct-get response")
 
+// errBatchGap: an answer of a batched read is missing (the reply subscription dropped it: a slow
+// consumer). The read stops before the gap; the caller reads again from there.
+var errBatchGap = errors.New("batched read lost an answer")
+
+// lastSeqHeader is, in each answer of a batched direct get and in its end-of-batch marker, the
+// sequence of the answer sent before it (0 for the first): a mismatch is a lost answer.
+const lastSeqHeader = "Nats-Last-Sequence"
+
+// checkLastSeq reports errBatchGap when msg says the answer before it was not prev (0: none).
+// Servers that do not send the header are trusted.
+func checkLastSeq(msg *nats.Msg, prev uint64) error {
+	v := msg.Header.Get(lastSeqHeader)
+	if v == "" {
+		return nil
+	}
+	last, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return fmt.Errorf("%w: %s header: %v", errBadDirectGet, lastSeqHeader, err)
+	}
+	if last != prev {
+		return fmt.Errorf("%w: after sequence %d the server sent %d", errBatchGap, prev, last)
+	}
+	return nil
+}
+
 // getBatch reads up to max messages of subject from stream, starting at sequence from, with one
 // batched direct get whose answers come back through the node's reply subscription (no
 // subscription per read). With maxBytes > 0 the server stops after the message that brings the
 // batch to maxBytes. each is called in order; returning false stops early. It returns how many
-// messages each saw; an empty subject is (0, nil).
+// messages each saw; an empty subject is (0, nil). An answer lost on the way (the reply
+// subscription was a slow consumer) ends the read with errBatchGap before the gap, so a caller
+// reading on from its last sequence never skips a message.
 func (m *Mailbox) getBatch(ctx context.Context, stream, subject string, from uint64, max, maxBytes int, each func(seq uint64, data []byte) bool) (int, error) {
 	return m.getBatchMsgs(ctx, stream, subject, from, max, maxBytes, func(seq uint64, msg *nats.Msg) bool { return each(seq, msg.Data) })
 }
@@ -63,13 +90,14 @@ func (m *Mailbox) getBatchMsgs(ctx context.Context, stream, subject string, from
 		return 0, err
 	}
 	n := 0
+	var prev uint64 // the sequence of the last answer seen
 	for {
 		select {
 		case msg := <-ch:
 			if status := msg.Header.Get("Status"); status != "" && len(msg.Data) == 0 {
 				switch status {
 				case "404", "204": // no (more) messages; end of batch
-					return n, nil
+					return n, checkLastSeq(msg, prev)
 				default:
 					return n, fmt.Errorf("direct get from %s: %s %s", stream, status, msg.Header.Get("Description"))
 				}
@@ -78,6 +106,10 @@ func (m *Mailbox) getBatchMsgs(ctx context.Context, stream, subject string, from
 			if err != nil {
 				return n, fmt.Errorf("%w: sequence header: %v", errBadDirectGet, err)
 			}
+			if err := checkLastSeq(msg, prev); err != nil {
+				return n, err
+			}
+			prev = seq
 			n++
 			if !each(seq, msg) {
 				return n, nil

@@ -36,6 +36,11 @@
 //
 // The exception: a live delivery the device does not ack within LiveAckTimeout is stored then, and
 // may land behind envelopes sent after it.
+//
+// Messages the bus drops (a full dispatch channel or reply subscription: a slow consumer) lose
+// nothing for long: a dropped live request is stored after LiveAckTimeout, a dropped wake-up is
+// made good by a resync that re-reads the affected devices' inboxes (resync.go), and an inbox
+// read that lost an answer stops before the gap and is read again (direct.go).
 package mailbox
 
 import (
@@ -112,6 +117,10 @@ type Config struct {
 	Node     string
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
+
+	// dispatchCap is the capacity of each dispatch channel; tests make it small to force the bus
+	// to drop messages. Default: 65536.
+	dispatchCap int
 }
 
 func (c *Config) setDefaults() {
@@ -150,6 +159,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Node == "" {
 		c.Node = nuid.Next()
+	}
+	if c.dispatchCap == 0 {
+		c.dispatchCap = 1 << 16
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -211,6 +223,11 @@ type Mailbox struct {
 	attached sync.Map // *nats.Subscription → *Attachment
 	local    sync.Map // device id → *Attachment attached on this node (the node-local fast path)
 	purges   sync.Map // device id → *purgeRun while acked envelopes are being purged
+
+	// resyncReq asks for a resync after the bus dropped device messages (resync.go);
+	// stopSlowConsumer removes the bus callback that sends it.
+	resyncReq        chan struct{}
+	stopSlowConsumer func()
 }
 
 // New returns a mailbox over b. Start must be called before use.
@@ -246,8 +263,9 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		})
 	}
 	for range 4 {
-		m.dispatch = append(m.dispatch, make(chan *nats.Msg, 1<<16))
+		m.dispatch = append(m.dispatch, make(chan *nats.Msg, cfg.dispatchCap))
 	}
+	m.resyncReq = make(chan struct{}, 1)
 	return m
 }
 
@@ -281,6 +299,9 @@ func (m *Mailbox) Start() error {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); m.runDispatch(ch) }()
 	}
+	m.stopSlowConsumer = m.bus.OnSlowConsumer(m.onSlowConsumer)
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.runResync() }()
 	return nil
 }
 
@@ -291,6 +312,9 @@ func (m *Mailbox) Close() {
 	}
 	if m.replySub != nil {
 		_ = m.replySub.Unsubscribe()
+	}
+	if m.stopSlowConsumer != nil {
+		m.stopSlowConsumer()
 	}
 	close(m.stop)
 	m.wg.Wait()

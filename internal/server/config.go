@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -56,7 +55,10 @@ type Config struct {
 	DrainTimeout Duration `toml:"drain_timeout"`
 	// NATS lists external NATS server URLs; empty runs NATS embedded in-process. Default: empty.
 	NATS []string `toml:"nats"`
-	// Node names this node in logs and metrics. Default: the host name.
+	// Node names this node in logs and metrics, and is its embedded NATS server's name (unique in
+	// a cluster). Default: the host name, "-" and a random id kept in <data>/node.id (created at
+	// first start), e.g. "db1-3f9a0c12": unique per data directory and stable across restarts.
+	// Set when the server starts: empty in a Config before that.
 	Node string `toml:"node"`
 	// LogLevel is debug, info, warn or error. Default: info.
 	LogLevel string `toml:"log_level"`
@@ -95,6 +97,11 @@ type AdminSection struct {
 	// Default: 127.0.0.1:7071; 127.0.0.1:0 when listen's port is 0 (so that servers started on
 	// any free port never collide on the admin port). The top-level key admin_listen is the same.
 	AdminListen string `toml:"listen"`
+	// AdminTokenFile is the file holding the operator token (at least 32 characters; surrounding
+	// white space is ignored). Give every node of a cluster the same file so that one credential
+	// works on all of them; the server only reads it. Default: <data>/admin.token, created at
+	// first start (empty in the Config means the default).
+	AdminTokenFile string `toml:"token_file"`
 }
 
 // InboxSection is [inbox]: store-and-forward.
@@ -381,12 +388,6 @@ func (c *Config) SetDefaults() {
 		c.DeviceCacheSize = directory.DefaultDeviceCacheSize
 	}
 	c.setAbuseDefaults()
-	if c.Node == "" {
-		c.Node, _ = os.Hostname()
-		if c.Node == "" {
-			c.Node = "petrel"
-		}
-	}
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
@@ -418,6 +419,11 @@ func (c *Config) Validate() error {
 			bad("admin.listen %q: %v (want HOST:PORT or off)", c.AdminListen, err)
 		} else if c.TLSCert == "" && !c.Insecure && !isLoopback(c.AdminListen) {
 			bad("admin.listen %q is not a loopback address: serve TLS (--tls-cert/--tls-key) or pass --insecure", c.AdminListen)
+		}
+	}
+	if c.AdminTokenFile != "" {
+		if _, err := readTokenFile(c.AdminTokenFile); err != nil {
+			bad("admin.token_file: %v", err)
 		}
 	}
 	switch c.Registration {

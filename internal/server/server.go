@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -38,7 +39,8 @@ import (
 // fdHeadroom is how many file descriptors are kept for the store, listeners and admin work.
 const fdHeadroom = 512
 
-// AdminTokenFile is the operator credential, created in the data directory at first start.
+// AdminTokenFile is the operator credential, created in the data directory at first start unless
+// the config's admin.token_file names another file.
 const AdminTokenFile = "admin.token"
 
 // Server is one Petrel node.
@@ -142,7 +144,24 @@ func (s *Server) start(ctx context.Context) error {
 	if err := os.MkdirAll(s.cfg.Data, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	token, err := loadOrCreateToken(filepath.Join(s.cfg.Data, AdminTokenFile))
+	if s.cfg.Node == "" {
+		node, err := defaultNodeName(s.cfg.Data)
+		if err != nil {
+			return err
+		}
+		s.cfg.Node = node
+	}
+	s.log.Info("node", "name", s.cfg.Node)
+	var token string
+	var err error
+	if s.cfg.AdminTokenFile != "" {
+		token, err = readTokenFile(s.cfg.AdminTokenFile)
+		if err != nil {
+			err = fmt.Errorf("admin.token_file: %w", err)
+		}
+	} else {
+		token, err = loadOrCreateToken(filepath.Join(s.cfg.Data, AdminTokenFile))
+	}
 	if err != nil {
 		return err
 	}
@@ -176,6 +195,7 @@ func (s *Server) start(ctx context.Context) error {
 		StoreMaxBytes:       s.cfg.StoreMaxBytes,
 		Name:                s.cfg.Node,
 		Logger:              s.log.With("component", "bus"),
+		Registry:            s.reg,
 	})
 	if err != nil {
 		return err
@@ -400,11 +420,42 @@ func (s *Server) withAdmission(g gateway.Config) gateway.Config {
 	return g
 }
 
+// minTokenLen is the shortest operator token accepted (a generated one has 64 hex digits).
+const minTokenLen = 32
+
+// readTokenFile reads an operator token the operator provides (admin.token_file); it never creates
+// one.
+func readTokenFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("%s does not exist (give every node the same token file, e.g. one node's <data>/%s)", path, AdminTokenFile)
+	}
+	if err != nil {
+		return "", fmt.Errorf("read operator token: %w", err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("%s is not a regular file", path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return "", fmt.Errorf("read operator token %s: %w", path, err)
+	}
+	t := strings.TrimSpace(string(b))
+	switch {
+	case t == "":
+		return "", fmt.Errorf("%s is empty: it must hold the operator token", path)
+	case len(t) < minTokenLen || strings.ContainsAny(t, " \t\r\n"):
+		return "", fmt.Errorf("%s does not hold one operator token of at least %d characters (e.g. 64 hex digits: openssl rand -hex 32)", path, minTokenLen)
+	}
+	return t, nil
+}
+
 func loadOrCreateToken(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err == nil {
 		t := strings.TrimSpace(string(b))
-		if len(t) >= 32 {
+		if len(t) >= minTokenLen {
 			return t, nil
 		}
 		return "", fmt.Errorf("%s is damaged: delete it to create a new operator token", path)

@@ -7,7 +7,9 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -44,6 +46,31 @@ func TestHealthz(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != 200 {
 			t.Errorf("%s: status %d", url, resp.StatusCode)
+		}
+	}
+}
+
+// The bus's and the mailbox's drop counters are on /metrics from the start, at 0.
+func TestBusDropMetricsExposed(t *testing.T) {
+	s := testserver.Start(t)
+	resp, err := http.Get(s.AdminURL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`petrel_bus_slow_consumer_total{subject_kind="device"} 0`,
+		`petrel_bus_slow_consumer_total{subject_kind="reply"} 0`,
+		`petrel_bus_async_errors_total 0`,
+		`petrel_mailbox_bus_dropped_total 0`,
+		`petrel_mailbox_resync_wakes_total 0`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
 		}
 	}
 }

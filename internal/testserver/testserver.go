@@ -120,10 +120,14 @@ func (s *Server) URL() string { return s.srv.URL() }
 // /v1/admin/*. "" when the config turned it off.
 func (s *Server) AdminURL() string { return s.srv.AdminURL() }
 
-// AdminToken is the operator token (the content of <data>/admin.token).
+// AdminToken is the operator token (the content of admin.token_file, by default <data>/admin.token).
 func (s *Server) AdminToken(t testing.TB) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(s.cfg.Data, server.AdminTokenFile))
+	path := s.cfg.AdminTokenFile
+	if path == "" {
+		path = filepath.Join(s.cfg.Data, server.AdminTokenFile)
+	}
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatalf("testserver: read operator token: %v", err)
 	}
