@@ -129,6 +129,10 @@ type Client struct {
 
 	kick chan struct{} // capacity 1: the outbox has work
 
+	// ackHook, set by tests before Run (export_test.go), sees each batch's tags after its commit
+	// and before its ack; an error stands for the ack's write failing. Nil outside tests.
+	ackHook func(tags []uint64) error
+
 	closeCtx context.Context // cancelled by Close
 	closeFn  context.CancelFunc
 	runDone  chan struct{} // closed when Run returns

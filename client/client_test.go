@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -46,7 +47,10 @@ type device struct {
 	queueEmpt chan *client.QueueEmpty
 	failed    chan *client.SendFailed
 	prekeys   chan *client.PreKeysUploaded
+	undecr    chan *client.DecryptFailed
 	collected chan struct{}
+	// beforeRun, if set, is called with the client after it opens and before it runs.
+	beforeRun func(*client.Client)
 }
 
 type devOpts struct {
@@ -96,6 +100,7 @@ func (d *device) start() *device {
 	d.queueEmpt = make(chan *client.QueueEmpty, 100)
 	d.failed = make(chan *client.SendFailed, 100)
 	d.prekeys = make(chan *client.PreKeysUploaded, 100)
+	d.undecr = make(chan *client.DecryptFailed, 100)
 	d.collected = make(chan struct{})
 	cfg := fastConfig(d.cfg)
 	cfg.Store = st
@@ -105,6 +110,9 @@ func (d *device) start() *device {
 		d.t.Fatal(err)
 	}
 	d.c = c
+	if d.beforeRun != nil {
+		d.beforeRun(c)
+	}
 	runErr := make(chan error, 1)
 	d.runErr = runErr
 	go d.collect()
@@ -130,6 +138,8 @@ func (d *device) collect() {
 			d.failed <- ev
 		case *client.PreKeysUploaded:
 			d.prekeys <- ev
+		case *client.DecryptFailed:
+			d.undecr <- ev
 		}
 	}
 }
@@ -730,5 +740,104 @@ func TestFrameLimit(t *testing.T) {
 	id := alice.send("bob", "small enough")
 	if m := bob.nextMessage(); m.ID != id {
 		t.Fatalf("bob got %+v", m)
+	}
+}
+
+// loseFirstAck makes d lose the ack of the first batch it commits with envelopes in it, as if the
+// connection dropped after the commit. Every batch's tags, lost or acked, go to the returned
+// channel, in order.
+func (d *device) loseFirstAck() chan []uint64 {
+	acks := make(chan []uint64, 100)
+	var once sync.Once
+	d.beforeRun = func(c *client.Client) {
+		c.SetAckHookForTest(func(tags []uint64) error {
+			var err error
+			once.Do(func() { err = errors.New("test: connection lost before the ack") })
+			acks <- tags
+			return err
+		})
+	}
+	return acks
+}
+
+// noDecryptFailures checks that d reported no undecryptable envelope.
+func (d *device) noDecryptFailures() {
+	d.t.Helper()
+	select {
+	case ev := <-d.undecr:
+		d.t.Fatalf("%s: envelope %s from %s reported undecryptable: %v", d.name, ev.MessageID, ev.From, ev.Err)
+	default:
+	}
+}
+
+// waitInboxEmpty waits until the server holds nothing for d: everything it got was acked.
+func waitInboxEmpty(t *testing.T, srv *testserver.Server, d *device) {
+	t.Helper()
+	b, dev := srv.Server().Bus(), d.c.Account().DeviceID
+	subj := b.InboxSubject(dev)
+	deadline := time.Now().Add(waitFor)
+	for {
+		info, err := b.Inbox(b.Shard(dev)).Info(context.Background(), jetstream.WithSubjectFilter(subj))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := info.State.Subjects[subj]
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d envelopes still queued on the server: never acked", d.name, n)
+		}
+		time.Sleep(20 * time.Millisecond) // the purge after an ack is not announced
+	}
+}
+
+// An envelope the client processed and committed, whose ack was lost (the connection dropped
+// between the commit and the ack), comes back after the reconnect: it is dropped as the
+// duplicate it is and acked, never reported as undecryptable, and the message is reported once.
+// Both kinds are checked: a text (bob) and a delivery receipt (alice).
+func TestRedeliveryAfterLostAckIsADuplicate(t *testing.T) {
+	srv := testserver.Start(t)
+	aliceD, bobD := register(t, srv, "alice", devOpts{}), register(t, srv, "bob", devOpts{})
+	aliceAcks, bobAcks := aliceD.loseFirstAck(), bobD.loseFirstAck()
+	alice, bob := aliceD.start(), bobD.start()
+	bob.waitQueueEmpty()
+
+	id := alice.send("bob", "exactly once")
+	for _, l := range []struct {
+		name string
+		acks chan []uint64
+	}{{"bob (the text)", bobAcks}, {"alice (the receipt)", aliceAcks}} {
+		for _, what := range []string{"the lost ack", "the redelivery's ack"} {
+			select {
+			case <-l.acks:
+			case <-time.After(waitFor):
+				t.Fatalf("%s: no batch for %s", l.name, what)
+			}
+		}
+	}
+	if m := bob.nextMessage(); m.ID != id || m.Text != "exactly once" {
+		t.Fatalf("bob got %s %q", m.ID, m.Text)
+	}
+	alice.waitDelivered(id)
+	waitInboxEmpty(t, srv, bob) // the redeliveries were acked
+	waitInboxEmpty(t, srv, alice)
+	// Another message each way flushes the events of the redeliveries out (one inbound loop).
+	after := alice.send("bob", "after")
+	if m := bob.nextMessage(); m.ID != after {
+		t.Fatalf("bob got %s %q, want %s: the redelivered message was reported again", m.ID, m.Text, after)
+	}
+	alice.waitDelivered(after)
+	for _, d := range []*device{bob, alice} {
+		d.noDecryptFailures()
+	}
+	bob.noMoreMessages()
+	select {
+	case ev := <-alice.delivered:
+		t.Fatalf("alice: a second Delivered for %s", ev.MessageID)
+	default:
+	}
+	if n := alice.outboxLen(); n != 0 {
+		t.Fatalf("alice's outbox holds %d entries", n)
 	}
 }

@@ -70,10 +70,16 @@ func (l *link) processBatch(ctx context.Context, batch []inboundItem) error {
 	if err != nil {
 		return fmt.Errorf("store received messages: %w", err)
 	}
+	// The batch is committed: report it even if the ack is lost (the connection drops). The
+	// server then delivers the envelopes again, and receive drops them as duplicates.
+	var ackErr error
 	if len(tags) > 0 {
-		ack := &petrelv1.Frame{Body: &petrelv1.Frame_DeliverAck{DeliverAck: &petrelv1.DeliverAck{Tags: tags}}}
-		if err := l.conn.write(ctx, ack); err != nil {
-			return err
+		if h := c.ackHook; h != nil {
+			ackErr = h(tags)
+		}
+		if ackErr == nil {
+			ack := &petrelv1.Frame{Body: &petrelv1.Frame_DeliverAck{DeliverAck: &petrelv1.DeliverAck{Tags: tags}}}
+			ackErr = l.conn.write(ctx, ack)
 		}
 	}
 	if receipt {
@@ -81,8 +87,11 @@ func (l *link) processBatch(ctx context.Context, batch []inboundItem) error {
 	}
 	for _, ev := range events {
 		if !c.emit(ctx, ev) {
-			return nil
+			return ackErr
 		}
+	}
+	if ackErr != nil {
+		return ackErr
 	}
 	if qe != nil {
 		select {
@@ -121,12 +130,17 @@ func (c *Client) receive(tx *store.Tx, env *petrelv1.Envelope) (receiveResult, e
 			return res, err
 		}
 		// A redelivery of something already processed (persisted, but the ack was lost) can no
-		// longer decrypt: its message key is spent. Treat it as the duplicate it is.
+		// longer decrypt: its message key is spent. Treat it as the duplicate it is: a text is in
+		// the history (receipt it again); other contents (receipts) leave only the spent key.
 		if _, herr := tx.HistoryByID(store.Incoming, from, id); herr == nil {
 			res.receiptFor = id
 			return res, nil
 		} else if !errors.Is(herr, store.ErrNotFound) {
 			return res, herr
+		}
+		if errors.Is(err, e2ee.ErrDuplicateMessage) {
+			c.log.Debug("dropping duplicate", "from", from, "message_id", id)
+			return res, nil
 		}
 		return fail(err)
 	}

@@ -486,6 +486,9 @@ func (a *Attachment) drain() {
 			<-space
 			continue
 		}
+		if h := a.m.hooks.drainRead; h != nil {
+			h(a)
+		}
 		n, err := a.readBatch(from, min(free, maxReadBatch), budget)
 		if err != nil {
 			a.m.log.Warn("inbox drain", "device", a.dev, "err", err)
@@ -517,6 +520,9 @@ func (a *Attachment) drain() {
 				space = a.spaceLocked()
 			}
 			a.mu.Unlock()
+			if h := a.m.hooks.drainIdle; h != nil {
+				h(a, false, pending)
+			}
 			if pending > 0 {
 				waitSpace(space, a.m.cfg.StoreTimeout)
 			}
@@ -528,6 +534,9 @@ func (a *Attachment) drain() {
 		a.queueEmpty = true
 		pushed := a.pushedStored
 		a.mu.Unlock()
+		if h := a.m.hooks.drainIdle; h != nil {
+			h(a, true, 0)
+		}
 		if first {
 			a.sink.QueueEmpty(pushed)
 		}

@@ -188,6 +188,19 @@ type liveResult struct {
 	ticket string
 }
 
+// testHooks let tests in this package stop the mailbox at the points where per-sender order is
+// decided, so that a race can be run the same way every time. All nil outside tests: each costs
+// one nil check on its path.
+type testHooks struct {
+	// drainRead runs before each inbox read of a drain (without locks held).
+	drainRead func(a *Attachment)
+	// drainIdle runs when a drain has read an empty inbox (without locks held): live is whether
+	// it switched to live delivery; pending counts the refusals whose store is not confirmed.
+	drainIdle func(a *Attachment, live bool, pending int)
+	// commit runs on the shard writer before it commits batch.
+	commit func(batch []*appendReq)
+}
+
 // Mailbox routes, stores and delivers envelopes.
 type Mailbox struct {
 	cfg     Config
@@ -209,6 +222,8 @@ type Mailbox struct {
 
 	// drainWaits, set by tests before any Attach, is told each time a drain waits for its window.
 	drainWaits func()
+	// hooks, set by tests before Start, hold the drain or a commit at its racy point.
+	hooks testHooks
 
 	replyPrefix string
 	replySub    *nats.Subscription

@@ -86,6 +86,9 @@ func (w *shardWriter) run(stop <-chan struct{}) {
 }
 
 func (w *shardWriter) commit(batch []*appendReq) {
+	if h := w.m.hooks.commit; h != nil {
+		h(batch)
+	}
 	start := time.Now()
 	// One entry per dedupe id: a second request for the same id shares the first one's result.
 	uniq := make([]*appendReq, 0, len(batch))

@@ -230,18 +230,22 @@ idle_timeout = "1m"
 }
 
 // A rate-limited request is answered with its own id (so the client's request completes), and
-// the connection keeps working.
+// the connection keeps working. The configured limit (limits.conn_frame_burst,
+// limits.conn_frames_per_second) is the gateway's, to the frame.
 func TestRateLimitedRequestsAreAnswered(t *testing.T) {
+	const burst = 5
 	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
-		c.ConnFramesPerSecond, c.ConnFrameBurst = 1, 5
+		c.ConnFramesPerSecond, c.ConnFrameBurst = 1, burst
 	}))
+	start := time.Now()
 	c := testserver.Dial(t, s.URL())
 	c.MustRegister("rita") // uses one frame of the burst
-	limited := 0
+	limited, pongs := 0, 0
 	for range 10 {
 		r := c.Request(&pb.Frame{Body: &pb.Frame_Ping{Ping: &pb.Ping{}}})
 		switch {
 		case r.GetPong() != nil:
+			pongs++
 		case r.GetError().GetCode() == pb.ErrorCode_ERROR_CODE_RATE_LIMITED && r.GetError().GetRetryAfterMs() > 0:
 			limited++
 		default:
@@ -250,6 +254,10 @@ func TestRateLimitedRequestsAreAnswered(t *testing.T) {
 	}
 	if limited == 0 {
 		t.Fatal("no request was rate-limited")
+	}
+	// The burst less the registration's frame, plus one a second for the time the test took.
+	if refill := int(time.Since(start).Seconds()); pongs < burst-1 || pongs > burst-1+refill {
+		t.Fatalf("%d requests allowed in %v; burst %d at 1 frame/s allows %d to %d", pongs+1, time.Since(start), burst, burst, burst+refill)
 	}
 }
 

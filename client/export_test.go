@@ -1,0 +1,9 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package client
+
+// SetAckHookForTest makes c call f with the tags of each batch it has committed, before it acks
+// them; an error from f is taken as the ack's write error: the ack is lost and the connection
+// drops. Call it before Run.
+func (c *Client) SetAckHookForTest(f func(tags []uint64) error) { c.ackHook = f }
