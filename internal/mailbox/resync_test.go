@@ -195,12 +195,12 @@ func TestBusDropsAreRecovered(t *testing.T) {
 	}
 }
 
-// orderSink reports each envelope pushed, in order.
-type orderSink struct{ got chan string }
+// pushSink reports each envelope pushed, in order, on a channel.
+type pushSink struct{ got chan string }
 
-func (s *orderSink) Push(_ uint64, env []byte) error { s.got <- string(env); return nil }
-func (s *orderSink) QueueEmpty(int)                  {}
-func (s *orderSink) Kicked()                         {}
+func (s *pushSink) Push(_ uint64, env []byte) error { s.got <- string(env); return nil }
+func (s *pushSink) QueueEmpty(int)                  {}
+func (s *pushSink) Kicked()                         {}
 
 // An inbox read whose answer the node's reply subscription dropped (a slow consumer) stops before
 // the gap and is read again: the device gets every envelope, in order, and none is skipped (a
@@ -230,7 +230,7 @@ func TestDroppedInboxReadIsReadAgain(t *testing.T) {
 	if err := m.replySub.SetPendingLimits(1<<20, 4<<10); err != nil {
 		t.Fatal(err)
 	}
-	sink := &orderSink{got: make(chan string, 64)}
+	sink := &pushSink{got: make(chan string, 64)}
 	a, err := m.Attach(dev, "c1", sink)
 	if err != nil {
 		t.Fatal(err)
