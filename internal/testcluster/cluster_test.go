@@ -8,12 +8,15 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/petrelchat/petrel/internal/bus"
+	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/testcluster"
 	"github.com/petrelchat/petrel/internal/testserver"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
@@ -224,4 +227,26 @@ func metric(t *testing.T, adminURL, name string) float64 {
 	}
 	t.Fatalf("metric %s not found at %s", name, adminURL)
 	return 0
+}
+
+// TestRestartAndWipe: a node restarted on its data directory, and a node whose data directory was
+// wiped, both rejoin and serve what the cluster stored meanwhile.
+func TestRestartAndWipe(t *testing.T) {
+	c := testcluster.Start(t, nodes, testcluster.Options{})
+	b, cNode := c.Node(1), c.Node(2)
+	b.Stop()
+	cNode.Kill()
+	// One node of three is not a majority: bring n2 back first, then register while n3 is down.
+	b.Restart(t)
+	dave := testserver.Dial(t, b.URL())
+	dave.MustRegister("dave")
+	cNode.Wipe(t)
+	if _, err := os.Stat(filepath.Join(cNode.DataDir(), server.AdminTokenFile)); err != nil {
+		t.Fatalf("wiped node has no new operator token: %v", err)
+	}
+	// dave's device record reaches the wiped node by catch-up (the KV is R3).
+	again := testserver.Dial(t, cNode.URL())
+	if w := again.Auth(dave.AuthKey); w.GetWelcome() == nil {
+		t.Fatalf("auth on the wiped node: %v", w)
+	}
 }
