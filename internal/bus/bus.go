@@ -300,7 +300,7 @@ func (b *Bus) waitJetStream(ctx context.Context) error {
 		}
 		if time.Since(lastLog) >= 10*time.Second {
 			lastLog = time.Now()
-			b.cfg.Logger.Warn("waiting for jetstream (in a cluster: for a majority of the nodes)", "err", err, "waited", time.Since(start).Round(time.Second))
+			b.cfg.Logger.Warn("waiting for jetstream (in a cluster: for a majority of the nodes, each with a unique node name and the same cluster_name)", "err", err, "waited", time.Since(start).Round(time.Second))
 		}
 		t := time.NewTimer(delay)
 		select {
