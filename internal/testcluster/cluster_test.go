@@ -6,6 +6,7 @@ package testcluster_test
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"net/http"
 	"os"
@@ -148,10 +149,9 @@ func TestStoredSurvivesKill(t *testing.T) {
 	}
 	b.Kill()
 
-	bob = testserver.Dial(t, cNode.URL())
-	if w := bob.Auth(bobKey); w.GetWelcome() == nil {
-		t.Fatalf("auth on n3: %v", w)
-	}
+	// Until the streams n2 led have new leaders, n3 may answer UNAVAILABLE with a retry hint, as
+	// it would to any client.
+	bob = authRetry(t, cNode.URL(), bobKey)
 	var got []*pb.Deliver
 	for {
 		f, err := bob.ReadErr(30 * time.Second)
@@ -206,6 +206,26 @@ func TestConnectedElsewhereAcrossNodes(t *testing.T) {
 	}
 }
 
+// authRetry connects and authenticates with key, as a client does: on UNAVAILABLE it waits the
+// hinted retry_after and tries again, for up to 20s.
+func authRetry(t *testing.T, url string, key ed25519.PrivateKey) *testserver.RawClient {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c := testserver.Dial(t, url)
+		w := c.Auth(key)
+		if w.GetWelcome() != nil {
+			return c
+		}
+		e := w.GetError()
+		if e.GetCode() != pb.ErrorCode_ERROR_CODE_UNAVAILABLE || time.Now().After(deadline) {
+			t.Fatalf("auth on %s: %v", url, w)
+		}
+		c.WS.CloseNow()
+		time.Sleep(time.Duration(e.GetRetryAfterMs()) * time.Millisecond) // the server's retry hint
+	}
+}
+
 // metric reads one unlabelled counter or gauge from a node's /metrics.
 func metric(t *testing.T, adminURL, name string) float64 {
 	t.Helper()
@@ -238,6 +258,7 @@ func TestRestartAndWipe(t *testing.T) {
 	cNode.Kill()
 	// One node of three is not a majority: bring n2 back first, then register while n3 is down.
 	b.Restart(t)
+	b.WaitLeaders(t, 20*time.Second)
 	dave := testserver.Dial(t, b.URL())
 	dave.MustRegister("dave")
 	cNode.Wipe(t)
@@ -245,8 +266,5 @@ func TestRestartAndWipe(t *testing.T) {
 		t.Fatalf("wiped node has no new operator token: %v", err)
 	}
 	// dave's device record reaches the wiped node by catch-up (the KV is R3).
-	again := testserver.Dial(t, cNode.URL())
-	if w := again.Auth(dave.AuthKey); w.GetWelcome() == nil {
-		t.Fatalf("auth on the wiped node: %v", w)
-	}
+	authRetry(t, cNode.URL(), dave.AuthKey)
 }

@@ -227,6 +227,39 @@ func (nd *Node) Wipe(t testing.TB) {
 	nd.wait(t)
 }
 
+// WaitLeaders waits up to d until every stream and bucket, asked through node nd, has a leader:
+// after a node stops or restarts, JetStream elects new ones within seconds, and until then
+// requests touching those streams are answered UNAVAILABLE.
+func (nd *Node) WaitLeaders(t testing.TB, d time.Duration) {
+	t.Helper()
+	js := nd.srv.Bus().JS()
+	WaitFor(t, d, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		names := js.StreamNames(ctx)
+		var all []string
+		for n := range names.Name() {
+			all = append(all, n)
+		}
+		if err := names.Err(); err != nil {
+			return fmt.Errorf("list streams via %s: %w", nd.cfg.Node, err)
+		}
+		if len(all) == 0 {
+			return fmt.Errorf("no streams listed via %s", nd.cfg.Node)
+		}
+		for _, n := range all {
+			s, err := js.Stream(ctx, n)
+			if err != nil {
+				return fmt.Errorf("stream %s via %s: %w", n, nd.cfg.Node, err)
+			}
+			if ci := s.CachedInfo().Cluster; ci == nil || ci.Leader == "" {
+				return fmt.Errorf("stream %s has no leader", n)
+			}
+		}
+		return nil
+	})
+}
+
 // WaitFor polls cond every 20ms until it returns nil, failing the test with cond's last error
 // after d. For conditions no event announces (cluster state seen from one node).
 func WaitFor(t testing.TB, d time.Duration, cond func() error) {
