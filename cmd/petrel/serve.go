@@ -14,7 +14,7 @@ import (
 	"github.com/petrelchat/petrel/internal/server"
 )
 
-const serveUsage = "serve [--listen ADDR] [--admin-listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F] [--insecure] [--nats URL,...]"
+const serveUsage = "serve [--listen ADDR] [--admin-listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F] [--insecure] [--nats URL,...] [--cluster-listen ADDR --peers ADDR,... [--cluster-name NAME] [--replicas N]]"
 
 func runServe(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "serve", serveUsage)
@@ -28,6 +28,10 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	registration := fs.String("registration", "", "registration policy: open, invite or closed")
 	natsURLs := fs.String("nats", "", "external NATS URLs, comma-separated (default: embedded)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error")
+	clusterListen := fs.String("cluster-listen", "", "host:port for cluster routes between the nodes' embedded NATS servers (default: none, the node runs alone; off loopback needs --insecure: routes are not encrypted yet)")
+	peers := fs.String("peers", "", "the other nodes' --cluster-listen addresses, comma-separated (this node's own may be listed); needs --cluster-listen")
+	clusterName := fs.String("cluster-name", "", "NATS cluster name, the same on every node (default petrel)")
+	replicas := fs.Int("replicas", 0, "replicas of every stream and bucket, 1..5, at most the number of nodes (default 0: 3 with 3 or more nodes or external NATS, else 1)")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
@@ -71,6 +75,18 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	}
 	if set["log-level"] {
 		cfg.LogLevel = *logLevel
+	}
+	if set["cluster-listen"] {
+		cfg.ClusterListen = *clusterListen
+	}
+	if set["peers"] {
+		cfg.Peers = splitList(*peers)
+	}
+	if set["cluster-name"] {
+		cfg.ClusterName = *clusterName
+	}
+	if set["replicas"] {
+		cfg.Replicas = *replicas
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {

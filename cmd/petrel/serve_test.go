@@ -32,3 +32,21 @@ func TestServeHidesNATSCredentials(t *testing.T) {
 		}
 	}
 }
+
+// petrel serve refuses cluster flags that cannot work, before it starts anything.
+func TestServeClusterFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--peers", "127.0.0.1:6223"}, "peers given without cluster_listen"},
+		{[]string{"--cluster-listen", "127.0.0.1:6222", "--peers", "127.0.0.1:6223", "--replicas", "3"}, "replicas 3 exceeds the cluster's 2 node(s)"},
+	} {
+		var out, errb bytes.Buffer
+		e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: func(string) string { return "" }}
+		code := run(context.Background(), append([]string{"serve", "--listen", "127.0.0.1:0", "--data", t.TempDir()}, tc.args...), e)
+		if code != 1 || !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("%v: exit %d, stderr:\n%s\nwant exit 1 and %q", tc.args, code, errb.String(), tc.want)
+		}
+	}
+}

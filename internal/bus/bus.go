@@ -9,11 +9,16 @@ package bus
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -32,8 +37,18 @@ type Config struct {
 	// They may carry credentials (nats://user:pass@host, nats://token@host): print them only
 	// through RedactURL.
 	URLs []string
-	// Replicas is the replication factor of every stream and bucket. Default: 1 (embedded) or 3 (external).
+	// Replicas is the replication factor of every stream and bucket. Default (0): 3 with external
+	// NATS, 3 for an embedded cluster of at least 3 nodes (ClusterPeers plus this one), else 1.
 	Replicas int
+	// ClusterListen is the host:port the embedded server accepts cluster routes on. Empty: the
+	// embedded server runs alone. Ignored with external NATS.
+	ClusterListen string
+	// ClusterPeers are the other nodes' cluster addresses (host:port); the embedded server routes
+	// to each and forms one NATS cluster with JetStream clustered. This node's own ClusterListen may
+	// be listed too (it is skipped). Default: empty.
+	ClusterPeers []string
+	// ClusterName names the NATS cluster; every node of it must use the same. Default: "petrel".
+	ClusterName string
 	// InboxShards is the number of INBOX streams device inboxes are spread over. Default: 16.
 	// Changing it on an existing deployment is refused (devices would lose their inboxes).
 	InboxShards int
@@ -60,12 +75,28 @@ type Config struct {
 	Registry prometheus.Registerer
 }
 
+// ClusterSize is the number of nodes of the embedded cluster: this one plus its distinct peers
+// (its own address excluded). 1 when it runs alone.
+func ClusterSize(listen string, peers []string) int {
+	if listen == "" {
+		return 1
+	}
+	seen := map[string]bool{listen: true}
+	for _, p := range peers {
+		seen[p] = true
+	}
+	return len(seen)
+}
+
 func (c *Config) setDefaults() {
 	if c.Replicas == 0 {
 		c.Replicas = 1
-		if len(c.URLs) > 0 {
+		if len(c.URLs) > 0 || ClusterSize(c.ClusterListen, c.ClusterPeers) >= 3 {
 			c.Replicas = 3
 		}
+	}
+	if c.ClusterName == "" {
+		c.ClusterName = "petrel"
 	}
 	if c.InboxShards == 0 {
 		c.InboxShards = 16
@@ -94,8 +125,10 @@ func (c *Config) setDefaults() {
 type Bus struct {
 	cfg Config
 	srv *server.Server // nil when external
-	nc  *nats.Conn
-	js  jetstream.JetStream
+	// clientToken authenticates clients of a clustered embedded server (see clusterOptions).
+	clientToken string
+	nc          *nats.Conn
+	js          jetstream.JetStream
 	// async counts and logs the connection's asynchronous errors (slow consumers) and tells the
 	// OnSlowConsumer listeners.
 	async *asyncErrors
@@ -108,7 +141,9 @@ type Bus struct {
 	inboxes  []jetstream.Stream
 }
 
-// Open starts the embedded server (or dials the external one), connects, and applies migrations.
+// Open starts the embedded server (or dials the external one), connects, waits until JetStream
+// answers (in a cluster: a meta leader is elected, which needs a majority of the nodes up), and
+// applies migrations. It waits as long as ctx allows.
 func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	cfg.setDefaults()
 	b := &Bus{cfg: cfg, async: newAsyncErrors(cfg.Logger, cfg.Registry)}
@@ -116,7 +151,11 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		b.Close()
 		return nil, err
 	}
-	if err := b.migrate(ctx); err != nil {
+	if err := b.waitJetStream(ctx); err != nil {
+		b.Close()
+		return nil, err
+	}
+	if err := b.migrateRetry(ctx); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("bus migrations: %w", err)
 	}
@@ -170,6 +209,9 @@ func (b *Bus) connect() error {
 			JetStreamMaxMemory: 256 << 20,
 			JetStreamMaxStore:  b.cfg.StoreMaxBytes,
 		}
+		if err := b.clusterOptions(sopts); err != nil {
+			return err
+		}
 		srv, err := server.NewServer(sopts)
 		if err != nil {
 			return fmt.Errorf("embedded nats: %w", err)
@@ -178,6 +220,9 @@ func (b *Bus) connect() error {
 		srv.Start()
 		if !srv.ReadyForConnections(30 * time.Second) {
 			return errors.New("embedded nats did not become ready within 30s")
+		}
+		if b.clientToken != "" {
+			opts = append(opts, nats.Token(b.clientToken))
 		}
 		nc, err := nats.Connect("", append(opts, nats.InProcessServer(srv))...)
 		if err != nil {
@@ -191,6 +236,88 @@ func (b *Bus) connect() error {
 	}
 	b.js = js
 	return nil
+}
+
+// clusterOptions adds the cluster listener and the routes to the peers when ClusterListen is set.
+// Every node keeps SyncAlways; on a replicated stream nats-server relies on the Raft log's fsync.
+func (b *Bus) clusterOptions(o *server.Options) error {
+	if b.cfg.ClusterListen == "" {
+		return nil
+	}
+	host, port, err := splitHostPort(b.cfg.ClusterListen)
+	if err != nil {
+		return fmt.Errorf("cluster listen %q: %w", b.cfg.ClusterListen, err)
+	}
+	o.Cluster = server.ClusterOpts{Name: b.cfg.ClusterName, Host: host, Port: port}
+	// nats-server starts routing only once its client accept loop runs, which DontListen skips.
+	// So a clustered node listens for clients too, on a random loopback port, behind a random
+	// token that only this process knows (its own connection is in-process).
+	var tok [24]byte
+	if _, err := rand.Read(tok[:]); err != nil {
+		return err
+	}
+	o.DontListen = false
+	o.Host, o.Port = "127.0.0.1", server.RANDOM_PORT
+	o.Authorization = hex.EncodeToString(tok[:])
+	b.clientToken = o.Authorization
+	for _, p := range b.cfg.ClusterPeers {
+		if p == b.cfg.ClusterListen {
+			continue
+		}
+		if _, _, err := splitHostPort(p); err != nil {
+			return fmt.Errorf("cluster peer %q: %w", p, err)
+		}
+		o.Routes = append(o.Routes, &url.URL{Scheme: "nats-route", Host: p})
+	}
+	return nil
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", ps)
+	}
+	return host, port, nil
+}
+
+// waitJetStream polls until the JetStream API answers: at once alone, and in a cluster once a
+// meta leader is elected (a majority of the nodes are up and routed). It logs while it waits.
+func (b *Bus) waitJetStream(ctx context.Context) error {
+	start := time.Now()
+	lastLog := start
+	delay := 50 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := b.js.AccountInfo(actx)
+		cancel()
+		if err == nil {
+			if b.cfg.ClusterListen != "" {
+				b.cfg.Logger.Info("jetstream cluster ready", "cluster", b.cfg.ClusterName, "waited", time.Since(start).Round(time.Millisecond))
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("waiting for jetstream: %w (last error: %v)", context.Cause(ctx), err)
+		}
+		if b.cfg.ClusterListen == "" && (errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount)) {
+			return fmt.Errorf("jetstream: %w", err) // a server without JetStream: waiting will not help
+		}
+		if time.Since(lastLog) >= 10*time.Second {
+			lastLog = time.Now()
+			b.cfg.Logger.Warn("waiting for jetstream (in a cluster: for a majority of the nodes, each with a unique node name and the same cluster_name)", "err", err, "waited", time.Since(start).Round(time.Second))
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+		delay = min(delay*2, time.Second)
+	}
 }
 
 // Conn is the NATS connection (core subjects: live delivery, wake-ups).
@@ -239,6 +366,19 @@ func (b *Bus) Close() {
 		b.srv.WaitForShutdown()
 		b.srv = nil
 	}
+}
+
+// InterestForTest reports whether the embedded server knows a subscriber for subject, on this
+// node or (through routes) on another. Cluster tests wait on it before they expect a live path.
+// It refuses to run outside tests.
+func (b *Bus) InterestForTest(subject string) (bool, error) {
+	if !testing.Testing() {
+		return false, errors.New("InterestForTest called outside a test")
+	}
+	if b.srv == nil {
+		return false, errors.New("no embedded server")
+	}
+	return b.srv.GlobalAccount().SubscriptionInterest(subject), nil
 }
 
 // DisableJetStreamForTest switches JetStream off on the embedded server, so tests can prove that a

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"reflect"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -50,45 +52,94 @@ func OneTimePreKeySubject(deviceID string) string { return "prekeys.otk." + devi
 // KEMPreKeySubject holds a device's unclaimed one-time ML-KEM prekeys.
 func KEMPreKeySubject(deviceID string) string { return "prekeys.kem." + deviceID }
 
+// errNotYetVisible: a stream that exists is not yet visible to the node answering (retried).
+var errNotYetVisible = errors.New("created but not yet visible")
+
+// errShardsChanged is a refused change of the inbox shard count: never retried.
+var errShardsChanged = errors.New("inbox shard count changed")
+
+// migrateRetry runs migrate until it succeeds, fails for good, or ctx ends. In a cluster the
+// first attempts can fail while nodes join (a replicated stream needs as many nodes as replicas):
+// those errors are retried.
+func (b *Bus) migrateRetry(ctx context.Context) error {
+	delay := 100 * time.Millisecond
+	start := time.Now()
+	for {
+		err := b.migrate(ctx)
+		if err == nil || !retryable(err) || ctx.Err() != nil {
+			return err
+		}
+		b.cfg.Logger.Warn("bus migrations: retrying (cluster forming?)", "err", err, "waited", time.Since(start).Round(time.Millisecond))
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+		delay = min(delay*2, 2*time.Second)
+	}
+}
+
+// retryable reports whether a migration error can pass by itself: the JetStream cluster is not
+// (yet) available, has too few nodes, or did not answer in time.
+func retryable(err error) bool {
+	if errors.Is(err, errShardsChanged) {
+		return false
+	}
+	if errors.Is(err, errNotYetVisible) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case 10005, 10006, 10008, 10009, 10023, 10074: // no peers, not active, not available, not leader, insufficient resources, replicas > cluster size
+			return true
+		}
+		return false
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled)
+}
+
 // migrate creates what is missing and updates what may be updated. It never deletes a stream or
-// bucket, and it refuses a change of the inbox shard count.
+// bucket, and it refuses a change of the inbox shard count. Several nodes may run it at once:
+// each object is created if missing (losing a creation race is success), and an existing one is
+// updated only where the fields Petrel manages differ, so concurrent runs converge and no run
+// ever switches a setting off that another has just switched on.
 func (b *Bus) migrate(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	r := b.cfg.Replicas
 
-	kv := func(cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv := func(cfg jetstream.KeyValueConfig, atomic bool) (jetstream.KeyValue, error) {
 		cfg.Replicas = r
 		cfg.Storage = jetstream.FileStorage
-		s, err := b.js.CreateOrUpdateKeyValue(ctx, cfg)
+		s, err := b.ensureKV(ctx, cfg, atomic)
 		if err != nil {
 			return nil, fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
 		}
 		return s, nil
 	}
-	meta, err := kv(jetstream.KeyValueConfig{Bucket: MetaBucket, Description: "petrel deployment facts", History: 1})
+	meta, err := kv(jetstream.KeyValueConfig{Bucket: MetaBucket, Description: "petrel deployment facts", History: 1}, false)
 	if err != nil {
 		return err
 	}
 	if err := b.checkShards(ctx, meta); err != nil {
 		return err
 	}
-	if b.Accounts, err = kv(jetstream.KeyValueConfig{Bucket: AccountsBucket, Description: "account name → account", History: 1}); err != nil {
+	// Bulk registration writes many records of accounts and devices as one atomic batch.
+	if b.Accounts, err = kv(jetstream.KeyValueConfig{Bucket: AccountsBucket, Description: "account name → account", History: 1}, true); err != nil {
 		return err
 	}
-	if b.Devices, err = kv(jetstream.KeyValueConfig{Bucket: DevicesBucket, Description: "device id → device keys", History: 1}); err != nil {
+	if b.Devices, err = kv(jetstream.KeyValueConfig{Bucket: DevicesBucket, Description: "device id → device keys", History: 1}, true); err != nil {
 		return err
 	}
-	// Bulk registration writes many records of these two buckets as one atomic batch.
-	for _, bucket := range []string{AccountsBucket, DevicesBucket} {
-		if err := b.allowAtomicPublish(ctx, "KV_"+bucket); err != nil {
-			return err
-		}
-	}
-	if b.Invites, err = kv(jetstream.KeyValueConfig{Bucket: InvitesBucket, Description: "one-time invite codes", History: 1, TTL: InviteTTL}); err != nil {
+	if b.Invites, err = kv(jetstream.KeyValueConfig{Bucket: InvitesBucket, Description: "one-time invite codes", History: 1, TTL: InviteTTL}, false); err != nil {
 		return err
 	}
-	b.PreKeys, err = b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	b.PreKeys, err = b.ensureStream(ctx, jetstream.StreamConfig{
 		Name:                 PreKeysStream,
 		Description:          "unclaimed one-time prekeys, claimed by get-then-delete",
 		Subjects:             []string{"prekeys.otk.*", "prekeys.kem.*"},
@@ -103,14 +154,14 @@ func (b *Bus) migrate(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", PreKeysStream, err)
 	}
-	b.inboxes = make([]jetstream.Stream, b.cfg.InboxShards)
+	inboxes := make([]jetstream.Stream, b.cfg.InboxShards)
 	maxBytes := b.cfg.InboxStreamMaxBytes
 	if maxBytes <= 0 {
 		maxBytes = -1 // no cap of the stream's own
 	}
-	for i := range b.inboxes {
+	for i := range inboxes {
 		name := InboxStreamName(i)
-		s, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		s, err := b.ensureStream(ctx, jetstream.StreamConfig{
 			Name:                 name,
 			Description:          "device inboxes (store-and-forward), subject inbox.<shard>.<device>",
 			Subjects:             []string{fmt.Sprintf("inbox.%02d.*", i)},
@@ -128,31 +179,102 @@ func (b *Bus) migrate(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("stream %s: %w", name, err)
 		}
-		b.inboxes[i] = s
+		inboxes[i] = s
 	}
+	b.inboxes = inboxes
 	return nil
 }
 
-// allowAtomicPublish turns on atomic batch publishing for stream (a KV bucket's stream, whose
-// config the KV API writes without it).
-func (b *Bus) allowAtomicPublish(ctx context.Context, stream string) error {
-	s, err := b.js.Stream(ctx, stream)
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", stream, err)
+// objectTimeout bounds the migration of one stream or bucket. In a cluster a request about a
+// stream whose Raft group has no leader yet (just created by another node) gets no answer at
+// all: it times out, and migrateRetry runs the migration again.
+const objectTimeout = 10 * time.Second
+
+// ensureStream creates the stream, or brings an existing one's managed fields (those want sets)
+// to want. It asks for a creation first: JetStream answers an identical existing stream with
+// success, so a fresh cluster's nodes racing each other, and every restart, write nothing; only
+// a stream whose config differs (an operator changed a setting) is read and updated.
+func (b *Bus) ensureStream(ctx context.Context, want jetstream.StreamConfig) (jetstream.Stream, error) {
+	ctx, cancel := context.WithTimeout(ctx, objectTimeout)
+	defer cancel()
+	s, err := b.js.CreateStream(ctx, want)
+	if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return s, err
 	}
-	cfg := s.CachedInfo().Config
-	if cfg.AllowAtomicPublish {
-		return nil
+	if s, err = b.js.Stream(ctx, want.Name); err != nil {
+		return nil, err
 	}
-	cfg.AllowAtomicPublish = true
-	if _, err := b.js.UpdateStream(ctx, cfg); err != nil {
-		return fmt.Errorf("stream %s: allow atomic publish: %w", stream, err)
+	cur := s.CachedInfo().Config
+	upd := cur
+	upd.Description = want.Description
+	upd.Subjects = want.Subjects
+	upd.Replicas = want.Replicas
+	upd.MaxAge = want.MaxAge
+	upd.MaxMsgsPerSubject = want.MaxMsgsPerSubject
+	if want.MaxBytes != 0 {
+		upd.MaxBytes = want.MaxBytes
 	}
-	return nil
+	upd.Discard = want.Discard
+	upd.DiscardNewPerSubject = want.DiscardNewPerSubject
+	if want.Duplicates != 0 {
+		upd.Duplicates = want.Duplicates
+	}
+	upd.AllowDirect = want.AllowDirect
+	upd.AllowAtomicPublish = want.AllowAtomicPublish
+	if reflect.DeepEqual(cur, upd) {
+		return s, nil
+	}
+	b.cfg.Logger.Info("bus migration: updating stream", "stream", want.Name)
+	return b.js.UpdateStream(ctx, upd)
+}
+
+// ensureKV creates the bucket, or brings an existing one's managed fields to cfg, through
+// ensureStream. The bucket's stream is written here as nats.go's KV API writes it (nats.go
+// v1.55 prepareKeyValueConfig), plus atomic batch publishing when atomic is set: the KV API
+// cannot set that, and its update path rewrites the whole config (it would switch atomic
+// publishing off again while another node relies on it).
+func (b *Bus) ensureKV(ctx context.Context, cfg jetstream.KeyValueConfig, atomic bool) (jetstream.KeyValue, error) {
+	dup := 2 * time.Minute
+	if cfg.TTL > 0 && cfg.TTL < dup {
+		dup = cfg.TTL
+	}
+	history := int64(max(1, cfg.History))
+	if _, err := b.ensureStream(ctx, jetstream.StreamConfig{
+		Name:               "KV_" + cfg.Bucket,
+		Description:        cfg.Description,
+		Subjects:           []string{"$KV." + cfg.Bucket + ".>"},
+		MaxMsgsPerSubject:  history,
+		MaxBytes:           -1,
+		MaxAge:             cfg.TTL,
+		MaxMsgSize:         -1,
+		Storage:            cfg.Storage,
+		Replicas:           cfg.Replicas,
+		AllowRollup:        true,
+		DenyDelete:         true,
+		Duplicates:         dup,
+		MaxMsgs:            -1,
+		MaxConsumers:       -1,
+		AllowDirect:        true,
+		Discard:            jetstream.DiscardNew,
+		AllowAtomicPublish: atomic,
+	}); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, objectTimeout)
+	defer cancel()
+	kv, err := b.js.KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		// The stream exists (ensureStream just said so): the node answering has not applied
+		// the creation yet.
+		return nil, fmt.Errorf("%w: %w", errNotYetVisible, err)
+	}
+	return kv, err
 }
 
 // checkShards records the shard count on first start and refuses a different one later.
 func (b *Bus) checkShards(ctx context.Context, meta jetstream.KeyValue) error {
+	ctx, cancel := context.WithTimeout(ctx, objectTimeout)
+	defer cancel()
 	want := fmt.Sprint(b.cfg.InboxShards)
 	e, err := meta.Get(ctx, "inbox_shards")
 	switch {
@@ -168,7 +290,7 @@ func (b *Bus) checkShards(ctx context.Context, meta jetstream.KeyValue) error {
 	case err != nil:
 		return fmt.Errorf("read inbox shard count: %w", err)
 	case string(e.Value()) != want:
-		return fmt.Errorf("inbox_shards is %s but this deployment was created with %s: changing it would orphan stored messages", want, e.Value())
+		return fmt.Errorf("%w: inbox_shards is %s but this deployment was created with %s: changing it would orphan stored messages", errShardsChanged, want, e.Value())
 	}
 	return nil
 }

@@ -10,12 +10,14 @@ import (
 	"maps"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
 	"github.com/petrelchat/petrel/internal/admin"
+	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/directory"
 	"github.com/petrelchat/petrel/internal/gateway"
 	"github.com/petrelchat/petrel/internal/mailbox"
@@ -65,6 +67,9 @@ type Config struct {
 	// LogFormat is text or json. Default: text.
 	LogFormat string `toml:"log_format"`
 
+	// ClusterSection's keys are top-level (cluster_listen, peers, cluster_name, replicas).
+	ClusterSection
+
 	TLSSection     `toml:"tls"`
 	AdminSection   `toml:"admin"`
 	InboxSection   `toml:"inbox"`
@@ -75,6 +80,24 @@ type Config struct {
 	// Warnings are what LoadConfig found to say about the file (deprecated keys); the server logs
 	// them when it starts.
 	Warnings []string `toml:"-"`
+}
+
+// ClusterSection holds the cluster keys. Unlike the other sections its keys are top-level: the
+// struct is embedded without a table name.
+type ClusterSection struct {
+	// ClusterListen is the host:port this node's embedded NATS server accepts cluster routes on;
+	// empty runs the node alone. Routes are neither authenticated nor encrypted yet: off loopback
+	// it needs insecure (a private network). Default: empty.
+	ClusterListen string `toml:"cluster_listen"`
+	// Peers are the other nodes' cluster_listen addresses (host:port); this node's own may be
+	// listed too. Requires cluster_listen. Default: empty.
+	Peers []string `toml:"peers"`
+	// ClusterName names the NATS cluster; every node of it uses the same. Default: petrel.
+	ClusterName string `toml:"cluster_name"`
+	// Replicas is the replication factor of every stream and bucket, 1..5; 0 picks it: 3 with
+	// external NATS or a cluster of at least 3 nodes (peers plus this one), else 1. In an embedded
+	// cluster it may not exceed the number of nodes. Default: 0.
+	Replicas int `toml:"replicas"`
 }
 
 // TLSSection is [tls]: TLS on the public listener.
@@ -394,6 +417,9 @@ func (c *Config) SetDefaults() {
 	if c.LogFormat == "" {
 		c.LogFormat = "text"
 	}
+	if c.ClusterName == "" {
+		c.ClusterName = "petrel"
+	}
 }
 
 // Validate reports every problem in c at once.
@@ -510,6 +536,7 @@ func (c *Config) Validate() error {
 	if c.MemoryLimit < -1 {
 		bad("limits.memory_limit %d: want a byte count, 0 (derive) or -1 (off)", c.MemoryLimit)
 	}
+	errs = append(errs, c.validateCluster()...)
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -521,6 +548,54 @@ func (c *Config) Validate() error {
 		bad("log_format %q: want text or json", c.LogFormat)
 	}
 	return errors.Join(errs...)
+}
+
+// validateCluster reports problems in the cluster keys.
+func (c *Config) validateCluster() []error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if len(c.Peers) > 0 && c.ClusterListen == "" {
+		bad("peers given without cluster_listen: a clustered node needs an address for routes")
+	}
+	if c.ClusterListen != "" {
+		if len(c.NATS) > 0 {
+			bad("cluster_listen is for the embedded NATS server: with nats (external) configure the cluster there")
+		}
+		if err := checkHostPort(c.ClusterListen); err != nil {
+			bad("cluster_listen %q: %v", c.ClusterListen, err)
+		} else if !c.Insecure && !isLoopback(c.ClusterListen) {
+			bad("cluster_listen %q is not a loopback address: cluster routes are neither authenticated nor encrypted yet; pass --insecure to accept that on a private network", c.ClusterListen)
+		}
+	}
+	for _, p := range c.Peers {
+		if err := checkHostPort(p); err != nil {
+			bad("peers: %q: %v", p, err)
+		}
+	}
+	if c.ClusterName == "" || strings.ContainsAny(c.ClusterName, " \t\r\n.*>") {
+		bad("cluster_name %q: want a name without spaces, dots, * or >", c.ClusterName)
+	}
+	if c.Replicas < 0 || c.Replicas > 5 {
+		bad("replicas %d: want 0 (auto) or 1..5", c.Replicas)
+	} else if n := bus.ClusterSize(c.ClusterListen, c.Peers); len(c.NATS) == 0 && c.Replicas > n {
+		bad("replicas %d exceeds the cluster's %d node(s) (cluster_listen plus peers)", c.Replicas, n)
+	}
+	return errs
+}
+
+// checkHostPort accepts host:port with a non-empty host and a port in 1..65535.
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "" {
+		return errors.New("want host:port with a host")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q: want 1..65535", port)
+	}
+	return nil
 }
 
 func isLoopback(listen string) bool {

@@ -24,6 +24,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -193,6 +194,10 @@ func (s *Server) start(ctx context.Context) error {
 		InboxMaxPerDevice:   s.cfg.InboxMaxPerDevice,
 		InboxStreamMaxBytes: s.cfg.InboxStreamMaxBytes,
 		StoreMaxBytes:       s.cfg.StoreMaxBytes,
+		Replicas:            s.cfg.Replicas,
+		ClusterListen:       s.cfg.ClusterListen,
+		ClusterPeers:        s.cfg.Peers,
+		ClusterName:         s.cfg.ClusterName,
 		Name:                s.cfg.Node,
 		Logger:              s.log.With("component", "bus"),
 		Registry:            s.reg,
@@ -368,6 +373,31 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.log.Info("stopped")
 	})
 	return s.shutErr
+}
+
+// Kill stops the node at once, as near to a crash as a process can stop a part of itself: no
+// drain (clients get no GoAway, in-flight sends get no answer), the client sockets are closed,
+// then the bus is closed (the embedded NATS server shuts down; nats-server still steps its Raft
+// leaders down on the way, which a real crash would not). Run returns nil afterwards. Idempotent,
+// and a later Shutdown does nothing.
+func (s *Server) Kill() {
+	s.shutOnce.Do(func() {
+		defer close(s.done)
+		if s.engine != nil {
+			s.engine.Stop()
+		}
+		if s.gw != nil {
+			s.gw.Close()
+		}
+		if s.bus != nil {
+			s.bus.Close()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = s.stopAdmin(ctx)
+		s.closeStorage()
+		s.log.Info("killed")
+	})
 }
 
 // stopAdmin shuts the admin listener down (it stays up through the drain, for metrics). Idempotent.

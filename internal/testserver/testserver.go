@@ -84,7 +84,7 @@ func (s *Server) start(t testing.TB) {
 		cancel()
 		t.Fatal("testserver: not ready within 30s")
 	}
-	probePollers(t, srv.URL())
+	ProbePollers(t, srv.URL())
 	// Pin the ports so a restart comes back at the same URLs.
 	s.cfg.Listen = srv.Addr().String()
 	if a := srv.AdminAddr(); a != nil {
@@ -92,14 +92,14 @@ func (s *Server) start(t testing.TB) {
 	}
 }
 
-// probePollers makes requests through the public listener until nbio's acceptor and pollers have
+// ProbePollers makes requests through the public listener until nbio's acceptor and pollers have
 // certainly entered their loops. nbio v1.6.9 clears a poller's shutdown flag when its loop starts
 // (poller_epoll.go: "p.shutdown = false"), so a Stop that comes before that hangs for ever; a test
 // that stops a server right after Start, or talks only to the admin listener, would hit it. Each
 // request on a new connection lands on some poller (connections are spread by descriptor), so a
 // few per poller make it very likely that every poller has run; with the one poller of a machine
 // of fewer than 8 cores, one request is proof.
-func probePollers(t testing.TB, base string) {
+func ProbePollers(t testing.TB, base string) {
 	t.Helper()
 	tr := &http.Transport{DisableKeepAlives: true, TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} // loopback test server
 	defer tr.CloseIdleConnections()
