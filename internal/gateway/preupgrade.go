@@ -35,14 +35,18 @@ import (
 
 // preUpgrade tracks the pending sockets of one listener.
 type preUpgrade struct {
-	max, maxPerIP     int
-	maxHeader         int
-	maxBody           int
-	refused           func(reason string) // counts a refusal (set by Protect)
-	timedOut          func()              // counts a pending socket closed by the deadline
-	mu                sync.Mutex          // guards the fields below
-	socks             map[netip.AddrPort]*pendingSock
-	perIP             map[netip.Prefix]int
+	max, maxPerIP int
+	maxHeader     int
+	maxBody       int
+	refused       func(reason string) // counts a refusal (set by Protect)
+	timedOut      func()              // counts a pending socket closed by the deadline
+	mu            sync.Mutex          // guards the fields below
+	socks         map[netip.AddrPort]*pendingSock
+	perIP         map[netip.Prefix]int
+	// stale counts, per address, the closes still to come of sockets whose entry a newer socket
+	// from the same address and port took over (see admit).
+	stale             map[netip.AddrPort]int
+	n                 int // pending sockets (entries plus stale ones)
 	discardAfterClose time.Duration
 }
 
@@ -64,6 +68,7 @@ func newPreUpgrade(cfg Config) *preUpgrade {
 		timedOut:          func() {},
 		socks:             map[netip.AddrPort]*pendingSock{},
 		perIP:             map[netip.Prefix]int{},
+		stale:             map[netip.AddrPort]int{},
 		discardAfterClose: time.Second,
 	}
 }
@@ -99,15 +104,22 @@ func (p *preUpgrade) admit(remote string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
-	case len(p.socks) >= p.max:
+	case p.n >= p.max:
 		p.refused("pending_full")
 		return false
 	case p.perIP[ip] >= p.maxPerIP:
 		p.refused("pending_per_ip")
 		return false
 	}
+	if _, taken := p.socks[key]; taken {
+		// The client reused the port of a socket that has closed but whose close has not been
+		// reported yet (done): the next done for this address is that socket's. The new socket
+		// gets a fresh entry; the old one's slot is given back by that done.
+		p.stale[key]++
+	}
 	p.socks[key] = &pendingSock{ip: ip}
 	p.perIP[ip]++
+	p.n++
 	return true
 }
 
@@ -123,10 +135,18 @@ func (p *preUpgrade) done(remote string) bool {
 	if !ok {
 		return false
 	}
-	delete(p.socks, key)
+	if p.stale[key] > 0 {
+		// An older socket's close: its slot goes back, the entry stays the newer socket's.
+		if p.stale[key]--; p.stale[key] == 0 {
+			delete(p.stale, key)
+		}
+	} else {
+		delete(p.socks, key)
+	}
 	if p.perIP[s.ip]--; p.perIP[s.ip] <= 0 {
 		delete(p.perIP, s.ip)
 	}
+	p.n--
 	return true
 }
 
@@ -137,7 +157,7 @@ func (p *preUpgrade) upgraded(remote string) { p.done(remote) }
 func (p *preUpgrade) pending() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.socks)
+	return p.n
 }
 
 // errRefused ends a socket whose request was refused before the upgrade.
