@@ -65,7 +65,7 @@ func (c *Client) runLink(ctx context.Context, url string) (connected bool, err e
 	c.servers.connected(url)
 	c.learnServers(welcome.GetNodes())
 	c.log.Info("connected", "name", welcome.GetName(), "server", url)
-	if !c.emit(ctx, &Connected{Name: c.name, DeviceID: c.deviceID}) {
+	if !c.emit(ctx, &Connected{Name: c.name, DeviceID: c.deviceID, Server: url}) {
 		cn.shutdown(false)
 		return true, ctx.Err()
 	}

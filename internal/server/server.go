@@ -319,6 +319,10 @@ func (s *Server) publicURL() string {
 	return s.URL()
 }
 
+// Nodes returns the public URLs this node tells clients in Welcome: its own first, then those of
+// the nodes it heard from recently.
+func (s *Server) Nodes() []string { return s.nodeURLs() }
+
 // nodeURLs is the gateway's source for Welcome.nodes.
 func (s *Server) nodeURLs() []string {
 	if s.nodes == nil {
