@@ -184,7 +184,7 @@ func runRegister(ctx context.Context, e *env, args []string) int {
 		return fail(e, cmd, err)
 	}
 	defer st.Close()
-	urls := splitURLs(*server)
+	urls := splitList(*server)
 	if len(urls) == 0 {
 		return usageErr(e, cmd, "--server needs at least one URL")
 	}
@@ -687,15 +687,4 @@ func formatSafetyNumber(n string) string {
 		}
 	}
 	return b.String()
-}
-
-// splitURLs splits a --server value at commas, dropping empty parts.
-func splitURLs(v string) []string {
-	var out []string
-	for _, u := range strings.Split(v, ",") {
-		if u = strings.TrimSpace(u); u != "" {
-			out = append(out, u)
-		}
-	}
-	return out
 }
