@@ -163,12 +163,27 @@ func (s *serverList) failed(u string, now time.Time) {
 }
 
 // learn adds the URLs of a Welcome it does not hold yet (as far as there is room); it reports
-// whether the list changed.
+// whether the list changed. No downgrade: when every configured URL is https, learned http URLs
+// are ignored.
 func (s *serverList) learn(urls []string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	tlsOnly := false
+	for _, e := range s.list {
+		if e.learned {
+			continue
+		}
+		if !strings.HasPrefix(e.url, "https://") {
+			tlsOnly = false
+			break
+		}
+		tlsOnly = true
+	}
 	changed := false
 	for _, u := range urls {
+		if tlsOnly && !strings.HasPrefix(normURL(u), "https://") {
+			continue
+		}
 		if s.addLocked(u, true) {
 			changed = true
 		}

@@ -37,6 +37,20 @@ func TestServerListMergeAndBound(t *testing.T) {
 	}
 }
 
+// TestServerListNoDowngrade: a client configured with https URLs only does not learn http ones.
+func TestServerListNoDowngrade(t *testing.T) {
+	s := newServerList([]string{"https://a.example"}, nil)
+	s.learn([]string{"http://b.example:7070", "https://c.example"})
+	if got, want := s.urls(), []string{"https://a.example", "https://c.example"}; !slices.Equal(got, want) {
+		t.Fatalf("urls = %v, want %v", got, want)
+	}
+	mixed := newServerList([]string{"https://a.example", "http://127.0.0.1:7070"}, nil)
+	mixed.learn([]string{"http://127.0.0.1:7071"})
+	if n := len(mixed.urls()); n != 3 {
+		t.Fatalf("mixed configuration: %v, want the http URL learned", mixed.urls())
+	}
+}
+
 // TestServerListMovesOnFailure: a failure moves to another URL, picked among the others; a
 // success keeps the client where it is.
 func TestServerListMovesOnFailure(t *testing.T) {
