@@ -11,7 +11,8 @@
 //   * server sends Challenge (a fresh 32-byte nonce).
 //   * client sends either Register (a new device, with its keys and a signature over the challenge)
 //     or Auth (an existing device: signature over the challenge).
-//   * server answers with Welcome, or with Error and closes the connection.
+//   * server answers with Welcome, or with Error and closes the connection. Welcome.nodes names the
+//     cluster's nodes: a client that loses its node (dead, draining, unreachable) reconnects to another.
 //   * from then on the client sends requests (Frame.id != 0, unique per connection) and the server
 //     answers each with a Frame carrying the same id and either the response body or Error.
 //   * the server pushes Deliver (an envelope for this device), QueueEmpty (the stored backlog has been
