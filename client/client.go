@@ -30,6 +30,9 @@ import (
 type Config struct {
 	// Store is the local state; required. The caller opens and closes it.
 	Store *store.Store
+	// Servers are more server URLs to connect to, tried after those stored at registration (the
+	// client also keeps the nodes' URLs the servers tell it). Not stored. Default: none.
+	Servers []string
 	// Events receives what happens (see Event). The client blocks until each event is taken, so
 	// drain it on a goroutine that does not itself wait for Send. nil: no events.
 	Events chan<- Event
@@ -39,6 +42,7 @@ type Config struct {
 	// the client asks the server whether it still holds it (and resends it if not). Default: 1h.
 	ResendInterval time.Duration
 	// ReconnectBase and ReconnectMax bound the reconnect backoff (exponential, full jitter).
+	// After a connection fails or ends the client tries another of its server URLs.
 	// Defaults: 250ms and 30s.
 	ReconnectBase, ReconnectMax time.Duration
 	// DialTimeout bounds connecting and authenticating. Default: 10s.
@@ -55,8 +59,9 @@ type Config struct {
 	SignedPreKeyGrace time.Duration
 	// PreKeyBatch is how many one-time prekeys of each kind a device keeps uploaded. Default: 100.
 	PreKeyBatch int
-	// FailFast makes Run return the first connection error when no connection has succeeded yet
-	// (for one-shot command-line use). Default: false (retry until ctx ends).
+	// FailFast makes Run return a connection error when no connection has succeeded yet and every
+	// server URL has failed once (for one-shot command-line use). Default: false (retry until ctx
+	// ends).
 	FailFast bool
 	// Rand is the randomness source for keys and ids. Default: crypto/rand.
 	Rand io.Reader
@@ -111,6 +116,9 @@ type Account struct {
 	Name      string
 	DeviceID  string
 	ServerURL string
+	// Servers are every server URL the device may connect to: ServerURL and the other configured
+	// ones first, then those learned from the servers.
+	Servers []string
 	// Fingerprint is a short hex digest of this device's identity key (see Fingerprint).
 	Fingerprint string
 }
@@ -122,7 +130,8 @@ type Client struct {
 	log      *slog.Logger
 	name     string
 	deviceID string
-	server   string
+	server   string // the first configured URL
+	servers  *serverList
 	authKey  ed25519.PrivateKey
 	identity *e2ee.IdentityKeyPair
 	boff     backoff
@@ -192,6 +201,7 @@ func Open(cfg Config) (*Client, error) {
 		name:     acct.Name,
 		deviceID: acct.DeviceID,
 		server:   acct.ServerURL,
+		servers:  newServerList(slices.Concat([]string{acct.ServerURL}, acct.Servers, cfg.Servers), acct.LearnedServers),
 		authKey:  ed25519.PrivateKey(acct.AuthKey),
 		identity: id,
 		boff:     backoff{base: cfg.ReconnectBase, max: cfg.ReconnectMax},
@@ -211,7 +221,7 @@ func Open(cfg Config) (*Client, error) {
 
 // Account returns this device's account.
 func (c *Client) Account() Account {
-	return Account{Name: c.name, DeviceID: c.deviceID, ServerURL: c.server,
+	return Account{Name: c.name, DeviceID: c.deviceID, ServerURL: c.server, Servers: c.servers.urls(),
 		Fingerprint: Fingerprint(c.identity.PublicKey().Bytes())}
 }
 
@@ -232,9 +242,12 @@ func Fingerprint(identityKey []byte) string {
 
 // Run connects and keeps the connection up, reconnecting with exponential backoff and full jitter
 // (honouring the server's retry hints), until ctx ends or Close is called (it then returns nil).
+// Each reconnect goes to another of the server URLs (configured, then learned from Welcome), so
+// a device moves by itself off a node that dies, drains or cannot be reached.
 // It returns an error matching ErrConnectedElsewhere when another instance of this device took
 // over, ErrAuthFailed when the server no longer accepts this device, and — with Config.FailFast —
-// the first connection error if no connection ever succeeded. Run may be called once.
+// the last connection error once every server URL failed and none ever connected. Run may be
+// called once.
 func (c *Client) Run(ctx context.Context) (err error) {
 	c.mu.Lock()
 	switch c.state {
@@ -264,12 +277,17 @@ func (c *Client) Run(ctx context.Context) (err error) {
 
 	attempt := 0
 	everConnected := false
+	tried := map[string]bool{} // with FailFast: the URLs that failed before any connection
 	for {
 		start := time.Now()
-		connected, err := c.runLink(ctx)
+		url := c.servers.current()
+		connected, err := c.runLink(ctx, url)
 		if ctx.Err() != nil {
 			return nil
 		}
+		// Whatever ended this connection (a dead node, a drain's GoAway, an unreachable one), the
+		// next attempt goes to another node, if there is one.
+		c.servers.failed(url, time.Now())
 		if connected {
 			everConnected = true
 			// Only a connection that stayed up resets the backoff: a server that accepts and
@@ -286,11 +304,14 @@ func (c *Client) Run(ctx context.Context) (err error) {
 			return err
 		}
 		if c.cfg.FailFast && !everConnected {
-			return err
+			tried[url] = true
+			if len(tried) >= len(c.servers.urls()) {
+				return err
+			}
 		}
 		delay := c.boff.withRetryAfter(c.boff.delay(attempt), retryAfter(err))
 		attempt++
-		c.log.Info("disconnected", "err", err, "retry_in", delay)
+		c.log.Info("disconnected", "server", url, "err", err, "retry_in", delay, "next", c.servers.current())
 		if !c.emit(ctx, &Disconnected{Err: err, RetryIn: delay}) {
 			return nil
 		}

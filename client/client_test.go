@@ -841,3 +841,31 @@ func TestRedeliveryAfterLostAckIsADuplicate(t *testing.T) {
 		t.Fatalf("alice's outbox holds %d entries", n)
 	}
 }
+
+// TestLearnedServersStoredAndSurvived: the server names a node (its public_url, here an address
+// where nothing listens); the client stores it with the configured URL, and after the server
+// restarts it tries the learned node, fails, and comes back to the configured one by itself.
+func TestLearnedServersStoredAndSurvived(t *testing.T) {
+	const dead = "http://127.0.0.1:1"
+	srv := testserver.Start(t, testserver.WithConfig(func(c *server.Config) { c.PublicURL = dead }))
+	alice := register(t, srv, "alice", devOpts{}).start()
+	bob := register(t, srv, "bob", devOpts{}).start()
+	alice.waitQueueEmpty()
+	bob.waitQueueEmpty()
+	if got, want := alice.c.Account().Servers, []string{srv.URL(), dead}; !slices.Equal(got, want) {
+		t.Fatalf("servers = %v, want %v", got, want)
+	}
+	alice.stop()
+	alice.start()
+	alice.waitQueueEmpty()
+	if got, want := alice.c.Account().Servers, []string{srv.URL(), dead}; !slices.Equal(got, want) {
+		t.Fatalf("servers after reopening the store = %v, want %v", got, want)
+	}
+
+	srv.Restart(t)
+	id := alice.send("bob", "after")
+	if m := bob.nextMessage(); m.ID != id || m.Text != "after" {
+		t.Fatalf("bob got %+v", m)
+	}
+	alice.waitDelivered(id)
+}

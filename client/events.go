@@ -26,6 +26,8 @@ type Message struct {
 // Connected reports an authenticated connection.
 type Connected struct {
 	Name, DeviceID string
+	// Server is the URL connected to.
+	Server string
 }
 
 // QueueEmpty reports that everything the server held for this device when the connection was

@@ -44,10 +44,10 @@ type inboundItem struct {
 
 // runLink makes one connection and serves it until it fails or ctx ends. connected reports
 // whether authentication succeeded.
-func (c *Client) runLink(ctx context.Context) (connected bool, err error) {
+func (c *Client) runLink(ctx context.Context, url string) (connected bool, err error) {
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
-	ws, err := dialServer(dctx, c.server)
+	ws, err := dialServer(dctx, url)
 	if err != nil {
 		return false, err
 	}
@@ -62,8 +62,10 @@ func (c *Client) runLink(ctx context.Context) (connected bool, err error) {
 		ws.SetReadLimit(readLimit(mf))
 		c.rememberMaxFrame(mf)
 	}
-	c.log.Info("connected", "name", welcome.GetName())
-	if !c.emit(ctx, &Connected{Name: c.name, DeviceID: c.deviceID}) {
+	c.servers.connected(url)
+	c.learnServers(welcome.GetNodes())
+	c.log.Info("connected", "name", welcome.GetName(), "server", url)
+	if !c.emit(ctx, &Connected{Name: c.name, DeviceID: c.deviceID, Server: url}) {
 		cn.shutdown(false)
 		return true, ctx.Err()
 	}
@@ -127,6 +129,26 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*petrelv1.Welcome,
 		return nil, fmt.Errorf("%w: Welcome for another device", ErrProtocol)
 	}
 	return w, nil
+}
+
+// learnServers adds the nodes a Welcome named to the server list, and stores the list if it
+// changed.
+func (c *Client) learnServers(nodes []string) {
+	if !c.servers.learn(nodes) {
+		return
+	}
+	learned := c.servers.learnedURLs()
+	err := c.st.Update(func(tx *store.Tx) error {
+		a, err := tx.Account()
+		if err != nil {
+			return err
+		}
+		a.LearnedServers = learned
+		return tx.PutAccount(a)
+	})
+	if err != nil {
+		c.log.Warn("store server list", "err", err)
+	}
 }
 
 func (c *Client) rememberMaxFrame(mf int) {

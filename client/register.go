@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/petrelchat/petrel/client/store"
@@ -21,6 +22,10 @@ import (
 type RegisterOptions struct {
 	// ServerURL is the server's base URL: http://HOST:PORT or https://HOST[:PORT].
 	ServerURL string
+	// ServerURLs are more base URLs of the same service (its other nodes). Registration goes to
+	// the first of ServerURL, ServerURLs... that answers; all are stored, and the client uses
+	// them all. ServerURL may be empty when ServerURLs is not.
+	ServerURLs []string
 	// Name is the account name (1-32 of [a-z0-9_.-], starting with a letter or digit).
 	Name string
 	// Invite is the invite code, for servers whose registration is invite-only.
@@ -55,8 +60,21 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 	if !petrelv1.ValidName(opts.Name) {
 		return Account{}, fmt.Errorf("%w: %q (want 1-32 of a-z 0-9 _ . -, starting with a letter or digit)", ErrInvalidName, opts.Name)
 	}
-	if _, err := connectURL(opts.ServerURL); err != nil {
-		return Account{}, err
+	var urls []string
+	for _, u := range append([]string{opts.ServerURL}, opts.ServerURLs...) {
+		if u = normURL(u); u == "" || slices.Contains(urls, u) {
+			continue
+		}
+		if _, err := connectURL(u); err != nil {
+			return Account{}, err
+		}
+		urls = append(urls, u)
+	}
+	if len(urls) == 0 {
+		return Account{}, errors.New("client: no server URL")
+	}
+	if len(urls) > maxServers {
+		return Account{}, fmt.Errorf("client: %d server URLs, at most %d", len(urls), maxServers)
 	}
 	now := opts.Now()
 
@@ -74,7 +92,7 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 	if err != nil {
 		return Account{}, err
 	}
-	acct := &store.Account{ServerURL: opts.ServerURL, Name: opts.Name, DeviceID: petrelv1.DeviceID(pub),
+	acct := &store.Account{ServerURL: urls[0], Servers: urls[1:], Name: opts.Name, DeviceID: petrelv1.DeviceID(pub),
 		AuthKey: priv, Identity: idRaw}
 	var up *petrelv1.KeyBundleUpload
 	err = st.Update(func(tx *store.Tx) error {
@@ -111,23 +129,11 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
-	ws, err := dialServer(ctx, opts.ServerURL)
+	cn, ch, err := challengeAny(ctx, urls, opts.Timeout)
 	if err != nil {
 		return Account{}, err
 	}
-	cn := newConn(ws, opts.Timeout)
 	defer cn.shutdown(true)
-	f, err := cn.read(ctx)
-	if err != nil {
-		return Account{}, err
-	}
-	if e := f.GetError(); e != nil {
-		return Account{}, errorFromProto(e)
-	}
-	ch := f.GetChallenge()
-	if ch == nil || len(ch.GetNonce()) != petrelv1.NonceSize {
-		return Account{}, fmt.Errorf("%w: expected Challenge", ErrProtocol)
-	}
 	reg := &petrelv1.Register{
 		Name:      opts.Name,
 		Invite:    opts.Invite,
@@ -138,7 +144,7 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 	if err := cn.write(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Register{Register: reg}}); err != nil {
 		return Account{}, err
 	}
-	f, err = cn.read(ctx)
+	f, err := cn.read(ctx)
 	if err != nil {
 		return Account{}, err
 	}
@@ -157,11 +163,59 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 		a.Registered = true
 		a.RegisteredAt = now
 		a.MaxFrameBytes = w.GetMaxFrameBytes()
+		learned := newServerList(urls, nil)
+		learned.learn(w.GetNodes())
+		a.LearnedServers = learned.learnedURLs()
 		return tx.PutAccount(a)
 	})
 	if err != nil {
 		return Account{}, fmt.Errorf("the account was created but storing it failed: %w", err)
 	}
-	return Account{Name: opts.Name, DeviceID: acct.DeviceID, ServerURL: opts.ServerURL,
+	return Account{Name: opts.Name, DeviceID: acct.DeviceID, ServerURL: urls[0], Servers: urls,
 		Fingerprint: Fingerprint(identity.PublicKey().Bytes())}, nil
+}
+
+// challengeAny connects to the first of urls that answers with a Challenge, trying them in turn:
+// an account may be created through any node. Only failures before anything was sent move on
+// (unreachable, refused, UNAVAILABLE); the errors of every URL are returned if none answers.
+func challengeAny(ctx context.Context, urls []string, timeout time.Duration) (*conn, *petrelv1.Challenge, error) {
+	var errs []error
+	for _, u := range urls {
+		cn, ch, err := challenge(ctx, u, timeout)
+		if err == nil {
+			return cn, ch, nil
+		}
+		if ctx.Err() != nil {
+			return nil, nil, err
+		}
+		if len(urls) == 1 {
+			return nil, nil, err
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", u, err))
+	}
+	return nil, nil, errors.Join(errs...)
+}
+
+// challenge connects to url and reads the server's Challenge.
+func challenge(ctx context.Context, url string, timeout time.Duration) (*conn, *petrelv1.Challenge, error) {
+	ws, err := dialServer(ctx, url)
+	if err != nil {
+		return nil, nil, err
+	}
+	cn := newConn(ws, timeout)
+	f, err := cn.read(ctx)
+	if err != nil {
+		cn.shutdown(true)
+		return nil, nil, err
+	}
+	if e := f.GetError(); e != nil {
+		cn.shutdown(true)
+		return nil, nil, errorFromProto(e)
+	}
+	ch := f.GetChallenge()
+	if ch == nil || len(ch.GetNonce()) != petrelv1.NonceSize {
+		cn.shutdown(true)
+		return nil, nil, fmt.Errorf("%w: expected Challenge", ErrProtocol)
+	}
+	return cn, ch, nil
 }

@@ -192,8 +192,14 @@ func pairKey(a, b string) []byte {
 
 // Account is this device's identity and registration.
 type Account struct {
-	// ServerURL is the server's base URL (http://host:port or https://...).
+	// ServerURL is the server's base URL (http://host:port or https://...): the first one
+	// registration was given.
 	ServerURL string `json:"server_url"`
+	// Servers are the other URLs registration was given (the same service's other nodes).
+	Servers []string `json:"servers,omitempty"`
+	// LearnedServers are nodes' URLs the servers told the device (Welcome), kept for failover;
+	// together with the configured ones at most 16.
+	LearnedServers []string `json:"learned_servers,omitempty"`
 	// Name is the account name; DeviceID is petrelv1.DeviceID(AuthKey public half).
 	Name     string `json:"name"`
 	DeviceID string `json:"device_id"`

@@ -161,11 +161,13 @@ func warnEvent(e *env, cmd string, ev client.Event) {
 
 func runRegister(ctx context.Context, e *env, args []string) int {
 	const cmd = "register"
-	fs := newFlags(e, cmd, "register --server URL --name NAME [--invite CODE]\n\n"+
+	fs := newFlags(e, cmd, "register --server URL[,URL...] --name NAME [--invite CODE]\n\n"+
 		"Creates this device's keys in the home directory and registers a new account.\n"+
-		"URL is http://HOST:PORT or https://HOST[:PORT]. A home holds one registered device:\n"+
-		"use another --home for another account.")
-	server := fs.String("server", "", "server base URL (http://HOST:PORT or https://HOST)")
+		"URL is http://HOST:PORT or https://HOST[:PORT]; give a cluster's nodes separated by\n"+
+		"commas: registration goes to the first that answers, and send, recv and chat use them\n"+
+		"all (and the nodes the servers name), moving to another when one fails. A home holds\n"+
+		"one registered device: use another --home for another account.")
+	server := fs.String("server", "", "server base URL (http://HOST:PORT or https://HOST), or several separated by commas")
 	name := fs.String("name", "", "account name: 1-32 of a-z 0-9 _ . -, starting with a letter or digit")
 	invite := fs.String("invite", "", "invite code, when the server's registration is invite-only")
 	if code, ok := parseFlags(fs, args); !ok {
@@ -182,12 +184,16 @@ func runRegister(ctx context.Context, e *env, args []string) int {
 		return fail(e, cmd, err)
 	}
 	defer st.Close()
-	opts := client.RegisterOptions{ServerURL: *server, Name: *name, Invite: *invite}
+	urls := splitList(*server)
+	if len(urls) == 0 {
+		return usageErr(e, cmd, "--server needs at least one URL")
+	}
+	opts := client.RegisterOptions{ServerURL: urls[0], ServerURLs: urls[1:], Name: *name, Invite: *invite}
 	acct, err := client.Register(ctx, st, opts)
 	if err != nil {
 		return fail(e, cmd, err)
 	}
-	fmt.Fprintf(e.stdout, "registered %s on %s\ndevice id:   %s\nfingerprint: %s\n", acct.Name, acct.ServerURL, acct.DeviceID, acct.Fingerprint)
+	fmt.Fprintf(e.stdout, "registered %s on %s\ndevice id:   %s\nfingerprint: %s\n", acct.Name, sanitize(strings.Join(acct.Servers, ", ")), acct.DeviceID, acct.Fingerprint)
 	return 0
 }
 
@@ -608,7 +614,8 @@ loop:
 
 func runWhoami(ctx context.Context, e *env, args []string) int {
 	const cmd = "whoami"
-	fs := newFlags(e, cmd, "whoami\n\nPrints this device's account name, device id, server and identity fingerprint.")
+	fs := newFlags(e, cmd, "whoami\n\nPrints this device's account name, device id, server, every server URL it may\n"+
+		"connect to (configured, then learned from the servers) and identity fingerprint.")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
@@ -625,7 +632,8 @@ func runWhoami(ctx context.Context, e *env, args []string) int {
 		return fail(e, cmd, err)
 	}
 	a := c.Account()
-	fmt.Fprintf(e.stdout, "name:        %s\ndevice id:   %s\nserver:      %s\nfingerprint: %s\n", a.Name, a.DeviceID, a.ServerURL, a.Fingerprint)
+	fmt.Fprintf(e.stdout, "name:        %s\ndevice id:   %s\nserver:      %s\nservers:     %s\nfingerprint: %s\n",
+		a.Name, a.DeviceID, a.ServerURL, sanitize(strings.Join(a.Servers, ", ")), a.Fingerprint)
 	return 0
 }
 

@@ -339,3 +339,30 @@ func TestFormatSafetyNumber(t *testing.T) {
 		t.Fatalf("grouped input: %q", got)
 	}
 }
+
+// TestCLISeveralServers: register takes a comma-separated list and goes to the first URL that
+// answers; whoami lists them all; send and recv move past the unreachable one by themselves.
+func TestCLISeveralServers(t *testing.T) {
+	fastClients(t)
+	srv := testserver.Start(t)
+	const dead = "http://127.0.0.1:1"
+	alice, bob := t.TempDir(), t.TempDir()
+	r := petrel(t, alice, "", "register", "--server", dead+", "+srv.URL()+",", "--name", "alice").must(t, 0)
+	if !strings.Contains(r.stdout, "registered alice on "+dead+", "+srv.URL()) {
+		t.Fatalf("register output:\n%s", r.stdout)
+	}
+	petrel(t, bob, "", "register", "--server", srv.URL()+","+dead, "--name", "bob").must(t, 0)
+	r = petrel(t, alice, "", "whoami").must(t, 0)
+	if !strings.Contains(r.stdout, "servers:     "+dead+", "+srv.URL()+"\n") {
+		t.Fatalf("whoami output:\n%s", r.stdout)
+	}
+	petrel(t, alice, "", "send", "--to", "bob", "via the second URL").must(t, 0)
+	r = petrel(t, bob, "", "recv", "--wait", "100ms").must(t, 0)
+	if r.stdout != "alice: via the second URL\n" {
+		t.Fatalf("recv output:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+	}
+	r = petrel(t, t.TempDir(), "", "register", "--server", " , ", "--name", "carol").must(t, 2)
+	if !strings.Contains(r.stderr, "at least one URL") {
+		t.Fatalf("empty --server: %q", r.stderr)
+	}
+}

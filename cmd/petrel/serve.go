@@ -28,6 +28,7 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	registration := fs.String("registration", "", "registration policy: open, invite or closed")
 	natsURLs := fs.String("nats", "", "external NATS URLs, comma-separated (default: embedded)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error")
+	publicURL := fs.String("public-url", "", "this node's URL as clients reach it, told to clients so they can fail over to it (default: the bound listen address, e.g. http://127.0.0.1:7070; none when listening on 0.0.0.0 or ::)")
 	clusterListen := fs.String("cluster-listen", "", "host:port for cluster routes between the nodes' embedded NATS servers (default: none, the node runs alone; off loopback needs --insecure: routes are not encrypted yet)")
 	peers := fs.String("peers", "", "the other nodes' --cluster-listen addresses, comma-separated (this node's own may be listed); needs --cluster-listen")
 	clusterName := fs.String("cluster-name", "", "NATS cluster name, the same on every node (default petrel)")
@@ -75,6 +76,9 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	}
 	if set["log-level"] {
 		cfg.LogLevel = *logLevel
+	}
+	if set["public-url"] {
+		cfg.PublicURL = *publicURL
 	}
 	if set["cluster-listen"] {
 		cfg.ClusterListen = *clusterListen

@@ -41,6 +41,8 @@ func TestServeClusterFlags(t *testing.T) {
 	}{
 		{[]string{"--peers", "127.0.0.1:6223"}, "peers given without cluster_listen"},
 		{[]string{"--cluster-listen", "127.0.0.1:6222", "--peers", "127.0.0.1:6223", "--replicas", "3"}, "replicas 3 exceeds the cluster's 2 node(s)"},
+		{[]string{"--public-url", "chat.example:7443"}, `public_url "chat.example:7443": want http(s)://HOST[:PORT]`},
+		{[]string{"--public-url", "https://chat.example/petrel"}, `public_url "https://chat.example/petrel"`},
 	} {
 		var out, errb bytes.Buffer
 		e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: func(string) string { return "" }}

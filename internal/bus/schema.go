@@ -43,6 +43,9 @@ func (b *Bus) InboxSubject(deviceID string) string {
 	return fmt.Sprintf("inbox.%02d.%s", b.Shard(deviceID), deviceID)
 }
 
+// NodesSubject is the core subject on which nodes announce their public URLs (package nodes).
+const NodesSubject = "petrel.nodes"
+
 // DeviceSubject carries live deliveries, wake-ups and takeovers for a connected device.
 func DeviceSubject(deviceID string) string { return "dev." + deviceID }
 

@@ -204,6 +204,7 @@ func (c *conn) handshake(f *pb.Frame) {
 		SignedPrekeyCreatedMs: status.GetSignedPrekeyCreatedMs(),
 		ServerTimeMs:          time.Now().UnixMilli(),
 		MaxFrameBytes:         uint32(c.g.cfg.MaxFrameBytes),
+		Nodes:                 c.g.nodeURLs(),
 	}}})
 	att, err := c.g.mb.Attach(dev.ID, c.id, c)
 	if err != nil {

@@ -94,7 +94,9 @@ type Config struct {
 	// Registration limits Register attempts per address and refused handshakes per connection.
 	Registration RegistrationLimits
 	// Node is this node's name (shown in Challenge).
-	Node     string
+	Node string
+	// Nodes, if set, returns the public URLs of the cluster's nodes that Welcome tells clients.
+	Nodes    func() []string
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
 }
@@ -687,4 +689,12 @@ func codeFor(err error) (pb.ErrorCode, uint32) {
 	default:
 		return pb.ErrorCode_ERROR_CODE_INTERNAL, 1000
 	}
+}
+
+// nodeURLs is what Welcome.nodes tells clients.
+func (g *Gateway) nodeURLs() []string {
+	if g.cfg.Nodes == nil {
+		return nil
+	}
+	return g.cfg.Nodes()
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/petrelchat/petrel/internal/directory"
 	"github.com/petrelchat/petrel/internal/gateway"
 	"github.com/petrelchat/petrel/internal/mailbox"
+	"github.com/petrelchat/petrel/internal/nodes"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -62,6 +63,11 @@ type Config struct {
 	// first start), e.g. "db1-3f9a0c12": unique per data directory and stable across restarts.
 	// Set when the server starts: empty in a Config before that.
 	Node string `toml:"node"`
+	// PublicURL is this node's base URL as clients reach it (e.g. "https://chat1.example:7443"),
+	// announced to the other nodes and told to clients in Welcome so they can fail over to it.
+	// Default: derived from the bound listen address and scheme, unless that address is
+	// unspecified (0.0.0.0, ::), in which case the node is not announced.
+	PublicURL string `toml:"public_url"`
 	// LogLevel is debug, info, warn or error. Default: info.
 	LogLevel string `toml:"log_level"`
 	// LogFormat is text or json. Default: text.
@@ -440,6 +446,9 @@ func (c *Config) Validate() error {
 		bad("listen %q is not a loopback address: serve TLS (--tls-cert/--tls-key) or pass --insecure", c.Listen)
 	}
 	_ = host
+	if c.PublicURL != "" && !nodes.ValidURL(c.PublicURL) {
+		bad("public_url %q: want http(s)://HOST[:PORT], with no path, query or user info", c.PublicURL)
+	}
 	if c.AdminListen != AdminListenOff {
 		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
 			bad("admin.listen %q: %v (want HOST:PORT or off)", c.AdminListen, err)

@@ -34,6 +34,7 @@ import (
 	"github.com/petrelchat/petrel/internal/directory"
 	"github.com/petrelchat/petrel/internal/gateway"
 	"github.com/petrelchat/petrel/internal/mailbox"
+	"github.com/petrelchat/petrel/internal/nodes"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -55,8 +56,9 @@ type Server struct {
 	mb     *mailbox.Mailbox
 	gw     *gateway.Gateway
 	engine *gateway.Engine
-	admin  *admin.Server // nil when admin_listen is "off"
-	addr   atomic.Value  // net.Addr
+	nodes  *nodes.Registry // the other nodes' public URLs, for Welcome
+	admin  *admin.Server   // nil when admin_listen is "off"
+	addr   atomic.Value    // net.Addr
 	token  string
 
 	runCtx    context.Context // lives until Shutdown closes storage
@@ -241,6 +243,8 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.mb.Start(); err != nil {
 		return err
 	}
+	s.nodes = nodes.New(s.bus.Conn(), nodes.Config{Subject: bus.NodesSubject, Node: s.cfg.Node,
+		Logger: s.log.With("component", "nodes")})
 	s.gw = gateway.New(s.dir, s.mb, s.withAdmission(gateway.Config{
 		MaxFrameBytes:          s.cfg.MaxFrameBytes,
 		MaxConns:               maxConns,
@@ -256,6 +260,7 @@ func (s *Server) start(ctx context.Context) error {
 			MaxHandshakeFailures: s.cfg.HandshakeMaxFailures,
 		},
 		Node:     s.cfg.Node,
+		Nodes:    s.nodeURLs,
 		Logger:   s.log.With("component", "gateway"),
 		Registry: s.reg,
 	}))
@@ -294,7 +299,36 @@ func (s *Server) start(ctx context.Context) error {
 		s.engine = nil
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	}
+	// Announced once the listener is bound: the default public URL needs the bound port.
+	if err := s.nodes.Start(s.publicURL()); err != nil {
+		return fmt.Errorf("node announcements: %w", err)
+	}
 	return nil
+}
+
+// publicURL is public_url, or the URL of the bound listener when that address can be reached
+// from elsewhere (not 0.0.0.0 or ::); "" means the node is not announced.
+func (s *Server) publicURL() string {
+	if s.cfg.PublicURL != "" {
+		return s.cfg.PublicURL
+	}
+	if a, ok := s.Addr().(*net.TCPAddr); ok && a.IP.IsUnspecified() {
+		s.log.Warn("public_url not set and listen address unspecified: clients are not told this node's URL", "listen", s.cfg.Listen)
+		return ""
+	}
+	return s.URL()
+}
+
+// Nodes returns the public URLs this node tells clients in Welcome: its own first, then those of
+// the nodes it heard from recently.
+func (s *Server) Nodes() []string { return s.nodeURLs() }
+
+// nodeURLs is the gateway's source for Welcome.nodes.
+func (s *Server) nodeURLs() []string {
+	if s.nodes == nil {
+		return nil
+	}
+	return s.nodes.URLs()
 }
 
 // startAdmin starts the admin listener (metrics, pprof, invites, bulk registration) and writes
@@ -354,6 +388,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutOnce.Do(func() {
 		defer close(s.done)
 		var errs []error
+		if s.nodes != nil {
+			// First, so the nodes that stay stop telling clients to come here.
+			s.nodes.Close(true)
+		}
 		if s.gw != nil {
 			if err := s.gw.Drain(ctx); err != nil {
 				errs = append(errs, err)
@@ -383,6 +421,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Kill() {
 	s.shutOnce.Do(func() {
 		defer close(s.done)
+		// No goodbye: the others forget this node when its announcements stop.
+		if s.nodes != nil {
+			s.nodes.Close(false)
+		}
 		if s.engine != nil {
 			s.engine.Stop()
 		}

@@ -11,7 +11,8 @@
 //   * server sends Challenge (a fresh 32-byte nonce).
 //   * client sends either Register (a new device, with its keys and a signature over the challenge)
 //     or Auth (an existing device: signature over the challenge).
-//   * server answers with Welcome, or with Error and closes the connection.
+//   * server answers with Welcome, or with Error and closes the connection. Welcome.nodes names the
+//     cluster's nodes: a client that loses its node (dead, draining, unreachable) reconnects to another.
 //   * from then on the client sends requests (Frame.id != 0, unique per connection) and the server
 //     answers each with a Frame carrying the same id and either the response body or Error.
 //   * the server pushes Deliver (an envelope for this device), QueueEmpty (the stored backlog has been
@@ -56,8 +57,8 @@ const (
 	ErrorCode_ERROR_CODE_NOT_AUTHENTICATED     ErrorCode = 4 // a request before Register/Auth
 	ErrorCode_ERROR_CODE_AUTH_FAILED           ErrorCode = 5 // bad signature or unknown device
 	ErrorCode_ERROR_CODE_UNKNOWN_USER          ErrorCode = 6
-	ErrorCode_ERROR_CODE_UNKNOWN_DEVICE        ErrorCode = 7 // the recipient does not own this device
-	ErrorCode_ERROR_CODE_STALE_DEVICES         ErrorCode = 8 // the send's device list is not the recipient's current one
+	ErrorCode_ERROR_CODE_UNKNOWN_DEVICE        ErrorCode = 7 // the recipient does not own this device (refetch with GetBundle)
+	ErrorCode_ERROR_CODE_STALE_DEVICES         ErrorCode = 8 // the send's device list is not the recipient's current one (refetch with GetBundle)
 	ErrorCode_ERROR_CODE_NAME_TAKEN            ErrorCode = 9
 	ErrorCode_ERROR_CODE_INVALID_NAME          ErrorCode = 10
 	ErrorCode_ERROR_CODE_REGISTRATION_CLOSED   ErrorCode = 11
@@ -1042,8 +1043,13 @@ type Welcome struct {
 	SignedPrekeyCreatedMs int64  `protobuf:"varint,6,opt,name=signed_prekey_created_ms,json=signedPrekeyCreatedMs,proto3" json:"signed_prekey_created_ms,omitempty"`
 	ServerTimeMs          int64  `protobuf:"varint,7,opt,name=server_time_ms,json=serverTimeMs,proto3" json:"server_time_ms,omitempty"`
 	MaxFrameBytes         uint32 `protobuf:"varint,8,opt,name=max_frame_bytes,json=maxFrameBytes,proto3" json:"max_frame_bytes,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// nodes are the public base URLs (http[s]://host[:port]) of the cluster's nodes this node knows
+	// to be up, this node's own included (at most 16; empty on a single node without public_url
+	// and on old servers). Clients keep them, with the URLs they were configured with, and move to
+	// another one when their node dies, drains (GoAway) or cannot be reached.
+	Nodes         []string `protobuf:"bytes,9,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -1130,6 +1136,13 @@ func (x *Welcome) GetMaxFrameBytes() uint32 {
 		return x.MaxFrameBytes
 	}
 	return 0
+}
+
+func (x *Welcome) GetNodes() []string {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
 }
 
 // Error is the response to a failed request, or the reason a connection is about to close.
@@ -2259,7 +2272,7 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\x04Auth\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12\x16\n" +
-	"\x06resume\x18\x03 \x01(\bR\x06resume\"\xc7\x02\n" +
+	"\x06resume\x18\x03 \x01(\bR\x06resume\"\xdd\x02\n" +
 	"\aWelcome\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x121\n" +
@@ -2268,7 +2281,8 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\x0freplenish_below\x18\x05 \x01(\rR\x0ereplenishBelow\x127\n" +
 	"\x18signed_prekey_created_ms\x18\x06 \x01(\x03R\x15signedPrekeyCreatedMs\x12$\n" +
 	"\x0eserver_time_ms\x18\a \x01(\x03R\fserverTimeMs\x12&\n" +
-	"\x0fmax_frame_bytes\x18\b \x01(\rR\rmaxFrameBytes\"\xaa\x01\n" +
+	"\x0fmax_frame_bytes\x18\b \x01(\rR\rmaxFrameBytes\x12\x14\n" +
+	"\x05nodes\x18\t \x03(\tR\x05nodes\"\xaa\x01\n" +
 	"\x05Error\x12(\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x14.petrel.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12$\n" +
