@@ -58,6 +58,7 @@ type Server struct {
 	admin  *admin.Server // nil when admin_listen is "off"
 	addr   atomic.Value  // net.Addr
 	token  string
+	quorum *quorumWatch // cached JetStream quorum state (quorum.go)
 
 	runCtx    context.Context // lives until Shutdown closes storage
 	runCancel context.CancelFunc
@@ -205,6 +206,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.quorum = newQuorumWatch(s.reg)
 	s.dir = directory.New(s.bus, directory.Config{
 		Policy:           s.cfg.Registration,
 		ReplenishBelow:   s.cfg.PrekeyReplenishBelow,
@@ -294,6 +296,7 @@ func (s *Server) start(ctx context.Context) error {
 		s.engine = nil
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	}
+	s.startQuorumWatch()
 	return nil
 }
 
@@ -410,6 +413,9 @@ func (s *Server) stopAdmin(ctx context.Context) error {
 
 func (s *Server) closeStorage() {
 	s.runCancel()
+	if s.quorum != nil {
+		s.quorum.wg.Wait()
+	}
 	if s.dir != nil {
 		s.dir.Wait()
 	}
@@ -432,9 +438,22 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, "ok")
 }
 
+// readyz answers 503, with the reason in the body, while the node drains, its storage is down, or
+// it has no JetStream quorum (the cached state of the quorum watch, quorum.go).
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
-	if s.gw == nil || !s.gw.Ready() || !s.mb.Healthy() {
-		http.Error(w, "not ready", http.StatusServiceUnavailable)
+	reason := ""
+	switch {
+	case s.gw == nil || !s.gw.Ready():
+		reason = "draining"
+	case !s.mb.Healthy():
+		reason = "storage unavailable"
+	default:
+		if ok, why := s.quorum.state(); !ok {
+			reason = why
+		}
+	}
+	if reason != "" {
+		http.Error(w, "not ready: "+reason, http.StatusServiceUnavailable)
 		return
 	}
 	fmt.Fprintln(w, "ready")
