@@ -237,6 +237,7 @@ func (s *Server) start(ctx context.Context) error {
 		MaxBytesPerSender: s.cfg.InboxMaxBytesPerSender,
 		QueryRate:         s.cfg.QueryQueuedPerSecond,
 		QueryBurst:        s.cfg.QueryQueuedBurst,
+		Quorum:            s.quorum.ok.Load,
 		Logger:            s.log.With("component", "mailbox"),
 		Registry:          s.reg,
 	})
