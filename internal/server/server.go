@@ -198,6 +198,7 @@ func (s *Server) start(ctx context.Context) error {
 		Replicas:            s.cfg.Replicas,
 		ClusterListen:       s.cfg.ClusterListen,
 		ClusterPeers:        s.cfg.Peers,
+		ClusterAdvertise:    s.cfg.ClusterAdvertise,
 		ClusterName:         s.cfg.ClusterName,
 		Name:                s.cfg.Node,
 		Logger:              s.log.With("component", "bus"),
