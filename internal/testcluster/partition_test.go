@@ -4,10 +4,12 @@
 package testcluster_test
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +28,8 @@ const partitionBound = 30 * time.Second
 // a send to an offline device with a retryable UNAVAILABLE (no ack), sends its client a GoAway
 // and refuses new connections, while n2 keeps acking; once healed, n1 is ready and acks again.
 func TestPartitionedNodeStopsAckingAndRecovers(t *testing.T) {
-	c := testcluster.Start(t, nodes, testcluster.Options{Proxies: true})
+	logs := &syncBuffer{}
+	c := testcluster.Start(t, nodes, testcluster.Options{Proxies: true, Log: logs})
 	n1, n2 := c.Node(0), c.Node(1)
 
 	bob := testserver.Dial(t, n2.URL())
@@ -124,6 +127,12 @@ func TestPartitionedNodeStopsAckingAndRecovers(t *testing.T) {
 	if v := metric(t, n1.AdminURL(), "petrel_cluster_quorum_lost_total"); v != 1 {
 		t.Fatalf("n1 petrel_cluster_quorum_lost_total = %v, want 1", v)
 	}
+	// The log says it once on loss and once on recovery, not per check or per request.
+	for _, msg := range []string{"jetstream quorum lost", "jetstream quorum recovered", "jetstream quorum still lost"} {
+		if n := logs.count(`msg="`+msg, "node=n1"); n != 1 {
+			t.Errorf("n1 logged %q %d times, want once", msg, n)
+		}
+	}
 	n1.WaitLeaders(t, partitionBound)
 	again := authRetry(t, n1.URL(), alice.AuthKey)
 	if r := again.Send("m2", "bob", []string{bobDev}, []byte("healed")); r.GetSendResult() == nil {
@@ -153,6 +162,35 @@ func TestPartitionedNodeStopsAckingAndRecovers(t *testing.T) {
 	if got["m1"] {
 		t.Error("bob got m1, which was refused")
 	}
+}
+
+// syncBuffer collects the nodes' logs (written from many goroutines).
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// count is the number of lines that contain every one of subs.
+func (b *syncBuffer) count(subs ...string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for line := range strings.SplitSeq(b.buf.String(), "\n") {
+		all := true
+		for _, s := range subs {
+			all = all && strings.Contains(line, s)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
 }
 
 func readyz(t *testing.T, url string) (int, string) {
