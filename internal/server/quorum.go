@@ -32,9 +32,10 @@ type quorumWatch struct {
 	ok     atomic.Bool
 	reason atomic.Pointer[string] // why the quorum is lost; nil while ok
 
-	gauge prometheus.Gauge
-	lost  prometheus.Counter
-	wg    sync.WaitGroup
+	gauge  prometheus.Gauge
+	lost   prometheus.Counter
+	cancel context.CancelFunc // ends the watch; nil until it starts
+	wg     sync.WaitGroup
 }
 
 func newQuorumWatch(reg prometheus.Registerer) *quorumWatch {
@@ -61,9 +62,19 @@ func (q *quorumWatch) state() (bool, string) {
 	return false, "no jetstream quorum"
 }
 
-// startQuorumWatch runs the watch until s.runCtx ends; closeStorage waits for it.
+// stop ends the watch and waits for it (before the bus closes). Idempotent.
+func (q *quorumWatch) stop() {
+	if q.cancel != nil {
+		q.cancel()
+	}
+	q.wg.Wait()
+}
+
+// startQuorumWatch runs the watch until s.runCtx ends or quorumWatch.stop.
 func (s *Server) startQuorumWatch() {
 	q := s.quorum
+	ctx, cancel := context.WithCancel(s.runCtx)
+	q.cancel = cancel
 	clustered := s.cfg.ClusterListen != "" || len(s.cfg.NATS) > 0
 	q.wg.Go(func() {
 		t := time.NewTicker(quorumEvery)
@@ -73,14 +84,14 @@ func (s *Server) startQuorumWatch() {
 		moved := false
 		for {
 			select {
-			case <-s.runCtx.Done():
+			case <-ctx.Done():
 				return
 			case <-t.C:
 			}
-			ctx, cancel := context.WithTimeout(s.runCtx, quorumTimeout)
-			err := s.bus.Quorum(ctx)
-			cancel()
-			if s.runCtx.Err() != nil {
+			cctx, ccancel := context.WithTimeout(ctx, quorumTimeout)
+			err := s.bus.Quorum(cctx)
+			ccancel()
+			if ctx.Err() != nil {
 				return
 			}
 			switch {
@@ -113,7 +124,7 @@ func (s *Server) startQuorumWatch() {
 				q.reason.Store(&reason)
 				if clustered && !moved && time.Since(lostAt) >= quorumMoveAfter {
 					moved = true
-					mctx, mcancel := context.WithTimeout(s.runCtx, quorumMoveWait)
+					mctx, mcancel := context.WithTimeout(ctx, quorumMoveWait)
 					n := s.gw.Move(mctx)
 					mcancel()
 					s.log.Warn("jetstream quorum still lost: clients sent to other nodes, new connections refused", "connections", n, "lost_for", time.Since(lostAt).Round(time.Millisecond))

@@ -394,6 +394,9 @@ func (s *Server) Kill() {
 		if s.gw != nil {
 			s.gw.Close()
 		}
+		if s.quorum != nil {
+			s.quorum.stop() // it reads the bus
+		}
 		if s.bus != nil {
 			s.bus.Close()
 		}
@@ -416,7 +419,7 @@ func (s *Server) stopAdmin(ctx context.Context) error {
 func (s *Server) closeStorage() {
 	s.runCancel()
 	if s.quorum != nil {
-		s.quorum.wg.Wait()
+		s.quorum.stop()
 	}
 	if s.dir != nil {
 		s.dir.Wait()
