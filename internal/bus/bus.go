@@ -47,6 +47,9 @@ type Config struct {
 	// to each and forms one NATS cluster with JetStream clustered. This node's own ClusterListen may
 	// be listed too (it is skipped). Default: empty.
 	ClusterPeers []string
+	// ClusterAdvertise is the host:port the other nodes are told to reach this one at (routes
+	// learnt by gossip use it; configured peers are dialled as given). Default: ClusterListen.
+	ClusterAdvertise string
 	// ClusterName names the NATS cluster; every node of it must use the same. Default: "petrel".
 	ClusterName string
 	// InboxShards is the number of INBOX streams device inboxes are spread over. Default: 16.
@@ -248,7 +251,7 @@ func (b *Bus) clusterOptions(o *server.Options) error {
 	if err != nil {
 		return fmt.Errorf("cluster listen %q: %w", b.cfg.ClusterListen, err)
 	}
-	o.Cluster = server.ClusterOpts{Name: b.cfg.ClusterName, Host: host, Port: port}
+	o.Cluster = server.ClusterOpts{Name: b.cfg.ClusterName, Host: host, Port: port, Advertise: b.cfg.ClusterAdvertise}
 	// nats-server starts routing only once its client accept loop runs, which DontListen skips.
 	// So a clustered node listens for clients too, on a random loopback port, behind a random
 	// token that only this process knows (its own connection is in-process).

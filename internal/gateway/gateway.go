@@ -168,6 +168,7 @@ type Gateway struct {
 	reg      *regGuard // per-IP and per-connection handshake limits (limits.go)
 
 	draining atomic.Bool
+	moving   atomic.Bool // the node lost its cluster quorum: clients are sent elsewhere (Move)
 	count    atomic.Int64
 	inflight inflight // sends not yet answered
 
@@ -298,6 +299,12 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.metrics.refused.WithLabelValues("draining").Inc()
 		w.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(5)))
 		http.Error(w, "server is shutting down, reconnect elsewhere", http.StatusServiceUnavailable)
+		return
+	}
+	if g.moving.Load() {
+		g.metrics.refused.WithLabelValues("no_quorum").Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(5)))
+		http.Error(w, "this node cannot reach its cluster's majority, connect to another node", http.StatusServiceUnavailable)
 		return
 	}
 	if !isUpgrade(r) || !hasSubprotocol(r) {
@@ -451,6 +458,40 @@ func (g *Gateway) Drain(ctx context.Context) error {
 	}
 	return err
 }
+
+// Move sends every client to another node, for a node that lost its cluster quorum and so cannot
+// store or ack anything through the store path: new connections are refused (503 with
+// Retry-After) until Resume, every connection gets a GoAway (UNAVAILABLE, a retry hint spread
+// over 0.25-3 s), in-flight sends are waited for (they end acked or UNAVAILABLE within the
+// mailbox's store timeout) until ctx ends, then the connections are closed. It returns the number
+// of connections told to move.
+func (g *Gateway) Move(ctx context.Context) int {
+	g.moving.Store(true)
+	g.mu.Lock()
+	conns := make([]*conn, 0, len(g.conns))
+	for c := range g.conns {
+		conns = append(conns, c)
+	}
+	g.mu.Unlock()
+	for _, c := range conns {
+		c.write(&pb.Frame{Body: &pb.Frame_GoAway{GoAway: &pb.GoAway{
+			Reason:       pb.ErrorCode_ERROR_CODE_UNAVAILABLE,
+			RetryAfterMs: uint32(250 + rand.IntN(2750)),
+			Message:      "this node cannot reach its cluster's majority; reconnect to another node",
+		}}})
+	}
+	select {
+	case <-g.inflight.idle():
+	case <-ctx.Done():
+	}
+	for _, c := range conns {
+		c.close()
+	}
+	return len(conns)
+}
+
+// Resume accepts connections again after Move.
+func (g *Gateway) Resume() { g.moving.Store(false) }
 
 // inflight counts sends not yet answered, for Drain to wait until none is left. (Not a
 // sync.WaitGroup: sends go on starting while Drain waits, and a WaitGroup forbids an Add from zero

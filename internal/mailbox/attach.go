@@ -205,6 +205,7 @@ func (a *Attachment) onMsg(msg *nats.Msg) {
 	switch msg.Data[0] {
 	case kindKick:
 		if string(msg.Data[1:]) != a.connID {
+			a.m.metrics.takeovers.Inc()
 			a.Detach()
 			a.sink.Kicked()
 		}

@@ -113,6 +113,11 @@ type Config struct {
 	// the burst). QueryRate -1: no limit. Defaults: 16 and 128.
 	QueryRate  float64
 	QueryBurst int
+	// Quorum, if set, reports whether this node reaches a JetStream majority (the server's cached
+	// quorum watch). While it reports false, stores fail at once with ErrStorage (UNAVAILABLE,
+	// retryable, nothing acked) instead of waiting StoreTimeout for a commit that cannot happen.
+	// Live delivery goes on: a live ack means the device has the envelope. Default: nil (always).
+	Quorum func() bool
 	// Node names this node in reply subjects. Default: a random id.
 	Node     string
 	Logger   *slog.Logger
@@ -511,6 +516,11 @@ func (m *Mailbox) Store(deviceID, dedupeID string, envelope []byte, done func(er
 func (m *Mailbox) store(deviceID, dedupeID, ticket string, envelope []byte, done func(error)) {
 	if m.closed.Load() {
 		done(ErrClosed)
+		return
+	}
+	if q := m.cfg.Quorum; q != nil && !q() {
+		m.metrics.noQuorum.Inc()
+		done(fmt.Errorf("%w: no jetstream quorum on this node", ErrStorage))
 		return
 	}
 	m.writers[m.bus.Shard(deviceID)].enqueue(&appendReq{

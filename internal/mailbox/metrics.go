@@ -23,6 +23,9 @@ type metrics struct {
 	attached         prometheus.Gauge
 	busDropped       prometheus.Counter
 	resyncWakes      prometheus.Counter
+	crossNode        prometheus.Counter
+	takeovers        prometheus.Counter
+	noQuorum         prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -44,12 +47,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		attached:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_mailbox_attached_devices", Help: "Devices attached for delivery on this node."}),
 		busDropped:       prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_bus_dropped_total", Help: "Messages to attached devices (wake-ups, live requests, takeovers) that the bus connection dropped because their dispatch channel was full; each affected device's inbox is re-read."}),
 		resyncWakes:      prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_resync_wakes_total", Help: "Wake-ups sent to devices on this node after the bus dropped messages for them (each makes the device re-read its inbox)."}),
+		crossNode:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_cross_node_deliveries_total", Help: "Envelopes sent through this node and acked live by their device over the bus (the device attached on another node), not through the node-local fast path."}),
+		noQuorum:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_no_quorum_total", Help: "Envelopes refused at once (UNAVAILABLE, not acked) because this node had no JetStream quorum."}),
+		takeovers:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_takeovers_total", Help: "Device connections on this node taken over by a newer connection of the same device, on this node or another (each told CONNECTED_ELSEWHERE)."}),
 	}
 	for _, r := range []string{reasonCount, reasonBytes, reasonSenderCount, reasonSenderBytes, reasonStream} {
 		m.inboxFull.WithLabelValues(r) // every reason shows, at 0, from the start
 	}
 	if reg != nil {
-		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes)
+		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.crossNode, m.takeovers, m.noQuorum)
 	}
 	return m
 }

@@ -204,6 +204,9 @@ func (x *sendTarget) answered(res liveResult) {
 	x.op.route.liveAnswered(x.t.DeviceID, x.local)
 	if res.acked {
 		x.op.m.metrics.deliveredLive.Inc()
+		if !x.local {
+			x.op.m.metrics.crossNode.Inc()
+		}
 		x.op.finish(true, nil)
 	}
 }

@@ -104,6 +104,11 @@ type ClusterSection struct {
 	// external NATS or a cluster of at least 3 nodes (peers plus this one), else 1. In an embedded
 	// cluster it may not exceed the number of nodes. Default: 0.
 	Replicas int `toml:"replicas"`
+	// ClusterAdvertise is the host:port this node tells the other nodes to reach its cluster
+	// listener at, which they use for routes they learn by gossip rather than from peers. Not in
+	// the config file: the test harness sets it to a closed port so that every route goes through
+	// its fault-injecting proxies (internal/testcluster). Default: cluster_listen.
+	ClusterAdvertise string `toml:"-"`
 }
 
 // TLSSection is [tls]: TLS on the public listener.

@@ -60,6 +60,7 @@ type Server struct {
 	admin  *admin.Server   // nil when admin_listen is "off"
 	addr   atomic.Value    // net.Addr
 	token  string
+	quorum *quorumWatch // cached JetStream quorum state (quorum.go)
 
 	runCtx    context.Context // lives until Shutdown closes storage
 	runCancel context.CancelFunc
@@ -199,6 +200,7 @@ func (s *Server) start(ctx context.Context) error {
 		Replicas:            s.cfg.Replicas,
 		ClusterListen:       s.cfg.ClusterListen,
 		ClusterPeers:        s.cfg.Peers,
+		ClusterAdvertise:    s.cfg.ClusterAdvertise,
 		ClusterName:         s.cfg.ClusterName,
 		Name:                s.cfg.Node,
 		Logger:              s.log.With("component", "bus"),
@@ -207,6 +209,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.quorum = newQuorumWatch(s.reg)
 	s.dir = directory.New(s.bus, directory.Config{
 		Policy:           s.cfg.Registration,
 		ReplenishBelow:   s.cfg.PrekeyReplenishBelow,
@@ -237,6 +240,7 @@ func (s *Server) start(ctx context.Context) error {
 		MaxBytesPerSender: s.cfg.InboxMaxBytesPerSender,
 		QueryRate:         s.cfg.QueryQueuedPerSecond,
 		QueryBurst:        s.cfg.QueryQueuedBurst,
+		Quorum:            s.quorum.ok.Load,
 		Logger:            s.log.With("component", "mailbox"),
 		Registry:          s.reg,
 	})
@@ -303,6 +307,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.nodes.Start(s.publicURL()); err != nil {
 		return fmt.Errorf("node announcements: %w", err)
 	}
+	s.startQuorumWatch()
 	return nil
 }
 
@@ -431,6 +436,9 @@ func (s *Server) Kill() {
 		if s.gw != nil {
 			s.gw.Close()
 		}
+		if s.quorum != nil {
+			s.quorum.stop() // it reads the bus
+		}
 		if s.bus != nil {
 			s.bus.Close()
 		}
@@ -452,6 +460,9 @@ func (s *Server) stopAdmin(ctx context.Context) error {
 
 func (s *Server) closeStorage() {
 	s.runCancel()
+	if s.quorum != nil {
+		s.quorum.stop()
+	}
 	if s.dir != nil {
 		s.dir.Wait()
 	}
@@ -474,9 +485,22 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, "ok")
 }
 
+// readyz answers 503, with the reason in the body, while the node drains, its storage is down, or
+// it has no JetStream quorum (the cached state of the quorum watch, quorum.go).
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
-	if s.gw == nil || !s.gw.Ready() || !s.mb.Healthy() {
-		http.Error(w, "not ready", http.StatusServiceUnavailable)
+	reason := ""
+	switch {
+	case s.gw == nil || !s.gw.Ready():
+		reason = "draining"
+	case !s.mb.Healthy():
+		reason = "storage unavailable"
+	default:
+		if ok, why := s.quorum.state(); !ok {
+			reason = why
+		}
+	}
+	if reason != "" {
+		http.Error(w, "not ready: "+reason, http.StatusServiceUnavailable)
 		return
 	}
 	fmt.Fprintln(w, "ready")

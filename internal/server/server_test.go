@@ -93,6 +93,13 @@ func TestLiveSendAckedByDevice(t *testing.T) {
 	if d.GetEnvelope().GetMessageId() != "m1" || string(d.GetEnvelope().GetCiphertext()) != "ciphertext-1" {
 		t.Fatalf("bob got %v", d)
 	}
+	// Both devices are on this node: the node-local fast path, not a cross-node delivery.
+	if v := gauge(t, s.AdminURL(), "petrel_mailbox_delivered_live_total"); v != 1 {
+		t.Fatalf("petrel_mailbox_delivered_live_total = %v, want 1", v)
+	}
+	if v := gauge(t, s.AdminURL(), "petrel_mailbox_cross_node_deliveries_total"); v != 0 {
+		t.Fatalf("petrel_mailbox_cross_node_deliveries_total = %v, want 0", v)
+	}
 }
 
 func TestOfflineStoreThenDrain(t *testing.T) {
@@ -332,6 +339,9 @@ func TestConnectedElsewhere(t *testing.T) {
 	}
 	if _, err := a.ReadErr(5e9); err == nil {
 		t.Fatal("first connection should be closed")
+	}
+	if v := gauge(t, s.AdminURL(), "petrel_mailbox_takeovers_total"); v != 1 {
+		t.Fatalf("petrel_mailbox_takeovers_total = %v, want 1", v)
 	}
 }
 

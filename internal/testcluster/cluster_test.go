@@ -95,6 +95,7 @@ func TestLiveAcrossNodes(t *testing.T) {
 		return nil
 	})
 	before := metric(t, cNode.AdminURL(), "petrel_mailbox_delivered_live_total")
+	crossBefore := metric(t, cNode.AdminURL(), "petrel_mailbox_cross_node_deliveries_total")
 
 	got := make(chan *pb.Deliver, 1)
 	go func() {
@@ -119,6 +120,9 @@ func TestLiveAcrossNodes(t *testing.T) {
 	}
 	if after := metric(t, cNode.AdminURL(), "petrel_mailbox_delivered_live_total"); after != before+1 {
 		t.Fatalf("n3 counted %v live deliveries, want %v: the envelope did not go live", after, before+1)
+	}
+	if after := metric(t, cNode.AdminURL(), "petrel_mailbox_cross_node_deliveries_total"); after != crossBefore+1 {
+		t.Fatalf("n3 counted %v cross-node deliveries, want %v", after, crossBefore+1)
 	}
 }
 
@@ -199,6 +203,12 @@ func TestConnectedElsewhereAcrossNodes(t *testing.T) {
 	}
 	if _, err := first.ReadErr(5 * time.Second); err == nil {
 		t.Fatal("the n1 connection should be closed")
+	}
+	if n := metric(t, c.Node(0).AdminURL(), "petrel_mailbox_takeovers_total"); n != 1 {
+		t.Fatalf("n1 counted %v takeovers, want 1", n)
+	}
+	if n := metric(t, c.Node(1).AdminURL(), "petrel_mailbox_takeovers_total"); n != 0 {
+		t.Fatalf("n2 counted %v takeovers, want 0 (it took over, it was not taken over)", n)
 	}
 	// The new connection works.
 	if p := second.Request(&pb.Frame{Body: &pb.Frame_Ping{Ping: &pb.Ping{}}}); p.GetPong() == nil {

@@ -10,6 +10,9 @@
 // Cluster ports are picked before the start (each node must know the others' addresses): a
 // free port is found by binding 127.0.0.1:0 and closing it, so another process could take it in
 // between; on a test machine that is rare enough.
+//
+// With Options.Proxies every cluster route runs through a fault-injecting TCP proxy (proxy.go),
+// one per direction of each pair of nodes, and Partition/Heal cut a node off and back.
 package testcluster
 
 import (
@@ -31,6 +34,10 @@ import (
 type Options struct {
 	// Config, if set, changes node i's config before its first start.
 	Config func(i int, c *server.Config)
+	// Proxies routes every cluster route through a fault-injecting Proxy, one per direction of
+	// each pair of nodes (node i dials node j through its own proxy), so that Partition can cut a
+	// node off. Each node advertises a closed port, so no route learnt by gossip bypasses them.
+	Proxies bool
 	// Log, if set, receives every node's log at debug level (each line carries node=NAME). The
 	// environment variable PETREL_TEST_LOG sends it to stderr instead.
 	Log io.Writer
@@ -39,6 +46,8 @@ type Options struct {
 // Cluster is a running set of nodes.
 type Cluster struct {
 	nodes []*Node
+	// proxies[i][j] carries node i's routes to node j (nil without Options.Proxies, and for i == j).
+	proxies [][]*Proxy
 }
 
 // Node is one Petrel node of a cluster.
@@ -58,9 +67,9 @@ const startTimeout = 60 * time.Second
 // peers list holds every node's cluster address, its own included.
 func Start(t testing.TB, n int, opts Options) *Cluster {
 	t.Helper()
-	ports := freePorts(t, n)
+	ports := freePorts(t, n+1) // the last one stays closed: the advertised address with Proxies
 	peers := make([]string, n)
-	for i, p := range ports {
+	for i, p := range ports[:n] {
 		peers[i] = fmt.Sprintf("127.0.0.1:%d", p)
 	}
 	var out io.Writer = io.Discard
@@ -73,6 +82,17 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 	}
 	base := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}))
 	c := &Cluster{}
+	if opts.Proxies {
+		c.proxies = make([][]*Proxy, n)
+		for i := range n {
+			c.proxies[i] = make([]*Proxy, n)
+			for j := range n {
+				if i != j {
+					c.proxies[i][j] = NewProxy(t, peers[j])
+				}
+			}
+		}
+	}
 	for i := range n {
 		cfg := server.Config{
 			Listen:         "127.0.0.1:0",
@@ -81,6 +101,15 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 			Data:           t.TempDir(),
 			Node:           fmt.Sprintf("n%d", i+1),
 			ClusterSection: server.ClusterSection{ClusterListen: peers[i], Peers: peers, ClusterName: "petrel-test"},
+		}
+		if opts.Proxies {
+			cfg.Peers = nil
+			for j, p := range c.proxies[i] {
+				if j != i {
+					cfg.Peers = append(cfg.Peers, p.Addr())
+				}
+			}
+			cfg.ClusterAdvertise = fmt.Sprintf("127.0.0.1:%d", ports[n])
 		}
 		if opts.Config != nil {
 			opts.Config(i, &cfg)
@@ -129,6 +158,32 @@ func (c *Cluster) Stop() {
 		wg.Go(nd.Stop)
 	}
 	wg.Wait()
+}
+
+// Partition cuts node i (0-based) off from every other node: the proxies of its routes, both
+// ways, close their connections and refuse new ones. Needs Options.Proxies.
+func (c *Cluster) Partition(t testing.TB, i int) {
+	t.Helper()
+	c.eachProxyOf(t, i, (*Proxy).Cut)
+}
+
+// Heal undoes Partition(i): the nodes' routes reconnect by themselves within seconds.
+func (c *Cluster) Heal(t testing.TB, i int) {
+	t.Helper()
+	c.eachProxyOf(t, i, (*Proxy).Heal)
+}
+
+func (c *Cluster) eachProxyOf(t testing.TB, i int, f func(*Proxy)) {
+	t.Helper()
+	if c.proxies == nil {
+		t.Fatal("testcluster: partitions need Options.Proxies")
+	}
+	for j := range c.nodes {
+		if j != i {
+			f(c.proxies[i][j])
+			f(c.proxies[j][i])
+		}
+	}
 }
 
 // launch starts the node's server without waiting for it.

@@ -1,0 +1,73 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// ErrNoQuorum: this node cannot reach a JetStream majority (no meta leader, or the JetStream API
+// does not answer in time), so nothing can be stored or acked through the store path.
+var ErrNoQuorum = errors.New("no jetstream quorum")
+
+// peerFresh is how recently a meta leader must have heard from a peer to count it towards the
+// majority. Raft heartbeats go out every second; nats-server itself notices a lost quorum only
+// after about 10 s, so a leader cut off from the others would report itself healthy that long.
+const peerFresh = 3 * time.Second
+
+// Quorum reports whether this node reaches a JetStream majority: the JetStream API answers within
+// ctx (an account-info request, which the meta leader answers), and, for an embedded clustered
+// server, its own view of the meta group has a leader and, when this node is that leader, a
+// majority of the group was heard from within peerFresh. The error says which check failed; it
+// wraps ErrNoQuorum. Cheap enough to call once a second, not per request.
+func (b *Bus) Quorum(ctx context.Context) error {
+	if err := b.metaView(); err != nil {
+		return err
+	}
+	if _, err := b.js.AccountInfo(ctx); err != nil {
+		return fmt.Errorf("%w: jetstream api did not answer: %v", ErrNoQuorum, err)
+	}
+	return nil
+}
+
+// metaView checks the embedded server's own view of the JetStream meta group (nil when external
+// or not clustered: the API check decides alone).
+func (b *Bus) metaView() error {
+	srv := b.srv
+	if srv == nil || !srv.JetStreamIsClustered() {
+		return nil
+	}
+	if !srv.JetStreamEnabled() {
+		return fmt.Errorf("%w: jetstream disabled on this node", ErrNoQuorum)
+	}
+	info, err := srv.Jsz(&server.JSzOptions{Limit: 1})
+	if err != nil {
+		return fmt.Errorf("%w: jetstream state: %v", ErrNoQuorum, err)
+	}
+	meta := info.Meta
+	if meta == nil {
+		return fmt.Errorf("%w: no meta group", ErrNoQuorum)
+	}
+	if meta.Leader == "" {
+		return fmt.Errorf("%w: no meta leader", ErrNoQuorum)
+	}
+	if !srv.JetStreamIsLeader() {
+		return nil // a follower's view of its leader is checked by the API round trip
+	}
+	seen := 1 // this node
+	for _, p := range meta.Replicas {
+		if p != nil && !p.Offline && p.Active < peerFresh {
+			seen++
+		}
+	}
+	if need := meta.Size/2 + 1; seen < need {
+		return fmt.Errorf("%w: meta leader hears from %d of %d nodes, needs %d", ErrNoQuorum, seen, meta.Size, need)
+	}
+	return nil
+}

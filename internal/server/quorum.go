@@ -1,0 +1,135 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package server
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The quorum watch: every quorumEvery the node asks whether it reaches a JetStream majority
+// (bus.Quorum, bounded by quorumTimeout). quorumFailures checks in a row failing mark it lost;
+// one success marks it back. /readyz reads the cached state, never JetStream. In a cluster, a
+// node whose quorum stays lost for quorumMoveAfter sends its clients to other nodes and refuses
+// new ones until it is back (a node alone has nowhere to send them).
+const (
+	quorumEvery     = time.Second
+	quorumTimeout   = 2 * time.Second
+	quorumFailures  = 2
+	quorumMoveAfter = 5 * time.Second
+	// quorumMoveWait bounds the wait for in-flight sends when clients are moved: a send's store
+	// ends (acked or UNAVAILABLE) within the mailbox's store timeout (10 s).
+	quorumMoveWait = 12 * time.Second
+)
+
+// quorumWatch holds the cached quorum state.
+type quorumWatch struct {
+	ok     atomic.Bool
+	reason atomic.Pointer[string] // why the quorum is lost; nil while ok
+
+	gauge  prometheus.Gauge
+	lost   prometheus.Counter
+	cancel context.CancelFunc // ends the watch; nil until it starts
+	wg     sync.WaitGroup
+}
+
+func newQuorumWatch(reg prometheus.Registerer) *quorumWatch {
+	q := &quorumWatch{
+		gauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_cluster_quorum", Help: "1 while this node reaches a JetStream majority (a meta leader answers), else 0."}),
+		lost:  prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_cluster_quorum_lost_total", Help: "Times this node lost its JetStream majority."}),
+	}
+	q.ok.Store(true) // the bus opened only once JetStream answered
+	q.gauge.Set(1)
+	if reg != nil {
+		reg.MustRegister(q.gauge, q.lost)
+	}
+	return q
+}
+
+// state is the cached quorum state and, when lost, the reason.
+func (q *quorumWatch) state() (bool, string) {
+	if q.ok.Load() {
+		return true, ""
+	}
+	if r := q.reason.Load(); r != nil {
+		return false, *r
+	}
+	return false, "no jetstream quorum"
+}
+
+// stop ends the watch and waits for it (before the bus closes). Idempotent.
+func (q *quorumWatch) stop() {
+	if q.cancel != nil {
+		q.cancel()
+	}
+	q.wg.Wait()
+}
+
+// startQuorumWatch runs the watch until s.runCtx ends or quorumWatch.stop.
+func (s *Server) startQuorumWatch() {
+	q := s.quorum
+	ctx, cancel := context.WithCancel(s.runCtx)
+	q.cancel = cancel
+	clustered := s.cfg.ClusterListen != "" || len(s.cfg.NATS) > 0
+	q.wg.Go(func() {
+		t := time.NewTicker(quorumEvery)
+		defer t.Stop()
+		failures := 0
+		var lostAt time.Time
+		moved := false
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			cctx, ccancel := context.WithTimeout(ctx, quorumTimeout)
+			err := s.bus.Quorum(cctx)
+			ccancel()
+			if ctx.Err() != nil {
+				return
+			}
+			switch {
+			case err == nil:
+				failures = 0
+				if q.ok.Load() {
+					continue
+				}
+				q.ok.Store(true)
+				q.reason.Store(nil)
+				q.gauge.Set(1)
+				if moved {
+					s.gw.Resume()
+					moved = false
+				}
+				s.log.Info("jetstream quorum recovered: ready again", "lost_for", time.Since(lostAt).Round(time.Millisecond))
+			case q.ok.Load():
+				if failures++; failures < quorumFailures {
+					continue
+				}
+				reason := err.Error()
+				q.reason.Store(&reason)
+				q.ok.Store(false)
+				q.gauge.Set(0)
+				q.lost.Inc()
+				lostAt = time.Now()
+				s.log.Warn("jetstream quorum lost: not ready, sends are refused (UNAVAILABLE) until it is back", "reason", reason)
+			default:
+				reason := err.Error()
+				q.reason.Store(&reason)
+				if clustered && !moved && time.Since(lostAt) >= quorumMoveAfter {
+					moved = true
+					mctx, mcancel := context.WithTimeout(ctx, quorumMoveWait)
+					n := s.gw.Move(mctx)
+					mcancel()
+					s.log.Warn("jetstream quorum still lost: clients sent to other nodes, new connections refused", "connections", n, "lost_for", time.Since(lostAt).Round(time.Millisecond))
+				}
+			}
+		}
+	})
+}

@@ -1,0 +1,225 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package testcluster_test
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/petrelchat/petrel/internal/bus"
+	"github.com/petrelchat/petrel/internal/testcluster"
+	"github.com/petrelchat/petrel/internal/testserver"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+)
+
+// partitionBound bounds how long a partitioned node takes to notice (quorum watch: 2 failed
+// checks a second apart, each up to 2 s; a cut-off meta leader is caught by its peers' silence
+// after 3 s) and to move its clients (5 s later), with room for -race on two shared cores.
+const partitionBound = 30 * time.Second
+
+// TestPartitionedNodeStopsAckingAndRecovers: n1 cut off from n2 and n3 turns not ready, refuses
+// a send to an offline device with a retryable UNAVAILABLE (no ack), sends its client a GoAway
+// and refuses new connections, while n2 keeps acking; once healed, n1 is ready and acks again.
+func TestPartitionedNodeStopsAckingAndRecovers(t *testing.T) {
+	logs := &syncBuffer{}
+	c := testcluster.Start(t, nodes, testcluster.Options{Proxies: true, Log: logs})
+	n1, n2 := c.Node(0), c.Node(1)
+
+	bob := testserver.Dial(t, n2.URL())
+	bob.MustRegister("bob")
+	bobDev := bob.DeviceID
+	bob.WS.CloseNow()
+	subj := bus.DeviceSubject(bobDev)
+	for _, nd := range []*testcluster.Node{n1, n2} {
+		testcluster.WaitFor(t, 10*time.Second, func() error {
+			ok, err := nd.Server().Bus().InterestForTest(subj)
+			if err != nil || ok {
+				return fmt.Errorf("%s still sees a subscriber on %s (%v)", nd.Name(), subj, err)
+			}
+			return nil
+		})
+	}
+	alice := testserver.Dial(t, n1.URL())
+	alice.MustRegister("alice")
+	carol := testserver.Dial(t, n2.URL())
+	carol.MustRegister("carol")
+	if r := alice.Send("m0", "bob", []string{bobDev}, []byte("before")); r.GetSendResult() == nil {
+		t.Fatalf("send through n1 before the partition: %v", r)
+	}
+
+	start := time.Now()
+	c.Partition(t, 0)
+	testcluster.WaitFor(t, partitionBound, func() error {
+		if code, body := readyz(t, n1.URL()); code != http.StatusServiceUnavailable {
+			return fmt.Errorf("n1 /readyz %d %q", code, body)
+		}
+		return nil
+	})
+	t.Logf("n1 not ready %s after the partition", time.Since(start).Round(time.Millisecond))
+	// The reason depends on which check failed first: no meta leader, the leader hears no
+	// majority, or the API did not answer.
+	if _, body := readyz(t, n1.URL()); !strings.HasPrefix(body, "not ready: no jetstream quorum: ") {
+		t.Fatalf("n1 /readyz body %q, want the reason", body)
+	}
+	if v := metric(t, n1.AdminURL(), "petrel_cluster_quorum"); v != 0 {
+		t.Fatalf("n1 petrel_cluster_quorum = %v, want 0", v)
+	}
+
+	// A send through n1 to an offline device cannot be stored: UNAVAILABLE with a retry hint.
+	alice.Write(&pb.Frame{Id: 100, Body: &pb.Frame_Send{Send: &pb.Send{MessageId: "m1", To: "bob",
+		Envelopes: []*pb.DeviceCiphertext{{DeviceId: bobDev, Type: pb.EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: []byte("cut")}}}}})
+	var answered, goAway bool
+	for !answered || !goAway {
+		f, err := alice.ReadErr(partitionBound)
+		if err != nil {
+			t.Fatalf("alice on n1: answered=%v goaway=%v: %v", answered, goAway, err)
+		}
+		switch {
+		case f.GetId() == 100:
+			if f.GetSendResult() != nil {
+				t.Fatalf("n1 acked a send it cannot store: %v", f)
+			}
+			if e := f.GetError(); e.GetCode() != pb.ErrorCode_ERROR_CODE_UNAVAILABLE || e.GetRetryAfterMs() == 0 {
+				t.Fatalf("want UNAVAILABLE with a retry hint, got %v", f)
+			}
+			answered = true
+		case f.GetGoAway() != nil:
+			if g := f.GetGoAway(); g.GetReason() != pb.ErrorCode_ERROR_CODE_UNAVAILABLE || g.GetRetryAfterMs() == 0 {
+				t.Fatalf("want GoAway UNAVAILABLE with a retry hint, got %v", g)
+			}
+			goAway = true
+			t.Logf("GoAway %s after the partition", time.Since(start).Round(time.Millisecond))
+		}
+	}
+	if _, err := alice.ReadErr(10 * time.Second); err == nil {
+		t.Fatal("n1 kept the moved connection open")
+	}
+	// New connections to n1 are refused while it is cut off.
+	if code := upgradeStatus(t, n1.URL()); code != http.StatusServiceUnavailable {
+		t.Fatalf("connect to n1 while cut off: HTTP %d, want 503", code)
+	}
+
+	// n2 and n3 keep a majority: a send through n2 to the offline device is acked.
+	n2.WaitLeaders(t, partitionBound)
+	if r := carol.Send("c1", "bob", []string{bobDev}, []byte("majority")); r.GetSendResult() == nil {
+		t.Fatalf("send through n2 during the partition: %v", r)
+	}
+
+	healed := time.Now()
+	c.Heal(t, 0)
+	testcluster.WaitFor(t, 2*partitionBound, func() error {
+		if code, body := readyz(t, n1.URL()); code != http.StatusOK {
+			return fmt.Errorf("n1 /readyz %d %q", code, body)
+		}
+		return nil
+	})
+	t.Logf("n1 ready %s after the heal", time.Since(healed).Round(time.Millisecond))
+	if v := metric(t, n1.AdminURL(), "petrel_cluster_quorum"); v != 1 {
+		t.Fatalf("n1 petrel_cluster_quorum = %v after the heal, want 1", v)
+	}
+	if v := metric(t, n1.AdminURL(), "petrel_cluster_quorum_lost_total"); v != 1 {
+		t.Fatalf("n1 petrel_cluster_quorum_lost_total = %v, want 1", v)
+	}
+	// The log says it once on loss and once on recovery, not per check or per request.
+	for _, msg := range []string{"jetstream quorum lost", "jetstream quorum recovered", "jetstream quorum still lost"} {
+		if n := logs.count(`msg="`+msg, "node=n1"); n != 1 {
+			t.Errorf("n1 logged %q %d times, want once", msg, n)
+		}
+	}
+	n1.WaitLeaders(t, partitionBound)
+	again := authRetry(t, n1.URL(), alice.AuthKey)
+	if r := again.Send("m2", "bob", []string{bobDev}, []byte("healed")); r.GetSendResult() == nil {
+		t.Fatalf("send through n1 after the heal: %v", r)
+	}
+
+	// Bob gets what was acked (m0, c1, m2), and never m1.
+	bob = authRetry(t, n2.URL(), bob.AuthKey)
+	got := map[string]bool{}
+	for len(got) < 3 {
+		f := bob.NextPush()
+		if f.GetQueueEmpty() != nil {
+			break
+		}
+		d := f.GetDeliver()
+		if d == nil {
+			continue
+		}
+		got[d.GetEnvelope().GetMessageId()] = true
+		bob.Write(&pb.Frame{Body: &pb.Frame_DeliverAck{DeliverAck: &pb.DeliverAck{Tags: []uint64{d.GetTag()}}}})
+	}
+	for _, id := range []string{"m0", "c1", "m2"} {
+		if !got[id] {
+			t.Errorf("bob did not get %s (got %v)", id, got)
+		}
+	}
+	if got["m1"] {
+		t.Error("bob got m1, which was refused")
+	}
+}
+
+// syncBuffer collects the nodes' logs (written from many goroutines).
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// count is the number of lines that contain every one of subs.
+func (b *syncBuffer) count(subs ...string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for line := range strings.SplitSeq(b.buf.String(), "\n") {
+		all := true
+		for _, s := range subs {
+			all = all && strings.Contains(line, s)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
+}
+
+func readyz(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// upgradeStatus tries a WebSocket upgrade and returns the HTTP status.
+func upgradeStatus(t *testing.T, url string) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url+pb.ConnectPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	req.Header.Set("Sec-WebSocket-Protocol", pb.Subprotocol)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
