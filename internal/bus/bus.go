@@ -330,6 +330,14 @@ func DirectGetSubject(stream string) string { return "$JS.API.DIRECT.GET." + str
 // JS is the JetStream context.
 func (b *Bus) JS() jetstream.JetStream { return b.js }
 
+// MsgGetSubject is the JetStream API subject of a (non-direct) message get from stream, which
+// only the stream's leader answers: unlike a direct get (any replica, which may lag behind the
+// leader's acks), it sees every acked write.
+func MsgGetSubject(stream string) string { return "$JS.API.STREAM.MSG.GET." + stream }
+
+// Replicas is the replication factor of the streams (1: a direct get's answer is the leader's).
+func (b *Bus) Replicas() int { return b.cfg.Replicas }
+
 // InboxShards is the number of inbox streams.
 func (b *Bus) InboxShards() int { return b.cfg.InboxShards }
 

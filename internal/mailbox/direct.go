@@ -5,6 +5,7 @@ package mailbox
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -123,4 +124,44 @@ func (m *Mailbox) getBatchMsgs(ctx context.Context, stream, subject string, from
 			return n, ErrClosed
 		}
 	}
+}
+
+// leaderGet reads the first message of subject at or after sequence from through the stream
+// leader (a JetStream API message get, not a direct get): it sees every write the leader acked,
+// where a direct get may be answered by a replica that has not applied them yet. found is false
+// when the leader has no such message.
+func (m *Mailbox) leaderGet(ctx context.Context, stream, subject string, from uint64) (seq uint64, data []byte, found bool, err error) {
+	req := make([]byte, 0, 48+len(subject))
+	req = append(req, `{"seq":`...)
+	req = strconv.AppendUint(req, from, 10)
+	req = append(req, `,"next_by_subj":"`...)
+	req = append(req, subject...) // subjects are [A-Za-z0-9._-]: nothing to escape
+	req = append(req, `"}`...)
+	msg, err := m.nc.RequestWithContext(ctx, bus.MsgGetSubject(stream), req)
+	if err != nil {
+		return 0, nil, false, fmt.Errorf("message get from %s: %w", stream, err)
+	}
+	var resp struct {
+		Error *struct {
+			Code    int    `json:"code"`
+			ErrCode int    `json:"err_code"`
+			Desc    string `json:"description"`
+		} `json:"error"`
+		Message *struct {
+			Sequence uint64 `json:"seq"`
+			Data     []byte `json:"data"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return 0, nil, false, fmt.Errorf("%w: message get: %v", errBadDirectGet, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrCode == 10037: // no message found
+		return 0, nil, false, nil
+	case resp.Error != nil:
+		return 0, nil, false, fmt.Errorf("message get from %s: %d %s", stream, resp.Error.Code, resp.Error.Desc)
+	case resp.Message == nil || resp.Message.Sequence < from:
+		return 0, nil, false, fmt.Errorf("%w: message get from %s: no message in the answer", errBadDirectGet, stream)
+	}
+	return resp.Message.Sequence, resp.Message.Data, true, nil
 }

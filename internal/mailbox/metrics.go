@@ -23,6 +23,7 @@ type metrics struct {
 	attached         prometheus.Gauge
 	busDropped       prometheus.Counter
 	resyncWakes      prometheus.Counter
+	leaderReads      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -43,13 +44,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		queryRateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_query_rate_limited_total", Help: "QueryQueued requests refused by the per-device rate limit."}),
 		attached:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_mailbox_attached_devices", Help: "Devices attached for delivery on this node."}),
 		busDropped:       prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_bus_dropped_total", Help: "Messages to attached devices (wake-ups, live requests, takeovers) that the bus connection dropped because their dispatch channel was full; each affected device's inbox is re-read."}),
+		leaderReads:      prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_leader_reads_total", Help: "Inbox reads sent to the stream leader because a direct get (answered by a replica) lagged behind a wake-up's sequence."}),
 		resyncWakes:      prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_resync_wakes_total", Help: "Wake-ups sent to devices on this node after the bus dropped messages for them (each makes the device re-read its inbox)."}),
 	}
 	for _, r := range []string{reasonCount, reasonBytes, reasonSenderCount, reasonSenderBytes, reasonStream} {
 		m.inboxFull.WithLabelValues(r) // every reason shows, at 0, from the start
 	}
 	if reg != nil {
-		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes)
+		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.leaderReads)
 	}
 	return m
 }
