@@ -66,23 +66,27 @@ type Attachment struct {
 	// the drain reads on until it read past wakeSeq, or asks the leader, before it goes live: a
 	// direct get may be answered by a replica that has not applied the acked write yet.
 	wakeSeq, leaderTo uint64
-	tickets           map[string]time.Time // refusals whose store has not been confirmed, by ticket
-	routes            map[string]struct{}  // routes seen by this attachment
-	overflowUntil     time.Time            // refusals beyond maxTickets: drain at least until then
-	nextTicket        uint64
-	live              map[uint64]waiter // live tag → the waiting sender
-	nextLive          uint64
-	outstanding       []uint64 // stream sequences pushed and not yet purged, ascending
-	outBytes          []uint32 // the size of each outstanding envelope
-	unackedBytes      int      // the sum of outBytes
-	acked             map[uint64]bool
-	purgeWant         uint64 // purge stored envelopes up to here (all acked)
-	purgedTo          uint64 // purged up to here
-	purgeCount        int    // acked envelopes not yet counted as purged
-	purging           bool   // a purge goroutine runs
-	nextSeq           uint64
-	queueEmpty        bool // QueueEmpty was sent
-	pushedStored      int
+	// settled: on a replicated inbox, the first switch to live waits until every node has seen
+	// this attachment's subscription and the stream leader has nothing more for the device (see
+	// settle); interestConfirmed: the first half of that is done.
+	settled, interestConfirmed bool
+	tickets                    map[string]time.Time // refusals whose store has not been confirmed, by ticket
+	routes                     map[string]struct{}  // routes seen by this attachment
+	overflowUntil              time.Time            // refusals beyond maxTickets: drain at least until then
+	nextTicket                 uint64
+	live                       map[uint64]waiter // live tag → the waiting sender
+	nextLive                   uint64
+	outstanding                []uint64 // stream sequences pushed and not yet purged, ascending
+	outBytes                   []uint32 // the size of each outstanding envelope
+	unackedBytes               int      // the sum of outBytes
+	acked                      map[uint64]bool
+	purgeWant                  uint64 // purge stored envelopes up to here (all acked)
+	purgedTo                   uint64 // purged up to here
+	purgeCount                 int    // acked envelopes not yet counted as purged
+	purging                    bool   // a purge goroutine runs
+	nextSeq                    uint64
+	queueEmpty                 bool // QueueEmpty was sent
+	pushedStored               int
 }
 
 // Attach starts delivery to a connected device: it takes the device over from any other
@@ -560,6 +564,14 @@ func (a *Attachment) drain() {
 			}
 			continue
 		}
+		if a.m.replicated && !a.settled {
+			a.mu.Unlock()
+			if err := a.settle(); err != nil {
+				a.m.log.Warn("inbox drain: leader read", "device", a.dev, "err", err)
+				waitSpace(nil, backoff)
+			}
+			continue
+		}
 		a.draining = false
 		a.drainRunning = false
 		first := !a.queueEmpty
@@ -598,6 +610,49 @@ func (a *Attachment) readLeader(from, want uint64) error {
 	if !found {
 		a.mu.Lock()
 		a.leaderTo = max(a.leaderTo, want)
+		a.mu.Unlock()
+		return nil
+	}
+	if !a.pushStored(seq, data) {
+		a.Detach()
+	}
+	return nil
+}
+
+// settle closes, on a replicated inbox, the window in which this attachment's subscription has
+// not reached every node yet: a sender on such a node finds no responders and stores, and its
+// wake-up is lost; and a direct get here may be answered by a replica that has not applied that
+// store. So before its first switch to live the drain waits until every routed node has seen
+// the subscription (confirmInterest); a wake-up published after that reaches it, and a store
+// whose wake-up was lost was acked before, so the leader has it. Then it asks the leader for the
+// first envelope from where it read to: one is pushed (and the drain goes on), none settles it.
+func (a *Attachment) settle() error {
+	a.mu.Lock()
+	confirmed := a.interestConfirmed
+	a.mu.Unlock()
+	if !confirmed {
+		if !a.m.confirmInterest() {
+			a.m.log.Debug("inbox drain: subscription not confirmed on every node", "device", a.dev)
+		}
+		a.mu.Lock()
+		a.interestConfirmed = true
+		a.mu.Unlock()
+	}
+	a.mu.Lock()
+	from := a.nextSeq
+	a.mu.Unlock()
+	ctx, cancel := a.m.ctxStore()
+	defer cancel()
+	a.m.metrics.leaderReads.Inc()
+	seq, data, found, err := a.m.leaderGet(ctx, bus.InboxStreamName(a.m.bus.Shard(a.dev)), a.m.bus.InboxSubject(a.dev), from)
+	if err != nil {
+		return err
+	}
+	if !found {
+		a.mu.Lock()
+		if a.nextSeq == from {
+			a.settled = true
+		}
 		a.mu.Unlock()
 		return nil
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -164,4 +165,46 @@ func (m *Mailbox) leaderGet(ctx context.Context, stream, subject string, from ui
 		return 0, nil, false, fmt.Errorf("%w: message get from %s: no message in the answer", errBadDirectGet, stream)
 	}
 	return resp.Message.Sequence, resp.Message.Data, true, nil
+}
+
+// interestTimeout bounds confirmInterest: a node that is routed but does not answer (stopping,
+// overloaded) holds a connecting device's first QueueEmpty at most this long.
+const interestTimeout = 2 * time.Second
+
+// confirmInterest returns once every NATS server this node's embedded server routes to has
+// applied the subscriptions made on m.nc before the call, or after interestTimeout (false): it
+// pings every node's mailbox on m.nc and waits for an answer from each (see
+// bus.MailboxPingSubject). With external NATS it cannot tell how many to wait for: false at once.
+func (m *Mailbox) confirmInterest() bool {
+	routed, ok := m.bus.RoutedServers()
+	if !ok {
+		return false
+	}
+	tok := m.nextToken.Add(1)
+	ch := make(chan *nats.Msg, 64)
+	m.pendingMu.Lock()
+	m.reads[tok] = ch
+	m.pendingMu.Unlock()
+	defer func() {
+		m.pendingMu.Lock()
+		delete(m.reads, tok)
+		m.pendingMu.Unlock()
+	}()
+	if err := m.nc.PublishMsg(&nats.Msg{Subject: bus.MailboxPingSubject, Reply: m.replyPrefix + strconv.FormatUint(tok, 36)}); err != nil {
+		return false
+	}
+	t := time.NewTimer(interestTimeout)
+	defer t.Stop()
+	seen := make(map[string]struct{}, routed+1)
+	for len(seen) < routed+1 { // every routed server's node, and this one
+		select {
+		case msg := <-ch:
+			seen[string(msg.Data)] = struct{}{}
+		case <-t.C:
+			return false
+		case <-m.stop:
+			return false
+		}
+	}
+	return true
 }

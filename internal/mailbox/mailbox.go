@@ -19,8 +19,12 @@
 // current replica answers direct gets (nats-server v2.15 has no read-after-write guarantee for
 // them), and one may not have applied a write the leader acked. A drain that read less than a
 // wake-up announced reads again (1, 2, 4 ms later), then asks the stream leader (a JetStream
-// API message get), before it reports the inbox empty or goes live. A single node's reads are
-// the leader's: it never waits.
+// API message get), before it reports the inbox empty or goes live. And a new attachment's
+// subscription reaches the other nodes a moment after it is made: a sender there may find no
+// responders, store, and publish its wake-up before that. So on a replicated inbox the first
+// switch to live waits until every routed node answered a ping sent after the subscription
+// (bus.MailboxPingSubject), then asks the stream leader whether anything is left (settle). A
+// single node's reads are the leader's: it never waits and never asks.
 //
 // Delivery: a device's Attachment drains its inbox in order with a bounded in-flight window,
 // signals QueueEmpty once the backlog present at connect has been sent, then switches to live mode;
@@ -244,6 +248,7 @@ type Mailbox struct {
 
 	replyPrefix string
 	replySub    *nats.Subscription
+	pingSub     *nats.Subscription // answers bus.MailboxPingSubject
 	pendingMu   sync.Mutex
 	pending     map[uint64]liveReq        // guarded by pendingMu
 	reads       map[uint64]chan *nats.Msg // batched direct gets in progress; guarded by pendingMu
@@ -312,6 +317,10 @@ func (m *Mailbox) Start() error {
 		return fmt.Errorf("reply subscription limits: %w", err)
 	}
 	m.replySub = sub
+	node := []byte(m.cfg.Node)
+	if m.pingSub, err = m.nc.Subscribe(bus.MailboxPingSubject, func(msg *nats.Msg) { _ = msg.Respond(node) }); err != nil {
+		return fmt.Errorf("subscribe to mailbox pings: %w", err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for i, w := range m.writers {
@@ -345,6 +354,9 @@ func (m *Mailbox) Close() {
 	}
 	if m.replySub != nil {
 		_ = m.replySub.Unsubscribe()
+	}
+	if m.pingSub != nil {
+		_ = m.pingSub.Unsubscribe()
 	}
 	if m.stopSlowConsumer != nil {
 		m.stopSlowConsumer()

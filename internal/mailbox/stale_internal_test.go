@@ -4,6 +4,7 @@
 package mailbox
 
 import (
+	"context"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -118,5 +119,35 @@ func awaitLive(t *testing.T, live chan struct{}) {
 	case <-live:
 	case <-time.After(20 * time.Second):
 		t.Fatal("the drain never went live")
+	}
+}
+
+// A store whose wake-up was lost — its sender's node had not yet seen the device's new
+// subscription — and that the replica answering the drain has not applied yet, is still pushed
+// before QueueEmpty: on a replicated inbox the first switch to live waits until every node has
+// the subscription, then asks the stream leader. The envelope is appended straight to the
+// stream (no wake-up at all) and the staleRead hook hides it from every direct get.
+func TestFirstDrainAsksTheLeader(t *testing.T) {
+	hooks := testHooks{staleRead: func(*Attachment, uint64) bool { return true }}
+	b, m := openHooked(t, Config{}, hooks)
+	m.replicated = true
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.JS().Publish(ctx, b.InboxSubject(orderDev), []byte("e1")); err != nil {
+		t.Fatal(err)
+	}
+	s := newOrderSink()
+	a, err := m.Attach(orderDev, "c1", s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Detach()
+	select {
+	case n := <-s.empty:
+		if got := s.pushes(); n != 1 || len(got) != 1 || got[0] != "e1" {
+			t.Fatalf("QueueEmpty(%d) after pushes %q, want QueueEmpty(1) after [e1]", n, got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no QueueEmpty")
 	}
 }
