@@ -138,7 +138,7 @@ func (m *Mailbox) leaderGet(ctx context.Context, stream, subject string, from ui
 	req = append(req, `,"next_by_subj":"`...)
 	req = append(req, subject...) // subjects are [A-Za-z0-9._-]: nothing to escape
 	req = append(req, `"}`...)
-	msg, err := m.nc.RequestWithContext(ctx, bus.MsgGetSubject(stream), req)
+	msg, err := m.request(ctx, bus.MsgGetSubject(stream), req)
 	if err != nil {
 		return 0, nil, false, fmt.Errorf("message get from %s: %w", stream, err)
 	}
@@ -207,4 +207,34 @@ func (m *Mailbox) confirmInterest() bool {
 		}
 	}
 	return true
+}
+
+// request publishes data on subject and returns the first answer, which comes back through the
+// node's reply subscription (no subscription per request), or an error when ctx ends or the
+// mailbox closes.
+func (m *Mailbox) request(ctx context.Context, subject string, data []byte) (*nats.Msg, error) {
+	tok := m.nextToken.Add(1)
+	ch := make(chan *nats.Msg, 1)
+	m.pendingMu.Lock()
+	m.reads[tok] = ch
+	m.pendingMu.Unlock()
+	defer func() {
+		m.pendingMu.Lock()
+		delete(m.reads, tok)
+		m.pendingMu.Unlock()
+	}()
+	if err := m.nc.PublishMsg(&nats.Msg{Subject: subject, Reply: m.replyPrefix + strconv.FormatUint(tok, 36), Data: data}); err != nil {
+		return nil, err
+	}
+	select {
+	case msg := <-ch:
+		if status := msg.Header.Get("Status"); status == "503" && len(msg.Data) == 0 {
+			return nil, nats.ErrNoResponders
+		}
+		return msg, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-m.stop:
+		return nil, ErrClosed
+	}
 }
