@@ -230,11 +230,16 @@ func (a *Attachment) onMsg(msg *nats.Msg) {
 }
 
 // wake makes the attachment drain its inbox; ticket, if set, is a refusal whose store committed;
-// seq, if set, is the last inbox sequence that commit stored for this device.
+// seq, if set, is the last inbox sequence that commit stored for this device. A wake-up without
+// one (a resync's, after the bus dropped messages that may have carried one) makes the drain
+// ask the stream leader again before it goes live.
 func (a *Attachment) wake(ticket string, seq uint64) {
 	a.mu.Lock()
 	a.gen++
 	a.wakeSeq = max(a.wakeSeq, seq)
+	if seq == 0 {
+		a.settled = false
+	}
 	if ticket != "" {
 		delete(a.tickets, ticket)
 	}

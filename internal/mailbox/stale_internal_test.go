@@ -151,3 +151,45 @@ func TestFirstDrainAsksTheLeader(t *testing.T) {
 		t.Fatal("no QueueEmpty")
 	}
 }
+
+// A resync's wake-up carries no sequence (the wake-ups the bus dropped did): on a replicated
+// inbox the drain it starts asks the stream leader before it goes live again, so an envelope the
+// answering replica has not applied is still pushed.
+func TestResyncWakeAsksTheLeader(t *testing.T) {
+	var stale atomic.Bool
+	live := make(chan struct{}, 16)
+	hooks := testHooks{
+		staleRead: func(*Attachment, uint64) bool { return stale.Load() },
+		drainIdle: func(_ *Attachment, isLive bool, _ int) {
+			if isLive {
+				live <- struct{}{}
+			}
+		},
+	}
+	b, m := openHooked(t, Config{}, hooks)
+	m.replicated = true
+	s := newOrderSink()
+	a, err := m.Attach(orderDev, "c1", s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Detach()
+	s.ackAll(t, a)
+	<-s.empty
+	awaitLive(t, live)
+
+	stale.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.JS().Publish(ctx, b.InboxSubject(orderDev), []byte("e1")); err != nil {
+		t.Fatal(err)
+	}
+	// What resync publishes for a subscription that dropped messages.
+	if err := m.nc.Publish(a.sub.Subject, []byte{kindWake}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.waitPushes(t, 1); len(got) != 1 || got[0] != "e1" {
+		t.Fatalf("pushed %q, want [e1]", got)
+	}
+	awaitLive(t, live)
+}
