@@ -201,6 +201,7 @@ func (m *Mailbox) confirmInterest() bool {
 		case msg := <-ch:
 			seen[string(msg.Data)] = struct{}{}
 		case <-t.C:
+			m.log.Debug("mailbox ping: subscription not confirmed on every node", "answered", len(seen), "want", routed+1)
 			return false
 		case <-m.stop:
 			return false

@@ -150,6 +150,10 @@ func TestFirstDrainAsksTheLeader(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no QueueEmpty")
 	}
+	// Alone, the node's own mailbox answers its ping: confirmed without waiting for a timeout.
+	if !m.confirmInterest() {
+		t.Fatal("confirmInterest: not confirmed on a lone node")
+	}
 }
 
 // A resync's wake-up carries no sequence (the wake-ups the bus dropped did): on a replicated
