@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -138,6 +139,16 @@ func (m *Mailbox) leaderGet(ctx context.Context, stream, subject string, from ui
 	req = append(req, `,"next_by_subj":"`...)
 	req = append(req, subject...) // subjects are [A-Za-z0-9._-]: nothing to escape
 	req = append(req, `"}`...)
+	// Bounded per node: in a reconnect storm every attachment asks once, and the JetStream API
+	// queue that answers is shared by the whole cluster.
+	select {
+	case m.leaderReads <- struct{}{}:
+		defer func() { <-m.leaderReads }()
+	case <-ctx.Done():
+		return 0, nil, false, ctx.Err()
+	case <-m.stop:
+		return 0, nil, false, ErrClosed
+	}
 	msg, err := m.request(ctx, bus.MsgGetSubject(stream), req)
 	if err != nil {
 		return 0, nil, false, fmt.Errorf("message get from %s: %w", stream, err)
@@ -171,11 +182,71 @@ func (m *Mailbox) leaderGet(ctx context.Context, stream, subject string, from ui
 // overloaded) holds a connecting device's first QueueEmpty at most this long.
 const interestTimeout = 2 * time.Second
 
+// pinger coalesces confirmInterest calls: at most one ping is in flight per node, and every call
+// that arrives meanwhile joins the next one (published after the call, so it covers the caller's
+// subscriptions too). A reconnect storm costs a ping per round trip, not per device.
+type pinger struct {
+	mu      sync.Mutex
+	running bool       // a goroutine runs rounds
+	next    *pingRound // the round calls join; published when the one in flight ends
+}
+
+// pingRound is one ping and the calls waiting for it.
+type pingRound struct {
+	done chan struct{}
+	ok   bool // set before done is closed
+}
+
 // confirmInterest returns once every NATS server this node's embedded server routes to has
-// applied the subscriptions made on m.nc before the call, or after interestTimeout (false): it
-// pings every node's mailbox on m.nc and waits for an answer from each (see
+// applied the subscriptions made on m.nc before the call, or after interestTimeout (false): a
+// ping to every node's mailbox is published on m.nc after the call and each must answer (see
 // bus.MailboxPingSubject). With external NATS it cannot tell how many to wait for: false at once.
 func (m *Mailbox) confirmInterest() bool {
+	if _, ok := m.bus.RoutedServers(); !ok || m.closed.Load() {
+		return false
+	}
+	p := &m.pinger
+	p.mu.Lock()
+	if p.next == nil {
+		p.next = &pingRound{done: make(chan struct{})}
+	}
+	r := p.next
+	if !p.running {
+		p.running = true
+		p.next = nil
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.runPings(r)
+		}()
+	}
+	p.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.ok
+	case <-m.stop:
+		return false
+	}
+}
+
+// runPings runs round r, then the rounds calls joined meanwhile, until none is waiting.
+func (m *Mailbox) runPings(r *pingRound) {
+	p := &m.pinger
+	for r != nil {
+		r.ok = m.ping()
+		close(r.done)
+		p.mu.Lock()
+		r, p.next = p.next, nil
+		if r == nil {
+			p.running = false
+		}
+		p.mu.Unlock()
+	}
+}
+
+// ping publishes one mailbox ping and waits until the node's mailbox and every routed server's
+// have answered, or interestTimeout.
+func (m *Mailbox) ping() bool {
 	routed, ok := m.bus.RoutedServers()
 	if !ok {
 		return false

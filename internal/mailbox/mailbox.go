@@ -249,6 +249,8 @@ type Mailbox struct {
 	replyPrefix string
 	replySub    *nats.Subscription
 	pingSub     *nats.Subscription // answers bus.MailboxPingSubject
+	pinger      pinger             // coalesces confirmInterest's pings
+	leaderReads chan struct{}      // bounds concurrent leader reads (leaderGet)
 	pendingMu   sync.Mutex
 	pending     map[uint64]liveReq        // guarded by pendingMu
 	reads       map[uint64]chan *nats.Msg // batched direct gets in progress; guarded by pendingMu
@@ -279,6 +281,8 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		stop:    make(chan struct{}),
 		pending: make(map[uint64]liveReq),
 		reads:   make(map[uint64]chan *nats.Msg),
+
+		leaderReads: make(chan struct{}, maxLeaderReads),
 	}
 	m.replyPrefix = "_PR." + cfg.Node + "."
 	m.replicated = b.Replicas() > 1
@@ -371,6 +375,9 @@ func (m *Mailbox) Close() {
 		p.done(liveRefused)
 	}
 }
+
+// maxLeaderReads bounds the leader reads (JetStream API message gets) one node has in flight.
+const maxLeaderReads = 32
 
 // clock is the base of nanotime.
 var clock = time.Now()

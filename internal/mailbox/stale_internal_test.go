@@ -197,3 +197,29 @@ func TestResyncWakeAsksTheLeader(t *testing.T) {
 	}
 	awaitLive(t, live)
 }
+
+// Concurrent confirmations share pings (one in flight at a time) and each still ends confirmed.
+func TestConfirmInterestCoalesces(t *testing.T) {
+	_, m := openInternal(t)
+	const calls = 64
+	res := make(chan bool, calls)
+	for range calls {
+		go func() { res <- m.confirmInterest() }()
+	}
+	for range calls {
+		select {
+		case ok := <-res:
+			if !ok {
+				t.Fatal("confirmInterest: not confirmed on a lone node")
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("confirmInterest never returned")
+		}
+	}
+	m.pinger.mu.Lock()
+	running, next := m.pinger.running, m.pinger.next
+	m.pinger.mu.Unlock()
+	if next != nil {
+		t.Fatalf("a round is left waiting after every call returned (running %v)", running)
+	}
+}
