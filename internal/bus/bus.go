@@ -333,6 +333,37 @@ func DirectGetSubject(stream string) string { return "$JS.API.DIRECT.GET." + str
 // JS is the JetStream context.
 func (b *Bus) JS() jetstream.JetStream { return b.js }
 
+// MsgGetSubject is the JetStream API subject of a (non-direct) message get from stream, which
+// only the stream's leader answers: unlike a direct get (any replica, which may lag behind the
+// leader's acks), it sees every acked write.
+func MsgGetSubject(stream string) string { return "$JS.API.STREAM.MSG.GET." + stream }
+
+// MailboxPingSubject is answered by every node's mailbox (with its node name). A node publishes
+// a ping right after it subscribes to a device, on the same connection: a server that forwards
+// the ping over a route has applied the subscription first (a route carries an account's
+// subscription updates and its messages in order, on one connection).
+const MailboxPingSubject = "petrel.mailbox.ping"
+
+// RoutedServers is how many other NATS servers the embedded server has routes to now; ok is
+// false with external NATS (unknown here).
+func (b *Bus) RoutedServers() (n int, ok bool) {
+	if b.srv == nil {
+		return 0, false
+	}
+	rz, err := b.srv.Routez(&server.RoutezOptions{})
+	if err != nil {
+		return 0, false
+	}
+	names := make(map[string]struct{}, len(rz.Routes))
+	for _, r := range rz.Routes {
+		names[r.RemoteID] = struct{}{}
+	}
+	return len(names), true
+}
+
+// Replicas is the replication factor of the streams (1: a direct get's answer is the leader's).
+func (b *Bus) Replicas() int { return b.cfg.Replicas }
+
 // InboxShards is the number of inbox streams.
 func (b *Bus) InboxShards() int { return b.cfg.InboxShards }
 

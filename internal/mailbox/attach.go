@@ -4,6 +4,7 @@
 package mailbox
 
 import (
+	"encoding/binary"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -59,24 +60,33 @@ type Attachment struct {
 	drainRunning bool
 	// gen counts wake-ups: a drain that read an empty inbox may only switch to live if gen did not
 	// move meanwhile and every refused live delivery has been stored (its ticket came back).
-	gen           uint64
-	tickets       map[string]time.Time // refusals whose store has not been confirmed, by ticket
-	routes        map[string]struct{}  // routes seen by this attachment
-	overflowUntil time.Time            // refusals beyond maxTickets: drain at least until then
-	nextTicket    uint64
-	live          map[uint64]waiter // live tag → the waiting sender
-	nextLive      uint64
-	outstanding   []uint64 // stream sequences pushed and not yet purged, ascending
-	outBytes      []uint32 // the size of each outstanding envelope
-	unackedBytes  int      // the sum of outBytes
-	acked         map[uint64]bool
-	purgeWant     uint64 // purge stored envelopes up to here (all acked)
-	purgedTo      uint64 // purged up to here
-	purgeCount    int    // acked envelopes not yet counted as purged
-	purging       bool   // a purge goroutine runs
-	nextSeq       uint64
-	queueEmpty    bool // QueueEmpty was sent
-	pushedStored  int
+	gen uint64
+	// wakeSeq is the highest inbox sequence a wake-up announced; leaderTo is the highest of them
+	// the stream leader confirmed is no longer stored (purged or expired). On a replicated inbox
+	// the drain reads on until it read past wakeSeq, or asks the leader, before it goes live: a
+	// direct get may be answered by a replica that has not applied the acked write yet.
+	wakeSeq, leaderTo uint64
+	// settled: on a replicated inbox, the first switch to live waits until every node has seen
+	// this attachment's subscription and the stream leader has nothing more for the device (see
+	// settle); interestConfirmed: the first half of that is done.
+	settled, interestConfirmed bool
+	tickets                    map[string]time.Time // refusals whose store has not been confirmed, by ticket
+	routes                     map[string]struct{}  // routes seen by this attachment
+	overflowUntil              time.Time            // refusals beyond maxTickets: drain at least until then
+	nextTicket                 uint64
+	live                       map[uint64]waiter // live tag → the waiting sender
+	nextLive                   uint64
+	outstanding                []uint64 // stream sequences pushed and not yet purged, ascending
+	outBytes                   []uint32 // the size of each outstanding envelope
+	unackedBytes               int      // the sum of outBytes
+	acked                      map[uint64]bool
+	purgeWant                  uint64 // purge stored envelopes up to here (all acked)
+	purgedTo                   uint64 // purged up to here
+	purgeCount                 int    // acked envelopes not yet counted as purged
+	purging                    bool   // a purge goroutine runs
+	nextSeq                    uint64
+	queueEmpty                 bool // QueueEmpty was sent
+	pushedStored               int
 }
 
 // Attach starts delivery to a connected device: it takes the device over from any other
@@ -210,16 +220,27 @@ func (a *Attachment) onMsg(msg *nats.Msg) {
 			a.sink.Kicked()
 		}
 	case kindWake:
-		a.wake(string(msg.Data[1:]))
+		a.wake(string(msg.Data[1:]), 0)
+	case kindWakeSeq:
+		if len(msg.Data) >= 9 {
+			a.wake(string(msg.Data[9:]), binary.BigEndian.Uint64(msg.Data[1:9]))
+		}
 	case kindLive:
 		a.onLive(msg)
 	}
 }
 
-// wake makes the attachment drain its inbox; ticket, if set, is a refusal whose store committed.
-func (a *Attachment) wake(ticket string) {
+// wake makes the attachment drain its inbox; ticket, if set, is a refusal whose store committed;
+// seq, if set, is the last inbox sequence that commit stored for this device. A wake-up without
+// one (a resync's, after the bus dropped messages that may have carried one) makes the drain
+// ask the stream leader again before it goes live.
+func (a *Attachment) wake(ticket string, seq uint64) {
 	a.mu.Lock()
 	a.gen++
+	a.wakeSeq = max(a.wakeSeq, seq)
+	if seq == 0 {
+		a.settled = false
+	}
 	if ticket != "" {
 		delete(a.tickets, ticket)
 	}
@@ -465,6 +486,7 @@ func (a *Attachment) drain() {
 		t.Stop()
 	}
 	backoff := 50 * time.Millisecond
+	staleTries := 0
 	for {
 		a.mu.Lock()
 		if a.closed {
@@ -490,7 +512,11 @@ func (a *Attachment) drain() {
 		if h := a.m.hooks.drainRead; h != nil {
 			h(a)
 		}
-		n, err := a.readBatch(from, min(free, maxReadBatch), budget)
+		var n int
+		var err error
+		if h := a.m.hooks.staleRead; h == nil || !h(a, from) {
+			n, err = a.readBatch(from, min(free, maxReadBatch), budget)
+		}
 		if err != nil {
 			a.m.log.Warn("inbox drain", "device", a.dev, "err", err)
 			a.mu.Lock()
@@ -502,6 +528,7 @@ func (a *Attachment) drain() {
 		}
 		backoff = 50 * time.Millisecond
 		if n > 0 {
+			staleTries = 0
 			continue
 		}
 		a.mu.Lock()
@@ -510,6 +537,20 @@ func (a *Attachment) drain() {
 			a.mu.Unlock()
 			return
 		}
+		if want := a.wakeSeq; a.m.replicated && a.nextSeq <= want && a.leaderTo < want {
+			// A wake-up announced an envelope this read did not see: the replica that answered
+			// lags behind the leader. Read again after a short pause, then ask the leader.
+			a.mu.Unlock()
+			if staleTries < staleRereads {
+				waitSpace(nil, time.Millisecond<<staleTries)
+				staleTries++
+			} else if err := a.readLeader(from, want); err != nil {
+				a.m.log.Warn("inbox drain: leader read", "device", a.dev, "err", err)
+				waitSpace(nil, backoff)
+			}
+			continue
+		}
+		staleTries = 0
 		a.expireTicketsLocked()
 		pending := len(a.tickets)
 		if time.Now().Before(a.overflowUntil) {
@@ -526,6 +567,14 @@ func (a *Attachment) drain() {
 			}
 			if pending > 0 {
 				waitSpace(space, a.m.cfg.StoreTimeout)
+			}
+			continue
+		}
+		if a.m.replicated && !a.settled {
+			a.mu.Unlock()
+			if err := a.settle(); err != nil {
+				a.m.log.Warn("inbox drain: leader read", "device", a.dev, "err", err)
+				waitSpace(nil, backoff)
 			}
 			continue
 		}
@@ -548,6 +597,91 @@ func (a *Attachment) drain() {
 // maxReadBatch bounds one inbox read (one batched direct get).
 const maxReadBatch = 1024
 
+// staleRereads is how many times a drain reads the inbox again (after 1, 2, 4 ms) when the answer
+// lags behind a wake-up's sequence, before it reads through the stream leader.
+const staleRereads = 3
+
+// readLeader reads, through the stream leader, the device's first envelope from sequence from on
+// and pushes it; if there is none, the envelopes announced up to want are gone (acked on another
+// connection and purged, or expired) and the drain stops waiting for them.
+func (a *Attachment) readLeader(from, want uint64) error {
+	ctx, cancel := a.m.ctxStore()
+	defer cancel()
+	shard := a.m.bus.Shard(a.dev)
+	a.m.metrics.leaderReads.Inc()
+	seq, data, found, err := a.m.leaderGet(ctx, bus.InboxStreamName(shard), a.m.bus.InboxSubject(a.dev), from)
+	if err != nil {
+		return err
+	}
+	if !found {
+		a.mu.Lock()
+		a.leaderTo = max(a.leaderTo, want)
+		a.mu.Unlock()
+		return nil
+	}
+	if !a.pushStored(seq, data) {
+		a.Detach()
+	}
+	return nil
+}
+
+// settle closes, on a replicated inbox, the window in which this attachment's subscription has
+// not reached every node yet: a sender on such a node finds no responders and stores, and its
+// wake-up is lost; and a direct get here may be answered by a replica that has not applied that
+// store. So before its first switch to live the drain waits until every routed node has seen
+// the subscription (confirmInterest); a wake-up published after that reaches it, and a store
+// whose wake-up was lost was acked before, so the leader has it. Then it asks the leader for the
+// first envelope from where it read to: one is pushed (and the drain goes on), none settles it.
+func (a *Attachment) settle() error {
+	a.mu.Lock()
+	confirmed := a.interestConfirmed
+	a.mu.Unlock()
+	if !confirmed {
+		a.m.confirmInterest() // best effort: external NATS cannot tell, a silent node times out
+		a.mu.Lock()
+		a.interestConfirmed = true
+		a.mu.Unlock()
+	}
+	a.mu.Lock()
+	from := a.nextSeq
+	a.mu.Unlock()
+	ctx, cancel := a.m.ctxStore()
+	defer cancel()
+	a.m.metrics.leaderReads.Inc()
+	seq, data, found, err := a.m.leaderGet(ctx, bus.InboxStreamName(a.m.bus.Shard(a.dev)), a.m.bus.InboxSubject(a.dev), from)
+	if err != nil {
+		return err
+	}
+	if !found {
+		a.mu.Lock()
+		if a.nextSeq == from {
+			a.settled = true
+		}
+		a.mu.Unlock()
+		return nil
+	}
+	if !a.pushStored(seq, data) {
+		a.Detach()
+	}
+	return nil
+}
+
+// pushStored pushes the stored envelope at seq; false means the connection is gone (the caller
+// detaches). An attachment already closed pushes nothing and returns true.
+func (a *Attachment) pushStored(seq uint64, data []byte) bool {
+	a.mu.Lock()
+	if a.closed || seq < a.nextSeq {
+		a.mu.Unlock()
+		return true
+	}
+	a.outstanding, a.outBytes = append(a.outstanding, seq), append(a.outBytes, uint32(len(data)))
+	a.unackedBytes += len(data)
+	a.nextSeq = seq + 1
+	a.pushedStored++
+	a.mu.Unlock()
+	return a.sink.Push(seq, data) == nil
+}
+
 // readBatch reads up to max envelopes from seq from, stopping after the one that brings them to
 // maxBytes, and pushes them; it returns how many.
 func (a *Attachment) readBatch(from uint64, max, maxBytes int) (int, error) {
@@ -558,16 +692,12 @@ func (a *Attachment) readBatch(from uint64, max, maxBytes int) (int, error) {
 	shard := a.m.bus.Shard(a.dev)
 	n, err := a.m.getBatch(ctx, bus.InboxStreamName(shard), a.m.bus.InboxSubject(a.dev), from, max, maxBytes, func(seq uint64, data []byte) bool {
 		a.mu.Lock()
-		if a.closed {
-			a.mu.Unlock()
+		closed := a.closed
+		a.mu.Unlock()
+		if closed {
 			return false
 		}
-		a.outstanding, a.outBytes = append(a.outstanding, seq), append(a.outBytes, uint32(len(data)))
-		a.unackedBytes += len(data)
-		a.nextSeq = seq + 1
-		a.pushedStored++
-		a.mu.Unlock()
-		if err := a.sink.Push(seq, data); err != nil {
+		if !a.pushStored(seq, data) {
 			detached = true
 			return false
 		}

@@ -5,9 +5,12 @@ package mailbox
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -122,5 +125,188 @@ func (m *Mailbox) getBatchMsgs(ctx context.Context, stream, subject string, from
 		case <-m.stop:
 			return n, ErrClosed
 		}
+	}
+}
+
+// leaderGet reads the first message of subject at or after sequence from through the stream
+// leader (a JetStream API message get, not a direct get): it sees every write the leader acked,
+// where a direct get may be answered by a replica that has not applied them yet. found is false
+// when the leader has no such message.
+func (m *Mailbox) leaderGet(ctx context.Context, stream, subject string, from uint64) (seq uint64, data []byte, found bool, err error) {
+	req := make([]byte, 0, 48+len(subject))
+	req = append(req, `{"seq":`...)
+	req = strconv.AppendUint(req, from, 10)
+	req = append(req, `,"next_by_subj":"`...)
+	req = append(req, subject...) // subjects are [A-Za-z0-9._-]: nothing to escape
+	req = append(req, `"}`...)
+	// Bounded per node: in a reconnect storm every attachment asks once, and the JetStream API
+	// queue that answers is shared by the whole cluster.
+	select {
+	case m.leaderReads <- struct{}{}:
+		defer func() { <-m.leaderReads }()
+	case <-ctx.Done():
+		return 0, nil, false, ctx.Err()
+	case <-m.stop:
+		return 0, nil, false, ErrClosed
+	}
+	msg, err := m.request(ctx, bus.MsgGetSubject(stream), req)
+	if err != nil {
+		return 0, nil, false, fmt.Errorf("message get from %s: %w", stream, err)
+	}
+	var resp struct {
+		Error *struct {
+			Code    int    `json:"code"`
+			ErrCode int    `json:"err_code"`
+			Desc    string `json:"description"`
+		} `json:"error"`
+		Message *struct {
+			Sequence uint64 `json:"seq"`
+			Data     []byte `json:"data"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return 0, nil, false, fmt.Errorf("%w: message get: %v", errBadDirectGet, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrCode == 10037: // no message found
+		return 0, nil, false, nil
+	case resp.Error != nil:
+		return 0, nil, false, fmt.Errorf("message get from %s: %d %s", stream, resp.Error.Code, resp.Error.Desc)
+	case resp.Message == nil || resp.Message.Sequence < from:
+		return 0, nil, false, fmt.Errorf("%w: message get from %s: no message in the answer", errBadDirectGet, stream)
+	}
+	return resp.Message.Sequence, resp.Message.Data, true, nil
+}
+
+// interestTimeout bounds confirmInterest: a node that is routed but does not answer (stopping,
+// overloaded) holds a connecting device's first QueueEmpty at most this long.
+const interestTimeout = 2 * time.Second
+
+// pinger coalesces confirmInterest calls: at most one ping is in flight per node, and every call
+// that arrives meanwhile joins the next one (published after the call, so it covers the caller's
+// subscriptions too). A reconnect storm costs a ping per round trip, not per device.
+type pinger struct {
+	mu      sync.Mutex
+	running bool       // a goroutine runs rounds
+	next    *pingRound // the round calls join; published when the one in flight ends
+}
+
+// pingRound is one ping and the calls waiting for it.
+type pingRound struct {
+	done chan struct{}
+	ok   bool // set before done is closed
+}
+
+// confirmInterest returns once every NATS server this node's embedded server routes to has
+// applied the subscriptions made on m.nc before the call, or after interestTimeout (false): a
+// ping to every node's mailbox is published on m.nc after the call and each must answer (see
+// bus.MailboxPingSubject). With external NATS it cannot tell how many to wait for: false at once.
+func (m *Mailbox) confirmInterest() bool {
+	if _, ok := m.bus.RoutedServers(); !ok || m.closed.Load() {
+		return false
+	}
+	p := &m.pinger
+	p.mu.Lock()
+	if p.next == nil {
+		p.next = &pingRound{done: make(chan struct{})}
+	}
+	r := p.next
+	if !p.running {
+		p.running = true
+		p.next = nil
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.runPings(r)
+		}()
+	}
+	p.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.ok
+	case <-m.stop:
+		return false
+	}
+}
+
+// runPings runs round r, then the rounds calls joined meanwhile, until none is waiting.
+func (m *Mailbox) runPings(r *pingRound) {
+	p := &m.pinger
+	for r != nil {
+		r.ok = m.ping()
+		close(r.done)
+		p.mu.Lock()
+		r, p.next = p.next, nil
+		if r == nil {
+			p.running = false
+		}
+		p.mu.Unlock()
+	}
+}
+
+// ping publishes one mailbox ping and waits until the node's mailbox and every routed server's
+// have answered, or interestTimeout.
+func (m *Mailbox) ping() bool {
+	routed, ok := m.bus.RoutedServers()
+	if !ok {
+		return false
+	}
+	tok := m.nextToken.Add(1)
+	ch := make(chan *nats.Msg, 64)
+	m.pendingMu.Lock()
+	m.reads[tok] = ch
+	m.pendingMu.Unlock()
+	defer func() {
+		m.pendingMu.Lock()
+		delete(m.reads, tok)
+		m.pendingMu.Unlock()
+	}()
+	if err := m.nc.PublishMsg(&nats.Msg{Subject: bus.MailboxPingSubject, Reply: m.replyPrefix + strconv.FormatUint(tok, 36)}); err != nil {
+		return false
+	}
+	t := time.NewTimer(interestTimeout)
+	defer t.Stop()
+	seen := make(map[string]struct{}, routed+1)
+	for len(seen) < routed+1 { // every routed server's node, and this one
+		select {
+		case msg := <-ch:
+			seen[string(msg.Data)] = struct{}{}
+		case <-t.C:
+			m.log.Debug("mailbox ping: subscription not confirmed on every node", "answered", len(seen), "want", routed+1)
+			return false
+		case <-m.stop:
+			return false
+		}
+	}
+	return true
+}
+
+// request publishes data on subject and returns the first answer, which comes back through the
+// node's reply subscription (no subscription per request), or an error when ctx ends or the
+// mailbox closes.
+func (m *Mailbox) request(ctx context.Context, subject string, data []byte) (*nats.Msg, error) {
+	tok := m.nextToken.Add(1)
+	ch := make(chan *nats.Msg, 1)
+	m.pendingMu.Lock()
+	m.reads[tok] = ch
+	m.pendingMu.Unlock()
+	defer func() {
+		m.pendingMu.Lock()
+		delete(m.reads, tok)
+		m.pendingMu.Unlock()
+	}()
+	if err := m.nc.PublishMsg(&nats.Msg{Subject: subject, Reply: m.replyPrefix + strconv.FormatUint(tok, 36), Data: data}); err != nil {
+		return nil, err
+	}
+	select {
+	case msg := <-ch:
+		if status := msg.Header.Get("Status"); status == "503" && len(msg.Data) == 0 {
+			return nil, nats.ErrNoResponders
+		}
+		return msg, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-m.stop:
+		return nil, ErrClosed
 	}
 }

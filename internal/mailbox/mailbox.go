@@ -14,7 +14,17 @@
 // over the bus) before the senders are acked, so neither path can overtake the other.
 //
 // Store path: per inbox shard, a writer group-commits appends as atomic batches (one fsync for
-// many messages), then publishes a wake-up on dev.<device> and acks the senders.
+// many messages), then publishes a wake-up on dev.<device> and acks the senders. The wake-up
+// carries the last inbox sequence the commit stored for the device: on a replicated inbox any
+// current replica answers direct gets (nats-server v2.15 has no read-after-write guarantee for
+// them), and one may not have applied a write the leader acked. A drain that read less than a
+// wake-up announced reads again (1, 2, 4 ms later), then asks the stream leader (a JetStream
+// API message get), before it reports the inbox empty or goes live. And a new attachment's
+// subscription reaches the other nodes a moment after it is made: a sender there may find no
+// responders, store, and publish its wake-up before that. So on a replicated inbox the first
+// switch to live waits until every routed node answered a ping sent after the subscription
+// (bus.MailboxPingSubject), then asks the stream leader whether anything is left (settle). A
+// single node's reads are the leader's: it never waits and never asks.
 //
 // Delivery: a device's Attachment drains its inbox in order with a bounded in-flight window,
 // signals QueueEmpty once the backlog present at connect has been sent, then switches to live mode;
@@ -45,6 +55,7 @@ package mailbox
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -176,8 +187,12 @@ func (c *Config) setDefaults() {
 // Kinds of message on dev.<device>: the first byte of the payload.
 const (
 	kindLive = 'm' // + Envelope bytes; reply expected
-	kindWake = 'w' // the inbox has new envelopes
-	kindKick = 'k' // + connection id: another connection took this device over
+	kindWake = 'w' // the inbox has new envelopes (+ a ticket, optional); sent by resyncs
+	// kindWakeSeq: the inbox has new envelopes, up to the 8-byte big-endian stream sequence that
+	// follows (+ a ticket, optional). A direct get may be answered by a replica that has not yet
+	// applied what the leader acked: the drain reads on until it has seen that sequence.
+	kindWakeSeq = 'v'
+	kindKick    = 'k' // + connection id: another connection took this device over
 )
 
 // Replies to a live request.
@@ -204,6 +219,9 @@ type testHooks struct {
 	drainIdle func(a *Attachment, live bool, pending int)
 	// commit runs on the shard writer before it commits batch.
 	commit func(batch []*appendReq)
+	// staleRead runs before each direct inbox read (without locks held); true makes the read
+	// answer "nothing from here", as a replica that lags behind the leader would.
+	staleRead func(a *Attachment, from uint64) bool
 }
 
 // Mailbox routes, stores and delivers envelopes.
@@ -229,9 +247,15 @@ type Mailbox struct {
 	drainWaits func()
 	// hooks, set by tests before Start, hold the drain or a commit at its racy point.
 	hooks testHooks
+	// replicated: the inbox streams have replicas (a direct get may lag behind acked writes), so
+	// a drain checks that it read up to the sequence its wake-ups announced. Tests set it.
+	replicated bool
 
 	replyPrefix string
 	replySub    *nats.Subscription
+	pingSub     *nats.Subscription // answers bus.MailboxPingSubject
+	pinger      pinger             // coalesces confirmInterest's pings
+	leaderReads chan struct{}      // bounds concurrent leader reads (leaderGet)
 	pendingMu   sync.Mutex
 	pending     map[uint64]liveReq        // guarded by pendingMu
 	reads       map[uint64]chan *nats.Msg // batched direct gets in progress; guarded by pendingMu
@@ -262,8 +286,11 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		stop:    make(chan struct{}),
 		pending: make(map[uint64]liveReq),
 		reads:   make(map[uint64]chan *nats.Msg),
+
+		leaderReads: make(chan struct{}, maxLeaderReads),
 	}
 	m.replyPrefix = "_PR." + cfg.Node + "."
+	m.replicated = b.Replicas() > 1
 	perSender := cfg.MaxPerSender
 	if perSender == 0 {
 		perSender = max(1, b.InboxMaxPerDevice()/10)
@@ -299,6 +326,10 @@ func (m *Mailbox) Start() error {
 		return fmt.Errorf("reply subscription limits: %w", err)
 	}
 	m.replySub = sub
+	node := []byte(m.cfg.Node)
+	if m.pingSub, err = m.nc.Subscribe(bus.MailboxPingSubject, func(msg *nats.Msg) { _ = msg.Respond(node) }); err != nil {
+		return fmt.Errorf("subscribe to mailbox pings: %w", err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for i, w := range m.writers {
@@ -333,6 +364,9 @@ func (m *Mailbox) Close() {
 	if m.replySub != nil {
 		_ = m.replySub.Unsubscribe()
 	}
+	if m.pingSub != nil {
+		_ = m.pingSub.Unsubscribe()
+	}
 	if m.stopSlowConsumer != nil {
 		m.stopSlowConsumer()
 	}
@@ -346,6 +380,9 @@ func (m *Mailbox) Close() {
 		p.done(liveRefused)
 	}
 }
+
+// maxLeaderReads bounds the leader reads (JetStream API message gets) one node has in flight.
+const maxLeaderReads = 32
 
 // clock is the base of nanotime.
 var clock = time.Now()
@@ -467,33 +504,45 @@ func (m *Mailbox) finishLive(tok uint64, res liveResult) {
 	p.done(res)
 }
 
-// wakeAll tells each device that got an envelope in a successful commit to drain its inbox.
+// wakeAll tells each device that got an envelope in a successful commit to drain its inbox, up to
+// the last sequence the commit stored for it (see kindWakeSeq).
 func (m *Mailbox) wakeAll(reqs []*appendReq, err error) {
 	if err != nil {
 		return
 	}
-	seen := make(map[string]bool, len(reqs))
+	last := make(map[string]uint64, len(reqs))
+	for _, r := range reqs {
+		last[r.deviceID] = max(last[r.deviceID], r.seq)
+	}
 	for _, r := range reqs {
 		if r.ticket != "" {
 			// Hands the refusing attachment its ticket back; also a wake-up.
-			_ = m.nc.Publish(bus.DeviceSubject(r.deviceID), append([]byte{kindWake}, r.ticket...))
+			_ = m.nc.Publish(bus.DeviceSubject(r.deviceID), encodeWake(last[r.deviceID], r.ticket))
 			if a := m.localAttachment(r.deviceID); a != nil {
-				a.wake(r.ticket)
+				a.wake(r.ticket, last[r.deviceID])
 			}
-			seen[r.deviceID] = true
-			continue
+			last[r.deviceID] = 0 // woken
 		}
 	}
 	for _, r := range reqs {
-		if seen[r.deviceID] {
+		seq, ok := last[r.deviceID]
+		if !ok || seq == 0 {
 			continue
 		}
-		seen[r.deviceID] = true
-		_ = m.nc.Publish(bus.DeviceSubject(r.deviceID), []byte{kindWake})
+		delete(last, r.deviceID)
+		_ = m.nc.Publish(bus.DeviceSubject(r.deviceID), encodeWake(seq, ""))
 		if a := m.localAttachment(r.deviceID); a != nil {
-			a.wake("")
+			a.wake("", seq)
 		}
 	}
+}
+
+// encodeWake builds a kindWakeSeq message.
+func encodeWake(seq uint64, ticket string) []byte {
+	b := make([]byte, 9, 9+len(ticket))
+	b[0] = kindWakeSeq
+	binary.BigEndian.PutUint64(b[1:], seq)
+	return append(b, ticket...)
 }
 
 func (m *Mailbox) observeCommit(stored int, start time.Time, err error) {

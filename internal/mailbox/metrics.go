@@ -26,6 +26,7 @@ type metrics struct {
 	crossNode        prometheus.Counter
 	takeovers        prometheus.Counter
 	noQuorum         prometheus.Counter
+	leaderReads      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -46,6 +47,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		queryRateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_query_rate_limited_total", Help: "QueryQueued requests refused by the per-device rate limit."}),
 		attached:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_mailbox_attached_devices", Help: "Devices attached for delivery on this node."}),
 		busDropped:       prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_bus_dropped_total", Help: "Messages to attached devices (wake-ups, live requests, takeovers) that the bus connection dropped because their dispatch channel was full; each affected device's inbox is re-read."}),
+		leaderReads:      prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_leader_reads_total", Help: "Inbox reads sent to the stream leader on a replicated inbox: when a direct get (answered by any replica) lagged behind a wake-up's sequence, and once per attachment before it first goes live."}),
 		resyncWakes:      prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_resync_wakes_total", Help: "Wake-ups sent to devices on this node after the bus dropped messages for them (each makes the device re-read its inbox)."}),
 		crossNode:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_cross_node_deliveries_total", Help: "Envelopes sent through this node and acked live by their device over the bus (the device attached on another node), not through the node-local fast path."}),
 		noQuorum:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_no_quorum_total", Help: "Envelopes refused at once (UNAVAILABLE, not acked) because this node had no JetStream quorum."}),
@@ -55,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.inboxFull.WithLabelValues(r) // every reason shows, at 0, from the start
 	}
 	if reg != nil {
-		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.crossNode, m.takeovers, m.noQuorum)
+		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.crossNode, m.takeovers, m.noQuorum, m.leaderReads)
 	}
 	return m
 }

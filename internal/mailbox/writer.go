@@ -22,6 +22,7 @@ type appendReq struct {
 	dedupeID string
 	deviceID string
 	ticket   string // the refusing attachment's ticket, handed back in the wake-up
+	seq      uint64 // the inbox stream sequence it was stored at, once committed
 	data     []byte
 	done     func(error)
 }
@@ -176,6 +177,7 @@ func (w *shardWriter) commit(batch []*appendReq) {
 	for i, r := range uniq {
 		switch err := res[i].err; {
 		case err == nil:
+			r.seq = res[i].seq
 			stored = append(stored, r)
 		case errors.Is(err, ErrInboxFull):
 			// A refusal, not a storage failure: counted by reason, not logged.
