@@ -538,7 +538,8 @@ func (g *Gateway) Ready() bool { return !g.draining.Load() }
 // handshakes (tls.go) before handing connections to the engine's pollers.
 type Engine struct {
 	*nbhttp.Engine
-	tls *tlsServer
+	tls  *tlsServer
+	jobs *workers
 }
 
 // Start starts the pollers and the listener.
@@ -549,6 +550,7 @@ func (e *Engine) Start() error {
 	if e.tls != nil {
 		if err := e.tls.start(); err != nil {
 			e.Engine.Stop()
+			e.jobs.stop()
 			return err
 		}
 	}
@@ -561,14 +563,20 @@ func (e *Engine) Stop() {
 		e.tls.stop()
 	}
 	e.Engine.Stop()
+	e.jobs.stop()
 }
+
+// maxIdleWorkers bounds the goroutines that wait parked for the engine's next job (workers).
+const maxIdleWorkers = 1024
 
 // NewEngine builds the engine that serves handler on addr, with TLS when tlsOpts is set.
 // bound, if not nil, is told the listener's address (port 0 picks one). The engine always listens
 // with listen: callers must not replace Engine.Listen, or accepted sockets get TCP keepalive back.
 func NewEngine(name, addr string, tlsOpts *TLS, maxConns int, handler http.Handler, bound func(net.Addr)) (*Engine, error) {
+	jobs := newWorkers(maxIdleWorkers)
 	conf := nbhttp.Config{
 		Name:                    name,
+		ServerExecutor:          jobs.Go,
 		Network:                 "tcp",
 		MaxLoad:                 maxConns + 64,
 		Handler:                 handler,
@@ -592,7 +600,7 @@ func NewEngine(name, addr string, tlsOpts *TLS, maxConns int, handler http.Handl
 		raceHandoff()
 	})
 	instrumentForRace(ne)
-	e := &Engine{Engine: ne}
+	e := &Engine{Engine: ne, jobs: jobs}
 	if tlsOpts != nil {
 		ts, err := newTLSServer(ne, conf.Network, addr, bound, tlsOpts)
 		if err != nil {

@@ -1,0 +1,62 @@
+package gateway
+
+import (
+	"runtime"
+	"sync"
+	"testing"
+)
+
+// TestWorkersReuseParkedGoroutines: a finished job's goroutine parks and runs the next job, up to
+// maxIdle parked; stop ends them, and jobs after stop still run.
+func TestWorkersReuseParkedGoroutines(t *testing.T) {
+	w := newWorkers(2)
+	// Jobs one after another: one goroutine, parked between them.
+	for range 3 {
+		done := make(chan struct{})
+		w.Go(func() { close(done) })
+		<-done
+		waitParked(t, w, 1)
+	}
+
+	// Three jobs at once: three goroutines; two park afterwards, the third exits.
+	var wg sync.WaitGroup
+	release := make(chan struct{})
+	for range 3 {
+		wg.Add(1)
+		w.Go(func() { defer wg.Done(); <-release })
+	}
+	if got := w.parked(); got != 0 {
+		t.Fatalf("parked while all three run = %d, want 0", got)
+	}
+	close(release)
+	wg.Wait()
+	waitParked(t, w, 2)
+
+	// A panicking job does not take its goroutine's loop down.
+	done := make(chan struct{})
+	w.Go(func() { panic("boom") })
+	w.Go(func() { close(done) })
+	<-done
+
+	w.stop()
+	if got := w.parked(); got != 0 {
+		t.Fatalf("parked after stop = %d, want 0", got)
+	}
+	ran := make(chan struct{})
+	w.Go(func() { close(ran) })
+	<-ran
+	if got := w.parked(); got != 0 {
+		t.Fatalf("a job after stop parked its goroutine (%d parked)", got)
+	}
+}
+
+// waitParked waits until n goroutines are parked: a goroutine parks just after its job returns.
+func waitParked(t *testing.T, w *workers, n int) {
+	t.Helper()
+	for i := 0; w.parked() != n; i++ {
+		if i > 1e6 {
+			t.Fatalf("parked = %d, want %d", w.parked(), n)
+		}
+		runtime.Gosched()
+	}
+}
