@@ -7,12 +7,16 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"math"
+	"net"
 	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
@@ -626,10 +630,31 @@ func onOtherFrame(rep *report, c *wsConn, f frameView, lostReason string) {
 		rep.error("server_" + pb.ErrorCodeName(parseError(f.body).GetCode()))
 	case kClosed:
 		if !c.closing.Load() {
-			rep.error(lostReason)
+			rep.error(lostReason + closeCause(c.err))
 		}
 	case kMalformed:
 		rep.error("malformed_frame")
+	}
+}
+
+// closeCause names why a connection's reader ended, as a suffix for an error reason: the server's
+// close status (":1008") or the kind of read error (":eof", ":reset", ":timeout").
+func closeCause(err error) string {
+	var ce *closeError
+	var ne net.Error
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &ce):
+		return fmt.Sprintf(":%d", ce.code)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return ":eof"
+	case errors.Is(err, syscall.ECONNRESET):
+		return ":reset"
+	case errors.As(err, &ne) && ne.Timeout():
+		return ":timeout"
+	default:
+		return ":other"
 	}
 }
 
