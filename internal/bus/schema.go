@@ -211,7 +211,17 @@ func (b *Bus) ensureStream(ctx context.Context, want jetstream.StreamConfig) (je
 	upd := cur
 	upd.Description = want.Description
 	upd.Subjects = want.Subjects
-	upd.Replicas = want.Replicas
+	// Replicas only grow here. A node whose settings ask for fewer (one restarted with an old
+	// config in a rolling change, or one whose peers list is short) must not shrink what the
+	// others replicate: scale down by hand (nats stream edit --replicas).
+	switch {
+	case want.Replicas > cur.Replicas:
+		upd.Replicas = want.Replicas
+		b.cfg.Logger.Info("bus migration: scaling stream up", "stream", want.Name, "from_replicas", cur.Replicas, "to_replicas", want.Replicas)
+	case want.Replicas < cur.Replicas:
+		b.cfg.Logger.Warn("bus migration: stream has more replicas than this node's replicas setting; keeping them (scale down by hand if that is what you want)",
+			"stream", want.Name, "replicas", cur.Replicas, "setting", want.Replicas)
+	}
 	upd.MaxAge = want.MaxAge
 	upd.MaxMsgsPerSubject = want.MaxMsgsPerSubject
 	if want.MaxBytes != 0 {
