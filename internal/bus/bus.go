@@ -142,6 +142,13 @@ type Bus struct {
 	Invites  jetstream.KeyValue // invite code → invite record
 	PreKeys  jetstream.Stream   // one-time prekeys: prekeys.otk.<device>, prekeys.kem.<device>
 	inboxes  []jetstream.Stream
+	meta     jetstream.KeyValue // deployment facts
+
+	// A single-node store being imported into the cluster (grow.go); nil otherwise.
+	single   *server.Server
+	singleNC *nats.Conn
+	singleJS jetstream.JetStream
+	grow     growState // this node's part in forming the deployment, set by migrate
 }
 
 // Open starts the embedded server (or dials the external one), connects, waits until JetStream
@@ -161,6 +168,10 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	if err := b.migrateRetry(ctx); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("bus migrations: %w", err)
+	}
+	if err := b.growRetry(ctx); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("grow a single node into a cluster: %w", err)
 	}
 	return b, nil
 }
@@ -197,6 +208,9 @@ func (b *Bus) connect() error {
 			return errors.New("bus: DataDir is required for the embedded server")
 		}
 		storeDir := filepath.Join(b.cfg.DataDir, "jetstream")
+		if err := b.prepareStore(storeDir); err != nil {
+			return err
+		}
 		if err := os.MkdirAll(storeDir, 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", storeDir, err)
 		}
@@ -392,6 +406,7 @@ func (b *Bus) Healthy() bool {
 
 // Close drains the connection and stops the embedded server. Safe to call more than once.
 func (b *Bus) Close() {
+	b.closeSingle()
 	if b.nc != nil {
 		b.nc.Close()
 	}

@@ -67,12 +67,19 @@ var errShardsChanged = errors.New("inbox shard count changed")
 func (b *Bus) migrateRetry(ctx context.Context) error {
 	delay := 100 * time.Millisecond
 	start := time.Now()
+	var lastForming time.Time
 	for {
 		err := b.migrate(ctx)
 		if err == nil || !retryable(err) || ctx.Err() != nil {
 			return err
 		}
-		b.cfg.Logger.Warn("bus migrations: retrying (cluster forming?)", "err", err, "waited", time.Since(start).Round(time.Millisecond))
+		switch {
+		case !errors.Is(err, errForming):
+			b.cfg.Logger.Warn("bus migrations: retrying (cluster forming?)", "err", err, "waited", time.Since(start).Round(time.Millisecond))
+		case time.Since(lastForming) >= 10*time.Second: // a wait for other nodes or an import: once in a while
+			lastForming = time.Now()
+			b.cfg.Logger.Info("bus migrations: waiting", "reason", err, "waited", time.Since(start).Round(time.Millisecond))
+		}
 		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
@@ -87,10 +94,10 @@ func (b *Bus) migrateRetry(ctx context.Context) error {
 // retryable reports whether a migration error can pass by itself: the JetStream cluster is not
 // (yet) available, has too few nodes, or did not answer in time.
 func retryable(err error) bool {
-	if errors.Is(err, errShardsChanged) {
+	if errors.Is(err, errShardsChanged) || errors.Is(err, errRefused) {
 		return false
 	}
-	if errors.Is(err, errNotYetVisible) {
+	if errors.Is(err, errNotYetVisible) || errors.Is(err, errForming) {
 		return true
 	}
 	var apiErr *jetstream.APIError
@@ -129,8 +136,17 @@ func (b *Bus) migrate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := b.checkShards(ctx, meta); err != nil {
-		return err
+	b.meta = meta
+	b.grow = growNone
+	if b.cfg.ClusterListen != "" && len(b.cfg.URLs) == 0 {
+		if b.grow, err = b.gate(ctx, meta); err != nil {
+			return err
+		}
+	}
+	if b.grow == growNone { // an importer records the shard count once the import is done
+		if err := b.checkShards(ctx, meta); err != nil {
+			return err
+		}
 	}
 	// Bulk registration writes many records of accounts and devices as one atomic batch.
 	if b.Accounts, err = kv(jetstream.KeyValueConfig{Bucket: AccountsBucket, Description: "account name → account", History: 1}, true); err != nil {
