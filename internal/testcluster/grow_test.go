@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -246,4 +247,42 @@ func TestScaleUpReplicas(t *testing.T) {
 		}
 	}
 	t.Fatalf("bob's inbox was led by %q, not one of the nodes", holder)
+}
+
+// TestGrowRefusals: what cannot work is refused at start with an error that says what to do, and
+// the cluster keeps serving.
+func TestGrowRefusals(t *testing.T) {
+	c := testcluster.Start(t, nodes, testcluster.Options{})
+	n3 := c.Node(2)
+	n3.Stop()
+	settings := n3.Server().Config().ClusterSection
+
+	// A cluster node's store started without cluster settings would serve a stale copy.
+	n3.Configure(func(cfg *server.Config) { cfg.ClusterSection = server.ClusterSection{} })
+	err := n3.StartErr(t)
+	if err == nil || !strings.Contains(err.Error(), "cluster node's store") || !strings.Contains(err.Error(), "cluster_listen and peers") {
+		t.Fatalf("a cluster store started alone: want a refusal, got %v", err)
+	}
+
+	// A single-node store cannot join a cluster that already holds a deployment.
+	single := testcluster.StartSingle(t, testcluster.Options{})
+	r := testserver.Dial(t, single.Node(0).URL())
+	r.MustRegister("zoe")
+	single.Stop()
+	n3.Configure(func(cfg *server.Config) {
+		cfg.Data = single.Node(0).DataDir()
+		cfg.ClusterSection = settings
+	})
+	err = n3.StartErr(t)
+	if err == nil || !strings.Contains(err.Error(), "cannot join a cluster that already holds a deployment") {
+		t.Fatalf("a single-node store joining a deployment: want a refusal, got %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(single.Node(0).DataDir(), bus.SingleNodeDir)); err != nil {
+		t.Fatalf("the refused store is not kept aside: %v", err)
+	}
+
+	// The cluster still serves, with two nodes.
+	c.Node(0).WaitLeaders(t, 20*time.Second)
+	ok := testserver.Dial(t, c.Node(0).URL())
+	ok.MustRegister("yann")
 }

@@ -370,6 +370,25 @@ func (nd *Node) Wipe(t testing.TB) {
 	nd.wait(t)
 }
 
+// StartErr starts a stopped node and returns its start error, nil once it serves: for starts
+// that must be refused.
+func (nd *Node) StartErr(t testing.TB) error {
+	t.Helper()
+	nd.launch(t)
+	select {
+	case <-nd.srv.Ready():
+		nd.wait(t)
+		return nil
+	case err := <-nd.errc:
+		nd.cancel()
+		nd.cancel = nil
+		return err
+	case <-time.After(startTimeout):
+		t.Fatalf("testcluster: %s: neither ready nor failed within %s", nd.cfg.Node, startTimeout)
+		return nil
+	}
+}
+
 // WaitLeaders waits up to d until every stream and bucket, asked through node nd, has a leader:
 // after a node stops or restarts, JetStream elects new ones within seconds, and until then
 // requests touching those streams are answered UNAVAILABLE.
