@@ -165,6 +165,12 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		b.Close()
 		return nil, err
 	}
+	if len(cfg.URLs) > 0 {
+		if err := b.checkExternal(ctx); err != nil {
+			b.Close()
+			return nil, err
+		}
+	}
 	if err := b.migrateRetry(ctx); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("bus migrations: %w", err)
@@ -191,6 +197,9 @@ func (b *Bus) connect() error {
 		nats.ErrorHandler(b.async.handle),
 	}
 	if len(b.cfg.URLs) > 0 {
+		if err := b.prepareExternal(); err != nil {
+			return err
+		}
 		url := b.cfg.URLs[0]
 		for _, u := range b.cfg.URLs[1:] {
 			url += "," + u
@@ -321,7 +330,12 @@ func (b *Bus) waitJetStream(ctx context.Context) error {
 			return fmt.Errorf("waiting for jetstream: %w (last error: %v)", context.Cause(ctx), err)
 		}
 		if b.cfg.ClusterListen == "" && (errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount)) {
-			return fmt.Errorf("jetstream: %w", err) // a server without JetStream: waiting will not help
+			if len(b.cfg.URLs) > 0 { // a server without JetStream: waiting will not help
+				return fmt.Errorf("jetstream: %w: the NATS servers at %v do not run JetStream for this account: enable it on every server "+
+					"(jetstream { store_dir: ..., sync_interval: always }) and for the account if accounts are configured (README: External NATS)",
+					err, RedactURLs(b.cfg.URLs))
+			}
+			return fmt.Errorf("jetstream: %w", err)
 		}
 		if time.Since(lastLog) >= 10*time.Second {
 			lastLog = time.Now()

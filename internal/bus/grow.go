@@ -63,7 +63,7 @@ const (
 )
 
 // errRefused is a start that cannot work: never retried.
-var errRefused = errors.New("refused")
+var errRefused = errors.New("refusing to start")
 
 // errForming: a new deployment waits for its nodes or for an import (retried).
 var errForming = errors.New("deployment forming")
@@ -86,7 +86,8 @@ func storeKind(storeDir string) (streams, clustered bool, err error) {
 }
 
 // prepareStore checks the embedded store against the cluster settings before the server starts
-// on it, and with cluster settings moves a single-node store aside and opens it for import.
+// on it, and with cluster settings (or external NATS) moves a single-node store aside and opens
+// it for import.
 func (b *Bus) prepareStore(storeDir string) error {
 	single := filepath.Join(b.cfg.DataDir, SingleNodeDir)
 	streams, clustered, err := storeKind(storeDir)
@@ -95,7 +96,7 @@ func (b *Bus) prepareStore(storeDir string) error {
 	}
 	_, serr := os.Stat(single)
 	pending := serr == nil
-	if b.cfg.ClusterListen == "" {
+	if b.cfg.ClusterListen == "" && len(b.cfg.URLs) == 0 {
 		if clustered {
 			return fmt.Errorf("%w: %s holds a cluster node's store, but this node was started without cluster settings: "+
 				"it would serve, and acknowledge, a stale copy apart from the cluster. Start it with its cluster_listen and peers; "+
@@ -234,7 +235,10 @@ func (b *Bus) gate(ctx context.Context, meta jetstream.KeyValue) (growState, err
 		if err != nil {
 			return growNone, err
 		}
-		want := ClusterSize(b.cfg.ClusterListen, b.cfg.ClusterPeers)
+		want := 0 // external NATS: edge nodes come and go, none waits for the others
+		if b.cfg.ClusterListen != "" {
+			want = ClusterSize(b.cfg.ClusterListen, b.cfg.ClusterPeers)
+		}
 		claim, ok, err := b.metaValue(ctx, metaGrow)
 		if err != nil {
 			return growNone, err

@@ -70,6 +70,10 @@ func (b *Bus) migrateRetry(ctx context.Context) error {
 	var lastForming time.Time
 	for {
 		err := b.migrate(ctx)
+		if len(b.cfg.URLs) > 0 && notClustered(err) {
+			return fmt.Errorf("%w: %w: the external NATS does not run JetStream clustered, so it cannot hold %d replicas: "+
+				"point nats at a JetStream cluster of at least %d servers, or set replicas = 1", errRefused, err, b.cfg.Replicas, b.cfg.Replicas)
+		}
 		if err == nil || !retryable(err) || ctx.Err() != nil {
 			return err
 		}
@@ -138,7 +142,7 @@ func (b *Bus) migrate(ctx context.Context) error {
 	}
 	b.meta = meta
 	b.grow = growNone
-	if b.cfg.ClusterListen != "" && len(b.cfg.URLs) == 0 {
+	if b.cfg.ClusterListen != "" || len(b.cfg.URLs) > 0 {
 		if b.grow, err = b.gate(ctx, meta); err != nil {
 			return err
 		}
@@ -224,6 +228,9 @@ func (b *Bus) ensureStream(ctx context.Context, want jetstream.StreamConfig) (je
 		return nil, err
 	}
 	cur := s.CachedInfo().Config
+	if err := checkDurable(cur); err != nil {
+		return nil, err
+	}
 	upd := cur
 	upd.Description = want.Description
 	upd.Subjects = want.Subjects
