@@ -202,6 +202,9 @@ func (b *Bus) migrate(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("stream %s: %w", name, err)
 		}
+		if err := b.visible(ctx, s); err != nil {
+			return fmt.Errorf("stream %s: %w", name, err)
+		}
 		inboxes[i] = s
 	}
 	b.inboxes = inboxes
@@ -262,6 +265,24 @@ func (b *Bus) ensureStream(ctx context.Context, want jetstream.StreamConfig) (je
 	}
 	b.cfg.Logger.Info("bus migration: updating stream", "stream", want.Name)
 	return b.js.UpdateStream(ctx, upd)
+}
+
+// visible checks, in a cluster, that the stream's info can be read through this node: a creation
+// acknowledged to another node, or answered during a meta leader change, can reach this node's
+// view a moment later, and the mailbox reads every inbox's info as it starts (seen once under
+// load: "stream not found" right after the migrations).
+func (b *Bus) visible(ctx context.Context, s jetstream.Stream) error {
+	if b.srv != nil && !b.srv.JetStreamIsClustered() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, objectTimeout)
+	defer cancel()
+	if _, err := s.Info(ctx); errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("%w: %w", errNotYetVisible, err)
+	} else if err != nil {
+		return err
+	}
+	return nil
 }
 
 // ensureKV creates the bucket, or brings an existing one's managed fields to cfg, through
