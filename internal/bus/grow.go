@@ -60,6 +60,8 @@ const (
 	metaGrow        = "grow"    // importer's name while it imports, "done:" + name after
 	metaMember      = "member." // member.<node> = "single" | "fresh": this node joined
 	growBatch       = 256       // messages per atomic batch of the import
+
+	errCodeBatchDuplicate = 10201 // JSAtomicPublishContainsDuplicateMessageErr
 )
 
 // errRefused is a start that cannot work: never retried.
@@ -417,11 +419,11 @@ func (b *Bus) importStream(ctx context.Context, name string) (int, error) {
 	}
 	atomic := dst.CachedInfo().Config.AllowAtomicPublish
 	copied, lastLog := 0, time.Now()
-	// pending bounds what is left to copy (messages may expire meanwhile, never appear: nothing
-	// writes to the single-node store), so a fetch of that many returns without waiting.
+	// Nothing writes to the single-node store, so whatever is left is there: a fetch takes what is
+	// at hand without waiting, and pending (from the last message's metadata) says when all is.
 	pending := srcInfo.State.Msgs
 	for pending > 0 {
-		batch, err := cons.Fetch(int(min(pending, growBatch)), jetstream.FetchMaxWait(5*time.Second))
+		batch, err := cons.FetchNoWait(growBatch)
 		if err != nil {
 			return copied, err
 		}
@@ -481,15 +483,9 @@ func (b *Bus) importTarget(ctx context.Context, cfg jetstream.StreamConfig) (jet
 func (b *Bus) resumeAt(ctx context.Context, dst jetstream.Stream) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, objectTimeout)
 	defer cancel()
-	info, err := dst.Info(ctx)
-	if err != nil {
-		return 0, err
-	}
-	if info.State.Msgs == 0 {
-		return 1, nil
-	}
-	req, _ := json.Marshal(map[string]uint64{"seq": info.State.LastSeq})
-	msg, err := b.nc.RequestWithContext(ctx, MsgGetSubject(info.Config.Name), req)
+	name := dst.CachedInfo().Config.Name
+	req, _ := json.Marshal(map[string]string{"last_by_subj": ">"})
+	msg, err := b.nc.RequestWithContext(ctx, MsgGetSubject(name), req)
 	if err != nil {
 		return 0, err
 	}
@@ -503,6 +499,9 @@ func (b *Bus) resumeAt(ctx context.Context, dst jetstream.Stream) (uint64, error
 		return 0, err
 	}
 	if resp.Error != nil {
+		if resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
+			return 1, nil
+		}
 		return 0, resp.Error
 	}
 	var v string
@@ -513,8 +512,8 @@ func (b *Bus) resumeAt(ctx context.Context, dst jetstream.Stream) (uint64, error
 	}
 	seq, err := strconv.ParseUint(v, 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%w: stream %s in the cluster holds messages that were not imported (last has no %s header): the cluster is not new; move %s back to %s to run as a single node",
-			errRefused, info.Config.Name, GrowSeqHeader, b.singleDir(), filepath.Join(b.cfg.DataDir, "jetstream"))
+		return 0, fmt.Errorf("%w: stream %s in the cluster holds messages that were not imported (the last has no %s header): the cluster is not new; move %s back to %s to run as a single node",
+			errRefused, name, GrowSeqHeader, b.singleDir(), filepath.Join(b.cfg.DataDir, "jetstream"))
 	}
 	return seq + 1, nil
 }
@@ -539,12 +538,27 @@ func copyMsg(m jetstream.Msg, seq uint64) *nats.Msg {
 
 // publishCopies stores msgs in order, all or (atomic) none of a batch; without atomic publish one
 // by one, each acked before the next, so the target's last message always marks a prefix.
+//
+// An atomic batch fails as a whole on a message id the stream has seen (in the batch or within its
+// duplicate window). The source can hold one id twice (a resend after its window), so such a
+// batch is stored one by one instead, where JetStream drops the duplicate and acks the rest: the
+// receiver would have dropped it anyway.
 func (b *Bus) publishCopies(ctx context.Context, msgs []*nats.Msg, atomic bool) error {
 	if atomic {
 		pctx, cancel := context.WithTimeout(ctx, objectTimeout)
-		defer cancel()
 		_, err := jetstreamext.PublishMsgBatch(pctx, b.js, msgs)
-		return err
+		cancel()
+		var apiErr *jetstream.APIError
+		if !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeBatchDuplicate {
+			return err
+		}
+		for _, m := range msgs { // PublishMsgBatch set its batch headers on them
+			for k := range m.Header {
+				if strings.HasPrefix(k, "Nats-Batch-") {
+					m.Header.Del(k)
+				}
+			}
+		}
 	}
 	for _, m := range msgs {
 		pctx, cancel := context.WithTimeout(ctx, objectTimeout)
