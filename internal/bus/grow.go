@@ -107,7 +107,7 @@ func (b *Bus) prepareStore(storeDir string) error {
 		if pending {
 			return fmt.Errorf("%w: %s holds this node's single-node store, whose import into a cluster has not finished. "+
 				"Start the node again with its cluster settings to finish it; to go back to a single node instead, "+
-				"delete %s and rename %s to %s (nothing is lost: the cluster did not serve before the import ended)",
+				"delete %s and rename %s to %s (the cluster serves only once the import ended, so unless it did, nothing is lost)",
 				errRefused, single, storeDir, single, storeDir)
 		}
 		return nil
@@ -264,12 +264,12 @@ func (b *Bus) gate(ctx context.Context, meta jetstream.KeyValue) (growState, err
 		case ok && claim == b.cfg.Name:
 		case ok:
 			return growNone, fmt.Errorf("%w: node %s is growing its own single-node store into this cluster; this node holds another one (%s), and two deployments cannot be merged. "+
-				"Start this node as a single node again (without cluster settings, after moving %s back to %s), or move %s away to join empty",
-				errRefused, strings.TrimPrefix(claim, "done:"), b.singleDir(), b.singleDir(), filepath.Join(b.cfg.DataDir, "jetstream"), b.singleDir())
+				"To keep this node's deployment, start it as a single node again (without cluster settings, after deleting %s and moving %s back to it); to join empty, move %s away",
+				errRefused, strings.TrimPrefix(claim, "done:"), b.singleDir(), b.storeDir(), b.singleDir(), b.singleDir())
 		case initialized:
 			return growNone, fmt.Errorf("%w: this node's single-node store (%s) cannot join a cluster that already holds a deployment: two deployments cannot be merged. "+
-				"Start this node as a single node again (without cluster settings, after moving %s back to %s), or move %s away to join empty",
-				errRefused, b.singleDir(), b.singleDir(), filepath.Join(b.cfg.DataDir, "jetstream"), b.singleDir())
+				"To keep this node's deployment, start it as a single node again (without cluster settings, after deleting %s and moving %s back to it); to join empty, move %s away",
+				errRefused, b.singleDir(), b.storeDir(), b.singleDir(), b.singleDir())
 		default:
 			if _, err := meta.Create(ctx, metaGrow, []byte(b.cfg.Name)); errors.Is(err, jetstream.ErrKeyExists) {
 				continue // somebody else claimed first: look again
@@ -286,6 +286,8 @@ func (b *Bus) gate(ctx context.Context, meta jetstream.KeyValue) (growState, err
 }
 
 func (b *Bus) singleDir() string { return filepath.Join(b.cfg.DataDir, SingleNodeDir) }
+
+func (b *Bus) storeDir() string { return filepath.Join(b.cfg.DataDir, "jetstream") }
 
 // memberKey is a node's key in the meta bucket; characters a key cannot hold become '_'.
 func memberKey(name string) string {
@@ -512,8 +514,8 @@ func (b *Bus) resumeAt(ctx context.Context, dst jetstream.Stream) (uint64, error
 	}
 	seq, err := strconv.ParseUint(v, 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%w: stream %s in the cluster holds messages that were not imported (the last has no %s header): the cluster is not new; move %s back to %s to run as a single node",
-			errRefused, name, GrowSeqHeader, b.singleDir(), filepath.Join(b.cfg.DataDir, "jetstream"))
+		return 0, fmt.Errorf("%w: stream %s in the cluster holds messages that were not imported (the last has no %s header): the cluster is not new. To run as a single node again, delete %s and move %s back to it",
+			errRefused, name, GrowSeqHeader, b.storeDir(), b.singleDir())
 	}
 	return seq + 1, nil
 }
