@@ -78,6 +78,8 @@ func (b *Bus) migrateRetry(ctx context.Context) error {
 			return err
 		}
 		switch {
+		case len(b.cfg.URLs) > 0 && !errors.Is(err, errForming):
+			b.cfg.Logger.Warn("bus migrations: retrying: the external JetStream cluster needs at least replicas servers up, with room in their store", "replicas", b.cfg.Replicas, "err", err, "waited", time.Since(start).Round(time.Millisecond))
 		case !errors.Is(err, errForming):
 			b.cfg.Logger.Warn("bus migrations: retrying (cluster forming?)", "err", err, "waited", time.Since(start).Round(time.Millisecond))
 		case time.Since(lastForming) >= 10*time.Second: // a wait for other nodes or an import: once in a while
