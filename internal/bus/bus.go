@@ -31,7 +31,8 @@ import (
 // Config selects and tunes the bus.
 type Config struct {
 	// DataDir is where the embedded server keeps JetStream state (DataDir/jetstream). Required when
-	// URLs is empty.
+	// URLs is empty. With URLs or cluster settings, a single-node store found there is imported
+	// into the cluster (grow.go).
 	DataDir string
 	// URLs are external NATS servers; empty means start an embedded server. Default: empty.
 	// They may carry credentials (nats://user:pass@host, nats://token@host): print them only
