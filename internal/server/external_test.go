@@ -21,6 +21,7 @@ import (
 	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/testserver"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
 // externalNATS starts n nats-servers on loopback as an operator would run them for Petrel (README:
@@ -87,7 +88,7 @@ func clientURLs(srvs []*natsserver.Server) []string {
 
 // TestExternalNATSCluster: two edge nodes on a 3-server external JetStream cluster (the default
 // replicas, 3): every stream is R3 on file storage, and an envelope stored through one edge node
-// is delivered through the other.
+// is delivered through the other after the server that led its inbox is shut down.
 func TestExternalNATSCluster(t *testing.T) {
 	ext := externalNATS(t, 3, nil)
 	urls := clientURLs(ext)
@@ -117,12 +118,33 @@ func TestExternalNATSCluster(t *testing.T) {
 	if r := alice.Send("m1", "bob", []string{bobDev}, []byte("via edge1")); r.GetSendResult() == nil {
 		t.Fatalf("send: %v", r)
 	}
-	bob := testserver.Dial(t, b.URL())
-	if w := bob.Auth(bobKey); w.GetWelcome() == nil {
-		t.Fatalf("bob on edge2: %v", w)
+	inbox, err := js.Stream(ctx, bus.InboxStreamName(a.Server().Bus().Shard(bobDev)))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if d := mustDeliver(t, bob); d.GetEnvelope().GetMessageId() != "m1" || string(d.GetEnvelope().GetCiphertext()) != "via edge1" {
-		t.Fatalf("bob on edge2 got %v", d)
+	leader := inbox.CachedInfo().Cluster.Leader
+	for _, s := range ext {
+		if s.Name() == leader {
+			s.Shutdown()
+			s.WaitForShutdown()
+		}
+	}
+	// Until the inbox has a new leader the edge node may answer UNAVAILABLE with a retry hint.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		bob := testserver.Dial(t, b.URL())
+		w := bob.Auth(bobKey)
+		if w.GetWelcome() != nil {
+			if d := mustDeliver(t, bob); d.GetEnvelope().GetMessageId() != "m1" || string(d.GetEnvelope().GetCiphertext()) != "via edge1" {
+				t.Fatalf("bob on edge2 got %v", d)
+			}
+			return
+		}
+		if code(w) != pb.ErrorCode_ERROR_CODE_UNAVAILABLE || time.Now().After(deadline) {
+			t.Fatalf("bob on edge2 after %s stopped: %v", leader, w)
+		}
+		bob.WS.CloseNow()
+		time.Sleep(time.Duration(w.GetError().GetRetryAfterMs()) * time.Millisecond) // the server's retry hint
 	}
 }
 
