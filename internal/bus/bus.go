@@ -31,7 +31,8 @@ import (
 // Config selects and tunes the bus.
 type Config struct {
 	// DataDir is where the embedded server keeps JetStream state (DataDir/jetstream). Required when
-	// URLs is empty.
+	// URLs is empty. With URLs or cluster settings, a single-node store found there is imported
+	// into the cluster (grow.go).
 	DataDir string
 	// URLs are external NATS servers; empty means start an embedded server. Default: empty.
 	// They may carry credentials (nats://user:pass@host, nats://token@host): print them only
@@ -142,6 +143,13 @@ type Bus struct {
 	Invites  jetstream.KeyValue // invite code → invite record
 	PreKeys  jetstream.Stream   // one-time prekeys: prekeys.otk.<device>, prekeys.kem.<device>
 	inboxes  []jetstream.Stream
+	meta     jetstream.KeyValue // deployment facts
+
+	// A single-node store being imported into the cluster (grow.go); nil otherwise.
+	single   *server.Server
+	singleNC *nats.Conn
+	singleJS jetstream.JetStream
+	grow     growState // this node's part in forming the deployment, set by migrate
 }
 
 // Open starts the embedded server (or dials the external one), connects, waits until JetStream
@@ -158,9 +166,19 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		b.Close()
 		return nil, err
 	}
+	if len(cfg.URLs) > 0 {
+		if err := b.checkExternal(ctx); err != nil {
+			b.Close()
+			return nil, err
+		}
+	}
 	if err := b.migrateRetry(ctx); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("bus migrations: %w", err)
+	}
+	if err := b.growRetry(ctx); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("grow a single node into a cluster: %w", err)
 	}
 	return b, nil
 }
@@ -180,6 +198,9 @@ func (b *Bus) connect() error {
 		nats.ErrorHandler(b.async.handle),
 	}
 	if len(b.cfg.URLs) > 0 {
+		if err := b.prepareExternal(); err != nil {
+			return err
+		}
 		url := b.cfg.URLs[0]
 		for _, u := range b.cfg.URLs[1:] {
 			url += "," + u
@@ -197,6 +218,9 @@ func (b *Bus) connect() error {
 			return errors.New("bus: DataDir is required for the embedded server")
 		}
 		storeDir := filepath.Join(b.cfg.DataDir, "jetstream")
+		if err := b.prepareStore(storeDir); err != nil {
+			return err
+		}
 		if err := os.MkdirAll(storeDir, 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", storeDir, err)
 		}
@@ -307,7 +331,12 @@ func (b *Bus) waitJetStream(ctx context.Context) error {
 			return fmt.Errorf("waiting for jetstream: %w (last error: %v)", context.Cause(ctx), err)
 		}
 		if b.cfg.ClusterListen == "" && (errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount)) {
-			return fmt.Errorf("jetstream: %w", err) // a server without JetStream: waiting will not help
+			if len(b.cfg.URLs) > 0 { // a server without JetStream: waiting will not help
+				return fmt.Errorf("jetstream: %w: the NATS servers at %v do not run JetStream for this account: enable it on every server "+
+					"(jetstream { store_dir: ..., sync_interval: always }) and for the account if accounts are configured (README: External NATS)",
+					err, RedactURLs(b.cfg.URLs))
+			}
+			return fmt.Errorf("jetstream: %w", err)
 		}
 		if time.Since(lastLog) >= 10*time.Second {
 			lastLog = time.Now()
@@ -392,6 +421,7 @@ func (b *Bus) Healthy() bool {
 
 // Close drains the connection and stops the embedded server. Safe to call more than once.
 func (b *Bus) Close() {
+	b.closeSingle()
 	if b.nc != nil {
 		b.nc.Close()
 	}

@@ -67,12 +67,25 @@ var errShardsChanged = errors.New("inbox shard count changed")
 func (b *Bus) migrateRetry(ctx context.Context) error {
 	delay := 100 * time.Millisecond
 	start := time.Now()
+	var lastForming time.Time
 	for {
 		err := b.migrate(ctx)
+		if len(b.cfg.URLs) > 0 && notClustered(err) {
+			return fmt.Errorf("%w: %w: the external NATS does not run JetStream clustered, so it cannot hold %d replicas: "+
+				"point nats at a JetStream cluster of at least %d servers, or set replicas = 1", errRefused, err, b.cfg.Replicas, b.cfg.Replicas)
+		}
 		if err == nil || !retryable(err) || ctx.Err() != nil {
 			return err
 		}
-		b.cfg.Logger.Warn("bus migrations: retrying (cluster forming?)", "err", err, "waited", time.Since(start).Round(time.Millisecond))
+		switch {
+		case len(b.cfg.URLs) > 0 && !errors.Is(err, errForming):
+			b.cfg.Logger.Warn("bus migrations: retrying: the external JetStream cluster needs at least replicas servers up, with room in their store", "replicas", b.cfg.Replicas, "err", err, "waited", time.Since(start).Round(time.Millisecond))
+		case !errors.Is(err, errForming):
+			b.cfg.Logger.Warn("bus migrations: retrying (cluster forming?)", "err", err, "waited", time.Since(start).Round(time.Millisecond))
+		case time.Since(lastForming) >= 10*time.Second: // a wait for other nodes or an import: once in a while
+			lastForming = time.Now()
+			b.cfg.Logger.Info("bus migrations: waiting", "reason", err, "waited", time.Since(start).Round(time.Millisecond))
+		}
 		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
@@ -87,10 +100,10 @@ func (b *Bus) migrateRetry(ctx context.Context) error {
 // retryable reports whether a migration error can pass by itself: the JetStream cluster is not
 // (yet) available, has too few nodes, or did not answer in time.
 func retryable(err error) bool {
-	if errors.Is(err, errShardsChanged) {
+	if errors.Is(err, errShardsChanged) || errors.Is(err, errRefused) {
 		return false
 	}
-	if errors.Is(err, errNotYetVisible) {
+	if errors.Is(err, errNotYetVisible) || errors.Is(err, errForming) {
 		return true
 	}
 	var apiErr *jetstream.APIError
@@ -129,8 +142,17 @@ func (b *Bus) migrate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := b.checkShards(ctx, meta); err != nil {
-		return err
+	b.meta = meta
+	b.grow = growNone
+	if b.cfg.ClusterListen != "" || len(b.cfg.URLs) > 0 {
+		if b.grow, err = b.gate(ctx, meta); err != nil {
+			return err
+		}
+	}
+	if b.grow == growNone { // an importer records the shard count once the import is done
+		if err := b.checkShards(ctx, meta); err != nil {
+			return err
+		}
 	}
 	// Bulk registration writes many records of accounts and devices as one atomic batch.
 	if b.Accounts, err = kv(jetstream.KeyValueConfig{Bucket: AccountsBucket, Description: "account name → account", History: 1}, true); err != nil {
@@ -182,6 +204,9 @@ func (b *Bus) migrate(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("stream %s: %w", name, err)
 		}
+		if err := b.visible(ctx, s); err != nil {
+			return fmt.Errorf("stream %s: %w", name, err)
+		}
 		inboxes[i] = s
 	}
 	b.inboxes = inboxes
@@ -208,10 +233,23 @@ func (b *Bus) ensureStream(ctx context.Context, want jetstream.StreamConfig) (je
 		return nil, err
 	}
 	cur := s.CachedInfo().Config
+	if err := checkDurable(cur); err != nil {
+		return nil, err
+	}
 	upd := cur
 	upd.Description = want.Description
 	upd.Subjects = want.Subjects
-	upd.Replicas = want.Replicas
+	// Replicas only grow here. A node whose settings ask for fewer (one restarted with an old
+	// config in a rolling change, or one whose peers list is short) must not shrink what the
+	// others replicate: scale down by hand (nats stream edit --replicas).
+	switch {
+	case want.Replicas > cur.Replicas:
+		upd.Replicas = want.Replicas
+		b.cfg.Logger.Info("bus migration: scaling stream up", "stream", want.Name, "from_replicas", cur.Replicas, "to_replicas", want.Replicas)
+	case want.Replicas < cur.Replicas:
+		b.cfg.Logger.Warn("bus migration: stream has more replicas than this node's replicas setting; keeping them (scale down by hand if that is what you want)",
+			"stream", want.Name, "replicas", cur.Replicas, "setting", want.Replicas)
+	}
 	upd.MaxAge = want.MaxAge
 	upd.MaxMsgsPerSubject = want.MaxMsgsPerSubject
 	if want.MaxBytes != 0 {
@@ -229,6 +267,24 @@ func (b *Bus) ensureStream(ctx context.Context, want jetstream.StreamConfig) (je
 	}
 	b.cfg.Logger.Info("bus migration: updating stream", "stream", want.Name)
 	return b.js.UpdateStream(ctx, upd)
+}
+
+// visible checks, in a cluster, that the stream's info can be read through this node: a creation
+// acknowledged to another node, or answered during a meta leader change, can reach this node's
+// view a moment later, and the mailbox reads every inbox's info as it starts (seen once under
+// load: "stream not found" right after the migrations).
+func (b *Bus) visible(ctx context.Context, s jetstream.Stream) error {
+	if b.srv != nil && !b.srv.JetStreamIsClustered() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, objectTimeout)
+	defer cancel()
+	if _, err := s.Info(ctx); errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("%w: %w", errNotYetVisible, err)
+	} else if err != nil {
+		return err
+	}
+	return nil
 }
 
 // ensureKV creates the bucket, or brings an existing one's managed fields to cfg, through

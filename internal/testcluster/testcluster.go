@@ -45,6 +45,8 @@ type Options struct {
 
 // Cluster is a running set of nodes.
 type Cluster struct {
+	opts  Options
+	base  *slog.Logger
 	nodes []*Node
 	// proxies[i][j] carries node i's routes to node j (nil without Options.Proxies, and for i == j).
 	proxies [][]*Proxy
@@ -72,16 +74,8 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 	for i, p := range ports[:n] {
 		peers[i] = fmt.Sprintf("127.0.0.1:%d", p)
 	}
-	var out io.Writer = io.Discard
-	level := slog.LevelInfo
-	switch {
-	case opts.Log != nil:
-		out, level = opts.Log, slog.LevelDebug
-	case os.Getenv("PETREL_TEST_LOG") != "":
-		out, level = os.Stderr, slog.LevelDebug
-	}
-	base := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}))
-	c := &Cluster{}
+	c := &Cluster{opts: opts, base: baseLogger(opts)}
+	base := c.base
 	if opts.Proxies {
 		c.proxies = make([][]*Proxy, n)
 		for i := range n {
@@ -127,6 +121,83 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 	return c
 }
 
+func baseLogger(opts Options) *slog.Logger {
+	var out io.Writer = io.Discard
+	level := slog.LevelInfo
+	switch {
+	case opts.Log != nil:
+		out, level = opts.Log, slog.LevelDebug
+	case os.Getenv("PETREL_TEST_LOG") != "":
+		out, level = os.Stderr, slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}))
+}
+
+// StartSingle starts one node, n1, without cluster settings: a single-node deployment, as
+// `petrel serve --data DIR` runs it. Grow turns it into a cluster. Options.Proxies is not
+// supported here.
+func StartSingle(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	if opts.Proxies {
+		t.Fatal("testcluster: StartSingle does not support Options.Proxies")
+	}
+	c := &Cluster{opts: opts, base: baseLogger(opts)}
+	cfg := server.Config{
+		Listen:       "127.0.0.1:0",
+		AdminSection: server.AdminSection{AdminListen: "127.0.0.1:0"},
+		InboxSection: server.InboxSection{InboxShards: 4},
+		Data:         t.TempDir(),
+		Node:         "n1",
+	}
+	if opts.Config != nil {
+		opts.Config(0, &cfg)
+	}
+	c.nodes = []*Node{{cfg: cfg, log: c.base.With("node", cfg.Node)}}
+	t.Cleanup(c.Stop)
+	c.nodes[0].launch(t)
+	c.nodes[0].wait(t)
+	return c
+}
+
+// Grow follows the README's procedure for growing a single node into an n-node cluster: it stops
+// the single node (gracefully), restarts it on its data directory and ports with cluster
+// settings (cluster_listen, peers, cluster_name), starts n-1 fresh nodes with the same settings,
+// and waits until every node serves. The grown node imports its store before any node serves.
+func (c *Cluster) Grow(t testing.TB, n int) {
+	t.Helper()
+	if len(c.nodes) != 1 || c.proxies != nil {
+		t.Fatal("testcluster: Grow needs a cluster from StartSingle")
+	}
+	ports := freePorts(t, n)
+	peers := make([]string, n)
+	for i, p := range ports {
+		peers[i] = fmt.Sprintf("127.0.0.1:%d", p)
+	}
+	first := c.nodes[0]
+	first.Stop()
+	first.cfg.ClusterSection = server.ClusterSection{ClusterListen: peers[0], Peers: peers, ClusterName: "petrel-test"}
+	for i := 1; i < n; i++ {
+		cfg := server.Config{
+			Listen:         "127.0.0.1:0",
+			AdminSection:   server.AdminSection{AdminListen: "127.0.0.1:0"},
+			InboxSection:   server.InboxSection{InboxShards: first.cfg.InboxShards},
+			Data:           t.TempDir(),
+			Node:           fmt.Sprintf("n%d", i+1),
+			ClusterSection: server.ClusterSection{ClusterListen: peers[i], Peers: peers, ClusterName: "petrel-test"},
+		}
+		if c.opts.Config != nil {
+			c.opts.Config(i, &cfg)
+		}
+		c.nodes = append(c.nodes, &Node{cfg: cfg, log: c.base.With("node", cfg.Node)})
+	}
+	for _, nd := range c.nodes {
+		nd.launch(t)
+	}
+	for _, nd := range c.nodes {
+		nd.wait(t)
+	}
+}
+
 // freePorts finds n free loopback TCP ports (held open together, so they differ).
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
@@ -158,6 +229,20 @@ func (c *Cluster) Stop() {
 		wg.Go(nd.Stop)
 	}
 	wg.Wait()
+}
+
+// RestartAll stops every node gracefully, then starts them all again together (none is ready
+// until a majority is up) and waits until each serves: a change of settings that every node
+// must take at once.
+func (c *Cluster) RestartAll(t testing.TB) {
+	t.Helper()
+	c.Stop()
+	for _, nd := range c.nodes {
+		nd.launch(t)
+	}
+	for _, nd := range c.nodes {
+		nd.wait(t)
+	}
 }
 
 // Partition cuts node i (0-based) off from every other node: the proxies of its routes, both
@@ -217,6 +302,9 @@ func (nd *Node) wait(t testing.TB) {
 		nd.cfg.AdminListen = a.String()
 	}
 }
+
+// Configure changes the node's settings for its next start (Restart, RestartAll).
+func (nd *Node) Configure(f func(*server.Config)) { f(&nd.cfg) }
 
 // Name is the node's name (its NATS server name).
 func (nd *Node) Name() string { return nd.cfg.Node }
@@ -280,6 +368,25 @@ func (nd *Node) Wipe(t testing.TB) {
 	}
 	nd.launch(t)
 	nd.wait(t)
+}
+
+// StartErr starts a stopped node and returns its start error, nil once it serves: for starts
+// that must be refused.
+func (nd *Node) StartErr(t testing.TB) error {
+	t.Helper()
+	nd.launch(t)
+	select {
+	case <-nd.srv.Ready():
+		nd.wait(t)
+		return nil
+	case err := <-nd.errc:
+		nd.cancel()
+		nd.cancel = nil
+		return err
+	case <-time.After(startTimeout):
+		t.Fatalf("testcluster: %s: neither ready nor failed within %s", nd.cfg.Node, startTimeout)
+		return nil
+	}
 }
 
 // WaitLeaders waits up to d until every stream and bucket, asked through node nd, has a leader:
