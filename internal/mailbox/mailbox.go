@@ -26,6 +26,9 @@
 // (bus.MailboxPingSubject), then asks the stream leader whether anything is left (settle). A
 // single node's reads are the leader's: it never waits and never asks.
 //
+// Takeover (takeover.go): one attachment per device across the cluster; of racing ones, the
+// newest claim in the claims stream stays and the others are told CONNECTED_ELSEWHERE.
+//
 // Delivery: a device's Attachment drains its inbox in order with a bounded in-flight window,
 // signals QueueEmpty once the backlog present at connect has been sent, then switches to live mode;
 // a wake-up switches it back to draining. Acks delete stored envelopes with a subject purge.
@@ -192,7 +195,7 @@ const (
 	// follows (+ a ticket, optional). A direct get may be answered by a replica that has not yet
 	// applied what the leader acked: the drain reads on until it has seen that sequence.
 	kindWakeSeq = 'v'
-	kindKick    = 'k' // + connection id: another connection took this device over
+	// kindClaim (takeover.go): another attachment of the device claimed it.
 )
 
 // Replies to a live request.
@@ -212,6 +215,12 @@ type liveResult struct {
 // decided, so that a race can be run the same way every time. All nil outside tests: each costs
 // one nil check on its path.
 type testHooks struct {
+	// attachSubscribe runs in Attach just before the device's subscription is made.
+	attachSubscribe func(a *Attachment)
+	// claim runs before each attempt to store a connection claim; claimed when one was stored,
+	// before the attachment looks at the claims it heard meanwhile (takeover.go).
+	claim   func(a *Attachment)
+	claimed func(a *Attachment, rev uint64)
 	// drainRead runs before each inbox read of a drain (without locks held).
 	drainRead func(a *Attachment)
 	// drainIdle runs when a drain has read an empty inbox (without locks held): live is whether
@@ -250,6 +259,9 @@ type Mailbox struct {
 	// replicated: the inbox streams have replicas (a direct get may lag behind acked writes), so
 	// a drain checks that it read up to the sequence its wake-ups announced. Tests set it.
 	replicated bool
+	// claims: other nodes share the bus, so a new attachment takes its device over by a claim in
+	// the claims stream, not only in this node's table (takeover.go). Tests set it.
+	claims bool
 
 	replyPrefix string
 	replySub    *nats.Subscription
@@ -291,6 +303,7 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 	}
 	m.replyPrefix = "_PR." + cfg.Node + "."
 	m.replicated = b.Replicas() > 1
+	m.claims = b.Clustered()
 	perSender := cfg.MaxPerSender
 	if perSender == 0 {
 		perSender = max(1, b.InboxMaxPerDevice()/10)
