@@ -175,7 +175,7 @@ func TestRollingRestartUnderLoad(t *testing.T) {
 		return nil
 	})
 
-	// Sustained load: every device sends every 50 ms, one message in flight, round the others
+	// Sustained load: every device sends every 100 ms, one message in flight, round the others
 	// and every fifth message to olive.
 	var sentMu sync.Mutex
 	var all []sent
@@ -183,7 +183,7 @@ func TestRollingRestartUnderLoad(t *testing.T) {
 	var senders sync.WaitGroup
 	for i := range n {
 		senders.Go(func() {
-			tick := time.NewTicker(50 * time.Millisecond)
+			tick := time.NewTicker(100 * time.Millisecond)
 			defer tick.Stop()
 			for seq := 1; ; seq++ {
 				select {
