@@ -268,6 +268,7 @@ type Mailbox struct {
 	pingSub     *nats.Subscription // answers bus.MailboxPingSubject
 	pinger      pinger             // coalesces confirmInterest's pings
 	leaderReads chan struct{}      // bounds concurrent leader reads (leaderGet)
+	claimSlots  chan struct{}      // bounds the connection claims in flight (takeover.go)
 	pendingMu   sync.Mutex
 	pending     map[uint64]liveReq        // guarded by pendingMu
 	reads       map[uint64]chan *nats.Msg // batched direct gets in progress; guarded by pendingMu
@@ -300,6 +301,7 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		reads:   make(map[uint64]chan *nats.Msg),
 
 		leaderReads: make(chan struct{}, maxLeaderReads),
+		claimSlots:  make(chan struct{}, maxClaims),
 	}
 	m.replyPrefix = "_PR." + cfg.Node + "."
 	m.replicated = b.Replicas() > 1

@@ -40,6 +40,10 @@ const kindClaim = 'c'
 // claimRetryMax bounds the pause between attempts to store a claim (no quorum, a leader election).
 const claimRetryMax = 5 * time.Second
 
+// maxClaims bounds the claims one node has in flight: a reconnect storm (a dead node's clients
+// arriving at once) queues its claims here rather than flooding the claims stream's leader.
+const maxClaims = 256
+
 // claim claims the device for a in the cluster (see above). It runs on its own goroutine from
 // Attach, owned by m.wg, until the claim is announced or a is detached.
 func (a *Attachment) claim() {
@@ -54,9 +58,15 @@ func (a *Attachment) claim() {
 		if h := m.hooks.claim; h != nil {
 			h(a)
 		}
+		select {
+		case m.claimSlots <- struct{}{}:
+		case <-m.stop:
+			return
+		}
 		ctx, cancel := m.ctxStore()
 		ack, err := m.bus.JS().Publish(ctx, bus.ClaimSubject(a.dev), []byte(m.cfg.Node))
 		cancel()
+		<-m.claimSlots
 		if err == nil {
 			rev = ack.Sequence
 			break
