@@ -249,8 +249,11 @@ type Mailbox struct {
 	storeUsed, storeLimit atomic.Int64
 	batchTimedOut         atomic.Bool
 	stop                  chan struct{}
-	wg                    sync.WaitGroup
-	closed                atomic.Bool
+	// stopCtx ends when the mailbox closes (with stop), for storage calls that must not hold Close.
+	stopCtx    context.Context
+	stopCancel context.CancelFunc
+	wg         sync.WaitGroup
+	closed     atomic.Bool
 
 	// drainWaits, set by tests before any Attach, is told each time a drain waits for its window.
 	drainWaits func()
@@ -303,6 +306,7 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		leaderReads: make(chan struct{}, maxLeaderReads),
 		claimSlots:  make(chan struct{}, maxClaims),
 	}
+	m.stopCtx, m.stopCancel = context.WithCancel(context.Background())
 	m.replyPrefix = "_PR." + cfg.Node + "."
 	m.replicated = b.Replicas() > 1
 	m.claims = b.Clustered()
@@ -386,6 +390,7 @@ func (m *Mailbox) Close() {
 		m.stopSlowConsumer()
 	}
 	close(m.stop)
+	m.stopCancel()
 	m.wg.Wait()
 	m.pendingMu.Lock()
 	pend := m.pending

@@ -4,6 +4,7 @@
 package mailbox
 
 import (
+	"context"
 	"encoding/binary"
 	"time"
 
@@ -63,13 +64,16 @@ func (a *Attachment) claim() {
 		case <-m.stop:
 			return
 		}
-		ctx, cancel := m.ctxStore()
+		ctx, cancel := context.WithTimeout(m.stopCtx, m.cfg.StoreTimeout) // Close does not wait it out
 		ack, err := m.bus.JS().Publish(ctx, bus.ClaimSubject(a.dev), []byte(m.cfg.Node))
 		cancel()
 		<-m.claimSlots
 		if err == nil {
 			rev = ack.Sequence
 			break
+		}
+		if m.stopCtx.Err() != nil {
+			return
 		}
 		m.log.Warn("connection claim", "device", a.dev, "err", err)
 		if !m.pause(backoff) {
