@@ -169,13 +169,15 @@ func (b *Bus) migrate(ctx context.Context) error {
 	}
 	// Connection claims: a node publishes one for each new device connection, and the stream
 	// sequence the publish is acked with gives the device's connections one order across the
-	// cluster (the newest wins a takeover; package mailbox). Nothing here needs to survive the
-	// whole cluster's restart, so memory storage; one claim per device, expiring.
+	// cluster (the newest wins a takeover; package mailbox). One claim per device, expiring. File
+	// storage, though nothing here must outlive the connections: a memory replica comes back
+	// empty after its node restarts, and with another node down the stream was left without a
+	// leader (TestRestartAndWipe).
 	b.Claims, err = b.ensureStream(ctx, jetstream.StreamConfig{
 		Name:              ClaimsStream,
 		Description:       "connection claims: the sequence orders one device's connections, subject claim.<device>",
 		Subjects:          []string{"claim.*"},
-		Storage:           jetstream.MemoryStorage,
+		Storage:           jetstream.FileStorage,
 		Replicas:          r,
 		MaxAge:            ClaimMaxAge,
 		MaxMsgsPerSubject: 1,
