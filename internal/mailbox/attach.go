@@ -70,30 +70,31 @@ type Attachment struct {
 	// this attachment's subscription and the stream leader has nothing more for the device (see
 	// settle); interestConfirmed: the first half of that is done.
 	settled, interestConfirmed bool
+	tickets                    map[string]time.Time // refusals whose store has not been confirmed, by ticket
+	routes                     map[string]struct{}  // routes seen by this attachment
+	overflowUntil              time.Time            // refusals beyond maxTickets: drain at least until then
+	nextTicket                 uint64
+	live                       map[uint64]waiter // live tag → the waiting sender
+	nextLive                   uint64
+	outstanding                []uint64 // stream sequences pushed and not yet purged, ascending
+	outBytes                   []uint32 // the size of each outstanding envelope
+	unackedBytes               int      // the sum of outBytes
+	acked                      map[uint64]bool
+	purgeWant                  uint64 // purge stored envelopes up to here (all acked)
+	purgedTo                   uint64 // purged up to here
+	purgeCount                 int    // acked envelopes not yet counted as purged
+	purging                    bool   // a purge goroutine runs
+	nextSeq                    uint64
+	queueEmpty                 bool // QueueEmpty was sent
+	pushedStored               int
+
 	// claimRev is this attachment's claim on its device in a cluster (0 until stored);
 	// newerClaim the highest claim announced by another attachment before it was (takeover.go).
 	claimRev, newerClaim uint64
-	tickets              map[string]time.Time // refusals whose store has not been confirmed, by ticket
-	routes               map[string]struct{}  // routes seen by this attachment
-	overflowUntil        time.Time            // refusals beyond maxTickets: drain at least until then
-	nextTicket           uint64
-	live                 map[uint64]waiter // live tag → the waiting sender
-	nextLive             uint64
-	outstanding          []uint64 // stream sequences pushed and not yet purged, ascending
-	outBytes             []uint32 // the size of each outstanding envelope
-	unackedBytes         int      // the sum of outBytes
-	acked                map[uint64]bool
-	purgeWant            uint64 // purge stored envelopes up to here (all acked)
-	purgedTo             uint64 // purged up to here
-	purgeCount           int    // acked envelopes not yet counted as purged
-	purging              bool   // a purge goroutine runs
-	nextSeq              uint64
-	queueEmpty           bool // QueueEmpty was sent
-	pushedStored         int
 }
 
-// Attach starts delivery to a connected device: it takes the device over from any other
-// connection (on any node), subscribes to its live subject and drains its inbox.
+// Attach starts delivery to a connected device: it subscribes to its live subject, takes the
+// device over from any other connection (on any node; takeover.go) and drains its inbox.
 func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error) {
 	if m.closed.Load() {
 		return nil, ErrClosed
