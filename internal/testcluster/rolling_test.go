@@ -249,7 +249,7 @@ func TestRollingRestartUnderLoad(t *testing.T) {
 			}
 		}
 		window := time.Duration(float64(len(on)) / drainRate * float64(time.Second))
-		t.Logf("%s: drained in %s, %d devices moved over %s (drain window %s)", nd.Name(),
+		t.Logf("%s: stopped (drain and shutdown) in %s, %d devices moved over %s (drain window %s)", nd.Name(),
 			stopped.Round(time.Millisecond), len(on), last.Sub(first).Round(time.Millisecond), window)
 		if len(on) >= 3 && last.Sub(first) < window/3 {
 			t.Fatalf("%s: its %d devices reconnected within %s of each other: a storm, not spread over the %s drain window",
