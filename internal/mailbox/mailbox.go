@@ -221,6 +221,13 @@ type testHooks struct {
 	// before the attachment looks at the claims it heard meanwhile (takeover.go).
 	claim   func(a *Attachment)
 	claimed func(a *Attachment, rev uint64)
+	// claimUnconfirmed, if set, stands for confirmInterest's answer in a claim; claimHeard runs
+	// before an attachment looks at a claim announcement (false: it is never heard, as one the
+	// bus dropped or sent before the subscription reached that node); recheck runs before the
+	// re-check of an unconfirmed claim.
+	claimUnconfirmed bool
+	claimHeard       func(a *Attachment) bool
+	recheck          func(a *Attachment)
 	// drainRead runs before each inbox read of a drain (without locks held).
 	drainRead func(a *Attachment)
 	// drainIdle runs when a drain has read an empty inbox (without locks held): live is whether

@@ -49,7 +49,7 @@ const maxClaims = 256
 // Attach, owned by m.wg, until the claim is announced or a is detached.
 func (a *Attachment) claim() {
 	m := a.m
-	confirmed := m.confirmInterest()
+	confirmed := m.confirmInterest() && !m.hooks.claimUnconfirmed
 	backoff := 100 * time.Millisecond
 	var rev uint64
 	for {
@@ -100,6 +100,9 @@ func (a *Attachment) claim() {
 	binary.BigEndian.PutUint64(msg[1:], rev)
 	_ = m.nc.Publish(bus.DeviceSubject(a.dev), append(msg, a.connID...))
 	if !confirmed && m.pause(interestTimeout) {
+		if h := m.hooks.recheck; h != nil {
+			h(a)
+		}
 		a.checkClaim()
 	}
 }
@@ -107,6 +110,9 @@ func (a *Attachment) claim() {
 // onClaim handles another attachment's claim announcement.
 func (a *Attachment) onClaim(msg *nats.Msg) {
 	if len(msg.Data) < 9 {
+		return
+	}
+	if h := a.m.hooks.claimHeard; h != nil && !h(a) {
 		return
 	}
 	rev := binary.BigEndian.Uint64(msg.Data[1:9])

@@ -174,3 +174,50 @@ func waitCond(t *testing.T, what string, cond func() bool) {
 		time.Sleep(time.Millisecond) // polling: no event announces it
 	}
 }
+
+// Where a subscription cannot be confirmed on every node (external NATS), an attachment may never
+// hear a newer claim's announcement: it asks the claims stream's leader once more after its own
+// claim, and hands the device over then.
+func TestUnheardClaimFoundByTheRecheck(t *testing.T) {
+	claimed := make(chan struct{}, 1)
+	hold := newGate()
+	b, m1 := openHooked(t, Config{Node: "n1"}, testHooks{
+		claimUnconfirmed: true,
+		claimed: func(*Attachment, uint64) {
+			select {
+			case claimed <- struct{}{}:
+			default:
+			}
+		},
+		claimHeard: func(*Attachment) bool { return false },
+		recheck:    func(*Attachment) { hold.wait() },
+	}, hold)
+	m1.claims = true // before any Attach
+	m2 := openNode(t, b, "n2", testHooks{}, true)
+	s1, s2 := newKickSink(), newKickSink()
+	a1, err := m1.Attach(orderDev, "c1", s1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a1.Detach()
+	select {
+	case <-claimed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first claim was never stored")
+	}
+	a2, err := m2.Attach(orderDev, "c2", s2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a2.Detach()
+	waitCond(t, "the second claim stored", func() bool {
+		a2.mu.Lock()
+		defer a2.mu.Unlock()
+		return a2.claimRev != 0
+	})
+	hold.awaitReached(t, "the re-check")
+	notKicked(t, s1, "the older connection, before its re-check")
+	hold.release()
+	awaitKick(t, s1, "the older connection")
+	notKicked(t, s2, "the newer connection")
+}
