@@ -142,6 +142,7 @@ type Bus struct {
 	Devices  jetstream.KeyValue // device id → device record
 	Invites  jetstream.KeyValue // invite code → invite record
 	PreKeys  jetstream.Stream   // one-time prekeys: prekeys.otk.<device>, prekeys.kem.<device>
+	Claims   jetstream.Stream   // connection claims: claim.<device>
 	inboxes  []jetstream.Stream
 	meta     jetstream.KeyValue // deployment facts
 
@@ -389,6 +390,10 @@ func (b *Bus) RoutedServers() (n int, ok bool) {
 	}
 	return len(names), true
 }
+
+// Clustered reports whether other nodes may share this bus: external NATS, or an embedded
+// server with cluster routes configured. A node alone knows every connection of its devices.
+func (b *Bus) Clustered() bool { return len(b.cfg.URLs) > 0 || b.cfg.ClusterListen != "" }
 
 // Replicas is the replication factor of the streams (1: a direct get's answer is the leader's).
 func (b *Bus) Replicas() int { return b.cfg.Replicas }

@@ -71,3 +71,23 @@ func (b *Bus) metaView() error {
 	}
 	return nil
 }
+
+// CaughtUp reports whether this node's embedded JetStream is current with its cluster: nats-server's
+// own health check (its /healthz), which wants the meta group and every stream and consumer
+// replica this server holds current (or nearly: within a few entries of the leader), and, for a
+// server alone, every stream recovered from disk. Nil with external NATS: this node holds no
+// JetStream data. Cheap enough to call a few times a second.
+func (b *Bus) CaughtUp() error {
+	if b.srv == nil {
+		return nil
+	}
+	h := b.srv.Healthz(&server.HealthzOptions{})
+	if h.Status == "ok" && h.Error == "" {
+		return nil
+	}
+	why := h.Error
+	if why == "" {
+		why = h.Status
+	}
+	return fmt.Errorf("jetstream not current: %s", why)
+}

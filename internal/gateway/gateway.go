@@ -93,6 +93,12 @@ type Config struct {
 	RegistrationsPerSecond float64
 	// Registration limits Register attempts per address and refused handshakes per connection.
 	Registration RegistrationLimits
+	// DrainRate is how many connections a second Drain and Move send away: each connection gets
+	// its GoAway at its own moment, the moments spread evenly (in random order) over
+	// connections/DrainRate seconds, so their reconnects reach the other nodes spread over time,
+	// not as a storm. The spread takes at most half of the time Drain or Move is given; what is
+	// left then is sent away at once. Default: 1000.
+	DrainRate float64
 	// Node is this node's name (shown in Challenge).
 	Node string
 	// Nodes, if set, returns the public URLs of the cluster's nodes that Welcome tells clients.
@@ -137,6 +143,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.InboundBytes == 0 {
 		c.InboundBytes = 256 << 20
+	}
+	if c.DrainRate <= 0 {
+		c.DrainRate = 1000
 	}
 	if c.MaxPendingUpgrades == 0 {
 		c.MaxPendingUpgrades = DefaultMaxPendingUpgrades
@@ -429,44 +438,95 @@ func (g *Gateway) onClose(ws *websocket.Conn, _ error) {
 	g.metrics.conns.Dec()
 }
 
-// Drain is the lame-duck shutdown of the gateway: refuse new connections, tell every client to
-// reconnect (spread over time, with jitter, to avoid a reconnect storm), wait for in-flight sends
-// to be answered, then close what is left. It returns when done or when ctx ends.
+// Drain is the lame-duck shutdown of the gateway: refuse new connections, send every client away
+// with a GoAway (spread over time, see Config.DrainRate, to avoid a reconnect storm), wait for
+// in-flight sends to be answered, then close what is left. It returns when done or when ctx ends.
 func (g *Gateway) Drain(ctx context.Context) error {
 	g.draining.Store(true)
-	g.mu.Lock()
-	conns := make([]*conn, 0, len(g.conns))
-	for c := range g.conns {
-		conns = append(conns, c)
-	}
-	g.mu.Unlock()
-	for _, c := range conns {
-		c.write(&pb.Frame{Body: &pb.Frame_GoAway{GoAway: &pb.GoAway{
-			Reason:       pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN,
-			RetryAfterMs: uint32(250 + rand.IntN(2750)),
-			Message:      "server is shutting down; reconnect",
-		}}})
-	}
+	g.sendAway(ctx, pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN, "server is shutting down; reconnect", "drain")
 	var err error
 	select {
 	case <-g.inflight.idle():
 	case <-ctx.Done():
 		err = fmt.Errorf("waiting for in-flight sends: %w", context.Cause(ctx))
 	}
-	for _, c := range conns {
-		c.close()
-	}
+	g.closeAll()
 	return err
 }
 
 // Move sends every client to another node, for a node that lost its cluster quorum and so cannot
 // store or ack anything through the store path: new connections are refused (503 with
-// Retry-After) until Resume, every connection gets a GoAway (UNAVAILABLE, a retry hint spread
-// over 0.25-3 s), in-flight sends are waited for (they end acked or UNAVAILABLE within the
-// mailbox's store timeout) until ctx ends, then the connections are closed. It returns the number
-// of connections told to move.
+// Retry-After) until Resume, every connection gets a GoAway (UNAVAILABLE; spread over time as in
+// Drain), in-flight sends are waited for (they end acked or UNAVAILABLE within the mailbox's
+// store timeout) until ctx ends, then the connections are closed. It returns the number of
+// connections told to move.
 func (g *Gateway) Move(ctx context.Context) int {
 	g.moving.Store(true)
+	n := g.sendAway(ctx, pb.ErrorCode_ERROR_CODE_UNAVAILABLE, "this node cannot reach its cluster's majority; reconnect to another node", "no_quorum")
+	select {
+	case <-g.inflight.idle():
+	case <-ctx.Done():
+	}
+	g.closeAll()
+	return n
+}
+
+// drainTick is how often sendAway sends the GoAways that are due.
+const drainTick = 10 * time.Millisecond
+
+// sendAway sends a GoAway to every connection, in random order, spread evenly over
+// connections/DrainRate (at most half of the time left before ctx's deadline; at once when ctx
+// ends). A connection that authenticates meanwhile is refused by the caller's flag (draining or
+// moving) before it gets here. It returns how many were sent away.
+func (g *Gateway) sendAway(ctx context.Context, reason pb.ErrorCode, msg, label string) int {
+	g.mu.Lock()
+	conns := make([]*conn, 0, len(g.conns))
+	for c := range g.conns {
+		conns = append(conns, c)
+	}
+	g.mu.Unlock()
+	n := len(conns)
+	rand.Shuffle(n, func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
+	window := time.Duration(float64(n) / g.cfg.DrainRate * float64(time.Second))
+	if dl, ok := ctx.Deadline(); ok {
+		window = min(window, time.Until(dl)/2)
+	}
+	counter := g.metrics.sentAway.WithLabelValues(label)
+	start := time.Now()
+	var tick *time.Ticker
+	for sent := 0; sent < n; {
+		due := n
+		if window > 0 {
+			due = min(n, 1+int(float64(n)*float64(time.Since(start))/float64(window)))
+		}
+		for ; sent < due; sent++ {
+			conns[sent].write(&pb.Frame{Body: &pb.Frame_GoAway{GoAway: &pb.GoAway{
+				Reason: reason,
+				// The server spreads the moves; the hint only keeps a client from coming back
+				// within the same instant as the ones sent away with it.
+				RetryAfterMs: uint32(50 + rand.IntN(200)),
+				Message:      msg,
+			}}})
+			counter.Inc()
+		}
+		if sent == n {
+			break
+		}
+		if tick == nil {
+			tick = time.NewTicker(drainTick)
+			defer tick.Stop()
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			window = 0 // out of time: the rest at once
+		}
+	}
+	return n
+}
+
+// closeAll closes every connection.
+func (g *Gateway) closeAll() {
 	g.mu.Lock()
 	conns := make([]*conn, 0, len(g.conns))
 	for c := range g.conns {
@@ -474,20 +534,8 @@ func (g *Gateway) Move(ctx context.Context) int {
 	}
 	g.mu.Unlock()
 	for _, c := range conns {
-		c.write(&pb.Frame{Body: &pb.Frame_GoAway{GoAway: &pb.GoAway{
-			Reason:       pb.ErrorCode_ERROR_CODE_UNAVAILABLE,
-			RetryAfterMs: uint32(250 + rand.IntN(2750)),
-			Message:      "this node cannot reach its cluster's majority; reconnect to another node",
-		}}})
-	}
-	select {
-	case <-g.inflight.idle():
-	case <-ctx.Done():
-	}
-	for _, c := range conns {
 		c.close()
 	}
-	return len(conns)
 }
 
 // Resume accepts connections again after Move.

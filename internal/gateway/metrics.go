@@ -21,6 +21,7 @@ type metrics struct {
 	rateLimited   *prometheus.CounterVec
 	inboundClosed *prometheus.CounterVec
 	httpRefused   *prometheus.CounterVec
+	sentAway      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -40,9 +41,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rateLimited:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_rate_limited_frames_total", Help: "Frames over the connection's rate, refused before being queued, by kind (data: answered RATE_LIMITED; control: a ping without pong)."}, []string{"kind"}),
 		inboundClosed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_inbound_closed_total", Help: "WebSocket connections closed by admission control, by reason (conn_frames, conn_bytes, node_bytes, rate, too_large, unmasked, protocol)."}, []string{"reason"}),
 		httpRefused:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_http_refused_total", Help: "Sockets and HTTP requests of the public listener refused before the upgrade, by reason (pending_full, pending_per_ip, header_too_large, body_too_large, chunked, malformed)."}, []string{"reason"}),
+		sentAway:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_sent_away_total", Help: "Connections sent to another node with a GoAway, by reason (drain: the node shuts down; no_quorum: it lost its cluster majority)."}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.flushes, m.slowConsumers, m.refused, m.rejected, m.timeouts, m.rateLimited, m.inboundClosed, m.httpRefused)
+		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.flushes, m.slowConsumers, m.refused, m.rejected, m.timeouts, m.rateLimited, m.inboundClosed, m.httpRefused, m.sentAway)
 	}
 	return m
 }

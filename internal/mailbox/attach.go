@@ -87,10 +87,14 @@ type Attachment struct {
 	nextSeq                    uint64
 	queueEmpty                 bool // QueueEmpty was sent
 	pushedStored               int
+
+	// claimRev is this attachment's claim on its device in a cluster (0 until stored);
+	// newerClaim the highest claim announced by another attachment before it was (takeover.go).
+	claimRev, newerClaim uint64
 }
 
-// Attach starts delivery to a connected device: it takes the device over from any other
-// connection (on any node), subscribes to its live subject and drains its inbox.
+// Attach starts delivery to a connected device: it subscribes to its live subject, takes the
+// device over from any other connection (on any node; takeover.go) and drains its inbox.
 func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error) {
 	if m.closed.Load() {
 		return nil, ErrClosed
@@ -103,22 +107,36 @@ func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error
 		draining: true,
 		nextSeq:  1,
 	}
-	subj := bus.DeviceSubject(deviceID)
-	// The kick goes out before our subscription exists, so only other connections see it.
-	if err := m.nc.Publish(subj, append([]byte{kindKick}, connID...)); err != nil {
-		return nil, err
+	if h := m.hooks.attachSubscribe; h != nil {
+		h(a)
 	}
-	sub, err := m.nc.ChanSubscribe(subj, m.dispatcherFor(deviceID))
+	sub, err := m.nc.ChanSubscribe(bus.DeviceSubject(deviceID), m.dispatcherFor(deviceID))
 	if err != nil {
 		return nil, err
 	}
 	a.sub = sub
 	m.attached.Store(sub, a)
-	m.local.Store(deviceID, a)
 	m.metrics.attached.Inc()
+	// Take the device over (takeover.go): on a node alone, from the attachment this one replaces
+	// in the node's table; in a cluster, by a claim, made on a goroutine of its own.
+	var prev any
+	var replaced bool
+	if m.claims {
+		m.local.Store(deviceID, a)
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			a.claim()
+		}()
+	} else {
+		prev, replaced = m.local.Swap(deviceID, a)
+	}
 	a.mu.Lock()
 	a.startDrainLocked()
 	a.mu.Unlock()
+	if replaced && prev != nil {
+		prev.(*Attachment).takenOver()
+	}
 	return a, nil
 }
 
@@ -213,12 +231,8 @@ func (a *Attachment) onMsg(msg *nats.Msg) {
 		return
 	}
 	switch msg.Data[0] {
-	case kindKick:
-		if string(msg.Data[1:]) != a.connID {
-			a.m.metrics.takeovers.Inc()
-			a.Detach()
-			a.sink.Kicked()
-		}
+	case kindClaim:
+		a.onClaim(msg)
 	case kindWake:
 		a.wake(string(msg.Data[1:]), 0)
 	case kindWakeSeq:
@@ -641,6 +655,10 @@ func (a *Attachment) settle() error {
 		a.mu.Lock()
 		a.interestConfirmed = true
 		a.mu.Unlock()
+	}
+	if a.m.claims {
+		// After a resync the bus may have dropped a newer claim's announcement too.
+		a.checkClaim()
 	}
 	a.mu.Lock()
 	from := a.nextSeq

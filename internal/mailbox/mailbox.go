@@ -26,6 +26,9 @@
 // (bus.MailboxPingSubject), then asks the stream leader whether anything is left (settle). A
 // single node's reads are the leader's: it never waits and never asks.
 //
+// Takeover (takeover.go): one attachment per device across the cluster; of racing ones, the
+// newest claim in the claims stream stays and the others are told CONNECTED_ELSEWHERE.
+//
 // Delivery: a device's Attachment drains its inbox in order with a bounded in-flight window,
 // signals QueueEmpty once the backlog present at connect has been sent, then switches to live mode;
 // a wake-up switches it back to draining. Acks delete stored envelopes with a subject purge.
@@ -192,7 +195,7 @@ const (
 	// follows (+ a ticket, optional). A direct get may be answered by a replica that has not yet
 	// applied what the leader acked: the drain reads on until it has seen that sequence.
 	kindWakeSeq = 'v'
-	kindKick    = 'k' // + connection id: another connection took this device over
+	// kindClaim (takeover.go): another attachment of the device claimed it.
 )
 
 // Replies to a live request.
@@ -212,6 +215,19 @@ type liveResult struct {
 // decided, so that a race can be run the same way every time. All nil outside tests: each costs
 // one nil check on its path.
 type testHooks struct {
+	// attachSubscribe runs in Attach just before the device's subscription is made.
+	attachSubscribe func(a *Attachment)
+	// claim runs before each attempt to store a connection claim; claimed when one was stored,
+	// before the attachment looks at the claims it heard meanwhile (takeover.go).
+	claim   func(a *Attachment)
+	claimed func(a *Attachment, rev uint64)
+	// claimUnconfirmed, if set, stands for confirmInterest's answer in a claim; claimHeard runs
+	// before an attachment looks at a claim announcement (false: it is never heard, as one the
+	// bus dropped or sent before the subscription reached that node); recheck runs before the
+	// re-check of an unconfirmed claim.
+	claimUnconfirmed bool
+	claimHeard       func(a *Attachment) bool
+	recheck          func(a *Attachment)
 	// drainRead runs before each inbox read of a drain (without locks held).
 	drainRead func(a *Attachment)
 	// drainIdle runs when a drain has read an empty inbox (without locks held): live is whether
@@ -240,8 +256,11 @@ type Mailbox struct {
 	storeUsed, storeLimit atomic.Int64
 	batchTimedOut         atomic.Bool
 	stop                  chan struct{}
-	wg                    sync.WaitGroup
-	closed                atomic.Bool
+	// stopCtx ends when the mailbox closes (with stop), for storage calls that must not hold Close.
+	stopCtx    context.Context
+	stopCancel context.CancelFunc
+	wg         sync.WaitGroup
+	closed     atomic.Bool
 
 	// drainWaits, set by tests before any Attach, is told each time a drain waits for its window.
 	drainWaits func()
@@ -250,12 +269,16 @@ type Mailbox struct {
 	// replicated: the inbox streams have replicas (a direct get may lag behind acked writes), so
 	// a drain checks that it read up to the sequence its wake-ups announced. Tests set it.
 	replicated bool
+	// claims: other nodes share the bus, so a new attachment takes its device over by a claim in
+	// the claims stream, not only in this node's table (takeover.go). Tests set it.
+	claims bool
 
 	replyPrefix string
 	replySub    *nats.Subscription
 	pingSub     *nats.Subscription // answers bus.MailboxPingSubject
 	pinger      pinger             // coalesces confirmInterest's pings
 	leaderReads chan struct{}      // bounds concurrent leader reads (leaderGet)
+	claimSlots  chan struct{}      // bounds the connection claims in flight (takeover.go)
 	pendingMu   sync.Mutex
 	pending     map[uint64]liveReq        // guarded by pendingMu
 	reads       map[uint64]chan *nats.Msg // batched direct gets in progress; guarded by pendingMu
@@ -288,9 +311,12 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		reads:   make(map[uint64]chan *nats.Msg),
 
 		leaderReads: make(chan struct{}, maxLeaderReads),
+		claimSlots:  make(chan struct{}, maxClaims),
 	}
+	m.stopCtx, m.stopCancel = context.WithCancel(context.Background())
 	m.replyPrefix = "_PR." + cfg.Node + "."
 	m.replicated = b.Replicas() > 1
+	m.claims = b.Clustered()
 	perSender := cfg.MaxPerSender
 	if perSender == 0 {
 		perSender = max(1, b.InboxMaxPerDevice()/10)
@@ -371,6 +397,7 @@ func (m *Mailbox) Close() {
 		m.stopSlowConsumer()
 	}
 	close(m.stop)
+	m.stopCancel()
 	m.wg.Wait()
 	m.pendingMu.Lock()
 	pend := m.pending

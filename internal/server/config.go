@@ -56,6 +56,10 @@ type Config struct {
 	Registration string `toml:"registration"`
 	// DrainTimeout bounds the graceful shutdown. Default: 20s.
 	DrainTimeout Duration `toml:"drain_timeout"`
+	// DrainRate is how many client connections a second a draining node sends to other nodes
+	// (each its own GoAway, spread evenly), so that they reconnect spread over time, not as a
+	// storm; the spread takes at most half of drain_timeout. Default: 1000.
+	DrainRate float64 `toml:"drain_rate"`
 	// NATS lists external NATS server URLs; empty runs NATS embedded in-process. Default: empty.
 	NATS []string `toml:"nats"`
 	// Node names this node in logs and metrics, and is its embedded NATS server's name (unique in
@@ -394,6 +398,9 @@ func (c *Config) SetDefaults() {
 	if c.DrainTimeout.Duration == 0 {
 		c.DrainTimeout.Duration = 20 * time.Second
 	}
+	if c.DrainRate == 0 {
+		c.DrainRate = 1000
+	}
 	if c.HandshakeTimeout.Duration == 0 {
 		c.HandshakeTimeout.Duration = 10 * time.Second
 	}
@@ -517,6 +524,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DeviceCacheSize < 1 || c.DeviceCacheSize > 100_000_000 {
 		bad("cache.devices %d: want 1..100000000", c.DeviceCacheSize)
+	}
+	if c.DrainRate < 0 {
+		bad("drain_rate %v: must not be negative", c.DrainRate)
 	}
 	if c.DrainTimeout.Duration < 0 {
 		bad("drain_timeout %s: must not be negative", c.DrainTimeout.Duration)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/petrelchat/petrel/internal/gateway"
+	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/testserver"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
@@ -193,5 +194,67 @@ func TestTakeoverMidBurstLosesNothing(t *testing.T) {
 		if id := fmt.Sprintf("t%04d", i); !seen[id] {
 			t.Fatalf("%s was acked to the sender but never reached the device", id)
 		}
+	}
+}
+
+// A drain sends its clients away one at a time, spread over connections/drain_rate, not all at
+// once: with 10 clients at 10 a second the last GoAway leaves at least 0.9 s after the first (it
+// is not due before), and every one is counted.
+func TestDrainSpreadsGoAways(t *testing.T) {
+	const n, rate = 10, 10.0
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) { c.DrainRate = rate }))
+	arrived := make(chan time.Time, n)
+	for i := range n {
+		c := testserver.Dial(t, s.URL())
+		c.MustRegister(fmt.Sprintf("u%d", i))
+		go func() {
+			for {
+				f, err := c.ReadErr(20 * time.Second)
+				if err != nil {
+					return
+				}
+				if f.GetGoAway() != nil {
+					arrived <- time.Now()
+					return
+				}
+			}
+		}()
+	}
+	waitConns(t, s, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.Server().Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var first, last time.Time
+	for i := range n {
+		select {
+		case at := <-arrived:
+			if i == 0 {
+				first = at
+			}
+			last = at
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d clients got a GoAway", i, n)
+		}
+	}
+	window := time.Duration(n / rate * float64(time.Second))
+	if spread := last.Sub(first); spread < window*(n-1)/n-100*time.Millisecond {
+		t.Fatalf("GoAways spread over %s, want about %s", spread, window)
+	}
+	mfs, err := s.Server().Metrics().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sentAway float64
+	for _, mf := range mfs {
+		if mf.GetName() == "petrel_gateway_sent_away_total" {
+			for _, m := range mf.GetMetric() {
+				sentAway += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if sentAway != n {
+		t.Fatalf("petrel_gateway_sent_away_total %v, want %d", sentAway, n)
 	}
 }

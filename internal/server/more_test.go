@@ -127,11 +127,12 @@ func TestConfigValidateReportsEveryProblem(t *testing.T) {
 	c.MaxFrameBytes, c.InboxShards, c.DeviceCacheSize, c.DeliveryWindow = 10, 999, -1, -1
 	c.SetDefaults()
 	c.HandshakeTimeout.Duration = time.Millisecond
+	c.DrainRate = -1
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, want := range []string{"not a loopback address", "registration", "limits.max_frame_bytes", "inbox.shards", "log_level", "cache.devices", "limits.handshake_timeout", "inbox.delivery_window"} {
+	for _, want := range []string{"not a loopback address", "registration", "limits.max_frame_bytes", "inbox.shards", "log_level", "cache.devices", "limits.handshake_timeout", "inbox.delivery_window", "drain_rate"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %s: %v", want, err)
 		}

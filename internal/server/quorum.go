@@ -32,21 +32,27 @@ type quorumWatch struct {
 	ok     atomic.Bool
 	reason atomic.Pointer[string] // why the quorum is lost; nil while ok
 
-	gauge  prometheus.Gauge
-	lost   prometheus.Counter
-	cancel context.CancelFunc // ends the watch; nil until it starts
-	wg     sync.WaitGroup
+	gauge prometheus.Gauge
+	lost  prometheus.Counter
+
+	// The catch-up gate (catchup.go): current once the node caught up after its start.
+	current       atomic.Bool
+	currentReason atomic.Pointer[string]
+	currentGauge  prometheus.Gauge
+	cancel        context.CancelFunc // ends the watch; nil until it starts
+	wg            sync.WaitGroup
 }
 
 func newQuorumWatch(reg prometheus.Registerer) *quorumWatch {
 	q := &quorumWatch{
-		gauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_cluster_quorum", Help: "1 while this node reaches a JetStream majority (a meta leader answers), else 0."}),
-		lost:  prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_cluster_quorum_lost_total", Help: "Times this node lost its JetStream majority."}),
+		gauge:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_cluster_quorum", Help: "1 while this node reaches a JetStream majority (a meta leader answers), else 0."}),
+		lost:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_cluster_quorum_lost_total", Help: "Times this node lost its JetStream majority."}),
+		currentGauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_cluster_caught_up", Help: "1 once this node's JetStream caught up with its cluster after the start (meta group and every stream replica it holds current), else 0; /readyz answers 503 until then."}),
 	}
 	q.ok.Store(true) // the bus opened only once JetStream answered
 	q.gauge.Set(1)
 	if reg != nil {
-		reg.MustRegister(q.gauge, q.lost)
+		reg.MustRegister(q.gauge, q.lost, q.currentGauge)
 	}
 	return q
 }
@@ -76,6 +82,7 @@ func (s *Server) startQuorumWatch() {
 	ctx, cancel := context.WithCancel(s.runCtx)
 	q.cancel = cancel
 	clustered := s.cfg.ClusterListen != "" || len(s.cfg.NATS) > 0
+	s.startCatchUpGate(ctx)
 	q.wg.Go(func() {
 		t := time.NewTicker(quorumEvery)
 		defer t.Stop()

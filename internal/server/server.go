@@ -263,10 +263,11 @@ func (s *Server) start(ctx context.Context) error {
 			LimitLoopback:        s.cfg.RegistrationIPLimitLoopback,
 			MaxHandshakeFailures: s.cfg.HandshakeMaxFailures,
 		},
-		Node:     s.cfg.Node,
-		Nodes:    s.nodeURLs,
-		Logger:   s.log.With("component", "gateway"),
-		Registry: s.reg,
+		DrainRate: s.cfg.DrainRate,
+		Node:      s.cfg.Node,
+		Nodes:     s.nodeURLs,
+		Logger:    s.log.With("component", "gateway"),
+		Registry:  s.reg,
 	}))
 
 	mux := http.NewServeMux()
@@ -485,8 +486,9 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, "ok")
 }
 
-// readyz answers 503, with the reason in the body, while the node drains, its storage is down, or
-// it has no JetStream quorum (the cached state of the quorum watch, quorum.go).
+// readyz answers 503, with the reason in the body, while the node drains, its storage is down, it
+// has no JetStream quorum (the cached state of the quorum watch, quorum.go), or it has not yet
+// caught up with its cluster since it started (catchup.go).
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	reason := ""
 	switch {
@@ -496,6 +498,8 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		reason = "storage unavailable"
 	default:
 		if ok, why := s.quorum.state(); !ok {
+			reason = why
+		} else if ok, why := s.quorum.caughtUp(); !ok {
 			reason = why
 		}
 	}
@@ -577,6 +581,10 @@ func (s *Server) Conns() int {
 	}
 	return s.gw.Conns()
 }
+
+// Metrics is the node's metric registry (what the admin listener's /metrics serves). It stays
+// readable after Shutdown, when the admin listener is gone.
+func (s *Server) Metrics() prometheus.Gatherer { return s.reg }
 
 // Bus exposes the node's bus to tests in other packages (failure injection).
 func (s *Server) Bus() *bus.Bus { return s.bus }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,10 +26,17 @@ type sdkDevice struct {
 	connected chan *client.Connected
 	msgs      chan *client.Message
 	delivered chan *client.Delivered
+	stop      func() // closes the client and waits for it; idempotent (also run when t ends)
 }
 
 // startSDKDevice registers name through urls (tried in turn) and runs its client.
 func startSDKDevice(t *testing.T, name string, urls ...string) *sdkDevice {
+	t.Helper()
+	return runSDKDevice(t, name, registerSDKDevice(t, name, urls...))
+}
+
+// registerSDKDevice registers name through urls (tried in turn) into a new client store.
+func registerSDKDevice(t *testing.T, name string, urls ...string) *store.Store {
 	t.Helper()
 	st, err := store.Open(t.TempDir(), store.Options{NoSync: true})
 	if err != nil {
@@ -42,9 +50,16 @@ func startSDKDevice(t *testing.T, name string, urls ...string) *sdkDevice {
 		_, err := client.Register(ctx, st, client.RegisterOptions{ServerURL: urls[0], ServerURLs: urls[1:], Name: name, PreKeys: 10})
 		return err
 	})
+	return st
+}
+
+// runSDKDevice runs a client on the registered store st until stop or the end of the test.
+func runSDKDevice(t *testing.T, name string, st *store.Store) *sdkDevice {
+	t.Helper()
 	events := make(chan client.Event)
 	d := &sdkDevice{t: t, connected: make(chan *client.Connected, 100), msgs: make(chan *client.Message, 100),
 		delivered: make(chan *client.Delivered, 100)}
+	var err error
 	d.c, err = client.Open(client.Config{Store: st, Events: events,
 		ReconnectBase: 20 * time.Millisecond, ReconnectMax: 500 * time.Millisecond})
 	if err != nil {
@@ -66,14 +81,18 @@ func startSDKDevice(t *testing.T, name string, urls ...string) *sdkDevice {
 	}()
 	runErr := make(chan error, 1)
 	go func() { runErr <- d.c.Run(context.Background()) }()
-	t.Cleanup(func() {
-		d.c.Close()
-		if err := <-runErr; err != nil {
-			t.Errorf("%s: Run: %v", name, err)
-		}
-		close(events)
-		<-collected
-	})
+	var once sync.Once
+	d.stop = func() {
+		once.Do(func() {
+			d.c.Close()
+			if err := <-runErr; err != nil {
+				t.Errorf("%s: Run: %v", name, err)
+			}
+			close(events)
+			<-collected
+		})
+	}
+	t.Cleanup(d.stop)
 	return d
 }
 
