@@ -60,6 +60,7 @@ func (s *idleShard) handle(c *wsConn, f frameView) {
 	case kClosed:
 		if !c.closing.Load() {
 			s.dropped.Add(1)
+			s.hold.error("dropped" + closeCause(c.err))
 		}
 	case kMalformed:
 		s.hold.error("malformed_frame")
