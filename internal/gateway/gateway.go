@@ -358,8 +358,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.upgrading.Delete(nbc)
 		c.rd.c, c.rd.wsc = c, ws
 		res.Parser.ParserCloser = &c.rd
+		g.pre.upgraded(r.RemoteAddr, nil)
+		return
 	}
-	g.pre.upgraded(r.RemoteAddr)
+	g.pre.upgraded(r.RemoteAddr, nbc)
 }
 
 func isUpgrade(r *http.Request) bool {

@@ -48,6 +48,9 @@ type preUpgrade struct {
 	stale             map[netip.AddrPort]int
 	n                 int // pending sockets (entries plus stale ones)
 	discardAfterClose time.Duration
+	// early holds the sockets that upgraded before nbio's accept goroutine was done adding them
+	// (see pendingListener.Accept); settled clears their read deadline.
+	early map[netip.AddrPort]*nbio.Conn
 }
 
 // pendingSock is one pending socket. Its HTTP check state belongs to the poller goroutine.
@@ -56,6 +59,7 @@ type pendingSock struct {
 	hdr     []byte // the current request's line and headers so far
 	body    int    // bytes of the current request's body still to come
 	refused bool   // answered with an error: the rest is discarded until it closes
+	added   bool   // nbio is done adding it (its read deadline is set): see settled
 }
 
 func newPreUpgrade(cfg Config) *preUpgrade {
@@ -69,6 +73,7 @@ func newPreUpgrade(cfg Config) *preUpgrade {
 		socks:             map[netip.AddrPort]*pendingSock{},
 		perIP:             map[netip.Prefix]int{},
 		stale:             map[netip.AddrPort]int{},
+		early:             map[netip.AddrPort]*nbio.Conn{},
 		discardAfterClose: time.Second,
 	}
 }
@@ -150,8 +155,39 @@ func (p *preUpgrade) done(remote string) bool {
 	return true
 }
 
-// upgraded gives the slot of a socket that became a WebSocket back.
-func (p *preUpgrade) upgraded(remote string) { p.done(remote) }
+// upgraded gives the slot of a socket that became a WebSocket back. The upgrade cleared the
+// socket's read deadline (handshake_timeout); if nbio has not yet set it (settled has not seen the
+// socket), settled clears it again once nbio has. nc is nil for a TLS socket, whose deadline the
+// gateway sets itself before it can upgrade (tls.go).
+func (p *preUpgrade) upgraded(remote string, nc *nbio.Conn) {
+	if key, ok := sockKey(remote); ok && nc != nil {
+		p.mu.Lock()
+		if s := p.socks[key]; s != nil && !s.added {
+			p.early[key] = nc
+		}
+		p.mu.Unlock()
+	}
+	p.done(remote)
+}
+
+// settled is told that nbio has added the socket from key to a poller and set its read deadline
+// (handshake_timeout). nbio does that after it registers the socket, so a fast client's request
+// can be read and upgraded before: the upgrade's clearing of the deadline then comes first, and
+// the connection, authenticated and busy, would be closed handshake_timeout after it connected
+// ("read timeout": 18 of 20,000 connections in a loaded idle benchmark). Such a socket's deadline
+// is cleared here.
+func (p *preUpgrade) settled(key netip.AddrPort) {
+	p.mu.Lock()
+	nc := p.early[key]
+	delete(p.early, key)
+	if s := p.socks[key]; s != nil {
+		s.added = true
+	}
+	p.mu.Unlock()
+	if nc != nil {
+		_ = nc.SetReadDeadline(time.Time{})
+	}
+}
 
 // pending is the number of pending sockets.
 func (p *preUpgrade) pending() int {
@@ -309,17 +345,27 @@ func asciiEqualFold(b []byte, s string) bool {
 // sockets for which there is none.
 type pendingListener struct {
 	net.Listener
-	pre *preUpgrade
+	pre  *preUpgrade
+	last netip.AddrPort // the socket the previous Accept returned (the accept goroutine's own)
+	has  bool
 }
 
-// Accept returns the next socket that got a pending slot.
+// Accept returns the next socket that got a pending slot. nbio's accept goroutine calls it again
+// only once it is done adding the previous socket (AddConnNonTLSNonBlocking: the poller, then the
+// read deadline), so that socket is settled now.
 func (l *pendingListener) Accept() (net.Conn, error) {
+	if l.has {
+		l.pre.settled(l.last)
+		l.has = false
+	}
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
-		if l.pre.admit(c.RemoteAddr().String()) {
+		remote := c.RemoteAddr().String()
+		if l.pre.admit(remote) {
+			l.last, l.has = sockKey(remote)
 			return c, nil
 		}
 		_ = c.Close()
