@@ -24,7 +24,7 @@ import (
 const benchUsage = "bench SCENARIO --server URL[,URL...] [--admin URL[,URL...]] [--json FILE] [--server-pid PID[,PID...]] [scenario flags]"
 
 const benchHelp = `scenarios:
-  idle     --conns N --hold D [--ping-sample N]                 N authenticated connections held open
+  idle     --conns N --hold D [--ping-sample N] [--settle D]    N authenticated connections held open
   relay    --pairs P --duration D [--size B] [--window W] [--rate R] [--e2ee]
                                                                 online senders → receivers
   offline  --recipients R --messages M [--senders S] [--size B] [--window W]
@@ -78,6 +78,7 @@ func runBench(ctx context.Context, e *env, args []string) int {
 		fs.IntVar(&cfg.Conns, "conns", 1000, "connections to hold")
 		fs.DurationVar(&cfg.Hold, "hold", 10*time.Second, "how long to hold them once all are open")
 		fs.IntVar(&cfg.PingSample, "ping-sample", 200, "held connections to ping (5 pings each) for the round-trip percentiles")
+		fs.DurationVar(&cfg.Settle, "settle", 0, "wait this long after registering before measuring the server's RSS and connecting")
 	case bench.ScenarioRelay:
 		fs.IntVar(&cfg.Pairs, "pairs", 100, "sender/receiver pairs")
 		fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measurement window")

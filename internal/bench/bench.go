@@ -87,6 +87,10 @@ type Config struct {
 	Hold time.Duration
 	// PingSample is how many held connections idle pings (5 pings each). Default: 200; < 0: none.
 	PingSample int
+	// Settle is how long idle waits after registering before it measures the server's RSS and
+	// connects, so that what registration costs (JetStream writes and caches) is not counted per
+	// connection. Default: 0.
+	Settle time.Duration
 
 	// Pairs is the number of sender/receiver pairs for relay. Default: 100.
 	Pairs int

@@ -253,6 +253,14 @@ func (r *run) idle(ctx context.Context) error {
 	}
 	defer cl.close()
 
+	if cfg.Settle > 0 {
+		r.logf("settling for %s after registration …", cfg.Settle)
+		select {
+		case <-time.After(cfg.Settle):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	rssBefore, rssOK := cl.serverRSS()
 	cpu0 := cl.sampleCPU()
 	r.logf("connecting %d devices …", cfg.Conns)
