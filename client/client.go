@@ -135,6 +135,7 @@ type Client struct {
 	authKey  ed25519.PrivateKey
 	identity *e2ee.IdentityKeyPair
 	boff     backoff
+	failover failover // guarded by mu: the connection that ended last, for the next Auth
 
 	kick chan struct{} // capacity 1: the outbox has work
 
@@ -155,6 +156,14 @@ type Client struct {
 	lastErr  error                 // the last connection error
 	runErr   error                 // why Run returned
 	maxFrame int                   // the server's frame limit (last Welcome)
+}
+
+// failover is the server connection that ended last, told to the next server in Auth
+// (failover_ms, failover_reason) when the device moves to another one.
+type failover struct {
+	from   string // its server URL; "" when none ended since the last connection
+	at     time.Time
+	reason string // "goaway" or "lost"
 }
 
 // stableConn is how long a connection must last for the reconnect backoff to start over.
@@ -289,6 +298,15 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		// next attempt goes to another node, if there is one.
 		c.servers.failed(url, time.Now())
 		if connected {
+			// The next connection to another server tells it this is a failover, and since when.
+			reason := "lost"
+			var g *goAwayError
+			if errors.As(err, &g) {
+				reason = "goaway"
+			}
+			c.mu.Lock()
+			c.failover = failover{from: url, at: time.Now(), reason: reason}
+			c.mu.Unlock()
 			everConnected = true
 			// Only a connection that stayed up resets the backoff: a server that accepts and
 			// drops at once must not be hammered.

@@ -8,6 +8,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -52,7 +53,7 @@ func (c *Client) runLink(ctx context.Context, url string) (connected bool, err e
 		return false, err
 	}
 	cn := newConn(ws, c.cfg.RequestTimeout)
-	welcome, err := c.authenticate(dctx, cn)
+	welcome, err := c.authenticate(dctx, cn, url)
 	if err != nil {
 		cn.shutdown(false)
 		return false, err
@@ -63,6 +64,9 @@ func (c *Client) runLink(ctx context.Context, url string) (connected bool, err e
 		c.rememberMaxFrame(mf)
 	}
 	c.servers.connected(url)
+	c.mu.Lock()
+	c.failover = failover{} // reported (or not one: the same server)
+	c.mu.Unlock()
 	c.learnServers(welcome.GetNodes())
 	c.log.Info("connected", "name", welcome.GetName(), "server", url)
 	if !c.emit(ctx, &Connected{Name: c.name, DeviceID: c.deviceID, Server: url}) {
@@ -98,7 +102,7 @@ func (c *Client) runLink(ctx context.Context, url string) (connected bool, err e
 }
 
 // authenticate runs the handshake: Challenge → Auth → Welcome.
-func (c *Client) authenticate(ctx context.Context, cn *conn) (*petrelv1.Welcome, error) {
+func (c *Client) authenticate(ctx context.Context, cn *conn, url string) (*petrelv1.Welcome, error) {
 	f, err := cn.read(ctx)
 	if err != nil {
 		return nil, err
@@ -111,7 +115,14 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*petrelv1.Welcome,
 		return nil, fmt.Errorf("%w: expected Challenge", ErrProtocol)
 	}
 	sig := ed25519.Sign(c.authKey, petrelv1.AuthPayload(ch.GetNonce(), c.deviceID))
-	if err := cn.write(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Auth{Auth: &petrelv1.Auth{DeviceId: c.deviceID, Signature: sig}}}); err != nil {
+	auth := &petrelv1.Auth{DeviceId: c.deviceID, Signature: sig}
+	c.mu.Lock()
+	if fo := c.failover; fo.from != "" && fo.from != url {
+		auth.FailoverMs = uint32(min(time.Since(fo.at).Milliseconds()+1, math.MaxUint32))
+		auth.FailoverReason = fo.reason
+	}
+	c.mu.Unlock()
+	if err := cn.write(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Auth{Auth: auth}}); err != nil {
 		return nil, err
 	}
 	f, err = cn.read(ctx)

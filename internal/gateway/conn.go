@@ -195,6 +195,9 @@ func (c *conn) handshake(f *pb.Frame) {
 		return
 	}
 	c.deadline.Store(c.g.now.Load() + int64(c.g.cfg.IdleTimeout))
+	if a := f.GetAuth(); a.GetFailoverMs() > 0 {
+		c.g.countFailover(a)
+	}
 	c.write(&pb.Frame{Id: f.Id, Body: &pb.Frame_Welcome{Welcome: &pb.Welcome{
 		Name:                  dev.Name,
 		DeviceId:              dev.ID,

@@ -3,7 +3,13 @@
 
 package gateway
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+)
 
 type metrics struct {
 	conns         prometheus.Gauge
@@ -22,6 +28,23 @@ type metrics struct {
 	inboundClosed *prometheus.CounterVec
 	httpRefused   *prometheus.CounterVec
 	sentAway      *prometheus.CounterVec
+	failovers     *prometheus.CounterVec
+	failoverTime  prometheus.Histogram
+}
+
+// maxFailover clamps the failover duration a client reports.
+const maxFailover = 10 * time.Minute
+
+// countFailover counts a device that arrived here after its connection to another node ended (its
+// Auth says so and since when).
+func (g *Gateway) countFailover(a *pb.Auth) {
+	reason := a.GetFailoverReason()
+	if reason != "goaway" && reason != "lost" {
+		reason = "other"
+	}
+	g.metrics.failovers.WithLabelValues(reason).Inc()
+	d := min(time.Duration(a.GetFailoverMs())*time.Millisecond, maxFailover)
+	g.metrics.failoverTime.Observe(d.Seconds())
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,10 +64,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rateLimited:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_rate_limited_frames_total", Help: "Frames over the connection's rate, refused before being queued, by kind (data: answered RATE_LIMITED; control: a ping without pong)."}, []string{"kind"}),
 		inboundClosed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_inbound_closed_total", Help: "WebSocket connections closed by admission control, by reason (conn_frames, conn_bytes, node_bytes, rate, too_large, unmasked, protocol)."}, []string{"reason"}),
 		httpRefused:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_http_refused_total", Help: "Sockets and HTTP requests of the public listener refused before the upgrade, by reason (pending_full, pending_per_ip, header_too_large, body_too_large, chunked, malformed)."}, []string{"reason"}),
-		sentAway:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_sent_away_total", Help: "Connections sent to another node with a GoAway, by reason (drain: the node shuts down; no_quorum: it lost its cluster majority)."}, []string{"reason"}),
+		failovers:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_failovers_total", Help: "Devices that authenticated here after their connection to another node ended, by why it ended (goaway: sent away; lost: it broke; other), as the client reports it."}, []string{"reason"}),
+		failoverTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "petrel_gateway_failover_seconds", Help: "For those devices: from the end of the connection to the other node until authenticated here, as the client reports it (clamped to 10 minutes).",
+			Buckets: []float64{0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300}}),
+		sentAway: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_sent_away_total", Help: "Connections sent to another node with a GoAway, by reason (drain: the node shuts down; no_quorum: it lost its cluster majority)."}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.flushes, m.slowConsumers, m.refused, m.rejected, m.timeouts, m.rateLimited, m.inboundClosed, m.httpRefused, m.sentAway)
+		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.flushes, m.slowConsumers, m.refused, m.rejected, m.timeouts, m.rateLimited, m.inboundClosed, m.httpRefused, m.sentAway, m.failovers, m.failoverTime)
 	}
 	return m
 }

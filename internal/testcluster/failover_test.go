@@ -127,9 +127,9 @@ func waitNodesKnown(t *testing.T, c *testcluster.Cluster, i int) {
 }
 
 // failover runs the shared shape: bob, configured with n1 only, learns n2 and n3 from Welcome;
-// stopNode takes n1 away; bob reconnects to another node by himself, and a message alice sends
-// through n3 reaches him exactly once.
-func failover(t *testing.T, stopNode func(c *testcluster.Cluster)) *testcluster.Cluster {
+// stopNode takes n1 away; bob reconnects to another node by himself (which counts a failover for
+// reason), and a message alice sends through n3 reaches him exactly once.
+func failover(t *testing.T, reason string, stopNode func(c *testcluster.Cluster)) *testcluster.Cluster {
 	c := testcluster.Start(t, nodes, testcluster.Options{})
 	n1, n3 := c.Node(0), c.Node(2)
 	waitNodesKnown(t, c, 0)
@@ -157,6 +157,17 @@ func failover(t *testing.T, stopNode func(c *testcluster.Cluster)) *testcluster.
 	t.Logf("bob moved to %s in %s", moved, took.Round(time.Millisecond))
 	if took > 10*time.Second {
 		t.Fatalf("bob took %s to move, want a few seconds", took)
+	}
+	for _, nd := range c.Nodes() {
+		if nd.URL() != moved {
+			continue
+		}
+		if got := metric(t, nd.AdminURL(), `petrel_gateway_failovers_total{reason="`+reason+`"}`); got != 1 {
+			t.Fatalf("%s counted %v failovers (%s), want 1", nd.Name(), got, reason)
+		}
+		if got := metric(t, nd.AdminURL(), "petrel_gateway_failover_seconds_count"); got != 1 {
+			t.Fatalf("%s observed %v failover durations, want 1", nd.Name(), got)
+		}
 	}
 
 	n3.WaitLeaders(t, failoverWait)
@@ -193,13 +204,13 @@ func failover(t *testing.T, stopNode func(c *testcluster.Cluster)) *testcluster.
 
 // TestClientFailsOverOnKill: n1 is killed (no GoAway, sockets cut); bob moves by himself.
 func TestClientFailsOverOnKill(t *testing.T) {
-	failover(t, func(c *testcluster.Cluster) { c.Node(0).Kill() })
+	failover(t, "lost", func(c *testcluster.Cluster) { c.Node(0).Kill() })
 }
 
 // TestClientFailsOverOnDrain: n1 drains (GoAway); bob moves, and the nodes that stay stop
 // telling clients about n1 at once (its goodbye), not only after its announcements expire.
 func TestClientFailsOverOnDrain(t *testing.T) {
-	c := failover(t, func(c *testcluster.Cluster) { c.Node(0).Stop() })
+	c := failover(t, "goaway", func(c *testcluster.Cluster) { c.Node(0).Stop() })
 	gone := c.Node(0).URL()
 	for _, i := range []int{1, 2} {
 		if got := c.Node(i).Server().Nodes(); slices.Contains(got, gone) {

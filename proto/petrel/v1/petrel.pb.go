@@ -975,9 +975,17 @@ type Auth struct {
 	DeviceId  string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	Signature []byte                 `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"` // Ed25519 signature of auth_payload by the device's auth key
 	// resume is false for a fresh start. Reserved for session resumption; ignored today.
-	Resume        bool `protobuf:"varint,3,opt,name=resume,proto3" json:"resume,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Resume bool `protobuf:"varint,3,opt,name=resume,proto3" json:"resume,omitempty"`
+	// failover_ms is set when this connection replaces one to another server that ended (the node
+	// died, drained or became unreachable): how long ago, in milliseconds, that connection ended.
+	// 0: not a failover (a first connection, or a reconnect to the same server). The server counts
+	// failovers and their duration in its metrics; the value is the client's word, clamped.
+	FailoverMs uint32 `protobuf:"varint,4,opt,name=failover_ms,json=failoverMs,proto3" json:"failover_ms,omitempty"`
+	// failover_reason says why the previous connection ended: "goaway" (the server sent the device
+	// away: a drain, a lost quorum) or "lost" (the connection broke). Other values count as "other".
+	FailoverReason string `protobuf:"bytes,5,opt,name=failover_reason,json=failoverReason,proto3" json:"failover_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Auth) Reset() {
@@ -1029,6 +1037,20 @@ func (x *Auth) GetResume() bool {
 		return x.Resume
 	}
 	return false
+}
+
+func (x *Auth) GetFailoverMs() uint32 {
+	if x != nil {
+		return x.FailoverMs
+	}
+	return 0
+}
+
+func (x *Auth) GetFailoverReason() string {
+	if x != nil {
+		return x.FailoverReason
+	}
+	return ""
 }
 
 // Welcome tells an authenticated device who it is and what it should do next.
@@ -2268,11 +2290,14 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x1c\n" +
 	"\tsignature\x18\x03 \x01(\fR\tsignature\x12\x1f\n" +
 	"\vlast_resort\x18\x04 \x01(\bR\n" +
-	"lastResort\"Y\n" +
+	"lastResort\"\xa3\x01\n" +
 	"\x04Auth\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12\x16\n" +
-	"\x06resume\x18\x03 \x01(\bR\x06resume\"\xdd\x02\n" +
+	"\x06resume\x18\x03 \x01(\bR\x06resume\x12\x1f\n" +
+	"\vfailover_ms\x18\x04 \x01(\rR\n" +
+	"failoverMs\x12'\n" +
+	"\x0ffailover_reason\x18\x05 \x01(\tR\x0efailoverReason\"\xdd\x02\n" +
 	"\aWelcome\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x121\n" +
