@@ -217,6 +217,21 @@ func TestIdle(t *testing.T) {
 	}
 }
 
+func TestAccounts(t *testing.T) {
+	srv := testserver.Start(t)
+	cfg := newConfig(t, srv, ScenarioAccounts)
+	cfg.Accounts = AccountsConfig{Accounts: 40, PreKeys: 2, Existing: 10, Settle: -1}
+	_, m := runBench(t, cfg)
+	wantKeys(t, m, "scenario", "accounts", "registered", "prekeys_per_kind", "server_rss_before_bytes", "server_rss_registered_bytes",
+		"server_rss_settled_bytes", "server_rss_baseline_bytes", "rss_per_account_bytes", "register_server_cpu_us_per_account", "heap_inuse_bytes")
+	wantEq(t, m, "registered", 40)
+	wantEq(t, m, "accounts", 50)
+	wantEq(t, m, "prekeys_per_kind", 2)
+	if num(t, m, "server_rss_settled_bytes") <= 0 || num(t, m, "heap_inuse_bytes") <= 0 {
+		t.Errorf("implausible figures: %v", m)
+	}
+}
+
 func TestRelayClosedLoop(t *testing.T) {
 	// A closed loop runs as fast as the machine: on a fast one 16 pairs pass the per-connection
 	// frame limit (2000/s by default), which is not what this test is about.
@@ -415,6 +430,14 @@ func TestValidate(t *testing.T) {
 		{"tiny payload", func(c *Config) { c.Size = 8 }, "size"},
 		{"e2ee idle", func(c *Config) { c.E2EE = true }, "relay only"},
 		{"churn without rate", func(c *Config) { c.Scenario = ScenarioChurn; c.Rate = -1 }, "rate"},
+		{"accounts", func(c *Config) { c.Scenario = ScenarioAccounts; c.ServerPIDs = []int{os.Getpid()} }, ""},
+		{"accounts without pid", func(c *Config) { c.Scenario = ScenarioAccounts }, "--server-pid"},
+		{"accounts: nothing to measure", func(c *Config) {
+			c.Scenario, c.ServerPIDs, c.Accounts.Accounts = ScenarioAccounts, []int{os.Getpid()}, -1
+		}, "no accounts"},
+		{"accounts: too many prekeys", func(c *Config) {
+			c.Scenario, c.ServerPIDs, c.Accounts.PreKeys = ScenarioAccounts, []int{os.Getpid()}, 201
+		}, "prekeys"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
