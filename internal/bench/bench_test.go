@@ -19,8 +19,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/testserver"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
 // workerEnv makes the test binary act as a bench worker (see TestMain), so that the worker path
@@ -497,5 +500,20 @@ func TestProgressLines(t *testing.T) {
 	// 1 s of load, the start delay and the wait for the last acks: a few lines, not a stream.
 	if n := strings.Count(out, "… running"); n > 8 {
 		t.Fatalf("%d progress lines for a phase of about 1.5 s", n)
+	}
+}
+
+// deviceBytes bounds what one device takes in a bulk registration, so that requests stay under
+// the server's body limit whatever the prekey count.
+func TestDeviceBytes(t *testing.T) {
+	for _, oneTime := range []int{0, 1, 10, 100} {
+		_, dev, _, err := generate("sizecheck", oneTime)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := &pb.BulkRegisterRequest{Devices: []*pb.BulkDevice{dev}}
+		if got := proto.Size(req); got > deviceBytes(oneTime) {
+			t.Errorf("%d one-time prekeys: a device encodes to %d bytes, deviceBytes says %d", oneTime, got, deviceBytes(oneTime))
+		}
 	}
 }
