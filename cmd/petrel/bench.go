@@ -34,6 +34,9 @@ const benchHelp = `scenarios:
                                                                 hostile sockets against one server:
                                                                 its RSS before/peak/after, and a probe
            kinds: pipeline, pingflood, bigauth, slowloris, bigbody, slowbody, unmasked
+  accounts --server-pid PID [--accounts N] [--prekeys K] [--settle D] [--existing N] [--baseline-rss SIZE]
+                                                                registered accounts, none connected:
+                                                                the server's RSS per account
 
 Synthetic accounts are registered with the operator token (--admin-token-file, or env
 PETREL_ADMIN_TOKEN) on the servers' admin listeners (--admin, or the admin.addr beside each
@@ -98,6 +101,17 @@ func runBench(ctx context.Context, e *env, args []string) int {
 		fs.IntVar(&cfg.Conns, "conns", 100, "devices, and the most connections in flight at once")
 		fs.Float64Var(&cfg.Rate, "rate", 500, "connects/s offered")
 		fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to churn")
+	case bench.ScenarioAccounts:
+		a := &cfg.Accounts
+		fs.IntVar(&a.Accounts, "accounts", 10000, "accounts to register now (one device each); 0: none, measure only")
+		fs.IntVar(&a.PreKeys, "prekeys", 10, "one-time prekeys of each kind (EC, ML-KEM) per device")
+		fs.IntVar(&a.Existing, "existing", 0, "accounts already on the server, counted in the per-account figure (after a restart)")
+		fs.DurationVar(&a.Settle, "settle", 30*time.Second, "wait after registering and a forced collection before the final RSS sample")
+		fs.Func("baseline-rss", "count the growth from `SIZE` (a fresh node's RSS, e.g. 40MiB) instead of the RSS before registering", func(v string) error {
+			n, err := bench.ParseSize(v)
+			a.BaselineRSS = n
+			return err
+		})
 	case bench.ScenarioAttack:
 		a := &cfg.Attack
 		fs.StringVar(&a.Kind, "attack", "", "attack kind: "+strings.Join(bench.Attacks, ", "))
@@ -151,6 +165,15 @@ func runBench(ctx context.Context, e *env, args []string) int {
 	}
 	if cfg.Attack.Settle == 0 {
 		cfg.Attack.Settle = -1
+	}
+	if cfg.Accounts.Accounts == 0 {
+		cfg.Accounts.Accounts = -1
+	}
+	if cfg.Accounts.PreKeys == 0 {
+		cfg.Accounts.PreKeys = -1
+	}
+	if cfg.Accounts.Settle == 0 {
+		cfg.Accounts.Settle = -1
 	}
 	for _, s := range strings.Split(*servers, ",") {
 		if s = strings.TrimSpace(s); s != "" {

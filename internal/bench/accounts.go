@@ -138,6 +138,9 @@ func (r *registrar) register(ctx context.Context, prefix string, n, oneTime int,
 	// Batches: runs of devices of one server.
 	type batch struct{ server, first, count int } // devices first, first+ns, … (count of them)
 	size := min(MaxBulkDevices, max(50, (n+workers-1)/workers))
+	// A request body stays well under the server's limit (64 MiB by default): with one-time
+	// prekeys a device takes ~1.4 KB per ML-KEM prekey.
+	size = min(size, max(1, bulkBodyBudget/deviceBytes(oneTime)))
 	var batches []batch
 	for sv := range ns {
 		total := (n - sv + ns - 1) / ns
@@ -205,6 +208,14 @@ func (r *registrar) register(ctx context.Context, prefix string, n, oneTime int,
 	}
 	return accts, keys, nil
 }
+
+// bulkBodyBudget is the most bytes of keys put in one bulk registration request.
+const bulkBodyBudget = 24 << 20
+
+// deviceBytes estimates the encoded size of one device in a bulk registration with oneTime
+// one-time prekeys of each kind: an ML-KEM-768 prekey is 1,184 bytes and a 64-byte signature, an
+// X25519 one 32 bytes, and the identity, signed and last-resort keys about 1.5 KB.
+func deviceBytes(oneTime int) int { return 1600 + oneTime*(1184+64+32+24) }
 
 // ErrOperatorToken reports a bulk registration the server refused for want of the operator token.
 var ErrOperatorToken = errors.New("the server refused the operator token")

@@ -13,6 +13,8 @@
 //   - offline: messages stored for offline devices, then drained; store and drain rates, and a
 //     check that every message arrived exactly once and nothing is left stored.
 //   - churn: connect, authenticate, close, at a fixed rate.
+//   - accounts: registered accounts that never connect; the server's RSS per account after it
+//     settles (see accountmem.go).
 //   - attack: hostile sockets (floods, pipelines, oversized frames and bodies, half requests)
 //     against one server process; its RSS before, at the peak and after, its CPU, and whether a
 //     well-behaved probe client kept being served (see attack.go).
@@ -51,7 +53,7 @@ const (
 )
 
 // Scenarios lists the scenario names.
-var Scenarios = []string{ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn, ScenarioAttack}
+var Scenarios = []string{ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn, ScenarioAttack, ScenarioAccounts}
 
 // DefaultMaxConnsPerProcess is the connection count past which the generator uses worker
 // processes (RLIMIT_NOFILE is 20,000 on the development machines).
@@ -130,6 +132,8 @@ type Config struct {
 
 	// Attack shapes the attack scenario.
 	Attack AttackConfig
+	// Accounts shapes the accounts scenario.
+	Accounts AccountsConfig
 }
 
 func (c *Config) setDefaults() {
@@ -202,6 +206,9 @@ func (c *Config) setDefaults() {
 	if c.Scenario == ScenarioAttack {
 		c.Attack.setDefaults()
 	}
+	if c.Scenario == ScenarioAccounts {
+		c.Accounts.setDefaults()
+	}
 }
 
 // ErrNotLoopback reports a --server that is not on this machine.
@@ -215,6 +222,8 @@ func (c *Config) Validate() error {
 	case ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn:
 	case ScenarioAttack:
 		c.Attack.validate(c, bad)
+	case ScenarioAccounts:
+		c.Accounts.validate(c, bad)
 	default:
 		bad("unknown scenario %q (want one of %s)", c.Scenario, strings.Join(Scenarios, ", "))
 	}
@@ -305,6 +314,8 @@ func (c *Config) bound() time.Duration {
 		n = 2 * c.Pairs
 	case ScenarioOffline:
 		n = c.Recipients + c.Senders + c.Messages/10
+	case ScenarioAccounts:
+		n = c.Accounts.Accounts * (1 + c.Accounts.PreKeys/10)
 	}
 	return 10*time.Minute + time.Duration(n)*10*time.Millisecond + 2*(c.Hold+c.Duration+c.DrainTimeout+c.Attack.Settle+c.Attack.Baseline)
 }
@@ -338,6 +349,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		err = r.churn(ctx)
 	case ScenarioAttack:
 		err = r.attack(ctx)
+	case ScenarioAccounts:
+		err = r.accounts(ctx)
 	}
 	if err != nil {
 		return nil, err

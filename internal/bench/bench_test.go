@@ -19,8 +19,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/testserver"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
 // workerEnv makes the test binary act as a bench worker (see TestMain), so that the worker path
@@ -214,6 +217,21 @@ func TestIdle(t *testing.T) {
 	num(t, m, "rss_per_conn_bytes")
 	if m["workers"].(float64) != 0 {
 		t.Errorf("workers = %v, want 0", m["workers"])
+	}
+}
+
+func TestAccounts(t *testing.T) {
+	srv := testserver.Start(t)
+	cfg := newConfig(t, srv, ScenarioAccounts)
+	cfg.Accounts = AccountsConfig{Accounts: 40, PreKeys: 2, Existing: 10, Settle: -1}
+	_, m := runBench(t, cfg)
+	wantKeys(t, m, "scenario", "accounts", "registered", "prekeys_per_kind", "server_rss_before_bytes", "server_rss_registered_bytes",
+		"server_rss_settled_bytes", "server_rss_baseline_bytes", "rss_per_account_bytes", "register_server_cpu_us_per_account", "heap_inuse_bytes")
+	wantEq(t, m, "registered", 40)
+	wantEq(t, m, "accounts", 50)
+	wantEq(t, m, "prekeys_per_kind", 2)
+	if num(t, m, "server_rss_settled_bytes") <= 0 || num(t, m, "heap_inuse_bytes") <= 0 {
+		t.Errorf("implausible figures: %v", m)
 	}
 }
 
@@ -415,6 +433,14 @@ func TestValidate(t *testing.T) {
 		{"tiny payload", func(c *Config) { c.Size = 8 }, "size"},
 		{"e2ee idle", func(c *Config) { c.E2EE = true }, "relay only"},
 		{"churn without rate", func(c *Config) { c.Scenario = ScenarioChurn; c.Rate = -1 }, "rate"},
+		{"accounts", func(c *Config) { c.Scenario = ScenarioAccounts; c.ServerPIDs = []int{os.Getpid()} }, ""},
+		{"accounts without pid", func(c *Config) { c.Scenario = ScenarioAccounts }, "--server-pid"},
+		{"accounts: nothing to measure", func(c *Config) {
+			c.Scenario, c.ServerPIDs, c.Accounts.Accounts = ScenarioAccounts, []int{os.Getpid()}, -1
+		}, "no accounts"},
+		{"accounts: too many prekeys", func(c *Config) {
+			c.Scenario, c.ServerPIDs, c.Accounts.PreKeys = ScenarioAccounts, []int{os.Getpid()}, 201
+		}, "prekeys"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -474,5 +500,20 @@ func TestProgressLines(t *testing.T) {
 	// 1 s of load, the start delay and the wait for the last acks: a few lines, not a stream.
 	if n := strings.Count(out, "… running"); n > 8 {
 		t.Fatalf("%d progress lines for a phase of about 1.5 s", n)
+	}
+}
+
+// deviceBytes bounds what one device takes in a bulk registration, so that requests stay under
+// the server's body limit whatever the prekey count.
+func TestDeviceBytes(t *testing.T) {
+	for _, oneTime := range []int{0, 1, 10, 100} {
+		_, dev, _, err := generate("sizecheck", oneTime)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := &pb.BulkRegisterRequest{Devices: []*pb.BulkDevice{dev}}
+		if got := proto.Size(req); got > deviceBytes(oneTime) {
+			t.Errorf("%d one-time prekeys: a device encodes to %d bytes, deviceBytes says %d", oneTime, got, deviceBytes(oneTime))
+		}
 	}
 }

@@ -56,7 +56,12 @@ func TestRegisterBulk(t *testing.T) {
 	for i := range 600 { // more than one chunk
 		devs = append(devs, bulkDevice(t, fmt.Sprintf("bulk%d", i), i, 0))
 	}
+	// Devices with prekeys in one chunk: their prekeys share atomic batches, each on its
+	// device's subjects; one device's prekeys that do not verify cost it only its prekeys.
 	devs[7] = bulkDevice(t, "withprekeys", 7, 3)
+	devs[8] = bulkDevice(t, "withprekeys2", 8, 150) // 150 ML-KEM prekeys: several batches by bytes
+	devs[9] = bulkDevice(t, "badprekeys", 9, 2)
+	devs[9].Keys.KemPrekeys[1].Signature[0] ^= 1
 	res, err := d.RegisterBulk(ctx, devs)
 	if err != nil {
 		t.Fatal(err)
@@ -78,8 +83,10 @@ func TestRegisterBulk(t *testing.T) {
 			t.Fatalf("device %d: %v", i, err)
 		}
 	}
-	if st, err := d.Status(ctx, directory.Principal{ID: res.DeviceIds[7]}); err != nil || st.GetOneTimePrekeysLeft() != 3 || st.GetKemPrekeysLeft() != 3 {
-		t.Fatalf("prekeys of a bulk device: %v, %v", st, err)
+	for i, want := range map[int]uint32{7: 3, 8: 150, 9: 0, 10: 0} {
+		if st, err := d.Status(ctx, directory.Principal{ID: res.DeviceIds[i]}); err != nil || st.GetOneTimePrekeysLeft() != want || st.GetKemPrekeysLeft() != want {
+			t.Fatalf("prekeys of bulk device %d: %v, %v (want %d of each)", i, st, err, want)
+		}
 	}
 
 	// Conflicts, each in a different chunk position.

@@ -447,33 +447,9 @@ func verifyInitialKeys(keys *pb.KeyBundleUpload) (*Device, error) {
 
 // addPreKeys verifies and stores one-time prekeys (EC and KEM) in one atomic batch per kind.
 func (d *Directory) addPreKeys(ctx context.Context, dev *Device, keys *pb.KeyBundleUpload) error {
-	if len(keys.GetOneTimePrekeys())+len(keys.GetKemPrekeys()) > MaxPreKeysPerUpload*2 {
-		return fmt.Errorf("%w: at most %d of each kind per upload", ErrTooManyPreKeys, MaxPreKeysPerUpload)
-	}
-	if len(keys.GetOneTimePrekeys()) > MaxPreKeysPerUpload || len(keys.GetKemPrekeys()) > MaxPreKeysPerUpload {
-		return fmt.Errorf("%w: at most %d of each kind per upload", ErrTooManyPreKeys, MaxPreKeysPerUpload)
-	}
-	ik, err := e2ee.ParseIdentityKey(dev.IdentityKey)
+	otks, kems, err := preKeyMsgs(dev, keys)
 	if err != nil {
-		return fmt.Errorf("%w: stored identity key: %v", ErrInvalidKeys, err)
-	}
-	var otks, kems []*nats.Msg
-	for _, k := range keys.GetOneTimePrekeys() {
-		if len(k.GetPublicKey()) == 0 || len(k.GetPublicKey()) > 64 {
-			return fmt.Errorf("%w: one-time prekey %d has a bad length", ErrInvalidKeys, k.GetId())
-		}
-		b, _ := proto.Marshal(k)
-		otks = append(otks, &nats.Msg{Subject: bus.OneTimePreKeySubject(dev.ID), Data: b, Header: nats.Header{}})
-	}
-	for _, k := range keys.GetKemPrekeys() {
-		if k.GetLastResort() {
-			return fmt.Errorf("%w: a one-time KEM prekey is marked last-resort", ErrInvalidKeys)
-		}
-		if err := e2ee.VerifyKEMPreKey(ik, e2ee.KEMPreKey{ID: k.GetId(), PublicKey: k.GetPublicKey(), Signature: k.GetSignature()}); err != nil {
-			return fmt.Errorf("%w: KEM prekey %d: %v", ErrInvalidKeys, k.GetId(), err)
-		}
-		b, _ := proto.Marshal(k)
-		kems = append(kems, &nats.Msg{Subject: bus.KEMPreKeySubject(dev.ID), Data: b, Header: nats.Header{}})
+		return err
 	}
 	for _, batch := range [][]*nats.Msg{otks, kems} {
 		if len(batch) == 0 {
@@ -482,14 +458,87 @@ func (d *Directory) addPreKeys(ctx context.Context, dev *Device, keys *pb.KeyBun
 		if n, err := d.count(ctx, batch[0].Subject); err == nil && n+len(batch) > MaxPreKeysStored {
 			return fmt.Errorf("%w: a device may hold at most %d unclaimed prekeys of each kind", ErrTooManyPreKeys, MaxPreKeysStored)
 		}
-		for i := 0; i < len(batch); i += 100 {
-			if _, err := jetstreamext.PublishMsgBatch(ctx, d.bus.JS(), batch[i:min(i+100, len(batch))]); err != nil {
-				return fmt.Errorf("%w: store prekeys: %v", ErrUnavailable, err)
-			}
+		if err := d.publishPreKeys(ctx, batch, 100); err != nil {
+			return err
 		}
 	}
 	return nil
 }
+
+// preKeyMsgs verifies one upload's one-time prekeys and returns their messages, EC and KEM.
+func preKeyMsgs(dev *Device, keys *pb.KeyBundleUpload) (otks, kems []*nats.Msg, err error) {
+	if len(keys.GetOneTimePrekeys()) > MaxPreKeysPerUpload || len(keys.GetKemPrekeys()) > MaxPreKeysPerUpload {
+		return nil, nil, fmt.Errorf("%w: at most %d of each kind per upload", ErrTooManyPreKeys, MaxPreKeysPerUpload)
+	}
+	if len(keys.GetOneTimePrekeys())+len(keys.GetKemPrekeys()) == 0 {
+		return nil, nil, nil
+	}
+	ik, err := e2ee.ParseIdentityKey(dev.IdentityKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: stored identity key: %v", ErrInvalidKeys, err)
+	}
+	for _, k := range keys.GetOneTimePrekeys() {
+		if len(k.GetPublicKey()) == 0 || len(k.GetPublicKey()) > 64 {
+			return nil, nil, fmt.Errorf("%w: one-time prekey %d has a bad length", ErrInvalidKeys, k.GetId())
+		}
+		b, _ := proto.Marshal(k)
+		otks = append(otks, &nats.Msg{Subject: bus.OneTimePreKeySubject(dev.ID), Data: b, Header: nats.Header{}})
+	}
+	for _, k := range keys.GetKemPrekeys() {
+		if k.GetLastResort() {
+			return nil, nil, fmt.Errorf("%w: a one-time KEM prekey is marked last-resort", ErrInvalidKeys)
+		}
+		if err := e2ee.VerifyKEMPreKey(ik, e2ee.KEMPreKey{ID: k.GetId(), PublicKey: k.GetPublicKey(), Signature: k.GetSignature()}); err != nil {
+			return nil, nil, fmt.Errorf("%w: KEM prekey %d: %v", ErrInvalidKeys, k.GetId(), err)
+		}
+		b, _ := proto.Marshal(k)
+		kems = append(kems, &nats.Msg{Subject: bus.KEMPreKeySubject(dev.ID), Data: b, Header: nats.Header{}})
+	}
+	return otks, kems, nil
+}
+
+// publishPreKeys stores prekey messages in atomic batches of at most per messages and about
+// preKeyBatchBytes (a batch is one replicated entry in a cluster).
+func (d *Directory) publishPreKeys(ctx context.Context, msgs []*nats.Msg, per int) error {
+	for len(msgs) > 0 {
+		n, size := 0, 0
+		for n < len(msgs) && n < per && (n == 0 || size+len(msgs[n].Data) <= preKeyBatchBytes) {
+			size += len(msgs[n].Data)
+			n++
+		}
+		if _, err := jetstreamext.PublishMsgBatch(ctx, d.bus.JS(), msgs[:n]); err != nil {
+			return fmt.Errorf("%w: store prekeys: %v", ErrUnavailable, err)
+		}
+		msgs = msgs[n:]
+	}
+	return nil
+}
+
+// addBulkPreKeys stores the one-time prekeys of new devices registered together, in atomic
+// batches of up to preKeyBatch messages that mix devices: one fsync for many devices instead of
+// two per device. A new device holds no prekeys yet, and one upload is within MaxPreKeysStored,
+// so there is no count to check. As for one registration, a failure is logged, not returned.
+func (d *Directory) addBulkPreKeys(ctx context.Context, devs []*Device, keys []*pb.KeyBundleUpload) {
+	var msgs []*nats.Msg
+	for i, dev := range devs {
+		otks, kems, err := preKeyMsgs(dev, keys[i])
+		if err != nil {
+			d.log.Warn("store prekeys at registration", "device", dev.ID, "err", err)
+			continue
+		}
+		msgs = append(append(msgs, otks...), kems...)
+	}
+	if err := d.publishPreKeys(ctx, msgs, preKeyBatch); err != nil {
+		d.log.Warn("store prekeys at bulk registration", "devices", len(devs), "err", err)
+	}
+}
+
+// preKeyBatch is the most prekey messages written in one atomic batch (nats-server allows 1,000),
+// and preKeyBatchBytes about the most bytes (200 ML-KEM prekeys of about 1.3 KB each).
+const (
+	preKeyBatch      = 1000
+	preKeyBatchBytes = 256 << 10
+)
 
 // UploadPreKeys adds one-time prekeys and optionally rotates the signed and last-resort prekeys.
 func (d *Directory) UploadPreKeys(ctx context.Context, deviceID string, keys *pb.KeyBundleUpload) (*pb.PreKeyStatus, error) {
@@ -840,10 +889,12 @@ func (d *Directory) RegisterBulk(ctx context.Context, devs []*pb.BulkDevice) (*p
 				}
 			}
 		} else {
-			for _, i := range chunk {
+			keys := make([]*pb.KeyBundleUpload, len(chunk))
+			for k, i := range chunk {
 				res.DeviceIds[i] = checked[i].ID
-				d.addInitialPreKeys(ctx, checked[i], devs[i].GetKeys())
+				keys[k] = devs[i].GetKeys()
 			}
+			d.addBulkPreKeys(ctx, batch, keys)
 		}
 		chunk = chunk[:0]
 	}
