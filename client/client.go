@@ -385,13 +385,22 @@ func (c *Client) kickOutbox() {
 	}
 }
 
-func (c *Client) setReady(l *link) {
+// setReady makes l the connection sends go through (l != nil; ctx is l's), or, with l nil, says
+// there is none. A link whose context has ended is not made current: its connection is gone, and
+// runLink's setReady(nil) may already have run (then nothing would reset readyCh before the next
+// link closes it again).
+func (c *Client) setReady(ctx context.Context, l *link) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if l != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		if c.cur == nil {
+			close(c.readyCh)
+		}
 		c.cur = l
 		c.lastErr = nil
-		close(c.readyCh)
 		return
 	}
 	if c.cur != nil {

@@ -4,6 +4,7 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"os/exec"
 	"strings"
@@ -154,4 +155,30 @@ func TestSplitUpload(t *testing.T) {
 	if kem != 100 || otk != 100 {
 		t.Fatalf("lost keys: %d kem, %d one-time", kem, otk)
 	}
+}
+
+// TestSetReadyAfterLinkEnded: a link's sender loop can reach setReady after the link ended and
+// runLink already said there is no connection (QueueEmpty and the end of the link at once). That
+// late call must not make the dead link current, and the next link must become ready without
+// closing readyCh twice (it panicked: "close of closed channel").
+func TestSetReadyAfterLinkEnded(t *testing.T) {
+	c := &Client{readyCh: make(chan struct{})}
+	dead, cancel := context.WithCancel(context.Background())
+	cancel()
+	a, b := &link{}, &link{}
+	c.setReady(dead, nil) // runLink: link a ended (it was never current)
+	c.setReady(dead, a)   // a's sender loop, late
+	if c.cur != nil {
+		t.Fatal("a link that had ended became current")
+	}
+	c.setReady(context.Background(), b) // the next link
+	if c.cur != b {
+		t.Fatal("the next link did not become current")
+	}
+	select {
+	case <-c.readyCh:
+	default:
+		t.Fatal("readyCh not closed for the next link")
+	}
+	c.setReady(context.Background(), b) // idempotent
 }

@@ -94,7 +94,7 @@ func (c *Client) runLink(ctx context.Context, url string) (connected bool, err e
 	start(l.keepAlive)
 	<-lctx.Done()
 	err = context.Cause(lctx)
-	c.setReady(nil)
+	c.setReady(ctx, nil)
 	cn.shutdown(ctx.Err() != nil)
 	wg.Wait()
 	lcancel(nil)
@@ -285,7 +285,7 @@ func (l *link) senderLoop(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
-	c.setReady(l)
+	c.setReady(ctx, l)
 	checkEvery := max(c.cfg.ResendInterval/4, time.Second)
 	nextCheck := time.Time{}
 	for {
