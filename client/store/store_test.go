@@ -158,3 +158,31 @@ func TestOutboxPendingIndex(t *testing.T) {
 		return nil
 	})
 }
+
+// Backup copies the committed state of an open store into a database that opens on its own.
+func TestBackup(t *testing.T) {
+	s := open(t, t.TempDir())
+	if err := s.Update(func(tx *Tx) error {
+		return tx.AddHistory(&HistoryRecord{ID: "m1", Dir: Incoming, Peer: "bob", Body: "one"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	home := t.TempDir()
+	path := filepath.Join(home, FileName)
+	if err := s.Backup(path); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("backup file: %v %v", fi, err)
+	}
+	if err := s.Backup(path); err == nil {
+		t.Fatal("Backup overwrote an existing file")
+	}
+	c := open(t, home)
+	c.View(func(tx *Tx) error {
+		if r, err := tx.HistoryByID(Incoming, "bob", "m1"); err != nil || r.Body != "one" {
+			t.Fatalf("history in the backup: %+v %v", r, err)
+		}
+		return nil
+	})
+}
