@@ -561,6 +561,19 @@ func (t *Tx) Unseen(limit int) ([]*HistoryRecord, error) {
 	return out, nil
 }
 
+// ClaimSeen marks the incoming record seq as shown and reports whether it was not shown before
+// (false for a record already seen, an outgoing one, or none). Show a record only when ClaimSeen
+// returned true in a committed transaction: whatever the crash point, it is then never shown twice.
+func (t *Tx) ClaimSeen(seq uint64) (bool, error) {
+	var r HistoryRecord
+	ok, err := getJSON(t.b(bHistory), u64key(seq), &r)
+	if err != nil || !ok || r.Dir != Incoming || r.Seen {
+		return false, err
+	}
+	r.Seen = true
+	return true, t.PutHistory(&r)
+}
+
 // MarkSeen marks incoming records as shown.
 func (t *Tx) MarkSeen(seqs ...uint64) error {
 	for _, seq := range seqs {
