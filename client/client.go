@@ -605,7 +605,24 @@ func (c *Client) Unseen(limit int) ([]*Message, error) {
 	return out, nil
 }
 
-// MarkSeen records that messages (by Message.Seq) have been shown.
+// ClaimSeen records that the message with seq (Message.Seq) is being shown, committed to disk,
+// and reports whether it was unseen until this call. An application shows a message only after
+// ClaimSeen returned true, so that no crash can show it twice (invariant 2, exactly-once display):
+// a crash before the claim leaves it in Unseen, to show next time; one between the claim and the
+// display leaves it in the history, seen but not shown. Marking it seen after showing it instead
+// (MarkSeen) shows it again after a crash in between.
+func (c *Client) ClaimSeen(seq uint64) (bool, error) {
+	var claimed bool
+	err := c.st.Update(func(tx *store.Tx) error {
+		var err error
+		claimed, err = tx.ClaimSeen(seq)
+		return err
+	})
+	return claimed, err
+}
+
+// MarkSeen records that messages (by Message.Seq) have been shown. To show a message exactly once
+// across crashes, claim it with ClaimSeen before showing it instead.
 func (c *Client) MarkSeen(seqs ...uint64) error {
 	return c.st.Update(func(tx *store.Tx) error { return tx.MarkSeen(seqs...) })
 }

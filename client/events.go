@@ -9,9 +9,10 @@ import "time"
 // *Disconnected, *Delivered, *SendFailed, *IdentityChanged, *DecryptFailed or *PreKeysUploaded.
 type Event interface{ isEvent() }
 
-// Message is a received text message. It was persisted and acked before it is reported.
+// Message is a received text message. It was persisted and acked before it is reported; it stays
+// in Client.Unseen until claimed (Client.ClaimSeen), which an application does before showing it.
 type Message struct {
-	// Seq is the message's position in the local history (see Client.MarkSeen).
+	// Seq is the message's position in the local history (see Client.ClaimSeen).
 	Seq        uint64
 	ID         string
 	From       string

@@ -143,6 +143,31 @@ func (s *Store) Dir() string { return s.dir }
 // Close closes the database and releases the home.
 func (s *Store) Close() error { return s.db.Close() }
 
+// Backup writes a consistent copy of the last committed state to a new file at path (mode 0600)
+// while the store stays open: the database as a crash (kill -9) at this instant would leave it.
+// path must not exist.
+func (s *Store) Backup(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		_, err := tx.WriteTo(f)
+		return err
+	})
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("back up %s: %w", s.dir, err)
+	}
+	return nil
+}
+
 // View runs fn in a read-only transaction.
 func (s *Store) View(fn func(tx *Tx) error) error {
 	return s.db.View(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) })
@@ -534,6 +559,19 @@ func (t *Tx) Unseen(limit int) ([]*HistoryRecord, error) {
 		}
 	}
 	return out, nil
+}
+
+// ClaimSeen marks the incoming record seq as shown and reports whether it was not shown before
+// (false for a record already seen, an outgoing one, or none). Show a record only when ClaimSeen
+// returned true in a committed transaction: whatever the crash point, it is then never shown twice.
+func (t *Tx) ClaimSeen(seq uint64) (bool, error) {
+	var r HistoryRecord
+	ok, err := getJSON(t.b(bHistory), u64key(seq), &r)
+	if err != nil || !ok || r.Dir != Incoming || r.Seen {
+		return false, err
+	}
+	r.Seen = true
+	return true, t.PutHistory(&r)
 }
 
 // MarkSeen marks incoming records as shown.

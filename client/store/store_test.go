@@ -158,3 +158,70 @@ func TestOutboxPendingIndex(t *testing.T) {
 		return nil
 	})
 }
+
+// Backup copies the committed state of an open store into a database that opens on its own.
+func TestBackup(t *testing.T) {
+	s := open(t, t.TempDir())
+	if err := s.Update(func(tx *Tx) error {
+		return tx.AddHistory(&HistoryRecord{ID: "m1", Dir: Incoming, Peer: "bob", Body: "one"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	home := t.TempDir()
+	path := filepath.Join(home, FileName)
+	if err := s.Backup(path); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("backup file: %v %v", fi, err)
+	}
+	if err := s.Backup(path); err == nil {
+		t.Fatal("Backup overwrote an existing file")
+	}
+	c := open(t, home)
+	c.View(func(tx *Tx) error {
+		if r, err := tx.HistoryByID(Incoming, "bob", "m1"); err != nil || r.Body != "one" {
+			t.Fatalf("history in the backup: %+v %v", r, err)
+		}
+		return nil
+	})
+}
+
+// ClaimSeen marks an unseen incoming record once: only the first claim returns true.
+func TestClaimSeen(t *testing.T) {
+	s := open(t, t.TempDir())
+	var in, out uint64
+	s.Update(func(tx *Tx) error {
+		a := &HistoryRecord{ID: "m1", Dir: Incoming, Peer: "bob", Body: "one"}
+		b := &HistoryRecord{ID: "m2", Dir: Outgoing, Peer: "bob", Body: "mine"}
+		if err := tx.AddHistory(a); err != nil {
+			return err
+		}
+		in = a.Seq
+		err := tx.AddHistory(b)
+		out = b.Seq
+		return err
+	})
+	claim := func(seq uint64) bool {
+		var ok bool
+		if err := s.Update(func(tx *Tx) error { var err error; ok, err = tx.ClaimSeen(seq); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if !claim(in) {
+		t.Fatal("first claim of an unseen record failed")
+	}
+	if claim(in) {
+		t.Fatal("a record was claimed twice")
+	}
+	if claim(out) || claim(out+100) {
+		t.Fatal("claimed an outgoing or missing record")
+	}
+	s.View(func(tx *Tx) error {
+		if u, _ := tx.Unseen(10); len(u) != 0 {
+			t.Fatalf("unseen after the claim: %+v", u)
+		}
+		return nil
+	})
+}

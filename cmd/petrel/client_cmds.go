@@ -27,6 +27,10 @@ import (
 // clientTuning lets tests shorten the client's timers; zero values mean the SDK defaults.
 var clientTuning client.Config
 
+// storeOpened, when not nil (tests only), sees each store a client command opens, so an
+// in-process test can copy it at a chosen point as a kill -9 there would leave it.
+var storeOpened func(*store.Store)
+
 // maxLineBytes bounds one line read from standard input.
 const maxLineBytes = 1 << 20
 
@@ -73,6 +77,9 @@ func openStore(e *env, create bool) (*store.Store, error) {
 	st, err := store.Open(e.home, store.Options{MustExist: !create})
 	if errors.Is(err, store.ErrNoHome) {
 		return nil, fmt.Errorf("%w: %s", client.ErrNotRegistered, e.home)
+	}
+	if err == nil && storeOpened != nil {
+		storeOpened(st)
 	}
 	return st, err
 }
@@ -280,7 +287,7 @@ func formatTime(t time.Time) string {
 	return t.UTC().Format(rfc3339Milli)
 }
 
-// printer writes received messages, as text or JSON lines, and marks them seen.
+// printer writes received messages, as text or JSON lines, each at most once.
 type printer struct {
 	e    *env
 	c    *client.Client
@@ -288,20 +295,28 @@ type printer struct {
 	mu   sync.Mutex // serialises output lines
 }
 
+// print shows m unless it was shown before. It claims m in the store (a committed transaction)
+// before writing it, never after: a kill -9 before the claim leaves m unseen for the next
+// command, and one after it leaves m seen, so no kill point makes a message appear twice.
 func (p *printer) print(m *client.Message) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	var line string
 	if p.json {
 		b, err := json.Marshal(jsonMessage{ID: m.ID, From: m.From, FromDevice: m.FromDevice, Text: m.Text,
 			SentAt: formatTime(m.SentAt), ServerTime: formatTime(m.ServerTime), ReceivedAt: formatTime(m.ReceivedAt)})
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(p.e.stdout, "%s\n", escapeJSONInvisible(b))
+		line = string(escapeJSONInvisible(b))
 	} else {
-		fmt.Fprintf(p.e.stdout, "%s: %s\n", sanitize(m.From), sanitize(m.Text))
+		line = fmt.Sprintf("%s: %s", sanitize(m.From), sanitize(m.Text))
 	}
-	return p.c.MarkSeen(m.Seq)
+	if claimed, err := p.c.ClaimSeen(m.Seq); err != nil || !claimed {
+		return err
+	}
+	_, err := fmt.Fprintf(p.e.stdout, "%s\n", line)
+	return err
 }
 
 func runRecv(ctx context.Context, e *env, args []string) int {
@@ -477,9 +492,11 @@ func runChat(ctx context.Context, e *env, args []string) int {
 		<-ready
 		switch ev := ev.(type) {
 		case *client.Message:
-			show(fmt.Sprintf("%s: %s", ev.From, ev.Text))
-			if err := s.c.MarkSeen(ev.Seq); err != nil {
+			// Claimed before it is shown, as in printer.print: never shown twice.
+			if claimed, err := s.c.ClaimSeen(ev.Seq); err != nil {
 				show(fmt.Sprintf("petrel %s: %s", cmd, describe(err)))
+			} else if claimed {
+				show(fmt.Sprintf("%s: %s", ev.From, ev.Text))
 			}
 		case *client.IdentityChanged, *client.DecryptFailed, *client.SendFailed:
 			outMu.Lock()
@@ -496,9 +513,10 @@ func runChat(ctx context.Context, e *env, args []string) int {
 				return err
 			}
 			for _, m := range unseen {
-				show(fmt.Sprintf("%s: %s", m.From, m.Text))
-				if err := c.MarkSeen(m.Seq); err != nil {
+				if claimed, err := c.ClaimSeen(m.Seq); err != nil {
 					return err
+				} else if claimed {
+					show(fmt.Sprintf("%s: %s", m.From, m.Text))
 				}
 			}
 		}

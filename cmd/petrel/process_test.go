@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/petrelchat/petrel/client/store"
 )
 
 // Process-level tests: the real petrel binary, a real server process on loopback, SIGKILL.
@@ -254,6 +256,18 @@ func TestProcessKillAfterAckRecipientOnline(t *testing.T) {
 			t.Fatalf("message %s displayed twice", id)
 		}
 	}
+	// recv claims a message in the store before printing it, so the kill left it seen, and kept.
+	st, err := store.Open(bob, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.View(func(tx *store.Tx) error {
+		if r, err := tx.HistoryByID(store.Incoming, "alice", id); err != nil || !r.Seen {
+			t.Errorf("message %s in bob's history after the kill: %+v %v", id, r, err)
+		}
+		return nil
+	})
 }
 
 // Invite-only registration end to end: the operator prints a code, it works once.
