@@ -83,8 +83,7 @@ type Attachment struct {
 	purgeWant                  uint64 // purge stored envelopes up to here (all acked)
 	purgedTo                   uint64 // purged up to here
 	purgeCount                 int    // acked envelopes not yet counted as purged
-	purging                    bool   // a purge is queued or runs (purgeRun)
-	purgeRun                   *purgeRun
+	purging                    bool   // a purge goroutine runs
 	nextSeq                    uint64
 	queueEmpty                 bool // QueueEmpty was sent
 	pushedStored               int
@@ -410,19 +409,15 @@ func (a *Attachment) Ack(tags []uint64) {
 	}
 }
 
-// purgeRun is a device's pending purge (queued or running), for a later attachment of the same
-// device to wait on.
+// purgeRun is a device's purge loop, for a later attachment of the same device to wait on.
 type purgeRun struct {
 	owner *Attachment
 	done  chan struct{}
 }
 
 // purge deletes the stored envelopes up to sequence to (all acked) and n more for the metrics. At
-// most one purge per device is queued or in flight: acks that arrive meanwhile are folded into
-// it, or into the next one. Purges run on the node's purge workers (purger), at most maxPurges at
-// once, so a reconnect storm of shallow inboxes queues its purges instead of flooding the
-// JetStream API (where the handshakes' reads wait behind them), and a device whose purge waits
-// its turn has more acks folded in: fewer purges, not faster ones.
+// most one purge per device is in flight: acks that arrive meanwhile are folded into the next one,
+// so a fast reader costs a purge per round trip, not per ack.
 func (a *Attachment) purge(to uint64, n int) {
 	a.mu.Lock()
 	a.purgeWant = max(a.purgeWant, to)
@@ -432,114 +427,50 @@ func (a *Attachment) purge(to uint64, n int) {
 		return
 	}
 	a.purging = true
+	a.mu.Unlock()
 	p := &purgeRun{owner: a, done: make(chan struct{})}
-	a.purgeRun = p
-	a.mu.Unlock()
 	a.m.purges.Store(a.dev, p)
-	a.m.purger.push(a)
-}
-
-// runPurge runs one purge of a's acked envelopes (all acked up to purgeWant); if more acks came
-// in meanwhile it queues a again, behind the other devices waiting.
-func (a *Attachment) runPurge() {
-	a.mu.Lock()
-	to, n, p := a.purgeWant, a.purgeCount, a.purgeRun
-	if to <= a.purgedTo {
-		a.purging = false
-		a.mu.Unlock()
-		a.endPurge(p)
-		return
-	}
-	a.purgeCount = 0
-	a.mu.Unlock()
-	ctx, cancel := a.m.ctxStore()
-	shard := a.m.bus.Shard(a.dev)
-	err := a.m.bus.Inbox(shard).Purge(ctx, jetstream.WithPurgeSubject(a.m.bus.InboxSubject(a.dev)), jetstream.WithPurgeSequence(to+1))
-	cancel()
-	a.m.metrics.purges.Inc()
-	if err != nil {
-		// The envelopes stay stored and will be delivered again: at-least-once.
-		a.m.log.Warn("purge acked envelopes", "device", a.dev, "err", err)
-		a.mu.Lock()
-		a.purging = false
-		a.mu.Unlock()
-		a.endPurge(p)
-		return
-	}
-	a.mu.Lock()
-	a.purgedTo = to
-	a.mu.Unlock()
-	a.m.released(a.dev, to)
-	a.m.metrics.purged.Add(float64(n))
-	a.mu.Lock()
-	more := a.purgeWant > a.purgedTo
-	if !more {
-		a.purging = false
-	}
-	a.mu.Unlock()
-	if more {
-		a.m.purger.push(a)
-		return
-	}
-	a.endPurge(p)
-}
-
-// endPurge ends p: a later attachment of the device waiting on it goes on.
-func (a *Attachment) endPurge(p *purgeRun) {
-	a.m.purges.CompareAndDelete(a.dev, p)
-	close(p.done)
-}
-
-// maxPurges bounds the purges one node has in flight.
-const maxPurges = 8
-
-// purger queues the attachments that have acked envelopes to purge, each at most once, and runs
-// their purges on maxPurges workers, in the order they asked.
-type purger struct {
-	mu    sync.Mutex
-	queue []*Attachment // guarded by mu
-	ready chan struct{} // signalled when queue grows; capacity maxPurges
-}
-
-func (p *purger) push(a *Attachment) {
-	p.mu.Lock()
-	p.queue = append(p.queue, a)
-	p.mu.Unlock()
-	select {
-	case p.ready <- struct{}{}:
-	default: // every worker has a signal waiting: one of them takes a
-	}
-}
-
-func (p *purger) pop() *Attachment {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.queue) == 0 {
-		return nil
-	}
-	a := p.queue[0]
-	p.queue[0] = nil
-	p.queue = p.queue[1:]
-	if len(p.queue) == 0 {
-		p.queue = nil // give the array back
-	}
-	return a
-}
-
-// runPurges is one purge worker: it runs queued purges until stop. Purges still queued then are
-// dropped: their envelopes stay stored and are delivered again (at-least-once).
-func (m *Mailbox) runPurges(stop <-chan struct{}) {
-	for {
-		if a := m.purger.pop(); a != nil {
-			a.runPurge()
-			continue
+	a.m.wg.Add(1)
+	go func() {
+		defer a.m.wg.Done()
+		defer func() {
+			a.m.purges.CompareAndDelete(a.dev, p)
+			close(p.done)
+		}()
+		for {
+			a.mu.Lock()
+			to, n := a.purgeWant, a.purgeCount
+			if to <= a.purgedTo {
+				a.purging = false
+				a.mu.Unlock()
+				return
+			}
+			a.purgeCount = 0
+			a.mu.Unlock()
+			ctx, cancel := a.m.ctxStore()
+			shard := a.m.bus.Shard(a.dev)
+			err := a.m.bus.Inbox(shard).Purge(ctx, jetstream.WithPurgeSubject(a.m.bus.InboxSubject(a.dev)), jetstream.WithPurgeSequence(to+1))
+			cancel()
+			a.m.metrics.purges.Inc()
+			a.mu.Lock()
+			if err == nil {
+				a.purgedTo = to
+			}
+			a.mu.Unlock()
+			if err == nil {
+				a.m.released(a.dev, to)
+			}
+			if err != nil {
+				// The envelopes stay stored and will be delivered again: at-least-once.
+				a.m.log.Warn("purge acked envelopes", "device", a.dev, "err", err)
+				a.mu.Lock()
+				a.purging = false
+				a.mu.Unlock()
+				return
+			}
+			a.m.metrics.purged.Add(float64(n))
 		}
-		select {
-		case <-m.purger.ready:
-		case <-stop:
-			return
-		}
-	}
+	}()
 }
 
 // drain pushes stored envelopes in order until the inbox is empty and no wake-up or refused live
@@ -552,7 +483,6 @@ func (a *Attachment) drain() {
 		select {
 		case <-p.(*purgeRun).done:
 		case <-t.C:
-		case <-a.m.stop:
 		}
 		t.Stop()
 	}

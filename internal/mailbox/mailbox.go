@@ -266,8 +266,7 @@ type Mailbox struct {
 	dispatch []chan *nats.Msg
 	attached sync.Map // *nats.Subscription → *Attachment
 	local    sync.Map // device id → *Attachment attached on this node (the node-local fast path)
-	purges   sync.Map // device id → *purgeRun while acked envelopes are queued for a purge or purged
-	purger   purger   // runs the purges, at most maxPurges at once
+	purges   sync.Map // device id → *purgeRun while acked envelopes are being purged
 
 	// resyncReq asks for a resync after the bus dropped device messages (resync.go);
 	// stopSlowConsumer removes the bus callback that sends it.
@@ -314,7 +313,6 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		m.dispatch = append(m.dispatch, make(chan *nats.Msg, cfg.dispatchCap))
 	}
 	m.resyncReq = make(chan struct{}, 1)
-	m.purger.ready = make(chan struct{}, maxPurges)
 	return m
 }
 
@@ -348,10 +346,6 @@ func (m *Mailbox) Start() error {
 	m.readStoreUsage()
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.watchStore() }()
-	for range maxPurges {
-		m.wg.Add(1)
-		go func() { defer m.wg.Done(); m.runPurges(m.stop) }()
-	}
 	for _, ch := range m.dispatch {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); m.runDispatch(ch) }()
