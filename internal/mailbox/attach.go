@@ -465,6 +465,7 @@ func (a *Attachment) purge(to uint64, n int) {
 			shard := a.m.bus.Shard(a.dev)
 			err := a.m.bus.Inbox(shard).Purge(ctx, jetstream.WithPurgeSubject(a.m.bus.InboxSubject(a.dev)), jetstream.WithPurgeSequence(to+1))
 			cancel()
+			a.m.metrics.purges.Inc()
 			a.mu.Lock()
 			if err == nil {
 				a.purgedTo = to

@@ -10,6 +10,7 @@ type metrics struct {
 	deliveredLive    prometheus.Counter
 	stored           prometheus.Counter
 	purged           prometheus.Counter
+	purges           prometheus.Counter
 	commits          prometheus.Counter
 	commitErrors     prometheus.Counter
 	commitSeconds    prometheus.Histogram
@@ -35,6 +36,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		deliveredLive:    prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_delivered_live_total", Help: "Envelopes acked live by their device."}),
 		stored:           prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_stored_total", Help: "Envelopes appended durably to an inbox."}),
 		purged:           prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_purged_total", Help: "Stored envelopes deleted after the device acked them."}),
+		purges:           prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_purges_total", Help: "Subject purges sent to delete acked envelopes (each covers every envelope of one device acked since the last)."}),
 		commits:          prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_commits_total", Help: "Inbox commits (each one fsync'd batch)."}),
 		commitErrors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_commit_errors_total", Help: "Failed inbox commits (none of their messages was acked)."}),
 		commitSeconds:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "petrel_mailbox_commit_seconds", Help: "Inbox commit latency.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
@@ -57,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.inboxFull.WithLabelValues(r) // every reason shows, at 0, from the start
 	}
 	if reg != nil {
-		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.crossNode, m.takeovers, m.noQuorum, m.leaderReads)
+		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.purges, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.crossNode, m.takeovers, m.noQuorum, m.leaderReads)
 	}
 	return m
 }

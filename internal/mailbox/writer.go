@@ -138,7 +138,7 @@ func (w *shardWriter) commit(batch []*appendReq) {
 		for k, i := range admitted {
 			msgs[k] = newInboxMsg(uniq[i])
 		}
-		ack, err := jetstreamext.PublishMsgBatch(ctx, w.m.bus.JS(), msgs)
+		ack, err := jetstreamext.PublishMsgBatch(ctx, w.m.bus.JS(), msgs, noAckFirst)
 		switch {
 		case err == nil:
 			first := ack.Sequence - uint64(len(msgs)) + 1 // an atomic batch is stored contiguously
@@ -193,6 +193,14 @@ func (w *shardWriter) commit(batch []*appendReq) {
 		finish(r, res[i].err)
 	}
 }
+
+// noAckFirst publishes an atomic batch without waiting for the server to acknowledge its first
+// message: every message goes out at once and the commit's answer alone tells how the batch
+// ended. The first-message ack only reports early what the commit reports anyway (a stream
+// without atomic publishing, too many batches in flight: the commit then fails, and nothing of
+// the batch is stored), and it costs a round trip to the stream leader per commit, during which
+// the shard's next batch cannot start.
+var noAckFirst = jetstreamext.BatchFlowControl{AckFirst: false}
 
 // pubResult is how one append ended: stored at seq (dup: it was stored before), or err.
 type pubResult struct {
