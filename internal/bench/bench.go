@@ -51,7 +51,7 @@ const (
 )
 
 // Scenarios lists the scenario names.
-var Scenarios = []string{ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn, ScenarioAttack}
+var Scenarios = []string{ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn, ScenarioAttack, ScenarioChaos}
 
 // DefaultMaxConnsPerProcess is the connection count past which the generator uses worker
 // processes (RLIMIT_NOFILE is 20,000 on the development machines).
@@ -126,6 +126,8 @@ type Config struct {
 
 	// Attack shapes the attack scenario.
 	Attack AttackConfig
+	// Chaos shapes the chaos scenario.
+	Chaos ChaosConfig
 }
 
 func (c *Config) setDefaults() {
@@ -152,6 +154,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Duration == 0 {
 		c.Duration = 10 * time.Second
+		if c.Scenario == ScenarioChaos {
+			c.Duration = time.Minute
+		}
 	}
 	if c.Window == 0 {
 		c.Window = 32
@@ -161,6 +166,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Rate == 0 && c.Scenario == ScenarioChurn {
 		c.Rate = 500
+	}
+	if c.Rate == 0 && c.Scenario == ScenarioChaos {
+		c.Rate = 100
 	}
 	if c.Recipients == 0 {
 		c.Recipients = 100
@@ -182,8 +190,11 @@ func (c *Config) setDefaults() {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 15 * time.Second
-		if c.Scenario == ScenarioOffline {
+		switch c.Scenario {
+		case ScenarioOffline:
 			c.DrainTimeout = 60*time.Second + time.Duration(c.Messages)*2*time.Millisecond
+		case ScenarioChaos:
+			c.DrainTimeout = time.Minute
 		}
 	}
 	if c.MaxConnsPerProcess == 0 {
@@ -198,6 +209,9 @@ func (c *Config) setDefaults() {
 	if c.Scenario == ScenarioAttack {
 		c.Attack.setDefaults()
 	}
+	if c.Scenario == ScenarioChaos {
+		c.Chaos.setDefaults(len(c.Servers) == 0)
+	}
 }
 
 // ErrNotLoopback reports a --server that is not on this machine.
@@ -211,10 +225,14 @@ func (c *Config) Validate() error {
 	case ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn:
 	case ScenarioAttack:
 		c.Attack.validate(c, bad)
+	case ScenarioChaos:
+		c.Chaos.validate(c, bad)
 	default:
 		bad("unknown scenario %q (want one of %s)", c.Scenario, strings.Join(Scenarios, ", "))
 	}
-	if len(c.Servers) == 0 {
+	// chaos without servers starts its own nodes (and knows their admin listeners and token).
+	managed := c.Scenario == ScenarioChaos && len(c.Servers) == 0
+	if len(c.Servers) == 0 && !managed {
 		bad("no server")
 	}
 	for _, s := range c.Servers {
@@ -227,6 +245,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	switch {
+	case managed:
 	case len(c.Admins) == 0:
 		bad("no admin listener: the bulk registration goes to the server's admin listener (<data>/admin.addr)")
 	case len(c.Admins) != 1 && len(c.Admins) != len(c.Servers):
@@ -242,6 +261,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	switch {
+	case managed:
 	case len(c.AdminTokens) == 0 || slices.Contains(c.AdminTokens, ""):
 		bad("no operator token: the bulk registration needs the server's <data>/admin.token")
 	case len(c.AdminTokens) != 1 && len(c.AdminTokens) != len(c.Servers):
@@ -334,6 +354,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		err = r.churn(ctx)
 	case ScenarioAttack:
 		err = r.attack(ctx)
+	case ScenarioChaos:
+		err = r.chaos(ctx)
 	}
 	if err != nil {
 		return nil, err
@@ -564,7 +586,13 @@ type Result struct {
 	keys  []string
 	vals  map[string]any
 	notes map[string]string
+	// failure says why the run failed its own check (chaos: loss or duplicates); "" if it did not.
+	failure string
 }
+
+// Failure says why the run failed its own check (chaos: acked messages lost, or shown twice),
+// or "" if it passed or the scenario has no such check.
+func (r *Result) Failure() string { return r.failure }
 
 func newResult() *Result { return &Result{vals: map[string]any{}, notes: map[string]string{}} }
 
