@@ -232,6 +232,9 @@ type chaosDevice struct {
 	server      string    // the URL of the current connection ("" none)
 	outage      time.Time // when the current outage began (zero: none)
 	reconnected bool      // connected again since outage
+	outageFrom  string    // the URL the device was connected to when the outage began
+	attempts    int       // connection attempts that failed during the outage
+	connectedAt time.Time // the last Connected during the outage
 	ready       bool      // had its first QueueEmpty
 }
 
@@ -614,8 +617,30 @@ func (cr *chaosRun) served(d *chaosDevice, began, now time.Time) {
 	if d.outage.IsZero() || !d.reconnected && !began.After(d.outage) {
 		return
 	}
-	cr.failover.Record(now.Sub(d.outage))
-	d.outage, d.reconnected = time.Time{}, false
+	took := now.Sub(d.outage)
+	cr.failover.Record(took)
+	if took >= slowFailover {
+		conn := "no reconnect"
+		if d.reconnected {
+			conn = fmt.Sprintf("connected %.1fs in", d.connectedAt.Sub(d.outage).Seconds())
+		}
+		cr.logf("chaos: %s device %d served again on %s %.1fs after its outage began (at +%.1fs, on %s; %d failed attempts, %s)", cr.at(), d.idx,
+			cr.nodeName(d.server), took.Seconds(), d.outage.Sub(cr.start).Seconds(), cr.nodeName(d.outageFrom), d.attempts, conn)
+	}
+	d.outage, d.reconnected, d.attempts = time.Time{}, false, 0
+}
+
+// slowFailover is the failover time past which each one is logged.
+const slowFailover = 2 * time.Second
+
+func (cr *chaosRun) nodeName(url string) string {
+	if nd := cr.nodes.byURL(url); nd != nil {
+		return nd.name
+	}
+	if url == "" {
+		return "-"
+	}
+	return url
 }
 
 // eventLoop reads one device's events for the whole run.
@@ -633,7 +658,7 @@ func (cr *chaosRun) eventLoop(ctx context.Context, d *chaosDevice) {
 			d.mu.Lock()
 			d.server = e.Server
 			if !d.outage.IsZero() {
-				d.reconnected = true
+				d.reconnected, d.connectedAt = true, now
 			}
 			d.mu.Unlock()
 		case *client.QueueEmpty:
@@ -644,10 +669,12 @@ func (cr *chaosRun) eventLoop(ctx context.Context, d *chaosDevice) {
 		case *client.Disconnected:
 			cr.error("disconnect", chaosErrKind(e.Err), e.Err)
 			d.mu.Lock()
-			d.server = ""
 			if d.outage.IsZero() {
-				d.outage = now
+				d.outage, d.outageFrom = now, d.server
+			} else if d.server == "" {
+				d.attempts++
 			}
+			d.server = ""
 			d.reconnected = false
 			d.mu.Unlock()
 		case *client.Message:
@@ -862,7 +889,7 @@ func (cr *chaosRun) markOutage(url string, t time.Time) {
 	for _, d := range cr.devices {
 		d.mu.Lock()
 		if d.online && d.server == url && d.outage.IsZero() {
-			d.outage, d.reconnected = t, false
+			d.outage, d.reconnected, d.outageFrom = t, false, url
 		}
 		d.mu.Unlock()
 	}
