@@ -16,6 +16,9 @@
 //   - attack: hostile sockets (floods, pipelines, oversized frames and bodies, half requests)
 //     against one server process; its RSS before, at the peak and after, its CPU, and whether a
 //     well-behaved probe client kept being served (see attack.go).
+//   - chaos: SDK devices send through a cluster (nodes it starts itself, or given ones) while
+//     nodes are killed, SIGTERMed, restarted and partitioned; acked, delivered, lost, shown
+//     twice, failover times, errors by kind (see chaos.go).
 //
 // Only loopback servers are accepted. Past MaxConnsPerProcess connections the generator spreads
 // itself over worker processes (see RunWorker), each dialing from its own loopback source address,
