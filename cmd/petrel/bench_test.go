@@ -184,6 +184,7 @@ func TestProcessBenchChaos(t *testing.T) {
 	})
 	for _, mode := range []string{"loss", "duplicate"} {
 		t.Run("self-test "+mode, func(t *testing.T) {
+			t.Parallel()
 			m, code, out := chaos(t, "--duration", "1s", "--faults", "none", "--offline-share", "0", "--drain-timeout", "3s", "--self-test", mode)
 			if code != 1 || !strings.Contains(out, "FAILED") {
 				t.Fatalf("exit %d, want 1 with FAILED:\n%s", code, out)

@@ -260,8 +260,10 @@ type chaosRun struct {
 	managed bool
 	devices []*chaosDevice
 	streams []*chaosStream
-	start   time.Time // when traffic began
-	wg      sync.WaitGroup
+	start   time.Time // when traffic began; set before measuring
+	// measuring is set when traffic begins: outages end into the failover histogram only then.
+	measuring atomic.Bool
+	wg        sync.WaitGroup
 
 	failover, latency, ack *hist
 	sent, acked            atomic.Int64
@@ -306,7 +308,7 @@ func (r *run) chaos(ctx context.Context) (err error) {
 		cancelRun()
 		cr.closeDevices()
 		cr.wg.Wait()
-		cr.nodes.stop(cr.managed, 30*time.Second)
+		cr.nodes.stop(cr.managed, 10*time.Second)
 	}()
 	if cr.managed {
 		r.logf("chaos: starting %d nodes (data and logs in %s) …", cc.Nodes, dir)
@@ -341,16 +343,16 @@ func (r *run) chaos(ctx context.Context) (err error) {
 	if err := cr.openDevices(runCtx, dir, accts, keys); err != nil {
 		return err
 	}
-	if cr.failover.Count() > 0 || cr.errCount() > 0 {
-		r.logf("chaos: %d outages, %d errors while connecting (not counted)", cr.failover.Count(), cr.errCount())
+	if n := cr.errCount(); n > 0 {
+		r.logf("chaos: %d errors while connecting (not counted)", n)
 	}
-	cr.failover = newHist()
 	cr.mu.Lock()
 	cr.errs = map[string]int64{}
 	cr.mu.Unlock()
+	cr.start = time.Now()
+	cr.measuring.Store(true)
 
 	// Traffic, offline turns and faults, for Duration.
-	cr.start = time.Now()
 	trafficEnd := cr.start.Add(cfg.Duration)
 	c0 := cr.sampleCPU()
 	stopProgress := r.progress("chaos", cfg.Duration, func() string {
@@ -618,6 +620,10 @@ func (cr *chaosRun) served(d *chaosDevice, began, now time.Time) {
 		return
 	}
 	took := now.Sub(d.outage)
+	if !cr.measuring.Load() {
+		d.outage, d.reconnected, d.attempts = time.Time{}, false, 0
+		return
+	}
 	cr.failover.Record(took)
 	if took >= slowFailover {
 		conn := "no reconnect"
@@ -982,7 +988,7 @@ func (cr *chaosRun) error(where, kind string, err error) {
 	cr.mu.Unlock()
 	if first && err != nil {
 		at := ""
-		if !cr.start.IsZero() {
+		if cr.measuring.Load() {
 			at = cr.at() + " "
 		}
 		cr.logf("chaos: %sfirst %s, e.g.: %v", at, key, err)

@@ -411,23 +411,17 @@ func (cn *chaosNodes) cpu() time.Duration {
 	return d
 }
 
-// stop heals every route and stops the nodes chaos started (SIGTERM, then SIGKILL after
-// bound) and waits for them. External nodes are left running, restarted ones too (in their own
+// stop heals every route and kills the nodes chaos started (kill -9: the run is over and their
+// state on disk is consistent anyway, as the run just showed) and waits for them. External nodes are left running, restarted ones too (in their own
 // session); the goroutines waiting for those end when they exit or this process does.
 func (cn *chaosNodes) stop(managed bool, bound time.Duration) {
 	for _, nd := range cn.nodes {
 		nd.setCut(false)
 	}
 	if managed {
-		var wg sync.WaitGroup
 		for _, nd := range cn.nodes {
-			wg.Go(func() {
-				if err := nd.signal(syscall.SIGTERM, bound); err != nil {
-					_ = nd.signal(syscall.SIGKILL, 10*time.Second)
-				}
-			})
+			_ = nd.signal(syscall.SIGKILL, bound)
 		}
-		wg.Wait()
 	}
 	cn.stopWatch()
 	for _, p := range cn.proxies {
