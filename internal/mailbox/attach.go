@@ -605,7 +605,7 @@ const staleRereads = 3
 // and pushes it; if there is none, the envelopes announced up to want are gone (acked on another
 // connection and purged, or expired) and the drain stops waiting for them.
 func (a *Attachment) readLeader(from, want uint64) error {
-	ctx, cancel := a.m.ctxLeaderRead()
+	ctx, cancel := a.m.ctxStore()
 	defer cancel()
 	shard := a.m.bus.Shard(a.dev)
 	a.m.metrics.leaderReads.Inc()
@@ -645,7 +645,7 @@ func (a *Attachment) settle() error {
 	a.mu.Lock()
 	from := a.nextSeq
 	a.mu.Unlock()
-	ctx, cancel := a.m.ctxLeaderRead()
+	ctx, cancel := a.m.ctxStore()
 	defer cancel()
 	a.m.metrics.leaderReads.Inc()
 	seq, data, found, err := a.m.leaderGet(ctx, bus.InboxStreamName(a.m.bus.Shard(a.dev)), a.m.bus.InboxSubject(a.dev), from)

@@ -589,13 +589,3 @@ func (m *Mailbox) Healthy() bool { return !m.closed.Load() && m.bus.Healthy() }
 func (m *Mailbox) ctxStore() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), m.cfg.StoreTimeout)
 }
-
-// leaderReadTimeout bounds one leader read (readLeader, settle). While a stream has no leader
-// (its node was just killed, an election runs) the request is not answered at all; the drain
-// asks again, with backoff, so a device is served within about this long of the new leader
-// rather than after a whole StoreTimeout per attempt.
-const leaderReadTimeout = 2 * time.Second
-
-func (m *Mailbox) ctxLeaderRead() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), min(leaderReadTimeout, m.cfg.StoreTimeout))
-}
