@@ -390,14 +390,12 @@ func (r *run) chaos(ctx context.Context) (err error) {
 		}
 	}
 	lost := cr.drain(runCtx)
-	cr.applyLateAcks()
-	lost = cr.lost()
 
 	// The verdict.
-	var unacked, deliveredUnacked int64
+	unacked := cr.sent.Load() - cr.acked.Load()
+	var deliveredUnacked int64
 	for _, s := range cr.streams {
 		s.mu.Lock()
-		unacked += int64(len(s.pending))
 		deliveredUnacked += int64(s.got.andNotCount(&s.acked))
 		s.mu.Unlock()
 	}
