@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -993,8 +994,11 @@ func (cr *chaosRun) error(where, kind string, err error) {
 	}
 }
 
+// httpStatusRE finds the HTTP status of a refused WebSocket upgrade in the SDK's dial error.
+var httpStatusRE = regexp.MustCompile(`status code 101 but got (\d{3})`)
+
 // chaosErrKind names an error for the tally: the server's code, "goaway_" + the code of a GoAway,
-// or what happened to the connection.
+// "http_" + the status of a refused upgrade, or what happened to the connection.
 func chaosErrKind(err error) string {
 	var ce *client.Error
 	if errors.As(err, &ce) {
@@ -1011,6 +1015,9 @@ func chaosErrKind(err error) string {
 		return "goaway"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "connection_refused"
+	case httpStatusRE.MatchString(err.Error()):
+		// A refused WebSocket upgrade: "… status code 101 but got 503".
+		return "http_" + httpStatusRE.FindStringSubmatch(err.Error())[1]
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
 		return "connection_reset"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
