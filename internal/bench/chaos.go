@@ -629,8 +629,8 @@ func (cr *chaosRun) served(d *chaosDevice, began, now time.Time) {
 		if d.reconnected {
 			conn = fmt.Sprintf("connected %.1fs in", d.connectedAt.Sub(d.outage).Seconds())
 		}
-		cr.logf("chaos: %s device %d served again on %s %.1fs after its outage began (at +%.1fs, on %s; %d failed attempts, %s)", cr.at(), d.idx,
-			cr.nodeName(d.server), took.Seconds(), d.outage.Sub(cr.start).Seconds(), cr.nodeName(d.outageFrom), d.attempts, conn)
+		cr.logf("chaos: %s device %d (%s) served again on %s %.1fs after its outage began (at +%.1fs, on %s; %d failed attempts, %s)", cr.at(), d.idx,
+			d.acct.DeviceID, cr.nodeName(d.server), took.Seconds(), d.outage.Sub(cr.start).Seconds(), cr.nodeName(d.outageFrom), d.attempts, conn)
 	}
 	d.outage, d.reconnected, d.attempts = time.Time{}, false, 0
 }
