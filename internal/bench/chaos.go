@@ -273,6 +273,7 @@ type chaosRun struct {
 	censored               atomic.Int64
 	kills, terms, parts    atomic.Int64
 	restarts               atomic.Int64
+	crashRestarts          atomic.Int64
 
 	mu       sync.Mutex // guards the following fields
 	errs     map[string]int64
@@ -333,6 +334,9 @@ func (r *run) chaos(ctx context.Context) (err error) {
 	}
 	if err := cr.nodes.waitReady(runCtx, 2*time.Minute); err != nil {
 		return err
+	}
+	for _, nd := range cr.nodes.nodes {
+		nd.onExit = func(nd *chaosNode, err error) { cr.crashed(runCtx, nd, err) }
 	}
 	r.logf("chaos: %d nodes ready: %s", len(cr.nodes.nodes), strings.Join(cfg.Servers, " "))
 	r.res.set("nodes", int64(len(cr.nodes.nodes)), map[bool]string{true: "started by chaos", false: "given with --server"}[cr.managed])
@@ -416,7 +420,11 @@ func (r *run) chaos(ctx context.Context) (err error) {
 	res.set("kills", cr.kills.Load(), "kill -9 of a node")
 	res.set("sigterms", cr.terms.Load(), "SIGTERM (graceful drain) of a node")
 	res.set("partitions", cr.parts.Load(), "a node's cluster routes cut both ways")
-	res.set("restarts", cr.restarts.Load(), "nodes started again after a kill or SIGTERM")
+	res.set("restarts", cr.restarts.Load(), "nodes started again (after a kill, a SIGTERM, or exiting by themselves)")
+	cr.mu.Lock()
+	exits := cr.errs["node:exited"]
+	cr.mu.Unlock()
+	res.set("node_exits", exits, "node processes that exited by themselves (a bug: each is logged with its last words, and started again)")
 	res.set("sent", cr.sent.Load(), "Send calls")
 	res.set("acked", cr.acked.Load(), "sends the server acked (late acks of timed-out sends included)")
 	res.set("unacked", unacked, "sends never acked by the end (still in the sender's outbox, or refused)")
@@ -471,6 +479,9 @@ func (r *run) chaos(ctx context.Context) (err error) {
 	if len(why) > 0 {
 		verdict = "FAILED: " + strings.Join(why, "; ")
 		keep = true
+	}
+	if verdict == "ok" && exits > 0 {
+		verdict = fmt.Sprintf("ok (no loss, no duplicate), but %d node exits", exits)
 	}
 	res.set("verdict", verdict, "")
 	if len(why) > 0 {
@@ -887,6 +898,31 @@ func (cr *chaosRun) fault(trafficCtx, runCtx context.Context, nd *chaosNode, kin
 	if err := cr.nodes.waitReady(runCtx, 2*time.Minute); err == nil {
 		cr.logf("chaos: %s every node ready again (%.1fs)", cr.at(), time.Since(start).Seconds())
 	}
+}
+
+// maxCrashRestarts bounds the restarts of nodes that exited by themselves, per run.
+const maxCrashRestarts = 20
+
+// crashed handles a node process that exited without chaos signalling it: a bug (a node must
+// survive any fault chaos injects). It is counted and logged with the node's last words, and the
+// node is started again after a second, as a supervisor (systemd's Restart=on-failure) would.
+func (cr *chaosRun) crashed(ctx context.Context, nd *chaosNode, err error) {
+	at := ""
+	if cr.measuring.Load() {
+		at = cr.at() + " "
+	}
+	cr.logf("chaos: %s%s EXITED BY ITSELF (%v); its last log line: %s", at, nd.name, err, nd.lastLogLine())
+	cr.error("node", "exited", err)
+	if cr.crashRestarts.Add(1) > maxCrashRestarts || sleepCtx(ctx, time.Second) != nil {
+		return
+	}
+	if err := nd.launch(&cr.nodes.wg); err != nil {
+		cr.error("node", "restart", err)
+		return
+	}
+	cr.restarts.Add(1)
+	pid, _ := nd.running()
+	cr.logf("chaos: %s%s started again after it exited (pid %d)", at, nd.name, pid)
 }
 
 // markOutage opens an outage at t for every online device connected to the node at url.

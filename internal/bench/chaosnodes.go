@@ -41,13 +41,18 @@ type chaosNode struct {
 	// detach starts the process in its own session, outliving chaos (restarts of external nodes).
 	detach bool
 
-	mu      sync.Mutex // guards the following fields
-	pid     int
-	done    chan struct{} // closed when the current process has exited
-	cpuDead time.Duration // CPU time of the node's processes that have exited
-	cpuLast time.Duration // last CPU reading of the running process
-	starts  int
-	cut     bool
+	// onExit, if set, is called (on the goroutine that waited) when a process exits that chaos
+	// did not signal: a crash.
+	onExit func(n *chaosNode, err error)
+
+	mu       sync.Mutex // guards the following fields
+	pid      int
+	done     chan struct{} // closed when the current process has exited
+	signaled bool          // chaos signalled the current process
+	cpuDead  time.Duration // CPU time of the node's processes that have exited
+	cpuLast  time.Duration // last CPU reading of the running process
+	starts   int
+	cut      bool
 }
 
 // launch starts the node's process (again); wg owns the goroutine that waits for it.
@@ -71,21 +76,48 @@ func (n *chaosNode) launch(wg *sync.WaitGroup) error {
 	}
 	done := make(chan struct{})
 	n.mu.Lock()
-	n.pid, n.done = cmd.Process.Pid, done
+	n.pid, n.done, n.signaled = cmd.Process.Pid, done, false
 	n.starts++
 	n.mu.Unlock()
 	wg.Go(func() {
-		_ = cmd.Wait()
+		err := cmd.Wait()
 		f.Close()
 		n.mu.Lock()
 		if st := cmd.ProcessState; st != nil {
 			n.cpuDead += st.UserTime() + st.SystemTime()
 		}
 		n.cpuLast = 0
+		crashed := !n.signaled
 		n.mu.Unlock()
 		close(done)
+		if crashed && n.onExit != nil {
+			if err == nil {
+				err = errors.New("exit status 0")
+			}
+			n.onExit(n, err)
+		}
 	})
 	return nil
+}
+
+// lastLogLine returns the last non-empty line of the node's log (its last words when it exits).
+func (n *chaosNode) lastLogLine() string {
+	f, err := os.Open(n.logs)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := max(0, st.Size()-1024)
+	b := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(b, off); err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1]
 }
 
 // adopt watches an external process (not our child): done closes when /proc/PID vanishes.
@@ -144,6 +176,9 @@ func (n *chaosNode) signal(sig syscall.Signal, bound time.Duration) error {
 		return nil
 	default:
 	}
+	n.mu.Lock()
+	n.signaled = true
+	n.mu.Unlock()
 	if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("%s: kill -%d %d: %w", n.name, sig, pid, err)
 	}
