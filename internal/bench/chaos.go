@@ -237,6 +237,9 @@ type chaosDevice struct {
 	attempts    int       // connection attempts that failed during the outage
 	connectedAt time.Time // the last Connected during the outage
 	ready       bool      // had its first QueueEmpty
+	// shown holds the ids of messages shown, and how: 1 a Message event, 2 Unseen (what an
+	// application shows when it starts: messages persisted while it was not listening).
+	shown map[string]byte
 }
 
 // chaosStream is sender → receiver; every message carries its stream and sequence number.
@@ -274,6 +277,7 @@ type chaosRun struct {
 	kills, terms, parts    atomic.Int64
 	restarts               atomic.Int64
 	crashRestarts          atomic.Int64
+	fromUnseen             atomic.Int64
 
 	mu       sync.Mutex // guards the following fields
 	errs     map[string]int64
@@ -395,6 +399,19 @@ func (r *run) chaos(ctx context.Context) (err error) {
 		}
 	}
 	lost := cr.drain(runCtx)
+	if lost > 0 {
+		// What an application shows when it comes to the foreground: messages the SDK persisted
+		// while their events did not reach it.
+		for _, d := range cr.devices {
+			d.mu.Lock()
+			c := d.c
+			d.mu.Unlock()
+			cr.showUnseen(d, c)
+		}
+		lost = cr.lost()
+		cr.logf("chaos: after showing unseen messages: %d acked messages not shown", lost)
+	}
+	cr.logLost(10)
 
 	// The verdict.
 	unacked := cr.sent.Load() - cr.acked.Load()
@@ -431,6 +448,7 @@ func (r *run) chaos(ctx context.Context) (err error) {
 	res.set("delivered", cr.delivered.Load(), "unique messages shown to the receiving application")
 	res.set("delivered_unacked", deliveredUnacked, "delivered although the sender never saw the ack (not a loss)")
 	res.set("lost", lost, "acked but never shown: must be 0")
+	res.set("shown_from_unseen", cr.fromUnseen.Load(), "shown only through Client.Unseen (persisted while no event reached the application)")
 	res.set("duplicates", cr.dups.Load(), "shown twice (after the SDK's dedup): must be 0")
 	res.set("skipped", cr.skipped.Load(), "scheduled sends not made: the sender had --window sends in flight")
 	res.set("failovers", int64(cr.failover.Count()), "a client's connection broke (or its node was killed or cut off) and it was served again")
@@ -582,6 +600,9 @@ func (cr *chaosRun) startDevice(ctx context.Context, d *chaosDevice) error {
 	if err != nil {
 		return fmt.Errorf("device %d: %w", d.idx, err)
 	}
+	d.mu.Unlock()
+	cr.showUnseen(d, c)
+	d.mu.Lock()
 	done := make(chan struct{})
 	d.c, d.runDone, d.online, d.server, d.outage, d.reconnected = c, done, true, "", time.Time{}, false
 	cr.wg.Go(func() {
@@ -694,7 +715,13 @@ func (cr *chaosRun) eventLoop(ctx context.Context, d *chaosDevice) {
 			d.reconnected = false
 			d.mu.Unlock()
 		case *client.Message:
-			cr.received(d, e, now)
+			cr.received(d, e, now, viaEvent)
+			d.mu.Lock()
+			c := d.c
+			d.mu.Unlock()
+			if err := c.MarkSeen(e.Seq); err != nil {
+				cr.error("receive", "mark_seen", err)
+			}
 		case *client.DecryptFailed:
 			cr.error("receive", "decrypt_failed", e.Err)
 		case *client.SendFailed:
@@ -703,8 +730,55 @@ func (cr *chaosRun) eventLoop(ctx context.Context, d *chaosDevice) {
 	}
 }
 
+// How a message reached the application.
+const (
+	viaEvent  byte = 1 // a client.Message event
+	viaUnseen byte = 2 // Client.Unseen, when the device starts and at the end
+)
+
+// showUnseen shows what an application shows when it starts: the received messages not marked
+// seen (persisted by the SDK while no event reached the application), and marks them seen.
+func (cr *chaosRun) showUnseen(d *chaosDevice, c *client.Client) {
+	for range 1000 {
+		msgs, err := c.Unseen(256)
+		if err != nil {
+			cr.error("receive", "unseen", err)
+			return
+		}
+		if len(msgs) == 0 {
+			return
+		}
+		seqs := make([]uint64, 0, len(msgs))
+		for _, m := range msgs {
+			cr.received(d, m, time.Now(), viaUnseen)
+			seqs = append(seqs, m.Seq)
+		}
+		if err := c.MarkSeen(seqs...); err != nil {
+			cr.error("receive", "mark_seen", err)
+			return
+		}
+	}
+}
+
 // received tallies a message shown to the application.
-func (cr *chaosRun) received(d *chaosDevice, m *client.Message, now time.Time) {
+func (cr *chaosRun) received(d *chaosDevice, m *client.Message, now time.Time, via byte) {
+	d.mu.Lock()
+	if d.shown == nil {
+		d.shown = map[string]byte{}
+	}
+	prev := d.shown[m.ID]
+	if prev == 0 {
+		d.shown[m.ID] = via
+	}
+	d.mu.Unlock()
+	if prev != 0 && prev != via {
+		// Shown once through each path (its event was in flight while Unseen listed it): one
+		// display. The same path twice is the SDK's duplicate, counted below.
+		return
+	}
+	if via == viaUnseen {
+		cr.fromUnseen.Add(1)
+	}
 	seq, ts, si, ok := parseE2EEText(m.Text)
 	if !ok || si < 0 || si >= len(cr.streams) || cr.streams[si].to != d || m.From != cr.streams[si].from.acct.Name {
 		cr.error("receive", "bad_payload", nil)
@@ -946,6 +1020,25 @@ func (cr *chaosRun) unfinishedOutages() int64 {
 		d.mu.Unlock()
 	}
 	return n
+}
+
+// logLost names up to n acked messages not shown (stream, sequence, receiving device).
+func (cr *chaosRun) logLost(n int) {
+	for _, st := range cr.streams {
+		st.mu.Lock()
+		for k, w := range st.acked.w {
+			if k < len(st.got.w) {
+				w &^= st.got.w[k]
+			}
+			for b := range 64 {
+				if w&(1<<b) != 0 && n > 0 {
+					n--
+					cr.logf("chaos: lost: stream %d sequence %d (device %d → device %d, %s)", st.idx, uint64(k)*64+uint64(b), st.from.idx, st.to.idx, st.to.acct.DeviceID)
+				}
+			}
+		}
+		st.mu.Unlock()
+	}
 }
 
 // lost counts acked messages not (yet) shown.
