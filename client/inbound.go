@@ -85,8 +85,11 @@ func (l *link) processBatch(ctx context.Context, batch []inboundItem) error {
 	if receipt {
 		c.kickOutbox()
 	}
+	// Reported with Run's context, not the connection's: they are in the store now, and a
+	// redelivery would be dropped as a duplicate, so an event given up here would never reach
+	// the application while it runs (only Unseen would show it).
 	for _, ev := range events {
-		if !c.emit(ctx, ev) {
+		if !c.emit(l.runCtx, ev) {
 			return ackErr
 		}
 	}

@@ -27,7 +27,10 @@ const (
 // link is one authenticated connection and the goroutines that serve it: the reader (owns reads),
 // the inbound worker (decrypt, persist, ack), the sender (prekeys, outbox) and the keep-alive.
 type link struct {
-	c       *Client
+	c *Client
+	// runCtx is Run's context (the link's own ends with the connection): events of a committed
+	// batch are reported with it, so a connection that drops meanwhile does not swallow them.
+	runCtx  context.Context
 	conn    *conn
 	welcome *petrelv1.Welcome
 	inbound chan inboundItem
@@ -74,7 +77,7 @@ func (c *Client) runLink(ctx context.Context, url string) (connected bool, err e
 		return true, ctx.Err()
 	}
 
-	l := &link{c: c, conn: cn, welcome: welcome,
+	l := &link{c: c, runCtx: ctx, conn: cn, welcome: welcome,
 		inbound: make(chan inboundItem, inboundQueue), queueEmpty: make(chan struct{}),
 		otkLeft: welcome.GetOneTimePrekeysLeft(), kemLeft: welcome.GetKemPrekeysLeft()}
 	lctx, lcancel := context.WithCancelCause(ctx)

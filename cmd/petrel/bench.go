@@ -37,8 +37,22 @@ const benchHelp = `scenarios:
   accounts --server-pid PID [--accounts N] [--prekeys K] [--settle D] [--existing N] [--baseline-rss SIZE]
                                                                 registered accounts, none connected:
                                                                 the server's RSS per account
+  chaos    [--nodes N] --duration D [--fault-interval MIN-MAX] [--faults kill,term,partition]
+           [--devices N] [--rate R] [--seed S] [--json FILE]
+                                                                SDK devices (E2EE) send through a
+                                                                cluster while nodes are killed -9,
+                                                                SIGTERMed, restarted, partitioned;
+                                                                then acked, delivered, lost, shown
+                                                                twice, failover p50/p99, errors by
+                                                                kind; exit 1 if anything acked was
+                                                                lost or shown twice. Without
+                                                                --server it starts the nodes itself
+                                                                on loopback (routes through its own
+                                                                fault-injecting proxies); with
+                                                                --server and --server-pid it kills
+                                                                and restarts the given ones
 
-Synthetic accounts are registered with the operator token (--admin-token-file, or env
+Synthetic accounts are registered (chaos without --server: on the nodes it started) with the operator token (--admin-token-file, or env
 PETREL_ADMIN_TOKEN) on the servers' admin listeners (--admin, or the admin.addr beside each
 token file). Only loopback servers are accepted. See README.md ("petrel bench").
 `
@@ -112,6 +126,38 @@ func runBench(ctx context.Context, e *env, args []string) int {
 			a.BaselineRSS = n
 			return err
 		})
+	case bench.ScenarioChaos:
+		c := &cfg.Chaos
+		fs.IntVar(&c.Nodes, "nodes", 3, "node processes to start, clustered on loopback (without --server)")
+		fs.DurationVar(&cfg.Duration, "duration", time.Minute, "how long traffic and faults run")
+		fs.IntVar(&c.Devices, "devices", 40, "SDK devices (E2EE, in this process): half send, each to its own receiver")
+		fs.Float64Var(&cfg.Rate, "rate", 100, "offered msgs/s across all senders")
+		fs.IntVar(&cfg.Window, "window", 32, "Send calls in flight per sender; a scheduled send past it is skipped (counted)")
+		fs.IntVar(&cfg.Size, "size", 300, "message text bytes (before E2EE)")
+		fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", time.Minute, "bound on waiting, after the faults stop and every node is back, for every acked message to be shown")
+		fs.DurationVar(&c.SendTimeout, "send-timeout", 30*time.Second, "bound on one Send; the message stays in the SDK's outbox and counts as acked if acked later")
+		spanFlag := func(dst *bench.Span, name, def, usage string) {
+			*dst, _ = bench.ParseSpan(def)
+			fs.Func(name, usage+" (`MIN-MAX` or one duration; default "+def+")", func(v string) error {
+				sp, err := bench.ParseSpan(v)
+				*dst = sp
+				return err
+			})
+		}
+		spanFlag(&c.FaultEvery, "fault-interval", "30s-90s", "time from one fault's end (every node ready again) to the next, picked at random")
+		spanFlag(&c.Down, "down", "2s-10s", "how long a killed or SIGTERMed node stays down, or a partition lasts")
+		spanFlag(&c.Online, "online", "3s-10s", "how long an offline-cycling receiver stays connected")
+		spanFlag(&c.Offline, "offline", "2s-8s", "how long an offline-cycling receiver stays away")
+		fs.Func("faults", "fault kinds, comma-separated: kill, term, partition, or none (default kill,term,partition; kill,term with --server)", func(v string) error {
+			c.Faults = splitComma(v)
+			return nil
+		})
+		fs.Float64Var(&c.OfflineShare, "offline-share", 0.25, "share of receivers that go offline and come back in turns (their messages are stored and drained); 0 for none")
+		fs.Uint64Var(&c.Seed, "seed", 0, "seed of the fault schedule and offline turns (default: random, printed)")
+		fs.StringVar(&c.Dir, "dir", "", "directory for the nodes' data and logs and the devices' homes (default: a temporary one, removed unless the run fails)")
+		fs.BoolVar(&c.Keep, "keep", false, "keep --dir after a successful run")
+		fs.StringVar(&c.NodeLogLevel, "node-log-level", "info", "the nodes' --log-level (their logs go to DIR/nN.log)")
+		fs.StringVar(&c.SelfTest, "self-test", "", "falsify the tally on purpose to check the verdict: loss (leave one delivered message out) or duplicate (count one twice); the run must then fail")
 	case bench.ScenarioAttack:
 		a := &cfg.Attack
 		fs.StringVar(&a.Kind, "attack", "", "attack kind: "+strings.Join(bench.Attacks, ", "))
@@ -175,8 +221,15 @@ func runBench(ctx context.Context, e *env, args []string) int {
 	if cfg.Accounts.Settle == 0 {
 		cfg.Accounts.Settle = -1
 	}
+	if cfg.Chaos.OfflineShare == 0 {
+		cfg.Chaos.OfflineShare = -1
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	// chaos without --server starts its own nodes.
+	managed := scenario == bench.ScenarioChaos && !set["server"]
 	for _, s := range strings.Split(*servers, ",") {
-		if s = strings.TrimSpace(s); s != "" {
+		if s = strings.TrimSpace(s); s != "" && !managed {
 			cfg.Servers = append(cfg.Servers, strings.TrimRight(s, "/"))
 		}
 	}
@@ -197,18 +250,25 @@ func runBench(ctx context.Context, e *env, args []string) int {
 			return 2
 		}
 	}
-	tokenSet := false
-	fs.Visit(func(f *flag.Flag) { tokenSet = tokenSet || f.Name == "admin-token-file" })
-	toks, err := benchTokens(e, *tokenFile, tokenSet)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "petrel bench: %v\n", err)
-		return 1
+	if !managed {
+		toks, err := benchTokens(e, *tokenFile, set["admin-token-file"])
+		if err != nil {
+			fmt.Fprintf(e.stderr, "petrel bench: %v\n", err)
+			return 1
+		}
+		cfg.AdminTokens = toks
+		cfg.Admins, err = benchAdmins(e, *admins, *tokenFile)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "petrel bench: %v\n", err)
+			return 2
+		}
 	}
-	cfg.AdminTokens = toks
-	cfg.Admins, err = benchAdmins(e, *admins, *tokenFile)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "petrel bench: %v\n", err)
-		return 2
+	cfg.Chaos.NodeCommand = func(argv []string) *exec.Cmd {
+		exe, err := os.Executable()
+		if err != nil {
+			exe = os.Args[0]
+		}
+		return exec.Command(exe, argv...)
 	}
 	cfg.WorkerCommand = func(ctx context.Context) *exec.Cmd {
 		exe, err := os.Executable()
@@ -254,7 +314,21 @@ func runBench(ctx context.Context, e *env, args []string) int {
 			return 1
 		}
 	}
+	if f := res.Failure(); f != "" {
+		fmt.Fprintf(e.stderr, "petrel bench %s: FAILED: %s\n", scenario, f)
+		return 1
+	}
 	return 0
+}
+
+func splitComma(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // benchTokens reads the operator tokens (one for every server, or one per server):

@@ -131,3 +131,68 @@ func TestProcessBench(t *testing.T) {
 		}
 	})
 }
+
+// TestProcessBenchChaos runs petrel bench chaos with three node processes it starts itself: one
+// kill -9 (at least) under traffic loses nothing and shows nothing twice; and a run whose tally
+// is falsified on purpose (--self-test) fails with a non-zero exit.
+func TestProcessBenchChaos(t *testing.T) {
+	chaos := func(t *testing.T, args ...string) (map[string]any, int, string) {
+		t.Helper()
+		out := filepath.Join(t.TempDir(), "result.json")
+		cmd := exec.Command(petrelBin, append([]string{"bench", "chaos", "--nodes", "3", "--devices", "8", "--rate", "40",
+			"--node-log-level", "warn", "--dir", t.TempDir(), "--json", out}, args...)...)
+		cmd.Dir = t.TempDir()
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		code := exitCode(err)
+		b, rerr := os.ReadFile(out)
+		if rerr != nil {
+			t.Fatalf("petrel bench chaos %v: exit %d, no result: %v\nstdout:\n%s\nstderr:\n%s", args, code, rerr, stdout.String(), stderr.String())
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		return m, code, stdout.String() + stderr.String()
+	}
+	num := func(t *testing.T, m map[string]any, key string) float64 {
+		t.Helper()
+		v, ok := m[key].(float64)
+		if !ok {
+			t.Fatalf("%s = %v (%T), want a number; result %v", key, m[key], m[key], m)
+		}
+		return v
+	}
+	t.Run("kill", func(t *testing.T) {
+		// The first fault comes 1s into the 4s of traffic: at least one kill -9 is certain.
+		m, code, out := chaos(t, "--duration", "4s", "--faults", "kill", "--fault-interval", "1s", "--down", "300ms",
+			"--drain-timeout", "30s", "--seed", "7")
+		if code != 0 {
+			t.Fatalf("exit %d:\n%s", code, out)
+		}
+		for _, k := range []string{"acked", "delivered", "lost", "duplicates", "failover_p50_ms", "failover_p99_ms", "kills", "restarts", "node_cpu_pct"} {
+			num(t, m, k)
+		}
+		if num(t, m, "kills") < 1 || num(t, m, "restarts") < 1 || num(t, m, "acked") == 0 ||
+			num(t, m, "lost") != 0 || num(t, m, "duplicates") != 0 || m["verdict"] != "ok" || m["seed"] != "7" {
+			t.Errorf("result: %v\n%s", m, out)
+		}
+		if _, ok := m["errors_by_kind"].(map[string]any); !ok {
+			t.Errorf("errors_by_kind = %v", m["errors_by_kind"])
+		}
+	})
+	for _, mode := range []string{"loss", "duplicate"} {
+		t.Run("self-test "+mode, func(t *testing.T) {
+			t.Parallel()
+			m, code, out := chaos(t, "--duration", "1s", "--faults", "none", "--offline-share", "0", "--drain-timeout", "3s", "--self-test", mode)
+			if code != 1 || !strings.Contains(out, "FAILED") {
+				t.Fatalf("exit %d, want 1 with FAILED:\n%s", code, out)
+			}
+			key := map[string]string{"loss": "lost", "duplicate": "duplicates"}[mode]
+			if num(t, m, key) != 1 || !strings.HasPrefix(m["verdict"].(string), "FAILED") {
+				t.Errorf("result: %v", m)
+			}
+		})
+	}
+}

@@ -14,7 +14,7 @@ import (
 	"github.com/petrelchat/petrel/internal/server"
 )
 
-const serveUsage = "serve [--listen ADDR] [--admin-listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F] [--insecure] [--nats URL,...] [--cluster-listen ADDR --peers ADDR,... [--cluster-name NAME] [--replicas N]]"
+const serveUsage = "serve [--listen ADDR] [--admin-listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F] [--insecure] [--nats URL,...] [--cluster-listen ADDR --peers ADDR,... [--cluster-name NAME] [--cluster-advertise ADDR] [--replicas N]]"
 
 func runServe(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "serve", serveUsage)
@@ -32,6 +32,7 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	clusterListen := fs.String("cluster-listen", "", "host:port for cluster routes between the nodes' embedded NATS servers (default: none, the node runs alone; off loopback needs --insecure: routes are not encrypted yet)")
 	peers := fs.String("peers", "", "the other nodes' --cluster-listen addresses, comma-separated (this node's own may be listed); needs --cluster-listen")
 	clusterName := fs.String("cluster-name", "", "NATS cluster name, the same on every node (default petrel)")
+	clusterAdvertise := fs.String("cluster-advertise", "", "host:port the other nodes are told to reach this node's cluster listener at, for routes they learn by gossip (default: --cluster-listen); petrel bench chaos sets a closed port so that every route goes through its fault-injecting proxies")
 	replicas := fs.Int("replicas", 0, "replicas of every stream and bucket, 1..5, at most the number of nodes (default 0: 3 with 3 or more nodes or external NATS, else 1)")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
@@ -88,6 +89,9 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	}
 	if set["cluster-name"] {
 		cfg.ClusterName = *clusterName
+	}
+	if set["cluster-advertise"] {
+		cfg.ClusterAdvertise = *clusterAdvertise
 	}
 	if set["replicas"] {
 		cfg.Replicas = *replicas

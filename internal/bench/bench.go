@@ -18,6 +18,9 @@
 //   - attack: hostile sockets (floods, pipelines, oversized frames and bodies, half requests)
 //     against one server process; its RSS before, at the peak and after, its CPU, and whether a
 //     well-behaved probe client kept being served (see attack.go).
+//   - chaos: SDK devices send through a cluster (nodes it starts itself, or given ones) while
+//     nodes are killed, SIGTERMed, restarted and partitioned; acked, delivered, lost, shown
+//     twice, failover times, errors by kind (see chaos.go).
 //
 // Only loopback servers are accepted. Past MaxConnsPerProcess connections the generator spreads
 // itself over worker processes (see RunWorker), each dialing from its own loopback source address,
@@ -53,7 +56,7 @@ const (
 )
 
 // Scenarios lists the scenario names.
-var Scenarios = []string{ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn, ScenarioAttack, ScenarioAccounts}
+var Scenarios = []string{ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn, ScenarioAttack, ScenarioAccounts, ScenarioChaos}
 
 // DefaultMaxConnsPerProcess is the connection count past which the generator uses worker
 // processes (RLIMIT_NOFILE is 20,000 on the development machines).
@@ -134,6 +137,8 @@ type Config struct {
 	Attack AttackConfig
 	// Accounts shapes the accounts scenario.
 	Accounts AccountsConfig
+	// Chaos shapes the chaos scenario.
+	Chaos ChaosConfig
 }
 
 func (c *Config) setDefaults() {
@@ -160,6 +165,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Duration == 0 {
 		c.Duration = 10 * time.Second
+		if c.Scenario == ScenarioChaos {
+			c.Duration = time.Minute
+		}
 	}
 	if c.Window == 0 {
 		c.Window = 32
@@ -169,6 +177,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Rate == 0 && c.Scenario == ScenarioChurn {
 		c.Rate = 500
+	}
+	if c.Rate == 0 && c.Scenario == ScenarioChaos {
+		c.Rate = 100
 	}
 	if c.Recipients == 0 {
 		c.Recipients = 100
@@ -190,8 +201,11 @@ func (c *Config) setDefaults() {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 15 * time.Second
-		if c.Scenario == ScenarioOffline {
+		switch c.Scenario {
+		case ScenarioOffline:
 			c.DrainTimeout = 60*time.Second + time.Duration(c.Messages)*2*time.Millisecond
+		case ScenarioChaos:
+			c.DrainTimeout = time.Minute
 		}
 	}
 	if c.MaxConnsPerProcess == 0 {
@@ -209,6 +223,9 @@ func (c *Config) setDefaults() {
 	if c.Scenario == ScenarioAccounts {
 		c.Accounts.setDefaults()
 	}
+	if c.Scenario == ScenarioChaos {
+		c.Chaos.setDefaults(len(c.Servers) == 0)
+	}
 }
 
 // ErrNotLoopback reports a --server that is not on this machine.
@@ -224,10 +241,14 @@ func (c *Config) Validate() error {
 		c.Attack.validate(c, bad)
 	case ScenarioAccounts:
 		c.Accounts.validate(c, bad)
+	case ScenarioChaos:
+		c.Chaos.validate(c, bad)
 	default:
 		bad("unknown scenario %q (want one of %s)", c.Scenario, strings.Join(Scenarios, ", "))
 	}
-	if len(c.Servers) == 0 {
+	// chaos without servers starts its own nodes (and knows their admin listeners and token).
+	managed := c.Scenario == ScenarioChaos && len(c.Servers) == 0
+	if len(c.Servers) == 0 && !managed {
 		bad("no server")
 	}
 	for _, s := range c.Servers {
@@ -240,6 +261,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	switch {
+	case managed:
 	case len(c.Admins) == 0:
 		bad("no admin listener: the bulk registration goes to the server's admin listener (<data>/admin.addr)")
 	case len(c.Admins) != 1 && len(c.Admins) != len(c.Servers):
@@ -255,6 +277,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	switch {
+	case managed:
 	case len(c.AdminTokens) == 0 || slices.Contains(c.AdminTokens, ""):
 		bad("no operator token: the bulk registration needs the server's <data>/admin.token")
 	case len(c.AdminTokens) != 1 && len(c.AdminTokens) != len(c.Servers):
@@ -351,6 +374,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		err = r.attack(ctx)
 	case ScenarioAccounts:
 		err = r.accounts(ctx)
+	case ScenarioChaos:
+		err = r.chaos(ctx)
 	}
 	if err != nil {
 		return nil, err
@@ -581,7 +606,13 @@ type Result struct {
 	keys  []string
 	vals  map[string]any
 	notes map[string]string
+	// failure says why the run failed its own check (chaos: loss or duplicates); "" if it did not.
+	failure string
 }
+
+// Failure says why the run failed its own check (chaos: acked messages lost, or shown twice),
+// or "" if it passed or the scenario has no such check.
+func (r *Result) Failure() string { return r.failure }
 
 func newResult() *Result { return &Result{vals: map[string]any{}, notes: map[string]string{}} }
 

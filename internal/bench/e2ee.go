@@ -36,6 +36,22 @@ type e2eeDevice struct {
 // openE2EEDevice writes a bulk-registered device's keys into a fresh store, as client.Register
 // would have, and opens an SDK client on it.
 func openE2EEDevice(dir, server string, a *account, k *deviceKeys) (*e2eeDevice, error) {
+	st, err := newDeviceStore(dir, server, a, k)
+	if err != nil {
+		return nil, err
+	}
+	events := make(chan client.Event, 256)
+	c, err := client.Open(client.Config{Store: st, Events: events, PreKeyBatch: e2eeOneTime})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return &e2eeDevice{acct: a, st: st, c: c, events: events}, nil
+}
+
+// newDeviceStore writes a bulk-registered device's keys into a fresh store (no fsync), as
+// client.Register would have.
+func newDeviceStore(dir, server string, a *account, k *deviceKeys) (*store.Store, error) {
 	st, err := store.Open(dir, store.Options{NoSync: true})
 	if err != nil {
 		return nil, err
@@ -91,13 +107,7 @@ func openE2EEDevice(dir, server string, a *account, k *deviceKeys) (*e2eeDevice,
 		st.Close()
 		return nil, err
 	}
-	events := make(chan client.Event, 256)
-	c, err := client.Open(client.Config{Store: st, Events: events, PreKeyBatch: e2eeOneTime})
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	return &e2eeDevice{acct: a, st: st, c: c, events: events}, nil
+	return st, nil
 }
 
 // e2eePair is one SDK sender → receiver stream.

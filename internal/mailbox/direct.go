@@ -128,6 +128,10 @@ func (m *Mailbox) getBatchMsgs(ctx context.Context, stream, subject string, from
 	}
 }
 
+// leaderAttempt bounds one unanswered leader read request before it is sent again (within the
+// caller's budget, StoreTimeout).
+const leaderAttempt = 2 * time.Second
+
 // leaderGet reads the first message of subject at or after sequence from through the stream
 // leader (a JetStream API message get, not a direct get): it sees every write the leader acked,
 // where a direct get may be answered by a replica that has not applied them yet. found is false
@@ -149,7 +153,19 @@ func (m *Mailbox) leaderGet(ctx context.Context, stream, subject string, from ui
 	case <-m.stop:
 		return 0, nil, false, ErrClosed
 	}
-	msg, err := m.request(ctx, bus.MsgGetSubject(stream), req)
+	// While the stream has no leader (its node was just killed and an election runs) the request
+	// is not answered at all: ask again after leaderAttempt rather than wait out the whole
+	// budget, so a device is served about as soon as the new leader is elected.
+	var msg *nats.Msg
+	for {
+		actx, cancel := context.WithTimeout(ctx, leaderAttempt)
+		msg, err = m.request(actx, bus.MsgGetSubject(stream), req)
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			break
+		}
+		m.metrics.leaderReadRetries.Inc()
+	}
 	if err != nil {
 		return 0, nil, false, fmt.Errorf("message get from %s: %w", stream, err)
 	}

@@ -343,7 +343,11 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 }
 
 // Start subscribes to live replies and starts the shard writers and dispatchers.
-func (m *Mailbox) Start() error {
+func (m *Mailbox) Start() error { return m.StartContext(context.Background()) }
+
+// StartContext is Start; it gives up (ErrClosed) if ctx ends while the inbox shards cannot be read
+// yet (a node restarted while its cluster elects stream leaders waits for them).
+func (m *Mailbox) StartContext(ctx context.Context) error {
 	sub, err := m.nc.Subscribe(m.replyPrefix+"*", m.onReply)
 	if err != nil {
 		return fmt.Errorf("subscribe to live replies: %w", err)
@@ -356,10 +360,8 @@ func (m *Mailbox) Start() error {
 	if m.pingSub, err = m.nc.Subscribe(bus.MailboxPingSubject, func(msg *nats.Msg) { _ = msg.Respond(node) }); err != nil {
 		return fmt.Errorf("subscribe to mailbox pings: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	for i, w := range m.writers {
-		if err := w.loadUnindexed(ctx, i); err != nil {
+		if err := m.loadUnindexed(ctx, w, i); err != nil {
 			return err
 		}
 	}
@@ -381,6 +383,37 @@ func (m *Mailbox) Start() error {
 	go func() { defer m.wg.Done(); m.runResync() }()
 	return nil
 }
+
+// loadUnindexed lists shard i's stored devices, asking again until it is answered or the mailbox
+// closes: a node restarted after a crash may not reach a stream's leader until its JetStream has
+// caught up, or while the stream elects one, and must come back by itself rather than exit
+// (petrel bench chaos saw a restarted node exit on one unanswered stream info). It gives up when
+// ctx ends.
+func (m *Mailbox) loadUnindexed(ctx context.Context, w *shardWriter, i int) error {
+	start := time.Now()
+	for {
+		actx, cancel := context.WithTimeout(ctx, loadAttempt)
+		err := w.loadUnindexed(actx, i)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		m.log.Warn("inbox index: retrying", "err", err, "waited", time.Since(start).Round(time.Millisecond))
+		t := time.NewTimer(time.Second)
+		select {
+		case <-t.C:
+		case <-m.stop:
+			t.Stop()
+			return ErrClosed
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w: %w", ErrClosed, err)
+		}
+	}
+}
+
+// loadAttempt bounds one listing of a shard's stored devices at start.
+const loadAttempt = 10 * time.Second
 
 // Close stops the writers (failing queued, unacked appends) and dispatchers. Idempotent.
 func (m *Mailbox) Close() {

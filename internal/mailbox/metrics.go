@@ -28,38 +28,41 @@ type metrics struct {
 	takeovers        prometheus.Counter
 	noQuorum         prometheus.Counter
 	leaderReads      prometheus.Counter
+	// leaderReadRetries counts leader reads asked again after leaderAttempt without an answer.
+	leaderReadRetries prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		sends:            prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_sends_total", Help: "Messages acked to their senders."}),
-		deliveredLive:    prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_delivered_live_total", Help: "Envelopes acked live by their device."}),
-		stored:           prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_stored_total", Help: "Envelopes appended durably to an inbox."}),
-		purged:           prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_purged_total", Help: "Stored envelopes deleted after the device acked them."}),
-		purges:           prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_purges_total", Help: "Subject purges sent to delete acked envelopes (each covers every envelope of one device acked since the last)."}),
-		commits:          prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_commits_total", Help: "Inbox commits (each one fsync'd batch)."}),
-		commitErrors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_commit_errors_total", Help: "Failed inbox commits (none of their messages was acked)."}),
-		commitSeconds:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "petrel_mailbox_commit_seconds", Help: "Inbox commit latency.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
-		appendRejected:   prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_append_rejected_total", Help: "Appends refused because a shard writer's queue was full."}),
-		batchFallbacks:   prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_batch_fallbacks_total", Help: "Batches re-published one by one because they held a duplicate."}),
-		batchSplits:      prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_batch_splits_total", Help: "Batches refused by a stream or store limit and re-published one by one (only the refused envelopes fail)."}),
-		inboxFull:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_mailbox_inbox_full_total", Help: "Envelopes refused because the recipient's inbox, or the sender's share of it, was full (INBOX_FULL), by reason: count, bytes, sender_count, sender_bytes, stream."}, []string{"reason"}),
-		storeFull:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_store_full_total", Help: "Envelopes refused because an inbox stream or the store reached its byte limit (UNAVAILABLE, retryable)."}),
-		indexRebuilds:    prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_index_rebuilds_total", Help: "Inbox indexes rebuilt from the store (once per device with stored envelopes after a start)."}),
-		queryRateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_query_rate_limited_total", Help: "QueryQueued requests refused by the per-device rate limit."}),
-		attached:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_mailbox_attached_devices", Help: "Devices attached for delivery on this node."}),
-		busDropped:       prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_bus_dropped_total", Help: "Messages to attached devices (wake-ups, live requests, takeovers) that the bus connection dropped because their dispatch channel was full; each affected device's inbox is re-read."}),
-		leaderReads:      prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_leader_reads_total", Help: "Inbox reads sent to the stream leader on a replicated inbox: when a direct get (answered by any replica) lagged behind a wake-up's sequence, and once per attachment before it first goes live."}),
-		resyncWakes:      prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_resync_wakes_total", Help: "Wake-ups sent to devices on this node after the bus dropped messages for them (each makes the device re-read its inbox)."}),
-		crossNode:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_cross_node_deliveries_total", Help: "Envelopes sent through this node and acked live by their device over the bus (the device attached on another node), not through the node-local fast path."}),
-		noQuorum:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_no_quorum_total", Help: "Envelopes refused at once (UNAVAILABLE, not acked) because this node had no JetStream quorum."}),
-		takeovers:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_takeovers_total", Help: "Device connections on this node taken over by a newer connection of the same device, on this node or another (each told CONNECTED_ELSEWHERE)."}),
+		sends:             prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_sends_total", Help: "Messages acked to their senders."}),
+		deliveredLive:     prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_delivered_live_total", Help: "Envelopes acked live by their device."}),
+		stored:            prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_stored_total", Help: "Envelopes appended durably to an inbox."}),
+		purged:            prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_purged_total", Help: "Stored envelopes deleted after the device acked them."}),
+		purges:            prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_purges_total", Help: "Subject purges sent to delete acked envelopes (each covers every envelope of one device acked since the last)."}),
+		commits:           prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_commits_total", Help: "Inbox commits (each one fsync'd batch)."}),
+		commitErrors:      prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_commit_errors_total", Help: "Failed inbox commits (none of their messages was acked)."}),
+		commitSeconds:     prometheus.NewHistogram(prometheus.HistogramOpts{Name: "petrel_mailbox_commit_seconds", Help: "Inbox commit latency.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		appendRejected:    prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_append_rejected_total", Help: "Appends refused because a shard writer's queue was full."}),
+		batchFallbacks:    prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_batch_fallbacks_total", Help: "Batches re-published one by one because they held a duplicate."}),
+		batchSplits:       prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_batch_splits_total", Help: "Batches refused by a stream or store limit and re-published one by one (only the refused envelopes fail)."}),
+		inboxFull:         prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_mailbox_inbox_full_total", Help: "Envelopes refused because the recipient's inbox, or the sender's share of it, was full (INBOX_FULL), by reason: count, bytes, sender_count, sender_bytes, stream."}, []string{"reason"}),
+		storeFull:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_store_full_total", Help: "Envelopes refused because an inbox stream or the store reached its byte limit (UNAVAILABLE, retryable)."}),
+		indexRebuilds:     prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_index_rebuilds_total", Help: "Inbox indexes rebuilt from the store (once per device with stored envelopes after a start)."}),
+		queryRateLimited:  prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_query_rate_limited_total", Help: "QueryQueued requests refused by the per-device rate limit."}),
+		attached:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_mailbox_attached_devices", Help: "Devices attached for delivery on this node."}),
+		busDropped:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_bus_dropped_total", Help: "Messages to attached devices (wake-ups, live requests, takeovers) that the bus connection dropped because their dispatch channel was full; each affected device's inbox is re-read."}),
+		leaderReads:       prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_leader_reads_total", Help: "Inbox reads sent to the stream leader on a replicated inbox: when a direct get (answered by any replica) lagged behind a wake-up's sequence, and once per attachment before it first goes live."}),
+		leaderReadRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_leader_read_retries_total", Help: "Leader reads sent again after 2s without an answer (the stream had no leader: an election after a node died)."}),
+		resyncWakes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_resync_wakes_total", Help: "Wake-ups sent to devices on this node after the bus dropped messages for them (each makes the device re-read its inbox)."}),
+		crossNode:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_cross_node_deliveries_total", Help: "Envelopes sent through this node and acked live by their device over the bus (the device attached on another node), not through the node-local fast path."}),
+		noQuorum:          prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_no_quorum_total", Help: "Envelopes refused at once (UNAVAILABLE, not acked) because this node had no JetStream quorum."}),
+		takeovers:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_takeovers_total", Help: "Device connections on this node taken over by a newer connection of the same device, on this node or another (each told CONNECTED_ELSEWHERE)."}),
 	}
 	for _, r := range []string{reasonCount, reasonBytes, reasonSenderCount, reasonSenderBytes, reasonStream} {
 		m.inboxFull.WithLabelValues(r) // every reason shows, at 0, from the start
 	}
 	if reg != nil {
-		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.purges, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.crossNode, m.takeovers, m.noQuorum, m.leaderReads)
+		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.crossNode, m.takeovers, m.noQuorum, m.leaderReads, m.leaderReadRetries, m.purges)
 	}
 	return m
 }

@@ -110,8 +110,9 @@ type ClusterSection struct {
 	Replicas int `toml:"replicas"`
 	// ClusterAdvertise is the host:port this node tells the other nodes to reach its cluster
 	// listener at, which they use for routes they learn by gossip rather than from peers. Not in
-	// the config file: the test harness sets it to a closed port so that every route goes through
-	// its fault-injecting proxies (internal/testcluster). Default: cluster_listen.
+	// the config file (flag --cluster-advertise): the test harness and petrel bench chaos set it
+	// to a closed port so that every route goes through their fault-injecting proxies
+	// (internal/faultproxy). Default: cluster_listen.
 	ClusterAdvertise string `toml:"-"`
 }
 
@@ -594,6 +595,13 @@ func (c *Config) validateCluster() []error {
 	for _, p := range c.Peers {
 		if err := checkHostPort(p); err != nil {
 			bad("peers: %q: %v", p, err)
+		}
+	}
+	if c.ClusterAdvertise != "" {
+		if c.ClusterListen == "" {
+			bad("cluster advertise address given without cluster_listen")
+		} else if err := checkHostPort(c.ClusterAdvertise); err != nil {
+			bad("cluster advertise address %q: %v", c.ClusterAdvertise, err)
 		}
 	}
 	if c.ClusterName == "" || strings.ContainsAny(c.ClusterName, " \t\r\n.*>") {

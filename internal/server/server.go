@@ -244,7 +244,7 @@ func (s *Server) start(ctx context.Context) error {
 		Logger:            s.log.With("component", "mailbox"),
 		Registry:          s.reg,
 	})
-	if err := s.mb.Start(); err != nil {
+	if err := s.mb.StartContext(s.runCtx); err != nil {
 		return err
 	}
 	s.nodes = nodes.New(s.bus.Conn(), nodes.Config{Subject: bus.NodesSubject, Node: s.cfg.Node,

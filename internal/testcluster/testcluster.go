@@ -11,7 +11,7 @@
 // free port is found by binding 127.0.0.1:0 and closing it, so another process could take it in
 // between; on a test machine that is rare enough.
 //
-// With Options.Proxies every cluster route runs through a fault-injecting TCP proxy (proxy.go),
+// With Options.Proxies every cluster route runs through a fault-injecting TCP proxy (internal/faultproxy),
 // one per direction of each pair of nodes, and Partition/Heal cut a node off and back.
 package testcluster
 
@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/petrelchat/petrel/internal/faultproxy"
 	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/testserver"
 )
@@ -34,7 +35,7 @@ import (
 type Options struct {
 	// Config, if set, changes node i's config before its first start.
 	Config func(i int, c *server.Config)
-	// Proxies routes every cluster route through a fault-injecting Proxy, one per direction of
+	// Proxies routes every cluster route through a fault-injecting proxy (internal/faultproxy), one per direction of
 	// each pair of nodes (node i dials node j through its own proxy), so that Partition can cut a
 	// node off. Each node advertises a closed port, so no route learnt by gossip bypasses them.
 	Proxies bool
@@ -49,7 +50,7 @@ type Cluster struct {
 	base  *slog.Logger
 	nodes []*Node
 	// proxies[i][j] carries node i's routes to node j (nil without Options.Proxies, and for i == j).
-	proxies [][]*Proxy
+	proxies [][]*faultproxy.Proxy
 }
 
 // Node is one Petrel node of a cluster.
@@ -77,12 +78,17 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 	c := &Cluster{opts: opts, base: baseLogger(opts)}
 	base := c.base
 	if opts.Proxies {
-		c.proxies = make([][]*Proxy, n)
+		c.proxies = make([][]*faultproxy.Proxy, n)
 		for i := range n {
-			c.proxies[i] = make([]*Proxy, n)
+			c.proxies[i] = make([]*faultproxy.Proxy, n)
 			for j := range n {
 				if i != j {
-					c.proxies[i][j] = NewProxy(t, peers[j])
+					p, err := faultproxy.New(peers[j])
+					if err != nil {
+						t.Fatalf("testcluster: %v", err)
+					}
+					t.Cleanup(p.Close)
+					c.proxies[i][j] = p
 				}
 			}
 		}
@@ -249,16 +255,16 @@ func (c *Cluster) RestartAll(t testing.TB) {
 // ways, close their connections and refuse new ones. Needs Options.Proxies.
 func (c *Cluster) Partition(t testing.TB, i int) {
 	t.Helper()
-	c.eachProxyOf(t, i, (*Proxy).Cut)
+	c.eachProxyOf(t, i, (*faultproxy.Proxy).Cut)
 }
 
 // Heal undoes Partition(i): the nodes' routes reconnect by themselves within seconds.
 func (c *Cluster) Heal(t testing.TB, i int) {
 	t.Helper()
-	c.eachProxyOf(t, i, (*Proxy).Heal)
+	c.eachProxyOf(t, i, (*faultproxy.Proxy).Heal)
 }
 
-func (c *Cluster) eachProxyOf(t testing.TB, i int, f func(*Proxy)) {
+func (c *Cluster) eachProxyOf(t testing.TB, i int, f func(*faultproxy.Proxy)) {
 	t.Helper()
 	if c.proxies == nil {
 		t.Fatal("testcluster: partitions need Options.Proxies")

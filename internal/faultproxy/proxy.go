@@ -1,19 +1,20 @@
 // Copyright 2026 The Petrel Authors
 // SPDX-License-Identifier: Apache-2.0
 
-package testcluster
+// Package faultproxy is a fault-injecting TCP proxy on loopback, used to partition Petrel nodes
+// without firewall rules: the test harness (internal/testcluster) and `petrel bench chaos` put
+// one in front of each direction of each pair of nodes' cluster routes, and cut and heal them.
+package faultproxy
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"sync"
-	"testing"
 )
 
-// Proxy is a fault-injecting TCP proxy on loopback: it forwards every connection it accepts to a
-// target address until Cut, which closes the connections it carries and refuses new ones (they
-// are accepted and closed at once) until Heal. The test harness puts one in front of each
-// direction of each pair of nodes' cluster routes, so that a test can partition a node.
+// Proxy forwards every connection it accepts to a target address until Cut, which closes the
+// connections it carries and refuses new ones (they are accepted and closed at once) until Heal.
 type Proxy struct {
 	ln     net.Listener
 	target string
@@ -25,18 +26,20 @@ type Proxy struct {
 	conns  map[net.Conn]struct{}
 }
 
-// NewProxy listens on a random loopback port and forwards to target. It is closed when the test
-// ends.
-func NewProxy(t testing.TB, target string) *Proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// New listens on a random loopback port and forwards to target until Close.
+func New(target string) (*Proxy, error) {
+	return Listen("127.0.0.1:0", target)
+}
+
+// Listen listens on addr (host:port) and forwards to target until Close.
+func Listen(addr, target string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		t.Fatalf("testcluster: proxy listen: %v", err)
+		return nil, fmt.Errorf("faultproxy: listen: %w", err)
 	}
 	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
 	p.wg.Go(p.accept)
-	t.Cleanup(p.Close)
-	return p
+	return p, nil
 }
 
 // Addr is the proxy's listening address (host:port).

@@ -1,7 +1,7 @@
 // Copyright 2026 The Petrel Authors
 // SPDX-License-Identifier: Apache-2.0
 
-package testcluster_test
+package faultproxy_test
 
 import (
 	"bufio"
@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/petrelchat/petrel/internal/testcluster"
+	"github.com/petrelchat/petrel/internal/faultproxy"
 )
 
 // TestProxyCutAndHeal: the proxy forwards both ways; Cut closes the connections it carries and
@@ -30,7 +30,11 @@ func TestProxyCutAndHeal(t *testing.T) {
 			go func() { io.Copy(c, c); c.Close() }()
 		}
 	}()
-	p := testcluster.NewProxy(t, ln.Addr().String())
+	p, err := faultproxy.New(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
 
 	echo := func(c net.Conn) error {
 		c.SetDeadline(time.Now().Add(5 * time.Second))
