@@ -241,6 +241,20 @@ func (a *Attachment) onMsg(msg *nats.Msg) {
 		}
 	case kindLive:
 		a.onLive(msg)
+	case kindRelease:
+		a.release(string(msg.Data[1:]))
+	}
+}
+
+// release forgets a ticket whose store failed for certain (see kindRelease) and lets a drain that
+// waits for it go on.
+func (a *Attachment) release(ticket string) {
+	a.mu.Lock()
+	_, had := a.tickets[ticket]
+	delete(a.tickets, ticket)
+	a.mu.Unlock()
+	if had {
+		a.signal()
 	}
 }
 

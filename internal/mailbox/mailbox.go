@@ -65,6 +65,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -195,6 +196,11 @@ const (
 	// follows (+ a ticket, optional). A direct get may be answered by a replica that has not yet
 	// applied what the leader acked: the drain reads on until it has seen that sequence.
 	kindWakeSeq = 'v'
+	// kindRelease + a ticket: the store of the refused envelope failed for certain (nothing was
+	// stored, the sender was not acked): the attachment forgets the ticket at once instead of
+	// waiting for it to expire (2 × StoreTimeout), which held a failed-over device's drain, and
+	// so its first QueueEmpty, while its inbox stream elected a leader.
+	kindRelease = 'r'
 	// kindClaim (takeover.go): another attachment of the device claimed it.
 )
 
@@ -623,6 +629,15 @@ func (m *Mailbox) Store(deviceID, dedupeID string, envelope []byte, done func(er
 
 // store is Store with the ticket of the attachment that refused the envelope, if any.
 func (m *Mailbox) store(deviceID, dedupeID, ticket string, envelope []byte, done func(error)) {
+	if ticket != "" {
+		stored := done
+		done = func(err error) {
+			if err != nil && notStored(err) {
+				m.releaseTicket(deviceID, ticket)
+			}
+			stored(err)
+		}
+	}
 	if m.closed.Load() {
 		done(ErrClosed)
 		return
@@ -640,6 +655,29 @@ func (m *Mailbox) store(deviceID, dedupeID, ticket string, envelope []byte, done
 		data:     envelope,
 		done:     done,
 	})
+}
+
+// notStored reports whether a store error says for certain that nothing was stored: a refusal
+// (inbox full, store full, no quorum, overloaded, closed, an error answered by the stream) or no
+// stream to answer at all. A timeout leaves it open: the commit may have landed unseen, so its
+// ticket is left to expire.
+func notStored(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	s := err.Error()
+	return !strings.Contains(s, "deadline exceeded") && !strings.Contains(s, "timeout") &&
+		!strings.Contains(s, "timed out") && !strings.Contains(s, "context canceled")
+}
+
+// releaseTicket tells the attachment that refused an envelope that its store failed for certain
+// (kindRelease), wherever the attachment is.
+func (m *Mailbox) releaseTicket(deviceID, ticket string) {
+	m.metrics.ticketsReleased.Inc()
+	_ = m.nc.Publish(bus.DeviceSubject(deviceID), append([]byte{kindRelease}, ticket...))
+	if a := m.localAttachment(deviceID); a != nil {
+		a.release(ticket)
+	}
 }
 
 // Healthy reports whether the mailbox can store (the bus is connected).

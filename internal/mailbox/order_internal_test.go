@@ -10,10 +10,12 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/petrelchat/petrel/internal/bus"
 )
@@ -403,5 +405,75 @@ func TestLiveRespectsTheWindow(t *testing.T) {
 	defer sink.mu.Unlock()
 	if sink.maxUnacked > window {
 		t.Fatalf("%d envelopes pushed and unacked at once; delivery_window is %d", sink.maxUnacked, window)
+	}
+}
+
+// A refused live delivery whose store then fails for certain (nothing stored, the sender not
+// acked: here the node has no quorum) hands its ticket back at once. Before, the drain waited for
+// the ticket to expire (2 × StoreTimeout: 20 s by default), and the device got no QueueEmpty, so
+// its client could not send, for that long after a failover (petrel bench chaos).
+func TestFailedStoreReleasesItsTicket(t *testing.T) {
+	read := newGate()
+	idle := make(chan int, 16) // pending tickets of each idle drain
+	var quorum atomic.Bool
+	quorum.Store(true)
+	// StoreTimeout is far above the test's wait: only the release can end the wait for the ticket.
+	_, m := openHooked(t, Config{StoreTimeout: 10 * time.Minute, Quorum: quorum.Load}, testHooks{
+		drainRead: func(*Attachment) { read.wait() },
+		drainIdle: func(_ *Attachment, _ bool, pending int) {
+			select {
+			case idle <- pending:
+			default:
+			}
+		},
+	}, read)
+	sink := newOrderSink()
+	a, err := m.Attach(orderDev, "c1", sink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Detach()
+	sink.ackAll(t, a)
+	read.awaitReached(t, "the drain's first read")
+
+	reply := nats.NewInbox()
+	sub, err := m.nc.SubscribeSync(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := m.nc.PublishMsg(&nats.Msg{Subject: bus.DeviceSubject(orderDev), Reply: reply, Data: encodeLive("remote-route", false, []byte("m1"))}); err != nil {
+		t.Fatal(err)
+	}
+	ans, err := sub.NextMsg(20 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ticket, refused := strings.CutPrefix(string(ans.Data), string(replyStore))
+	if !refused || ticket == "" {
+		t.Fatalf("m1 while draining: answer %q, want a refusal with a ticket", ans.Data)
+	}
+	read.release()
+	for pending := 0; pending == 0; {
+		select {
+		case pending = <-idle:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the drain never waited for the ticket")
+		}
+	}
+	quorum.Store(false) // the sender's store fails for certain
+	done := make(chan error, 1)
+	m.store(orderDev, "m1", ticket, []byte("m1"), func(err error) { done <- err })
+	if err := <-done; err == nil {
+		t.Fatal("the store succeeded without quorum")
+	}
+	select {
+	case <-sink.empty:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no QueueEmpty: the drain still waits for the ticket of a store that failed")
+	}
+	var mm dto.Metric
+	if err := m.metrics.ticketsReleased.Write(&mm); err != nil || mm.GetCounter().GetValue() != 1 {
+		t.Fatalf("tickets released = %v (%v), want 1", mm.GetCounter().GetValue(), err)
 	}
 }
