@@ -142,7 +142,6 @@ type Bus struct {
 	Devices  jetstream.KeyValue // device id → device record
 	Invites  jetstream.KeyValue // invite code → invite record
 	PreKeys  jetstream.Stream   // one-time prekeys: prekeys.otk.<device>, prekeys.kem.<device>
-	Claims   jetstream.Stream   // connection claims: claim.<device>
 	inboxes  []jetstream.Stream
 	meta     jetstream.KeyValue // deployment facts
 

@@ -22,7 +22,6 @@ const (
 	InvitesBucket  = "invites"
 	MetaBucket     = "petrel_meta"
 	PreKeysStream  = "PREKEYS"
-	ClaimsStream   = "CLAIMS"
 	inboxStreamFmt = "INBOX_%02d"
 
 	// InviteTTL is how long an unused invite code stays valid.
@@ -43,15 +42,6 @@ func (b *Bus) Shard(deviceID string) int {
 func (b *Bus) InboxSubject(deviceID string) string {
 	return fmt.Sprintf("inbox.%02d.%s", b.Shard(deviceID), deviceID)
 }
-
-// ClaimSubject holds a device's last connection claim (see ClaimsStream's doc in migrate): the
-// claim's stream sequence orders the device's connections across the cluster.
-func ClaimSubject(deviceID string) string { return "claim." + deviceID }
-
-// ClaimMaxAge is how long a connection claim is kept. Only its sequence matters, and only while
-// connections of the same device race (seconds); the stream's sequence stays monotonic after
-// claims expire.
-const ClaimMaxAge = 10 * time.Minute
 
 // NodesSubject is the core subject on which nodes announce their public URLs (package nodes).
 const NodesSubject = "petrel.nodes"
@@ -188,26 +178,6 @@ func (b *Bus) migrate(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", PreKeysStream, err)
-	}
-	// Connection claims: a node publishes one for each new device connection, and the stream
-	// sequence the publish is acked with gives the device's connections one order across the
-	// cluster (the newest wins a takeover; package mailbox). One claim per device, expiring. File
-	// storage, though nothing here must outlive the connections: a memory replica comes back
-	// empty after its node restarts, and with another node down the stream was left without a
-	// leader (TestRestartAndWipe).
-	b.Claims, err = b.ensureStream(ctx, jetstream.StreamConfig{
-		Name:              ClaimsStream,
-		Description:       "connection claims: the sequence orders one device's connections, subject claim.<device>",
-		Subjects:          []string{"claim.*"},
-		Storage:           jetstream.FileStorage,
-		Replicas:          r,
-		MaxAge:            ClaimMaxAge,
-		MaxMsgsPerSubject: 1,
-		Discard:           jetstream.DiscardOld,
-		AllowDirect:       true,
-	})
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", ClaimsStream, err)
 	}
 	inboxes := make([]jetstream.Stream, b.cfg.InboxShards)
 	maxBytes := b.cfg.InboxStreamMaxBytes

@@ -90,7 +90,8 @@ type Attachment struct {
 
 	// claimRev is this attachment's claim on its device in a cluster (0 until stored);
 	// newerClaim the highest claim announced by another attachment before it was (takeover.go).
-	claimRev, newerClaim uint64
+	claimRev   uint64
+	newerClaim claimOf
 }
 
 // Attach starts delivery to a connected device: it subscribes to its live subject, takes the

@@ -27,7 +27,8 @@
 // single node's reads are the leader's: it never waits and never asks.
 //
 // Takeover (takeover.go): one attachment per device across the cluster; of racing ones, the
-// newest claim in the claims stream stays and the others are told CONNECTED_ELSEWHERE.
+// highest claim (the node's clock, then the connection id; announced on the device's subject)
+// stays and the others are told CONNECTED_ELSEWHERE.
 //
 // Delivery: a device's Attachment drains its inbox in order with a bounded in-flight window,
 // signals QueueEmpty once the backlog present at connect has been sent, then switches to live mode;
@@ -223,17 +224,15 @@ type liveResult struct {
 type testHooks struct {
 	// attachSubscribe runs in Attach just before the device's subscription is made.
 	attachSubscribe func(a *Attachment)
-	// claim runs before each attempt to store a connection claim; claimed when one was stored,
-	// before the attachment looks at the claims it heard meanwhile (takeover.go).
+	// claim runs before a connection claim is taken; claimed when it was, before the attachment
+	// looks at the claims it heard meanwhile (takeover.go).
 	claim   func(a *Attachment)
 	claimed func(a *Attachment, rev uint64)
-	// claimUnconfirmed, if set, stands for confirmInterest's answer in a claim; claimHeard runs
-	// before an attachment looks at a claim announcement (false: it is never heard, as one the
-	// bus dropped or sent before the subscription reached that node); recheck runs before the
-	// re-check of an unconfirmed claim.
-	claimUnconfirmed bool
-	claimHeard       func(a *Attachment) bool
-	recheck          func(a *Attachment)
+	// claimHeard runs before an attachment looks at a claim announcement (false: it is not heard,
+	// as one the bus dropped or sent before the subscription reached that node); recheck runs
+	// before a claim is announced again, interestTimeout after the first time.
+	claimHeard func(a *Attachment) bool
+	recheck    func(a *Attachment)
 	// drainRead runs before each inbox read of a drain (without locks held).
 	drainRead func(a *Attachment)
 	// drainIdle runs when a drain has read an empty inbox (without locks held): live is whether
@@ -276,7 +275,7 @@ type Mailbox struct {
 	// a drain checks that it read up to the sequence its wake-ups announced. Tests set it.
 	replicated bool
 	// claims: other nodes share the bus, so a new attachment takes its device over by a claim in
-	// the claims stream, not only in this node's table (takeover.go). Tests set it.
+	// the bus, not only in this node's table (takeover.go). Tests set it.
 	claims bool
 
 	replyPrefix string
@@ -284,7 +283,7 @@ type Mailbox struct {
 	pingSub     *nats.Subscription // answers bus.MailboxPingSubject
 	pinger      pinger             // coalesces confirmInterest's pings
 	leaderReads chan struct{}      // bounds concurrent leader reads (leaderGet)
-	claimSlots  chan struct{}      // bounds the connection claims in flight (takeover.go)
+	lastClaim   atomic.Uint64      // the last claim value taken on this node (takeover.go)
 	pendingMu   sync.Mutex
 	pending     map[uint64]liveReq        // guarded by pendingMu
 	reads       map[uint64]chan *nats.Msg // batched direct gets in progress; guarded by pendingMu
@@ -317,7 +316,6 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		reads:   make(map[uint64]chan *nats.Msg),
 
 		leaderReads: make(chan struct{}, maxLeaderReads),
-		claimSlots:  make(chan struct{}, maxClaims),
 	}
 	m.stopCtx, m.stopCancel = context.WithCancel(context.Background())
 	m.replyPrefix = "_PR." + cfg.Node + "."
