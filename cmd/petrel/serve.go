@@ -14,7 +14,7 @@ import (
 	"github.com/petrelchat/petrel/internal/server"
 )
 
-const serveUsage = "serve [--listen ADDR] [--admin-listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F] [--insecure] [--nats URL,...] [--cluster-listen ADDR --peers ADDR,... [--cluster-name NAME] [--cluster-advertise ADDR] [--replicas N]]"
+const serveUsage = "serve [--listen ADDR] [--admin-listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F] [--insecure] [--nats URL,...] [--cluster-listen ADDR --peers ADDR,... [--cluster-name NAME] [--cluster-advertise ADDR] [--replicas N] [--cluster-token-file F] [--cluster-tls-cert F --cluster-tls-key F --cluster-tls-ca F]]"
 
 func runServe(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "serve", serveUsage)
@@ -29,11 +29,15 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	natsURLs := fs.String("nats", "", "external NATS URLs, comma-separated (default: embedded)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error")
 	publicURL := fs.String("public-url", "", "this node's URL as clients reach it, told to clients so they can fail over to it (default: the bound listen address, e.g. http://127.0.0.1:7070; none when listening on 0.0.0.0 or ::)")
-	clusterListen := fs.String("cluster-listen", "", "host:port for cluster routes between the nodes' embedded NATS servers (default: none, the node runs alone; off loopback needs --insecure: routes are not encrypted yet)")
+	clusterListen := fs.String("cluster-listen", "", "host:port for cluster routes between the nodes' embedded NATS servers (default: none, the node runs alone; off loopback needs --cluster-token-file and --cluster-tls-*, or --insecure)")
 	peers := fs.String("peers", "", "the other nodes' --cluster-listen addresses, comma-separated (this node's own may be listed); needs --cluster-listen")
 	clusterName := fs.String("cluster-name", "", "NATS cluster name, the same on every node (default petrel)")
 	clusterAdvertise := fs.String("cluster-advertise", "", "host:port the other nodes are told to reach this node's cluster listener at, for routes they learn by gossip (default: --cluster-listen); petrel bench chaos sets a closed port so that every route goes through its fault-injecting proxies")
 	replicas := fs.Int("replicas", 0, "replicas of every stream and bucket, 1..5, at most the number of nodes (default 0: 3 with 3 or more nodes or external NATS, else 1)")
+	clusterTokenFile := fs.String("cluster-token-file", "", "file holding the cluster routes' secret, the same on every node (openssl rand -hex 32 > cluster.token); a node accepts routes only from nodes with the same secret")
+	clusterTLSCert := fs.String("cluster-tls-cert", "", "this node's certificate for cluster routes (PEM), signed by --cluster-tls-ca, for serverAuth and clientAuth")
+	clusterTLSKey := fs.String("cluster-tls-key", "", "the key of --cluster-tls-cert (PEM)")
+	clusterTLSCA := fs.String("cluster-tls-ca", "", "the CA certificate (PEM) that signed every node's route certificate: routes are mutual TLS 1.3")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
@@ -95,6 +99,18 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	}
 	if set["replicas"] {
 		cfg.Replicas = *replicas
+	}
+	if set["cluster-token-file"] {
+		cfg.ClusterTokenFile = *clusterTokenFile
+	}
+	if set["cluster-tls-cert"] {
+		cfg.ClusterTLSCert = *clusterTLSCert
+	}
+	if set["cluster-tls-key"] {
+		cfg.ClusterTLSKey = *clusterTLSKey
+	}
+	if set["cluster-tls-ca"] {
+		cfg.ClusterTLSCA = *clusterTLSCA
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {

@@ -43,6 +43,10 @@ func TestServeClusterFlags(t *testing.T) {
 		{[]string{"--cluster-listen", "127.0.0.1:6222", "--peers", "127.0.0.1:6223", "--replicas", "3"}, "replicas 3 exceeds the cluster's 2 node(s)"},
 		{[]string{"--public-url", "chat.example:7443"}, `public_url "chat.example:7443": want http(s)://HOST[:PORT]`},
 		{[]string{"--public-url", "https://chat.example/petrel"}, `public_url "https://chat.example/petrel"`},
+		{[]string{"--cluster-listen", "10.0.0.1:6222", "--peers", "10.0.0.2:6222"}, "authenticate the cluster routes with cluster_token_file (--cluster-token-file"},
+		{[]string{"--cluster-listen", "10.0.0.1:6222", "--peers", "10.0.0.2:6222"}, "encrypt the cluster routes with cluster_tls_cert, cluster_tls_key and cluster_tls_ca"},
+		{[]string{"--cluster-listen", "127.0.0.1:6222", "--cluster-token-file", "/nonexistent/cluster.token"}, "cluster_token_file: /nonexistent/cluster.token does not exist"},
+		{[]string{"--cluster-listen", "127.0.0.1:6222", "--cluster-tls-cert", "a.crt"}, "must be given together"},
 	} {
 		var out, errb bytes.Buffer
 		e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: func(string) string { return "" }}

@@ -10,12 +10,12 @@ package bus
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -53,6 +53,13 @@ type Config struct {
 	ClusterAdvertise string
 	// ClusterName names the NATS cluster; every node of it must use the same. Default: "petrel".
 	ClusterName string
+	// ClusterSecret authenticates cluster routes (route.go): this node accepts a route only from
+	// a node with the same secret (empty matches only empty) and presents it on the routes it
+	// dials, inside TLS when ClusterTLS is set. Never printed. Default: empty.
+	ClusterSecret string
+	// ClusterTLS, if set, makes every cluster route mutual TLS (RouteTLS builds it). Default: nil,
+	// plain TCP.
+	ClusterTLS *tls.Config
 	// InboxShards is the number of INBOX streams device inboxes are spread over. Default: 16.
 	// Changing it on an existing deployment is refused (devices would lose their inboxes).
 	InboxShards int
@@ -131,8 +138,10 @@ type Bus struct {
 	srv *server.Server // nil when external
 	// clientToken authenticates clients of a clustered embedded server (see clusterOptions).
 	clientToken string
-	nc          *nats.Conn
-	js          jetstream.JetStream
+	// routes authenticates cluster routes and logs their refusals; nil when not clustered.
+	routes *routeGuard
+	nc     *nats.Conn
+	js     jetstream.JetStream
 	// async counts and logs the connection's asynchronous errors (slow consumers) and tells the
 	// OnSlowConsumer listeners.
 	async *asyncErrors
@@ -244,6 +253,9 @@ func (b *Bus) connect() error {
 			return fmt.Errorf("embedded nats: %w", err)
 		}
 		b.srv = srv
+		if b.routes != nil {
+			srv.SetLoggerV2(natsLogger{b.routes}, false, false, false)
+		}
 		srv.Start()
 		if !srv.ReadyForConnections(30 * time.Second) {
 			return errors.New("embedded nats did not become ready within 30s")
@@ -276,6 +288,12 @@ func (b *Bus) clusterOptions(o *server.Options) error {
 		return fmt.Errorf("cluster listen %q: %w", b.cfg.ClusterListen, err)
 	}
 	o.Cluster = server.ClusterOpts{Name: b.cfg.ClusterName, Host: host, Port: port, Advertise: b.cfg.ClusterAdvertise}
+	if b.cfg.ClusterTLS != nil {
+		o.Cluster.TLSConfig = b.cfg.ClusterTLS.Clone()
+		o.Cluster.TLSTimeout = 5 // seconds
+	}
+	b.routes = newRouteGuard(b.cfg.ClusterSecret, b.cfg.Logger.With("component", "routes"), b.cfg.Registry)
+	b.routes.options(o)
 	// nats-server starts routing only once its client accept loop runs, which DontListen skips.
 	// So a clustered node listens for clients too, on a random loopback port, behind a random
 	// token that only this process knows (its own connection is in-process).
@@ -294,7 +312,7 @@ func (b *Bus) clusterOptions(o *server.Options) error {
 		if _, _, err := splitHostPort(p); err != nil {
 			return fmt.Errorf("cluster peer %q: %w", p, err)
 		}
-		o.Routes = append(o.Routes, &url.URL{Scheme: "nats-route", Host: p})
+		o.Routes = append(o.Routes, b.routes.routeURL(p))
 	}
 	return nil
 }
@@ -340,7 +358,13 @@ func (b *Bus) waitJetStream(ctx context.Context) error {
 		}
 		if time.Since(lastLog) >= 10*time.Second {
 			lastLog = time.Now()
-			b.cfg.Logger.Warn("waiting for jetstream (in a cluster: for a majority of the nodes, each with a unique node name and the same cluster_name)", "err", err, "waited", time.Since(start).Round(time.Second))
+			args := []any{"err", err, "waited", time.Since(start).Round(time.Second)}
+			if b.routes != nil {
+				if r := b.routes.lastRefusal(); r != "" {
+					args = append(args, "last_route_refusal", r)
+				}
+			}
+			b.cfg.Logger.Warn("waiting for jetstream (in a cluster: for a majority of the nodes, each with a unique node name and the same cluster_name, cluster_token_file and cluster TLS CA)", args...)
 		}
 		t := time.NewTimer(delay)
 		select {

@@ -77,7 +77,8 @@ type Config struct {
 	// LogFormat is text or json. Default: text.
 	LogFormat string `toml:"log_format"`
 
-	// ClusterSection's keys are top-level (cluster_listen, peers, cluster_name, replicas).
+	// ClusterSection's keys are top-level (cluster_listen, peers, cluster_name, replicas,
+	// cluster_token_file, cluster_tls_cert, cluster_tls_key, cluster_tls_ca).
 	ClusterSection
 
 	TLSSection     `toml:"tls"`
@@ -96,8 +97,9 @@ type Config struct {
 // struct is embedded without a table name.
 type ClusterSection struct {
 	// ClusterListen is the host:port this node's embedded NATS server accepts cluster routes on;
-	// empty runs the node alone. Routes are neither authenticated nor encrypted yet: off loopback
-	// it needs insecure (a private network). Default: empty.
+	// empty runs the node alone. Off loopback it needs cluster_token_file and cluster_tls_cert,
+	// cluster_tls_key and cluster_tls_ca, or insecure (routes in the clear on a private network).
+	// Default: empty.
 	ClusterListen string `toml:"cluster_listen"`
 	// Peers are the other nodes' cluster_listen addresses (host:port); this node's own may be
 	// listed too. Requires cluster_listen. Default: empty.
@@ -108,6 +110,20 @@ type ClusterSection struct {
 	// external NATS or a cluster of at least 3 nodes (peers plus this one), else 1. In an embedded
 	// cluster it may not exceed the number of nodes. Default: 0.
 	Replicas int `toml:"replicas"`
+	// ClusterTokenFile is a file holding the cluster secret (at least 32 characters, e.g.
+	// `openssl rand -hex 32`; surrounding white space is ignored), the same on every node: a node
+	// accepts a cluster route only from a node with the same secret. The server only reads it.
+	// Default: none (routes unauthenticated; only nodes without a secret route to each other).
+	ClusterTokenFile string `toml:"cluster_token_file"`
+	// ClusterTLSCert and ClusterTLSKey are this node's certificate and key (PEM) for cluster
+	// routes, signed by ClusterTLSCA, valid for TLS server and client authentication and for the
+	// address the other nodes dial (its host in their peers). With all three set every route is
+	// mutual TLS 1.3. Default: none (routes in the clear).
+	ClusterTLSCert string `toml:"cluster_tls_cert"`
+	ClusterTLSKey  string `toml:"cluster_tls_key"`
+	// ClusterTLSCA is the CA certificate (PEM) that signed every node's route certificate; a route
+	// whose peer presents another is refused. Default: none.
+	ClusterTLSCA string `toml:"cluster_tls_ca"`
 	// ClusterAdvertise is the host:port this node tells the other nodes to reach its cluster
 	// listener at, which they use for routes they learn by gossip rather than from peers. Not in
 	// the config file (flag --cluster-advertise): the test harness and petrel bench chaos set it
@@ -589,8 +605,40 @@ func (c *Config) validateCluster() []error {
 		if err := checkHostPort(c.ClusterListen); err != nil {
 			bad("cluster_listen %q: %v", c.ClusterListen, err)
 		} else if !c.Insecure && !isLoopback(c.ClusterListen) {
-			bad("cluster_listen %q is not a loopback address: cluster routes are neither authenticated nor encrypted yet; pass --insecure to accept that on a private network", c.ClusterListen)
+			if c.ClusterTokenFile == "" {
+				bad("cluster_listen %q is not a loopback address: authenticate the cluster routes with cluster_token_file (--cluster-token-file; the same secret on every node, e.g. openssl rand -hex 32), or pass --insecure on a private network", c.ClusterListen)
+			}
+			if c.ClusterTLSCert == "" && c.ClusterTLSKey == "" && c.ClusterTLSCA == "" {
+				bad("cluster_listen %q is not a loopback address: encrypt the cluster routes with cluster_tls_cert, cluster_tls_key and cluster_tls_ca (--cluster-tls-cert, --cluster-tls-key, --cluster-tls-ca), or pass --insecure on a private network", c.ClusterListen)
+			}
 		}
+	}
+	routeKeys := c.ClusterTokenFile != "" || c.ClusterTLSCert != "" || c.ClusterTLSKey != "" || c.ClusterTLSCA != ""
+	switch {
+	case routeKeys && len(c.NATS) > 0:
+		bad("cluster_token_file and cluster_tls_* are for the embedded cluster's routes: with nats (external) secure the NATS cluster there")
+	case routeKeys && c.ClusterListen == "":
+		bad("cluster_token_file and cluster_tls_* need cluster_listen: they secure the routes of an embedded cluster")
+	}
+	if c.ClusterTokenFile != "" {
+		if _, err := readClusterSecret(c.ClusterTokenFile); err != nil {
+			bad("cluster_token_file: %v", err)
+		}
+	}
+	tlsSet := 0
+	for _, f := range []string{c.ClusterTLSCert, c.ClusterTLSKey, c.ClusterTLSCA} {
+		if f != "" {
+			tlsSet++
+		}
+	}
+	switch tlsSet {
+	case 0:
+	case 3:
+		if _, err := bus.RouteTLS(c.ClusterTLSCert, c.ClusterTLSKey, c.ClusterTLSCA); err != nil {
+			bad("cluster_tls_cert, cluster_tls_key, cluster_tls_ca: %v", err)
+		}
+	default:
+		bad("cluster_tls_cert, cluster_tls_key and cluster_tls_ca must be given together")
 	}
 	for _, p := range c.Peers {
 		if err := checkHostPort(p); err != nil {

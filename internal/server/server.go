@@ -187,6 +187,22 @@ func (s *Server) start(ctx context.Context) error {
 		maxConns = 1000
 	}
 
+	var clusterSecret string
+	if s.cfg.ClusterTokenFile != "" {
+		if clusterSecret, err = readClusterSecret(s.cfg.ClusterTokenFile); err != nil {
+			return fmt.Errorf("cluster_token_file: %w", err)
+		}
+	}
+	var clusterTLS *stdtls.Config
+	if s.cfg.ClusterTLSCert != "" || s.cfg.ClusterTLSKey != "" || s.cfg.ClusterTLSCA != "" {
+		if clusterTLS, err = bus.RouteTLS(s.cfg.ClusterTLSCert, s.cfg.ClusterTLSKey, s.cfg.ClusterTLSCA); err != nil {
+			return fmt.Errorf("cluster_tls_cert, cluster_tls_key, cluster_tls_ca: %w", err)
+		}
+	}
+	if s.cfg.ClusterListen != "" {
+		s.log.Info("cluster routes", "listen", s.cfg.ClusterListen, "authenticated", clusterSecret != "", "tls", clusterTLS != nil)
+	}
+
 	s.reg = prometheus.NewRegistry()
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.bus, err = bus.Open(ctx, bus.Config{
@@ -202,6 +218,8 @@ func (s *Server) start(ctx context.Context) error {
 		ClusterPeers:        s.cfg.Peers,
 		ClusterAdvertise:    s.cfg.ClusterAdvertise,
 		ClusterName:         s.cfg.ClusterName,
+		ClusterSecret:       clusterSecret,
+		ClusterTLS:          clusterTLS,
 		Name:                s.cfg.Node,
 		Logger:              s.log.With("component", "bus"),
 		Registry:            s.reg,
@@ -526,12 +544,23 @@ const minTokenLen = 32
 // readTokenFile reads an operator token the operator provides (admin.token_file); it never creates
 // one.
 func readTokenFile(path string) (string, error) {
+	return readSecretFile(path, "operator token", fmt.Sprintf("give every node the same token file, e.g. one node's <data>/%s", AdminTokenFile))
+}
+
+// readClusterSecret reads the cluster routes' secret (cluster_token_file).
+func readClusterSecret(path string) (string, error) {
+	return readSecretFile(path, "cluster secret", "create it once (openssl rand -hex 32 > cluster.token; chmod 600 cluster.token) and give every node a copy")
+}
+
+// readSecretFile reads a secret of at least minTokenLen characters, without white space, from a
+// file the operator provides. Its errors never quote the file's content.
+func readSecretFile(path, what, missingHint string) (string, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("%s does not exist (give every node the same token file, e.g. one node's <data>/%s)", path, AdminTokenFile)
+		return "", fmt.Errorf("%s does not exist (%s)", path, missingHint)
 	}
 	if err != nil {
-		return "", fmt.Errorf("read operator token: %w", err)
+		return "", fmt.Errorf("read %s: %w", what, err)
 	}
 	defer f.Close()
 	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() {
@@ -539,14 +568,14 @@ func readTokenFile(path string) (string, error) {
 	}
 	b, err := io.ReadAll(io.LimitReader(f, 4096))
 	if err != nil {
-		return "", fmt.Errorf("read operator token %s: %w", path, err)
+		return "", fmt.Errorf("read %s %s: %w", what, path, err)
 	}
 	t := strings.TrimSpace(string(b))
 	switch {
 	case t == "":
-		return "", fmt.Errorf("%s is empty: it must hold the operator token", path)
+		return "", fmt.Errorf("%s is empty: it must hold the %s", path, what)
 	case len(t) < minTokenLen || strings.ContainsAny(t, " \t\r\n"):
-		return "", fmt.Errorf("%s does not hold one operator token of at least %d characters (e.g. 64 hex digits: openssl rand -hex 32)", path, minTokenLen)
+		return "", fmt.Errorf("%s does not hold one %s of at least %d characters (e.g. 64 hex digits: openssl rand -hex 32)", path, what, minTokenLen)
 	}
 	return t, nil
 }

@@ -11,23 +11,29 @@
 // free port is found by binding 127.0.0.1:0 and closing it, so another process could take it in
 // between; on a test machine that is rare enough.
 //
-// With Options.Proxies every cluster route runs through a fault-injecting TCP proxy (internal/faultproxy),
-// one per direction of each pair of nodes, and Partition/Heal cut a node off and back.
+// With Options.Proxies every cluster route runs through a fault-injecting TCP proxy
+// (internal/faultproxy), one per direction of each pair of nodes, and Partition/Heal cut a node
+// off and back. With Options.SecureRoutes the routes are authenticated by a shared secret and run
+// mutual TLS, as a deployment off loopback must.
 package testcluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/petrelchat/petrel/internal/faultproxy"
 	"github.com/petrelchat/petrel/internal/server"
+	"github.com/petrelchat/petrel/internal/testcerts"
 	"github.com/petrelchat/petrel/internal/testserver"
 )
 
@@ -39,6 +45,10 @@ type Options struct {
 	// each pair of nodes (node i dials node j through its own proxy), so that Partition can cut a
 	// node off. Each node advertises a closed port, so no route learnt by gossip bypasses them.
 	Proxies bool
+	// SecureRoutes gives every node the same cluster_token_file (a random secret) and a route
+	// certificate signed by a CA made for the cluster (cluster_tls_cert, cluster_tls_key,
+	// cluster_tls_ca), before Config runs. Cluster.RouteCA and Cluster.TokenFile give them.
+	SecureRoutes bool
 	// Log, if set, receives every node's log at debug level (each line carries node=NAME). The
 	// environment variable PETREL_TEST_LOG sends it to stderr instead.
 	Log io.Writer
@@ -51,6 +61,9 @@ type Cluster struct {
 	nodes []*Node
 	// proxies[i][j] carries node i's routes to node j (nil without Options.Proxies, and for i == j).
 	proxies [][]*faultproxy.Proxy
+	// routeCA and tokenFile secure the routes (Options.SecureRoutes); nil and "" otherwise.
+	routeCA   *testcerts.CA
+	tokenFile string
 }
 
 // Node is one Petrel node of a cluster.
@@ -77,6 +90,7 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 	}
 	c := &Cluster{opts: opts, base: baseLogger(opts)}
 	base := c.base
+	c.prepareSecureRoutes(t)
 	if opts.Proxies {
 		c.proxies = make([][]*faultproxy.Proxy, n)
 		for i := range n {
@@ -111,6 +125,7 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 			}
 			cfg.ClusterAdvertise = fmt.Sprintf("127.0.0.1:%d", ports[n])
 		}
+		c.secureRoutes(t, &cfg)
 		if opts.Config != nil {
 			opts.Config(i, &cfg)
 		}
@@ -182,6 +197,8 @@ func (c *Cluster) Grow(t testing.TB, n int) {
 	first := c.nodes[0]
 	first.Stop()
 	first.cfg.ClusterSection = server.ClusterSection{ClusterListen: peers[0], Peers: peers, ClusterName: "petrel-test"}
+	c.prepareSecureRoutes(t)
+	c.secureRoutes(t, &first.cfg)
 	for i := 1; i < n; i++ {
 		cfg := server.Config{
 			Listen:         "127.0.0.1:0",
@@ -191,6 +208,7 @@ func (c *Cluster) Grow(t testing.TB, n int) {
 			Node:           fmt.Sprintf("n%d", i+1),
 			ClusterSection: server.ClusterSection{ClusterListen: peers[i], Peers: peers, ClusterName: "petrel-test"},
 		}
+		c.secureRoutes(t, &cfg)
 		if c.opts.Config != nil {
 			c.opts.Config(i, &cfg)
 		}
@@ -203,6 +221,49 @@ func (c *Cluster) Grow(t testing.TB, n int) {
 		nd.wait(t)
 	}
 }
+
+// prepareSecureRoutes makes the cluster's route CA and secret file (Options.SecureRoutes).
+func (c *Cluster) prepareSecureRoutes(t testing.TB) {
+	t.Helper()
+	if !c.opts.SecureRoutes || c.routeCA != nil {
+		return
+	}
+	c.routeCA = testcerts.NewCA(t, "petrel-test cluster CA")
+	c.tokenFile = WriteSecret(t)
+}
+
+// secureRoutes gives a node's config the cluster secret and a route certificate of its own.
+func (c *Cluster) secureRoutes(t testing.TB, cfg *server.Config) {
+	t.Helper()
+	if c.routeCA == nil {
+		return
+	}
+	f := c.routeCA.Issue(t, cfg.Node)
+	cfg.ClusterTokenFile = c.tokenFile
+	cfg.ClusterTLSCert, cfg.ClusterTLSKey, cfg.ClusterTLSCA = f.CertFile, f.KeyFile, c.routeCA.CertFile
+}
+
+// WriteSecret writes a new random cluster secret (64 hex digits, as openssl rand -hex 32) to a
+// file in a temporary directory, readable by the owner only, and returns its path.
+func WriteSecret(t testing.TB) string {
+	t.Helper()
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "cluster.token")
+	if err := os.WriteFile(path, []byte(hex.EncodeToString(b[:])+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// RouteCA is the CA that signed the nodes' route certificates (Options.SecureRoutes), nil
+// without it.
+func (c *Cluster) RouteCA() *testcerts.CA { return c.routeCA }
+
+// TokenFile is the nodes' cluster_token_file (Options.SecureRoutes), "" without it.
+func (c *Cluster) TokenFile() string { return c.tokenFile }
 
 // freePorts finds n free loopback TCP ports (held open together, so they differ).
 func freePorts(t testing.TB, n int) []int {
@@ -374,6 +435,13 @@ func (nd *Node) Wipe(t testing.TB) {
 	}
 	nd.launch(t)
 	nd.wait(t)
+}
+
+// Launch starts a stopped node without waiting until it serves: for a node that must not get
+// into the cluster. Stop ends it.
+func (nd *Node) Launch(t testing.TB) {
+	t.Helper()
+	nd.launch(t)
 }
 
 // StartErr starts a stopped node and returns its start error, nil once it serves: for starts
