@@ -16,6 +16,12 @@ import (
 // does not answer in time), so nothing can be stored or acked through the store path.
 var ErrNoQuorum = errors.New("no jetstream quorum")
 
+// ErrAPISlow: the JetStream API did not answer in time although this node's connection is up and
+// (embedded) its own view of the meta group is healthy. A majority lost elsewhere looks the same
+// from an edge node, but so does a JetStream API queue under load (a reconnect storm): the node
+// stops acking, but moving its clients would only add to the load. Wraps ErrNoQuorum.
+var ErrAPISlow = errors.New("jetstream api slow")
+
 // peerFresh is how recently a meta leader must have heard from a peer to count it towards the
 // majority. Raft heartbeats go out every second; nats-server itself notices a lost quorum only
 // after about 10 s, so a leader cut off from the others would report itself healthy that long.
@@ -31,6 +37,9 @@ func (b *Bus) Quorum(ctx context.Context) error {
 		return err
 	}
 	if _, err := b.js.AccountInfo(ctx); err != nil {
+		if b.nc.IsConnected() && errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("%w: jetstream api did not answer (%w): %v", ErrNoQuorum, ErrAPISlow, err)
+		}
 		return fmt.Errorf("%w: jetstream api did not answer: %v", ErrNoQuorum, err)
 	}
 	return nil

@@ -155,10 +155,12 @@ func (m *Mailbox) leaderGet(ctx context.Context, stream, subject string, from ui
 	}
 	// While the stream has no leader (its node was just killed and an election runs) the request
 	// is not answered at all: ask again after leaderAttempt rather than wait out the whole
-	// budget, so a device is served about as soon as the new leader is elected.
+	// budget, so a device is served about as soon as the new leader is elected. An API that is
+	// only slow (a reconnect storm) does not answer either: each attempt waits twice as long as
+	// the one before, so the asking does not multiply the load it waits on.
 	var msg *nats.Msg
-	for {
-		actx, cancel := context.WithTimeout(ctx, leaderAttempt)
+	for attempt := leaderAttempt; ; attempt *= 2 {
+		actx, cancel := context.WithTimeout(ctx, attempt)
 		msg, err = m.request(actx, bus.MsgGetSubject(stream), req)
 		cancel()
 		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {

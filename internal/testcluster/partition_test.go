@@ -54,6 +54,16 @@ func TestPartitionedNodeStopsAckingAndRecovers(t *testing.T) {
 		t.Fatalf("send through n1 before the partition: %v", r)
 	}
 
+	// Every node ready first (caught up since its start, see the catch-up gate): afterwards only
+	// the partition can make n1 unready.
+	for _, nd := range c.Nodes() {
+		testcluster.WaitFor(t, 30*time.Second, func() error {
+			if code, body := readyz(t, nd.URL()); code != http.StatusOK {
+				return fmt.Errorf("%s /readyz %d %q", nd.Name(), code, body)
+			}
+			return nil
+		})
+	}
 	start := time.Now()
 	c.Partition(t, 0)
 	testcluster.WaitFor(t, partitionBound, func() error {
