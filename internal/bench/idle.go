@@ -6,6 +6,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -88,7 +89,14 @@ func (s *idleShard) step(ctx context.Context, name string, at time.Time) (*repor
 			idx[i] = i
 		}
 		t := time.Now()
-		s.conns = s.connectAll(ctx, idx, rep, s.handle, nil)
+		// Connections made early in a long connect phase (minutes, at 200,000) must not reach the
+		// server's idle timeout before the keepalive below starts: ping them meanwhile.
+		early := &earlyPings{}
+		stopEarly, earlyDone := make(chan struct{}), make(chan struct{})
+		go early.run(stopEarly, earlyDone)
+		s.conns = s.connectAll(ctx, idx, rep, s.handle, func(_ int, c *wsConn) { early.add(c) })
+		close(stopEarly)
+		<-earlyDone
 		rep.span(t, time.Now())
 		s.stopKA, s.kaDone = make(chan struct{}), make(chan struct{})
 		go s.keepAlive()
@@ -202,7 +210,7 @@ func (s *idleShard) keepAlive() {
 		return
 	}
 	gap := keepAliveEvery / time.Duration(n)
-	t := time.NewTimer(keepAliveEvery)
+	t := time.NewTimer(gap) // the first round starts at once: early ones were pinged up to keepAliveEvery ago
 	defer t.Stop()
 	for i := 0; ; i = (i + 1) % n {
 		select {
@@ -215,6 +223,44 @@ func (s *idleShard) keepAlive() {
 			_ = c.write(appendPing(buf[:0], c.nextID.Add(1), time.Now().UnixMilli()))
 		}
 		t.Reset(gap)
+	}
+}
+
+// earlyPings pings, while a shard is still connecting, each connection made keepAliveEvery ago or
+// more and not pinged since.
+type earlyPings struct {
+	mu    sync.Mutex
+	conns []*wsConn
+	last  []time.Time
+}
+
+func (e *earlyPings) add(c *wsConn) {
+	e.mu.Lock()
+	e.conns = append(e.conns, c)
+	e.last = append(e.last, time.Now())
+	e.mu.Unlock()
+}
+
+func (e *earlyPings) run(stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		e.mu.Lock()
+		for i, c := range e.conns {
+			if now.Sub(e.last[i]) >= keepAliveEvery {
+				var buf [32]byte
+				_ = c.write(appendPing(buf[:0], c.nextID.Add(1), now.UnixMilli()))
+				e.last[i] = now
+			}
+		}
+		e.mu.Unlock()
 	}
 }
 
