@@ -136,6 +136,9 @@ type Client struct {
 	identity *e2ee.IdentityKeyPair
 	boff     backoff
 	failover failover // guarded by mu: the connection that ended last, for the next Auth
+	// sawGoAway (guarded by mu): the current link was sent away by its server (a GoAway frame),
+	// whichever of its loops' errors ended it.
+	sawGoAway bool
 
 	kick chan struct{} // capacity 1: the outbox has work
 
@@ -301,10 +304,11 @@ func (c *Client) Run(ctx context.Context) (err error) {
 			// The next connection to another server tells it this is a failover, and since when.
 			reason := "lost"
 			var g *goAwayError
-			if errors.As(err, &g) {
+			c.mu.Lock()
+			if errors.As(err, &g) || c.sawGoAway {
 				reason = "goaway"
 			}
-			c.mu.Lock()
+			c.sawGoAway = false
 			c.failover = failover{from: url, at: time.Now(), reason: reason}
 			c.mu.Unlock()
 			everConnected = true

@@ -208,6 +208,9 @@ func (l *link) readLoop(ctx context.Context) error {
 			item.queueEmpty = b.QueueEmpty
 		case *petrelv1.Frame_GoAway:
 			g := b.GoAway
+			l.c.mu.Lock()
+			l.c.sawGoAway = true // whichever loop's error ends the link, it was sent away
+			l.c.mu.Unlock()
 			return &goAwayError{reason: g.GetReason(), message: g.GetMessage(),
 				retryAfter: time.Duration(g.GetRetryAfterMs()) * time.Millisecond}
 		case *petrelv1.Frame_Error:

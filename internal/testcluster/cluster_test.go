@@ -236,8 +236,27 @@ func authRetry(t *testing.T, url string, key ed25519.PrivateKey) *testserver.Raw
 	}
 }
 
+// metricOr0 is metric, with 0 for a series not exported yet (a labelled counter never counted).
+func metricOr0(t *testing.T, adminURL, name string) float64 {
+	t.Helper()
+	v, ok := readMetric(t, adminURL, name)
+	if !ok {
+		return 0
+	}
+	return v
+}
+
 // metric reads one unlabelled counter or gauge from a node's /metrics.
 func metric(t *testing.T, adminURL, name string) float64 {
+	t.Helper()
+	v, ok := readMetric(t, adminURL, name)
+	if !ok {
+		t.Fatalf("metric %s not found at %s", name, adminURL)
+	}
+	return v
+}
+
+func readMetric(t *testing.T, adminURL, name string) (float64, bool) {
 	t.Helper()
 	resp, err := http.Get(adminURL + "/metrics")
 	if err != nil {
@@ -252,11 +271,10 @@ func metric(t *testing.T, adminURL, name string) float64 {
 			if err != nil {
 				t.Fatalf("metric %s: %v", name, err)
 			}
-			return f
+			return f, true
 		}
 	}
-	t.Fatalf("metric %s not found at %s", name, adminURL)
-	return 0
+	return 0, false
 }
 
 // TestRestartAndWipe: a node restarted on its data directory, and a node whose data directory was
