@@ -40,6 +40,13 @@ var (
 	// ErrInboxFull: the recipient's inbox (or this sender's share of it) is full. Retrying does
 	// not help until the recipient reads its messages.
 	ErrInboxFull = errors.New("recipient's inbox is full")
+	// ErrDeviceRemoved: this device was unlinked from its account; its keys are no longer valid
+	// there. Link it again (petrel link) to use it.
+	ErrDeviceRemoved = errors.New("this device was removed from its account")
+	// ErrTooManyDevices: the account already has the server's maximum number of devices.
+	ErrTooManyDevices = errors.New("the account has too many devices: remove one first")
+	// ErrLinkExpired: the link code is unknown, already used or expired.
+	ErrLinkExpired = errors.New("link code unknown, used or expired")
 )
 
 // Client-side errors.
@@ -81,6 +88,9 @@ var codeSentinels = map[petrelv1.ErrorCode]error{
 	petrelv1.ErrorCode_ERROR_CODE_ALREADY_AUTHENTICATED: ErrAlreadyAuthenticated,
 	petrelv1.ErrorCode_ERROR_CODE_PERMISSION_DENIED:     ErrPermissionDenied,
 	petrelv1.ErrorCode_ERROR_CODE_INBOX_FULL:            ErrInboxFull,
+	petrelv1.ErrorCode_ERROR_CODE_DEVICE_REMOVED:        ErrDeviceRemoved,
+	petrelv1.ErrorCode_ERROR_CODE_TOO_MANY_DEVICES:      ErrTooManyDevices,
+	petrelv1.ErrorCode_ERROR_CODE_LINK_EXPIRED:          ErrLinkExpired,
 }
 
 // Sentinel returns the sentinel error for a wire code, or nil for an unknown code.

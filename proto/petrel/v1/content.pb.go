@@ -93,7 +93,11 @@ type Content struct {
 	//
 	//	*Content_Text
 	//	*Content_Receipt
+	//	*Content_History
 	Body isContent_Body `protobuf_oneof:"body"`
+	// sent_to is set on the copy a device sends to its own other devices: the account the message
+	// was sent to. Receivers show it as a message they sent ("direction": "out").
+	SentTo string `protobuf:"bytes,2,opt,name=sent_to,json=sentTo,proto3" json:"sent_to,omitempty"`
 	// padding hides the exact plaintext length; receivers ignore it.
 	Padding       []byte `protobuf:"bytes,15,opt,name=padding,proto3" json:"padding,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -162,6 +166,22 @@ func (x *Content) GetReceipt() *Receipt {
 	return nil
 }
 
+func (x *Content) GetHistory() *HistoryChunk {
+	if x != nil {
+		if x, ok := x.Body.(*Content_History); ok {
+			return x.History
+		}
+	}
+	return nil
+}
+
+func (x *Content) GetSentTo() string {
+	if x != nil {
+		return x.SentTo
+	}
+	return ""
+}
+
 func (x *Content) GetPadding() []byte {
 	if x != nil {
 		return x.Padding
@@ -181,9 +201,15 @@ type Content_Receipt struct {
 	Receipt *Receipt `protobuf:"bytes,11,opt,name=receipt,proto3,oneof"`
 }
 
+type Content_History struct {
+	History *HistoryChunk `protobuf:"bytes,12,opt,name=history,proto3,oneof"`
+}
+
 func (*Content_Text) isContent_Body() {}
 
 func (*Content_Receipt) isContent_Body() {}
+
+func (*Content_History) isContent_Body() {}
 
 // Text is a chat message.
 type Text struct {
@@ -291,17 +317,241 @@ func (x *Receipt) GetType() ReceiptType {
 	return ReceiptType_RECEIPT_TYPE_UNSPECIFIED
 }
 
+// LinkApproval is sealed by the approving primary for a new device (ApproveLink.sealed_approval).
+type LinkApproval struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Account            string                 `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	PrimaryDeviceId    string                 `protobuf:"bytes,2,opt,name=primary_device_id,json=primaryDeviceId,proto3" json:"primary_device_id,omitempty"`
+	PrimaryIdentityKey []byte                 `protobuf:"bytes,3,opt,name=primary_identity_key,json=primaryIdentityKey,proto3" json:"primary_identity_key,omitempty"`
+	DeviceList         *SignedDeviceList      `protobuf:"bytes,4,opt,name=device_list,json=deviceList,proto3" json:"device_list,omitempty"` // the list that adds the new device
+	DeviceName         string                 `protobuf:"bytes,5,opt,name=device_name,json=deviceName,proto3" json:"device_name,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *LinkApproval) Reset() {
+	*x = LinkApproval{}
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkApproval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkApproval) ProtoMessage() {}
+
+func (x *LinkApproval) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkApproval.ProtoReflect.Descriptor instead.
+func (*LinkApproval) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *LinkApproval) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *LinkApproval) GetPrimaryDeviceId() string {
+	if x != nil {
+		return x.PrimaryDeviceId
+	}
+	return ""
+}
+
+func (x *LinkApproval) GetPrimaryIdentityKey() []byte {
+	if x != nil {
+		return x.PrimaryIdentityKey
+	}
+	return nil
+}
+
+func (x *LinkApproval) GetDeviceList() *SignedDeviceList {
+	if x != nil {
+		return x.DeviceList
+	}
+	return nil
+}
+
+func (x *LinkApproval) GetDeviceName() string {
+	if x != nil {
+		return x.DeviceName
+	}
+	return ""
+}
+
+// HistoryChunk carries recent history to a newly linked device, end to end, in bounded chunks.
+type HistoryChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint32                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"` // 0, 1, 2, ... per transfer
+	Last          bool                   `protobuf:"varint,2,opt,name=last,proto3" json:"last,omitempty"`
+	Items         []*HistoryItem         `protobuf:"bytes,3,rep,name=items,proto3" json:"items,omitempty"` // at most 64 KiB of items per chunk
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryChunk) Reset() {
+	*x = HistoryChunk{}
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryChunk) ProtoMessage() {}
+
+func (x *HistoryChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryChunk.ProtoReflect.Descriptor instead.
+func (*HistoryChunk) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *HistoryChunk) GetSeq() uint32 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *HistoryChunk) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+func (x *HistoryChunk) GetItems() []*HistoryItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+type HistoryItem struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          string                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"` // the other account of the chat
+	Outgoing      bool                   `protobuf:"varint,2,opt,name=outgoing,proto3" json:"outgoing,omitempty"`
+	MessageId     string                 `protobuf:"bytes,3,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	Body          string                 `protobuf:"bytes,4,opt,name=body,proto3" json:"body,omitempty"`
+	SentAtMs      int64                  `protobuf:"varint,5,opt,name=sent_at_ms,json=sentAtMs,proto3" json:"sent_at_ms,omitempty"`
+	FromDevice    string                 `protobuf:"bytes,6,opt,name=from_device,json=fromDevice,proto3" json:"from_device,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryItem) Reset() {
+	*x = HistoryItem{}
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryItem) ProtoMessage() {}
+
+func (x *HistoryItem) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryItem.ProtoReflect.Descriptor instead.
+func (*HistoryItem) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *HistoryItem) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *HistoryItem) GetOutgoing() bool {
+	if x != nil {
+		return x.Outgoing
+	}
+	return false
+}
+
+func (x *HistoryItem) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *HistoryItem) GetBody() string {
+	if x != nil {
+		return x.Body
+	}
+	return ""
+}
+
+func (x *HistoryItem) GetSentAtMs() int64 {
+	if x != nil {
+		return x.SentAtMs
+	}
+	return 0
+}
+
+func (x *HistoryItem) GetFromDevice() string {
+	if x != nil {
+		return x.FromDevice
+	}
+	return ""
+}
+
 var File_proto_petrel_v1_content_proto protoreflect.FileDescriptor
 
 const file_proto_petrel_v1_content_proto_rawDesc = "" +
 	"\n" +
-	"\x1dproto/petrel/v1/content.proto\x12\tpetrel.v1\"\xa1\x01\n" +
+	"\x1dproto/petrel/v1/content.proto\x12\tpetrel.v1\x1a\x1cproto/petrel/v1/petrel.proto\"\xef\x01\n" +
 	"\aContent\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12%\n" +
 	"\x04text\x18\n" +
 	" \x01(\v2\x0f.petrel.v1.TextH\x00R\x04text\x12.\n" +
-	"\areceipt\x18\v \x01(\v2\x12.petrel.v1.ReceiptH\x00R\areceipt\x12\x18\n" +
+	"\areceipt\x18\v \x01(\v2\x12.petrel.v1.ReceiptH\x00R\areceipt\x123\n" +
+	"\ahistory\x18\f \x01(\v2\x17.petrel.v1.HistoryChunkH\x00R\ahistory\x12\x17\n" +
+	"\asent_to\x18\x02 \x01(\tR\x06sentTo\x12\x18\n" +
 	"\apadding\x18\x0f \x01(\fR\apaddingB\x06\n" +
 	"\x04body\"8\n" +
 	"\x04Text\x12\x12\n" +
@@ -311,7 +561,29 @@ const file_proto_petrel_v1_content_proto_rawDesc = "" +
 	"\aReceipt\x12\x1f\n" +
 	"\vmessage_ids\x18\x01 \x03(\tR\n" +
 	"messageIds\x12*\n" +
-	"\x04type\x18\x02 \x01(\x0e2\x16.petrel.v1.ReceiptTypeR\x04type*^\n" +
+	"\x04type\x18\x02 \x01(\x0e2\x16.petrel.v1.ReceiptTypeR\x04type\"\xe5\x01\n" +
+	"\fLinkApproval\x12\x18\n" +
+	"\aaccount\x18\x01 \x01(\tR\aaccount\x12*\n" +
+	"\x11primary_device_id\x18\x02 \x01(\tR\x0fprimaryDeviceId\x120\n" +
+	"\x14primary_identity_key\x18\x03 \x01(\fR\x12primaryIdentityKey\x12<\n" +
+	"\vdevice_list\x18\x04 \x01(\v2\x1b.petrel.v1.SignedDeviceListR\n" +
+	"deviceList\x12\x1f\n" +
+	"\vdevice_name\x18\x05 \x01(\tR\n" +
+	"deviceName\"b\n" +
+	"\fHistoryChunk\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\rR\x03seq\x12\x12\n" +
+	"\x04last\x18\x02 \x01(\bR\x04last\x12,\n" +
+	"\x05items\x18\x03 \x03(\v2\x16.petrel.v1.HistoryItemR\x05items\"\xaf\x01\n" +
+	"\vHistoryItem\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x1a\n" +
+	"\boutgoing\x18\x02 \x01(\bR\boutgoing\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x03 \x01(\tR\tmessageId\x12\x12\n" +
+	"\x04body\x18\x04 \x01(\tR\x04body\x12\x1c\n" +
+	"\n" +
+	"sent_at_ms\x18\x05 \x01(\x03R\bsentAtMs\x12\x1f\n" +
+	"\vfrom_device\x18\x06 \x01(\tR\n" +
+	"fromDevice*^\n" +
 	"\vReceiptType\x12\x1c\n" +
 	"\x18RECEIPT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16RECEIPT_TYPE_DELIVERED\x10\x01\x12\x15\n" +
@@ -330,22 +602,29 @@ func file_proto_petrel_v1_content_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_petrel_v1_content_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_proto_petrel_v1_content_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_proto_petrel_v1_content_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_proto_petrel_v1_content_proto_goTypes = []any{
-	(ReceiptType)(0), // 0: petrel.v1.ReceiptType
-	(*Content)(nil),  // 1: petrel.v1.Content
-	(*Text)(nil),     // 2: petrel.v1.Text
-	(*Receipt)(nil),  // 3: petrel.v1.Receipt
+	(ReceiptType)(0),         // 0: petrel.v1.ReceiptType
+	(*Content)(nil),          // 1: petrel.v1.Content
+	(*Text)(nil),             // 2: petrel.v1.Text
+	(*Receipt)(nil),          // 3: petrel.v1.Receipt
+	(*LinkApproval)(nil),     // 4: petrel.v1.LinkApproval
+	(*HistoryChunk)(nil),     // 5: petrel.v1.HistoryChunk
+	(*HistoryItem)(nil),      // 6: petrel.v1.HistoryItem
+	(*SignedDeviceList)(nil), // 7: petrel.v1.SignedDeviceList
 }
 var file_proto_petrel_v1_content_proto_depIdxs = []int32{
 	2, // 0: petrel.v1.Content.text:type_name -> petrel.v1.Text
 	3, // 1: petrel.v1.Content.receipt:type_name -> petrel.v1.Receipt
-	0, // 2: petrel.v1.Receipt.type:type_name -> petrel.v1.ReceiptType
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	5, // 2: petrel.v1.Content.history:type_name -> petrel.v1.HistoryChunk
+	0, // 3: petrel.v1.Receipt.type:type_name -> petrel.v1.ReceiptType
+	7, // 4: petrel.v1.LinkApproval.device_list:type_name -> petrel.v1.SignedDeviceList
+	6, // 5: petrel.v1.HistoryChunk.items:type_name -> petrel.v1.HistoryItem
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_proto_petrel_v1_content_proto_init() }
@@ -353,9 +632,11 @@ func file_proto_petrel_v1_content_proto_init() {
 	if File_proto_petrel_v1_content_proto != nil {
 		return
 	}
+	file_proto_petrel_v1_petrel_proto_init()
 	file_proto_petrel_v1_content_proto_msgTypes[0].OneofWrappers = []any{
 		(*Content_Text)(nil),
 		(*Content_Receipt)(nil),
+		(*Content_History)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -363,7 +644,7 @@ func file_proto_petrel_v1_content_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_petrel_v1_content_proto_rawDesc), len(file_proto_petrel_v1_content_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   3,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

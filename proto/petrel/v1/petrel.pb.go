@@ -75,7 +75,10 @@ const (
 	// The recipient device's inbox is full, or this sender's share of it is: permanent for this
 	// message (retrying the same send fails the same way until the recipient drains its inbox).
 	// Only the envelopes addressed to that inbox fail; other sends are not affected.
-	ErrorCode_ERROR_CODE_INBOX_FULL ErrorCode = 22
+	ErrorCode_ERROR_CODE_INBOX_FULL       ErrorCode = 22
+	ErrorCode_ERROR_CODE_DEVICE_REMOVED   ErrorCode = 23 // this device was unlinked from its account (closes the connection)
+	ErrorCode_ERROR_CODE_TOO_MANY_DEVICES ErrorCode = 24 // the account already has max_devices devices
+	ErrorCode_ERROR_CODE_LINK_EXPIRED     ErrorCode = 25 // the link code is unknown, used or expired
 )
 
 // Enum value maps for ErrorCode.
@@ -104,6 +107,9 @@ var (
 		20: "ERROR_CODE_ALREADY_AUTHENTICATED",
 		21: "ERROR_CODE_PERMISSION_DENIED",
 		22: "ERROR_CODE_INBOX_FULL",
+		23: "ERROR_CODE_DEVICE_REMOVED",
+		24: "ERROR_CODE_TOO_MANY_DEVICES",
+		25: "ERROR_CODE_LINK_EXPIRED",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":           0,
@@ -129,6 +135,9 @@ var (
 		"ERROR_CODE_ALREADY_AUTHENTICATED": 20,
 		"ERROR_CODE_PERMISSION_DENIED":     21,
 		"ERROR_CODE_INBOX_FULL":            22,
+		"ERROR_CODE_DEVICE_REMOVED":        23,
+		"ERROR_CODE_TOO_MANY_DEVICES":      24,
+		"ERROR_CODE_LINK_EXPIRED":          25,
 	}
 )
 
@@ -226,6 +235,11 @@ type Frame struct {
 	//	*Frame_PrekeyStatus
 	//	*Frame_Pong
 	//	*Frame_QueuedResult
+	//	*Frame_LinkStarted
+	//	*Frame_LinkOffer
+	//	*Frame_LinkApproved
+	//	*Frame_DeviceListResult
+	//	*Frame_DeviceListChanged
 	//	*Frame_Register
 	//	*Frame_Auth
 	//	*Frame_Send
@@ -234,6 +248,12 @@ type Frame struct {
 	//	*Frame_UploadPrekeys
 	//	*Frame_Ping
 	//	*Frame_QueryQueued
+	//	*Frame_StartLink
+	//	*Frame_GetLinkOffer_
+	//	*Frame_ApproveLink
+	//	*Frame_GetDevices
+	//	*Frame_PutDeviceList
+	//	*Frame_RemoveDevice
 	Body          isFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -382,6 +402,51 @@ func (x *Frame) GetQueuedResult() *QueuedResult {
 	return nil
 }
 
+func (x *Frame) GetLinkStarted() *LinkStarted {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_LinkStarted); ok {
+			return x.LinkStarted
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetLinkOffer() *LinkOffer {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_LinkOffer); ok {
+			return x.LinkOffer
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetLinkApproved() *LinkApproved {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_LinkApproved); ok {
+			return x.LinkApproved
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetDeviceListResult() *DeviceListResult {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_DeviceListResult); ok {
+			return x.DeviceListResult
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetDeviceListChanged() *DeviceListChanged {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_DeviceListChanged); ok {
+			return x.DeviceListChanged
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetRegister() *Register {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_Register); ok {
@@ -454,6 +519,60 @@ func (x *Frame) GetQueryQueued() *QueryQueued {
 	return nil
 }
 
+func (x *Frame) GetStartLink() *StartLink {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_StartLink); ok {
+			return x.StartLink
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetGetLinkOffer_() *GetLinkOffer {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_GetLinkOffer_); ok {
+			return x.GetLinkOffer_
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetApproveLink() *ApproveLink {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_ApproveLink); ok {
+			return x.ApproveLink
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetGetDevices() *GetDevices {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_GetDevices); ok {
+			return x.GetDevices
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetPutDeviceList() *PutDeviceList {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_PutDeviceList); ok {
+			return x.PutDeviceList
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetRemoveDevice() *RemoveDevice {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_RemoveDevice); ok {
+			return x.RemoveDevice
+		}
+	}
+	return nil
+}
+
 type isFrame_Body interface {
 	isFrame_Body()
 }
@@ -503,6 +622,26 @@ type Frame_QueuedResult struct {
 	QueuedResult *QueuedResult `protobuf:"bytes,20,opt,name=queued_result,json=queuedResult,proto3,oneof"`
 }
 
+type Frame_LinkStarted struct {
+	LinkStarted *LinkStarted `protobuf:"bytes,21,opt,name=link_started,json=linkStarted,proto3,oneof"`
+}
+
+type Frame_LinkOffer struct {
+	LinkOffer *LinkOffer `protobuf:"bytes,22,opt,name=link_offer,json=linkOffer,proto3,oneof"`
+}
+
+type Frame_LinkApproved struct {
+	LinkApproved *LinkApproved `protobuf:"bytes,23,opt,name=link_approved,json=linkApproved,proto3,oneof"`
+}
+
+type Frame_DeviceListResult struct {
+	DeviceListResult *DeviceListResult `protobuf:"bytes,24,opt,name=device_list_result,json=deviceListResult,proto3,oneof"`
+}
+
+type Frame_DeviceListChanged struct {
+	DeviceListChanged *DeviceListChanged `protobuf:"bytes,25,opt,name=device_list_changed,json=deviceListChanged,proto3,oneof"`
+}
+
 type Frame_Register struct {
 	// client -> server
 	Register *Register `protobuf:"bytes,40,opt,name=register,proto3,oneof"`
@@ -536,6 +675,30 @@ type Frame_QueryQueued struct {
 	QueryQueued *QueryQueued `protobuf:"bytes,47,opt,name=query_queued,json=queryQueued,proto3,oneof"`
 }
 
+type Frame_StartLink struct {
+	StartLink *StartLink `protobuf:"bytes,48,opt,name=start_link,json=startLink,proto3,oneof"`
+}
+
+type Frame_GetLinkOffer_ struct {
+	GetLinkOffer_ *GetLinkOffer `protobuf:"bytes,49,opt,name=get_link_offer,json=getLinkOffer,proto3,oneof"`
+}
+
+type Frame_ApproveLink struct {
+	ApproveLink *ApproveLink `protobuf:"bytes,50,opt,name=approve_link,json=approveLink,proto3,oneof"`
+}
+
+type Frame_GetDevices struct {
+	GetDevices *GetDevices `protobuf:"bytes,51,opt,name=get_devices,json=getDevices,proto3,oneof"`
+}
+
+type Frame_PutDeviceList struct {
+	PutDeviceList *PutDeviceList `protobuf:"bytes,52,opt,name=put_device_list,json=putDeviceList,proto3,oneof"`
+}
+
+type Frame_RemoveDevice struct {
+	RemoveDevice *RemoveDevice `protobuf:"bytes,53,opt,name=remove_device,json=removeDevice,proto3,oneof"`
+}
+
 func (*Frame_Challenge) isFrame_Body() {}
 
 func (*Frame_Welcome) isFrame_Body() {}
@@ -558,6 +721,16 @@ func (*Frame_Pong) isFrame_Body() {}
 
 func (*Frame_QueuedResult) isFrame_Body() {}
 
+func (*Frame_LinkStarted) isFrame_Body() {}
+
+func (*Frame_LinkOffer) isFrame_Body() {}
+
+func (*Frame_LinkApproved) isFrame_Body() {}
+
+func (*Frame_DeviceListResult) isFrame_Body() {}
+
+func (*Frame_DeviceListChanged) isFrame_Body() {}
+
 func (*Frame_Register) isFrame_Body() {}
 
 func (*Frame_Auth) isFrame_Body() {}
@@ -573,6 +746,18 @@ func (*Frame_UploadPrekeys) isFrame_Body() {}
 func (*Frame_Ping) isFrame_Body() {}
 
 func (*Frame_QueryQueued) isFrame_Body() {}
+
+func (*Frame_StartLink) isFrame_Body() {}
+
+func (*Frame_GetLinkOffer_) isFrame_Body() {}
+
+func (*Frame_ApproveLink) isFrame_Body() {}
+
+func (*Frame_GetDevices) isFrame_Body() {}
+
+func (*Frame_PutDeviceList) isFrame_Body() {}
+
+func (*Frame_RemoveDevice) isFrame_Body() {}
 
 // Challenge is the server's first frame on every connection.
 type Challenge struct {
@@ -1257,10 +1442,14 @@ func (x *Error) GetDevices() []string {
 // Send asks the server to deliver one message: one ciphertext per recipient device.
 // The server acks (SendResult) only when every device has acked it live or it is durably stored.
 type Send struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	MessageId     string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"` // client-chosen, 1-64 of [A-Za-z0-9_-]; a resend with the same id is idempotent
-	To            string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`                                // recipient account name
-	Envelopes     []*DeviceCiphertext    `protobuf:"bytes,3,rep,name=envelopes,proto3" json:"envelopes,omitempty"`                  // exactly one per current recipient device
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	MessageId string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"` // client-chosen, 1-64 of [A-Za-z0-9_-]; a resend with the same id is idempotent
+	To        string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`                                // recipient account name
+	Envelopes []*DeviceCiphertext    `protobuf:"bytes,3,rep,name=envelopes,proto3" json:"envelopes,omitempty"`                  // exactly one per current recipient device
+	// own_envelopes carries the sender's copy for each of its own other current devices (the sending
+	// device excluded): exactly one per such device, or STALE_DEVICES. Receivers see an Envelope
+	// whose from is their own account: a message this account sent from another device.
+	OwnEnvelopes  []*DeviceCiphertext `protobuf:"bytes,4,rep,name=own_envelopes,json=ownEnvelopes,proto3" json:"own_envelopes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1312,6 +1501,13 @@ func (x *Send) GetTo() string {
 func (x *Send) GetEnvelopes() []*DeviceCiphertext {
 	if x != nil {
 		return x.Envelopes
+	}
+	return nil
+}
+
+func (x *Send) GetOwnEnvelopes() []*DeviceCiphertext {
+	if x != nil {
+		return x.OwnEnvelopes
 	}
 	return nil
 }
@@ -1791,9 +1987,13 @@ func (x *GetBundle) GetDeviceIds() []string {
 }
 
 type BundleResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Devices       []*DeviceBundle        `protobuf:"bytes,2,rep,name=devices,proto3" json:"devices,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Devices []*DeviceBundle        `protobuf:"bytes,2,rep,name=devices,proto3" json:"devices,omitempty"`
+	// device_list is the account's device list as signed by its primary device (absent for an
+	// account whose primary has not published one yet: a single-device account of an old client).
+	// Clients verify it and encrypt only to devices it lists (see docs/protocol.md, "Linked devices").
+	DeviceList    *SignedDeviceList `protobuf:"bytes,3,opt,name=device_list,json=deviceList,proto3" json:"device_list,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1838,6 +2038,13 @@ func (x *BundleResult) GetName() string {
 func (x *BundleResult) GetDevices() []*DeviceBundle {
 	if x != nil {
 		return x.Devices
+	}
+	return nil
+}
+
+func (x *BundleResult) GetDeviceList() *SignedDeviceList {
+	if x != nil {
+		return x.DeviceList
 	}
 	return nil
 }
@@ -2226,11 +2433,879 @@ func (x *QueuedResult) GetQueued() []string {
 	return nil
 }
 
+// StartLink opens a link session for a device that is not yet part of any account.
+type StartLink struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Offer         *LinkOffer             `protobuf:"bytes,1,opt,name=offer,proto3" json:"offer,omitempty"`
+	Signature     []byte                 `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"` // Ed25519 signature of auth_payload by offer.auth_key (device id derived from it)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartLink) Reset() {
+	*x = StartLink{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartLink) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartLink) ProtoMessage() {}
+
+func (x *StartLink) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartLink.ProtoReflect.Descriptor instead.
+func (*StartLink) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *StartLink) GetOffer() *LinkOffer {
+	if x != nil {
+		return x.Offer
+	}
+	return nil
+}
+
+func (x *StartLink) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+// LinkOffer is what the new device publishes: its public keys, an ephemeral X25519 key for the
+// approval, and a MAC under the link secret so the approver can tell the offer is the one the code
+// names (a server cannot substitute its own device).
+type LinkOffer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AuthKey       []byte                 `protobuf:"bytes,1,opt,name=auth_key,json=authKey,proto3" json:"auth_key,omitempty"`                // Ed25519, 32 bytes
+	Keys          *KeyBundleUpload       `protobuf:"bytes,2,opt,name=keys,proto3" json:"keys,omitempty"`                                     // identity key and prekeys, as in Register
+	EphemeralKey  []byte                 `protobuf:"bytes,3,opt,name=ephemeral_key,json=ephemeralKey,proto3" json:"ephemeral_key,omitempty"` // X25519 public key, 32 bytes
+	Mac           []byte                 `protobuf:"bytes,4,opt,name=mac,proto3" json:"mac,omitempty"`                                       // HMAC-SHA-256 under the code's secret (docs/protocol.md)
+	LinkId        string                 `protobuf:"bytes,5,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`                   // set by the server in LinkStarted / LinkOffer; not covered by the MAC
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkOffer) Reset() {
+	*x = LinkOffer{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkOffer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkOffer) ProtoMessage() {}
+
+func (x *LinkOffer) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkOffer.ProtoReflect.Descriptor instead.
+func (*LinkOffer) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *LinkOffer) GetAuthKey() []byte {
+	if x != nil {
+		return x.AuthKey
+	}
+	return nil
+}
+
+func (x *LinkOffer) GetKeys() *KeyBundleUpload {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *LinkOffer) GetEphemeralKey() []byte {
+	if x != nil {
+		return x.EphemeralKey
+	}
+	return nil
+}
+
+func (x *LinkOffer) GetMac() []byte {
+	if x != nil {
+		return x.Mac
+	}
+	return nil
+}
+
+func (x *LinkOffer) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+type LinkStarted struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LinkId        string                 `protobuf:"bytes,1,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	ExpiresMs     int64                  `protobuf:"varint,2,opt,name=expires_ms,json=expiresMs,proto3" json:"expires_ms,omitempty"` // Unix milliseconds
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkStarted) Reset() {
+	*x = LinkStarted{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkStarted) ProtoMessage() {}
+
+func (x *LinkStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkStarted.ProtoReflect.Descriptor instead.
+func (*LinkStarted) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *LinkStarted) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+func (x *LinkStarted) GetExpiresMs() int64 {
+	if x != nil {
+		return x.ExpiresMs
+	}
+	return 0
+}
+
+type GetLinkOffer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LinkId        string                 `protobuf:"bytes,1,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLinkOffer) Reset() {
+	*x = GetLinkOffer{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLinkOffer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLinkOffer) ProtoMessage() {}
+
+func (x *GetLinkOffer) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLinkOffer.ProtoReflect.Descriptor instead.
+func (*GetLinkOffer) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *GetLinkOffer) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+// ApproveLink adds the offered device to the sender's account. Only the primary device may send it.
+type ApproveLink struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	LinkId         string                 `protobuf:"bytes,1,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	DeviceName     string                 `protobuf:"bytes,2,opt,name=device_name,json=deviceName,proto3" json:"device_name,omitempty"`             // 1-64 printable characters, shown in `devices`
+	DeviceList     *SignedDeviceList      `protobuf:"bytes,3,opt,name=device_list,json=deviceList,proto3" json:"device_list,omitempty"`             // the current list plus the new device, version + 1
+	EphemeralKey   []byte                 `protobuf:"bytes,4,opt,name=ephemeral_key,json=ephemeralKey,proto3" json:"ephemeral_key,omitempty"`       // the approver's X25519 public key for this link
+	SealedApproval []byte                 `protobuf:"bytes,5,opt,name=sealed_approval,json=sealedApproval,proto3" json:"sealed_approval,omitempty"` // AEAD ciphertext of a LinkApproval (content.proto) for the new device
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ApproveLink) Reset() {
+	*x = ApproveLink{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveLink) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveLink) ProtoMessage() {}
+
+func (x *ApproveLink) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveLink.ProtoReflect.Descriptor instead.
+func (*ApproveLink) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ApproveLink) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+func (x *ApproveLink) GetDeviceName() string {
+	if x != nil {
+		return x.DeviceName
+	}
+	return ""
+}
+
+func (x *ApproveLink) GetDeviceList() *SignedDeviceList {
+	if x != nil {
+		return x.DeviceList
+	}
+	return nil
+}
+
+func (x *ApproveLink) GetEphemeralKey() []byte {
+	if x != nil {
+		return x.EphemeralKey
+	}
+	return nil
+}
+
+func (x *ApproveLink) GetSealedApproval() []byte {
+	if x != nil {
+		return x.SealedApproval
+	}
+	return nil
+}
+
+// LinkApproved is pushed to the waiting new device.
+type LinkApproved struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                         // account name
+	DeviceId       string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"` // the new device's id
+	EphemeralKey   []byte                 `protobuf:"bytes,3,opt,name=ephemeral_key,json=ephemeralKey,proto3" json:"ephemeral_key,omitempty"`
+	SealedApproval []byte                 `protobuf:"bytes,4,opt,name=sealed_approval,json=sealedApproval,proto3" json:"sealed_approval,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *LinkApproved) Reset() {
+	*x = LinkApproved{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkApproved) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkApproved) ProtoMessage() {}
+
+func (x *LinkApproved) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkApproved.ProtoReflect.Descriptor instead.
+func (*LinkApproved) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *LinkApproved) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LinkApproved) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *LinkApproved) GetEphemeralKey() []byte {
+	if x != nil {
+		return x.EphemeralKey
+	}
+	return nil
+}
+
+func (x *LinkApproved) GetSealedApproval() []byte {
+	if x != nil {
+		return x.SealedApproval
+	}
+	return nil
+}
+
+// SignedDeviceList: list is a serialised DeviceList; signature is the primary identity key's
+// signature (e2ee IdentityKeyPair.Sign, context "petrel-device-list-v1") over list.
+type SignedDeviceList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	List          []byte                 `protobuf:"bytes,1,opt,name=list,proto3" json:"list,omitempty"`
+	Signature     []byte                 `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignedDeviceList) Reset() {
+	*x = SignedDeviceList{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignedDeviceList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignedDeviceList) ProtoMessage() {}
+
+func (x *SignedDeviceList) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignedDeviceList.ProtoReflect.Descriptor instead.
+func (*SignedDeviceList) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *SignedDeviceList) GetList() []byte {
+	if x != nil {
+		return x.List
+	}
+	return nil
+}
+
+func (x *SignedDeviceList) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+type DeviceList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Account       string                 `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"` // strictly increasing; clients refuse a lower one than they have seen
+	CreatedMs     int64                  `protobuf:"varint,3,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	Devices       []*ListedDevice        `protobuf:"bytes,4,rep,name=devices,proto3" json:"devices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceList) Reset() {
+	*x = DeviceList{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceList) ProtoMessage() {}
+
+func (x *DeviceList) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceList.ProtoReflect.Descriptor instead.
+func (*DeviceList) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *DeviceList) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *DeviceList) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *DeviceList) GetCreatedMs() int64 {
+	if x != nil {
+		return x.CreatedMs
+	}
+	return 0
+}
+
+func (x *DeviceList) GetDevices() []*ListedDevice {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+type ListedDevice struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	IdentityKey   []byte                 `protobuf:"bytes,2,opt,name=identity_key,json=identityKey,proto3" json:"identity_key,omitempty"`
+	Primary       bool                   `protobuf:"varint,3,opt,name=primary,proto3" json:"primary,omitempty"` // exactly one: the device whose identity key signs the list
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListedDevice) Reset() {
+	*x = ListedDevice{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListedDevice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListedDevice) ProtoMessage() {}
+
+func (x *ListedDevice) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListedDevice.ProtoReflect.Descriptor instead.
+func (*ListedDevice) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ListedDevice) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *ListedDevice) GetIdentityKey() []byte {
+	if x != nil {
+		return x.IdentityKey
+	}
+	return nil
+}
+
+func (x *ListedDevice) GetPrimary() bool {
+	if x != nil {
+		return x.Primary
+	}
+	return false
+}
+
+// GetDevices asks for this account's devices (own account only).
+type GetDevices struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDevices) Reset() {
+	*x = GetDevices{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDevices) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDevices) ProtoMessage() {}
+
+func (x *GetDevices) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDevices.ProtoReflect.Descriptor instead.
+func (*GetDevices) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{36}
+}
+
+type DeviceInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	LinkedMs      int64                  `protobuf:"varint,3,opt,name=linked_ms,json=linkedMs,proto3" json:"linked_ms,omitempty"`
+	LastSeenMs    int64                  `protobuf:"varint,4,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"` // rounded; 0 when never seen
+	Primary       bool                   `protobuf:"varint,5,opt,name=primary,proto3" json:"primary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceInfo) Reset() {
+	*x = DeviceInfo{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceInfo) ProtoMessage() {}
+
+func (x *DeviceInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceInfo.ProtoReflect.Descriptor instead.
+func (*DeviceInfo) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *DeviceInfo) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *DeviceInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeviceInfo) GetLinkedMs() int64 {
+	if x != nil {
+		return x.LinkedMs
+	}
+	return 0
+}
+
+func (x *DeviceInfo) GetLastSeenMs() int64 {
+	if x != nil {
+		return x.LastSeenMs
+	}
+	return 0
+}
+
+func (x *DeviceInfo) GetPrimary() bool {
+	if x != nil {
+		return x.Primary
+	}
+	return false
+}
+
+type DeviceListResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Devices       []*DeviceInfo          `protobuf:"bytes,1,rep,name=devices,proto3" json:"devices,omitempty"`
+	DeviceList    *SignedDeviceList      `protobuf:"bytes,2,opt,name=device_list,json=deviceList,proto3" json:"device_list,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceListResult) Reset() {
+	*x = DeviceListResult{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceListResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceListResult) ProtoMessage() {}
+
+func (x *DeviceListResult) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceListResult.ProtoReflect.Descriptor instead.
+func (*DeviceListResult) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *DeviceListResult) GetDevices() []*DeviceInfo {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+func (x *DeviceListResult) GetDeviceList() *SignedDeviceList {
+	if x != nil {
+		return x.DeviceList
+	}
+	return nil
+}
+
+// DeviceListChanged is pushed to an account's connected devices when its device list changes.
+type DeviceListChanged struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceList    *SignedDeviceList      `protobuf:"bytes,1,opt,name=device_list,json=deviceList,proto3" json:"device_list,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceListChanged) Reset() {
+	*x = DeviceListChanged{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceListChanged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceListChanged) ProtoMessage() {}
+
+func (x *DeviceListChanged) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceListChanged.ProtoReflect.Descriptor instead.
+func (*DeviceListChanged) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *DeviceListChanged) GetDeviceList() *SignedDeviceList {
+	if x != nil {
+		return x.DeviceList
+	}
+	return nil
+}
+
+// PutDeviceList publishes a new signed list (primary only): the first list of an account, or a
+// re-signed list after a companion removed itself. It must list exactly the account's devices.
+type PutDeviceList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceList    *SignedDeviceList      `protobuf:"bytes,1,opt,name=device_list,json=deviceList,proto3" json:"device_list,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutDeviceList) Reset() {
+	*x = PutDeviceList{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutDeviceList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutDeviceList) ProtoMessage() {}
+
+func (x *PutDeviceList) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutDeviceList.ProtoReflect.Descriptor instead.
+func (*PutDeviceList) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *PutDeviceList) GetDeviceList() *SignedDeviceList {
+	if x != nil {
+		return x.DeviceList
+	}
+	return nil
+}
+
+// RemoveDevice unlinks a device: from the primary (device_list = the new signed list without it)
+// or from the device itself (device_list absent; the primary re-signs later). The server stops
+// delivering to it at once, drops its inbox and prekeys, and closes its connection with
+// DEVICE_REMOVED. The primary cannot be removed.
+type RemoveDevice struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	DeviceList    *SignedDeviceList      `protobuf:"bytes,2,opt,name=device_list,json=deviceList,proto3" json:"device_list,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveDevice) Reset() {
+	*x = RemoveDevice{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveDevice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveDevice) ProtoMessage() {}
+
+func (x *RemoveDevice) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveDevice.ProtoReflect.Descriptor instead.
+func (*RemoveDevice) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *RemoveDevice) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *RemoveDevice) GetDeviceList() *SignedDeviceList {
+	if x != nil {
+		return x.DeviceList
+	}
+	return nil
+}
+
 var File_proto_petrel_v1_petrel_proto protoreflect.FileDescriptor
 
 const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\n" +
-	"\x1cproto/petrel/v1/petrel.proto\x12\tpetrel.v1\"\x81\b\n" +
+	"\x1cproto/petrel/v1/petrel.proto\x12\tpetrel.v1\"\xc5\r\n" +
 	"\x05Frame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
 	"\tchallenge\x18\n" +
@@ -2246,7 +3321,13 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\rbundle_result\x18\x11 \x01(\v2\x17.petrel.v1.BundleResultH\x00R\fbundleResult\x12>\n" +
 	"\rprekey_status\x18\x12 \x01(\v2\x17.petrel.v1.PreKeyStatusH\x00R\fprekeyStatus\x12%\n" +
 	"\x04pong\x18\x13 \x01(\v2\x0f.petrel.v1.PongH\x00R\x04pong\x12>\n" +
-	"\rqueued_result\x18\x14 \x01(\v2\x17.petrel.v1.QueuedResultH\x00R\fqueuedResult\x121\n" +
+	"\rqueued_result\x18\x14 \x01(\v2\x17.petrel.v1.QueuedResultH\x00R\fqueuedResult\x12;\n" +
+	"\flink_started\x18\x15 \x01(\v2\x16.petrel.v1.LinkStartedH\x00R\vlinkStarted\x125\n" +
+	"\n" +
+	"link_offer\x18\x16 \x01(\v2\x14.petrel.v1.LinkOfferH\x00R\tlinkOffer\x12>\n" +
+	"\rlink_approved\x18\x17 \x01(\v2\x17.petrel.v1.LinkApprovedH\x00R\flinkApproved\x12K\n" +
+	"\x12device_list_result\x18\x18 \x01(\v2\x1b.petrel.v1.DeviceListResultH\x00R\x10deviceListResult\x12N\n" +
+	"\x13device_list_changed\x18\x19 \x01(\v2\x1c.petrel.v1.DeviceListChangedH\x00R\x11deviceListChanged\x121\n" +
 	"\bregister\x18( \x01(\v2\x13.petrel.v1.RegisterH\x00R\bregister\x12%\n" +
 	"\x04auth\x18) \x01(\v2\x0f.petrel.v1.AuthH\x00R\x04auth\x12%\n" +
 	"\x04send\x18* \x01(\v2\x0f.petrel.v1.SendH\x00R\x04send\x128\n" +
@@ -2256,7 +3337,15 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"get_bundle\x18, \x01(\v2\x14.petrel.v1.GetBundleH\x00R\tgetBundle\x12A\n" +
 	"\x0eupload_prekeys\x18- \x01(\v2\x18.petrel.v1.UploadPreKeysH\x00R\ruploadPrekeys\x12%\n" +
 	"\x04ping\x18. \x01(\v2\x0f.petrel.v1.PingH\x00R\x04ping\x12;\n" +
-	"\fquery_queued\x18/ \x01(\v2\x16.petrel.v1.QueryQueuedH\x00R\vqueryQueuedB\x06\n" +
+	"\fquery_queued\x18/ \x01(\v2\x16.petrel.v1.QueryQueuedH\x00R\vqueryQueued\x125\n" +
+	"\n" +
+	"start_link\x180 \x01(\v2\x14.petrel.v1.StartLinkH\x00R\tstartLink\x12?\n" +
+	"\x0eget_link_offer\x181 \x01(\v2\x17.petrel.v1.GetLinkOfferH\x00R\fgetLinkOffer\x12;\n" +
+	"\fapprove_link\x182 \x01(\v2\x16.petrel.v1.ApproveLinkH\x00R\vapproveLink\x128\n" +
+	"\vget_devices\x183 \x01(\v2\x15.petrel.v1.GetDevicesH\x00R\n" +
+	"getDevices\x12B\n" +
+	"\x0fput_device_list\x184 \x01(\v2\x18.petrel.v1.PutDeviceListH\x00R\rputDeviceList\x12>\n" +
+	"\rremove_device\x185 \x01(\v2\x17.petrel.v1.RemoveDeviceH\x00R\fremoveDeviceB\x06\n" +
 	"\x04body\"[\n" +
 	"\tChallenge\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\fR\x05nonce\x12$\n" +
@@ -2313,12 +3402,13 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12$\n" +
 	"\x0eretry_after_ms\x18\x03 \x01(\rR\fretryAfterMs\x12\x19\n" +
 	"\berror_id\x18\x04 \x01(\tR\aerrorId\x12\x1c\n" +
-	"\adevices\x18\x05 \x03(\tB\x02\x18\x01R\adevices\"p\n" +
+	"\adevices\x18\x05 \x03(\tB\x02\x18\x01R\adevices\"\xb2\x01\n" +
 	"\x04Send\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x129\n" +
-	"\tenvelopes\x18\x03 \x03(\v2\x1b.petrel.v1.DeviceCiphertextR\tenvelopes\"|\n" +
+	"\tenvelopes\x18\x03 \x03(\v2\x1b.petrel.v1.DeviceCiphertextR\tenvelopes\x12@\n" +
+	"\rown_envelopes\x18\x04 \x03(\v2\x1b.petrel.v1.DeviceCiphertextR\fownEnvelopes\"|\n" +
 	"\x10DeviceCiphertext\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12+\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x17.petrel.v1.EnvelopeTypeR\x04type\x12\x1e\n" +
@@ -2358,10 +3448,12 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\tGetBundle\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
-	"device_ids\x18\x02 \x03(\tR\tdeviceIds\"U\n" +
+	"device_ids\x18\x02 \x03(\tR\tdeviceIds\"\x93\x01\n" +
 	"\fBundleResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x121\n" +
-	"\adevices\x18\x02 \x03(\v2\x17.petrel.v1.DeviceBundleR\adevices\"\x83\x02\n" +
+	"\adevices\x18\x02 \x03(\v2\x17.petrel.v1.DeviceBundleR\adevices\x12<\n" +
+	"\vdevice_list\x18\x03 \x01(\v2\x1b.petrel.v1.SignedDeviceListR\n" +
+	"deviceList\"\x83\x02\n" +
 	"\fDeviceBundle\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12!\n" +
 	"\fidentity_key\x18\x02 \x01(\fR\videntityKey\x12<\n" +
@@ -2386,7 +3478,73 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\vmessage_ids\x18\x03 \x03(\tR\n" +
 	"messageIds\"&\n" +
 	"\fQueuedResult\x12\x16\n" +
-	"\x06queued\x18\x01 \x03(\tR\x06queued*\xcc\x05\n" +
+	"\x06queued\x18\x01 \x03(\tR\x06queued\"U\n" +
+	"\tStartLink\x12*\n" +
+	"\x05offer\x18\x01 \x01(\v2\x14.petrel.v1.LinkOfferR\x05offer\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"\xa6\x01\n" +
+	"\tLinkOffer\x12\x19\n" +
+	"\bauth_key\x18\x01 \x01(\fR\aauthKey\x12.\n" +
+	"\x04keys\x18\x02 \x01(\v2\x1a.petrel.v1.KeyBundleUploadR\x04keys\x12#\n" +
+	"\rephemeral_key\x18\x03 \x01(\fR\fephemeralKey\x12\x10\n" +
+	"\x03mac\x18\x04 \x01(\fR\x03mac\x12\x17\n" +
+	"\alink_id\x18\x05 \x01(\tR\x06linkId\"E\n" +
+	"\vLinkStarted\x12\x17\n" +
+	"\alink_id\x18\x01 \x01(\tR\x06linkId\x12\x1d\n" +
+	"\n" +
+	"expires_ms\x18\x02 \x01(\x03R\texpiresMs\"'\n" +
+	"\fGetLinkOffer\x12\x17\n" +
+	"\alink_id\x18\x01 \x01(\tR\x06linkId\"\xd3\x01\n" +
+	"\vApproveLink\x12\x17\n" +
+	"\alink_id\x18\x01 \x01(\tR\x06linkId\x12\x1f\n" +
+	"\vdevice_name\x18\x02 \x01(\tR\n" +
+	"deviceName\x12<\n" +
+	"\vdevice_list\x18\x03 \x01(\v2\x1b.petrel.v1.SignedDeviceListR\n" +
+	"deviceList\x12#\n" +
+	"\rephemeral_key\x18\x04 \x01(\fR\fephemeralKey\x12'\n" +
+	"\x0fsealed_approval\x18\x05 \x01(\fR\x0esealedApproval\"\x8d\x01\n" +
+	"\fLinkApproved\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12#\n" +
+	"\rephemeral_key\x18\x03 \x01(\fR\fephemeralKey\x12'\n" +
+	"\x0fsealed_approval\x18\x04 \x01(\fR\x0esealedApproval\"D\n" +
+	"\x10SignedDeviceList\x12\x12\n" +
+	"\x04list\x18\x01 \x01(\fR\x04list\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"\x92\x01\n" +
+	"\n" +
+	"DeviceList\x12\x18\n" +
+	"\aaccount\x18\x01 \x01(\tR\aaccount\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x1d\n" +
+	"\n" +
+	"created_ms\x18\x03 \x01(\x03R\tcreatedMs\x121\n" +
+	"\adevices\x18\x04 \x03(\v2\x17.petrel.v1.ListedDeviceR\adevices\"h\n" +
+	"\fListedDevice\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12!\n" +
+	"\fidentity_key\x18\x02 \x01(\fR\videntityKey\x12\x18\n" +
+	"\aprimary\x18\x03 \x01(\bR\aprimary\"\f\n" +
+	"\n" +
+	"GetDevices\"\x96\x01\n" +
+	"\n" +
+	"DeviceInfo\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
+	"\tlinked_ms\x18\x03 \x01(\x03R\blinkedMs\x12 \n" +
+	"\flast_seen_ms\x18\x04 \x01(\x03R\n" +
+	"lastSeenMs\x12\x18\n" +
+	"\aprimary\x18\x05 \x01(\bR\aprimary\"\x81\x01\n" +
+	"\x10DeviceListResult\x12/\n" +
+	"\adevices\x18\x01 \x03(\v2\x15.petrel.v1.DeviceInfoR\adevices\x12<\n" +
+	"\vdevice_list\x18\x02 \x01(\v2\x1b.petrel.v1.SignedDeviceListR\n" +
+	"deviceList\"Q\n" +
+	"\x11DeviceListChanged\x12<\n" +
+	"\vdevice_list\x18\x01 \x01(\v2\x1b.petrel.v1.SignedDeviceListR\n" +
+	"deviceList\"M\n" +
+	"\rPutDeviceList\x12<\n" +
+	"\vdevice_list\x18\x01 \x01(\v2\x1b.petrel.v1.SignedDeviceListR\n" +
+	"deviceList\"i\n" +
+	"\fRemoveDevice\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12<\n" +
+	"\vdevice_list\x18\x02 \x01(\v2\x1b.petrel.v1.SignedDeviceListR\n" +
+	"deviceList*\xa9\x06\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aERROR_CODE_MALFORMED_FRAME\x10\x01\x12\x1c\n" +
@@ -2411,7 +3569,10 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\x13ERROR_CODE_INTERNAL\x10\x13\x12$\n" +
 	" ERROR_CODE_ALREADY_AUTHENTICATED\x10\x14\x12 \n" +
 	"\x1cERROR_CODE_PERMISSION_DENIED\x10\x15\x12\x19\n" +
-	"\x15ERROR_CODE_INBOX_FULL\x10\x16*b\n" +
+	"\x15ERROR_CODE_INBOX_FULL\x10\x16\x12\x1d\n" +
+	"\x19ERROR_CODE_DEVICE_REMOVED\x10\x17\x12\x1f\n" +
+	"\x1bERROR_CODE_TOO_MANY_DEVICES\x10\x18\x12\x1b\n" +
+	"\x17ERROR_CODE_LINK_EXPIRED\x10\x19*b\n" +
 	"\fEnvelopeType\x12\x1d\n" +
 	"\x19ENVELOPE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ENVELOPE_TYPE_PREKEY\x10\x01\x12\x19\n" +
@@ -2430,37 +3591,52 @@ func file_proto_petrel_v1_petrel_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_petrel_v1_petrel_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_proto_petrel_v1_petrel_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_proto_petrel_v1_petrel_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_proto_petrel_v1_petrel_proto_goTypes = []any{
-	(ErrorCode)(0),           // 0: petrel.v1.ErrorCode
-	(EnvelopeType)(0),        // 1: petrel.v1.EnvelopeType
-	(*Frame)(nil),            // 2: petrel.v1.Frame
-	(*Challenge)(nil),        // 3: petrel.v1.Challenge
-	(*Register)(nil),         // 4: petrel.v1.Register
-	(*KeyBundleUpload)(nil),  // 5: petrel.v1.KeyBundleUpload
-	(*SignedPreKey)(nil),     // 6: petrel.v1.SignedPreKey
-	(*OneTimePreKey)(nil),    // 7: petrel.v1.OneTimePreKey
-	(*KEMPreKey)(nil),        // 8: petrel.v1.KEMPreKey
-	(*Auth)(nil),             // 9: petrel.v1.Auth
-	(*Welcome)(nil),          // 10: petrel.v1.Welcome
-	(*Error)(nil),            // 11: petrel.v1.Error
-	(*Send)(nil),             // 12: petrel.v1.Send
-	(*DeviceCiphertext)(nil), // 13: petrel.v1.DeviceCiphertext
-	(*SendResult)(nil),       // 14: petrel.v1.SendResult
-	(*Envelope)(nil),         // 15: petrel.v1.Envelope
-	(*Deliver)(nil),          // 16: petrel.v1.Deliver
-	(*DeliverAck)(nil),       // 17: petrel.v1.DeliverAck
-	(*QueueEmpty)(nil),       // 18: petrel.v1.QueueEmpty
-	(*GoAway)(nil),           // 19: petrel.v1.GoAway
-	(*GetBundle)(nil),        // 20: petrel.v1.GetBundle
-	(*BundleResult)(nil),     // 21: petrel.v1.BundleResult
-	(*DeviceBundle)(nil),     // 22: petrel.v1.DeviceBundle
-	(*UploadPreKeys)(nil),    // 23: petrel.v1.UploadPreKeys
-	(*PreKeyStatus)(nil),     // 24: petrel.v1.PreKeyStatus
-	(*Ping)(nil),             // 25: petrel.v1.Ping
-	(*Pong)(nil),             // 26: petrel.v1.Pong
-	(*QueryQueued)(nil),      // 27: petrel.v1.QueryQueued
-	(*QueuedResult)(nil),     // 28: petrel.v1.QueuedResult
+	(ErrorCode)(0),            // 0: petrel.v1.ErrorCode
+	(EnvelopeType)(0),         // 1: petrel.v1.EnvelopeType
+	(*Frame)(nil),             // 2: petrel.v1.Frame
+	(*Challenge)(nil),         // 3: petrel.v1.Challenge
+	(*Register)(nil),          // 4: petrel.v1.Register
+	(*KeyBundleUpload)(nil),   // 5: petrel.v1.KeyBundleUpload
+	(*SignedPreKey)(nil),      // 6: petrel.v1.SignedPreKey
+	(*OneTimePreKey)(nil),     // 7: petrel.v1.OneTimePreKey
+	(*KEMPreKey)(nil),         // 8: petrel.v1.KEMPreKey
+	(*Auth)(nil),              // 9: petrel.v1.Auth
+	(*Welcome)(nil),           // 10: petrel.v1.Welcome
+	(*Error)(nil),             // 11: petrel.v1.Error
+	(*Send)(nil),              // 12: petrel.v1.Send
+	(*DeviceCiphertext)(nil),  // 13: petrel.v1.DeviceCiphertext
+	(*SendResult)(nil),        // 14: petrel.v1.SendResult
+	(*Envelope)(nil),          // 15: petrel.v1.Envelope
+	(*Deliver)(nil),           // 16: petrel.v1.Deliver
+	(*DeliverAck)(nil),        // 17: petrel.v1.DeliverAck
+	(*QueueEmpty)(nil),        // 18: petrel.v1.QueueEmpty
+	(*GoAway)(nil),            // 19: petrel.v1.GoAway
+	(*GetBundle)(nil),         // 20: petrel.v1.GetBundle
+	(*BundleResult)(nil),      // 21: petrel.v1.BundleResult
+	(*DeviceBundle)(nil),      // 22: petrel.v1.DeviceBundle
+	(*UploadPreKeys)(nil),     // 23: petrel.v1.UploadPreKeys
+	(*PreKeyStatus)(nil),      // 24: petrel.v1.PreKeyStatus
+	(*Ping)(nil),              // 25: petrel.v1.Ping
+	(*Pong)(nil),              // 26: petrel.v1.Pong
+	(*QueryQueued)(nil),       // 27: petrel.v1.QueryQueued
+	(*QueuedResult)(nil),      // 28: petrel.v1.QueuedResult
+	(*StartLink)(nil),         // 29: petrel.v1.StartLink
+	(*LinkOffer)(nil),         // 30: petrel.v1.LinkOffer
+	(*LinkStarted)(nil),       // 31: petrel.v1.LinkStarted
+	(*GetLinkOffer)(nil),      // 32: petrel.v1.GetLinkOffer
+	(*ApproveLink)(nil),       // 33: petrel.v1.ApproveLink
+	(*LinkApproved)(nil),      // 34: petrel.v1.LinkApproved
+	(*SignedDeviceList)(nil),  // 35: petrel.v1.SignedDeviceList
+	(*DeviceList)(nil),        // 36: petrel.v1.DeviceList
+	(*ListedDevice)(nil),      // 37: petrel.v1.ListedDevice
+	(*GetDevices)(nil),        // 38: petrel.v1.GetDevices
+	(*DeviceInfo)(nil),        // 39: petrel.v1.DeviceInfo
+	(*DeviceListResult)(nil),  // 40: petrel.v1.DeviceListResult
+	(*DeviceListChanged)(nil), // 41: petrel.v1.DeviceListChanged
+	(*PutDeviceList)(nil),     // 42: petrel.v1.PutDeviceList
+	(*RemoveDevice)(nil),      // 43: petrel.v1.RemoveDevice
 }
 var file_proto_petrel_v1_petrel_proto_depIdxs = []int32{
 	3,  // 0: petrel.v1.Frame.challenge:type_name -> petrel.v1.Challenge
@@ -2474,35 +3650,57 @@ var file_proto_petrel_v1_petrel_proto_depIdxs = []int32{
 	24, // 8: petrel.v1.Frame.prekey_status:type_name -> petrel.v1.PreKeyStatus
 	26, // 9: petrel.v1.Frame.pong:type_name -> petrel.v1.Pong
 	28, // 10: petrel.v1.Frame.queued_result:type_name -> petrel.v1.QueuedResult
-	4,  // 11: petrel.v1.Frame.register:type_name -> petrel.v1.Register
-	9,  // 12: petrel.v1.Frame.auth:type_name -> petrel.v1.Auth
-	12, // 13: petrel.v1.Frame.send:type_name -> petrel.v1.Send
-	17, // 14: petrel.v1.Frame.deliver_ack:type_name -> petrel.v1.DeliverAck
-	20, // 15: petrel.v1.Frame.get_bundle:type_name -> petrel.v1.GetBundle
-	23, // 16: petrel.v1.Frame.upload_prekeys:type_name -> petrel.v1.UploadPreKeys
-	25, // 17: petrel.v1.Frame.ping:type_name -> petrel.v1.Ping
-	27, // 18: petrel.v1.Frame.query_queued:type_name -> petrel.v1.QueryQueued
-	5,  // 19: petrel.v1.Register.keys:type_name -> petrel.v1.KeyBundleUpload
-	6,  // 20: petrel.v1.KeyBundleUpload.signed_prekey:type_name -> petrel.v1.SignedPreKey
-	8,  // 21: petrel.v1.KeyBundleUpload.last_resort_kem_prekey:type_name -> petrel.v1.KEMPreKey
-	8,  // 22: petrel.v1.KeyBundleUpload.kem_prekeys:type_name -> petrel.v1.KEMPreKey
-	7,  // 23: petrel.v1.KeyBundleUpload.one_time_prekeys:type_name -> petrel.v1.OneTimePreKey
-	0,  // 24: petrel.v1.Error.code:type_name -> petrel.v1.ErrorCode
-	13, // 25: petrel.v1.Send.envelopes:type_name -> petrel.v1.DeviceCiphertext
-	1,  // 26: petrel.v1.DeviceCiphertext.type:type_name -> petrel.v1.EnvelopeType
-	1,  // 27: petrel.v1.Envelope.type:type_name -> petrel.v1.EnvelopeType
-	15, // 28: petrel.v1.Deliver.envelope:type_name -> petrel.v1.Envelope
-	0,  // 29: petrel.v1.GoAway.reason:type_name -> petrel.v1.ErrorCode
-	22, // 30: petrel.v1.BundleResult.devices:type_name -> petrel.v1.DeviceBundle
-	6,  // 31: petrel.v1.DeviceBundle.signed_prekey:type_name -> petrel.v1.SignedPreKey
-	8,  // 32: petrel.v1.DeviceBundle.kem_prekey:type_name -> petrel.v1.KEMPreKey
-	7,  // 33: petrel.v1.DeviceBundle.one_time_prekey:type_name -> petrel.v1.OneTimePreKey
-	5,  // 34: petrel.v1.UploadPreKeys.keys:type_name -> petrel.v1.KeyBundleUpload
-	35, // [35:35] is the sub-list for method output_type
-	35, // [35:35] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	31, // 11: petrel.v1.Frame.link_started:type_name -> petrel.v1.LinkStarted
+	30, // 12: petrel.v1.Frame.link_offer:type_name -> petrel.v1.LinkOffer
+	34, // 13: petrel.v1.Frame.link_approved:type_name -> petrel.v1.LinkApproved
+	40, // 14: petrel.v1.Frame.device_list_result:type_name -> petrel.v1.DeviceListResult
+	41, // 15: petrel.v1.Frame.device_list_changed:type_name -> petrel.v1.DeviceListChanged
+	4,  // 16: petrel.v1.Frame.register:type_name -> petrel.v1.Register
+	9,  // 17: petrel.v1.Frame.auth:type_name -> petrel.v1.Auth
+	12, // 18: petrel.v1.Frame.send:type_name -> petrel.v1.Send
+	17, // 19: petrel.v1.Frame.deliver_ack:type_name -> petrel.v1.DeliverAck
+	20, // 20: petrel.v1.Frame.get_bundle:type_name -> petrel.v1.GetBundle
+	23, // 21: petrel.v1.Frame.upload_prekeys:type_name -> petrel.v1.UploadPreKeys
+	25, // 22: petrel.v1.Frame.ping:type_name -> petrel.v1.Ping
+	27, // 23: petrel.v1.Frame.query_queued:type_name -> petrel.v1.QueryQueued
+	29, // 24: petrel.v1.Frame.start_link:type_name -> petrel.v1.StartLink
+	32, // 25: petrel.v1.Frame.get_link_offer:type_name -> petrel.v1.GetLinkOffer
+	33, // 26: petrel.v1.Frame.approve_link:type_name -> petrel.v1.ApproveLink
+	38, // 27: petrel.v1.Frame.get_devices:type_name -> petrel.v1.GetDevices
+	42, // 28: petrel.v1.Frame.put_device_list:type_name -> petrel.v1.PutDeviceList
+	43, // 29: petrel.v1.Frame.remove_device:type_name -> petrel.v1.RemoveDevice
+	5,  // 30: petrel.v1.Register.keys:type_name -> petrel.v1.KeyBundleUpload
+	6,  // 31: petrel.v1.KeyBundleUpload.signed_prekey:type_name -> petrel.v1.SignedPreKey
+	8,  // 32: petrel.v1.KeyBundleUpload.last_resort_kem_prekey:type_name -> petrel.v1.KEMPreKey
+	8,  // 33: petrel.v1.KeyBundleUpload.kem_prekeys:type_name -> petrel.v1.KEMPreKey
+	7,  // 34: petrel.v1.KeyBundleUpload.one_time_prekeys:type_name -> petrel.v1.OneTimePreKey
+	0,  // 35: petrel.v1.Error.code:type_name -> petrel.v1.ErrorCode
+	13, // 36: petrel.v1.Send.envelopes:type_name -> petrel.v1.DeviceCiphertext
+	13, // 37: petrel.v1.Send.own_envelopes:type_name -> petrel.v1.DeviceCiphertext
+	1,  // 38: petrel.v1.DeviceCiphertext.type:type_name -> petrel.v1.EnvelopeType
+	1,  // 39: petrel.v1.Envelope.type:type_name -> petrel.v1.EnvelopeType
+	15, // 40: petrel.v1.Deliver.envelope:type_name -> petrel.v1.Envelope
+	0,  // 41: petrel.v1.GoAway.reason:type_name -> petrel.v1.ErrorCode
+	22, // 42: petrel.v1.BundleResult.devices:type_name -> petrel.v1.DeviceBundle
+	35, // 43: petrel.v1.BundleResult.device_list:type_name -> petrel.v1.SignedDeviceList
+	6,  // 44: petrel.v1.DeviceBundle.signed_prekey:type_name -> petrel.v1.SignedPreKey
+	8,  // 45: petrel.v1.DeviceBundle.kem_prekey:type_name -> petrel.v1.KEMPreKey
+	7,  // 46: petrel.v1.DeviceBundle.one_time_prekey:type_name -> petrel.v1.OneTimePreKey
+	5,  // 47: petrel.v1.UploadPreKeys.keys:type_name -> petrel.v1.KeyBundleUpload
+	30, // 48: petrel.v1.StartLink.offer:type_name -> petrel.v1.LinkOffer
+	5,  // 49: petrel.v1.LinkOffer.keys:type_name -> petrel.v1.KeyBundleUpload
+	35, // 50: petrel.v1.ApproveLink.device_list:type_name -> petrel.v1.SignedDeviceList
+	37, // 51: petrel.v1.DeviceList.devices:type_name -> petrel.v1.ListedDevice
+	39, // 52: petrel.v1.DeviceListResult.devices:type_name -> petrel.v1.DeviceInfo
+	35, // 53: petrel.v1.DeviceListResult.device_list:type_name -> petrel.v1.SignedDeviceList
+	35, // 54: petrel.v1.DeviceListChanged.device_list:type_name -> petrel.v1.SignedDeviceList
+	35, // 55: petrel.v1.PutDeviceList.device_list:type_name -> petrel.v1.SignedDeviceList
+	35, // 56: petrel.v1.RemoveDevice.device_list:type_name -> petrel.v1.SignedDeviceList
+	57, // [57:57] is the sub-list for method output_type
+	57, // [57:57] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_proto_petrel_v1_petrel_proto_init() }
@@ -2522,6 +3720,11 @@ func file_proto_petrel_v1_petrel_proto_init() {
 		(*Frame_PrekeyStatus)(nil),
 		(*Frame_Pong)(nil),
 		(*Frame_QueuedResult)(nil),
+		(*Frame_LinkStarted)(nil),
+		(*Frame_LinkOffer)(nil),
+		(*Frame_LinkApproved)(nil),
+		(*Frame_DeviceListResult)(nil),
+		(*Frame_DeviceListChanged)(nil),
 		(*Frame_Register)(nil),
 		(*Frame_Auth)(nil),
 		(*Frame_Send)(nil),
@@ -2530,6 +3733,12 @@ func file_proto_petrel_v1_petrel_proto_init() {
 		(*Frame_UploadPrekeys)(nil),
 		(*Frame_Ping)(nil),
 		(*Frame_QueryQueued)(nil),
+		(*Frame_StartLink)(nil),
+		(*Frame_GetLinkOffer_)(nil),
+		(*Frame_ApproveLink)(nil),
+		(*Frame_GetDevices)(nil),
+		(*Frame_PutDeviceList)(nil),
+		(*Frame_RemoveDevice)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2537,7 +3746,7 @@ func file_proto_petrel_v1_petrel_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_petrel_v1_petrel_proto_rawDesc), len(file_proto_petrel_v1_petrel_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   27,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
