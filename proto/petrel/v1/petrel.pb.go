@@ -2496,6 +2496,7 @@ type LinkOffer struct {
 	EphemeralKey  []byte                 `protobuf:"bytes,3,opt,name=ephemeral_key,json=ephemeralKey,proto3" json:"ephemeral_key,omitempty"` // X25519 public key, 32 bytes
 	Mac           []byte                 `protobuf:"bytes,4,opt,name=mac,proto3" json:"mac,omitempty"`                                       // HMAC-SHA-256 under the code's secret (docs/protocol.md)
 	LinkId        string                 `protobuf:"bytes,5,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`                   // set by the server in LinkStarted / LinkOffer; not covered by the MAC
+	NoHistory     bool                   `protobuf:"varint,6,opt,name=no_history,json=noHistory,proto3" json:"no_history,omitempty"`         // the new device asks not to be sent history (`link --no-history`)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2563,6 +2564,13 @@ func (x *LinkOffer) GetLinkId() string {
 		return x.LinkId
 	}
 	return ""
+}
+
+func (x *LinkOffer) GetNoHistory() bool {
+	if x != nil {
+		return x.NoHistory
+	}
+	return false
 }
 
 type LinkStarted struct {
@@ -3481,13 +3489,15 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\x06queued\x18\x01 \x03(\tR\x06queued\"U\n" +
 	"\tStartLink\x12*\n" +
 	"\x05offer\x18\x01 \x01(\v2\x14.petrel.v1.LinkOfferR\x05offer\x12\x1c\n" +
-	"\tsignature\x18\x02 \x01(\fR\tsignature\"\xa6\x01\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"\xc5\x01\n" +
 	"\tLinkOffer\x12\x19\n" +
 	"\bauth_key\x18\x01 \x01(\fR\aauthKey\x12.\n" +
 	"\x04keys\x18\x02 \x01(\v2\x1a.petrel.v1.KeyBundleUploadR\x04keys\x12#\n" +
 	"\rephemeral_key\x18\x03 \x01(\fR\fephemeralKey\x12\x10\n" +
 	"\x03mac\x18\x04 \x01(\fR\x03mac\x12\x17\n" +
-	"\alink_id\x18\x05 \x01(\tR\x06linkId\"E\n" +
+	"\alink_id\x18\x05 \x01(\tR\x06linkId\x12\x1d\n" +
+	"\n" +
+	"no_history\x18\x06 \x01(\bR\tnoHistory\"E\n" +
 	"\vLinkStarted\x12\x17\n" +
 	"\alink_id\x18\x01 \x01(\tR\x06linkId\x12\x1d\n" +
 	"\n" +
