@@ -12,6 +12,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -150,6 +151,7 @@ type Bus struct {
 	Accounts jetstream.KeyValue // account name → account record
 	Devices  jetstream.KeyValue // device id → device record
 	Invites  jetstream.KeyValue // invite code → invite record
+	Links    jetstream.KeyValue // link id → pending device link (per-entry TTL)
 	PreKeys  jetstream.Stream   // one-time prekeys: prekeys.otk.<device>, prekeys.kem.<device>
 	inboxes  []jetstream.Stream
 	meta     jetstream.KeyValue // deployment facts
@@ -390,6 +392,45 @@ func (b *Bus) JS() jetstream.JetStream { return b.js }
 // only the stream's leader answers: unlike a direct get (any replica, which may lag behind the
 // leader's acks), it sees every acked write.
 func MsgGetSubject(stream string) string { return "$JS.API.STREAM.MSG.GET." + stream }
+
+// KVLatest reads the latest value of key in bucket, and its revision, from the bucket stream's
+// leader: unlike jetstream.KeyValue.Get (a direct get, which any replica may answer, a moment
+// behind), it sees every acknowledged write, so a read-check-update with the revision (optimistic
+// concurrency) does not spin on a lagging replica. ok is false when the key does not exist or was
+// deleted. A stream without a leader (an election) does not answer: the request waits for ctx.
+func (b *Bus) KVLatest(ctx context.Context, bucket, key string) (value []byte, revision uint64, ok bool, err error) {
+	req, _ := json.Marshal(map[string]string{"last_by_subj": "$KV." + bucket + "." + key})
+	msg, err := b.nc.RequestWithContext(ctx, MsgGetSubject("KV_"+bucket), req)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	var resp struct {
+		Message *struct {
+			Sequence uint64 `json:"seq"`
+			Header   []byte `json:"hdrs"`
+			Data     []byte `json:"data"`
+		} `json:"message"`
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return nil, 0, false, fmt.Errorf("message get from %s: %w", bucket, err)
+	}
+	if resp.Error != nil {
+		if resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
+			return nil, 0, false, nil
+		}
+		return nil, 0, false, fmt.Errorf("message get from %s: %w", bucket, resp.Error)
+	}
+	if resp.Message == nil {
+		return nil, 0, false, fmt.Errorf("message get from %s: empty answer", bucket)
+	}
+	if len(resp.Message.Header) > 0 {
+		if h, err := nats.DecodeHeadersMsg(resp.Message.Header); err == nil && h.Get(kvOperation) != "" {
+			return nil, resp.Message.Sequence, false, nil // deleted or purged
+		}
+	}
+	return resp.Message.Data, resp.Message.Sequence, true, nil
+}
 
 // MailboxPingSubject is answered by every node's mailbox (with its node name). A node publishes
 // a ping right after it subscribes to a device, on the same connection: a server that forwards

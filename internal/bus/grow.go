@@ -305,36 +305,11 @@ func (b *Bus) metaValue(ctx context.Context, key string) (string, bool, error) {
 	// Short: a stream without a leader yet does not answer at all, and the caller retries.
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	req, _ := json.Marshal(map[string]string{"last_by_subj": "$KV." + MetaBucket + "." + key})
-	msg, err := b.nc.RequestWithContext(ctx, MsgGetSubject("KV_"+MetaBucket), req)
+	v, _, ok, err := b.KVLatest(ctx, MetaBucket, key)
 	if err != nil {
 		return "", false, fmt.Errorf("read %s: %w", key, err)
 	}
-	var resp struct {
-		Message *struct {
-			Header []byte `json:"hdrs"`
-			Data   []byte `json:"data"`
-		} `json:"message"`
-		Error *jetstream.APIError `json:"error"`
-	}
-	if err := json.Unmarshal(msg.Data, &resp); err != nil {
-		return "", false, fmt.Errorf("read %s: %w", key, err)
-	}
-	if resp.Error != nil {
-		if resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
-			return "", false, nil
-		}
-		return "", false, fmt.Errorf("read %s: %w", key, resp.Error)
-	}
-	if resp.Message == nil {
-		return "", false, fmt.Errorf("read %s: empty answer", key)
-	}
-	if len(resp.Message.Header) > 0 {
-		if h, err := nats.DecodeHeadersMsg(resp.Message.Header); err == nil && h.Get(kvOperation) != "" {
-			return "", false, nil // deleted or purged
-		}
-	}
-	return string(resp.Message.Data), true, nil
+	return string(v), ok, nil
 }
 
 const kvOperation = "KV-Operation"

@@ -20,12 +20,16 @@ const (
 	AccountsBucket = "accounts"
 	DevicesBucket  = "devices"
 	InvitesBucket  = "invites"
+	LinksBucket    = "links"
 	MetaBucket     = "petrel_meta"
 	PreKeysStream  = "PREKEYS"
 	inboxStreamFmt = "INBOX_%02d"
 
 	// InviteTTL is how long an unused invite code stays valid.
 	InviteTTL = 7 * 24 * time.Hour
+	// LinksMaxAge is the longest a pending device link is kept: the links bucket's own age
+	// limit, behind each entry's TTL (the directory's link TTL, at most this).
+	LinksMaxAge = time.Hour
 )
 
 // InboxStreamName is the stream of a shard.
@@ -129,16 +133,16 @@ func (b *Bus) migrate(ctx context.Context) error {
 	defer cancel()
 	r := b.cfg.Replicas
 
-	kv := func(cfg jetstream.KeyValueConfig, atomic bool) (jetstream.KeyValue, error) {
+	kv := func(cfg jetstream.KeyValueConfig, opts kvOptions) (jetstream.KeyValue, error) {
 		cfg.Replicas = r
 		cfg.Storage = jetstream.FileStorage
-		s, err := b.ensureKV(ctx, cfg, atomic)
+		s, err := b.ensureKV(ctx, cfg, opts)
 		if err != nil {
 			return nil, fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
 		}
 		return s, nil
 	}
-	meta, err := kv(jetstream.KeyValueConfig{Bucket: MetaBucket, Description: "petrel deployment facts", History: 1}, false)
+	meta, err := kv(jetstream.KeyValueConfig{Bucket: MetaBucket, Description: "petrel deployment facts", History: 1}, kvOptions{})
 	if err != nil {
 		return err
 	}
@@ -155,13 +159,18 @@ func (b *Bus) migrate(ctx context.Context) error {
 		}
 	}
 	// Bulk registration writes many records of accounts and devices as one atomic batch.
-	if b.Accounts, err = kv(jetstream.KeyValueConfig{Bucket: AccountsBucket, Description: "account name → account", History: 1}, true); err != nil {
+	if b.Accounts, err = kv(jetstream.KeyValueConfig{Bucket: AccountsBucket, Description: "account name → account", History: 1}, kvOptions{atomic: true}); err != nil {
 		return err
 	}
-	if b.Devices, err = kv(jetstream.KeyValueConfig{Bucket: DevicesBucket, Description: "device id → device keys", History: 1}, true); err != nil {
+	if b.Devices, err = kv(jetstream.KeyValueConfig{Bucket: DevicesBucket, Description: "device id → device keys", History: 1}, kvOptions{atomic: true}); err != nil {
 		return err
 	}
-	if b.Invites, err = kv(jetstream.KeyValueConfig{Bucket: InvitesBucket, Description: "one-time invite codes", History: 1, TTL: InviteTTL}, false); err != nil {
+	if b.Invites, err = kv(jetstream.KeyValueConfig{Bucket: InvitesBucket, Description: "one-time invite codes", History: 1, TTL: InviteTTL}, kvOptions{}); err != nil {
+		return err
+	}
+	// Pending device links expire by a TTL per entry (the directory's link_ttl), under the
+	// bucket's own age limit.
+	if b.Links, err = kv(jetstream.KeyValueConfig{Bucket: LinksBucket, Description: "link id → pending device link offer", History: 1, TTL: LinksMaxAge}, kvOptions{msgTTL: true}); err != nil {
 		return err
 	}
 	b.PreKeys, err = b.ensureStream(ctx, jetstream.StreamConfig{
@@ -262,6 +271,9 @@ func (b *Bus) ensureStream(ctx context.Context, want jetstream.StreamConfig) (je
 	}
 	upd.AllowDirect = want.AllowDirect
 	upd.AllowAtomicPublish = want.AllowAtomicPublish
+	if want.AllowMsgTTL { // JetStream cannot switch per-message TTLs off again: only ever on
+		upd.AllowMsgTTL = true
+	}
 	if reflect.DeepEqual(cur, upd) {
 		return s, nil
 	}
@@ -287,12 +299,18 @@ func (b *Bus) visible(ctx context.Context, s jetstream.Stream) error {
 	return nil
 }
 
+// kvOptions are the stream settings of a bucket that the KV API does not manage.
+type kvOptions struct {
+	atomic bool // atomic batch publishing (AllowAtomicPublish)
+	msgTTL bool // a TTL per entry (AllowMsgTTL; jetstream.KeyTTL on Create)
+}
+
 // ensureKV creates the bucket, or brings an existing one's managed fields to cfg, through
 // ensureStream. The bucket's stream is written here as nats.go's KV API writes it (nats.go
-// v1.55 prepareKeyValueConfig), plus atomic batch publishing when atomic is set: the KV API
-// cannot set that, and its update path rewrites the whole config (it would switch atomic
-// publishing off again while another node relies on it).
-func (b *Bus) ensureKV(ctx context.Context, cfg jetstream.KeyValueConfig, atomic bool) (jetstream.KeyValue, error) {
+// v1.55 prepareKeyValueConfig), plus atomic batch publishing and per-entry TTLs when opts asks:
+// the KV API cannot set the first, and its update path rewrites the whole config (it would
+// switch atomic publishing off again while another node relies on it).
+func (b *Bus) ensureKV(ctx context.Context, cfg jetstream.KeyValueConfig, opts kvOptions) (jetstream.KeyValue, error) {
 	dup := 2 * time.Minute
 	if cfg.TTL > 0 && cfg.TTL < dup {
 		dup = cfg.TTL
@@ -315,7 +333,8 @@ func (b *Bus) ensureKV(ctx context.Context, cfg jetstream.KeyValueConfig, atomic
 		MaxConsumers:       -1,
 		AllowDirect:        true,
 		Discard:            jetstream.DiscardNew,
-		AllowAtomicPublish: atomic,
+		AllowAtomicPublish: opts.atomic,
+		AllowMsgTTL:        opts.msgTTL,
 	}); err != nil {
 		return nil, err
 	}

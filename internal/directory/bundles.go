@@ -147,8 +147,9 @@ func (c *answerCache) len() int {
 }
 
 // Bundles returns a prekey bundle for each requested device of name (all when deviceIDs is empty;
-// repeats are ignored), claiming for each device one one-time EC prekey and one one-time KEM
-// prekey when any are left, within the claim limits. requester is the asking device: a repeat
+// repeats are ignored), with the account's signed device list when it has one, claiming for each
+// device one one-time EC prekey and one one-time KEM prekey when any are left, within the claim
+// limits. requester is the asking device: a repeat
 // within BundleCacheTTL is answered without one-time prekeys and claims none. Over the requester
 // or pair limit the whole request is refused with a *RateLimitError and nothing is claimed.
 func (d *Directory) Bundles(ctx context.Context, requester, name string, deviceIDs []string) (*pb.BundleResult, error) {
@@ -200,7 +201,8 @@ func (d *Directory) Bundles(ctx context.Context, requester, name string, deviceI
 	if err != nil {
 		return nil, err
 	}
-	res := &pb.BundleResult{Name: name}
+	// The signed device list lets the requester check which devices the primary vouches for.
+	res := &pb.BundleResult{Name: name, DeviceList: acc.SignedDeviceList()}
 	for i, id := range want {
 		dev, _, err := d.device(ctx, id)
 		if err != nil {

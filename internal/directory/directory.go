@@ -57,6 +57,13 @@ var (
 	ErrDeviceExists       = errors.New("device already registered")
 	ErrUnavailable        = errors.New("directory unavailable")
 	ErrTooManyPreKeys     = errors.New("too many prekeys")
+
+	// Linked devices (devices.go, links.go).
+	ErrLinkExpired       = errors.New("the link code is unknown, used or expired: start linking again on the new device")
+	ErrTooManyDevices    = errors.New("the account has as many devices as allowed: remove one with petrel devices remove")
+	ErrPermissionDenied  = errors.New("permission denied: only the primary device may change the account's devices")
+	ErrInvalidDeviceList = errors.New("invalid signed device list")
+	ErrStaleDeviceList   = errors.New("the signed device list does not match the account's devices: fetch them again, re-sign and retry")
 )
 
 // Limits on what one device may upload.
@@ -108,6 +115,13 @@ type Config struct {
 	ClaimTargetPerMinute float64
 	// ClaimLimiterKeys bounds the keys (devices, pairs) each claim limiter tracks. Default: 100,000.
 	ClaimLimiterKeys int
+
+	// MaxDevices is the most devices one account may have, its primary included (1-16: a signed
+	// device list holds at most 16). Default: 5.
+	MaxDevices int
+	// LinkTTL is how long a started device link waits for its approval (1s to
+	// bus.LinksMaxAge, 1h). Default: 5m.
+	LinkTTL time.Duration
 
 	Logger *slog.Logger
 	// Registry receives the directory's metrics; nil registers none.
@@ -182,16 +196,120 @@ func (c *Config) setClaimDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.MaxDevices == 0 {
+		c.MaxDevices = DefaultMaxDevices
+	}
+	if c.LinkTTL == 0 {
+		c.LinkTTL = DefaultLinkTTL
+	}
+}
+
+// Validate reports every out-of-range setting of c (zero values mean their defaults).
+func (c Config) Validate() error {
+	var errs []error
+	switch c.Policy {
+	case "", PolicyOpen, PolicyInvite, PolicyClosed:
+	default:
+		errs = append(errs, fmt.Errorf("registration policy %q: want open, invite or closed", c.Policy))
+	}
+	if c.MaxDevices != 0 && (c.MaxDevices < 1 || c.MaxDevices > MaxListedDevices) {
+		errs = append(errs, fmt.Errorf("max_devices %d: want 1..%d", c.MaxDevices, MaxListedDevices))
+	}
+	if c.LinkTTL != 0 && (c.LinkTTL < time.Second || c.LinkTTL > bus.LinksMaxAge) {
+		errs = append(errs, fmt.Errorf("link_ttl %s: want 1s..%s", c.LinkTTL, bus.LinksMaxAge))
+	}
+	return errors.Join(errs...)
 }
 
 // ReplenishBelow is the configured prekey threshold.
 func (d *Directory) ReplenishBelow() uint32 { return d.cfg.ReplenishBelow }
 
-// Account is the stored record of one account.
+// Account is the stored record of one account. Records written before linked devices have only
+// Name, Devices and Created, and load as an account whose primary is its first device, with no
+// signed device list and no device details (see Primary and Info).
 type Account struct {
-	Name    string    `json:"name"`
+	Name string `json:"name"`
+	// Devices are the account's device ids, the primary first.
 	Devices []string  `json:"devices"`
 	Created time.Time `json:"created"`
+	// PrimaryID is the primary device's id; empty in records from before linked devices (then
+	// the first device is the primary: see Primary).
+	PrimaryID string `json:"primary,omitempty"`
+	// DeviceList is the device list the primary signed last; nil until it publishes one.
+	DeviceList *StoredList `json:"device_list,omitempty"`
+	// Details holds each device's name and times, by device id; a device may have none (a
+	// device of an older record, not seen since).
+	Details map[string]DeviceDetails `json:"device_details,omitempty"`
+}
+
+// StoredList is an account's signed device list as stored: the parts of a
+// pb.SignedDeviceList, plus the list's version (read from it when it was verified).
+type StoredList struct {
+	List      []byte `json:"list"`
+	Signature []byte `json:"signature"`
+	Version   uint64 `json:"version"`
+}
+
+// DeviceDetails is what the account record keeps of a device besides its id.
+type DeviceDetails struct {
+	// Name is the name the primary gave a linked device (empty for the primary).
+	Name string `json:"name,omitempty"`
+	// LinkedMS is when the device joined the account, in Unix milliseconds; 0 for a device of a
+	// record from before linked devices (then the account's creation: see Info).
+	LinkedMS int64 `json:"linked_ms,omitempty"`
+	// LastSeenMS is when the device last authenticated, in Unix milliseconds, written at most
+	// once an hour (see Seen); 0 when not recorded.
+	LastSeenMS int64 `json:"last_seen_ms,omitempty"`
+}
+
+// Primary is the id of the account's primary device.
+func (a *Account) Primary() string {
+	if a.PrimaryID != "" {
+		return a.PrimaryID
+	}
+	if len(a.Devices) > 0 {
+		return a.Devices[0]
+	}
+	return ""
+}
+
+// HasDevice reports whether id is one of the account's devices.
+func (a *Account) HasDevice(id string) bool {
+	for _, d := range a.Devices {
+		if d == id {
+			return true
+		}
+	}
+	return false
+}
+
+// OtherDevices returns the account's devices except one (the sender of a Send: its other
+// devices are the ones its own_envelopes must address), in the account's order.
+func (a *Account) OtherDevices(except string) []string {
+	out := make([]string, 0, len(a.Devices))
+	for _, d := range a.Devices {
+		if d != except {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// SignedDeviceList returns the stored signed device list, nil when the account has none. The
+// message shares the record's bytes: do not modify it.
+func (a *Account) SignedDeviceList() *pb.SignedDeviceList {
+	if a.DeviceList == nil {
+		return nil
+	}
+	return &pb.SignedDeviceList{List: a.DeviceList.List, Signature: a.DeviceList.Signature}
+}
+
+// listVersion is the stored list's version, 0 when there is none.
+func (a *Account) listVersion() uint64 {
+	if a.DeviceList == nil {
+		return 0
+	}
+	return a.DeviceList.Version
 }
 
 // KEMKey is a stored ML-KEM prekey.

@@ -12,6 +12,9 @@ type metrics struct {
 	bundleCached    prometheus.Counter
 	registerRefused *prometheus.CounterVec // by reason
 	invitesReturned prometheus.Counter
+	links           *prometheus.CounterVec // by result: started, approved, expired, refused
+	devicesRemoved  *prometheus.CounterVec // by who asked: primary, self
+	seenWrites      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -26,9 +29,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Registrations refused by the directory, by reason."}, []string{"reason"}),
 		invitesReturned: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_directory_invites_returned_total",
 			Help: "Invite codes given back because the registration that spent them failed to be written."}),
+		links: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_directory_links_total",
+			Help: "Device links, by result: started (StartLink stored an offer), approved, expired (an offer or approval found the link unknown, used or expired), refused (a StartLink or approval refused otherwise)."}, []string{"result"}),
+		devicesRemoved: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_directory_devices_removed_total",
+			Help: "Linked devices removed from their account, by who asked: primary, self."}, []string{"by"}),
+		seenWrites: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_directory_last_seen_writes_total",
+			Help: "Account records written to update a device's last-seen time (at most one a device an hour)."}),
+	}
+	for _, r := range []string{linkStarted, linkApproved, linkExpired, linkRefused} {
+		m.links.WithLabelValues(r)
+	}
+	for _, by := range []string{"primary", "self"} {
+		m.devicesRemoved.WithLabelValues(by)
 	}
 	if reg != nil {
-		reg.MustRegister(m.prekeysClaimed, m.claimLimited, m.bundleCached, m.registerRefused, m.invitesReturned)
+		reg.MustRegister(m.prekeysClaimed, m.claimLimited, m.bundleCached, m.registerRefused, m.invitesReturned,
+			m.links, m.devicesRemoved, m.seenWrites)
 	}
 	return m
 }
@@ -41,4 +57,13 @@ func (m *metrics) claimed(k claimedKeys) {
 	if k.kem != nil {
 		m.prekeysClaimed.WithLabelValues("kem").Inc()
 	}
+}
+
+// removed counts a device removal, by the device itself (self) or by the primary.
+func (m *metrics) removed(self bool) {
+	by := "primary"
+	if self {
+		by = "self"
+	}
+	m.devicesRemoved.WithLabelValues(by).Inc()
 }

@@ -1,0 +1,336 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package directory
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/petrelchat/petrel/internal/bus"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+)
+
+// An account's devices: one primary (the device that registered it) and up to MaxDevices-1
+// linked companions, and the device list the primary signed. Every change of them is a
+// read-check-update of the account record: read it through the stream leader with its revision,
+// check the change against it, write it only if the revision is still the latest; on a conflict
+// read again and check again (a concurrent change may have made the request stale). So two
+// changes never both apply to the same state (two approvals, an approval and a removal).
+
+// errConflict: the account record changed between the read and the update. It is wrapped with
+// ErrUnavailable when it reaches a caller (the change kept losing: retry).
+var errConflict = errors.New("the account record changed meanwhile")
+
+// withReadTimeout bounds a read for a caller whose ctx has no deadline.
+func withReadTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, readTimeout)
+}
+
+// accountLatest reads an account record and its revision through the stream leader.
+func (d *Directory) accountLatest(ctx context.Context, name string) (*Account, uint64, error) {
+	if !pb.ValidName(name) {
+		return nil, 0, ErrUnknownUser
+	}
+	ctx, cancel := withReadTimeout(ctx)
+	defer cancel()
+	v, rev, ok, err := d.bus.KVLatest(ctx, bus.AccountsBucket, name)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: read account: %v", ErrUnavailable, err)
+	}
+	if !ok {
+		return nil, 0, ErrUnknownUser
+	}
+	acc := &Account{}
+	if err := json.Unmarshal(v, acc); err != nil {
+		return nil, 0, fmt.Errorf("%w: account record %s: %v", ErrUnavailable, name, err)
+	}
+	return acc, rev, nil
+}
+
+// deviceLatest reads a device record and its revision through the stream leader.
+func (d *Directory) deviceLatest(ctx context.Context, id string) (*Device, uint64, error) {
+	if !pb.ValidDeviceID(id) {
+		return nil, 0, ErrUnknownDevice
+	}
+	ctx, cancel := withReadTimeout(ctx)
+	defer cancel()
+	v, rev, ok, err := d.bus.KVLatest(ctx, bus.DevicesBucket, id)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: read device: %v", ErrUnavailable, err)
+	}
+	if !ok {
+		return nil, 0, ErrUnknownDevice
+	}
+	dev := &Device{}
+	if err := json.Unmarshal(v, dev); err != nil {
+		return nil, 0, fmt.Errorf("%w: device record %s: %v", ErrUnavailable, id, err)
+	}
+	return dev, rev, nil
+}
+
+// updateAccount writes acc if the record's latest revision is still rev. A lost race is an error
+// wrapping both errConflict and ErrUnavailable. This node's account cache forgets the account at
+// once (the watch does it on every node, a moment later).
+func (d *Directory) updateAccount(ctx context.Context, acc *Account, rev uint64) error {
+	b, err := json.Marshal(acc)
+	if err != nil {
+		return fmt.Errorf("%w: account record: %v", ErrUnavailable, err)
+	}
+	if _, err := d.bus.Accounts.Update(ctx, acc.Name, b, rev); err != nil {
+		if isConflict(err) {
+			return fmt.Errorf("%w: %w", ErrUnavailable, errConflict)
+		}
+		return fmt.Errorf("%w: update account: %v", ErrUnavailable, err)
+	}
+	if d.accounts != nil {
+		d.accounts.invalidate(acc.Name)
+	}
+	return nil
+}
+
+// clone copies an account record so that a change of the copy leaves a shared (cached) record
+// alone. Details is never nil in the copy.
+func (a *Account) clone() *Account {
+	c := *a
+	c.Devices = slices.Clone(a.Devices)
+	c.Details = make(map[string]DeviceDetails, len(a.Details)+1)
+	maps.Copy(c.Details, a.Details)
+	return &c
+}
+
+// Info returns what GetDevices shows of device id of the account. A device of a record from
+// before linked devices counts as linked when the account was created.
+func (a *Account) Info(id string) *pb.DeviceInfo {
+	det := a.Details[id]
+	primary := id == a.Primary()
+	linked := det.LinkedMS
+	if linked == 0 && primary {
+		linked = a.Created.UnixMilli()
+	}
+	return &pb.DeviceInfo{DeviceId: id, Name: det.Name, LinkedMs: linked, LastSeenMs: det.LastSeenMS, Primary: primary}
+}
+
+// devicesResult is the answer to GetDevices for acc: its devices in order, the primary first.
+func devicesResult(acc *Account) *pb.DeviceListResult {
+	res := &pb.DeviceListResult{DeviceList: acc.SignedDeviceList()}
+	for _, id := range acc.Devices {
+		res.Devices = append(res.Devices, acc.Info(id))
+	}
+	return res
+}
+
+// Devices returns the devices of p's account and its signed list, as stored now (read through the
+// stream leader, not the cache). A device no longer on the account gets ErrUnknownDevice.
+func (d *Directory) Devices(ctx context.Context, p Principal) (*pb.DeviceListResult, error) {
+	acc, _, err := d.accountLatest(ctx, p.Name)
+	if err != nil {
+		return nil, err
+	}
+	if !acc.HasDevice(p.ID) {
+		return nil, fmt.Errorf("%w: this device is not on account %s any more", ErrUnknownDevice, p.Name)
+	}
+	return devicesResult(acc), nil
+}
+
+// PutDeviceList stores a new signed device list for p's account: from the primary only
+// (ErrPermissionDenied); it must verify and list exactly the account's devices with their identity
+// keys (ErrInvalidDeviceList, or ErrStaleDeviceList for another set of devices), at a version
+// above the stored one (else ErrStaleDeviceList). Old accounts publish their first list this way,
+// and the primary re-signs with it after a companion removed itself.
+func (d *Directory) PutDeviceList(ctx context.Context, p Principal, sdl *pb.SignedDeviceList) error {
+	list, err := verifyDeviceList(sdl, p.Name)
+	if err != nil {
+		return err
+	}
+	stored := &StoredList{List: sdl.GetList(), Signature: sdl.GetSignature(), Version: list.GetVersion()}
+	for attempt := 1; ; attempt++ {
+		acc, rev, err := d.accountLatest(ctx, p.Name)
+		if err != nil {
+			return err
+		}
+		if acc.Primary() != p.ID {
+			return fmt.Errorf("%w: sign the device list on your primary device", ErrPermissionDenied)
+		}
+		if err := checkVersion(list.GetVersion(), acc.listVersion(), false); err != nil {
+			return err
+		}
+		want, err := d.identities(ctx, acc)
+		if err != nil {
+			return err
+		}
+		if err := matchList(list, want, acc.Primary()); err != nil {
+			return err
+		}
+		next := acc.clone()
+		next.PrimaryID = acc.Primary()
+		next.DeviceList = stored
+		err = d.updateAccount(ctx, next, rev)
+		if err == nil || !errors.Is(err, errConflict) || attempt == maxUpdateAttempts {
+			return err
+		}
+	}
+}
+
+// RemoveDevice unlinks deviceID from p's account: the primary removing a companion (sdl is then
+// required: the stored list without it, at version stored+1), or a companion removing itself (sdl
+// absent: the primary re-signs later with PutDeviceList). The primary cannot be removed
+// (ErrPermissionDenied); a device the account does not have is ErrUnknownDevice. The device's
+// record and its one-time prekeys are deleted: it cannot authenticate any more, on any node (each
+// node's auth cache follows the devices bucket). Its inbox is the mailbox's to drop.
+func (d *Directory) RemoveDevice(ctx context.Context, p Principal, deviceID string, sdl *pb.SignedDeviceList) error {
+	if !pb.ValidDeviceID(deviceID) {
+		return fmt.Errorf("%w: malformed device id", ErrInvalidRequest)
+	}
+	self := deviceID == p.ID
+	var list *pb.DeviceList
+	if len(sdl.GetList()) > 0 || len(sdl.GetSignature()) > 0 {
+		if self {
+			return fmt.Errorf("%w: a device that removes itself sends no device list", ErrInvalidRequest)
+		}
+		var err error
+		if list, err = verifyDeviceList(sdl, p.Name); err != nil {
+			return err
+		}
+	}
+	for attempt := 1; ; attempt++ {
+		acc, rev, err := d.accountLatest(ctx, p.Name)
+		if err != nil {
+			return err
+		}
+		primary := acc.Primary()
+		if !acc.HasDevice(deviceID) {
+			return d.finishRemoval(ctx, p, acc, deviceID)
+		}
+		if deviceID == primary {
+			return fmt.Errorf("%w: the primary device cannot be removed", ErrPermissionDenied)
+		}
+		if !self {
+			if p.ID != primary {
+				return fmt.Errorf("%w: remove other devices from your primary device", ErrPermissionDenied)
+			}
+			if list == nil {
+				return fmt.Errorf("%w: removing another device needs the signed device list without it", ErrInvalidRequest)
+			}
+			if err := checkVersion(list.GetVersion(), acc.listVersion(), true); err != nil {
+				return err
+			}
+			want, err := d.identities(ctx, acc)
+			if err != nil {
+				return err
+			}
+			delete(want, deviceID)
+			if err := matchList(list, want, primary); err != nil {
+				return err
+			}
+		}
+		next := acc.clone()
+		next.PrimaryID = primary
+		next.Devices = slices.DeleteFunc(next.Devices, func(id string) bool { return id == deviceID })
+		delete(next.Details, deviceID)
+		if list != nil {
+			next.DeviceList = &StoredList{List: sdl.GetList(), Signature: sdl.GetSignature(), Version: list.GetVersion()}
+		}
+		err = d.updateAccount(ctx, next, rev)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errConflict) || attempt == maxUpdateAttempts {
+			return err
+		}
+	}
+	// The account no longer lists the device: nobody can send to it or fetch its bundle. Now
+	// its record and prekeys go; if that fails, the caller's retry finishes it (finishRemoval).
+	if err := d.dropDevice(ctx, deviceID); err != nil {
+		return err
+	}
+	d.metrics.removed(self)
+	return nil
+}
+
+// finishRemoval handles a removal of a device that acc does not list: a removal whose record or
+// prekeys could not be deleted (the account was updated first) is finished when retried by the
+// device itself or the primary; anything else is ErrUnknownDevice.
+func (d *Directory) finishRemoval(ctx context.Context, p Principal, acc *Account, deviceID string) error {
+	if deviceID != p.ID && p.ID != acc.Primary() {
+		return fmt.Errorf("%w: %s has no device %s", ErrUnknownDevice, acc.Name, deviceID)
+	}
+	dev, _, err := d.deviceLatest(ctx, deviceID)
+	if err != nil || dev.Name != acc.Name {
+		return fmt.Errorf("%w: %s has no device %s", ErrUnknownDevice, acc.Name, deviceID)
+	}
+	if err := d.dropDevice(ctx, deviceID); err != nil {
+		return err
+	}
+	d.metrics.removed(deviceID == p.ID)
+	return nil
+}
+
+// dropDevice deletes a removed device's record and one-time prekeys. This node's auth cache
+// forgets the device at once; the others do when their watch of the devices bucket sees the
+// purge.
+func (d *Directory) dropDevice(ctx context.Context, deviceID string) error {
+	if err := d.bus.Devices.Purge(ctx, deviceID); err != nil {
+		return fmt.Errorf("%w: delete device record: %v", ErrUnavailable, err)
+	}
+	if d.auth != nil {
+		if k, ok := parseDeviceKey(deviceID); ok {
+			d.auth.invalidate(k)
+		}
+	}
+	for _, subject := range []string{bus.OneTimePreKeySubject(deviceID), bus.KEMPreKeySubject(deviceID)} {
+		if err := d.bus.PreKeys.Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
+			return fmt.Errorf("%w: delete prekeys: %v", ErrUnavailable, err)
+		}
+	}
+	return nil
+}
+
+// Seen records that deviceID authenticated at now, in its account record, when the stored time is
+// more than an hour older (so not one write per connect). With the caches warm (Start) the usual
+// case — nothing to write — reads nothing from the store. Failures are logged: last-seen is a
+// convenience, and the next connect tries again.
+func (d *Directory) Seen(ctx context.Context, deviceID string, now time.Time) {
+	k, ok := parseDeviceKey(deviceID)
+	if !ok {
+		return
+	}
+	e, err := d.authEntry(ctx, deviceID, k)
+	if err != nil {
+		return
+	}
+	acc, err := d.Account(ctx, e.name)
+	if err != nil || !needsSeen(acc, deviceID, now) {
+		return
+	}
+	ctx, cancel := withReadTimeout(ctx)
+	defer cancel()
+	acc, rev, err := d.accountLatest(ctx, e.name)
+	if err != nil || !needsSeen(acc, deviceID, now) {
+		return // gone, or written meanwhile (by another node, or before this node's cache heard)
+	}
+	next := acc.clone()
+	det := next.Details[deviceID]
+	det.LastSeenMS = now.UnixMilli()
+	next.Details[deviceID] = det
+	if err := d.updateAccount(ctx, next, rev); err != nil {
+		d.log.Debug("record last seen", "device", deviceID, "err", err)
+		return
+	}
+	d.metrics.seenWrites.Inc()
+}
+
+// needsSeen reports whether Seen should write deviceID's last-seen time at now.
+func needsSeen(acc *Account, deviceID string, now time.Time) bool {
+	return acc.HasDevice(deviceID) && now.UnixMilli()-acc.Details[deviceID].LastSeenMS >= seenInterval.Milliseconds()
+}
