@@ -144,13 +144,16 @@ func checkVersion(got, stored uint64, exact bool) error {
 }
 
 // identities returns the identity key of each of acc's devices, read from their records through
-// the stream leader (a device just linked elsewhere is there).
+// the stream leader (a device just linked elsewhere is there). A device without a record is an
+// error wrapping errConflict: acc is older than a removal.
 func (d *Directory) identities(ctx context.Context, acc *Account) (map[string][]byte, error) {
 	ids := make(map[string][]byte, len(acc.Devices)+1)
 	for _, id := range acc.Devices {
 		dev, _, err := d.deviceLatest(ctx, id)
 		if errors.Is(err, ErrUnknownDevice) {
-			return nil, fmt.Errorf("%w: account %s lists device %s, which has no record", ErrUnavailable, acc.Name, id)
+			// Removed since acc was read (the record goes after the account update): read the
+			// account again.
+			return nil, fmt.Errorf("%w: %w: account %s lists device %s, which has no record", ErrUnavailable, errConflict, acc.Name, id)
 		}
 		if err != nil {
 			return nil, err

@@ -166,16 +166,15 @@ func (d *Directory) PutDeviceList(ctx context.Context, p Principal, sdl *pb.Sign
 			return err
 		}
 		want, err := d.identities(ctx, acc)
-		if err != nil {
-			return err
+		if err == nil {
+			if err := matchList(list, want, acc.Primary()); err != nil {
+				return err
+			}
+			next := acc.clone()
+			next.PrimaryID = acc.Primary()
+			next.DeviceList = stored
+			err = d.updateAccount(ctx, next, rev)
 		}
-		if err := matchList(list, want, acc.Primary()); err != nil {
-			return err
-		}
-		next := acc.clone()
-		next.PrimaryID = acc.Primary()
-		next.DeviceList = stored
-		err = d.updateAccount(ctx, next, rev)
 		if err == nil || !errors.Is(err, errConflict) || attempt == maxUpdateAttempts {
 			return err
 		}
@@ -193,16 +192,7 @@ func (d *Directory) RemoveDevice(ctx context.Context, p Principal, deviceID stri
 		return fmt.Errorf("%w: malformed device id", ErrInvalidRequest)
 	}
 	self := deviceID == p.ID
-	var list *pb.DeviceList
-	if len(sdl.GetList()) > 0 || len(sdl.GetSignature()) > 0 {
-		if self {
-			return fmt.Errorf("%w: a device that removes itself sends no device list", ErrInvalidRequest)
-		}
-		var err error
-		if list, err = verifyDeviceList(sdl, p.Name); err != nil {
-			return err
-		}
-	}
+	hasList := len(sdl.GetList()) > 0 || len(sdl.GetSignature()) > 0
 	for attempt := 1; ; attempt++ {
 		acc, rev, err := d.accountLatest(ctx, p.Name)
 		if err != nil {
@@ -215,35 +205,31 @@ func (d *Directory) RemoveDevice(ctx context.Context, p Principal, deviceID stri
 		if deviceID == primary {
 			return fmt.Errorf("%w: the primary device cannot be removed", ErrPermissionDenied)
 		}
-		if !self {
-			if p.ID != primary {
-				return fmt.Errorf("%w: remove other devices from your primary device", ErrPermissionDenied)
-			}
-			if list == nil {
-				return fmt.Errorf("%w: removing another device needs the signed device list without it", ErrInvalidRequest)
-			}
-			if err := checkVersion(list.GetVersion(), acc.listVersion(), true); err != nil {
-				return err
-			}
-			want, err := d.identities(ctx, acc)
-			if err != nil {
-				return err
-			}
-			delete(want, deviceID)
-			if err := matchList(list, want, primary); err != nil {
+		var list *pb.DeviceList
+		switch {
+		case self && hasList:
+			return fmt.Errorf("%w: a device that removes itself sends no device list", ErrInvalidRequest)
+		case self:
+		case p.ID != primary:
+			return fmt.Errorf("%w: remove other devices from your primary device", ErrPermissionDenied)
+		case !hasList:
+			return fmt.Errorf("%w: removing another device needs the signed device list without it", ErrInvalidRequest)
+		default:
+			if list, err = d.checkRemovalList(ctx, acc, deviceID, sdl); err != nil && !errors.Is(err, errConflict) {
 				return err
 			}
 		}
-		next := acc.clone()
-		next.PrimaryID = primary
-		next.Devices = slices.DeleteFunc(next.Devices, func(id string) bool { return id == deviceID })
-		delete(next.Details, deviceID)
-		if list != nil {
-			next.DeviceList = &StoredList{List: sdl.GetList(), Signature: sdl.GetSignature(), Version: list.GetVersion()}
-		}
-		err = d.updateAccount(ctx, next, rev)
 		if err == nil {
-			break
+			next := acc.clone()
+			next.PrimaryID = primary
+			next.Devices = slices.DeleteFunc(next.Devices, func(id string) bool { return id == deviceID })
+			delete(next.Details, deviceID)
+			if list != nil {
+				next.DeviceList = &StoredList{List: sdl.GetList(), Signature: sdl.GetSignature(), Version: list.GetVersion()}
+			}
+			if err = d.updateAccount(ctx, next, rev); err == nil {
+				break
+			}
 		}
 		if !errors.Is(err, errConflict) || attempt == maxUpdateAttempts {
 			return err
@@ -256,6 +242,27 @@ func (d *Directory) RemoveDevice(ctx context.Context, p Principal, deviceID stri
 	}
 	d.metrics.removed(self)
 	return nil
+}
+
+// checkRemovalList checks the list a primary sends to remove deviceID from acc: it verifies, and
+// lists acc's devices but deviceID, at version stored+1.
+func (d *Directory) checkRemovalList(ctx context.Context, acc *Account, deviceID string, sdl *pb.SignedDeviceList) (*pb.DeviceList, error) {
+	list, err := verifyDeviceList(sdl, acc.Name)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkVersion(list.GetVersion(), acc.listVersion(), true); err != nil {
+		return nil, err
+	}
+	want, err := d.identities(ctx, acc)
+	if err != nil {
+		return nil, err
+	}
+	delete(want, deviceID)
+	if err := matchList(list, want, acc.Primary()); err != nil {
+		return nil, err
+	}
+	return list, nil
 }
 
 // finishRemoval handles a removal of a device that acc does not list: a removal whose record or

@@ -18,6 +18,15 @@ func (d *Directory) AuthCachedForTest(id string) bool {
 	return ok
 }
 
+// AccountCachedForTest reports whether the account cache holds name.
+func (d *Directory) AccountCachedForTest(name string) bool {
+	if d.accounts == nil {
+		return false
+	}
+	_, _, ok := d.accounts.get(name)
+	return ok
+}
+
 // AuthCacheLenForTest is the number of devices in the auth cache.
 func (d *Directory) AuthCacheLenForTest() int {
 	if d.auth == nil {

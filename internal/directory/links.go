@@ -255,52 +255,69 @@ func (d *Directory) approveLink(ctx context.Context, p Principal, req *pb.Approv
 		want[dev.ID] = dev.IdentityKey
 		return matchList(list, want, acc.Primary())
 	}
-	if err := check(acc); err != nil {
+	stored := &StoredList{List: req.GetDeviceList().GetList(), Signature: req.GetDeviceList().GetSignature(), Version: list.GetVersion()}
+	spent := false // the link is purged and the device record created: undo both on failure
+	fail := func(err error) (*Approved, error) {
+		if spent {
+			d.undoLink(ctx, dev.ID, linkID, rec)
+		} else if !errors.Is(err, ErrLinkExpired) {
+			// A concurrent approval of this link that won changed the account too: tell it
+			// apart from a list that was stale or wrong to begin with.
+			if _, _, lerr := d.readLink(ctx, linkID); errors.Is(lerr, ErrLinkExpired) {
+				return nil, ErrLinkExpired
+			}
+		}
 		return nil, err
 	}
-
-	// Spend the link: of concurrent approvals exactly one purges the revision it read.
-	if err := d.bus.Links.Purge(ctx, linkID, jetstream.LastRevision(linkRev)); err != nil {
-		if isConflict(err) {
-			return nil, ErrLinkExpired
-		}
-		return nil, fmt.Errorf("%w: spend link: %v", ErrUnavailable, err)
-	}
-	devJSON, _ := json.Marshal(dev)
-	if _, err := d.bus.Devices.Create(ctx, dev.ID, devJSON); err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			return nil, ErrDeviceExists // registered or linked meanwhile: this link is of no use now
-		}
-		d.returnLink(ctx, linkID, rec)
-		return nil, fmt.Errorf("%w: create device: %v", ErrUnavailable, err)
-	}
-	stored := &StoredList{List: req.GetDeviceList().GetList(), Signature: req.GetDeviceList().GetSignature(), Version: list.GetVersion()}
 	for attempt := 1; ; attempt++ {
-		next := acc.clone()
-		next.PrimaryID = acc.Primary()
-		next.Devices = append(next.Devices, dev.ID)
-		next.DeviceList = stored
-		next.Details[dev.ID] = DeviceDetails{Name: req.GetDeviceName(), LinkedMS: now.UnixMilli()}
-		err := d.updateAccount(ctx, next, accRev)
+		err := check(acc)
 		if err == nil {
-			acc = next
-			break
+			if !spent {
+				if err := d.spendLink(ctx, linkID, linkRev, rec, dev); err != nil {
+					return nil, err
+				}
+				spent = true
+			}
+			next := acc.clone()
+			next.PrimaryID = acc.Primary()
+			next.Devices = append(next.Devices, dev.ID)
+			next.DeviceList = stored
+			next.Details[dev.ID] = DeviceDetails{Name: req.GetDeviceName(), LinkedMS: now.UnixMilli()}
+			if err = d.updateAccount(ctx, next, accRev); err == nil {
+				acc = next
+				break
+			}
 		}
 		if !errors.Is(err, errConflict) || attempt == maxUpdateAttempts {
-			d.undoLink(ctx, dev.ID, linkID, rec)
-			return nil, err
+			return fail(err)
 		}
 		// Somebody else changed the account: check again against what is there now.
-		if acc, accRev, err = d.accountLatest(ctx, p.Name); err == nil {
-			err = check(acc)
-		}
-		if err != nil {
-			d.undoLink(ctx, dev.ID, linkID, rec)
-			return nil, err
+		if acc, accRev, err = d.accountLatest(ctx, p.Name); err != nil {
+			return fail(err)
 		}
 	}
 	d.addInitialPreKeys(ctx, dev, offer.GetKeys())
 	return &Approved{NewDeviceID: dev.ID, Name: acc.Name, DeviceList: acc.SignedDeviceList(), Info: devicesResult(acc)}, nil
+}
+
+// spendLink purges the link entry at the revision read (of concurrent approvals exactly one
+// succeeds: the others get ErrLinkExpired), then creates the new device's record.
+func (d *Directory) spendLink(ctx context.Context, linkID string, linkRev uint64, rec *linkRecord, dev *Device) error {
+	if err := d.bus.Links.Purge(ctx, linkID, jetstream.LastRevision(linkRev)); err != nil {
+		if isConflict(err) {
+			return ErrLinkExpired
+		}
+		return fmt.Errorf("%w: spend link: %v", ErrUnavailable, err)
+	}
+	devJSON, _ := json.Marshal(dev)
+	if _, err := d.bus.Devices.Create(ctx, dev.ID, devJSON); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return ErrDeviceExists // registered or linked meanwhile: this link is of no use now
+		}
+		d.returnLink(ctx, linkID, rec)
+		return fmt.Errorf("%w: create device: %v", ErrUnavailable, err)
+	}
+	return nil
 }
 
 // undoLink undoes a spent link whose device could not join the account: it removes the device
