@@ -22,10 +22,45 @@ type cache[K comparable, V any] struct {
 	mu      sync.Mutex // guards the fields below
 	entries map[K]V
 	gen     uint64 // bumped by every invalidation
+	// deleted remembers, for keys the watch saw deleted, the revision of the deletion, so that a
+	// read answered by a replica that has not applied it yet (a direct get may be answered by any
+	// replica) is not taken for the truth after the watch already dropped the entry. Bounded by
+	// max/deletedFraction (random eviction): a replica lags by moments, not by many deletions.
+	deleted map[K]uint64
 }
 
+// deletedFraction: a cache remembers up to max/deletedFraction deletions (at least 64).
+const deletedFraction = 16
+
 func newCache[K comparable, V any](max int) *cache[K, V] {
-	return &cache[K, V]{max: max, entries: make(map[K]V)}
+	return &cache[K, V]{max: max, entries: make(map[K]V), deleted: make(map[K]uint64)}
+}
+
+// bury drops k's entry and remembers that k was deleted at revision rev.
+func (c *cache[K, V]) bury(k K, rev uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	delete(c.entries, k)
+	if _, ok := c.deleted[k]; !ok && len(c.deleted) >= max(64, c.max/deletedFraction) {
+		for old := range c.deleted { // map order is random: a cheap random eviction
+			delete(c.deleted, old)
+			break
+		}
+	}
+	c.deleted[k] = rev
+}
+
+// buried reports whether a read of k at revision rev is older than a deletion of k the watch
+// saw: the read came from a replica behind the deletion.
+func (c *cache[K, V]) buried(k K, rev uint64) bool {
+	if c == nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	del, ok := c.deleted[k]
+	return ok && rev <= del
 }
 
 // usable reports whether the cache may be read: it exists (Start ran) and its watch is alive.
@@ -83,6 +118,7 @@ func (c *cache[K, V]) invalidateAll() {
 	c.mu.Lock()
 	c.gen++
 	clear(c.entries)
+	clear(c.deleted)
 	c.mu.Unlock()
 }
 
@@ -112,7 +148,8 @@ func (d *Directory) Start(ctx context.Context) error {
 	return nil
 }
 
-// follow drops the cache entry of every key the watch reports, until ctx ends or the watch ends;
+// follow drops the cache entry of every key the watch reports (remembering deletions: see
+// cache.deleted), until ctx ends or the watch ends;
 // then the cache is switched off (nothing keeps it correct any more). key maps a bucket key to a
 // cache key; keys that cannot be cached are ignored.
 func follow[K comparable, V any](ctx context.Context, w jetstream.KeyWatcher, c *cache[K, V], key func(string) (K, bool)) {
@@ -134,7 +171,12 @@ func follow[K comparable, V any](ctx context.Context, w jetstream.KeyWatcher, c 
 				continue
 			}
 			if k, ok := key(e.Key()); ok {
-				c.invalidate(k)
+				switch e.Operation() {
+				case jetstream.KeyValueDelete, jetstream.KeyValuePurge:
+					c.bury(k, e.Revision())
+				default:
+					c.invalidate(k)
+				}
 			}
 		}
 	}

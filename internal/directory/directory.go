@@ -821,33 +821,42 @@ type authRecord struct {
 // authEntry returns the auth entry of a device from the cache, or reads it from the bucket and
 // caches it. Errors are those of readAuth.
 func (d *Directory) authEntry(ctx context.Context, deviceID string, k deviceKey) (authEntry, error) {
-	return d.auth.load(k, func() (authEntry, error) { return d.readAuth(ctx, deviceID) })
+	return d.auth.load(k, func() (authEntry, error) {
+		e, rev, err := d.readAuth(ctx, deviceID)
+		if err == nil && d.auth.buried(k, rev) {
+			// A replica answered that has not applied the device's deletion (a removal)
+			// that this node's watch already saw.
+			return authEntry{}, ErrUnknownDevice
+		}
+		return e, err
+	})
 }
 
-// readAuth reads the auth entry of a device from the bucket: ErrUnknownDevice when there is none,
+// readAuth reads the auth entry of a device from the bucket, with the record's revision:
+// ErrUnknownDevice when there is none,
 // ErrAuthFailed when its auth key is malformed, ErrUnavailable when it cannot be read.
-func (d *Directory) readAuth(ctx context.Context, deviceID string) (authEntry, error) {
+func (d *Directory) readAuth(ctx context.Context, deviceID string) (authEntry, uint64, error) {
 	kv, err := d.bus.Devices.Get(ctx, deviceID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return authEntry{}, ErrUnknownDevice
+		return authEntry{}, 0, ErrUnknownDevice
 	}
 	if err != nil {
-		return authEntry{}, fmt.Errorf("%w: read device: %v", ErrUnavailable, err)
+		return authEntry{}, 0, fmt.Errorf("%w: read device: %v", ErrUnavailable, err)
 	}
 	var rec authRecord
 	if err := json.Unmarshal(kv.Value(), &rec); err != nil {
-		return authEntry{}, fmt.Errorf("%w: device record %s: %v", ErrUnavailable, deviceID, err)
+		return authEntry{}, 0, fmt.Errorf("%w: device record %s: %v", ErrUnavailable, deviceID, err)
 	}
 	if rec.ID != deviceID {
-		return authEntry{}, fmt.Errorf("%w: device record %s holds device %q", ErrUnavailable, deviceID, rec.ID)
+		return authEntry{}, 0, fmt.Errorf("%w: device record %s holds device %q", ErrUnavailable, deviceID, rec.ID)
 	}
 	if len(rec.AuthKey) != ed25519.PublicKeySize {
-		return authEntry{}, fmt.Errorf("%w: device record %s: auth key has %d bytes", ErrAuthFailed, deviceID, len(rec.AuthKey))
+		return authEntry{}, 0, fmt.Errorf("%w: device record %s: auth key has %d bytes", ErrAuthFailed, deviceID, len(rec.AuthKey))
 	}
 	created := rec.SignedPreKey.Created
 	e := authEntry{name: rec.Name, createdSec: created.Unix(), createdNsec: int32(created.Nanosecond())}
 	copy(e.key[:], rec.AuthKey)
-	return e, nil
+	return e, kv.Revision(), nil
 }
 
 // Device returns a device record.
