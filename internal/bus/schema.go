@@ -53,6 +53,10 @@ const NodesSubject = "petrel.nodes"
 // DeviceSubject carries live deliveries, wake-ups and takeovers for a connected device.
 func DeviceSubject(deviceID string) string { return "dev." + deviceID }
 
+// LinkSubject is the core subject on which the approval of a pending device link is published,
+// for the node that holds the waiting device's connection: link.<link id>.
+func LinkSubject(linkID string) string { return "link." + linkID }
+
 // OneTimePreKeySubject and KEMPreKeySubject hold a device's unclaimed one-time prekeys.
 func OneTimePreKeySubject(deviceID string) string { return "prekeys.otk." + deviceID }
 

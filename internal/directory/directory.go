@@ -3,11 +3,14 @@
 
 // Package directory holds accounts, devices and their public keys: registration (open, invite-only
 // or closed), device authentication (challenge–response on the device's Ed25519 auth key), and the
-// prekey directory, where fetching a bundle claims exactly one one-time prekey per device.
+// prekey directory, where fetching a bundle claims exactly one one-time prekey per device, and
+// linked devices: an account's primary device links companions (links.go) and signs the
+// account's device list, which the directory checks against the account and hands out with
+// bundles (devices.go).
 //
-// State lives in the bus: account and device records in key-value buckets, one-time prekeys as
-// messages on prekeys.otk.<device> / prekeys.kem.<device>, claimed by get-then-delete (a failed
-// delete means somebody else claimed that one: take the next).
+// State lives in the bus: account and device records, and pending links, in key-value buckets,
+// one-time prekeys as messages on prekeys.otk.<device> / prekeys.kem.<device>, claimed by
+// get-then-delete (a failed delete means somebody else claimed that one: take the next).
 package directory
 
 import (

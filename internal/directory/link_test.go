@@ -178,11 +178,13 @@ func TestLinkRoundTrip(t *testing.T) {
 	}
 
 	before := time.Now().UnixMilli()
+	canonical := n.linkID
+	n.linkID = string(bytes.ToLower([]byte(n.linkID))) // approved as typed
 	res, err := amy.approve(t, d, n, "Laptop ✓")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.NewDeviceID != n.id || res.Name != "amy" || !proto.Equal(res.DeviceList, amy.last) || !proto.Equal(mustList(t, d, "amy"), amy.last) {
+	if res.LinkID != canonical || res.NewDeviceID != n.id || res.Name != "amy" || !proto.Equal(res.DeviceList, amy.last) || !proto.Equal(mustList(t, d, "amy"), amy.last) {
 		t.Fatalf("approved %+v", res)
 	}
 	info := res.Info.GetDevices()

@@ -174,6 +174,9 @@ func (d *Directory) readLink(ctx context.Context, linkID string) (*linkRecord, u
 
 // Approved is the result of an approval.
 type Approved struct {
+	// LinkID is the approved link's id in its canonical form (as StartLink returned it: the
+	// waiting device's node listens on bus.LinkSubject of it), whatever case the approver used.
+	LinkID string
 	// NewDeviceID is the linked device's id.
 	NewDeviceID string
 	// Name is the account's name.
@@ -297,7 +300,7 @@ func (d *Directory) approveLink(ctx context.Context, p Principal, req *pb.Approv
 		}
 	}
 	d.addInitialPreKeys(ctx, dev, offer.GetKeys())
-	return &Approved{NewDeviceID: dev.ID, Name: acc.Name, DeviceList: acc.SignedDeviceList(), Info: devicesResult(acc)}, nil
+	return &Approved{LinkID: linkID, NewDeviceID: dev.ID, Name: acc.Name, DeviceList: acc.SignedDeviceList(), Info: devicesResult(acc)}, nil
 }
 
 // spendLink purges the link entry at the revision read (of concurrent approvals exactly one
