@@ -5,15 +5,11 @@ package directory
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
-
-	"google.golang.org/protobuf/proto"
 
 	"github.com/petrelchat/petrel/e2ee"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
@@ -27,17 +23,13 @@ const (
 	DefaultLinkTTL = 5 * time.Minute
 	// MaxListedDevices is the most devices a signed device list may hold, so the highest
 	// MaxDevices.
-	MaxListedDevices = 16
+	MaxListedDevices = pb.MaxListedDevices
 	// MaxDeviceNameRunes bounds the name a primary gives a linked device.
 	MaxDeviceNameRunes = 64
 
-	// deviceListContext is the signature context of a signed device list.
-	deviceListContext = "petrel-device-list-v1"
-	// maxDeviceListBytes bounds an encoded device list (16 entries are about 2.8 KB).
-	maxDeviceListBytes = 8 << 10
-	// maxSealedApproval bounds ApproveLink.sealed_approval (a LinkApproval: the signed list, the
-	// account and the primary's identity: a few KB).
-	maxSealedApproval = 16 << 10
+	// maxSealedApproval bounds ApproveLink.sealed_approval: the largest approval SealLinkApproval
+	// seals, plus its AES-GCM tag.
+	maxSealedApproval = e2ee.MaxLinkApprovalSize + 16
 	// maxOfferBytes bounds a stored link offer (keys and up to MaxPreKeysPerUpload prekeys of
 	// each kind; the frame limit usually bounds it first).
 	maxOfferBytes = 512 << 10
@@ -48,60 +40,14 @@ const (
 	maxUpdateAttempts = 8
 )
 
-// verifyDeviceList checks a signed device list on its own: it parses, names account, holds 1 to
-// MaxListedDevices entries with well-formed, distinct device ids, exactly one of them primary, and
-// the signature verifies under the primary entry's identity key. Whether it matches the account's
-// devices is matchList's job.
-//
-// TODO(md-crypto): switch to petrelv1.VerifyDeviceList once it is on main (the same checks,
-// shared with the SDK).
+// verifyDeviceList checks a signed device list on its own with pb.VerifyDeviceList (it parses,
+// names account, holds 1 to MaxListedDevices well-formed, distinct devices, exactly one of them
+// primary, and the signature verifies under the primary entry's identity key); every refusal is
+// ErrInvalidDeviceList. Whether it matches the account's devices is matchList's job.
 func verifyDeviceList(sdl *pb.SignedDeviceList, account string) (*pb.DeviceList, error) {
-	if sdl == nil || len(sdl.GetList()) == 0 {
-		return nil, fmt.Errorf("%w: the signed device list is missing", ErrInvalidDeviceList)
-	}
-	if len(sdl.GetList()) > maxDeviceListBytes {
-		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrInvalidDeviceList, len(sdl.GetList()), maxDeviceListBytes)
-	}
-	list := &pb.DeviceList{}
-	if err := proto.Unmarshal(sdl.GetList(), list); err != nil {
-		return nil, fmt.Errorf("%w: does not parse: %v", ErrInvalidDeviceList, err)
-	}
-	if list.GetAccount() != account {
-		return nil, fmt.Errorf("%w: it names account %q, not %q", ErrInvalidDeviceList, list.GetAccount(), account)
-	}
-	if list.GetVersion() == 0 {
-		return nil, fmt.Errorf("%w: version 0 (versions start at 1)", ErrInvalidDeviceList)
-	}
-	n := len(list.GetDevices())
-	if n == 0 || n > MaxListedDevices {
-		return nil, fmt.Errorf("%w: %d devices, want 1..%d", ErrInvalidDeviceList, n, MaxListedDevices)
-	}
-	seen := make(map[string]bool, n)
-	var primary *pb.ListedDevice
-	for _, e := range list.GetDevices() {
-		if !pb.ValidDeviceID(e.GetDeviceId()) {
-			return nil, fmt.Errorf("%w: malformed device id %q", ErrInvalidDeviceList, e.GetDeviceId())
-		}
-		if seen[e.GetDeviceId()] {
-			return nil, fmt.Errorf("%w: device %s is listed twice", ErrInvalidDeviceList, e.GetDeviceId())
-		}
-		seen[e.GetDeviceId()] = true
-		if e.GetPrimary() {
-			if primary != nil {
-				return nil, fmt.Errorf("%w: more than one primary device", ErrInvalidDeviceList)
-			}
-			primary = e
-		}
-	}
-	if primary == nil {
-		return nil, fmt.Errorf("%w: no primary device", ErrInvalidDeviceList)
-	}
-	ik, err := e2ee.ParseIdentityKey(primary.GetIdentityKey())
+	list, err := pb.VerifyDeviceList(sdl, account)
 	if err != nil {
-		return nil, fmt.Errorf("%w: the primary's identity key: %v", ErrInvalidDeviceList, err)
-	}
-	if err := ik.Verify(deviceListContext, sdl.GetList(), sdl.GetSignature()); err != nil {
-		return nil, fmt.Errorf("%w: the signature does not verify under the primary's identity key", ErrInvalidDeviceList)
+		return nil, fmt.Errorf("%w: %w", ErrInvalidDeviceList, err)
 	}
 	return list, nil
 }
@@ -176,42 +122,6 @@ func validDeviceName(s string) bool {
 	return true
 }
 
-// crockford is Crockford's base32 alphabet (no I, L, O, U).
-const crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-// linkIDLen is the length of a link id: 8 characters, 40 random bits.
-const linkIDLen = 8
-
-// newLinkID returns a fresh link id: 8 upper-case Crockford base32 characters of 40 random bits.
-//
-// TODO(md-crypto): switch to e2ee.NewLinkID once it is on main.
-func newLinkID() (string, error) {
-	var b [5]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
-	}
-	v := uint64(b[0])<<32 | uint64(b[1])<<24 | uint64(b[2])<<16 | uint64(b[3])<<8 | uint64(b[4])
-	out := make([]byte, linkIDLen)
-	for i := linkIDLen - 1; i >= 0; i-- {
-		out[i] = crockford[v&31]
-		v >>= 5
-	}
-	return string(out), nil
-}
-
-// canonicalLinkID returns id in the form newLinkID makes (upper case), and whether it is a
-// well-formed link id.
-//
-// TODO(md-crypto): switch to e2ee.ValidLinkID once it is on main.
-func canonicalLinkID(id string) (string, bool) {
-	if len(id) != linkIDLen {
-		return "", false
-	}
-	id = strings.ToUpper(id)
-	for i := 0; i < len(id); i++ {
-		if strings.IndexByte(crockford, id[i]) < 0 {
-			return "", false
-		}
-	}
-	return id, true
-}
+// newLinkID returns a fresh link id (e2ee.NewLinkID: 8 upper-case Crockford base32 characters of
+// 40 random bits).
+func newLinkID() (string, error) { return e2ee.NewLinkID(nil) }

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/petrelchat/petrel/e2ee"
 	"github.com/petrelchat/petrel/internal/bus"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
@@ -73,11 +74,11 @@ func (d *Directory) startLink(ctx context.Context, nonce []byte, req *pb.StartLi
 	if len(authKey) != ed25519.PublicKeySize {
 		return "", time.Time{}, fmt.Errorf("%w: auth key must be %d bytes", ErrInvalidKeys, ed25519.PublicKeySize)
 	}
-	if len(offer.GetEphemeralKey()) != 32 {
-		return "", time.Time{}, fmt.Errorf("%w: the ephemeral key must be 32 bytes", ErrInvalidRequest)
+	if len(offer.GetEphemeralKey()) != e2ee.LinkEphemeralKeySize {
+		return "", time.Time{}, fmt.Errorf("%w: the ephemeral key must be %d bytes", ErrInvalidRequest, e2ee.LinkEphemeralKeySize)
 	}
-	if len(offer.GetMac()) != 32 {
-		return "", time.Time{}, fmt.Errorf("%w: the offer's MAC must be 32 bytes", ErrInvalidRequest)
+	if len(offer.GetMac()) != e2ee.LinkMACSize {
+		return "", time.Time{}, fmt.Errorf("%w: the offer's MAC must be %d bytes", ErrInvalidRequest, e2ee.LinkMACSize)
 	}
 	deviceID := pb.DeviceID(authKey)
 	if !ed25519.Verify(authKey, pb.AuthPayload(nonce, deviceID), req.GetSignature()) {
@@ -149,8 +150,9 @@ func (d *Directory) LinkOffer(ctx context.Context, p Principal, linkID string) (
 // readLink reads a pending link through the stream leader, with its revision: ErrLinkExpired when
 // the id is malformed or has no entry, or the entry's expiry has passed.
 func (d *Directory) readLink(ctx context.Context, linkID string) (*linkRecord, uint64, error) {
-	id, ok := canonicalLinkID(linkID)
-	if !ok {
+	// Only canonical ids (docs/protocol.md §9.2: the SDK's code parser makes them).
+	id := linkID
+	if !e2ee.ValidLinkID(id) {
 		return nil, 0, fmt.Errorf("%w: malformed link id", ErrLinkExpired)
 	}
 	ctx, cancel := withReadTimeout(ctx)
@@ -174,8 +176,8 @@ func (d *Directory) readLink(ctx context.Context, linkID string) (*linkRecord, u
 
 // Approved is the result of an approval.
 type Approved struct {
-	// LinkID is the approved link's id in its canonical form (as StartLink returned it: the
-	// waiting device's node listens on bus.LinkSubject of it), whatever case the approver used.
+	// LinkID is the approved link's id (the waiting device's node listens on bus.LinkSubject of
+	// it).
 	LinkID string
 	// NewDeviceID is the linked device's id.
 	NewDeviceID string
@@ -210,8 +212,8 @@ func (d *Directory) approveLink(ctx context.Context, p Principal, req *pb.Approv
 	if !validDeviceName(req.GetDeviceName()) {
 		return nil, fmt.Errorf("%w: the device name must be 1-%d printable characters", ErrInvalidRequest, MaxDeviceNameRunes)
 	}
-	if len(req.GetEphemeralKey()) != 32 {
-		return nil, fmt.Errorf("%w: the ephemeral key must be 32 bytes", ErrInvalidRequest)
+	if len(req.GetEphemeralKey()) != e2ee.LinkEphemeralKeySize {
+		return nil, fmt.Errorf("%w: the ephemeral key must be %d bytes", ErrInvalidRequest, e2ee.LinkEphemeralKeySize)
 	}
 	if n := len(req.GetSealedApproval()); n == 0 || n > maxSealedApproval {
 		return nil, fmt.Errorf("%w: the sealed approval must be 1-%d bytes", ErrInvalidRequest, maxSealedApproval)
@@ -227,7 +229,7 @@ func (d *Directory) approveLink(ctx context.Context, p Principal, req *pb.Approv
 	if acc.Primary() != p.ID {
 		return nil, fmt.Errorf("%w: approve from your primary device", ErrPermissionDenied)
 	}
-	linkID, _ := canonicalLinkID(req.GetLinkId())
+	linkID := req.GetLinkId()
 	rec, linkRev, err := d.readLink(ctx, req.GetLinkId())
 	if err != nil {
 		return nil, err
