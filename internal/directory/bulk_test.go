@@ -132,3 +132,81 @@ func TestRegisterBulk(t *testing.T) {
 func errText(err error) string {
 	return strings.SplitN(err.Error(), ":", 2)[0]
 }
+
+// Companions registered in bulk (load generators' multi-device accounts) join their account as
+// linked devices: the account lists them after the primary, each can authenticate, and a taken
+// name sends the chunk the slow way, which still registers the others with their companions.
+func TestRegisterBulkCompanions(t *testing.T) {
+	ctx := context.Background()
+	b, _ := openBus(t, 1)
+	d := directory.New(b, directory.Config{MaxDevices: 3})
+	wctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(func() { cancel(); d.Wait() })
+	if err := d.Start(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.RegisterBulk(ctx, []*pb.BulkDevice{bulkDevice(t, "taken", 1000, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	withComps := func(name string, seed, n int) *pb.BulkDevice {
+		bd := bulkDevice(t, name, seed, 0)
+		for j := range n {
+			bd.Companions = append(bd.Companions, bulkDevice(t, "", seed*10+j+1, 2))
+		}
+		return bd
+	}
+	for _, round := range []struct {
+		name string
+		devs []*pb.BulkDevice
+	}{
+		{"batched", []*pb.BulkDevice{withComps("multi1", 1, 2), withComps("multi2", 2, 1), bulkDevice(t, "single1", 3, 0)}},
+		{"one by one", []*pb.BulkDevice{withComps("multi3", 4, 2), withComps("taken", 5, 1)}},
+	} {
+		res, err := d.RegisterBulk(ctx, round.devs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, bd := range round.devs {
+			if bd.GetName() == "taken" {
+				if res.Errors[i] == "" {
+					t.Fatalf("%s: a taken name was registered", round.name)
+				}
+				continue
+			}
+			if res.Errors[i] != "" {
+				t.Fatalf("%s: %s: %s", round.name, bd.GetName(), res.Errors[i])
+			}
+			acc, err := d.Account(ctx, bd.GetName())
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []string{pb.DeviceID(bd.GetAuthKey())}
+			for _, c := range bd.GetCompanions() {
+				want = append(want, pb.DeviceID(c.GetAuthKey()))
+			}
+			if fmt.Sprint(acc.Devices) != fmt.Sprint(want) || acc.Primary() != want[0] {
+				t.Fatalf("%s: account %s lists %v (primary %s), want %v", round.name, bd.GetName(), acc.Devices, acc.Primary(), want)
+			}
+			if len(bd.GetCompanions()) > 0 && fmt.Sprint(res.CompanionIds[i].GetDeviceIds()) != fmt.Sprint(want[1:]) {
+				t.Fatalf("%s: companion ids %v, want %v", round.name, res.CompanionIds[i].GetDeviceIds(), want[1:])
+			}
+			for _, id := range want[1:] {
+				dev, err := d.Device(ctx, id)
+				if err != nil || dev.Name != bd.GetName() {
+					t.Fatalf("%s: companion %s: %+v, %v", round.name, id, dev, err)
+				}
+			}
+		}
+	}
+	// More companions than max_devices allows: refused, nothing registered.
+	res, err := d.RegisterBulk(ctx, []*pb.BulkDevice{withComps("toomany", 9, 3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(res.Errors[0], "max_devices") {
+		t.Fatalf("4 devices with max_devices 3: error %q", res.Errors[0])
+	}
+	if _, err := d.Account(ctx, "toomany"); !errors.Is(err, directory.ErrUnknownUser) {
+		t.Fatalf("refused account exists: %v", err)
+	}
+}

@@ -990,63 +990,148 @@ const MaxBulkRegister = 1000
 // verified as in Register, but there is no proof of possession and no registration policy. The
 // caller must have checked the operator credential. Results are per device, in order.
 func (d *Directory) RegisterBulk(ctx context.Context, devs []*pb.BulkDevice) (*pb.BulkRegisterResponse, error) {
-	if len(devs) > MaxBulkRegister {
-		return nil, fmt.Errorf("%w: at most %d devices per bulk registration", ErrInvalidRequest, MaxBulkRegister)
+	total := 0
+	for _, bd := range devs {
+		total += 1 + len(bd.GetCompanions())
+	}
+	if total > MaxBulkRegister {
+		return nil, fmt.Errorf("%w: at most %d devices (companions included) per bulk registration", ErrInvalidRequest, MaxBulkRegister)
 	}
 	res := &pb.BulkRegisterResponse{DeviceIds: make([]string, len(devs)), Errors: make([]string, len(devs))}
+	withCompanions := false
 	// Check every device first. The valid ones are written in chunks, one atomic batch per bucket
 	// and chunk: one fsync for the chunk instead of one per device. A chunk that meets a taken name
 	// or an existing device fails as a whole (nothing of it stays), and its devices are then
 	// registered one by one, which finds and reports each conflict.
 	now := time.Now().UTC()
 	var chunk []int // indexes into devs
+	chunkDevices := 0
 	checked := make([]*Device, len(devs))
+	comps := make([][]*Device, len(devs))
 	flush := func() {
 		if len(chunk) == 0 {
 			return
 		}
 		batch := make([]*Device, len(chunk))
+		batchComps := make([][]*Device, len(chunk))
 		for k, i := range chunk {
-			batch[k] = checked[i]
+			batch[k], batchComps[k] = checked[i], comps[i]
 		}
-		if err := d.createBatch(ctx, batch); err != nil {
+		if err := d.createBatch(ctx, batch, batchComps, now); err != nil {
 			d.log.Debug("bulk registration: chunk registered one by one", "devices", len(chunk), "err", err)
 			for _, i := range chunk {
 				if _, err := d.create(ctx, checked[i], devs[i].GetKeys()); err != nil {
 					res.Errors[i] = err.Error()
-				} else {
-					res.DeviceIds[i] = checked[i].ID
+					continue
+				}
+				res.DeviceIds[i] = checked[i].ID
+				if err := d.addCompanions(ctx, checked[i].Name, comps[i], devs[i].GetCompanions(), now); err != nil {
+					res.Errors[i] = "companions: " + err.Error()
 				}
 			}
 		} else {
-			keys := make([]*pb.KeyBundleUpload, len(chunk))
+			var all []*Device
+			var keys []*pb.KeyBundleUpload
 			for k, i := range chunk {
 				res.DeviceIds[i] = checked[i].ID
-				keys[k] = devs[i].GetKeys()
+				all, keys = append(all, batch[k]), append(keys, devs[i].GetKeys())
+				for j, c := range comps[i] {
+					all, keys = append(all, c), append(keys, devs[i].GetCompanions()[j].GetKeys())
+				}
 			}
-			d.addBulkPreKeys(ctx, batch, keys)
+			d.addBulkPreKeys(ctx, all, keys)
 		}
-		chunk = chunk[:0]
+		chunk, chunkDevices = chunk[:0], 0
 	}
-	names, ids := make(map[string]bool, len(devs)), make(map[string]bool, len(devs))
+	names, ids := make(map[string]bool, len(devs)), make(map[string]bool, total)
 	for i, bd := range devs {
 		dev, err := newDevice(bd.GetName(), bd.GetAuthKey(), bd.GetKeys(), now)
 		if err != nil {
 			res.Errors[i] = err.Error()
 			continue
 		}
-		if names[dev.Name] || ids[dev.ID] {
+		if n := len(bd.GetCompanions()); n > 0 && n+1 > d.cfg.MaxDevices {
+			res.Errors[i] = fmt.Sprintf("%v: %d devices, at most %d (max_devices)", ErrTooManyDevices, n+1, d.cfg.MaxDevices)
+			continue
+		}
+		var cs []*Device
+		repeat := names[dev.Name] || ids[dev.ID]
+		for _, c := range bd.GetCompanions() {
+			cd, err := newDevice(dev.Name, c.GetAuthKey(), c.GetKeys(), now)
+			if err != nil {
+				res.Errors[i] = "companion: " + err.Error()
+				break
+			}
+			repeat = repeat || ids[cd.ID] || cd.ID == dev.ID
+			cs = append(cs, cd)
+		}
+		if res.Errors[i] != "" {
+			continue
+		}
+		if repeat {
 			flush() // a repeat within the request: the earlier one is written first, so this one fails
 		}
-		names[dev.Name], ids[dev.ID] = true, true
-		checked[i] = dev
-		chunk = append(chunk, i)
-		if len(chunk) == bulkChunk {
+		if chunkDevices+1+len(cs) > bulkChunk {
 			flush()
 		}
+		names[dev.Name], ids[dev.ID] = true, true
+		for _, c := range cs {
+			ids[c.ID] = true
+		}
+		withCompanions = withCompanions || len(cs) > 0
+		checked[i], comps[i] = dev, cs
+		chunk = append(chunk, i)
+		chunkDevices += 1 + len(cs)
 	}
 	flush()
+	if withCompanions {
+		res.CompanionIds = make([]*pb.CompanionIDs, len(devs))
+		for i, cs := range comps {
+			res.CompanionIds[i] = &pb.CompanionIDs{}
+			if res.DeviceIds[i] == "" || res.Errors[i] != "" {
+				continue
+			}
+			for _, c := range cs {
+				res.CompanionIds[i].DeviceIds = append(res.CompanionIds[i].DeviceIds, c.ID)
+			}
+		}
+	}
 	return res, nil
+}
+
+// addCompanions adds checked companion devices to an existing account, one by one (the slow path
+// of a bulk registration whose chunk failed).
+func (d *Directory) addCompanions(ctx context.Context, name string, cs []*Device, bds []*pb.BulkDevice, now time.Time) error {
+	for j, c := range cs {
+		devJSON, _ := json.Marshal(c)
+		if _, err := d.bus.Devices.Create(ctx, c.ID, devJSON); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				return ErrDeviceExists
+			}
+			return fmt.Errorf("%w: create device: %v", ErrUnavailable, err)
+		}
+		for attempt := 0; ; attempt++ {
+			acc, rev, err := d.accountLatest(ctx, name)
+			if err != nil {
+				d.undoDevice(ctx, c.ID)
+				return err
+			}
+			acc = acc.clone()
+			acc.PrimaryID = acc.Primary()
+			acc.Devices = append(acc.Devices, c.ID)
+			acc.Details[c.ID] = DeviceDetails{LinkedMS: now.UnixMilli()}
+			err = d.updateAccount(ctx, acc, rev)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, errConflict) || attempt == 3 {
+				d.undoDevice(ctx, c.ID)
+				return err
+			}
+		}
+		d.addInitialPreKeys(ctx, c, bds[j].GetKeys())
+	}
+	return nil
 }
 
 // bulkChunk is the most devices written in one atomic batch (nats-server allows 1,000 messages).
@@ -1054,19 +1139,34 @@ const bulkChunk = 250
 
 // createBatch creates the device and account records of devs, which must have distinct ids and
 // names, as one atomic batch per bucket. On error none of them exists.
-func (d *Directory) createBatch(ctx context.Context, devs []*Device) error {
-	devMsgs, accMsgs := make([]*nats.Msg, len(devs)), make([]*nats.Msg, len(devs))
+func (d *Directory) createBatch(ctx context.Context, devs []*Device, comps [][]*Device, now time.Time) error {
+	devMsgs, accMsgs := make([]*nats.Msg, 0, len(devs)), make([]*nats.Msg, len(devs))
 	for i, dev := range devs {
 		devJSON, _ := json.Marshal(dev)
-		devMsgs[i] = kvCreateMsg(bus.DevicesBucket, dev.ID, devJSON)
-		accMsgs[i] = kvCreateMsg(bus.AccountsBucket, dev.Name, newAccountJSON(dev))
+		devMsgs = append(devMsgs, kvCreateMsg(bus.DevicesBucket, dev.ID, devJSON))
+		accJSON := newAccountJSON(dev)
+		if len(comps[i]) > 0 {
+			acc := &Account{Name: dev.Name, Devices: []string{dev.ID}, Created: dev.Created, PrimaryID: dev.ID,
+				Details: make(map[string]DeviceDetails, len(comps[i]))}
+			for _, c := range comps[i] {
+				cJSON, _ := json.Marshal(c)
+				devMsgs = append(devMsgs, kvCreateMsg(bus.DevicesBucket, c.ID, cJSON))
+				acc.Devices = append(acc.Devices, c.ID)
+				acc.Details[c.ID] = DeviceDetails{LinkedMS: now.UnixMilli()}
+			}
+			accJSON, _ = json.Marshal(acc)
+		}
+		accMsgs[i] = kvCreateMsg(bus.AccountsBucket, dev.Name, accJSON)
 	}
 	if _, err := jetstreamext.PublishMsgBatch(ctx, d.bus.JS(), devMsgs); err != nil {
 		return fmt.Errorf("device records: %w", err)
 	}
 	if _, err := jetstreamext.PublishMsgBatch(ctx, d.bus.JS(), accMsgs); err != nil {
-		for _, dev := range devs { // undo, so the one-by-one path starts from nothing
+		for i, dev := range devs { // undo, so the one-by-one path starts from nothing
 			d.undoDevice(ctx, dev.ID)
+			for _, c := range comps[i] {
+				d.undoDevice(ctx, c.ID)
+			}
 		}
 		return fmt.Errorf("account records: %w", err)
 	}

@@ -74,10 +74,14 @@ func (x *BulkRegisterRequest) GetDevices() []*BulkDevice {
 }
 
 type BulkDevice struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	AuthKey       []byte                 `protobuf:"bytes,2,opt,name=auth_key,json=authKey,proto3" json:"auth_key,omitempty"` // Ed25519 public key; the device id derives from it
-	Keys          *KeyBundleUpload       `protobuf:"bytes,3,opt,name=keys,proto3" json:"keys,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	AuthKey []byte                 `protobuf:"bytes,2,opt,name=auth_key,json=authKey,proto3" json:"auth_key,omitempty"` // Ed25519 public key; the device id derives from it
+	Keys    *KeyBundleUpload       `protobuf:"bytes,3,opt,name=keys,proto3" json:"keys,omitempty"`
+	// companions are linked devices of this account, registered with it (their names are
+	// ignored): load generators measure multi-device fan-out with them. No signed device list is
+	// stored, as for an account whose primary has not published one; at most max_devices - 1.
+	Companions    []*BulkDevice `protobuf:"bytes,4,rep,name=companions,proto3" json:"companions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -133,10 +137,20 @@ func (x *BulkDevice) GetKeys() *KeyBundleUpload {
 	return nil
 }
 
+func (x *BulkDevice) GetCompanions() []*BulkDevice {
+	if x != nil {
+		return x.Companions
+	}
+	return nil
+}
+
 type BulkRegisterResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DeviceIds     []string               `protobuf:"bytes,1,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"` // in request order; "" where that device failed
-	Errors        []string               `protobuf:"bytes,2,rep,name=errors,proto3" json:"errors,omitempty"`                        // in request order; "" where that device succeeded
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	DeviceIds []string               `protobuf:"bytes,1,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"` // in request order; "" where that device failed
+	Errors    []string               `protobuf:"bytes,2,rep,name=errors,proto3" json:"errors,omitempty"`                        // in request order; "" where that device succeeded
+	// companion_ids lists each entry's companion device ids, in request order (empty entries for
+	// devices without companions or that failed).
+	CompanionIds  []*CompanionIDs `protobuf:"bytes,3,rep,name=companion_ids,json=companionIds,proto3" json:"companion_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -185,22 +199,80 @@ func (x *BulkRegisterResponse) GetErrors() []string {
 	return nil
 }
 
+func (x *BulkRegisterResponse) GetCompanionIds() []*CompanionIDs {
+	if x != nil {
+		return x.CompanionIds
+	}
+	return nil
+}
+
+type CompanionIDs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceIds     []string               `protobuf:"bytes,1,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompanionIDs) Reset() {
+	*x = CompanionIDs{}
+	mi := &file_proto_petrel_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompanionIDs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompanionIDs) ProtoMessage() {}
+
+func (x *CompanionIDs) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompanionIDs.ProtoReflect.Descriptor instead.
+func (*CompanionIDs) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CompanionIDs) GetDeviceIds() []string {
+	if x != nil {
+		return x.DeviceIds
+	}
+	return nil
+}
+
 var File_proto_petrel_v1_admin_proto protoreflect.FileDescriptor
 
 const file_proto_petrel_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x1bproto/petrel/v1/admin.proto\x12\tpetrel.v1\x1a\x1cproto/petrel/v1/petrel.proto\"F\n" +
 	"\x13BulkRegisterRequest\x12/\n" +
-	"\adevices\x18\x01 \x03(\v2\x15.petrel.v1.BulkDeviceR\adevices\"k\n" +
+	"\adevices\x18\x01 \x03(\v2\x15.petrel.v1.BulkDeviceR\adevices\"\xa2\x01\n" +
 	"\n" +
 	"BulkDevice\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bauth_key\x18\x02 \x01(\fR\aauthKey\x12.\n" +
-	"\x04keys\x18\x03 \x01(\v2\x1a.petrel.v1.KeyBundleUploadR\x04keys\"M\n" +
+	"\x04keys\x18\x03 \x01(\v2\x1a.petrel.v1.KeyBundleUploadR\x04keys\x125\n" +
+	"\n" +
+	"companions\x18\x04 \x03(\v2\x15.petrel.v1.BulkDeviceR\n" +
+	"companions\"\x8b\x01\n" +
 	"\x14BulkRegisterResponse\x12\x1d\n" +
 	"\n" +
 	"device_ids\x18\x01 \x03(\tR\tdeviceIds\x12\x16\n" +
-	"\x06errors\x18\x02 \x03(\tR\x06errorsB7Z5github.com/petrelchat/petrel/proto/petrel/v1;petrelv1b\x06proto3"
+	"\x06errors\x18\x02 \x03(\tR\x06errors\x12<\n" +
+	"\rcompanion_ids\x18\x03 \x03(\v2\x17.petrel.v1.CompanionIDsR\fcompanionIds\"-\n" +
+	"\fCompanionIDs\x12\x1d\n" +
+	"\n" +
+	"device_ids\x18\x01 \x03(\tR\tdeviceIdsB7Z5github.com/petrelchat/petrel/proto/petrel/v1;petrelv1b\x06proto3"
 
 var (
 	file_proto_petrel_v1_admin_proto_rawDescOnce sync.Once
@@ -214,21 +286,24 @@ func file_proto_petrel_v1_admin_proto_rawDescGZIP() []byte {
 	return file_proto_petrel_v1_admin_proto_rawDescData
 }
 
-var file_proto_petrel_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_proto_petrel_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_proto_petrel_v1_admin_proto_goTypes = []any{
 	(*BulkRegisterRequest)(nil),  // 0: petrel.v1.BulkRegisterRequest
 	(*BulkDevice)(nil),           // 1: petrel.v1.BulkDevice
 	(*BulkRegisterResponse)(nil), // 2: petrel.v1.BulkRegisterResponse
-	(*KeyBundleUpload)(nil),      // 3: petrel.v1.KeyBundleUpload
+	(*CompanionIDs)(nil),         // 3: petrel.v1.CompanionIDs
+	(*KeyBundleUpload)(nil),      // 4: petrel.v1.KeyBundleUpload
 }
 var file_proto_petrel_v1_admin_proto_depIdxs = []int32{
 	1, // 0: petrel.v1.BulkRegisterRequest.devices:type_name -> petrel.v1.BulkDevice
-	3, // 1: petrel.v1.BulkDevice.keys:type_name -> petrel.v1.KeyBundleUpload
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	4, // 1: petrel.v1.BulkDevice.keys:type_name -> petrel.v1.KeyBundleUpload
+	1, // 2: petrel.v1.BulkDevice.companions:type_name -> petrel.v1.BulkDevice
+	3, // 3: petrel.v1.BulkRegisterResponse.companion_ids:type_name -> petrel.v1.CompanionIDs
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_proto_petrel_v1_admin_proto_init() }
@@ -243,7 +318,7 @@ func file_proto_petrel_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_petrel_v1_admin_proto_rawDesc), len(file_proto_petrel_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
