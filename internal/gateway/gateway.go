@@ -2,8 +2,10 @@
 // SPDX-License-Identifier: Apache-2.0
 
 // Package gateway accepts device WebSocket connections at /v1/connect (subprotocol "petrel.v1",
-// compression off), runs the challenge–response handshake, and turns frames into directory and
-// mailbox calls. It is event-driven: connections live in nbio's pollers, and a goroutine runs for
+// compression off), runs the challenge–response handshake, and turns frames into directory,
+// messaging and mailbox calls: each connection state has a table of frame handlers keyed by the
+// frame's body type (handlers.go). The gateway is the transport; who gets an envelope is the
+// messaging service's decision. It is event-driven: connections live in nbio's pollers, and a goroutine runs for
 // a connection only while one of its frames is being handled, so an idle connection costs a small
 // struct and no buffers.
 //
@@ -36,6 +38,7 @@ import (
 
 	"github.com/petrelchat/petrel/internal/directory"
 	"github.com/petrelchat/petrel/internal/mailbox"
+	"github.com/petrelchat/petrel/internal/messaging"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -169,6 +172,7 @@ type Gateway struct {
 	cfg      Config
 	dir      *directory.Directory
 	mb       *mailbox.Mailbox
+	msg      *messaging.Service // recipient resolution (the Send path)
 	log      *slog.Logger
 	metrics  *metrics
 	upgrader *websocket.Upgrader
@@ -203,13 +207,14 @@ type Gateway struct {
 }
 
 // New returns a gateway. It does no I/O.
-func New(dir *directory.Directory, mb *mailbox.Mailbox, cfg Config) *Gateway {
+func New(dir *directory.Directory, mb *mailbox.Mailbox, msg *messaging.Service, cfg Config) *Gateway {
 	cfg.setDefaults()
 	routeNBIOLogs(cfg.Logger)
 	g := &Gateway{
 		cfg:      cfg,
 		dir:      dir,
 		mb:       mb,
+		msg:      msg,
 		log:      cfg.Logger,
 		metrics:  newMetrics(cfg.Registry),
 		pre:      newPreUpgrade(cfg),
@@ -693,13 +698,17 @@ func setCloseOnExec(c net.Conn) {
 // errorFrame maps an error to a wire Error: its stable code, a short fixed message for that code
 // (publicMessage) and errID. The error's own text never reaches the client: it may carry storage
 // internals (NATS errors, subjects, record keys); the caller logs it under errID instead (see
-// conn.writeError). A codedError's message is the gateway's own fixed text and is sent as is.
+// conn.writeError). A codedError's or messaging.Error's message is fixed text and is sent as is.
 func errorFrame(id uint64, err error, errID string) *pb.Frame {
 	code, retry := codeFor(err)
 	msg := publicMessage(code)
 	var ce *codedError
-	if errors.As(err, &ce) && ce.msg != "" {
+	var me *messaging.Error
+	switch {
+	case errors.As(err, &ce) && ce.msg != "":
 		msg = ce.msg
+	case errors.As(err, &me) && me.Msg != "":
+		msg = me.Msg
 	}
 	return &pb.Frame{Id: id, Body: &pb.Frame_Error{Error: &pb.Error{Code: code, Message: msg, RetryAfterMs: retry, ErrorId: errID}}}
 }
@@ -737,6 +746,12 @@ func publicMessage(code pb.ErrorCode) string {
 		return "permission denied"
 	case pb.ErrorCode_ERROR_CODE_INBOX_FULL:
 		return "the recipient's inbox is full"
+	case pb.ErrorCode_ERROR_CODE_DEVICE_REMOVED:
+		return "this device was removed from its account"
+	case pb.ErrorCode_ERROR_CODE_TOO_MANY_DEVICES:
+		return "the account has as many devices as it may: remove one with petrel devices remove"
+	case pb.ErrorCode_ERROR_CODE_LINK_EXPIRED:
+		return "the link code is unknown, used or expired: start linking again"
 	default:
 		return "internal error"
 	}
@@ -754,9 +769,12 @@ func (e *codedError) Error() string { return e.msg }
 
 func codeFor(err error) (pb.ErrorCode, uint32) {
 	var ce *codedError
+	var me *messaging.Error
 	switch {
 	case errors.As(err, &ce):
 		return ce.code, ce.retry
+	case errors.As(err, &me):
+		return me.Code, 0
 	case errors.Is(err, directory.ErrUnknownUser):
 		return pb.ErrorCode_ERROR_CODE_UNKNOWN_USER, 0
 	case errors.Is(err, directory.ErrUnknownDevice):

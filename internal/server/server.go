@@ -34,6 +34,7 @@ import (
 	"github.com/petrelchat/petrel/internal/directory"
 	"github.com/petrelchat/petrel/internal/gateway"
 	"github.com/petrelchat/petrel/internal/mailbox"
+	"github.com/petrelchat/petrel/internal/messaging"
 	"github.com/petrelchat/petrel/internal/nodes"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
@@ -267,7 +268,7 @@ func (s *Server) start(ctx context.Context) error {
 	}
 	s.nodes = nodes.New(s.bus.Conn(), nodes.Config{Subject: bus.NodesSubject, Node: s.cfg.Node,
 		Logger: s.log.With("component", "nodes")})
-	s.gw = gateway.New(s.dir, s.mb, s.withAdmission(gateway.Config{
+	s.gw = gateway.New(s.dir, s.mb, messaging.New(s.dir), s.withAdmission(gateway.Config{
 		MaxFrameBytes:          s.cfg.MaxFrameBytes,
 		MaxConns:               maxConns,
 		HandshakeTimeout:       s.cfg.HandshakeTimeout.Duration,
