@@ -30,6 +30,7 @@ const (
 	stateHandshake int32 = iota
 	stateAuthed
 	stateClosed
+	stateLinking // a new device waiting for its link's approval (link.go): unauthenticated
 )
 
 // conn is one device connection. It holds no buffers while idle.
@@ -57,10 +58,11 @@ type conn struct {
 	deadline atomic.Int64
 	sends    atomic.Int32 // sends in flight
 
-	mu    sync.Mutex // guards the fields below
-	dev   directory.Principal
-	att   *mailbox.Attachment
-	route *mailbox.Route
+	mu     sync.Mutex // guards the fields below
+	dev    directory.Principal
+	att    *mailbox.Attachment
+	route  *mailbox.Route
+	linkID string // the pending link of a linking connection
 
 	fmu        sync.Mutex // held while flushing (see writer.go)
 	wmu        sync.Mutex // guards the write fields below
@@ -87,7 +89,12 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 	if c.state.Load() == stateAuthed {
 		c.deadline.Store(c.g.now.Load() + int64(c.g.cfg.IdleTimeout))
 	}
+	linking := c.state.Load() == stateLinking
 	if mt != websocket.BinaryMessage {
+		if linking {
+			c.linkingRefused(nil)
+			return
+		}
 		c.fail(0, pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frames are binary WebSocket messages")
 		return
 	}
@@ -104,6 +111,10 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 		putSendScratch(s)
 	}
 	f, err := pb.DecodeFrame(data, c.g.cfg.MaxFrameBytes)
+	if err != nil && linking {
+		c.linkingRefused(nil)
+		return
+	}
 	if err != nil {
 		code := pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME
 		if errors.Is(err, pb.ErrFrameTooLarge) {
@@ -143,7 +154,9 @@ func (c *conn) onAuth(f *pb.Frame) {
 	defer cancel()
 	a := f.GetAuth()
 	dev, err := c.g.dir.Authenticate(ctx, a.GetDeviceId(), c.nonce[:], a.GetSignature())
-	c.authenticated(ctx, f, dev, errors.Is(err, directory.ErrAuthFailed), err)
+	if c.authenticated(ctx, f, dev, errors.Is(err, directory.ErrAuthFailed), err) {
+		c.g.seen(dev.ID)
+	}
 }
 
 // notAuthenticated refuses a frame other than Register or Auth before the handshake.
@@ -153,8 +166,9 @@ func (c *conn) notAuthenticated(f *pb.Frame) {
 }
 
 // authenticated ends a handshake frame: on err, the refusal (counted against the connection when
-// it is the client's fault); otherwise Welcome, and the device is attached for delivery.
-func (c *conn) authenticated(ctx context.Context, f *pb.Frame, dev directory.Principal, clientFault bool, err error) {
+// it is the client's fault); otherwise Welcome, and the device is attached for delivery. It
+// reports whether the device was welcomed.
+func (c *conn) authenticated(ctx context.Context, f *pb.Frame, dev directory.Principal, clientFault bool, err error) bool {
 	if err != nil {
 		c.g.metrics.authFailures.Inc()
 		code, _ := codeFor(err)
@@ -163,18 +177,18 @@ func (c *conn) authenticated(ctx context.Context, f *pb.Frame, dev directory.Pri
 		if clientFault {
 			c.handshakeFailed()
 		}
-		return
+		return false
 	}
 	status, err := c.g.dir.Status(ctx, dev)
 	if err != nil {
 		c.writeError(f.Id, err)
-		return
+		return false
 	}
 	c.mu.Lock()
 	c.dev = dev
 	c.mu.Unlock()
 	if !c.state.CompareAndSwap(stateHandshake, stateAuthed) {
-		return
+		return false
 	}
 	c.deadline.Store(c.g.now.Load() + int64(c.g.cfg.IdleTimeout))
 	if a := f.GetAuth(); a.GetFailoverMs() > 0 {
@@ -195,16 +209,17 @@ func (c *conn) authenticated(ctx context.Context, f *pb.Frame, dev directory.Pri
 	if err != nil {
 		c.writeError(0, err)
 		c.close()
-		return
+		return false
 	}
 	c.mu.Lock()
 	if c.state.Load() == stateClosed {
 		c.mu.Unlock()
 		att.Detach()
-		return
+		return false
 	}
 	c.att = att
 	c.mu.Unlock()
+	return true
 }
 
 // alreadyAuthenticated refuses a handshake frame on an authenticated connection.
@@ -476,11 +491,12 @@ func (c *conn) closeNow() {
 	c.shutdown()
 }
 
-// shutdown detaches the device from delivery. Idempotent.
+// shutdown detaches the device from delivery and forgets a pending link. Idempotent.
 func (c *conn) shutdown() {
 	if c.state.Swap(stateClosed) == stateClosed {
 		return
 	}
+	c.g.endLink(c, linkClosedOutcome)
 	c.mu.Lock()
 	att := c.att
 	c.att = nil

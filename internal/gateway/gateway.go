@@ -33,6 +33,7 @@ import (
 	"github.com/lesismal/nbio"
 	"github.com/lesismal/nbio/nbhttp"
 	"github.com/lesismal/nbio/nbhttp/websocket"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
@@ -96,6 +97,15 @@ type Config struct {
 	RegistrationsPerSecond float64
 	// Registration limits Register attempts per address and refused handshakes per connection.
 	Registration RegistrationLimits
+	// MaxPendingLinks bounds the connections of new devices waiting for their link to be approved
+	// (link.go); past it StartLink is refused with RATE_LIMITED. Default: DefaultMaxPendingLinks.
+	MaxPendingLinks int
+	// MaxDevices is the directory's limit of devices per account, quoted in TOO_MANY_DEVICES
+	// answers. Default: directory.DefaultMaxDevices.
+	MaxDevices int
+	// Bus is the node's bus connection, for the control channel between nodes (control.go). Nil:
+	// this gateway is alone (events are handled locally).
+	Bus *nats.Conn
 	// DrainRate is how many connections a second Drain and Move send away: each connection gets
 	// its GoAway at its own moment, the moments spread evenly (in random order) over
 	// connections/DrainRate seconds, so their reconnects reach the other nodes spread over time,
@@ -162,6 +172,12 @@ func (c *Config) setDefaults() {
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = 64 << 10
 	}
+	if c.MaxPendingLinks == 0 {
+		c.MaxPendingLinks = DefaultMaxPendingLinks
+	}
+	if c.MaxDevices == 0 {
+		c.MaxDevices = directory.DefaultMaxDevices
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -191,6 +207,14 @@ type Gateway struct {
 
 	mu    sync.Mutex
 	conns map[*conn]struct{} // guarded by mu
+	links map[string]*conn   // link id → the new device's waiting connection; guarded by mu
+
+	pendingLinks atomic.Int64         // linking connections, and StartLinks in progress (link.go)
+	ctlSubs      []*nats.Subscription // the control channel (control.go)
+	seenq        chan string          // last-seen updates to make (control.go)
+	seenStop     chan struct{}
+	seenOnce     sync.Once
+	seenWG       sync.WaitGroup
 
 	// now is a coarse clock (nanoseconds since clockBase) advanced by sweep; connection
 	// deadlines are on it, so a frame costs an atomic store instead of a timer reset.
@@ -222,6 +246,8 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, msg *messaging.Service, 
 		errLog:   newErrorLog(),
 		reg:      newRegGuard(cfg.Registration, cfg.Registry),
 		conns:    map[*conn]struct{}{},
+		links:    map[string]*conn{},
+		seenStop: make(chan struct{}),
 	}
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(
@@ -229,6 +255,8 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, msg *messaging.Service, 
 				func() float64 { return float64(g.inbound.Load()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "petrel_gateway_pending_upgrades", Help: "Sockets of the public listener that have not upgraded to a WebSocket."},
 				func() float64 { return float64(g.pre.pending()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "petrel_gateway_pending_links", Help: "Connections of new devices waiting for their link to be approved (max_pending_links bounds them)."},
+				func() float64 { return float64(g.pendingLinks.Load()) }),
 		)
 	}
 	u := websocket.NewUpgrader()
@@ -252,8 +280,10 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, msg *messaging.Service, 
 	return g
 }
 
-// Close stops the flushers and the deadline sweep. Call it after the HTTP engine has stopped.
+// Close stops the control channel, the flushers and the deadline sweep. Call it after the HTTP
+// engine has stopped.
 func (g *Gateway) Close() {
+	g.stopControl()
 	g.stopFlushers()
 	g.closeOnce.Do(func() { close(g.sweepStop) })
 	<-g.sweepDone
@@ -289,9 +319,13 @@ func (g *Gateway) sweep() {
 		}
 		g.mu.Unlock()
 		for _, c := range expired {
-			if c.state.Load() == stateHandshake {
+			switch c.state.Load() {
+			case stateLinking:
+				c.linkExpired() // its deadline is the link's expiry: told, not just closed
+				continue
+			case stateHandshake:
 				g.metrics.timeouts.WithLabelValues("handshake").Inc()
-			} else {
+			default:
 				g.metrics.timeouts.WithLabelValues("idle").Inc()
 			}
 			c.closeNow()
@@ -792,6 +826,16 @@ func codeFor(err error) (pb.ErrorCode, uint32) {
 	case errors.Is(err, directory.ErrInvalidKeys):
 		return pb.ErrorCode_ERROR_CODE_INVALID_KEYS, 0
 	case errors.Is(err, directory.ErrInvalidRequest), errors.Is(err, directory.ErrTooManyPreKeys):
+		return pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, 0
+	case errors.Is(err, directory.ErrLinkExpired):
+		return pb.ErrorCode_ERROR_CODE_LINK_EXPIRED, 0
+	case errors.Is(err, directory.ErrTooManyDevices):
+		return pb.ErrorCode_ERROR_CODE_TOO_MANY_DEVICES, 0
+	case errors.Is(err, directory.ErrPermissionDenied):
+		return pb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, 0
+	case errors.Is(err, directory.ErrStaleDeviceList):
+		return pb.ErrorCode_ERROR_CODE_STALE_DEVICES, 0
+	case errors.Is(err, directory.ErrInvalidDeviceList):
 		return pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, 0
 	case errors.Is(err, mailbox.ErrInboxFull):
 		return pb.ErrorCode_ERROR_CODE_INBOX_FULL, 0 // permanent: no retry hint

@@ -25,8 +25,13 @@ func body[B any]() reflect.Type { return reflect.TypeFor[B]() }
 var (
 	// handshakeFrames: before Register or Auth succeeded.
 	handshakeFrames = handlers{
-		body[*pb.Frame_Register](): (*conn).onRegister,
-		body[*pb.Frame_Auth]():     (*conn).onAuth,
+		body[*pb.Frame_Register]():  (*conn).onRegister,
+		body[*pb.Frame_Auth]():      (*conn).onAuth,
+		body[*pb.Frame_StartLink](): (*conn).onStartLink,
+	}
+	// linkingFrames: a new device waiting for its link's approval (link.go).
+	linkingFrames = handlers{
+		body[*pb.Frame_Ping](): (*conn).onPing,
 	}
 	// authedFrames: an authenticated device.
 	authedFrames = handlers{
@@ -36,8 +41,14 @@ var (
 		body[*pb.Frame_GetBundle]():     (*conn).onGetBundle,
 		body[*pb.Frame_UploadPrekeys](): (*conn).onUploadPreKeys,
 		body[*pb.Frame_QueryQueued]():   (*conn).onQueryQueued,
+		body[*pb.Frame_GetLinkOffer_](): (*conn).onGetLinkOffer,
+		body[*pb.Frame_ApproveLink]():   (*conn).onApproveLink,
+		body[*pb.Frame_GetDevices]():    (*conn).onGetDevices,
+		body[*pb.Frame_PutDeviceList](): (*conn).onPutDeviceList,
+		body[*pb.Frame_RemoveDevice]():  (*conn).onRemoveDevice,
 		body[*pb.Frame_Register]():      (*conn).alreadyAuthenticated,
 		body[*pb.Frame_Auth]():          (*conn).alreadyAuthenticated,
+		body[*pb.Frame_StartLink]():     (*conn).alreadyAuthenticated,
 	}
 )
 
@@ -48,6 +59,8 @@ func stateTable(state int32) (handlers, handler) {
 		return handshakeFrames, (*conn).notAuthenticated
 	case stateAuthed:
 		return authedFrames, (*conn).unknownFrame
+	case stateLinking:
+		return linkingFrames, (*conn).linkingRefused
 	}
 	return nil, nil // closed: nothing is handled
 }

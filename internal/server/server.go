@@ -245,6 +245,9 @@ func (s *Server) start(ctx context.Context) error {
 		ClaimTargetPerMinute:    s.cfg.PrekeyClaimTargetPerMinute,
 		ClaimLimiterKeys:        s.cfg.PrekeyClaimLimiterKeys,
 
+		MaxDevices: s.cfg.MaxDevices,
+		LinkTTL:    s.cfg.LinkTTL.Duration,
+
 		Logger:   s.log.With("component", "directory"),
 		Registry: s.reg,
 	})
@@ -282,12 +285,18 @@ func (s *Server) start(ctx context.Context) error {
 			LimitLoopback:        s.cfg.RegistrationIPLimitLoopback,
 			MaxHandshakeFailures: s.cfg.HandshakeMaxFailures,
 		},
-		DrainRate: s.cfg.DrainRate,
-		Node:      s.cfg.Node,
-		Nodes:     s.nodeURLs,
-		Logger:    s.log.With("component", "gateway"),
-		Registry:  s.reg,
+		MaxPendingLinks: s.cfg.MaxPendingLinks,
+		MaxDevices:      s.cfg.MaxDevices,
+		Bus:             s.bus.Conn(),
+		DrainRate:       s.cfg.DrainRate,
+		Node:            s.cfg.Node,
+		Nodes:           s.nodeURLs,
+		Logger:          s.log.With("component", "gateway"),
+		Registry:        s.reg,
 	}))
+	if err := s.gw.Start(); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("GET "+pb.ConnectPath, s.gw)
