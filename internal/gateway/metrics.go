@@ -57,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		sends:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_sends_acked_total", Help: "Sends acked to clients."}),
 		pushed:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_envelopes_pushed_total", Help: "Envelopes pushed to devices."}),
 		registrations: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_registrations_total", Help: "Accounts registered."}),
-		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_handshake_failures_total", Help: "Refused Register/Auth."}),
+		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_handshake_failures_total", Help: "Refused Register/Auth/StartLink."}),
 		panics:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_panics_total", Help: "Panics contained while handling a frame."}),
 		flushes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_flushes_total", Help: "Coalesced writes (each one or more frames)."}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_slow_consumers_total", Help: "Connections closed because they stopped reading."}),
