@@ -35,7 +35,7 @@ func TestProvision(t *testing.T) {
 	}
 	b := e2ee.PreKeyBundle{Identity: up.IdentityKey,
 		SignedPreKey: e2ee.SignedPreKey{ID: up.SignedPrekey.Id, PublicKey: up.SignedPrekey.PublicKey, Signature: up.SignedPrekey.Signature},
-		KEMPreKey: e2ee.KEMPreKey{ID: up.KemPrekeys[0].Id, PublicKey: up.KemPrekeys[0].PublicKey, Signature: up.KemPrekeys[0].Signature}}
+		KEMPreKey:    e2ee.KEMPreKey{ID: up.KemPrekeys[0].Id, PublicKey: up.KemPrekeys[0].PublicKey, Signature: up.KemPrekeys[0].Signature}}
 	if err := b.Verify(); err != nil {
 		t.Fatalf("the provisioned keys do not verify as a bundle: %v", err)
 	}
