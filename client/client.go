@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/petrelchat/petrel/client/store"
@@ -59,6 +60,10 @@ type Config struct {
 	SignedPreKeyGrace time.Duration
 	// PreKeyBatch is how many one-time prekeys of each kind a device keeps uploaded. Default: 100.
 	PreKeyBatch int
+	// SendWindow is how many outbox entries may wait for the server's ack at once, at most one
+	// per recipient account (a recipient's messages leave in order, one after the other; see
+	// "The send window" in outbox.go). Default: 32 (DefaultSendWindow); at most 64.
+	SendWindow int
 	// FailFast makes Run return a connection error when no connection has succeeded yet and every
 	// server URL has failed once (for one-shot command-line use). Default: false (retry until ctx
 	// ends).
@@ -103,6 +108,10 @@ func (c *Config) setDefaults() {
 	if c.PreKeyBatch <= 0 {
 		c.PreKeyBatch = 100
 	}
+	if c.SendWindow <= 0 {
+		c.SendWindow = DefaultSendWindow
+	}
+	c.SendWindow = min(c.SendWindow, maxSendWindow)
 	if c.Rand == nil {
 		c.Rand = rand.Reader
 	}
@@ -141,6 +150,9 @@ type Client struct {
 	sawGoAway bool
 
 	kick chan struct{} // capacity 1: the outbox has work
+
+	// sendHighWater is the most outbox sends ever in flight at once (tests read it).
+	sendHighWater atomic.Int64
 
 	// ackHook, set by tests before Run (export_test.go), sees each batch's tags after its commit
 	// and before its ack; an error stands for the ack's write failing. Nil outside tests.
@@ -492,6 +504,38 @@ func NewMessageID(rand io.Reader) (string, error) {
 // matching ErrUnknownUser, ErrInvalidName or ErrFrameTooLarge mean the message was refused for
 // good and left the outbox.
 func (c *Client) Send(ctx context.Context, to, text string) (string, error) {
+	done := make(chan error, 1)
+	id, err := c.enqueue(to, text, done)
+	if err != nil {
+		return id, err
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			return id, err
+		}
+		return id, nil
+	case <-ctx.Done():
+		c.mu.Lock()
+		delete(c.waiters, id)
+		c.mu.Unlock()
+		return id, fmt.Errorf("message %s not acked yet, it stays in the outbox: %w", id, c.notConnected(ctx.Err()))
+	}
+}
+
+// Enqueue stores text for every device of account to in the outbox and returns its message id
+// at once, without waiting for the server. The outbox sends queued messages in order per
+// recipient, several recipients at a time (Config.SendWindow). A message refused for good is
+// reported as a SendFailed event; Flush waits until the server has acked everything queued.
+// Errors are those of Send that come before anything is stored (an invalid name, a message over
+// the frame limit, a closed client, a store failure).
+func (c *Client) Enqueue(to, text string) (string, error) {
+	return c.enqueue(to, text, nil)
+}
+
+// enqueue checks and stores one text message in the outbox and kicks the sender. done, if not
+// nil, is registered to receive the outcome of the server's answer (see finish).
+func (c *Client) enqueue(to, text string, done chan error) (string, error) {
 	if !petrelv1.ValidName(to) {
 		return "", fmt.Errorf("%w: %q", ErrInvalidName, to)
 	}
@@ -513,7 +557,6 @@ func (c *Client) Send(ctx context.Context, to, text string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	done := make(chan error, 1)
 	c.mu.Lock()
 	if c.runErr != nil || c.state == stateClosed {
 		// Run has returned (or never will): the message would not leave now.
@@ -524,7 +567,9 @@ func (c *Client) Send(ctx context.Context, to, text string) (string, error) {
 		c.mu.Unlock()
 		return "", err
 	}
-	c.waiters[id] = done
+	if done != nil {
+		c.waiters[id] = done
+	}
 	c.mu.Unlock()
 	err = c.st.Update(func(tx *store.Tx) error {
 		if err := tx.AddOutbox(&store.OutboxEntry{ID: id, To: to, Kind: store.KindText, Content: content, CreatedAt: now}); err != nil {
@@ -537,18 +582,7 @@ func (c *Client) Send(ctx context.Context, to, text string) (string, error) {
 		return "", fmt.Errorf("store message: %w", err)
 	}
 	c.kickOutbox()
-	select {
-	case err := <-done:
-		if err != nil {
-			return id, err
-		}
-		return id, nil
-	case <-ctx.Done():
-		c.mu.Lock()
-		delete(c.waiters, id)
-		c.mu.Unlock()
-		return id, fmt.Errorf("message %s not acked yet, it stays in the outbox: %w", id, c.notConnected(ctx.Err()))
-	}
+	return id, nil
 }
 
 func (c *Client) frameLimit() int {

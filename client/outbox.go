@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/petrelchat/petrel/client/store"
@@ -34,26 +35,139 @@ const (
 	paddingBlock = 160
 )
 
-// flush sends every pending outbox entry, in order. It returns an error only when the connection
-// (or the store) is unusable; entries refused for good leave the outbox and fail their Send.
-func (l *link) flush(ctx context.Context) error {
-	for {
+// The send window. Sends on one connection are pipelined: up to Config.SendWindow entries are
+// in flight at once, but at most ONE per recipient account (a "lane"); a recipient's next entry
+// leaves only once the previous one is acked or refused for good.
+//
+// Why not pipeline one recipient's messages too? The server would keep them in order — it runs a
+// connection's frames in order and the mailbox keeps per-sender order per connection
+// (internal/mailbox, "Per-sender order") — but only for the sends it accepts. A refusal that the
+// client recovers from (STALE_DEVICES or UNKNOWN_DEVICE: refetch, re-encrypt, resend; a transient
+// RATE_LIMITED or UNAVAILABLE: back off, resend) would come back after later messages of the same
+// chat had already been accepted and delivered, and the recipient would show them out of order.
+// Keeping one message per recipient in flight makes a recovered send cost only its own lane;
+// different chats (and receipts to different senders) still overlap their round trips, which is
+// what a device that talks to many accounts needs.
+const (
+	// DefaultSendWindow is Config.SendWindow's default.
+	DefaultSendWindow = 32
+	// maxSendWindow bounds Config.SendWindow (below the connection's request bound, so pings and
+	// prekey uploads still get through).
+	maxSendWindow = maxPendingRequests / 2
+	// maxQueued bounds the outbox entries a flush holds in memory; more are read as these leave.
+	maxQueued = 1024
+)
+
+// sendLane is one recipient's queue in a flush: entries in outbox order, one in flight at a time.
+type sendLane struct {
+	to      string
+	queue   []*store.OutboxEntry
+	running bool
+}
+
+// laneDone is a lane's report that its entry left the outbox's pending state (or failed).
+type laneDone struct {
+	lane *sendLane
+	err  error
+}
+
+// flush sends every pending outbox entry, with up to Config.SendWindow in flight and each
+// recipient's entries in order (see the send window above). It returns an error only when the
+// connection (or the store) is unusable; entries refused for good leave the outbox and fail
+// their Send. It returns once nothing is pending or in flight.
+func (l *link) flush(ctx context.Context) (err error) {
+	c := l.c
+	window := c.cfg.SendWindow
+	fctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	lanes := map[string]*sendLane{}
+	done := make(chan laneDone, window)
+	var (
+		lastSeq  uint64 // entries up to here were read into the lanes
+		queued   int    // entries in the lanes' queues (not in flight)
+		inflight int
+		drained  bool // the last read found nothing more
+	)
+	refill := func() error {
+		if queued > maxQueued/2 {
+			return nil
+		}
 		var entries []*store.OutboxEntry
-		err := l.c.st.View(func(tx *store.Tx) error {
+		err := c.st.View(func(tx *store.Tx) error {
 			var err error
-			entries, err = tx.PendingOutbox(flushBatch)
+			entries, err = tx.PendingOutboxAfter(lastSeq, maxQueued-queued)
 			return err
 		})
 		if err != nil {
 			return &storeError{err}
 		}
-		if len(entries) == 0 {
-			return nil
-		}
+		drained = len(entries) == 0
 		for _, e := range entries {
-			if err := l.sendEntry(ctx, e); err != nil {
-				return err
+			lastSeq = e.Seq
+			ln := lanes[e.To]
+			if ln == nil {
+				ln = &sendLane{to: e.To}
+				lanes[e.To] = ln
 			}
+			ln.queue = append(ln.queue, e)
+			queued++
+		}
+		return nil
+	}
+	// start runs the head entry of idle lanes while the window has room, oldest head first.
+	start := func() {
+		for inflight < window {
+			var next *sendLane
+			for _, ln := range lanes {
+				if !ln.running && len(ln.queue) > 0 && (next == nil || ln.queue[0].Seq < next.queue[0].Seq) {
+					next = ln
+				}
+			}
+			if next == nil {
+				return
+			}
+			e := next.queue[0]
+			next.queue = next.queue[1:]
+			next.running = true
+			queued--
+			inflight++
+			if int64(inflight) > c.sendHighWater.Load() {
+				c.sendHighWater.Store(int64(inflight))
+			}
+			wg.Add(1)
+			go func(ln *sendLane) {
+				defer wg.Done()
+				done <- laneDone{ln, l.sendEntry(fctx, e)}
+			}(next)
+		}
+	}
+	for {
+		if err := refill(); err != nil {
+			return err
+		}
+		start()
+		if inflight == 0 {
+			if drained {
+				return nil
+			}
+			continue
+		}
+		select {
+		case d := <-done:
+			inflight--
+			d.lane.running = false
+			if len(d.lane.queue) == 0 {
+				delete(lanes, d.lane.to)
+			}
+			if d.err != nil {
+				return d.err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }

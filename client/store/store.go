@@ -690,9 +690,15 @@ func (t *Tx) outboxAt(seq []byte) (*OutboxEntry, error) {
 
 // PendingOutbox returns up to limit entries not yet acked by the server, in send order.
 func (t *Tx) PendingOutbox(limit int) ([]*OutboxEntry, error) {
+	return t.PendingOutboxAfter(0, limit)
+}
+
+// PendingOutboxAfter returns up to limit entries not yet acked by the server with Seq > after,
+// in send order.
+func (t *Tx) PendingOutboxAfter(after uint64, limit int) ([]*OutboxEntry, error) {
 	var out []*OutboxEntry
 	c := t.b(bOutboxPending).Cursor()
-	for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+	for k, _ := c.Seek(u64key(after + 1)); k != nil && len(out) < limit; k, _ = c.Next() {
 		e, err := t.outboxAt(k)
 		if errors.Is(err, ErrNotFound) {
 			continue

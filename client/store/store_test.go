@@ -135,6 +135,15 @@ func TestOutboxPendingIndex(t *testing.T) {
 	if got := pending(); len(got) != 2 || got[0] != "a" || got[1] != "b" {
 		t.Fatalf("pending in order: %v", got)
 	}
+	s.View(func(tx *Tx) error {
+		if p, err := tx.PendingOutboxAfter(a.Seq, 10); err != nil || len(p) != 1 || p[0].ID != "b" {
+			t.Fatalf("pending after a: %+v %v", p, err)
+		}
+		if p, err := tx.PendingOutboxAfter(b.Seq, 10); err != nil || len(p) != 0 {
+			t.Fatalf("pending after b: %+v %v", p, err)
+		}
+		return nil
+	})
 	s.Update(func(tx *Tx) error {
 		a.ServerAckedAt = time.Now()
 		a.Awaiting = []string{"dev"}
