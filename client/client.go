@@ -154,8 +154,8 @@ type Client struct {
 	identity *e2ee.IdentityKeyPair
 	// companion is set on a linked device (not the account's primary).
 	companion bool
-	boff     backoff
-	failover failover // guarded by mu: the connection that ended last, for the next Auth
+	boff      backoff
+	failover  failover // guarded by mu: the connection that ended last, for the next Auth
 	// sawGoAway (guarded by mu): the current link was sent away by its server (a GoAway frame),
 	// whichever of its loops' errors ended it.
 	sawGoAway bool
@@ -232,23 +232,23 @@ func Open(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("client: stored identity key: %w", err)
 	}
 	c := &Client{
-		cfg:      cfg,
-		st:       cfg.Store,
-		log:      cfg.Logger.With("device", acct.DeviceID),
-		name:     acct.Name,
-		deviceID: acct.DeviceID,
-		server:   acct.ServerURL,
-		servers:  newServerList(slices.Concat([]string{acct.ServerURL}, acct.Servers, cfg.Servers), acct.LearnedServers),
-		authKey:  ed25519.PrivateKey(acct.AuthKey),
+		cfg:       cfg,
+		st:        cfg.Store,
+		log:       cfg.Logger.With("device", acct.DeviceID),
+		name:      acct.Name,
+		deviceID:  acct.DeviceID,
+		server:    acct.ServerURL,
+		servers:   newServerList(slices.Concat([]string{acct.ServerURL}, acct.Servers, cfg.Servers), acct.LearnedServers),
+		authKey:   ed25519.PrivateKey(acct.AuthKey),
 		identity:  id,
 		companion: acct.Companion,
-		boff:     backoff{base: cfg.ReconnectBase, max: cfg.ReconnectMax},
-		kick:     make(chan struct{}, 1),
-		runDone:  make(chan struct{}),
-		readyCh:  make(chan struct{}),
-		flushCh:  make(chan struct{}),
-		waiters:  map[string]chan error{},
-		maxFrame: int(acct.MaxFrameBytes),
+		boff:      backoff{base: cfg.ReconnectBase, max: cfg.ReconnectMax},
+		kick:      make(chan struct{}, 1),
+		runDone:   make(chan struct{}),
+		readyCh:   make(chan struct{}),
+		flushCh:   make(chan struct{}),
+		waiters:   map[string]chan error{},
+		maxFrame:  int(acct.MaxFrameBytes),
 	}
 	c.closeCtx, c.closeFn = context.WithCancel(context.Background())
 	if c.maxFrame == 0 {
