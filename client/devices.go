@@ -360,11 +360,16 @@ func (c *Client) RemoveDevice(ctx context.Context, id string) error {
 		req.DeviceList = sdl
 	}
 	resp, err := l.conn.request(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_RemoveDevice{RemoveDevice: req}})
-	if err != nil {
+	if c.companion {
+		// This device is gone: the server closes the connection (DEVICE_REMOVED), which may
+		// come before the answer.
+		if errors.Is(err, ErrDeviceRemoved) {
+			return nil
+		}
 		return err
 	}
-	if c.companion {
-		return nil // this device is gone: the server closes the connection
+	if err != nil {
+		return err
 	}
 	var ev *DevicesChanged
 	err = c.st.Update(func(tx *store.Tx) error {

@@ -535,3 +535,58 @@ func TestLinkAcrossClusterNodes(t *testing.T) {
 		t.Fatalf("alice got %+v", m)
 	}
 }
+
+// A companion removes itself: its Run ends with ErrDeviceRemoved, the primary re-signs the list
+// without it when told of the change, and a contact's next message reaches the primary only.
+func TestCompanionRemovesItself(t *testing.T) {
+	srv := testserver.Start(t)
+	alice := register(t, srv, "alice", devOpts{}).start()
+	bob := register(t, srv, "bob", devOpts{}).start()
+	alice.waitQueueEmpty()
+	tablet, ap := linkDevice(t, srv.URL(), alice, "tablet", true, client.Config{})
+	tablet.start()
+	tablet.waitQueueEmpty()
+	ctx, cancel := ctxT()
+	defer cancel()
+	if err := tablet.c.RemoveDevice(ctx, ap.DeviceID); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-tablet.runErr:
+		if !errors.Is(err, client.ErrDeviceRemoved) {
+			t.Fatalf("the removed tablet's Run: %v", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the removed tablet kept running")
+	}
+	// The primary learns of it (DeviceListChanged) and publishes a list without the tablet.
+	for {
+		select {
+		case ev := <-alice.changed:
+			if ev.Name != "alice" || !slices.Equal(ev.Removed, []string{ap.DeviceID}) {
+				continue
+			}
+		case <-time.After(waitFor):
+			t.Fatal("the primary did not re-sign its list without the tablet")
+		}
+		break
+	}
+	alice.st.View(func(tx *store.Tx) error {
+		a, err := tx.Account()
+		if err != nil {
+			return err
+		}
+		if a.DeviceListVersion != 3 || bytes.Contains(a.DeviceList, []byte(ap.DeviceID)) {
+			t.Errorf("the primary's list: version %d, still names the tablet", a.DeviceListVersion)
+		}
+		return nil
+	})
+	id := bob.send("alice", "after the tablet left")
+	if m := alice.nextMessageFrom("bob"); m.ID != id {
+		t.Fatalf("alice got %+v", m)
+	}
+	bob.waitDelivered(id)
+	if n := bob.outboxLen(); n != 0 {
+		t.Fatalf("bob's outbox holds %d entries", n)
+	}
+}
