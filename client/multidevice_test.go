@@ -286,9 +286,17 @@ func TestRemoveDevice(t *testing.T) {
 	}
 
 	// Bob's message to the laptop while it goes: the laptop is stopped, so it never receipts.
+	if err := laptop.c.Flush(ctx); err != nil { // its receipt of "to both" has left
+		t.Fatal(err)
+	}
 	laptop.stop()
 	pending := bob.send("alice", "the laptop never reads this")
 	alice.nextMessageFrom("bob")
+	// Delivered once any of alice's devices has it; kept in the outbox for the laptop's receipt.
+	bob.waitDelivered(pending)
+	if n := bob.outboxLen(); n != 1 {
+		t.Fatalf("bob's outbox holds %d entries, want the one the laptop has not receipted", n)
+	}
 	if err := alice.c.RemoveDevice(ctx, ap.DeviceID); err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +313,7 @@ func TestRemoveDevice(t *testing.T) {
 	if m := alice.nextMessageFrom("bob"); m.ID != id {
 		t.Fatalf("alice got %+v", m)
 	}
-	bob.waitDelivered(pending, id)
+	bob.waitDelivered(id)
 	select {
 	case ev := <-bob.changed:
 		if ev.Name != "alice" || !slices.Equal(ev.Removed, []string{ap.DeviceID}) {
