@@ -363,7 +363,18 @@ func (c *Client) RemoveDevice(ctx context.Context, id string) error {
 	if c.companion {
 		// This device is gone: the server closes the connection (DEVICE_REMOVED), which may
 		// come before the answer.
-		if errors.Is(err, ErrDeviceRemoved) {
+		if errors.Is(err, errConnClosed) {
+			// Closed before the answer: Run ends once the server refuses this device.
+			select {
+			case <-c.runDone:
+				c.mu.Lock()
+				err = c.runErr
+				c.mu.Unlock()
+			case <-ctx.Done():
+				return fmt.Errorf("the connection closed before the server answered: see petrel devices on another device (%w)", ctx.Err())
+			}
+		}
+		if errors.Is(err, ErrDeviceRemoved) || errors.Is(err, ErrAuthFailed) {
 			return nil
 		}
 		return err
