@@ -598,3 +598,35 @@ func TestCompanionRemovesItself(t *testing.T) {
 		t.Fatalf("bob's outbox holds %d entries", n)
 	}
 }
+
+// A companion that was offline while another device was linked gets that device's sent copies
+// before it has heard of it: they wait for the fetched list, then show, once.
+func TestSentCopyFromDeviceLinkedWhileOffline(t *testing.T) {
+	srv := testserver.Start(t)
+	alice := register(t, srv, "alice", devOpts{}).start()
+	bob := register(t, srv, "bob", devOpts{}).start()
+	alice.waitQueueEmpty()
+	tablet, _ := linkDevice(t, srv.URL(), alice, "tablet", true, client.Config{})
+	tablet.start()
+	tablet.waitQueueEmpty()
+	tablet.stop()
+	laptop, ap := linkDevice(t, srv.URL(), alice, "laptop", true, client.Config{})
+	laptop.start()
+	id := laptop.send("bob", "from the new laptop")
+	bob.nextMessageFrom("alice")
+	alice.nextMessage()
+	tablet.start()
+	if m := tablet.nextMessage(); m.ID != id || !m.Outgoing || m.To != "bob" || m.FromDevice != ap.DeviceID {
+		t.Fatalf("tablet got %+v", m)
+	}
+	tablet.waitQueueEmpty()
+	tablet.noMoreMessages()
+	tablet.noDecryptFailures()
+	hist, err := tablet.c.History(0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hist) != 1 || hist[0].ID != id {
+		t.Fatalf("tablet's history: %+v", hist)
+	}
+}
