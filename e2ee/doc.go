@@ -11,7 +11,11 @@
 //   - Sesame-style handling of several sessions per remote device
 //     ([SessionRecord]);
 //   - sender keys for groups ([SenderKey], [SenderKeyReceiver]);
-//   - safety numbers covering every device of both users ([SafetyNumber]).
+//   - safety numbers covering every device of both users ([SafetyNumber]);
+//   - linking a new device to an account: link codes ([FormatLinkCode],
+//     [ParseLinkCode]), the offer MAC ([LinkOfferMAC]), the sealed approval
+//     ([SealLinkApproval], [OpenLinkApproval]) and device list signatures
+//     ([SignDeviceList]).
 //
 // The exact constructions, byte layouts, KDF labels, limits and state
 // serialisation formats are specified in docs/protocol.md in this

@@ -149,8 +149,9 @@ func ValidLinkID(id string) bool {
 // FormatLinkCode returns the link code for a link id and secret: 24
 // upper-case Crockford base32 characters (the 8 of the link id, then 16
 // encoding the secret, most significant bit first) in groups of 4 joined by
-// '-', e.g. "7K3M-Q9XA-…". linkID must satisfy ValidLinkID; any other value
-// gives a code that ParseLinkCode rejects.
+// '-', e.g. "7K3M-Q9XA-000G-40R4-0M30-E209". linkID must satisfy
+// ValidLinkID; with any other value the code does not round-trip through
+// ParseLinkCode.
 func FormatLinkCode(linkID string, s LinkSecret) string {
 	raw := make([]byte, 0, LinkCodeLen)
 	raw = append(raw, linkID...)

@@ -46,8 +46,9 @@ var (
 // the context "petrel-device-list-v1" — ErrDeviceListSignature.
 //
 // It does not check the version against one seen before (see CheckDeviceListVersion) nor that the
-// primary is the account's registered primary device: the server checks that on upload, and
-// clients pin the primary identity they first saw.
+// primary is the account's expected primary: the server checks that on upload, and a client
+// compares the primary's identity key with the one it trusts for the account (a changed primary
+// identity is treated like a changed identity key).
 func VerifyDeviceList(sdl *SignedDeviceList, account string) (*DeviceList, error) {
 	if sdl == nil || len(sdl.GetList()) == 0 {
 		return nil, fmt.Errorf("%w: missing", ErrInvalidDeviceList)
