@@ -126,7 +126,7 @@ func (c *Client) ownListed(tx *store.Tx, dev string, ident []byte) (bool, error)
 // receiveOwn handles the content of an envelope from another device of this account: a copy of a
 // message it sent (sent_to), or a history chunk. A copy from a device the verified list does not
 // name yet is kept out of sight until the list is fetched again (and dropped if it still does not
-// name it); a history chunk is taken only from a listed device.
+// name it); a history chunk is taken only from the account's primary as the list names it.
 func (c *Client) receiveOwn(tx *store.Tx, env *petrelv1.Envelope, content *petrelv1.Content, ident *e2ee.IdentityKey, now time.Time) (receiveResult, error) {
 	var res receiveResult
 	dev, id := env.GetFromDevice(), env.GetMessageId()
@@ -165,9 +165,17 @@ func (c *Client) receiveOwn(tx *store.Tx, env *petrelv1.Envelope, content *petre
 			res.events = append(res.events, c.messageFromRecord(rec))
 		}
 	case *petrelv1.Content_History:
-		if !listed {
-			c.log.Warn("dropping history from a device this account's signed list does not name", "from_device", dev)
-			res.unverified = true // fetch the list: the warning may be a stale list
+		acct, err := tx.Account()
+		if err != nil {
+			return res, err
+		}
+		l, err := ownList(acct)
+		if err != nil {
+			return res, err
+		}
+		if p := l.Primary(); !listed || p.GetDeviceId() != dev {
+			// History comes only from the account's primary (docs/protocol.md §9.8).
+			c.log.Warn("dropping history from a device other than this account's primary", "from_device", dev)
 			return res, nil
 		}
 		return c.receiveHistory(tx, dev, b.History, now)
