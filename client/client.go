@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/petrelchat/petrel/client/store"
@@ -59,6 +60,13 @@ type Config struct {
 	SignedPreKeyGrace time.Duration
 	// PreKeyBatch is how many one-time prekeys of each kind a device keeps uploaded. Default: 100.
 	PreKeyBatch int
+	// HistoryLimit is how many of the most recent messages per chat the primary sends a device
+	// it links (unless the new device asked for none). Default: 1,000.
+	HistoryLimit int
+	// SendWindow is how many outbox entries may wait for the server's ack at once, at most one
+	// per recipient account (a recipient's messages leave in order, one after the other; see
+	// "The send window" in outbox.go). Default: 32 (DefaultSendWindow); at most 64.
+	SendWindow int
 	// FailFast makes Run return a connection error when no connection has succeeded yet and every
 	// server URL has failed once (for one-shot command-line use). Default: false (retry until ctx
 	// ends).
@@ -103,6 +111,13 @@ func (c *Config) setDefaults() {
 	if c.PreKeyBatch <= 0 {
 		c.PreKeyBatch = 100
 	}
+	if c.HistoryLimit <= 0 {
+		c.HistoryLimit = 1000
+	}
+	if c.SendWindow <= 0 {
+		c.SendWindow = DefaultSendWindow
+	}
+	c.SendWindow = min(c.SendWindow, maxSendWindow)
 	if c.Rand == nil {
 		c.Rand = rand.Reader
 	}
@@ -121,6 +136,9 @@ type Account struct {
 	Servers []string
 	// Fingerprint is a short hex digest of this device's identity key (see Fingerprint).
 	Fingerprint string
+	// Primary is set on the account's primary device (the one that registered it); a device
+	// linked to the account (Link) is a companion.
+	Primary bool
 }
 
 // Client is one registered device. It is safe for concurrent use.
@@ -134,13 +152,20 @@ type Client struct {
 	servers  *serverList
 	authKey  ed25519.PrivateKey
 	identity *e2ee.IdentityKeyPair
-	boff     backoff
-	failover failover // guarded by mu: the connection that ended last, for the next Auth
+	// companion is set on a linked device (not the account's primary).
+	companion bool
+	boff      backoff
+	failover  failover // guarded by mu: the connection that ended last, for the next Auth
 	// sawGoAway (guarded by mu): the current link was sent away by its server (a GoAway frame),
 	// whichever of its loops' errors ended it.
 	sawGoAway bool
 
 	kick chan struct{} // capacity 1: the outbox has work
+
+	// sendHighWater is the most outbox sends ever in flight at once (tests read it).
+	sendHighWater atomic.Int64
+	// ownSyncWanted asks the sender loop to fetch this account's devices (requestOwnSync).
+	ownSyncWanted atomic.Bool
 
 	// ackHook, set by tests before Run (export_test.go), sees each batch's tags after its commit
 	// and before its ack; an error stands for the ack's write failing. Nil outside tests.
@@ -207,22 +232,23 @@ func Open(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("client: stored identity key: %w", err)
 	}
 	c := &Client{
-		cfg:      cfg,
-		st:       cfg.Store,
-		log:      cfg.Logger.With("device", acct.DeviceID),
-		name:     acct.Name,
-		deviceID: acct.DeviceID,
-		server:   acct.ServerURL,
-		servers:  newServerList(slices.Concat([]string{acct.ServerURL}, acct.Servers, cfg.Servers), acct.LearnedServers),
-		authKey:  ed25519.PrivateKey(acct.AuthKey),
-		identity: id,
-		boff:     backoff{base: cfg.ReconnectBase, max: cfg.ReconnectMax},
-		kick:     make(chan struct{}, 1),
-		runDone:  make(chan struct{}),
-		readyCh:  make(chan struct{}),
-		flushCh:  make(chan struct{}),
-		waiters:  map[string]chan error{},
-		maxFrame: int(acct.MaxFrameBytes),
+		cfg:       cfg,
+		st:        cfg.Store,
+		log:       cfg.Logger.With("device", acct.DeviceID),
+		name:      acct.Name,
+		deviceID:  acct.DeviceID,
+		server:    acct.ServerURL,
+		servers:   newServerList(slices.Concat([]string{acct.ServerURL}, acct.Servers, cfg.Servers), acct.LearnedServers),
+		authKey:   ed25519.PrivateKey(acct.AuthKey),
+		identity:  id,
+		companion: acct.Companion,
+		boff:      backoff{base: cfg.ReconnectBase, max: cfg.ReconnectMax},
+		kick:      make(chan struct{}, 1),
+		runDone:   make(chan struct{}),
+		readyCh:   make(chan struct{}),
+		flushCh:   make(chan struct{}),
+		waiters:   map[string]chan error{},
+		maxFrame:  int(acct.MaxFrameBytes),
 	}
 	c.closeCtx, c.closeFn = context.WithCancel(context.Background())
 	if c.maxFrame == 0 {
@@ -234,7 +260,7 @@ func Open(cfg Config) (*Client, error) {
 // Account returns this device's account.
 func (c *Client) Account() Account {
 	return Account{Name: c.name, DeviceID: c.deviceID, ServerURL: c.server, Servers: c.servers.urls(),
-		Fingerprint: Fingerprint(c.identity.PublicKey().Bytes())}
+		Fingerprint: Fingerprint(c.identity.PublicKey().Bytes()), Primary: !c.companion}
 }
 
 // Fingerprint returns a short, human-comparable digest of a public identity key: the first
@@ -492,6 +518,38 @@ func NewMessageID(rand io.Reader) (string, error) {
 // matching ErrUnknownUser, ErrInvalidName or ErrFrameTooLarge mean the message was refused for
 // good and left the outbox.
 func (c *Client) Send(ctx context.Context, to, text string) (string, error) {
+	done := make(chan error, 1)
+	id, err := c.enqueue(to, text, done)
+	if err != nil {
+		return id, err
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			return id, err
+		}
+		return id, nil
+	case <-ctx.Done():
+		c.mu.Lock()
+		delete(c.waiters, id)
+		c.mu.Unlock()
+		return id, fmt.Errorf("message %s not acked yet, it stays in the outbox: %w", id, c.notConnected(ctx.Err()))
+	}
+}
+
+// Enqueue stores text for every device of account to in the outbox and returns its message id
+// at once, without waiting for the server. The outbox sends queued messages in order per
+// recipient, several recipients at a time (Config.SendWindow). A message refused for good is
+// reported as a SendFailed event; Flush waits until the server has acked everything queued.
+// Errors are those of Send that come before anything is stored (an invalid name, a message over
+// the frame limit, a closed client, a store failure).
+func (c *Client) Enqueue(to, text string) (string, error) {
+	return c.enqueue(to, text, nil)
+}
+
+// enqueue checks and stores one text message in the outbox and kicks the sender. done, if not
+// nil, is registered to receive the outcome of the server's answer (see finish).
+func (c *Client) enqueue(to, text string, done chan error) (string, error) {
 	if !petrelv1.ValidName(to) {
 		return "", fmt.Errorf("%w: %q", ErrInvalidName, to)
 	}
@@ -513,7 +571,6 @@ func (c *Client) Send(ctx context.Context, to, text string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	done := make(chan error, 1)
 	c.mu.Lock()
 	if c.runErr != nil || c.state == stateClosed {
 		// Run has returned (or never will): the message would not leave now.
@@ -524,7 +581,9 @@ func (c *Client) Send(ctx context.Context, to, text string) (string, error) {
 		c.mu.Unlock()
 		return "", err
 	}
-	c.waiters[id] = done
+	if done != nil {
+		c.waiters[id] = done
+	}
 	c.mu.Unlock()
 	err = c.st.Update(func(tx *store.Tx) error {
 		if err := tx.AddOutbox(&store.OutboxEntry{ID: id, To: to, Kind: store.KindText, Content: content, CreatedAt: now}); err != nil {
@@ -537,18 +596,7 @@ func (c *Client) Send(ctx context.Context, to, text string) (string, error) {
 		return "", fmt.Errorf("store message: %w", err)
 	}
 	c.kickOutbox()
-	select {
-	case err := <-done:
-		if err != nil {
-			return id, err
-		}
-		return id, nil
-	case <-ctx.Done():
-		c.mu.Lock()
-		delete(c.waiters, id)
-		c.mu.Unlock()
-		return id, fmt.Errorf("message %s not acked yet, it stays in the outbox: %w", id, c.notConnected(ctx.Err()))
-	}
+	return id, nil
 }
 
 func (c *Client) frameLimit() int {
@@ -604,7 +652,7 @@ func (c *Client) Unseen(limit int) ([]*Message, error) {
 	}
 	out := make([]*Message, 0, len(recs))
 	for _, r := range recs {
-		out = append(out, messageFromRecord(r))
+		out = append(out, c.messageFromRecord(r))
 	}
 	return out, nil
 }
@@ -631,9 +679,35 @@ func (c *Client) MarkSeen(seqs ...uint64) error {
 	return c.st.Update(func(tx *store.Tx) error { return tx.MarkSeen(seqs...) })
 }
 
-func messageFromRecord(r *store.HistoryRecord) *Message {
-	return &Message{Seq: r.Seq, ID: r.ID, From: r.Peer, FromDevice: r.PeerDevice, Text: r.Body,
+func (c *Client) messageFromRecord(r *store.HistoryRecord) *Message {
+	m := &Message{Seq: r.Seq, ID: r.ID, From: r.Peer, FromDevice: r.PeerDevice, Text: r.Body,
 		SentAt: r.SentAt, ServerTime: r.ServerTime, ReceivedAt: r.ReceivedAt}
+	if r.Dir == store.Outgoing {
+		m.Outgoing, m.From, m.To = true, c.name, r.Peer
+	}
+	return m
+}
+
+// History returns up to limit messages of the local history (received, sent from this device or
+// another one of the account, or received in a history transfer) with Seq > after, oldest first.
+func (c *Client) History(after uint64, limit int) ([]*Message, error) {
+	var recs []*store.HistoryRecord
+	err := c.st.View(func(tx *store.Tx) error {
+		var err error
+		recs, err = tx.History(after, limit)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Message, 0, len(recs))
+	for _, r := range recs {
+		if r.Unverified {
+			continue
+		}
+		out = append(out, c.messageFromRecord(r))
+	}
+	return out, nil
 }
 
 // OutboxLen returns how many messages (texts awaiting receipts, receipts awaiting the server) are
@@ -645,7 +719,8 @@ func (c *Client) OutboxLen() (int, error) {
 }
 
 // SafetyNumber returns the 60-digit safety number of this account and name (e2ee.SafetyNumber
-// over both sides' device identity keys). If name's devices are not known yet it fetches them,
+// over both sides' device identity keys: every device of each account's signed device list, so
+// it changes when either account adds or removes a device). If name's devices are not known yet it fetches them,
 // which needs a connection (Run). Compare it with name out of band to rule out a
 // man-in-the-middle.
 func (c *Client) SafetyNumber(ctx context.Context, name string) (string, error) {
@@ -679,7 +754,18 @@ func (c *Client) SafetyNumber(ctx context.Context, name string) (string, error) 
 		}
 		remote = append(remote, ik)
 	}
-	local := []*e2ee.IdentityKey{c.identity.PublicKey()}
+	ownKeys, err := c.ownDeviceKeys()
+	if err != nil {
+		return "", err
+	}
+	local := make([]*e2ee.IdentityKey, 0, len(ownKeys))
+	for _, k := range ownKeys {
+		ik, err := e2ee.ParseIdentityKey(k)
+		if err != nil {
+			return "", fmt.Errorf("stored identity key of this account: %w", err)
+		}
+		local = append(local, ik)
+	}
 	n := e2ee.SafetyNumber(c.name, local, name, remote)
 	if n == "" {
 		return "", errors.New("safety number unavailable")

@@ -48,6 +48,8 @@ type device struct {
 	failed    chan *client.SendFailed
 	prekeys   chan *client.PreKeysUploaded
 	undecr    chan *client.DecryptFailed
+	changed   chan *client.DevicesChanged
+	history   chan *client.HistoryReceived
 	collected chan struct{}
 	// beforeRun, if set, is called with the client after it opens and before it runs.
 	beforeRun func(*client.Client)
@@ -61,6 +63,12 @@ type devOpts struct {
 // register creates a home, registers name on srv and returns the device, not running.
 func register(t testing.TB, srv *testserver.Server, name string, o devOpts) *device {
 	t.Helper()
+	return registerAt(t, srv.URL(), name, o)
+}
+
+// registerAt is register on the server at url.
+func registerAt(t testing.TB, url, name string, o devOpts) *device {
+	t.Helper()
 	home := t.TempDir()
 	st, err := store.Open(home, store.Options{NoSync: true})
 	if err != nil {
@@ -68,7 +76,7 @@ func register(t testing.TB, srv *testserver.Server, name string, o devOpts) *dev
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	if _, err := client.Register(ctx, st, client.RegisterOptions{ServerURL: srv.URL(), Name: name, PreKeys: o.preKeys}); err != nil {
+	if _, err := client.Register(ctx, st, client.RegisterOptions{ServerURL: url, Name: name, PreKeys: o.preKeys}); err != nil {
 		t.Fatalf("register %s: %v", name, err)
 	}
 	st.Close()
@@ -101,6 +109,8 @@ func (d *device) start() *device {
 	d.failed = make(chan *client.SendFailed, 100)
 	d.prekeys = make(chan *client.PreKeysUploaded, 100)
 	d.undecr = make(chan *client.DecryptFailed, 100)
+	d.changed = make(chan *client.DevicesChanged, 100)
+	d.history = make(chan *client.HistoryReceived, 1000)
 	d.collected = make(chan struct{})
 	cfg := fastConfig(d.cfg)
 	cfg.Store = st
@@ -140,6 +150,10 @@ func (d *device) collect() {
 			d.prekeys <- ev
 		case *client.DecryptFailed:
 			d.undecr <- ev
+		case *client.DevicesChanged:
+			d.changed <- ev
+		case *client.HistoryReceived:
+			d.history <- ev
 		}
 	}
 }

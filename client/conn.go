@@ -21,7 +21,7 @@ import (
 var errConnClosed = errors.New("connection closed")
 
 // maxPendingRequests bounds the requests in flight on one connection.
-const maxPendingRequests = 64
+const maxPendingRequests = 128
 
 // connectURL derives the WebSocket endpoint from a server base URL:
 // http://h:p → ws://h:p/v1/connect, https://h → wss://h/v1/connect (ws:// and wss:// are kept).

@@ -181,9 +181,9 @@ func isTransient(err error) bool {
 }
 
 // isFatal reports whether a connection error must stop reconnecting: another instance of this
-// device took over, or the server no longer knows it.
+// device took over, the server no longer knows it, or it was removed from its account.
 func isFatal(err error) bool {
-	return errors.Is(err, ErrConnectedElsewhere) || errors.Is(err, ErrAuthFailed)
+	return errors.Is(err, ErrConnectedElsewhere) || errors.Is(err, ErrAuthFailed) || errors.Is(err, ErrDeviceRemoved)
 }
 
 func frameTooLarge(n, limit int) error {

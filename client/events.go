@@ -6,18 +6,25 @@ package client
 import "time"
 
 // Event is something the client reports on Config.Events: *Message, *Connected, *QueueEmpty,
-// *Disconnected, *Delivered, *SendFailed, *IdentityChanged, *DecryptFailed or *PreKeysUploaded.
+// *Disconnected, *Delivered, *SendFailed, *IdentityChanged, *DevicesChanged, *HistoryReceived,
+// *DecryptFailed or *PreKeysUploaded.
 type Event interface{ isEvent() }
 
-// Message is a received text message. It was persisted and acked before it is reported; it stays
-// in Client.Unseen until claimed (Client.ClaimSeen), which an application does before showing it.
+// Message is a received text message, or (Outgoing) one this account sent from another of its
+// devices. It was persisted and acked before it is reported; it stays in Client.Unseen until
+// claimed (Client.ClaimSeen), which an application does before showing it.
 type Message struct {
 	// Seq is the message's position in the local history (see Client.ClaimSeen).
-	Seq        uint64
-	ID         string
+	Seq uint64
+	ID  string
+	// From is the sender account (this account's name for an Outgoing message); FromDevice the
+	// device that sent it.
 	From       string
 	FromDevice string
-	Text       string
+	// Outgoing is set on a message this account sent from another device, to account To.
+	Outgoing bool
+	To       string
+	Text     string
 	// SentAt is the sender's clock; ServerTime when the server accepted it; ReceivedAt ours.
 	SentAt     time.Time
 	ServerTime time.Time
@@ -43,7 +50,9 @@ type Disconnected struct {
 	RetryIn time.Duration
 }
 
-// Delivered reports that every recipient device has sent a delivery receipt for a message.
+// Delivered reports that a recipient device has sent a delivery receipt for a message (the first
+// one; the message stays in the outbox until every device it was sent to receipted it or left
+// the recipient's device list).
 type Delivered struct {
 	To, MessageID string
 }
@@ -68,6 +77,25 @@ type IdentityChanged struct {
 	OldFingerprint, NewFingerprint string
 }
 
+// DevicesChanged reports that an account's signed device list changed: devices were added or
+// removed (Name is this account's own name for a change of its own devices). The safety number
+// with Name changes with it. Sessions with removed devices are deleted.
+type DevicesChanged struct {
+	Name           string
+	Version        uint64
+	Added, Removed []string
+}
+
+// HistoryReceived reports a chunk of recent history sent by another device of this account after
+// this one was linked (see Client.History): Chunk is its number in the transfer (from 1),
+// Messages how many messages it added; Last is set on the final chunk.
+type HistoryReceived struct {
+	FromDevice string
+	Chunk      int
+	Messages   int
+	Last       bool
+}
+
 // DecryptFailed reports an envelope that could not be decrypted; it was acked and dropped.
 type DecryptFailed struct {
 	From, FromDevice, MessageID string
@@ -90,3 +118,5 @@ func (*Delivered) isEvent()       {}
 func (*SendFailed) isEvent()      {}
 func (*IdentityChanged) isEvent() {}
 func (*DecryptFailed) isEvent()   {}
+func (*DevicesChanged) isEvent()  {}
+func (*HistoryReceived) isEvent() {}

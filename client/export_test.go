@@ -7,3 +7,6 @@ package client
 // them; an error from f is taken as the ack's write error: the ack is lost and the connection
 // drops. Call it before Run.
 func (c *Client) SetAckHookForTest(f func(tags []uint64) error) { c.ackHook = f }
+
+// SendHighWaterForTest returns the most outbox sends that were in flight at once.
+func (c *Client) SendHighWaterForTest() int { return int(c.sendHighWater.Load()) }

@@ -28,15 +28,26 @@ func (l *link) processBatch(ctx context.Context, batch []inboundItem) error {
 		tags    []uint64
 		events  []Event
 		receipt bool
+		syncOwn bool
 		qe      *petrelv1.QueueEmpty
 	)
 	err := c.st.Update(func(tx *store.Tx) error {
-		tags, events, receipt, qe = tags[:0], events[:0], false, nil
+		tags, events, receipt, qe, syncOwn = tags[:0], events[:0], false, nil, false
 		toReceipt := map[string][]string{} // sender → message ids to receipt
 		var order []string
+		verifyOwn := false
 		for _, it := range batch {
 			if it.queueEmpty != nil {
 				qe = it.queueEmpty
+				continue
+			}
+			if it.listChanged != nil {
+				evs, err := c.ownListPushed(tx, it.listChanged)
+				if err != nil {
+					return err
+				}
+				events = append(events, evs...)
+				verifyOwn = true
 				continue
 			}
 			d := it.deliver
@@ -46,6 +57,7 @@ func (l *link) processBatch(ctx context.Context, batch []inboundItem) error {
 				return err
 			}
 			events = append(events, res.events...)
+			verifyOwn = verifyOwn || res.unverified
 			if res.receiptFor != "" {
 				from := d.GetEnvelope().GetFrom()
 				if _, ok := toReceipt[from]; !ok {
@@ -65,10 +77,17 @@ func (l *link) processBatch(ctx context.Context, batch []inboundItem) error {
 				receipt = true
 			}
 		}
+		syncOwn = verifyOwn
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("store received messages: %w", err)
+	}
+	if syncOwn {
+		// This account's device list changed, or a device it does not name yet sent a message:
+		// the sender loop fetches the list (requests cannot wait here: the reader may be blocked
+		// handing this loop more envelopes) and then shows or drops what waits for it.
+		c.requestOwnSync()
 	}
 	// The batch is committed: report it even if the ack is lost (the connection drops). The
 	// server then delivers the envelopes again, and receive drops them as duplicates.
@@ -112,6 +131,9 @@ type receiveResult struct {
 	events []Event
 	// receiptFor is the message id to send a delivery receipt for ("" for none).
 	receiptFor string
+	// unverified: a message from a device of this account that its verified list does not name
+	// (yet) was kept out of sight until the list is fetched.
+	unverified bool
 }
 
 // receive handles one envelope inside tx. It returns an error only for store failures (the batch
@@ -147,7 +169,8 @@ func (c *Client) receive(tx *store.Tx, env *petrelv1.Envelope) (receiveResult, e
 		}
 		return fail(err)
 	}
-	if newSession {
+	if newSession && from != c.name {
+		// (This account's own devices are trusted through its signed list, never on first use.)
 		evs, err := c.trustOnReceive(tx, from, dev, ident)
 		if err != nil {
 			return res, err
@@ -162,6 +185,9 @@ func (c *Client) receive(tx *store.Tx, env *petrelv1.Envelope) (receiveResult, e
 		return fail(fmt.Errorf("%w: message id does not match the encrypted one", ErrProtocol))
 	}
 	now := c.cfg.Now()
+	if from == c.name {
+		return c.receiveOwn(tx, env, &content, ident, now)
+	}
 	switch b := content.GetBody().(type) {
 	case *petrelv1.Content_Text:
 		res.receiptFor = id
@@ -179,7 +205,7 @@ func (c *Client) receive(tx *store.Tx, env *petrelv1.Envelope) (receiveResult, e
 		if err := tx.AddHistory(rec); err != nil {
 			return res, err
 		}
-		res.events = append(res.events, messageFromRecord(rec))
+		res.events = append(res.events, c.messageFromRecord(rec))
 	case *petrelv1.Content_Receipt:
 		if b.Receipt.GetType() != petrelv1.ReceiptType_RECEIPT_TYPE_DELIVERED {
 			return res, nil
@@ -203,7 +229,9 @@ func (c *Client) receive(tx *store.Tx, env *petrelv1.Envelope) (receiveResult, e
 	return res, nil
 }
 
-// applyReceipt records that device dev of account from has message id.
+// applyReceipt records that device dev of account from has message id. The first receipt of a
+// message makes it delivered (any recipient device has it); it leaves the outbox once every
+// device it was sent to receipted it (or left the recipient's device list).
 func (c *Client) applyReceipt(tx *store.Tx, from, dev, id string, now time.Time) (Event, error) {
 	e, err := tx.OutboxByID(from, id)
 	if errors.Is(err, store.ErrNotFound) {
@@ -217,15 +245,27 @@ func (c *Client) applyReceipt(tx *store.Tx, from, dev, id string, now time.Time)
 	}
 	e.Awaiting = slices.DeleteFunc(e.Awaiting, func(d string) bool { return d == dev })
 	if e.Pending() || len(e.Awaiting) > 0 {
-		return nil, tx.PutOutbox(e)
+		var ev Event
+		if !e.Delivered {
+			e.Delivered = true
+			if err := c.setHistoryStatus(tx, e.To, e.ID, store.StatusDelivered, ""); err != nil {
+				return nil, err
+			}
+			ev = &Delivered{To: e.To, MessageID: e.ID}
+		}
+		return ev, tx.PutOutbox(e)
 	}
 	return c.completeOutbox(tx, e)
 }
 
-// completeOutbox removes a fully receipted entry and marks its history record delivered.
+// completeOutbox removes a fully receipted entry and marks its history record delivered. It
+// reports Delivered unless an earlier receipt did.
 func (c *Client) completeOutbox(tx *store.Tx, e *store.OutboxEntry) (Event, error) {
 	if err := tx.DeleteOutbox(e); err != nil {
 		return nil, err
+	}
+	if e.Delivered {
+		return nil, nil
 	}
 	if err := c.setHistoryStatus(tx, e.To, e.ID, store.StatusDelivered, ""); err != nil {
 		return nil, err

@@ -42,8 +42,9 @@ type link struct {
 }
 
 type inboundItem struct {
-	deliver    *petrelv1.Deliver
-	queueEmpty *petrelv1.QueueEmpty
+	deliver     *petrelv1.Deliver
+	queueEmpty  *petrelv1.QueueEmpty
+	listChanged *petrelv1.DeviceListChanged
 }
 
 // runLink makes one connection and serves it until it fails or ctx ends. connected reports
@@ -206,6 +207,8 @@ func (l *link) readLoop(ctx context.Context) error {
 			item.deliver = b.Deliver
 		case *petrelv1.Frame_QueueEmpty:
 			item.queueEmpty = b.QueueEmpty
+		case *petrelv1.Frame_DeviceListChanged:
+			item.listChanged = b.DeviceListChanged
 		case *petrelv1.Frame_GoAway:
 			g := b.GoAway
 			l.c.mu.Lock()
@@ -239,7 +242,7 @@ func (l *link) inboundLoop(ctx context.Context) error {
 			return nil
 		}
 	fill:
-		for len(batch) < maxAckBatch && batch[len(batch)-1].queueEmpty == nil {
+		for len(batch) < maxAckBatch && batch[len(batch)-1].queueEmpty == nil && batch[len(batch)-1].listChanged == nil {
 			select {
 			case it := <-l.inbound:
 				batch = append(batch, it)
@@ -286,6 +289,12 @@ func (l *link) senderLoop(ctx context.Context) error {
 		}
 		c.log.Warn("prekey maintenance failed", "err", err)
 	}
+	// This account's devices: the primary publishes the first signed list of an account that has
+	// none; every device learns the current list (a push may have been missed while offline).
+	c.ownSyncWanted.Store(true)
+	if err := l.syncOwn(ctx); err != nil {
+		return err
+	}
 	select {
 	case <-l.queueEmpty:
 	case <-ctx.Done():
@@ -316,6 +325,9 @@ func (l *link) senderLoop(ctx context.Context) error {
 			}
 			nextCheck = now.Add(checkEvery)
 		}
+		if err := l.syncOwn(ctx); err != nil {
+			return err
+		}
 		if err := l.flush(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -333,6 +345,46 @@ func (l *link) senderLoop(ctx context.Context) error {
 		}
 		t.Stop()
 	}
+}
+
+// syncOwn fetches this account's devices when asked to (requestOwnSync), then shows or drops the
+// messages that waited for the list. Only errors that end the connection are returned.
+func (l *link) syncOwn(ctx context.Context) error {
+	c := l.c
+	if !c.ownSyncWanted.Swap(false) {
+		return nil
+	}
+	_, err := l.syncOwnDevices(ctx)
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case errors.Is(err, ErrDeviceRemoved):
+		return err
+	case err != nil && (isConnErr(err) || isStoreErr(err)):
+		return err
+	case err != nil:
+		c.log.Warn("fetching this account's devices failed", "err", err)
+		return nil
+	}
+	var events []Event
+	err = c.st.Update(func(tx *store.Tx) error {
+		var err error
+		events, err = c.verifyUnverified(tx, true)
+		return err
+	})
+	if err != nil {
+		return &storeError{err}
+	}
+	for _, ev := range events {
+		c.emit(l.runCtx, ev)
+	}
+	return nil
+}
+
+// requestOwnSync asks the sender loop to fetch this account's devices.
+func (c *Client) requestOwnSync() {
+	c.ownSyncWanted.Store(true)
+	c.kickOutbox()
 }
 
 // isConnErr reports an error that means the connection is unusable (as opposed to a refused

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/petrelchat/petrel/client/store"
@@ -34,26 +35,139 @@ const (
 	paddingBlock = 160
 )
 
-// flush sends every pending outbox entry, in order. It returns an error only when the connection
-// (or the store) is unusable; entries refused for good leave the outbox and fail their Send.
-func (l *link) flush(ctx context.Context) error {
-	for {
+// The send window. Sends on one connection are pipelined: up to Config.SendWindow entries are
+// in flight at once, but at most ONE per recipient account (a "lane"); a recipient's next entry
+// leaves only once the previous one is acked or refused for good.
+//
+// Why not pipeline one recipient's messages too? The server would keep them in order — it runs a
+// connection's frames in order and the mailbox keeps per-sender order per connection
+// (internal/mailbox, "Per-sender order") — but only for the sends it accepts. A refusal that the
+// client recovers from (STALE_DEVICES or UNKNOWN_DEVICE: refetch, re-encrypt, resend; a transient
+// RATE_LIMITED or UNAVAILABLE: back off, resend) would come back after later messages of the same
+// chat had already been accepted and delivered, and the recipient would show them out of order.
+// Keeping one message per recipient in flight makes a recovered send cost only its own lane;
+// different chats (and receipts to different senders) still overlap their round trips, which is
+// what a device that talks to many accounts needs.
+const (
+	// DefaultSendWindow is Config.SendWindow's default.
+	DefaultSendWindow = 32
+	// maxSendWindow bounds Config.SendWindow (below the connection's request bound, so pings and
+	// prekey uploads still get through).
+	maxSendWindow = maxPendingRequests / 2
+	// maxQueued bounds the outbox entries a flush holds in memory; more are read as these leave.
+	maxQueued = 1024
+)
+
+// sendLane is one recipient's queue in a flush: entries in outbox order, one in flight at a time.
+type sendLane struct {
+	to      string
+	queue   []*store.OutboxEntry
+	running bool
+}
+
+// laneDone is a lane's report that its entry left the outbox's pending state (or failed).
+type laneDone struct {
+	lane *sendLane
+	err  error
+}
+
+// flush sends every pending outbox entry, with up to Config.SendWindow in flight and each
+// recipient's entries in order (see the send window above). It returns an error only when the
+// connection (or the store) is unusable; entries refused for good leave the outbox and fail
+// their Send. It returns once nothing is pending or in flight.
+func (l *link) flush(ctx context.Context) (err error) {
+	c := l.c
+	window := c.cfg.SendWindow
+	fctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	lanes := map[string]*sendLane{}
+	done := make(chan laneDone, window)
+	var (
+		lastSeq  uint64 // entries up to here were read into the lanes
+		queued   int    // entries in the lanes' queues (not in flight)
+		inflight int
+		drained  bool // the last read found nothing more
+	)
+	refill := func() error {
+		if queued > maxQueued/2 {
+			return nil
+		}
 		var entries []*store.OutboxEntry
-		err := l.c.st.View(func(tx *store.Tx) error {
+		err := c.st.View(func(tx *store.Tx) error {
 			var err error
-			entries, err = tx.PendingOutbox(flushBatch)
+			entries, err = tx.PendingOutboxAfter(lastSeq, maxQueued-queued)
 			return err
 		})
 		if err != nil {
 			return &storeError{err}
 		}
-		if len(entries) == 0 {
-			return nil
-		}
+		drained = len(entries) == 0
 		for _, e := range entries {
-			if err := l.sendEntry(ctx, e); err != nil {
-				return err
+			lastSeq = e.Seq
+			ln := lanes[e.To]
+			if ln == nil {
+				ln = &sendLane{to: e.To}
+				lanes[e.To] = ln
 			}
+			ln.queue = append(ln.queue, e)
+			queued++
+		}
+		return nil
+	}
+	// start runs the head entry of idle lanes while the window has room, oldest head first.
+	start := func() {
+		for inflight < window {
+			var next *sendLane
+			for _, ln := range lanes {
+				if !ln.running && len(ln.queue) > 0 && (next == nil || ln.queue[0].Seq < next.queue[0].Seq) {
+					next = ln
+				}
+			}
+			if next == nil {
+				return
+			}
+			e := next.queue[0]
+			next.queue = next.queue[1:]
+			next.running = true
+			queued--
+			inflight++
+			if int64(inflight) > c.sendHighWater.Load() {
+				c.sendHighWater.Store(int64(inflight))
+			}
+			wg.Add(1)
+			go func(ln *sendLane) {
+				defer wg.Done()
+				done <- laneDone{ln, l.sendEntry(fctx, e)}
+			}(next)
+		}
+	}
+	for {
+		if err := refill(); err != nil {
+			return err
+		}
+		start()
+		if inflight == 0 {
+			if drained {
+				return nil
+			}
+			continue
+		}
+		select {
+		case d := <-done:
+			inflight--
+			d.lane.running = false
+			if len(d.lane.queue) == 0 {
+				delete(lanes, d.lane.to)
+			}
+			if d.err != nil {
+				return d.err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
@@ -87,18 +201,38 @@ func (l *link) sendEntry(ctx context.Context, e *store.OutboxEntry) error {
 	}
 }
 
-// trySend encrypts e for every current device of its recipient and sends it, recovering from a
-// stale device list.
+// errOwnDeviceGone reports a device-to-device entry whose device left this account's list.
+var errOwnDeviceGone = errors.New("that device is no longer linked to this account")
+
+// trySend encrypts e for every current device of its recipient and for every other device of this
+// account (a KindDevice entry: for its one device) and sends it, recovering from a stale device
+// list (the recipient's or this account's: both are fetched again).
 func (l *link) trySend(ctx context.Context, e *store.OutboxEntry) error {
+	c := l.c
 	for round := 0; ; round++ {
-		devices, err := l.ensureSessions(ctx, e.To)
-		if err != nil {
-			return err
+		var devices, own []string
+		var err error
+		if e.Kind == store.KindDevice {
+			others, err := l.ensureSessions(ctx, c.name)
+			if err != nil {
+				return err
+			}
+			if !slices.Contains(others, e.Device) {
+				return fmt.Errorf("%w: %s", errOwnDeviceGone, e.Device)
+			}
+			devices = []string{e.Device}
+		} else {
+			if devices, err = l.ensureSessions(ctx, e.To); err != nil {
+				return err
+			}
+			if len(devices) == 0 {
+				return fmt.Errorf("%w: %s has no devices", ErrUnknownDevice, e.To)
+			}
+			if own, err = l.ensureSessions(ctx, c.name); err != nil {
+				return err
+			}
 		}
-		if len(devices) == 0 {
-			return fmt.Errorf("%w: %s has no devices", ErrUnknownDevice, e.To)
-		}
-		frame, err := l.c.encryptEntry(e, devices)
+		frame, err := c.encryptEntry(e, devices, own)
 		if err != nil {
 			return err
 		}
@@ -107,13 +241,16 @@ func (l *link) trySend(ctx context.Context, e *store.OutboxEntry) error {
 			if resp.GetSendResult() == nil {
 				return fmt.Errorf("%w: expected SendResult", ErrProtocol)
 			}
-			return l.c.serverAcked(ctx, e, devices)
+			return c.serverAcked(ctx, e, devices)
 		}
 		var se *Error
 		if errors.As(err, &se) && round < maxDeviceRounds &&
 			(se.Code == petrelv1.ErrorCode_ERROR_CODE_STALE_DEVICES || se.Code == petrelv1.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE) {
-			l.c.log.Info("recipient devices changed, refetching them and re-encrypting", "to", e.To, "message_id", e.ID)
-			if err := l.c.forgetDevices(e.To); err != nil {
+			c.log.Info("devices changed, refetching them and re-encrypting", "to", e.To, "message_id", e.ID)
+			if err := c.forgetDevices(e.To); err != nil {
+				return err
+			}
+			if err := c.forgetDevices(c.name); err != nil {
 				return err
 			}
 			continue
@@ -122,49 +259,71 @@ func (l *link) trySend(ctx context.Context, e *store.OutboxEntry) error {
 	}
 }
 
-// encryptEntry encrypts the entry's content once per device (advancing and persisting each
-// session before anything leaves) and builds the Send frame.
-func (c *Client) encryptEntry(e *store.OutboxEntry, devices []string) (*petrelv1.Frame, error) {
+// encryptEntry encrypts the entry's content once per recipient device and, with sent_to set,
+// once per other device of this account (own), advancing and persisting each session before
+// anything leaves, and builds the Send frame.
+func (c *Client) encryptEntry(e *store.OutboxEntry, devices, own []string) (*petrelv1.Frame, error) {
 	var content petrelv1.Content
 	if err := proto.Unmarshal(e.Content, &content); err != nil {
 		return nil, fmt.Errorf("stored outbox entry: %w", err)
 	}
-	content.Padding = nil
-	if n := proto.Size(&content) % paddingBlock; n != 0 {
-		// The field's own tag and length take 2-3 bytes; the result is close to a block multiple.
-		content.Padding = make([]byte, max(paddingBlock-n-3, 0))
-	}
-	pt, err := proto.Marshal(&content)
+	pt, err := padded(&content)
 	if err != nil {
 		return nil, err
 	}
+	ownPT := pt
+	if len(own) > 0 && e.Kind == store.KindText {
+		content.SentTo = e.To
+		if ownPT, err = padded(&content); err != nil {
+			return nil, err
+		}
+	}
 	send := &petrelv1.Send{MessageId: e.ID, To: e.To}
 	err = c.st.Update(func(tx *store.Tx) error {
-		send.Envelopes = send.Envelopes[:0]
-		for _, dev := range devices {
-			rec, err := loadRecord(tx, e.To, dev)
-			if err != nil {
-				return err
-			}
-			ct, err := rec.Encrypt(pt)
-			if err != nil {
-				return fmt.Errorf("encrypt for %s/%s: %w", e.To, dev, err)
-			}
-			if err := saveRecord(tx, e.To, dev, rec); err != nil {
-				return err
-			}
-			typ := petrelv1.EnvelopeType_ENVELOPE_TYPE_MESSAGE
-			if e2ee.IsPreKeyMessage(ct) {
-				typ = petrelv1.EnvelopeType_ENVELOPE_TYPE_PREKEY
-			}
-			send.Envelopes = append(send.Envelopes, &petrelv1.DeviceCiphertext{DeviceId: dev, Type: typ, Ciphertext: ct})
+		var err error
+		if send.Envelopes, err = encryptFor(tx, e.To, devices, pt, send.Envelopes[:0]); err != nil {
+			return err
 		}
-		return nil
+		send.OwnEnvelopes, err = encryptFor(tx, c.name, own, ownPT, send.OwnEnvelopes[:0])
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	return &petrelv1.Frame{Body: &petrelv1.Frame_Send{Send: send}}, nil
+}
+
+// padded serialises content with padding to close to a multiple of paddingBlock.
+func padded(content *petrelv1.Content) ([]byte, error) {
+	content.Padding = nil
+	if n := proto.Size(content) % paddingBlock; n != 0 {
+		// The field's own tag and length take 2-3 bytes; the result is close to a block multiple.
+		content.Padding = make([]byte, max(paddingBlock-n-3, 0))
+	}
+	return proto.Marshal(content)
+}
+
+// encryptFor encrypts pt for each device of name inside tx and appends the ciphertexts.
+func encryptFor(tx *store.Tx, name string, devices []string, pt []byte, out []*petrelv1.DeviceCiphertext) ([]*petrelv1.DeviceCiphertext, error) {
+	for _, dev := range devices {
+		rec, err := loadRecord(tx, name, dev)
+		if err != nil {
+			return nil, err
+		}
+		ct, err := rec.Encrypt(pt)
+		if err != nil {
+			return nil, fmt.Errorf("encrypt for %s/%s: %w", name, dev, err)
+		}
+		if err := saveRecord(tx, name, dev, rec); err != nil {
+			return nil, err
+		}
+		typ := petrelv1.EnvelopeType_ENVELOPE_TYPE_MESSAGE
+		if e2ee.IsPreKeyMessage(ct) {
+			typ = petrelv1.EnvelopeType_ENVELOPE_TYPE_PREKEY
+		}
+		out = append(out, &petrelv1.DeviceCiphertext{DeviceId: dev, Type: typ, Ciphertext: ct})
+	}
+	return out, nil
 }
 
 // serverAcked records the server's ack of e, sent to devices.
@@ -192,6 +351,9 @@ func (c *Client) serverAcked(ctx context.Context, e *store.OutboxEntry, devices 
 		cur.Sends++
 		if err := tx.PutOutbox(cur); err != nil {
 			return err
+		}
+		if cur.Delivered {
+			return nil
 		}
 		return c.setHistoryStatus(tx, e.To, e.ID, store.StatusSent, "")
 	})
@@ -231,35 +393,52 @@ func (c *Client) failEntry(ctx context.Context, e *store.OutboxEntry, cause erro
 }
 
 // ensureSessions makes sure there is a session with every known device of name, fetching prekey
-// bundles where needed, and returns the device ids to send to (sorted).
+// bundles where needed, and returns the device ids to send to (sorted). For this account's own
+// name they are its other devices: those of its verified device list that the server has too.
 func (l *link) ensureSessions(ctx context.Context, name string) ([]string, error) {
 	c := l.c
+	own := name == c.name
 	var (
 		full    bool
 		missing []string
 	)
-	err := c.st.View(func(tx *store.Tx) error {
-		ct, err := tx.Contact(name)
-		if errors.Is(err, store.ErrNotFound) {
-			full = true
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if !ct.DevicesKnown || len(ct.Devices) == 0 {
-			full = true
-			return nil
-		}
-		for dev := range ct.Devices {
-			if !hasSession(tx, name, dev) {
-				missing = append(missing, dev)
+	scan := func() error {
+		full, missing = false, nil
+		return c.st.View(func(tx *store.Tx) error {
+			ct, err := tx.Contact(name)
+			if errors.Is(err, store.ErrNotFound) {
+				full = true
+				return nil
 			}
-		}
-		return nil
-	})
-	if err != nil {
+			if err != nil {
+				return err
+			}
+			if !ct.DevicesKnown || !own && len(ct.Devices) == 0 {
+				full = true
+				return nil
+			}
+			for dev := range ct.Devices {
+				if !hasSession(tx, name, dev) {
+					missing = append(missing, dev)
+				}
+			}
+			return nil
+		})
+	}
+	if err := scan(); err != nil {
 		return nil, &storeError{err}
+	}
+	if own && full {
+		// This account's devices come from its signed list (GetDevices), not from a bundle fetch.
+		if _, err := l.syncOwnDevices(ctx); errors.Is(err, ErrUnknownFrame) {
+			return nil, nil // a server without linked devices: this device is the only one
+		} else if err != nil {
+			return nil, err
+		}
+		if err := scan(); err != nil {
+			return nil, &storeError{err}
+		}
+		full = false
 	}
 	if full || len(missing) > 0 {
 		slices.Sort(missing)
@@ -272,13 +451,21 @@ func (l *link) ensureSessions(ctx context.Context, name string) ([]string, error
 		if res == nil {
 			return nil, fmt.Errorf("%w: expected BundleResult", ErrProtocol)
 		}
-		if err := c.acceptBundles(ctx, name, missing, res); err != nil {
+		if own {
+			err = c.acceptOwnBundles(res)
+		} else {
+			err = c.acceptBundles(ctx, name, missing, res)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
 	var devices []string
-	err = c.st.View(func(tx *store.Tx) error {
+	err := c.st.View(func(tx *store.Tx) error {
 		ct, err := tx.Contact(name)
+		if own && errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -295,9 +482,58 @@ func (l *link) ensureSessions(ctx context.Context, name string) ([]string, error
 	return devices, nil
 }
 
-// acceptBundles verifies fetched bundles, records the devices' identity keys (trust on first use,
-// changes reported) and starts sessions with devices that have none. requested lists the devices
-// asked for (nil: all devices, so devices missing from res are gone).
+// acceptOwnBundles starts sessions with other devices of this account from fetched bundles: only
+// devices the verified list names, with the identity key it names.
+func (c *Client) acceptOwnBundles(res *petrelv1.BundleResult) error {
+	err := c.st.Update(func(tx *store.Tx) error {
+		ct, err := tx.Contact(c.name)
+		if err != nil {
+			return err
+		}
+		for _, db := range res.GetDevices() {
+			dev := db.GetDeviceId()
+			d, ok := ct.Devices[dev]
+			if !ok || dev == c.deviceID || db.GetSignedPrekey() == nil || db.GetKemPrekey() == nil {
+				continue
+			}
+			b := bundleFromProto(db)
+			if !bytesEqual(b.Identity, d.IdentityKey) {
+				c.log.Warn("own device's bundle has another identity key than the signed list", "peer_device", dev)
+				continue
+			}
+			if err := b.Verify(); err != nil {
+				c.log.Warn("own device's prekey bundle does not verify", "peer_device", dev, "err", err)
+				continue
+			}
+			if hasSession(tx, c.name, dev) {
+				continue
+			}
+			s, err := e2ee.InitiateSession(c.cfg.Rand, c.identity, b)
+			if err != nil {
+				return fmt.Errorf("%w with own device %s: %w", errStartSession, dev, err)
+			}
+			rec := e2ee.NewSessionRecord()
+			rec.Promote(s)
+			if err := saveRecord(tx, c.name, dev, rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, errStartSession) || isStoreErr(err) {
+			return err
+		}
+		return &storeError{err}
+	}
+	return nil
+}
+
+// acceptBundles verifies fetched bundles and the account's signed device list, records the
+// devices' identity keys (trust on first use, changes reported) and starts sessions with devices
+// that have none. Only devices the list names with the same identity key are kept (all of them
+// for an account without a list). requested lists the devices asked for (nil: all devices, so
+// devices missing from res are gone); devices that left the list are gone too.
 func (c *Client) acceptBundles(ctx context.Context, name string, requested []string, res *petrelv1.BundleResult) error {
 	type fetched struct {
 		dev    string
@@ -325,8 +561,26 @@ func (c *Client) acceptBundles(ctx context.Context, name string, requested []str
 		} else if err != nil {
 			return err
 		}
+		var oldList *petrelv1.DeviceList
+		if ct.ListVersion > 0 {
+			oldList = &petrelv1.DeviceList{}
+			for dev, d := range ct.Devices {
+				oldList.Devices = append(oldList.Devices, &petrelv1.ListedDevice{DeviceId: dev, IdentityKey: d.IdentityKey})
+			}
+		}
+		list, primaryEv, err := c.acceptContactList(ct, res.GetDeviceList())
+		if err != nil {
+			return err
+		}
+		if primaryEv != nil {
+			events = append(events, primaryEv)
+		}
 		seen := map[string]bool{}
 		for _, f := range got {
+			if list != nil && !list.Contains(f.dev, f.bundle.Identity) {
+				c.log.Warn("bundle of a device the signed device list does not name; not encrypting to it", "name", name, "peer_device", f.dev)
+				continue
+			}
 			seen[f.dev] = true
 			if ev := c.trustDevice(ct, f.dev, f.bundle.Identity); ev != nil {
 				events = append(events, ev)
@@ -354,20 +608,34 @@ func (c *Client) acceptBundles(ctx context.Context, name string, requested []str
 		if requested == nil {
 			gone = slices.Collect(maps.Keys(ct.Devices))
 		}
-		for _, dev := range gone {
-			if !seen[dev] {
-				delete(ct.Devices, dev)
-				if err := tx.DeleteSessionRecord(name, dev); err != nil {
-					return err
+		gone = slices.DeleteFunc(slices.Clone(gone), func(dev string) bool { return seen[dev] })
+		if list != nil {
+			for dev, d := range ct.Devices {
+				if !list.Contains(dev, d.IdentityKey) && !slices.Contains(gone, dev) {
+					gone = append(gone, dev)
 				}
 			}
 		}
+		for _, dev := range gone {
+			delete(ct.Devices, dev)
+		}
+		evs, err := c.devicesGone(tx, name, gone)
+		if err != nil {
+			return err
+		}
+		events = append(events, evs...)
 		ct.DevicesKnown = true
 		ct.UpdatedAt = c.cfg.Now()
+		if list != nil {
+			if ch := listChange(name, oldList, list); ch != nil && len(ch.Removed) > 0 {
+				ch.Added = nil // reported one by one as IdentityChanged (new device)
+				events = append(events, ch)
+			}
+		}
 		return tx.PutContact(ct)
 	})
 	if err != nil {
-		if errors.Is(err, errStartSession) || isStoreErr(err) {
+		if errors.Is(err, errStartSession) || errors.Is(err, ErrUntrustedDeviceList) || isStoreErr(err) {
 			return err
 		}
 		return &storeError{err}
@@ -536,7 +804,9 @@ func (l *link) checkOutbox(ctx context.Context) error {
 				if err != nil {
 					return err
 				}
-				events = append(events, ev)
+				if ev != nil {
+					events = append(events, ev)
+				}
 				continue
 			case lost[k]:
 				// The server no longer holds it and no receipt came: send it again.

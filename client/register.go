@@ -5,7 +5,6 @@ package client
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/petrelchat/petrel/client/store"
-	"github.com/petrelchat/petrel/e2ee"
 	petrelv1 "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -40,8 +38,8 @@ type RegisterOptions struct {
 	Now func() time.Time
 }
 
-// Register creates this device's keys, stores them in st, and registers a new account with this
-// device as its first device. It refuses (ErrAlreadyRegistered) if st already holds a registered
+// Register creates this device's keys (Provision), stores them in st, and registers a new
+// account with this device as its first device. It refuses (ErrAlreadyRegistered) if st already holds a registered
 // device. Server refusals are *Error values matching ErrNameTaken, ErrInvalidName,
 // ErrInvalidInvite, ErrRegistrationClosed, ...
 func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Account, error) {
@@ -80,48 +78,17 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 
 	// Keys first, stored before the server hears of them: a registration whose answer is lost
 	// must not lose the keys of the account it created.
-	pub, priv, err := ed25519.GenerateKey(opts.Rand)
+	keys, err := Provision(st, ProvisionOptions{PreKeys: opts.PreKeys, Rand: opts.Rand, Now: opts.Now})
 	if err != nil {
 		return Account{}, err
 	}
-	identity, err := e2ee.GenerateIdentityKeyPair(opts.Rand)
-	if err != nil {
-		return Account{}, fmt.Errorf("generate identity key: %w", err)
-	}
-	idRaw, err := identity.MarshalBinary()
-	if err != nil {
-		return Account{}, err
-	}
-	acct := &store.Account{ServerURL: urls[0], Servers: urls[1:], Name: opts.Name, DeviceID: petrelv1.DeviceID(pub),
-		AuthKey: priv, Identity: idRaw}
-	var up *petrelv1.KeyBundleUpload
 	err = st.Update(func(tx *store.Tx) error {
-		old, err := tx.Account()
-		switch {
-		case err == nil && old.Registered:
-			return fmt.Errorf("%w (%s as %s); use another --home for another account", ErrAlreadyRegistered, old.Name, old.ServerURL)
-		case err != nil && !errors.Is(err, store.ErrNotFound):
+		a, err := tx.Account()
+		if err != nil {
 			return err
 		}
-		if err := tx.ResetKeys(); err != nil {
-			return err
-		}
-		g := &keyGen{rand: opts.Rand, now: now, identity: identity, acct: acct}
-		if err := g.signedPreKey(tx); err != nil {
-			return err
-		}
-		if err := g.lastResortKEM(tx); err != nil {
-			return err
-		}
-		if err := g.oneTimeECs(tx, opts.PreKeys); err != nil {
-			return err
-		}
-		if err := g.oneTimeKEMs(tx, opts.PreKeys); err != nil {
-			return err
-		}
-		up = g.upload()
-		up.IdentityKey = identity.PublicKey().Bytes()
-		return tx.PutAccount(acct)
+		a.ServerURL, a.Servers, a.Name = urls[0], urls[1:], opts.Name
+		return tx.PutAccount(a)
 	})
 	if err != nil {
 		return Account{}, err
@@ -137,9 +104,9 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 	reg := &petrelv1.Register{
 		Name:      opts.Name,
 		Invite:    opts.Invite,
-		AuthKey:   pub,
-		Signature: ed25519.Sign(priv, petrelv1.AuthPayload(ch.GetNonce(), acct.DeviceID)),
-		Keys:      up,
+		AuthKey:   keys.AuthKey,
+		Signature: keys.SignChallenge(ch.GetNonce()),
+		Keys:      keys.Upload,
 	}
 	if err := cn.write(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Register{Register: reg}}); err != nil {
 		return Account{}, err
@@ -152,7 +119,7 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 		return Account{}, errorFromProto(e)
 	}
 	w := f.GetWelcome()
-	if w == nil || w.GetDeviceId() != acct.DeviceID || w.GetName() != opts.Name {
+	if w == nil || w.GetDeviceId() != keys.DeviceID || w.GetName() != opts.Name {
 		return Account{}, fmt.Errorf("%w: expected Welcome for this device", ErrProtocol)
 	}
 	err = st.Update(func(tx *store.Tx) error {
@@ -171,8 +138,8 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 	if err != nil {
 		return Account{}, fmt.Errorf("the account was created but storing it failed: %w", err)
 	}
-	return Account{Name: opts.Name, DeviceID: acct.DeviceID, ServerURL: urls[0], Servers: urls,
-		Fingerprint: Fingerprint(identity.PublicKey().Bytes())}, nil
+	return Account{Name: opts.Name, DeviceID: keys.DeviceID, ServerURL: urls[0], Servers: urls,
+		Fingerprint: keys.Fingerprint}, nil
 }
 
 // challengeAny connects to the first of urls that answers with a Challenge, trying them in turn:

@@ -25,6 +25,8 @@
 //	outbox:         seq (8) → OutboxEntry
 //	outbox_ids:     to || 0x00 || message id → seq (8)
 //	outbox_pending: seq (8) → empty (entries the server has not acked yet)
+//	unverified:     seq (8) → empty (history records from an own device not yet in the verified
+//	                device list; shown once the list names it)
 package store
 
 import (
@@ -58,9 +60,10 @@ var (
 	bOutbox        = []byte("outbox")
 	bOutboxIDs     = []byte("outbox_ids")
 	bOutboxPending = []byte("outbox_pending")
+	bUnverified    = []byte("unverified")
 
 	allBuckets = [][]byte{bMeta, bSignedPreKeys, bOneTime, bKEM, bSessions, bContacts, bHistory,
-		bHistoryIDs, bUnseen, bOutbox, bOutboxIDs, bOutboxPending}
+		bHistoryIDs, bUnseen, bOutbox, bOutboxIDs, bOutboxPending, bUnverified}
 
 	kVersion = []byte("version")
 	kAccount = []byte("account")
@@ -241,6 +244,16 @@ type Account struct {
 	NextKEMPreKeyID     uint32 `json:"next_kem_prekey_id"`
 	// MaxFrameBytes is the server's frame limit from the last Welcome (0: unknown).
 	MaxFrameBytes uint32 `json:"max_frame_bytes,omitempty"`
+	// Companion is set on a device linked to an existing account (petrel link); the device that
+	// registered the account is its primary (Companion false) and signs its device list.
+	Companion bool `json:"companion,omitempty"`
+	// PrimaryIdentity is the identity key (e2ee IdentityKey.Bytes) of the account's primary
+	// device, as the approval named it (a companion's trust anchor for its own device list).
+	PrimaryIdentity []byte `json:"primary_identity,omitempty"`
+	// DeviceList is the account's signed device list (SignedDeviceList, protobuf) as last
+	// verified, nil before the first; DeviceListVersion its version, the highest seen.
+	DeviceList        []byte `json:"device_list,omitempty"`
+	DeviceListVersion uint64 `json:"device_list_version,omitempty"`
 }
 
 // Account returns the account, or ErrNotFound.
@@ -411,6 +424,12 @@ type Contact struct {
 	// fetch or a stale-devices answer), as opposed to devices seen only as senders.
 	DevicesKnown bool      `json:"devices_known,omitempty"`
 	UpdatedAt    time.Time `json:"updated_at"`
+	// ListVersion is the highest version of the contact's signed device list accepted (0: none
+	// seen, a single-device account of an old client); a lower one is refused (rollback).
+	ListVersion uint64 `json:"list_version,omitempty"`
+	// PrimaryIdentity is the identity key of the primary device that signed that list, trusted
+	// on first use like any identity key.
+	PrimaryIdentity []byte `json:"primary_identity,omitempty"`
 }
 
 // ContactDevice is one device of a contact.
@@ -476,7 +495,21 @@ type HistoryRecord struct {
 	Status Status `json:"status,omitempty"`
 	// Failure says why an outgoing message failed (no secrets).
 	Failure string `json:"failure,omitempty"`
+	// Synced marks an outgoing message this account sent from another of its devices (PeerDevice
+	// names that device): it is shown like an incoming one (unseen until shown).
+	Synced bool `json:"synced,omitempty"`
+	// FromHistory marks a record received in a history transfer from another own device.
+	FromHistory bool `json:"from_history,omitempty"`
+	// Unverified marks a Synced record from a device this account's verified device list did not
+	// name yet: it is kept out of sight (not unseen, not in History) until the list names the
+	// device with SenderIdentity, its identity key, and deleted if it never does.
+	Unverified     bool   `json:"unverified,omitempty"`
+	SenderIdentity []byte `json:"sender_identity,omitempty"`
 }
+
+// Shown reports whether the record is one the user is shown as it arrives: a received message,
+// or one this account sent from another device (once verified).
+func (r *HistoryRecord) Shown() bool { return (r.Dir == Incoming || r.Synced) && !r.Unverified }
 
 func historyIDKey(dir Direction, peer, id string) []byte {
 	return append([]byte{byte(dir)}, pairKey(peer, id)...)
@@ -500,8 +533,8 @@ func (t *Tx) HistoryByID(dir Direction, peer, id string) (*HistoryRecord, error)
 	return &r, nil
 }
 
-// AddHistory appends a new record, setting r.Seq. Incoming records that are not Seen are indexed
-// as unseen.
+// AddHistory appends a new record, setting r.Seq. Shown records (HistoryRecord.Shown) that are
+// not Seen are indexed as unseen.
 func (t *Tx) AddHistory(r *HistoryRecord) error {
 	b := t.b(bHistory)
 	seq, err := b.NextSequence()
@@ -520,11 +553,18 @@ func (t *Tx) PutHistory(r *HistoryRecord) error {
 	if r.Seq == 0 {
 		return errors.New("history record without seq")
 	}
-	if r.Dir == Incoming && !r.Seen {
+	if r.Shown() && !r.Seen {
 		if err := t.b(bUnseen).Put(u64key(r.Seq), nil); err != nil {
 			return err
 		}
 	} else if err := t.b(bUnseen).Delete(u64key(r.Seq)); err != nil {
+		return err
+	}
+	if r.Unverified {
+		if err := t.b(bUnverified).Put(u64key(r.Seq), nil); err != nil {
+			return err
+		}
+	} else if err := t.b(bUnverified).Delete(u64key(r.Seq)); err != nil {
 		return err
 	}
 	return putJSON(t.b(bHistory), u64key(r.Seq), r)
@@ -544,7 +584,55 @@ func (t *Tx) History(after uint64, limit int) ([]*HistoryRecord, error) {
 	return out, nil
 }
 
-// Unseen returns up to limit incoming records not yet shown, oldest first.
+// DeleteHistory removes a record and its indexes.
+func (t *Tx) DeleteHistory(r *HistoryRecord) error {
+	for _, b := range [][]byte{bUnseen, bUnverified, bHistory} {
+		if err := t.b(b).Delete(u64key(r.Seq)); err != nil {
+			return err
+		}
+	}
+	return t.b(bHistoryIDs).Delete(historyIDKey(r.Dir, r.Peer, r.ID))
+}
+
+// UnverifiedHistory returns up to limit records marked Unverified, oldest first.
+func (t *Tx) UnverifiedHistory(limit int) ([]*HistoryRecord, error) {
+	var out []*HistoryRecord
+	c := t.b(bUnverified).Cursor()
+	for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+		var r HistoryRecord
+		ok, err := getJSON(t.b(bHistory), k, &r)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, &r)
+		}
+	}
+	return out, nil
+}
+
+// HistoryBefore returns up to limit records with Seq < before (0: from the newest), newest first.
+func (t *Tx) HistoryBefore(before uint64, limit int) ([]*HistoryRecord, error) {
+	var out []*HistoryRecord
+	c := t.b(bHistory).Cursor()
+	var k, v []byte
+	if before == 0 {
+		k, v = c.Last()
+	} else {
+		c.Seek(u64key(before))
+		k, v = c.Prev()
+	}
+	for ; k != nil && len(out) < limit; k, v = c.Prev() {
+		var r HistoryRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return nil, err
+		}
+		out = append(out, &r)
+	}
+	return out, nil
+}
+
+// Unseen returns up to limit shown records (HistoryRecord.Shown) not yet shown, oldest first.
 func (t *Tx) Unseen(limit int) ([]*HistoryRecord, error) {
 	var out []*HistoryRecord
 	c := t.b(bUnseen).Cursor()
@@ -561,20 +649,20 @@ func (t *Tx) Unseen(limit int) ([]*HistoryRecord, error) {
 	return out, nil
 }
 
-// ClaimSeen marks the incoming record seq as shown and reports whether it was not shown before
-// (false for a record already seen, an outgoing one, or none). Show a record only when ClaimSeen
+// ClaimSeen marks the record seq as shown and reports whether it was not shown before (false for
+// a record already seen, an outgoing one sent from this device, or none). Show a record only when ClaimSeen
 // returned true in a committed transaction: whatever the crash point, it is then never shown twice.
 func (t *Tx) ClaimSeen(seq uint64) (bool, error) {
 	var r HistoryRecord
 	ok, err := getJSON(t.b(bHistory), u64key(seq), &r)
-	if err != nil || !ok || r.Dir != Incoming || r.Seen {
+	if err != nil || !ok || !r.Shown() || r.Seen {
 		return false, err
 	}
 	r.Seen = true
 	return true, t.PutHistory(&r)
 }
 
-// MarkSeen marks incoming records as shown.
+// MarkSeen marks records as shown.
 func (t *Tx) MarkSeen(seqs ...uint64) error {
 	for _, seq := range seqs {
 		var r HistoryRecord
@@ -601,6 +689,9 @@ const (
 	KindText OutboxKind = "text"
 	// KindReceipt is a delivery receipt; it leaves the outbox once the server acks it.
 	KindReceipt OutboxKind = "receipt"
+	// KindDevice is a message for one other device of this account (Device), such as a history
+	// chunk; it leaves the outbox once the server acks it.
+	KindDevice OutboxKind = "device"
 )
 
 // OutboxEntry is a message this device must get to every device of To (invariant 3).
@@ -622,6 +713,10 @@ type OutboxEntry struct {
 	Receipted []string `json:"receipted,omitempty"`
 	// Sends counts the server-acked sends of this entry (resends after loss included).
 	Sends int `json:"sends,omitempty"`
+	// Delivered is set once any recipient device receipted the entry (it stays until all did).
+	Delivered bool `json:"delivered,omitempty"`
+	// Device is the one device a KindDevice entry is for (To is this account's name).
+	Device string `json:"device,omitempty"`
 }
 
 // Pending reports whether the server has not acked the entry yet.
@@ -690,9 +785,15 @@ func (t *Tx) outboxAt(seq []byte) (*OutboxEntry, error) {
 
 // PendingOutbox returns up to limit entries not yet acked by the server, in send order.
 func (t *Tx) PendingOutbox(limit int) ([]*OutboxEntry, error) {
+	return t.PendingOutboxAfter(0, limit)
+}
+
+// PendingOutboxAfter returns up to limit entries not yet acked by the server with Seq > after,
+// in send order.
+func (t *Tx) PendingOutboxAfter(after uint64, limit int) ([]*OutboxEntry, error) {
 	var out []*OutboxEntry
 	c := t.b(bOutboxPending).Cursor()
-	for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+	for k, _ := c.Seek(u64key(after + 1)); k != nil && len(out) < limit; k, _ = c.Next() {
 		e, err := t.outboxAt(k)
 		if errors.Is(err, ErrNotFound) {
 			continue

@@ -135,6 +135,15 @@ func TestOutboxPendingIndex(t *testing.T) {
 	if got := pending(); len(got) != 2 || got[0] != "a" || got[1] != "b" {
 		t.Fatalf("pending in order: %v", got)
 	}
+	s.View(func(tx *Tx) error {
+		if p, err := tx.PendingOutboxAfter(a.Seq, 10); err != nil || len(p) != 1 || p[0].ID != "b" {
+			t.Fatalf("pending after a: %+v %v", p, err)
+		}
+		if p, err := tx.PendingOutboxAfter(b.Seq, 10); err != nil || len(p) != 0 {
+			t.Fatalf("pending after b: %+v %v", p, err)
+		}
+		return nil
+	})
 	s.Update(func(tx *Tx) error {
 		a.ServerAckedAt = time.Now()
 		a.Awaiting = []string{"dev"}
@@ -221,6 +230,77 @@ func TestClaimSeen(t *testing.T) {
 	s.View(func(tx *Tx) error {
 		if u, _ := tx.Unseen(10); len(u) != 0 {
 			t.Fatalf("unseen after the claim: %+v", u)
+		}
+		return nil
+	})
+}
+
+// HistoryBefore pages backwards; a synced sent copy is unseen like an incoming message, an
+// unverified one is neither unseen nor claimable until verified; DeleteHistory drops a record
+// and its indexes.
+func TestHistoryBeforeSyncedAndUnverified(t *testing.T) {
+	s := open(t, t.TempDir())
+	recs := []*HistoryRecord{
+		{ID: "in", Dir: Incoming, Peer: "bob"},
+		{ID: "mine", Dir: Outgoing, Peer: "bob"},
+		{ID: "synced", Dir: Outgoing, Peer: "bob", Synced: true},
+		{ID: "unverified", Dir: Outgoing, Peer: "carol", Synced: true, Unverified: true},
+	}
+	s.Update(func(tx *Tx) error {
+		for _, r := range recs {
+			if err := tx.AddHistory(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	ids := func(rs []*HistoryRecord) (out []string) {
+		for _, r := range rs {
+			out = append(out, r.ID)
+		}
+		return out
+	}
+	s.Update(func(tx *Tx) error {
+		all, _ := tx.HistoryBefore(0, 10)
+		if got := strings.Join(ids(all), ","); got != "unverified,synced,mine,in" {
+			t.Fatalf("HistoryBefore(0): %s", got)
+		}
+		page, _ := tx.HistoryBefore(recs[2].Seq, 1)
+		if got := strings.Join(ids(page), ","); got != "mine" {
+			t.Fatalf("HistoryBefore(synced, 1): %s", got)
+		}
+		if page, _ := tx.HistoryBefore(recs[3].Seq+100, 1); len(page) != 1 || page[0].ID != "unverified" {
+			t.Fatalf("HistoryBefore past the end: %v", ids(page))
+		}
+		u, _ := tx.Unseen(10)
+		if got := strings.Join(ids(u), ","); got != "in,synced" {
+			t.Fatalf("unseen: %s", got)
+		}
+		if ok, _ := tx.ClaimSeen(recs[3].Seq); ok {
+			t.Fatal("an unverified record was claimable")
+		}
+		uv, _ := tx.UnverifiedHistory(10)
+		if len(uv) != 1 || uv[0].ID != "unverified" {
+			t.Fatalf("unverified: %v", ids(uv))
+		}
+		uv[0].Unverified = false
+		if err := tx.PutHistory(uv[0]); err != nil {
+			return err
+		}
+		if uv, _ := tx.UnverifiedHistory(10); len(uv) != 0 {
+			t.Fatalf("still unverified: %v", ids(uv))
+		}
+		if u, _ := tx.Unseen(10); len(u) != 3 {
+			t.Fatalf("unseen after verification: %v", ids(u))
+		}
+		if err := tx.DeleteHistory(recs[0]); err != nil {
+			return err
+		}
+		if _, err := tx.HistoryByID(Incoming, "bob", "in"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("deleted record: %v", err)
+		}
+		if u, _ := tx.Unseen(10); len(u) != 2 {
+			t.Fatalf("unseen after delete: %v", ids(u))
 		}
 		return nil
 	})

@@ -50,6 +50,9 @@ func usageErr(e *env, cmd, format string, args ...any) int {
 func describe(err error) string { return sanitize(describeErr(err)) }
 
 func describeErr(err error) string {
+	if d := describeDeviceErr(err); d != "" {
+		return d
+	}
 	var netErr *net.OpError
 	switch {
 	case errors.Is(err, client.ErrNameTaken):
@@ -111,6 +114,7 @@ func startClient(ctx context.Context, e *env, before func(*client.Client) error,
 		return nil, err
 	}
 	s.c = c
+	e.account = c.Account().Name
 	if before != nil {
 		if err := before(c); err != nil {
 			st.Close()
@@ -142,6 +146,23 @@ func (s *clientSession) close() {
 	s.st.Close()
 }
 
+// devicesChangedLine describes a change of an account's device list.
+func devicesChangedLine(e *env, cmd string, ev *client.DevicesChanged) string {
+	var parts []string
+	if len(ev.Added) > 0 {
+		parts = append(parts, "added "+strings.Join(ev.Added, ", "))
+	}
+	if len(ev.Removed) > 0 {
+		parts = append(parts, "removed "+strings.Join(ev.Removed, ", "))
+	}
+	what := strings.Join(parts, "; ")
+	if ev.Name == e.account {
+		return fmt.Sprintf("petrel %s: this account's devices changed (%s); your safety numbers changed", cmd, what)
+	}
+	return fmt.Sprintf("petrel %s: warning: %s's devices changed (%s); your safety number with %s changed, check it with 'petrel safety-number %s'",
+		cmd, ev.Name, what, ev.Name, ev.Name)
+}
+
 // warnEvent prints identity changes and dropped messages to stderr (escaped: names, device ids
 // and error texts come from the network).
 func warnEvent(e *env, cmd string, ev client.Event) {
@@ -160,6 +181,10 @@ func warnEvent(e *env, cmd string, ev client.Event) {
 			cmd, ev.MessageID, ev.From, ev.FromDevice, ev.Err)
 	case *client.SendFailed:
 		line = fmt.Sprintf("petrel %s: message %s to %s failed: %s", cmd, ev.MessageID, ev.To, describe(ev.Err))
+	case *client.DevicesChanged:
+		line = devicesChangedLine(e, cmd, ev)
+	case *client.HistoryReceived:
+		line = fmt.Sprintf("petrel %s: history: chunk %d from device %s, %d messages", cmd, ev.Chunk, ev.FromDevice, ev.Messages)
 	default:
 		return
 	}
@@ -267,7 +292,8 @@ func runSend(ctx context.Context, e *env, args []string) int {
 	return 0
 }
 
-// jsonMessage is one line of recv --json.
+// jsonMessage is one line of recv --json. Direction is "in" for a received message and "out" for
+// one this account sent from another of its devices (From is then this account, To the recipient).
 type jsonMessage struct {
 	ID         string `json:"id"`
 	From       string `json:"from"`
@@ -276,6 +302,17 @@ type jsonMessage struct {
 	SentAt     string `json:"sent_at"`
 	ServerTime string `json:"server_time"`
 	ReceivedAt string `json:"received_at"`
+	Direction  string `json:"direction"`
+	To         string `json:"to,omitempty"`
+}
+
+// messageLine is the text form of a message: "NAME: TEXT", or "NAME -> PEER: TEXT" for one this
+// account sent from another device (escaped for the terminal).
+func messageLine(m *client.Message) string {
+	if m.Outgoing {
+		return fmt.Sprintf("%s -> %s: %s", sanitize(m.From), sanitize(m.To), sanitize(m.Text))
+	}
+	return fmt.Sprintf("%s: %s", sanitize(m.From), sanitize(m.Text))
 }
 
 const rfc3339Milli = "2006-01-02T15:04:05.000Z07:00"
@@ -303,14 +340,18 @@ func (p *printer) print(m *client.Message) error {
 	defer p.mu.Unlock()
 	var line string
 	if p.json {
-		b, err := json.Marshal(jsonMessage{ID: m.ID, From: m.From, FromDevice: m.FromDevice, Text: m.Text,
-			SentAt: formatTime(m.SentAt), ServerTime: formatTime(m.ServerTime), ReceivedAt: formatTime(m.ReceivedAt)})
+		jm := jsonMessage{ID: m.ID, From: m.From, FromDevice: m.FromDevice, Text: m.Text, Direction: "in",
+			SentAt: formatTime(m.SentAt), ServerTime: formatTime(m.ServerTime), ReceivedAt: formatTime(m.ReceivedAt)}
+		if m.Outgoing {
+			jm.Direction, jm.To = "out", m.To
+		}
+		b, err := json.Marshal(jm)
 		if err != nil {
 			return err
 		}
 		line = string(escapeJSONInvisible(b))
 	} else {
-		line = fmt.Sprintf("%s: %s", sanitize(m.From), sanitize(m.Text))
+		line = messageLine(m)
 	}
 	if claimed, err := p.c.ClaimSeen(m.Seq); err != nil || !claimed {
 		return err
@@ -323,8 +364,10 @@ func runRecv(ctx context.Context, e *env, args []string) int {
 	const cmd = "recv"
 	fs := newFlags(e, cmd, "recv [--wait DURATION] [--json]\n\n"+
 		"Receives every pending message, then keeps waiting until DURATION passes with nothing\n"+
-		"new. Prints 'NAME: TEXT' per message, or with --json one JSON object per line with\n"+
-		"id, from, from_device, text, sent_at, server_time and received_at (RFC 3339, ms).")
+		"new. Prints 'NAME: TEXT' per message ('ME -> NAME: TEXT' for one this account sent from\n"+
+		"another device), or with --json one JSON object per line with id, from, from_device,\n"+
+		"text, sent_at, server_time, received_at (RFC 3339, ms), direction (\"in\" or \"out\")\n"+
+		"and, for \"out\", to.")
 	wait := fs.Duration("wait", 2*time.Second, "how long to wait for more messages after the backlog (restarts at each message)")
 	asJSON := fs.Bool("json", false, "print one JSON object per message")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the server to deliver the backlog")
@@ -496,9 +539,9 @@ func runChat(ctx context.Context, e *env, args []string) int {
 			if claimed, err := s.c.ClaimSeen(ev.Seq); err != nil {
 				show(fmt.Sprintf("petrel %s: %s", cmd, describe(err)))
 			} else if claimed {
-				show(fmt.Sprintf("%s: %s", ev.From, ev.Text))
+				show(messageLine(ev))
 			}
-		case *client.IdentityChanged, *client.DecryptFailed, *client.SendFailed:
+		case *client.IdentityChanged, *client.DecryptFailed, *client.SendFailed, *client.DevicesChanged:
 			outMu.Lock()
 			warnEvent(e, cmd, ev)
 			outMu.Unlock()
@@ -516,7 +559,7 @@ func runChat(ctx context.Context, e *env, args []string) int {
 				if claimed, err := c.ClaimSeen(m.Seq); err != nil {
 					return err
 				} else if claimed {
-					show(fmt.Sprintf("%s: %s", m.From, m.Text))
+					show(messageLine(m))
 				}
 			}
 		}
@@ -650,8 +693,12 @@ func runWhoami(ctx context.Context, e *env, args []string) int {
 		return fail(e, cmd, err)
 	}
 	a := c.Account()
-	fmt.Fprintf(e.stdout, "name:        %s\ndevice id:   %s\nserver:      %s\nservers:     %s\nfingerprint: %s\n",
-		a.Name, a.DeviceID, a.ServerURL, sanitize(strings.Join(a.Servers, ", ")), a.Fingerprint)
+	role := "primary"
+	if !a.Primary {
+		role = "companion (linked)"
+	}
+	fmt.Fprintf(e.stdout, "name:        %s\ndevice id:   %s\nrole:        %s\nserver:      %s\nservers:     %s\nfingerprint: %s\n",
+		a.Name, a.DeviceID, role, a.ServerURL, sanitize(strings.Join(a.Servers, ", ")), a.Fingerprint)
 	return 0
 }
 

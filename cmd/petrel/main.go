@@ -2,7 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0
 
 // Command petrel is Petrel's one binary: the server (petrel serve), the operator tools (petrel admin),
-// and the command-line client (register, send, recv, chat, whoami, safety-number).
+// and the command-line client (register, link, devices, send, recv, chat, whoami, safety-number).
 //
 // Only this package reads flags and environment variables; everything else takes typed config.
 package main
@@ -28,6 +28,8 @@ type env struct {
 	getenv func(string) string
 	// home is the client state directory (--home, PETREL_HOME, default ~/.petrel).
 	home string
+	// account is the home's account name once a client command opened it.
+	account string
 }
 
 type command struct {
@@ -47,6 +49,8 @@ func commands() []command {
 		{"chat", "chat NAME", "interactive terminal chat", runChat},
 		{"whoami", "whoami", "show this device's account, device id and server", runWhoami},
 		{"safety-number", "safety-number NAME", "show the safety number to compare with NAME out of band", runSafetyNumber},
+		{"link", "link --server URL [--no-history]", "make this home a new device of an existing account", runLink},
+		{"devices", "devices [--json] | devices approve CODE [--name NAME] | devices remove ID", "list, approve and remove this account's devices", runDevices},
 		{"bench", benchUsage, "load generator: idle, relay, offline, churn scenarios", runBench},
 		{"bench-worker", "", "", runBenchWorker}, // hidden: a worker process of petrel bench
 		{"version", "version", "print the version", runVersion},
