@@ -51,6 +51,26 @@ func (c *conn) deviceError(err error, denied string) error {
 	return err
 }
 
+// Device-management frames that change or probe an account's devices (GetLinkOffer, ApproveLink,
+// PutDeviceList, RemoveDevice) are rate-limited per device, on each node: a person links or
+// removes a device now and then, while guessing link ids or churning the signed list costs the
+// directory a replicated write each time.
+const (
+	deviceOpsBurst     = 20
+	deviceOpsPerMinute = 10
+)
+
+// allowDeviceOp takes one device-management frame from the device's budget; when it is spent,
+// the frame is answered RATE_LIMITED and false is returned.
+func (c *conn) allowDeviceOp(id uint64, dev directory.Principal) bool {
+	ok, wait := c.g.devOps.Take(dev.ID, 1)
+	if !ok {
+		c.g.metrics.rejected.WithLabelValues(pb.ErrorCodeName(pb.ErrorCode_ERROR_CODE_RATE_LIMITED)).Inc()
+		c.writeError(id, &codedError{code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, msg: "too many device changes: try again later", retry: retryMs(wait)})
+	}
+	return ok
+}
+
 const (
 	deniedApprove = "approve from your primary device"
 	deniedList    = "only the primary device signs the account's device list"
@@ -59,9 +79,13 @@ const (
 
 // onGetLinkOffer hands a pending link's offer to the account's primary device.
 func (c *conn) onGetLinkOffer(f *pb.Frame) {
+	dev := c.principal()
+	if !c.allowDeviceOp(f.Id, dev) {
+		return
+	}
 	ctx, cancel := c.ctx()
 	defer cancel()
-	offer, err := c.g.dir.LinkOffer(ctx, c.principal(), f.GetGetLinkOffer_().GetLinkId())
+	offer, err := c.g.dir.LinkOffer(ctx, dev, f.GetGetLinkOffer_().GetLinkId())
 	if err != nil {
 		c.writeError(f.Id, c.deviceError(err, deniedApprove))
 		return
@@ -72,9 +96,12 @@ func (c *conn) onGetLinkOffer(f *pb.Frame) {
 // onApproveLink adds a pending link's device to the account, sends the approval to the waiting
 // device (on whichever node holds it) and the new list to the account's other devices.
 func (c *conn) onApproveLink(f *pb.Frame) {
+	dev := c.principal()
+	if !c.allowDeviceOp(f.Id, dev) {
+		return
+	}
 	ctx, cancel := c.ctx()
 	defer cancel()
-	dev := c.principal()
 	req := f.GetApproveLink()
 	a, err := c.g.dir.ApproveLink(ctx, dev, req)
 	if err != nil {
@@ -113,9 +140,12 @@ func (c *conn) onGetDevices(f *pb.Frame) {
 
 // onPutDeviceList stores a list the primary signed and pushes it to the other devices.
 func (c *conn) onPutDeviceList(f *pb.Frame) {
+	dev := c.principal()
+	if !c.allowDeviceOp(f.Id, dev) {
+		return
+	}
 	ctx, cancel := c.ctx()
 	defer cancel()
-	dev := c.principal()
 	sdl := f.GetPutDeviceList().GetDeviceList()
 	if err := c.g.dir.PutDeviceList(ctx, dev, sdl); err != nil {
 		c.writeError(f.Id, c.deviceError(err, deniedList))
@@ -133,9 +163,12 @@ func (c *conn) onPutDeviceList(f *pb.Frame) {
 // onRemoveDevice unlinks a device: the directory removes it, its connection (any node) is closed
 // with DEVICE_REMOVED, its inbox is dropped, and the other devices learn the new list.
 func (c *conn) onRemoveDevice(f *pb.Frame) {
+	dev := c.principal()
+	if !c.allowDeviceOp(f.Id, dev) {
+		return
+	}
 	ctx, cancel := c.ctx()
 	defer cancel()
-	dev := c.principal()
 	req := f.GetRemoveDevice()
 	removed := req.GetDeviceId()
 	if err := c.g.dir.RemoveDevice(ctx, dev, removed, req.GetDeviceList()); err != nil {

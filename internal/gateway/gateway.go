@@ -38,6 +38,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/petrelchat/petrel/internal/directory"
+	"github.com/petrelchat/petrel/internal/keyrate"
 	"github.com/petrelchat/petrel/internal/mailbox"
 	"github.com/petrelchat/petrel/internal/messaging"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
@@ -195,6 +196,7 @@ type Gateway struct {
 	regLimit *rate.Limiter
 	errLog   *errorLog // rate-limits the log lines of errors answered to clients
 	reg      *regGuard // per-IP and per-connection handshake limits (limits.go)
+	devOps   *keyrate.Limiter[string] // device-management frames per device (devices.go)
 
 	draining atomic.Bool
 	moving   atomic.Bool // the node lost its cluster quorum: clients are sent elsewhere (Move)
@@ -245,6 +247,7 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, msg *messaging.Service, 
 		regLimit: rate.NewLimiter(rate.Limit(cfg.RegistrationsPerSecond), 100),
 		errLog:   newErrorLog(),
 		reg:      newRegGuard(cfg.Registration, cfg.Registry),
+		devOps:   keyrate.New[string](keyrate.Config{Rate: deviceOpsPerMinute / 60, Burst: deviceOpsBurst, MaxKeys: 100_000}),
 		conns:    map[*conn]struct{}{},
 		links:    map[string]*conn{},
 		seenStop: make(chan struct{}),

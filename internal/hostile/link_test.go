@@ -6,6 +6,7 @@ package hostile
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -166,5 +167,40 @@ func TestHostileStartLinkFlood(t *testing.T) {
 		case i == 3 && r.GetError().GetCode() != pb.ErrorCode_ERROR_CODE_RATE_LIMITED:
 			t.Fatalf("StartLink past the address's budget: %v", r)
 		}
+	}
+}
+
+// A primary guessing link ids (or churning its device list) spends a per-device budget of
+// device-management frames: past it every such frame is RATE_LIMITED with a retry hint, while
+// another account's primary is served.
+func TestHostileLinkGuessingRateLimited(t *testing.T) {
+	s := testserver.Start(t)
+	amy := testserver.NewAccount(t, s.URL(), "amy")
+	bob := testserver.NewAccount(t, s.URL(), "bob")
+	guess := func(c *testserver.RawClient, i int) *pb.Frame {
+		return c.Request(&pb.Frame{Body: &pb.Frame_GetLinkOffer_{GetLinkOffer_: &pb.GetLinkOffer{LinkId: fmt.Sprintf("%08d", i)}}})
+	}
+	limited := 0
+	for i := range 40 {
+		r := guess(amy.Primary, i)
+		switch r.GetError().GetCode() {
+		case pb.ErrorCode_ERROR_CODE_LINK_EXPIRED:
+			if limited > 0 {
+				t.Fatalf("guess %d answered LINK_EXPIRED after %d were refused", i, limited)
+			}
+		case pb.ErrorCode_ERROR_CODE_RATE_LIMITED:
+			if r.GetError().GetRetryAfterMs() == 0 {
+				t.Fatalf("RATE_LIMITED without a retry hint: %v", r)
+			}
+			limited++
+		default:
+			t.Fatalf("guess %d: %v", i, r)
+		}
+	}
+	if limited < 15 {
+		t.Fatalf("%d of 40 guesses refused RATE_LIMITED, want the budget (20) to end them", limited)
+	}
+	if r := guess(bob.Primary, 1); r.GetError().GetCode() != pb.ErrorCode_ERROR_CODE_LINK_EXPIRED {
+		t.Fatalf("another account's primary: %v", r)
 	}
 }
