@@ -194,8 +194,8 @@ type Gateway struct {
 	metrics  *metrics
 	upgrader *websocket.Upgrader
 	regLimit *rate.Limiter
-	errLog   *errorLog // rate-limits the log lines of errors answered to clients
-	reg      *regGuard // per-IP and per-connection handshake limits (limits.go)
+	errLog   *errorLog                // rate-limits the log lines of errors answered to clients
+	reg      *regGuard                // per-IP and per-connection handshake limits (limits.go)
 	devOps   *keyrate.Limiter[string] // device-management frames per device (devices.go)
 
 	draining atomic.Bool
