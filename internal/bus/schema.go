@@ -53,9 +53,23 @@ const NodesSubject = "petrel.nodes"
 // DeviceSubject carries live deliveries, wake-ups and takeovers for a connected device.
 func DeviceSubject(deviceID string) string { return "dev." + deviceID }
 
+// The control channel: core subjects for rare events between nodes, each node subscribed once to
+// each pattern (never a subscription per connection).
+const (
+	// LinkSubjects matches LinkSubject.
+	LinkSubjects = "link.*"
+	// ControlSubjects matches ControlSubject.
+	ControlSubjects = "ctl.*"
+)
+
 // LinkSubject is the core subject on which the approval of a pending device link is published,
-// for the node that holds the waiting device's connection: link.<link id>.
+// for the node that holds the waiting device's connection: link.<link id>. linkID must be a
+// well-formed link id (no dots or wildcards).
 func LinkSubject(linkID string) string { return "link." + linkID }
+
+// ControlSubject carries events for one device to the node that holds its connection: its
+// account's device list changed, or it was removed: ctl.<device id>.
+func ControlSubject(deviceID string) string { return "ctl." + deviceID }
 
 // OneTimePreKeySubject and KEMPreKeySubject hold a device's unclaimed one-time prekeys.
 func OneTimePreKeySubject(deviceID string) string { return "prekeys.otk." + deviceID }

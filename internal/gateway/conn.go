@@ -21,6 +21,7 @@ import (
 
 	"github.com/petrelchat/petrel/internal/directory"
 	"github.com/petrelchat/petrel/internal/mailbox"
+	"github.com/petrelchat/petrel/internal/messaging"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -29,6 +30,7 @@ const (
 	stateHandshake int32 = iota
 	stateAuthed
 	stateClosed
+	stateLinking // a new device waiting for its link's approval (link.go): unauthenticated
 )
 
 // conn is one device connection. It holds no buffers while idle.
@@ -56,10 +58,11 @@ type conn struct {
 	deadline atomic.Int64
 	sends    atomic.Int32 // sends in flight
 
-	mu    sync.Mutex // guards the fields below
-	dev   directory.Principal
-	att   *mailbox.Attachment
-	route *mailbox.Route
+	mu     sync.Mutex // guards the fields below
+	dev    directory.Principal
+	att    *mailbox.Attachment
+	route  *mailbox.Route
+	linkID string // the pending link of a linking connection
 
 	fmu        sync.Mutex // held while flushing (see writer.go)
 	wmu        sync.Mutex // guards the write fields below
@@ -86,22 +89,32 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 	if c.state.Load() == stateAuthed {
 		c.deadline.Store(c.g.now.Load() + int64(c.g.cfg.IdleTimeout))
 	}
+	linking := c.state.Load() == stateLinking
 	if mt != websocket.BinaryMessage {
+		if linking {
+			c.linkingRefused(nil)
+			return
+		}
 		c.fail(0, pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frames are binary WebSocket messages")
 		return
 	}
 	if len(data) <= c.g.cfg.MaxFrameBytes && c.state.Load() == stateAuthed && frameHook.Load() == nil {
 		// The hottest frame, parsed without building messages; anything unusual takes the
 		// general path below, which answers exactly as before.
-		var backing [4]pb.CiphertextView
-		v := pb.SendView{Envelopes: backing[:0]}
-		if pb.ParseSendFrame(data, &v) {
-			reqID = v.ID
-			c.sendView(&v)
+		s := getSendScratch()
+		if pb.ParseSendFrame(data, &s.v) {
+			reqID = s.v.ID
+			c.sendView(&s.v, &s.msg)
+			putSendScratch(s)
 			return
 		}
+		putSendScratch(s)
 	}
 	f, err := pb.DecodeFrame(data, c.g.cfg.MaxFrameBytes)
+	if err != nil && linking {
+		c.linkingRefused(nil)
+		return
+	}
 	if err != nil {
 		code := pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME
 		if errors.Is(err, pb.ErrFrameTooLarge) {
@@ -114,65 +127,48 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 	if h := frameHook.Load(); h != nil {
 		(*h)(f)
 	}
-	if c.state.Load() == stateHandshake {
-		c.handshake(f)
-		return
-	}
-	switch b := f.Body.(type) {
-	case *pb.Frame_Send:
-		c.send(f.Id, b.Send)
-	case *pb.Frame_DeliverAck:
-		c.mu.Lock()
-		att := c.att
-		c.mu.Unlock()
-		if att != nil {
-			att.Ack(b.DeliverAck.GetTags())
-		}
-	case *pb.Frame_Ping:
-		c.write(&pb.Frame{Id: f.Id, Body: &pb.Frame_Pong{Pong: &pb.Pong{ClientTimeMs: b.Ping.GetClientTimeMs(), ServerTimeMs: time.Now().UnixMilli()}}})
-	case *pb.Frame_GetBundle:
-		c.getBundle(f.Id, b.GetBundle)
-	case *pb.Frame_UploadPrekeys:
-		c.uploadPreKeys(f.Id, b.UploadPrekeys)
-	case *pb.Frame_QueryQueued:
-		c.queryQueued(f.Id, b.QueryQueued)
-	case *pb.Frame_Register, *pb.Frame_Auth:
-		c.fail(f.Id, pb.ErrorCode_ERROR_CODE_ALREADY_AUTHENTICATED, "this connection is already authenticated")
-	default:
-		c.fail(f.Id, pb.ErrorCode_ERROR_CODE_UNKNOWN_FRAME, "unknown or unexpected frame type")
-	}
+	c.dispatch(f)
 }
 
 func (c *conn) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 10*time.Second)
 }
 
-// handshake accepts Register or Auth; anything else is refused with NOT_AUTHENTICATED.
-func (c *conn) handshake(f *pb.Frame) {
+// onRegister handles Register (handshake state).
+func (c *conn) onRegister(f *pb.Frame) {
 	ctx, cancel := c.ctx()
 	defer cancel()
-	var (
-		dev directory.Principal
-		err error
-	)
-	clientFault := true
-	switch b := f.Body.(type) {
-	case *pb.Frame_Register:
-		var d *directory.Device
-		d, clientFault, err = c.register(ctx, b.Register)
-		if err == nil {
-			dev = d.Principal()
-			c.g.metrics.registrations.Inc()
-			c.g.log.Info("registered", "name", dev.Name, "device", dev.ID)
-		}
-	case *pb.Frame_Auth:
-		dev, err = c.g.dir.Authenticate(ctx, b.Auth.GetDeviceId(), c.nonce[:], b.Auth.GetSignature())
-		clientFault = errors.Is(err, directory.ErrAuthFailed)
-	default:
-		c.fail(f.Id, pb.ErrorCode_ERROR_CODE_NOT_AUTHENTICATED, "authenticate first (Register or Auth)")
-		c.handshakeFailed()
-		return
+	d, clientFault, err := c.register(ctx, f.GetRegister())
+	var dev directory.Principal
+	if err == nil {
+		dev = d.Principal()
+		c.g.metrics.registrations.Inc()
+		c.g.log.Info("registered", "name", dev.Name, "device", dev.ID)
 	}
+	c.authenticated(ctx, f, dev, clientFault, err)
+}
+
+// onAuth handles Auth (handshake state).
+func (c *conn) onAuth(f *pb.Frame) {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	a := f.GetAuth()
+	dev, err := c.g.dir.Authenticate(ctx, a.GetDeviceId(), c.nonce[:], a.GetSignature())
+	if c.authenticated(ctx, f, dev, errors.Is(err, directory.ErrAuthFailed), err) {
+		c.g.seen(dev.ID)
+	}
+}
+
+// notAuthenticated refuses a frame other than Register or Auth before the handshake.
+func (c *conn) notAuthenticated(f *pb.Frame) {
+	c.fail(f.Id, pb.ErrorCode_ERROR_CODE_NOT_AUTHENTICATED, "authenticate first (Register or Auth)")
+	c.handshakeFailed()
+}
+
+// authenticated ends a handshake frame: on err, the refusal (counted against the connection when
+// it is the client's fault); otherwise Welcome, and the device is attached for delivery. It
+// reports whether the device was welcomed.
+func (c *conn) authenticated(ctx context.Context, f *pb.Frame, dev directory.Principal, clientFault bool, err error) bool {
 	if err != nil {
 		c.g.metrics.authFailures.Inc()
 		code, _ := codeFor(err)
@@ -181,18 +177,18 @@ func (c *conn) handshake(f *pb.Frame) {
 		if clientFault {
 			c.handshakeFailed()
 		}
-		return
+		return false
 	}
 	status, err := c.g.dir.Status(ctx, dev)
 	if err != nil {
 		c.writeError(f.Id, err)
-		return
+		return false
 	}
 	c.mu.Lock()
 	c.dev = dev
 	c.mu.Unlock()
 	if !c.state.CompareAndSwap(stateHandshake, stateAuthed) {
-		return
+		return false
 	}
 	c.deadline.Store(c.g.now.Load() + int64(c.g.cfg.IdleTimeout))
 	if a := f.GetAuth(); a.GetFailoverMs() > 0 {
@@ -213,57 +209,74 @@ func (c *conn) handshake(f *pb.Frame) {
 	if err != nil {
 		c.writeError(0, err)
 		c.close()
-		return
+		return false
 	}
 	c.mu.Lock()
 	if c.state.Load() == stateClosed {
 		c.mu.Unlock()
 		att.Detach()
-		return
+		return false
 	}
 	c.att = att
 	c.mu.Unlock()
+	return true
 }
 
-// send validates a Send and hands it to the mailbox; the answer is written when every device has
-// the envelope (acked live or stored), or as an error when one does not. The answer never says
-// which of the two happened.
-func (c *conn) send(id uint64, s *pb.Send) {
-	v := pb.SendView{ID: id, MessageID: []byte(s.GetMessageId()), To: []byte(s.GetTo())}
-	for _, e := range s.GetEnvelopes() {
-		v.Envelopes = append(v.Envelopes, pb.CiphertextView{DeviceID: []byte(e.GetDeviceId()), Type: e.GetType(), Ciphertext: e.GetCiphertext()})
+// alreadyAuthenticated refuses a handshake frame on an authenticated connection.
+func (c *conn) alreadyAuthenticated(f *pb.Frame) {
+	c.fail(f.Id, pb.ErrorCode_ERROR_CODE_ALREADY_AUTHENTICATED, "this connection is already authenticated")
+}
+
+// unknownFrame refuses a frame type the connection's state has no handler for.
+func (c *conn) unknownFrame(f *pb.Frame) {
+	c.fail(f.Id, pb.ErrorCode_ERROR_CODE_UNKNOWN_FRAME, "unknown or unexpected frame type")
+}
+
+// onDeliverAck hands the device's acks to its attachment.
+func (c *conn) onDeliverAck(f *pb.Frame) {
+	c.mu.Lock()
+	att := c.att
+	c.mu.Unlock()
+	if att != nil {
+		att.Ack(f.GetDeliverAck().GetTags())
 	}
-	c.sendView(&v)
 }
 
-// sendView is send on a parsed view (the fast path for canonical Send frames). Nothing in v is
-// kept after it returns.
-func (c *conn) sendView(v *pb.SendView) {
+// onPing answers Ping with Pong.
+func (c *conn) onPing(f *pb.Frame) {
+	c.write(&pb.Frame{Id: f.Id, Body: &pb.Frame_Pong{Pong: &pb.Pong{ClientTimeMs: f.GetPing().GetClientTimeMs(), ServerTimeMs: time.Now().UnixMilli()}}})
+}
+
+// onSend validates a Send and hands it to the mailbox; the answer is written when every device has
+// the envelope (acked live or stored), or as an error when one does not. The answer never says
+// which of the two happened. (Canonical Send frames take the fast path, sendView, directly.)
+func (c *conn) onSend(f *pb.Frame) {
+	s := f.GetSend()
+	views := func(l []*pb.DeviceCiphertext) []pb.CiphertextView {
+		out := make([]pb.CiphertextView, 0, len(l))
+		for _, e := range l {
+			out = append(out, pb.CiphertextView{DeviceID: []byte(e.GetDeviceId()), Type: e.GetType(), Ciphertext: e.GetCiphertext()})
+		}
+		return out
+	}
+	v := pb.SendView{ID: f.Id, MessageID: []byte(s.GetMessageId()), To: []byte(s.GetTo()),
+		Envelopes: views(s.GetEnvelopes()), OwnEnvelopes: views(s.GetOwnEnvelopes())}
+	c.sendView(&v, &messaging.Message{})
+}
+
+// sendView is onSend on a parsed view (the fast path for canonical Send frames): the messaging
+// service resolves its targets into m, the mailbox delivers them. Nothing in v or m is kept after
+// it returns.
+func (c *conn) sendView(v *pb.SendView, m *messaging.Message) {
 	id := v.ID
 	if id == 0 {
 		c.fail(0, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "a Send needs a request id")
-		return
-	}
-	msgID := string(v.MessageID)
-	if !pb.ValidMessageID(msgID) {
-		c.fail(id, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "message_id must be 1-64 of A-Z a-z 0-9 _ -")
 		return
 	}
 	if int(c.sends.Load()) >= c.g.cfg.MaxInflightSends {
 		c.write(&pb.Frame{Id: id, Body: &pb.Frame_Error{Error: &pb.Error{
 			Code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, Message: "too many sends in flight", RetryAfterMs: 100,
 		}}})
-		return
-	}
-	// No deadline of our own: a cache hit (the usual case) then costs no timer; a miss is bounded
-	// by the directory.
-	acc, err := c.g.dir.Account(context.Background(), string(v.To))
-	if err != nil {
-		c.writeError(id, err)
-		return
-	}
-	if err := checkDevices(acc.Devices, v.Envelopes); err != nil {
-		c.writeError(id, err)
 		return
 	}
 	c.mu.Lock()
@@ -273,27 +286,16 @@ func (c *conn) sendView(v *pb.SendView) {
 		c.route = route
 	}
 	c.mu.Unlock()
-	now := time.Now().UnixMilli()
-	targets := make([]mailbox.Target, 0, len(v.Envelopes))
-	for _, e := range v.Envelopes {
-		if e.Type != pb.EnvelopeType_ENVELOPE_TYPE_PREKEY && e.Type != pb.EnvelopeType_ENVELOPE_TYPE_MESSAGE {
-			c.fail(id, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "envelope type must be PREKEY or MESSAGE")
-			return
-		}
-		if len(e.Ciphertext) == 0 {
-			c.fail(id, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "empty ciphertext")
-			return
-		}
-		deviceID := ownedDevice(acc.Devices, e.DeviceID) // checked above: one of the account's
-		targets = append(targets, mailbox.Target{
-			DeviceID: deviceID,
-			DedupeID: mailbox.DedupeID(dev.ID, msgID, deviceID),
-			Envelope: pb.AppendEnvelope(nil, msgID, dev.Name, dev.ID, e.Type, e.Ciphertext, now),
-		})
+	// No deadline of our own: a cache hit (the usual case) then costs no timer; a miss is bounded
+	// by the directory.
+	if err := c.g.msg.Resolve(context.Background(), dev, v, time.Now().UnixMilli(), m); err != nil {
+		c.writeError(id, err)
+		return
 	}
+	msgID := m.ID
 	c.sends.Add(1)
 	c.g.inflight.add()
-	c.g.mb.Send(route, targets, func(o mailbox.Outcome) {
+	c.g.mb.Send(route, m.Targets, func(o mailbox.Outcome) {
 		defer c.g.inflight.done()
 		defer c.sends.Add(-1)
 		if o.Err != nil {
@@ -307,81 +309,36 @@ func (c *conn) sendView(v *pb.SendView) {
 	})
 }
 
-// ownedDevice returns the entry of current equal to d (without allocating a string for d).
-func ownedDevice(current []string, d []byte) string {
-	for _, c := range current {
-		if c == string(d) {
-			return c
-		}
-	}
-	return string(d)
+// sendScratch is what the Send fast path parses and resolves into, pooled: a send allocates
+// neither its views nor its target list.
+type sendScratch struct {
+	v        pb.SendView
+	msg      messaging.Message
+	env, own [4]pb.CiphertextView
+	targets  [8]mailbox.Target
 }
 
-// The answers of checkDevices. They never list the recipient's devices: a Send is open to any
-// sender, contact or not, so device ids (and whether a device exists) are given only through the
-// bundle path (GetBundle), where the client refetches after STALE_DEVICES or UNKNOWN_DEVICE.
-var (
-	errDuplicateDevice = &codedError{code: pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, msg: "two envelopes for one device"}
-	errUnknownDevice   = &codedError{code: pb.ErrorCode_ERROR_CODE_UNKNOWN_DEVICE, msg: "the recipient does not own a device of this send: fetch its devices again (GetBundle)"}
-	errStaleDevices    = &codedError{code: pb.ErrorCode_ERROR_CODE_STALE_DEVICES, msg: "the device list is stale: fetch the recipient's devices again (GetBundle) and encrypt for each"}
-)
+var sendScratchPool = sync.Pool{New: func() any { return new(sendScratch) }}
 
-// checkDevicesLarge is checkDevices with maps, for long lists (linear, not quadratic).
-func checkDevicesLarge(current []string, envs []pb.CiphertextView) error {
-	cur := make(map[string]bool, len(current))
-	for _, d := range current {
-		cur[d] = true
-	}
-	seen := make(map[string]bool, len(envs))
-	for _, e := range envs {
-		d := string(e.DeviceID)
-		if seen[d] {
-			return errDuplicateDevice
-		}
-		seen[d] = true
-		if !cur[d] {
-			return errUnknownDevice
-		}
-	}
-	if len(seen) != len(cur) {
-		return errStaleDevices
-	}
-	return nil
+func getSendScratch() *sendScratch {
+	s := sendScratchPool.Get().(*sendScratch)
+	s.v.Envelopes, s.v.OwnEnvelopes, s.msg.Targets = s.env[:0], s.own[:0], s.targets[:0]
+	return s
 }
 
-// checkDevices requires exactly one envelope per current device of the recipient.
-func checkDevices(current []string, envs []pb.CiphertextView) error {
-	if len(envs) == 0 {
-		return errStaleDevices
-	}
-	if len(envs) > 8 || len(current) > 8 {
-		return checkDevicesLarge(current, envs)
-	}
-	// Device lists are short: linear scans, no maps and no allocation (this runs for every send).
-	for i, e := range envs {
-		for _, prev := range envs[:i] {
-			if string(prev.DeviceID) == string(e.DeviceID) {
-				return errDuplicateDevice
-			}
-		}
-		owned := false
-		for _, c := range current {
-			owned = owned || c == string(e.DeviceID)
-		}
-		if !owned {
-			return errUnknownDevice
-		}
-	}
-	// Distinct and all owned: the lists match when they are as long.
-	if len(envs) != len(current) {
-		return errStaleDevices
-	}
-	return nil
+// putSendScratch returns s to the pool, keeping no reference to the frame or the envelopes.
+func putSendScratch(s *sendScratch) {
+	s.v, s.msg = pb.SendView{}, messaging.Message{}
+	clear(s.env[:])
+	clear(s.own[:])
+	clear(s.targets[:])
+	sendScratchPool.Put(s)
 }
 
-// getBundle answers GetBundle. The directory limits the claims of this device (see
+// onGetBundle answers GetBundle. The directory limits the claims of this device (see
 // directory.Bundles); a refusal is RATE_LIMITED with the directory's retry hint.
-func (c *conn) getBundle(id uint64, req *pb.GetBundle) {
+func (c *conn) onGetBundle(f *pb.Frame) {
+	id, req := f.Id, f.GetGetBundle()
 	ctx, cancel := c.ctx()
 	defer cancel()
 	c.mu.Lock()
@@ -399,7 +356,9 @@ func (c *conn) getBundle(id uint64, req *pb.GetBundle) {
 	c.write(&pb.Frame{Id: id, Body: &pb.Frame_BundleResult{BundleResult: res}})
 }
 
-func (c *conn) uploadPreKeys(id uint64, req *pb.UploadPreKeys) {
+// onUploadPreKeys adds or rotates this device's prekeys.
+func (c *conn) onUploadPreKeys(f *pb.Frame) {
+	id, req := f.Id, f.GetUploadPrekeys()
 	ctx, cancel := c.ctx()
 	defer cancel()
 	c.mu.Lock()
@@ -413,7 +372,9 @@ func (c *conn) uploadPreKeys(id uint64, req *pb.UploadPreKeys) {
 	c.write(&pb.Frame{Id: id, Body: &pb.Frame_PrekeyStatus{PrekeyStatus: st}})
 }
 
-func (c *conn) queryQueued(id uint64, req *pb.QueryQueued) {
+// onQueryQueued answers which of this device's sends are still queued for a recipient device.
+func (c *conn) onQueryQueued(f *pb.Frame) {
+	id, req := f.Id, f.GetQueryQueued()
 	if len(req.GetMessageIds()) > pb.MaxQueryQueued {
 		c.fail(id, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, fmt.Sprintf("at most %d message ids", pb.MaxQueryQueued))
 		return
@@ -497,12 +458,14 @@ func (c *conn) write(f *pb.Frame) {
 // writeError answers request id with err: its stable code and fixed message (errorFrame), and an
 // error id under which the full error is logged. Logs are rate-limited node-wide (errorLog): an
 // error whose line is suppressed gets no id, so every id a client holds is in the log. A
-// codedError is the gateway's own refusal with a fixed message: answered as is, not logged.
+// codedError (the gateway's own refusal) or messaging.Error (a send the recipient rules refused)
+// has a fixed message: answered as is, not logged.
 func (c *conn) writeError(id uint64, err error) {
 	code, _ := codeFor(err)
 	c.g.metrics.rejected.WithLabelValues(pb.ErrorCodeName(code)).Inc()
 	var ce *codedError
-	if errors.As(err, &ce) {
+	var me *messaging.Error
+	if errors.As(err, &ce) || errors.As(err, &me) {
 		c.write(errorFrame(id, err, ""))
 		return
 	}
@@ -528,11 +491,12 @@ func (c *conn) closeNow() {
 	c.shutdown()
 }
 
-// shutdown detaches the device from delivery. Idempotent.
+// shutdown detaches the device from delivery and forgets a pending link. Idempotent.
 func (c *conn) shutdown() {
 	if c.state.Swap(stateClosed) == stateClosed {
 		return
 	}
+	c.g.endLink(c, linkClosedOutcome)
 	c.mu.Lock()
 	att := c.att
 	c.att = nil

@@ -2,8 +2,10 @@
 // SPDX-License-Identifier: Apache-2.0
 
 // Package gateway accepts device WebSocket connections at /v1/connect (subprotocol "petrel.v1",
-// compression off), runs the challenge–response handshake, and turns frames into directory and
-// mailbox calls. It is event-driven: connections live in nbio's pollers, and a goroutine runs for
+// compression off), runs the challenge–response handshake, and turns frames into directory,
+// messaging and mailbox calls: each connection state has a table of frame handlers keyed by the
+// frame's body type (handlers.go). The gateway is the transport; who gets an envelope is the
+// messaging service's decision. It is event-driven: connections live in nbio's pollers, and a goroutine runs for
 // a connection only while one of its frames is being handled, so an idle connection costs a small
 // struct and no buffers.
 //
@@ -31,11 +33,13 @@ import (
 	"github.com/lesismal/nbio"
 	"github.com/lesismal/nbio/nbhttp"
 	"github.com/lesismal/nbio/nbhttp/websocket"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
 	"github.com/petrelchat/petrel/internal/directory"
 	"github.com/petrelchat/petrel/internal/mailbox"
+	"github.com/petrelchat/petrel/internal/messaging"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -93,6 +97,15 @@ type Config struct {
 	RegistrationsPerSecond float64
 	// Registration limits Register attempts per address and refused handshakes per connection.
 	Registration RegistrationLimits
+	// MaxPendingLinks bounds the connections of new devices waiting for their link to be approved
+	// (link.go); past it StartLink is refused with RATE_LIMITED. Default: DefaultMaxPendingLinks.
+	MaxPendingLinks int
+	// MaxDevices is the directory's limit of devices per account, quoted in TOO_MANY_DEVICES
+	// answers. Default: directory.DefaultMaxDevices.
+	MaxDevices int
+	// Bus is the node's bus connection, for the control channel between nodes (control.go). Nil:
+	// this gateway is alone (events are handled locally).
+	Bus *nats.Conn
 	// DrainRate is how many connections a second Drain and Move send away: each connection gets
 	// its GoAway at its own moment, the moments spread evenly (in random order) over
 	// connections/DrainRate seconds, so their reconnects reach the other nodes spread over time,
@@ -159,6 +172,12 @@ func (c *Config) setDefaults() {
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = 64 << 10
 	}
+	if c.MaxPendingLinks == 0 {
+		c.MaxPendingLinks = DefaultMaxPendingLinks
+	}
+	if c.MaxDevices == 0 {
+		c.MaxDevices = directory.DefaultMaxDevices
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -169,6 +188,7 @@ type Gateway struct {
 	cfg      Config
 	dir      *directory.Directory
 	mb       *mailbox.Mailbox
+	msg      *messaging.Service // recipient resolution (the Send path)
 	log      *slog.Logger
 	metrics  *metrics
 	upgrader *websocket.Upgrader
@@ -187,6 +207,14 @@ type Gateway struct {
 
 	mu    sync.Mutex
 	conns map[*conn]struct{} // guarded by mu
+	links map[string]*conn   // link id → the new device's waiting connection; guarded by mu
+
+	pendingLinks atomic.Int64         // linking connections, and StartLinks in progress (link.go)
+	ctlSubs      []*nats.Subscription // the control channel (control.go)
+	seenq        chan string          // last-seen updates to make (control.go)
+	seenStop     chan struct{}
+	seenOnce     sync.Once
+	seenWG       sync.WaitGroup
 
 	// now is a coarse clock (nanoseconds since clockBase) advanced by sweep; connection
 	// deadlines are on it, so a frame costs an atomic store instead of a timer reset.
@@ -203,13 +231,14 @@ type Gateway struct {
 }
 
 // New returns a gateway. It does no I/O.
-func New(dir *directory.Directory, mb *mailbox.Mailbox, cfg Config) *Gateway {
+func New(dir *directory.Directory, mb *mailbox.Mailbox, msg *messaging.Service, cfg Config) *Gateway {
 	cfg.setDefaults()
 	routeNBIOLogs(cfg.Logger)
 	g := &Gateway{
 		cfg:      cfg,
 		dir:      dir,
 		mb:       mb,
+		msg:      msg,
 		log:      cfg.Logger,
 		metrics:  newMetrics(cfg.Registry),
 		pre:      newPreUpgrade(cfg),
@@ -217,6 +246,8 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, cfg Config) *Gateway {
 		errLog:   newErrorLog(),
 		reg:      newRegGuard(cfg.Registration, cfg.Registry),
 		conns:    map[*conn]struct{}{},
+		links:    map[string]*conn{},
+		seenStop: make(chan struct{}),
 	}
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(
@@ -224,6 +255,8 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, cfg Config) *Gateway {
 				func() float64 { return float64(g.inbound.Load()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "petrel_gateway_pending_upgrades", Help: "Sockets of the public listener that have not upgraded to a WebSocket."},
 				func() float64 { return float64(g.pre.pending()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "petrel_gateway_pending_links", Help: "Connections of new devices waiting for their link to be approved (max_pending_links bounds them)."},
+				func() float64 { return float64(g.pendingLinks.Load()) }),
 		)
 	}
 	u := websocket.NewUpgrader()
@@ -247,8 +280,10 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, cfg Config) *Gateway {
 	return g
 }
 
-// Close stops the flushers and the deadline sweep. Call it after the HTTP engine has stopped.
+// Close stops the control channel, the flushers and the deadline sweep. Call it after the HTTP
+// engine has stopped.
 func (g *Gateway) Close() {
+	g.stopControl()
 	g.stopFlushers()
 	g.closeOnce.Do(func() { close(g.sweepStop) })
 	<-g.sweepDone
@@ -284,9 +319,13 @@ func (g *Gateway) sweep() {
 		}
 		g.mu.Unlock()
 		for _, c := range expired {
-			if c.state.Load() == stateHandshake {
+			switch c.state.Load() {
+			case stateLinking:
+				c.linkExpired() // its deadline is the link's expiry: told, not just closed
+				continue
+			case stateHandshake:
 				g.metrics.timeouts.WithLabelValues("handshake").Inc()
-			} else {
+			default:
 				g.metrics.timeouts.WithLabelValues("idle").Inc()
 			}
 			c.closeNow()
@@ -693,13 +732,17 @@ func setCloseOnExec(c net.Conn) {
 // errorFrame maps an error to a wire Error: its stable code, a short fixed message for that code
 // (publicMessage) and errID. The error's own text never reaches the client: it may carry storage
 // internals (NATS errors, subjects, record keys); the caller logs it under errID instead (see
-// conn.writeError). A codedError's message is the gateway's own fixed text and is sent as is.
+// conn.writeError). A codedError's or messaging.Error's message is fixed text and is sent as is.
 func errorFrame(id uint64, err error, errID string) *pb.Frame {
 	code, retry := codeFor(err)
 	msg := publicMessage(code)
 	var ce *codedError
-	if errors.As(err, &ce) && ce.msg != "" {
+	var me *messaging.Error
+	switch {
+	case errors.As(err, &ce) && ce.msg != "":
 		msg = ce.msg
+	case errors.As(err, &me) && me.Msg != "":
+		msg = me.Msg
 	}
 	return &pb.Frame{Id: id, Body: &pb.Frame_Error{Error: &pb.Error{Code: code, Message: msg, RetryAfterMs: retry, ErrorId: errID}}}
 }
@@ -737,6 +780,12 @@ func publicMessage(code pb.ErrorCode) string {
 		return "permission denied"
 	case pb.ErrorCode_ERROR_CODE_INBOX_FULL:
 		return "the recipient's inbox is full"
+	case pb.ErrorCode_ERROR_CODE_DEVICE_REMOVED:
+		return "this device was removed from its account"
+	case pb.ErrorCode_ERROR_CODE_TOO_MANY_DEVICES:
+		return "the account has as many devices as it may: remove one with petrel devices remove"
+	case pb.ErrorCode_ERROR_CODE_LINK_EXPIRED:
+		return "the link code is unknown, used or expired: start linking again"
 	default:
 		return "internal error"
 	}
@@ -754,9 +803,12 @@ func (e *codedError) Error() string { return e.msg }
 
 func codeFor(err error) (pb.ErrorCode, uint32) {
 	var ce *codedError
+	var me *messaging.Error
 	switch {
 	case errors.As(err, &ce):
 		return ce.code, ce.retry
+	case errors.As(err, &me):
+		return me.Code, 0
 	case errors.Is(err, directory.ErrUnknownUser):
 		return pb.ErrorCode_ERROR_CODE_UNKNOWN_USER, 0
 	case errors.Is(err, directory.ErrUnknownDevice):
@@ -774,6 +826,16 @@ func codeFor(err error) (pb.ErrorCode, uint32) {
 	case errors.Is(err, directory.ErrInvalidKeys):
 		return pb.ErrorCode_ERROR_CODE_INVALID_KEYS, 0
 	case errors.Is(err, directory.ErrInvalidRequest), errors.Is(err, directory.ErrTooManyPreKeys):
+		return pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, 0
+	case errors.Is(err, directory.ErrLinkExpired):
+		return pb.ErrorCode_ERROR_CODE_LINK_EXPIRED, 0
+	case errors.Is(err, directory.ErrTooManyDevices):
+		return pb.ErrorCode_ERROR_CODE_TOO_MANY_DEVICES, 0
+	case errors.Is(err, directory.ErrPermissionDenied):
+		return pb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, 0
+	case errors.Is(err, directory.ErrStaleDeviceList):
+		return pb.ErrorCode_ERROR_CODE_STALE_DEVICES, 0
+	case errors.Is(err, directory.ErrInvalidDeviceList):
 		return pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, 0
 	case errors.Is(err, mailbox.ErrInboxFull):
 		return pb.ErrorCode_ERROR_CODE_INBOX_FULL, 0 // permanent: no retry hint

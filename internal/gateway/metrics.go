@@ -30,6 +30,9 @@ type metrics struct {
 	sentAway      *prometheus.CounterVec
 	failovers     *prometheus.CounterVec
 	failoverTime  prometheus.Histogram
+	linkConns     *prometheus.CounterVec
+	control       *prometheus.CounterVec
+	seenDropped   prometheus.Counter
 }
 
 // maxFailover clamps the failover duration a client reports.
@@ -54,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		sends:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_sends_acked_total", Help: "Sends acked to clients."}),
 		pushed:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_envelopes_pushed_total", Help: "Envelopes pushed to devices."}),
 		registrations: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_registrations_total", Help: "Accounts registered."}),
-		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_handshake_failures_total", Help: "Refused Register/Auth."}),
+		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_handshake_failures_total", Help: "Refused Register/Auth/StartLink."}),
 		panics:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_panics_total", Help: "Panics contained while handling a frame."}),
 		flushes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_flushes_total", Help: "Coalesced writes (each one or more frames)."}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_slow_consumers_total", Help: "Connections closed because they stopped reading."}),
@@ -67,9 +70,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		failovers:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_failovers_total", Help: "Devices that authenticated here after their connection to another node ended, by why it ended (goaway: sent away; lost: it broke; other), as the client reports it."}, []string{"reason"}),
 		failoverTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "petrel_gateway_failover_seconds", Help: "For those devices: from the end of the connection to the other node until authenticated here, as the client reports it (clamped to 10 minutes).",
 			Buckets: []float64{0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300}}),
-		sentAway: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_sent_away_total", Help: "Connections sent to another node with a GoAway, by reason (drain: the node shuts down; no_quorum: it lost its cluster majority)."}, []string{"reason"}),
+		sentAway:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_sent_away_total", Help: "Connections sent to another node with a GoAway, by reason (drain: the node shuts down; no_quorum: it lost its cluster majority)."}, []string{"reason"}),
+		linkConns:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_link_connections_total", Help: "Connections of new devices that waited for a link approval, by how they ended (approved: LinkApproved written; expired: LINK_EXPIRED at the link's expiry; closed: the client left or broke a rule; limited: StartLink refused, max_pending_links reached)."}, []string{"outcome"}),
+		control:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_control_events_total", Help: "Control-channel events acted on for a device connected to this node, by kind (device_list: DeviceListChanged pushed; removed: closed with DEVICE_REMOVED)."}, []string{"kind"}),
+		seenDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_last_seen_dropped_total", Help: "Last-seen updates not made because their queue was full (the device's next Auth tries again)."}),
+	}
+	for _, o := range []string{"approved", "expired", "closed", "limited"} {
+		m.linkConns.WithLabelValues(o)
 	}
 	if reg != nil {
+		reg.MustRegister(m.linkConns, m.control, m.seenDropped)
 		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.flushes, m.slowConsumers, m.refused, m.rejected, m.timeouts, m.rateLimited, m.inboundClosed, m.httpRefused, m.sentAway, m.failovers, m.failoverTime)
 	}
 	return m

@@ -80,7 +80,7 @@ func testTLSConfig(t *testing.T) (*tls.Config, *x509.CertPool) {
 func startTLSEngine(t *testing.T, handler http.Handler) (addr string, pool *x509.CertPool) {
 	t.Helper()
 	cfg, pool := testTLSConfig(t)
-	g := New(nil, nil, Config{MaxConns: 100})
+	g := New(nil, nil, nil, Config{MaxConns: 100})
 	t.Cleanup(g.Close)
 	var bound net.Addr
 	e, err := NewEngine("test", "127.0.0.1:0", &TLS{Config: cfg, Gateway: g, HandshakeTimeout: 10 * time.Second}, 100, handler, func(a net.Addr) { bound = a })

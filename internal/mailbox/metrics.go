@@ -31,6 +31,7 @@ type metrics struct {
 	leaderReads      prometheus.Counter
 	// leaderReadRetries counts leader reads asked again after leaderAttempt without an answer.
 	leaderReadRetries prometheus.Counter
+	inboxesDropped    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -58,13 +59,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		crossNode:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_cross_node_deliveries_total", Help: "Envelopes sent through this node and acked live by their device over the bus (the device attached on another node), not through the node-local fast path."}),
 		noQuorum:          prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_no_quorum_total", Help: "Envelopes refused at once (UNAVAILABLE, not acked) because this node had no JetStream quorum."}),
 		ticketsReleased:   prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_tickets_released_total", Help: "Refused live deliveries whose store then failed for certain (nothing stored, sender not acked): the refusing attachment forgets them at once instead of holding its drain until they expire."}),
+		inboxesDropped:    prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_inboxes_dropped_total", Help: "Inboxes deleted because their device was removed from its account."}),
 		takeovers:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_takeovers_total", Help: "Device connections on this node taken over by a newer connection of the same device, on this node or another (each told CONNECTED_ELSEWHERE)."}),
 	}
 	for _, r := range []string{reasonCount, reasonBytes, reasonSenderCount, reasonSenderBytes, reasonStream} {
 		m.inboxFull.WithLabelValues(r) // every reason shows, at 0, from the start
 	}
 	if reg != nil {
-		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.crossNode, m.takeovers, m.noQuorum, m.leaderReads, m.leaderReadRetries, m.purges, m.ticketsReleased)
+		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.crossNode, m.takeovers, m.noQuorum, m.leaderReads, m.leaderReadRetries, m.purges, m.ticketsReleased, m.inboxesDropped)
 	}
 	return m
 }

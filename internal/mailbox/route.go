@@ -107,7 +107,8 @@ func (m *Mailbox) localAttachment(dev string) *Attachment {
 
 // Send delivers one message to every target and calls done once, when each device has either
 // acked it live or has it stored durably (Outcome.Err == nil), or when that failed for some device.
-// It never blocks on the network.
+// It never blocks on the network. It keeps the targets' values, not the targets slice: the caller
+// may reuse it once Send returns (the envelope bytes must stay unchanged).
 func (m *Mailbox) Send(route *Route, targets []Target, done func(Outcome)) {
 	if len(targets) == 0 {
 		done(Outcome{})

@@ -87,6 +87,7 @@ type Config struct {
 	LimitsSection  `toml:"limits"`
 	PrekeysSection `toml:"prekeys"`
 	CacheSection   `toml:"cache"`
+	DevicesSection `toml:"devices"`
 
 	// Warnings are what LoadConfig found to say about the file (deprecated keys); the server logs
 	// them when it starts.
@@ -245,6 +246,9 @@ type LimitsSection struct {
 	// from one IP address (IPv6: one /64). Defaults: 6 and 20.
 	RegistrationsPerIPPerMinute float64 `toml:"registrations_per_ip_per_minute"`
 	RegistrationIPBurst         float64 `toml:"registration_ip_burst"`
+	// MaxPendingLinks bounds the connections of new devices waiting on this node for their link
+	// to be approved; past it StartLink is refused (RATE_LIMITED). Default: 1000.
+	MaxPendingLinks int `toml:"max_pending_links"`
 	// RegistrationIPLimitLoopback applies the per-IP limit to loopback peers (a local reverse
 	// proxy, the operator's tools) too. Default: false.
 	RegistrationIPLimitLoopback bool `toml:"registration_ip_limit_loopback"`
@@ -281,6 +285,14 @@ type CacheSection struct {
 	// device auth keys (connect path). Defaults: 100000 and 200000.
 	AccountCacheSize int `toml:"accounts"`
 	DeviceCacheSize  int `toml:"devices"`
+}
+
+// DevicesSection is [devices]: linked devices.
+type DevicesSection struct {
+	// MaxDevices is the most devices one account may have, its primary included (1..16). Default: 5.
+	MaxDevices int `toml:"max_devices"`
+	// LinkTTL is how long a new device's link code waits for its approval (1s..1h). Default: 5m.
+	LinkTTL Duration `toml:"link_ttl"`
 }
 
 // legacyKeys maps the flat keys of earlier releases to their section and key. They are accepted
@@ -442,6 +454,15 @@ func (c *Config) SetDefaults() {
 	if c.AccountCacheSize == 0 {
 		c.AccountCacheSize = directory.DefaultAccountCacheSize
 	}
+	if c.MaxDevices == 0 {
+		c.MaxDevices = directory.DefaultMaxDevices
+	}
+	if c.LinkTTL.Duration == 0 {
+		c.LinkTTL.Duration = directory.DefaultLinkTTL
+	}
+	if c.MaxPendingLinks == 0 {
+		c.MaxPendingLinks = gateway.DefaultMaxPendingLinks
+	}
 	if c.DeviceCacheSize == 0 {
 		c.DeviceCacheSize = directory.DefaultDeviceCacheSize
 	}
@@ -494,6 +515,15 @@ func (c *Config) Validate() error {
 	case directory.PolicyOpen, directory.PolicyInvite, directory.PolicyClosed:
 	default:
 		bad("registration %q: want open, invite or closed", c.Registration)
+	}
+	if c.MaxDevices < 1 || c.MaxDevices > directory.MaxListedDevices {
+		bad("devices.max_devices %d: want 1..%d", c.MaxDevices, directory.MaxListedDevices)
+	}
+	if c.LinkTTL.Duration < time.Second || c.LinkTTL.Duration > bus.LinksMaxAge {
+		bad("devices.link_ttl %s: want 1s..%s", c.LinkTTL.Duration, bus.LinksMaxAge)
+	}
+	if c.MaxPendingLinks < 1 || c.MaxPendingLinks > 1_000_000 {
+		bad("limits.max_pending_links %d: want 1..1000000", c.MaxPendingLinks)
 	}
 	if c.MaxFrameBytes < 4096 || c.MaxFrameBytes > 16<<20 {
 		bad("limits.max_frame_bytes %d: want 4096..16777216", c.MaxFrameBytes)

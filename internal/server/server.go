@@ -34,6 +34,7 @@ import (
 	"github.com/petrelchat/petrel/internal/directory"
 	"github.com/petrelchat/petrel/internal/gateway"
 	"github.com/petrelchat/petrel/internal/mailbox"
+	"github.com/petrelchat/petrel/internal/messaging"
 	"github.com/petrelchat/petrel/internal/nodes"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
@@ -244,6 +245,9 @@ func (s *Server) start(ctx context.Context) error {
 		ClaimTargetPerMinute:    s.cfg.PrekeyClaimTargetPerMinute,
 		ClaimLimiterKeys:        s.cfg.PrekeyClaimLimiterKeys,
 
+		MaxDevices: s.cfg.MaxDevices,
+		LinkTTL:    s.cfg.LinkTTL.Duration,
+
 		Logger:   s.log.With("component", "directory"),
 		Registry: s.reg,
 	})
@@ -267,7 +271,7 @@ func (s *Server) start(ctx context.Context) error {
 	}
 	s.nodes = nodes.New(s.bus.Conn(), nodes.Config{Subject: bus.NodesSubject, Node: s.cfg.Node,
 		Logger: s.log.With("component", "nodes")})
-	s.gw = gateway.New(s.dir, s.mb, s.withAdmission(gateway.Config{
+	s.gw = gateway.New(s.dir, s.mb, messaging.New(s.dir), s.withAdmission(gateway.Config{
 		MaxFrameBytes:          s.cfg.MaxFrameBytes,
 		MaxConns:               maxConns,
 		HandshakeTimeout:       s.cfg.HandshakeTimeout.Duration,
@@ -281,12 +285,18 @@ func (s *Server) start(ctx context.Context) error {
 			LimitLoopback:        s.cfg.RegistrationIPLimitLoopback,
 			MaxHandshakeFailures: s.cfg.HandshakeMaxFailures,
 		},
-		DrainRate: s.cfg.DrainRate,
-		Node:      s.cfg.Node,
-		Nodes:     s.nodeURLs,
-		Logger:    s.log.With("component", "gateway"),
-		Registry:  s.reg,
+		MaxPendingLinks: s.cfg.MaxPendingLinks,
+		MaxDevices:      s.cfg.MaxDevices,
+		Bus:             s.bus.Conn(),
+		DrainRate:       s.cfg.DrainRate,
+		Node:            s.cfg.Node,
+		Nodes:           s.nodeURLs,
+		Logger:          s.log.With("component", "gateway"),
+		Registry:        s.reg,
 	}))
+	if err := s.gw.Start(); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("GET "+pb.ConnectPath, s.gw)

@@ -33,6 +33,29 @@ func AppendEnvelope(b []byte, messageID, from, fromDevice string, typ EnvelopeTy
 	return b
 }
 
+// EnvelopeSize is the length of what AppendEnvelope appends for the same arguments (ciphertextLen
+// bytes of ciphertext), so that several envelopes can share one exactly sized buffer.
+func EnvelopeSize(messageID, from, fromDevice string, typ EnvelopeType, ciphertextLen int, serverTimeMs int64) int {
+	n := sizeString(1, messageID) + sizeString(2, from) + sizeString(3, fromDevice)
+	if typ != 0 {
+		n += protowire.SizeTag(4) + protowire.SizeVarint(uint64(typ))
+	}
+	if ciphertextLen > 0 {
+		n += protowire.SizeTag(5) + protowire.SizeBytes(ciphertextLen)
+	}
+	if serverTimeMs != 0 {
+		n += protowire.SizeTag(6) + protowire.SizeVarint(uint64(serverTimeMs))
+	}
+	return n
+}
+
+func sizeString(num protowire.Number, s string) int {
+	if s == "" {
+		return 0
+	}
+	return protowire.SizeTag(num) + protowire.SizeBytes(len(s))
+}
+
 // AppendSendResultFrame appends the encoding of Frame{id, send_result: SendResult{message_id}}
 // to b. SendResult's delivered_live and stored are never set: they were a presence oracle.
 func AppendSendResultFrame(b []byte, id uint64, messageID string) []byte {

@@ -27,6 +27,9 @@ func TestAppendEnvelopeMatchesProtobuf(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Fatalf("%v:\n got %x\nwant %x", e, got, want)
 		}
+		if n := EnvelopeSize(e.MessageId, e.From, e.FromDevice, e.Type, len(e.Ciphertext), e.ServerTimeMs); n != len(want) {
+			t.Fatalf("%v: EnvelopeSize %d, encoding has %d bytes", e, n, len(want))
+		}
 		if got := AppendEnvelope([]byte{9}, e.MessageId, e.From, e.FromDevice, e.Type, e.Ciphertext, e.ServerTimeMs); !bytes.Equal(got[1:], want) || got[0] != 9 {
 			t.Fatalf("%v: appending to a prefix broke it", e)
 		}

@@ -18,6 +18,8 @@ type SendView struct {
 	MessageID []byte
 	To        []byte
 	Envelopes []CiphertextView
+	// OwnEnvelopes are Send.own_envelopes: the sender's copies for its own other devices.
+	OwnEnvelopes []CiphertextView
 }
 
 // CiphertextView is one DeviceCiphertext of a SendView.
@@ -28,11 +30,12 @@ type CiphertextView struct {
 }
 
 // ParseSendFrame parses b as a Frame whose body is a Send, appending the envelopes to
-// v.Envelopes[:0]. It accepts only what a well-behaved encoder writes (each field at most once,
+// v.Envelopes[:0] and the own envelopes to v.OwnEnvelopes[:0] (give both a backing array and it
+// allocates nothing while they fit). It accepts only what a well-behaved encoder writes (each field at most once,
 // known fields, valid UTF-8 in strings); on false the caller must use DecodeFrame, which then
 // decides (and reports) exactly as for any other frame. It never panics.
 func ParseSendFrame(b []byte, v *SendView) bool {
-	v.ID, v.MessageID, v.To, v.Envelopes = 0, nil, nil, v.Envelopes[:0]
+	v.ID, v.MessageID, v.To, v.Envelopes, v.OwnEnvelopes = 0, nil, nil, v.Envelopes[:0], v.OwnEnvelopes[:0]
 	var seenID, seenSend bool
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -78,12 +81,16 @@ func parseSend(b []byte, v *SendView) bool {
 			v.MessageID, seenMsg = val, true
 		case num == 2 && !seenTo && utf8.Valid(val):
 			v.To, seenTo = val, true
-		case num == 3:
+		case num == 3 || num == 4:
 			var c CiphertextView
 			if !parseCiphertext(val, &c) {
 				return false
 			}
-			v.Envelopes = append(v.Envelopes, c)
+			if num == 3 {
+				v.Envelopes = append(v.Envelopes, c)
+			} else {
+				v.OwnEnvelopes = append(v.OwnEnvelopes, c)
+			}
 		default:
 			return false
 		}

@@ -22,15 +22,20 @@ func sameAsDecode(t *testing.T, b []byte) bool {
 		t.Fatalf("ParseSendFrame accepted what DecodeFrame refuses (%v): %x", err, b)
 	}
 	s := f.GetSend()
-	if s == nil || f.GetId() != v.ID || s.GetMessageId() != string(v.MessageID) || s.GetTo() != string(v.To) || len(s.GetEnvelopes()) != len(v.Envelopes) {
+	if s == nil || f.GetId() != v.ID || s.GetMessageId() != string(v.MessageID) || s.GetTo() != string(v.To) ||
+		len(s.GetEnvelopes()) != len(v.Envelopes) || len(s.GetOwnEnvelopes()) != len(v.OwnEnvelopes) {
 		t.Fatalf("ParseSendFrame disagrees with DecodeFrame on %x: %+v vs %v", b, v, f)
 	}
-	for i, e := range s.GetEnvelopes() {
-		c := v.Envelopes[i]
-		if e.GetDeviceId() != string(c.DeviceID) || e.GetType() != c.Type || !bytes.Equal(e.GetCiphertext(), c.Ciphertext) {
-			t.Fatalf("envelope %d differs: %v vs %+v", i, e, c)
+	same := func(kind string, want []*DeviceCiphertext, got []CiphertextView) {
+		for i, e := range want {
+			c := got[i]
+			if e.GetDeviceId() != string(c.DeviceID) || e.GetType() != c.Type || !bytes.Equal(e.GetCiphertext(), c.Ciphertext) {
+				t.Fatalf("%s %d differs: %v vs %+v", kind, i, e, c)
+			}
 		}
 	}
+	same("envelope", s.GetEnvelopes(), v.Envelopes)
+	same("own envelope", s.GetOwnEnvelopes(), v.OwnEnvelopes)
 	return true
 }
 
@@ -49,6 +54,13 @@ func TestParseSendFrame(t *testing.T) {
 		}}}},
 		{Body: &Frame_Send{Send: &Send{}}},
 		{Id: 1 << 60, Body: &Frame_Send{Send: &Send{To: "x", Envelopes: []*DeviceCiphertext{{}}}}},
+		{Id: 9, Body: &Frame_Send{Send: &Send{MessageId: "m2", To: "bob", Envelopes: []*DeviceCiphertext{
+			{DeviceId: "0123456789abcdef0123456789abcdef", Type: EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: []byte{3}},
+		}, OwnEnvelopes: []*DeviceCiphertext{
+			{DeviceId: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", Type: EnvelopeType_ENVELOPE_TYPE_PREKEY, Ciphertext: []byte{4, 5}},
+			{DeviceId: "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", Type: EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: []byte{6}},
+		}}}},
+		{Id: 10, Body: &Frame_Send{Send: &Send{To: "amy", OwnEnvelopes: []*DeviceCiphertext{{DeviceId: "x"}}}}},
 	}
 	for _, f := range ok {
 		if !sameAsDecode(t, send(f)) {
@@ -69,6 +81,33 @@ func TestParseSendFrame(t *testing.T) {
 			t.Fatalf("accepted %x", b)
 		}
 	}
+	// Envelopes and own envelopes interleaved on the wire (legal protobuf): each list keeps its
+	// own order.
+	mixed := []byte{0x08, 0x05, 0xd2, 0x02} // id 5; field 42 (Send), length below
+	var body []byte
+	for i, num := range []byte{3, 4, 3, 4} {
+		ct := []byte{0x0a, 0x01, 'a' + byte(i)} // DeviceCiphertext{device_id: "a"+i}
+		body = append(body, num<<3|2, byte(len(ct)))
+		body = append(body, ct...)
+	}
+	mixed = append(append(mixed, byte(len(body))), body...)
+	if !sameAsDecode(t, mixed) {
+		t.Fatal("refused interleaved envelopes")
+	}
+	// With backing arrays, parsing allocates nothing (the server's hot path).
+	var env, own [4]CiphertextView
+	v := SendView{Envelopes: env[:0], OwnEnvelopes: own[:0]}
+	frame := send(ok[3])
+	if allocs := testing.AllocsPerRun(100, func() {
+		if !ParseSendFrame(frame, &v) {
+			t.Fatal("refused")
+		}
+	}); allocs != 0 {
+		t.Fatalf("ParseSendFrame allocates %v times", allocs)
+	}
+	if len(v.Envelopes) != 1 || len(v.OwnEnvelopes) != 2 {
+		t.Fatalf("parsed %d envelopes and %d own envelopes", len(v.Envelopes), len(v.OwnEnvelopes))
+	}
 	// Invalid UTF-8 in a string field: protobuf refuses it, so must we.
 	bad := send(&Frame{Id: 3, Body: &Frame_Send{Send: &Send{To: "bob"}}})
 	bad[len(bad)-1] = 0xff
@@ -82,6 +121,10 @@ func FuzzParseSendFrame(f *testing.F) {
 		{DeviceId: "0123456789abcdef0123456789abcdef", Type: EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: []byte("ct")},
 	}}}})
 	f.Add(seed)
+	own, _ := proto.Marshal(&Frame{Id: 8, Body: &Frame_Send{Send: &Send{MessageId: "m2", To: "amy", OwnEnvelopes: []*DeviceCiphertext{
+		{DeviceId: "fedcba9876543210fedcba9876543210", Type: EnvelopeType_ENVELOPE_TYPE_PREKEY, Ciphertext: []byte("own")},
+	}}}})
+	f.Add(own)
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		sameAsDecode(t, b)
