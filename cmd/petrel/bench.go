@@ -26,7 +26,8 @@ const benchUsage = "bench SCENARIO --server URL[,URL...] [--admin URL[,URL...]] 
 const benchHelp = `scenarios:
   idle     --conns N --hold D [--ping-sample N] [--settle D]    N authenticated connections held open
   relay    --pairs P --duration D [--size B] [--window W] [--rate R] [--e2ee]
-                                                                online senders → receivers
+           [--devices-per-account K]                            online senders → receivers (K devices
+                                                                per account: fan-out to every device)
   offline  --recipients R --messages M [--senders S] [--size B] [--window W]
                                                                 store for offline devices, then drain
   churn    --conns N --rate R --duration D                      connect, authenticate, close
@@ -103,6 +104,15 @@ func runBench(ctx context.Context, e *env, args []string) int {
 		fs.IntVar(&cfg.Window, "window", 0, "unacked sends per sender (default 32; 1 with --e2ee)")
 		fs.Float64Var(&cfg.Rate, "rate", 0, "offered msgs/s across all pairs, open loop (default: closed loop)")
 		fs.BoolVar(&cfg.E2EE, "e2ee", false, "real Signal sessions through the SDK instead of opaque payloads")
+		cfg.DevicesPerAccount = 1
+		fs.Func("devices-per-account", fmt.Sprintf("`K` devices per account, 1 to %d: the primary and K-1 linked companions; the sender's primary sends one envelope per receiver device and one per its own other device, and all 2K-1 get every message (default 1)", bench.MaxDevicesPerAccount), func(v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > bench.MaxDevicesPerAccount {
+				return fmt.Errorf("want 1 to %d (the primary and up to %d companions)", bench.MaxDevicesPerAccount, bench.MaxDevicesPerAccount-1)
+			}
+			cfg.DevicesPerAccount = n
+			return nil
+		})
 		fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 15*time.Second, "bound on waiting for outstanding acks and deliveries after the window")
 	case bench.ScenarioOffline:
 		fs.IntVar(&cfg.Recipients, "recipients", 100, "offline devices")

@@ -40,6 +40,11 @@ func TestBenchUsage(t *testing.T) {
 		{"attack help", []string{"bench", "attack", "--help"}, 0, "--max-server-rss"},
 		{"attack bad size", []string{"bench", "attack", "--attack", "pingflood", "--max-server-rss", "lots"}, 2, "want a number of bytes"},
 		{"attack flag of another scenario", []string{"bench", "attack", "--pairs", "5"}, 2, "not defined"},
+		{"no devices per account", []string{"bench", "relay", "--devices-per-account", "0"}, 2, "want 1 to 5 (the primary and up to 4 companions)"},
+		{"too many devices per account", []string{"bench", "relay", "--devices-per-account", "6"}, 2, "want 1 to 5"},
+		{"devices per account not a number", []string{"bench", "relay", "--devices-per-account", "two"}, 2, "want 1 to 5"},
+		{"devices per account with e2ee", []string{"bench", "relay", "--devices-per-account", "3", "--e2ee", "--server", "http://127.0.0.1:1", "--admin-token-file", tokenOnly, "--admin", "http://127.0.0.1:1"}, 1, "no --e2ee"},
+		{"devices per account of another scenario", []string{"bench", "idle", "--devices-per-account", "2"}, 2, "not defined"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

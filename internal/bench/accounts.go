@@ -32,13 +32,17 @@ const MaxBulkDevices = 1000
 // RegisterBulkPath is the operator endpoint for synthetic accounts.
 const RegisterBulkPath = "/v1/admin/register-bulk"
 
-// account is one synthetic device: an account with a single device. Only the auth key's seed
-// travels to workers; the E2EE keys are needed only at registration (and by --e2ee clients).
+// account is one synthetic device: an account's primary device, with the account's other
+// (companion) devices if it has any, or one companion. Only the auth keys' seeds travel to
+// workers; the E2EE keys are needed only at registration (and by --e2ee clients).
 type account struct {
 	Name     string `json:"n"`
 	DeviceID string `json:"d"`
 	Seed     []byte `json:"s"` // Ed25519 seed of the auth key (32 bytes)
 	Server   int    `json:"v"` // index of the server it is registered on and connects to
+	// Companions are the account's linked devices besides this primary (registered with it,
+	// connecting to the same server; their Name is the account's). Empty for one-device accounts.
+	Companions []account `json:"c,omitempty"`
 
 	priv ed25519.PrivateKey // derived from Seed on first use by one goroutine
 }
@@ -123,11 +127,12 @@ func generate(name string, oneTime int) (account, *pb.BulkDevice, *deviceKeys, e
 	return a, &pb.BulkDevice{Name: name, AuthKey: pub, Keys: up}, k, nil
 }
 
-// register generates and registers n devices named prefix-0 … prefix-(n-1); device i belongs to
-// server i % len(servers) (its connections go there too). Keys are generated on every core, and
-// each batch is posted as soon as it is ready, so generation and the server's work overlap. With
-// keep, the private E2EE keys are returned too.
-func (r *registrar) register(ctx context.Context, prefix string, n, oneTime int, keep bool) ([]account, []*deviceKeys, error) {
+// register generates and registers n accounts named prefix-0 … prefix-(n-1), each a primary
+// device with companions linked devices; account i belongs to server i % len(servers) (its
+// devices' connections go there too). Keys are generated on every core, and each batch is posted
+// as soon as it is ready, so generation and the server's work overlap. With keep, the private
+// E2EE keys of the primaries are returned too.
+func (r *registrar) register(ctx context.Context, prefix string, n, companions, oneTime int, keep bool) ([]account, []*deviceKeys, error) {
 	accts := make([]account, n)
 	var keys []*deviceKeys
 	if keep {
@@ -137,10 +142,12 @@ func (r *registrar) register(ctx context.Context, prefix string, n, oneTime int,
 	ns := len(r.servers)
 	// Batches: runs of devices of one server.
 	type batch struct{ server, first, count int } // devices first, first+ns, … (count of them)
-	size := min(MaxBulkDevices, max(50, (n+workers-1)/workers))
+	// The server's limit counts companions as devices.
+	perAccount := 1 + companions
+	size := min(MaxBulkDevices/perAccount, max(50, (n+workers-1)/workers))
 	// A request body stays well under the server's limit (64 MiB by default): with one-time
 	// prekeys a device takes ~1.4 KB per ML-KEM prekey.
-	size = min(size, max(1, bulkBodyBudget/deviceBytes(oneTime)))
+	size = min(size, max(1, bulkBodyBudget/(perAccount*deviceBytes(oneTime))))
 	var batches []batch
 	for sv := range ns {
 		total := (n - sv + ns - 1) / ns
@@ -184,6 +191,16 @@ func (r *registrar) register(ctx context.Context, prefix string, n, oneTime int,
 						return
 					}
 					a.Server = bt.server
+					for range companions {
+						c, cdev, _, err := generate(a.Name, oneTime)
+						if err != nil {
+							fail(fmt.Errorf("generate keys: %w", err))
+							return
+						}
+						c.Server = bt.server
+						a.Companions = append(a.Companions, c)
+						dev.Companions = append(dev.Companions, cdev)
+					}
 					accts[i] = a
 					if keep {
 						keys[i] = dk
@@ -195,7 +212,7 @@ func (r *registrar) register(ctx context.Context, prefix string, n, oneTime int,
 					fail(err)
 					return
 				}
-				r.registered.Add(int64(len(mine)))
+				r.registered.Add(int64(len(mine) * perAccount))
 			}
 		}()
 	}
@@ -216,6 +233,24 @@ const bulkBodyBudget = 24 << 20
 // one-time prekeys of each kind: an ML-KEM-768 prekey is 1,184 bytes and a 64-byte signature, an
 // X25519 one 32 bytes, and the identity, signed and last-resort keys about 1.5 KB.
 func deviceBytes(oneTime int) int { return 1600 + oneTime*(1184+64+32+24) }
+
+// sameCompanions reports whether a bulk registration's answer lists exactly the companions of
+// its entry i.
+func sameCompanions(res *pb.BulkRegisterResponse, i int, cs []account) bool {
+	if i >= len(res.GetCompanionIds()) {
+		return false
+	}
+	ids := res.GetCompanionIds()[i].GetDeviceIds()
+	if len(ids) != len(cs) {
+		return false
+	}
+	for j, id := range ids {
+		if id != cs[j].DeviceID {
+			return false
+		}
+	}
+	return true
+}
 
 // ErrOperatorToken reports a bulk registration the server refused for want of the operator token.
 var ErrOperatorToken = errors.New("the server refused the operator token")
@@ -263,13 +298,16 @@ func (r *registrar) post(ctx context.Context, server int, req *pb.BulkRegisterRe
 	var failed int
 	var first string
 	for i, id := range res.GetDeviceIds() {
-		if id != accts[i].DeviceID {
+		e := ""
+		if i < len(res.GetErrors()) {
+			e = res.GetErrors()[i]
+		}
+		if id == accts[i].DeviceID && e == "" && len(accts[i].Companions) > 0 && !sameCompanions(res, i, accts[i].Companions) {
+			e = "its companions were not registered (does the server support linked devices?)"
+		}
+		if id != accts[i].DeviceID || (e != "" && len(accts[i].Companions) > 0) {
 			failed++
 			if first == "" {
-				e := ""
-				if i < len(res.GetErrors()) {
-					e = res.GetErrors()[i]
-				}
 				first = fmt.Sprintf("%s: %s", accts[i].Name, e)
 			}
 		}

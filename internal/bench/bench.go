@@ -58,6 +58,10 @@ const (
 // Scenarios lists the scenario names.
 var Scenarios = []string{ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn, ScenarioAttack, ScenarioAccounts, ScenarioChaos}
 
+// MaxDevicesPerAccount is the most devices per account relay runs with (the server's default
+// max_devices).
+const MaxDevicesPerAccount = 5
+
 // DefaultMaxConnsPerProcess is the connection count past which the generator uses worker
 // processes (RLIMIT_NOFILE is 20,000 on the development machines).
 const DefaultMaxConnsPerProcess = 18000
@@ -107,6 +111,12 @@ type Config struct {
 	// Rate is the offered load: relay messages/s across all pairs (0: closed loop, each sender
 	// keeps Window sends in flight); churn connections/s. Default: 0 (relay), 500 (churn).
 	Rate float64
+
+	// DevicesPerAccount is the number of devices of every account of a relay run: the primary
+	// plus DevicesPerAccount-1 companions (linked devices, registered with it). The sender's
+	// primary sends one envelope per receiver device and one per its own other device; every
+	// one of them is connected and must get every message. 1 to 5. Default: 1.
+	DevicesPerAccount int
 
 	// Recipients, Messages and Senders shape offline: Messages in total for Recipients offline
 	// devices, sent by Senders connected devices. Defaults: 100, 10000, min(Recipients, 32).
@@ -180,6 +190,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Rate == 0 && c.Scenario == ScenarioChaos {
 		c.Rate = 100
+	}
+	if c.DevicesPerAccount == 0 {
+		c.DevicesPerAccount = 1
 	}
 	if c.Recipients == 0 {
 		c.Recipients = 100
@@ -310,6 +323,19 @@ func (c *Config) Validate() error {
 	if c.Scenario == ScenarioChurn && c.Rate <= 0 {
 		bad("churn needs a positive rate")
 	}
+	if c.DevicesPerAccount < 1 || c.DevicesPerAccount > MaxDevicesPerAccount {
+		bad("devices-per-account %d: want 1 to %d (the primary and up to %d companions)", c.DevicesPerAccount, MaxDevicesPerAccount, MaxDevicesPerAccount-1)
+	} else if c.DevicesPerAccount > 1 {
+		if c.Scenario != ScenarioRelay {
+			bad("--devices-per-account is supported by relay only")
+		}
+		if c.E2EE {
+			bad("--devices-per-account runs with opaque payloads only (no --e2ee)")
+		}
+		if k := 2*c.DevicesPerAccount - 1; c.Size >= 32 && c.Size*k > 200<<10 {
+			bad("size %d with %d devices per account: a Send carries %d copies, at most %d bytes in all", c.Size, c.DevicesPerAccount, k, 200<<10)
+		}
+	}
 	if c.E2EE {
 		if c.Scenario != ScenarioRelay {
 			bad("--e2ee is supported by relay only")
@@ -334,7 +360,7 @@ func (c *Config) bound() time.Duration {
 	n := c.Conns
 	switch c.Scenario {
 	case ScenarioRelay:
-		n = 2 * c.Pairs
+		n = 2 * c.Pairs * max(1, c.DevicesPerAccount)
 	case ScenarioOffline:
 		n = c.Recipients + c.Senders + c.Messages/10
 	case ScenarioAccounts:
@@ -429,8 +455,14 @@ func (r *run) progress(label string, total time.Duration, more func() string) (s
 	return func() { once.Do(func() { close(done); <-finished }) }
 }
 
-// register creates n synthetic devices, spread over the servers.
+// register creates n synthetic devices (one-device accounts), spread over the servers.
 func (r *run) register(ctx context.Context, n, oneTime int, keep bool) ([]account, []*deviceKeys, error) {
+	return r.registerAccounts(ctx, n, 0, oneTime, keep)
+}
+
+// registerAccounts creates n synthetic accounts of 1 + companions devices each, spread over the
+// servers (an account's devices on one server).
+func (r *run) registerAccounts(ctx context.Context, n, companions, oneTime int, keep bool) ([]account, []*deviceKeys, error) {
 	tokens := r.cfg.AdminTokens
 	for len(tokens) < len(r.cfg.Servers) {
 		tokens = append(tokens, r.cfg.AdminTokens[0])
@@ -445,17 +477,22 @@ func (r *run) register(ctx context.Context, n, oneTime int, keep bool) ([]accoun
 	}}
 	defer reg.client.CloseIdleConnections()
 	t := time.Now()
-	r.logf("registering %d synthetic devices on %s …", n, strings.Join(r.cfg.Servers, ", "))
-	stop := r.progress("registering", 0, func() string { return fmt.Sprintf("%d of %d registered", reg.registered.Load(), n) })
-	accts, keys, err := reg.register(ctx, newRunPrefix(), n, oneTime, keep)
+	devices := n * (1 + companions)
+	if companions > 0 {
+		r.logf("registering %d synthetic devices (%d accounts of %d devices) on %s …", devices, n, 1+companions, strings.Join(r.cfg.Servers, ", "))
+	} else {
+		r.logf("registering %d synthetic devices on %s …", n, strings.Join(r.cfg.Servers, ", "))
+	}
+	stop := r.progress("registering", 0, func() string { return fmt.Sprintf("%d of %d registered", reg.registered.Load(), devices) })
+	accts, keys, err := reg.register(ctx, newRunPrefix(), n, companions, oneTime, keep)
 	stop()
 	if err != nil {
 		return nil, nil, err
 	}
 	el := time.Since(t)
-	r.logf("registered %d devices in %.1fs", n, el.Seconds())
-	r.res.set("registered", int64(n), "synthetic devices registered")
-	r.res.set("register_per_s", float64(n)/el.Seconds(), "devices registered per second (keys generated meanwhile)")
+	r.logf("registered %d devices in %.1fs", devices, el.Seconds())
+	r.res.set("registered", int64(devices), "synthetic devices registered")
+	r.res.set("register_per_s", float64(devices)/el.Seconds(), "devices registered per second (keys generated meanwhile)")
 	return accts, keys, nil
 }
 

@@ -258,6 +258,42 @@ func TestRelayClosedLoop(t *testing.T) {
 		t.Errorf("implausible latencies: %v", m)
 	}
 	num(t, m, "server_cpu_us_per_msg")
+	// One device per account: every delivery is a device delivery.
+	wantEq(t, m, "devices_per_account", 1)
+	wantEq(t, m, "device_deliveries", sent)
+	wantEq(t, m, "device_deliveries_per_s", num(t, m, "delivered_per_s"))
+	wantEq(t, m, "server_cpu_us_per_device_msg", num(t, m, "server_cpu_us_per_msg"))
+}
+
+// TestRelayDevicesPerAccount runs relay with 3 devices per account: the sender's primary sends
+// to the receiver's 3 devices and its own 2 others, and all 5 get every message exactly once.
+func TestRelayDevicesPerAccount(t *testing.T) {
+	srv := testserver.Start(t, testserver.WithConfig(func(c *server.Config) { c.ConnFramesPerSecond, c.ConnFrameBurst = 1e6, 1e6 }))
+	cfg := newConfig(t, srv, ScenarioRelay)
+	cfg.Pairs, cfg.Duration, cfg.Window, cfg.Size, cfg.DevicesPerAccount = 8, time.Second, 4, 100, 3
+	_, m := runBench(t, cfg)
+	wantKeys(t, m, "devices_per_account", "device_deliveries", "device_deliveries_per_s", "server_cpu_us_per_device_msg")
+	wantEq(t, m, "devices_per_account", 3)
+	wantEq(t, m, "registered", 2*8*3)
+	wantEq(t, m, "conns", 2*8*3)
+	sent := num(t, m, "sent")
+	if sent < 10 {
+		t.Fatalf("only %v messages sent", sent)
+	}
+	wantEq(t, m, "acked", sent)
+	wantEq(t, m, "delivered", sent)
+	wantEq(t, m, "device_deliveries", 5*sent)
+	wantEq(t, m, "lost", 0)
+	wantEq(t, m, "duplicates", 0)
+	wantEq(t, m, "order_violations", 0)
+	wantEq(t, m, "errors", 0)
+	// In the window too (messages straddling its end may count for some devices only).
+	if r := num(t, m, "device_deliveries_per_s") / num(t, m, "delivered_per_s"); r < 4.5 || r > 5.5 {
+		t.Errorf("device_deliveries_per_s / delivered_per_s = %.2f, want about 5", r)
+	}
+	if c := num(t, m, "server_cpu_us_per_device_msg"); c <= 0 || c >= num(t, m, "server_cpu_us_per_msg") {
+		t.Errorf("server_cpu_us_per_device_msg = %v (per message %v)", c, m["server_cpu_us_per_msg"])
+	}
 }
 
 func TestRelayOpenLoop(t *testing.T) {
@@ -383,6 +419,23 @@ func TestWorkers(t *testing.T) {
 		wantEq(t, m, "order_violations", 0)
 		wantEq(t, m, "errors", 0)
 	})
+	// The accounts' companions travel to the workers, and every device counts against the
+	// per-process cap: 10 pairs of 2-device accounts are 40 connections, 2 workers of 20.
+	t.Run("relay, 2 devices per account", func(t *testing.T) {
+		cfg := configFor(t, srv.url, srv.admin, srv.dir, srv.pid, ScenarioRelay)
+		cfg.Pairs, cfg.Duration, cfg.Window, cfg.MaxConnsPerProcess, cfg.WorkerCommand = 10, time.Second, 4, 20, workerCmd
+		cfg.DevicesPerAccount = 2
+		_, m := runBench(t, cfg)
+		check(t, m)
+		wantEq(t, m, "conns", 40)
+		sent := num(t, m, "sent")
+		wantEq(t, m, "delivered", sent)
+		wantEq(t, m, "device_deliveries", 3*sent)
+		wantEq(t, m, "lost", 0)
+		wantEq(t, m, "duplicates", 0)
+		wantEq(t, m, "order_violations", 0)
+		wantEq(t, m, "errors", 0)
+	})
 }
 
 func TestOperatorTokenRequired(t *testing.T) {
@@ -432,6 +485,12 @@ func TestValidate(t *testing.T) {
 		{"bad scenario", func(c *Config) { c.Scenario = "soak" }, "unknown scenario"},
 		{"tiny payload", func(c *Config) { c.Size = 8 }, "size"},
 		{"e2ee idle", func(c *Config) { c.E2EE = true }, "relay only"},
+		{"5 devices per account", func(c *Config) { c.Scenario, c.DevicesPerAccount = ScenarioRelay, 5 }, ""},
+		{"6 devices per account", func(c *Config) { c.Scenario, c.DevicesPerAccount = ScenarioRelay, 6 }, "devices-per-account 6: want 1 to 5"},
+		{"negative devices per account", func(c *Config) { c.Scenario, c.DevicesPerAccount = ScenarioRelay, -1 }, "want 1 to 5"},
+		{"devices per account, idle", func(c *Config) { c.DevicesPerAccount = 2 }, "relay only"},
+		{"devices per account, e2ee", func(c *Config) { c.Scenario, c.DevicesPerAccount, c.E2EE = ScenarioRelay, 2, true }, "no --e2ee"},
+		{"devices per account, big payload", func(c *Config) { c.Scenario, c.DevicesPerAccount, c.Size = ScenarioRelay, 3, 50<<10 }, "a Send carries 5 copies"},
 		{"churn without rate", func(c *Config) { c.Scenario = ScenarioChurn; c.Rate = -1 }, "rate"},
 		{"accounts", func(c *Config) { c.Scenario = ScenarioAccounts; c.ServerPIDs = []int{os.Getpid()} }, ""},
 		{"accounts without pid", func(c *Config) { c.Scenario = ScenarioAccounts }, "--server-pid"},

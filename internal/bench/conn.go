@@ -539,6 +539,55 @@ func appendSend(b []byte, id uint64, msgID []byte, to, device string, ciphertext
 	return b
 }
 
+// appendFanoutSend encodes Frame{id, Send{message_id, to, envelopes, own_envelopes}}: one
+// DeviceCiphertext{device, MESSAGE, ciphertext} per entry of devices (the recipient's devices,
+// field 3), then one per entry of own (the sender's other devices, field 4); cts holds the
+// ciphertexts in the same order (len(devices) + len(own) of them). With one device and no own
+// device it writes the same bytes as appendSend.
+func appendFanoutSend(b []byte, id uint64, msgID []byte, to string, devices, own []string, cts [][]byte) []byte {
+	send := protowire.SizeTag(1) + protowire.SizeBytes(len(msgID)) +
+		protowire.SizeTag(2) + protowire.SizeBytes(len(to))
+	for i, d := range devices {
+		send += protowire.SizeTag(3) + protowire.SizeBytes(sizeDeviceCiphertext(d, cts[i]))
+	}
+	for i, d := range own {
+		send += protowire.SizeTag(4) + protowire.SizeBytes(sizeDeviceCiphertext(d, cts[len(devices)+i]))
+	}
+	b = protowire.AppendTag(b, 1, protowire.VarintType)
+	b = protowire.AppendVarint(b, id)
+	b = protowire.AppendTag(b, 42, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(send))
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendBytes(b, msgID)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendString(b, to)
+	for i, d := range devices {
+		b = appendDeviceCiphertext(b, 3, d, cts[i])
+	}
+	for i, d := range own {
+		b = appendDeviceCiphertext(b, 4, d, cts[len(devices)+i])
+	}
+	return b
+}
+
+func sizeDeviceCiphertext(device string, ciphertext []byte) int {
+	return protowire.SizeTag(1) + protowire.SizeBytes(len(device)) +
+		protowire.SizeTag(2) + protowire.SizeVarint(uint64(pb.EnvelopeType_ENVELOPE_TYPE_MESSAGE)) +
+		protowire.SizeTag(3) + protowire.SizeBytes(len(ciphertext))
+}
+
+// appendDeviceCiphertext appends field num: DeviceCiphertext{device, MESSAGE, ciphertext}.
+func appendDeviceCiphertext(b []byte, num protowire.Number, device string, ciphertext []byte) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(sizeDeviceCiphertext(device, ciphertext)))
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendString(b, device)
+	b = protowire.AppendTag(b, 2, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(pb.EnvelopeType_ENVELOPE_TYPE_MESSAGE))
+	b = protowire.AppendTag(b, 3, protowire.BytesType)
+	return protowire.AppendBytes(b, ciphertext)
+}
+
 // appendDeliverAck encodes Frame{DeliverAck{tags}} (packed).
 func appendDeliverAck(b []byte, tags []uint64) []byte {
 	packed := 0

@@ -335,6 +335,8 @@ func (r *run) relayE2EE(ctx context.Context) error {
 	run := newReport()
 	run.Sent, run.Acked, run.AckedInWindow = sent.Load(), acked.Load(), ackedInWin.Load()
 	run.Delivered, run.DeliveredInWindow = delivered.Load(), deliveredInWin.Load()
+	// One device per account (Validate): every delivery is a device delivery.
+	run.DeviceDeliveries, run.DeviceDeliveriesInWindow = run.Delivered, run.DeliveredInWindow
 	run.Duplicates, run.Lost = dups.Load(), lost
 	run.OrderViolations = order.Load()
 	run.Latency, run.Ack = lat, ackH

@@ -11,8 +11,10 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/bits"
 	"net"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -28,7 +30,8 @@ import (
 //	[8:16]  send timestamp, Unix ns (open loop: the scheduled time)
 //	[16:20] stream id (relay: global pair index; offline: recipient index)
 //	[20:24] payloadMagic
-//	[24:28] sender index (offline)
+//	[24:28] sender index (offline); relay: the envelope's target (sink index, 0 with one device
+//	        per account), so that every device's copy differs and each device checks it got its own
 const (
 	payloadHeader = 28
 	payloadMagic  = 0x4c525450 // "PTRL"
@@ -60,13 +63,17 @@ func readHeader(p []byte) (seq uint64, ts int64, stream, sender uint32, ok bool)
 // Request ids: 1 is the Auth; a Send of sequence number seq uses seq + sendIDBase.
 const sendIDBase = 2
 
-// relayShard runs pairs: accounts [2k] send to accounts [2k+1].
+// relayShard runs pairs: accounts [2k] send to accounts [2k+1]. With several devices per
+// account, the sender's primary sends, and every receiver device and every other device of the
+// sender's account gets each message (the pair's sinks).
 type relayShard struct {
 	*shardBase
 	pairs []*relayPair
+	sinks []*relaySink // every pair's, in order; a receiving connection's user is its index
 	recvs []*wsConn
 	sends []*wsConn
 
+	devices  int     // per account
 	rep      *report // errors while running
 	cnt      counters
 	lat, ack *hist
@@ -88,28 +95,40 @@ const answerTimeout = 10 * time.Second
 
 // relayPair is one sender → receiver stream.
 type relayPair struct {
-	s        *relayShard
-	local    int
-	global   uint32
-	to, dev  string // receiver account and device
-	sender   *wsConn
-	receiver *wsConn
-	active   bool
+	s      *relayShard
+	local  int
+	global uint32
+	to     string   // receiver account
+	devs   []string // its devices: the envelopes
+	own    []string // the sender account's other devices: the own envelopes
+	sinks  []*relaySink
+	sender *wsConn
+	active bool
 
-	mu      sync.Mutex // guards the sender side below; taken before rmu
-	nextSeq uint64
-	due     uint64              // sequence numbers below due may be sent
-	pending map[uint64]sendTime // sends not answered yet, by sequence number
-	acked   bitset
-	broken  bool
-	buf     []byte
-	payload []byte
-	msgID   []byte
+	mu       sync.Mutex // guards the sender side below; taken before a sink's mu
+	nextSeq  uint64
+	due      uint64              // sequence numbers below due may be sent
+	pending  map[uint64]sendTime // sends not answered yet, by sequence number
+	acked    bitset
+	broken   bool
+	buf      []byte
+	payloads [][]byte // one per envelope (devs, then own), each marked with its sink index
+	msgID    []byte
+}
 
-	rmu     sync.Mutex // guards recv and maxSeen
+// relaySink is one device that must get a pair's messages: a device of the receiver's account
+// (index 0 is its primary, the only one with one device per account), or another device of the
+// sender's account (a copy of what it sent).
+type relaySink struct {
+	p     *relayPair
+	index uint32 // its envelope's position in the pair's Send (and the payload's mark)
+	dev   *account
+	conn  *wsConn
+
+	mu      sync.Mutex // guards recv and maxSeen
 	recv    bitset
 	maxSeen int64
-	// tags and ackBuf are used only by the receiver's reader goroutine.
+	// tags, ackBuf and qe are used only by the sink's reader goroutine.
 	tags   []uint64
 	ackBuf []byte
 	qe     bool
@@ -117,14 +136,43 @@ type relayPair struct {
 
 func newRelayShard(b *shardBase) (*relayShard, error) {
 	n := len(b.spec.Accounts) / 2
-	s := &relayShard{shardBase: b, window: b.spec.P.Window, rep: newReport(), lat: newHist(), ack: newHist(), lag: newHist()}
+	s := &relayShard{shardBase: b, window: b.spec.P.Window, rep: newReport(), lat: newHist(), ack: newHist(), lag: newHist(), devices: 1}
+	if n > 0 {
+		s.devices = 1 + len(b.spec.Accounts[0].Companions)
+	}
 	for k := range n {
-		s.pairs = append(s.pairs, &relayPair{
-			s: s, local: k, global: uint32(b.spec.P.PairBase + k),
-			to: b.spec.Accounts[2*k+1].Name, dev: b.spec.Accounts[2*k+1].DeviceID,
+		from, to := &b.spec.Accounts[2*k], &b.spec.Accounts[2*k+1]
+		if len(from.Companions) != s.devices-1 || len(to.Companions) != s.devices-1 {
+			return nil, fmt.Errorf("relay: pair %d: accounts of %d and %d devices, want %d", k, 1+len(from.Companions), 1+len(to.Companions), s.devices)
+		}
+		p := &relayPair{
+			s: s, local: k, global: uint32(b.spec.P.PairBase + k), to: to.Name,
 			pending: make(map[uint64]sendTime, s.window),
-			payload: newPayload(b.spec.P.Size), maxSeen: -1,
-		})
+		}
+		targets := []*account{to}
+		for j := range to.Companions {
+			targets = append(targets, &to.Companions[j])
+		}
+		for _, d := range targets {
+			p.devs = append(p.devs, d.DeviceID)
+		}
+		for j := range from.Companions {
+			c := &from.Companions[j]
+			p.own = append(p.own, c.DeviceID)
+			targets = append(targets, c)
+		}
+		template := newPayload(b.spec.P.Size)
+		for j, d := range targets {
+			sk := &relaySink{p: p, index: uint32(j), dev: d, maxSeen: -1}
+			p.sinks = append(p.sinks, sk)
+			s.sinks = append(s.sinks, sk)
+			pl := template
+			if j > 0 {
+				pl = slices.Clone(template)
+			}
+			p.payloads = append(p.payloads, pl)
+		}
+		s.pairs = append(s.pairs, p)
 	}
 	return s, nil
 }
@@ -151,18 +199,21 @@ func (s *relayShard) close() {
 func (s *relayShard) connect(ctx context.Context) *report {
 	rep := newReport()
 	t := time.Now()
-	var ri, si []int
+	var si []int
 	for k := range s.pairs {
 		si = append(si, 2*k)
-		ri = append(ri, 2*k+1)
 	}
-	// Receivers first, and attached (QueueEmpty) before any sender starts, so that the first
-	// messages take the live path.
-	s.recvs = s.connectAll(ctx, ri, rep, s.onReceiver, func(i int, c *wsConn) {
-		p := s.pairs[i/2]
-		c.user = i / 2
-		p.receiver = c
-		c.cc.onIdle = p.flushAcks
+	devs := make([]*account, len(s.sinks))
+	for j, sk := range s.sinks {
+		devs[j] = sk.dev
+	}
+	// Receivers (every sink) first, and attached (QueueEmpty) before any sender starts, so that
+	// the first messages take the live path.
+	s.recvs = s.connectDevices(ctx, devs, rep, s.onReceiver, func(j int, c *wsConn) {
+		sk := s.sinks[j]
+		c.user = j
+		sk.conn = c
+		c.cc.onIdle = sk.flushAcks
 	})
 	want := awaitCount(ctx, s.recvs, &s.qEmpty, s.spec.P.ConnectTimeout)
 	if n := want - s.qEmpty.Load(); n > 0 {
@@ -173,7 +224,10 @@ func (s *relayShard) connect(ctx context.Context) *report {
 		s.pairs[i/2].sender = c
 	})
 	for _, p := range s.pairs {
-		p.active = p.sender != nil && p.receiver != nil
+		p.active = p.sender != nil
+		for _, sk := range p.sinks {
+			p.active = p.active && sk.conn != nil
+		}
 		if !p.active {
 			rep.Errors["pair_incomplete"]++
 		}
@@ -250,9 +304,11 @@ func (p *relayPair) pumpLocked(now int64) {
 			ts = s.scheduled(p, seq)
 			s.lag.Record(time.Duration(now - ts))
 		}
-		putHeader(p.payload, seq, ts, p.global, 0)
+		for j, pl := range p.payloads {
+			putHeader(pl, seq, ts, p.global, uint32(j))
+		}
 		p.msgID = strconv.AppendUint(append(p.msgID[:0], 's'), seq, 36)
-		p.buf = appendSend(p.buf[:0], seq+sendIDBase, p.msgID, p.to, p.dev, p.payload)
+		p.buf = appendFanoutSend(p.buf[:0], seq+sendIDBase, p.msgID, p.to, p.devs, p.own, p.payloads)
 		if err := p.sender.write(p.buf); err != nil {
 			p.broken = true
 			s.rep.error("write")
@@ -309,8 +365,10 @@ func (s *relayShard) scheduled(p *relayPair, seq uint64) int64 {
 	return s.t0 + int64(k*s.interval)
 }
 
+// onReceiver handles the frames of a sink's connection: duplicates and order are checked per
+// device; delivered counts the receiver's primary (sink 0), device deliveries count every sink.
 func (s *relayShard) onReceiver(c *wsConn, f frameView) {
-	p := s.pairs[c.user]
+	sk := s.sinks[c.user]
 	switch f.kind {
 	case kDeliver:
 		tag, ct, ok := parseDeliver(f.body)
@@ -318,36 +376,46 @@ func (s *relayShard) onReceiver(c *wsConn, f frameView) {
 			s.rep.error("malformed_deliver")
 			return
 		}
-		p.tags = append(p.tags, tag)
-		seq, ts, stream, _, ok := readHeader(ct)
-		if !ok || stream != p.global {
+		sk.tags = append(sk.tags, tag)
+		seq, ts, stream, mark, ok := readHeader(ct)
+		switch {
+		case !ok || stream != sk.p.global:
 			s.rep.error("bad_payload")
-		} else {
+		case mark != sk.index:
+			s.rep.error("wrong_device_copy") // another device's envelope
+		default:
 			now := time.Now().UnixNano()
-			p.rmu.Lock()
-			dup := p.recv.set(seq)
-			if !dup && int64(seq) < p.maxSeen {
+			sk.mu.Lock()
+			dup := sk.recv.set(seq)
+			if !dup && int64(seq) < sk.maxSeen {
 				s.cnt.orderViolations.Add(1)
 			}
-			p.maxSeen = max(p.maxSeen, int64(seq))
-			p.rmu.Unlock()
+			sk.maxSeen = max(sk.maxSeen, int64(seq))
+			sk.mu.Unlock()
 			if dup {
 				s.cnt.duplicates.Add(1)
-			} else {
-				s.lat.Record(time.Duration(now - ts))
+				break
+			}
+			s.lat.Record(time.Duration(now - ts))
+			inWindow := now < s.end.Load()
+			s.cnt.deviceDeliveries.Add(1)
+			if inWindow {
+				s.cnt.deviceDeliveriesInWindow.Add(1)
+			}
+			if sk.index == 0 {
 				s.cnt.delivered.Add(1)
-				if now < s.end.Load() {
+				if inWindow {
 					s.cnt.deliveredInWindow.Add(1)
 				}
-				s.cnt.touch(now)
 			}
+			s.cnt.touch(now)
 		}
-		if len(p.tags) >= 256 {
-			p.flushAcks()
+		if len(sk.tags) >= 256 {
+			sk.flushAcks()
 		}
 	case kQueueEmpty:
-		if !p.qe {
-			p.qe = true
+		if !sk.qe {
+			sk.qe = true
 			s.qEmpty.Add(1)
 		}
 	default:
@@ -355,16 +423,46 @@ func (s *relayShard) onReceiver(c *wsConn, f frameView) {
 	}
 }
 
-// flushAcks acks the deliveries read so far in one DeliverAck (on the receiver's reader goroutine).
-func (p *relayPair) flushAcks() {
-	if len(p.tags) == 0 {
+// flushAcks acks the deliveries read so far in one DeliverAck (on the sink's reader goroutine).
+func (sk *relaySink) flushAcks() {
+	if len(sk.tags) == 0 {
 		return
 	}
-	p.ackBuf = appendDeliverAck(p.ackBuf[:0], p.tags)
-	p.tags = p.tags[:0]
-	if err := p.receiver.write(p.ackBuf); err != nil {
-		p.s.rep.error("ack_write")
+	sk.ackBuf = appendDeliverAck(sk.ackBuf[:0], sk.tags)
+	sk.tags = sk.tags[:0]
+	if err := sk.conn.write(sk.ackBuf); err != nil {
+		sk.p.s.rep.error("ack_write")
 	}
+}
+
+// lostLocked counts the acked messages that some sink has not received (p.mu held; it takes
+// each sink's mu).
+func (p *relayPair) lostLocked() int64 {
+	if len(p.sinks) == 1 {
+		sk := p.sinks[0]
+		sk.mu.Lock()
+		defer sk.mu.Unlock()
+		return int64(p.acked.andNotCount(&sk.recv))
+	}
+	for _, sk := range p.sinks {
+		sk.mu.Lock()
+	}
+	var n int64
+	for k, w := range p.acked.w {
+		all := ^uint64(0)
+		for _, sk := range p.sinks {
+			if k < len(sk.recv.w) {
+				all &= sk.recv.w[k]
+			} else {
+				all = 0
+			}
+		}
+		n += int64(bits.OnesCount64(w &^ all))
+	}
+	for _, sk := range p.sinks {
+		sk.mu.Unlock()
+	}
+	return n
 }
 
 func (s *relayShard) run(ctx context.Context, at time.Time) *report {
@@ -423,12 +521,10 @@ func (s *relayShard) run(ctx context.Context, at time.Time) *report {
 		inflight, lost = 0, 0
 		for _, p := range active {
 			p.mu.Lock()
-			p.rmu.Lock()
 			if !p.broken {
 				inflight += int64(len(p.pending))
 			}
-			lost += int64(p.acked.andNotCount(&p.recv))
-			p.rmu.Unlock()
+			lost += p.lostLocked()
 			p.mu.Unlock()
 		}
 		if (inflight == 0 && lost == 0) || time.Now().After(drainEnd) || ctx.Err() != nil {
@@ -497,11 +593,14 @@ func (r *run) relay(ctx context.Context) error {
 	if cfg.Rate > 0 && cfg.Rate/float64(cfg.Pairs) > 1500 {
 		r.logf("warning: %.0f msgs/s per sender; the server rate-limits each connection (conn_frames_per_second, default 2000): use more pairs", cfg.Rate/float64(cfg.Pairs))
 	}
-	accts, _, err := r.register(ctx, 2*cfg.Pairs, 0, false)
+	k := cfg.DevicesPerAccount
+	accts, _, err := r.registerAccounts(ctx, 2*cfg.Pairs, k-1, 0, false)
 	if err != nil {
 		return err
 	}
-	sizes, ips, err := r.plan(cfg.Pairs, 2*cfg.Pairs)
+	// Every device connects: a pair's sender, and its receiver's K devices and the sender's K-1
+	// others.
+	sizes, ips, err := r.plan(cfg.Pairs, 2*k*cfg.Pairs)
 	if err != nil {
 		return err
 	}
@@ -519,7 +618,12 @@ func (r *run) relay(ctx context.Context) error {
 		return err
 	}
 	defer cl.close()
-	r.logf("connecting %d receivers, then %d senders …", cfg.Pairs, cfg.Pairs)
+	if k > 1 {
+		r.logf("connecting %d receiving devices (%d per pair: the receiver's %d, the sender's other %d), then %d senders …",
+			(2*k-1)*cfg.Pairs, 2*k-1, k, k-1, cfg.Pairs)
+	} else {
+		r.logf("connecting %d receivers, then %d senders …", cfg.Pairs, cfg.Pairs)
+	}
 	stop := r.progress("connecting", 0, nil)
 	conn, err := cl.stepAll(ctx, stepConnect, time.Time{})
 	stop()
@@ -588,6 +692,7 @@ func (r *run) timed(ctx context.Context, cl *cluster, step string, d time.Durati
 func (r *run) relayResult(conn, run *report, cpu cpuUsage) {
 	cfg, res := r.cfg, r.res
 	res.set("pairs", int64(cfg.Pairs), "")
+	res.set("devices_per_account", int64(cfg.DevicesPerAccount), "the primary and its companions")
 	res.set("conns", conn.Conns, "connections established")
 	res.set("size", int64(cfg.Size), "payload bytes")
 	res.set("window", int64(cfg.Window), "sends in flight per sender (at most)")
@@ -600,10 +705,16 @@ func (r *run) relayResult(conn, run *report, cpu cpuUsage) {
 	res.set("run_s", cfg.Duration.Seconds(), "measurement window")
 	res.set("sent", run.Sent, "")
 	res.set("acked", run.Acked, "sends acked by the server")
-	res.set("delivered", run.Delivered, "unique messages received")
+	deliveredNote := "unique messages received"
+	if cfg.DevicesPerAccount > 1 {
+		deliveredNote = "unique messages received by the receiver's primary"
+	}
+	res.set("delivered", run.Delivered, deliveredNote)
 	res.set("delivered_per_s", perSecond(run.DeliveredInWindow, cfg.Duration), "in the window")
+	res.set("device_deliveries", run.DeviceDeliveries, fmt.Sprintf("unique (device, message) deliveries: %d devices per message", 2*cfg.DevicesPerAccount-1))
+	res.set("device_deliveries_per_s", perSecond(run.DeviceDeliveriesInWindow, cfg.Duration), "in the window")
 	res.set("acks_per_s", perSecond(run.AckedInWindow, cfg.Duration), "sender acks in the window")
-	res.set("latency_p50_ms", ms(run.Latency.Quantile(0.50)), "sender timestamp → receiver")
+	res.set("latency_p50_ms", ms(run.Latency.Quantile(0.50)), "sender timestamp → receiving device")
 	res.set("latency_p99_ms", ms(run.Latency.Quantile(0.99)), "")
 	res.set("latency_p999_ms", ms(run.Latency.Quantile(0.999)), "")
 	res.set("latency_max_ms", ms(run.Latency.Max()), "")
@@ -613,9 +724,17 @@ func (r *run) relayResult(conn, run *report, cpu cpuUsage) {
 		res.set("send_lag_p99_ms", ms(run.Lag.Quantile(0.99)), "actual send - scheduled send (generator or window lag)")
 	}
 	r.addCPU(cpu, run.DeliveredInWindow)
-	res.set("lost", run.Lost, "acked but never delivered")
-	res.set("duplicates", run.Duplicates, "")
-	res.set("order_violations", run.OrderViolations, "per-pair sequence went backwards")
+	switch {
+	case !cpu.serverOK:
+		res.set("server_cpu_us_per_device_msg", nil, "needs --server-pid")
+	case run.DeviceDeliveriesInWindow == 0:
+		res.set("server_cpu_us_per_device_msg", nil, "no message in the window")
+	default:
+		res.set("server_cpu_us_per_device_msg", float64(cpu.server.Microseconds())/float64(run.DeviceDeliveriesInWindow), "server CPU µs per device delivery")
+	}
+	res.set("lost", run.Lost, "acked but never delivered (to some device that should have it)")
+	res.set("duplicates", run.Duplicates, "second deliveries to one device")
+	res.set("order_violations", run.OrderViolations, "per-pair sequence went backwards (on one device)")
 	res.set("source_ips", conn.SourceIPs, "")
 	r.addErrors(conn, run)
 }

@@ -33,6 +33,11 @@ type report struct {
 	LeftStored        int64 `json:"left_stored,omitempty"`
 	Skipped           int64 `json:"skipped,omitempty"` // scheduled work not started: every slot busy
 
+	// DeviceDeliveries counts unique (device, message) deliveries: relay counts every device that
+	// gets a pair's messages (with one device per account, the same as Delivered).
+	DeviceDeliveries         int64 `json:"device_deliveries,omitempty"`
+	DeviceDeliveriesInWindow int64 `json:"device_deliveries_in_window,omitempty"`
+
 	Connect *hist `json:"connect,omitempty"` // connect + auth time
 	Ping    *hist `json:"ping,omitempty"`    // Ping → Pong round trip
 	Latency *hist `json:"latency,omitempty"` // end-to-end message latency
@@ -108,6 +113,8 @@ func (r *report) merge(o *report) {
 	r.AckedInWindow += o.AckedInWindow
 	r.Delivered += o.Delivered
 	r.DeliveredInWindow += o.DeliveredInWindow
+	r.DeviceDeliveries += o.DeviceDeliveries
+	r.DeviceDeliveriesInWindow += o.DeviceDeliveriesInWindow
 	r.Duplicates += o.Duplicates
 	r.Lost += o.Lost
 	r.OrderViolations += o.OrderViolations
@@ -159,6 +166,8 @@ type counters struct {
 	delivered, deliveredInWindow atomic.Int64
 	duplicates, orderViolations  atomic.Int64
 	lastEvent                    atomic.Int64 // Unix ns of the last delivery or ack
+	// relay: unique deliveries to every device that gets a pair's messages
+	deviceDeliveries, deviceDeliveriesInWindow atomic.Int64
 }
 
 func (c *counters) into(r *report) {
@@ -167,6 +176,8 @@ func (c *counters) into(r *report) {
 	r.AckedInWindow += c.ackedInWindow.Load()
 	r.Delivered += c.delivered.Load()
 	r.DeliveredInWindow += c.deliveredInWindow.Load()
+	r.DeviceDeliveries += c.deviceDeliveries.Load()
+	r.DeviceDeliveriesInWindow += c.deviceDeliveriesInWindow.Load()
 	r.Duplicates += c.duplicates.Load()
 	r.OrderViolations += c.orderViolations.Load()
 }

@@ -75,6 +75,9 @@ type shardParams struct {
 // server is the server account i is registered on.
 func (s *shardSpec) server(i int) string { return s.Servers[s.Accounts[i].Server] }
 
+// serverOf is the server a device is registered on.
+func (s *shardSpec) serverOf(a *account) string { return s.Servers[a.Server] }
+
 // runner is a scenario's shard-side logic.
 type runner interface {
 	step(ctx context.Context, name string, at time.Time) (*report, error)
@@ -114,21 +117,35 @@ func newShardBase(spec *shardSpec) *shardBase {
 // dials in flight, starts each connection's reader with h, and returns the connections in the
 // order of idx (nil where it failed). setup runs on each connection before its reader starts.
 func (b *shardBase) connectAll(ctx context.Context, idx []int, rep *report, h handler, setup func(i int, c *wsConn)) []*wsConn {
-	conns := make([]*wsConn, len(idx))
+	devs := make([]*account, len(idx))
+	for j, i := range idx {
+		devs[j] = &b.spec.Accounts[i]
+	}
+	var set func(int, *wsConn)
+	if setup != nil {
+		set = func(j int, c *wsConn) { setup(idx[j], c) }
+	}
+	return b.connectDevices(ctx, devs, rep, h, set)
+}
+
+// connectDevices connects the devices devs (primaries or companions of spec.Accounts) as
+// connectAll does; setup gets the index into devs.
+func (b *shardBase) connectDevices(ctx context.Context, devs []*account, rep *report, h handler, setup func(j int, c *wsConn)) []*wsConn {
+	conns := make([]*wsConn, len(devs))
 	if rep.Connect == nil {
 		rep.Connect = newHist()
 	}
 	work := make(chan int)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	for range min(max(1, b.spec.P.Concurrency), len(idx)) {
+	for range min(max(1, b.spec.P.Concurrency), len(devs)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for j := range work {
-				i := idx[j]
+				a := devs[j]
 				t := time.Now()
-				c, err := b.d.connect(ctx, &b.spec.Accounts[i], b.spec.server(i), rep)
+				c, err := b.d.connect(ctx, a, b.spec.serverOf(a), rep)
 				if err != nil {
 					mu.Lock()
 					rep.ConnFailed++
@@ -137,7 +154,7 @@ func (b *shardBase) connectAll(ctx context.Context, idx []int, rep *report, h ha
 				}
 				rep.Connect.Record(time.Since(t))
 				if setup != nil {
-					setup(i, c)
+					setup(j, c)
 				}
 				c.start(&b.wg, h)
 				conns[j] = c
@@ -151,7 +168,7 @@ func (b *shardBase) connectAll(ctx context.Context, idx []int, rep *report, h ha
 		}()
 	}
 feed:
-	for j := range idx {
+	for j := range devs {
 		select {
 		case work <- j:
 		case <-ctx.Done():

@@ -4,6 +4,7 @@
 package bench
 
 import (
+	"bytes"
 	"encoding/json"
 	"math"
 	"math/rand/v2"
@@ -28,6 +29,33 @@ func TestEncodersMatchProto(t *testing.T) {
 	}}}}}
 	if !proto.Equal(f, want) {
 		t.Errorf("send frame: got %v, want %v", f, want)
+	}
+
+	// With one device and no own device, the fan-out encoder writes today's frame byte for byte.
+	single := appendSend(nil, 9, []byte("s7"), "bob", "dev1", payload)
+	if got := appendFanoutSend(nil, 9, []byte("s7"), "bob", []string{"dev1"}, nil, [][]byte{payload}); !bytes.Equal(got, single) {
+		t.Errorf("fan-out send of one device:\n%x\nwant\n%x", got, single)
+	}
+	// Three receiver devices and two own devices, each with its own ciphertext.
+	var cts [][]byte
+	for j := range 5 {
+		c := slices.Clone(payload)
+		putHeader(c, 7, 123, 3, uint32(j))
+		cts = append(cts, c)
+	}
+	f = &pb.Frame{}
+	if err := proto.Unmarshal(appendFanoutSend(nil, 1<<40, []byte("sZ"), "carol", []string{"r0", "r1", "r2"}, []string{"o1", "o2"}, cts), f); err != nil {
+		t.Fatal(err)
+	}
+	dc := func(d string, ct []byte) *pb.DeviceCiphertext {
+		return &pb.DeviceCiphertext{DeviceId: d, Type: pb.EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: ct}
+	}
+	want = &pb.Frame{Id: 1 << 40, Body: &pb.Frame_Send{Send: &pb.Send{MessageId: "sZ", To: "carol",
+		Envelopes:    []*pb.DeviceCiphertext{dc("r0", cts[0]), dc("r1", cts[1]), dc("r2", cts[2])},
+		OwnEnvelopes: []*pb.DeviceCiphertext{dc("o1", cts[3]), dc("o2", cts[4])},
+	}}}
+	if !proto.Equal(f, want) {
+		t.Errorf("fan-out send frame: got %v, want %v", f, want)
 	}
 
 	tags := []uint64{1, 300, 1 << 63, 5}
@@ -165,5 +193,35 @@ func TestBuckets(t *testing.T) {
 	}
 	if bucketOf(1<<62) != nBuckets-1 {
 		t.Error("huge values must land in the last bucket")
+	}
+}
+
+// A message counts as lost when it was acked and any device that should have it lacks it, once
+// however many devices lack it.
+func TestRelayLostPerDevice(t *testing.T) {
+	p := &relayPair{}
+	for range 3 {
+		p.sinks = append(p.sinks, &relaySink{p: p})
+	}
+	for seq := range uint64(130) {
+		p.acked.set(seq)
+		p.sinks[0].recv.set(seq)
+		if seq != 2 && seq != 129 {
+			p.sinks[1].recv.set(seq)
+		}
+		if seq != 2 && seq < 100 {
+			p.sinks[2].recv.set(seq) // its bitset is one word shorter
+		}
+	}
+	if got := p.lostLocked(); got != 31 { // 2, and 100..129
+		t.Errorf("lost = %d, want 31", got)
+	}
+	one := &relayPair{}
+	one.sinks = []*relaySink{{p: one}}
+	one.acked.set(5)
+	one.acked.set(6)
+	one.sinks[0].recv.set(6)
+	if got := one.lostLocked(); got != 1 {
+		t.Errorf("one device: lost = %d, want 1", got)
 	}
 }
