@@ -228,6 +228,19 @@ func (d *device) noMoreMessages() {
 	}
 }
 
+// waitOutboxLen waits until the outbox holds n entries: a receipt can be read before the
+// server's ack of the same send, and the entry leaves the outbox only when both are in.
+func (d *device) waitOutboxLen(n int) {
+	d.t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for got := d.outboxLen(); got != n; got = d.outboxLen() {
+		if time.Now().After(deadline) {
+			d.t.Fatalf("%s: outbox holds %d entries after %v, want %d", d.name, got, waitFor, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func (d *device) outboxLen() int {
 	d.t.Helper()
 	n, err := d.c.OutboxLen()
@@ -249,9 +262,7 @@ func TestSendOnlineAndOffline(t *testing.T) {
 		t.Fatalf("bob got %+v", m)
 	}
 	alice.waitDelivered(id)
-	if n := alice.outboxLen(); n != 0 {
-		t.Fatalf("alice's outbox holds %d entries after the receipt", n)
-	}
+	alice.waitOutboxLen(0)
 
 	// Bob answers over the session Alice started.
 	rid := bob.send("alice", "hi alice")
@@ -291,9 +302,7 @@ func TestUnknownUser(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Code != petrelv1.ErrorCode_ERROR_CODE_UNKNOWN_USER {
 		t.Fatalf("want a *client.Error with code UNKNOWN_USER, got %#v", err)
 	}
-	if n := alice.outboxLen(); n != 0 {
-		t.Fatalf("a refused message stays in the outbox (%d entries)", n)
-	}
+	alice.waitOutboxLen(0)
 }
 
 // A resend of a message the receiver already has (its receipt was lost) is dropped by the
@@ -325,9 +334,7 @@ func TestDuplicateDropped(t *testing.T) {
 	alice.start()
 	alice.waitDelivered(id) // resent, dropped by Bob as a duplicate, receipted again
 	bob.noMoreMessages()
-	if n := alice.outboxLen(); n != 0 {
-		t.Fatalf("alice's outbox holds %d entries", n)
-	}
+	alice.waitOutboxLen(0)
 }
 
 // The sender's device list for the recipient is wrong (an extra device, the real one missing):
@@ -748,9 +755,7 @@ func TestFrameLimit(t *testing.T) {
 			t.Fatalf("%d-byte message: got %v, want ErrFrameTooLarge naming the limit", n, err)
 		}
 	}
-	if n := alice.outboxLen(); n != 0 {
-		t.Fatalf("refused messages stay in the outbox: %d", n)
-	}
+	alice.waitOutboxLen(0)
 	id := alice.send("bob", "small enough")
 	if m := bob.nextMessage(); m.ID != id {
 		t.Fatalf("bob got %+v", m)
@@ -851,9 +856,7 @@ func TestRedeliveryAfterLostAckIsADuplicate(t *testing.T) {
 		t.Fatalf("alice: a second Delivered for %s", ev.MessageID)
 	default:
 	}
-	if n := alice.outboxLen(); n != 0 {
-		t.Fatalf("alice's outbox holds %d entries", n)
-	}
+	alice.waitOutboxLen(0)
 }
 
 // TestLearnedServersStoredAndSurvived: the server names a node (its public_url, here an address
