@@ -4019,6 +4019,10 @@ type GroupResult struct {
 	Admins        []string               `protobuf:"bytes,4,rep,name=admins,proto3" json:"admins,omitempty"`
 	LastEvent     *SignedGroupEvent      `protobuf:"bytes,5,opt,name=last_event,json=lastEvent,proto3" json:"last_event,omitempty"`                     // the event that made this version
 	MemberDevices []uint32               `protobuf:"varint,6,rep,packed,name=member_devices,json=memberDevices,proto3" json:"member_devices,omitempty"` // devices per member, in the order of members
+	// member_since is, for each member in the order of members, the version of the event that made
+	// it a member (1 for the creator and the initial members). The last admin's LEAVE promotes the
+	// member with the smallest one (ties: the smallest name): see docs/protocol.md, "Groups".
+	MemberSince   []uint64 `protobuf:"varint,7,rep,packed,name=member_since,json=memberSince,proto3" json:"member_since,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4091,6 +4095,13 @@ func (x *GroupResult) GetLastEvent() *SignedGroupEvent {
 func (x *GroupResult) GetMemberDevices() []uint32 {
 	if x != nil {
 		return x.MemberDevices
+	}
+	return nil
+}
+
+func (x *GroupResult) GetMemberSince() []uint64 {
+	if x != nil {
+		return x.MemberSince
 	}
 	return nil
 }
@@ -4799,7 +4810,7 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\vUpdateGroup\x121\n" +
 	"\x05event\x18\x01 \x01(\v2\x1b.petrel.v1.SignedGroupEventR\x05event\"%\n" +
 	"\bGetGroup\x12\x19\n" +
-	"\bgroup_id\x18\x01 \x01(\tR\agroupId\"\xd7\x01\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\"\xfa\x01\n" +
 	"\vGroupResult\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x18\n" +
@@ -4807,7 +4818,8 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\x06admins\x18\x04 \x03(\tR\x06admins\x12:\n" +
 	"\n" +
 	"last_event\x18\x05 \x01(\v2\x1b.petrel.v1.SignedGroupEventR\tlastEvent\x12%\n" +
-	"\x0emember_devices\x18\x06 \x03(\rR\rmemberDevices\"\f\n" +
+	"\x0emember_devices\x18\x06 \x03(\rR\rmemberDevices\x12!\n" +
+	"\fmember_since\x18\a \x03(\x04R\vmemberSince\"\f\n" +
 	"\n" +
 	"ListGroups\";\n" +
 	"\tGroupList\x12.\n" +
