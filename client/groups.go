@@ -131,6 +131,8 @@ func (e *GroupEvent) String() string {
 type groupRuntime struct {
 	// syncWanted asks the sender loop to run syncGroups.
 	syncWanted atomic.Bool
+	// syncMu serialises syncGroups runs (the sender loop's and SyncGroups).
+	syncMu sync.Mutex
 
 	mu sync.Mutex // guards the following fields
 	// requested and answered rate-limit sender-key requests and answers per device and key.

@@ -473,6 +473,24 @@ func (l *link) syncGroups(ctx context.Context) error {
 	if !c.groups.syncWanted.Swap(false) {
 		return nil
 	}
+	return l.syncGroupsNow(ctx)
+}
+
+// SyncGroups waits for a connection (Run) whose stored backlog has been received, then applies
+// the group changes and group contents that wait for something from the server (a device list,
+// the group's state). Commands that show groups call it first.
+func (c *Client) SyncGroups(ctx context.Context) error {
+	l, err := c.ready(ctx)
+	if err != nil {
+		return err
+	}
+	return l.syncGroupsNow(ctx)
+}
+
+func (l *link) syncGroupsNow(ctx context.Context) error {
+	c := l.c
+	c.groups.syncMu.Lock()
+	defer c.groups.syncMu.Unlock()
 	var pending []string
 	var held []*store.HeldGroupItem
 	err := c.st.View(func(tx *store.Tx) error {
