@@ -143,3 +143,12 @@ func (c *RawClient) SendGroup(msgID, gid string, body []byte) *pb.Frame {
 func StateOf(r *pb.GroupResult) *pb.GroupState {
 	return &pb.GroupState{GroupID: r.GetGroupId(), Version: r.GetVersion(), Members: r.GetMembers(), Admins: r.GetAdmins(), Since: r.GetMemberSince()}
 }
+
+// UpdateGroupAsync writes UpdateGroup with sge and returns its request id, for Await (the answer
+// comes once every member device has the event: ack the members' deliveries meanwhile).
+func (c *RawClient) UpdateGroupAsync(sge *pb.SignedGroupEvent) uint64 {
+	c.t.Helper()
+	c.nextID++
+	c.Write(&pb.Frame{Id: c.nextID, Body: &pb.Frame_UpdateGroup{UpdateGroup: &pb.UpdateGroup{Event: sge}}})
+	return c.nextID
+}
