@@ -294,7 +294,8 @@ func (s *Service) index(ctx context.Context, accounts []string, gid string, vers
 		n := min(len(accounts), indexBatch)
 		msgs := make([]*nats.Msg, n)
 		for i, a := range accounts[:n] {
-			msgs[i] = &nats.Msg{Subject: "$KV." + bus.GroupsBucket + "." + indexKey(a, gid), Data: v}
+			msgs[i] = nats.NewMsg("$KV." + bus.GroupsBucket + "." + indexKey(a, gid))
+			msgs[i].Data = v
 		}
 		if _, err := jetstreamext.PublishMsgBatch(ctx, s.bus.JS(), msgs); err != nil {
 			return fmt.Errorf("%w: write group index: %v", ErrUnavailable, err)
