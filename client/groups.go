@@ -691,8 +691,13 @@ func (l *link) refreshGroup(ctx context.Context, id string) (*petrelv1.GroupResu
 	var events []Event
 	err = c.st.Update(func(tx *store.Tx) error {
 		var err error
-		events, err = c.jumpTo(tx, sge, ev, key, res.GetMemberSince())
-		return err
+		if events, err = c.jumpTo(tx, sge, ev, key, res.GetMemberSince()); err != nil {
+			return err
+		}
+		// What waited for the group (its name, sender keys, messages) before anything is shown.
+		more, err := c.retryHeld(tx, id, func(*store.HeldGroupItem) bool { return true })
+		events = append(events, more...)
+		return storeErr(err)
 	})
 	if err != nil {
 		return nil, err

@@ -286,6 +286,7 @@ func (c *Client) receiveGroupControl(tx *store.Tx, env *petrelv1.Envelope, conte
 		h.Kind, h.Data = heldMeta, []byte(b.GroupMeta.GetName())
 		return c.useMeta(tx, h, true)
 	case *petrelv1.Content_SenderKeyRequest:
+		res.groupSync = true // kicks the outbox, which holds the answer
 		return res, c.answerRequest(tx, gid, from, dev, b.SenderKeyRequest.GetKeyId())
 	}
 	return res, nil
