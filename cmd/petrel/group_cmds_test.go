@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/petrelchat/petrel/internal/testserver"
 	"github.com/petrelchat/petrel/internal/testcluster"
+	"github.com/petrelchat/petrel/internal/testserver"
 )
 
 // recvLines runs recv --json on home and returns each line as a generic object.
