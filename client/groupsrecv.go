@@ -600,10 +600,11 @@ func (l *link) applyPending(ctx context.Context, gid string, fetched map[string]
 			return nil
 		}
 		v, p := versions[0], pending[0]
+		var actor string // set once the event parses
 		drop := func(why error) error {
 			if why != nil {
 				c.log.Warn("refusing a group event", "group", gid, "version", v, "err", why)
-				c.emit(l.runCtx, &DecryptFailed{From: "", FromDevice: p.FromDevice, MessageID: fmt.Sprintf("v%d", v), Err: why})
+				c.emit(l.runCtx, &DecryptFailed{From: actor, FromDevice: p.FromDevice, MessageID: fmt.Sprintf("v%d", v), Err: why})
 			}
 			return storeErr(c.st.Update(func(tx *store.Tx) error { return tx.DeletePendingGroupEvent(gid, v) }))
 		}
@@ -625,6 +626,7 @@ func (l *link) applyPending(ctx context.Context, gid string, fetched map[string]
 			}
 			continue
 		}
+		actor = ev.GetActor()
 		follows := cur != nil && v == cur.Version+1
 		if !follows {
 			// Versions are missing before this one (or the group is new here): the server's
