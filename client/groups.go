@@ -702,6 +702,7 @@ func (l *link) refreshGroup(ctx context.Context, id string) (*petrelv1.GroupResu
 	if err != nil {
 		return nil, err
 	}
+	c.kickOutbox() // receipts for held messages now decrypted
 	for _, e := range events {
 		c.emit(l.runCtx, e)
 	}

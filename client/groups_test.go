@@ -6,6 +6,7 @@ package client_test
 import (
 	"errors"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -545,4 +546,45 @@ func identityPair(t *testing.T, d *device) *e2ee.IdentityKeyPair {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// Invariant 3 in groups: the server loses a stored group message (and the sender key that came
+// before it); the sender, still missing that member's receipt after ResendInterval, sends it
+// again; the member asks for the key it never got and gets the message exactly once.
+func TestGroupResendAfterServerLoss(t *testing.T) {
+	srv := testserver.Start(t)
+	var later atomic.Bool
+	clock := func() time.Time {
+		if later.Load() {
+			return time.Now().Add(2 * time.Hour)
+		}
+		return time.Now()
+	}
+	alice := register(t, srv, "alice", devOpts{cfg: client.Config{Now: clock}}).start()
+	bob := register(t, srv, "bob", devOpts{}).start()
+	alice.waitQueueEmpty()
+	bob.waitQueueEmpty()
+	g := alice.createGroup("g", "bob")
+	bob.nextGroupEvent(g.ID, "create", "alice")
+	bob.waitGroupName(g.ID, "g")
+	bobID := bob.c.Account().DeviceID
+	bob.stop()
+	id := alice.sendGroup("g", "do not lose me")
+	if n := alice.outboxLen(); n != 1 {
+		t.Fatalf("alice's outbox holds %d entries, want the message awaiting bob's receipt", n)
+	}
+
+	srv.Stop()
+	purgeInbox(t, srv, bobID)
+	later.Store(true) // an hour and more later: the receipt is overdue
+	srv.Restart(t)
+	alice.waitQueueEmpty()
+	bob.start()
+	if m := bob.nextGroupText(g.ID, "alice", "do not lose me"); m.ID != id {
+		t.Fatalf("bob got %+v", m)
+	}
+	alice.waitOutboxLen(0)
+	bob.waitQueueEmpty()
+	bob.noMoreMessages()
+	bob.noDecryptFailures()
 }

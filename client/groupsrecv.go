@@ -278,18 +278,20 @@ func (c *Client) receiveGroupControl(tx *store.Tx, env *petrelv1.Envelope, conte
 		}
 	}
 	h := &store.HeldGroupItem{Group: gid, From: from, FromDevice: dev, ID: env.GetMessageId(), HeldAt: c.cfg.Now()}
+	var err error
 	switch b := content.GetBody().(type) {
 	case *petrelv1.Content_SenderKey:
 		h.Kind, h.Data, h.GroupVersion = heldSenderKey, b.SenderKey.GetDistribution(), b.SenderKey.GetGroupVersion()
-		return c.useSenderKey(tx, h, true)
+		res, err = c.useSenderKey(tx, h, true)
 	case *petrelv1.Content_GroupMeta:
 		h.Kind, h.Data = heldMeta, []byte(b.GroupMeta.GetName())
-		return c.useMeta(tx, h, true)
+		res, err = c.useMeta(tx, h, true)
 	case *petrelv1.Content_SenderKeyRequest:
-		res.groupSync = true // kicks the outbox, which holds the answer
-		return res, c.answerRequest(tx, gid, from, dev, b.SenderKeyRequest.GetKeyId())
+		err = c.answerRequest(tx, gid, from, dev, b.SenderKeyRequest.GetKeyId())
 	}
-	return res, nil
+	// The outbox may hold something new: an answer, or receipts for held messages now decrypted.
+	res.groupSync = true
+	return res, err
 }
 
 // useSenderKey stores a member device's sender key and decrypts the messages held for it.
