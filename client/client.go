@@ -166,6 +166,8 @@ type Client struct {
 	sendHighWater atomic.Int64
 	// ownSyncWanted asks the sender loop to fetch this account's devices (requestOwnSync).
 	ownSyncWanted atomic.Bool
+	// groups is the in-memory group state (groups.go).
+	groups groupRuntime
 
 	// ackHook, set by tests before Run (export_test.go), sees each batch's tags after its commit
 	// and before its ack; an error stands for the ack's write failing. Nil outside tests.
@@ -684,6 +686,9 @@ func (c *Client) messageFromRecord(r *store.HistoryRecord) *Message {
 		SentAt: r.SentAt, ServerTime: r.ServerTime, ReceivedAt: r.ReceivedAt}
 	if r.Dir == store.Outgoing {
 		m.Outgoing, m.From, m.To = true, c.name, r.Peer
+	}
+	if r.Group != "" {
+		groupFields(m, r)
 	}
 	return m
 }

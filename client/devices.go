@@ -433,6 +433,9 @@ func (c *Client) acceptContactList(ct *store.Contact, sdl *petrelv1.SignedDevice
 	}
 	ct.ListVersion = l.GetVersion()
 	ct.PrimaryIdentity = p.GetIdentityKey()
+	if ct.DeviceList, err = proto.Marshal(sdl); err != nil {
+		return nil, nil, err
+	}
 	return l, ev, nil
 }
 

@@ -47,6 +47,12 @@ var (
 	ErrTooManyDevices = errors.New("the account has too many devices: remove one first")
 	// ErrLinkExpired: the link code is unknown, already used or expired.
 	ErrLinkExpired = errors.New("link code unknown, used or expired")
+	// ErrUnknownGroup: no such group, or this account is not a member of it.
+	ErrUnknownGroup = errors.New("unknown group, or not a member")
+	// ErrGroupFull: the group already has the server's maximum number of members.
+	ErrGroupFull = errors.New("the group is full")
+	// ErrStaleGroup: the group changed meanwhile; fetch it again and retry the change.
+	ErrStaleGroup = errors.New("the group changed meanwhile")
 )
 
 // Client-side errors.
@@ -91,6 +97,9 @@ var codeSentinels = map[petrelv1.ErrorCode]error{
 	petrelv1.ErrorCode_ERROR_CODE_DEVICE_REMOVED:        ErrDeviceRemoved,
 	petrelv1.ErrorCode_ERROR_CODE_TOO_MANY_DEVICES:      ErrTooManyDevices,
 	petrelv1.ErrorCode_ERROR_CODE_LINK_EXPIRED:          ErrLinkExpired,
+	petrelv1.ErrorCode_ERROR_CODE_UNKNOWN_GROUP:         ErrUnknownGroup,
+	petrelv1.ErrorCode_ERROR_CODE_GROUP_FULL:            ErrGroupFull,
+	petrelv1.ErrorCode_ERROR_CODE_STALE_GROUP:           ErrStaleGroup,
 }
 
 // Sentinel returns the sentinel error for a wire code, or nil for an unknown code.

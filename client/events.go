@@ -29,6 +29,11 @@ type Message struct {
 	SentAt     time.Time
 	ServerTime time.Time
 	ReceivedAt time.Time
+	// Group is the group id of a group message (To is then empty; Client.GroupName gives the
+	// group's local name). GroupEvent is set on a membership change shown in the group's chat
+	// (From is then its actor, Text its description).
+	Group      string
+	GroupEvent *GroupEvent
 }
 
 // Connected reports an authenticated connection.

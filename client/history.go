@@ -54,7 +54,7 @@ func (c *Client) queueHistory(dev string) (int, error) {
 			for _, r := range page {
 				before = r.Seq
 				scanned++
-				if r.Unverified || r.Status == store.StatusFailed || len(r.Body) > maxHistoryItemBytes ||
+				if r.Unverified || r.Group != "" || r.Status == store.StatusFailed || len(r.Body) > maxHistoryItemBytes ||
 					perChat[r.Peer] >= limit {
 					continue
 				}

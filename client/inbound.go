@@ -25,14 +25,15 @@ const maxReceiptIDs = 256
 func (l *link) processBatch(ctx context.Context, batch []inboundItem) error {
 	c := l.c
 	var (
-		tags    []uint64
-		events  []Event
-		receipt bool
-		syncOwn bool
-		qe      *petrelv1.QueueEmpty
+		tags       []uint64
+		events     []Event
+		receipt    bool
+		syncOwn    bool
+		syncGroups bool
+		qe         *petrelv1.QueueEmpty
 	)
 	err := c.st.Update(func(tx *store.Tx) error {
-		tags, events, receipt, qe, syncOwn = tags[:0], events[:0], false, nil, false
+		tags, events, receipt, qe, syncOwn, syncGroups = tags[:0], events[:0], false, nil, false, false
 		toReceipt := map[string][]string{} // sender → message ids to receipt
 		var order []string
 		verifyOwn := false
@@ -58,6 +59,7 @@ func (l *link) processBatch(ctx context.Context, batch []inboundItem) error {
 			}
 			events = append(events, res.events...)
 			verifyOwn = verifyOwn || res.unverified
+			syncGroups = syncGroups || res.groupSync
 			if res.receiptFor != "" {
 				from := d.GetEnvelope().GetFrom()
 				if _, ok := toReceipt[from]; !ok {
@@ -88,6 +90,9 @@ func (l *link) processBatch(ctx context.Context, batch []inboundItem) error {
 		// the sender loop fetches the list (requests cannot wait here: the reader may be blocked
 		// handing this loop more envelopes) and then shows or drops what waits for it.
 		c.requestOwnSync()
+	}
+	if syncGroups {
+		c.requestGroupSync()
 	}
 	// The batch is committed: report it even if the ack is lost (the connection drops). The
 	// server then delivers the envelopes again, and receive drops them as duplicates.
@@ -134,6 +139,8 @@ type receiveResult struct {
 	// unverified: a message from a device of this account that its verified list does not name
 	// (yet) was kept out of sight until the list is fetched.
 	unverified bool
+	// groupSync asks for syncGroups (groupsrecv.go); done reports a held group item used up.
+	groupSync, done bool
 }
 
 // receive handles one envelope inside tx. It returns an error only for store failures (the batch
@@ -148,6 +155,12 @@ func (c *Client) receive(tx *store.Tx, env *petrelv1.Envelope) (receiveResult, e
 	}
 	if !petrelv1.ValidName(from) || !petrelv1.ValidDeviceID(dev) || !petrelv1.ValidMessageID(id) {
 		return fail(fmt.Errorf("%w: malformed envelope", ErrProtocol))
+	}
+	switch env.GetType() {
+	case petrelv1.EnvelopeType_ENVELOPE_TYPE_GROUP:
+		return c.receiveGroupMessage(tx, env)
+	case petrelv1.EnvelopeType_ENVELOPE_TYPE_GROUP_EVENT:
+		return c.receiveGroupEvent(tx, env)
 	}
 	pt, ident, newSession, err := c.decrypt(tx, from, dev, env.GetCiphertext())
 	if err != nil {
@@ -185,6 +198,9 @@ func (c *Client) receive(tx *store.Tx, env *petrelv1.Envelope) (receiveResult, e
 		return fail(fmt.Errorf("%w: message id does not match the encrypted one", ErrProtocol))
 	}
 	now := c.cfg.Now()
+	if isGroupControl(&content) {
+		return c.receiveGroupControl(tx, env, &content, ident)
+	}
 	if from == c.name {
 		return c.receiveOwn(tx, env, &content, ident, now)
 	}
@@ -234,6 +250,9 @@ func (c *Client) receive(tx *store.Tx, env *petrelv1.Envelope) (receiveResult, e
 // device it was sent to receipted it (or left the recipient's device list).
 func (c *Client) applyReceipt(tx *store.Tx, from, dev, id string, now time.Time) (Event, error) {
 	e, err := tx.OutboxByID(from, id)
+	if g := tx.GroupOfOutbox(id); errors.Is(err, store.ErrNotFound) && g != "" {
+		e, err = tx.OutboxByID(store.GroupKey(g), id) // a group message: receipted by each member
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
 	}

@@ -292,6 +292,7 @@ func (l *link) senderLoop(ctx context.Context) error {
 	// This account's devices: the primary publishes the first signed list of an account that has
 	// none; every device learns the current list (a push may have been missed while offline).
 	c.ownSyncWanted.Store(true)
+	c.groups.syncWanted.Store(true) // what waited in the store when the last connection ended
 	if err := l.syncOwn(ctx); err != nil {
 		return err
 	}
@@ -326,6 +327,9 @@ func (l *link) senderLoop(ctx context.Context) error {
 			nextCheck = now.Add(checkEvery)
 		}
 		if err := l.syncOwn(ctx); err != nil {
+			return err
+		}
+		if err := l.syncGroups(ctx); err != nil {
 			return err
 		}
 		if err := l.flush(ctx); err != nil {

@@ -209,6 +209,9 @@ var errOwnDeviceGone = errors.New("that device is no longer linked to this accou
 // list (the recipient's or this account's: both are fetched again).
 func (l *link) trySend(ctx context.Context, e *store.OutboxEntry) error {
 	c := l.c
+	if g := store.GroupOf(e.To); g != "" {
+		return l.sendGroupEntry(ctx, e, g)
+	}
 	for round := 0; ; round++ {
 		var devices, own []string
 		var err error
@@ -686,6 +689,9 @@ func (c *Client) forgetDevices(name string) error {
 // marks those it no longer holds for resending (same id, re-encrypted).
 func (l *link) checkOutbox(ctx context.Context) error {
 	c := l.c
+	if err := c.checkGroupOutbox(); err != nil {
+		return err
+	}
 	now := c.cfg.Now()
 	type target struct{ to, dev string }
 	groups := map[target][]string{}
@@ -703,8 +709,8 @@ func (l *link) checkOutbox(ctx context.Context) error {
 			for _, e := range page {
 				after = e.Seq
 				scanned++
-				if e.Pending() || e.Kind != store.KindText || len(e.Awaiting) == 0 {
-					continue
+				if e.Pending() || e.Kind != store.KindText || len(e.Awaiting) == 0 || store.GroupOf(e.To) != "" {
+					continue // (group messages: checkGroupOutbox)
 				}
 				last := e.ServerAckedAt
 				if e.CheckedAt.After(last) {

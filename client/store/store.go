@@ -27,6 +27,8 @@
 //	outbox_pending: seq (8) → empty (entries the server has not acked yet)
 //	unverified:     seq (8) → empty (history records from an own device not yet in the verified
 //	                device list; shown once the list names it)
+//
+// Groups have buckets of their own: see groups.go.
 package store
 
 import (
@@ -430,6 +432,9 @@ type Contact struct {
 	// PrimaryIdentity is the identity key of the primary device that signed that list, trusted
 	// on first use like any identity key.
 	PrimaryIdentity []byte `json:"primary_identity,omitempty"`
+	// DeviceList is that list (SignedDeviceList, protobuf) as verified: group events are checked
+	// against it (the acting device must be listed).
+	DeviceList []byte `json:"device_list,omitempty"`
 }
 
 // ContactDevice is one device of a contact.
@@ -505,6 +510,10 @@ type HistoryRecord struct {
 	// device with SenderIdentity, its identity key, and deleted if it never does.
 	Unverified     bool   `json:"unverified,omitempty"`
 	SenderIdentity []byte `json:"sender_identity,omitempty"`
+	// Group is the group id of a group message or membership change (Peer is then the sender,
+	// or GroupKey(Group) for one sent from this device); GroupEvent is set on a membership change.
+	Group      string            `json:"group,omitempty"`
+	GroupEvent *GroupEventRecord `json:"group_event,omitempty"`
 }
 
 // Shown reports whether the record is one the user is shown as it arrives: a received message,
@@ -733,6 +742,9 @@ func (t *Tx) AddOutbox(e *OutboxEntry) error {
 	if err := t.b(bOutboxIDs).Put(pairKey(e.To, e.ID), u64key(seq)); err != nil {
 		return err
 	}
+	if err := t.indexGroupOutbox(e, true); err != nil {
+		return err
+	}
 	return t.PutOutbox(e)
 }
 
@@ -757,6 +769,9 @@ func (t *Tx) DeleteOutbox(e *OutboxEntry) error {
 		return err
 	}
 	if err := t.b(bOutboxPending).Delete(u64key(e.Seq)); err != nil {
+		return err
+	}
+	if err := t.indexGroupOutbox(e, false); err != nil {
 		return err
 	}
 	return t.b(bOutbox).Delete(u64key(e.Seq))

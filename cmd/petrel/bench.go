@@ -31,6 +31,12 @@ const benchHelp = `scenarios:
   offline  --recipients R --messages M [--senders S] [--size B] [--window W]
                                                                 store for offline devices, then drain
   churn    --conns N --rate R --duration D                      connect, authenticate, close
+  group    --members M --groups G [--rate R] [--duration D] [--messages N] [--size B]
+                                                                group messages fanned out by the
+                                                                server: time to the last member
+                                                                device online, to every inbox
+                                                                offline, sustained p99 at R msgs/s
+                                                                per group, server CPU per delivery
   attack   --attack KIND --server-pid PID [--conns N] [--duration D] [--max-server-rss SIZE]
                                                                 hostile sockets against one server:
                                                                 its RSS before/peak/after, and a probe
@@ -121,6 +127,14 @@ func runBench(ctx context.Context, e *env, args []string) int {
 		fs.IntVar(&cfg.Size, "size", 300, "payload bytes (opaque random bytes)")
 		fs.IntVar(&cfg.Window, "window", 32, "unacked sends per sender")
 		fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "bound on the store phase and on the drain (default 60s + 2ms per message)")
+	case bench.ScenarioGroup:
+		g := &cfg.Group
+		fs.IntVar(&g.Members, "members", 1024, "members per group (one device each, the sender included)")
+		fs.IntVar(&g.Groups, "groups", 1, "groups")
+		fs.IntVar(&g.Messages, "messages", 50, "messages of the online and the offline latency phases (to the first group, one at a time)")
+		fs.Float64Var(&cfg.Rate, "rate", 0, "sustained phase: messages a second per group, open loop (0: no sustained phase)")
+		fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "sustained phase: how long every group sends")
+		fs.IntVar(&cfg.Size, "size", 300, "payload bytes (opaque random bytes: the group ciphertext)")
 	case bench.ScenarioChurn:
 		fs.IntVar(&cfg.Conns, "conns", 100, "devices, and the most connections in flight at once")
 		fs.Float64Var(&cfg.Rate, "rate", 500, "connects/s offered")

@@ -53,6 +53,9 @@ func describeErr(err error) string {
 	if d := describeDeviceErr(err); d != "" {
 		return d
 	}
+	if d := describeGroupErr(err); d != "" {
+		return d
+	}
 	var netErr *net.OpError
 	switch {
 	case errors.Is(err, client.ErrNameTaken):
@@ -231,16 +234,18 @@ func runRegister(ctx context.Context, e *env, args []string) int {
 
 func runSend(ctx context.Context, e *env, args []string) int {
 	const cmd = "send"
-	fs := newFlags(e, cmd, "send --to NAME TEXT... | send --to NAME -\n\n"+
+	fs := newFlags(e, cmd, "send --to NAME TEXT... | send --to NAME - | send --group GROUP TEXT... | send --group GROUP -\n\n"+
 		"Sends TEXT (the arguments joined by spaces), or with '-' each non-empty line of standard\n"+
-		"input as one message, in order. Prints each message id once the server has acked it.")
+		"input as one message, in order, to account NAME or to group GROUP (its local name, see\n"+
+		"petrel group list). Prints each message id once the server has acked it.")
 	to := fs.String("to", "", "recipient account name")
+	group := fs.String("group", "", "recipient group (local name or id)")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the server's ack of each message")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
-	if *to == "" {
-		return usageErr(e, cmd, "--to is required")
+	if (*to == "") == (*group == "") {
+		return usageErr(e, cmd, "give exactly one of --to and --group")
 	}
 	if fs.NArg() == 0 {
 		return usageErr(e, cmd, "nothing to send: give TEXT or - for standard input")
@@ -256,10 +261,24 @@ func runSend(ctx context.Context, e *env, args []string) int {
 	}
 	defer s.close()
 
+	if *group != "" {
+		gctx, cancel := context.WithTimeout(ctx, *timeout)
+		err := s.c.SyncGroups(gctx)
+		cancel()
+		if err != nil {
+			return fail(e, cmd, err)
+		}
+	}
 	send := func(text string) error {
 		sctx, cancel := context.WithTimeout(ctx, *timeout)
 		defer cancel()
-		id, err := s.c.Send(sctx, *to, text)
+		var id string
+		var err error
+		if *group != "" {
+			id, err = s.c.SendGroup(sctx, *group, text)
+		} else {
+			id, err = s.c.Send(sctx, *to, text)
+		}
 		if errors.Is(err, client.ErrUnknownUser) {
 			return fmt.Errorf("unknown user %q", *to)
 		}
@@ -304,6 +323,8 @@ type jsonMessage struct {
 	ReceivedAt string `json:"received_at"`
 	Direction  string `json:"direction"`
 	To         string `json:"to,omitempty"`
+	// Group is the local name of the group of a group message (group_cmds.go).
+	Group string `json:"group,omitempty"`
 }
 
 // messageLine is the text form of a message: "NAME: TEXT", or "NAME -> PEER: TEXT" for one this
@@ -339,11 +360,20 @@ func (p *printer) print(m *client.Message) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var line string
-	if p.json {
+	if p.json && m.GroupEvent != nil {
+		b, err := groupEventJSON(p.c, m)
+		if err != nil {
+			return err
+		}
+		line = string(escapeJSONInvisible(b))
+	} else if p.json {
 		jm := jsonMessage{ID: m.ID, From: m.From, FromDevice: m.FromDevice, Text: m.Text, Direction: "in",
 			SentAt: formatTime(m.SentAt), ServerTime: formatTime(m.ServerTime), ReceivedAt: formatTime(m.ReceivedAt)}
 		if m.Outgoing {
 			jm.Direction, jm.To = "out", m.To
+		}
+		if m.Group != "" {
+			jm.Group = p.c.GroupName(m.Group)
 		}
 		b, err := json.Marshal(jm)
 		if err != nil {
@@ -351,7 +381,7 @@ func (p *printer) print(m *client.Message) error {
 		}
 		line = string(escapeJSONInvisible(b))
 	} else {
-		line = messageLine(m)
+		line = messageText(p.c, m)
 	}
 	if claimed, err := p.c.ClaimSeen(m.Seq); err != nil || !claimed {
 		return err
@@ -367,7 +397,10 @@ func runRecv(ctx context.Context, e *env, args []string) int {
 		"new. Prints 'NAME: TEXT' per message ('ME -> NAME: TEXT' for one this account sent from\n"+
 		"another device), or with --json one JSON object per line with id, from, from_device,\n"+
 		"text, sent_at, server_time, received_at (RFC 3339, ms), direction (\"in\" or \"out\")\n"+
-		"and, for \"out\", to.")
+		"and, for \"out\", to. Group messages print as '[GROUP] NAME: TEXT' (JSON: a group\n"+
+		"field, the group's local name); membership changes as '[GROUP] alice added carol'\n"+
+		"(JSON: type \"group_event\", group, group_id, actor, action, targets, version, text,\n"+
+		"received_at).")
 	wait := fs.Duration("wait", 2*time.Second, "how long to wait for more messages after the backlog (restarts at each message)")
 	asJSON := fs.Bool("json", false, "print one JSON object per message")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the server to deliver the backlog")
@@ -485,17 +518,21 @@ func runRecv(ctx context.Context, e *env, args []string) int {
 
 func runChat(ctx context.Context, e *env, args []string) int {
 	const cmd = "chat"
-	fs := newFlags(e, cmd, "chat NAME\n\n"+
-		"Interactive chat with NAME: each line you type is sent; incoming messages appear as\n"+
-		"'NAME: TEXT' above the line you are typing. /quit or end of input (Ctrl-D) exits.\n"+
-		"Works with a pipe as standard input too.")
+	fs := newFlags(e, cmd, "chat NAME | chat --group GROUP\n\n"+
+		"Interactive chat with NAME (or in group GROUP): each line you type is sent; incoming\n"+
+		"messages appear as 'NAME: TEXT' ('[GROUP] NAME: TEXT' in groups) above the line you are\n"+
+		"typing. /quit or end of input (Ctrl-D) exits. Works with a pipe as standard input too.")
+	group := fs.String("group", "", "chat in this group (local name or id) instead of with one account")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
-	if fs.NArg() != 1 {
-		return usageErr(e, cmd, "want exactly one NAME")
+	if *group == "" && fs.NArg() != 1 || *group != "" && fs.NArg() != 0 {
+		return usageErr(e, cmd, "want exactly one NAME, or --group GROUP")
 	}
 	peer := fs.Arg(0)
+	if *group != "" {
+		peer = *group
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -539,7 +576,7 @@ func runChat(ctx context.Context, e *env, args []string) int {
 			if claimed, err := s.c.ClaimSeen(ev.Seq); err != nil {
 				show(fmt.Sprintf("petrel %s: %s", cmd, describe(err)))
 			} else if claimed {
-				show(messageLine(ev))
+				show(messageText(s.c, ev))
 			}
 		case *client.IdentityChanged, *client.DecryptFailed, *client.SendFailed, *client.DevicesChanged:
 			outMu.Lock()
@@ -559,7 +596,7 @@ func runChat(ctx context.Context, e *env, args []string) int {
 				if claimed, err := c.ClaimSeen(m.Seq); err != nil {
 					return err
 				} else if claimed {
-					show(messageLine(m))
+					show(messageText(c, m))
 				}
 			}
 		}
@@ -570,6 +607,17 @@ func runChat(ctx context.Context, e *env, args []string) int {
 	}
 	close(ready)
 	defer s.close()
+	if *group != "" {
+		gctx, gcancel := context.WithTimeout(ctx, 30*time.Second)
+		err := s.c.SyncGroups(gctx)
+		gcancel()
+		if err == nil {
+			_, err = s.c.Group(*group)
+		}
+		if err != nil {
+			return fail(e, cmd, err)
+		}
+	}
 	if tty {
 		show(fmt.Sprintf("[chat with %s: type a message and press Enter; /quit to leave]", peer))
 	}
@@ -622,7 +670,12 @@ loop:
 				break loop
 			}
 			sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
-			_, err := s.c.Send(sctx, peer, line)
+			var err error
+			if *group != "" {
+				_, err = s.c.SendGroup(sctx, *group, line)
+			} else {
+				_, err = s.c.Send(sctx, peer, line)
+			}
 			scancel()
 			if err != nil {
 				if errors.Is(err, client.ErrUnknownUser) {
@@ -630,7 +683,7 @@ loop:
 					code = 1
 					break loop
 				}
-				if errors.Is(err, client.ErrInvalidName) ||
+				if errors.Is(err, client.ErrInvalidName) || errors.Is(err, client.ErrUnknownGroup) ||
 					errors.Is(err, client.ErrConnectedElsewhere) || errors.Is(err, client.ErrAuthFailed) {
 					fmt.Fprintf(e.stderr, "petrel %s: %s\n", cmd, describe(err))
 					code = 1

@@ -2,7 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0
 
 // Command petrel is Petrel's one binary: the server (petrel serve), the operator tools (petrel admin),
-// and the command-line client (register, link, devices, send, recv, chat, whoami, safety-number).
+// and the command-line client (register, link, devices, group, send, recv, chat, whoami, safety-number).
 //
 // Only this package reads flags and environment variables; everything else takes typed config.
 package main
@@ -44,9 +44,10 @@ func commands() []command {
 		{"serve", serveUsage, "run a Petrel server", runServe},
 		{"admin", adminUsage, "operator tools (invite codes)", runAdmin},
 		{"register", "register --server URL --name NAME [--invite CODE]", "create an account with this device", runRegister},
-		{"send", "send --to NAME TEXT... | send --to NAME -", "send a message (or each line of stdin)", runSend},
+		{"send", "send --to NAME TEXT... | send --group GROUP TEXT... (or - for stdin)", "send a message (or each line of stdin)", runSend},
 		{"recv", "recv [--wait DURATION] [--json]", "receive pending messages", runRecv},
-		{"chat", "chat NAME", "interactive terminal chat", runChat},
+		{"chat", "chat NAME | chat --group GROUP", "interactive terminal chat", runChat},
+		{"group", groupUsage, "create and manage groups", runGroup},
 		{"whoami", "whoami", "show this device's account, device id and server", runWhoami},
 		{"safety-number", "safety-number NAME", "show the safety number to compare with NAME out of band", runSafetyNumber},
 		{"link", "link --server URL [--no-history]", "make this home a new device of an existing account", runLink},

@@ -56,7 +56,7 @@ const (
 )
 
 // Scenarios lists the scenario names.
-var Scenarios = []string{ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn, ScenarioAttack, ScenarioAccounts, ScenarioChaos}
+var Scenarios = []string{ScenarioIdle, ScenarioRelay, ScenarioOffline, ScenarioChurn, ScenarioAttack, ScenarioAccounts, ScenarioChaos, ScenarioGroup}
 
 // MaxDevicesPerAccount is the most devices per account relay runs with (the server's default
 // max_devices).
@@ -149,6 +149,9 @@ type Config struct {
 	Accounts AccountsConfig
 	// Chaos shapes the chaos scenario.
 	Chaos ChaosConfig
+	// Group shapes the group scenario (Rate: messages a second per group in its sustained phase;
+	// 0 skips that phase).
+	Group GroupConfig
 }
 
 func (c *Config) setDefaults() {
@@ -239,6 +242,9 @@ func (c *Config) setDefaults() {
 	if c.Scenario == ScenarioChaos {
 		c.Chaos.setDefaults(len(c.Servers) == 0)
 	}
+	if c.Scenario == ScenarioGroup {
+		c.Group.setDefaults()
+	}
 }
 
 // ErrNotLoopback reports a --server that is not on this machine.
@@ -256,6 +262,8 @@ func (c *Config) Validate() error {
 		c.Accounts.validate(c, bad)
 	case ScenarioChaos:
 		c.Chaos.validate(c, bad)
+	case ScenarioGroup:
+		c.Group.validate(c, bad)
 	default:
 		bad("unknown scenario %q (want one of %s)", c.Scenario, strings.Join(Scenarios, ", "))
 	}
@@ -365,6 +373,8 @@ func (c *Config) bound() time.Duration {
 		n = c.Recipients + c.Senders + c.Messages/10
 	case ScenarioAccounts:
 		n = c.Accounts.Accounts * (1 + c.Accounts.PreKeys/10)
+	case ScenarioGroup:
+		n = c.Group.Members*c.Group.Groups + 2*c.Group.Messages*c.Group.Members/100
 	}
 	return 10*time.Minute + time.Duration(n)*10*time.Millisecond + 2*(c.Hold+c.Duration+c.DrainTimeout+c.Attack.Settle+c.Attack.Baseline)
 }
@@ -402,6 +412,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		err = r.accounts(ctx)
 	case ScenarioChaos:
 		err = r.chaos(ctx)
+	case ScenarioGroup:
+		err = r.group(ctx)
 	}
 	if err != nil {
 		return nil, err

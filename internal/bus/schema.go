@@ -21,6 +21,7 @@ const (
 	DevicesBucket  = "devices"
 	InvitesBucket  = "invites"
 	LinksBucket    = "links"
+	GroupsBucket   = "groups"
 	MetaBucket     = "petrel_meta"
 	PreKeysStream  = "PREKEYS"
 	inboxStreamFmt = "INBOX_%02d"
@@ -189,6 +190,11 @@ func (b *Bus) migrate(ctx context.Context) error {
 	// Pending device links expire by a TTL per entry (the directory's link_ttl), under the
 	// bucket's own age limit.
 	if b.Links, err = kv(jetstream.KeyValueConfig{Bucket: LinksBucket, Description: "link id → pending device link offer", History: 1, TTL: LinksMaxAge}, kvOptions{msgTTL: true}); err != nil {
+		return err
+	}
+	// Group records and the per-account index of groups (package groups); the index is written
+	// in atomic batches.
+	if b.Groups, err = kv(jetstream.KeyValueConfig{Bucket: GroupsBucket, Description: "group id → membership; account → its groups", History: 1}, kvOptions{atomic: true}); err != nil {
 		return err
 	}
 	b.PreKeys, err = b.ensureStream(ctx, jetstream.StreamConfig{

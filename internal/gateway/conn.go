@@ -252,6 +252,10 @@ func (c *conn) onPing(f *pb.Frame) {
 // which of the two happened. (Canonical Send frames take the fast path, sendView, directly.)
 func (c *conn) onSend(f *pb.Frame) {
 	s := f.GetSend()
+	if s.GetGroupId() != "" {
+		c.groupSend(f.Id, s)
+		return
+	}
 	views := func(l []*pb.DeviceCiphertext) []pb.CiphertextView {
 		out := make([]pb.CiphertextView, 0, len(l))
 		for _, e := range l {

@@ -38,6 +38,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/petrelchat/petrel/internal/directory"
+	"github.com/petrelchat/petrel/internal/groups"
 	"github.com/petrelchat/petrel/internal/keyrate"
 	"github.com/petrelchat/petrel/internal/mailbox"
 	"github.com/petrelchat/petrel/internal/messaging"
@@ -104,6 +105,9 @@ type Config struct {
 	// MaxDevices is the directory's limit of devices per account, quoted in TOO_MANY_DEVICES
 	// answers. Default: directory.DefaultMaxDevices.
 	MaxDevices int
+	// Groups is the groups service (group frames); nil: group frames are refused and group sends
+	// are UNKNOWN_GROUP.
+	Groups *groups.Service
 	// Bus is the node's bus connection, for the control channel between nodes (control.go). Nil:
 	// this gateway is alone (events are handled locally).
 	Bus *nats.Conn
@@ -197,6 +201,10 @@ type Gateway struct {
 	errLog   *errorLog                // rate-limits the log lines of errors answered to clients
 	reg      *regGuard                // per-IP and per-connection handshake limits (limits.go)
 	devOps   *keyrate.Limiter[string] // device-management frames per device (devices.go)
+	grp      *groups.Service          // nil without groups (groups.go)
+	groupOps *keyrate.Limiter[string] // group frames per device (groups.go)
+
+	groupMetrics *groupMetrics
 
 	draining atomic.Bool
 	moving   atomic.Bool // the node lost its cluster quorum: clients are sent elsewhere (Move)
@@ -248,9 +256,13 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, msg *messaging.Service, 
 		errLog:   newErrorLog(),
 		reg:      newRegGuard(cfg.Registration, cfg.Registry),
 		devOps:   keyrate.New[string](keyrate.Config{Rate: deviceOpsPerMinute / 60, Burst: deviceOpsBurst, MaxKeys: 100_000}),
+		grp:      cfg.Groups,
+		groupOps: newGroupOps(),
 		conns:    map[*conn]struct{}{},
 		links:    map[string]*conn{},
-		seenStop: make(chan struct{}),
+
+		groupMetrics: newGroupMetrics(cfg.Registry),
+		seenStop:     make(chan struct{}),
 	}
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(
@@ -789,6 +801,12 @@ func publicMessage(code pb.ErrorCode) string {
 		return "the account has as many devices as it may: remove one with petrel devices remove"
 	case pb.ErrorCode_ERROR_CODE_LINK_EXPIRED:
 		return "the link code is unknown, used or expired: start linking again"
+	case pb.ErrorCode_ERROR_CODE_UNKNOWN_GROUP:
+		return msgUnknownGroup
+	case pb.ErrorCode_ERROR_CODE_GROUP_FULL:
+		return "the group has as many members as it may"
+	case pb.ErrorCode_ERROR_CODE_STALE_GROUP:
+		return msgStaleGroup
 	default:
 		return "internal error"
 	}
@@ -844,7 +862,9 @@ func codeFor(err error) (pb.ErrorCode, uint32) {
 		return pb.ErrorCode_ERROR_CODE_INBOX_FULL, 0 // permanent: no retry hint
 	case errors.Is(err, mailbox.ErrQueryRateLimited):
 		return pb.ErrorCode_ERROR_CODE_RATE_LIMITED, uint32(1000 + rand.IntN(1000))
-	case errors.Is(err, directory.ErrUnavailable), errors.Is(err, mailbox.ErrStorage),
+	case errors.Is(err, groups.ErrUnknownGroup):
+		return pb.ErrorCode_ERROR_CODE_UNKNOWN_GROUP, 0
+	case errors.Is(err, directory.ErrUnavailable), errors.Is(err, groups.ErrUnavailable), errors.Is(err, mailbox.ErrStorage),
 		errors.Is(err, mailbox.ErrStoreFull), errors.Is(err, mailbox.ErrOverloaded),
 		errors.Is(err, context.DeadlineExceeded):
 		return pb.ErrorCode_ERROR_CODE_UNAVAILABLE, uint32(500 + rand.IntN(1500))

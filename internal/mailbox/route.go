@@ -120,8 +120,11 @@ func (m *Mailbox) Send(route *Route, targets []Target, done func(Outcome)) {
 		op.one.start()
 		return
 	}
-	for _, t := range targets {
-		(&sendTarget{op: op, t: t}).start()
+	// One allocation for every target's state (a group message has thousands).
+	ts := make([]sendTarget, len(targets))
+	for i, t := range targets {
+		ts[i] = sendTarget{op: op, t: t}
+		ts[i].start()
 	}
 }
 
@@ -131,6 +134,11 @@ type sendOp struct {
 	route *Route
 	done  func(Outcome)
 	one   sendTarget // the target of a single-target send (no second allocation)
+	// live holds the live requests already encoded for targets that share one envelope (a group
+	// message: every target has the same bytes), by the unanswered flag; env is that envelope.
+	// Only Send's own loop uses them.
+	live [2][]byte
+	env  []byte
 
 	mu   sync.Mutex // guards out and left
 	out  Outcome
@@ -182,7 +190,23 @@ func (x *sendTarget) start() {
 		att.offer(route.id, unanswered, x.t.Envelope, waiter{tok: m.addPending(x.answered)})
 		return
 	}
-	m.sendLive(dev, encodeLive(route.id, unanswered, x.t.Envelope), x.answered)
+	m.sendLive(dev, x.op.livePayload(route.id, unanswered, x.t.Envelope), x.answered)
+}
+
+// livePayload is encodeLive(routeID, unanswered, env), shared by the targets of this send whose
+// envelope is the same slice (publishing copies it: nothing keeps the payload).
+func (op *sendOp) livePayload(routeID string, unanswered bool, env []byte) []byte {
+	if len(env) == 0 || len(op.env) != len(env) || &op.env[0] != &env[0] {
+		op.env, op.live = env, [2][]byte{}
+	}
+	i := 0
+	if unanswered {
+		i = 1
+	}
+	if op.live[i] == nil {
+		op.live[i] = encodeLive(routeID, unanswered, env)
+	}
+	return op.live[i]
 }
 
 func (x *sendTarget) store(ticket string) {

@@ -14,6 +14,8 @@
 //     sender's account except the sending device, with the same codes. They are delivered like
 //     the recipient's, from the same sender account and device: a receiving device shows an
 //     envelope from its own account as a message it sent from another device.
+//   - Groups (group.go). Send.group_id with one group_ciphertext: every device of every member of
+//     the group except the sending device, all with the same envelope bytes.
 //   - Device to device. A Send whose to is the sender's own account carries envelopes for some of
 //     its other devices only (history transfer, control messages): no own_envelopes, no exact list,
 //     each named device must be one of the account's and not the sender.
@@ -42,12 +44,18 @@ type Accounts interface {
 
 // Service resolves sends. It holds no state of its own: safe for concurrent use.
 type Service struct {
-	accounts Accounts
+	accounts     Accounts
+	groups       Groups           // nil: group sends are UNKNOWN_GROUP
+	unknownGroup func(error) bool // which errors of groups mean "no such group"
 }
 
 // New returns a service that looks accounts up in accounts.
-func New(accounts Accounts) *Service {
-	return &Service{accounts: accounts}
+func New(accounts Accounts, opts ...Option) *Service {
+	s := &Service{accounts: accounts}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Error is a send refused by the recipient rules: a wire code and a fixed message for the client

@@ -88,6 +88,7 @@ type Config struct {
 	PrekeysSection `toml:"prekeys"`
 	CacheSection   `toml:"cache"`
 	DevicesSection `toml:"devices"`
+	GroupsSection  `toml:"groups"`
 
 	// Warnings are what LoadConfig found to say about the file (deprecated keys); the server logs
 	// them when it starts.
@@ -295,6 +296,14 @@ type DevicesSection struct {
 	LinkTTL Duration `toml:"link_ttl"`
 }
 
+// GroupsSection is [groups]: group membership.
+type GroupsSection struct {
+	// MaxGroupMembers is the most members one group may have (1..2048); past it a change is
+	// refused with GROUP_FULL. (One membership event is at most 192 KiB: at 2,048 members of long
+	// names, promote them in a few events.) Default: 1024.
+	MaxGroupMembers int `toml:"max_group_members"`
+}
+
 // legacyKeys maps the flat keys of earlier releases to their section and key. They are accepted
 // for one release, with a warning. admin_listen is the same as [admin] listen, without one.
 var legacyKeys = map[string][2]string{
@@ -457,6 +466,9 @@ func (c *Config) SetDefaults() {
 	if c.MaxDevices == 0 {
 		c.MaxDevices = directory.DefaultMaxDevices
 	}
+	if c.MaxGroupMembers == 0 {
+		c.MaxGroupMembers = pb.DefaultMaxGroupMembers
+	}
 	if c.LinkTTL.Duration == 0 {
 		c.LinkTTL.Duration = directory.DefaultLinkTTL
 	}
@@ -518,6 +530,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxDevices < 1 || c.MaxDevices > directory.MaxListedDevices {
 		bad("devices.max_devices %d: want 1..%d", c.MaxDevices, directory.MaxListedDevices)
+	}
+	if c.MaxGroupMembers < 1 || c.MaxGroupMembers > 2048 {
+		bad("groups.max_group_members %d: want 1..2048", c.MaxGroupMembers)
 	}
 	if c.LinkTTL.Duration < time.Second || c.LinkTTL.Duration > bus.LinksMaxAge {
 		bad("devices.link_ttl %s: want 1s..%s", c.LinkTTL.Duration, bus.LinksMaxAge)

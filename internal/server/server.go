@@ -33,6 +33,7 @@ import (
 	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/directory"
 	"github.com/petrelchat/petrel/internal/gateway"
+	"github.com/petrelchat/petrel/internal/groups"
 	"github.com/petrelchat/petrel/internal/mailbox"
 	"github.com/petrelchat/petrel/internal/messaging"
 	"github.com/petrelchat/petrel/internal/nodes"
@@ -54,6 +55,7 @@ type Server struct {
 	reg    *prometheus.Registry
 	bus    *bus.Bus
 	dir    *directory.Directory
+	groups *groups.Service
 	mb     *mailbox.Mailbox
 	gw     *gateway.Gateway
 	engine *gateway.Engine
@@ -271,7 +273,16 @@ func (s *Server) start(ctx context.Context) error {
 	}
 	s.nodes = nodes.New(s.bus.Conn(), nodes.Config{Subject: bus.NodesSubject, Node: s.cfg.Node,
 		Logger: s.log.With("component", "nodes")})
-	s.gw = gateway.New(s.dir, s.mb, messaging.New(s.dir), s.withAdmission(gateway.Config{
+	s.groups = groups.New(s.bus, s.dir, groups.Config{
+		MaxMembers: s.cfg.MaxGroupMembers,
+		Logger:     s.log.With("component", "groups"),
+		Registry:   s.reg,
+	})
+	if err := s.groups.Start(s.runCtx); err != nil {
+		return fmt.Errorf("groups: %w", err)
+	}
+	msg := messaging.New(s.dir, messaging.WithGroups(s.groups, func(err error) bool { return errors.Is(err, groups.ErrUnknownGroup) }))
+	s.gw = gateway.New(s.dir, s.mb, msg, s.withAdmission(gateway.Config{
 		MaxFrameBytes:          s.cfg.MaxFrameBytes,
 		MaxConns:               maxConns,
 		HandshakeTimeout:       s.cfg.HandshakeTimeout.Duration,
@@ -287,6 +298,7 @@ func (s *Server) start(ctx context.Context) error {
 		},
 		MaxPendingLinks: s.cfg.MaxPendingLinks,
 		MaxDevices:      s.cfg.MaxDevices,
+		Groups:          s.groups,
 		Bus:             s.bus.Conn(),
 		DrainRate:       s.cfg.DrainRate,
 		Node:            s.cfg.Node,
@@ -494,6 +506,9 @@ func (s *Server) closeStorage() {
 	}
 	if s.dir != nil {
 		s.dir.Wait()
+	}
+	if s.groups != nil {
+		s.groups.Wait()
 	}
 	if s.mb != nil {
 		s.mb.Close()

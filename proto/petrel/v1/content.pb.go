@@ -94,7 +94,18 @@ type Content struct {
 	//	*Content_Text
 	//	*Content_Receipt
 	//	*Content_History
+	//	*Content_SenderKey
+	//	*Content_SenderKeyRequest
+	//	*Content_Typing
+	//	*Content_Disappearing
+	//	*Content_GroupMeta
 	Body isContent_Body `protobuf_oneof:"body"`
+	// group_id is set on Content sent inside a group (group messages, and pairwise sender-key
+	// distribution / requests about a group).
+	GroupId string `protobuf:"bytes,3,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// expires_in_ms is the chat's disappearing timer when the message was sent (0: off);
+	// receivers delete it that long after they have shown it (or after sent_at for own copies).
+	ExpiresInMs int64 `protobuf:"varint,4,opt,name=expires_in_ms,json=expiresInMs,proto3" json:"expires_in_ms,omitempty"`
 	// sent_to is set on the copy a device sends to its own other devices: the account the message
 	// was sent to. Receivers show it as a message they sent ("direction": "out").
 	SentTo string `protobuf:"bytes,2,opt,name=sent_to,json=sentTo,proto3" json:"sent_to,omitempty"`
@@ -175,6 +186,65 @@ func (x *Content) GetHistory() *HistoryChunk {
 	return nil
 }
 
+func (x *Content) GetSenderKey() *SenderKeyDistribution {
+	if x != nil {
+		if x, ok := x.Body.(*Content_SenderKey); ok {
+			return x.SenderKey
+		}
+	}
+	return nil
+}
+
+func (x *Content) GetSenderKeyRequest() *SenderKeyRequest {
+	if x != nil {
+		if x, ok := x.Body.(*Content_SenderKeyRequest); ok {
+			return x.SenderKeyRequest
+		}
+	}
+	return nil
+}
+
+func (x *Content) GetTyping() *Typing {
+	if x != nil {
+		if x, ok := x.Body.(*Content_Typing); ok {
+			return x.Typing
+		}
+	}
+	return nil
+}
+
+func (x *Content) GetDisappearing() *DisappearingTimer {
+	if x != nil {
+		if x, ok := x.Body.(*Content_Disappearing); ok {
+			return x.Disappearing
+		}
+	}
+	return nil
+}
+
+func (x *Content) GetGroupMeta() *GroupMeta {
+	if x != nil {
+		if x, ok := x.Body.(*Content_GroupMeta); ok {
+			return x.GroupMeta
+		}
+	}
+	return nil
+}
+
+func (x *Content) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *Content) GetExpiresInMs() int64 {
+	if x != nil {
+		return x.ExpiresInMs
+	}
+	return 0
+}
+
 func (x *Content) GetSentTo() string {
 	if x != nil {
 		return x.SentTo
@@ -205,11 +275,41 @@ type Content_History struct {
 	History *HistoryChunk `protobuf:"bytes,12,opt,name=history,proto3,oneof"`
 }
 
+type Content_SenderKey struct {
+	SenderKey *SenderKeyDistribution `protobuf:"bytes,13,opt,name=sender_key,json=senderKey,proto3,oneof"` // pairwise only
+}
+
+type Content_SenderKeyRequest struct {
+	SenderKeyRequest *SenderKeyRequest `protobuf:"bytes,14,opt,name=sender_key_request,json=senderKeyRequest,proto3,oneof"` // pairwise only
+}
+
+type Content_Typing struct {
+	Typing *Typing `protobuf:"bytes,18,opt,name=typing,proto3,oneof"` // sent with Send.ephemeral
+}
+
+type Content_Disappearing struct {
+	Disappearing *DisappearingTimer `protobuf:"bytes,16,opt,name=disappearing,proto3,oneof"`
+}
+
+type Content_GroupMeta struct {
+	GroupMeta *GroupMeta `protobuf:"bytes,17,opt,name=group_meta,json=groupMeta,proto3,oneof"` // pairwise or group: the group's name (and later avatar)
+}
+
 func (*Content_Text) isContent_Body() {}
 
 func (*Content_Receipt) isContent_Body() {}
 
 func (*Content_History) isContent_Body() {}
+
+func (*Content_SenderKey) isContent_Body() {}
+
+func (*Content_SenderKeyRequest) isContent_Body() {}
+
+func (*Content_Typing) isContent_Body() {}
+
+func (*Content_Disappearing) isContent_Body() {}
+
+func (*Content_GroupMeta) isContent_Body() {}
 
 // Text is a chat message.
 type Text struct {
@@ -264,6 +364,241 @@ func (x *Text) GetSentAtMs() int64 {
 	return 0
 }
 
+// SenderKeyDistribution carries a member device's current sender key for a group (the e2ee
+// distribution message, type 0x04), sent over the pairwise session to each member device.
+type SenderKeyDistribution struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Distribution  []byte                 `protobuf:"bytes,1,opt,name=distribution,proto3" json:"distribution,omitempty"`
+	GroupVersion  uint64                 `protobuf:"varint,2,opt,name=group_version,json=groupVersion,proto3" json:"group_version,omitempty"` // the membership version it was made for
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SenderKeyDistribution) Reset() {
+	*x = SenderKeyDistribution{}
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SenderKeyDistribution) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SenderKeyDistribution) ProtoMessage() {}
+
+func (x *SenderKeyDistribution) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SenderKeyDistribution.ProtoReflect.Descriptor instead.
+func (*SenderKeyDistribution) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SenderKeyDistribution) GetDistribution() []byte {
+	if x != nil {
+		return x.Distribution
+	}
+	return nil
+}
+
+func (x *SenderKeyDistribution) GetGroupVersion() uint64 {
+	if x != nil {
+		return x.GroupVersion
+	}
+	return 0
+}
+
+// SenderKeyRequest asks a member device to send its current sender key again (a receiver that
+// got a group message with an unknown key id).
+type SenderKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyId         uint32                 `protobuf:"varint,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SenderKeyRequest) Reset() {
+	*x = SenderKeyRequest{}
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SenderKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SenderKeyRequest) ProtoMessage() {}
+
+func (x *SenderKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SenderKeyRequest.ProtoReflect.Descriptor instead.
+func (*SenderKeyRequest) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SenderKeyRequest) GetKeyId() uint32 {
+	if x != nil {
+		return x.KeyId
+	}
+	return 0
+}
+
+// Typing says the sender started (or stopped) typing in a chat (1:1 or group_id).
+type Typing struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Typing        bool                   `protobuf:"varint,1,opt,name=typing,proto3" json:"typing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Typing) Reset() {
+	*x = Typing{}
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Typing) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Typing) ProtoMessage() {}
+
+func (x *Typing) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Typing.ProtoReflect.Descriptor instead.
+func (*Typing) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Typing) GetTyping() bool {
+	if x != nil {
+		return x.Typing
+	}
+	return false
+}
+
+// DisappearingTimer sets a chat's timer (0: off). Shown in the chat to every participant.
+type DisappearingTimer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ExpiresInMs   int64                  `protobuf:"varint,1,opt,name=expires_in_ms,json=expiresInMs,proto3" json:"expires_in_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisappearingTimer) Reset() {
+	*x = DisappearingTimer{}
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisappearingTimer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisappearingTimer) ProtoMessage() {}
+
+func (x *DisappearingTimer) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisappearingTimer.ProtoReflect.Descriptor instead.
+func (*DisappearingTimer) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DisappearingTimer) GetExpiresInMs() int64 {
+	if x != nil {
+		return x.ExpiresInMs
+	}
+	return 0
+}
+
+// GroupMeta carries a group's name (end to end: the server never sees it).
+type GroupMeta struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupMeta) Reset() {
+	*x = GroupMeta{}
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupMeta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupMeta) ProtoMessage() {}
+
+func (x *GroupMeta) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupMeta.ProtoReflect.Descriptor instead.
+func (*GroupMeta) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GroupMeta) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 // Receipt reports messages received (or read) by the sending device.
 type Receipt struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -275,7 +610,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_proto_petrel_v1_content_proto_msgTypes[2]
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -287,7 +622,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_content_proto_msgTypes[2]
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -300,7 +635,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{2}
+	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Receipt) GetMessageIds() []string {
@@ -331,7 +666,7 @@ type LinkApproval struct {
 
 func (x *LinkApproval) Reset() {
 	*x = LinkApproval{}
-	mi := &file_proto_petrel_v1_content_proto_msgTypes[3]
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -343,7 +678,7 @@ func (x *LinkApproval) String() string {
 func (*LinkApproval) ProtoMessage() {}
 
 func (x *LinkApproval) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_content_proto_msgTypes[3]
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -356,7 +691,7 @@ func (x *LinkApproval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkApproval.ProtoReflect.Descriptor instead.
 func (*LinkApproval) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{3}
+	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LinkApproval) GetAccount() string {
@@ -406,7 +741,7 @@ type HistoryChunk struct {
 
 func (x *HistoryChunk) Reset() {
 	*x = HistoryChunk{}
-	mi := &file_proto_petrel_v1_content_proto_msgTypes[4]
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -418,7 +753,7 @@ func (x *HistoryChunk) String() string {
 func (*HistoryChunk) ProtoMessage() {}
 
 func (x *HistoryChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_content_proto_msgTypes[4]
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -431,7 +766,7 @@ func (x *HistoryChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryChunk.ProtoReflect.Descriptor instead.
 func (*HistoryChunk) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{4}
+	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HistoryChunk) GetSeq() uint32 {
@@ -469,7 +804,7 @@ type HistoryItem struct {
 
 func (x *HistoryItem) Reset() {
 	*x = HistoryItem{}
-	mi := &file_proto_petrel_v1_content_proto_msgTypes[5]
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +816,7 @@ func (x *HistoryItem) String() string {
 func (*HistoryItem) ProtoMessage() {}
 
 func (x *HistoryItem) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_content_proto_msgTypes[5]
+	mi := &file_proto_petrel_v1_content_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +829,7 @@ func (x *HistoryItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryItem.ProtoReflect.Descriptor instead.
 func (*HistoryItem) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{5}
+	return file_proto_petrel_v1_content_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HistoryItem) GetPeer() string {
@@ -543,21 +878,41 @@ var File_proto_petrel_v1_content_proto protoreflect.FileDescriptor
 
 const file_proto_petrel_v1_content_proto_rawDesc = "" +
 	"\n" +
-	"\x1dproto/petrel/v1/content.proto\x12\tpetrel.v1\x1a\x1cproto/petrel/v1/petrel.proto\"\xef\x01\n" +
+	"\x1dproto/petrel/v1/content.proto\x12\tpetrel.v1\x1a\x1cproto/petrel/v1/petrel.proto\"\xe6\x04\n" +
 	"\aContent\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12%\n" +
 	"\x04text\x18\n" +
 	" \x01(\v2\x0f.petrel.v1.TextH\x00R\x04text\x12.\n" +
 	"\areceipt\x18\v \x01(\v2\x12.petrel.v1.ReceiptH\x00R\areceipt\x123\n" +
-	"\ahistory\x18\f \x01(\v2\x17.petrel.v1.HistoryChunkH\x00R\ahistory\x12\x17\n" +
+	"\ahistory\x18\f \x01(\v2\x17.petrel.v1.HistoryChunkH\x00R\ahistory\x12A\n" +
+	"\n" +
+	"sender_key\x18\r \x01(\v2 .petrel.v1.SenderKeyDistributionH\x00R\tsenderKey\x12K\n" +
+	"\x12sender_key_request\x18\x0e \x01(\v2\x1b.petrel.v1.SenderKeyRequestH\x00R\x10senderKeyRequest\x12+\n" +
+	"\x06typing\x18\x12 \x01(\v2\x11.petrel.v1.TypingH\x00R\x06typing\x12B\n" +
+	"\fdisappearing\x18\x10 \x01(\v2\x1c.petrel.v1.DisappearingTimerH\x00R\fdisappearing\x125\n" +
+	"\n" +
+	"group_meta\x18\x11 \x01(\v2\x14.petrel.v1.GroupMetaH\x00R\tgroupMeta\x12\x19\n" +
+	"\bgroup_id\x18\x03 \x01(\tR\agroupId\x12\"\n" +
+	"\rexpires_in_ms\x18\x04 \x01(\x03R\vexpiresInMs\x12\x17\n" +
 	"\asent_to\x18\x02 \x01(\tR\x06sentTo\x12\x18\n" +
 	"\apadding\x18\x0f \x01(\fR\apaddingB\x06\n" +
 	"\x04body\"8\n" +
 	"\x04Text\x12\x12\n" +
 	"\x04body\x18\x01 \x01(\tR\x04body\x12\x1c\n" +
 	"\n" +
-	"sent_at_ms\x18\x02 \x01(\x03R\bsentAtMs\"V\n" +
+	"sent_at_ms\x18\x02 \x01(\x03R\bsentAtMs\"`\n" +
+	"\x15SenderKeyDistribution\x12\"\n" +
+	"\fdistribution\x18\x01 \x01(\fR\fdistribution\x12#\n" +
+	"\rgroup_version\x18\x02 \x01(\x04R\fgroupVersion\")\n" +
+	"\x10SenderKeyRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\rR\x05keyId\" \n" +
+	"\x06Typing\x12\x16\n" +
+	"\x06typing\x18\x01 \x01(\bR\x06typing\"7\n" +
+	"\x11DisappearingTimer\x12\"\n" +
+	"\rexpires_in_ms\x18\x01 \x01(\x03R\vexpiresInMs\"\x1f\n" +
+	"\tGroupMeta\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"V\n" +
 	"\aReceipt\x12\x1f\n" +
 	"\vmessage_ids\x18\x01 \x03(\tR\n" +
 	"messageIds\x12*\n" +
@@ -602,29 +957,39 @@ func file_proto_petrel_v1_content_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_petrel_v1_content_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_proto_petrel_v1_content_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_proto_petrel_v1_content_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_proto_petrel_v1_content_proto_goTypes = []any{
-	(ReceiptType)(0),         // 0: petrel.v1.ReceiptType
-	(*Content)(nil),          // 1: petrel.v1.Content
-	(*Text)(nil),             // 2: petrel.v1.Text
-	(*Receipt)(nil),          // 3: petrel.v1.Receipt
-	(*LinkApproval)(nil),     // 4: petrel.v1.LinkApproval
-	(*HistoryChunk)(nil),     // 5: petrel.v1.HistoryChunk
-	(*HistoryItem)(nil),      // 6: petrel.v1.HistoryItem
-	(*SignedDeviceList)(nil), // 7: petrel.v1.SignedDeviceList
+	(ReceiptType)(0),              // 0: petrel.v1.ReceiptType
+	(*Content)(nil),               // 1: petrel.v1.Content
+	(*Text)(nil),                  // 2: petrel.v1.Text
+	(*SenderKeyDistribution)(nil), // 3: petrel.v1.SenderKeyDistribution
+	(*SenderKeyRequest)(nil),      // 4: petrel.v1.SenderKeyRequest
+	(*Typing)(nil),                // 5: petrel.v1.Typing
+	(*DisappearingTimer)(nil),     // 6: petrel.v1.DisappearingTimer
+	(*GroupMeta)(nil),             // 7: petrel.v1.GroupMeta
+	(*Receipt)(nil),               // 8: petrel.v1.Receipt
+	(*LinkApproval)(nil),          // 9: petrel.v1.LinkApproval
+	(*HistoryChunk)(nil),          // 10: petrel.v1.HistoryChunk
+	(*HistoryItem)(nil),           // 11: petrel.v1.HistoryItem
+	(*SignedDeviceList)(nil),      // 12: petrel.v1.SignedDeviceList
 }
 var file_proto_petrel_v1_content_proto_depIdxs = []int32{
-	2, // 0: petrel.v1.Content.text:type_name -> petrel.v1.Text
-	3, // 1: petrel.v1.Content.receipt:type_name -> petrel.v1.Receipt
-	5, // 2: petrel.v1.Content.history:type_name -> petrel.v1.HistoryChunk
-	0, // 3: petrel.v1.Receipt.type:type_name -> petrel.v1.ReceiptType
-	7, // 4: petrel.v1.LinkApproval.device_list:type_name -> petrel.v1.SignedDeviceList
-	6, // 5: petrel.v1.HistoryChunk.items:type_name -> petrel.v1.HistoryItem
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	2,  // 0: petrel.v1.Content.text:type_name -> petrel.v1.Text
+	8,  // 1: petrel.v1.Content.receipt:type_name -> petrel.v1.Receipt
+	10, // 2: petrel.v1.Content.history:type_name -> petrel.v1.HistoryChunk
+	3,  // 3: petrel.v1.Content.sender_key:type_name -> petrel.v1.SenderKeyDistribution
+	4,  // 4: petrel.v1.Content.sender_key_request:type_name -> petrel.v1.SenderKeyRequest
+	5,  // 5: petrel.v1.Content.typing:type_name -> petrel.v1.Typing
+	6,  // 6: petrel.v1.Content.disappearing:type_name -> petrel.v1.DisappearingTimer
+	7,  // 7: petrel.v1.Content.group_meta:type_name -> petrel.v1.GroupMeta
+	0,  // 8: petrel.v1.Receipt.type:type_name -> petrel.v1.ReceiptType
+	12, // 9: petrel.v1.LinkApproval.device_list:type_name -> petrel.v1.SignedDeviceList
+	11, // 10: petrel.v1.HistoryChunk.items:type_name -> petrel.v1.HistoryItem
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_proto_petrel_v1_content_proto_init() }
@@ -637,6 +1002,11 @@ func file_proto_petrel_v1_content_proto_init() {
 		(*Content_Text)(nil),
 		(*Content_Receipt)(nil),
 		(*Content_History)(nil),
+		(*Content_SenderKey)(nil),
+		(*Content_SenderKeyRequest)(nil),
+		(*Content_Typing)(nil),
+		(*Content_Disappearing)(nil),
+		(*Content_GroupMeta)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -644,7 +1014,7 @@ func file_proto_petrel_v1_content_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_petrel_v1_content_proto_rawDesc), len(file_proto_petrel_v1_content_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -79,6 +79,9 @@ const (
 	ErrorCode_ERROR_CODE_DEVICE_REMOVED   ErrorCode = 23 // this device was unlinked from its account (closes the connection)
 	ErrorCode_ERROR_CODE_TOO_MANY_DEVICES ErrorCode = 24 // the account already has max_devices devices
 	ErrorCode_ERROR_CODE_LINK_EXPIRED     ErrorCode = 25 // the link code is unknown, used or expired
+	ErrorCode_ERROR_CODE_UNKNOWN_GROUP    ErrorCode = 26 // no such group, or the sender is not a member of it
+	ErrorCode_ERROR_CODE_GROUP_FULL       ErrorCode = 27 // the group already has max_group_members members
+	ErrorCode_ERROR_CODE_STALE_GROUP      ErrorCode = 28 // the group event's version is not current+1: fetch the group (GetGroup) and retry
 )
 
 // Enum value maps for ErrorCode.
@@ -110,6 +113,9 @@ var (
 		23: "ERROR_CODE_DEVICE_REMOVED",
 		24: "ERROR_CODE_TOO_MANY_DEVICES",
 		25: "ERROR_CODE_LINK_EXPIRED",
+		26: "ERROR_CODE_UNKNOWN_GROUP",
+		27: "ERROR_CODE_GROUP_FULL",
+		28: "ERROR_CODE_STALE_GROUP",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":           0,
@@ -138,6 +144,9 @@ var (
 		"ERROR_CODE_DEVICE_REMOVED":        23,
 		"ERROR_CODE_TOO_MANY_DEVICES":      24,
 		"ERROR_CODE_LINK_EXPIRED":          25,
+		"ERROR_CODE_UNKNOWN_GROUP":         26,
+		"ERROR_CODE_GROUP_FULL":            27,
+		"ERROR_CODE_STALE_GROUP":           28,
 	}
 )
 
@@ -174,6 +183,8 @@ const (
 	EnvelopeType_ENVELOPE_TYPE_UNSPECIFIED EnvelopeType = 0
 	EnvelopeType_ENVELOPE_TYPE_PREKEY      EnvelopeType = 1 // a PQXDH initial message (e2ee PreKey message)
 	EnvelopeType_ENVELOPE_TYPE_MESSAGE     EnvelopeType = 2 // a Double Ratchet message on an established session
+	EnvelopeType_ENVELOPE_TYPE_GROUP       EnvelopeType = 3 // a sender-key group message (e2ee group message); Envelope.group_id is set
+	EnvelopeType_ENVELOPE_TYPE_GROUP_EVENT EnvelopeType = 4 // a SignedGroupEvent from the server's record of the group (ciphertext = its bytes)
 )
 
 // Enum value maps for EnvelopeType.
@@ -182,11 +193,15 @@ var (
 		0: "ENVELOPE_TYPE_UNSPECIFIED",
 		1: "ENVELOPE_TYPE_PREKEY",
 		2: "ENVELOPE_TYPE_MESSAGE",
+		3: "ENVELOPE_TYPE_GROUP",
+		4: "ENVELOPE_TYPE_GROUP_EVENT",
 	}
 	EnvelopeType_value = map[string]int32{
 		"ENVELOPE_TYPE_UNSPECIFIED": 0,
 		"ENVELOPE_TYPE_PREKEY":      1,
 		"ENVELOPE_TYPE_MESSAGE":     2,
+		"ENVELOPE_TYPE_GROUP":       3,
+		"ENVELOPE_TYPE_GROUP_EVENT": 4,
 	}
 )
 
@@ -217,6 +232,163 @@ func (EnvelopeType) EnumDescriptor() ([]byte, []int) {
 	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{1}
 }
 
+type GroupEventKind int32
+
+const (
+	GroupEventKind_GROUP_EVENT_KIND_UNSPECIFIED GroupEventKind = 0
+	GroupEventKind_GROUP_EVENT_KIND_CREATE      GroupEventKind = 1 // targets = the initial members besides the actor
+	GroupEventKind_GROUP_EVENT_KIND_ADD         GroupEventKind = 2
+	GroupEventKind_GROUP_EVENT_KIND_REMOVE      GroupEventKind = 3
+	GroupEventKind_GROUP_EVENT_KIND_LEAVE       GroupEventKind = 4 // the actor leaves (any member may); not admin-only
+	GroupEventKind_GROUP_EVENT_KIND_PROMOTE     GroupEventKind = 5 // targets become admins
+)
+
+// Enum value maps for GroupEventKind.
+var (
+	GroupEventKind_name = map[int32]string{
+		0: "GROUP_EVENT_KIND_UNSPECIFIED",
+		1: "GROUP_EVENT_KIND_CREATE",
+		2: "GROUP_EVENT_KIND_ADD",
+		3: "GROUP_EVENT_KIND_REMOVE",
+		4: "GROUP_EVENT_KIND_LEAVE",
+		5: "GROUP_EVENT_KIND_PROMOTE",
+	}
+	GroupEventKind_value = map[string]int32{
+		"GROUP_EVENT_KIND_UNSPECIFIED": 0,
+		"GROUP_EVENT_KIND_CREATE":      1,
+		"GROUP_EVENT_KIND_ADD":         2,
+		"GROUP_EVENT_KIND_REMOVE":      3,
+		"GROUP_EVENT_KIND_LEAVE":       4,
+		"GROUP_EVENT_KIND_PROMOTE":     5,
+	}
+)
+
+func (x GroupEventKind) Enum() *GroupEventKind {
+	p := new(GroupEventKind)
+	*p = x
+	return p
+}
+
+func (x GroupEventKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GroupEventKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_proto_petrel_v1_petrel_proto_enumTypes[2].Descriptor()
+}
+
+func (GroupEventKind) Type() protoreflect.EnumType {
+	return &file_proto_petrel_v1_petrel_proto_enumTypes[2]
+}
+
+func (x GroupEventKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GroupEventKind.Descriptor instead.
+func (GroupEventKind) EnumDescriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{2}
+}
+
+type PresenceState int32
+
+const (
+	PresenceState_PRESENCE_STATE_UNKNOWN PresenceState = 0 // hidden by the account's setting, or unknown
+	PresenceState_PRESENCE_STATE_ONLINE  PresenceState = 1 // at least one device connected
+	PresenceState_PRESENCE_STATE_OFFLINE PresenceState = 2 // last_seen_ms says when
+)
+
+// Enum value maps for PresenceState.
+var (
+	PresenceState_name = map[int32]string{
+		0: "PRESENCE_STATE_UNKNOWN",
+		1: "PRESENCE_STATE_ONLINE",
+		2: "PRESENCE_STATE_OFFLINE",
+	}
+	PresenceState_value = map[string]int32{
+		"PRESENCE_STATE_UNKNOWN": 0,
+		"PRESENCE_STATE_ONLINE":  1,
+		"PRESENCE_STATE_OFFLINE": 2,
+	}
+)
+
+func (x PresenceState) Enum() *PresenceState {
+	p := new(PresenceState)
+	*p = x
+	return p
+}
+
+func (x PresenceState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PresenceState) Descriptor() protoreflect.EnumDescriptor {
+	return file_proto_petrel_v1_petrel_proto_enumTypes[3].Descriptor()
+}
+
+func (PresenceState) Type() protoreflect.EnumType {
+	return &file_proto_petrel_v1_petrel_proto_enumTypes[3]
+}
+
+func (x PresenceState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PresenceState.Descriptor instead.
+func (PresenceState) EnumDescriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{3}
+}
+
+// LastSeenVisibility is who may see this account's presence.
+type LastSeenVisibility int32
+
+const (
+	LastSeenVisibility_LAST_SEEN_VISIBILITY_EVERYONE LastSeenVisibility = 0
+	LastSeenVisibility_LAST_SEEN_VISIBILITY_CONTACTS LastSeenVisibility = 1 // accounts listed in Settings.contacts
+	LastSeenVisibility_LAST_SEEN_VISIBILITY_NOBODY   LastSeenVisibility = 2
+)
+
+// Enum value maps for LastSeenVisibility.
+var (
+	LastSeenVisibility_name = map[int32]string{
+		0: "LAST_SEEN_VISIBILITY_EVERYONE",
+		1: "LAST_SEEN_VISIBILITY_CONTACTS",
+		2: "LAST_SEEN_VISIBILITY_NOBODY",
+	}
+	LastSeenVisibility_value = map[string]int32{
+		"LAST_SEEN_VISIBILITY_EVERYONE": 0,
+		"LAST_SEEN_VISIBILITY_CONTACTS": 1,
+		"LAST_SEEN_VISIBILITY_NOBODY":   2,
+	}
+)
+
+func (x LastSeenVisibility) Enum() *LastSeenVisibility {
+	p := new(LastSeenVisibility)
+	*p = x
+	return p
+}
+
+func (x LastSeenVisibility) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LastSeenVisibility) Descriptor() protoreflect.EnumDescriptor {
+	return file_proto_petrel_v1_petrel_proto_enumTypes[4].Descriptor()
+}
+
+func (LastSeenVisibility) Type() protoreflect.EnumType {
+	return &file_proto_petrel_v1_petrel_proto_enumTypes[4]
+}
+
+func (x LastSeenVisibility) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LastSeenVisibility.Descriptor instead.
+func (LastSeenVisibility) EnumDescriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{4}
+}
+
 // Frame is the only top-level message on the WebSocket.
 type Frame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -240,6 +412,11 @@ type Frame struct {
 	//	*Frame_LinkApproved
 	//	*Frame_DeviceListResult
 	//	*Frame_DeviceListChanged
+	//	*Frame_GroupResult
+	//	*Frame_GroupList
+	//	*Frame_PresenceResult
+	//	*Frame_PresenceChanged
+	//	*Frame_SettingsResult
 	//	*Frame_Register
 	//	*Frame_Auth
 	//	*Frame_Send
@@ -254,6 +431,12 @@ type Frame struct {
 	//	*Frame_GetDevices
 	//	*Frame_PutDeviceList
 	//	*Frame_RemoveDevice
+	//	*Frame_CreateGroup
+	//	*Frame_UpdateGroup
+	//	*Frame_GetGroup
+	//	*Frame_ListGroups
+	//	*Frame_SubscribePresence
+	//	*Frame_PutSettings
 	Body          isFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -447,6 +630,51 @@ func (x *Frame) GetDeviceListChanged() *DeviceListChanged {
 	return nil
 }
 
+func (x *Frame) GetGroupResult() *GroupResult {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_GroupResult); ok {
+			return x.GroupResult
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetGroupList() *GroupList {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_GroupList); ok {
+			return x.GroupList
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetPresenceResult() *PresenceResult {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_PresenceResult); ok {
+			return x.PresenceResult
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetPresenceChanged() *PresenceChanged {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_PresenceChanged); ok {
+			return x.PresenceChanged
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetSettingsResult() *SettingsResult {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_SettingsResult); ok {
+			return x.SettingsResult
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetRegister() *Register {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_Register); ok {
@@ -573,6 +801,60 @@ func (x *Frame) GetRemoveDevice() *RemoveDevice {
 	return nil
 }
 
+func (x *Frame) GetCreateGroup() *CreateGroup {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_CreateGroup); ok {
+			return x.CreateGroup
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetUpdateGroup() *UpdateGroup {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_UpdateGroup); ok {
+			return x.UpdateGroup
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetGetGroup() *GetGroup {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_GetGroup); ok {
+			return x.GetGroup
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetListGroups() *ListGroups {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_ListGroups); ok {
+			return x.ListGroups
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetSubscribePresence() *SubscribePresence {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_SubscribePresence); ok {
+			return x.SubscribePresence
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetPutSettings() *PutSettings {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_PutSettings); ok {
+			return x.PutSettings
+		}
+	}
+	return nil
+}
+
 type isFrame_Body interface {
 	isFrame_Body()
 }
@@ -642,6 +924,26 @@ type Frame_DeviceListChanged struct {
 	DeviceListChanged *DeviceListChanged `protobuf:"bytes,25,opt,name=device_list_changed,json=deviceListChanged,proto3,oneof"`
 }
 
+type Frame_GroupResult struct {
+	GroupResult *GroupResult `protobuf:"bytes,26,opt,name=group_result,json=groupResult,proto3,oneof"`
+}
+
+type Frame_GroupList struct {
+	GroupList *GroupList `protobuf:"bytes,27,opt,name=group_list,json=groupList,proto3,oneof"`
+}
+
+type Frame_PresenceResult struct {
+	PresenceResult *PresenceResult `protobuf:"bytes,28,opt,name=presence_result,json=presenceResult,proto3,oneof"`
+}
+
+type Frame_PresenceChanged struct {
+	PresenceChanged *PresenceChanged `protobuf:"bytes,29,opt,name=presence_changed,json=presenceChanged,proto3,oneof"`
+}
+
+type Frame_SettingsResult struct {
+	SettingsResult *SettingsResult `protobuf:"bytes,30,opt,name=settings_result,json=settingsResult,proto3,oneof"`
+}
+
 type Frame_Register struct {
 	// client -> server
 	Register *Register `protobuf:"bytes,40,opt,name=register,proto3,oneof"`
@@ -699,6 +1001,30 @@ type Frame_RemoveDevice struct {
 	RemoveDevice *RemoveDevice `protobuf:"bytes,53,opt,name=remove_device,json=removeDevice,proto3,oneof"`
 }
 
+type Frame_CreateGroup struct {
+	CreateGroup *CreateGroup `protobuf:"bytes,54,opt,name=create_group,json=createGroup,proto3,oneof"`
+}
+
+type Frame_UpdateGroup struct {
+	UpdateGroup *UpdateGroup `protobuf:"bytes,55,opt,name=update_group,json=updateGroup,proto3,oneof"`
+}
+
+type Frame_GetGroup struct {
+	GetGroup *GetGroup `protobuf:"bytes,56,opt,name=get_group,json=getGroup,proto3,oneof"`
+}
+
+type Frame_ListGroups struct {
+	ListGroups *ListGroups `protobuf:"bytes,57,opt,name=list_groups,json=listGroups,proto3,oneof"`
+}
+
+type Frame_SubscribePresence struct {
+	SubscribePresence *SubscribePresence `protobuf:"bytes,58,opt,name=subscribe_presence,json=subscribePresence,proto3,oneof"`
+}
+
+type Frame_PutSettings struct {
+	PutSettings *PutSettings `protobuf:"bytes,59,opt,name=put_settings,json=putSettings,proto3,oneof"`
+}
+
 func (*Frame_Challenge) isFrame_Body() {}
 
 func (*Frame_Welcome) isFrame_Body() {}
@@ -731,6 +1057,16 @@ func (*Frame_DeviceListResult) isFrame_Body() {}
 
 func (*Frame_DeviceListChanged) isFrame_Body() {}
 
+func (*Frame_GroupResult) isFrame_Body() {}
+
+func (*Frame_GroupList) isFrame_Body() {}
+
+func (*Frame_PresenceResult) isFrame_Body() {}
+
+func (*Frame_PresenceChanged) isFrame_Body() {}
+
+func (*Frame_SettingsResult) isFrame_Body() {}
+
 func (*Frame_Register) isFrame_Body() {}
 
 func (*Frame_Auth) isFrame_Body() {}
@@ -758,6 +1094,18 @@ func (*Frame_GetDevices) isFrame_Body() {}
 func (*Frame_PutDeviceList) isFrame_Body() {}
 
 func (*Frame_RemoveDevice) isFrame_Body() {}
+
+func (*Frame_CreateGroup) isFrame_Body() {}
+
+func (*Frame_UpdateGroup) isFrame_Body() {}
+
+func (*Frame_GetGroup) isFrame_Body() {}
+
+func (*Frame_ListGroups) isFrame_Body() {}
+
+func (*Frame_SubscribePresence) isFrame_Body() {}
+
+func (*Frame_PutSettings) isFrame_Body() {}
 
 // Challenge is the server's first frame on every connection.
 type Challenge struct {
@@ -1449,7 +1797,19 @@ type Send struct {
 	// own_envelopes carries the sender's copy for each of its own other current devices (the sending
 	// device excluded): exactly one per such device, or STALE_DEVICES. Receivers see an Envelope
 	// whose from is their own account: a message this account sent from another device.
-	OwnEnvelopes  []*DeviceCiphertext `protobuf:"bytes,4,rep,name=own_envelopes,json=ownEnvelopes,proto3" json:"own_envelopes,omitempty"`
+	OwnEnvelopes []*DeviceCiphertext `protobuf:"bytes,4,rep,name=own_envelopes,json=ownEnvelopes,proto3" json:"own_envelopes,omitempty"`
+	// group_id makes this a group send: `to` is empty, `envelopes` and `own_envelopes` are empty,
+	// and group_ciphertext (one sender-key ciphertext) goes to every device of every member of the
+	// group except the sending device (its own other devices included). The ack rule is the 1:1
+	// one: every one of those devices has it live or stored. NOT a member: UNKNOWN_GROUP.
+	GroupId         string `protobuf:"bytes,5,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	GroupCiphertext []byte `protobuf:"bytes,6,opt,name=group_ciphertext,json=groupCiphertext,proto3" json:"group_ciphertext,omitempty"`
+	// ephemeral: deliver only to devices connected now; never stored, never retried, shed first
+	// under load (typing indicators). The ack says only that the server took it.
+	Ephemeral bool `protobuf:"varint,7,opt,name=ephemeral,proto3" json:"ephemeral,omitempty"`
+	// expires_at_ms (Unix ms, 0 = never): a disappearing message. Stored envelopes for offline
+	// devices are deleted by the server at that time (and never delivered after it).
+	ExpiresAtMs   int64 `protobuf:"varint,8,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1510,6 +1870,34 @@ func (x *Send) GetOwnEnvelopes() []*DeviceCiphertext {
 		return x.OwnEnvelopes
 	}
 	return nil
+}
+
+func (x *Send) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *Send) GetGroupCiphertext() []byte {
+	if x != nil {
+		return x.GroupCiphertext
+	}
+	return nil
+}
+
+func (x *Send) GetEphemeral() bool {
+	if x != nil {
+		return x.Ephemeral
+	}
+	return false
+}
+
+func (x *Send) GetExpiresAtMs() int64 {
+	if x != nil {
+		return x.ExpiresAtMs
+	}
+	return 0
 }
 
 type DeviceCiphertext struct {
@@ -1652,6 +2040,8 @@ type Envelope struct {
 	Type          EnvelopeType           `protobuf:"varint,4,opt,name=type,proto3,enum=petrel.v1.EnvelopeType" json:"type,omitempty"`
 	Ciphertext    []byte                 `protobuf:"bytes,5,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
 	ServerTimeMs  int64                  `protobuf:"varint,6,opt,name=server_time_ms,json=serverTimeMs,proto3" json:"server_time_ms,omitempty"` // when the server accepted it
+	GroupId       string                 `protobuf:"bytes,7,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`                   // set for group messages and group events
+	ExpiresAtMs   int64                  `protobuf:"varint,8,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`    // a disappearing message's expiry (Send.expires_at_ms), 0 = none
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1724,6 +2114,20 @@ func (x *Envelope) GetCiphertext() []byte {
 func (x *Envelope) GetServerTimeMs() int64 {
 	if x != nil {
 		return x.ServerTimeMs
+	}
+	return 0
+}
+
+func (x *Envelope) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *Envelope) GetExpiresAtMs() int64 {
+	if x != nil {
+		return x.ExpiresAtMs
 	}
 	return 0
 }
@@ -3309,11 +3713,823 @@ func (x *RemoveDevice) GetDeviceList() *SignedDeviceList {
 	return nil
 }
 
+// GroupEvent is one membership change. Serialised deterministically; the actor device's
+// identity key signs it (e2ee IdentityKeyPair.Sign, context "petrel-group-event-v1").
+type GroupEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"` // 32 lowercase hex, chosen by the creator at random
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`               // 1 for the creation, then +1 per change
+	Actor         string                 `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`                    // account name of the acting member
+	ActorDevice   string                 `protobuf:"bytes,4,opt,name=actor_device,json=actorDevice,proto3" json:"actor_device,omitempty"`
+	Kind          GroupEventKind         `protobuf:"varint,5,opt,name=kind,proto3,enum=petrel.v1.GroupEventKind" json:"kind,omitempty"`
+	Targets       []string               `protobuf:"bytes,6,rep,name=targets,proto3" json:"targets,omitempty"` // accounts added / removed / promoted (empty for LEAVE)
+	Members       []string               `protobuf:"bytes,7,rep,name=members,proto3" json:"members,omitempty"` // every member after the change, sorted
+	Admins        []string               `protobuf:"bytes,8,rep,name=admins,proto3" json:"admins,omitempty"`   // every admin after the change, sorted (a subset of members)
+	CreatedMs     int64                  `protobuf:"varint,9,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupEvent) Reset() {
+	*x = GroupEvent{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupEvent) ProtoMessage() {}
+
+func (x *GroupEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupEvent.ProtoReflect.Descriptor instead.
+func (*GroupEvent) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *GroupEvent) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *GroupEvent) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *GroupEvent) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *GroupEvent) GetActorDevice() string {
+	if x != nil {
+		return x.ActorDevice
+	}
+	return ""
+}
+
+func (x *GroupEvent) GetKind() GroupEventKind {
+	if x != nil {
+		return x.Kind
+	}
+	return GroupEventKind_GROUP_EVENT_KIND_UNSPECIFIED
+}
+
+func (x *GroupEvent) GetTargets() []string {
+	if x != nil {
+		return x.Targets
+	}
+	return nil
+}
+
+func (x *GroupEvent) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *GroupEvent) GetAdmins() []string {
+	if x != nil {
+		return x.Admins
+	}
+	return nil
+}
+
+func (x *GroupEvent) GetCreatedMs() int64 {
+	if x != nil {
+		return x.CreatedMs
+	}
+	return 0
+}
+
+type SignedGroupEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         []byte                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"` // a serialised GroupEvent
+	Signature     []byte                 `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignedGroupEvent) Reset() {
+	*x = SignedGroupEvent{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignedGroupEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignedGroupEvent) ProtoMessage() {}
+
+func (x *SignedGroupEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignedGroupEvent.ProtoReflect.Descriptor instead.
+func (*SignedGroupEvent) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *SignedGroupEvent) GetEvent() []byte {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *SignedGroupEvent) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+// CreateGroup creates a group whose first admin is the sender (event kind CREATE, version 1).
+type CreateGroup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *SignedGroupEvent      `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateGroup) Reset() {
+	*x = CreateGroup{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateGroup) ProtoMessage() {}
+
+func (x *CreateGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateGroup.ProtoReflect.Descriptor instead.
+func (*CreateGroup) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *CreateGroup) GetEvent() *SignedGroupEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+// UpdateGroup applies one change (ADD, REMOVE, LEAVE, PROMOTE) at version current + 1;
+// otherwise STALE_GROUP (fetch with GetGroup and re-sign).
+type UpdateGroup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *SignedGroupEvent      `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateGroup) Reset() {
+	*x = UpdateGroup{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateGroup) ProtoMessage() {}
+
+func (x *UpdateGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateGroup.ProtoReflect.Descriptor instead.
+func (*UpdateGroup) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *UpdateGroup) GetEvent() *SignedGroupEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+type GetGroup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetGroup) Reset() {
+	*x = GetGroup{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetGroup) ProtoMessage() {}
+
+func (x *GetGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetGroup.ProtoReflect.Descriptor instead.
+func (*GetGroup) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *GetGroup) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+// GroupResult answers CreateGroup, UpdateGroup and GetGroup (members only: UNKNOWN_GROUP otherwise).
+type GroupResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Members       []string               `protobuf:"bytes,3,rep,name=members,proto3" json:"members,omitempty"`
+	Admins        []string               `protobuf:"bytes,4,rep,name=admins,proto3" json:"admins,omitempty"`
+	LastEvent     *SignedGroupEvent      `protobuf:"bytes,5,opt,name=last_event,json=lastEvent,proto3" json:"last_event,omitempty"`                     // the event that made this version
+	MemberDevices []uint32               `protobuf:"varint,6,rep,packed,name=member_devices,json=memberDevices,proto3" json:"member_devices,omitempty"` // devices per member, in the order of members
+	// member_since is, for each member in the order of members, the version of the event that made
+	// it a member (1 for the creator and the initial members). The last admin's LEAVE promotes the
+	// member with the smallest one (ties: the smallest name): see docs/protocol.md, "Groups".
+	MemberSince   []uint64 `protobuf:"varint,7,rep,packed,name=member_since,json=memberSince,proto3" json:"member_since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupResult) Reset() {
+	*x = GroupResult{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupResult) ProtoMessage() {}
+
+func (x *GroupResult) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupResult.ProtoReflect.Descriptor instead.
+func (*GroupResult) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *GroupResult) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *GroupResult) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *GroupResult) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *GroupResult) GetAdmins() []string {
+	if x != nil {
+		return x.Admins
+	}
+	return nil
+}
+
+func (x *GroupResult) GetLastEvent() *SignedGroupEvent {
+	if x != nil {
+		return x.LastEvent
+	}
+	return nil
+}
+
+func (x *GroupResult) GetMemberDevices() []uint32 {
+	if x != nil {
+		return x.MemberDevices
+	}
+	return nil
+}
+
+func (x *GroupResult) GetMemberSince() []uint64 {
+	if x != nil {
+		return x.MemberSince
+	}
+	return nil
+}
+
+type ListGroups struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroups) Reset() {
+	*x = ListGroups{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroups) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroups) ProtoMessage() {}
+
+func (x *ListGroups) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroups.ProtoReflect.Descriptor instead.
+func (*ListGroups) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{48}
+}
+
+type GroupList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Groups        []*GroupResult         `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"` // the groups this account is a member of (without member_devices)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupList) Reset() {
+	*x = GroupList{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupList) ProtoMessage() {}
+
+func (x *GroupList) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupList.ProtoReflect.Descriptor instead.
+func (*GroupList) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *GroupList) GetGroups() []*GroupResult {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+// SubscribePresence asks for the presence of these accounts (at most 256; replaces the previous
+// subscription of this connection). The answer gives each one's state now; PresenceChanged is
+// pushed while the connection lasts. An account whose last_seen setting hides it from the asker
+// is reported with state UNKNOWN and no time.
+type SubscribePresence struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Accounts      []string               `protobuf:"bytes,1,rep,name=accounts,proto3" json:"accounts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribePresence) Reset() {
+	*x = SubscribePresence{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribePresence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribePresence) ProtoMessage() {}
+
+func (x *SubscribePresence) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribePresence.ProtoReflect.Descriptor instead.
+func (*SubscribePresence) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *SubscribePresence) GetAccounts() []string {
+	if x != nil {
+		return x.Accounts
+	}
+	return nil
+}
+
+type Presence struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Account       string                 `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	State         PresenceState          `protobuf:"varint,2,opt,name=state,proto3,enum=petrel.v1.PresenceState" json:"state,omitempty"`
+	LastSeenMs    int64                  `protobuf:"varint,3,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"` // rounded to the minute
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Presence) Reset() {
+	*x = Presence{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Presence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Presence) ProtoMessage() {}
+
+func (x *Presence) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Presence.ProtoReflect.Descriptor instead.
+func (*Presence) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *Presence) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *Presence) GetState() PresenceState {
+	if x != nil {
+		return x.State
+	}
+	return PresenceState_PRESENCE_STATE_UNKNOWN
+}
+
+func (x *Presence) GetLastSeenMs() int64 {
+	if x != nil {
+		return x.LastSeenMs
+	}
+	return 0
+}
+
+type PresenceResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Presence      []*Presence            `protobuf:"bytes,1,rep,name=presence,proto3" json:"presence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PresenceResult) Reset() {
+	*x = PresenceResult{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceResult) ProtoMessage() {}
+
+func (x *PresenceResult) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceResult.ProtoReflect.Descriptor instead.
+func (*PresenceResult) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *PresenceResult) GetPresence() []*Presence {
+	if x != nil {
+		return x.Presence
+	}
+	return nil
+}
+
+type PresenceChanged struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Presence      *Presence              `protobuf:"bytes,1,opt,name=presence,proto3" json:"presence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PresenceChanged) Reset() {
+	*x = PresenceChanged{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceChanged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceChanged) ProtoMessage() {}
+
+func (x *PresenceChanged) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceChanged.ProtoReflect.Descriptor instead.
+func (*PresenceChanged) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *PresenceChanged) GetPresence() *Presence {
+	if x != nil {
+		return x.Presence
+	}
+	return nil
+}
+
+// Settings are per account (any device may change them; the last write wins).
+type Settings struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	LastSeen LastSeenVisibility     `protobuf:"varint,1,opt,name=last_seen,json=lastSeen,proto3,enum=petrel.v1.LastSeenVisibility" json:"last_seen,omitempty"`
+	// contacts: account names allowed to see presence under CONTACTS (at most 4,096). The server
+	// learns this list only when the user chooses CONTACTS.
+	Contacts      []string `protobuf:"bytes,2,rep,name=contacts,proto3" json:"contacts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Settings) Reset() {
+	*x = Settings{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Settings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Settings) ProtoMessage() {}
+
+func (x *Settings) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Settings.ProtoReflect.Descriptor instead.
+func (*Settings) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *Settings) GetLastSeen() LastSeenVisibility {
+	if x != nil {
+		return x.LastSeen
+	}
+	return LastSeenVisibility_LAST_SEEN_VISIBILITY_EVERYONE
+}
+
+func (x *Settings) GetContacts() []string {
+	if x != nil {
+		return x.Contacts
+	}
+	return nil
+}
+
+type PutSettings struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Settings      *Settings              `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutSettings) Reset() {
+	*x = PutSettings{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutSettings) ProtoMessage() {}
+
+func (x *PutSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutSettings.ProtoReflect.Descriptor instead.
+func (*PutSettings) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *PutSettings) GetSettings() *Settings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+type SettingsResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Settings      *Settings              `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SettingsResult) Reset() {
+	*x = SettingsResult{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SettingsResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SettingsResult) ProtoMessage() {}
+
+func (x *SettingsResult) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SettingsResult.ProtoReflect.Descriptor instead.
+func (*SettingsResult) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *SettingsResult) GetSettings() *Settings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
 var File_proto_petrel_v1_petrel_proto protoreflect.FileDescriptor
 
 const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\n" +
-	"\x1cproto/petrel/v1/petrel.proto\x12\tpetrel.v1\"\xc5\r\n" +
+	"\x1cproto/petrel/v1/petrel.proto\x12\tpetrel.v1\"\x82\x13\n" +
 	"\x05Frame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
 	"\tchallenge\x18\n" +
@@ -3335,7 +4551,13 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"link_offer\x18\x16 \x01(\v2\x14.petrel.v1.LinkOfferH\x00R\tlinkOffer\x12>\n" +
 	"\rlink_approved\x18\x17 \x01(\v2\x17.petrel.v1.LinkApprovedH\x00R\flinkApproved\x12K\n" +
 	"\x12device_list_result\x18\x18 \x01(\v2\x1b.petrel.v1.DeviceListResultH\x00R\x10deviceListResult\x12N\n" +
-	"\x13device_list_changed\x18\x19 \x01(\v2\x1c.petrel.v1.DeviceListChangedH\x00R\x11deviceListChanged\x121\n" +
+	"\x13device_list_changed\x18\x19 \x01(\v2\x1c.petrel.v1.DeviceListChangedH\x00R\x11deviceListChanged\x12;\n" +
+	"\fgroup_result\x18\x1a \x01(\v2\x16.petrel.v1.GroupResultH\x00R\vgroupResult\x125\n" +
+	"\n" +
+	"group_list\x18\x1b \x01(\v2\x14.petrel.v1.GroupListH\x00R\tgroupList\x12D\n" +
+	"\x0fpresence_result\x18\x1c \x01(\v2\x19.petrel.v1.PresenceResultH\x00R\x0epresenceResult\x12G\n" +
+	"\x10presence_changed\x18\x1d \x01(\v2\x1a.petrel.v1.PresenceChangedH\x00R\x0fpresenceChanged\x12D\n" +
+	"\x0fsettings_result\x18\x1e \x01(\v2\x19.petrel.v1.SettingsResultH\x00R\x0esettingsResult\x121\n" +
 	"\bregister\x18( \x01(\v2\x13.petrel.v1.RegisterH\x00R\bregister\x12%\n" +
 	"\x04auth\x18) \x01(\v2\x0f.petrel.v1.AuthH\x00R\x04auth\x12%\n" +
 	"\x04send\x18* \x01(\v2\x0f.petrel.v1.SendH\x00R\x04send\x128\n" +
@@ -3353,7 +4575,14 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\vget_devices\x183 \x01(\v2\x15.petrel.v1.GetDevicesH\x00R\n" +
 	"getDevices\x12B\n" +
 	"\x0fput_device_list\x184 \x01(\v2\x18.petrel.v1.PutDeviceListH\x00R\rputDeviceList\x12>\n" +
-	"\rremove_device\x185 \x01(\v2\x17.petrel.v1.RemoveDeviceH\x00R\fremoveDeviceB\x06\n" +
+	"\rremove_device\x185 \x01(\v2\x17.petrel.v1.RemoveDeviceH\x00R\fremoveDevice\x12;\n" +
+	"\fcreate_group\x186 \x01(\v2\x16.petrel.v1.CreateGroupH\x00R\vcreateGroup\x12;\n" +
+	"\fupdate_group\x187 \x01(\v2\x16.petrel.v1.UpdateGroupH\x00R\vupdateGroup\x122\n" +
+	"\tget_group\x188 \x01(\v2\x13.petrel.v1.GetGroupH\x00R\bgetGroup\x128\n" +
+	"\vlist_groups\x189 \x01(\v2\x15.petrel.v1.ListGroupsH\x00R\n" +
+	"listGroups\x12M\n" +
+	"\x12subscribe_presence\x18: \x01(\v2\x1c.petrel.v1.SubscribePresenceH\x00R\x11subscribePresence\x12;\n" +
+	"\fput_settings\x18; \x01(\v2\x16.petrel.v1.PutSettingsH\x00R\vputSettingsB\x06\n" +
 	"\x04body\"[\n" +
 	"\tChallenge\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\fR\x05nonce\x12$\n" +
@@ -3410,13 +4639,17 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12$\n" +
 	"\x0eretry_after_ms\x18\x03 \x01(\rR\fretryAfterMs\x12\x19\n" +
 	"\berror_id\x18\x04 \x01(\tR\aerrorId\x12\x1c\n" +
-	"\adevices\x18\x05 \x03(\tB\x02\x18\x01R\adevices\"\xb2\x01\n" +
+	"\adevices\x18\x05 \x03(\tB\x02\x18\x01R\adevices\"\xba\x02\n" +
 	"\x04Send\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x129\n" +
 	"\tenvelopes\x18\x03 \x03(\v2\x1b.petrel.v1.DeviceCiphertextR\tenvelopes\x12@\n" +
-	"\rown_envelopes\x18\x04 \x03(\v2\x1b.petrel.v1.DeviceCiphertextR\fownEnvelopes\"|\n" +
+	"\rown_envelopes\x18\x04 \x03(\v2\x1b.petrel.v1.DeviceCiphertextR\fownEnvelopes\x12\x19\n" +
+	"\bgroup_id\x18\x05 \x01(\tR\agroupId\x12)\n" +
+	"\x10group_ciphertext\x18\x06 \x01(\fR\x0fgroupCiphertext\x12\x1c\n" +
+	"\tephemeral\x18\a \x01(\bR\tephemeral\x12\"\n" +
+	"\rexpires_at_ms\x18\b \x01(\x03R\vexpiresAtMs\"|\n" +
 	"\x10DeviceCiphertext\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12+\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x17.petrel.v1.EnvelopeTypeR\x04type\x12\x1e\n" +
@@ -3428,7 +4661,7 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12)\n" +
 	"\x0edelivered_live\x18\x02 \x01(\rB\x02\x18\x01R\rdeliveredLive\x12\x1a\n" +
-	"\x06stored\x18\x03 \x01(\rB\x02\x18\x01R\x06stored\"\xd1\x01\n" +
+	"\x06stored\x18\x03 \x01(\rB\x02\x18\x01R\x06stored\"\x90\x02\n" +
 	"\bEnvelope\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x12\n" +
@@ -3439,7 +4672,9 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\n" +
 	"ciphertext\x18\x05 \x01(\fR\n" +
 	"ciphertext\x12$\n" +
-	"\x0eserver_time_ms\x18\x06 \x01(\x03R\fserverTimeMs\"L\n" +
+	"\x0eserver_time_ms\x18\x06 \x01(\x03R\fserverTimeMs\x12\x19\n" +
+	"\bgroup_id\x18\a \x01(\tR\agroupId\x12\"\n" +
+	"\rexpires_at_ms\x18\b \x01(\x03R\vexpiresAtMs\"L\n" +
 	"\aDeliver\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\x04R\x03tag\x12/\n" +
 	"\benvelope\x18\x02 \x01(\v2\x13.petrel.v1.EnvelopeR\benvelope\" \n" +
@@ -3554,7 +4789,59 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\fRemoveDevice\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12<\n" +
 	"\vdevice_list\x18\x02 \x01(\v2\x1b.petrel.v1.SignedDeviceListR\n" +
-	"deviceList*\xa9\x06\n" +
+	"deviceList\"\x94\x02\n" +
+	"\n" +
+	"GroupEvent\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x14\n" +
+	"\x05actor\x18\x03 \x01(\tR\x05actor\x12!\n" +
+	"\factor_device\x18\x04 \x01(\tR\vactorDevice\x12-\n" +
+	"\x04kind\x18\x05 \x01(\x0e2\x19.petrel.v1.GroupEventKindR\x04kind\x12\x18\n" +
+	"\atargets\x18\x06 \x03(\tR\atargets\x12\x18\n" +
+	"\amembers\x18\a \x03(\tR\amembers\x12\x16\n" +
+	"\x06admins\x18\b \x03(\tR\x06admins\x12\x1d\n" +
+	"\n" +
+	"created_ms\x18\t \x01(\x03R\tcreatedMs\"F\n" +
+	"\x10SignedGroupEvent\x12\x14\n" +
+	"\x05event\x18\x01 \x01(\fR\x05event\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"@\n" +
+	"\vCreateGroup\x121\n" +
+	"\x05event\x18\x01 \x01(\v2\x1b.petrel.v1.SignedGroupEventR\x05event\"@\n" +
+	"\vUpdateGroup\x121\n" +
+	"\x05event\x18\x01 \x01(\v2\x1b.petrel.v1.SignedGroupEventR\x05event\"%\n" +
+	"\bGetGroup\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\"\xfa\x01\n" +
+	"\vGroupResult\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x18\n" +
+	"\amembers\x18\x03 \x03(\tR\amembers\x12\x16\n" +
+	"\x06admins\x18\x04 \x03(\tR\x06admins\x12:\n" +
+	"\n" +
+	"last_event\x18\x05 \x01(\v2\x1b.petrel.v1.SignedGroupEventR\tlastEvent\x12%\n" +
+	"\x0emember_devices\x18\x06 \x03(\rR\rmemberDevices\x12!\n" +
+	"\fmember_since\x18\a \x03(\x04R\vmemberSince\"\f\n" +
+	"\n" +
+	"ListGroups\";\n" +
+	"\tGroupList\x12.\n" +
+	"\x06groups\x18\x01 \x03(\v2\x16.petrel.v1.GroupResultR\x06groups\"/\n" +
+	"\x11SubscribePresence\x12\x1a\n" +
+	"\baccounts\x18\x01 \x03(\tR\baccounts\"v\n" +
+	"\bPresence\x12\x18\n" +
+	"\aaccount\x18\x01 \x01(\tR\aaccount\x12.\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x18.petrel.v1.PresenceStateR\x05state\x12 \n" +
+	"\flast_seen_ms\x18\x03 \x01(\x03R\n" +
+	"lastSeenMs\"A\n" +
+	"\x0ePresenceResult\x12/\n" +
+	"\bpresence\x18\x01 \x03(\v2\x13.petrel.v1.PresenceR\bpresence\"B\n" +
+	"\x0fPresenceChanged\x12/\n" +
+	"\bpresence\x18\x01 \x01(\v2\x13.petrel.v1.PresenceR\bpresence\"b\n" +
+	"\bSettings\x12:\n" +
+	"\tlast_seen\x18\x01 \x01(\x0e2\x1d.petrel.v1.LastSeenVisibilityR\blastSeen\x12\x1a\n" +
+	"\bcontacts\x18\x02 \x03(\tR\bcontacts\">\n" +
+	"\vPutSettings\x12/\n" +
+	"\bsettings\x18\x01 \x01(\v2\x13.petrel.v1.SettingsR\bsettings\"A\n" +
+	"\x0eSettingsResult\x12/\n" +
+	"\bsettings\x18\x01 \x01(\v2\x13.petrel.v1.SettingsR\bsettings*\xfe\x06\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aERROR_CODE_MALFORMED_FRAME\x10\x01\x12\x1c\n" +
@@ -3582,11 +4869,31 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\x15ERROR_CODE_INBOX_FULL\x10\x16\x12\x1d\n" +
 	"\x19ERROR_CODE_DEVICE_REMOVED\x10\x17\x12\x1f\n" +
 	"\x1bERROR_CODE_TOO_MANY_DEVICES\x10\x18\x12\x1b\n" +
-	"\x17ERROR_CODE_LINK_EXPIRED\x10\x19*b\n" +
+	"\x17ERROR_CODE_LINK_EXPIRED\x10\x19\x12\x1c\n" +
+	"\x18ERROR_CODE_UNKNOWN_GROUP\x10\x1a\x12\x19\n" +
+	"\x15ERROR_CODE_GROUP_FULL\x10\x1b\x12\x1a\n" +
+	"\x16ERROR_CODE_STALE_GROUP\x10\x1c*\x9a\x01\n" +
 	"\fEnvelopeType\x12\x1d\n" +
 	"\x19ENVELOPE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ENVELOPE_TYPE_PREKEY\x10\x01\x12\x19\n" +
-	"\x15ENVELOPE_TYPE_MESSAGE\x10\x02B7Z5github.com/petrelchat/petrel/proto/petrel/v1;petrelv1b\x06proto3"
+	"\x15ENVELOPE_TYPE_MESSAGE\x10\x02\x12\x17\n" +
+	"\x13ENVELOPE_TYPE_GROUP\x10\x03\x12\x1d\n" +
+	"\x19ENVELOPE_TYPE_GROUP_EVENT\x10\x04*\xc0\x01\n" +
+	"\x0eGroupEventKind\x12 \n" +
+	"\x1cGROUP_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17GROUP_EVENT_KIND_CREATE\x10\x01\x12\x18\n" +
+	"\x14GROUP_EVENT_KIND_ADD\x10\x02\x12\x1b\n" +
+	"\x17GROUP_EVENT_KIND_REMOVE\x10\x03\x12\x1a\n" +
+	"\x16GROUP_EVENT_KIND_LEAVE\x10\x04\x12\x1c\n" +
+	"\x18GROUP_EVENT_KIND_PROMOTE\x10\x05*b\n" +
+	"\rPresenceState\x12\x1a\n" +
+	"\x16PRESENCE_STATE_UNKNOWN\x10\x00\x12\x19\n" +
+	"\x15PRESENCE_STATE_ONLINE\x10\x01\x12\x1a\n" +
+	"\x16PRESENCE_STATE_OFFLINE\x10\x02*{\n" +
+	"\x12LastSeenVisibility\x12!\n" +
+	"\x1dLAST_SEEN_VISIBILITY_EVERYONE\x10\x00\x12!\n" +
+	"\x1dLAST_SEEN_VISIBILITY_CONTACTS\x10\x01\x12\x1f\n" +
+	"\x1bLAST_SEEN_VISIBILITY_NOBODY\x10\x02B7Z5github.com/petrelchat/petrel/proto/petrel/v1;petrelv1b\x06proto3"
 
 var (
 	file_proto_petrel_v1_petrel_proto_rawDescOnce sync.Once
@@ -3600,117 +4907,157 @@ func file_proto_petrel_v1_petrel_proto_rawDescGZIP() []byte {
 	return file_proto_petrel_v1_petrel_proto_rawDescData
 }
 
-var file_proto_petrel_v1_petrel_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_proto_petrel_v1_petrel_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_proto_petrel_v1_petrel_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_proto_petrel_v1_petrel_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_proto_petrel_v1_petrel_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: petrel.v1.ErrorCode
 	(EnvelopeType)(0),         // 1: petrel.v1.EnvelopeType
-	(*Frame)(nil),             // 2: petrel.v1.Frame
-	(*Challenge)(nil),         // 3: petrel.v1.Challenge
-	(*Register)(nil),          // 4: petrel.v1.Register
-	(*KeyBundleUpload)(nil),   // 5: petrel.v1.KeyBundleUpload
-	(*SignedPreKey)(nil),      // 6: petrel.v1.SignedPreKey
-	(*OneTimePreKey)(nil),     // 7: petrel.v1.OneTimePreKey
-	(*KEMPreKey)(nil),         // 8: petrel.v1.KEMPreKey
-	(*Auth)(nil),              // 9: petrel.v1.Auth
-	(*Welcome)(nil),           // 10: petrel.v1.Welcome
-	(*Error)(nil),             // 11: petrel.v1.Error
-	(*Send)(nil),              // 12: petrel.v1.Send
-	(*DeviceCiphertext)(nil),  // 13: petrel.v1.DeviceCiphertext
-	(*SendResult)(nil),        // 14: petrel.v1.SendResult
-	(*Envelope)(nil),          // 15: petrel.v1.Envelope
-	(*Deliver)(nil),           // 16: petrel.v1.Deliver
-	(*DeliverAck)(nil),        // 17: petrel.v1.DeliverAck
-	(*QueueEmpty)(nil),        // 18: petrel.v1.QueueEmpty
-	(*GoAway)(nil),            // 19: petrel.v1.GoAway
-	(*GetBundle)(nil),         // 20: petrel.v1.GetBundle
-	(*BundleResult)(nil),      // 21: petrel.v1.BundleResult
-	(*DeviceBundle)(nil),      // 22: petrel.v1.DeviceBundle
-	(*UploadPreKeys)(nil),     // 23: petrel.v1.UploadPreKeys
-	(*PreKeyStatus)(nil),      // 24: petrel.v1.PreKeyStatus
-	(*Ping)(nil),              // 25: petrel.v1.Ping
-	(*Pong)(nil),              // 26: petrel.v1.Pong
-	(*QueryQueued)(nil),       // 27: petrel.v1.QueryQueued
-	(*QueuedResult)(nil),      // 28: petrel.v1.QueuedResult
-	(*StartLink)(nil),         // 29: petrel.v1.StartLink
-	(*LinkOffer)(nil),         // 30: petrel.v1.LinkOffer
-	(*LinkStarted)(nil),       // 31: petrel.v1.LinkStarted
-	(*GetLinkOffer)(nil),      // 32: petrel.v1.GetLinkOffer
-	(*ApproveLink)(nil),       // 33: petrel.v1.ApproveLink
-	(*LinkApproved)(nil),      // 34: petrel.v1.LinkApproved
-	(*SignedDeviceList)(nil),  // 35: petrel.v1.SignedDeviceList
-	(*DeviceList)(nil),        // 36: petrel.v1.DeviceList
-	(*ListedDevice)(nil),      // 37: petrel.v1.ListedDevice
-	(*GetDevices)(nil),        // 38: petrel.v1.GetDevices
-	(*DeviceInfo)(nil),        // 39: petrel.v1.DeviceInfo
-	(*DeviceListResult)(nil),  // 40: petrel.v1.DeviceListResult
-	(*DeviceListChanged)(nil), // 41: petrel.v1.DeviceListChanged
-	(*PutDeviceList)(nil),     // 42: petrel.v1.PutDeviceList
-	(*RemoveDevice)(nil),      // 43: petrel.v1.RemoveDevice
+	(GroupEventKind)(0),       // 2: petrel.v1.GroupEventKind
+	(PresenceState)(0),        // 3: petrel.v1.PresenceState
+	(LastSeenVisibility)(0),   // 4: petrel.v1.LastSeenVisibility
+	(*Frame)(nil),             // 5: petrel.v1.Frame
+	(*Challenge)(nil),         // 6: petrel.v1.Challenge
+	(*Register)(nil),          // 7: petrel.v1.Register
+	(*KeyBundleUpload)(nil),   // 8: petrel.v1.KeyBundleUpload
+	(*SignedPreKey)(nil),      // 9: petrel.v1.SignedPreKey
+	(*OneTimePreKey)(nil),     // 10: petrel.v1.OneTimePreKey
+	(*KEMPreKey)(nil),         // 11: petrel.v1.KEMPreKey
+	(*Auth)(nil),              // 12: petrel.v1.Auth
+	(*Welcome)(nil),           // 13: petrel.v1.Welcome
+	(*Error)(nil),             // 14: petrel.v1.Error
+	(*Send)(nil),              // 15: petrel.v1.Send
+	(*DeviceCiphertext)(nil),  // 16: petrel.v1.DeviceCiphertext
+	(*SendResult)(nil),        // 17: petrel.v1.SendResult
+	(*Envelope)(nil),          // 18: petrel.v1.Envelope
+	(*Deliver)(nil),           // 19: petrel.v1.Deliver
+	(*DeliverAck)(nil),        // 20: petrel.v1.DeliverAck
+	(*QueueEmpty)(nil),        // 21: petrel.v1.QueueEmpty
+	(*GoAway)(nil),            // 22: petrel.v1.GoAway
+	(*GetBundle)(nil),         // 23: petrel.v1.GetBundle
+	(*BundleResult)(nil),      // 24: petrel.v1.BundleResult
+	(*DeviceBundle)(nil),      // 25: petrel.v1.DeviceBundle
+	(*UploadPreKeys)(nil),     // 26: petrel.v1.UploadPreKeys
+	(*PreKeyStatus)(nil),      // 27: petrel.v1.PreKeyStatus
+	(*Ping)(nil),              // 28: petrel.v1.Ping
+	(*Pong)(nil),              // 29: petrel.v1.Pong
+	(*QueryQueued)(nil),       // 30: petrel.v1.QueryQueued
+	(*QueuedResult)(nil),      // 31: petrel.v1.QueuedResult
+	(*StartLink)(nil),         // 32: petrel.v1.StartLink
+	(*LinkOffer)(nil),         // 33: petrel.v1.LinkOffer
+	(*LinkStarted)(nil),       // 34: petrel.v1.LinkStarted
+	(*GetLinkOffer)(nil),      // 35: petrel.v1.GetLinkOffer
+	(*ApproveLink)(nil),       // 36: petrel.v1.ApproveLink
+	(*LinkApproved)(nil),      // 37: petrel.v1.LinkApproved
+	(*SignedDeviceList)(nil),  // 38: petrel.v1.SignedDeviceList
+	(*DeviceList)(nil),        // 39: petrel.v1.DeviceList
+	(*ListedDevice)(nil),      // 40: petrel.v1.ListedDevice
+	(*GetDevices)(nil),        // 41: petrel.v1.GetDevices
+	(*DeviceInfo)(nil),        // 42: petrel.v1.DeviceInfo
+	(*DeviceListResult)(nil),  // 43: petrel.v1.DeviceListResult
+	(*DeviceListChanged)(nil), // 44: petrel.v1.DeviceListChanged
+	(*PutDeviceList)(nil),     // 45: petrel.v1.PutDeviceList
+	(*RemoveDevice)(nil),      // 46: petrel.v1.RemoveDevice
+	(*GroupEvent)(nil),        // 47: petrel.v1.GroupEvent
+	(*SignedGroupEvent)(nil),  // 48: petrel.v1.SignedGroupEvent
+	(*CreateGroup)(nil),       // 49: petrel.v1.CreateGroup
+	(*UpdateGroup)(nil),       // 50: petrel.v1.UpdateGroup
+	(*GetGroup)(nil),          // 51: petrel.v1.GetGroup
+	(*GroupResult)(nil),       // 52: petrel.v1.GroupResult
+	(*ListGroups)(nil),        // 53: petrel.v1.ListGroups
+	(*GroupList)(nil),         // 54: petrel.v1.GroupList
+	(*SubscribePresence)(nil), // 55: petrel.v1.SubscribePresence
+	(*Presence)(nil),          // 56: petrel.v1.Presence
+	(*PresenceResult)(nil),    // 57: petrel.v1.PresenceResult
+	(*PresenceChanged)(nil),   // 58: petrel.v1.PresenceChanged
+	(*Settings)(nil),          // 59: petrel.v1.Settings
+	(*PutSettings)(nil),       // 60: petrel.v1.PutSettings
+	(*SettingsResult)(nil),    // 61: petrel.v1.SettingsResult
 }
 var file_proto_petrel_v1_petrel_proto_depIdxs = []int32{
-	3,  // 0: petrel.v1.Frame.challenge:type_name -> petrel.v1.Challenge
-	10, // 1: petrel.v1.Frame.welcome:type_name -> petrel.v1.Welcome
-	11, // 2: petrel.v1.Frame.error:type_name -> petrel.v1.Error
-	16, // 3: petrel.v1.Frame.deliver:type_name -> petrel.v1.Deliver
-	18, // 4: petrel.v1.Frame.queue_empty:type_name -> petrel.v1.QueueEmpty
-	19, // 5: petrel.v1.Frame.go_away:type_name -> petrel.v1.GoAway
-	14, // 6: petrel.v1.Frame.send_result:type_name -> petrel.v1.SendResult
-	21, // 7: petrel.v1.Frame.bundle_result:type_name -> petrel.v1.BundleResult
-	24, // 8: petrel.v1.Frame.prekey_status:type_name -> petrel.v1.PreKeyStatus
-	26, // 9: petrel.v1.Frame.pong:type_name -> petrel.v1.Pong
-	28, // 10: petrel.v1.Frame.queued_result:type_name -> petrel.v1.QueuedResult
-	31, // 11: petrel.v1.Frame.link_started:type_name -> petrel.v1.LinkStarted
-	30, // 12: petrel.v1.Frame.link_offer:type_name -> petrel.v1.LinkOffer
-	34, // 13: petrel.v1.Frame.link_approved:type_name -> petrel.v1.LinkApproved
-	40, // 14: petrel.v1.Frame.device_list_result:type_name -> petrel.v1.DeviceListResult
-	41, // 15: petrel.v1.Frame.device_list_changed:type_name -> petrel.v1.DeviceListChanged
-	4,  // 16: petrel.v1.Frame.register:type_name -> petrel.v1.Register
-	9,  // 17: petrel.v1.Frame.auth:type_name -> petrel.v1.Auth
-	12, // 18: petrel.v1.Frame.send:type_name -> petrel.v1.Send
-	17, // 19: petrel.v1.Frame.deliver_ack:type_name -> petrel.v1.DeliverAck
-	20, // 20: petrel.v1.Frame.get_bundle:type_name -> petrel.v1.GetBundle
-	23, // 21: petrel.v1.Frame.upload_prekeys:type_name -> petrel.v1.UploadPreKeys
-	25, // 22: petrel.v1.Frame.ping:type_name -> petrel.v1.Ping
-	27, // 23: petrel.v1.Frame.query_queued:type_name -> petrel.v1.QueryQueued
-	29, // 24: petrel.v1.Frame.start_link:type_name -> petrel.v1.StartLink
-	32, // 25: petrel.v1.Frame.get_link_offer:type_name -> petrel.v1.GetLinkOffer
-	33, // 26: petrel.v1.Frame.approve_link:type_name -> petrel.v1.ApproveLink
-	38, // 27: petrel.v1.Frame.get_devices:type_name -> petrel.v1.GetDevices
-	42, // 28: petrel.v1.Frame.put_device_list:type_name -> petrel.v1.PutDeviceList
-	43, // 29: petrel.v1.Frame.remove_device:type_name -> petrel.v1.RemoveDevice
-	5,  // 30: petrel.v1.Register.keys:type_name -> petrel.v1.KeyBundleUpload
-	6,  // 31: petrel.v1.KeyBundleUpload.signed_prekey:type_name -> petrel.v1.SignedPreKey
-	8,  // 32: petrel.v1.KeyBundleUpload.last_resort_kem_prekey:type_name -> petrel.v1.KEMPreKey
-	8,  // 33: petrel.v1.KeyBundleUpload.kem_prekeys:type_name -> petrel.v1.KEMPreKey
-	7,  // 34: petrel.v1.KeyBundleUpload.one_time_prekeys:type_name -> petrel.v1.OneTimePreKey
-	0,  // 35: petrel.v1.Error.code:type_name -> petrel.v1.ErrorCode
-	13, // 36: petrel.v1.Send.envelopes:type_name -> petrel.v1.DeviceCiphertext
-	13, // 37: petrel.v1.Send.own_envelopes:type_name -> petrel.v1.DeviceCiphertext
-	1,  // 38: petrel.v1.DeviceCiphertext.type:type_name -> petrel.v1.EnvelopeType
-	1,  // 39: petrel.v1.Envelope.type:type_name -> petrel.v1.EnvelopeType
-	15, // 40: petrel.v1.Deliver.envelope:type_name -> petrel.v1.Envelope
-	0,  // 41: petrel.v1.GoAway.reason:type_name -> petrel.v1.ErrorCode
-	22, // 42: petrel.v1.BundleResult.devices:type_name -> petrel.v1.DeviceBundle
-	35, // 43: petrel.v1.BundleResult.device_list:type_name -> petrel.v1.SignedDeviceList
-	6,  // 44: petrel.v1.DeviceBundle.signed_prekey:type_name -> petrel.v1.SignedPreKey
-	8,  // 45: petrel.v1.DeviceBundle.kem_prekey:type_name -> petrel.v1.KEMPreKey
-	7,  // 46: petrel.v1.DeviceBundle.one_time_prekey:type_name -> petrel.v1.OneTimePreKey
-	5,  // 47: petrel.v1.UploadPreKeys.keys:type_name -> petrel.v1.KeyBundleUpload
-	30, // 48: petrel.v1.StartLink.offer:type_name -> petrel.v1.LinkOffer
-	5,  // 49: petrel.v1.LinkOffer.keys:type_name -> petrel.v1.KeyBundleUpload
-	35, // 50: petrel.v1.ApproveLink.device_list:type_name -> petrel.v1.SignedDeviceList
-	37, // 51: petrel.v1.DeviceList.devices:type_name -> petrel.v1.ListedDevice
-	39, // 52: petrel.v1.DeviceListResult.devices:type_name -> petrel.v1.DeviceInfo
-	35, // 53: petrel.v1.DeviceListResult.device_list:type_name -> petrel.v1.SignedDeviceList
-	35, // 54: petrel.v1.DeviceListChanged.device_list:type_name -> petrel.v1.SignedDeviceList
-	35, // 55: petrel.v1.PutDeviceList.device_list:type_name -> petrel.v1.SignedDeviceList
-	35, // 56: petrel.v1.RemoveDevice.device_list:type_name -> petrel.v1.SignedDeviceList
-	57, // [57:57] is the sub-list for method output_type
-	57, // [57:57] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	6,  // 0: petrel.v1.Frame.challenge:type_name -> petrel.v1.Challenge
+	13, // 1: petrel.v1.Frame.welcome:type_name -> petrel.v1.Welcome
+	14, // 2: petrel.v1.Frame.error:type_name -> petrel.v1.Error
+	19, // 3: petrel.v1.Frame.deliver:type_name -> petrel.v1.Deliver
+	21, // 4: petrel.v1.Frame.queue_empty:type_name -> petrel.v1.QueueEmpty
+	22, // 5: petrel.v1.Frame.go_away:type_name -> petrel.v1.GoAway
+	17, // 6: petrel.v1.Frame.send_result:type_name -> petrel.v1.SendResult
+	24, // 7: petrel.v1.Frame.bundle_result:type_name -> petrel.v1.BundleResult
+	27, // 8: petrel.v1.Frame.prekey_status:type_name -> petrel.v1.PreKeyStatus
+	29, // 9: petrel.v1.Frame.pong:type_name -> petrel.v1.Pong
+	31, // 10: petrel.v1.Frame.queued_result:type_name -> petrel.v1.QueuedResult
+	34, // 11: petrel.v1.Frame.link_started:type_name -> petrel.v1.LinkStarted
+	33, // 12: petrel.v1.Frame.link_offer:type_name -> petrel.v1.LinkOffer
+	37, // 13: petrel.v1.Frame.link_approved:type_name -> petrel.v1.LinkApproved
+	43, // 14: petrel.v1.Frame.device_list_result:type_name -> petrel.v1.DeviceListResult
+	44, // 15: petrel.v1.Frame.device_list_changed:type_name -> petrel.v1.DeviceListChanged
+	52, // 16: petrel.v1.Frame.group_result:type_name -> petrel.v1.GroupResult
+	54, // 17: petrel.v1.Frame.group_list:type_name -> petrel.v1.GroupList
+	57, // 18: petrel.v1.Frame.presence_result:type_name -> petrel.v1.PresenceResult
+	58, // 19: petrel.v1.Frame.presence_changed:type_name -> petrel.v1.PresenceChanged
+	61, // 20: petrel.v1.Frame.settings_result:type_name -> petrel.v1.SettingsResult
+	7,  // 21: petrel.v1.Frame.register:type_name -> petrel.v1.Register
+	12, // 22: petrel.v1.Frame.auth:type_name -> petrel.v1.Auth
+	15, // 23: petrel.v1.Frame.send:type_name -> petrel.v1.Send
+	20, // 24: petrel.v1.Frame.deliver_ack:type_name -> petrel.v1.DeliverAck
+	23, // 25: petrel.v1.Frame.get_bundle:type_name -> petrel.v1.GetBundle
+	26, // 26: petrel.v1.Frame.upload_prekeys:type_name -> petrel.v1.UploadPreKeys
+	28, // 27: petrel.v1.Frame.ping:type_name -> petrel.v1.Ping
+	30, // 28: petrel.v1.Frame.query_queued:type_name -> petrel.v1.QueryQueued
+	32, // 29: petrel.v1.Frame.start_link:type_name -> petrel.v1.StartLink
+	35, // 30: petrel.v1.Frame.get_link_offer:type_name -> petrel.v1.GetLinkOffer
+	36, // 31: petrel.v1.Frame.approve_link:type_name -> petrel.v1.ApproveLink
+	41, // 32: petrel.v1.Frame.get_devices:type_name -> petrel.v1.GetDevices
+	45, // 33: petrel.v1.Frame.put_device_list:type_name -> petrel.v1.PutDeviceList
+	46, // 34: petrel.v1.Frame.remove_device:type_name -> petrel.v1.RemoveDevice
+	49, // 35: petrel.v1.Frame.create_group:type_name -> petrel.v1.CreateGroup
+	50, // 36: petrel.v1.Frame.update_group:type_name -> petrel.v1.UpdateGroup
+	51, // 37: petrel.v1.Frame.get_group:type_name -> petrel.v1.GetGroup
+	53, // 38: petrel.v1.Frame.list_groups:type_name -> petrel.v1.ListGroups
+	55, // 39: petrel.v1.Frame.subscribe_presence:type_name -> petrel.v1.SubscribePresence
+	60, // 40: petrel.v1.Frame.put_settings:type_name -> petrel.v1.PutSettings
+	8,  // 41: petrel.v1.Register.keys:type_name -> petrel.v1.KeyBundleUpload
+	9,  // 42: petrel.v1.KeyBundleUpload.signed_prekey:type_name -> petrel.v1.SignedPreKey
+	11, // 43: petrel.v1.KeyBundleUpload.last_resort_kem_prekey:type_name -> petrel.v1.KEMPreKey
+	11, // 44: petrel.v1.KeyBundleUpload.kem_prekeys:type_name -> petrel.v1.KEMPreKey
+	10, // 45: petrel.v1.KeyBundleUpload.one_time_prekeys:type_name -> petrel.v1.OneTimePreKey
+	0,  // 46: petrel.v1.Error.code:type_name -> petrel.v1.ErrorCode
+	16, // 47: petrel.v1.Send.envelopes:type_name -> petrel.v1.DeviceCiphertext
+	16, // 48: petrel.v1.Send.own_envelopes:type_name -> petrel.v1.DeviceCiphertext
+	1,  // 49: petrel.v1.DeviceCiphertext.type:type_name -> petrel.v1.EnvelopeType
+	1,  // 50: petrel.v1.Envelope.type:type_name -> petrel.v1.EnvelopeType
+	18, // 51: petrel.v1.Deliver.envelope:type_name -> petrel.v1.Envelope
+	0,  // 52: petrel.v1.GoAway.reason:type_name -> petrel.v1.ErrorCode
+	25, // 53: petrel.v1.BundleResult.devices:type_name -> petrel.v1.DeviceBundle
+	38, // 54: petrel.v1.BundleResult.device_list:type_name -> petrel.v1.SignedDeviceList
+	9,  // 55: petrel.v1.DeviceBundle.signed_prekey:type_name -> petrel.v1.SignedPreKey
+	11, // 56: petrel.v1.DeviceBundle.kem_prekey:type_name -> petrel.v1.KEMPreKey
+	10, // 57: petrel.v1.DeviceBundle.one_time_prekey:type_name -> petrel.v1.OneTimePreKey
+	8,  // 58: petrel.v1.UploadPreKeys.keys:type_name -> petrel.v1.KeyBundleUpload
+	33, // 59: petrel.v1.StartLink.offer:type_name -> petrel.v1.LinkOffer
+	8,  // 60: petrel.v1.LinkOffer.keys:type_name -> petrel.v1.KeyBundleUpload
+	38, // 61: petrel.v1.ApproveLink.device_list:type_name -> petrel.v1.SignedDeviceList
+	40, // 62: petrel.v1.DeviceList.devices:type_name -> petrel.v1.ListedDevice
+	42, // 63: petrel.v1.DeviceListResult.devices:type_name -> petrel.v1.DeviceInfo
+	38, // 64: petrel.v1.DeviceListResult.device_list:type_name -> petrel.v1.SignedDeviceList
+	38, // 65: petrel.v1.DeviceListChanged.device_list:type_name -> petrel.v1.SignedDeviceList
+	38, // 66: petrel.v1.PutDeviceList.device_list:type_name -> petrel.v1.SignedDeviceList
+	38, // 67: petrel.v1.RemoveDevice.device_list:type_name -> petrel.v1.SignedDeviceList
+	2,  // 68: petrel.v1.GroupEvent.kind:type_name -> petrel.v1.GroupEventKind
+	48, // 69: petrel.v1.CreateGroup.event:type_name -> petrel.v1.SignedGroupEvent
+	48, // 70: petrel.v1.UpdateGroup.event:type_name -> petrel.v1.SignedGroupEvent
+	48, // 71: petrel.v1.GroupResult.last_event:type_name -> petrel.v1.SignedGroupEvent
+	52, // 72: petrel.v1.GroupList.groups:type_name -> petrel.v1.GroupResult
+	3,  // 73: petrel.v1.Presence.state:type_name -> petrel.v1.PresenceState
+	56, // 74: petrel.v1.PresenceResult.presence:type_name -> petrel.v1.Presence
+	56, // 75: petrel.v1.PresenceChanged.presence:type_name -> petrel.v1.Presence
+	4,  // 76: petrel.v1.Settings.last_seen:type_name -> petrel.v1.LastSeenVisibility
+	59, // 77: petrel.v1.PutSettings.settings:type_name -> petrel.v1.Settings
+	59, // 78: petrel.v1.SettingsResult.settings:type_name -> petrel.v1.Settings
+	79, // [79:79] is the sub-list for method output_type
+	79, // [79:79] is the sub-list for method input_type
+	79, // [79:79] is the sub-list for extension type_name
+	79, // [79:79] is the sub-list for extension extendee
+	0,  // [0:79] is the sub-list for field type_name
 }
 
 func init() { file_proto_petrel_v1_petrel_proto_init() }
@@ -3735,6 +5082,11 @@ func file_proto_petrel_v1_petrel_proto_init() {
 		(*Frame_LinkApproved)(nil),
 		(*Frame_DeviceListResult)(nil),
 		(*Frame_DeviceListChanged)(nil),
+		(*Frame_GroupResult)(nil),
+		(*Frame_GroupList)(nil),
+		(*Frame_PresenceResult)(nil),
+		(*Frame_PresenceChanged)(nil),
+		(*Frame_SettingsResult)(nil),
 		(*Frame_Register)(nil),
 		(*Frame_Auth)(nil),
 		(*Frame_Send)(nil),
@@ -3749,14 +5101,20 @@ func file_proto_petrel_v1_petrel_proto_init() {
 		(*Frame_GetDevices)(nil),
 		(*Frame_PutDeviceList)(nil),
 		(*Frame_RemoveDevice)(nil),
+		(*Frame_CreateGroup)(nil),
+		(*Frame_UpdateGroup)(nil),
+		(*Frame_GetGroup)(nil),
+		(*Frame_ListGroups)(nil),
+		(*Frame_SubscribePresence)(nil),
+		(*Frame_PutSettings)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_petrel_v1_petrel_proto_rawDesc), len(file_proto_petrel_v1_petrel_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   42,
+			NumEnums:      5,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
