@@ -408,6 +408,7 @@ func (g *groupRun) cpuFields(phase string, u cpuUsage, deliveries int64) {
 		res.set(phase+"_server_cpu_us_per_delivery", nil, "needs --server-pid")
 	}
 	res.set(phase+"_client_cpu_pct", u.pct(u.client), "generator CPU, % of one core")
+	res.set(phase+"_other_cpu_pct", u.pct(u.other), "other processes (the cores are shared), % of one core")
 }
 
 // sustainedPhase: every group's sender sends Rate messages a second for Duration (open loop,

@@ -42,7 +42,7 @@ func (d *Duration) UnmarshalText(b []byte) error {
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
 // Config is the whole server configuration: the config file (TOML) with flags applied on top.
-// Keys are grouped in sections ([tls], [admin], [inbox], [limits], [prekeys], [cache]); the
+// Keys are grouped in sections ([tls], [admin], [inbox], [limits], [prekeys], [cache], [devices], [groups]); the
 // section structs are embedded, so a key's Go field is reached directly (c.TLSCert is [tls] cert).
 // Every key is documented in README.md ("Configuration").
 type Config struct {

@@ -371,6 +371,9 @@ func TestGroupSend(t *testing.T) {
 		}
 	}
 
+	if r := laptop.get(gid).GetGroupResult(); !slices.Equal(r.GetMemberDevices(), []uint32{2, 1, 1}) {
+		t.Fatalf("member_devices: %v", r)
+	}
 	if r := alice.sendGroup("m1", gid, []byte("sender-key ciphertext")); r.GetSendResult().GetMessageId() != "m1" {
 		t.Fatalf("group send: %v", r)
 	}
@@ -496,5 +499,29 @@ func TestGroupFramesRateLimited(t *testing.T) {
 	}
 	if !limited {
 		t.Fatal("200 GetGroup frames in a row were never rate-limited")
+	}
+}
+
+// The ack rule: a group send is acked only when every member device has it. One member's full
+// inbox fails the send (INBOX_FULL, not acked) while the other members still get it.
+func TestGroupSendNotAckedUnlessEveryDeviceHasIt(t *testing.T) {
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) { c.InboxMaxPerDevice, c.InboxMaxPerSender = 3, 3 }))
+	alice, bob := account(t, s.URL(), "alice"), account(t, s.URL(), "bob")
+	full := testserver.NewAccount(t, s.URL(), "full")
+	full.Primary.WS.Close(websocket.StatusNormalClosure, "")
+	gid := testserver.NewGroupID(t)
+	alice.mustApply(nil, gid, kCreate, "bob", "full") // full's inbox: 1
+	bob.envelope()
+	for i, id := range []string{"a", "b"} { // full's inbox: 2, 3
+		if r := alice.sendGroup(id, gid, []byte(id)); r.GetSendResult() == nil {
+			t.Fatalf("send %d: %v", i, r)
+		}
+		if e := bob.envelope(); e.GetMessageId() != id {
+			t.Fatalf("bob: want %s, got %v", id, e)
+		}
+	}
+	wantCode(t, "a send that one inbox cannot take", alice.sendGroup("c", gid, []byte("c")), pb.ErrorCode_ERROR_CODE_INBOX_FULL)
+	if e := bob.envelope(); e.GetMessageId() != "c" {
+		t.Fatalf("bob: want c (the others still get it), got %v", e)
 	}
 }
