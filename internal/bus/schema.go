@@ -191,6 +191,9 @@ func (b *Bus) migrate(ctx context.Context) error {
 	if b.Links, err = kv(jetstream.KeyValueConfig{Bucket: LinksBucket, Description: "link id → pending device link offer", History: 1, TTL: LinksMaxAge}, kvOptions{msgTTL: true}); err != nil {
 		return err
 	}
+	if b.Settings, err = kv(jetstream.KeyValueConfig{Bucket: SettingsBucket, Description: "account name → presence and privacy settings (petrelv1.Settings)", History: 1}, kvOptions{}); err != nil {
+		return err
+	}
 	b.PreKeys, err = b.ensureStream(ctx, jetstream.StreamConfig{
 		Name:                 PreKeysStream,
 		Description:          "unclaimed one-time prekeys, claimed by get-then-delete",
@@ -227,6 +230,9 @@ func (b *Bus) migrate(ctx context.Context) error {
 			Duplicates:           b.cfg.DuplicateWindow,
 			AllowDirect:          true,
 			AllowAtomicPublish:   true,
+			// Disappearing messages: a stored envelope carries a per-message TTL (Nats-TTL) and
+			// the store deletes it at its expiry.
+			AllowMsgTTL: true,
 		})
 		if err != nil {
 			return fmt.Errorf("stream %s: %w", name, err)

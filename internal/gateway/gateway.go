@@ -41,6 +41,7 @@ import (
 	"github.com/petrelchat/petrel/internal/keyrate"
 	"github.com/petrelchat/petrel/internal/mailbox"
 	"github.com/petrelchat/petrel/internal/messaging"
+	"github.com/petrelchat/petrel/internal/presence"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -116,7 +117,9 @@ type Config struct {
 	// Node is this node's name (shown in Challenge).
 	Node string
 	// Nodes, if set, returns the public URLs of the cluster's nodes that Welcome tells clients.
-	Nodes    func() []string
+	Nodes func() []string
+	// Presence is the node's presence service (presence.go). Nil: presence frames are refused.
+	Presence *presence.Service
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
 }
@@ -197,6 +200,7 @@ type Gateway struct {
 	errLog   *errorLog                // rate-limits the log lines of errors answered to clients
 	reg      *regGuard                // per-IP and per-connection handshake limits (limits.go)
 	devOps   *keyrate.Limiter[string] // device-management frames per device (devices.go)
+	ext      *extras                  // presence, settings, ephemeral sends (presence.go)
 
 	draining atomic.Bool
 	moving   atomic.Bool // the node lost its cluster quorum: clients are sent elsewhere (Move)
@@ -248,6 +252,7 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, msg *messaging.Service, 
 		errLog:   newErrorLog(),
 		reg:      newRegGuard(cfg.Registration, cfg.Registry),
 		devOps:   keyrate.New[string](keyrate.Config{Rate: deviceOpsPerMinute / 60, Burst: deviceOpsBurst, MaxKeys: 100_000}),
+		ext:      newExtras(cfg),
 		conns:    map[*conn]struct{}{},
 		links:    map[string]*conn{},
 		seenStop: make(chan struct{}),

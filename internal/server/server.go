@@ -36,6 +36,7 @@ import (
 	"github.com/petrelchat/petrel/internal/mailbox"
 	"github.com/petrelchat/petrel/internal/messaging"
 	"github.com/petrelchat/petrel/internal/nodes"
+	"github.com/petrelchat/petrel/internal/presence"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -58,6 +59,7 @@ type Server struct {
 	gw     *gateway.Gateway
 	engine *gateway.Engine
 	nodes  *nodes.Registry // the other nodes' public URLs, for Welcome
+	pres   *presence.Service
 	admin  *admin.Server   // nil when admin_listen is "off"
 	addr   atomic.Value    // net.Addr
 	token  string
@@ -271,6 +273,11 @@ func (s *Server) start(ctx context.Context) error {
 	}
 	s.nodes = nodes.New(s.bus.Conn(), nodes.Config{Subject: bus.NodesSubject, Node: s.cfg.Node,
 		Logger: s.log.With("component", "nodes")})
+	s.pres = presence.New(s.bus.Conn(), s.bus.Settings, s.dir, presence.Config{Node: s.cfg.Node,
+		Logger: s.log.With("component", "presence"), Registry: s.reg})
+	if err := s.pres.Start(); err != nil {
+		return err
+	}
 	s.gw = gateway.New(s.dir, s.mb, messaging.New(s.dir), s.withAdmission(gateway.Config{
 		MaxFrameBytes:          s.cfg.MaxFrameBytes,
 		MaxConns:               maxConns,
@@ -291,6 +298,7 @@ func (s *Server) start(ctx context.Context) error {
 		DrainRate:       s.cfg.DrainRate,
 		Node:            s.cfg.Node,
 		Nodes:           s.nodeURLs,
+		Presence:        s.pres,
 		Logger:          s.log.With("component", "gateway"),
 		Registry:        s.reg,
 	}))
@@ -489,6 +497,10 @@ func (s *Server) stopAdmin(ctx context.Context) error {
 
 func (s *Server) closeStorage() {
 	s.runCancel()
+	if s.pres != nil {
+		// Its goodbye goes out while the bus is open (Shutdown); after Kill it does not.
+		s.pres.Close()
+	}
 	if s.quorum != nil {
 		s.quorum.stop()
 	}
