@@ -60,8 +60,8 @@ type Server struct {
 	engine *gateway.Engine
 	nodes  *nodes.Registry // the other nodes' public URLs, for Welcome
 	pres   *presence.Service
-	admin  *admin.Server   // nil when admin_listen is "off"
-	addr   atomic.Value    // net.Addr
+	admin  *admin.Server // nil when admin_listen is "off"
+	addr   atomic.Value  // net.Addr
 	token  string
 	quorum *quorumWatch // cached JetStream quorum state (quorum.go)
 
