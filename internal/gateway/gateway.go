@@ -116,10 +116,10 @@ type Config struct {
 	DrainRate float64
 	// Node is this node's name (shown in Challenge).
 	Node string
-	// Nodes, if set, returns the public URLs of the cluster's nodes that Welcome tells clients.
-	Nodes func() []string
 	// Presence is the node's presence service (presence.go). Nil: presence frames are refused.
 	Presence *presence.Service
+	// Nodes, if set, returns the public URLs of the cluster's nodes that Welcome tells clients.
+	Nodes    func() []string
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
 }

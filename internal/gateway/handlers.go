@@ -46,12 +46,12 @@ var (
 		body[*pb.Frame_GetDevices]():    (*conn).onGetDevices,
 		body[*pb.Frame_PutDeviceList](): (*conn).onPutDeviceList,
 		body[*pb.Frame_RemoveDevice]():  (*conn).onRemoveDevice,
-		// presence.go
-		body[*pb.Frame_SubscribePresence](): (*conn).onSubscribePresence,
+		body[*pb.Frame_Register]():      (*conn).alreadyAuthenticated,
+		body[*pb.Frame_Auth]():          (*conn).alreadyAuthenticated,
+		body[*pb.Frame_StartLink]():     (*conn).alreadyAuthenticated,
+
+		body[*pb.Frame_SubscribePresence](): (*conn).onSubscribePresence, // presence.go
 		body[*pb.Frame_PutSettings]():       (*conn).onPutSettings,
-		body[*pb.Frame_Register]():          (*conn).alreadyAuthenticated,
-		body[*pb.Frame_Auth]():              (*conn).alreadyAuthenticated,
-		body[*pb.Frame_StartLink]():         (*conn).alreadyAuthenticated,
 	}
 )
 

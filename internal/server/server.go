@@ -59,11 +59,12 @@ type Server struct {
 	gw     *gateway.Gateway
 	engine *gateway.Engine
 	nodes  *nodes.Registry // the other nodes' public URLs, for Welcome
-	pres   *presence.Service
-	admin  *admin.Server // nil when admin_listen is "off"
-	addr   atomic.Value  // net.Addr
+	admin  *admin.Server   // nil when admin_listen is "off"
+	addr   atomic.Value    // net.Addr
 	token  string
 	quorum *quorumWatch // cached JetStream quorum state (quorum.go)
+
+	pres *presence.Service // who is online, last seen, settings (memory and bus)
 
 	runCtx    context.Context // lives until Shutdown closes storage
 	runCancel context.CancelFunc
