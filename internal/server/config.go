@@ -89,6 +89,8 @@ type Config struct {
 	CacheSection   `toml:"cache"`
 	DevicesSection `toml:"devices"`
 
+	PresenceSection `toml:"presence"`
+
 	// Warnings are what LoadConfig found to say about the file (deprecated keys); the server logs
 	// them when it starts.
 	Warnings []string `toml:"-"`
@@ -467,6 +469,7 @@ func (c *Config) SetDefaults() {
 		c.DeviceCacheSize = directory.DefaultDeviceCacheSize
 	}
 	c.setAbuseDefaults()
+	c.setPresenceDefaults()
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
@@ -522,6 +525,7 @@ func (c *Config) Validate() error {
 	if c.LinkTTL.Duration < time.Second || c.LinkTTL.Duration > bus.LinksMaxAge {
 		bad("devices.link_ttl %s: want 1s..%s", c.LinkTTL.Duration, bus.LinksMaxAge)
 	}
+	c.validatePresence(bad)
 	if c.MaxPendingLinks < 1 || c.MaxPendingLinks > 1_000_000 {
 		bad("limits.max_pending_links %d: want 1..1000000", c.MaxPendingLinks)
 	}

@@ -275,6 +275,7 @@ func (s *Server) start(ctx context.Context) error {
 	s.nodes = nodes.New(s.bus.Conn(), nodes.Config{Subject: bus.NodesSubject, Node: s.cfg.Node,
 		Logger: s.log.With("component", "nodes")})
 	s.pres = presence.New(s.bus.Conn(), s.bus.Settings, s.dir, presence.Config{Node: s.cfg.Node,
+		HeartbeatInterval: s.cfg.PresenceHeartbeat.Duration, MaxLastSeen: s.cfg.PresenceMaxLastSeen,
 		Logger: s.log.With("component", "presence"), Registry: s.reg})
 	if err := s.pres.Start(); err != nil {
 		return err
