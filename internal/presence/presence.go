@@ -627,32 +627,41 @@ func (s *Service) Subscribe(ctx context.Context, w Watcher, asker string, accoun
 	if len(accounts) > pb.MaxPresenceAccounts {
 		return nil, fmt.Errorf("presence: at most %d accounts", pb.MaxPresenceAccounts)
 	}
-	// Settings of the accounts not watched yet, and whether they exist (outside the lock).
-	s.mu.Lock()
-	var fresh []string
-	for _, a := range accounts {
-		if s.watched[a] == nil {
-			fresh = append(fresh, a)
-		}
-	}
-	s.mu.Unlock()
+	// The settings of the accounts not watched yet, and whether they exist, are read outside the
+	// lock; a watch dropped meanwhile (its last subscriber left) is read again (a few rounds).
 	loaded := map[string]*pb.Settings{}
-	for _, a := range fresh {
-		if _, err := s.accounts.Account(ctx, a); errors.Is(err, directory.ErrUnknownUser) {
-			continue // no watch: UNKNOWN
-		} else if err != nil {
-			return nil, err
+	missing := map[string]bool{} // no such account
+	for round := 0; ; round++ {
+		s.mu.Lock()
+		var fresh []string
+		for _, a := range accounts {
+			if s.watched[a] == nil && loaded[a] == nil && !missing[a] {
+				fresh = append(fresh, a)
+			}
 		}
-		st, err := s.Settings(ctx, a)
-		if err != nil {
-			return nil, err
+		if len(fresh) == 0 || round == 3 {
+			break // with s.mu held
 		}
-		loaded[a] = st
+		s.mu.Unlock()
+		for _, a := range fresh {
+			if _, err := s.accounts.Account(ctx, a); errors.Is(err, directory.ErrUnknownUser) {
+				missing[a] = true // no watch: UNKNOWN
+				continue
+			} else if err != nil {
+				return nil, err
+			}
+			st, err := s.Settings(ctx, a)
+			if err != nil {
+				return nil, err
+			}
+			loaded[a] = st
+		}
 	}
+	// s.mu is held. The new subscription joins its watches before the old one leaves them, so a
+	// watch both share is kept.
 	sub := &subscription{w: w, asker: asker, accounts: accounts}
 	var ask []string
-	s.mu.Lock()
-	s.dropLocked(w)
+	old := s.watchers[w]
 	s.watchers[w] = sub
 	for _, a := range accounts {
 		wt := s.watched[a]
@@ -667,6 +676,9 @@ func (s *Service) Subscribe(ctx context.Context, w Watcher, asker string, accoun
 			ask = append(ask, a)
 		}
 		wt.subs[sub] = struct{}{}
+	}
+	if old != nil {
+		s.leaveLocked(old)
 	}
 	expect := len(s.nodes) + 1
 	s.mu.Unlock()
@@ -746,6 +758,11 @@ func (s *Service) dropLocked(w Watcher) {
 		return
 	}
 	delete(s.watchers, w)
+	s.leaveLocked(sub)
+}
+
+// leaveLocked removes sub from its watches, and the watches nobody else holds.
+func (s *Service) leaveLocked(sub *subscription) {
 	for _, a := range sub.accounts {
 		wt := s.watched[a]
 		if wt == nil {
