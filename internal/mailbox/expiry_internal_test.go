@@ -5,13 +5,20 @@ package mailbox
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/petrelchat/petrel/internal/bus"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -110,4 +117,64 @@ func TestExpiredEnvelopesNeverDelivered(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond) // the purge runs on its own goroutine after the acks
 	}
+}
+
+// BenchmarkInboxStoreExpiring is BenchmarkInboxStoreInFlight/inflight=4096 with every envelope
+// a disappearing one (a per-message TTL of an hour): what the TTL costs the store path.
+func BenchmarkInboxStoreExpiring(b *testing.B) {
+	for _, ttl := range []time.Duration{0, time.Hour} {
+		b.Run("ttl="+ttl.String(), func(b *testing.B) {
+			quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+			bs, err := bus.Open(context.Background(), bus.Config{DataDir: b.TempDir(), InboxShards: 16, Logger: quiet})
+			if err != nil {
+				b.Fatal(err)
+			}
+			m := New(bs, Config{Logger: quiet})
+			if err := m.Start(); err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { m.Close(); bs.Close() })
+			devs := make([]string, 100)
+			for i := range devs {
+				devs[i] = fmt.Sprintf("%032x", i+1)
+			}
+			env := make([]byte, 300)
+			sem := make(chan struct{}, 4096)
+			var wg sync.WaitGroup
+			var failed atomic.Int64
+			b.ReportAllocs()
+			i := 0
+			cpu0 := rusageCPU()
+			for b.Loop() {
+				sem <- struct{}{}
+				wg.Add(1)
+				i++
+				var exp int64
+				if ttl > 0 {
+					exp = time.Now().Add(ttl).UnixMilli()
+				}
+				m.store(devs[i%len(devs)], strconv.Itoa(i), "", env, exp, func(err error) {
+					if err != nil {
+						failed.Add(1)
+					}
+					<-sem
+					wg.Done()
+				})
+			}
+			wg.Wait()
+			b.ReportMetric(float64(i)/b.Elapsed().Seconds(), "appends/s")
+			b.ReportMetric(float64((rusageCPU()-cpu0).Microseconds())/float64(i), "cpu-µs/append")
+			if n := failed.Load(); n > 0 {
+				b.Fatalf("%d of %d appends failed", n, i)
+			}
+		})
+	}
+}
+
+func rusageCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
