@@ -48,6 +48,15 @@ func TestPresenceAcrossNodes(t *testing.T) {
 	if p := sub(bob, "alice"); p.GetState() != pb.PresenceState_PRESENCE_STATE_ONLINE {
 		t.Fatalf("alice (online on n2) seen from n1: %v", p)
 	}
+	// An ephemeral send (typing) from n2 reaches bob on n1 over the bus.
+	typing := &pb.Send{MessageId: "typing1", To: "bob", Ephemeral: true, Envelopes: []*pb.DeviceCiphertext{
+		{DeviceId: bob.DeviceID, Type: pb.EnvelopeType_ENVELOPE_TYPE_MESSAGE, Ciphertext: []byte("typing")}}}
+	if r := alice.Primary.Request(&pb.Frame{Body: &pb.Frame_Send{Send: typing}}); r.GetSendResult() == nil {
+		t.Fatalf("ephemeral send: %v", r)
+	}
+	if env := bob.AckNextDeliver(); env.GetMessageId() != "typing1" || env.GetFrom() != "alice" {
+		t.Fatalf("bob got %v", env)
+	}
 	phoneKey := alice.Primary.AuthKey
 	lap := testserver.Connect(t, n3.URL(), laptop) // a second device, on n3
 	alice.Primary.WS.CloseNow()                    // the phone leaves n2: still online on n3
