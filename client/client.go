@@ -169,6 +169,9 @@ type Client struct {
 	// groups is the in-memory group state (groups.go).
 	groups groupRuntime
 
+	// ext is the state of presence, typing and the disappearing-message sweeper (presence.go).
+	ext extState
+
 	// ackHook, set by tests before Run (export_test.go), sees each batch's tags after its commit
 	// and before its ack; an error stands for the ack's write failing. Nil outside tests.
 	ackHook func(tags []uint64) error
@@ -314,6 +317,8 @@ func (c *Client) Run(ctx context.Context) (err error) {
 	defer cancel()
 	stop := context.AfterFunc(c.closeCtx, cancel)
 	defer stop()
+	stopSweeper := c.startSweeper(ctx) // disappearing messages (disappearing.go)
+	defer stopSweeper()
 
 	attempt := 0
 	everConnected := false
@@ -566,9 +571,14 @@ func (c *Client) enqueue(to, text string, done chan error) (string, error) {
 		return "", err
 	}
 	now := c.cfg.Now()
+	timer, err := c.Disappearing(to) // the chat's disappearing timer (disappearing.go)
+	if err != nil {
+		return "", err
+	}
 	content, err := proto.Marshal(&petrelv1.Content{
-		MessageId: id,
-		Body:      &petrelv1.Content_Text{Text: &petrelv1.Text{Body: text, SentAtMs: now.UnixMilli()}},
+		MessageId:   id,
+		Body:        &petrelv1.Content_Text{Text: &petrelv1.Text{Body: text, SentAtMs: now.UnixMilli()}},
+		ExpiresInMs: timer.Milliseconds(),
 	})
 	if err != nil {
 		return "", err
@@ -591,7 +601,11 @@ func (c *Client) enqueue(to, text string, done chan error) (string, error) {
 		if err := tx.AddOutbox(&store.OutboxEntry{ID: id, To: to, Kind: store.KindText, Content: content, CreatedAt: now}); err != nil {
 			return err
 		}
-		return tx.AddHistory(&store.HistoryRecord{ID: id, Dir: store.Outgoing, Peer: to, Body: text, SentAt: now, Status: store.StatusPending})
+		rec := &store.HistoryRecord{ID: id, Dir: store.Outgoing, Peer: to, Body: text, SentAt: now, Status: store.StatusPending, ExpiresIn: timer}
+		if err := tx.AddHistory(rec); err != nil {
+			return err
+		}
+		return c.startSentCountdown(tx, rec)
 	})
 	if err != nil {
 		c.finish(id, nil)
@@ -669,7 +683,9 @@ func (c *Client) ClaimSeen(seq uint64) (bool, error) {
 	var claimed bool
 	err := c.st.Update(func(tx *store.Tx) error {
 		var err error
-		claimed, err = tx.ClaimSeen(seq)
+		if claimed, err = tx.ClaimSeen(seq); err == nil && claimed {
+			err = c.startCountdown(tx, seq) // a disappearing message's (disappearing.go)
+		}
 		return err
 	})
 	return claimed, err
@@ -678,12 +694,23 @@ func (c *Client) ClaimSeen(seq uint64) (bool, error) {
 // MarkSeen records that messages (by Message.Seq) have been shown. To show a message exactly once
 // across crashes, claim it with ClaimSeen before showing it instead.
 func (c *Client) MarkSeen(seqs ...uint64) error {
-	return c.st.Update(func(tx *store.Tx) error { return tx.MarkSeen(seqs...) })
+	return c.st.Update(func(tx *store.Tx) error {
+		if err := tx.MarkSeen(seqs...); err != nil {
+			return err
+		}
+		for _, seq := range seqs {
+			if err := c.startCountdown(tx, seq); err != nil { // disappearing.go
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 func (c *Client) messageFromRecord(r *store.HistoryRecord) *Message {
 	m := &Message{Seq: r.Seq, ID: r.ID, From: r.Peer, FromDevice: r.PeerDevice, Text: r.Body,
-		SentAt: r.SentAt, ServerTime: r.ServerTime, ReceivedAt: r.ReceivedAt}
+		SentAt: r.SentAt, ServerTime: r.ServerTime, ReceivedAt: r.ReceivedAt,
+		ExpiresIn: r.ExpiresIn, ExpiresAt: r.ExpiresAt, Timer: r.Timer, TimerSet: r.TimerSet}
 	if r.Dir == store.Outgoing {
 		m.Outgoing, m.From, m.To = true, c.name, r.Peer
 	}

@@ -7,7 +7,7 @@ import "time"
 
 // Event is something the client reports on Config.Events: *Message, *Connected, *QueueEmpty,
 // *Disconnected, *Delivered, *SendFailed, *IdentityChanged, *DevicesChanged, *HistoryReceived,
-// *DecryptFailed or *PreKeysUploaded.
+// *DecryptFailed, *PreKeysUploaded, *Read, *Typing or *PresenceChanged.
 type Event interface{ isEvent() }
 
 // Message is a received text message, or (Outgoing) one this account sent from another of its
@@ -34,6 +34,14 @@ type Message struct {
 	// (From is then its actor, Text its description).
 	Group      string
 	GroupEvent *GroupEvent
+	// ExpiresIn is a disappearing message's timer (0: none), ExpiresAt when it leaves the history
+	// (zero until its countdown starts: a received one's starts when it is shown). Timer marks a
+	// change of the chat's disappearing timer to TimerSet (0: off) rather than a text
+	// (disappearing.go).
+	ExpiresIn time.Duration
+	ExpiresAt time.Time
+	Timer     bool
+	TimerSet  time.Duration
 }
 
 // Connected reports an authenticated connection.

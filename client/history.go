@@ -55,7 +55,7 @@ func (c *Client) queueHistory(dev string) (int, error) {
 				before = r.Seq
 				scanned++
 				if r.Unverified || r.Group != "" || r.Status == store.StatusFailed || len(r.Body) > maxHistoryItemBytes ||
-					perChat[r.Peer] >= limit {
+					perChat[r.Peer] >= limit || r.Timer || r.ExpiresIn > 0 { // disappearing ones stay behind
 					continue
 				}
 				perChat[r.Peer]++
@@ -153,7 +153,8 @@ func (c *Client) receiveOwn(tx *store.Tx, env *petrelv1.Envelope, content *petre
 		}
 		rec := &store.HistoryRecord{ID: id, Dir: store.Outgoing, Peer: to, PeerDevice: dev, Synced: true,
 			Body: b.Text.GetBody(), SentAt: time.UnixMilli(b.Text.GetSentAtMs()),
-			ServerTime: time.UnixMilli(env.GetServerTimeMs()), ReceivedAt: now, Status: store.StatusSent}
+			ServerTime: time.UnixMilli(env.GetServerTimeMs()), ReceivedAt: now, Status: store.StatusSent,
+			ExpiresIn: timerFromContent(content.GetExpiresInMs())}
 		if !listed {
 			rec.Unverified, rec.SenderIdentity = true, key
 			res.unverified = true
@@ -161,8 +162,15 @@ func (c *Client) receiveOwn(tx *store.Tx, env *petrelv1.Envelope, content *petre
 		if err := tx.AddHistory(rec); err != nil {
 			return res, err
 		}
+		if err := c.startSentCountdown(tx, rec); err != nil { // disappearing.go
+			return res, err
+		}
 		if listed {
 			res.events = append(res.events, c.messageFromRecord(rec))
+		}
+	case *petrelv1.Content_Disappearing: // set from another device of this account
+		if to := content.GetSentTo(); listed && petrelv1.ValidName(to) {
+			return c.receiveTimer(tx, env, to, true, b.Disappearing, now)
 		}
 	case *petrelv1.Content_History:
 		acct, err := tx.Account()

@@ -204,6 +204,7 @@ func (c *Client) receive(tx *store.Tx, env *petrelv1.Envelope) (receiveResult, e
 	if from == c.name {
 		return c.receiveOwn(tx, env, &content, ident, now)
 	}
+	c.heardFrom(from) // typing indicators to from may go on (presence.go)
 	switch b := content.GetBody().(type) {
 	case *petrelv1.Content_Text:
 		res.receiptFor = id
@@ -217,18 +218,24 @@ func (c *Client) receive(tx *store.Tx, env *petrelv1.Envelope) (receiveResult, e
 		}
 		rec := &store.HistoryRecord{ID: id, Dir: store.Incoming, Peer: from, PeerDevice: dev,
 			Body: b.Text.GetBody(), SentAt: time.UnixMilli(b.Text.GetSentAtMs()),
-			ServerTime: time.UnixMilli(env.GetServerTimeMs()), ReceivedAt: now}
+			ServerTime: time.UnixMilli(env.GetServerTimeMs()), ReceivedAt: now,
+			ExpiresIn: timerFromContent(content.GetExpiresInMs())}
 		if err := tx.AddHistory(rec); err != nil {
 			return res, err
 		}
 		res.events = append(res.events, c.messageFromRecord(rec))
 	case *petrelv1.Content_Receipt:
-		if b.Receipt.GetType() != petrelv1.ReceiptType_RECEIPT_TYPE_DELIVERED {
-			return res, nil
-		}
 		ids := b.Receipt.GetMessageIds()
 		if len(ids) > maxReceiptIDs {
 			ids = ids[:maxReceiptIDs]
+		}
+		if b.Receipt.GetType() == petrelv1.ReceiptType_RECEIPT_TYPE_READ { // receipts.go
+			evs, err := c.applyReadReceipt(tx, from, dev, ids, now)
+			res.events = append(res.events, evs...)
+			return res, err
+		}
+		if b.Receipt.GetType() != petrelv1.ReceiptType_RECEIPT_TYPE_DELIVERED {
+			return res, nil
 		}
 		for _, mid := range ids {
 			ev, err := c.applyReceipt(tx, from, dev, mid, now)
@@ -239,6 +246,10 @@ func (c *Client) receive(tx *store.Tx, env *petrelv1.Envelope) (receiveResult, e
 				res.events = append(res.events, ev)
 			}
 		}
+	case *petrelv1.Content_Typing: // presence.go: shown, never stored
+		res.events = append(res.events, &Typing{From: from, Typing: b.Typing.GetTyping()})
+	case *petrelv1.Content_Disappearing: // disappearing.go
+		return c.receiveTimer(tx, env, from, false, b.Disappearing, now)
 	default:
 		// A content type this version does not know: acked and ignored.
 	}

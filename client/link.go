@@ -96,6 +96,7 @@ func (c *Client) runLink(ctx context.Context, url string) (connected bool, err e
 	start(l.inboundLoop)
 	start(l.senderLoop)
 	start(l.keepAlive)
+	start(l.presenceLoop) // presence.go
 	<-lctx.Done()
 	err = context.Cause(lctx)
 	c.setReady(ctx, nil)
@@ -209,6 +210,9 @@ func (l *link) readLoop(ctx context.Context) error {
 			item.queueEmpty = b.QueueEmpty
 		case *petrelv1.Frame_DeviceListChanged:
 			item.listChanged = b.DeviceListChanged
+		case *petrelv1.Frame_PresenceChanged: // presence.go
+			l.presencePushed(ctx, b.PresenceChanged)
+			continue
 		case *petrelv1.Frame_GoAway:
 			g := b.GoAway
 			l.c.mu.Lock()

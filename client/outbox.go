@@ -282,6 +282,9 @@ func (c *Client) encryptEntry(e *store.OutboxEntry, devices, own []string) (*pet
 		}
 	}
 	send := &petrelv1.Send{MessageId: e.ID, To: e.To}
+	if ms := content.GetExpiresInMs(); ms > 0 { // a disappearing message: the server deletes it then
+		send.ExpiresAtMs = e.CreatedAt.UnixMilli() + ms
+	}
 	err = c.st.Update(func(tx *store.Tx) error {
 		var err error
 		if send.Envelopes, err = encryptFor(tx, e.To, devices, pt, send.Envelopes[:0]); err != nil {

@@ -481,6 +481,7 @@ const (
 	StatusSent      Status = "sent"      // acked by the server (stored or delivered live)
 	StatusDelivered Status = "delivered" // every recipient device sent a delivery receipt
 	StatusFailed    Status = "failed"    // refused for good (e.g. unknown user); not in the outbox
+	StatusRead      Status = "read"      // a recipient device sent a read receipt (extras.go)
 )
 
 // HistoryRecord is one message received or sent.
@@ -514,6 +515,15 @@ type HistoryRecord struct {
 	// or GroupKey(Group) for one sent from this device); GroupEvent is set on a membership change.
 	Group      string            `json:"group,omitempty"`
 	GroupEvent *GroupEventRecord `json:"group_event,omitempty"`
+
+	// Disappearing messages (extras.go). ExpiresIn is the chat's timer when the message was sent
+	// (0: none); ExpiresAt is when the record is deleted (zero until its countdown starts: when it
+	// is sent, or when a received one is shown). Timer marks a record that is not a text but a
+	// change of the chat's timer to TimerSet (0: off).
+	ExpiresIn time.Duration `json:"expires_in,omitempty"`
+	ExpiresAt time.Time     `json:"expires_at,omitzero"`
+	Timer     bool          `json:"timer,omitempty"`
+	TimerSet  time.Duration `json:"timer_set,omitempty"`
 }
 
 // Shown reports whether the record is one the user is shown as it arrives: a received message,

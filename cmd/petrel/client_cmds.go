@@ -314,6 +314,7 @@ func runSend(ctx context.Context, e *env, args []string) int {
 // jsonMessage is one line of recv --json. Direction is "in" for a received message and "out" for
 // one this account sent from another of its devices (From is then this account, To the recipient).
 type jsonMessage struct {
+	Type       string `json:"type"` // "message" (receipts and timer changes: recv_extras.go)
 	ID         string `json:"id"`
 	From       string `json:"from"`
 	FromDevice string `json:"from_device"`
@@ -325,11 +326,16 @@ type jsonMessage struct {
 	To         string `json:"to,omitempty"`
 	// Group is the local name of the group of a group message (group_cmds.go).
 	Group string `json:"group,omitempty"`
+	// ExpiresIn is a disappearing message's timer in seconds (absent: none).
+	ExpiresIn int64 `json:"expires_in,omitempty"`
 }
 
 // messageLine is the text form of a message: "NAME: TEXT", or "NAME -> PEER: TEXT" for one this
 // account sent from another device (escaped for the terminal).
 func messageLine(m *client.Message) string {
+	if m.Timer {
+		return timerLine(m) // settings_cmds.go
+	}
 	if m.Outgoing {
 		return fmt.Sprintf("%s -> %s: %s", sanitize(m.From), sanitize(m.To), sanitize(m.Text))
 	}
@@ -367,15 +373,20 @@ func (p *printer) print(m *client.Message) error {
 		}
 		line = string(escapeJSONInvisible(b))
 	} else if p.json {
-		jm := jsonMessage{ID: m.ID, From: m.From, FromDevice: m.FromDevice, Text: m.Text, Direction: "in",
-			SentAt: formatTime(m.SentAt), ServerTime: formatTime(m.ServerTime), ReceivedAt: formatTime(m.ReceivedAt)}
+		jm := jsonMessage{Type: "message", ID: m.ID, From: m.From, FromDevice: m.FromDevice, Text: m.Text, Direction: "in",
+			SentAt: formatTime(m.SentAt), ServerTime: formatTime(m.ServerTime), ReceivedAt: formatTime(m.ReceivedAt),
+			ExpiresIn: int64(m.ExpiresIn / time.Second)}
 		if m.Outgoing {
 			jm.Direction, jm.To = "out", m.To
 		}
 		if m.Group != "" {
 			jm.Group = p.c.GroupName(m.Group)
 		}
-		b, err := json.Marshal(jm)
+		var v any = jm
+		if m.Timer {
+			v = timerJSON(m) // recv_extras.go
+		}
+		b, err := json.Marshal(v)
 		if err != nil {
 			return err
 		}
@@ -386,8 +397,10 @@ func (p *printer) print(m *client.Message) error {
 	if claimed, err := p.c.ClaimSeen(m.Seq); err != nil || !claimed {
 		return err
 	}
-	_, err := fmt.Fprintf(p.e.stdout, "%s\n", line)
-	return err
+	if _, err := fmt.Fprintf(p.e.stdout, "%s\n", line); err != nil {
+		return err
+	}
+	return p.c.MarkRead(m) // printed counts as read (a read receipt unless they are off)
 }
 
 func runRecv(ctx context.Context, e *env, args []string) int {
@@ -413,7 +426,7 @@ func runRecv(ctx context.Context, e *env, args []string) int {
 	if *wait < 0 {
 		return usageErr(e, cmd, "--wait must not be negative")
 	}
-	msgs := make(chan *client.Message, 16)
+	msgs := make(chan client.Event, 16) // messages and receipts, printed in the order they came
 	queueEmpty := make(chan struct{}, 1)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -445,6 +458,13 @@ func runRecv(ctx context.Context, e *env, args []string) int {
 			select {
 			case queueEmpty <- struct{}{}:
 			default:
+			}
+		case *client.Delivered, *client.Read:
+			if *asJSON {
+				select {
+				case msgs <- ev:
+				case <-ctx.Done():
+				}
 			}
 		default:
 			warnEvent(e, cmd, ev)
@@ -483,8 +503,14 @@ func runRecv(ctx context.Context, e *env, args []string) int {
 				}
 				return fail(e, cmd, fmt.Errorf("no answer within %v: %w", *timeout, err))
 			}
-		case m := <-msgs:
-			if err := p.print(m); err != nil {
+		case ev := <-msgs:
+			var err error
+			if m, ok := ev.(*client.Message); ok {
+				err = p.print(m)
+			} else {
+				err = p.printReceipt(ev) // recv_extras.go
+			}
+			if err != nil {
 				return fail(e, cmd, err)
 			}
 			if started {
@@ -567,9 +593,13 @@ func runChat(ctx context.Context, e *env, args []string) int {
 		prompt()
 	}
 	var s *clientSession
+	var x *chatExtras // marks, typing, presence (chat_extras.go)
 	ready := make(chan struct{})
 	handle := func(ev client.Event) {
 		<-ready
+		if x.event(ev) {
+			return
+		}
 		switch ev := ev.(type) {
 		case *client.Message:
 			// Claimed before it is shown, as in printer.print: never shown twice.
@@ -577,6 +607,7 @@ func runChat(ctx context.Context, e *env, args []string) int {
 				show(fmt.Sprintf("petrel %s: %s", cmd, describe(err)))
 			} else if claimed {
 				show(messageText(s.c, ev))
+				x.shown(ev)
 			}
 		case *client.IdentityChanged, *client.DecryptFailed, *client.SendFailed, *client.DevicesChanged:
 			outMu.Lock()
@@ -597,6 +628,9 @@ func runChat(ctx context.Context, e *env, args []string) int {
 					return err
 				} else if claimed {
 					show(messageText(c, m))
+					if err := c.MarkRead(m); err != nil {
+						return err
+					}
 				}
 			}
 		}
@@ -605,6 +639,8 @@ func runChat(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return fail(e, cmd, err)
 	}
+	x = newChatExtras(ctx, s.c, peer, show, ct)
+	x.start()
 	close(ready)
 	defer s.close()
 	if *group != "" {
@@ -670,11 +706,12 @@ loop:
 				break loop
 			}
 			sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+			var id string
 			var err error
 			if *group != "" {
-				_, err = s.c.SendGroup(sctx, *group, line)
+				id, err = s.c.SendGroup(sctx, *group, line)
 			} else {
-				_, err = s.c.Send(sctx, peer, line)
+				id, err = s.c.Send(sctx, peer, line)
 			}
 			scancel()
 			if err != nil {
@@ -692,9 +729,7 @@ loop:
 				show(fmt.Sprintf("[not sent yet, kept in the outbox: %s]", describe(err)))
 				continue
 			}
-			outMu.Lock()
-			prompt()
-			outMu.Unlock()
+			x.sentLine(id, line)
 		case err := <-readErr:
 			if err != nil {
 				fmt.Fprintf(e.stderr, "petrel %s: read standard input: %v\n", cmd, err)

@@ -52,6 +52,8 @@ func commands() []command {
 		{"safety-number", "safety-number NAME", "show the safety number to compare with NAME out of band", runSafetyNumber},
 		{"link", "link --server URL [--no-history]", "make this home a new device of an existing account", runLink},
 		{"devices", "devices [--json] | devices approve CODE [--name NAME] | devices remove ID", "list, approve and remove this account's devices", runDevices},
+		{"settings", settingsUsage, "read receipts and who sees your last seen", runSettings},
+		{"disappear", disappearUsage, "set a chat's disappearing-message timer", runDisappear},
 		{"bench", benchUsage, "load generator: idle, relay, offline, churn scenarios", runBench},
 		{"bench-worker", "", "", runBenchWorker}, // hidden: a worker process of petrel bench
 		{"version", "version", "print the version", runVersion},

@@ -153,6 +153,7 @@ type Bus struct {
 	Invites  jetstream.KeyValue // invite code → invite record
 	Links    jetstream.KeyValue // link id → pending device link (per-entry TTL)
 	Groups   jetstream.KeyValue // group records and the per-account group index (package groups)
+	Settings jetstream.KeyValue // account name → presence and privacy settings (presence.go)
 	PreKeys  jetstream.Stream   // one-time prekeys: prekeys.otk.<device>, prekeys.kem.<device>
 	inboxes  []jetstream.Stream
 	meta     jetstream.KeyValue // deployment facts

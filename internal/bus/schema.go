@@ -197,6 +197,9 @@ func (b *Bus) migrate(ctx context.Context) error {
 	if b.Groups, err = kv(jetstream.KeyValueConfig{Bucket: GroupsBucket, Description: "group id → membership; account → its groups", History: 1}, kvOptions{atomic: true}); err != nil {
 		return err
 	}
+	if b.Settings, err = kv(jetstream.KeyValueConfig{Bucket: SettingsBucket, Description: "account name → presence and privacy settings (petrelv1.Settings)", History: 1}, kvOptions{}); err != nil {
+		return err
+	}
 	b.PreKeys, err = b.ensureStream(ctx, jetstream.StreamConfig{
 		Name:                 PreKeysStream,
 		Description:          "unclaimed one-time prekeys, claimed by get-then-delete",
@@ -233,6 +236,9 @@ func (b *Bus) migrate(ctx context.Context) error {
 			Duplicates:           b.cfg.DuplicateWindow,
 			AllowDirect:          true,
 			AllowAtomicPublish:   true,
+			// Disappearing messages: a stored envelope carries a per-message TTL (Nats-TTL) and
+			// the store deletes it at its expiry.
+			AllowMsgTTL: true,
 		})
 		if err != nil {
 			return fmt.Errorf("stream %s: %w", name, err)

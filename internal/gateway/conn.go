@@ -63,6 +63,8 @@ type conn struct {
 	att    *mailbox.Attachment
 	route  *mailbox.Route
 	linkID string // the pending link of a linking connection
+	// presenceOn: the device was counted online by the presence service (presence.go).
+	presenceOn bool
 
 	fmu        sync.Mutex // held while flushing (see writer.go)
 	wmu        sync.Mutex // guards the write fields below
@@ -219,6 +221,7 @@ func (c *conn) authenticated(ctx context.Context, f *pb.Frame, dev directory.Pri
 	}
 	c.att = att
 	c.mu.Unlock()
+	c.presenceOnline(dev)
 	return true
 }
 
@@ -264,7 +267,8 @@ func (c *conn) onSend(f *pb.Frame) {
 		return out
 	}
 	v := pb.SendView{ID: f.Id, MessageID: []byte(s.GetMessageId()), To: []byte(s.GetTo()),
-		Envelopes: views(s.GetEnvelopes()), OwnEnvelopes: views(s.GetOwnEnvelopes())}
+		Envelopes: views(s.GetEnvelopes()), OwnEnvelopes: views(s.GetOwnEnvelopes()),
+		Ephemeral: s.GetEphemeral(), ExpiresAtMs: s.GetExpiresAtMs()}
 	c.sendView(&v, &messaging.Message{})
 }
 
@@ -275,6 +279,14 @@ func (c *conn) sendView(v *pb.SendView, m *messaging.Message) {
 	id := v.ID
 	if id == 0 {
 		c.fail(0, pb.ErrorCode_ERROR_CODE_INVALID_REQUEST, "a Send needs a request id")
+		return
+	}
+	if v.Ephemeral { // typing: live only, acked at once (presence.go)
+		c.sendEphemeral(v, m)
+		return
+	}
+	if err := checkExpiry(v.ExpiresAtMs); err != nil {
+		c.writeError(id, err)
 		return
 	}
 	if int(c.sends.Load()) >= c.g.cfg.MaxInflightSends {
@@ -295,6 +307,9 @@ func (c *conn) sendView(v *pb.SendView, m *messaging.Message) {
 	if err := c.g.msg.Resolve(context.Background(), dev, v, time.Now().UnixMilli(), m); err != nil {
 		c.writeError(id, err)
 		return
+	}
+	if v.ExpiresAtMs != 0 { // a disappearing message (presence.go)
+		stampExpiry(m, v.ExpiresAtMs)
 	}
 	msgID := m.ID
 	c.sends.Add(1)
@@ -501,6 +516,7 @@ func (c *conn) shutdown() {
 		return
 	}
 	c.g.endLink(c, linkClosedOutcome)
+	c.presenceOffline()
 	c.mu.Lock()
 	att := c.att
 	c.att = nil

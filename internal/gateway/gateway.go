@@ -42,6 +42,7 @@ import (
 	"github.com/petrelchat/petrel/internal/keyrate"
 	"github.com/petrelchat/petrel/internal/mailbox"
 	"github.com/petrelchat/petrel/internal/messaging"
+	"github.com/petrelchat/petrel/internal/presence"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -119,6 +120,8 @@ type Config struct {
 	DrainRate float64
 	// Node is this node's name (shown in Challenge).
 	Node string
+	// Presence is the node's presence service (presence.go). Nil: presence frames are refused.
+	Presence *presence.Service
 	// Nodes, if set, returns the public URLs of the cluster's nodes that Welcome tells clients.
 	Nodes    func() []string
 	Logger   *slog.Logger
@@ -205,6 +208,7 @@ type Gateway struct {
 	groupOps *keyrate.Limiter[string] // group frames per device (groups.go)
 
 	groupMetrics *groupMetrics
+	ext          *extras // presence, settings, ephemeral sends (presence.go)
 
 	draining atomic.Bool
 	moving   atomic.Bool // the node lost its cluster quorum: clients are sent elsewhere (Move)
@@ -258,6 +262,7 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, msg *messaging.Service, 
 		devOps:   keyrate.New[string](keyrate.Config{Rate: deviceOpsPerMinute / 60, Burst: deviceOpsBurst, MaxKeys: 100_000}),
 		grp:      cfg.Groups,
 		groupOps: newGroupOps(),
+		ext:      newExtras(cfg),
 		conns:    map[*conn]struct{}{},
 		links:    map[string]*conn{},
 

@@ -53,6 +53,9 @@ var (
 		body[*pb.Frame_Register]():      (*conn).alreadyAuthenticated,
 		body[*pb.Frame_Auth]():          (*conn).alreadyAuthenticated,
 		body[*pb.Frame_StartLink]():     (*conn).alreadyAuthenticated,
+
+		body[*pb.Frame_SubscribePresence](): (*conn).onSubscribePresence, // presence.go
+		body[*pb.Frame_PutSettings]():       (*conn).onPutSettings,
 	}
 )
 

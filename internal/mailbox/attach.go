@@ -244,6 +244,8 @@ func (a *Attachment) onMsg(msg *nats.Msg) {
 		a.onLive(msg)
 	case kindRelease:
 		a.release(string(msg.Data[1:]))
+	case kindEphemeral:
+		a.pushEphemeral(msg.Data[1:])
 	}
 }
 
@@ -703,6 +705,10 @@ func (a *Attachment) settle() error {
 // pushStored pushes the stored envelope at seq; false means the connection is gone (the caller
 // detaches). An attachment already closed pushes nothing and returns true.
 func (a *Attachment) pushStored(seq uint64, data []byte) bool {
+	if expired(data) { // a disappearing message past its expiry is never delivered (expiry.go)
+		a.dropExpired(seq, len(data))
+		return true
+	}
 	a.mu.Lock()
 	if a.closed || seq < a.nextSeq {
 		a.mu.Unlock()

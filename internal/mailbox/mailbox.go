@@ -252,6 +252,7 @@ type Mailbox struct {
 	nc      *nats.Conn
 	log     *slog.Logger
 	metrics *metrics
+	ext     *extMetrics // disappearing and ephemeral envelopes (expiry.go, ephemeral.go)
 
 	writers    []*shardWriter
 	limits     limits        // admission caps (quota.go)
@@ -311,6 +312,7 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		nc:      b.Conn(),
 		log:     cfg.Logger,
 		metrics: newMetrics(cfg.Registry),
+		ext:     newExtMetrics(cfg.Registry),
 		stop:    make(chan struct{}),
 		pending: make(map[uint64]liveReq),
 		reads:   make(map[uint64]chan *nats.Msg),
@@ -622,11 +624,12 @@ func (m *Mailbox) observeCommit(stored int, start time.Time, err error) {
 
 // Store appends one envelope to a device's inbox and calls done when it is durable (nil) or not.
 func (m *Mailbox) Store(deviceID, dedupeID string, envelope []byte, done func(error)) {
-	m.store(deviceID, dedupeID, "", envelope, done)
+	m.store(deviceID, dedupeID, "", envelope, 0, done)
 }
 
-// store is Store with the ticket of the attachment that refused the envelope, if any.
-func (m *Mailbox) store(deviceID, dedupeID, ticket string, envelope []byte, done func(error)) {
+// store is Store with the ticket of the attachment that refused the envelope, if any, and the
+// envelope's expiry (Unix ms, 0: never; see expiry.go).
+func (m *Mailbox) store(deviceID, dedupeID, ticket string, envelope []byte, expiresAtMs int64, done func(error)) {
 	if ticket != "" {
 		stored := done
 		done = func(err error) {
@@ -645,12 +648,17 @@ func (m *Mailbox) store(deviceID, dedupeID, ticket string, envelope []byte, done
 		done(fmt.Errorf("%w: no jetstream quorum on this node", ErrStorage))
 		return
 	}
+	if m.expiredAtStore(expiresAtMs) {
+		done(nil) // deleted at its expiry, which is now: nothing to store
+		return
+	}
 	m.writers[m.bus.Shard(deviceID)].enqueue(&appendReq{
 		subject:  m.bus.InboxSubject(deviceID),
 		dedupeID: dedupeID,
 		deviceID: deviceID,
 		ticket:   ticket,
 		data:     envelope,
+		expires:  expiresAtMs,
 		done:     done,
 	})
 }

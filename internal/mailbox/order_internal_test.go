@@ -341,7 +341,7 @@ func TestDrainWaitsForEveryTicket(t *testing.T) {
 	// The sender stores both, in order, each with its ticket.
 	for _, x := range [][2]string{{"m1", t1}, {"m2", t2}} {
 		done := make(chan error, 1)
-		m.store(orderDev, x[0], x[1], []byte(x[0]), func(err error) { done <- err })
+		m.store(orderDev, x[0], x[1], []byte(x[0]), 0, func(err error) { done <- err })
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
@@ -463,7 +463,7 @@ func TestFailedStoreReleasesItsTicket(t *testing.T) {
 	}
 	quorum.Store(false) // the sender's store fails for certain
 	done := make(chan error, 1)
-	m.store(orderDev, "m1", ticket, []byte("m1"), func(err error) { done <- err })
+	m.store(orderDev, "m1", ticket, []byte("m1"), 0, func(err error) { done <- err })
 	if err := <-done; err == nil {
 		t.Fatal("the store succeeded without quorum")
 	}

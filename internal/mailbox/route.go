@@ -15,6 +15,9 @@ type Target struct {
 	// DedupeID identifies this envelope for this device across resends (JetStream Nats-Msg-Id).
 	DedupeID string
 	Envelope []byte
+	// ExpiresAtMs (Unix ms, 0: never) is a disappearing message's expiry: a stored copy is deleted
+	// by the store at that time and never delivered after it (expiry.go).
+	ExpiresAtMs int64
 }
 
 // Outcome is the result of one Send.
@@ -211,7 +214,7 @@ func (op *sendOp) livePayload(routeID string, unanswered bool, env []byte) []byt
 
 func (x *sendTarget) store(ticket string) {
 	x.op.route.beginStore(x.t.DeviceID)
-	x.op.m.store(x.t.DeviceID, x.t.DedupeID, ticket, x.t.Envelope, x.stored)
+	x.op.m.store(x.t.DeviceID, x.t.DedupeID, ticket, x.t.Envelope, x.t.ExpiresAtMs, x.stored)
 }
 
 func (x *sendTarget) stored(err error) {

@@ -23,6 +23,7 @@ type appendReq struct {
 	deviceID string
 	ticket   string // the refusing attachment's ticket, handed back in the wake-up
 	seq      uint64 // the inbox stream sequence it was stored at, once committed
+	expires  int64  // Unix ms, 0: never (a disappearing message; expiry.go)
 	data     []byte
 	done     func(error)
 }
@@ -308,6 +309,9 @@ func newInboxMsg(r *appendReq) *nats.Msg {
 	m := &nats.Msg{Subject: r.subject, Data: r.data, Header: nats.Header{}}
 	if r.dedupeID != "" {
 		m.Header.Set(jetstream.MsgIDHeader, r.dedupeID)
+	}
+	if r.expires != 0 {
+		m.Header.Set(jetstream.MsgTTLHeader, ttlHeader(r.expires))
 	}
 	return m
 }

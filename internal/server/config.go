@@ -90,6 +90,8 @@ type Config struct {
 	DevicesSection `toml:"devices"`
 	GroupsSection  `toml:"groups"`
 
+	PresenceSection `toml:"presence"`
+
 	// Warnings are what LoadConfig found to say about the file (deprecated keys); the server logs
 	// them when it starts.
 	Warnings []string `toml:"-"`
@@ -479,6 +481,7 @@ func (c *Config) SetDefaults() {
 		c.DeviceCacheSize = directory.DefaultDeviceCacheSize
 	}
 	c.setAbuseDefaults()
+	c.setPresenceDefaults()
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
@@ -537,6 +540,7 @@ func (c *Config) Validate() error {
 	if c.LinkTTL.Duration < time.Second || c.LinkTTL.Duration > bus.LinksMaxAge {
 		bad("devices.link_ttl %s: want 1s..%s", c.LinkTTL.Duration, bus.LinksMaxAge)
 	}
+	c.validatePresence(bad)
 	if c.MaxPendingLinks < 1 || c.MaxPendingLinks > 1_000_000 {
 		bad("limits.max_pending_links %d: want 1..1000000", c.MaxPendingLinks)
 	}

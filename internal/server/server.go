@@ -37,6 +37,7 @@ import (
 	"github.com/petrelchat/petrel/internal/mailbox"
 	"github.com/petrelchat/petrel/internal/messaging"
 	"github.com/petrelchat/petrel/internal/nodes"
+	"github.com/petrelchat/petrel/internal/presence"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -64,6 +65,8 @@ type Server struct {
 	addr   atomic.Value    // net.Addr
 	token  string
 	quorum *quorumWatch // cached JetStream quorum state (quorum.go)
+
+	pres *presence.Service // who is online, last seen, settings (memory and bus)
 
 	runCtx    context.Context // lives until Shutdown closes storage
 	runCancel context.CancelFunc
@@ -281,6 +284,12 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.groups.Start(s.runCtx); err != nil {
 		return fmt.Errorf("groups: %w", err)
 	}
+	s.pres = presence.New(s.bus.Conn(), s.bus.Settings, s.dir, presence.Config{Node: s.cfg.Node,
+		HeartbeatInterval: s.cfg.PresenceHeartbeat.Duration, MaxLastSeen: s.cfg.PresenceMaxLastSeen,
+		Logger: s.log.With("component", "presence"), Registry: s.reg})
+	if err := s.pres.Start(); err != nil {
+		return err
+	}
 	msg := messaging.New(s.dir, messaging.WithGroups(s.groups, func(err error) bool { return errors.Is(err, groups.ErrUnknownGroup) }))
 	s.gw = gateway.New(s.dir, s.mb, msg, s.withAdmission(gateway.Config{
 		MaxFrameBytes:          s.cfg.MaxFrameBytes,
@@ -303,6 +312,7 @@ func (s *Server) start(ctx context.Context) error {
 		DrainRate:       s.cfg.DrainRate,
 		Node:            s.cfg.Node,
 		Nodes:           s.nodeURLs,
+		Presence:        s.pres,
 		Logger:          s.log.With("component", "gateway"),
 		Registry:        s.reg,
 	}))
@@ -501,6 +511,10 @@ func (s *Server) stopAdmin(ctx context.Context) error {
 
 func (s *Server) closeStorage() {
 	s.runCancel()
+	if s.pres != nil {
+		// Its goodbye goes out while the bus is open (Shutdown); after Kill it does not.
+		s.pres.Close()
+	}
 	if s.quorum != nil {
 		s.quorum.stop()
 	}

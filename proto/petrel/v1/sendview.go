@@ -20,6 +20,10 @@ type SendView struct {
 	Envelopes []CiphertextView
 	// OwnEnvelopes are Send.own_envelopes: the sender's copies for its own other devices.
 	OwnEnvelopes []CiphertextView
+	// Ephemeral and ExpiresAtMs are Send.ephemeral and Send.expires_at_ms. ParseSendFrame never
+	// sets them (a Send with either takes the general path); the gateway fills them in.
+	Ephemeral   bool
+	ExpiresAtMs int64
 }
 
 // CiphertextView is one DeviceCiphertext of a SendView.
@@ -36,6 +40,7 @@ type CiphertextView struct {
 // decides (and reports) exactly as for any other frame. It never panics.
 func ParseSendFrame(b []byte, v *SendView) bool {
 	v.ID, v.MessageID, v.To, v.Envelopes, v.OwnEnvelopes = 0, nil, nil, v.Envelopes[:0], v.OwnEnvelopes[:0]
+	v.Ephemeral, v.ExpiresAtMs = false, 0
 	var seenID, seenSend bool
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)

@@ -1,0 +1,272 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/petrelchat/petrel/client"
+)
+
+// What petrel chat shows besides messages: a mark per own message (sent ✓ when the server acked
+// it, delivered ✓✓ when a device of the peer has it, read when one showed it, in blue on a
+// terminal; read marks only while read receipts are on), the peer's typing ("bob is typing…": in
+// the prompt on a terminal, a line otherwise) and presence ("bob is online", "bob was last seen
+// at 14:05"), and timer changes. It sends read receipts for the messages it shows, and typing
+// indicators while you type on a terminal (at most one every typingEvery, "stopped" after
+// typingIdle without a key).
+
+const (
+	typingEvery = 3 * time.Second
+	typingIdle  = 5 * time.Second
+	// typingShown is how long a peer's "typing" shows without being renewed.
+	typingShown = 2 * typingEvery
+	// markTextLen is how much of a message a mark line quotes.
+	markTextLen = 40
+)
+
+// chatExtras is one chat's marks, typing and presence.
+type chatExtras struct {
+	ctx  context.Context
+	c    *client.Client
+	peer string
+	show func(string)
+	ct   *chatTerminal // nil: not on a terminal
+	tn   *typingNotifier
+
+	mu         sync.Mutex // guards the fields below
+	sent       map[string]string
+	peerTyping bool
+	typingGen  int // invalidates the timer of an earlier "typing"
+}
+
+func newChatExtras(ctx context.Context, c *client.Client, peer string, show func(string), ct *chatTerminal) *chatExtras {
+	x := &chatExtras{ctx: ctx, c: c, peer: peer, show: show, ct: ct, sent: map[string]string{}}
+	if ct != nil {
+		x.tn = newTypingNotifier(ctx, func(ctx context.Context, typing bool) {
+			tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			_ = c.SendTyping(tctx, peer, typing) // best effort: never stored, never retried
+		})
+		ct.t.AutoCompleteCallback = func(_ string, _ int, key rune) (string, int, bool) {
+			if key != '\r' && key != '\n' {
+				x.tn.keystroke()
+			}
+			return "", 0, false
+		}
+	}
+	return x
+}
+
+// start asks for the peer's presence (once connected) and shows it.
+func (x *chatExtras) start() {
+	go func() {
+		res, err := x.c.SubscribePresence(x.ctx, x.peer)
+		if err != nil || len(res) != 1 {
+			return
+		}
+		if line := presenceLine(res[0]); line != "" {
+			x.show(line)
+		}
+	}()
+}
+
+// presenceLine is how a presence reads ("" for unknown: hidden or no such account).
+func presenceLine(p client.Presence) string {
+	switch p.State {
+	case client.PresenceOnline:
+		return fmt.Sprintf("[%s is online]", p.Account)
+	case client.PresenceOffline:
+		if p.LastSeen.IsZero() {
+			return fmt.Sprintf("[%s is offline]", p.Account)
+		}
+		t := p.LastSeen.Local()
+		if y, m, d := time.Now().Date(); t.Year() == y && t.Month() == m && t.Day() == d {
+			return fmt.Sprintf("[%s was last seen at %s]", p.Account, t.Format("15:04"))
+		}
+		return fmt.Sprintf("[%s was last seen %s]", p.Account, t.Format("2006-01-02 15:04"))
+	}
+	return ""
+}
+
+// quote is the start of a message, for a mark line.
+func quote(text string) string {
+	if utf8.RuneCountInString(text) <= markTextLen {
+		return text
+	}
+	r := []rune(text)
+	return string(r[:markTextLen]) + "…"
+}
+
+// sentLine shows an own message acked by the server.
+func (x *chatExtras) sentLine(id, text string) {
+	x.mu.Lock()
+	x.sent[id] = quote(text)
+	x.mu.Unlock()
+	if x.tn != nil {
+		x.tn.stopped()
+	}
+	x.show(fmt.Sprintf("you: %s ✓", text))
+}
+
+// shown is called for each message shown: a read receipt for the peer's, and the peer's typing
+// ends with its message.
+func (x *chatExtras) shown(m *client.Message) {
+	if m.Outgoing || m.Timer {
+		return
+	}
+	_ = x.c.MarkRead(m)
+	if m.From == x.peer {
+		x.setTyping(false)
+	}
+}
+
+// event handles the events of this file; false for the others.
+func (x *chatExtras) event(ev client.Event) bool {
+	switch ev := ev.(type) {
+	case *client.Delivered:
+		if ev.To == x.peer {
+			x.show(fmt.Sprintf("[✓✓ delivered: %s]", x.quoteOf(ev.MessageID)))
+		}
+	case *client.Read:
+		if ev.To == x.peer {
+			mark := "✓✓ read"
+			if x.ct != nil {
+				mark = "\033[1;34m✓✓ read\033[0m"
+			}
+			x.show(fmt.Sprintf("[%s: %s]", mark, x.quoteOf(ev.MessageID)))
+		}
+	case *client.Typing:
+		if ev.From == x.peer {
+			x.setTyping(ev.Typing)
+		}
+	case *client.PresenceChanged:
+		if ev.Account == x.peer {
+			if line := presenceLine(ev.Presence); line != "" {
+				x.show(line)
+			}
+		}
+	default:
+		return false
+	}
+	return true
+}
+
+func (x *chatExtras) quoteOf(id string) string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if q, ok := x.sent[id]; ok {
+		return q
+	}
+	return "message " + id
+}
+
+// setTyping shows or clears the peer's "typing…"; a "typing" not renewed within typingShown
+// clears itself.
+func (x *chatExtras) setTyping(on bool) {
+	x.mu.Lock()
+	changed := on != x.peerTyping
+	x.peerTyping = on
+	x.typingGen++
+	gen := x.typingGen
+	x.mu.Unlock()
+	if on {
+		time.AfterFunc(typingShown, func() {
+			x.mu.Lock()
+			expired := x.typingGen == gen && x.peerTyping
+			x.mu.Unlock()
+			if expired {
+				x.setTyping(false)
+			}
+		})
+	}
+	if !changed {
+		return
+	}
+	if x.ct != nil {
+		prompt := "> "
+		if on {
+			prompt = fmt.Sprintf("[%s is typing…] > ", x.peer)
+		}
+		x.ct.t.SetPrompt(prompt)
+		_, _ = x.ct.Write(nil) // redraws the line with the new prompt
+		return
+	}
+	if on {
+		x.show(fmt.Sprintf("%s is typing…", x.peer))
+	}
+}
+
+// typingNotifier turns keystrokes into typing indicators: "typing" at the first key and again at
+// most every typingEvery while keys come, "stopped" after typingIdle without one (a sent line
+// stops it without a message: the peer clears it when the line arrives).
+type typingNotifier struct {
+	out chan bool // indicators to send, in order; bounded (a full queue drops the new one)
+
+	mu       sync.Mutex // guards the fields below
+	typing   bool
+	lastSent time.Time
+	idle     *time.Timer
+}
+
+func newTypingNotifier(ctx context.Context, send func(context.Context, bool)) *typingNotifier {
+	n := &typingNotifier{out: make(chan bool, 4)}
+	go func() {
+		for {
+			select {
+			case on := <-n.out:
+				send(ctx, on)
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return n
+}
+
+func (n *typingNotifier) emit(on bool) {
+	select {
+	case n.out <- on:
+	default:
+	}
+}
+
+// keystroke is called for each key typed (not Enter).
+func (n *typingNotifier) keystroke() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	now := time.Now()
+	if !n.typing || now.Sub(n.lastSent) >= typingEvery {
+		n.typing, n.lastSent = true, now
+		n.emit(true)
+	}
+	if n.idle == nil {
+		n.idle = time.AfterFunc(typingIdle, n.idleFired)
+	} else {
+		n.idle.Reset(typingIdle)
+	}
+}
+
+func (n *typingNotifier) idleFired() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.typing {
+		n.typing = false
+		n.emit(false)
+	}
+}
+
+// stopped is called when a line was sent.
+func (n *typingNotifier) stopped() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.typing = false
+	if n.idle != nil {
+		n.idle.Stop()
+	}
+}
