@@ -65,9 +65,12 @@ type Disconnected struct {
 
 // Delivered reports that a recipient device has sent a delivery receipt for a message (the first
 // one; the message stays in the outbox until every device it was sent to receipted it or left
-// the recipient's device list).
+// the recipient's device list). For a group message (Group set, To empty) it reports that every
+// member it was sent to has it: a device of each sent a delivery receipt.
 type Delivered struct {
 	To, MessageID string
+	// Group is the group id of a group message (Client.GroupName gives its local name).
+	Group string
 }
 
 // SendFailed reports a message that was refused for good and left the outbox (for example, the

@@ -188,23 +188,29 @@ func (l *link) sendGroupEntry(ctx context.Context, e *store.OutboxEntry, gid str
 	if resp.GetSendResult() == nil {
 		return fmt.Errorf("%w: expected SendResult", ErrProtocol)
 	}
-	var awaiting []string
+	var awaiting, members []string
 	for dev, acct := range devices {
 		if acct != c.name {
 			awaiting = append(awaiting, dev)
+			if !slices.Contains(members, acct) {
+				members = append(members, acct)
+			}
 		}
 	}
 	slices.Sort(awaiting)
-	if len(awaiting) > maxGroupAwaiting {
-		return c.groupAckedLarge(ctx, e)
-	}
-	return c.serverAcked(ctx, e, awaiting)
+	slices.Sort(members)
+	return c.groupAcked(l.runCtx, e, awaiting, members)
 }
 
-// groupAckedLarge ends a group message sent to more devices than the outbox waits receipts
-// from: the server's ack is its last word.
-func (c *Client) groupAckedLarge(ctx context.Context, e *store.OutboxEntry) error {
+// groupAcked records the server's ack of group message e, sent to the member devices awaiting
+// (of the other member accounts members). The entry then waits for their delivery receipts, or,
+// sent to more than maxGroupAwaiting devices, leaves the outbox at once (the server's ack is its
+// last word). Its history record becomes "sent" and learns members for its marks (groupMarks:
+// receipts may have come first).
+func (c *Client) groupAcked(ctx context.Context, e *store.OutboxEntry, awaiting, members []string) error {
+	var events []Event
 	err := c.st.Update(func(tx *store.Tx) error {
+		events = nil
 		cur, err := tx.OutboxByID(e.To, e.ID)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil
@@ -212,15 +218,41 @@ func (c *Client) groupAckedLarge(ctx context.Context, e *store.OutboxEntry) erro
 		if err != nil {
 			return err
 		}
-		if err := tx.DeleteOutbox(cur); err != nil {
+		cur.Awaiting = slices.DeleteFunc(slices.Clone(awaiting), func(d string) bool { return slices.Contains(cur.Receipted, d) })
+		if len(awaiting) > maxGroupAwaiting || len(cur.Awaiting) == 0 {
+			err = tx.DeleteOutbox(cur)
+		} else {
+			cur.ServerAckedAt = c.cfg.Now()
+			cur.CheckedAt = time.Time{}
+			cur.Sends++
+			err = tx.PutOutbox(cur)
+		}
+		if err != nil {
 			return err
 		}
-		return c.setHistoryStatus(tx, e.To, e.ID, store.StatusSent, "")
+		r, err := tx.HistoryByID(store.Outgoing, e.To, e.ID)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if statusRank(r.Status) < 1 {
+			r.Status, r.Failure = store.StatusSent, ""
+		}
+		if len(members) <= maxGroupMarks {
+			r.GroupMembers = members
+		}
+		events = groupMarks(r)
+		return tx.PutHistory(r)
 	})
 	if err != nil {
 		return &storeError{err}
 	}
 	c.finish(e.ID, nil)
+	for _, ev := range events {
+		c.emit(ctx, ev)
+	}
 	return nil
 }
 

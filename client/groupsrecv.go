@@ -137,7 +137,7 @@ func (c *Client) openGroupMessage(tx *store.Tx, h *store.HeldGroupItem, fresh bo
 			return res, err
 		}
 	} else if _, err := tx.HistoryByID(store.Incoming, h.From, h.ID); err == nil {
-		res.done, res.receiptFor = true, h.ID // a duplicate: receipted again
+		res.done, res.receiptFor, res.receiptGroup = true, h.ID, h.Group // a duplicate: receipted again
 		return res, nil
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return res, err
@@ -196,7 +196,7 @@ func (c *Client) openGroupMessage(tx *store.Tx, h *store.HeldGroupItem, fresh bo
 		if own {
 			rec.Dir, rec.Peer, rec.Synced, rec.Status = store.Outgoing, store.GroupKey(h.Group), true, store.StatusSent
 		} else {
-			res.receiptFor = h.ID
+			res.receiptFor, res.receiptGroup = h.ID, h.Group
 		}
 		if err := tx.AddHistory(rec); err != nil {
 			return res, err
@@ -458,7 +458,7 @@ func (c *Client) retryHeld(tx *store.Tx, gid string, match func(*store.HeldGroup
 	for _, from := range order {
 		for ids := receipts[from]; len(ids) > 0; {
 			n := min(len(ids), maxReceiptIDs)
-			if err := c.queueReceipt(tx, from, ids[:n]); err != nil {
+			if err := c.queueReceipt(tx, from, gid, ids[:n]); err != nil {
 				return nil, err
 			}
 			ids = ids[n:]

@@ -34,8 +34,8 @@ func (l *link) processBatch(ctx context.Context, batch []inboundItem) error {
 	)
 	err := c.st.Update(func(tx *store.Tx) error {
 		tags, events, receipt, qe, syncOwn, syncGroups = tags[:0], events[:0], false, nil, false, false
-		toReceipt := map[string][]string{} // sender → message ids to receipt
-		var order []string
+		toReceipt := map[receiptKey][]string{} // sender (and group) → message ids to receipt
+		var order []receiptKey
 		verifyOwn := false
 		for _, it := range batch {
 			if it.queueEmpty != nil {
@@ -61,18 +61,18 @@ func (l *link) processBatch(ctx context.Context, batch []inboundItem) error {
 			verifyOwn = verifyOwn || res.unverified
 			syncGroups = syncGroups || res.groupSync
 			if res.receiptFor != "" {
-				from := d.GetEnvelope().GetFrom()
-				if _, ok := toReceipt[from]; !ok {
-					order = append(order, from)
+				k := receiptKey{d.GetEnvelope().GetFrom(), res.receiptGroup}
+				if _, ok := toReceipt[k]; !ok {
+					order = append(order, k)
 				}
-				toReceipt[from] = append(toReceipt[from], res.receiptFor)
+				toReceipt[k] = append(toReceipt[k], res.receiptFor)
 			}
 		}
-		for _, from := range order {
-			ids := toReceipt[from]
+		for _, k := range order {
+			ids := toReceipt[k]
 			for len(ids) > 0 {
 				n := min(len(ids), maxReceiptIDs)
-				if err := c.queueReceipt(tx, from, ids[:n]); err != nil {
+				if err := c.queueReceipt(tx, k.to, k.group, ids[:n]); err != nil {
 					return err
 				}
 				ids = ids[n:]
@@ -134,8 +134,9 @@ func (l *link) processBatch(ctx context.Context, batch []inboundItem) error {
 // receiveResult is what one envelope produced.
 type receiveResult struct {
 	events []Event
-	// receiptFor is the message id to send a delivery receipt for ("" for none).
-	receiptFor string
+	// receiptFor is the message id to send a delivery receipt for ("" for none); receiptGroup
+	// the group id of a group message's.
+	receiptFor, receiptGroup string
 	// unverified: a message from a device of this account that its verified list does not name
 	// (yet) was kept out of sight until the list is fetched.
 	unverified bool
@@ -229,23 +230,17 @@ func (c *Client) receive(tx *store.Tx, env *petrelv1.Envelope) (receiveResult, e
 		if len(ids) > maxReceiptIDs {
 			ids = ids[:maxReceiptIDs]
 		}
-		if b.Receipt.GetType() == petrelv1.ReceiptType_RECEIPT_TYPE_READ { // receipts.go
-			evs, err := c.applyReadReceipt(tx, from, dev, ids, now)
-			res.events = append(res.events, evs...)
-			return res, err
-		}
-		if b.Receipt.GetType() != petrelv1.ReceiptType_RECEIPT_TYPE_DELIVERED {
+		read := b.Receipt.GetType() == petrelv1.ReceiptType_RECEIPT_TYPE_READ
+		if !read && b.Receipt.GetType() != petrelv1.ReceiptType_RECEIPT_TYPE_DELIVERED {
 			return res, nil
 		}
-		for _, mid := range ids {
-			ev, err := c.applyReceipt(tx, from, dev, mid, now)
-			if err != nil {
-				return res, err
-			}
-			if ev != nil {
-				res.events = append(res.events, ev)
-			}
+		gid := content.GetGroupId()
+		if gid != "" && !petrelv1.ValidGroupID(gid) {
+			return fail(fmt.Errorf("%w: receipt with a malformed group id", ErrProtocol))
 		}
+		evs, err := c.applyReceipts(tx, from, dev, gid, ids, read, now) // receipts.go
+		res.events = append(res.events, evs...)
+		return res, err
 	case *petrelv1.Content_Typing: // presence.go: shown, never stored
 		res.events = append(res.events, &Typing{From: from, Typing: b.Typing.GetTyping()})
 	case *petrelv1.Content_Disappearing: // disappearing.go
@@ -256,13 +251,15 @@ func (c *Client) receive(tx *store.Tx, env *petrelv1.Envelope) (receiveResult, e
 	return res, nil
 }
 
-// applyReceipt records that device dev of account from has message id. The first receipt of a
-// message makes it delivered (any recipient device has it); it leaves the outbox once every
-// device it was sent to receipted it (or left the recipient's device list).
-func (c *Client) applyReceipt(tx *store.Tx, from, dev, id string, now time.Time) (Event, error) {
+// applyReceipt records that device dev of account from has message id (of group gid, or "").
+// The first receipt of a 1:1 message makes it delivered (any recipient device has it); it
+// leaves the outbox once every device it was sent to receipted it (or left the recipient's
+// device list). A group message leaves the outbox the same way, but its marks are per member
+// (groupReceipt).
+func (c *Client) applyReceipt(tx *store.Tx, from, dev, id, gid string, now time.Time) (Event, error) {
 	e, err := tx.OutboxByID(from, id)
-	if g := tx.GroupOfOutbox(id); errors.Is(err, store.ErrNotFound) && g != "" {
-		e, err = tx.OutboxByID(store.GroupKey(g), id) // a group message: receipted by each member
+	if errors.Is(err, store.ErrNotFound) && gid != "" {
+		e, err = tx.OutboxByID(store.GroupKey(gid), id) // a group message: receipted by each member
 	}
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
@@ -274,6 +271,12 @@ func (c *Client) applyReceipt(tx *store.Tx, from, dev, id string, now time.Time)
 		e.Receipted = append(e.Receipted, dev)
 	}
 	e.Awaiting = slices.DeleteFunc(e.Awaiting, func(d string) bool { return d == dev })
+	if store.GroupOf(e.To) != "" {
+		if e.Pending() || len(e.Awaiting) > 0 {
+			return nil, tx.PutOutbox(e)
+		}
+		return nil, tx.DeleteOutbox(e)
+	}
 	if e.Pending() || len(e.Awaiting) > 0 {
 		var ev Event
 		if !e.Delivered {
@@ -315,21 +318,10 @@ func (c *Client) setHistoryStatus(tx *store.Tx, to, id string, s store.Status, f
 	return tx.PutHistory(r)
 }
 
-// queueReceipt adds a delivery receipt for ids to the outbox (sent to every device of to).
-func (c *Client) queueReceipt(tx *store.Tx, to string, ids []string) error {
-	id, err := NewMessageID(c.cfg.Rand)
-	if err != nil {
-		return err
-	}
-	content, err := proto.Marshal(&petrelv1.Content{
-		MessageId: id,
-		Body: &petrelv1.Content_Receipt{Receipt: &petrelv1.Receipt{
-			MessageIds: ids, Type: petrelv1.ReceiptType_RECEIPT_TYPE_DELIVERED}},
-	})
-	if err != nil {
-		return err
-	}
-	return tx.AddOutbox(&store.OutboxEntry{ID: id, To: to, Kind: store.KindReceipt, Content: content, CreatedAt: c.cfg.Now()})
+// queueReceipt adds a delivery receipt for ids (of group, or "") to the outbox (sent to every
+// device of to).
+func (c *Client) queueReceipt(tx *store.Tx, to, group string, ids []string) error {
+	return c.queueReceiptOf(tx, to, group, ids, petrelv1.ReceiptType_RECEIPT_TYPE_DELIVERED)
 }
 
 // storeError marks errors from the local store, which abort a batch instead of dropping a message.

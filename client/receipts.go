@@ -6,6 +6,7 @@ package client
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -21,9 +22,12 @@ import (
 // encrypted, through the outbox (they are retried until the server takes them).
 
 // Read reports that a device of To showed message MessageID (a read receipt). A read message is
-// delivered too.
+// delivered too. For a group message (Group set, To empty) it reports that every member it was
+// sent to showed it.
 type Read struct {
 	To, MessageID string
+	// Group is the group id of a group message.
+	Group string
 }
 
 func (*Read) isEvent() {}
@@ -53,19 +57,28 @@ func (c *Client) SetReadReceipts(on bool) error {
 	})
 }
 
+// maxGroupMarks bounds the other members of a group whose receipts a sent group message tracks
+// for its marks: a message to a larger group stays "sent" (the outbox still ends as usual).
+const maxGroupMarks = 256
+
+// receiptKey groups receipts by the sender they go to and the group of the messages ("" for 1:1).
+type receiptKey struct{ to, group string }
+
 // MarkRead queues read receipts for msgs (received messages the application has shown) to their
-// senders; messages this account sent are skipped. With read receipts off it does nothing.
+// senders; messages this account sent are skipped. A group message's receipt goes to its sender
+// (pairwise) and names the group. With read receipts off it does nothing.
 func (c *Client) MarkRead(msgs ...*Message) error {
-	bySender := map[string][]string{}
-	var order []string
+	byKey := map[receiptKey][]string{}
+	var order []receiptKey
 	for _, m := range msgs {
-		if m == nil || m.Outgoing || m.From == c.name {
+		if m == nil || m.Outgoing || m.From == c.name || m.GroupEvent != nil {
 			continue
 		}
-		if _, ok := bySender[m.From]; !ok {
-			order = append(order, m.From)
+		k := receiptKey{m.From, m.Group}
+		if _, ok := byKey[k]; !ok {
+			order = append(order, k)
 		}
-		bySender[m.From] = append(bySender[m.From], m.ID)
+		byKey[k] = append(byKey[k], m.ID)
 	}
 	if len(order) == 0 {
 		return nil
@@ -77,11 +90,11 @@ func (c *Client) MarkRead(msgs ...*Message) error {
 		if err != nil || s.ReadReceiptsOff {
 			return err
 		}
-		for _, from := range order {
-			ids := bySender[from]
+		for _, k := range order {
+			ids := byKey[k]
 			for len(ids) > 0 {
 				n := min(len(ids), maxReceiptIDs)
-				if err := c.queueReceiptOf(tx, from, ids[:n], petrelv1.ReceiptType_RECEIPT_TYPE_READ); err != nil {
+				if err := c.queueReceiptOf(tx, k.to, k.group, ids[:n], petrelv1.ReceiptType_RECEIPT_TYPE_READ); err != nil {
 					return err
 				}
 				ids = ids[n:]
@@ -99,14 +112,16 @@ func (c *Client) MarkRead(msgs ...*Message) error {
 	return nil
 }
 
-// queueReceiptOf adds a receipt of type typ for ids to the outbox (sent to every device of to).
-func (c *Client) queueReceiptOf(tx *store.Tx, to string, ids []string, typ petrelv1.ReceiptType) error {
+// queueReceiptOf adds a receipt of type typ for ids to the outbox (sent to every device of to);
+// group is the group id of group messages ("" for 1:1), carried in Content.group_id.
+func (c *Client) queueReceiptOf(tx *store.Tx, to, group string, ids []string, typ petrelv1.ReceiptType) error {
 	id, err := NewMessageID(c.cfg.Rand)
 	if err != nil {
 		return err
 	}
 	content, err := proto.Marshal(&petrelv1.Content{
 		MessageId: id,
+		GroupId:   group,
 		Body:      &petrelv1.Content_Receipt{Receipt: &petrelv1.Receipt{MessageIds: ids, Type: typ}},
 	})
 	if err != nil {
@@ -115,22 +130,42 @@ func (c *Client) queueReceiptOf(tx *store.Tx, to string, ids []string, typ petre
 	return tx.AddOutbox(&store.OutboxEntry{ID: id, To: to, Kind: store.KindReceipt, Content: content, CreatedAt: c.cfg.Now()})
 }
 
-// applyReadReceipt handles a read receipt from device dev of account from inside tx: each message
-// is delivered to that device (as a delivery receipt would say) and read. Ignored while read
-// receipts are off.
-func (c *Client) applyReadReceipt(tx *store.Tx, from, dev string, ids []string, now time.Time) ([]Event, error) {
-	s, err := tx.Settings()
-	if err != nil || s.ReadReceiptsOff {
-		return nil, err
+// applyReceipts handles a receipt (read or delivered) from device dev of account from for ids
+// inside tx. group is the receipt's group id (a receipt from an older client names none: the
+// group is then found through the outbox). For a 1:1 message, a delivery receipt makes it
+// delivered and a read receipt read (and delivered to that device); for a group message, the
+// member is recorded and the message becomes delivered (read) once every member is
+// (groupReceipt). Read receipts are ignored while read receipts are off.
+func (c *Client) applyReceipts(tx *store.Tx, from, dev, group string, ids []string, read bool, now time.Time) ([]Event, error) {
+	if read {
+		s, err := tx.Settings()
+		if err != nil || s.ReadReceiptsOff {
+			return nil, err
+		}
 	}
 	var events []Event
 	for _, mid := range ids {
-		ev, err := c.applyReceipt(tx, from, dev, mid, now)
+		gid := group
+		if gid == "" {
+			gid = tx.GroupOfOutbox(mid)
+		}
+		ev, err := c.applyReceipt(tx, from, dev, mid, gid, now)
 		if err != nil {
 			return nil, err
 		}
 		if ev != nil {
 			events = append(events, ev)
+		}
+		if gid != "" {
+			evs, err := c.groupReceipt(tx, gid, from, mid, read)
+			if err != nil {
+				return nil, err
+			}
+			events = append(events, evs...)
+			continue
+		}
+		if !read {
+			continue
 		}
 		r, err := tx.HistoryByID(store.Outgoing, from, mid)
 		if errors.Is(err, store.ErrNotFound) {
@@ -149,4 +184,75 @@ func (c *Client) applyReadReceipt(tx *store.Tx, from, dev string, ids []string, 
 		events = append(events, &Read{To: from, MessageID: mid})
 	}
 	return events, nil
+}
+
+// groupReceipt records that a device of member from has (read) group message id, which this
+// device sent to group gid, and reports it delivered (read) once every member is.
+func (c *Client) groupReceipt(tx *store.Tx, gid, from, id string, read bool) ([]Event, error) {
+	r, err := tx.HistoryByID(store.Outgoing, store.GroupKey(gid), id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil || r.Synced || r.Group != gid {
+		return nil, err
+	}
+	add := func(list []string) ([]string, bool) {
+		if slices.Contains(list, from) {
+			return list, false
+		}
+		if len(r.GroupMembers) > 0 && !slices.Contains(r.GroupMembers, from) || len(list) >= maxGroupMarks {
+			return list, false // not sent to from (or not known yet and already full)
+		}
+		return append(list, from), true
+	}
+	var changedD, changedR bool
+	r.DeliveredBy, changedD = add(r.DeliveredBy)
+	if read {
+		r.ReadBy, changedR = add(r.ReadBy)
+	}
+	if !changedD && !changedR {
+		return nil, nil
+	}
+	events := groupMarks(r)
+	return events, tx.PutHistory(r)
+}
+
+// statusRank orders the statuses of a sent message (pending < sent < delivered < read).
+func statusRank(s store.Status) int {
+	switch s {
+	case store.StatusSent:
+		return 1
+	case store.StatusDelivered:
+		return 2
+	case store.StatusRead:
+		return 3
+	}
+	return 0
+}
+
+// groupMarks moves a sent group message's status on to delivered (read) once every member it
+// was sent to is in DeliveredBy or ReadBy (ReadBy), and reports the change. It needs the server's
+// ack first (GroupMembers set, status sent).
+func groupMarks(r *store.HistoryRecord) []Event {
+	if len(r.GroupMembers) == 0 || statusRank(r.Status) < 1 {
+		return nil
+	}
+	all := func(lists ...[]string) bool {
+		for _, m := range r.GroupMembers {
+			if !slices.ContainsFunc(lists, func(l []string) bool { return slices.Contains(l, m) }) {
+				return false
+			}
+		}
+		return true
+	}
+	var events []Event
+	if statusRank(r.Status) < 2 && all(r.DeliveredBy, r.ReadBy) {
+		r.Status = store.StatusDelivered
+		events = append(events, &Delivered{MessageID: r.ID, Group: r.Group})
+	}
+	if statusRank(r.Status) < 3 && all(r.ReadBy) {
+		r.Status = store.StatusRead
+		events = append(events, &Read{MessageID: r.ID, Group: r.Group})
+	}
+	return events
 }

@@ -524,6 +524,14 @@ type HistoryRecord struct {
 	ExpiresAt time.Time     `json:"expires_at,omitzero"`
 	Timer     bool          `json:"timer,omitempty"`
 	TimerSet  time.Duration `json:"timer_set,omitempty"`
+
+	// Group marks (client/receipts.go), on a group message this device sent: GroupMembers are the
+	// other member accounts it was sent to (set at the server's ack; none beyond the client's
+	// bound), DeliveredBy and ReadBy the accounts a device of which sent a delivery (read)
+	// receipt. Delivered (read) once every member is in DeliveredBy (ReadBy).
+	GroupMembers []string `json:"group_members,omitempty"`
+	DeliveredBy  []string `json:"delivered_by,omitempty"`
+	ReadBy       []string `json:"read_by,omitempty"`
 }
 
 // Shown reports whether the record is one the user is shown as it arrives: a received message,

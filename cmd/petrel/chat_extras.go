@@ -40,6 +40,7 @@ type chatExtras struct {
 	tn   *typingNotifier
 
 	mu         sync.Mutex // guards the fields below
+	group      string     // the group id of a group chat (set once it is known)
 	sent       map[string]string
 	peerTyping bool
 	typingGen  int // invalidates the timer of an earlier "typing"
@@ -130,11 +131,11 @@ func (x *chatExtras) shown(m *client.Message) {
 func (x *chatExtras) event(ev client.Event) bool {
 	switch ev := ev.(type) {
 	case *client.Delivered:
-		if ev.To == x.peer {
+		if x.ours(ev.To, ev.Group) {
 			x.show(fmt.Sprintf("[✓✓ delivered: %s]", x.quoteOf(ev.MessageID)))
 		}
 	case *client.Read:
-		if ev.To == x.peer {
+		if x.ours(ev.To, ev.Group) {
 			mark := "✓✓ read"
 			if x.ct != nil {
 				mark = "\033[1;34m✓✓ read\033[0m"
@@ -155,6 +156,23 @@ func (x *chatExtras) event(ev client.Event) bool {
 		return false
 	}
 	return true
+}
+
+// setGroup makes this a group chat's extras: marks are those of group id's messages.
+func (x *chatExtras) setGroup(id string) {
+	x.mu.Lock()
+	x.group = id
+	x.mu.Unlock()
+}
+
+// ours reports whether a mark for a message to account to (or group) belongs to this chat.
+func (x *chatExtras) ours(to, group string) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.group != "" || group != "" {
+		return group != "" && group == x.group
+	}
+	return to == x.peer
 }
 
 func (x *chatExtras) quoteOf(id string) string {

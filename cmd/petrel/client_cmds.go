@@ -640,19 +640,23 @@ func runChat(ctx context.Context, e *env, args []string) int {
 		return fail(e, cmd, err)
 	}
 	x = newChatExtras(ctx, s.c, peer, show, ct)
-	x.start()
+	if *group == "" {
+		x.start() // presence: of the peer (none in a group chat)
+	}
 	close(ready)
 	defer s.close()
 	if *group != "" {
 		gctx, gcancel := context.WithTimeout(ctx, 30*time.Second)
 		err := s.c.SyncGroups(gctx)
 		gcancel()
+		var g client.Group
 		if err == nil {
-			_, err = s.c.Group(*group)
+			g, err = s.c.Group(*group)
 		}
 		if err != nil {
 			return fail(e, cmd, err)
 		}
+		x.setGroup(g.ID)
 	}
 	if tty {
 		show(fmt.Sprintf("[chat with %s: type a message and press Enter; /quit to leave]", peer))

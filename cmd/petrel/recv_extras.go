@@ -14,11 +14,13 @@ import (
 // The other lines of recv --json: receipts and timer changes.
 
 // jsonReceipt is a receipt line: a device of From has (delivered) or showed (read) message ID,
-// which this account sent.
+// which this account sent; for a group message, Group (its local name) instead of From: every
+// member has (showed) it.
 type jsonReceipt struct {
 	Type    string `json:"type"`    // "receipt"
 	Receipt string `json:"receipt"` // "delivered" or "read"
-	From    string `json:"from"`
+	From    string `json:"from,omitempty"`
+	Group   string `json:"group,omitempty"`
 	ID      string `json:"id"`
 }
 
@@ -53,8 +55,14 @@ func (p *printer) printReceipt(ev client.Event) error {
 	switch ev := ev.(type) {
 	case *client.Delivered:
 		r = jsonReceipt{Type: "receipt", Receipt: "delivered", From: ev.To, ID: ev.MessageID}
+		if ev.Group != "" {
+			r.From, r.Group = "", p.c.GroupName(ev.Group)
+		}
 	case *client.Read:
 		r = jsonReceipt{Type: "receipt", Receipt: "read", From: ev.To, ID: ev.MessageID}
+		if ev.Group != "" {
+			r.From, r.Group = "", p.c.GroupName(ev.Group)
+		}
 	default:
 		return nil
 	}

@@ -1,0 +1,109 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package client_test
+
+import (
+	"testing"
+
+	"github.com/petrelchat/petrel/client"
+	"github.com/petrelchat/petrel/client/store"
+	"github.com/petrelchat/petrel/internal/testserver"
+)
+
+// nextGroupTextOf returns the next text message in group gid, and the events before it.
+func nextGroupTextOf(t *testing.T, x *extDevice, gid string) (*client.Message, []client.Event) {
+	t.Helper()
+	var before []client.Event
+	ev := x.waitFor(t, "group text", func(ev client.Event) bool {
+		if m, ok := ev.(*client.Message); ok && m.Group == gid && m.GroupEvent == nil && !m.Timer {
+			return true
+		}
+		before = append(before, ev)
+		return false
+	})
+	return ev.(*client.Message), before
+}
+
+// noEventOf fails if evs hold an event of type T that match accepts.
+func noEventOf[T client.Event](t *testing.T, who string, evs []client.Event, match func(T) bool) {
+	t.Helper()
+	for _, ev := range evs {
+		if e, ok := ev.(T); ok && match(e) {
+			t.Fatalf("%s got %+v too early", who, e)
+		}
+	}
+}
+
+// Group marks: a group message is delivered once every member has it (one member offline keeps
+// it "sent"), and read once every member showed it; the events name the group, not a recipient.
+func TestGroupReceipts(t *testing.T) {
+	srv := testserver.Start(t)
+	alice := startExt(t, register(t, srv, "alice", devOpts{}))
+	bob := startExt(t, register(t, srv, "bob", devOpts{}))
+	carolDev := register(t, srv, "carol", devOpts{})
+	carol := startExt(t, carolDev)
+	ctx := ctxExt(t)
+
+	g, err := alice.c.CreateGroup(ctx, "club", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []*extDevice{bob, carol} {
+		x.waitFor(t, "create event", func(ev client.Event) bool {
+			m, ok := ev.(*client.Message)
+			return ok && m.GroupEvent != nil && m.Group == g.ID
+		})
+	}
+	carol.stop()
+
+	id, err := alice.c.SendGroup(ctx, "club", "hello club")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bm, _ := nextGroupTextOf(t, bob, g.ID)
+	if bm.ID != id {
+		t.Fatalf("bob got %+v", bm)
+	}
+	// Bob's text to alice leaves after his delivery receipt (one lane): once alice has it, she
+	// has the receipt too, and one member of two is not enough.
+	if _, err := bob.c.Send(ctx, "alice", "got it"); err != nil {
+		t.Fatal(err)
+	}
+	_, before := nextOf[*client.Message](t, alice)
+	noEventOf(t, "alice", before, func(d *client.Delivered) bool { return d.MessageID == id })
+	if st := historyStatus(t, alice, id); st != store.StatusSent {
+		t.Fatalf("alice's group message with one member of two receipted: %s, want sent", st)
+	}
+
+	carol = startExt(t, carolDev)
+	cm, _ := nextGroupTextOf(t, carol, g.ID)
+	d, _ := nextOf[*client.Delivered](t, alice)
+	if d.MessageID != id || d.Group != g.ID || d.To != "" {
+		t.Fatalf("alice got %+v, want group %s message %s delivered", d, g.ID, id)
+	}
+	if st := historyStatus(t, alice, id); st != store.StatusDelivered {
+		t.Fatalf("alice's record: %s, want delivered", st)
+	}
+
+	// Read: bob's read receipt alone is not enough; carol's makes it read.
+	if err := bob.c.MarkRead(bm); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.c.Send(ctx, "alice", "read it"); err != nil {
+		t.Fatal(err)
+	}
+	_, before = nextOf[*client.Message](t, alice)
+	noEventOf(t, "alice", before, func(r *client.Read) bool { return r.MessageID == id })
+	if err := carol.c.MarkRead(cm); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := nextOf[*client.Read](t, alice)
+	if r.MessageID != id || r.Group != g.ID || r.To != "" {
+		t.Fatalf("alice got %+v, want group %s message %s read", r, g.ID, id)
+	}
+	if st := historyStatus(t, alice, id); st != store.StatusRead {
+		t.Fatalf("alice's record: %s, want read", st)
+	}
+	alice.waitOutboxLen(0)
+}
