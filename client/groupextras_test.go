@@ -4,6 +4,7 @@
 package client_test
 
 import (
+	"errors"
 	"testing"
 
 	"github.com/petrelchat/petrel/client"
@@ -106,4 +107,71 @@ func TestGroupReceipts(t *testing.T) {
 		t.Fatalf("alice's record: %s, want read", st)
 	}
 	alice.waitOutboxLen(0)
+}
+
+// Group typing: an ephemeral group send under the sender key, shown to the members connected now
+// as Typing with the group, never stored (a member offline then never gets it), rate-limited like
+// 1:1 typing; nothing is sent before this device has a sender key for the group.
+func TestGroupTyping(t *testing.T) {
+	srv := testserver.Start(t)
+	alice := startExt(t, register(t, srv, "alice", devOpts{}))
+	bob := startExt(t, register(t, srv, "bob", devOpts{}))
+	carolDev := register(t, srv, "carol", devOpts{})
+	carol := startExt(t, carolDev)
+	ctx := ctxExt(t)
+
+	g, err := alice.c.CreateGroup(ctx, "club", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.c.SendGroupTyping(ctx, "club", true); !errors.Is(err, client.ErrTypingSkipped) {
+		t.Fatalf("typing before any sender key: %v, want ErrTypingSkipped", err)
+	}
+	if _, err := alice.c.SendGroup(ctx, "club", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []*extDevice{bob, carol} {
+		nextGroupTextOf(t, x, g.ID)
+	}
+	carol.stop()
+	if err := alice.c.SendGroupTyping(ctx, "club", true); err != nil {
+		t.Fatal(err)
+	}
+	ty, _ := nextOf[*client.Typing](t, bob)
+	if ty.From != "alice" || ty.Group != g.ID || !ty.Typing {
+		t.Fatalf("bob got %+v", ty)
+	}
+	if err := alice.c.SendGroupTyping(ctx, "club", false); err != nil {
+		t.Fatal(err)
+	}
+	if ty, _ := nextOf[*client.Typing](t, bob); ty.Typing || ty.Group != g.ID {
+		t.Fatalf("bob got %+v, want stopped", ty)
+	}
+	// Carol, offline meanwhile, gets the next message but never the indicators; the skipped
+	// sender-key iterations do not stop her decrypting it.
+	id, err := alice.c.SendGroup(ctx, "club", "after typing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	carol = startExt(t, carolDev)
+	m, before := nextGroupTextOf(t, carol, g.ID)
+	if m.ID != id {
+		t.Fatalf("carol got %+v", m)
+	}
+	noEventOf(t, "carol", before, func(*client.Typing) bool { return true })
+	noEventOf(t, "carol", before, func(*client.DecryptFailed) bool { return true })
+
+	// Rate limit: a burst of 10, then RATE_LIMITED.
+	limited := false
+	for i := 0; i < 20 && !limited; i++ {
+		err := alice.c.SendGroupTyping(ctx, "club", true)
+		if errors.Is(err, client.ErrRateLimited) {
+			limited = true
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !limited {
+		t.Fatal("20 group typing indicators in a row were all taken")
+	}
 }

@@ -250,6 +250,7 @@ func (c *Client) groupAcked(ctx context.Context, e *store.OutboxEntry, awaiting,
 		return &storeError{err}
 	}
 	c.finish(e.ID, nil)
+	c.heardFrom(e.To) // the group's typing count starts again (presence.go)
 	for _, ev := range events {
 		c.emit(ctx, ev)
 	}

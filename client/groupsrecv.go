@@ -202,8 +202,12 @@ func (c *Client) openGroupMessage(tx *store.Tx, h *store.HeldGroupItem, fresh bo
 			return res, err
 		}
 		res.events = append(res.events, c.messageFromRecord(rec))
+	case *petrelv1.Content_Typing: // shown (if fresh: a held one is stale), never stored
+		if fresh && !own {
+			res.events = append(res.events, &Typing{From: h.From, Typing: b.Typing.GetTyping(), Group: h.Group})
+		}
 	default:
-		// Other contents in a group (typing, timers, ...) are not handled here.
+		// A content type this version does not know: ignored.
 	}
 	return res, nil
 }

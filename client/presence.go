@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/petrelchat/petrel/client/store"
+	"github.com/petrelchat/petrel/e2ee"
 	petrelv1 "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -69,10 +70,12 @@ type PresenceChanged struct {
 	Presence
 }
 
-// Typing reports that From started (Typing) or stopped typing in the chat with this account.
+// Typing reports that From started (Typing) or stopped typing in the chat with this account,
+// or, with Group set (a group id), in that group's chat.
 type Typing struct {
 	From   string
 	Typing bool
+	Group  string
 }
 
 func (*PresenceChanged) isEvent() {}
@@ -331,6 +334,87 @@ func (c *Client) SendTyping(ctx context.Context, to string, typing bool) error {
 		}
 		return nil
 	}
+}
+
+// SendGroupTyping tells the member devices of group (a local name or id) that are connected now
+// that this account started (typing) or stopped typing in the group's chat: one ephemeral group
+// send, encrypted with this device's sender key, never stored or retried. It sends nothing
+// (ErrTypingSkipped) while this device has no sender key for the group yet, while its key is held
+// by an account that is no longer a member (the next message replaces the key first), or after
+// maxTypingUnanswered indicators without a group message from this device in between (each one
+// advances the sender key, and an offline member skips it). It needs a connection (Run).
+func (c *Client) SendGroupTyping(ctx context.Context, group string, typing bool) error {
+	l, err := c.ready(ctx)
+	if err != nil {
+		return err
+	}
+	id, err := NewMessageID(c.cfg.Rand)
+	if err != nil {
+		return err
+	}
+	var send *petrelv1.Send
+	err = c.st.Update(func(tx *store.Tx) error {
+		g, err := findGroup(tx, group)
+		if err != nil {
+			return err
+		}
+		if g.Left {
+			return fmt.Errorf("%w: this account is no longer a member of %q", ErrUnknownGroup, g.Name)
+		}
+		c.ext.mu.Lock()
+		sent := c.ext.typingSent[store.GroupKey(g.ID)]
+		c.ext.mu.Unlock()
+		if g.SenderKey == nil || sent >= maxTypingUnanswered {
+			return ErrTypingSkipped
+		}
+		holders, err := tx.GivenDevices(g.ID, g.SenderKeyID)
+		if err != nil {
+			return err
+		}
+		for _, acct := range holders {
+			if acct != c.name && !g.IsMember(acct) {
+				return ErrTypingSkipped
+			}
+		}
+		sk, err := e2ee.UnmarshalSenderKey(g.SenderKey)
+		if err != nil {
+			return fmt.Errorf("stored sender key: %w", err)
+		}
+		pt, err := padded(&petrelv1.Content{MessageId: id, GroupId: g.ID,
+			Body: &petrelv1.Content_Typing{Typing: &petrelv1.Typing{Typing: typing}}})
+		if err != nil {
+			return err
+		}
+		ct, err := sk.Encrypt(pt)
+		if err != nil {
+			return err
+		}
+		if g.SenderKey, err = sk.MarshalBinary(); err != nil { // advanced before it leaves
+			return err
+		}
+		send = &petrelv1.Send{MessageId: id, GroupId: g.ID, GroupCiphertext: ct, Ephemeral: true}
+		return tx.PutGroup(g)
+	})
+	if err != nil {
+		if errors.Is(err, ErrTypingSkipped) || errors.Is(err, ErrUnknownGroup) {
+			return err
+		}
+		return storeErr(err)
+	}
+	c.ext.mu.Lock()
+	if c.ext.typingSent == nil {
+		c.ext.typingSent = map[string]int{}
+	}
+	c.ext.typingSent[store.GroupKey(send.GetGroupId())]++
+	c.ext.mu.Unlock()
+	resp, err := l.conn.request(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Send{Send: send}})
+	if err != nil {
+		return err
+	}
+	if resp.GetSendResult() == nil {
+		return fmt.Errorf("%w: expected SendResult", ErrProtocol)
+	}
+	return nil
 }
 
 // heardFrom notes an envelope from account from: its devices' sessions moved on (see above).

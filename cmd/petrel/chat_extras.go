@@ -6,6 +6,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -38,21 +41,31 @@ type chatExtras struct {
 	show func(string)
 	ct   *chatTerminal // nil: not on a terminal
 	tn   *typingNotifier
+	// isGroup: a group chat (peer is then the group as the user named it).
+	isGroup bool
 
-	mu         sync.Mutex // guards the fields below
-	group      string     // the group id of a group chat (set once it is known)
-	sent       map[string]string
-	peerTyping bool
-	typingGen  int // invalidates the timer of an earlier "typing"
+	mu        sync.Mutex // guards the fields below
+	group     string     // the group id of a group chat (set once it is known)
+	sent      map[string]string
+	typing    map[string]int // who is typing → the generation of their last "typing"
+	typingGen int            // invalidates the timer of an earlier "typing"
 }
 
-func newChatExtras(ctx context.Context, c *client.Client, peer string, show func(string), ct *chatTerminal) *chatExtras {
-	x := &chatExtras{ctx: ctx, c: c, peer: peer, show: show, ct: ct, sent: map[string]string{}}
+func newChatExtras(ctx context.Context, c *client.Client, peer string, isGroup bool, show func(string), ct *chatTerminal) *chatExtras {
+	x := &chatExtras{ctx: ctx, c: c, peer: peer, isGroup: isGroup, show: show, ct: ct, sent: map[string]string{}, typing: map[string]int{}}
 	if ct != nil {
 		x.tn = newTypingNotifier(ctx, func(ctx context.Context, typing bool) {
 			tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			_ = c.SendTyping(tctx, peer, typing) // best effort: never stored, never retried
+			x.mu.Lock()
+			group := x.group
+			x.mu.Unlock()
+			// Best effort: never stored, never retried.
+			if group != "" {
+				_ = c.SendGroupTyping(tctx, group, typing)
+			} else if !x.isGroup {
+				_ = c.SendTyping(tctx, peer, typing)
+			}
 		})
 		ct.t.AutoCompleteCallback = func(_ string, _ int, key rune) (string, int, bool) {
 			if key != '\r' && key != '\n' {
@@ -115,15 +128,15 @@ func (x *chatExtras) sentLine(id, text string) {
 	x.show(fmt.Sprintf("you: %s ✓", text))
 }
 
-// shown is called for each message shown: a read receipt for the peer's, and the peer's typing
-// ends with its message.
+// shown is called for each message shown: a read receipt for the peer's, and the peer's (a
+// member's) typing ends with its message.
 func (x *chatExtras) shown(m *client.Message) {
 	if m.Outgoing || m.Timer {
 		return
 	}
 	_ = x.c.MarkRead(m)
-	if m.From == x.peer {
-		x.setTyping(false)
+	if x.ours(m.From, m.Group) {
+		x.setTyping(m.From, false)
 	}
 }
 
@@ -143,8 +156,8 @@ func (x *chatExtras) event(ev client.Event) bool {
 			x.show(fmt.Sprintf("[%s: %s]", mark, x.quoteOf(ev.MessageID)))
 		}
 	case *client.Typing:
-		if ev.From == x.peer {
-			x.setTyping(ev.Typing)
+		if x.ours(ev.From, ev.Group) {
+			x.setTyping(ev.From, ev.Typing)
 		}
 	case *client.PresenceChanged:
 		if ev.Account == x.peer {
@@ -165,7 +178,8 @@ func (x *chatExtras) setGroup(id string) {
 	x.mu.Unlock()
 }
 
-// ours reports whether a mark for a message to account to (or group) belongs to this chat.
+// ours reports whether a mark for a message to account to (or group), or a typing indicator
+// from account to (in group), belongs to this chat.
 func (x *chatExtras) ours(to, group string) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -184,39 +198,48 @@ func (x *chatExtras) quoteOf(id string) string {
 	return "message " + id
 }
 
-// setTyping shows or clears the peer's "typing…"; a "typing" not renewed within typingShown
-// clears itself.
-func (x *chatExtras) setTyping(on bool) {
+// setTyping shows or clears who's "typing…" (the peer, or a member of the group); a "typing"
+// not renewed within typingShown clears itself.
+func (x *chatExtras) setTyping(who string, on bool) {
 	x.mu.Lock()
-	changed := on != x.peerTyping
-	x.peerTyping = on
+	_, was := x.typing[who]
 	x.typingGen++
 	gen := x.typingGen
+	if on {
+		x.typing[who] = gen
+	} else {
+		delete(x.typing, who)
+	}
+	typers := slices.Sorted(maps.Keys(x.typing))
 	x.mu.Unlock()
 	if on {
 		time.AfterFunc(typingShown, func() {
 			x.mu.Lock()
-			expired := x.typingGen == gen && x.peerTyping
+			expired := x.typing[who] == gen
 			x.mu.Unlock()
 			if expired {
-				x.setTyping(false)
+				x.setTyping(who, false)
 			}
 		})
 	}
-	if !changed {
+	if on == was {
 		return
 	}
 	if x.ct != nil {
 		prompt := "> "
-		if on {
-			prompt = fmt.Sprintf("[%s is typing…] > ", x.peer)
+		switch len(typers) {
+		case 0:
+		case 1:
+			prompt = fmt.Sprintf("[%s is typing…] > ", typers[0])
+		default:
+			prompt = fmt.Sprintf("[%s are typing…] > ", strings.Join(typers, ", "))
 		}
 		x.ct.t.SetPrompt(prompt)
 		_, _ = x.ct.Write(nil) // redraws the line with the new prompt
 		return
 	}
 	if on {
-		x.show(fmt.Sprintf("%s is typing…", x.peer))
+		x.show(fmt.Sprintf("%s is typing…", who))
 	}
 }
 

@@ -639,7 +639,7 @@ func runChat(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return fail(e, cmd, err)
 	}
-	x = newChatExtras(ctx, s.c, peer, show, ct)
+	x = newChatExtras(ctx, s.c, peer, *group != "", show, ct)
 	if *group == "" {
 		x.start() // presence: of the peer (none in a group chat)
 	}

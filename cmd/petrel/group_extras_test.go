@@ -105,6 +105,16 @@ func TestCLIGroupReceipts(t *testing.T) {
 		t.Fatal(err)
 	}
 	out.WaitFor(t, "[✓✓ read: meeting at six]\n", cliWait)
+
+	// Typing in the group: shown as "bob is typing…" (a line, not on a terminal).
+	if _, err := bc.SendGroup(ctx, "club", "ok"); err != nil { // gives bob's sender key out
+		t.Fatal(err)
+	}
+	out.WaitFor(t, "[club] bob: ok\n", cliWait)
+	if err := bc.SendGroupTyping(ctx, "club", true); err != nil {
+		t.Fatal(err)
+	}
+	out.WaitFor(t, "bob is typing…\n", cliWait)
 	io.WriteString(inW, "/quit\n")
 	if code := <-done; code != 0 {
 		t.Fatalf("chat exit %d: %s", code, errb.String())

@@ -209,6 +209,14 @@ func (c *conn) groupSend(id uint64, s *pb.Send) {
 		}}})
 		return
 	}
+	if s.GetEphemeral() {
+		c.groupSendEphemeral(id, s)
+		return
+	}
+	if err := checkExpiry(s.GetExpiresAtMs()); err != nil {
+		c.writeError(id, err)
+		return
+	}
 	dev := c.principal()
 	v := messaging.GroupSend{MessageID: s.GetMessageId(), GroupID: s.GetGroupId(), Ciphertext: s.GetGroupCiphertext(),
 		Other: s.GetTo() != "" || len(s.GetEnvelopes()) > 0 || len(s.GetOwnEnvelopes()) > 0}
@@ -220,6 +228,9 @@ func (c *conn) groupSend(id uint64, s *pb.Send) {
 		c.writeError(id, err)
 		return
 	}
+	if at := s.GetExpiresAtMs(); at != 0 { // a disappearing message (presence.go)
+		stampExpiry(m, at)
+	}
 	msgID := m.ID
 	c.deliver(m, func(o mailbox.Outcome) {
 		if o.Err != nil {
@@ -230,6 +241,33 @@ func (c *conn) groupSend(id uint64, s *pb.Send) {
 		c.g.groupMetrics.sends.Inc()
 		_ = c.enqueue(pb.AppendSendResultFrame(nil, id, msgID))
 	})
+}
+
+// groupSendEphemeral handles a group Send with ephemeral set (a typing indicator in a group):
+// resolved like any group send (every device of every member but the sending one), rate-limited
+// and shed like a 1:1 ephemeral send (presence.go), offered to the devices connected now, never
+// stored, and acked at once. expires_at_ms means nothing here (nothing is stored) and is ignored.
+func (c *conn) groupSendEphemeral(id uint64, s *pb.Send) {
+	dev := c.principal()
+	if ok, wait := c.g.ext.ephemeralOps.Take(dev.ID, 1); !ok {
+		c.g.metrics.rejected.WithLabelValues(pb.ErrorCodeName(pb.ErrorCode_ERROR_CODE_RATE_LIMITED)).Inc()
+		c.writeError(id, &codedError{code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, msg: "too many ephemeral sends: try again later", retry: retryMs(wait)})
+		return
+	}
+	v := messaging.GroupSend{MessageID: s.GetMessageId(), GroupID: s.GetGroupId(), Ciphertext: s.GetGroupCiphertext(),
+		Other: s.GetTo() != "" || len(s.GetEnvelopes()) > 0 || len(s.GetOwnEnvelopes()) > 0}
+	m := getGroupMsg()
+	defer putGroupMsg(m)
+	if err := c.g.msg.ResolveGroup(context.Background(), dev, &v, time.Now().UnixMilli(), m); err != nil {
+		c.writeError(id, err)
+		return
+	}
+	if c.g.overloaded() {
+		c.g.ext.shed.WithLabelValues("typing").Inc()
+	} else {
+		c.g.mb.SendEphemeral(m.Targets)
+	}
+	_ = c.enqueue(pb.AppendSendResultFrame(nil, id, m.ID))
 }
 
 // groupMsgPool holds target lists for group fan-outs: a message to a 1,024-member group has
