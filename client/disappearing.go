@@ -86,6 +86,92 @@ func (c *Client) SetDisappearing(peer string, d time.Duration) (string, error) {
 	return id, nil
 }
 
+// GroupDisappearing returns the disappearing timer of group (a local name or id; 0: off).
+func (c *Client) GroupDisappearing(group string) (time.Duration, error) {
+	var d time.Duration
+	err := c.st.View(func(tx *store.Tx) error {
+		g, err := findGroup(tx, group)
+		if err != nil {
+			return err
+		}
+		cs, err := tx.ChatSettings(store.GroupKey(g.ID))
+		if err == nil {
+			d = cs.ExpiresIn
+		}
+		return err
+	})
+	return d, err
+}
+
+// SetGroupDisappearing sets the disappearing timer of group (a local name or id; 0: off; at most
+// MaxDisappearing, whole seconds) and queues the change as a group message (Content.disappearing
+// with group_id, under the sender key) that every member applies and shows. Later group messages
+// carry it. It returns the message id at once; Flush waits for the server.
+func (c *Client) SetGroupDisappearing(group string, d time.Duration) (string, error) {
+	if d < 0 || d > MaxDisappearing || d%time.Second != 0 {
+		return "", fmt.Errorf("disappearing timer %v: want 0 (off) or whole seconds up to %v", d, MaxDisappearing)
+	}
+	id, err := NewMessageID(c.cfg.Rand)
+	if err != nil {
+		return "", err
+	}
+	now := c.cfg.Now()
+	err = c.st.Update(func(tx *store.Tx) error {
+		g, err := findGroup(tx, group)
+		if err != nil {
+			return err
+		}
+		if g.Left {
+			return fmt.Errorf("%w: this account is no longer a member of %q", ErrUnknownGroup, g.Name)
+		}
+		content, err := proto.Marshal(&petrelv1.Content{MessageId: id, GroupId: g.ID,
+			Body: &petrelv1.Content_Disappearing{Disappearing: &petrelv1.DisappearingTimer{ExpiresInMs: d.Milliseconds()}}})
+		if err != nil {
+			return err
+		}
+		key := store.GroupKey(g.ID)
+		if err := tx.AddOutbox(&store.OutboxEntry{ID: id, To: key, Kind: store.KindText, Content: content, CreatedAt: now}); err != nil {
+			return err
+		}
+		if err := tx.AddHistory(&store.HistoryRecord{ID: id, Dir: store.Outgoing, Peer: key, Group: g.ID, SentAt: now,
+			Status: store.StatusPending, Timer: true, TimerSet: d}); err != nil {
+			return err
+		}
+		return tx.PutChatSettings(&store.ChatSettings{Peer: key, ExpiresIn: d, SetBy: c.name, SetAt: now})
+	})
+	if err != nil {
+		if errors.Is(err, ErrUnknownGroup) {
+			return "", err
+		}
+		return "", fmt.Errorf("store timer change: %w", err)
+	}
+	c.kickOutbox()
+	return id, nil
+}
+
+// receiveGroupTimer records a timer change in group h.Group from h.From (own: another device of
+// this account) inside tx, as a history record of the group shown like a message.
+func (c *Client) receiveGroupTimer(tx *store.Tx, h *store.HeldGroupItem, own bool, t *petrelv1.DisappearingTimer, now time.Time) (receiveResult, error) {
+	var res receiveResult
+	key := store.GroupKey(h.Group)
+	d := timerFromContent(t.GetExpiresInMs())
+	if err := tx.PutChatSettings(&store.ChatSettings{Peer: key, ExpiresIn: d, SetBy: h.From, SetAt: now}); err != nil {
+		return res, err
+	}
+	rec := &store.HistoryRecord{ID: h.ID, Dir: store.Incoming, Peer: h.From, PeerDevice: h.FromDevice, Group: h.Group,
+		SentAt: h.ServerTime, ServerTime: h.ServerTime, ReceivedAt: now, Timer: true, TimerSet: d}
+	if own {
+		rec.Dir, rec.Peer, rec.Synced, rec.Status = store.Outgoing, key, true, store.StatusSent
+	} else {
+		res.receiptFor, res.receiptGroup = h.ID, h.Group
+	}
+	if err := tx.AddHistory(rec); err != nil {
+		return res, err
+	}
+	res.events = append(res.events, c.messageFromRecord(rec))
+	return res, nil
+}
+
 // timerFromContent is a content's expires_in_ms as a duration, bounded (a peer's bad value is
 // taken as the longest timer, never as none).
 func timerFromContent(ms int64) time.Duration {

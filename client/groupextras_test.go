@@ -6,6 +6,7 @@ package client_test
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/petrelchat/petrel/client"
 	"github.com/petrelchat/petrel/client/store"
@@ -173,5 +174,68 @@ func TestGroupTyping(t *testing.T) {
 	}
 	if !limited {
 		t.Fatal("20 group typing indicators in a row were all taken")
+	}
+}
+
+// Group disappearing timers: a change is a group message every member applies and shows; later
+// group messages carry the timer and leave every history when their countdown ends.
+func TestGroupDisappearing(t *testing.T) {
+	srv := testserver.Start(t)
+	alice := startExt(t, register(t, srv, "alice", devOpts{}))
+	bob := startExt(t, register(t, srv, "bob", devOpts{}))
+	ctx := ctxExt(t)
+
+	g, err := alice.c.CreateGroup(ctx, "club", []string{"bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.c.SetGroupDisappearing("club", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	tm := bob.waitFor(t, "timer change", func(ev client.Event) bool {
+		m, ok := ev.(*client.Message)
+		return ok && m.Timer
+	}).(*client.Message)
+	if tm.Group != g.ID || tm.TimerSet != time.Hour || tm.From != "alice" {
+		t.Fatalf("bob got %+v, want alice's timer change to 1h in the group", tm)
+	}
+	if d, err := bob.c.GroupDisappearing(g.ID); err != nil || d != time.Hour {
+		t.Fatalf("bob's group timer: %v %v", d, err)
+	}
+	// Bob's message carries the timer he adopted.
+	id, err := bob.c.SendGroup(ctx, g.ID, "gone in an hour")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := nextGroupTextOf(t, alice, g.ID)
+	if m.ID != id || m.ExpiresIn != time.Hour {
+		t.Fatalf("alice got %+v", m)
+	}
+	if claimed, err := alice.c.ClaimSeen(m.Seq); err != nil || !claimed {
+		t.Fatalf("claim: %v %v", claimed, err)
+	}
+	inHistory := func(x *extDevice) bool {
+		msgs, err := x.c.History(0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range msgs {
+			if h.ID == id {
+				return true
+			}
+		}
+		return false
+	}
+	if !inHistory(alice) || !inHistory(bob) {
+		t.Fatal("the message is not in both histories before its expiry")
+	}
+	for _, x := range []*extDevice{alice, bob} {
+		x.offset.Store(int64(time.Hour + time.Second))
+		if _, err := x.c.SweepExpired(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if inHistory(alice) || inHistory(bob) {
+		t.Fatal("an expired group message is still in a history")
 	}
 }

@@ -92,17 +92,26 @@ func (c *Client) enqueueGroup(group, text string, done chan error) (string, erro
 		if g.Left {
 			return fmt.Errorf("%w: this account is no longer a member of %q", ErrUnknownGroup, g.Name)
 		}
-		content, err := proto.Marshal(&petrelv1.Content{MessageId: id, GroupId: g.ID,
-			Body: &petrelv1.Content_Text{Text: &petrelv1.Text{Body: text, SentAtMs: now.UnixMilli()}}})
+		to := store.GroupKey(g.ID)
+		cs, err := tx.ChatSettings(to) // the group's disappearing timer (disappearing.go)
 		if err != nil {
 			return err
 		}
-		to := store.GroupKey(g.ID)
+		content, err := proto.Marshal(&petrelv1.Content{MessageId: id, GroupId: g.ID,
+			Body:        &petrelv1.Content_Text{Text: &petrelv1.Text{Body: text, SentAtMs: now.UnixMilli()}},
+			ExpiresInMs: cs.ExpiresIn.Milliseconds()})
+		if err != nil {
+			return err
+		}
 		if err := tx.AddOutbox(&store.OutboxEntry{ID: id, To: to, Kind: store.KindText, Content: content, CreatedAt: now}); err != nil {
 			return err
 		}
-		return tx.AddHistory(&store.HistoryRecord{ID: id, Dir: store.Outgoing, Peer: to, Group: g.ID, Body: text,
-			SentAt: now, Status: store.StatusPending})
+		rec := &store.HistoryRecord{ID: id, Dir: store.Outgoing, Peer: to, Group: g.ID, Body: text,
+			SentAt: now, Status: store.StatusPending, ExpiresIn: cs.ExpiresIn}
+		if err := tx.AddHistory(rec); err != nil {
+			return err
+		}
+		return c.startSentCountdown(tx, rec)
 	})
 	if err != nil {
 		c.finish(id, nil)
@@ -175,7 +184,11 @@ func (l *link) sendGroupEntry(ctx context.Context, e *store.OutboxEntry, gid str
 		if err := tx.PutGroup(g); err != nil {
 			return err
 		}
-		frame = &petrelv1.Frame{Body: &petrelv1.Frame_Send{Send: &petrelv1.Send{MessageId: e.ID, GroupId: gid, GroupCiphertext: ct}}}
+		send := &petrelv1.Send{MessageId: e.ID, GroupId: gid, GroupCiphertext: ct}
+		if ms := content.GetExpiresInMs(); ms > 0 { // a disappearing message: the server deletes it then
+			send.ExpiresAtMs = e.CreatedAt.UnixMilli() + ms
+		}
+		frame = &petrelv1.Frame{Body: &petrelv1.Frame_Send{Send: send}}
 		return nil
 	})
 	if err != nil {

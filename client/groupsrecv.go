@@ -192,7 +192,8 @@ func (c *Client) openGroupMessage(tx *store.Tx, h *store.HeldGroupItem, fresh bo
 	switch b := content.GetBody().(type) {
 	case *petrelv1.Content_Text:
 		rec := &store.HistoryRecord{ID: h.ID, Dir: store.Incoming, Peer: h.From, PeerDevice: h.FromDevice, Group: h.Group,
-			Body: b.Text.GetBody(), SentAt: time.UnixMilli(b.Text.GetSentAtMs()), ServerTime: h.ServerTime, ReceivedAt: now}
+			Body: b.Text.GetBody(), SentAt: time.UnixMilli(b.Text.GetSentAtMs()), ServerTime: h.ServerTime, ReceivedAt: now,
+			ExpiresIn: timerFromContent(content.GetExpiresInMs())}
 		if own {
 			rec.Dir, rec.Peer, rec.Synced, rec.Status = store.Outgoing, store.GroupKey(h.Group), true, store.StatusSent
 		} else {
@@ -201,7 +202,14 @@ func (c *Client) openGroupMessage(tx *store.Tx, h *store.HeldGroupItem, fresh bo
 		if err := tx.AddHistory(rec); err != nil {
 			return res, err
 		}
+		if own { // a copy of a sent disappearing message: its countdown runs from sent_at
+			if err := c.startSentCountdown(tx, rec); err != nil {
+				return res, err
+			}
+		}
 		res.events = append(res.events, c.messageFromRecord(rec))
+	case *petrelv1.Content_Disappearing: // disappearing.go
+		return c.receiveGroupTimer(tx, h, own, b.Disappearing, now)
 	case *petrelv1.Content_Typing: // shown (if fresh: a held one is stale), never stored
 		if fresh && !own {
 			res.events = append(res.events, &Typing{From: h.From, Typing: b.Typing.GetTyping(), Group: h.Group})

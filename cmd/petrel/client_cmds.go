@@ -384,7 +384,7 @@ func (p *printer) print(m *client.Message) error {
 		}
 		var v any = jm
 		if m.Timer {
-			v = timerJSON(m) // recv_extras.go
+			v = timerJSON(p.c, m) // recv_extras.go
 		}
 		b, err := json.Marshal(v)
 		if err != nil {

@@ -305,6 +305,9 @@ func messageText(c *client.Client, m *client.Message) string {
 	if m.GroupEvent != nil {
 		return fmt.Sprintf("[%s] %s", sanitize(name), sanitize(m.GroupEvent.String()))
 	}
+	if m.Timer {
+		return fmt.Sprintf("[%s] %s", sanitize(name), timerLine(m))
+	}
 	return fmt.Sprintf("[%s] %s: %s", sanitize(name), sanitize(m.From), sanitize(m.Text))
 }
 

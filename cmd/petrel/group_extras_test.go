@@ -123,3 +123,32 @@ func TestCLIGroupReceipts(t *testing.T) {
 		t.Fatalf("chat output:\n%s", out.String())
 	}
 }
+
+// disappear --group: the change is shown to every member (recv text and --json with group), and
+// later group messages carry the timer.
+func TestCLIGroupDisappear(t *testing.T) {
+	fastClients(t)
+	srv := testserver.Start(t)
+	alice, bob, carol := groupHomes(t, srv)
+
+	if r := petrel(t, alice, "", "disappear", "--group", "club", "1d").must(t, 0); r.stdout != "you set disappearing messages to 1 day\n" {
+		t.Fatalf("disappear output %q", r.stdout)
+	}
+	if r := petrel(t, bob, "", "recv", "--wait", "300ms").must(t, 0); r.stdout != "[club] alice set disappearing messages to 1 day\n" {
+		t.Fatalf("bob's recv output %q", r.stdout)
+	}
+	petrel(t, alice, "", "send", "--group", "club", "secret").must(t, 0)
+	lines := recvJSON(t, carol)
+	timers, msgs := linesOf(lines, "disappearing"), linesOf(lines, "message")
+	if len(timers) != 1 || timers[0]["from"] != "alice" || timers[0]["group"] != "club" || timers[0]["expires_in"] != float64(86400) {
+		t.Fatalf("carol's timer lines: %v", lines)
+	}
+	if len(msgs) != 1 || msgs[0]["text"] != "secret" || msgs[0]["group"] != "club" || msgs[0]["expires_in"] != float64(86400) {
+		t.Fatalf("carol's messages: %v", lines)
+	}
+	petrel(t, bob, "", "disappear", "--group", "club", "off").must(t, 0)
+	if r := petrel(t, carol, "", "recv", "--wait", "300ms").must(t, 0); r.stdout != "[club] bob turned off disappearing messages\n" {
+		t.Fatalf("carol's recv output %q", r.stdout)
+	}
+	petrel(t, alice, "", "disappear", "--group", "nosuch", "1h").must(t, 1)
+}

@@ -33,15 +33,19 @@ type jsonTimer struct {
 	FromDevice string `json:"from_device"`
 	Direction  string `json:"direction"`
 	To         string `json:"to,omitempty"`
+	Group      string `json:"group,omitempty"` // a group's timer: the group's local name
 	ExpiresIn  int64  `json:"expires_in"`
 	ServerTime string `json:"server_time"`
 }
 
-func timerJSON(m *client.Message) jsonTimer {
+func timerJSON(c *client.Client, m *client.Message) jsonTimer {
 	j := jsonTimer{Type: "disappearing", ID: m.ID, From: m.From, FromDevice: m.FromDevice, Direction: "in",
 		ExpiresIn: int64(m.TimerSet / time.Second), ServerTime: formatTime(m.ServerTime)}
 	if m.Outgoing {
 		j.Direction, j.To = "out", m.To
+	}
+	if m.Group != "" {
+		j.Group = c.GroupName(m.Group)
 	}
 	return j
 }

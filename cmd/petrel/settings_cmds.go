@@ -129,17 +129,22 @@ func runDisappear(ctx context.Context, e *env, args []string) int {
 	if !ok {
 		return usageErr(e, cmd, "timer %q: want 1h, 1d, 7d, 90d or off", val)
 	}
-	if *group != "" {
-		// Groups (issue 21) keep their timer in the group's chat settings once the SDK has group
-		// chats: Client.SetDisappearing then takes the group's id the same way.
-		return fail(e, cmd, fmt.Errorf("disappearing messages in groups are not supported by this build yet"))
-	}
 	s, err := startClient(ctx, e, nil, func(ev client.Event) { warnEvent(e, cmd, ev) })
 	if err != nil {
 		return fail(e, cmd, err)
 	}
 	defer s.close()
-	if _, err := s.c.SetDisappearing(peer, d); err != nil {
+	if *group != "" {
+		gctx, gcancel := context.WithTimeout(ctx, cliTimeout)
+		err = s.c.SyncGroups(gctx) // a group this device learns of only now
+		gcancel()
+		if err == nil {
+			_, err = s.c.SetGroupDisappearing(*group, d)
+		}
+	} else {
+		_, err = s.c.SetDisappearing(peer, d)
+	}
+	if err != nil {
 		return fail(e, cmd, err)
 	}
 	fctx, cancel := context.WithTimeout(ctx, cliTimeout)
