@@ -172,6 +172,8 @@ type Client struct {
 	// ext is the state of presence, typing and the disappearing-message sweeper (presence.go).
 	ext extState
 
+	// groupAwaiting is maxGroupAwaiting (tests lower it: export_test.go).
+	groupAwaiting int
 	// ackHook, set by tests before Run (export_test.go), sees each batch's tags after its commit
 	// and before its ack; an error stands for the ack's write failing. Nil outside tests.
 	ackHook func(tags []uint64) error
@@ -254,6 +256,8 @@ func Open(cfg Config) (*Client, error) {
 		flushCh:   make(chan struct{}),
 		waiters:   map[string]chan error{},
 		maxFrame:  int(acct.MaxFrameBytes),
+
+		groupAwaiting: maxGroupAwaiting,
 	}
 	c.closeCtx, c.closeFn = context.WithCancel(context.Background())
 	if c.maxFrame == 0 {

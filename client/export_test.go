@@ -10,3 +10,7 @@ func (c *Client) SetAckHookForTest(f func(tags []uint64) error) { c.ackHook = f 
 
 // SendHighWaterForTest returns the most outbox sends that were in flight at once.
 func (c *Client) SendHighWaterForTest() int { return int(c.sendHighWater.Load()) }
+
+// SetGroupAwaitingForTest lowers the most member devices a group message waits for in the
+// outbox (maxGroupAwaiting); past it the server's ack ends the entry. Call it before Run.
+func (c *Client) SetGroupAwaitingForTest(n int) { c.groupAwaiting = n }

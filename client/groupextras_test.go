@@ -239,3 +239,77 @@ func TestGroupDisappearing(t *testing.T) {
 		t.Fatal("an expired group message is still in a history")
 	}
 }
+
+// Group marks past the outbox's bound: a group message sent to more member devices than the
+// outbox waits for (lowered here from 256 to 1 so that a 4-member group is past it) leaves the
+// outbox at the server's ack, and still becomes delivered once every member has it and read once
+// every member showed it.
+func TestGroupReceiptsPastOutboxBound(t *testing.T) {
+	srv := testserver.Start(t)
+	alice := startExtWith(t, register(t, srv, "alice", devOpts{}), func(c *client.Client) { c.SetGroupAwaitingForTest(1) })
+	members := []*extDevice{
+		startExt(t, register(t, srv, "bob", devOpts{})),
+		startExt(t, register(t, srv, "carol", devOpts{})),
+		startExt(t, register(t, srv, "dave", devOpts{})),
+	}
+	ctx := ctxExt(t)
+	g, err := alice.c.CreateGroup(ctx, "big", []string{"bob", "carol", "dave"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range members {
+		x.waitFor(t, "create event", func(ev client.Event) bool {
+			m, ok := ev.(*client.Message)
+			return ok && m.GroupEvent != nil && m.Group == g.ID
+		})
+	}
+
+	id, err := alice.c.SendGroup(ctx, "big", "hello all")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := alice.outboxLen(); n != 0 {
+		t.Fatalf("alice's outbox holds %d entries after the ack of a send past the bound, want 0", n)
+	}
+	var got []*client.Message
+	for _, x := range members {
+		m, _ := nextGroupTextOf(t, x, g.ID)
+		if m.ID != id {
+			t.Fatalf("%s got %+v", x.name, m)
+		}
+		got = append(got, m)
+	}
+	d, _ := nextOf[*client.Delivered](t, alice)
+	if d.MessageID != id || d.Group != g.ID {
+		t.Fatalf("alice got %+v, want group %s message %s delivered", d, g.ID, id)
+	}
+	if st := historyStatus(t, alice, id); st != store.StatusDelivered {
+		t.Fatalf("alice's record: %s, want delivered", st)
+	}
+
+	// Two reads of three are not enough (each member's text to alice leaves after its read
+	// receipt, on one lane); the third makes it read.
+	for i, x := range members[:2] {
+		if err := x.c.MarkRead(got[i]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := x.c.Send(ctx, "alice", "read it"); err != nil {
+			t.Fatal(err)
+		}
+		_, before := nextOf[*client.Message](t, alice)
+		noEventOf(t, "alice", before, func(r *client.Read) bool { return r.MessageID == id })
+	}
+	if st := historyStatus(t, alice, id); st != store.StatusDelivered {
+		t.Fatalf("alice's record after two reads of three: %s, want delivered", st)
+	}
+	if err := members[2].c.MarkRead(got[2]); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := nextOf[*client.Read](t, alice)
+	if r.MessageID != id || r.Group != g.ID {
+		t.Fatalf("alice got %+v, want group %s message %s read", r, g.ID, id)
+	}
+	if st := historyStatus(t, alice, id); st != store.StatusRead {
+		t.Fatalf("alice's record: %s, want read", st)
+	}
+}

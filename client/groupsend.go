@@ -232,7 +232,7 @@ func (c *Client) groupAcked(ctx context.Context, e *store.OutboxEntry, awaiting,
 			return err
 		}
 		cur.Awaiting = slices.DeleteFunc(slices.Clone(awaiting), func(d string) bool { return slices.Contains(cur.Receipted, d) })
-		if len(awaiting) > maxGroupAwaiting || len(cur.Awaiting) == 0 {
+		if len(awaiting) > c.groupAwaiting || len(cur.Awaiting) == 0 {
 			err = tx.DeleteOutbox(cur)
 		} else {
 			cur.ServerAckedAt = c.cfg.Now()
@@ -253,8 +253,9 @@ func (c *Client) groupAcked(ctx context.Context, e *store.OutboxEntry, awaiting,
 		if statusRank(r.Status) < 1 {
 			r.Status, r.Failure = store.StatusSent, ""
 		}
-		if len(members) <= maxGroupMarks {
-			r.GroupMembers = members
+		if len(members) <= maxGroupMarkMembers && len(r.GroupMembers) == 0 {
+			r.GroupMembers = members // sorted (groupmarks.go)
+			foldEarlyMarks(r)
 		}
 		events = groupMarks(r)
 		return tx.PutHistory(r)

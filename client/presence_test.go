@@ -25,6 +25,12 @@ type extDevice struct {
 
 func startExt(t *testing.T, d *device) *extDevice {
 	t.Helper()
+	return startExtWith(t, d, nil)
+}
+
+// startExtWith is startExt with setup called on the client before Run.
+func startExtWith(t *testing.T, d *device, setup func(*client.Client)) *extDevice {
+	t.Helper()
 	x := &extDevice{device: d, all: make(chan client.Event, 10_000)}
 	d.cfg.Now = func() time.Time { return time.Now().Add(time.Duration(x.offset.Load())) }
 	st, err := store.Open(d.home, store.Options{NoSync: true})
@@ -40,6 +46,9 @@ func startExt(t *testing.T, d *device) *extDevice {
 		t.Fatal(err)
 	}
 	d.c = c
+	if setup != nil {
+		setup(c)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -57,10 +57,6 @@ func (c *Client) SetReadReceipts(on bool) error {
 	})
 }
 
-// maxGroupMarks bounds the other members of a group whose receipts a sent group message tracks
-// for its marks: a message to a larger group stays "sent" (the outbox still ends as usual).
-const maxGroupMarks = 256
-
 // receiptKey groups receipts by the sender they go to and the group of the messages ("" for 1:1).
 type receiptKey struct{ to, group string }
 
@@ -187,7 +183,8 @@ func (c *Client) applyReceipts(tx *store.Tx, from, dev, group string, ids []stri
 }
 
 // groupReceipt records that a device of member from has (read) group message id, which this
-// device sent to group gid, and reports it delivered (read) once every member is.
+// device sent to group gid, and reports it delivered (read) once every member is. Before the
+// server's ack (no member list yet) the account is kept by name, at most maxEarlyMarks of them.
 func (c *Client) groupReceipt(tx *store.Tx, gid, from, id string, read bool) ([]Event, error) {
 	r, err := tx.HistoryByID(store.Outgoing, store.GroupKey(gid), id)
 	if errors.Is(err, store.ErrNotFound) {
@@ -196,21 +193,27 @@ func (c *Client) groupReceipt(tx *store.Tx, gid, from, id string, read bool) ([]
 	if err != nil || r.Synced || r.Group != gid {
 		return nil, err
 	}
-	add := func(list []string) ([]string, bool) {
-		if slices.Contains(list, from) {
-			return list, false
+	var changed bool
+	if len(r.GroupMembers) > 0 {
+		foldEarlyMarks(r) // a record stored before the bitsets
+		m := marksOf(r)
+		changed = m.mark(from, read)
+		m.store(r)
+	} else {
+		add := func(list []string) ([]string, bool) {
+			if slices.Contains(list, from) || len(list) >= maxEarlyMarks {
+				return list, false
+			}
+			return append(list, from), true
 		}
-		if len(r.GroupMembers) > 0 && !slices.Contains(r.GroupMembers, from) || len(list) >= maxGroupMarks {
-			return list, false // not sent to from (or not known yet and already full)
+		var changedD, changedR bool
+		r.DeliveredBy, changedD = add(r.DeliveredBy)
+		if read {
+			r.ReadBy, changedR = add(r.ReadBy)
 		}
-		return append(list, from), true
+		changed = changedD || changedR
 	}
-	var changedD, changedR bool
-	r.DeliveredBy, changedD = add(r.DeliveredBy)
-	if read {
-		r.ReadBy, changedR = add(r.ReadBy)
-	}
-	if !changedD && !changedR {
+	if !changed {
 		return nil, nil
 	}
 	events := groupMarks(r)
@@ -231,26 +234,19 @@ func statusRank(s store.Status) int {
 }
 
 // groupMarks moves a sent group message's status on to delivered (read) once every member it
-// was sent to is in DeliveredBy or ReadBy (ReadBy), and reports the change. It needs the server's
-// ack first (GroupMembers set, status sent).
+// was sent to has sent a delivery or read receipt (a read receipt), and reports the change. It
+// needs the server's ack first (GroupMembers set, status sent).
 func groupMarks(r *store.HistoryRecord) []Event {
 	if len(r.GroupMembers) == 0 || statusRank(r.Status) < 1 {
 		return nil
 	}
-	all := func(lists ...[]string) bool {
-		for _, m := range r.GroupMembers {
-			if !slices.ContainsFunc(lists, func(l []string) bool { return slices.Contains(l, m) }) {
-				return false
-			}
-		}
-		return true
-	}
+	m := marksOf(r)
 	var events []Event
-	if statusRank(r.Status) < 2 && all(r.DeliveredBy, r.ReadBy) {
+	if statusRank(r.Status) < 2 && m.allDelivered() {
 		r.Status = store.StatusDelivered
 		events = append(events, &Delivered{MessageID: r.ID, Group: r.Group})
 	}
-	if statusRank(r.Status) < 3 && all(r.ReadBy) {
+	if statusRank(r.Status) < 3 && m.allRead() {
 		r.Status = store.StatusRead
 		events = append(events, &Read{MessageID: r.ID, Group: r.Group})
 	}

@@ -525,13 +525,17 @@ type HistoryRecord struct {
 	Timer     bool          `json:"timer,omitempty"`
 	TimerSet  time.Duration `json:"timer_set,omitempty"`
 
-	// Group marks (client/receipts.go), on a group message this device sent: GroupMembers are the
-	// other member accounts it was sent to (set at the server's ack; none beyond the client's
-	// bound), DeliveredBy and ReadBy the accounts a device of which sent a delivery (read)
-	// receipt. Delivered (read) once every member is in DeliveredBy (ReadBy).
-	GroupMembers []string `json:"group_members,omitempty"`
-	DeliveredBy  []string `json:"delivered_by,omitempty"`
-	ReadBy       []string `json:"read_by,omitempty"`
+	// Group marks (client/groupmarks.go), on a group message this device sent: GroupMembers are
+	// the other member accounts it was sent to, sorted (set at the server's ack; none beyond the
+	// client's bound); bit i of GroupDelivered (GroupRead) is set once a device of
+	// GroupMembers[i] sent a delivery (read) receipt. DeliveredBy and ReadBy name the accounts
+	// whose receipts came before the ack (bounded); they are folded into the bitsets at the ack.
+	// Delivered (read) once every member's bit is set.
+	GroupMembers   []string `json:"group_members,omitempty"`
+	GroupDelivered []byte   `json:"group_delivered,omitempty"`
+	GroupRead      []byte   `json:"group_read,omitempty"`
+	DeliveredBy    []string `json:"delivered_by,omitempty"`
+	ReadBy         []string `json:"read_by,omitempty"`
 }
 
 // Shown reports whether the record is one the user is shown as it arrives: a received message,
