@@ -36,6 +36,8 @@ import (
 // receipt, when there are at most maxGroupAwaiting of them; above that, the server's ack ends it.
 // A message whose receipts are still missing after Config.ResendInterval is sent again (same id;
 // receivers drop duplicates), at most maxGroupSends times in all, then leaves the outbox.
+// The delivered and read marks do not depend on the outbox entry (groupmarks.go): they count
+// member accounts, for any group size up to maxGroupMarkMembers.
 
 // SendGroup sends text to group (a local name or id) and returns the message id once the server
 // has acked it (every member device has it, live or stored). See Send for the outbox rules.
