@@ -152,6 +152,7 @@ type Bus struct {
 	Devices  jetstream.KeyValue // device id → device record
 	Invites  jetstream.KeyValue // invite code → invite record
 	Links    jetstream.KeyValue // link id → pending device link (per-entry TTL)
+	LastSeen jetstream.KeyValue // device id → when it last authenticated (directory.Seen)
 	Groups   jetstream.KeyValue // group records and the per-account group index (package groups)
 	Settings jetstream.KeyValue // account name → presence and privacy settings (presence.go)
 	PreKeys  jetstream.Stream   // one-time prekeys: prekeys.otk.<device>, prekeys.kem.<device>

@@ -21,6 +21,7 @@ const (
 	DevicesBucket  = "devices"
 	InvitesBucket  = "invites"
 	LinksBucket    = "links"
+	LastSeenBucket = "last_seen"
 	GroupsBucket   = "groups"
 	MetaBucket     = "petrel_meta"
 	PreKeysStream  = "PREKEYS"
@@ -189,6 +190,11 @@ func (b *Bus) migrate(ctx context.Context) error {
 	}
 	// Pending device links expire by a TTL per entry (the directory's link_ttl), under the
 	// bucket's own age limit.
+	// Last-seen times of devices, apart from the account records: an account record is read on
+	// every send (cached on every node), and a write to it drops it from every node's cache.
+	if b.LastSeen, err = kv(jetstream.KeyValueConfig{Bucket: LastSeenBucket, Description: "device id → last seen (Unix ms, decimal)", History: 1}, kvOptions{}); err != nil {
+		return err
+	}
 	if b.Links, err = kv(jetstream.KeyValueConfig{Bucket: LinksBucket, Description: "link id → pending device link offer", History: 1, TTL: LinksMaxAge}, kvOptions{msgTTL: true}); err != nil {
 		return err
 	}

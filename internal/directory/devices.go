@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -140,7 +141,9 @@ func (d *Directory) Devices(ctx context.Context, p Principal) (*pb.DeviceListRes
 	if !acc.HasDevice(p.ID) {
 		return nil, fmt.Errorf("%w: this device is not on account %s any more", ErrUnknownDevice, p.Name)
 	}
-	return devicesResult(acc), nil
+	res := devicesResult(acc)
+	d.fillLastSeen(ctx, res)
+	return res, nil
 }
 
 // PutDeviceList stores a new signed device list for p's account: from the primary only
@@ -303,41 +306,67 @@ func (d *Directory) dropDevice(ctx context.Context, deviceID string) error {
 	return nil
 }
 
-// Seen records that deviceID authenticated at now, in its account record, when the stored time is
-// more than an hour older (so not one write per connect). With the caches warm (Start) the usual
-// case — nothing to write — reads nothing from the store. Failures are logged: last-seen is a
-// convenience, and the next connect tries again.
+// Seen records that deviceID authenticated at now, in the last-seen bucket, at most once an
+// hour per device: this node remembers what it wrote, and otherwise the stored time is read
+// first. The account record is not touched: it is read on every send, and a write to it would drop
+// it from every node's cache.
 func (d *Directory) Seen(ctx context.Context, deviceID string, now time.Time) {
 	k, ok := parseDeviceKey(deviceID)
 	if !ok {
 		return
 	}
-	e, err := d.authEntry(ctx, deviceID, k)
-	if err != nil {
+	ms := now.UnixMilli()
+	d.seenMu.Lock()
+	last := d.seenWritten[deviceID]
+	d.seenMu.Unlock()
+	if ms-last < seenInterval.Milliseconds() {
 		return
 	}
-	acc, err := d.Account(ctx, e.name)
-	if err != nil || !needsSeen(acc, deviceID, now) {
-		return
+	if _, err := d.authEntry(ctx, deviceID, k); err != nil {
+		return // unknown or removed
 	}
 	ctx, cancel := withReadTimeout(ctx)
 	defer cancel()
-	acc, rev, err := d.accountLatest(ctx, e.name)
-	if err != nil || !needsSeen(acc, deviceID, now) {
-		return // gone, or written meanwhile (by another node, or before this node's cache heard)
+	if stored := d.lastSeen(ctx, deviceID); ms-stored < seenInterval.Milliseconds() {
+		d.rememberSeen(deviceID, stored)
+		return
 	}
-	next := acc.clone()
-	det := next.Details[deviceID]
-	det.LastSeenMS = now.UnixMilli()
-	next.Details[deviceID] = det
-	if err := d.updateAccount(ctx, next, rev); err != nil {
+	if _, err := d.bus.LastSeen.Put(ctx, deviceID, strconv.AppendInt(nil, ms, 10)); err != nil {
 		d.log.Debug("record last seen", "device", deviceID, "err", err)
 		return
 	}
+	d.rememberSeen(deviceID, ms)
 	d.metrics.seenWrites.Inc()
 }
 
-// needsSeen reports whether Seen should write deviceID's last-seen time at now.
-func needsSeen(acc *Account, deviceID string, now time.Time) bool {
-	return acc.HasDevice(deviceID) && now.UnixMilli()-acc.Details[deviceID].LastSeenMS >= seenInterval.Milliseconds()
+// maxSeenRemembered bounds the devices whose last write this node remembers (~80 B each).
+const maxSeenRemembered = 1 << 20
+
+func (d *Directory) rememberSeen(deviceID string, ms int64) {
+	d.seenMu.Lock()
+	defer d.seenMu.Unlock()
+	if d.seenWritten == nil || len(d.seenWritten) >= maxSeenRemembered {
+		d.seenWritten = make(map[string]int64)
+	}
+	d.seenWritten[deviceID] = ms
+}
+
+// lastSeen reads deviceID's stored last-seen time (0 when none or unreadable).
+func (d *Directory) lastSeen(ctx context.Context, deviceID string) int64 {
+	e, err := d.bus.LastSeen.Get(ctx, deviceID)
+	if err != nil {
+		return 0
+	}
+	ms, _ := strconv.ParseInt(string(e.Value()), 10, 64)
+	return ms
+}
+
+// fillLastSeen sets each device's last-seen time in res from the last-seen bucket (a record from
+// before the bucket may carry a later one in its details).
+func (d *Directory) fillLastSeen(ctx context.Context, res *pb.DeviceListResult) {
+	for _, i := range res.GetDevices() {
+		if ms := d.lastSeen(ctx, i.GetDeviceId()); ms > i.GetLastSeenMs() {
+			i.LastSeenMs = ms
+		}
+	}
 }

@@ -146,6 +146,9 @@ type Directory struct {
 	accounts *cache[string, *Account]
 	auth     *cache[deviceKey, authEntry]
 	watches  sync.WaitGroup // the watch goroutines started by Start
+
+	seenMu      sync.Mutex       // guards seenWritten
+	seenWritten map[string]int64 // device id → last-seen time this node wrote or read (Seen)
 }
 
 // New returns a directory over b. It does no I/O.

@@ -302,7 +302,9 @@ func (d *Directory) approveLink(ctx context.Context, p Principal, req *pb.Approv
 		}
 	}
 	d.addInitialPreKeys(ctx, dev, offer.GetKeys())
-	return &Approved{LinkID: linkID, NewDeviceID: dev.ID, Name: acc.Name, DeviceList: acc.SignedDeviceList(), Info: devicesResult(acc)}, nil
+	info := devicesResult(acc)
+	d.fillLastSeen(ctx, info)
+	return &Approved{LinkID: linkID, NewDeviceID: dev.ID, Name: acc.Name, DeviceList: acc.SignedDeviceList(), Info: info}, nil
 }
 
 // spendLink purges the link entry at the revision read (of concurrent approvals exactly one
