@@ -484,3 +484,28 @@ func (b *Bus) DisableJetStreamForTest() error {
 	}
 	return b.srv.DisableJetStream()
 }
+
+// StreamLeaderForTest returns the leader of stream as this node's embedded server sees it (""
+// for none): a follower still names a dead leader until it has elected another. Cluster tests
+// use it to prove something happened before an election. It refuses to run outside tests.
+func (b *Bus) StreamLeaderForTest(stream string) (string, error) {
+	if !testing.Testing() {
+		return "", errors.New("StreamLeaderForTest called outside a test")
+	}
+	if b.srv == nil {
+		return "", errors.New("no embedded server")
+	}
+	d, err := b.srv.JszAccount(&server.JSzOptions{Account: b.srv.GlobalAccount().GetName(), Streams: true})
+	if err != nil {
+		return "", err
+	}
+	for _, sd := range d.Streams {
+		if sd.Name == stream {
+			if sd.Cluster == nil {
+				return "", nil
+			}
+			return sd.Cluster.Leader, nil
+		}
+	}
+	return "", fmt.Errorf("no stream %s on this node", stream)
+}

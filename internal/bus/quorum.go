@@ -100,3 +100,66 @@ func (b *Bus) CaughtUp() error {
 	}
 	return fmt.Errorf("jetstream not current: %s", why)
 }
+
+// InboxReplica is this node's replica of one inbox stream, as its embedded server sees it.
+type InboxReplica struct {
+	Shard int
+	// Applied: every entry of the replica's Raft log has been applied to the stream (none is
+	// waiting for the replica to learn that it was committed, and it is not catching up), so the
+	// stream holds every write the replica has received. LastSeq is then the stream's last
+	// sequence on this replica.
+	Applied bool
+	LastSeq uint64
+	// Size and Quorum are the Raft group's size and the majority it needs.
+	Size, Quorum int
+}
+
+// InboxReplicas returns this node's replicas of the inbox streams; ok is false when the node
+// cannot tell (external NATS, not clustered, JetStream state unreadable).
+//
+// A write acked by a stream's leader is in the Raft logs of a majority of the replicas. So if
+// more than Size-Quorum replicas (enough to meet every majority) report Applied with the same
+// LastSeq, every acked write is in each of them, whether or not the stream has a leader now
+// (after a leader's node died, its followers elect a new one only after 4–9 s). The mailbox
+// uses this to serve a device without waiting for that election.
+func (b *Bus) InboxReplicas() (reps []InboxReplica, ok bool) {
+	srv := b.srv
+	if srv == nil || !srv.JetStreamIsClustered() {
+		return nil, false
+	}
+	acc := srv.GlobalAccount().GetName()
+	groups := func() map[string]server.RaftzGroup {
+		rz := srv.Raftz(&server.RaftzOptions{AccountFilter: acc})
+		if rz == nil {
+			return nil
+		}
+		return (*rz)[acc]
+	}
+	// The Raft state before and after the streams' state: unchanged and fully applied means
+	// the stream state read in between is the state of that log.
+	before := groups()
+	detail, err := srv.JszAccount(&server.JSzOptions{Account: acc, Streams: true, RaftGroups: true})
+	if err != nil || before == nil {
+		return nil, false
+	}
+	after := groups()
+	shardOf := make(map[string]int, b.cfg.InboxShards)
+	for i := range b.cfg.InboxShards {
+		shardOf[InboxStreamName(i)] = i
+	}
+	for _, sd := range detail.Streams {
+		shard, isInbox := shardOf[sd.Name]
+		if !isInbox || sd.RaftGroup == "" {
+			continue
+		}
+		g1, ok1 := before[sd.RaftGroup]
+		g2, ok2 := after[sd.RaftGroup]
+		if !ok1 || !ok2 {
+			continue
+		}
+		applied := g1.PIndex == g1.Applied && !g1.CatchingUp && g1.WALError == nil &&
+			g2.PIndex == g1.PIndex && g2.Applied == g1.Applied && g2.Term == g1.Term && !g2.CatchingUp
+		reps = append(reps, InboxReplica{Shard: shard, Applied: applied, LastSeq: sd.State.LastSeq, Size: g1.Size, Quorum: g1.QuorumNeeded})
+	}
+	return reps, true
+}

@@ -288,6 +288,8 @@ type Mailbox struct {
 	pending     map[uint64]liveReq        // guarded by pendingMu
 	reads       map[uint64]chan *nats.Msg // batched direct gets in progress; guarded by pendingMu
 	nextToken   atomic.Uint64
+	// replicaPinger coalesces replica rounds (replicas.go); its replicas is set in New.
+	replicaPinger pinger
 
 	// Device subscriptions deliver into these channels; one dispatcher goroutine each keeps the
 	// order of one device's messages (a device always maps to the same dispatcher).
@@ -316,6 +318,8 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		reads:   make(map[uint64]chan *nats.Msg),
 
 		leaderReads: make(chan struct{}, maxLeaderReads),
+
+		replicaPinger: pinger{replicas: true},
 	}
 	m.stopCtx, m.stopCancel = context.WithCancel(context.Background())
 	m.replyPrefix = "_PR." + cfg.Node + "."
@@ -360,8 +364,7 @@ func (m *Mailbox) StartContext(ctx context.Context) error {
 		return fmt.Errorf("reply subscription limits: %w", err)
 	}
 	m.replySub = sub
-	node := []byte(m.cfg.Node)
-	if m.pingSub, err = m.nc.Subscribe(bus.MailboxPingSubject, func(msg *nats.Msg) { _ = msg.Respond(node) }); err != nil {
+	if m.pingSub, err = m.nc.Subscribe(bus.MailboxPingSubject, m.answerPing); err != nil {
 		return fmt.Errorf("subscribe to mailbox pings: %w", err)
 	}
 	for i, w := range m.writers {
