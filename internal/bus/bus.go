@@ -414,6 +414,18 @@ func (b *Bus) RoutedServers() (n int, ok bool) {
 	return len(names), true
 }
 
+// MailboxPeers is how many other NATS servers have a subscriber for MailboxPingSubject now, as
+// the embedded server knows from its routes: the nodes whose mailbox runs. A node that is routed
+// but still starting (catching up, running migrations) has no mailbox yet, so it has no senders
+// either. ok is false with external NATS. The caller's own mailbox must be subscribed.
+func (b *Bus) MailboxPeers() (n int, ok bool) {
+	if b.srv == nil {
+		return 0, false
+	}
+	// One matching subscription per route that carries a remote subscriber, plus this node's own.
+	return max(b.srv.GlobalAccount().Interest(MailboxPingSubject)-1, 0), true
+}
+
 // Clustered reports whether other nodes may share this bus: external NATS, or an embedded
 // server with cluster routes configured. A node alone knows every connection of its devices.
 func (b *Bus) Clustered() bool { return len(b.cfg.URLs) > 0 || b.cfg.ClusterListen != "" }

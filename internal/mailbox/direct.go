@@ -299,16 +299,26 @@ func (m *Mailbox) ping(replicas bool) (bool, map[string][]bus.InboxReplica) {
 	}
 	t := time.NewTimer(interestTimeout)
 	defer t.Stop()
-	seen := make(map[string][]bus.InboxReplica, routed+1)
-	told := true               // every answer so far carried its replicas
-	for len(seen) < routed+1 { // every routed server's node, and this one
+	want := routed + 1 // every routed server's node, and this one
+	if !replicas {
+		// To confirm a subscription, only nodes whose mailbox runs need to answer: a node still
+		// starting has no senders yet, and waiting for it held every connecting device's first
+		// QueueEmpty for interestTimeout per round while a restarted node caught up. A replica
+		// round waits for every routed node: a starting node's replica may answer direct gets.
+		if peers, ok := m.bus.MailboxPeers(); ok {
+			want = min(want, peers+1)
+		}
+	}
+	seen := make(map[string][]bus.InboxReplica, want)
+	told := true // every answer so far carried its replicas
+	for len(seen) < want {
 		select {
 		case msg := <-ch:
 			reps, ok := decodeReplicas(msg.Header.Get(replicaHeader))
 			told = told && ok
 			seen[string(msg.Data)] = reps
 		case <-t.C:
-			m.log.Debug("mailbox ping: subscription not confirmed on every node", "answered", len(seen), "want", routed+1)
+			m.log.Debug("mailbox ping: not answered by every node", "answered", len(seen), "want", want, "replicas", replicas)
 			return false, nil
 		case <-m.stop:
 			return false, nil

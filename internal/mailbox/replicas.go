@@ -148,6 +148,15 @@ func replicasAgree(byNode map[string][]bus.InboxReplica, shard int) bool {
 // replicasSettled runs a replica round and reports whether, for the device's inbox, its answer
 // stands in for the leader's (see replicasAgree).
 func (a *Attachment) replicasSettled() bool {
+	// A routed node whose mailbox is not running yet (it is starting) cannot answer, and its
+	// replica may already answer direct gets: the round could not conclude. Ask the leader.
+	routed, ok := a.m.bus.RoutedServers()
+	if !ok {
+		return false
+	}
+	if peers, ok := a.m.bus.MailboxPeers(); !ok || peers < routed {
+		return false
+	}
 	r := a.m.pingRound(&a.m.replicaPinger)
 	return r != nil && r.ok && replicasAgree(r.replicas, a.m.bus.Shard(a.dev))
 }
