@@ -414,6 +414,26 @@ func (b *Bus) RoutedServers() (n int, ok bool) {
 	return len(names), true
 }
 
+// RouteConns returns, for each server the embedded server routes to now (by its server id, new
+// on each start), the id of its newest route connection. A route to the same server that broke
+// and came back has a higher id: messages published meanwhile may have been lost (a wake-up for
+// a device attached on the other side), and the mailbox re-reads its devices' inboxes. ok is
+// false with external NATS.
+func (b *Bus) RouteConns() (conns map[string]uint64, ok bool) {
+	if b.srv == nil {
+		return nil, false
+	}
+	rz, err := b.srv.Routez(&server.RoutezOptions{})
+	if err != nil {
+		return nil, false
+	}
+	conns = make(map[string]uint64, len(rz.Routes))
+	for _, r := range rz.Routes {
+		conns[r.RemoteID] = max(conns[r.RemoteID], r.Rid)
+	}
+	return conns, true
+}
+
 // MailboxPeers is how many other NATS servers have a subscriber for MailboxPingSubject now, as
 // the embedded server knows from its routes: the nodes whose mailbox runs. A node that is routed
 // but still starting (catching up, running migrations) has no mailbox yet, so it has no senders

@@ -301,6 +301,7 @@ type Mailbox struct {
 	// resyncReq asks for a resync after the bus dropped device messages (resync.go);
 	// stopSlowConsumer removes the bus callback that sends it.
 	resyncReq        chan struct{}
+	resyncAllReq     chan struct{} // asks for a wake-up of every attachment (a route came back)
 	stopSlowConsumer func()
 }
 
@@ -347,6 +348,7 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		m.dispatch = append(m.dispatch, make(chan *nats.Msg, cfg.dispatchCap))
 	}
 	m.resyncReq = make(chan struct{}, 1)
+	m.resyncAllReq = make(chan struct{}, 1)
 	return m
 }
 
@@ -388,6 +390,8 @@ func (m *Mailbox) StartContext(ctx context.Context) error {
 	m.stopSlowConsumer = m.bus.OnSlowConsumer(m.onSlowConsumer)
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.runResync() }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.watchRoutes() }()
 	return nil
 }
 

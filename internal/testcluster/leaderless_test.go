@@ -6,12 +6,14 @@ package testcluster_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
 	"github.com/petrelchat/petrel/client"
 	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/testcluster"
+	"github.com/petrelchat/petrel/internal/testserver"
 )
 
 // TestServedWhileInboxLeaderless: bob's inbox stream is led by n1, and alice's messages are
@@ -146,4 +148,67 @@ func leadInboxFrom(t *testing.T, nd *testcluster.Node, stream string) {
 		}
 		return fmt.Errorf("%s is led by %q", stream, l)
 	})
+}
+
+// TestWakeUpLostOnACutRouteIsMadeGood: the route between n1 and n2 is cut for a moment (too short
+// for any Raft election; n3 still reaches both). Alice on n2 sends to bob, attached on n1 and
+// live: n2 sees no subscriber for him, stores the message (acked) and publishes a wake-up that
+// cannot reach n1. When the route is back, n1 sees a route to the same server made again and
+// wakes every device attached on it, so bob reads his inbox and gets the message; before, it
+// stayed stored until he reconnected.
+func TestWakeUpLostOnACutRouteIsMadeGood(t *testing.T) {
+	c := testcluster.Start(t, nodes, testcluster.Options{Proxies: true})
+	n1, n2 := c.Node(0), c.Node(1)
+	bob := testserver.Dial(t, n1.URL())
+	bob.MustRegister("bob")
+	alice := testserver.Dial(t, n2.URL())
+	alice.MustRegister("alice")
+	// Bob's inbox is led by n2, so the store does not need n1.
+	leadInboxFrom(t, n2, bus.InboxStreamName(n2.Server().Bus().Shard(bob.DeviceID)))
+	if f := bob.NextPush(); f.GetQueueEmpty() == nil {
+		t.Fatalf("bob: want QueueEmpty, got %v", f)
+	}
+	// Every node caught up first (see the catch-up gate), so that only the cut disturbs them.
+	for _, nd := range c.Nodes() {
+		testcluster.WaitFor(t, failoverWait, func() error {
+			if code, body := readyz(t, nd.URL()); code != http.StatusOK {
+				return fmt.Errorf("%s /readyz %d %q", nd.Name(), code, body)
+			}
+			return nil
+		})
+	}
+	subj := bus.DeviceSubject(bob.DeviceID)
+	testcluster.WaitFor(t, failoverWait, func() error {
+		if ok, err := n2.Server().Bus().InterestForTest(subj); err != nil || !ok {
+			return fmt.Errorf("n2 does not see bob's subscription yet (%v)", err)
+		}
+		return nil
+	})
+
+	c.CutRoute(t, 0, 1)
+	testcluster.WaitFor(t, failoverWait, func() error {
+		if ok, err := n2.Server().Bus().InterestForTest(subj); err != nil || ok {
+			return fmt.Errorf("n2 still sees bob's subscription (%v)", err)
+		}
+		return nil
+	})
+	// UNAVAILABLE (a directory read that found no replica answering yet) is retried, as a
+	// client does; the same message id is stored once.
+	testcluster.WaitFor(t, failoverWait, func() error {
+		if r := alice.Send("m1", "bob", []string{bob.DeviceID}, []byte("while the route is cut")); r.GetSendResult() == nil {
+			return fmt.Errorf("alice: send while the route is cut: %v", r)
+		}
+		return nil
+	})
+	c.HealRoute(t, 0, 1)
+	f, err := bob.ReadErr(failoverWait)
+	if err != nil {
+		t.Fatalf("bob got nothing within %s of the heal: %v", failoverWait, err)
+	}
+	if d := f.GetDeliver(); d == nil || string(d.GetEnvelope().GetCiphertext()) != "while the route is cut" {
+		t.Fatalf("bob: want the stored message, got %v", f)
+	}
+	if got := metric(t, n1.AdminURL(), "petrel_mailbox_resync_wakes_total"); got < 1 {
+		t.Fatalf("n1 counted %v resync wake-ups, want bob's", got)
+	}
 }
