@@ -22,6 +22,13 @@ var ErrNoQuorum = errors.New("no jetstream quorum")
 // stops acking, but moving its clients would only add to the load. Wraps ErrNoQuorum.
 var ErrAPISlow = errors.New("jetstream api slow")
 
+// ErrCutOff: this node's embedded server has routes to too few of the cluster's nodes to make a
+// majority with them: it is cut off (a partition, or the others are down), whatever its view of
+// the meta group says, which a follower keeps until its election timeout (4–9 s). Unlike a slow
+// API, this is the node's own state: its clients are better served by another node. Wraps
+// ErrNoQuorum.
+var ErrCutOff = errors.New("cut off from the cluster")
+
 // peerFresh is how recently a meta leader must have heard from a peer to count it towards the
 // majority. Raft heartbeats go out every second; nats-server itself notices a lost quorum only
 // after about 10 s, so a leader cut off from the others would report itself healthy that long.
@@ -63,6 +70,10 @@ func (b *Bus) metaView() error {
 	if meta == nil {
 		return fmt.Errorf("%w: no meta group", ErrNoQuorum)
 	}
+	need := meta.Size/2 + 1
+	if routed, ok := b.RoutedServers(); ok && meta.Size > 1 && routed+1 < need {
+		return fmt.Errorf("%w: %w: routes to %d other nodes of %d, needs %d", ErrNoQuorum, ErrCutOff, routed, meta.Size, need-1)
+	}
 	if meta.Leader == "" {
 		return fmt.Errorf("%w: no meta leader", ErrNoQuorum)
 	}
@@ -75,7 +86,7 @@ func (b *Bus) metaView() error {
 			seen++
 		}
 	}
-	if need := meta.Size/2 + 1; seen < need {
+	if seen < need {
 		return fmt.Errorf("%w: meta leader hears from %d of %d nodes, needs %d", ErrNoQuorum, seen, meta.Size, need)
 	}
 	return nil
