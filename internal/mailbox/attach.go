@@ -683,10 +683,13 @@ func (a *Attachment) authoritativeGet(ctx context.Context, from uint64, replicas
 // acked): one is pushed (and the drain goes on), none settles it.
 func (a *Attachment) settle() error {
 	a.mu.Lock()
-	confirmed := a.interestConfirmed
+	confirmed, all := a.interestConfirmed, a.interestAll
 	a.mu.Unlock()
-	if !confirmed {
-		all := a.m.confirmInterest() // best effort: external NATS cannot tell, a silent node times out
+	if !confirmed || !all {
+		// Best effort: external NATS cannot tell, a silent node times out. A round not answered
+		// by every node (one was being cut off) is tried again on the next attempt: only after
+		// one that was can the replicas stand in for the leader.
+		all = a.m.confirmInterest()
 		a.mu.Lock()
 		a.interestConfirmed, a.interestAll = true, all
 		a.mu.Unlock()
@@ -696,7 +699,7 @@ func (a *Attachment) settle() error {
 		a.checkClaim()
 	}
 	a.mu.Lock()
-	from, all := a.nextSeq, a.interestAll
+	from := a.nextSeq
 	a.mu.Unlock()
 	ctx, cancel := a.m.ctxStore()
 	defer cancel()
