@@ -26,6 +26,9 @@ const (
 	quorumTimeout   = 2 * time.Second
 	quorumFailures  = 2
 	quorumMoveAfter = 5 * time.Second
+	// cutOffRecheck is how soon a node that found itself cut off (bus.ErrCutOff) checks again,
+	// to confirm it before it counts the quorum lost and moves its clients.
+	cutOffRecheck = 250 * time.Millisecond
 	// quorumMoveWait bounds the wait for in-flight sends when clients are moved: a send's store
 	// ends (acked or UNAVAILABLE) within the mailbox's store timeout (10 s).
 	quorumMoveWait = 12 * time.Second
@@ -88,7 +91,7 @@ func (s *Server) startQuorumWatch() {
 	clustered := s.cfg.ClusterListen != "" || len(s.cfg.NATS) > 0
 	s.startCatchUpGate(ctx)
 	q.wg.Go(func() {
-		t := time.NewTicker(quorumEvery)
+		t := time.NewTimer(quorumEvery)
 		defer t.Stop()
 		failures := 0
 		var lostAt time.Time
@@ -121,6 +124,13 @@ func (s *Server) startQuorumWatch() {
 			ccancel()
 			if ctx.Err() != nil {
 				return
+			}
+			// A node that finds itself cut off checks again soon, so that its clients move
+			// within about a second; any other state is checked once a second.
+			if errors.Is(err, bus.ErrCutOff) && q.ok.Load() {
+				t.Reset(cutOffRecheck)
+			} else {
+				t.Reset(quorumEvery)
 			}
 			switch {
 			case err == nil:

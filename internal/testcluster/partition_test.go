@@ -25,8 +25,8 @@ import (
 const partitionBound = 30 * time.Second
 
 // cutOffMoveBound bounds the time from a partition to the GoAway of the cut-off node's clients:
-// two quorum checks a second apart, then the move.
-const cutOffMoveBound = 4 * time.Second
+// a quorum check (once a second), a second one 250 ms later, then the move.
+const cutOffMoveBound = 3 * time.Second
 
 // TestPartitionedNodeStopsAckingAndRecovers: n1 cut off from n2 and n3 turns not ready, refuses
 // a send to an offline device with a retryable UNAVAILABLE (no ack), sends its client a GoAway
