@@ -22,9 +22,12 @@
 // API message get), before it reports the inbox empty or goes live. And a new attachment's
 // subscription reaches the other nodes a moment after it is made: a sender there may find no
 // responders, store, and publish its wake-up before that. So on a replicated inbox the first
-// switch to live waits until every routed node answered a ping sent after the subscription
-// (bus.MailboxPingSubject), then asks the stream leader whether anything is left (settle). A
-// single node's reads are the leader's: it never waits and never asks.
+// switch to live waits until every routed node whose mailbox runs answered a ping sent after the
+// subscription (bus.MailboxPingSubject), then asks the stream leader whether anything is left
+// (settle). Where the leader is asked, a replica round may answer instead, without it (while it
+// is being elected after its node died; replicas.go). A single node's reads are the leader's: it
+// never waits and never asks. A route made again after it broke may have lost wake-ups: every
+// attachment on the node then reads its inbox again (resync.go).
 //
 // Takeover (takeover.go): one attachment per device across the cluster; of racing ones, the
 // highest claim (the node's clock, then the connection id; announced on the device's subject)
