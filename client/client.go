@@ -52,6 +52,11 @@ type Config struct {
 	RequestTimeout time.Duration
 	// KeepAlive is the interval between Pings on an idle connection. Default: 30s; < 0 disables.
 	KeepAlive time.Duration
+	// KeepAliveTimeout is how long a Ping may go unanswered, with nothing else arriving either,
+	// before the connection counts as dead and the client moves to another server: a node that
+	// died without closing its sockets (power loss, a network that drops packets) is noticed
+	// within KeepAlive + KeepAliveTimeout instead of RequestTimeout. Default: 10s.
+	KeepAliveTimeout time.Duration
 	// SignedPreKeyRotation is the age after which the signed prekey (and the last-resort KEM
 	// prekey) are replaced. Default: 7 days.
 	SignedPreKeyRotation time.Duration
@@ -101,6 +106,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.KeepAlive == 0 {
 		c.KeepAlive = 30 * time.Second
+	}
+	if c.KeepAliveTimeout <= 0 {
+		c.KeepAliveTimeout = 10 * time.Second
 	}
 	if c.SignedPreKeyRotation <= 0 {
 		c.SignedPreKeyRotation = 7 * 24 * time.Hour

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/petrelchat/petrel/client/store"
@@ -39,6 +40,10 @@ type link struct {
 	// otkLeft and kemLeft are the server's one-time prekey counts (Welcome, then PreKeyStatus);
 	// only the sender goroutine uses them.
 	otkLeft, kemLeft uint32
+	// lastRead is when the reader last read a frame (Unix nanoseconds); handing is set while it
+	// waits to hand one to the inbound worker (it reads nothing meanwhile: not a dead server).
+	lastRead atomic.Int64
+	handing  atomic.Bool
 }
 
 type inboundItem struct {
@@ -81,6 +86,7 @@ func (c *Client) runLink(ctx context.Context, url string) (connected bool, err e
 	l := &link{c: c, runCtx: ctx, conn: cn, welcome: welcome,
 		inbound: make(chan inboundItem, inboundQueue), queueEmpty: make(chan struct{}),
 		otkLeft: welcome.GetOneTimePrekeysLeft(), kemLeft: welcome.GetKemPrekeysLeft()}
+	l.lastRead.Store(time.Now().UnixNano())
 	lctx, lcancel := context.WithCancelCause(ctx)
 	var wg sync.WaitGroup
 	start := func(f func(context.Context) error) {
@@ -195,6 +201,7 @@ func (l *link) readLoop(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		l.lastRead.Store(time.Now().UnixNano())
 		if f.GetId() != 0 {
 			l.conn.dispatch(f)
 			continue
@@ -226,11 +233,15 @@ func (l *link) readLoop(ctx context.Context) error {
 			l.c.log.Debug("ignoring unexpected push")
 			continue
 		}
+		l.handing.Store(true)
 		select {
 		case l.inbound <- item:
 		case <-ctx.Done():
+			l.handing.Store(false)
 			return nil
 		}
+		l.handing.Store(false)
+		l.lastRead.Store(time.Now().UnixNano())
 	}
 }
 
@@ -260,12 +271,15 @@ func (l *link) inboundLoop(ctx context.Context) error {
 	}
 }
 
-// keepAlive pings the server on an otherwise quiet connection so a dead one is noticed.
+// keepAlive pings the server every KeepAlive so a dead one is noticed: a ping unanswered
+// within KeepAliveTimeout ends the link (the client moves to another server), unless frames
+// still arrive or the reader is only waiting for the application to take the last one.
 func (l *link) keepAlive(ctx context.Context) error {
-	if l.c.cfg.KeepAlive < 0 {
+	cfg := l.c.cfg
+	if cfg.KeepAlive < 0 {
 		return nil
 	}
-	t := time.NewTicker(l.c.cfg.KeepAlive)
+	t := time.NewTicker(cfg.KeepAlive)
 	defer t.Stop()
 	for {
 		select {
@@ -273,11 +287,18 @@ func (l *link) keepAlive(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		}
-		now := l.c.cfg.Now().UnixMilli()
-		_, err := l.conn.request(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Ping{Ping: &petrelv1.Ping{ClientTimeMs: now}}})
-		if err != nil && ctx.Err() == nil {
-			return fmt.Errorf("keep-alive: %w", err)
+		now := cfg.Now().UnixMilli()
+		pctx, cancel := context.WithTimeout(ctx, cfg.KeepAliveTimeout)
+		_, err := l.conn.request(pctx, &petrelv1.Frame{Body: &petrelv1.Frame_Ping{Ping: &petrelv1.Ping{ClientTimeMs: now}}})
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			continue
 		}
+		if errors.Is(err, context.DeadlineExceeded) &&
+			(l.handing.Load() || time.Since(time.Unix(0, l.lastRead.Load())) < cfg.KeepAliveTimeout) {
+			continue // alive, only busy: the pong waits behind frames the application has not taken
+		}
+		return fmt.Errorf("keep-alive: %w", err)
 	}
 }
 

@@ -458,6 +458,38 @@ func (b *Bus) RoutedServers() (n int, ok bool) {
 	return len(names), true
 }
 
+// RouteConns returns, for each server the embedded server routes to now (by its server id, new
+// on each start), the id of its newest route connection. A route to the same server that broke
+// and came back has a higher id: messages published meanwhile may have been lost (a wake-up for
+// a device attached on the other side), and the mailbox re-reads its devices' inboxes. ok is
+// false with external NATS.
+func (b *Bus) RouteConns() (conns map[string]uint64, ok bool) {
+	if b.srv == nil {
+		return nil, false
+	}
+	rz, err := b.srv.Routez(&server.RoutezOptions{})
+	if err != nil {
+		return nil, false
+	}
+	conns = make(map[string]uint64, len(rz.Routes))
+	for _, r := range rz.Routes {
+		conns[r.RemoteID] = max(conns[r.RemoteID], r.Rid)
+	}
+	return conns, true
+}
+
+// MailboxPeers is how many other NATS servers have a subscriber for MailboxPingSubject now, as
+// the embedded server knows from its routes: the nodes whose mailbox runs. A node that is routed
+// but still starting (catching up, running migrations) has no mailbox yet, so it has no senders
+// either. ok is false with external NATS. The caller's own mailbox must be subscribed.
+func (b *Bus) MailboxPeers() (n int, ok bool) {
+	if b.srv == nil {
+		return 0, false
+	}
+	// One matching subscription per route that carries a remote subscriber, plus this node's own.
+	return max(b.srv.GlobalAccount().Interest(MailboxPingSubject)-1, 0), true
+}
+
 // Clustered reports whether other nodes may share this bus: external NATS, or an embedded
 // server with cluster routes configured. A node alone knows every connection of its devices.
 func (b *Bus) Clustered() bool { return len(b.cfg.URLs) > 0 || b.cfg.ClusterListen != "" }
@@ -527,4 +559,29 @@ func (b *Bus) DisableJetStreamForTest() error {
 		return errors.New("no embedded server")
 	}
 	return b.srv.DisableJetStream()
+}
+
+// StreamLeaderForTest returns the leader of stream as this node's embedded server sees it (""
+// for none): a follower still names a dead leader until it has elected another. Cluster tests
+// use it to prove something happened before an election. It refuses to run outside tests.
+func (b *Bus) StreamLeaderForTest(stream string) (string, error) {
+	if !testing.Testing() {
+		return "", errors.New("StreamLeaderForTest called outside a test")
+	}
+	if b.srv == nil {
+		return "", errors.New("no embedded server")
+	}
+	d, err := b.srv.JszAccount(&server.JSzOptions{Account: b.srv.GlobalAccount().GetName(), Streams: true})
+	if err != nil {
+		return "", err
+	}
+	for _, sd := range d.Streams {
+		if sd.Name == stream {
+			if sd.Cluster == nil {
+				return "", nil
+			}
+			return sd.Cluster.Leader, nil
+		}
+	}
+	return "", fmt.Errorf("no stream %s on this node", stream)
 }

@@ -22,6 +22,13 @@ var ErrNoQuorum = errors.New("no jetstream quorum")
 // stops acking, but moving its clients would only add to the load. Wraps ErrNoQuorum.
 var ErrAPISlow = errors.New("jetstream api slow")
 
+// ErrCutOff: this node's embedded server has routes to too few of the cluster's nodes to make a
+// majority with them: it is cut off (a partition, or the others are down), whatever its view of
+// the meta group says, which a follower keeps until its election timeout (4–9 s). Unlike a slow
+// API, this is the node's own state: its clients are better served by another node. Wraps
+// ErrNoQuorum.
+var ErrCutOff = errors.New("cut off from the cluster")
+
 // peerFresh is how recently a meta leader must have heard from a peer to count it towards the
 // majority. Raft heartbeats go out every second; nats-server itself notices a lost quorum only
 // after about 10 s, so a leader cut off from the others would report itself healthy that long.
@@ -63,6 +70,10 @@ func (b *Bus) metaView() error {
 	if meta == nil {
 		return fmt.Errorf("%w: no meta group", ErrNoQuorum)
 	}
+	need := meta.Size/2 + 1
+	if routed, ok := b.RoutedServers(); ok && meta.Size > 1 && routed+1 < need {
+		return fmt.Errorf("%w: %w: routes to %d other nodes of %d, needs %d", ErrNoQuorum, ErrCutOff, routed, meta.Size, need-1)
+	}
 	if meta.Leader == "" {
 		return fmt.Errorf("%w: no meta leader", ErrNoQuorum)
 	}
@@ -75,7 +86,7 @@ func (b *Bus) metaView() error {
 			seen++
 		}
 	}
-	if need := meta.Size/2 + 1; seen < need {
+	if seen < need {
 		return fmt.Errorf("%w: meta leader hears from %d of %d nodes, needs %d", ErrNoQuorum, seen, meta.Size, need)
 	}
 	return nil
@@ -99,4 +110,67 @@ func (b *Bus) CaughtUp() error {
 		why = h.Status
 	}
 	return fmt.Errorf("jetstream not current: %s", why)
+}
+
+// InboxReplica is this node's replica of one inbox stream, as its embedded server sees it.
+type InboxReplica struct {
+	Shard int
+	// Applied: every entry of the replica's Raft log has been applied to the stream (none is
+	// waiting for the replica to learn that it was committed, and it is not catching up), so the
+	// stream holds every write the replica has received. LastSeq is then the stream's last
+	// sequence on this replica.
+	Applied bool
+	LastSeq uint64
+	// Size and Quorum are the Raft group's size and the majority it needs.
+	Size, Quorum int
+}
+
+// InboxReplicas returns this node's replicas of the inbox streams; ok is false when the node
+// cannot tell (external NATS, not clustered, JetStream state unreadable).
+//
+// A write acked by a stream's leader is in the Raft logs of a majority of the replicas. So if
+// more than Size-Quorum replicas (enough to meet every majority) report Applied with the same
+// LastSeq, every acked write is in each of them, whether or not the stream has a leader now
+// (after a leader's node died, its followers elect a new one only after 4–9 s). The mailbox
+// uses this to serve a device without waiting for that election.
+func (b *Bus) InboxReplicas() (reps []InboxReplica, ok bool) {
+	srv := b.srv
+	if srv == nil || !srv.JetStreamIsClustered() {
+		return nil, false
+	}
+	acc := srv.GlobalAccount().GetName()
+	groups := func() map[string]server.RaftzGroup {
+		rz := srv.Raftz(&server.RaftzOptions{AccountFilter: acc})
+		if rz == nil {
+			return nil
+		}
+		return (*rz)[acc]
+	}
+	// The Raft state before and after the streams' state: unchanged and fully applied means
+	// the stream state read in between is the state of that log.
+	before := groups()
+	detail, err := srv.JszAccount(&server.JSzOptions{Account: acc, Streams: true, RaftGroups: true})
+	if err != nil || before == nil {
+		return nil, false
+	}
+	after := groups()
+	shardOf := make(map[string]int, b.cfg.InboxShards)
+	for i := range b.cfg.InboxShards {
+		shardOf[InboxStreamName(i)] = i
+	}
+	for _, sd := range detail.Streams {
+		shard, isInbox := shardOf[sd.Name]
+		if !isInbox || sd.RaftGroup == "" {
+			continue
+		}
+		g1, ok1 := before[sd.RaftGroup]
+		g2, ok2 := after[sd.RaftGroup]
+		if !ok1 || !ok2 {
+			continue
+		}
+		applied := g1.PIndex == g1.Applied && !g1.CatchingUp && g1.WALError == nil &&
+			g2.PIndex == g1.PIndex && g2.Applied == g1.Applied && g2.Term == g1.Term && !g2.CatchingUp
+		reps = append(reps, InboxReplica{Shard: shard, Applied: applied, LastSeq: sd.State.LastSeq, Size: g1.Size, Quorum: g1.QuorumNeeded})
+	}
+	return reps, true
 }

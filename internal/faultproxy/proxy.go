@@ -8,13 +8,15 @@ package faultproxy
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // Proxy forwards every connection it accepts to a target address until Cut, which closes the
 // connections it carries and refuses new ones (they are accepted and closed at once) until Heal.
+// Freeze stops forwarding bytes but keeps the connections open (a peer that went silent: a
+// machine that died without closing its sockets, a black-holing network) until Thaw.
 type Proxy struct {
 	ln     net.Listener
 	target string
@@ -24,6 +26,8 @@ type Proxy struct {
 	cut    bool
 	closed bool
 	conns  map[net.Conn]struct{}
+	// thawed is closed while bytes flow; Freeze replaces it with an open one.
+	thawed chan struct{}
 }
 
 // New listens on a random loopback port and forwards to target until Close.
@@ -37,7 +41,8 @@ func Listen(addr, target string) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("faultproxy: listen: %w", err)
 	}
-	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}, thawed: make(chan struct{})}
+	close(p.thawed)
 	p.wg.Go(p.accept)
 	return p, nil
 }
@@ -54,6 +59,73 @@ func (p *Proxy) Cut() {
 	p.mu.Unlock()
 	for c := range conns {
 		c.Close()
+	}
+}
+
+// Freeze stops forwarding: bytes already read are held, and the connections stay open, until
+// Thaw (or Cut or Close, which close them).
+func (p *Proxy) Freeze() {
+	p.mu.Lock()
+	select {
+	case <-p.thawed:
+		p.thawed = make(chan struct{})
+	default: // frozen already
+	}
+	p.mu.Unlock()
+}
+
+// Thaw undoes Freeze: held bytes are forwarded, then everything else.
+func (p *Proxy) Thaw() {
+	p.mu.Lock()
+	select {
+	case <-p.thawed:
+	default:
+		close(p.thawed)
+	}
+	p.mu.Unlock()
+}
+
+// waitThawed waits until the proxy is not frozen; false if c was closed meanwhile (Cut, Close).
+func (p *Proxy) waitThawed(c net.Conn) bool {
+	for {
+		p.mu.Lock()
+		thawed := p.thawed
+		_, open := p.conns[c]
+		p.mu.Unlock()
+		if !open {
+			return false
+		}
+		select {
+		case <-thawed:
+			return true
+		default:
+		}
+		t := time.NewTimer(10 * time.Millisecond) // polling: Cut does not signal frozen copies
+		select {
+		case <-thawed:
+			t.Stop()
+			return true
+		case <-t.C:
+		}
+	}
+}
+
+// copy forwards src to dst until either ends, holding bytes while the proxy is frozen.
+func (p *Proxy) copy(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if !p.waitThawed(dst) {
+				return
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
 
@@ -130,12 +202,12 @@ func (p *Proxy) serve(in net.Conn) {
 	}
 	done := make(chan struct{})
 	go func() { // owned by serve: it waits on done
-		io.Copy(out, in)
+		p.copy(out, in)
 		out.Close()
 		in.Close()
 		close(done)
 	}()
-	io.Copy(in, out)
+	p.copy(in, out)
 	in.Close()
 	out.Close()
 	<-done

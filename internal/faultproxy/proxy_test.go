@@ -82,3 +82,61 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+// TestProxyFreezeAndThaw: Freeze holds the bytes but keeps the connection open (a reader sees
+// neither data nor an end); Thaw forwards what was held; Cut still ends a frozen connection.
+func TestProxyFreezeAndThaw(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // an echo server; ends when ln closes
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	p, err := faultproxy.New(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	if _, err := c.Write([]byte("one\n")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if l, err := r.ReadString('\n'); err != nil || l != "one\n" {
+		t.Fatalf("before Freeze: %q %v", l, err)
+	}
+
+	p.Freeze()
+	if _, err := c.Write([]byte("two\n")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if l, err := r.ReadString('\n'); !isTimeout(err) {
+		t.Fatalf("while frozen: read %q %v, want a timeout (no data, no end)", l, err)
+	}
+	p.Thaw()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if l, err := r.ReadString('\n'); err != nil || l != "two\n" {
+		t.Fatalf("after Thaw: %q %v, want the held line", l, err)
+	}
+
+	p.Freeze()
+	p.Cut()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.ReadString('\n'); err == nil || isTimeout(err) {
+		t.Fatalf("a frozen connection survived Cut: %v", err)
+	}
+}

@@ -4,6 +4,7 @@
 package mailbox
 
 import (
+	"context"
 	"encoding/binary"
 	"math/rand/v2"
 	"slices"
@@ -87,6 +88,9 @@ type Attachment struct {
 	nextSeq                    uint64
 	queueEmpty                 bool // QueueEmpty was sent
 	pushedStored               int
+
+	// interestAll: every node answered the round that confirmed the subscription (settle).
+	interestAll bool
 
 	// claimRev is this attachment's claim on its device in a cluster (0 until stored);
 	// newerClaim the highest claim announced by another attachment before it was (takeover.go).
@@ -633,15 +637,16 @@ const maxReadBatch = 1024
 // lags behind a wake-up's sequence, before it reads through the stream leader.
 const staleRereads = 3
 
-// readLeader reads, through the stream leader, the device's first envelope from sequence from on
-// and pushes it; if there is none, the envelopes announced up to want are gone (acked on another
-// connection and purged, or expired) and the drain stops waiting for them.
+// readLeader reads the device's first envelope from sequence from on as the stream leader would
+// answer it (authoritativeGet) and pushes it; if there is none, the envelopes announced up to
+// want are gone (acked on another connection and purged, or expired) and the drain stops
+// waiting for them.
 func (a *Attachment) readLeader(from, want uint64) error {
 	ctx, cancel := a.m.ctxStore()
 	defer cancel()
-	shard := a.m.bus.Shard(a.dev)
-	a.m.metrics.leaderReads.Inc()
-	seq, data, found, err := a.m.leaderGet(ctx, bus.InboxStreamName(shard), a.m.bus.InboxSubject(a.dev), from)
+	// The wake-up that announced want came after its write was acked: a replica round after it
+	// covers that write, whatever the subscription's spread.
+	seq, data, found, err := a.authoritativeGet(ctx, from, true)
 	if err != nil {
 		return err
 	}
@@ -657,21 +662,38 @@ func (a *Attachment) readLeader(from, want uint64) error {
 	return nil
 }
 
+// authoritativeGet reads the device's first envelope from sequence from on, seeing every write
+// acked before the call: through the replicas when a replica round shows that they hold every
+// such write (replicas.go; only if replicas is set), else through the stream leader.
+func (a *Attachment) authoritativeGet(ctx context.Context, from uint64, replicas bool) (seq uint64, data []byte, found bool, err error) {
+	if replicas && a.replicasSettled() {
+		a.m.metrics.replicaReads.Inc()
+		return a.firstFrom(ctx, from)
+	}
+	a.m.metrics.leaderReads.Inc()
+	return a.m.leaderGet(ctx, bus.InboxStreamName(a.m.bus.Shard(a.dev)), a.m.bus.InboxSubject(a.dev), from)
+}
+
 // settle closes, on a replicated inbox, the window in which this attachment's subscription has
 // not reached every node yet: a sender on such a node finds no responders and stores, and its
 // wake-up is lost; and a direct get here may be answered by a replica that has not applied that
 // store. So before its first switch to live the drain waits until every routed node has seen
 // the subscription (confirmInterest); a wake-up published after that reaches it, and a store
-// whose wake-up was lost was acked before, so the leader has it. Then it asks the leader for the
-// first envelope from where it read to: one is pushed (and the drain goes on), none settles it.
+// whose wake-up was lost was acked before. Then it reads the first envelope from where it read
+// to, as the leader would answer (authoritativeGet: through the replicas only if every node
+// confirmed the subscription, so that the replica round began after every such store was
+// acked): one is pushed (and the drain goes on), none settles it.
 func (a *Attachment) settle() error {
 	a.mu.Lock()
-	confirmed := a.interestConfirmed
+	confirmed, all := a.interestConfirmed, a.interestAll
 	a.mu.Unlock()
-	if !confirmed {
-		a.m.confirmInterest() // best effort: external NATS cannot tell, a silent node times out
+	if !confirmed || !all {
+		// Best effort: external NATS cannot tell, a silent node times out. A round not answered
+		// by every node (one was being cut off) is tried again on the next attempt: only after
+		// one that was can the replicas stand in for the leader.
+		all = a.m.confirmInterest()
 		a.mu.Lock()
-		a.interestConfirmed = true
+		a.interestConfirmed, a.interestAll = true, all
 		a.mu.Unlock()
 	}
 	if a.m.claims {
@@ -683,8 +705,7 @@ func (a *Attachment) settle() error {
 	a.mu.Unlock()
 	ctx, cancel := a.m.ctxStore()
 	defer cancel()
-	a.m.metrics.leaderReads.Inc()
-	seq, data, found, err := a.m.leaderGet(ctx, bus.InboxStreamName(a.m.bus.Shard(a.dev)), a.m.bus.InboxSubject(a.dev), from)
+	seq, data, found, err := a.authoritativeGet(ctx, from, all)
 	if err != nil {
 		return err
 	}

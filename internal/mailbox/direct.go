@@ -200,10 +200,13 @@ func (m *Mailbox) leaderGet(ctx context.Context, stream, subject string, from ui
 // overloaded) holds a connecting device's first QueueEmpty at most this long.
 const interestTimeout = 2 * time.Second
 
-// pinger coalesces confirmInterest calls: at most one ping is in flight per node, and every call
-// that arrives meanwhile joins the next one (published after the call, so it covers the caller's
+// pinger coalesces pings: at most one ping of a kind is in flight per node, and every call that
+// arrives meanwhile joins the next one (published after the call, so it covers the caller's
 // subscriptions too). A reconnect storm costs a ping per round trip, not per device.
 type pinger struct {
+	// replicas: this pinger's pings ask every node for its inbox replicas (replicaRound).
+	replicas bool
+
 	mu      sync.Mutex
 	running bool       // a goroutine runs rounds
 	next    *pingRound // the round calls join; published when the one in flight ends
@@ -212,7 +215,9 @@ type pinger struct {
 // pingRound is one ping and the calls waiting for it.
 type pingRound struct {
 	done chan struct{}
-	ok   bool // set before done is closed
+	ok   bool // set before done is closed: every node answered
+	// replicas: each answering node's inbox replicas, by node (a replica round that is ok only).
+	replicas map[string][]bus.InboxReplica
 }
 
 // confirmInterest returns once every NATS server this node's embedded server routes to has
@@ -220,10 +225,16 @@ type pingRound struct {
 // ping to every node's mailbox is published on m.nc after the call and each must answer (see
 // bus.MailboxPingSubject). With external NATS it cannot tell how many to wait for: false at once.
 func (m *Mailbox) confirmInterest() bool {
+	r := m.pingRound(&m.pinger)
+	return r != nil && r.ok
+}
+
+// pingRound joins p's next round and waits for it; nil with external NATS or once the mailbox
+// closes.
+func (m *Mailbox) pingRound(p *pinger) *pingRound {
 	if _, ok := m.bus.RoutedServers(); !ok || m.closed.Load() {
-		return false
+		return nil
 	}
-	p := &m.pinger
 	p.mu.Lock()
 	if p.next == nil {
 		p.next = &pingRound{done: make(chan struct{})}
@@ -235,23 +246,22 @@ func (m *Mailbox) confirmInterest() bool {
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
-			m.runPings(r)
+			m.runPings(p, r)
 		}()
 	}
 	p.mu.Unlock()
 	select {
 	case <-r.done:
-		return r.ok
+		return r
 	case <-m.stop:
-		return false
+		return nil
 	}
 }
 
 // runPings runs round r, then the rounds calls joined meanwhile, until none is waiting.
-func (m *Mailbox) runPings(r *pingRound) {
-	p := &m.pinger
+func (m *Mailbox) runPings(p *pinger, r *pingRound) {
 	for r != nil {
-		r.ok = m.ping()
+		r.ok, r.replicas = m.ping(p.replicas)
 		close(r.done)
 		p.mu.Lock()
 		r, p.next = p.next, nil
@@ -263,11 +273,12 @@ func (m *Mailbox) runPings(r *pingRound) {
 }
 
 // ping publishes one mailbox ping and waits until the node's mailbox and every routed server's
-// have answered, or interestTimeout.
-func (m *Mailbox) ping() bool {
+// have answered, or interestTimeout. With replicas it asks each for its inbox replicas too, and
+// returns them when every node answered with them.
+func (m *Mailbox) ping(replicas bool) (bool, map[string][]bus.InboxReplica) {
 	routed, ok := m.bus.RoutedServers()
 	if !ok {
-		return false
+		return false, nil
 	}
 	tok := m.nextToken.Add(1)
 	ch := make(chan *nats.Msg, 64)
@@ -279,24 +290,44 @@ func (m *Mailbox) ping() bool {
 		delete(m.reads, tok)
 		m.pendingMu.Unlock()
 	}()
-	if err := m.nc.PublishMsg(&nats.Msg{Subject: bus.MailboxPingSubject, Reply: m.replyPrefix + strconv.FormatUint(tok, 36)}); err != nil {
-		return false
+	ping := &nats.Msg{Subject: bus.MailboxPingSubject, Reply: m.replyPrefix + strconv.FormatUint(tok, 36)}
+	if replicas {
+		ping.Data = wantReplicas
+	}
+	if err := m.nc.PublishMsg(ping); err != nil {
+		return false, nil
 	}
 	t := time.NewTimer(interestTimeout)
 	defer t.Stop()
-	seen := make(map[string]struct{}, routed+1)
-	for len(seen) < routed+1 { // every routed server's node, and this one
-		select {
-		case msg := <-ch:
-			seen[string(msg.Data)] = struct{}{}
-		case <-t.C:
-			m.log.Debug("mailbox ping: subscription not confirmed on every node", "answered", len(seen), "want", routed+1)
-			return false
-		case <-m.stop:
-			return false
+	want := routed + 1 // every routed server's node, and this one
+	if !replicas {
+		// To confirm a subscription, only nodes whose mailbox runs need to answer: a node still
+		// starting has no senders yet, and waiting for it held every connecting device's first
+		// QueueEmpty for interestTimeout per round while a restarted node caught up. A replica
+		// round waits for every routed node: a starting node's replica may answer direct gets.
+		if peers, ok := m.bus.MailboxPeers(); ok {
+			want = min(want, peers+1)
 		}
 	}
-	return true
+	seen := make(map[string][]bus.InboxReplica, want)
+	told := true // every answer so far carried its replicas
+	for len(seen) < want {
+		select {
+		case msg := <-ch:
+			reps, ok := decodeReplicas(msg.Header.Get(replicaHeader))
+			told = told && ok
+			seen[string(msg.Data)] = reps
+		case <-t.C:
+			m.log.Debug("mailbox ping: not answered by every node", "answered", len(seen), "want", want, "replicas", replicas)
+			return false, nil
+		case <-m.stop:
+			return false, nil
+		}
+	}
+	if !replicas || !told {
+		return true, nil
+	}
+	return true, seen
 }
 
 // request publishes data on subject and returns the first answer, which comes back through the

@@ -22,9 +22,12 @@
 // API message get), before it reports the inbox empty or goes live. And a new attachment's
 // subscription reaches the other nodes a moment after it is made: a sender there may find no
 // responders, store, and publish its wake-up before that. So on a replicated inbox the first
-// switch to live waits until every routed node answered a ping sent after the subscription
-// (bus.MailboxPingSubject), then asks the stream leader whether anything is left (settle). A
-// single node's reads are the leader's: it never waits and never asks.
+// switch to live waits until every routed node whose mailbox runs answered a ping sent after the
+// subscription (bus.MailboxPingSubject), then asks the stream leader whether anything is left
+// (settle). Where the leader is asked, a replica round may answer instead, without it (while it
+// is being elected after its node died; replicas.go). A single node's reads are the leader's: it
+// never waits and never asks. A route made again after it broke may have lost wake-ups: every
+// attachment on the node then reads its inbox again (resync.go).
 //
 // Takeover (takeover.go): one attachment per device across the cluster; of racing ones, the
 // highest claim (the node's clock, then the connection id; announced on the device's subject)
@@ -289,6 +292,8 @@ type Mailbox struct {
 	pending     map[uint64]liveReq        // guarded by pendingMu
 	reads       map[uint64]chan *nats.Msg // batched direct gets in progress; guarded by pendingMu
 	nextToken   atomic.Uint64
+	// replicaPinger coalesces replica rounds (replicas.go); its replicas is set in New.
+	replicaPinger pinger
 
 	// Device subscriptions deliver into these channels; one dispatcher goroutine each keeps the
 	// order of one device's messages (a device always maps to the same dispatcher).
@@ -300,6 +305,7 @@ type Mailbox struct {
 	// resyncReq asks for a resync after the bus dropped device messages (resync.go);
 	// stopSlowConsumer removes the bus callback that sends it.
 	resyncReq        chan struct{}
+	resyncAllReq     chan struct{} // asks for a wake-up of every attachment (a route came back)
 	stopSlowConsumer func()
 }
 
@@ -318,6 +324,8 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		reads:   make(map[uint64]chan *nats.Msg),
 
 		leaderReads: make(chan struct{}, maxLeaderReads),
+
+		replicaPinger: pinger{replicas: true},
 	}
 	m.stopCtx, m.stopCancel = context.WithCancel(context.Background())
 	m.replyPrefix = "_PR." + cfg.Node + "."
@@ -345,6 +353,7 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		m.dispatch = append(m.dispatch, make(chan *nats.Msg, cfg.dispatchCap))
 	}
 	m.resyncReq = make(chan struct{}, 1)
+	m.resyncAllReq = make(chan struct{}, 1)
 	return m
 }
 
@@ -362,8 +371,7 @@ func (m *Mailbox) StartContext(ctx context.Context) error {
 		return fmt.Errorf("reply subscription limits: %w", err)
 	}
 	m.replySub = sub
-	node := []byte(m.cfg.Node)
-	if m.pingSub, err = m.nc.Subscribe(bus.MailboxPingSubject, func(msg *nats.Msg) { _ = msg.Respond(node) }); err != nil {
+	if m.pingSub, err = m.nc.Subscribe(bus.MailboxPingSubject, m.answerPing); err != nil {
 		return fmt.Errorf("subscribe to mailbox pings: %w", err)
 	}
 	for i, w := range m.writers {
@@ -387,6 +395,8 @@ func (m *Mailbox) StartContext(ctx context.Context) error {
 	m.stopSlowConsumer = m.bus.OnSlowConsumer(m.onSlowConsumer)
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.runResync() }()
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.watchRoutes() }()
 	return nil
 }
 

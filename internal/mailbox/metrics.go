@@ -32,6 +32,8 @@ type metrics struct {
 	// leaderReadRetries counts leader reads asked again after leaderAttempt without an answer.
 	leaderReadRetries prometheus.Counter
 	inboxesDropped    prometheus.Counter
+	// replicaReads counts reads that stood in for a leader read (replicas.go).
+	replicaReads prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -55,6 +57,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		busDropped:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_bus_dropped_total", Help: "Messages to attached devices (wake-ups, live requests, takeovers) that the bus connection dropped because their dispatch channel was full; each affected device's inbox is re-read."}),
 		leaderReads:       prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_leader_reads_total", Help: "Inbox reads sent to the stream leader on a replicated inbox: when a direct get (answered by any replica) lagged behind a wake-up's sequence, and once per attachment before it first goes live."}),
 		leaderReadRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_leader_read_retries_total", Help: "Leader reads sent again after 2s without an answer (the stream had no leader: an election after a node died)."}),
+		replicaReads:      prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_replica_reads_total", Help: "Inbox reads that stood in for a leader read because every node's replica of the stream had applied the same writes (a replica round): no wait for the stream leader, even while one is being elected."}),
 		resyncWakes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_resync_wakes_total", Help: "Wake-ups sent to devices on this node after the bus dropped messages for them (each makes the device re-read its inbox)."}),
 		crossNode:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_cross_node_deliveries_total", Help: "Envelopes sent through this node and acked live by their device over the bus (the device attached on another node), not through the node-local fast path."}),
 		noQuorum:          prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_no_quorum_total", Help: "Envelopes refused at once (UNAVAILABLE, not acked) because this node had no JetStream quorum."}),
@@ -66,7 +69,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.inboxFull.WithLabelValues(r) // every reason shows, at 0, from the start
 	}
 	if reg != nil {
-		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.crossNode, m.takeovers, m.noQuorum, m.leaderReads, m.leaderReadRetries, m.purges, m.ticketsReleased, m.inboxesDropped)
+		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.crossNode, m.takeovers, m.noQuorum, m.leaderReads, m.leaderReadRetries, m.replicaReads, m.purges, m.ticketsReleased, m.inboxesDropped)
 	}
 	return m
 }

@@ -22,6 +22,13 @@ import (
 // inbox. The resync waits for room in the channels before it publishes, sends at most
 // resyncChunk wake-ups between flushes, and repeats until a pass finds no new drop.
 //
+// A route that broke and came back loses messages the same way, without a report: while it was
+// down, a sender on the other side found no responders for a device attached here, stored, and
+// published a wake-up that could not reach it (a partition healed before its clients were moved;
+// a route that dropped for a moment). So a node that sees a route to the same server made again
+// (bus.RouteConns; a server restarted has a new id and had no senders while it was down) wakes
+// every attachment it holds, the same way.
+//
 // Why that cannot lose a drop: nats.go reports a subscription's drops once per episode; it
 // reports again only after one of its messages got through. A pass flushes its wake-ups, so
 // each was either delivered (the episode is over: later drops are reported again) or dropped
@@ -52,6 +59,9 @@ func (m *Mailbox) runResync() {
 	var dropped, woken int
 	for {
 		select {
+		case <-m.resyncAllReq:
+			w := m.wakeAttached()
+			m.log.Info("a route came back: attached devices' inboxes are re-read", "wakeups", w)
 		case <-m.resyncReq:
 			d, w := m.resync()
 			dropped, woken = dropped+d, woken+w
@@ -168,4 +178,82 @@ func (m *Mailbox) waitDispatchRoom() bool {
 			return false
 		}
 	}
+}
+
+// routeWatchEvery is how often the node looks for routes made again (watchRoutes).
+const routeWatchEvery = 500 * time.Millisecond
+
+// watchRoutes asks for a wake-up of every attachment (wakeAttached) whenever a route to a
+// server it was routed to before is made again (see above), until the mailbox closes. Not with
+// external NATS, whose routes the node cannot see.
+func (m *Mailbox) watchRoutes() {
+	seen, ok := m.bus.RouteConns()
+	if !ok {
+		return
+	}
+	t := time.NewTicker(routeWatchEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-m.stop:
+			return
+		}
+		now, ok := m.bus.RouteConns()
+		if !ok {
+			continue
+		}
+		again := false
+		for id, conn := range now {
+			if prev, known := seen[id]; known && conn > prev {
+				again = true
+			}
+			seen[id] = conn
+		}
+		if len(seen) > 4*len(now)+16 { // forget servers gone for good (restarted ones have new ids)
+			for id := range seen {
+				if _, up := now[id]; !up {
+					delete(seen, id)
+				}
+			}
+		}
+		if again {
+			select {
+			case m.resyncAllReq <- struct{}{}:
+			default: // one is due already
+			}
+		}
+	}
+}
+
+// wakeAttached sends every attachment on this node a wake-up of its own over the bus (as resync
+// does), so that each reads its inbox; it returns how many it sent.
+func (m *Mailbox) wakeAttached() (woken int) {
+	var subs []string
+	m.attached.Range(func(_, v any) bool {
+		subs = append(subs, v.(*Attachment).sub.Subject)
+		return true
+	})
+	chunk := m.resyncChunk()
+	for i, subj := range subs {
+		if i%chunk == 0 {
+			// Let the dispatchers catch up before the next chunk.
+			if i > 0 {
+				if err := m.nc.Flush(); err != nil {
+					m.log.Warn("wake-ups after a route came back: not all sent", "err", err, "sent", woken, "attached", len(subs))
+					return woken
+				}
+			}
+			if !m.waitDispatchRoom() {
+				return woken
+			}
+		}
+		if err := m.nc.Publish(subj, []byte{kindWake}); err != nil {
+			m.log.Warn("wake-ups after a route came back: not all sent", "err", err, "sent", woken, "attached", len(subs))
+			return woken
+		}
+		m.metrics.resyncWakes.Inc()
+		woken++
+	}
+	return woken
 }

@@ -19,12 +19,16 @@ import (
 // (bus.Quorum, bounded by quorumTimeout). quorumFailures checks in a row failing mark it lost;
 // one success marks it back. /readyz reads the cached state, never JetStream. In a cluster, a
 // node whose quorum stays lost for quorumMoveAfter sends its clients to other nodes and refuses
-// new ones until it is back (a node alone has nowhere to send them).
+// new ones until it is back (a node alone has nowhere to send them); at once when the node is
+// cut off (bus.ErrCutOff: it has no routes to a majority of the nodes).
 const (
 	quorumEvery     = time.Second
 	quorumTimeout   = 2 * time.Second
 	quorumFailures  = 2
 	quorumMoveAfter = 5 * time.Second
+	// cutOffRecheck is how soon a node that found itself cut off (bus.ErrCutOff) checks again,
+	// to confirm it before it counts the quorum lost and moves its clients.
+	cutOffRecheck = 250 * time.Millisecond
 	// quorumMoveWait bounds the wait for in-flight sends when clients are moved: a send's store
 	// ends (acked or UNAVAILABLE) within the mailbox's store timeout (10 s).
 	quorumMoveWait = 12 * time.Second
@@ -87,11 +91,28 @@ func (s *Server) startQuorumWatch() {
 	clustered := s.cfg.ClusterListen != "" || len(s.cfg.NATS) > 0
 	s.startCatchUpGate(ctx)
 	q.wg.Go(func() {
-		t := time.NewTicker(quorumEvery)
+		t := time.NewTimer(quorumEvery)
 		defer t.Stop()
 		failures := 0
 		var lostAt time.Time
 		moved := false
+		// move sends the clients away, once per loss: after quorumMoveAfter, or at once when the
+		// node is cut off.
+		move := func(err error) {
+			// Clients move only off a node that is cut off itself (its own view of the meta
+			// group, or its bus connection): a JetStream API that is merely slow is the same
+			// for every node, and moving 10,000 clients each off every node under a reconnect
+			// storm was how 117,000 of 196,000 held connections were dropped.
+			if !clustered || moved || errors.Is(err, bus.ErrAPISlow) ||
+				time.Since(lostAt) < quorumMoveAfter && !errors.Is(err, bus.ErrCutOff) {
+				return
+			}
+			moved = true
+			mctx, mcancel := context.WithTimeout(ctx, quorumMoveWait)
+			n := s.gw.Move(mctx)
+			mcancel()
+			s.log.Warn("jetstream quorum still lost: clients sent to other nodes, new connections refused", "connections", n, "lost_for", time.Since(lostAt).Round(time.Millisecond))
+		}
 		for {
 			select {
 			case <-ctx.Done():
@@ -103,6 +124,13 @@ func (s *Server) startQuorumWatch() {
 			ccancel()
 			if ctx.Err() != nil {
 				return
+			}
+			// A node that finds itself cut off checks again soon, so that its clients move
+			// within about a second; any other state is checked once a second.
+			if errors.Is(err, bus.ErrCutOff) && q.ok.Load() {
+				t.Reset(cutOffRecheck)
+			} else {
+				t.Reset(quorumEvery)
 			}
 			switch {
 			case err == nil:
@@ -129,20 +157,11 @@ func (s *Server) startQuorumWatch() {
 				q.lost.Inc()
 				lostAt = time.Now()
 				s.log.Warn("jetstream quorum lost: not ready, sends are refused (UNAVAILABLE) until it is back", "reason", reason)
+				move(err)
 			default:
 				reason := err.Error()
 				q.reason.Store(&reason)
-				// Clients move only off a node that is cut off itself (its own view of the meta
-				// group, or its bus connection): a JetStream API that is merely slow is the same
-				// for every node, and moving 10,000 clients each off every node under a reconnect
-				// storm was how 117,000 of 196,000 held connections were dropped.
-				if clustered && !moved && time.Since(lostAt) >= quorumMoveAfter && !errors.Is(err, bus.ErrAPISlow) {
-					moved = true
-					mctx, mcancel := context.WithTimeout(ctx, quorumMoveWait)
-					n := s.gw.Move(mctx)
-					mcancel()
-					s.log.Warn("jetstream quorum still lost: clients sent to other nodes, new connections refused", "connections", n, "lost_for", time.Since(lostAt).Round(time.Millisecond))
-				}
+				move(err)
 			}
 		}
 	})

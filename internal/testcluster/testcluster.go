@@ -325,6 +325,28 @@ func (c *Cluster) Heal(t testing.TB, i int) {
 	c.eachProxyOf(t, i, (*faultproxy.Proxy).Heal)
 }
 
+// CutRoute cuts the routes between nodes i and j (0-based) only, both ways: each keeps its routes
+// to the others, so a 3-node cluster keeps its majorities. Needs Options.Proxies.
+func (c *Cluster) CutRoute(t testing.TB, i, j int) {
+	t.Helper()
+	c.pairProxies(t, i, j, (*faultproxy.Proxy).Cut)
+}
+
+// HealRoute undoes CutRoute(i, j).
+func (c *Cluster) HealRoute(t testing.TB, i, j int) {
+	t.Helper()
+	c.pairProxies(t, i, j, (*faultproxy.Proxy).Heal)
+}
+
+func (c *Cluster) pairProxies(t testing.TB, i, j int, f func(*faultproxy.Proxy)) {
+	t.Helper()
+	if c.proxies == nil || i == j {
+		t.Fatal("testcluster: cutting a route needs Options.Proxies and two nodes")
+	}
+	f(c.proxies[i][j])
+	f(c.proxies[j][i])
+}
+
 func (c *Cluster) eachProxyOf(t testing.TB, i int, f func(*faultproxy.Proxy)) {
 	t.Helper()
 	if c.proxies == nil {

@@ -1,0 +1,214 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package testcluster_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/petrelchat/petrel/client"
+	"github.com/petrelchat/petrel/internal/bus"
+	"github.com/petrelchat/petrel/internal/testcluster"
+	"github.com/petrelchat/petrel/internal/testserver"
+)
+
+// TestServedWhileInboxLeaderless: bob's inbox stream is led by n1, and alice's messages are
+// stored there while bob is offline. n1 is cut off and then killed, so its leadership is not
+// handed over (as with kill -9): n2 and n3 elect a new leader only after nats-server's election
+// timeout (4–9 s). Bob connects to n2 meanwhile and is served before that election: he gets the
+// stored messages in order, QueueEmpty, and then a live message from alice, while neither n2 nor
+// n3 leads his inbox. Nothing is shown twice once a leader is back.
+func TestServedWhileInboxLeaderless(t *testing.T) {
+	c := testcluster.Start(t, nodes, testcluster.Options{Proxies: true})
+	n1, n2, n3 := c.Node(0), c.Node(1), c.Node(2)
+
+	bobSt := registerSDKDevice(t, "bob", n2.URL())
+	probe, err := client.Open(client.Config{Store: bobSt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobID := probe.Account().DeviceID
+	probe.Close()
+	stream := bus.InboxStreamName(n2.Server().Bus().Shard(bobID))
+	leadInboxFrom(t, n1, stream)
+
+	alice := startSDKDevice(t, "alice", n3.URL())
+	alice.nextConnected()
+	ctx, cancel := context.WithTimeout(context.Background(), failoverWait)
+	defer cancel()
+	var want []string
+	for i := range 3 {
+		id, err := alice.c.Send(ctx, "bob", fmt.Sprintf("stored %d", i))
+		if err != nil {
+			t.Fatalf("alice: send %d: %v", i, err)
+		}
+		want = append(want, id)
+	}
+	if l, err := n1.Server().Bus().StreamLeaderForTest(stream); err != nil || l != n1.Name() {
+		t.Fatalf("%s is led by %q (%v) after the sends, want %s", stream, l, err, n1.Name())
+	}
+
+	// Cut first, so that n1's shutdown cannot hand its leadership over.
+	c.Partition(t, 0)
+	n1.Kill()
+	cutAt := time.Now()
+	noNewLeader := func(when string) {
+		t.Helper()
+		for _, nd := range []*testcluster.Node{n2, n3} {
+			l, err := nd.Server().Bus().StreamLeaderForTest(stream)
+			if err != nil {
+				t.Fatalf("%s: leader of %s: %v", nd.Name(), stream, err)
+			}
+			if l == n2.Name() || l == n3.Name() {
+				t.Fatalf("%s: %s had a new leader (%s) %s, %s after the cut: bob waited for the election",
+					nd.Name(), stream, l, when, time.Since(cutAt).Round(time.Millisecond))
+			}
+		}
+	}
+
+	bob := runSDKDevice(t, "bob", bobSt)
+	if got := bob.nextConnected(); got != n2.URL() {
+		t.Fatalf("bob connected to %s, want n2 %s", got, n2.URL())
+	}
+	for i, id := range want {
+		select {
+		case m := <-bob.msgs:
+			if m.ID != id {
+				t.Fatalf("bob's message %d is %s (%q), want %s", i, m.ID, m.Text, id)
+			}
+		case <-time.After(failoverWait):
+			t.Fatalf("bob got %d of %d stored messages", i, len(want))
+		}
+	}
+	select {
+	case <-bob.queueEmpty:
+	case <-time.After(failoverWait):
+		t.Fatalf("bob: no QueueEmpty within %s", failoverWait)
+	}
+	t.Logf("bob served %s after the cut", time.Since(cutAt).Round(time.Millisecond))
+	noNewLeader("when bob was served")
+	if got := metric(t, n2.AdminURL(), "petrel_mailbox_replica_reads_total"); got < 1 {
+		t.Fatalf("n2 counted %v replica reads, want at least bob's", got)
+	}
+
+	live, err := alice.c.Send(ctx, "bob", "live")
+	if err != nil {
+		t.Fatalf("alice: live send: %v", err)
+	}
+	select {
+	case m := <-bob.msgs:
+		if m.ID != live {
+			t.Fatalf("bob got %s (%q), want the live message %s", m.ID, m.Text, live)
+		}
+	case <-time.After(failoverWait):
+		t.Fatal("bob: no live message")
+	}
+	t.Logf("live message shown %s after the cut", time.Since(cutAt).Round(time.Millisecond))
+	noNewLeader("when bob got a live message")
+
+	// Once a leader is back nothing more arrives: every receipt reached alice, and bob was
+	// shown nothing twice.
+	n2.WaitLeaders(t, failoverWait)
+	got := map[string]bool{}
+	for range len(want) + 1 {
+		select {
+		case d := <-alice.delivered:
+			got[d.MessageID] = true
+		case <-time.After(failoverWait):
+			t.Fatalf("alice: %d of %d delivery receipts", len(got), len(want)+1)
+		}
+	}
+	select {
+	case m := <-bob.msgs:
+		t.Fatalf("bob shown another message %s: %q", m.ID, m.Text)
+	default:
+	}
+}
+
+// leadInboxFrom makes nd the leader of stream (a leader step-down that prefers nd) and waits
+// until it is.
+func leadInboxFrom(t *testing.T, nd *testcluster.Node, stream string) {
+	t.Helper()
+	nc := nd.Server().Bus().Conn()
+	testcluster.WaitFor(t, failoverWait, func() error {
+		l, err := nd.Server().Bus().StreamLeaderForTest(stream)
+		if err != nil {
+			return err
+		}
+		if l == nd.Name() {
+			return nil
+		}
+		req := fmt.Sprintf(`{"placement":{"preferred":%q}}`, nd.Name())
+		if _, err := nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, []byte(req), 2*time.Second); err != nil {
+			return fmt.Errorf("step down %s: %w", stream, err)
+		}
+		return fmt.Errorf("%s is led by %q", stream, l)
+	})
+}
+
+// TestWakeUpLostOnACutRouteIsMadeGood: the route between n1 and n2 is cut for a moment (too short
+// for any Raft election; n3 still reaches both). Alice on n2 sends to bob, attached on n1 and
+// live: n2 sees no subscriber for him, stores the message (acked) and publishes a wake-up that
+// cannot reach n1. When the route is back, n1 sees a route to the same server made again and
+// wakes every device attached on it, so bob reads his inbox and gets the message; before, it
+// stayed stored until he reconnected.
+func TestWakeUpLostOnACutRouteIsMadeGood(t *testing.T) {
+	c := testcluster.Start(t, nodes, testcluster.Options{Proxies: true})
+	n1, n2 := c.Node(0), c.Node(1)
+	bob := testserver.Dial(t, n1.URL())
+	bob.MustRegister("bob")
+	alice := testserver.Dial(t, n2.URL())
+	alice.MustRegister("alice")
+	// Bob's inbox is led by n2, so the store does not need n1.
+	leadInboxFrom(t, n2, bus.InboxStreamName(n2.Server().Bus().Shard(bob.DeviceID)))
+	if f := bob.NextPush(); f.GetQueueEmpty() == nil {
+		t.Fatalf("bob: want QueueEmpty, got %v", f)
+	}
+	// Every node caught up first (see the catch-up gate), so that only the cut disturbs them.
+	for _, nd := range c.Nodes() {
+		testcluster.WaitFor(t, failoverWait, func() error {
+			if code, body := readyz(t, nd.URL()); code != http.StatusOK {
+				return fmt.Errorf("%s /readyz %d %q", nd.Name(), code, body)
+			}
+			return nil
+		})
+	}
+	subj := bus.DeviceSubject(bob.DeviceID)
+	testcluster.WaitFor(t, failoverWait, func() error {
+		if ok, err := n2.Server().Bus().InterestForTest(subj); err != nil || !ok {
+			return fmt.Errorf("n2 does not see bob's subscription yet (%v)", err)
+		}
+		return nil
+	})
+
+	c.CutRoute(t, 0, 1)
+	testcluster.WaitFor(t, failoverWait, func() error {
+		if ok, err := n2.Server().Bus().InterestForTest(subj); err != nil || ok {
+			return fmt.Errorf("n2 still sees bob's subscription (%v)", err)
+		}
+		return nil
+	})
+	// UNAVAILABLE (a directory read that found no replica answering yet) is retried, as a
+	// client does; the same message id is stored once.
+	testcluster.WaitFor(t, failoverWait, func() error {
+		if r := alice.Send("m1", "bob", []string{bob.DeviceID}, []byte("while the route is cut")); r.GetSendResult() == nil {
+			return fmt.Errorf("alice: send while the route is cut: %v", r)
+		}
+		return nil
+	})
+	c.HealRoute(t, 0, 1)
+	f, err := bob.ReadErr(failoverWait)
+	if err != nil {
+		t.Fatalf("bob got nothing within %s of the heal: %v", failoverWait, err)
+	}
+	if d := f.GetDeliver(); d == nil || string(d.GetEnvelope().GetCiphertext()) != "while the route is cut" {
+		t.Fatalf("bob: want the stored message, got %v", f)
+	}
+	if got := metric(t, n1.AdminURL(), "petrel_mailbox_resync_wakes_total"); got < 1 {
+		t.Fatalf("n1 counted %v resync wake-ups, want bob's", got)
+	}
+}
