@@ -192,7 +192,7 @@ func (b *Bus) migrate(ctx context.Context) error {
 	// bucket's own age limit.
 	// Last-seen times of devices, apart from the account records: an account record is read on
 	// every send (cached on every node), and a write to it drops it from every node's cache.
-	if b.LastSeen, err = kv(jetstream.KeyValueConfig{Bucket: LastSeenBucket, Description: "device id → last seen (Unix ms, decimal)", History: 1}, kvOptions{}); err != nil {
+	if b.LastSeen, err = kv(jetstream.KeyValueConfig{Bucket: LastSeenBucket, Description: "device id → last seen (Unix ms, decimal)", History: 1}, kvOptions{atomic: true}); err != nil {
 		return err
 	}
 	if b.Links, err = kv(jetstream.KeyValueConfig{Bucket: LinksBucket, Description: "link id → pending device link offer", History: 1, TTL: LinksMaxAge}, kvOptions{msgTTL: true}); err != nil {

@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nats-io/nats.go"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 	"maps"
 	"slices"
 	"strconv"
@@ -306,37 +308,52 @@ func (d *Directory) dropDevice(ctx context.Context, deviceID string) error {
 	return nil
 }
 
-// Seen records that deviceID authenticated at now, in the last-seen bucket, at most once an
-// hour per device: this node remembers what it wrote, and otherwise the stored time is read
-// first. The account record is not touched: it is read on every send, and a write to it would drop
-// it from every node's cache.
+// Seen records that deviceID authenticated at now (SeenBatch of one).
 func (d *Directory) Seen(ctx context.Context, deviceID string, now time.Time) {
-	k, ok := parseDeviceKey(deviceID)
-	if !ok {
-		return
-	}
+	d.SeenBatch(ctx, []string{deviceID}, now)
+}
+
+// SeenBatch records that the devices authenticated at now, in the last-seen bucket, at most once
+// an hour per device as far as this node knows (after a restart, once more), all in one atomic
+// batch: one replicated write for many devices. Unknown devices are skipped. The account record
+// is not touched: it is read on every send, and a write to it would drop it from every node's
+// cache.
+func (d *Directory) SeenBatch(ctx context.Context, deviceIDs []string, now time.Time) {
 	ms := now.UnixMilli()
-	d.seenMu.Lock()
-	last := d.seenWritten[deviceID]
-	d.seenMu.Unlock()
-	if ms-last < seenInterval.Milliseconds() {
-		return
+	val := strconv.AppendInt(nil, ms, 10)
+	var msgs []*nats.Msg
+	var ids []string
+	for _, id := range deviceIDs {
+		k, ok := parseDeviceKey(id)
+		if !ok || slices.Contains(ids, id) {
+			continue
+		}
+		d.seenMu.Lock()
+		last := d.seenWritten[id]
+		d.seenMu.Unlock()
+		if ms-last < seenInterval.Milliseconds() {
+			continue
+		}
+		if _, err := d.authEntry(ctx, id, k); err != nil {
+			continue // unknown or removed
+		}
+		m := nats.NewMsg("$KV." + bus.LastSeenBucket + "." + id)
+		m.Data = val
+		msgs, ids = append(msgs, m), append(ids, id)
 	}
-	if _, err := d.authEntry(ctx, deviceID, k); err != nil {
-		return // unknown or removed
+	if len(msgs) == 0 {
+		return
 	}
 	ctx, cancel := withReadTimeout(ctx)
 	defer cancel()
-	if stored := d.lastSeen(ctx, deviceID); ms-stored < seenInterval.Milliseconds() {
-		d.rememberSeen(deviceID, stored)
+	if _, err := jetstreamext.PublishMsgBatch(ctx, d.bus.JS(), msgs); err != nil {
+		d.log.Debug("record last seen", "devices", len(ids), "err", err)
 		return
 	}
-	if _, err := d.bus.LastSeen.Put(ctx, deviceID, strconv.AppendInt(nil, ms, 10)); err != nil {
-		d.log.Debug("record last seen", "device", deviceID, "err", err)
-		return
+	for _, id := range ids {
+		d.rememberSeen(id, ms)
 	}
-	d.rememberSeen(deviceID, ms)
-	d.metrics.seenWrites.Inc()
+	d.metrics.seenWrites.Add(float64(len(ids)))
 }
 
 // maxSeenRemembered bounds the devices whose last write this node remembers (~80 B each).

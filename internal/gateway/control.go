@@ -44,8 +44,12 @@ const (
 // update that finds the queue full is dropped and counted: the device's next Auth tries again.
 const (
 	seenQueue   = 4096
-	seenWorkers = 2
+	seenWorkers = 1
 	seenTimeout = 5 * time.Second
+	// Last-seen updates are written in batches (runSeen): up to seenBatchMax devices that
+	// authenticated within seenBatchWait of each other, one replicated write for them all.
+	seenBatchWait = 2 * time.Second
+	seenBatchMax  = 500
 )
 
 // Start subscribes to the control channel and starts the last-seen workers. Call it once, before
@@ -144,14 +148,35 @@ func (g *Gateway) seen(deviceID string) {
 	}
 }
 
+// runSeen writes queued last-seen updates in batches: whatever arrived within seenBatchWait of
+// the first, at most seenBatchMax, in one replicated write.
 func (g *Gateway) runSeen() {
 	defer g.seenWG.Done()
+	var batch []string
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		ctx, cancel := seenCtx()
+		g.dir.SeenBatch(ctx, batch, time.Now())
+		cancel()
+		batch = batch[:0]
+	}
 	for {
 		select {
 		case id := <-g.seenq:
-			ctx, cancel := seenCtx()
-			g.dir.Seen(ctx, id, time.Now())
-			cancel()
+			if len(batch) == 0 {
+				timer.Reset(seenBatchWait)
+			}
+			batch = append(batch, id)
+			if len(batch) >= seenBatchMax {
+				timer.Stop()
+				flush()
+			}
+		case <-timer.C:
+			flush()
 		case <-g.seenStop:
 			return
 		}
