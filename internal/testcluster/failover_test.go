@@ -26,6 +26,7 @@ type sdkDevice struct {
 	connected chan *client.Connected
 	msgs      chan *client.Message
 	delivered chan *client.Delivered
+	reads     chan *client.Read
 	// queueEmpty gets each QueueEmpty (served: the stored backlog is in).
 	queueEmpty chan *client.QueueEmpty
 	stop       func() // closes the client and waits for it; idempotent (also run when t ends)
@@ -60,7 +61,7 @@ func runSDKDevice(t *testing.T, name string, st *store.Store) *sdkDevice {
 	t.Helper()
 	events := make(chan client.Event)
 	d := &sdkDevice{t: t, connected: make(chan *client.Connected, 100), msgs: make(chan *client.Message, 100),
-		delivered: make(chan *client.Delivered, 100), queueEmpty: make(chan *client.QueueEmpty, 100)}
+		delivered: make(chan *client.Delivered, 100), reads: make(chan *client.Read, 100), queueEmpty: make(chan *client.QueueEmpty, 100)}
 	var err error
 	d.c, err = client.Open(client.Config{Store: st, Events: events,
 		ReconnectBase: 20 * time.Millisecond, ReconnectMax: 500 * time.Millisecond})
@@ -78,6 +79,8 @@ func runSDKDevice(t *testing.T, name string, st *store.Store) *sdkDevice {
 				d.msgs <- ev
 			case *client.Delivered:
 				d.delivered <- ev
+			case *client.Read:
+				d.reads <- ev
 			case *client.QueueEmpty:
 				d.queueEmpty <- ev
 			}
