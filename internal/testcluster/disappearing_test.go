@@ -115,6 +115,7 @@ func TestDisappearingExpiresOnEveryReplica(t *testing.T) {
 	if time.Now().Before(expiry) {
 		t.Fatal("the disappearing message left the replicas before its expiry")
 	}
+	t.Logf("gone from every replica %s after its expiry", time.Since(expiry).Round(10*time.Millisecond))
 
 	// Bob connects to n2 (another node than the sender's) and is given only "kept".
 	bob = testserver.Dial(t, n2.URL())
