@@ -542,18 +542,38 @@ func (c *Client) Send(ctx context.Context, to, text string) (string, error) {
 	if err != nil {
 		return id, err
 	}
+	return id, c.awaitAck(ctx, id, done)
+}
+
+// awaitAck waits for the server's answer to message id (registered with addWaiter), or for ctx:
+// the message then stays in the outbox and its waiter is dropped.
+func (c *Client) awaitAck(ctx context.Context, id string, done chan error) error {
 	select {
 	case err := <-done:
-		if err != nil {
-			return id, err
-		}
-		return id, nil
+		return err
 	case <-ctx.Done():
 		c.mu.Lock()
 		delete(c.waiters, id)
 		c.mu.Unlock()
-		return id, fmt.Errorf("message %s not acked yet, it stays in the outbox: %w", id, c.notConnected(ctx.Err()))
+		return fmt.Errorf("message %s not acked yet, it stays in the outbox: %w", id, c.notConnected(ctx.Err()))
 	}
+}
+
+// addWaiter registers done (if not nil) for the answer to message id, unless Run has returned
+// (or never will): the message would not leave now.
+func (c *Client) addWaiter(id string, done chan error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.runErr != nil || c.state == stateClosed {
+		if c.runErr != nil {
+			return c.runErr
+		}
+		return ErrClosed
+	}
+	if done != nil {
+		c.waiters[id] = done
+	}
+	return nil
 }
 
 // Enqueue stores text for every device of account to in the outbox and returns its message id
@@ -595,20 +615,9 @@ func (c *Client) enqueue(to, text string, done chan error) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	c.mu.Lock()
-	if c.runErr != nil || c.state == stateClosed {
-		// Run has returned (or never will): the message would not leave now.
-		err := c.runErr
-		if err == nil {
-			err = ErrClosed
-		}
-		c.mu.Unlock()
+	if err := c.addWaiter(id, done); err != nil {
 		return "", err
 	}
-	if done != nil {
-		c.waiters[id] = done
-	}
-	c.mu.Unlock()
 	err = c.st.Update(func(tx *store.Tx) error {
 		if err := tx.AddOutbox(&store.OutboxEntry{ID: id, To: to, Kind: store.KindText, Content: content, CreatedAt: now}); err != nil {
 			return err

@@ -47,15 +47,7 @@ func (c *Client) SendGroup(ctx context.Context, group, text string) (string, err
 	if err != nil {
 		return id, err
 	}
-	select {
-	case err := <-done:
-		return id, err
-	case <-ctx.Done():
-		c.mu.Lock()
-		delete(c.waiters, id)
-		c.mu.Unlock()
-		return id, fmt.Errorf("message %s not acked yet, it stays in the outbox: %w", id, c.notConnected(ctx.Err()))
-	}
+	return id, c.awaitAck(ctx, id, done)
 }
 
 // EnqueueGroup stores text for group in the outbox and returns its message id at once (see
@@ -73,19 +65,9 @@ func (c *Client) enqueueGroup(group, text string, done chan error) (string, erro
 		return "", err
 	}
 	now := c.cfg.Now()
-	c.mu.Lock()
-	if c.runErr != nil || c.state == stateClosed {
-		err := c.runErr
-		if err == nil {
-			err = ErrClosed
-		}
-		c.mu.Unlock()
+	if err := c.addWaiter(id, done); err != nil {
 		return "", err
 	}
-	if done != nil {
-		c.waiters[id] = done
-	}
-	c.mu.Unlock()
 	err = c.st.Update(func(tx *store.Tx) error {
 		g, err := findGroup(tx, group)
 		if err != nil {
