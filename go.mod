@@ -36,3 +36,5 @@ require (
 	github.com/synadia-io/orbit.go/natsext v0.1.3 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 )
+
+replace github.com/lesismal/nbio => ./third_party/nbio

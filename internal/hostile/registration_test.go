@@ -60,10 +60,10 @@ func junk(t *testing.T, s *testserver.Server, conns, frames int) {
 			}
 		}
 	}
-	// The server closes each connection after its last refusal; wait for that before going on,
-	// rather than close at the same moment. (A client that closes as the server does exposes an
-	// nbio race in which a stale epoll event of the old socket closes a new connection that
-	// reused its descriptor number: reported separately, not what this test is about.)
+	// The server closes each connection after its last refusal; wait for that before going on.
+	// (Clients that close as the server does once exposed a race in nbio in which a stale epoll
+	// event of the old socket closed a new connection that reused its descriptor number; fixed
+	// in third_party/nbio, with its own test there.)
 	deadline := time.Now().Add(10 * time.Second)
 	for _, c := range cs {
 		for {
@@ -100,8 +100,8 @@ func TestHostileJunkRegistrationsDoNotSpendTheBudget(t *testing.T) {
 			}
 			ws, err := testserver.DialWSFrom(s.URL(), "127.0.0.1")
 			if err != nil {
-				// The attacker's own connection failing is not a failure of the test (see junk
-				// on the nbio close race); it just sends less junk.
+				// The attacker's own connection failing is not a failure of the test; it just
+				// sends less junk.
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
