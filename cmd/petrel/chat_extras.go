@@ -47,6 +47,11 @@ type chatExtras struct {
 	mu        sync.Mutex // guards the fields below
 	group     string     // the group id of a group chat (set once it is known)
 	sent      map[string]string
+	// sending: a send is waiting for the server's ack. A receipt can overtake that ack (a
+	// member's device answers before the ack reaches this goroutine): marks for unknown
+	// messages wait in early until the send is done, so that "you: …" comes first.
+	sending bool
+	early   []earlyMark
 	typing    map[string]int // who is typing → the generation of their last "typing"
 	typingGen int            // invalidates the timer of an earlier "typing"
 }
@@ -117,15 +122,66 @@ func quote(text string) string {
 	return string(r[:markTextLen]) + "…"
 }
 
-// sentLine shows an own message acked by the server.
-func (x *chatExtras) sentLine(id, text string) {
+// earlyMark is a receipt for a message not known yet, held while a send waits for its ack.
+type earlyMark struct {
+	read bool
+	id   string
+}
+
+// maxEarlyMarks bounds the marks held while a send waits (more are shown at once).
+const maxEarlyMarks = 64
+
+// sendStarted is called before a send: marks for unknown messages wait until sendDone.
+func (x *chatExtras) sendStarted() {
 	x.mu.Lock()
-	x.sent[id] = quote(text)
+	x.sending = true
 	x.mu.Unlock()
-	if x.tn != nil {
-		x.tn.stopped()
+}
+
+// sendDone ends a send: id is the message's id ("" if it failed) and text what it said. An
+// acked message is shown ("you: … ✓"), then the marks that came before its ack.
+func (x *chatExtras) sendDone(id, text string) {
+	x.mu.Lock()
+	if id != "" {
+		x.sent[id] = quote(text)
 	}
-	x.show(fmt.Sprintf("you: %s ✓", text))
+	early := x.early
+	x.sending, x.early = false, nil
+	x.mu.Unlock()
+	if id != "" {
+		if x.tn != nil {
+			x.tn.stopped()
+		}
+		x.show(fmt.Sprintf("you: %s ✓", text))
+	}
+	for _, m := range early {
+		x.show(x.markLine(m.read, m.id))
+	}
+}
+
+// mark shows a delivered or read mark, or holds it while a send waits for its ack and the
+// message is not known yet.
+func (x *chatExtras) mark(read bool, id string) {
+	x.mu.Lock()
+	if _, known := x.sent[id]; !known && x.sending && len(x.early) < maxEarlyMarks {
+		x.early = append(x.early, earlyMark{read: read, id: id})
+		x.mu.Unlock()
+		return
+	}
+	x.mu.Unlock()
+	x.show(x.markLine(read, id))
+}
+
+// markLine is how a mark reads.
+func (x *chatExtras) markLine(read bool, id string) string {
+	if !read {
+		return fmt.Sprintf("[✓✓ delivered: %s]", x.quoteOf(id))
+	}
+	mark := "✓✓ read"
+	if x.ct != nil {
+		mark = "\033[1;34m✓✓ read\033[0m"
+	}
+	return fmt.Sprintf("[%s: %s]", mark, x.quoteOf(id))
 }
 
 // shown is called for each message shown: a read receipt for the peer's, and the peer's (a
@@ -145,15 +201,11 @@ func (x *chatExtras) event(ev client.Event) bool {
 	switch ev := ev.(type) {
 	case *client.Delivered:
 		if x.ours(ev.To, ev.Group) {
-			x.show(fmt.Sprintf("[✓✓ delivered: %s]", x.quoteOf(ev.MessageID)))
+			x.mark(false, ev.MessageID)
 		}
 	case *client.Read:
 		if x.ours(ev.To, ev.Group) {
-			mark := "✓✓ read"
-			if x.ct != nil {
-				mark = "\033[1;34m✓✓ read\033[0m"
-			}
-			x.show(fmt.Sprintf("[%s: %s]", mark, x.quoteOf(ev.MessageID)))
+			x.mark(true, ev.MessageID)
 		}
 	case *client.Typing:
 		if x.ours(ev.From, ev.Group) {

@@ -712,6 +712,7 @@ loop:
 			sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
 			var id string
 			var err error
+			x.sendStarted()
 			if *group != "" {
 				id, err = s.c.SendGroup(sctx, *group, line)
 			} else {
@@ -719,6 +720,7 @@ loop:
 			}
 			scancel()
 			if err != nil {
+				x.sendDone("", "")
 				if errors.Is(err, client.ErrUnknownUser) {
 					fmt.Fprintf(e.stderr, "petrel %s: unknown user %q\n", cmd, peer)
 					code = 1
@@ -733,7 +735,7 @@ loop:
 				show(fmt.Sprintf("[not sent yet, kept in the outbox: %s]", describe(err)))
 				continue
 			}
-			x.sentLine(id, line)
+			x.sendDone(id, line)
 		case err := <-readErr:
 			if err != nil {
 				fmt.Fprintf(e.stderr, "petrel %s: read standard input: %v\n", cmd, err)

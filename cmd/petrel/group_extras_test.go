@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 
@@ -151,4 +152,34 @@ func TestCLIGroupDisappear(t *testing.T) {
 		t.Fatalf("carol's recv output %q", r.stdout)
 	}
 	petrel(t, alice, "", "disappear", "--group", "nosuch", "1h").must(t, 1)
+}
+
+// A receipt that overtakes the server's ack (a member's device answers before the ack reaches
+// the chat loop) is shown after "you: …", quoting the message, not as "message ID" before it.
+func TestChatMarkBeforeAckWaitsForTheAck(t *testing.T) {
+	var lines []string
+	x := newChatExtras(context.Background(), nil, "bob", false, func(l string) { lines = append(lines, l) }, nil)
+	x.sendStarted()
+	x.event(&client.Delivered{To: "bob", MessageID: "m1"})
+	x.event(&client.Read{To: "bob", MessageID: "m1"})
+	if len(lines) != 0 {
+		t.Fatalf("shown before the ack: %q", lines)
+	}
+	x.sendDone("m1", "see you")
+	want := []string{"you: see you ✓", "[✓✓ delivered: see you]", "[✓✓ read: see you]"}
+	if !slices.Equal(lines, want) {
+		t.Fatalf("lines %q, want %q", lines, want)
+	}
+	// Without a send waiting, a mark for an unknown message shows at once.
+	x.event(&client.Delivered{To: "bob", MessageID: "m0"})
+	if got := lines[len(lines)-1]; got != "[✓✓ delivered: message m0]" {
+		t.Fatalf("last line %q", got)
+	}
+	// A failed send shows the marks it held.
+	x.sendStarted()
+	x.event(&client.Delivered{To: "bob", MessageID: "m2"})
+	x.sendDone("", "")
+	if got := lines[len(lines)-1]; got != "[✓✓ delivered: message m2]" {
+		t.Fatalf("last line %q", got)
+	}
 }
