@@ -56,6 +56,7 @@ func commands() []command {
 		{"disappear", disappearUsage, "set a chat's disappearing-message timer", runDisappear},
 		{"bench", benchUsage, "load generator: idle, relay, offline, churn scenarios", runBench},
 		{"bench-worker", "", "", runBenchWorker}, // hidden: a worker process of petrel bench
+		{"healthcheck", healthcheckUsage, "ask a server's /healthz once (exit 0 healthy, 1 not): a container HEALTHCHECK", runHealthcheck},
 		{"version", "version", "print the version", runVersion},
 	}
 }

@@ -14,9 +14,43 @@ import (
 	"github.com/petrelchat/petrel/internal/server"
 )
 
-const serveUsage = "serve [--listen ADDR] [--admin-listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F] [--insecure] [--nats URL,...] [--cluster-listen ADDR --peers ADDR,... [--cluster-name NAME] [--cluster-advertise ADDR] [--replicas N] [--cluster-token-file F] [--cluster-tls-cert F --cluster-tls-key F --cluster-tls-ca F]]"
+const serveUsage = "serve [--listen ADDR] [--admin-listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F | --acme-domain NAME,... [--acme-email ADDR] [--acme-directory URL] [--acme-http-listen ADDR]] [--insecure] [--nats URL,...] [--cluster-listen ADDR --peers ADDR,... [--cluster-name NAME] [--cluster-advertise ADDR] [--replicas N] [--cluster-token-file F] [--cluster-tls-cert F --cluster-tls-key F --cluster-tls-ca F]]"
 
 func runServe(ctx context.Context, e *env, args []string) int {
+	cfg, code, ok := serveConfig(e, args)
+	if !ok {
+		return code
+	}
+	log := newLogger(e, cfg)
+	srv, err := server.New(cfg, log)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "petrel serve: %v\n", err)
+		return 1
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Run(ctx) }()
+	select {
+	case <-srv.Ready():
+		abs, _ := filepath.Abs(cfg.Data)
+		adm := srv.AdminURL()
+		if adm == "" {
+			adm = "off"
+		}
+		fmt.Fprintf(e.stdout, "petrel %s serving on %s (data: %s, registration: %s, admin: %s)\n", version, srv.URL(), abs, cfg.Registration, adm)
+	case err := <-errc:
+		fmt.Fprintf(e.stderr, "petrel serve: %v\n", err)
+		return 1
+	}
+	if err := <-errc; err != nil {
+		fmt.Fprintf(e.stderr, "petrel serve: shutdown: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// serveConfig parses serve's flags and config file into a validated configuration. When ok is
+// false, the error is written and code is the exit code.
+func serveConfig(e *env, args []string) (cfg server.Config, code int, ok bool) {
 	fs := newFlags(e, "serve", serveUsage)
 	configPath := fs.String("config", "", "TOML config file (flags override it)")
 	listen := fs.String("listen", "", "listen address (default 127.0.0.1:7070)")
@@ -38,19 +72,22 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	clusterTLSCert := fs.String("cluster-tls-cert", "", "this node's certificate for cluster routes (PEM), signed by --cluster-tls-ca, for serverAuth and clientAuth")
 	clusterTLSKey := fs.String("cluster-tls-key", "", "the key of --cluster-tls-cert (PEM)")
 	clusterTLSCA := fs.String("cluster-tls-ca", "", "the CA certificate (PEM) that signed every node's route certificate: routes are mutual TLS 1.3")
+	acmeDomain := fs.String("acme-domain", "", "DNS names to get TLS certificates for automatically over ACME, comma-separated (instead of --tls-cert/--tls-key; the CA must reach --listen as NAME:443)")
+	acmeEmail := fs.String("acme-email", "", "contact address given to the ACME CA")
+	acmeDirectory := fs.String("acme-directory", "", "the ACME CA's directory URL (default: Let's Encrypt)")
+	acmeHTTPListen := fs.String("acme-http-listen", "", "address of a plain HTTP listener for the ACME HTTP-01 challenge, e.g. :80 (default: none, TLS-ALPN-01 on --listen only)")
 	if code, ok := parseFlags(fs, args); !ok {
-		return code
+		return cfg, code, false
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(e.stderr, "petrel serve: unexpected argument %q\n", fs.Arg(0))
-		return 2
+		return cfg, 2, false
 	}
-	var cfg server.Config
 	if *configPath != "" {
 		var err error
 		if cfg, err = server.LoadConfig(*configPath); err != nil {
 			fmt.Fprintf(e.stderr, "petrel serve: %v\n", err)
-			return 1
+			return cfg, 1, false
 		}
 	}
 	set := map[string]bool{}
@@ -112,36 +149,24 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	if set["cluster-tls-ca"] {
 		cfg.ClusterTLSCA = *clusterTLSCA
 	}
+	if set["acme-domain"] {
+		cfg.ACMEDomain = splitList(*acmeDomain)
+	}
+	if set["acme-email"] {
+		cfg.ACMEEmail = *acmeEmail
+	}
+	if set["acme-directory"] {
+		cfg.ACMEDirectory = *acmeDirectory
+	}
+	if set["acme-http-listen"] {
+		cfg.ACMEHTTPListen = *acmeHTTPListen
+	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(e.stderr, "petrel serve: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
-		return 1
+		return cfg, 1, false
 	}
-	log := newLogger(e, cfg)
-	srv, err := server.New(cfg, log)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "petrel serve: %v\n", err)
-		return 1
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Run(ctx) }()
-	select {
-	case <-srv.Ready():
-		abs, _ := filepath.Abs(cfg.Data)
-		adm := srv.AdminURL()
-		if adm == "" {
-			adm = "off"
-		}
-		fmt.Fprintf(e.stdout, "petrel %s serving on %s (data: %s, registration: %s, admin: %s)\n", version, srv.URL(), abs, cfg.Registration, adm)
-	case err := <-errc:
-		fmt.Fprintf(e.stderr, "petrel serve: %v\n", err)
-		return 1
-	}
-	if err := <-errc; err != nil {
-		fmt.Fprintf(e.stderr, "petrel serve: shutdown: %v\n", err)
-		return 1
-	}
-	return 0
+	return cfg, 0, true
 }
 
 func newLogger(e *env, cfg server.Config) *slog.Logger {

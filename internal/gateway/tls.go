@@ -38,6 +38,11 @@ import (
 // Policy: TLS 1.3, and TLS 1.2 with ECDHE and AEAD suites only; hybrid post-quantum key exchange
 // (X25519MLKEM768) preferred.
 
+// acmeALPNProto is the ALPN protocol of ACME's TLS-ALPN-01 challenge (RFC 8737). A server
+// configuration that offers it (automatic certificates) answers the challenge in GetCertificate;
+// the connection is closed after the handshake.
+const acmeALPNProto = "acme-tls/1"
+
 // DefaultTLSMaxHandshakes is the default of TLS.MaxHandshakes.
 const DefaultTLSMaxHandshakes = 32
 
@@ -475,6 +480,12 @@ func (t *tlsConn) handshake() {
 		return
 	}
 	s.handshakes.WithLabelValues("ok").Inc()
+	if tc.ConnectionState().NegotiatedProtocol == acmeALPNProto {
+		// An ACME CA's TLS-ALPN-01 validation (RFC 8737): the certificate the handshake showed was
+		// the whole answer, and the connection carries nothing else.
+		_ = tc.Close()
+		return
+	}
 	releaseTLSReadBuffers(tc)
 	hc := &nbhttp.Conn{Conn: tc}
 	p := nbhttp.NewParser(hc, s.e, nbhttp.NewServerProcessor(), false, nbhttp.SyncExecutor)

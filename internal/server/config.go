@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"golang.org/x/crypto/acme"
 
 	"github.com/petrelchat/petrel/internal/admin"
 	"github.com/petrelchat/petrel/internal/bus"
@@ -146,6 +147,17 @@ type TLSSection struct {
 	// ClientHello is in. The whole TLS handshake must end within handshake_timeout of accept.
 	// Default: 32.
 	TLSMaxHandshakes int `toml:"max_handshakes"`
+	// ACMEDomain lists the DNS names to get certificates for automatically over ACME (acme.go),
+	// instead of cert and key: the CA must reach the public listener as NAME:443. Default: none.
+	ACMEDomain []string `toml:"acme_domain"`
+	// ACMEEmail is the contact address given to the CA (expiry and incident mail). Default: none.
+	ACMEEmail string `toml:"acme_email"`
+	// ACMEDirectory is the ACME CA's directory URL. Default: Let's Encrypt's production directory.
+	ACMEDirectory string `toml:"acme_directory"`
+	// ACMEHTTPListen is the address of a plain HTTP listener for the HTTP-01 challenge (what the
+	// names' port 80 reaches, e.g. ":80"); it redirects everything else to https. Empty: only
+	// TLS-ALPN-01 on the public listener. Default: empty.
+	ACMEHTTPListen string `toml:"acme_http_listen"`
 }
 
 // AdminSection is [admin]: the operator listener.
@@ -444,6 +456,9 @@ func (c *Config) SetDefaults() {
 	if c.HandshakeTimeout.Duration == 0 {
 		c.HandshakeTimeout.Duration = 10 * time.Second
 	}
+	if c.ACMEDirectory == "" {
+		c.ACMEDirectory = acme.LetsEncryptURL
+	}
 	if c.TLSMaxHandshakes == 0 {
 		c.TLSMaxHandshakes = gateway.DefaultTLSMaxHandshakes
 	}
@@ -507,8 +522,9 @@ func (c *Config) Validate() error {
 	if c.TLSMaxHandshakes < 1 || c.TLSMaxHandshakes > 4096 {
 		bad("tls.max_handshakes %d: want 1..4096", c.TLSMaxHandshakes)
 	}
-	if err == nil && c.TLSCert == "" && !c.Insecure && !isLoopback(c.Listen) {
-		bad("listen %q is not a loopback address: serve TLS (--tls-cert/--tls-key) or pass --insecure", c.Listen)
+	c.validateACME(bad)
+	if err == nil && !c.servesTLS() && !c.Insecure && !isLoopback(c.Listen) {
+		bad("listen %q is not a loopback address: serve TLS (--tls-cert/--tls-key, or --acme-domain) or pass --insecure", c.Listen)
 	}
 	_ = host
 	if c.PublicURL != "" && !nodes.ValidURL(c.PublicURL) {
@@ -517,8 +533,8 @@ func (c *Config) Validate() error {
 	if c.AdminListen != AdminListenOff {
 		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
 			bad("admin.listen %q: %v (want HOST:PORT or off)", c.AdminListen, err)
-		} else if c.TLSCert == "" && !c.Insecure && !isLoopback(c.AdminListen) {
-			bad("admin.listen %q is not a loopback address: serve TLS (--tls-cert/--tls-key) or pass --insecure", c.AdminListen)
+		} else if !c.servesTLS() && !c.Insecure && !isLoopback(c.AdminListen) {
+			bad("admin.listen %q is not a loopback address: serve TLS (--tls-cert/--tls-key, or --acme-domain) or pass --insecure", c.AdminListen)
 		}
 	}
 	if c.AdminTokenFile != "" {
@@ -711,6 +727,9 @@ func (c *Config) validateCluster() []error {
 	}
 	return errs
 }
+
+// servesTLS reports whether the public listener serves TLS (certificate files or ACME).
+func (c *Config) servesTLS() bool { return c.TLSCert != "" || len(c.ACMEDomain) > 0 }
 
 // checkHostPort accepts host:port with a non-empty host and a port in 1..65535.
 func checkHostPort(addr string) error {

@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,6 +68,7 @@ type Server struct {
 	quorum *quorumWatch // cached JetStream quorum state (quorum.go)
 
 	pres *presence.Service // who is online, last seen, settings (memory and bus)
+	acme *acmeTLS          // automatic certificates; nil without tls.acme_domain (acme.go)
 
 	runCtx    context.Context // lives until Shutdown closes storage
 	runCancel context.CancelFunc
@@ -104,7 +106,7 @@ func (s *Server) Addr() net.Addr {
 // URL is the base URL clients use, once Ready is closed.
 func (s *Server) URL() string {
 	scheme := "http"
-	if s.cfg.TLSCert != "" {
+	if s.cfg.servesTLS() {
 		scheme = "https"
 	}
 	return scheme + "://" + s.Addr().String()
@@ -136,6 +138,7 @@ func (s *Server) Run(ctx context.Context) error {
 		// Undo what start got to: the admin listener (and its admin.addr), the gateway's
 		// goroutines, storage.
 		_ = s.stopAdmin(context.Background())
+		s.stopACME(context.Background())
 		if s.gw != nil {
 			s.gw.Close()
 		}
@@ -327,9 +330,12 @@ func (s *Server) start(ctx context.Context) error {
 	// Operator surfaces (/metrics, pprof, /v1/admin/*) are on the admin listener only.
 
 	var tlsOpts *gateway.TLS
-	if s.cfg.TLSCert != "" {
-		tlsCfg, err := gateway.LoadTLS(s.cfg.TLSCert, s.cfg.TLSKey)
-		if err != nil {
+	if s.cfg.servesTLS() {
+		var tlsCfg *stdtls.Config
+		if len(s.cfg.ACMEDomain) > 0 {
+			s.acme = newACME(s.cfg, s.log.With("component", "acme"))
+			tlsCfg = s.acme.serverTLS()
+		} else if tlsCfg, err = gateway.LoadTLS(s.cfg.TLSCert, s.cfg.TLSKey); err != nil {
 			return err
 		}
 		tlsOpts = &gateway.TLS{
@@ -354,6 +360,11 @@ func (s *Server) start(ctx context.Context) error {
 		s.engine = nil
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	}
+	if s.acme != nil {
+		if err := s.acme.start(s.cfg.ACMEHTTPListen); err != nil {
+			return err
+		}
+	}
 	// Announced once the listener is bound: the default public URL needs the bound port.
 	if err := s.nodes.Start(s.publicURL()); err != nil {
 		return fmt.Errorf("node announcements: %w", err)
@@ -367,6 +378,14 @@ func (s *Server) start(ctx context.Context) error {
 func (s *Server) publicURL() string {
 	if s.cfg.PublicURL != "" {
 		return s.cfg.PublicURL
+	}
+	if len(s.cfg.ACMEDomain) > 0 {
+		// Clients verify the certificate against the name, not the address.
+		u := "https://" + s.cfg.ACMEDomain[0]
+		if a, ok := s.Addr().(*net.TCPAddr); ok && a.Port != 443 {
+			u += ":" + strconv.Itoa(a.Port)
+		}
+		return u
 	}
 	if a, ok := s.Addr().(*net.TCPAddr); ok && a.IP.IsUnspecified() {
 		s.log.Warn("public_url not set and listen address unspecified: clients are not told this node's URL", "listen", s.cfg.Listen)
@@ -397,13 +416,17 @@ func (s *Server) startAdmin() error {
 	}
 	loopback := isLoopback(s.cfg.AdminListen)
 	var tlsCfg *stdtls.Config
-	if !loopback && s.cfg.TLSCert != "" {
-		cert, err := stdtls.LoadX509KeyPair(s.cfg.TLSCert, s.cfg.TLSKey)
-		if err != nil {
-			return fmt.Errorf("admin listener: load TLS certificate: %w", err)
+	if !loopback && s.cfg.servesTLS() {
+		var certs []stdtls.Certificate
+		if s.acme == nil {
+			cert, err := stdtls.LoadX509KeyPair(s.cfg.TLSCert, s.cfg.TLSKey)
+			if err != nil {
+				return fmt.Errorf("admin listener: load TLS certificate: %w", err)
+			}
+			certs = []stdtls.Certificate{cert}
 		}
 		tlsCfg = &stdtls.Config{
-			Certificates: []stdtls.Certificate{cert},
+			Certificates: certs,
 			MinVersion:   stdtls.VersionTLS12,
 			// TLS 1.2: ECDHE with AEAD only (TLS 1.3's suites are fixed; its key exchange includes
 			// X25519MLKEM768 by default).
@@ -412,6 +435,9 @@ func (s *Server) startAdmin() error {
 				stdtls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, stdtls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
 				stdtls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, stdtls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 			},
+		}
+		if s.acme != nil {
+			tlsCfg.GetCertificate = s.acme.m.GetCertificate
 		}
 	}
 	if !loopback && tlsCfg == nil {
@@ -462,6 +488,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if err := s.stopAdmin(ctx); err != nil {
 			errs = append(errs, err)
 		}
+		s.stopACME(ctx)
 		s.closeStorage()
 		s.shutErr = errors.Join(errs...)
 		s.log.Info("stopped")
@@ -496,6 +523,7 @@ func (s *Server) Kill() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_ = s.stopAdmin(ctx)
+		s.stopACME(ctx)
 		s.closeStorage()
 		s.log.Info("killed")
 	})
@@ -507,6 +535,17 @@ func (s *Server) stopAdmin(ctx context.Context) error {
 		return nil
 	}
 	return s.admin.Shutdown(ctx)
+}
+
+// stopACME stops the ACME HTTP-01 listener and the first-certificate loop (acme.go), waiting
+// within ctx. Idempotent.
+func (s *Server) stopACME(ctx context.Context) {
+	if s.acme == nil {
+		return
+	}
+	if err := s.acme.shutdown(ctx); err != nil {
+		s.log.Warn("ACME shutdown", "err", err)
+	}
 }
 
 func (s *Server) closeStorage() {
