@@ -128,6 +128,13 @@ type Config struct {
 	Registry prometheus.Registerer
 }
 
+// WithDefaults returns c with every unset field at the default New gives it, so that callers can
+// show the effective values.
+func (c Config) WithDefaults() Config {
+	c.setDefaults()
+	return c
+}
+
 func (c *Config) setDefaults() {
 	if c.MaxFrameBytes == 0 {
 		c.MaxFrameBytes = pb.DefaultMaxFrameBytes

@@ -495,6 +495,7 @@ func (c *Config) SetDefaults() {
 	if c.DeviceCacheSize == 0 {
 		c.DeviceCacheSize = directory.DefaultDeviceCacheSize
 	}
+	c.setGatewayDefaults()
 	c.setAbuseDefaults()
 	c.setPresenceDefaults()
 	if c.LogLevel == "" {
@@ -756,6 +757,42 @@ func isLoopback(listen string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// setGatewayDefaults fills the [limits] keys whose defaults the gateway owns with its values, so
+// the Config shows what is in force (deploy/petrel.example.toml is checked against it).
+func (c *Config) setGatewayDefaults() {
+	g := gateway.Config{MaxFrameBytes: c.MaxFrameBytes}.WithDefaults()
+	if c.ConnFramesPerSecond == 0 {
+		c.ConnFramesPerSecond = g.FramesPerSecond
+	}
+	if c.ConnFrameBurst == 0 {
+		c.ConnFrameBurst = g.FrameBurst
+	}
+	if c.RegistrationsPerSecond == 0 {
+		c.RegistrationsPerSecond = g.RegistrationsPerSecond
+	}
+	if c.ConnQueuedFrames == 0 {
+		c.ConnQueuedFrames = g.QueuedFrames
+	}
+	if c.ConnQueuedBytes == 0 {
+		c.ConnQueuedBytes = g.QueuedBytes
+	}
+	if c.PreauthQueuedFrames == 0 {
+		c.PreauthQueuedFrames = g.PreauthQueuedFrames
+	}
+	if c.PreauthQueuedBytes == 0 {
+		c.PreauthQueuedBytes = g.PreauthQueuedBytes
+	}
+	if c.InboundBytes == 0 {
+		c.InboundBytes = g.InboundBytes
+	}
+	if c.HTTPMaxHeaderBytes == 0 {
+		c.HTTPMaxHeaderBytes = g.MaxHeaderBytes
+	}
+	if c.HTTPMaxBodyBytes == 0 {
+		c.HTTPMaxBodyBytes = g.MaxBodyBytes
+	}
 }
 
 // setAbuseDefaults fills the registration and prekey-claim limits.
