@@ -42,7 +42,8 @@ const acmeTestDomain = "petrel.localhost"
 // valid" shortcut). A client handshake must then see a certificate for the name, issued by
 // pebble's root, and a restarted server must serve it from <data>/acme without the CA.
 func TestServeACME(t *testing.T) {
-	t.Setenv("PEBBLE_VA_NOSLEEP", "1") // no pause between validation attempts
+	t.Setenv("PEBBLE_VA_NOSLEEP", "1")      // no pause between validation attempts
+	t.Setenv("PEBBLE_WFE_NONCEREJECT", "0") // no nonces refused at random: a deterministic run
 	dnsAddr := startTestDNS(t)
 
 	// The ACME directory over HTTPS. Its handler is set once petrel's port is known (pebble's
