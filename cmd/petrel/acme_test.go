@@ -42,50 +42,17 @@ const acmeTestDomain = "petrel.localhost"
 // valid" shortcut). A client handshake must then see a certificate for the name, issued by
 // pebble's root, and a restarted server must serve it from <data>/acme without the CA.
 func TestServeACME(t *testing.T) {
-	t.Setenv("PEBBLE_VA_NOSLEEP", "1")      // no pause between validation attempts
-	t.Setenv("PEBBLE_WFE_NONCEREJECT", "0") // no nonces refused at random: a deterministic run
-	dnsAddr := startTestDNS(t)
-
-	// The ACME directory over HTTPS. Its handler is set once petrel's port is known (pebble's
-	// validation authority is built with the port it connects to); until then it answers 503,
-	// and petrel retries.
-	var front atomic.Pointer[http.Handler]
-	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := front.Load()
-		if h == nil {
-			http.Error(w, "not yet", http.StatusServiceUnavailable)
-			return
-		}
-		(*h).ServeHTTP(w, r)
-	}))
-	ts.StartTLS()
-	t.Cleanup(ts.Close)
-	caFile := filepath.Join(t.TempDir(), "acme-directory-ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
+	acmeCA := newTestACME(t)
 	data := t.TempDir()
-	// SSL_CERT_FILE: the server trusts the test directory's certificate as a system root.
-	env := append(os.Environ(), "SSL_CERT_FILE="+caFile)
 	args := []string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data", data,
-		"--acme-domain", acmeTestDomain, "--acme-email", "ops@petrel.localhost", "--acme-directory", ts.URL + wfe.DirectoryPath}
-	srv := startACMEServer(t, env, args)
+		"--acme-domain", acmeTestDomain, "--acme-email", "ops@petrel.localhost", "--acme-directory", acmeCA.directory}
+	srv := startACMEServer(t, acmeCA.env, args)
 	if !strings.HasPrefix(srv.url, "https://127.0.0.1:") {
 		t.Fatalf("server URL %q: want https on loopback", srv.url)
 	}
 	_, portStr, _ := net.SplitHostPort(strings.TrimPrefix(srv.url, "https://"))
 	port, _ := strconv.Atoi(portStr)
-
-	logger := log.New(testLogWriter{t}, "pebble ", 0)
-	store := db.NewMemoryStore()
-	authority := ca.New(logger, store, "", "ecdsa", 0, 1, map[string]ca.Profile{"default": {Description: "default"}})
-	validator := va.New(logger, 0, port, false, dnsAddr, store)
-	web := wfe.New(logger, store, validator, authority, []string{"pebble.letsencrypt.org"}, false, false, 0, 0)
-	h := web.Handler()
-	front.Store(&h)
-	roots := x509.NewCertPool()
-	roots.AddCert(authority.GetRootCert(0).Cert)
+	roots := acmeCA.start(port, 0)
 
 	addr := strings.TrimPrefix(srv.url, "https://")
 	leaf := waitACMECert(t, addr, roots, 60*time.Second)
@@ -102,11 +69,112 @@ func TestServeACME(t *testing.T) {
 
 	// A restart serves the cached certificate without asking the CA.
 	srv.stop(t)
-	front.Store(nil)
-	srv2 := startACMEServer(t, env, args)
+	acmeCA.front.Store(nil)
+	srv2 := startACMEServer(t, acmeCA.env, args)
 	leaf2 := waitACMECert(t, strings.TrimPrefix(srv2.url, "https://"), roots, 20*time.Second)
 	if !bytes.Equal(leaf2.Raw, leaf.Raw) {
 		t.Fatal("after a restart the server shows another certificate: want the cached one")
+	}
+}
+
+// testACME is pebble in-process behind an HTTPS test server, with a DNS server that resolves
+// every name to 127.0.0.1 for its validation authority.
+type testACME struct {
+	t         *testing.T
+	front     atomic.Pointer[http.Handler]
+	directory string   // the ACME directory URL
+	env       []string // the server's environment: SSL_CERT_FILE trusts the test directory
+	dns       string
+}
+
+func newTestACME(t *testing.T) *testACME {
+	t.Helper()
+	t.Setenv("PEBBLE_VA_NOSLEEP", "1")      // no pause between validation attempts
+	t.Setenv("PEBBLE_WFE_NONCEREJECT", "0") // no nonces refused at random: a deterministic run
+	a := &testACME{t: t, dns: startTestDNS(t)}
+	// The directory's handler is set by start, once petrel's ports are known (pebble's validation
+	// authority is built with the ports it connects to); until then it answers 503, and petrel
+	// retries.
+	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := a.front.Load()
+		if h == nil {
+			http.Error(w, "not yet", http.StatusServiceUnavailable)
+			return
+		}
+		(*h).ServeHTTP(w, r)
+	}))
+	ts.StartTLS()
+	t.Cleanup(ts.Close)
+	caFile := filepath.Join(t.TempDir(), "acme-directory-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.directory = ts.URL + wfe.DirectoryPath
+	a.env = append(os.Environ(), "SSL_CERT_FILE="+caFile)
+	return a
+}
+
+// start runs pebble with its validation authority connecting to tlsPort for TLS-ALPN-01 and
+// httpPort for HTTP-01, and returns its root.
+func (a *testACME) start(tlsPort, httpPort int) *x509.CertPool {
+	logger := log.New(testLogWriter{a.t}, "pebble ", 0)
+	store := db.NewMemoryStore()
+	authority := ca.New(logger, store, "", "ecdsa", 0, 1, map[string]ca.Profile{"default": {Description: "default"}})
+	validator := va.New(logger, httpPort, tlsPort, false, a.dns, store)
+	web := wfe.New(logger, store, validator, authority, []string{"pebble.letsencrypt.org"}, false, false, 0, 0)
+	h := web.Handler()
+	a.front.Store(&h)
+	roots := x509.NewCertPool()
+	roots.AddCert(authority.GetRootCert(0).Cert)
+	return roots
+}
+
+// HTTP-01 on --acme-http-listen: pebble's TLS-ALPN-01 connects to a closed port and fails, so
+// the certificate comes through the plain HTTP listener; that listener sends other requests to
+// https.
+func TestServeACMEHTTP01(t *testing.T) {
+	a := newTestACME(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedPort := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	args := []string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data", t.TempDir(),
+		"--acme-domain", acmeTestDomain, "--acme-directory", a.directory, "--acme-http-listen", "127.0.0.1:0"}
+	srv := startACMEServer(t, a.env, args)
+	var httpAddr string
+	deadline := time.Now().Add(10 * time.Second)
+	re := regexp.MustCompile(`msg="ACME HTTP-01 listener" component=acme addr=(\S+)`)
+	for httpAddr == "" && time.Now().Before(deadline) {
+		if m := re.FindStringSubmatch(srv.log()); m != nil {
+			httpAddr = m[1]
+		} else {
+			time.Sleep(50 * time.Millisecond) // the log of another process: no event to await
+		}
+	}
+	if httpAddr == "" {
+		t.Fatalf("no ACME HTTP-01 listener in the log:\n%s", srv.log())
+	}
+	_, hp, _ := net.SplitHostPort(httpAddr)
+	httpPort, _ := strconv.Atoi(hp)
+	roots := a.start(closedPort, httpPort)
+
+	leaf := waitACMECert(t, strings.TrimPrefix(srv.url, "https://"), roots, 60*time.Second)
+	if len(leaf.DNSNames) != 1 || leaf.DNSNames[0] != acmeTestDomain {
+		t.Fatalf("certificate names %v: want [%s]", leaf.DNSNames, acmeTestDomain)
+	}
+
+	cl := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/healthz", nil)
+	req.Host = acmeTestDomain
+	resp, err := cl.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusFound || loc != "https://"+acmeTestDomain+"/healthz" {
+		t.Fatalf("plain HTTP request: %s, Location %q: want a redirect to https", resp.Status, loc)
 	}
 }
 

@@ -165,6 +165,11 @@ func (a *acmeTLS) start(listen string) error {
 					http.Error(w, "too many requests", http.StatusTooManyRequests)
 					return
 				}
+				// autocert checks the Host header against acme_domain as it is; a port in it (a
+				// CA reaching a listener on another port than 80) is not part of the name.
+				if host, _, err := net.SplitHostPort(r.Host); err == nil {
+					r.Host = host
+				}
 				h.ServeHTTP(w, r)
 			}),
 			ReadHeaderTimeout: 5 * time.Second,
