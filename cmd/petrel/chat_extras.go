@@ -44,14 +44,14 @@ type chatExtras struct {
 	// isGroup: a group chat (peer is then the group as the user named it).
 	isGroup bool
 
-	mu        sync.Mutex // guards the fields below
-	group     string     // the group id of a group chat (set once it is known)
-	sent      map[string]string
+	mu    sync.Mutex // guards the fields below
+	group string     // the group id of a group chat (set once it is known)
+	sent  map[string]string
 	// sending: a send is waiting for the server's ack. A receipt can overtake that ack (a
 	// member's device answers before the ack reaches this goroutine): marks for unknown
 	// messages wait in early until the send is done, so that "you: …" comes first.
-	sending bool
-	early   []earlyMark
+	sending   bool
+	early     []earlyMark
 	typing    map[string]int // who is typing → the generation of their last "typing"
 	typingGen int            // invalidates the timer of an earlier "typing"
 }
