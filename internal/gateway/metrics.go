@@ -99,8 +99,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		connects:    prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_connects_total", Help: "Device connections authenticated (Register or Auth answered Welcome); its rate is connects per second."}),
 		limited:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_requests_limited_total", Help: "Requests answered RATE_LIMITED by a per-device limit, by limit: device_changes, groups, presence, ephemeral, sends_in_flight."}, []string{"limit"}),
 	}
-	for _, l := range []string{limitDeviceChanges, limitGroups, limitPresence, limitEphemeral, limitSendsInFlight} {
-		m.limited.WithLabelValues(l) // every limit shows, at 0, from the start
+	// Every reason of a shed, drop, refusal or limit shows, at 0, from the start, so that rates
+	// and alerts work before the first one.
+	for vec, values := range map[*prometheus.CounterVec][]string{
+		m.limited:       {limitDeviceChanges, limitGroups, limitPresence, limitEphemeral, limitSendsInFlight},
+		m.refused:       {"full", "draining", "upgrade", "no_quorum"},
+		m.timeouts:      {"upgrade", "handshake", "idle"},
+		m.rateLimited:   {"data", "control"},
+		m.inboundClosed: {"conn_frames", "conn_bytes", "node_bytes", "rate", "too_large", "unmasked", "protocol"},
+		m.httpRefused:   {"pending_full", "pending_per_ip", "header_too_large", "body_too_large", "chunked", "malformed"},
+		m.sentAway:      {"drain", "no_quorum"},
+		m.failovers:     {"goaway", "lost", "other"},
+		m.control:       {"device_list", "removed"},
+	} {
+		for _, v := range values {
+			vec.WithLabelValues(v)
+		}
 	}
 	for _, o := range []string{"approved", "expired", "closed", "limited"} {
 		m.linkConns.WithLabelValues(o)
