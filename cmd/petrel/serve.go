@@ -112,6 +112,7 @@ func runServe(ctx context.Context, e *env, args []string) int {
 	if set["cluster-tls-ca"] {
 		cfg.ClusterTLSCA = *clusterTLSCA
 	}
+	cfg.Version = version
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(e.stderr, "petrel serve: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))

@@ -192,6 +192,7 @@ func (c *conn) authenticated(ctx context.Context, f *pb.Frame, dev directory.Pri
 	if !c.state.CompareAndSwap(stateHandshake, stateAuthed) {
 		return false
 	}
+	c.g.metrics.connects.Inc()
 	c.deadline.Store(c.g.now.Load() + int64(c.g.cfg.IdleTimeout))
 	if a := f.GetAuth(); a.GetFailoverMs() > 0 {
 		c.g.countFailover(a)
@@ -290,6 +291,7 @@ func (c *conn) sendView(v *pb.SendView, m *messaging.Message) {
 		return
 	}
 	if int(c.sends.Load()) >= c.g.cfg.MaxInflightSends {
+		c.g.limitHit(limitSendsInFlight, false)
 		c.write(&pb.Frame{Id: id, Body: &pb.Frame_Error{Error: &pb.Error{
 			Code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, Message: "too many sends in flight", RetryAfterMs: 100,
 		}}})

@@ -77,6 +77,8 @@ func newRegGuard(cfg RegistrationLimits, reg prometheus.Registerer) *regGuard {
 		closes: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_handshake_failure_closes_total",
 			Help: "Connections closed after too many refused handshake frames."}),
 	}
+	g.limited.WithLabelValues("ip") // both limits show, at 0, from the start
+	g.limited.WithLabelValues("node")
 	if reg != nil {
 		reg.MustRegister(g.limited, g.closes)
 	}

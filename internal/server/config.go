@@ -95,6 +95,10 @@ type Config struct {
 	// Warnings are what LoadConfig found to say about the file (deprecated keys); the server logs
 	// them when it starts.
 	Warnings []string `toml:"-"`
+
+	// Version is the build's version, shown by petrel_build_info. Not in the config file: the
+	// petrel command sets it. Default: the main module's version from the build info, or "dev".
+	Version string `toml:"-"`
 }
 
 // ClusterSection holds the cluster keys. Unlike the other sections its keys are top-level: the

@@ -66,6 +66,8 @@ type Server struct {
 	token  string
 	quorum *quorumWatch // cached JetStream quorum state (quorum.go)
 
+	nodeMetrics *nodeMetrics // build info, bus health, inbox depth (metrics.go)
+
 	pres *presence.Service // who is online, last seen, settings (memory and bus)
 
 	runCtx    context.Context // lives until Shutdown closes storage
@@ -234,6 +236,7 @@ func (s *Server) start(ctx context.Context) error {
 		return err
 	}
 	s.quorum = newQuorumWatch(s.reg)
+	s.nodeMetrics = registerNodeMetrics(s.reg, s.bus, s.cfg.Version)
 	s.dir = directory.New(s.bus, directory.Config{
 		Policy:           s.cfg.Registration,
 		ReplenishBelow:   s.cfg.PrekeyReplenishBelow,
