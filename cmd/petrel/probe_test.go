@@ -104,7 +104,7 @@ func TestCLIProbeFailure(t *testing.T) {
 	r := probeCLI(t, home, nil, "--server", srv.URL()+","+dead, "--count", "1").must(t, 1)
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	if len(lines) != 2 || !strings.HasPrefix(lines[0], "ok   node="+srv.URL()+" ") ||
-		!regexp.MustCompile(`^FAIL node=` + regexp.QuoteMeta(dead) + ` error=".*could not connect.*"$`).MatchString(lines[1]) {
+		!regexp.MustCompile(`^FAIL node=`+regexp.QuoteMeta(dead)+` error=".*could not connect.*"$`).MatchString(lines[1]) {
 		t.Fatalf("output:\n%s", r.stdout)
 	}
 }
