@@ -188,7 +188,7 @@ func (p *Prober) Probe(ctx context.Context, node string, others []string) status
 		return res
 	}
 	if err := p.setupLocked(ctx, node, others); err != nil {
-		res.Error = clip("probe accounts: " + err.Error())
+		res.Error = clip(err.Error())
 		return res
 	}
 	lat, err := p.probeLocked(ctx, node)
@@ -200,12 +200,32 @@ func (p *Prober) Probe(ctx context.Context, node string, others []string) status
 	return res
 }
 
+// Setup opens the homes and registers the probe accounts that are not registered yet, through the
+// first of node and others that answers; Probe does it too. An error matching ErrSetup means the
+// accounts cannot be created as configured (registration closed, no invite), which says nothing
+// of the node's health.
+func (p *Prober) Setup(ctx context.Context, node string, others []string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errors.New("prober closed")
+	}
+	return p.setupLocked(ctx, node, others)
+}
+
 // ErrSetup marks a failure to create the probe accounts (not a failure of the node's messaging
 // path): for example registration closed, or no invite.
 var ErrSetup = errors.New("probe accounts cannot be created")
 
 // setupLocked opens the homes and registers the accounts that are not registered yet.
 func (p *Prober) setupLocked(ctx context.Context, node string, others []string) error {
+	if err := p.setupAccountsLocked(ctx, node, others); err != nil {
+		return fmt.Errorf("probe accounts: %w", err)
+	}
+	return nil
+}
+
+func (p *Prober) setupAccountsLocked(ctx context.Context, node string, others []string) error {
 	if err := os.MkdirAll(p.cfg.Home, 0o700); err != nil {
 		return err
 	}
