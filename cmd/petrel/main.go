@@ -55,6 +55,7 @@ func commands() []command {
 		{"settings", settingsUsage, "read receipts and who sees your last seen", runSettings},
 		{"disappear", disappearUsage, "set a chat's disappearing-message timer", runDisappear},
 		{"bench", benchUsage, "load generator: idle, relay, offline, churn scenarios", runBench},
+		{"probe", probeUsage, "black-box prober: probe accounts send and receive through each node", runProbe},
 		{"bench-worker", "", "", runBenchWorker}, // hidden: a worker process of petrel bench
 		{"version", "version", "print the version", runVersion},
 	}

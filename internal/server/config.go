@@ -22,6 +22,7 @@ import (
 	"github.com/petrelchat/petrel/internal/gateway"
 	"github.com/petrelchat/petrel/internal/mailbox"
 	"github.com/petrelchat/petrel/internal/nodes"
+	"github.com/petrelchat/petrel/internal/status"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -72,6 +73,14 @@ type Config struct {
 	// Default: derived from the bound listen address and scheme, unless that address is
 	// unspecified (0.0.0.0, ::), in which case the node is not announced.
 	PublicURL string `toml:"public_url"`
+	// ProbeInterval makes the node run the black-box prober against its own public URL every
+	// interval (two probe accounts, probe-<node>-a and probe-<node>-b, created through
+	// registration and kept in <data>/probe); 0 turns it off. At least 1s. Default: 0 (off: it
+	// creates accounts and traffic, so operators opt in; 30s is a good value).
+	ProbeInterval Duration `toml:"probe_interval"`
+	// ProbeSink, if set, also receives every self-probe result. Not in the config file: for tests
+	// and programs that embed the server. Default: nil.
+	ProbeSink status.ProbeSink `toml:"-"`
 	// LogLevel is debug, info, warn or error. Default: info.
 	LogLevel string `toml:"log_level"`
 	// LogFormat is text or json. Default: text.
@@ -594,6 +603,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DeviceCacheSize < 1 || c.DeviceCacheSize > 100_000_000 {
 		bad("cache.devices %d: want 1..100000000", c.DeviceCacheSize)
+	}
+	if d := c.ProbeInterval.Duration; d != 0 && d < time.Second {
+		bad("probe_interval %s: want 0 (off) or at least 1s", d)
 	}
 	if c.DrainRate < 0 {
 		bad("drain_rate %v: must not be negative", c.DrainRate)

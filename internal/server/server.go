@@ -38,6 +38,7 @@ import (
 	"github.com/petrelchat/petrel/internal/messaging"
 	"github.com/petrelchat/petrel/internal/nodes"
 	"github.com/petrelchat/petrel/internal/presence"
+	"github.com/petrelchat/petrel/internal/status"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -70,6 +71,11 @@ type Server struct {
 
 	pres *presence.Service // who is online, last seen, settings (memory and bus)
 
+	// probeSink takes the self-prober's results (selfprobe.go). It defaults to a no-op (plus
+	// Config.ProbeSink when set); integration wires the status aggregates to it.
+	probeSink status.ProbeSink
+	selfProbe *selfProbe // nil when probe_interval is 0
+
 	runCtx    context.Context // lives until Shutdown closes storage
 	runCancel context.CancelFunc
 	ready     chan struct{}
@@ -91,7 +97,12 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		log.Warn(w)
 	}
 	runCtx, runCancel := context.WithCancel(context.Background())
-	return &Server{cfg: cfg, log: log, ready: make(chan struct{}), done: make(chan struct{}), runCtx: runCtx, runCancel: runCancel}, nil
+	var sink status.ProbeSink = noProbeSink{}
+	if cfg.ProbeSink != nil {
+		sink = teeSink{sink, cfg.ProbeSink}
+	}
+	return &Server{cfg: cfg, log: log, ready: make(chan struct{}), done: make(chan struct{}), runCtx: runCtx, runCancel: runCancel,
+		probeSink: sink}, nil
 }
 
 // Config returns the effective configuration.
@@ -362,6 +373,9 @@ func (s *Server) start(ctx context.Context) error {
 		return fmt.Errorf("node announcements: %w", err)
 	}
 	s.startQuorumWatch()
+	if err := s.startSelfProbe(); err != nil {
+		return fmt.Errorf("self-prober: %w", err)
+	}
 	return nil
 }
 
@@ -447,6 +461,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutOnce.Do(func() {
 		defer close(s.done)
 		var errs []error
+		s.selfProbe.stop() // its probe clients would only see the drain
 		if s.nodes != nil {
 			// First, so the nodes that stay stop telling clients to come here.
 			s.nodes.Close(true)
@@ -480,6 +495,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Kill() {
 	s.shutOnce.Do(func() {
 		defer close(s.done)
+		s.selfProbe.stop()
 		// No goodbye: the others forget this node when its announcements stop.
 		if s.nodes != nil {
 			s.nodes.Close(false)
