@@ -145,10 +145,16 @@ func runHistory(ctx context.Context, e *env, args []string) int {
 	group := fs.String("group", "", "the group (local name or id) instead of an account")
 	limit := fs.Int("limit", 50, fmt.Sprintf("the newest N messages (at most %d)", historyLimitMax))
 	asJSON := fs.Bool("json", false, "print one JSON object per message")
+	// NAME may come before the flags too (history bob --limit 5).
+	var names []string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		names, args = args[:1], args[1:]
+	}
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
-	if *group == "" && fs.NArg() != 1 || *group != "" && fs.NArg() != 0 {
+	names = append(names, fs.Args()...)
+	if *group == "" && len(names) != 1 || *group != "" && len(names) != 0 {
 		return usageErr(e, cmd, "want exactly one NAME, or --group GROUP")
 	}
 	if *limit < 1 || *limit > historyLimitMax {
@@ -167,7 +173,10 @@ func runHistory(ctx context.Context, e *env, args []string) int {
 			return err
 		}
 		me = a.Name
-		key := strings.ToLower(fs.Arg(0))
+		key := ""
+		if len(names) == 1 {
+			key = strings.ToLower(names[0])
+		}
 		if *group != "" {
 			g, err := tx.GroupByName(*group)
 			if errors.Is(err, store.ErrNotFound) {
