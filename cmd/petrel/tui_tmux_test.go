@@ -46,7 +46,10 @@ func (p *tmuxPane) tmux(args ...string) string {
 }
 
 // typeText types text literally; key sends named keys (Enter, Tab, BTab).
-func (p *tmuxPane) typeText(text string) { p.t.Helper(); p.tmux("send-keys", "-t", "petrel", "-l", text) }
+func (p *tmuxPane) typeText(text string) {
+	p.t.Helper()
+	p.tmux("send-keys", "-t", "petrel", "-l", text)
+}
 func (p *tmuxPane) key(keys ...string) {
 	p.t.Helper()
 	p.tmux(append([]string{"send-keys", "-t", "petrel"}, keys...)...)
