@@ -54,6 +54,8 @@ type chatExtras struct {
 	early     []earlyMark
 	typing    map[string]int // who is typing → the generation of their last "typing"
 	typingGen int            // invalidates the timer of an earlier "typing"
+	// others counts, per other conversation, the messages left unseen (chat_filter.go).
+	others map[string]int
 }
 
 func newChatExtras(ctx context.Context, c *client.Client, peer string, isGroup bool, show func(string), ct *chatTerminal) *chatExtras {

@@ -283,6 +283,7 @@ func runSend(ctx context.Context, e *env, args []string) int {
 			return fmt.Errorf("unknown user %q", *to)
 		}
 		if err != nil {
+			queuedHint(e, cmd, s.st, id, err) // history_cmds.go
 			return err
 		}
 		fmt.Fprintln(e.stdout, id)
@@ -602,6 +603,10 @@ func runChat(ctx context.Context, e *env, args []string) int {
 		}
 		switch ev := ev.(type) {
 		case *client.Message:
+			if !x.isOurs(ev) {
+				show(x.elsewhere(ev)) // left unseen, counted (chat_filter.go)
+				return
+			}
 			// Claimed before it is shown, as in printer.print: never shown twice.
 			if claimed, err := s.c.ClaimSeen(ev.Seq); err != nil {
 				show(fmt.Sprintf("petrel %s: %s", cmd, describe(err)))
@@ -618,12 +623,33 @@ func runChat(ctx context.Context, e *env, args []string) int {
 		}
 	}
 	showUnseen := func(c *client.Client) error {
+		// Only this conversation's; the others stay unseen and are counted once each.
+		pick := &chatExtras{c: c, peer: peer, isGroup: *group != ""}
+		var order []string
+		counts := map[string]int{}
+		notes := map[string][2]string{}
+		defer func() {
+			for _, k := range order {
+				show(otherNotice(counts[k], notes[k][0], notes[k][1]))
+			}
+		}()
 		for {
-			unseen, err := c.Unseen(256)
+			unseen, err := c.Unseen(unseenScan)
 			if err != nil || len(unseen) == 0 {
 				return err
 			}
+			claimedAny := false
 			for _, m := range unseen {
+				if !pick.isOurs(m) {
+					key, what, open := otherConv(c, m)
+					if counts[key] == 0 {
+						order = append(order, key)
+						notes[key] = [2]string{what, open}
+					}
+					counts[key]++
+					continue
+				}
+				claimedAny = true
 				if claimed, err := c.ClaimSeen(m.Seq); err != nil {
 					return err
 				} else if claimed {
@@ -633,6 +659,11 @@ func runChat(ctx context.Context, e *env, args []string) int {
 					}
 				}
 			}
+			if !claimedAny || len(unseen) < unseenScan {
+				return nil
+			}
+			clear(counts) // counted again on the next pass
+			order = order[:0]
 		}
 	}
 	s, err := startClient(ctx, e, showUnseen, handle)

@@ -48,6 +48,9 @@ func commands() []command {
 		{"recv", "recv [--wait DURATION] [--json]", "receive pending messages", runRecv},
 		{"chat", "chat NAME | chat --group GROUP", "interactive terminal chat", runChat},
 		{"group", groupUsage, "create and manage groups", runGroup},
+		{"tui", tuiUsage, "full-screen client: conversations, history, marks (also: petrel on a terminal)", runTUI},
+		{"history", "history NAME [--limit N] [--json] | history --group GROUP [--limit N] [--json]", "print a conversation's stored history", runHistory},
+		{"outbox", "outbox [--json]", "list messages not yet fully sent, and why", runOutbox},
 		{"whoami", "whoami", "show this device's account, device id and server", runWhoami},
 		{"safety-number", "safety-number NAME", "show the safety number to compare with NAME out of band", runSafetyNumber},
 		{"link", "link --server URL [--no-history]", "make this home a new device of an existing account", runLink},
@@ -90,6 +93,10 @@ func run(ctx context.Context, args []string, e *env) int {
 	}
 	rest := global.Args()
 	if len(rest) == 0 {
+		if isTerminal(e.stdin) && isTerminal(e.stdout) {
+			e.home = resolveHome(*home, e.getenv)
+			return runTUI(ctx, e, nil) // tui.go
+		}
 		usage(e.stderr)
 		return 2
 	}
