@@ -91,10 +91,10 @@ type Config struct {
 // Service is the status page, problem reports, probe intake and incidents of one node. Lifecycle:
 // New (no I/O) → Start → Close.
 type Service struct {
-	cfg  Config
-	log  *slog.Logger
-	agg  *Aggregates
-	inc  *Incidents
+	cfg                                Config
+	log                                *slog.Logger
+	agg                                *Aggregates
+	inc                                *Incidents
 	pageLimit, reportLimit, probeLimit *keyrate.Limiter[string]
 
 	storageOK   atomic.Bool
@@ -107,7 +107,6 @@ type Service struct {
 	cacheAt  time.Time
 	cacheJS  []byte
 	cacheHTM []byte
-	cacheSt  string
 
 	reports *prometheus.CounterVec
 	probesN *prometheus.CounterVec
@@ -151,7 +150,7 @@ func New(cfg Config) *Service {
 		inc: NewIncidents(cfg.Incidents, cfg.Now, cfg.Logger)}
 	s.storageOK.Store(true)
 	s.storageNote.Store("")
-	s.pageLimit = keyrate.New[string](keyrate.Config{Rate: 10, Burst: 30, MaxKeys: limiterKeys, Now: cfg.Now})
+	s.pageLimit = keyrate.New[string](keyrate.Config{Rate: 20, Burst: 40, MaxKeys: limiterKeys, Now: cfg.Now})
 	s.reportLimit = keyrate.New[string](keyrate.Config{Rate: cfg.ReportsPerIPPerMinute / 60,
 		Burst: math.Max(5, cfg.ReportsPerIPPerMinute), MaxKeys: limiterKeys, Now: cfg.Now})
 	s.probeLimit = keyrate.New[string](keyrate.Config{Rate: 10, Burst: 60, MaxKeys: limiterKeys, Now: cfg.Now})
@@ -191,6 +190,7 @@ func (s *Service) Incidents() *Incidents { return s.inc }
 // and sharer (once a second, and every ShareInterval), and the incidents watch.
 func (s *Service) Start() error {
 	s.sample()
+	s.render()
 	if s.cfg.Conn != nil {
 		sub, err := s.cfg.Conn.Subscribe(s.cfg.Subject, s.onSummary)
 		if err != nil {
@@ -236,6 +236,7 @@ func (s *Service) loop() {
 			s.share()
 		}
 		s.forget(now)
+		s.render()
 	}
 }
 
@@ -328,28 +329,33 @@ func sortPeers(p []peer) {
 	}
 }
 
-// rendered returns the page as JSON and HTML, rendered at most once per pageCacheFor.
-func (s *Service) rendered() (js, htm []byte) {
-	s.cacheMu.Lock()
-	defer s.cacheMu.Unlock()
-	now := s.cfg.Now()
-	if s.cacheJS == nil || now.Sub(s.cacheAt) >= pageCacheFor || now.Before(s.cacheAt) {
-		v := s.View()
-		js, _ = json.MarshalIndent(v, "", "  ")
-		var buf bytes.Buffer
-		if err := renderPage(&buf, &v); err != nil {
-			s.log.Error("status: render page", "err", err)
-		}
-		s.cacheJS, s.cacheHTM, s.cacheAt, s.cacheSt = js, buf.Bytes(), now, v.State
+// render renders the page (JSON and HTML) from memory and caches it. The service's loop calls it
+// every tick, so that a request only copies bytes.
+func (s *Service) render() {
+	v := s.View()
+	js, _ := json.MarshalIndent(v, "", "  ")
+	var buf bytes.Buffer
+	if err := renderPage(&buf, &v); err != nil {
+		s.log.Error("status: render page", "err", err)
 	}
-	return s.cacheJS, s.cacheHTM
+	s.cacheMu.Lock()
+	s.cacheJS, s.cacheHTM, s.cacheAt = js, buf.Bytes(), s.cfg.Now()
+	s.cacheMu.Unlock()
 }
 
-// Invalidate drops the cached page (after an incident was posted on this node).
-func (s *Service) invalidate() {
+// rendered returns the cached page; it renders it here only when the loop has not (before its
+// first tick, or if it fell behind by several periods).
+func (s *Service) rendered() (js, htm []byte) {
 	s.cacheMu.Lock()
-	s.cacheJS = nil
+	js, htm, at := s.cacheJS, s.cacheHTM, s.cacheAt
 	s.cacheMu.Unlock()
+	if now := s.cfg.Now(); js == nil || now.Sub(at) > 3*pageCacheFor || now.Before(at) {
+		s.render()
+		s.cacheMu.Lock()
+		js, htm = s.cacheJS, s.cacheHTM
+		s.cacheMu.Unlock()
+	}
+	return js, htm
 }
 
 // Register adds the public routes: the page, its JSON, reports and probe intake.
@@ -597,7 +603,7 @@ func (s *Service) postIncident(w http.ResponseWriter, r *http.Request) {
 		s.incidentError(w, err)
 		return
 	}
-	s.invalidate()
+	s.render() // the page shows it at once
 	s.log.Info("incident", "id", inc.ID, "action", req.Action, "state", inc.State)
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(inc)

@@ -125,7 +125,8 @@ func judgeProbes(w ProbeWindow, th Thresholds) (string, []string) {
 	return Operational, nil
 }
 
-// judgeNode applies the node rules to a node's summary and the probes of it.
+// judgeNode applies the node rules to a node's summary and the probes of it (each prober's
+// 5-minute window).
 func judgeNode(s *Summary, probes []ProbeWindow, th Thresholds) (string, []string) {
 	state := Operational
 	var why []string
@@ -140,10 +141,16 @@ func judgeNode(s *Summary, probes []ProbeWindow, th Thresholds) (string, []strin
 		}
 		add(Outage, note)
 	}
+	// Every prober's probes of the node together: one prober failing while another succeeds is
+	// degraded (a path is broken), not an outage.
+	var all ProbeWindow
 	for _, w := range probes {
-		if st, r := judgeProbes(w, th); st != Operational {
-			add(st, r...)
-		}
+		all.OK += w.OK
+		all.Failed += w.Failed
+		all.P95MS = math.Max(all.P95MS, w.P95MS)
+	}
+	if st, r := judgeProbes(all, th); st != Operational {
+		add(st, r...)
 	}
 	s5, s60 := s.Sends5, s.Sends60
 	switch {
