@@ -346,7 +346,7 @@ func TestStatusWhileMessagingSaturated(t *testing.T) {
 	bob.MustRegister("bob")
 	bobDev := bob.DeviceID
 	bob.WS.CloseNow() // offline: every send goes to the store
-	const senders, perSender = 8, 400
+	const senders, perSender = 4, 300
 	clients := make([]*testserver.RawClient, senders)
 	for i := range clients {
 		clients[i] = testserver.Dial(t, s.URL())
