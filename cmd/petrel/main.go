@@ -42,7 +42,8 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", serveUsage, "run a Petrel server", runServe},
-		{"admin", adminUsage, "operator tools (invite codes)", runAdmin},
+		{"admin", adminUsage, "operator tools (invite codes, incidents)", runAdmin},
+		{"report", reportUsage, "report a problem with a server (anonymous)", runReport},
 		{"register", "register --server URL --name NAME [--invite CODE]", "create an account with this device", runRegister},
 		{"send", "send --to NAME TEXT... | send --group GROUP TEXT... (or - for stdin)", "send a message (or each line of stdin)", runSend},
 		{"recv", "recv [--wait DURATION] [--json]", "receive pending messages", runRecv},

@@ -306,7 +306,9 @@ func (c *conn) sendView(v *pb.SendView, m *messaging.Message) {
 	c.mu.Unlock()
 	// No deadline of our own: a cache hit (the usual case) then costs no timer; a miss is bounded
 	// by the directory.
-	if err := c.g.msg.Resolve(context.Background(), dev, v, time.Now().UnixMilli(), m); err != nil {
+	start := time.Now()
+	if err := c.g.msg.Resolve(context.Background(), dev, v, start.UnixMilli(), m); err != nil {
+		c.g.observeSend(start, err)
 		c.writeError(id, err)
 		return
 	}
@@ -319,6 +321,7 @@ func (c *conn) sendView(v *pb.SendView, m *messaging.Message) {
 	c.g.mb.Send(route, m.Targets, func(o mailbox.Outcome) {
 		defer c.g.inflight.done()
 		defer c.sends.Add(-1)
+		c.g.observeSend(start, o.Err)
 		if o.Err != nil {
 			c.writeError(id, o.Err)
 			return

@@ -126,6 +126,9 @@ type Config struct {
 	Nodes    func() []string
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
+
+	// SendObserver, if set, is told the outcome of every 1:1 and group send (observe.go).
+	SendObserver SendObserver
 }
 
 func (c *Config) setDefaults() {

@@ -224,8 +224,10 @@ func (c *conn) groupSend(id uint64, s *pb.Send) {
 	m := getGroupMsg()
 	// No deadline of our own, as for 1:1 sends: cache hits cost no timer; misses are bounded by
 	// the directory and the groups service.
-	if err := c.g.msg.ResolveGroup(context.Background(), dev, &v, time.Now().UnixMilli(), m); err != nil {
+	start := time.Now()
+	if err := c.g.msg.ResolveGroup(context.Background(), dev, &v, start.UnixMilli(), m); err != nil {
 		putGroupMsg(m)
+		c.g.observeSend(start, err)
 		c.writeError(id, err)
 		return
 	}
@@ -234,6 +236,7 @@ func (c *conn) groupSend(id uint64, s *pb.Send) {
 	}
 	msgID := m.ID
 	c.deliver(m, func(o mailbox.Outcome) {
+		c.g.observeSend(start, o.Err)
 		if o.Err != nil {
 			c.writeError(id, o.Err)
 			return

@@ -100,6 +100,7 @@ type Config struct {
 	GroupsSection  `toml:"groups"`
 
 	PresenceSection `toml:"presence"`
+	StatusSection   `toml:"status"`
 
 	// Warnings are what LoadConfig found to say about the file (deprecated keys); the server logs
 	// them when it starts.
@@ -495,6 +496,7 @@ func (c *Config) SetDefaults() {
 	}
 	c.setAbuseDefaults()
 	c.setPresenceDefaults()
+	c.setStatusDefaults()
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
@@ -554,6 +556,7 @@ func (c *Config) Validate() error {
 		bad("devices.link_ttl %s: want 1s..%s", c.LinkTTL.Duration, bus.LinksMaxAge)
 	}
 	c.validatePresence(bad)
+	c.validateStatus(bad)
 	if c.MaxPendingLinks < 1 || c.MaxPendingLinks > 1_000_000 {
 		bad("limits.max_pending_links %d: want 1..1000000", c.MaxPendingLinks)
 	}

@@ -71,10 +71,12 @@ type Server struct {
 
 	pres *presence.Service // who is online, last seen, settings (memory and bus)
 
-	// probeSink takes the self-prober's results (selfprobe.go). It defaults to a no-op (plus
-	// Config.ProbeSink when set); integration wires the status aggregates to it.
+	// probeSink takes the self-prober's results (selfprobe.go): the status aggregates once
+	// they run (startStatus), plus Config.ProbeSink when set.
 	probeSink status.ProbeSink
 	selfProbe *selfProbe // nil when probe_interval is 0
+
+	status *status.Service // the status page, problem reports, probe intake, incidents
 
 	runCtx    context.Context // lives until Shutdown closes storage
 	runCancel context.CancelFunc
@@ -304,6 +306,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.pres.Start(); err != nil {
 		return err
 	}
+	s.startStatus()
 	msg := messaging.New(s.dir, messaging.WithGroups(s.groups, func(err error) bool { return errors.Is(err, groups.ErrUnknownGroup) }))
 	s.gw = gateway.New(s.dir, s.mb, msg, s.withAdmission(gateway.Config{
 		MaxFrameBytes:          s.cfg.MaxFrameBytes,
@@ -329,6 +332,7 @@ func (s *Server) start(ctx context.Context) error {
 		Presence:        s.pres,
 		Logger:          s.log.With("component", "gateway"),
 		Registry:        s.reg,
+		SendObserver:    s.status,
 	}))
 	if err := s.gw.Start(); err != nil {
 		return fmt.Errorf("gateway: %w", err)
@@ -338,6 +342,7 @@ func (s *Server) start(ctx context.Context) error {
 	mux.Handle("GET "+pb.ConnectPath, s.gw)
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
+	s.status.Register(mux) // /status, /status.json, /v1/reports, /v1/probes
 	// Operator surfaces (/metrics, pprof, /v1/admin/*) are on the admin listener only.
 
 	var tlsOpts *gateway.TLS
@@ -443,6 +448,7 @@ func (s *Server) startAdmin() error {
 		Registerer:  s.reg,
 		AddrFile:    filepath.Join(s.cfg.Data, admin.AddrFile),
 		Logger:      s.log.With("component", "admin"),
+		Operator:    s.status.AdminHandlers(),
 	}, s.dir)
 	if err != nil {
 		return err
@@ -533,6 +539,9 @@ func (s *Server) closeStorage() {
 	if s.pres != nil {
 		// Its goodbye goes out while the bus is open (Shutdown); after Kill it does not.
 		s.pres.Close()
+	}
+	if s.status != nil {
+		s.status.Close()
 	}
 	if s.quorum != nil {
 		s.quorum.stop()
