@@ -60,11 +60,12 @@ func commands() []command {
 	}
 }
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is set at build time with -ldflags "-X main.version=..."; when it is not, buildVersion
+// reads it from the binary's build information (versionString).
+var version = ""
 
 func runVersion(_ context.Context, e *env, _ []string) int {
-	fmt.Fprintf(e.stdout, "petrel %s\n", version)
+	fmt.Fprintf(e.stdout, "petrel %s\n", versionString())
 	return 0
 }
 
@@ -80,6 +81,7 @@ func run(ctx context.Context, args []string, e *env) int {
 	global := flag.NewFlagSet("petrel", flag.ContinueOnError)
 	global.SetOutput(e.stderr)
 	home := global.String("home", "", "client state directory (env PETREL_HOME, default ~/.petrel)")
+	showVersion := global.Bool("version", false, "print the version and exit")
 	global.Usage = func() { usage(e.stderr) }
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -88,6 +90,9 @@ func run(ctx context.Context, args []string, e *env) int {
 		return 2
 	}
 	rest := global.Args()
+	if *showVersion {
+		return runVersion(ctx, e, nil)
+	}
 	if len(rest) == 0 {
 		usage(e.stderr)
 		return 2
@@ -95,6 +100,9 @@ func run(ctx context.Context, args []string, e *env) int {
 	e.home = resolveHome(*home, e.getenv)
 	name := rest[0]
 	if name == "help" || name == "-h" || name == "--help" {
+		if name == "help" && len(rest) > 1 {
+			return helpCommand(ctx, e, rest[1:])
+		}
 		usage(e.stdout)
 		return 0
 	}
@@ -123,7 +131,7 @@ func resolveHome(flagValue string, getenv func(string) string) string {
 
 func usage(w io.Writer) {
 	var b strings.Builder
-	b.WriteString("usage: petrel [--home DIR] COMMAND [flags]\n\ncommands:\n")
+	b.WriteString("usage: petrel [--home DIR] COMMAND [flags] | petrel help COMMAND | petrel --version\n\ncommands:\n")
 	for _, c := range commands() {
 		if c.summary == "" {
 			continue // hidden
