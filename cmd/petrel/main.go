@@ -54,6 +54,9 @@ func commands() []command {
 		{"devices", "devices [--json] | devices approve CODE [--name NAME] | devices remove ID", "list, approve and remove this account's devices", runDevices},
 		{"settings", settingsUsage, "read receipts and who sees your last seen", runSettings},
 		{"disappear", disappearUsage, "set a chat's disappearing-message timer", runDisappear},
+		{"recover", recoverUsage, "re-claim an account on a new device with its recovery key", runRecover},
+		{"recovery-key", recoveryKeyUsage, "show this account's recovery key", runRecoveryKey},
+		{"backup", backupUsage, "export or import this home's state, encrypted with a passphrase", runBackup},
 		{"bench", benchUsage, "load generator: idle, relay, offline, churn scenarios", runBench},
 		{"bench-worker", "", "", runBenchWorker}, // hidden: a worker process of petrel bench
 		{"version", "version", "print the version", runVersion},
