@@ -234,7 +234,9 @@ type HandshakeStatusError struct {
 	Err  error
 }
 
-func (e *HandshakeStatusError) Error() string { return fmt.Sprintf("HTTP status %d: %v", e.Code, e.Err) }
+func (e *HandshakeStatusError) Error() string {
+	return fmt.Sprintf("HTTP status %d: %v", e.Code, e.Err)
+}
 
 // Unwrap returns the WebSocket library's error.
 func (e *HandshakeStatusError) Unwrap() error { return e.Err }
