@@ -89,7 +89,11 @@ func describeUserErr(err error) string {
 	}
 	var de *client.DialError
 	if errors.As(err, &de) {
-		return describeDialErr(de)
+		d := describeDialErr(de)
+		if strings.Contains(err.Error(), "it stays in the outbox") {
+			d += "; the message stays in the outbox: the next send, recv or chat delivers it"
+		}
+		return d
 	}
 	return ""
 }
