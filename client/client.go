@@ -166,6 +166,9 @@ type Account struct {
 	// Primary is set on the account's primary device (the one that registered it); a device
 	// linked to the account (Link) is a companion.
 	Primary bool
+	// RecoveryKey is the account's recovery key, set only in what Register and Recover return
+	// (show it to the user once; RecoveryKey reads it from the store later).
+	RecoveryKey string
 }
 
 // Client is one registered device. It is safe for concurrent use.

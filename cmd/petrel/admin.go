@@ -88,6 +88,12 @@ func runAdminInvite(ctx context.Context, e *env, args []string) int {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if resp.StatusCode != http.StatusOK {
+		if resp.StatusCode == http.StatusNotFound && isPublicListener(ctx, base) { // errors_cli.go
+			fmt.Fprintf(e.stderr, "petrel admin invite: %s%s is the server's public address, not its admin listener: "+
+				"give --admin the admin address ('petrel serve' logs it as \"admin listener\", default http://127.0.0.1:7071, "+
+				"and writes it to DATA/%s)\n", base, from, admin.AddrFile)
+			return 1
+		}
 		fmt.Fprintf(e.stderr, "petrel admin invite: %s%s: %s: %s\n", base, from, resp.Status, strings.TrimSpace(string(body)))
 		return 1
 	}

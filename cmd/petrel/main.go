@@ -58,6 +58,9 @@ func commands() []command {
 		{"devices", "devices [--json] | devices approve CODE [--name NAME] | devices remove ID", "list, approve and remove this account's devices", runDevices},
 		{"settings", settingsUsage, "read receipts and who sees your last seen", runSettings},
 		{"disappear", disappearUsage, "set a chat's disappearing-message timer", runDisappear},
+		{"recover", recoverUsage, "re-claim an account on a new device with its recovery key", runRecover},
+		{"recovery-key", recoveryKeyUsage, "show this account's recovery key", runRecoveryKey},
+		{"backup", backupUsage, "export or import this home's state, encrypted with a passphrase", runBackup},
 		{"bench", benchUsage, "load generator: idle, relay, offline, churn scenarios", runBench},
 		{"probe", probeUsage, "black-box prober: probe accounts send and receive through each node", runProbe},
 		{"bench-worker", "", "", runBenchWorker}, // hidden: a worker process of petrel bench
@@ -65,11 +68,12 @@ func commands() []command {
 	}
 }
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is set at build time with -ldflags "-X main.version=..."; when it is not, buildVersion
+// reads it from the binary's build information (versionString).
+var version = ""
 
 func runVersion(_ context.Context, e *env, _ []string) int {
-	fmt.Fprintf(e.stdout, "petrel %s\n", version)
+	fmt.Fprintf(e.stdout, "petrel %s\n", versionString())
 	return 0
 }
 
@@ -85,6 +89,7 @@ func run(ctx context.Context, args []string, e *env) int {
 	global := flag.NewFlagSet("petrel", flag.ContinueOnError)
 	global.SetOutput(e.stderr)
 	home := global.String("home", "", "client state directory (env PETREL_HOME, default ~/.petrel)")
+	showVersion := global.Bool("version", false, "print the version and exit")
 	global.Usage = func() { usage(e.stderr) }
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -93,6 +98,9 @@ func run(ctx context.Context, args []string, e *env) int {
 		return 2
 	}
 	rest := global.Args()
+	if *showVersion {
+		return runVersion(ctx, e, nil)
+	}
 	if len(rest) == 0 {
 		if isTerminal(e.stdin) && isTerminal(e.stdout) {
 			e.home = resolveHome(*home, e.getenv)
@@ -104,6 +112,9 @@ func run(ctx context.Context, args []string, e *env) int {
 	e.home = resolveHome(*home, e.getenv)
 	name := rest[0]
 	if name == "help" || name == "-h" || name == "--help" {
+		if name == "help" && len(rest) > 1 {
+			return helpCommand(ctx, e, rest[1:])
+		}
 		usage(e.stdout)
 		return 0
 	}
@@ -132,7 +143,7 @@ func resolveHome(flagValue string, getenv func(string) string) string {
 
 func usage(w io.Writer) {
 	var b strings.Builder
-	b.WriteString("usage: petrel [--home DIR] COMMAND [flags]\n\ncommands:\n")
+	b.WriteString("usage: petrel [--home DIR] COMMAND [flags] | petrel help COMMAND | petrel --version\n\ncommands:\n")
 	for _, c := range commands() {
 		if c.summary == "" {
 			continue // hidden
