@@ -245,3 +245,25 @@ func TestOnlyServerPins(t *testing.T) {
 		t.Fatal("OnlyServer ftp://x accepted")
 	}
 }
+
+// TestAutoReportCountedByARealServer: the report of a client that cannot reach its server is
+// taken by a real node's reports endpoint (Config.ReportURL) and shows on its status page.
+func TestAutoReportCountedByARealServer(t *testing.T) {
+	home := registeredHome(t, "dave")
+	srv := testserver.Start(t)
+	c, _ := failingClient(t, home, client.Config{OnlyServer: deadURL(t), ReportURL: srv.URL(), AutoReportAfter: time.Millisecond}, nil)
+	waitUntil(t, "the report taken", func() bool { return c.ReportsSentForTest() == 1 })
+	counted := func() bool { // the page is re-rendered once a second
+		r, err := http.Get(srv.URL() + status.JSONPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		var v status.View
+		if err := json.NewDecoder(r.Body).Decode(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v.Reports.ByCategory[status.CategoryCantConnect] == 1
+	}
+	waitUntil(t, "the report on the status page", counted)
+}
