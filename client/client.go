@@ -72,6 +72,22 @@ type Config struct {
 	// per recipient account (a recipient's messages leave in order, one after the other; see
 	// "The send window" in outbox.go). Default: 32 (DefaultSendWindow); at most 64.
 	SendWindow int
+	// OnlyServer, when set, is the one server URL the client connects to: not those stored at
+	// registration, not Servers, and none learned from the servers (a prober pins each probe to
+	// the node it measures). Default: empty (every known URL, with failover).
+	OnlyServer string
+	// NoAutoReport turns off automatic problem reports. By default, after AutoReportAfter without
+	// a connection (and at least 3 failed attempts), the client POSTs an anonymous report
+	// (category cant-connect; no account, no content, only a random id kept in memory) to the
+	// reports endpoint (/v1/reports) of the server it was trying, retried with jittered backoff;
+	// at most one report an hour and 3 per Run. Default: false (reports on).
+	NoAutoReport bool
+	// AutoReportAfter is how long connecting must have failed before a report is sent.
+	// Default: 2m.
+	AutoReportAfter time.Duration
+	// ReportURL is the base URL reports go to (its /v1/reports). Default: the URL of the server
+	// the client was trying.
+	ReportURL string
 	// FailFast makes Run return a connection error when no connection has succeeded yet and every
 	// server URL has failed once (for one-shot command-line use). Default: false (retry until ctx
 	// ends).
@@ -129,6 +145,9 @@ func (c *Config) setDefaults() {
 	if c.Rand == nil {
 		c.Rand = rand.Reader
 	}
+	if c.AutoReportAfter <= 0 {
+		c.AutoReportAfter = defaultAutoReportAfter
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -147,6 +166,9 @@ type Account struct {
 	// Primary is set on the account's primary device (the one that registered it); a device
 	// linked to the account (Link) is a companion.
 	Primary bool
+	// RecoveryKey is the account's recovery key, set only in what Register and Recover return
+	// (show it to the user once; RecoveryKey reads it from the store later).
+	RecoveryKey string
 }
 
 // Client is one registered device. It is safe for concurrent use.
@@ -179,6 +201,9 @@ type Client struct {
 
 	// ext is the state of presence, typing and the disappearing-message sweeper (presence.go).
 	ext extState
+
+	// rep sends automatic problem reports (report.go); nil with Config.NoAutoReport.
+	rep *reporter
 
 	// groupAwaiting is maxGroupAwaiting (tests lower it: export_test.go).
 	groupAwaiting int
@@ -227,6 +252,12 @@ func Open(cfg Config) (*Client, error) {
 		return nil, errors.New("client: Config.Store is required")
 	}
 	cfg.setDefaults()
+	if cfg.OnlyServer != "" && !validServerURL(normURL(cfg.OnlyServer)) {
+		return nil, fmt.Errorf("client: OnlyServer %q: want http://HOST:PORT or https://HOST[:PORT]", cfg.OnlyServer)
+	}
+	if cfg.ReportURL != "" && !validServerURL(normURL(cfg.ReportURL)) {
+		return nil, fmt.Errorf("client: ReportURL %q: want http://HOST:PORT or https://HOST[:PORT]", cfg.ReportURL)
+	}
 	var acct *store.Account
 	err := cfg.Store.View(func(tx *store.Tx) error {
 		var err error
@@ -266,6 +297,13 @@ func Open(cfg Config) (*Client, error) {
 		maxFrame:  int(acct.MaxFrameBytes),
 
 		groupAwaiting: maxGroupAwaiting,
+	}
+	if cfg.OnlyServer != "" {
+		c.servers = newServerList([]string{cfg.OnlyServer}, nil)
+		c.servers.pinned = true
+	}
+	if !cfg.NoAutoReport {
+		c.rep = newReporter(newClientID(cfg.Rand), &c.cfg, c.log.Info)
 	}
 	c.closeCtx, c.closeFn = context.WithCancel(context.Background())
 	if c.maxFrame == 0 {
@@ -329,6 +367,15 @@ func (c *Client) Run(ctx context.Context) (err error) {
 	defer cancel()
 	stop := context.AfterFunc(c.closeCtx, cancel)
 	defer stop()
+	if c.rep != nil {
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.rep.run(ctx)
+		}()
+		defer func() { cancel(); wg.Wait() }()
+	}
 	stopSweeper := c.startSweeper(ctx) // disappearing messages (disappearing.go)
 	defer stopSweeper()
 
@@ -345,6 +392,13 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		// Whatever ended this connection (a dead node, a drain's GoAway, an unreachable one), the
 		// next attempt goes to another node, if there is one.
 		c.servers.failed(url, time.Now())
+		if c.rep != nil {
+			if connected {
+				c.rep.connected()
+			} else {
+				c.rep.failed(url, c.cfg.Now())
+			}
+		}
 		if connected {
 			// The next connection to another server tells it this is a failover, and since when.
 			reason := "lost"

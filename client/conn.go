@@ -55,7 +55,7 @@ func dialServer(ctx context.Context, server string) (*websocket.Conn, error) {
 	}
 	ws, err := dialWebSocket(ctx, u)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", server, err)
+		return nil, &DialError{URL: server, Err: err}
 	}
 	if ws.Subprotocol() != petrelv1.Subprotocol {
 		ws.CloseNow()

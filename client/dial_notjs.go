@@ -22,5 +22,8 @@ func dialWebSocket(ctx context.Context, u string) (*websocket.Conn, error) {
 	if resp != nil && resp.Body != nil {
 		resp.Body.Close()
 	}
+	if err != nil && resp != nil && resp.StatusCode != 101 {
+		err = &HandshakeStatusError{Code: resp.StatusCode, Err: err}
+	}
 	return ws, err
 }

@@ -196,5 +196,47 @@ func isFatal(err error) bool {
 }
 
 func frameTooLarge(n, limit int) error {
-	return fmt.Errorf("%w: %d bytes, the server's limit is %d", ErrFrameTooLarge, n, limit)
+	return &FrameTooLargeError{Size: n, Limit: limit}
 }
+
+// FrameTooLargeError reports a message whose frame would exceed the server's frame limit
+// (Welcome.max_frame_bytes); it matches ErrFrameTooLarge. Nothing was sent.
+type FrameTooLargeError struct {
+	Size  int // the frame's size in bytes (the message, encrypted for every device)
+	Limit int // the server's limit in bytes
+}
+
+func (e *FrameTooLargeError) Error() string {
+	return fmt.Sprintf("%v: %d bytes, the server's limit is %d", ErrFrameTooLarge, e.Size, e.Limit)
+}
+
+// Is makes a FrameTooLargeError match ErrFrameTooLarge.
+func (e *FrameTooLargeError) Is(target error) bool { return target == ErrFrameTooLarge }
+
+// DialError reports that the connection to a server could not be opened (the server is down or
+// unreachable, the URL names something else): Err is the cause (a *net.OpError, a
+// *HandshakeStatusError, ...).
+type DialError struct {
+	URL string // the server's base URL
+	Err error
+}
+
+func (e *DialError) Error() string { return fmt.Sprintf("connect to %s: %v", e.URL, e.Err) }
+
+// Unwrap returns the cause.
+func (e *DialError) Unwrap() error { return e.Err }
+
+// HandshakeStatusError reports an HTTP answer other than the WebSocket upgrade: the URL is not a
+// Petrel server's public listener (404 from its admin listener or another web server), or a
+// proxy in between refused the upgrade.
+type HandshakeStatusError struct {
+	Code int // the HTTP status code
+	Err  error
+}
+
+func (e *HandshakeStatusError) Error() string {
+	return fmt.Sprintf("HTTP status %d: %v", e.Code, e.Err)
+}
+
+// Unwrap returns the WebSocket library's error.
+func (e *HandshakeStatusError) Unwrap() error { return e.Err }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/petrelchat/petrel/client/store"
+	"github.com/petrelchat/petrel/e2ee"
 	petrelv1 "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -82,12 +83,18 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 	if err != nil {
 		return Account{}, err
 	}
+	// The recovery key, like the keys, is stored before the server hears of its verifier.
+	rk, err := e2ee.NewRecoveryKey(opts.Rand)
+	if err != nil {
+		return Account{}, err
+	}
 	err = st.Update(func(tx *store.Tx) error {
 		a, err := tx.Account()
 		if err != nil {
 			return err
 		}
 		a.ServerURL, a.Servers, a.Name = urls[0], urls[1:], opts.Name
+		a.RecoveryKey = rk.Text()
 		return tx.PutAccount(a)
 	})
 	if err != nil {
@@ -107,6 +114,8 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 		AuthKey:   keys.AuthKey,
 		Signature: keys.SignChallenge(ch.GetNonce()),
 		Keys:      keys.Upload,
+
+		RecoveryVerifier: rk.Verifier(),
 	}
 	if err := cn.write(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Register{Register: reg}}); err != nil {
 		return Account{}, err
@@ -139,7 +148,7 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 		return Account{}, fmt.Errorf("the account was created but storing it failed: %w", err)
 	}
 	return Account{Name: opts.Name, DeviceID: keys.DeviceID, ServerURL: urls[0], Servers: urls,
-		Fingerprint: keys.Fingerprint}, nil
+		Fingerprint: keys.Fingerprint, Primary: true, RecoveryKey: rk.Text()}, nil
 }
 
 // challengeAny connects to the first of urls that answers with a Challenge, trying them in turn:

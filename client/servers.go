@@ -40,6 +40,8 @@ type server struct {
 type serverList struct {
 	// rnd returns a uniform value in [0, n); nil means math/rand/v2.
 	rnd func(n int64) int64
+	// pinned (Config.OnlyServer): the list is the one configured URL and learns none.
+	pinned bool
 
 	mu   sync.Mutex // guards the following fields
 	list []*server
@@ -166,6 +168,9 @@ func (s *serverList) failed(u string, now time.Time) {
 // whether the list changed. No downgrade: when every configured URL is https, learned http URLs
 // are ignored.
 func (s *serverList) learn(urls []string) bool {
+	if s.pinned {
+		return false
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	tlsOnly := false

@@ -256,6 +256,10 @@ type Account struct {
 	// verified, nil before the first; DeviceListVersion its version, the highest seen.
 	DeviceList        []byte `json:"device_list,omitempty"`
 	DeviceListVersion uint64 `json:"device_list_version,omitempty"`
+	// RecoveryKey is the account's recovery key as its user writes it down (e2ee.RecoveryKey
+	// Text), kept on the primary device that registered or recovered the account; empty on a
+	// companion and on accounts registered without one. It is as secret as the keys above.
+	RecoveryKey string `json:"recovery_key,omitempty"`
 }
 
 // Account returns the account, or ErrNotFound.

@@ -17,11 +17,11 @@ import (
 	"github.com/petrelchat/petrel/internal/server"
 )
 
-const adminUsage = "admin invite [--data DIR] [--token-file FILE] [--admin URL]"
+const adminUsage = "admin invite [--data DIR] [--token-file FILE] [--admin URL] | admin incident open|update|resolve|list ..."
 
 func runAdmin(ctx context.Context, e *env, args []string) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprintln(e.stderr, "usage: petrel "+adminUsage+"\n\n  invite   print a one-time invite code (for registration = \"invite\")")
+		fmt.Fprintln(e.stderr, "usage: petrel "+adminUsage+"\n\n  invite   print a one-time invite code (for registration = \"invite\")\n  incident post or list incident notes for the status page")
 		if len(args) == 0 {
 			return 2
 		}
@@ -30,8 +30,10 @@ func runAdmin(ctx context.Context, e *env, args []string) int {
 	switch args[0] {
 	case "invite":
 		return runAdminInvite(ctx, e, args[1:])
+	case "incident":
+		return runAdminIncident(ctx, e, args[1:])
 	default:
-		fmt.Fprintf(e.stderr, "petrel admin: unknown subcommand %q (want: invite)\n", args[0])
+		fmt.Fprintf(e.stderr, "petrel admin: unknown subcommand %q (want: invite, incident)\n", args[0])
 		return 2
 	}
 }
@@ -86,6 +88,12 @@ func runAdminInvite(ctx context.Context, e *env, args []string) int {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if resp.StatusCode != http.StatusOK {
+		if resp.StatusCode == http.StatusNotFound && isPublicListener(ctx, base) { // errors_cli.go
+			fmt.Fprintf(e.stderr, "petrel admin invite: %s%s is the server's public address, not its admin listener: "+
+				"give --admin the admin address ('petrel serve' logs it as \"admin listener\", default http://127.0.0.1:7071, "+
+				"and writes it to DATA/%s)\n", base, from, admin.AddrFile)
+			return 1
+		}
 		fmt.Fprintf(e.stderr, "petrel admin invite: %s%s: %s: %s\n", base, from, resp.Status, strings.TrimSpace(string(body)))
 		return 1
 	}

@@ -44,16 +44,18 @@ type chatExtras struct {
 	// isGroup: a group chat (peer is then the group as the user named it).
 	isGroup bool
 
-	mu        sync.Mutex // guards the fields below
-	group     string     // the group id of a group chat (set once it is known)
-	sent      map[string]string
+	mu    sync.Mutex // guards the fields below
+	group string     // the group id of a group chat (set once it is known)
+	sent  map[string]string
 	// sending: a send is waiting for the server's ack. A receipt can overtake that ack (a
 	// member's device answers before the ack reaches this goroutine): marks for unknown
 	// messages wait in early until the send is done, so that "you: …" comes first.
-	sending bool
-	early   []earlyMark
+	sending   bool
+	early     []earlyMark
 	typing    map[string]int // who is typing → the generation of their last "typing"
 	typingGen int            // invalidates the timer of an earlier "typing"
+	// others counts, per other conversation, the messages left unseen (chat_filter.go).
+	others map[string]int
 }
 
 func newChatExtras(ctx context.Context, c *client.Client, peer string, isGroup bool, show func(string), ct *chatTerminal) *chatExtras {

@@ -50,6 +50,9 @@ func usageErr(e *env, cmd, format string, args ...any) int {
 func describe(err error) string { return sanitize(describeErr(err)) }
 
 func describeErr(err error) string {
+	if d := describeUserErr(err); d != "" { // errors_cli.go
+		return d
+	}
 	if d := describeDeviceErr(err); d != "" {
 		return d
 	}
@@ -71,7 +74,8 @@ func describeErr(err error) string {
 	case errors.Is(err, client.ErrConnectedElsewhere):
 		return "this device connected from another petrel process, which took over: " + err.Error()
 	case errors.Is(err, client.ErrAuthFailed):
-		return "the server does not accept this device any more: " + err.Error()
+		return "the server does not accept this device any more (it was removed from its account, or the account was recovered on another device): " +
+			err.Error() + "; use 'petrel link' on a fresh --home to add this computer again"
 	case errors.As(err, &netErr):
 		return "server unreachable: " + err.Error()
 	}
@@ -214,21 +218,23 @@ func runRegister(ctx context.Context, e *env, args []string) int {
 	if *server == "" || *name == "" {
 		return usageErr(e, cmd, "--server and --name are required")
 	}
+	urls, code := checkServerURLs(e, cmd, *server) // errors_cli.go
+	if code != 0 {
+		return code
+	}
+	n, _ := normalizeName(e, cmd, *name)
 	st, err := openStore(e, true)
 	if err != nil {
 		return fail(e, cmd, err)
 	}
 	defer st.Close()
-	urls := splitList(*server)
-	if len(urls) == 0 {
-		return usageErr(e, cmd, "--server needs at least one URL")
-	}
-	opts := client.RegisterOptions{ServerURL: urls[0], ServerURLs: urls[1:], Name: *name, Invite: *invite}
+	opts := client.RegisterOptions{ServerURL: urls[0], ServerURLs: urls[1:], Name: n, Invite: *invite}
 	acct, err := client.Register(ctx, st, opts)
 	if err != nil {
 		return fail(e, cmd, err)
 	}
 	fmt.Fprintf(e.stdout, "registered %s on %s\ndevice id:   %s\nfingerprint: %s\n", acct.Name, sanitize(strings.Join(acct.Servers, ", ")), acct.DeviceID, acct.Fingerprint)
+	printRecoveryKey(e, acct.RecoveryKey) // recovery_cmds.go
 	return 0
 }
 
@@ -246,6 +252,9 @@ func runSend(ctx context.Context, e *env, args []string) int {
 	}
 	if (*to == "") == (*group == "") {
 		return usageErr(e, cmd, "give exactly one of --to and --group")
+	}
+	if *to != "" {
+		*to, _ = normalizeName(e, cmd, *to)
 	}
 	if fs.NArg() == 0 {
 		return usageErr(e, cmd, "nothing to send: give TEXT or - for standard input")
@@ -283,6 +292,7 @@ func runSend(ctx context.Context, e *env, args []string) int {
 			return fmt.Errorf("unknown user %q", *to)
 		}
 		if err != nil {
+			queuedHint(e, cmd, s.st, id, err) // history_cmds.go
 			return err
 		}
 		fmt.Fprintln(e.stdout, id)
@@ -558,6 +568,8 @@ func runChat(ctx context.Context, e *env, args []string) int {
 	peer := fs.Arg(0)
 	if *group != "" {
 		peer = *group
+	} else {
+		peer, _ = normalizeName(e, cmd, peer)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -593,7 +605,8 @@ func runChat(ctx context.Context, e *env, args []string) int {
 		prompt()
 	}
 	var s *clientSession
-	var x *chatExtras // marks, typing, presence (chat_extras.go)
+	var x *chatExtras      // marks, typing, presence (chat_extras.go)
+	var outageState outage // one line per outage, not per retry
 	ready := make(chan struct{})
 	handle := func(ev client.Event) {
 		<-ready
@@ -602,6 +615,10 @@ func runChat(ctx context.Context, e *env, args []string) int {
 		}
 		switch ev := ev.(type) {
 		case *client.Message:
+			if !x.isOurs(ev) {
+				show(x.elsewhere(ev)) // left unseen, counted (chat_filter.go)
+				return
+			}
 			// Claimed before it is shown, as in printer.print: never shown twice.
 			if claimed, err := s.c.ClaimSeen(ev.Seq); err != nil {
 				show(fmt.Sprintf("petrel %s: %s", cmd, describe(err)))
@@ -613,17 +630,40 @@ func runChat(ctx context.Context, e *env, args []string) int {
 			outMu.Lock()
 			warnEvent(e, cmd, ev)
 			outMu.Unlock()
-		case *client.Disconnected:
-			show(fmt.Sprintf("[disconnected: %s; reconnecting in %v]", describe(ev.Err), ev.RetryIn.Round(time.Millisecond)))
+		case *client.Disconnected, *client.Connected:
+			if line := outageState.line(ev); line != "" { // errors_cli.go
+				show(line)
+			}
 		}
 	}
 	showUnseen := func(c *client.Client) error {
+		// Only this conversation's; the others stay unseen and are counted once each.
+		pick := &chatExtras{c: c, peer: peer, isGroup: *group != ""}
+		var order []string
+		counts := map[string]int{}
+		notes := map[string][2]string{}
+		defer func() {
+			for _, k := range order {
+				show(otherNotice(counts[k], notes[k][0], notes[k][1]))
+			}
+		}()
 		for {
-			unseen, err := c.Unseen(256)
+			unseen, err := c.Unseen(unseenScan)
 			if err != nil || len(unseen) == 0 {
 				return err
 			}
+			claimedAny := false
 			for _, m := range unseen {
+				if !pick.isOurs(m) {
+					key, what, open := otherConv(c, m)
+					if counts[key] == 0 {
+						order = append(order, key)
+						notes[key] = [2]string{what, open}
+					}
+					counts[key]++
+					continue
+				}
+				claimedAny = true
 				if claimed, err := c.ClaimSeen(m.Seq); err != nil {
 					return err
 				} else if claimed {
@@ -633,6 +673,11 @@ func runChat(ctx context.Context, e *env, args []string) int {
 					}
 				}
 			}
+			if !claimedAny || len(unseen) < unseenScan {
+				return nil
+			}
+			clear(counts) // counted again on the next pass
+			order = order[:0]
 		}
 	}
 	s, err := startClient(ctx, e, showUnseen, handle)

@@ -42,30 +42,39 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", serveUsage, "run a Petrel server", runServe},
-		{"admin", adminUsage, "operator tools (invite codes)", runAdmin},
+		{"admin", adminUsage, "operator tools (invite codes, incidents)", runAdmin},
+		{"report", reportUsage, "report a problem with a server (anonymous)", runReport},
 		{"register", "register --server URL --name NAME [--invite CODE]", "create an account with this device", runRegister},
 		{"send", "send --to NAME TEXT... | send --group GROUP TEXT... (or - for stdin)", "send a message (or each line of stdin)", runSend},
 		{"recv", "recv [--wait DURATION] [--json]", "receive pending messages", runRecv},
 		{"chat", "chat NAME | chat --group GROUP", "interactive terminal chat", runChat},
 		{"group", groupUsage, "create and manage groups", runGroup},
+		{"tui", tuiUsage, "full-screen client: conversations, history, marks (also: petrel on a terminal)", runTUI},
+		{"history", "history NAME [--limit N] [--json] | history --group GROUP [--limit N] [--json]", "print a conversation's stored history", runHistory},
+		{"outbox", "outbox [--json]", "list messages not yet fully sent, and why", runOutbox},
 		{"whoami", "whoami", "show this device's account, device id and server", runWhoami},
 		{"safety-number", "safety-number NAME", "show the safety number to compare with NAME out of band", runSafetyNumber},
 		{"link", "link --server URL [--no-history]", "make this home a new device of an existing account", runLink},
 		{"devices", "devices [--json] | devices approve CODE [--name NAME] | devices remove ID", "list, approve and remove this account's devices", runDevices},
 		{"settings", settingsUsage, "read receipts and who sees your last seen", runSettings},
 		{"disappear", disappearUsage, "set a chat's disappearing-message timer", runDisappear},
+		{"recover", recoverUsage, "re-claim an account on a new device with its recovery key", runRecover},
+		{"recovery-key", recoveryKeyUsage, "show this account's recovery key", runRecoveryKey},
+		{"backup", backupUsage, "export or import this home's state, encrypted with a passphrase", runBackup},
 		{"bench", benchUsage, "load generator: idle, relay, offline, churn scenarios", runBench},
+		{"probe", probeUsage, "black-box prober: probe accounts send and receive through each node", runProbe},
 		{"bench-worker", "", "", runBenchWorker}, // hidden: a worker process of petrel bench
 		{"healthcheck", healthcheckUsage, "ask a server's /healthz once (exit 0 healthy, 1 not): a container HEALTHCHECK", runHealthcheck},
 		{"version", "version", "print the version", runVersion},
 	}
 }
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is set at build time with -ldflags "-X main.version=..."; when it is not, buildVersion
+// reads it from the binary's build information (versionString).
+var version = ""
 
 func runVersion(_ context.Context, e *env, _ []string) int {
-	fmt.Fprintf(e.stdout, "petrel %s\n", version)
+	fmt.Fprintf(e.stdout, "petrel %s\n", versionString())
 	return 0
 }
 
@@ -81,6 +90,7 @@ func run(ctx context.Context, args []string, e *env) int {
 	global := flag.NewFlagSet("petrel", flag.ContinueOnError)
 	global.SetOutput(e.stderr)
 	home := global.String("home", "", "client state directory (env PETREL_HOME, default ~/.petrel)")
+	showVersion := global.Bool("version", false, "print the version and exit")
 	global.Usage = func() { usage(e.stderr) }
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -89,13 +99,23 @@ func run(ctx context.Context, args []string, e *env) int {
 		return 2
 	}
 	rest := global.Args()
+	if *showVersion {
+		return runVersion(ctx, e, nil)
+	}
 	if len(rest) == 0 {
+		if isTerminal(e.stdin) && isTerminal(e.stdout) {
+			e.home = resolveHome(*home, e.getenv)
+			return runTUI(ctx, e, nil) // tui.go
+		}
 		usage(e.stderr)
 		return 2
 	}
 	e.home = resolveHome(*home, e.getenv)
 	name := rest[0]
 	if name == "help" || name == "-h" || name == "--help" {
+		if name == "help" && len(rest) > 1 {
+			return helpCommand(ctx, e, rest[1:])
+		}
 		usage(e.stdout)
 		return 0
 	}
@@ -124,7 +144,7 @@ func resolveHome(flagValue string, getenv func(string) string) string {
 
 func usage(w io.Writer) {
 	var b strings.Builder
-	b.WriteString("usage: petrel [--home DIR] COMMAND [flags]\n\ncommands:\n")
+	b.WriteString("usage: petrel [--home DIR] COMMAND [flags] | petrel help COMMAND | petrel --version\n\ncommands:\n")
 	for _, c := range commands() {
 		if c.summary == "" {
 			continue // hidden

@@ -161,6 +161,7 @@ func serveConfig(e *env, args []string) (cfg server.Config, code int, ok bool) {
 	if set["acme-http-listen"] {
 		cfg.ACMEHTTPListen = *acmeHTTPListen
 	}
+	cfg.Version = version
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(e.stderr, "petrel serve: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))

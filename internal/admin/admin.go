@@ -3,8 +3,8 @@
 
 // Package admin is the operator listener of a Petrel node: Prometheus metrics (/metrics), the Go
 // runtime profiles (/debug/pprof/), invite codes (POST /v1/admin/invites) and bulk registration
-// (POST /v1/admin/register-bulk), on the standard library's net/http and apart from the public
-// listener, which serves only clients, /healthz and /readyz.
+// (POST /v1/admin/register-bulk) and the endpoints other services add (Config.Operator: the status
+// page's incidents), on the standard library's net/http and apart from the public listener.
 //
 // Every endpoint needs the operator token (the content of <data>/admin.token) as
 // "Authorization: Bearer TOKEN", compared in constant time, except /metrics when Config.OpenMetrics
@@ -122,6 +122,9 @@ type Config struct {
 	MaxHeaderBytes int
 	// Logger receives the listener's log lines. Default: slog.Default().
 	Logger *slog.Logger
+	// Operator adds endpoints of other services (pattern, e.g. "POST /v1/admin/incidents" →
+	// handler), each behind the operator token and the MaxBodyBytes limit. Default: none.
+	Operator map[string]http.Handler
 }
 
 func (c *Config) setDefaults() {
@@ -234,6 +237,9 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET "+PprofPath+"trace", small(httppprof.Trace))
 	mux.Handle("POST "+InvitesPath, small(s.createInvite))
 	mux.Handle("POST "+RegisterBulkPath, s.operator(s.limitBody(s.cfg.BulkMaxBytes, http.HandlerFunc(s.registerBulk))))
+	for pattern, h := range s.cfg.Operator {
+		mux.Handle(pattern, s.operator(s.limitBody(s.cfg.MaxBodyBytes, h)))
+	}
 	return s.track(mux)
 }
 

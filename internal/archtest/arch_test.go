@@ -64,7 +64,7 @@ func TestPublicPackagesDoNotImportInternal(t *testing.T) {
 // Services never import the composition root or the gateway (dependencies point one way).
 func TestServicesDoNotImportServerOrGateway(t *testing.T) {
 	for _, p := range listPackages(t) {
-		for _, svc := range []string{"directory", "mailbox", "messaging", "groups", "bus", "admin"} {
+		for _, svc := range []string{"directory", "mailbox", "messaging", "groups", "bus", "admin", "status"} {
 			if p.ImportPath != "github.com/petrelchat/petrel/internal/"+svc {
 				continue
 			}

@@ -593,6 +593,7 @@ func (cr *chaosRun) startDevice(ctx context.Context, d *chaosDevice) error {
 	}
 	c, err := client.Open(client.Config{
 		Store: d.st, Events: d.events, PreKeyBatch: e2eeOneTime, Servers: cr.cfg.Servers,
+		NoAutoReport: true, // a load generator files no problem reports of its own
 		// The SDK's end-to-end repair (ask the server about old unreceipted messages, resend
 		// those it lost) would hide a server's loss: it waits beyond the run.
 		ResendInterval: 24*time.Hour + 4*cr.cfg.Duration,

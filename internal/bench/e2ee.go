@@ -41,7 +41,8 @@ func openE2EEDevice(dir, server string, a *account, k *deviceKeys) (*e2eeDevice,
 		return nil, err
 	}
 	events := make(chan client.Event, 256)
-	c, err := client.Open(client.Config{Store: st, Events: events, PreKeyBatch: e2eeOneTime})
+	// A load generator files no problem reports of its own.
+	c, err := client.Open(client.Config{Store: st, Events: events, PreKeyBatch: e2eeOneTime, NoAutoReport: true})
 	if err != nil {
 		st.Close()
 		return nil, err

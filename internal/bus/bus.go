@@ -159,6 +159,9 @@ type Bus struct {
 	inboxes  []jetstream.Stream
 	meta     jetstream.KeyValue // deployment facts
 
+	// Incidents holds the status page's incident notes (package status).
+	Incidents jetstream.KeyValue
+
 	// A single-node store being imported into the cluster (grow.go); nil otherwise.
 	single   *server.Server
 	singleNC *nats.Conn

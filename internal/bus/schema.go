@@ -52,6 +52,13 @@ func (b *Bus) InboxSubject(deviceID string) string {
 // NodesSubject is the core subject on which nodes announce their public URLs (package nodes).
 const NodesSubject = "petrel.nodes"
 
+// StatusSubject is the core subject on which nodes share their own status views (package status).
+const StatusSubject = "petrel.status"
+
+// IncidentsBucket holds operators' incident notes for the status page (package status): a storage
+// format like the names above.
+const IncidentsBucket = "incidents"
+
 // DeviceSubject carries live deliveries, wake-ups and takeovers for a connected device.
 func DeviceSubject(deviceID string) string { return "dev." + deviceID }
 
@@ -204,6 +211,9 @@ func (b *Bus) migrate(ctx context.Context) error {
 		return err
 	}
 	if b.Settings, err = kv(jetstream.KeyValueConfig{Bucket: SettingsBucket, Description: "account name → presence and privacy settings (petrelv1.Settings)", History: 1}, kvOptions{}); err != nil {
+		return err
+	}
+	if b.Incidents, err = kv(jetstream.KeyValueConfig{Bucket: IncidentsBucket, Description: "incident id → incident notes for the status page (JSON)", History: 1}, kvOptions{}); err != nil {
 		return err
 	}
 	b.PreKeys, err = b.ensureStream(ctx, jetstream.StreamConfig{

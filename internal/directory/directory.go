@@ -246,6 +246,9 @@ type Account struct {
 	// Details holds each device's name and times, by device id; a device may have none (a
 	// device of an older record, not seen since).
 	Details map[string]DeviceDetails `json:"device_details,omitempty"`
+	// RecoveryVerifier is the Ed25519 public key derived from the account's recovery key
+	// (e2ee.RecoveryKey.Verifier), nil when the account has none: Recover checks against it.
+	RecoveryVerifier []byte `json:"recovery_verifier,omitempty"`
 }
 
 // StoredList is an account's signed device list as stored: the parts of a
@@ -372,6 +375,7 @@ type Registration struct {
 	invite    string
 	inviteRev uint64 // the invite's revision when checked: only that one is spent
 	inviteRec []byte // the invite's record, stored again if the registration fails
+	verifier  []byte // the account's recovery verifier (nil: none)
 }
 
 // Name is the account name being registered.
@@ -433,7 +437,11 @@ func (d *Directory) checkRegister(ctx context.Context, req *pb.Register, nonce [
 	case !errors.Is(err, ErrUnknownDevice):
 		return nil, err
 	}
-	r := &Registration{dev: dev, keys: req.GetKeys()}
+	verifier := req.GetRecoveryVerifier()
+	if len(verifier) != 0 && len(verifier) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("%w: recovery verifier must be %d bytes", ErrInvalidKeys, ed25519.PublicKeySize)
+	}
+	r := &Registration{dev: dev, keys: req.GetKeys(), verifier: verifier}
 	if d.cfg.Policy == PolicyInvite {
 		if r.inviteRev, r.inviteRec, err = d.checkInvite(ctx, req.GetInvite()); err != nil {
 			return nil, err
@@ -454,7 +462,7 @@ func (d *Directory) CompleteRegister(ctx context.Context, r *Registration) (*Dev
 			return nil, ErrInvalidInvite // spent by a concurrent registration
 		}
 	}
-	dev, err := d.create(ctx, r.dev, r.keys)
+	dev, err := d.create(ctx, r.dev, r.keys, r.verifier)
 	if err != nil {
 		d.metrics.registerRefused.WithLabelValues(refusalReason(err)).Inc()
 		if r.invite != "" {
@@ -505,7 +513,7 @@ func newDevice(name string, authKey []byte, keys *pb.KeyBundleUpload, now time.T
 }
 
 // create writes a checked device's records, then its one-time prekeys.
-func (d *Directory) create(ctx context.Context, dev *Device, keys *pb.KeyBundleUpload) (*Device, error) {
+func (d *Directory) create(ctx context.Context, dev *Device, keys *pb.KeyBundleUpload, verifier []byte) (*Device, error) {
 	deviceID, name := dev.ID, dev.Name
 	devJSON, _ := json.Marshal(dev)
 	if _, err := d.bus.Devices.Create(ctx, deviceID, devJSON); err != nil {
@@ -514,7 +522,7 @@ func (d *Directory) create(ctx context.Context, dev *Device, keys *pb.KeyBundleU
 		}
 		return nil, fmt.Errorf("%w: create device: %v", ErrUnavailable, err)
 	}
-	if _, err := d.bus.Accounts.Create(ctx, name, newAccountJSON(dev)); err != nil {
+	if _, err := d.bus.Accounts.Create(ctx, name, newAccountJSON(dev, verifier)); err != nil {
 		d.undoDevice(ctx, deviceID) // so the key can register again under another name
 		if errors.Is(err, jetstream.ErrKeyExists) {
 			return nil, ErrNameTaken
@@ -525,9 +533,10 @@ func (d *Directory) create(ctx context.Context, dev *Device, keys *pb.KeyBundleU
 	return dev, nil
 }
 
-// newAccountJSON is the account record a registration creates: the name, with dev its one device.
-func newAccountJSON(dev *Device) []byte {
-	b, _ := json.Marshal(&Account{Name: dev.Name, Devices: []string{dev.ID}, Created: dev.Created})
+// newAccountJSON is the account record a registration creates: the name, with dev its one device
+// and verifier its recovery verifier (nil: none).
+func newAccountJSON(dev *Device, verifier []byte) []byte {
+	b, _ := json.Marshal(&Account{Name: dev.Name, Devices: []string{dev.ID}, Created: dev.Created, RecoveryVerifier: verifier})
 	return b
 }
 
@@ -1023,7 +1032,7 @@ func (d *Directory) RegisterBulk(ctx context.Context, devs []*pb.BulkDevice) (*p
 		if err := d.createBatch(ctx, batch, batchComps, now); err != nil {
 			d.log.Debug("bulk registration: chunk registered one by one", "devices", len(chunk), "err", err)
 			for _, i := range chunk {
-				if _, err := d.create(ctx, checked[i], devs[i].GetKeys()); err != nil {
+				if _, err := d.create(ctx, checked[i], devs[i].GetKeys(), nil); err != nil {
 					res.Errors[i] = err.Error()
 					continue
 				}
@@ -1147,7 +1156,7 @@ func (d *Directory) createBatch(ctx context.Context, devs []*Device, comps [][]*
 	for i, dev := range devs {
 		devJSON, _ := json.Marshal(dev)
 		devMsgs = append(devMsgs, kvCreateMsg(bus.DevicesBucket, dev.ID, devJSON))
-		accJSON := newAccountJSON(dev)
+		accJSON := newAccountJSON(dev, nil)
 		if len(comps[i]) > 0 {
 			acc := &Account{Name: dev.Name, Devices: []string{dev.ID}, Created: dev.Created, PrimaryID: dev.ID,
 				Details: make(map[string]DeviceDetails, len(comps[i]))}

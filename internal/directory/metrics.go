@@ -15,6 +15,7 @@ type metrics struct {
 	links           *prometheus.CounterVec // by result: started, approved, expired, refused
 	devicesRemoved  *prometheus.CounterVec // by who asked: primary, self
 	seenWrites      prometheus.Counter
+	recoveries      *prometheus.CounterVec // by result: recovered, refused (recovery.go)
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -35,6 +36,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Linked devices removed from their account, by who asked: primary, self."}, []string{"by"}),
 		seenWrites: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_directory_last_seen_writes_total",
 			Help: "Account records written to update a device's last-seen time (at most one a device an hour)."}),
+		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_directory_recoveries_total",
+			Help: "Account recoveries (Recover), by result: recovered; refused (a wrong recovery key, no verifier, a malformed request; rate limits are counted by the gateway)."}, []string{"result"}),
+	}
+	for _, r := range []string{"recovered", "refused"} {
+		m.recoveries.WithLabelValues(r)
 	}
 	for _, r := range []string{linkStarted, linkApproved, linkExpired, linkRefused} {
 		m.links.WithLabelValues(r)
@@ -44,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.prekeysClaimed, m.claimLimited, m.bundleCached, m.registerRefused, m.invitesReturned,
-			m.links, m.devicesRemoved, m.seenWrites)
+			m.links, m.devicesRemoved, m.seenWrites, m.recoveries)
 	}
 	return m
 }

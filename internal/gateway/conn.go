@@ -192,6 +192,7 @@ func (c *conn) authenticated(ctx context.Context, f *pb.Frame, dev directory.Pri
 	if !c.state.CompareAndSwap(stateHandshake, stateAuthed) {
 		return false
 	}
+	c.g.metrics.connects.Inc()
 	c.deadline.Store(c.g.now.Load() + int64(c.g.cfg.IdleTimeout))
 	if a := f.GetAuth(); a.GetFailoverMs() > 0 {
 		c.g.countFailover(a)
@@ -290,6 +291,7 @@ func (c *conn) sendView(v *pb.SendView, m *messaging.Message) {
 		return
 	}
 	if int(c.sends.Load()) >= c.g.cfg.MaxInflightSends {
+		c.g.limitHit(limitSendsInFlight, false)
 		c.write(&pb.Frame{Id: id, Body: &pb.Frame_Error{Error: &pb.Error{
 			Code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, Message: "too many sends in flight", RetryAfterMs: 100,
 		}}})
@@ -304,7 +306,9 @@ func (c *conn) sendView(v *pb.SendView, m *messaging.Message) {
 	c.mu.Unlock()
 	// No deadline of our own: a cache hit (the usual case) then costs no timer; a miss is bounded
 	// by the directory.
-	if err := c.g.msg.Resolve(context.Background(), dev, v, time.Now().UnixMilli(), m); err != nil {
+	start := time.Now()
+	if err := c.g.msg.Resolve(context.Background(), dev, v, start.UnixMilli(), m); err != nil {
+		c.g.observeSend(start, err)
 		c.writeError(id, err)
 		return
 	}
@@ -317,6 +321,7 @@ func (c *conn) sendView(v *pb.SendView, m *messaging.Message) {
 	c.g.mb.Send(route, m.Targets, func(o mailbox.Outcome) {
 		defer c.g.inflight.done()
 		defer c.sends.Add(-1)
+		c.g.observeSend(start, o.Err)
 		if o.Err != nil {
 			c.writeError(id, o.Err)
 			return

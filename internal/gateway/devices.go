@@ -65,7 +65,7 @@ const (
 func (c *conn) allowDeviceOp(id uint64, dev directory.Principal) bool {
 	ok, wait := c.g.devOps.Take(dev.ID, 1)
 	if !ok {
-		c.g.metrics.rejected.WithLabelValues(pb.ErrorCodeName(pb.ErrorCode_ERROR_CODE_RATE_LIMITED)).Inc()
+		c.g.limitHit(limitDeviceChanges, true)
 		c.writeError(id, &codedError{code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, msg: "too many device changes: try again later", retry: retryMs(wait)})
 	}
 	return ok

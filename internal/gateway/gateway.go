@@ -126,6 +126,9 @@ type Config struct {
 	Nodes    func() []string
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
+
+	// SendObserver, if set, is told the outcome of every 1:1 and group send (observe.go).
+	SendObserver SendObserver
 }
 
 // WithDefaults returns c with every unset field at the default New gives it, so that callers can
@@ -211,8 +214,10 @@ type Gateway struct {
 	errLog   *errorLog                // rate-limits the log lines of errors answered to clients
 	reg      *regGuard                // per-IP and per-connection handshake limits (limits.go)
 	devOps   *keyrate.Limiter[string] // device-management frames per device (devices.go)
-	grp      *groups.Service          // nil without groups (groups.go)
-	groupOps *keyrate.Limiter[string] // group frames per device (groups.go)
+	// recoverOps limits Recover attempts per account name (recover.go).
+	recoverOps *keyrate.Limiter[string]
+	grp        *groups.Service          // nil without groups (groups.go)
+	groupOps   *keyrate.Limiter[string] // group frames per device (groups.go)
 
 	groupMetrics *groupMetrics
 	ext          *extras // presence, settings, ephemeral sends (presence.go)
@@ -256,22 +261,23 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, msg *messaging.Service, 
 	cfg.setDefaults()
 	routeNBIOLogs(cfg.Logger)
 	g := &Gateway{
-		cfg:      cfg,
-		dir:      dir,
-		mb:       mb,
-		msg:      msg,
-		log:      cfg.Logger,
-		metrics:  newMetrics(cfg.Registry),
-		pre:      newPreUpgrade(cfg),
-		regLimit: rate.NewLimiter(rate.Limit(cfg.RegistrationsPerSecond), 100),
-		errLog:   newErrorLog(),
-		reg:      newRegGuard(cfg.Registration, cfg.Registry),
-		devOps:   keyrate.New[string](keyrate.Config{Rate: deviceOpsPerMinute / 60, Burst: deviceOpsBurst, MaxKeys: 100_000}),
-		grp:      cfg.Groups,
-		groupOps: newGroupOps(),
-		ext:      newExtras(cfg),
-		conns:    map[*conn]struct{}{},
-		links:    map[string]*conn{},
+		cfg:        cfg,
+		dir:        dir,
+		mb:         mb,
+		msg:        msg,
+		log:        cfg.Logger,
+		metrics:    newMetrics(cfg.Registry),
+		pre:        newPreUpgrade(cfg),
+		regLimit:   rate.NewLimiter(rate.Limit(cfg.RegistrationsPerSecond), 100),
+		errLog:     newErrorLog(),
+		reg:        newRegGuard(cfg.Registration, cfg.Registry),
+		devOps:     keyrate.New[string](keyrate.Config{Rate: deviceOpsPerMinute / 60, Burst: deviceOpsBurst, MaxKeys: 100_000}),
+		grp:        cfg.Groups,
+		recoverOps: newRecoverLimiter(),
+		groupOps:   newGroupOps(),
+		ext:        newExtras(cfg),
+		conns:      map[*conn]struct{}{},
+		links:      map[string]*conn{},
 
 		groupMetrics: newGroupMetrics(cfg.Registry),
 		seenStop:     make(chan struct{}),

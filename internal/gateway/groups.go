@@ -77,7 +77,7 @@ func newGroupOps() *keyrate.Limiter[string] {
 func (c *conn) allowGroupOp(id uint64, dev directory.Principal) bool {
 	ok, wait := c.g.groupOps.Take(dev.ID, 1)
 	if !ok {
-		c.g.metrics.rejected.WithLabelValues(pb.ErrorCodeName(pb.ErrorCode_ERROR_CODE_RATE_LIMITED)).Inc()
+		c.g.limitHit(limitGroups, true)
 		c.writeError(id, &codedError{code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, msg: "too many group requests: try again later", retry: retryMs(wait)})
 	}
 	return ok
@@ -204,6 +204,7 @@ func (c *conn) groupSend(id uint64, s *pb.Send) {
 		return
 	}
 	if int(c.sends.Load()) >= c.g.cfg.MaxInflightSends {
+		c.g.limitHit(limitSendsInFlight, false)
 		c.write(&pb.Frame{Id: id, Body: &pb.Frame_Error{Error: &pb.Error{
 			Code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, Message: "too many sends in flight", RetryAfterMs: 100,
 		}}})
@@ -223,8 +224,10 @@ func (c *conn) groupSend(id uint64, s *pb.Send) {
 	m := getGroupMsg()
 	// No deadline of our own, as for 1:1 sends: cache hits cost no timer; misses are bounded by
 	// the directory and the groups service.
-	if err := c.g.msg.ResolveGroup(context.Background(), dev, &v, time.Now().UnixMilli(), m); err != nil {
+	start := time.Now()
+	if err := c.g.msg.ResolveGroup(context.Background(), dev, &v, start.UnixMilli(), m); err != nil {
 		putGroupMsg(m)
+		c.g.observeSend(start, err)
 		c.writeError(id, err)
 		return
 	}
@@ -233,6 +236,7 @@ func (c *conn) groupSend(id uint64, s *pb.Send) {
 	}
 	msgID := m.ID
 	c.deliver(m, func(o mailbox.Outcome) {
+		c.g.observeSend(start, o.Err)
 		if o.Err != nil {
 			c.writeError(id, o.Err)
 			return
@@ -250,7 +254,7 @@ func (c *conn) groupSend(id uint64, s *pb.Send) {
 func (c *conn) groupSendEphemeral(id uint64, s *pb.Send) {
 	dev := c.principal()
 	if ok, wait := c.g.ext.ephemeralOps.Take(dev.ID, 1); !ok {
-		c.g.metrics.rejected.WithLabelValues(pb.ErrorCodeName(pb.ErrorCode_ERROR_CODE_RATE_LIMITED)).Inc()
+		c.g.limitHit(limitEphemeral, true)
 		c.writeError(id, &codedError{code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, msg: "too many ephemeral sends: try again later", retry: retryMs(wait)})
 		return
 	}

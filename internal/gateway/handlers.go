@@ -28,6 +28,7 @@ var (
 		body[*pb.Frame_Register]():  (*conn).onRegister,
 		body[*pb.Frame_Auth]():      (*conn).onAuth,
 		body[*pb.Frame_StartLink](): (*conn).onStartLink,
+		body[*pb.Frame_Recover]():   (*conn).onRecover, // recover.go
 	}
 	// linkingFrames: a new device waiting for its link's approval (link.go).
 	linkingFrames = handlers{
@@ -53,6 +54,7 @@ var (
 		body[*pb.Frame_Register]():      (*conn).alreadyAuthenticated,
 		body[*pb.Frame_Auth]():          (*conn).alreadyAuthenticated,
 		body[*pb.Frame_StartLink]():     (*conn).alreadyAuthenticated,
+		body[*pb.Frame_Recover]():       (*conn).alreadyAuthenticated,
 
 		body[*pb.Frame_SubscribePresence](): (*conn).onSubscribePresence, // presence.go
 		body[*pb.Frame_PutSettings]():       (*conn).onPutSettings,

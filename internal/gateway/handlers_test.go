@@ -11,7 +11,7 @@ import (
 )
 
 // Every frame a client may send (body field 40 and up) has a handler on an authenticated
-// connection; before authentication only Register, Auth and StartLink do, and while linking only
+// connection; before authentication only Register, Auth, StartLink and Recover do, and while linking only
 // Ping. A frame type added to the proto without a handler fails here.
 func TestHandlerTables(t *testing.T) {
 	body := (&pb.Frame{}).ProtoReflect().Descriptor().Oneofs().ByName("body")
@@ -30,7 +30,7 @@ func TestHandlerTables(t *testing.T) {
 			clientFrames++
 		}
 		_, hs := handshakeFrames[key]
-		if want := fd.Name() == "register" || fd.Name() == "auth" || fd.Name() == "start_link"; hs != want {
+		if want := fd.Name() == "register" || fd.Name() == "auth" || fd.Name() == "start_link" || fd.Name() == "recover"; hs != want {
 			t.Errorf("%s: handled before authentication: %v, want %v", fd.Name(), hs, want)
 		}
 		if _, ok := linkingFrames[key]; ok != (fd.Name() == "ping") {

@@ -73,10 +73,12 @@ func newRegGuard(cfg RegistrationLimits, reg prometheus.Registerer) *regGuard {
 		cfg:   cfg,
 		perIP: keyrate.New[netip.Addr](keyrate.Config{Rate: cfg.PerIPPerMinute / 60, Burst: cfg.PerIPBurst, MaxKeys: cfg.MaxIPs}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_registrations_limited_total",
-			Help: "Register frames refused RATE_LIMITED, by limit: ip (attempts from one address), node (the node-wide rate, spent only by valid registrations)."}, []string{"limit"}),
+			Help: "Register and Recover frames refused RATE_LIMITED, by limit: ip (Register attempts from one address), node (the node-wide rate, spent only by valid registrations), recover_ip (Recover attempts from one address, sharing the ip budget), recover_account (Recover attempts for one account)."}, []string{"limit"}),
 		closes: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_handshake_failure_closes_total",
 			Help: "Connections closed after too many refused handshake frames."}),
 	}
+	g.limited.WithLabelValues("ip") // both limits show, at 0, from the start
+	g.limited.WithLabelValues("node")
 	if reg != nil {
 		reg.MustRegister(g.limited, g.closes)
 	}

@@ -33,6 +33,28 @@ type metrics struct {
 	linkConns     *prometheus.CounterVec
 	control       *prometheus.CounterVec
 	seenDropped   prometheus.Counter
+	// connects counts authenticated connections (its rate is connects per second).
+	connects prometheus.Counter
+	// limited counts requests refused by a per-device limit, by limit (limitHit).
+	limited *prometheus.CounterVec
+}
+
+// Per-device limits that answer a request RATE_LIMITED (petrel_gateway_requests_limited_total).
+const (
+	limitDeviceChanges = "device_changes"  // GetLinkOffer, ApproveLink, PutDeviceList, RemoveDevice
+	limitGroups        = "groups"          // CreateGroup, UpdateGroup, GetGroup, ListGroups
+	limitPresence      = "presence"        // SubscribePresence, PutSettings
+	limitEphemeral     = "ephemeral"       // ephemeral (typing) sends, 1:1 and group
+	limitSendsInFlight = "sends_in_flight" // a connection's sends waiting for their ack
+)
+
+// limitHit counts a request refused by the named per-device limit; rejected says whether it
+// also counts as a frame answered with an error (petrel_gateway_rejected_frames_total).
+func (g *Gateway) limitHit(limit string, rejected bool) {
+	g.metrics.limited.WithLabelValues(limit).Inc()
+	if rejected {
+		g.metrics.rejected.WithLabelValues(pb.ErrorCodeName(pb.ErrorCode_ERROR_CODE_RATE_LIMITED)).Inc()
+	}
 }
 
 // maxFailover clamps the failover duration a client reports.
@@ -74,12 +96,31 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		linkConns:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_link_connections_total", Help: "Connections of new devices that waited for a link approval, by how they ended (approved: LinkApproved written; expired: LINK_EXPIRED at the link's expiry; closed: the client left or broke a rule; limited: StartLink refused, max_pending_links reached)."}, []string{"outcome"}),
 		control:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_control_events_total", Help: "Control-channel events acted on for a device connected to this node, by kind (device_list: DeviceListChanged pushed; removed: closed with DEVICE_REMOVED)."}, []string{"kind"}),
 		seenDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_last_seen_dropped_total", Help: "Last-seen updates not made because their queue was full (the device's next Auth tries again)."}),
+		connects:    prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_connects_total", Help: "Device connections authenticated (Register or Auth answered Welcome); its rate is connects per second."}),
+		limited:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_requests_limited_total", Help: "Requests answered RATE_LIMITED by a per-device limit, by limit: device_changes, groups, presence, ephemeral, sends_in_flight."}, []string{"limit"}),
+	}
+	// Every reason of a shed, drop, refusal or limit shows, at 0, from the start, so that rates
+	// and alerts work before the first one.
+	for vec, values := range map[*prometheus.CounterVec][]string{
+		m.limited:       {limitDeviceChanges, limitGroups, limitPresence, limitEphemeral, limitSendsInFlight},
+		m.refused:       {"full", "draining", "upgrade", "no_quorum"},
+		m.timeouts:      {"upgrade", "handshake", "idle"},
+		m.rateLimited:   {"data", "control"},
+		m.inboundClosed: {"conn_frames", "conn_bytes", "node_bytes", "rate", "too_large", "unmasked", "protocol"},
+		m.httpRefused:   {"pending_full", "pending_per_ip", "header_too_large", "body_too_large", "chunked", "malformed"},
+		m.sentAway:      {"drain", "no_quorum"},
+		m.failovers:     {"goaway", "lost", "other"},
+		m.control:       {"device_list", "removed"},
+	} {
+		for _, v := range values {
+			vec.WithLabelValues(v)
+		}
 	}
 	for _, o := range []string{"approved", "expired", "closed", "limited"} {
 		m.linkConns.WithLabelValues(o)
 	}
 	if reg != nil {
-		reg.MustRegister(m.linkConns, m.control, m.seenDropped)
+		reg.MustRegister(m.linkConns, m.control, m.seenDropped, m.connects, m.limited)
 		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.flushes, m.slowConsumers, m.refused, m.rejected, m.timeouts, m.rateLimited, m.inboundClosed, m.httpRefused, m.sentAway, m.failovers, m.failoverTime)
 	}
 	return m

@@ -136,7 +136,7 @@ func (c *conn) presenceOffline() {
 func (c *conn) allowPresenceOp(id uint64, dev directory.Principal) bool {
 	ok, wait := c.g.ext.presenceOps.Take(dev.ID, 1)
 	if !ok {
-		c.g.metrics.rejected.WithLabelValues(pb.ErrorCodeName(pb.ErrorCode_ERROR_CODE_RATE_LIMITED)).Inc()
+		c.g.limitHit(limitPresence, true)
 		c.writeError(id, &codedError{code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, msg: "too many presence requests: try again later", retry: retryMs(wait)})
 	}
 	return ok
@@ -218,7 +218,7 @@ func (c *conn) sendEphemeral(v *pb.SendView, m *messaging.Message) {
 	dev := c.dev
 	c.mu.Unlock()
 	if ok, wait := c.g.ext.ephemeralOps.Take(dev.ID, 1); !ok {
-		c.g.metrics.rejected.WithLabelValues(pb.ErrorCodeName(pb.ErrorCode_ERROR_CODE_RATE_LIMITED)).Inc()
+		c.g.limitHit(limitEphemeral, true)
 		c.writeError(id, &codedError{code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, msg: "too many ephemeral sends: try again later", retry: retryMs(wait)})
 		return
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/petrelchat/petrel/internal/bus"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
 // Sink is the connection side of an Attachment. Its methods must not block.
@@ -79,6 +80,7 @@ type Attachment struct {
 	nextLive                   uint64
 	outstanding                []uint64 // stream sequences pushed and not yet purged, ascending
 	outBytes                   []uint32 // the size of each outstanding envelope
+	outSent                    []int64  // each outstanding envelope's server time (Unix ms; 0 unknown, sentExpired)
 	unackedBytes               int      // the sum of outBytes
 	acked                      map[uint64]bool
 	purgeWant                  uint64 // purge stored envelopes up to here (all acked)
@@ -391,7 +393,11 @@ func (a *Attachment) offer(routeID string, unanswered bool, env []byte, w waiter
 	}
 	a.live[tag] = w
 	a.mu.Unlock()
-	if err := a.sink.Push(tag, env); err != nil {
+	err := a.sink.Push(tag, env)
+	if err == nil {
+		a.m.metrics.pushedLive.Inc()
+	}
+	if err != nil {
 		a.mu.Lock()
 		_, mine := a.live[tag]
 		delete(a.live, tag)
@@ -407,6 +413,7 @@ func (a *Attachment) offer(routeID string, unanswered bool, env []byte, w waiter
 func (a *Attachment) Ack(tags []uint64) {
 	var replies []waiter
 	var purgeTo uint64
+	var now int64 // Unix ms, read once for the stored acks' latency
 	a.mu.Lock()
 	for _, t := range tags {
 		if t&liveTagBit != 0 {
@@ -417,9 +424,12 @@ func (a *Attachment) Ack(tags []uint64) {
 			continue
 		}
 		// Only tags pushed and not yet purged count: a client cannot grow this map with bogus tags.
-		if _, ok := slices.BinarySearch(a.outstanding, t); ok {
+		if i, ok := slices.BinarySearch(a.outstanding, t); ok {
 			if a.acked == nil {
 				a.acked = make(map[uint64]bool)
+			}
+			if !a.acked[t] {
+				a.ackedStoredLocked(a.outSent[i], &now)
 			}
 			a.acked[t] = true
 		}
@@ -431,8 +441,11 @@ func (a *Attachment) Ack(tags []uint64) {
 		a.unackedBytes -= int(a.outBytes[n])
 		n++
 	}
-	a.outstanding, a.outBytes = a.outstanding[n:], a.outBytes[n:]
+	a.outstanding, a.outBytes, a.outSent = a.outstanding[n:], a.outBytes[n:], a.outSent[n:]
 	a.mu.Unlock()
+	if len(replies) > 0 {
+		a.m.metrics.ackedLive.Add(float64(len(replies)))
+	}
 	for _, w := range replies {
 		a.answer(w, liveResult{acked: true})
 	}
@@ -736,11 +749,37 @@ func (a *Attachment) pushStored(seq uint64, data []byte) bool {
 		return true
 	}
 	a.outstanding, a.outBytes = append(a.outstanding, seq), append(a.outBytes, uint32(len(data)))
+	a.outSent = append(a.outSent, pb.EnvelopeServerTime(data))
 	a.unackedBytes += len(data)
 	a.nextSeq = seq + 1
 	a.pushedStored++
 	a.mu.Unlock()
-	return a.sink.Push(seq, data) == nil
+	if a.sink.Push(seq, data) != nil {
+		return false
+	}
+	a.m.metrics.pushedStored.Inc()
+	return true
+}
+
+// sentExpired marks an outstanding envelope that was dropped as expired, not delivered (outSent).
+const sentExpired = -1
+
+// ackedStoredLocked counts the device's first ack of a stored envelope the server accepted at
+// sent (Unix ms; see outSent) and observes its delivery latency; *now caches the clock for one
+// batch of acks.
+func (a *Attachment) ackedStoredLocked(sent int64, now *int64) {
+	if sent == sentExpired {
+		return
+	}
+	a.m.metrics.ackedStored.Inc()
+	if sent <= 0 {
+		return
+	}
+	if *now == 0 {
+		*now = time.Now().UnixMilli()
+	}
+	// Another node's clock may run a little ahead of this one's.
+	a.m.metrics.latencyStored.Observe(float64(max(*now-sent, 0)) / 1e3)
 }
 
 // readBatch reads up to max envelopes from seq from, stopping after the one that brings them to

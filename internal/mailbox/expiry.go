@@ -72,6 +72,7 @@ func (a *Attachment) dropExpired(seq uint64, size int) {
 		return
 	}
 	a.outstanding, a.outBytes = append(a.outstanding, seq), append(a.outBytes, uint32(size))
+	a.outSent = append(a.outSent, sentExpired)
 	a.unackedBytes += size
 	a.nextSeq = seq + 1
 	a.mu.Unlock()

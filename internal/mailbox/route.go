@@ -117,7 +117,7 @@ func (m *Mailbox) Send(route *Route, targets []Target, done func(Outcome)) {
 		done(Outcome{})
 		return
 	}
-	op := &sendOp{m: m, route: route, done: done, left: len(targets)}
+	op := &sendOp{m: m, route: route, done: done, left: len(targets), start: nanotime()}
 	if len(targets) == 1 {
 		op.one.op, op.one.t = op, targets[0]
 		op.one.start()
@@ -142,6 +142,8 @@ type sendOp struct {
 	// Only Send's own loop uses them.
 	live [2][]byte
 	env  []byte
+
+	start int64 // nanotime when Send was called: live delivery latency runs from here
 
 	mu   sync.Mutex // guards out and left
 	out  Outcome
@@ -232,6 +234,7 @@ func (x *sendTarget) answered(res liveResult) {
 	x.op.route.liveAnswered(x.t.DeviceID, x.local)
 	if res.acked {
 		x.op.m.metrics.deliveredLive.Inc()
+		x.op.m.metrics.latencyLive.Observe(float64(nanotime()-x.op.start) / 1e9)
 		if !x.local {
 			x.op.m.metrics.crossNode.Inc()
 		}

@@ -101,9 +101,14 @@ func TestRacingAttachmentsOneStays(t *testing.T) {
 				}
 			}}, hold)
 			m2 := m1
+			claimed2 := make(chan struct{}, 1)
 			if tc.cluster {
 				m1.claims = true // before any Attach
-				m2 = openNode(t, b, "n2", testHooks{}, true)
+				m2 = openNode(t, b, "n2", testHooks{claimed: func(a *Attachment, _ uint64) {
+					if a.connID == "c2" {
+						claimed2 <- struct{}{}
+					}
+				}}, true)
 			}
 			s1, s2 := newKickSink(), newKickSink()
 			first := attachAsync(t, m1, "c1", s1)
@@ -114,6 +119,16 @@ func TestRacingAttachmentsOneStays(t *testing.T) {
 			}
 			defer a2.Detach()
 			<-s2.empty
+			if tc.cluster {
+				// c2 has its claim before c1 takes one. (Its claim is taken on a goroutine of its
+				// own after the subscription spread: under load that can come after c1's, and then
+				// c2 is the newer connection and rightly stays.)
+				select {
+				case <-claimed2:
+				case <-time.After(10 * time.Second):
+					t.Fatal("c2 took no claim")
+				}
+			}
 			hold.release()
 			a1 := <-first
 			defer a1.Detach()

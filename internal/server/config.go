@@ -23,6 +23,7 @@ import (
 	"github.com/petrelchat/petrel/internal/gateway"
 	"github.com/petrelchat/petrel/internal/mailbox"
 	"github.com/petrelchat/petrel/internal/nodes"
+	"github.com/petrelchat/petrel/internal/status"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -73,6 +74,14 @@ type Config struct {
 	// Default: derived from the bound listen address and scheme, unless that address is
 	// unspecified (0.0.0.0, ::), in which case the node is not announced.
 	PublicURL string `toml:"public_url"`
+	// ProbeInterval makes the node run the black-box prober against its own public URL every
+	// interval (two probe accounts, probe-<node>-a and probe-<node>-b, created through
+	// registration and kept in <data>/probe); 0 turns it off. At least 1s. Default: 0 (off: it
+	// creates accounts and traffic, so operators opt in; 30s is a good value).
+	ProbeInterval Duration `toml:"probe_interval"`
+	// ProbeSink, if set, also receives every self-probe result. Not in the config file: for tests
+	// and programs that embed the server. Default: nil.
+	ProbeSink status.ProbeSink `toml:"-"`
 	// LogLevel is debug, info, warn or error. Default: info.
 	LogLevel string `toml:"log_level"`
 	// LogFormat is text or json. Default: text.
@@ -92,10 +101,15 @@ type Config struct {
 	GroupsSection  `toml:"groups"`
 
 	PresenceSection `toml:"presence"`
+	StatusSection   `toml:"status"`
 
 	// Warnings are what LoadConfig found to say about the file (deprecated keys); the server logs
 	// them when it starts.
 	Warnings []string `toml:"-"`
+
+	// Version is the build's version, shown by petrel_build_info. Not in the config file: the
+	// petrel command sets it. Default: the main module's version from the build info, or "dev".
+	Version string `toml:"-"`
 }
 
 // ClusterSection holds the cluster keys. Unlike the other sections its keys are top-level: the
@@ -498,6 +512,7 @@ func (c *Config) SetDefaults() {
 	c.setGatewayDefaults()
 	c.setAbuseDefaults()
 	c.setPresenceDefaults()
+	c.setStatusDefaults()
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
@@ -558,6 +573,7 @@ func (c *Config) Validate() error {
 		bad("devices.link_ttl %s: want 1s..%s", c.LinkTTL.Duration, bus.LinksMaxAge)
 	}
 	c.validatePresence(bad)
+	c.validateStatus(bad)
 	if c.MaxPendingLinks < 1 || c.MaxPendingLinks > 1_000_000 {
 		bad("limits.max_pending_links %d: want 1..1000000", c.MaxPendingLinks)
 	}
@@ -607,6 +623,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DeviceCacheSize < 1 || c.DeviceCacheSize > 100_000_000 {
 		bad("cache.devices %d: want 1..100000000", c.DeviceCacheSize)
+	}
+	if d := c.ProbeInterval.Duration; d != 0 && d < time.Second {
+		bad("probe_interval %s: want 0 (off) or at least 1s", d)
 	}
 	if c.DrainRate < 0 {
 		bad("drain_rate %v: must not be negative", c.DrainRate)

@@ -28,6 +28,7 @@ var exampleCommented = []string{
 	"admin.token_file",
 	"inbox.max_per_sender", "inbox.max_bytes_per_sender",
 	"limits.preauth_queued_bytes",
+	"status.probe_token",
 }
 
 // configKeys lists every key of the config file ("section.key", or "key" at the top level), read

@@ -90,6 +90,7 @@ func (s *Server) startQuorumWatch() {
 	q.cancel = cancel
 	clustered := s.cfg.ClusterListen != "" || len(s.cfg.NATS) > 0
 	s.startCatchUpGate(ctx)
+	s.startInboxDepth(ctx, &q.wg)
 	q.wg.Go(func() {
 		t := time.NewTimer(quorumEvery)
 		defer t.Stop()
@@ -120,11 +121,13 @@ func (s *Server) startQuorumWatch() {
 			case <-t.C:
 			}
 			cctx, ccancel := context.WithTimeout(ctx, quorumTimeout)
+			checked := time.Now()
 			err := s.bus.Quorum(cctx)
 			ccancel()
 			if ctx.Err() != nil {
 				return
 			}
+			s.nodeMetrics.observeCheck(time.Since(checked), err)
 			// A node that finds itself cut off checks again soon, so that its clients move
 			// within about a second; any other state is checked once a second.
 			if errors.Is(err, bus.ErrCutOff) && q.ok.Load() {

@@ -39,6 +39,7 @@ import (
 	"github.com/petrelchat/petrel/internal/messaging"
 	"github.com/petrelchat/petrel/internal/nodes"
 	"github.com/petrelchat/petrel/internal/presence"
+	"github.com/petrelchat/petrel/internal/status"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
@@ -67,8 +68,17 @@ type Server struct {
 	token  string
 	quorum *quorumWatch // cached JetStream quorum state (quorum.go)
 
+	nodeMetrics *nodeMetrics // build info, bus health, inbox depth (metrics.go)
+
 	pres *presence.Service // who is online, last seen, settings (memory and bus)
 	acme *acmeTLS          // automatic certificates; nil without tls.acme_domain (acme.go)
+
+	// probeSink takes the self-prober's results (selfprobe.go): the status aggregates once
+	// they run (startStatus), plus Config.ProbeSink when set.
+	probeSink status.ProbeSink
+	selfProbe *selfProbe // nil when probe_interval is 0
+
+	status *status.Service // the status page, problem reports, probe intake, incidents
 
 	runCtx    context.Context // lives until Shutdown closes storage
 	runCancel context.CancelFunc
@@ -91,7 +101,12 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		log.Warn(w)
 	}
 	runCtx, runCancel := context.WithCancel(context.Background())
-	return &Server{cfg: cfg, log: log, ready: make(chan struct{}), done: make(chan struct{}), runCtx: runCtx, runCancel: runCancel}, nil
+	var sink status.ProbeSink = noProbeSink{}
+	if cfg.ProbeSink != nil {
+		sink = teeSink{sink, cfg.ProbeSink}
+	}
+	return &Server{cfg: cfg, log: log, ready: make(chan struct{}), done: make(chan struct{}), runCtx: runCtx, runCancel: runCancel,
+		probeSink: sink}, nil
 }
 
 // Config returns the effective configuration.
@@ -237,6 +252,7 @@ func (s *Server) start(ctx context.Context) error {
 		return err
 	}
 	s.quorum = newQuorumWatch(s.reg)
+	s.nodeMetrics = registerNodeMetrics(s.reg, s.bus, s.cfg.Version)
 	s.dir = directory.New(s.bus, directory.Config{
 		Policy:           s.cfg.Registration,
 		ReplenishBelow:   s.cfg.PrekeyReplenishBelow,
@@ -293,6 +309,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.pres.Start(); err != nil {
 		return err
 	}
+	s.startStatus()
 	msg := messaging.New(s.dir, messaging.WithGroups(s.groups, func(err error) bool { return errors.Is(err, groups.ErrUnknownGroup) }))
 	s.gw = gateway.New(s.dir, s.mb, msg, s.withAdmission(gateway.Config{
 		MaxFrameBytes:          s.cfg.MaxFrameBytes,
@@ -318,6 +335,7 @@ func (s *Server) start(ctx context.Context) error {
 		Presence:        s.pres,
 		Logger:          s.log.With("component", "gateway"),
 		Registry:        s.reg,
+		SendObserver:    s.status,
 	}))
 	if err := s.gw.Start(); err != nil {
 		return fmt.Errorf("gateway: %w", err)
@@ -327,6 +345,7 @@ func (s *Server) start(ctx context.Context) error {
 	mux.Handle("GET "+pb.ConnectPath, s.gw)
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
+	s.status.Register(mux) // /status, /status.json, /v1/reports, /v1/probes
 	// Operator surfaces (/metrics, pprof, /v1/admin/*) are on the admin listener only.
 
 	var tlsOpts *gateway.TLS
@@ -370,6 +389,9 @@ func (s *Server) start(ctx context.Context) error {
 		return fmt.Errorf("node announcements: %w", err)
 	}
 	s.startQuorumWatch()
+	if err := s.startSelfProbe(); err != nil {
+		return fmt.Errorf("self-prober: %w", err)
+	}
 	return nil
 }
 
@@ -452,6 +474,7 @@ func (s *Server) startAdmin() error {
 		Registerer:  s.reg,
 		AddrFile:    filepath.Join(s.cfg.Data, admin.AddrFile),
 		Logger:      s.log.With("component", "admin"),
+		Operator:    s.status.AdminHandlers(),
 	}, s.dir)
 	if err != nil {
 		return err
@@ -470,6 +493,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutOnce.Do(func() {
 		defer close(s.done)
 		var errs []error
+		s.selfProbe.stop() // its probe clients would only see the drain
 		if s.nodes != nil {
 			// First, so the nodes that stay stop telling clients to come here.
 			s.nodes.Close(true)
@@ -504,6 +528,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Kill() {
 	s.shutOnce.Do(func() {
 		defer close(s.done)
+		s.selfProbe.stop()
 		// No goodbye: the others forget this node when its announcements stop.
 		if s.nodes != nil {
 			s.nodes.Close(false)
@@ -553,6 +578,9 @@ func (s *Server) closeStorage() {
 	if s.pres != nil {
 		// Its goodbye goes out while the bus is open (Shutdown); after Kill it does not.
 		s.pres.Close()
+	}
+	if s.status != nil {
+		s.status.Close()
 	}
 	if s.quorum != nil {
 		s.quorum.stop()

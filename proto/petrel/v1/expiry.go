@@ -29,27 +29,36 @@ func AppendEnvelopeExpiry(env []byte, expiresAtMs int64) []byte {
 
 // EnvelopeExpiry returns Envelope.expires_at_ms of an encoded Envelope: 0 when it has none or
 // the bytes are not an envelope. It reads the top-level fields only (no allocation).
-func EnvelopeExpiry(env []byte) int64 {
-	var exp int64
+func EnvelopeExpiry(env []byte) int64 { return envelopeVarint(env, 8) }
+
+// EnvelopeServerTime returns Envelope.server_time_ms (when the server accepted the Send) of an
+// encoded Envelope: 0 when it has none or the bytes are not an envelope. It reads the top-level
+// fields only (no allocation).
+func EnvelopeServerTime(env []byte) int64 { return envelopeVarint(env, 6) }
+
+// envelopeVarint returns the last value of the top-level varint field num of an encoded
+// message: 0 when it has none or the bytes are malformed.
+func envelopeVarint(env []byte, num protowire.Number) int64 {
+	var val int64
 	for len(env) > 0 {
-		num, typ, n := protowire.ConsumeTag(env)
+		n0, typ, n := protowire.ConsumeTag(env)
 		if n < 0 {
 			return 0
 		}
 		env = env[n:]
-		if num == 8 && typ == protowire.VarintType {
+		if n0 == num && typ == protowire.VarintType {
 			v, n := protowire.ConsumeVarint(env)
 			if n < 0 {
 				return 0
 			}
-			exp, env = int64(v), env[n:]
+			val, env = int64(v), env[n:]
 			continue
 		}
-		n = protowire.ConsumeFieldValue(num, typ, env)
+		n = protowire.ConsumeFieldValue(n0, typ, env)
 		if n < 0 {
 			return 0
 		}
 		env = env[n:]
 	}
-	return exp
+	return val
 }

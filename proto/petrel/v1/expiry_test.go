@@ -30,10 +30,16 @@ func TestEnvelopeExpiryMatchesProtobuf(t *testing.T) {
 		if exp := EnvelopeExpiry(want); exp != e.ExpiresAtMs {
 			t.Fatalf("EnvelopeExpiry = %d, want %d", exp, e.ExpiresAtMs)
 		}
+		if st := EnvelopeServerTime(want); st != e.ServerTimeMs {
+			t.Fatalf("EnvelopeServerTime = %d, want %d", st, e.ServerTimeMs)
+		}
 	}
 	for _, bad := range [][]byte{{0xff}, {0x42, 0x05, 1}, {0x40}} {
 		if exp := EnvelopeExpiry(bad); exp != 0 {
 			t.Fatalf("EnvelopeExpiry(%x) = %d on malformed bytes", bad, exp)
+		}
+		if st := EnvelopeServerTime(bad); st != 0 {
+			t.Fatalf("EnvelopeServerTime(%x) = %d on malformed bytes", bad, st)
 		}
 	}
 }
@@ -45,8 +51,12 @@ func FuzzEnvelopeExpiry(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got := EnvelopeExpiry(b)
 		var env Envelope
-		if err := proto.Unmarshal(b, &env); err == nil && got != 0 && got != env.ExpiresAtMs {
+		err := proto.Unmarshal(b, &env)
+		if err == nil && got != 0 && got != env.ExpiresAtMs {
 			t.Fatalf("EnvelopeExpiry %d, protobuf %d", got, env.ExpiresAtMs)
+		}
+		if st := EnvelopeServerTime(b); err == nil && st != 0 && st != env.ServerTimeMs {
+			t.Fatalf("EnvelopeServerTime %d, protobuf %d", st, env.ServerTimeMs)
 		}
 	})
 }

@@ -9,8 +9,9 @@
 //
 // Protocol flow:
 //   * server sends Challenge (a fresh 32-byte nonce).
-//   * client sends either Register (a new device, with its keys and a signature over the challenge)
-//     or Auth (an existing device: signature over the challenge).
+//   * client sends either Register (a new device, with its keys and a signature over the challenge),
+//     Auth (an existing device: signature over the challenge), or Recover (a new device re-claiming
+//     an account with its recovery key: see Recover).
 //   * server answers with Welcome, or with Error and closes the connection. Welcome.nodes names the
 //     cluster's nodes: a client that loses its node (dead, draining, unreachable) reconnects to another.
 //   * from then on the client sends requests (Frame.id != 0, unique per connection) and the server
@@ -437,6 +438,7 @@ type Frame struct {
 	//	*Frame_ListGroups
 	//	*Frame_SubscribePresence
 	//	*Frame_PutSettings
+	//	*Frame_Recover
 	Body          isFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -855,6 +857,15 @@ func (x *Frame) GetPutSettings() *PutSettings {
 	return nil
 }
 
+func (x *Frame) GetRecover() *Recover {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Recover); ok {
+			return x.Recover
+		}
+	}
+	return nil
+}
+
 type isFrame_Body interface {
 	isFrame_Body()
 }
@@ -1025,6 +1036,10 @@ type Frame_PutSettings struct {
 	PutSettings *PutSettings `protobuf:"bytes,59,opt,name=put_settings,json=putSettings,proto3,oneof"`
 }
 
+type Frame_Recover struct {
+	Recover *Recover `protobuf:"bytes,60,opt,name=recover,proto3,oneof"`
+}
+
 func (*Frame_Challenge) isFrame_Body() {}
 
 func (*Frame_Welcome) isFrame_Body() {}
@@ -1107,6 +1122,8 @@ func (*Frame_SubscribePresence) isFrame_Body() {}
 
 func (*Frame_PutSettings) isFrame_Body() {}
 
+func (*Frame_Recover) isFrame_Body() {}
+
 // Challenge is the server's first frame on every connection.
 type Challenge struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1170,14 +1187,18 @@ func (x *Challenge) GetNode() string {
 
 // Register creates an account (if name is new) with this device as its first device.
 type Register struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                      // account name: 1-32 of [a-z0-9_.-], starting with a letter or digit
-	Invite        string                 `protobuf:"bytes,2,opt,name=invite,proto3" json:"invite,omitempty"`                  // one-time invite code when the server's registration policy is "invite"
-	AuthKey       []byte                 `protobuf:"bytes,3,opt,name=auth_key,json=authKey,proto3" json:"auth_key,omitempty"` // Ed25519 public key used for connection auth (32 bytes)
-	Signature     []byte                 `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`            // Ed25519 signature of auth_payload (see above) by auth_key
-	Keys          *KeyBundleUpload       `protobuf:"bytes,5,opt,name=keys,proto3" json:"keys,omitempty"`                      // identity, signed prekey, KEM prekeys, one-time prekeys
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                      // account name: 1-32 of [a-z0-9_.-], starting with a letter or digit
+	Invite    string                 `protobuf:"bytes,2,opt,name=invite,proto3" json:"invite,omitempty"`                  // one-time invite code when the server's registration policy is "invite"
+	AuthKey   []byte                 `protobuf:"bytes,3,opt,name=auth_key,json=authKey,proto3" json:"auth_key,omitempty"` // Ed25519 public key used for connection auth (32 bytes)
+	Signature []byte                 `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`            // Ed25519 signature of auth_payload (see above) by auth_key
+	Keys      *KeyBundleUpload       `protobuf:"bytes,5,opt,name=keys,proto3" json:"keys,omitempty"`                      // identity, signed prekey, KEM prekeys, one-time prekeys
+	// recovery_verifier is the account's recovery verifier: the Ed25519 public key derived from
+	// the recovery key the client shows its user once (docs/protocol.md, "Account recovery"). The
+	// server keeps only this; Recover proves possession of the key. Empty: no recovery.
+	RecoveryVerifier []byte `protobuf:"bytes,6,opt,name=recovery_verifier,json=recoveryVerifier,proto3" json:"recovery_verifier,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Register) Reset() {
@@ -1245,6 +1266,118 @@ func (x *Register) GetKeys() *KeyBundleUpload {
 	return nil
 }
 
+func (x *Register) GetRecoveryVerifier() []byte {
+	if x != nil {
+		return x.RecoveryVerifier
+	}
+	return nil
+}
+
+// Recover re-claims an existing account with its recovery key from a new device (handshake
+// state, instead of Register or Auth). The server checks the proof against the account's
+// recovery verifier, makes this device the account's only device and its primary, stores
+// device_list, removes every old device (a connected one is closed with DEVICE_REMOVED; their
+// inboxes and prekeys are dropped) and answers Welcome. A wrong key or an account without a
+// verifier: AUTH_FAILED. Attempts are rate-limited per address and per account (RATE_LIMITED).
+//
+// recover_payload = "petrel-recover-v1" || 0x00 || nonce || name (UTF-8) || 0x00 || auth_key
+type Recover struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                      // the account to re-claim
+	AuthKey   []byte                 `protobuf:"bytes,2,opt,name=auth_key,json=authKey,proto3" json:"auth_key,omitempty"` // the new device's Ed25519 auth key (32 bytes)
+	Signature []byte                 `protobuf:"bytes,3,opt,name=signature,proto3" json:"signature,omitempty"`            // Ed25519 signature of auth_payload by auth_key
+	Keys      *KeyBundleUpload       `protobuf:"bytes,4,opt,name=keys,proto3" json:"keys,omitempty"`                      // the new device's keys, as in Register
+	// recovery_signature: Ed25519 signature of recover_payload by the key derived from the
+	// recovery key (its public half is the stored verifier).
+	RecoverySignature []byte `protobuf:"bytes,5,opt,name=recovery_signature,json=recoverySignature,proto3" json:"recovery_signature,omitempty"`
+	// device_list: the new list, signed by this device's identity key, naming only this device
+	// (primary), at a version above the stored list's (clients use Unix milliseconds).
+	DeviceList *SignedDeviceList `protobuf:"bytes,6,opt,name=device_list,json=deviceList,proto3" json:"device_list,omitempty"`
+	// recovery_verifier replaces the stored verifier when set (a new recovery key); empty keeps it.
+	RecoveryVerifier []byte `protobuf:"bytes,7,opt,name=recovery_verifier,json=recoveryVerifier,proto3" json:"recovery_verifier,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Recover) Reset() {
+	*x = Recover{}
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Recover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Recover) ProtoMessage() {}
+
+func (x *Recover) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Recover.ProtoReflect.Descriptor instead.
+func (*Recover) Descriptor() ([]byte, []int) {
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Recover) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Recover) GetAuthKey() []byte {
+	if x != nil {
+		return x.AuthKey
+	}
+	return nil
+}
+
+func (x *Recover) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *Recover) GetKeys() *KeyBundleUpload {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *Recover) GetRecoverySignature() []byte {
+	if x != nil {
+		return x.RecoverySignature
+	}
+	return nil
+}
+
+func (x *Recover) GetDeviceList() *SignedDeviceList {
+	if x != nil {
+		return x.DeviceList
+	}
+	return nil
+}
+
+func (x *Recover) GetRecoveryVerifier() []byte {
+	if x != nil {
+		return x.RecoveryVerifier
+	}
+	return nil
+}
+
 // KeyBundleUpload carries a device's public E2EE keys (formats defined by package e2ee).
 type KeyBundleUpload struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -1259,7 +1392,7 @@ type KeyBundleUpload struct {
 
 func (x *KeyBundleUpload) Reset() {
 	*x = KeyBundleUpload{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[3]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1404,7 @@ func (x *KeyBundleUpload) String() string {
 func (*KeyBundleUpload) ProtoMessage() {}
 
 func (x *KeyBundleUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[3]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1417,7 @@ func (x *KeyBundleUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyBundleUpload.ProtoReflect.Descriptor instead.
 func (*KeyBundleUpload) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{3}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *KeyBundleUpload) GetIdentityKey() []byte {
@@ -1333,7 +1466,7 @@ type SignedPreKey struct {
 
 func (x *SignedPreKey) Reset() {
 	*x = SignedPreKey{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[4]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1478,7 @@ func (x *SignedPreKey) String() string {
 func (*SignedPreKey) ProtoMessage() {}
 
 func (x *SignedPreKey) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[4]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +1491,7 @@ func (x *SignedPreKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedPreKey.ProtoReflect.Descriptor instead.
 func (*SignedPreKey) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{4}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SignedPreKey) GetId() uint32 {
@@ -1392,7 +1525,7 @@ type OneTimePreKey struct {
 
 func (x *OneTimePreKey) Reset() {
 	*x = OneTimePreKey{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[5]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1537,7 @@ func (x *OneTimePreKey) String() string {
 func (*OneTimePreKey) ProtoMessage() {}
 
 func (x *OneTimePreKey) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[5]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1550,7 @@ func (x *OneTimePreKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OneTimePreKey.ProtoReflect.Descriptor instead.
 func (*OneTimePreKey) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{5}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *OneTimePreKey) GetId() uint32 {
@@ -1446,7 +1579,7 @@ type KEMPreKey struct {
 
 func (x *KEMPreKey) Reset() {
 	*x = KEMPreKey{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[6]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1458,7 +1591,7 @@ func (x *KEMPreKey) String() string {
 func (*KEMPreKey) ProtoMessage() {}
 
 func (x *KEMPreKey) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[6]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1471,7 +1604,7 @@ func (x *KEMPreKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KEMPreKey.ProtoReflect.Descriptor instead.
 func (*KEMPreKey) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{6}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *KEMPreKey) GetId() uint32 {
@@ -1523,7 +1656,7 @@ type Auth struct {
 
 func (x *Auth) Reset() {
 	*x = Auth{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[7]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1535,7 +1668,7 @@ func (x *Auth) String() string {
 func (*Auth) ProtoMessage() {}
 
 func (x *Auth) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[7]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1548,7 +1681,7 @@ func (x *Auth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Auth.ProtoReflect.Descriptor instead.
 func (*Auth) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{7}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Auth) GetDeviceId() string {
@@ -1609,7 +1742,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[8]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1621,7 +1754,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[8]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +1767,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{8}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Welcome) GetName() string {
@@ -1723,7 +1856,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[9]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +1868,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[9]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +1881,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{9}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1816,7 +1949,7 @@ type Send struct {
 
 func (x *Send) Reset() {
 	*x = Send{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[10]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1828,7 +1961,7 @@ func (x *Send) String() string {
 func (*Send) ProtoMessage() {}
 
 func (x *Send) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[10]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1841,7 +1974,7 @@ func (x *Send) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Send.ProtoReflect.Descriptor instead.
 func (*Send) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{10}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Send) GetMessageId() string {
@@ -1911,7 +2044,7 @@ type DeviceCiphertext struct {
 
 func (x *DeviceCiphertext) Reset() {
 	*x = DeviceCiphertext{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[11]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1923,7 +2056,7 @@ func (x *DeviceCiphertext) String() string {
 func (*DeviceCiphertext) ProtoMessage() {}
 
 func (x *DeviceCiphertext) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[11]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1936,7 +2069,7 @@ func (x *DeviceCiphertext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceCiphertext.ProtoReflect.Descriptor instead.
 func (*DeviceCiphertext) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{11}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeviceCiphertext) GetDeviceId() string {
@@ -1980,7 +2113,7 @@ type SendResult struct {
 
 func (x *SendResult) Reset() {
 	*x = SendResult{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[12]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1992,7 +2125,7 @@ func (x *SendResult) String() string {
 func (*SendResult) ProtoMessage() {}
 
 func (x *SendResult) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[12]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2005,7 +2138,7 @@ func (x *SendResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResult.ProtoReflect.Descriptor instead.
 func (*SendResult) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{12}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SendResult) GetMessageId() string {
@@ -2048,7 +2181,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[13]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2193,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[13]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2206,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{13}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Envelope) GetMessageId() string {
@@ -2143,7 +2276,7 @@ type Deliver struct {
 
 func (x *Deliver) Reset() {
 	*x = Deliver{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[14]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2155,7 +2288,7 @@ func (x *Deliver) String() string {
 func (*Deliver) ProtoMessage() {}
 
 func (x *Deliver) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[14]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2168,7 +2301,7 @@ func (x *Deliver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deliver.ProtoReflect.Descriptor instead.
 func (*Deliver) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{14}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Deliver) GetTag() uint64 {
@@ -2195,7 +2328,7 @@ type DeliverAck struct {
 
 func (x *DeliverAck) Reset() {
 	*x = DeliverAck{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[15]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2207,7 +2340,7 @@ func (x *DeliverAck) String() string {
 func (*DeliverAck) ProtoMessage() {}
 
 func (x *DeliverAck) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[15]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2220,7 +2353,7 @@ func (x *DeliverAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverAck.ProtoReflect.Descriptor instead.
 func (*DeliverAck) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{15}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeliverAck) GetTags() []uint64 {
@@ -2240,7 +2373,7 @@ type QueueEmpty struct {
 
 func (x *QueueEmpty) Reset() {
 	*x = QueueEmpty{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[16]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2252,7 +2385,7 @@ func (x *QueueEmpty) String() string {
 func (*QueueEmpty) ProtoMessage() {}
 
 func (x *QueueEmpty) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[16]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2265,7 +2398,7 @@ func (x *QueueEmpty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueEmpty.ProtoReflect.Descriptor instead.
 func (*QueueEmpty) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{16}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *QueueEmpty) GetDelivered() uint32 {
@@ -2287,7 +2420,7 @@ type GoAway struct {
 
 func (x *GoAway) Reset() {
 	*x = GoAway{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[17]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2432,7 @@ func (x *GoAway) String() string {
 func (*GoAway) ProtoMessage() {}
 
 func (x *GoAway) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[17]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2445,7 @@ func (x *GoAway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GoAway.ProtoReflect.Descriptor instead.
 func (*GoAway) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{17}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GoAway) GetReason() ErrorCode {
@@ -2348,7 +2481,7 @@ type GetBundle struct {
 
 func (x *GetBundle) Reset() {
 	*x = GetBundle{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[18]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2360,7 +2493,7 @@ func (x *GetBundle) String() string {
 func (*GetBundle) ProtoMessage() {}
 
 func (x *GetBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[18]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2373,7 +2506,7 @@ func (x *GetBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundle.ProtoReflect.Descriptor instead.
 func (*GetBundle) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{18}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetBundle) GetName() string {
@@ -2404,7 +2537,7 @@ type BundleResult struct {
 
 func (x *BundleResult) Reset() {
 	*x = BundleResult{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[19]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2416,7 +2549,7 @@ func (x *BundleResult) String() string {
 func (*BundleResult) ProtoMessage() {}
 
 func (x *BundleResult) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[19]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2429,7 +2562,7 @@ func (x *BundleResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleResult.ProtoReflect.Descriptor instead.
 func (*BundleResult) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{19}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BundleResult) GetName() string {
@@ -2466,7 +2599,7 @@ type DeviceBundle struct {
 
 func (x *DeviceBundle) Reset() {
 	*x = DeviceBundle{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[20]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2478,7 +2611,7 @@ func (x *DeviceBundle) String() string {
 func (*DeviceBundle) ProtoMessage() {}
 
 func (x *DeviceBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[20]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2491,7 +2624,7 @@ func (x *DeviceBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceBundle.ProtoReflect.Descriptor instead.
 func (*DeviceBundle) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{20}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeviceBundle) GetDeviceId() string {
@@ -2539,7 +2672,7 @@ type UploadPreKeys struct {
 
 func (x *UploadPreKeys) Reset() {
 	*x = UploadPreKeys{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[21]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2551,7 +2684,7 @@ func (x *UploadPreKeys) String() string {
 func (*UploadPreKeys) ProtoMessage() {}
 
 func (x *UploadPreKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[21]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2564,7 +2697,7 @@ func (x *UploadPreKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadPreKeys.ProtoReflect.Descriptor instead.
 func (*UploadPreKeys) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{21}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UploadPreKeys) GetKeys() *KeyBundleUpload {
@@ -2586,7 +2719,7 @@ type PreKeyStatus struct {
 
 func (x *PreKeyStatus) Reset() {
 	*x = PreKeyStatus{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[22]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2598,7 +2731,7 @@ func (x *PreKeyStatus) String() string {
 func (*PreKeyStatus) ProtoMessage() {}
 
 func (x *PreKeyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[22]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2611,7 +2744,7 @@ func (x *PreKeyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreKeyStatus.ProtoReflect.Descriptor instead.
 func (*PreKeyStatus) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{22}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PreKeyStatus) GetOneTimePrekeysLeft() uint32 {
@@ -2644,7 +2777,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[23]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2656,7 +2789,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[23]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2669,7 +2802,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{23}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Ping) GetClientTimeMs() int64 {
@@ -2689,7 +2822,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[24]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2701,7 +2834,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[24]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2714,7 +2847,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{24}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Pong) GetClientTimeMs() int64 {
@@ -2744,7 +2877,7 @@ type QueryQueued struct {
 
 func (x *QueryQueued) Reset() {
 	*x = QueryQueued{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[25]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2756,7 +2889,7 @@ func (x *QueryQueued) String() string {
 func (*QueryQueued) ProtoMessage() {}
 
 func (x *QueryQueued) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[25]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2769,7 +2902,7 @@ func (x *QueryQueued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryQueued.ProtoReflect.Descriptor instead.
 func (*QueryQueued) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{25}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *QueryQueued) GetTo() string {
@@ -2802,7 +2935,7 @@ type QueuedResult struct {
 
 func (x *QueuedResult) Reset() {
 	*x = QueuedResult{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[26]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2814,7 +2947,7 @@ func (x *QueuedResult) String() string {
 func (*QueuedResult) ProtoMessage() {}
 
 func (x *QueuedResult) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[26]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2827,7 +2960,7 @@ func (x *QueuedResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueuedResult.ProtoReflect.Descriptor instead.
 func (*QueuedResult) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{26}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *QueuedResult) GetQueued() []string {
@@ -2848,7 +2981,7 @@ type StartLink struct {
 
 func (x *StartLink) Reset() {
 	*x = StartLink{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[27]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2860,7 +2993,7 @@ func (x *StartLink) String() string {
 func (*StartLink) ProtoMessage() {}
 
 func (x *StartLink) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[27]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2873,7 +3006,7 @@ func (x *StartLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartLink.ProtoReflect.Descriptor instead.
 func (*StartLink) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{27}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StartLink) GetOffer() *LinkOffer {
@@ -2907,7 +3040,7 @@ type LinkOffer struct {
 
 func (x *LinkOffer) Reset() {
 	*x = LinkOffer{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[28]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2919,7 +3052,7 @@ func (x *LinkOffer) String() string {
 func (*LinkOffer) ProtoMessage() {}
 
 func (x *LinkOffer) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[28]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2932,7 +3065,7 @@ func (x *LinkOffer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkOffer.ProtoReflect.Descriptor instead.
 func (*LinkOffer) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{28}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LinkOffer) GetAuthKey() []byte {
@@ -2987,7 +3120,7 @@ type LinkStarted struct {
 
 func (x *LinkStarted) Reset() {
 	*x = LinkStarted{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[29]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2999,7 +3132,7 @@ func (x *LinkStarted) String() string {
 func (*LinkStarted) ProtoMessage() {}
 
 func (x *LinkStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[29]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3012,7 +3145,7 @@ func (x *LinkStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkStarted.ProtoReflect.Descriptor instead.
 func (*LinkStarted) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{29}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LinkStarted) GetLinkId() string {
@@ -3038,7 +3171,7 @@ type GetLinkOffer struct {
 
 func (x *GetLinkOffer) Reset() {
 	*x = GetLinkOffer{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[30]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3050,7 +3183,7 @@ func (x *GetLinkOffer) String() string {
 func (*GetLinkOffer) ProtoMessage() {}
 
 func (x *GetLinkOffer) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[30]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3063,7 +3196,7 @@ func (x *GetLinkOffer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLinkOffer.ProtoReflect.Descriptor instead.
 func (*GetLinkOffer) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{30}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetLinkOffer) GetLinkId() string {
@@ -3087,7 +3220,7 @@ type ApproveLink struct {
 
 func (x *ApproveLink) Reset() {
 	*x = ApproveLink{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[31]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3099,7 +3232,7 @@ func (x *ApproveLink) String() string {
 func (*ApproveLink) ProtoMessage() {}
 
 func (x *ApproveLink) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[31]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3112,7 +3245,7 @@ func (x *ApproveLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveLink.ProtoReflect.Descriptor instead.
 func (*ApproveLink) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{31}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ApproveLink) GetLinkId() string {
@@ -3163,7 +3296,7 @@ type LinkApproved struct {
 
 func (x *LinkApproved) Reset() {
 	*x = LinkApproved{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[32]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3175,7 +3308,7 @@ func (x *LinkApproved) String() string {
 func (*LinkApproved) ProtoMessage() {}
 
 func (x *LinkApproved) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[32]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3188,7 +3321,7 @@ func (x *LinkApproved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkApproved.ProtoReflect.Descriptor instead.
 func (*LinkApproved) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{32}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LinkApproved) GetName() string {
@@ -3231,7 +3364,7 @@ type SignedDeviceList struct {
 
 func (x *SignedDeviceList) Reset() {
 	*x = SignedDeviceList{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[33]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3243,7 +3376,7 @@ func (x *SignedDeviceList) String() string {
 func (*SignedDeviceList) ProtoMessage() {}
 
 func (x *SignedDeviceList) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[33]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3256,7 +3389,7 @@ func (x *SignedDeviceList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedDeviceList.ProtoReflect.Descriptor instead.
 func (*SignedDeviceList) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{33}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SignedDeviceList) GetList() []byte {
@@ -3285,7 +3418,7 @@ type DeviceList struct {
 
 func (x *DeviceList) Reset() {
 	*x = DeviceList{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[34]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3297,7 +3430,7 @@ func (x *DeviceList) String() string {
 func (*DeviceList) ProtoMessage() {}
 
 func (x *DeviceList) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[34]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3310,7 +3443,7 @@ func (x *DeviceList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceList.ProtoReflect.Descriptor instead.
 func (*DeviceList) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{34}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeviceList) GetAccount() string {
@@ -3352,7 +3485,7 @@ type ListedDevice struct {
 
 func (x *ListedDevice) Reset() {
 	*x = ListedDevice{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[35]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3364,7 +3497,7 @@ func (x *ListedDevice) String() string {
 func (*ListedDevice) ProtoMessage() {}
 
 func (x *ListedDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[35]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3377,7 +3510,7 @@ func (x *ListedDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListedDevice.ProtoReflect.Descriptor instead.
 func (*ListedDevice) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{35}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListedDevice) GetDeviceId() string {
@@ -3410,7 +3543,7 @@ type GetDevices struct {
 
 func (x *GetDevices) Reset() {
 	*x = GetDevices{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[36]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3422,7 +3555,7 @@ func (x *GetDevices) String() string {
 func (*GetDevices) ProtoMessage() {}
 
 func (x *GetDevices) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[36]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3435,7 +3568,7 @@ func (x *GetDevices) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDevices.ProtoReflect.Descriptor instead.
 func (*GetDevices) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{36}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{37}
 }
 
 type DeviceInfo struct {
@@ -3451,7 +3584,7 @@ type DeviceInfo struct {
 
 func (x *DeviceInfo) Reset() {
 	*x = DeviceInfo{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[37]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3463,7 +3596,7 @@ func (x *DeviceInfo) String() string {
 func (*DeviceInfo) ProtoMessage() {}
 
 func (x *DeviceInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[37]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3476,7 +3609,7 @@ func (x *DeviceInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceInfo.ProtoReflect.Descriptor instead.
 func (*DeviceInfo) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{37}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DeviceInfo) GetDeviceId() string {
@@ -3524,7 +3657,7 @@ type DeviceListResult struct {
 
 func (x *DeviceListResult) Reset() {
 	*x = DeviceListResult{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[38]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3536,7 +3669,7 @@ func (x *DeviceListResult) String() string {
 func (*DeviceListResult) ProtoMessage() {}
 
 func (x *DeviceListResult) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[38]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3549,7 +3682,7 @@ func (x *DeviceListResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceListResult.ProtoReflect.Descriptor instead.
 func (*DeviceListResult) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{38}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeviceListResult) GetDevices() []*DeviceInfo {
@@ -3576,7 +3709,7 @@ type DeviceListChanged struct {
 
 func (x *DeviceListChanged) Reset() {
 	*x = DeviceListChanged{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[39]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3588,7 +3721,7 @@ func (x *DeviceListChanged) String() string {
 func (*DeviceListChanged) ProtoMessage() {}
 
 func (x *DeviceListChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[39]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3601,7 +3734,7 @@ func (x *DeviceListChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceListChanged.ProtoReflect.Descriptor instead.
 func (*DeviceListChanged) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{39}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DeviceListChanged) GetDeviceList() *SignedDeviceList {
@@ -3622,7 +3755,7 @@ type PutDeviceList struct {
 
 func (x *PutDeviceList) Reset() {
 	*x = PutDeviceList{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[40]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3634,7 +3767,7 @@ func (x *PutDeviceList) String() string {
 func (*PutDeviceList) ProtoMessage() {}
 
 func (x *PutDeviceList) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[40]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3647,7 +3780,7 @@ func (x *PutDeviceList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutDeviceList.ProtoReflect.Descriptor instead.
 func (*PutDeviceList) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{40}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PutDeviceList) GetDeviceList() *SignedDeviceList {
@@ -3671,7 +3804,7 @@ type RemoveDevice struct {
 
 func (x *RemoveDevice) Reset() {
 	*x = RemoveDevice{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[41]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3683,7 +3816,7 @@ func (x *RemoveDevice) String() string {
 func (*RemoveDevice) ProtoMessage() {}
 
 func (x *RemoveDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[41]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3696,7 +3829,7 @@ func (x *RemoveDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveDevice.ProtoReflect.Descriptor instead.
 func (*RemoveDevice) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{41}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RemoveDevice) GetDeviceId() string {
@@ -3732,7 +3865,7 @@ type GroupEvent struct {
 
 func (x *GroupEvent) Reset() {
 	*x = GroupEvent{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[42]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3744,7 +3877,7 @@ func (x *GroupEvent) String() string {
 func (*GroupEvent) ProtoMessage() {}
 
 func (x *GroupEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[42]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3757,7 +3890,7 @@ func (x *GroupEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupEvent.ProtoReflect.Descriptor instead.
 func (*GroupEvent) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{42}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GroupEvent) GetGroupId() string {
@@ -3833,7 +3966,7 @@ type SignedGroupEvent struct {
 
 func (x *SignedGroupEvent) Reset() {
 	*x = SignedGroupEvent{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[43]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3845,7 +3978,7 @@ func (x *SignedGroupEvent) String() string {
 func (*SignedGroupEvent) ProtoMessage() {}
 
 func (x *SignedGroupEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[43]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3858,7 +3991,7 @@ func (x *SignedGroupEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedGroupEvent.ProtoReflect.Descriptor instead.
 func (*SignedGroupEvent) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{43}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SignedGroupEvent) GetEvent() []byte {
@@ -3885,7 +4018,7 @@ type CreateGroup struct {
 
 func (x *CreateGroup) Reset() {
 	*x = CreateGroup{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[44]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3897,7 +4030,7 @@ func (x *CreateGroup) String() string {
 func (*CreateGroup) ProtoMessage() {}
 
 func (x *CreateGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[44]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3910,7 +4043,7 @@ func (x *CreateGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroup.ProtoReflect.Descriptor instead.
 func (*CreateGroup) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{44}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CreateGroup) GetEvent() *SignedGroupEvent {
@@ -3931,7 +4064,7 @@ type UpdateGroup struct {
 
 func (x *UpdateGroup) Reset() {
 	*x = UpdateGroup{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[45]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3943,7 +4076,7 @@ func (x *UpdateGroup) String() string {
 func (*UpdateGroup) ProtoMessage() {}
 
 func (x *UpdateGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[45]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3956,7 +4089,7 @@ func (x *UpdateGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateGroup.ProtoReflect.Descriptor instead.
 func (*UpdateGroup) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{45}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *UpdateGroup) GetEvent() *SignedGroupEvent {
@@ -3975,7 +4108,7 @@ type GetGroup struct {
 
 func (x *GetGroup) Reset() {
 	*x = GetGroup{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[46]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3987,7 +4120,7 @@ func (x *GetGroup) String() string {
 func (*GetGroup) ProtoMessage() {}
 
 func (x *GetGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[46]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4000,7 +4133,7 @@ func (x *GetGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroup.ProtoReflect.Descriptor instead.
 func (*GetGroup) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{46}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetGroup) GetGroupId() string {
@@ -4029,7 +4162,7 @@ type GroupResult struct {
 
 func (x *GroupResult) Reset() {
 	*x = GroupResult{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[47]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4041,7 +4174,7 @@ func (x *GroupResult) String() string {
 func (*GroupResult) ProtoMessage() {}
 
 func (x *GroupResult) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[47]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4054,7 +4187,7 @@ func (x *GroupResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupResult.ProtoReflect.Descriptor instead.
 func (*GroupResult) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{47}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GroupResult) GetGroupId() string {
@@ -4114,7 +4247,7 @@ type ListGroups struct {
 
 func (x *ListGroups) Reset() {
 	*x = ListGroups{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[48]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4126,7 +4259,7 @@ func (x *ListGroups) String() string {
 func (*ListGroups) ProtoMessage() {}
 
 func (x *ListGroups) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[48]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4139,7 +4272,7 @@ func (x *ListGroups) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroups.ProtoReflect.Descriptor instead.
 func (*ListGroups) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{48}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{49}
 }
 
 type GroupList struct {
@@ -4151,7 +4284,7 @@ type GroupList struct {
 
 func (x *GroupList) Reset() {
 	*x = GroupList{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[49]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4163,7 +4296,7 @@ func (x *GroupList) String() string {
 func (*GroupList) ProtoMessage() {}
 
 func (x *GroupList) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[49]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4176,7 +4309,7 @@ func (x *GroupList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupList.ProtoReflect.Descriptor instead.
 func (*GroupList) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{49}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GroupList) GetGroups() []*GroupResult {
@@ -4199,7 +4332,7 @@ type SubscribePresence struct {
 
 func (x *SubscribePresence) Reset() {
 	*x = SubscribePresence{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[50]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4211,7 +4344,7 @@ func (x *SubscribePresence) String() string {
 func (*SubscribePresence) ProtoMessage() {}
 
 func (x *SubscribePresence) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[50]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4224,7 +4357,7 @@ func (x *SubscribePresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribePresence.ProtoReflect.Descriptor instead.
 func (*SubscribePresence) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{50}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SubscribePresence) GetAccounts() []string {
@@ -4245,7 +4378,7 @@ type Presence struct {
 
 func (x *Presence) Reset() {
 	*x = Presence{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[51]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4257,7 +4390,7 @@ func (x *Presence) String() string {
 func (*Presence) ProtoMessage() {}
 
 func (x *Presence) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[51]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4270,7 +4403,7 @@ func (x *Presence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Presence.ProtoReflect.Descriptor instead.
 func (*Presence) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{51}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *Presence) GetAccount() string {
@@ -4303,7 +4436,7 @@ type PresenceResult struct {
 
 func (x *PresenceResult) Reset() {
 	*x = PresenceResult{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[52]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4315,7 +4448,7 @@ func (x *PresenceResult) String() string {
 func (*PresenceResult) ProtoMessage() {}
 
 func (x *PresenceResult) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[52]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4328,7 +4461,7 @@ func (x *PresenceResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceResult.ProtoReflect.Descriptor instead.
 func (*PresenceResult) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{52}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PresenceResult) GetPresence() []*Presence {
@@ -4347,7 +4480,7 @@ type PresenceChanged struct {
 
 func (x *PresenceChanged) Reset() {
 	*x = PresenceChanged{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[53]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4359,7 +4492,7 @@ func (x *PresenceChanged) String() string {
 func (*PresenceChanged) ProtoMessage() {}
 
 func (x *PresenceChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[53]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4372,7 +4505,7 @@ func (x *PresenceChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceChanged.ProtoReflect.Descriptor instead.
 func (*PresenceChanged) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{53}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *PresenceChanged) GetPresence() *Presence {
@@ -4395,7 +4528,7 @@ type Settings struct {
 
 func (x *Settings) Reset() {
 	*x = Settings{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[54]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4407,7 +4540,7 @@ func (x *Settings) String() string {
 func (*Settings) ProtoMessage() {}
 
 func (x *Settings) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[54]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4420,7 +4553,7 @@ func (x *Settings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settings.ProtoReflect.Descriptor instead.
 func (*Settings) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{54}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *Settings) GetLastSeen() LastSeenVisibility {
@@ -4446,7 +4579,7 @@ type PutSettings struct {
 
 func (x *PutSettings) Reset() {
 	*x = PutSettings{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[55]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4458,7 +4591,7 @@ func (x *PutSettings) String() string {
 func (*PutSettings) ProtoMessage() {}
 
 func (x *PutSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[55]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4471,7 +4604,7 @@ func (x *PutSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSettings.ProtoReflect.Descriptor instead.
 func (*PutSettings) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{55}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *PutSettings) GetSettings() *Settings {
@@ -4490,7 +4623,7 @@ type SettingsResult struct {
 
 func (x *SettingsResult) Reset() {
 	*x = SettingsResult{}
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[56]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4502,7 +4635,7 @@ func (x *SettingsResult) String() string {
 func (*SettingsResult) ProtoMessage() {}
 
 func (x *SettingsResult) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[56]
+	mi := &file_proto_petrel_v1_petrel_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4515,7 +4648,7 @@ func (x *SettingsResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SettingsResult.ProtoReflect.Descriptor instead.
 func (*SettingsResult) Descriptor() ([]byte, []int) {
-	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{56}
+	return file_proto_petrel_v1_petrel_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *SettingsResult) GetSettings() *Settings {
@@ -4529,7 +4662,7 @@ var File_proto_petrel_v1_petrel_proto protoreflect.FileDescriptor
 
 const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\n" +
-	"\x1cproto/petrel/v1/petrel.proto\x12\tpetrel.v1\"\x82\x13\n" +
+	"\x1cproto/petrel/v1/petrel.proto\x12\tpetrel.v1\"\xb2\x13\n" +
 	"\x05Frame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
 	"\tchallenge\x18\n" +
@@ -4582,18 +4715,29 @@ const file_proto_petrel_v1_petrel_proto_rawDesc = "" +
 	"\vlist_groups\x189 \x01(\v2\x15.petrel.v1.ListGroupsH\x00R\n" +
 	"listGroups\x12M\n" +
 	"\x12subscribe_presence\x18: \x01(\v2\x1c.petrel.v1.SubscribePresenceH\x00R\x11subscribePresence\x12;\n" +
-	"\fput_settings\x18; \x01(\v2\x16.petrel.v1.PutSettingsH\x00R\vputSettingsB\x06\n" +
+	"\fput_settings\x18; \x01(\v2\x16.petrel.v1.PutSettingsH\x00R\vputSettings\x12.\n" +
+	"\arecover\x18< \x01(\v2\x12.petrel.v1.RecoverH\x00R\arecoverB\x06\n" +
 	"\x04body\"[\n" +
 	"\tChallenge\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\fR\x05nonce\x12$\n" +
 	"\x0eserver_time_ms\x18\x02 \x01(\x03R\fserverTimeMs\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"\x9f\x01\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"\xcc\x01\n" +
 	"\bRegister\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06invite\x18\x02 \x01(\tR\x06invite\x12\x19\n" +
 	"\bauth_key\x18\x03 \x01(\fR\aauthKey\x12\x1c\n" +
 	"\tsignature\x18\x04 \x01(\fR\tsignature\x12.\n" +
-	"\x04keys\x18\x05 \x01(\v2\x1a.petrel.v1.KeyBundleUploadR\x04keys\"\xb8\x02\n" +
+	"\x04keys\x18\x05 \x01(\v2\x1a.petrel.v1.KeyBundleUploadR\x04keys\x12+\n" +
+	"\x11recovery_verifier\x18\x06 \x01(\fR\x10recoveryVerifier\"\xa0\x02\n" +
+	"\aRecover\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\bauth_key\x18\x02 \x01(\fR\aauthKey\x12\x1c\n" +
+	"\tsignature\x18\x03 \x01(\fR\tsignature\x12.\n" +
+	"\x04keys\x18\x04 \x01(\v2\x1a.petrel.v1.KeyBundleUploadR\x04keys\x12-\n" +
+	"\x12recovery_signature\x18\x05 \x01(\fR\x11recoverySignature\x12<\n" +
+	"\vdevice_list\x18\x06 \x01(\v2\x1b.petrel.v1.SignedDeviceListR\n" +
+	"deviceList\x12+\n" +
+	"\x11recovery_verifier\x18\a \x01(\fR\x10recoveryVerifier\"\xb8\x02\n" +
 	"\x0fKeyBundleUpload\x12!\n" +
 	"\fidentity_key\x18\x01 \x01(\fR\videntityKey\x12<\n" +
 	"\rsigned_prekey\x18\x02 \x01(\v2\x17.petrel.v1.SignedPreKeyR\fsignedPrekey\x12I\n" +
@@ -4908,7 +5052,7 @@ func file_proto_petrel_v1_petrel_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_petrel_v1_petrel_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_proto_petrel_v1_petrel_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
+var file_proto_petrel_v1_petrel_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_proto_petrel_v1_petrel_proto_goTypes = []any{
 	(ErrorCode)(0),            // 0: petrel.v1.ErrorCode
 	(EnvelopeType)(0),         // 1: petrel.v1.EnvelopeType
@@ -4918,146 +5062,150 @@ var file_proto_petrel_v1_petrel_proto_goTypes = []any{
 	(*Frame)(nil),             // 5: petrel.v1.Frame
 	(*Challenge)(nil),         // 6: petrel.v1.Challenge
 	(*Register)(nil),          // 7: petrel.v1.Register
-	(*KeyBundleUpload)(nil),   // 8: petrel.v1.KeyBundleUpload
-	(*SignedPreKey)(nil),      // 9: petrel.v1.SignedPreKey
-	(*OneTimePreKey)(nil),     // 10: petrel.v1.OneTimePreKey
-	(*KEMPreKey)(nil),         // 11: petrel.v1.KEMPreKey
-	(*Auth)(nil),              // 12: petrel.v1.Auth
-	(*Welcome)(nil),           // 13: petrel.v1.Welcome
-	(*Error)(nil),             // 14: petrel.v1.Error
-	(*Send)(nil),              // 15: petrel.v1.Send
-	(*DeviceCiphertext)(nil),  // 16: petrel.v1.DeviceCiphertext
-	(*SendResult)(nil),        // 17: petrel.v1.SendResult
-	(*Envelope)(nil),          // 18: petrel.v1.Envelope
-	(*Deliver)(nil),           // 19: petrel.v1.Deliver
-	(*DeliverAck)(nil),        // 20: petrel.v1.DeliverAck
-	(*QueueEmpty)(nil),        // 21: petrel.v1.QueueEmpty
-	(*GoAway)(nil),            // 22: petrel.v1.GoAway
-	(*GetBundle)(nil),         // 23: petrel.v1.GetBundle
-	(*BundleResult)(nil),      // 24: petrel.v1.BundleResult
-	(*DeviceBundle)(nil),      // 25: petrel.v1.DeviceBundle
-	(*UploadPreKeys)(nil),     // 26: petrel.v1.UploadPreKeys
-	(*PreKeyStatus)(nil),      // 27: petrel.v1.PreKeyStatus
-	(*Ping)(nil),              // 28: petrel.v1.Ping
-	(*Pong)(nil),              // 29: petrel.v1.Pong
-	(*QueryQueued)(nil),       // 30: petrel.v1.QueryQueued
-	(*QueuedResult)(nil),      // 31: petrel.v1.QueuedResult
-	(*StartLink)(nil),         // 32: petrel.v1.StartLink
-	(*LinkOffer)(nil),         // 33: petrel.v1.LinkOffer
-	(*LinkStarted)(nil),       // 34: petrel.v1.LinkStarted
-	(*GetLinkOffer)(nil),      // 35: petrel.v1.GetLinkOffer
-	(*ApproveLink)(nil),       // 36: petrel.v1.ApproveLink
-	(*LinkApproved)(nil),      // 37: petrel.v1.LinkApproved
-	(*SignedDeviceList)(nil),  // 38: petrel.v1.SignedDeviceList
-	(*DeviceList)(nil),        // 39: petrel.v1.DeviceList
-	(*ListedDevice)(nil),      // 40: petrel.v1.ListedDevice
-	(*GetDevices)(nil),        // 41: petrel.v1.GetDevices
-	(*DeviceInfo)(nil),        // 42: petrel.v1.DeviceInfo
-	(*DeviceListResult)(nil),  // 43: petrel.v1.DeviceListResult
-	(*DeviceListChanged)(nil), // 44: petrel.v1.DeviceListChanged
-	(*PutDeviceList)(nil),     // 45: petrel.v1.PutDeviceList
-	(*RemoveDevice)(nil),      // 46: petrel.v1.RemoveDevice
-	(*GroupEvent)(nil),        // 47: petrel.v1.GroupEvent
-	(*SignedGroupEvent)(nil),  // 48: petrel.v1.SignedGroupEvent
-	(*CreateGroup)(nil),       // 49: petrel.v1.CreateGroup
-	(*UpdateGroup)(nil),       // 50: petrel.v1.UpdateGroup
-	(*GetGroup)(nil),          // 51: petrel.v1.GetGroup
-	(*GroupResult)(nil),       // 52: petrel.v1.GroupResult
-	(*ListGroups)(nil),        // 53: petrel.v1.ListGroups
-	(*GroupList)(nil),         // 54: petrel.v1.GroupList
-	(*SubscribePresence)(nil), // 55: petrel.v1.SubscribePresence
-	(*Presence)(nil),          // 56: petrel.v1.Presence
-	(*PresenceResult)(nil),    // 57: petrel.v1.PresenceResult
-	(*PresenceChanged)(nil),   // 58: petrel.v1.PresenceChanged
-	(*Settings)(nil),          // 59: petrel.v1.Settings
-	(*PutSettings)(nil),       // 60: petrel.v1.PutSettings
-	(*SettingsResult)(nil),    // 61: petrel.v1.SettingsResult
+	(*Recover)(nil),           // 8: petrel.v1.Recover
+	(*KeyBundleUpload)(nil),   // 9: petrel.v1.KeyBundleUpload
+	(*SignedPreKey)(nil),      // 10: petrel.v1.SignedPreKey
+	(*OneTimePreKey)(nil),     // 11: petrel.v1.OneTimePreKey
+	(*KEMPreKey)(nil),         // 12: petrel.v1.KEMPreKey
+	(*Auth)(nil),              // 13: petrel.v1.Auth
+	(*Welcome)(nil),           // 14: petrel.v1.Welcome
+	(*Error)(nil),             // 15: petrel.v1.Error
+	(*Send)(nil),              // 16: petrel.v1.Send
+	(*DeviceCiphertext)(nil),  // 17: petrel.v1.DeviceCiphertext
+	(*SendResult)(nil),        // 18: petrel.v1.SendResult
+	(*Envelope)(nil),          // 19: petrel.v1.Envelope
+	(*Deliver)(nil),           // 20: petrel.v1.Deliver
+	(*DeliverAck)(nil),        // 21: petrel.v1.DeliverAck
+	(*QueueEmpty)(nil),        // 22: petrel.v1.QueueEmpty
+	(*GoAway)(nil),            // 23: petrel.v1.GoAway
+	(*GetBundle)(nil),         // 24: petrel.v1.GetBundle
+	(*BundleResult)(nil),      // 25: petrel.v1.BundleResult
+	(*DeviceBundle)(nil),      // 26: petrel.v1.DeviceBundle
+	(*UploadPreKeys)(nil),     // 27: petrel.v1.UploadPreKeys
+	(*PreKeyStatus)(nil),      // 28: petrel.v1.PreKeyStatus
+	(*Ping)(nil),              // 29: petrel.v1.Ping
+	(*Pong)(nil),              // 30: petrel.v1.Pong
+	(*QueryQueued)(nil),       // 31: petrel.v1.QueryQueued
+	(*QueuedResult)(nil),      // 32: petrel.v1.QueuedResult
+	(*StartLink)(nil),         // 33: petrel.v1.StartLink
+	(*LinkOffer)(nil),         // 34: petrel.v1.LinkOffer
+	(*LinkStarted)(nil),       // 35: petrel.v1.LinkStarted
+	(*GetLinkOffer)(nil),      // 36: petrel.v1.GetLinkOffer
+	(*ApproveLink)(nil),       // 37: petrel.v1.ApproveLink
+	(*LinkApproved)(nil),      // 38: petrel.v1.LinkApproved
+	(*SignedDeviceList)(nil),  // 39: petrel.v1.SignedDeviceList
+	(*DeviceList)(nil),        // 40: petrel.v1.DeviceList
+	(*ListedDevice)(nil),      // 41: petrel.v1.ListedDevice
+	(*GetDevices)(nil),        // 42: petrel.v1.GetDevices
+	(*DeviceInfo)(nil),        // 43: petrel.v1.DeviceInfo
+	(*DeviceListResult)(nil),  // 44: petrel.v1.DeviceListResult
+	(*DeviceListChanged)(nil), // 45: petrel.v1.DeviceListChanged
+	(*PutDeviceList)(nil),     // 46: petrel.v1.PutDeviceList
+	(*RemoveDevice)(nil),      // 47: petrel.v1.RemoveDevice
+	(*GroupEvent)(nil),        // 48: petrel.v1.GroupEvent
+	(*SignedGroupEvent)(nil),  // 49: petrel.v1.SignedGroupEvent
+	(*CreateGroup)(nil),       // 50: petrel.v1.CreateGroup
+	(*UpdateGroup)(nil),       // 51: petrel.v1.UpdateGroup
+	(*GetGroup)(nil),          // 52: petrel.v1.GetGroup
+	(*GroupResult)(nil),       // 53: petrel.v1.GroupResult
+	(*ListGroups)(nil),        // 54: petrel.v1.ListGroups
+	(*GroupList)(nil),         // 55: petrel.v1.GroupList
+	(*SubscribePresence)(nil), // 56: petrel.v1.SubscribePresence
+	(*Presence)(nil),          // 57: petrel.v1.Presence
+	(*PresenceResult)(nil),    // 58: petrel.v1.PresenceResult
+	(*PresenceChanged)(nil),   // 59: petrel.v1.PresenceChanged
+	(*Settings)(nil),          // 60: petrel.v1.Settings
+	(*PutSettings)(nil),       // 61: petrel.v1.PutSettings
+	(*SettingsResult)(nil),    // 62: petrel.v1.SettingsResult
 }
 var file_proto_petrel_v1_petrel_proto_depIdxs = []int32{
 	6,  // 0: petrel.v1.Frame.challenge:type_name -> petrel.v1.Challenge
-	13, // 1: petrel.v1.Frame.welcome:type_name -> petrel.v1.Welcome
-	14, // 2: petrel.v1.Frame.error:type_name -> petrel.v1.Error
-	19, // 3: petrel.v1.Frame.deliver:type_name -> petrel.v1.Deliver
-	21, // 4: petrel.v1.Frame.queue_empty:type_name -> petrel.v1.QueueEmpty
-	22, // 5: petrel.v1.Frame.go_away:type_name -> petrel.v1.GoAway
-	17, // 6: petrel.v1.Frame.send_result:type_name -> petrel.v1.SendResult
-	24, // 7: petrel.v1.Frame.bundle_result:type_name -> petrel.v1.BundleResult
-	27, // 8: petrel.v1.Frame.prekey_status:type_name -> petrel.v1.PreKeyStatus
-	29, // 9: petrel.v1.Frame.pong:type_name -> petrel.v1.Pong
-	31, // 10: petrel.v1.Frame.queued_result:type_name -> petrel.v1.QueuedResult
-	34, // 11: petrel.v1.Frame.link_started:type_name -> petrel.v1.LinkStarted
-	33, // 12: petrel.v1.Frame.link_offer:type_name -> petrel.v1.LinkOffer
-	37, // 13: petrel.v1.Frame.link_approved:type_name -> petrel.v1.LinkApproved
-	43, // 14: petrel.v1.Frame.device_list_result:type_name -> petrel.v1.DeviceListResult
-	44, // 15: petrel.v1.Frame.device_list_changed:type_name -> petrel.v1.DeviceListChanged
-	52, // 16: petrel.v1.Frame.group_result:type_name -> petrel.v1.GroupResult
-	54, // 17: petrel.v1.Frame.group_list:type_name -> petrel.v1.GroupList
-	57, // 18: petrel.v1.Frame.presence_result:type_name -> petrel.v1.PresenceResult
-	58, // 19: petrel.v1.Frame.presence_changed:type_name -> petrel.v1.PresenceChanged
-	61, // 20: petrel.v1.Frame.settings_result:type_name -> petrel.v1.SettingsResult
+	14, // 1: petrel.v1.Frame.welcome:type_name -> petrel.v1.Welcome
+	15, // 2: petrel.v1.Frame.error:type_name -> petrel.v1.Error
+	20, // 3: petrel.v1.Frame.deliver:type_name -> petrel.v1.Deliver
+	22, // 4: petrel.v1.Frame.queue_empty:type_name -> petrel.v1.QueueEmpty
+	23, // 5: petrel.v1.Frame.go_away:type_name -> petrel.v1.GoAway
+	18, // 6: petrel.v1.Frame.send_result:type_name -> petrel.v1.SendResult
+	25, // 7: petrel.v1.Frame.bundle_result:type_name -> petrel.v1.BundleResult
+	28, // 8: petrel.v1.Frame.prekey_status:type_name -> petrel.v1.PreKeyStatus
+	30, // 9: petrel.v1.Frame.pong:type_name -> petrel.v1.Pong
+	32, // 10: petrel.v1.Frame.queued_result:type_name -> petrel.v1.QueuedResult
+	35, // 11: petrel.v1.Frame.link_started:type_name -> petrel.v1.LinkStarted
+	34, // 12: petrel.v1.Frame.link_offer:type_name -> petrel.v1.LinkOffer
+	38, // 13: petrel.v1.Frame.link_approved:type_name -> petrel.v1.LinkApproved
+	44, // 14: petrel.v1.Frame.device_list_result:type_name -> petrel.v1.DeviceListResult
+	45, // 15: petrel.v1.Frame.device_list_changed:type_name -> petrel.v1.DeviceListChanged
+	53, // 16: petrel.v1.Frame.group_result:type_name -> petrel.v1.GroupResult
+	55, // 17: petrel.v1.Frame.group_list:type_name -> petrel.v1.GroupList
+	58, // 18: petrel.v1.Frame.presence_result:type_name -> petrel.v1.PresenceResult
+	59, // 19: petrel.v1.Frame.presence_changed:type_name -> petrel.v1.PresenceChanged
+	62, // 20: petrel.v1.Frame.settings_result:type_name -> petrel.v1.SettingsResult
 	7,  // 21: petrel.v1.Frame.register:type_name -> petrel.v1.Register
-	12, // 22: petrel.v1.Frame.auth:type_name -> petrel.v1.Auth
-	15, // 23: petrel.v1.Frame.send:type_name -> petrel.v1.Send
-	20, // 24: petrel.v1.Frame.deliver_ack:type_name -> petrel.v1.DeliverAck
-	23, // 25: petrel.v1.Frame.get_bundle:type_name -> petrel.v1.GetBundle
-	26, // 26: petrel.v1.Frame.upload_prekeys:type_name -> petrel.v1.UploadPreKeys
-	28, // 27: petrel.v1.Frame.ping:type_name -> petrel.v1.Ping
-	30, // 28: petrel.v1.Frame.query_queued:type_name -> petrel.v1.QueryQueued
-	32, // 29: petrel.v1.Frame.start_link:type_name -> petrel.v1.StartLink
-	35, // 30: petrel.v1.Frame.get_link_offer:type_name -> petrel.v1.GetLinkOffer
-	36, // 31: petrel.v1.Frame.approve_link:type_name -> petrel.v1.ApproveLink
-	41, // 32: petrel.v1.Frame.get_devices:type_name -> petrel.v1.GetDevices
-	45, // 33: petrel.v1.Frame.put_device_list:type_name -> petrel.v1.PutDeviceList
-	46, // 34: petrel.v1.Frame.remove_device:type_name -> petrel.v1.RemoveDevice
-	49, // 35: petrel.v1.Frame.create_group:type_name -> petrel.v1.CreateGroup
-	50, // 36: petrel.v1.Frame.update_group:type_name -> petrel.v1.UpdateGroup
-	51, // 37: petrel.v1.Frame.get_group:type_name -> petrel.v1.GetGroup
-	53, // 38: petrel.v1.Frame.list_groups:type_name -> petrel.v1.ListGroups
-	55, // 39: petrel.v1.Frame.subscribe_presence:type_name -> petrel.v1.SubscribePresence
-	60, // 40: petrel.v1.Frame.put_settings:type_name -> petrel.v1.PutSettings
-	8,  // 41: petrel.v1.Register.keys:type_name -> petrel.v1.KeyBundleUpload
-	9,  // 42: petrel.v1.KeyBundleUpload.signed_prekey:type_name -> petrel.v1.SignedPreKey
-	11, // 43: petrel.v1.KeyBundleUpload.last_resort_kem_prekey:type_name -> petrel.v1.KEMPreKey
-	11, // 44: petrel.v1.KeyBundleUpload.kem_prekeys:type_name -> petrel.v1.KEMPreKey
-	10, // 45: petrel.v1.KeyBundleUpload.one_time_prekeys:type_name -> petrel.v1.OneTimePreKey
-	0,  // 46: petrel.v1.Error.code:type_name -> petrel.v1.ErrorCode
-	16, // 47: petrel.v1.Send.envelopes:type_name -> petrel.v1.DeviceCiphertext
-	16, // 48: petrel.v1.Send.own_envelopes:type_name -> petrel.v1.DeviceCiphertext
-	1,  // 49: petrel.v1.DeviceCiphertext.type:type_name -> petrel.v1.EnvelopeType
-	1,  // 50: petrel.v1.Envelope.type:type_name -> petrel.v1.EnvelopeType
-	18, // 51: petrel.v1.Deliver.envelope:type_name -> petrel.v1.Envelope
-	0,  // 52: petrel.v1.GoAway.reason:type_name -> petrel.v1.ErrorCode
-	25, // 53: petrel.v1.BundleResult.devices:type_name -> petrel.v1.DeviceBundle
-	38, // 54: petrel.v1.BundleResult.device_list:type_name -> petrel.v1.SignedDeviceList
-	9,  // 55: petrel.v1.DeviceBundle.signed_prekey:type_name -> petrel.v1.SignedPreKey
-	11, // 56: petrel.v1.DeviceBundle.kem_prekey:type_name -> petrel.v1.KEMPreKey
-	10, // 57: petrel.v1.DeviceBundle.one_time_prekey:type_name -> petrel.v1.OneTimePreKey
-	8,  // 58: petrel.v1.UploadPreKeys.keys:type_name -> petrel.v1.KeyBundleUpload
-	33, // 59: petrel.v1.StartLink.offer:type_name -> petrel.v1.LinkOffer
-	8,  // 60: petrel.v1.LinkOffer.keys:type_name -> petrel.v1.KeyBundleUpload
-	38, // 61: petrel.v1.ApproveLink.device_list:type_name -> petrel.v1.SignedDeviceList
-	40, // 62: petrel.v1.DeviceList.devices:type_name -> petrel.v1.ListedDevice
-	42, // 63: petrel.v1.DeviceListResult.devices:type_name -> petrel.v1.DeviceInfo
-	38, // 64: petrel.v1.DeviceListResult.device_list:type_name -> petrel.v1.SignedDeviceList
-	38, // 65: petrel.v1.DeviceListChanged.device_list:type_name -> petrel.v1.SignedDeviceList
-	38, // 66: petrel.v1.PutDeviceList.device_list:type_name -> petrel.v1.SignedDeviceList
-	38, // 67: petrel.v1.RemoveDevice.device_list:type_name -> petrel.v1.SignedDeviceList
-	2,  // 68: petrel.v1.GroupEvent.kind:type_name -> petrel.v1.GroupEventKind
-	48, // 69: petrel.v1.CreateGroup.event:type_name -> petrel.v1.SignedGroupEvent
-	48, // 70: petrel.v1.UpdateGroup.event:type_name -> petrel.v1.SignedGroupEvent
-	48, // 71: petrel.v1.GroupResult.last_event:type_name -> petrel.v1.SignedGroupEvent
-	52, // 72: petrel.v1.GroupList.groups:type_name -> petrel.v1.GroupResult
-	3,  // 73: petrel.v1.Presence.state:type_name -> petrel.v1.PresenceState
-	56, // 74: petrel.v1.PresenceResult.presence:type_name -> petrel.v1.Presence
-	56, // 75: petrel.v1.PresenceChanged.presence:type_name -> petrel.v1.Presence
-	4,  // 76: petrel.v1.Settings.last_seen:type_name -> petrel.v1.LastSeenVisibility
-	59, // 77: petrel.v1.PutSettings.settings:type_name -> petrel.v1.Settings
-	59, // 78: petrel.v1.SettingsResult.settings:type_name -> petrel.v1.Settings
-	79, // [79:79] is the sub-list for method output_type
-	79, // [79:79] is the sub-list for method input_type
-	79, // [79:79] is the sub-list for extension type_name
-	79, // [79:79] is the sub-list for extension extendee
-	0,  // [0:79] is the sub-list for field type_name
+	13, // 22: petrel.v1.Frame.auth:type_name -> petrel.v1.Auth
+	16, // 23: petrel.v1.Frame.send:type_name -> petrel.v1.Send
+	21, // 24: petrel.v1.Frame.deliver_ack:type_name -> petrel.v1.DeliverAck
+	24, // 25: petrel.v1.Frame.get_bundle:type_name -> petrel.v1.GetBundle
+	27, // 26: petrel.v1.Frame.upload_prekeys:type_name -> petrel.v1.UploadPreKeys
+	29, // 27: petrel.v1.Frame.ping:type_name -> petrel.v1.Ping
+	31, // 28: petrel.v1.Frame.query_queued:type_name -> petrel.v1.QueryQueued
+	33, // 29: petrel.v1.Frame.start_link:type_name -> petrel.v1.StartLink
+	36, // 30: petrel.v1.Frame.get_link_offer:type_name -> petrel.v1.GetLinkOffer
+	37, // 31: petrel.v1.Frame.approve_link:type_name -> petrel.v1.ApproveLink
+	42, // 32: petrel.v1.Frame.get_devices:type_name -> petrel.v1.GetDevices
+	46, // 33: petrel.v1.Frame.put_device_list:type_name -> petrel.v1.PutDeviceList
+	47, // 34: petrel.v1.Frame.remove_device:type_name -> petrel.v1.RemoveDevice
+	50, // 35: petrel.v1.Frame.create_group:type_name -> petrel.v1.CreateGroup
+	51, // 36: petrel.v1.Frame.update_group:type_name -> petrel.v1.UpdateGroup
+	52, // 37: petrel.v1.Frame.get_group:type_name -> petrel.v1.GetGroup
+	54, // 38: petrel.v1.Frame.list_groups:type_name -> petrel.v1.ListGroups
+	56, // 39: petrel.v1.Frame.subscribe_presence:type_name -> petrel.v1.SubscribePresence
+	61, // 40: petrel.v1.Frame.put_settings:type_name -> petrel.v1.PutSettings
+	8,  // 41: petrel.v1.Frame.recover:type_name -> petrel.v1.Recover
+	9,  // 42: petrel.v1.Register.keys:type_name -> petrel.v1.KeyBundleUpload
+	9,  // 43: petrel.v1.Recover.keys:type_name -> petrel.v1.KeyBundleUpload
+	39, // 44: petrel.v1.Recover.device_list:type_name -> petrel.v1.SignedDeviceList
+	10, // 45: petrel.v1.KeyBundleUpload.signed_prekey:type_name -> petrel.v1.SignedPreKey
+	12, // 46: petrel.v1.KeyBundleUpload.last_resort_kem_prekey:type_name -> petrel.v1.KEMPreKey
+	12, // 47: petrel.v1.KeyBundleUpload.kem_prekeys:type_name -> petrel.v1.KEMPreKey
+	11, // 48: petrel.v1.KeyBundleUpload.one_time_prekeys:type_name -> petrel.v1.OneTimePreKey
+	0,  // 49: petrel.v1.Error.code:type_name -> petrel.v1.ErrorCode
+	17, // 50: petrel.v1.Send.envelopes:type_name -> petrel.v1.DeviceCiphertext
+	17, // 51: petrel.v1.Send.own_envelopes:type_name -> petrel.v1.DeviceCiphertext
+	1,  // 52: petrel.v1.DeviceCiphertext.type:type_name -> petrel.v1.EnvelopeType
+	1,  // 53: petrel.v1.Envelope.type:type_name -> petrel.v1.EnvelopeType
+	19, // 54: petrel.v1.Deliver.envelope:type_name -> petrel.v1.Envelope
+	0,  // 55: petrel.v1.GoAway.reason:type_name -> petrel.v1.ErrorCode
+	26, // 56: petrel.v1.BundleResult.devices:type_name -> petrel.v1.DeviceBundle
+	39, // 57: petrel.v1.BundleResult.device_list:type_name -> petrel.v1.SignedDeviceList
+	10, // 58: petrel.v1.DeviceBundle.signed_prekey:type_name -> petrel.v1.SignedPreKey
+	12, // 59: petrel.v1.DeviceBundle.kem_prekey:type_name -> petrel.v1.KEMPreKey
+	11, // 60: petrel.v1.DeviceBundle.one_time_prekey:type_name -> petrel.v1.OneTimePreKey
+	9,  // 61: petrel.v1.UploadPreKeys.keys:type_name -> petrel.v1.KeyBundleUpload
+	34, // 62: petrel.v1.StartLink.offer:type_name -> petrel.v1.LinkOffer
+	9,  // 63: petrel.v1.LinkOffer.keys:type_name -> petrel.v1.KeyBundleUpload
+	39, // 64: petrel.v1.ApproveLink.device_list:type_name -> petrel.v1.SignedDeviceList
+	41, // 65: petrel.v1.DeviceList.devices:type_name -> petrel.v1.ListedDevice
+	43, // 66: petrel.v1.DeviceListResult.devices:type_name -> petrel.v1.DeviceInfo
+	39, // 67: petrel.v1.DeviceListResult.device_list:type_name -> petrel.v1.SignedDeviceList
+	39, // 68: petrel.v1.DeviceListChanged.device_list:type_name -> petrel.v1.SignedDeviceList
+	39, // 69: petrel.v1.PutDeviceList.device_list:type_name -> petrel.v1.SignedDeviceList
+	39, // 70: petrel.v1.RemoveDevice.device_list:type_name -> petrel.v1.SignedDeviceList
+	2,  // 71: petrel.v1.GroupEvent.kind:type_name -> petrel.v1.GroupEventKind
+	49, // 72: petrel.v1.CreateGroup.event:type_name -> petrel.v1.SignedGroupEvent
+	49, // 73: petrel.v1.UpdateGroup.event:type_name -> petrel.v1.SignedGroupEvent
+	49, // 74: petrel.v1.GroupResult.last_event:type_name -> petrel.v1.SignedGroupEvent
+	53, // 75: petrel.v1.GroupList.groups:type_name -> petrel.v1.GroupResult
+	3,  // 76: petrel.v1.Presence.state:type_name -> petrel.v1.PresenceState
+	57, // 77: petrel.v1.PresenceResult.presence:type_name -> petrel.v1.Presence
+	57, // 78: petrel.v1.PresenceChanged.presence:type_name -> petrel.v1.Presence
+	4,  // 79: petrel.v1.Settings.last_seen:type_name -> petrel.v1.LastSeenVisibility
+	60, // 80: petrel.v1.PutSettings.settings:type_name -> petrel.v1.Settings
+	60, // 81: petrel.v1.SettingsResult.settings:type_name -> petrel.v1.Settings
+	82, // [82:82] is the sub-list for method output_type
+	82, // [82:82] is the sub-list for method input_type
+	82, // [82:82] is the sub-list for extension type_name
+	82, // [82:82] is the sub-list for extension extendee
+	0,  // [0:82] is the sub-list for field type_name
 }
 
 func init() { file_proto_petrel_v1_petrel_proto_init() }
@@ -5107,6 +5255,7 @@ func file_proto_petrel_v1_petrel_proto_init() {
 		(*Frame_ListGroups)(nil),
 		(*Frame_SubscribePresence)(nil),
 		(*Frame_PutSettings)(nil),
+		(*Frame_Recover)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5114,7 +5263,7 @@ func file_proto_petrel_v1_petrel_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_petrel_v1_petrel_proto_rawDesc), len(file_proto_petrel_v1_petrel_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   57,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -141,3 +141,19 @@ func ErrorCodeName(c ErrorCode) string {
 	}
 	return string(b)
 }
+
+// recoverContext is the domain separator of recover_payload (see Recover in petrel.proto).
+const recoverContext = "petrel-recover-v1"
+
+// RecoverPayload is what a Recover frame's recovery_signature signs: "petrel-recover-v1" || 0x00
+// || nonce || name || 0x00 || authKey (the new device's Ed25519 auth public key).
+func RecoverPayload(nonce []byte, name string, authKey []byte) []byte {
+	b := make([]byte, 0, len(recoverContext)+2+len(nonce)+len(name)+len(authKey))
+	b = append(b, recoverContext...)
+	b = append(b, 0)
+	b = append(b, nonce...)
+	b = append(b, name...)
+	b = append(b, 0)
+	b = append(b, authKey...)
+	return b
+}

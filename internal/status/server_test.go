@@ -1,0 +1,396 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package status_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/petrelchat/petrel/internal/server"
+	"github.com/petrelchat/petrel/internal/status"
+	"github.com/petrelchat/petrel/internal/testserver"
+)
+
+var hc = &http.Client{Timeout: 10 * time.Second}
+
+// get fetches url and returns the status code, body and how long it took.
+func get(t *testing.T, url string) (int, string, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	resp, err := hc.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(b), time.Since(start)
+}
+
+func view(t *testing.T, base string) status.View {
+	t.Helper()
+	code, body, _ := get(t, base+status.JSONPath)
+	if code != http.StatusOK {
+		t.Fatalf("%s: %d %s", status.JSONPath, code, body)
+	}
+	var v status.View
+	if err := json.Unmarshal([]byte(body), &v); err != nil {
+		t.Fatalf("%s: %v", status.JSONPath, err)
+	}
+	return v
+}
+
+// post sends body to url with an optional bearer token; it returns the code and the body.
+func post(t *testing.T, url, token string, body []byte) (int, http.Header, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// waitView polls /status.json until ok accepts it.
+func waitView(t *testing.T, base string, within time.Duration, what string, ok func(status.View) bool) status.View {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		v := view(t, base)
+		if ok(v) {
+			return v
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s; last view: state %s, notes %v, reports %d", what, within, v.State, v.Notes, v.Reports.Count)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a page that is re-rendered once a second
+	}
+}
+
+func fastStatus(c *server.Config) {
+	c.StatusShareInterval = server.Duration{Duration: 200 * time.Millisecond}
+}
+
+func TestStatusPageHealthy(t *testing.T) {
+	s := testserver.Start(t, testserver.WithConfig(fastStatus))
+	code, page, took := get(t, s.URL()+status.PagePath)
+	if code != http.StatusOK {
+		t.Fatalf("/status: %d", code)
+	}
+	for _, want := range []string{"<!doctype html>", `name="viewport"`, "All systems operational", "State: operational", "(this node)", "No incidents", "<svg"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("/status lacks %q", want)
+		}
+	}
+	if strings.Contains(page, "<script") {
+		t.Error("/status has a script")
+	}
+	t.Logf("/status answered in %s", took)
+	v := view(t, s.URL())
+	if v.State != status.Operational || len(v.Nodes) != 1 || !v.Nodes[0].Self || v.Nodes[0].Node != "test" || !v.Nodes[0].StorageOK {
+		t.Fatalf("view: %+v", v)
+	}
+	// Sends count: a send acked shows in sends_5m.
+	alice := testserver.Dial(t, s.URL())
+	alice.MustRegister("alice")
+	bob := testserver.Dial(t, s.URL())
+	bob.MustRegister("bob")
+	if r := alice.Send("m1", "bob", []string{bob.DeviceID}, []byte("x")); r.GetSendResult() == nil {
+		t.Fatalf("send: %v", r)
+	}
+	waitView(t, s.URL(), 5*time.Second, "the send counted", func(v status.View) bool { return v.Nodes[0].Sends5.Sends >= 1 })
+}
+
+func TestProblemReports(t *testing.T) {
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
+		fastStatus(c)
+		c.ReportsPerIPPerMinute = 6 // burst 6: the 2 good reports and the 4 bad ones below
+	}))
+	url := s.URL() + status.ReportsPath
+	code, _, body := post(t, url, "", mustJSON(status.ReportRequest{Category: status.CategoryCantConnect, Client: "c1", Note: "spinner for ever"}))
+	if code != http.StatusAccepted || !strings.Contains(body, `"counted":true`) {
+		t.Fatalf("first report: %d %s", code, body)
+	}
+	code, _, body = post(t, url, "", mustJSON(status.ReportRequest{Category: status.CategoryNotSending, Client: "c1"}))
+	if code != http.StatusAccepted || !strings.Contains(body, `"counted":false`) {
+		t.Fatalf("second report of c1: %d %s", code, body)
+	}
+	for _, tc := range []struct {
+		name, body, want string
+	}{
+		{"not JSON", "category=other", "not a JSON report"},
+		{"unknown category", `{"category":"fire"}`, "unknown category"},
+		{"long note", string(mustJSON(status.ReportRequest{Category: "other", Note: strings.Repeat("n", status.MaxNoteBytes+1)})), "at most 500"},
+		{"too large", `{"category":"other","x":"` + strings.Repeat("x", status.MaxReportBytes) + `"}`, "larger than 2048 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, body := post(t, url, "", []byte(tc.body))
+			var e struct{ Error string }
+			if code != http.StatusBadRequest || json.Unmarshal([]byte(body), &e) != nil || !strings.Contains(e.Error, tc.want) {
+				t.Fatalf("%d %s; want 400 with an error saying %q", code, body, tc.want)
+			}
+		})
+	}
+	// The burst (6) is spent: the next is refused with a retry hint.
+	code, hdr, body := post(t, url, "", mustJSON(status.ReportRequest{Category: status.CategoryOther, Client: "c9"}))
+	if code != http.StatusTooManyRequests || hdr.Get("Retry-After") == "" || !strings.Contains(body, "too many reports") {
+		t.Fatalf("over the rate: %d %v %s", code, hdr, body)
+	}
+	v := waitView(t, s.URL(), 5*time.Second, "one report counted", func(v status.View) bool { return v.Reports.Count == 1 })
+	if v.Reports.ByCategory[status.CategoryCantConnect] != 1 || v.Reports.Hourly[23] != 1 || v.Reports.Anomaly || v.State != status.Operational {
+		t.Fatalf("reports %+v, state %s", v.Reports, v.State)
+	}
+}
+
+func TestProbeIntake(t *testing.T) {
+	const probeToken = "0123456789abcdef0123456789abcdef-probe"
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
+		fastStatus(c)
+		c.ProbeToken = probeToken
+	}))
+	url := s.URL() + status.ProbesPath
+	now := time.Now()
+	ok := status.ProbeBatch{Results: []status.ProbeResult{
+		{Node: s.URL(), Source: "outside", At: now, OK: true, LatencyMS: 35},
+		{Node: s.URL(), Source: "outside", At: now, OK: true, LatencyMS: 40},
+	}}
+	if code, _, body := post(t, url, "", mustJSON(ok)); code != http.StatusUnauthorized || !strings.Contains(body, "probe token") {
+		t.Fatalf("no token: %d %s", code, body)
+	}
+	if code, _, _ := post(t, url, "wrong-token-wrong-token-wrong-token", mustJSON(ok)); code != http.StatusUnauthorized {
+		t.Fatalf("wrong token: %d", code)
+	}
+	if code, _, body := post(t, url, probeToken, mustJSON(ok)); code != http.StatusAccepted || !strings.Contains(body, `"accepted":2`) {
+		t.Fatalf("probe token: %d %s", code, body)
+	}
+	if code, _, _ := post(t, url, s.AdminToken(t), mustJSON(status.ProbeBatch{Results: ok.Results[:1]})); code != http.StatusAccepted {
+		t.Fatalf("operator token: %d", code)
+	}
+	if code, _, _ := post(t, url, probeToken, []byte("[1,2")); code != http.StatusBadRequest {
+		t.Fatalf("bad JSON: %d", code)
+	}
+	big := status.ProbeBatch{Results: make([]status.ProbeResult, status.MaxProbeBatch+1)}
+	for i := range big.Results {
+		big.Results[i] = status.ProbeResult{Node: "n", Source: "s"}
+	}
+	if code, _, body := post(t, url, probeToken, mustJSON(big)); code != http.StatusBadRequest || !strings.Contains(body, "at most 100") {
+		t.Fatalf("too many results: %d %s", code, body)
+	}
+	v := waitView(t, s.URL(), 5*time.Second, "probes shown", func(v status.View) bool {
+		return len(v.Probes) == 1 && v.Probes[0].Window5.OK == 3
+	})
+	if p := v.Probes[0]; p.Source != "outside" || p.State != status.Operational || p.Last.LatencyMS == 0 || len(p.LatencyMS) != 144 || v.State != status.Operational {
+		t.Fatalf("probe view %+v, state %s", p, v.State)
+	}
+	// The node's own sink (for its self-prober) feeds the same view; every probe of this node
+	// failing makes it an outage.
+	for range 3 {
+		s.Server().StatusSink().RecordProbe(status.ProbeResult{Node: s.URL(), Source: "self", At: time.Now(), Error: "no answer within 10s"})
+	}
+	v = waitView(t, s.URL(), 5*time.Second, "failed probes shown", func(v status.View) bool { return v.State != status.Operational })
+	if v.State != status.Degraded || v.Nodes[0].State != status.Degraded {
+		// 3 ok from outside, 3 failed from self: half failed → degraded, not outage.
+		t.Fatalf("state %s, node %s; want degraded: %v", v.State, v.Nodes[0].State, v.Notes)
+	}
+}
+
+func adminDo(t *testing.T, s *testserver.Server, method string, body any) (int, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(mustJSON(body))
+	}
+	req, _ := http.NewRequest(method, s.AdminURL()+status.AdminIncidentsPath, rd)
+	req.Header.Set("Authorization", "Bearer "+s.AdminToken(t))
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestIncidentsAreDurableAndShown(t *testing.T) {
+	s := testserver.Start(t, testserver.WithConfig(fastStatus))
+	// Without the operator token: refused.
+	if code, _, _ := post(t, s.AdminURL()+status.AdminIncidentsPath, "", mustJSON(status.IncidentRequest{Action: "open", Text: "x"})); code != http.StatusUnauthorized {
+		t.Fatalf("no token: %d", code)
+	}
+	if code, body := adminDo(t, s, http.MethodPost, status.IncidentRequest{Action: "update", Text: "x"}); code != http.StatusNotFound || !strings.Contains(body, "none is open") {
+		t.Fatalf("update with nothing open: %d %s", code, body)
+	}
+	if code, body := adminDo(t, s, http.MethodPost, status.IncidentRequest{Action: "open", Text: "  "}); code != http.StatusBadRequest {
+		t.Fatalf("empty text: %d %s", code, body)
+	}
+	code, body := adminDo(t, s, http.MethodPost, status.IncidentRequest{Action: "open", Text: "Messages to some users are delayed"})
+	var inc status.IncidentView
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &inc) != nil || inc.State != status.IncidentOpen {
+		t.Fatalf("open: %d %s", code, body)
+	}
+	if code, body = adminDo(t, s, http.MethodPost, status.IncidentRequest{Action: "update", Text: "Cause found: a full disk"}); code != http.StatusOK {
+		t.Fatalf("update: %d %s", code, body)
+	}
+	v := waitView(t, s.URL(), 5*time.Second, "incident shown", func(v status.View) bool { return len(v.Incidents) == 1 && len(v.Incidents[0].Updates) == 2 })
+	if v.Incidents[0].ID != inc.ID || v.Incidents[0].State != status.IncidentOpen {
+		t.Fatalf("incidents %+v", v.Incidents)
+	}
+	// Durable: after a restart the page still shows it (read back from the bucket).
+	s.Restart(t)
+	waitView(t, s.URL(), 10*time.Second, "incident shown after restart", func(v status.View) bool { return len(v.Incidents) == 1 && len(v.Incidents[0].Updates) == 2 })
+	if code, body = adminDo(t, s, http.MethodPost, status.IncidentRequest{Action: "resolve", ID: inc.ID, Text: "Disk replaced; delayed messages delivered"}); code != http.StatusOK {
+		t.Fatalf("resolve: %d %s", code, body)
+	}
+	if code, body = adminDo(t, s, http.MethodPost, status.IncidentRequest{Action: "update", ID: inc.ID, Text: "again"}); code != http.StatusConflict {
+		t.Fatalf("update of a resolved incident: %d %s", code, body)
+	}
+	code, body = adminDo(t, s, http.MethodGet, nil)
+	var list status.IncidentList
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &list) != nil || len(list.Incidents) != 1 || list.Incidents[0].ResolvedAt == nil {
+		t.Fatalf("list: %d %s", code, body)
+	}
+	_, page, _ := get(t, s.URL()+status.PagePath)
+	waitView(t, s.URL(), 5*time.Second, "resolved shown", func(v status.View) bool {
+		return len(v.Incidents) == 1 && v.Incidents[0].State == status.IncidentResolved
+	})
+	_, page, _ = get(t, s.URL()+status.PagePath)
+	for _, want := range []string{"Messages to some users are delayed", "Cause found: a full disk", "Disk replaced", "resolved"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+}
+
+// assertFast fetches /status and /status.json and fails if either takes 100 ms or more.
+func assertFast(t *testing.T, base string) (page string) {
+	t.Helper()
+	for _, p := range []string{status.PagePath, status.JSONPath} {
+		code, body, took := get(t, base+p)
+		if code != http.StatusOK {
+			t.Fatalf("%s: %d %s", p, code, body)
+		}
+		if took >= 100*time.Millisecond {
+			t.Fatalf("%s took %s (want < 100ms)", p, took)
+		}
+		if p == status.PagePath {
+			page = body
+		}
+	}
+	return page
+}
+
+func TestStatusWhileStoreBroken(t *testing.T) {
+	s := testserver.Start(t, testserver.WithConfig(fastStatus))
+	assertFast(t, s.URL())
+	if err := s.Server().Bus().DisableJetStreamForTest(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		page := assertFast(t, s.URL())
+		if strings.Contains(page, "State: outage") || strings.Contains(page, "State: degraded") {
+			if !strings.Contains(page, "storage unavailable") {
+				t.Fatalf("the page does not say why: %s", page)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the page still says operational 10s after the store broke")
+		}
+		time.Sleep(100 * time.Millisecond) // the state is sampled once a second
+	}
+	v := view(t, s.URL())
+	if v.State != status.Outage || v.Nodes[0].StorageOK {
+		t.Fatalf("state %s, storage_ok %v; want outage", v.State, v.Nodes[0].StorageOK)
+	}
+	// Problem reports still go in while the store is down (memory only).
+	if code, _, body := post(t, s.URL()+status.ReportsPath, "", mustJSON(status.ReportRequest{Category: status.CategoryNotSending})); code != http.StatusAccepted {
+		t.Fatalf("report while the store is down: %d %s", code, body)
+	}
+}
+
+func TestStatusWhileMessagingSaturated(t *testing.T) {
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
+		fastStatus(c)
+		// Deliveries count as slow from 20 ms on, so that this machine's saturation shows
+		// within a bounded load.
+		c.StatusLagDegraded = server.Duration{Duration: 20 * time.Millisecond}
+	}))
+	bob := testserver.Dial(t, s.URL())
+	bob.MustRegister("bob")
+	bobDev := bob.DeviceID
+	bob.WS.CloseNow() // offline: every send goes to the store
+	const senders, perSender = 4, 300
+	clients := make([]*testserver.RawClient, senders)
+	for i := range clients {
+		clients[i] = testserver.Dial(t, s.URL())
+		clients[i].MustRegister(fmt.Sprintf("sender%d", i))
+	}
+	assertFast(t, s.URL())
+	body := bytes.Repeat([]byte("x"), 200)
+	// Readers first (a client that does not read its acks is cut as a slow consumer), then
+	// every sender's frames pipelined without waiting for acks.
+	done := make(chan struct{}, senders)
+	for _, c := range clients {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for range perSender {
+				if _, err := c.ReadErr(30 * time.Second); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	for j := range perSender {
+		for i, c := range clients {
+			c.SendAsync(fmt.Sprintf("m-%d-%d", i, j), "bob", []string{bobDev}, nil, body)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	saw := ""
+	for saw == "" && time.Now().Before(deadline) {
+		page := assertFast(t, s.URL())
+		switch {
+		case strings.Contains(page, "State: degraded"):
+			saw = status.Degraded
+		case strings.Contains(page, "State: outage"):
+			saw = status.Outage
+		}
+		time.Sleep(100 * time.Millisecond) // the load runs meanwhile
+	}
+	for range clients {
+		<-done
+	}
+	if saw == "" {
+		v := view(t, s.URL())
+		t.Fatalf("the page never said degraded or outage under load: %+v", v.Nodes[0])
+	}
+	v := view(t, s.URL())
+	t.Logf("under load the page said %s; sends_5m %+v", saw, v.Nodes[0].Sends5)
+}
