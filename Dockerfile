@@ -11,10 +11,8 @@ ARG GO_VERSION=1.26.8
 
 FROM golang:${GO_VERSION}-bookworm AS build
 WORKDIR /src
-# Modules first, so that a source change does not download them again. The nbio fork under
-# third_party is a replaced module.
+# Modules first, so that a source change does not download them again.
 COPY go.mod go.sum ./
-COPY third_party/ third_party/
 RUN go mod download
 COPY . .
 ARG VERSION=dev

@@ -10,9 +10,9 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/lesismal/nbio"
-	"github.com/lesismal/nbio/nbhttp"
-	"github.com/lesismal/nbio/nbhttp/websocket"
+	"github.com/petrelchat/petrel/third_party/nbio"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp/websocket"
 )
 
 // Admission before work. Every inbound frame, data or control, authenticated or not, is counted

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lesismal/nbio/nbhttp"
-	"github.com/lesismal/nbio/nbhttp/websocket"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp/websocket"
 )
 
 // The decoders reachable before authentication that are the gateway's own: the WebSocket frame

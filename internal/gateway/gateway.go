@@ -30,9 +30,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/lesismal/nbio"
-	"github.com/lesismal/nbio/nbhttp"
-	"github.com/lesismal/nbio/nbhttp/websocket"
+	"github.com/petrelchat/petrel/third_party/nbio"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"

@@ -8,7 +8,7 @@ import (
 	"log/slog"
 	"sync"
 
-	"github.com/lesismal/nbio/logging"
+	"github.com/petrelchat/petrel/third_party/nbio/logging"
 )
 
 var nbioLogOnce sync.Once

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lesismal/nbio"
+	"github.com/petrelchat/petrel/third_party/nbio"
 )
 
 // A client may reuse the port of a socket that has closed before the close is reported. The new

@@ -14,8 +14,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/lesismal/nbio"
-	"github.com/lesismal/nbio/nbhttp"
+	"github.com/petrelchat/petrel/third_party/nbio"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp"
 )
 
 // Before the upgrade. A socket of the public listener that has not upgraded to a WebSocket (an

@@ -5,7 +5,7 @@
 
 package gateway
 
-import "github.com/lesismal/nbio/nbhttp"
+import "github.com/petrelchat/petrel/third_party/nbio/nbhttp"
 
 // instrumentForRace and raceHandoff do nothing outside race builds (see race_on.go).
 func instrumentForRace(*nbhttp.Engine) {}

@@ -8,8 +8,8 @@ package gateway
 import (
 	"sync"
 
-	"github.com/lesismal/nbio"
-	"github.com/lesismal/nbio/nbhttp"
+	"github.com/petrelchat/petrel/third_party/nbio"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp"
 )
 
 // raceMu makes the race detector see the hand-off of a new connection from nbio's accept

@@ -12,8 +12,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/lesismal/nbio"
-	"github.com/lesismal/nbio/nbhttp"
+	"github.com/petrelchat/petrel/third_party/nbio"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp"
 	"github.com/prometheus/client_golang/prometheus"
 )
 

@@ -10,7 +10,7 @@ import (
 	"math/bits"
 	"net"
 
-	"github.com/lesismal/nbio/nbhttp/websocket"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp/websocket"
 	"google.golang.org/protobuf/encoding/protowire"
 
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"

@@ -18,7 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/lesismal/nbio/logging"
+	"github.com/petrelchat/petrel/third_party/nbio/logging"
 )
 
 const (

@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
-	"github.com/lesismal/nbio/logging"
+	"github.com/petrelchat/petrel/third_party/nbio/logging"
 )
 
 // TaskPool .

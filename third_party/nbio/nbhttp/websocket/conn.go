@@ -19,9 +19,9 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/lesismal/nbio/logging"
-	"github.com/lesismal/nbio/mempool"
-	"github.com/lesismal/nbio/nbhttp"
+	"github.com/petrelchat/petrel/third_party/nbio/logging"
+	"github.com/petrelchat/petrel/third_party/nbio/mempool"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp"
 )
 
 const (
