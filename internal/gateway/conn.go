@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/petrelchat/petrel/third_party/nbio"
-	"github.com/petrelchat/petrel/third_party/nbio/nbhttp/websocket"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -23,6 +21,8 @@ import (
 	"github.com/petrelchat/petrel/internal/mailbox"
 	"github.com/petrelchat/petrel/internal/messaging"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+	"github.com/petrelchat/petrel/third_party/nbio"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp/websocket"
 )
 
 // Connection states.

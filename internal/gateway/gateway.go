@@ -30,9 +30,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/petrelchat/petrel/third_party/nbio"
-	"github.com/petrelchat/petrel/third_party/nbio/nbhttp"
-	"github.com/petrelchat/petrel/third_party/nbio/nbhttp/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
@@ -44,6 +41,9 @@ import (
 	"github.com/petrelchat/petrel/internal/messaging"
 	"github.com/petrelchat/petrel/internal/presence"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+	"github.com/petrelchat/petrel/third_party/nbio"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp/websocket"
 )
 
 // Defaults of the pending-socket slots (Config.MaxPendingUpgrades, MaxPendingUpgradesPerIP). One

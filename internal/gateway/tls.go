@@ -12,9 +12,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/petrelchat/petrel/third_party/nbio"
 	"github.com/petrelchat/petrel/third_party/nbio/nbhttp"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TLS on the public listener is Go's crypto/tls, kept event-driven:

@@ -10,10 +10,10 @@ import (
 	"math/bits"
 	"net"
 
-	"github.com/petrelchat/petrel/third_party/nbio/nbhttp/websocket"
 	"google.golang.org/protobuf/encoding/protowire"
 
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
+	"github.com/petrelchat/petrel/third_party/nbio/nbhttp/websocket"
 )
 
 // The gateway reads its clients' WebSocket frames itself instead of through nbio's parser: nbio
