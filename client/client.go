@@ -731,11 +731,15 @@ func (c *Client) Flush(ctx context.Context) error {
 
 // Unseen returns up to limit received messages not yet marked seen, oldest first (for example
 // messages received while the application was not showing them).
-func (c *Client) Unseen(limit int) ([]*Message, error) {
+func (c *Client) Unseen(limit int) ([]*Message, error) { return c.UnseenAfter(0, limit) }
+
+// UnseenAfter is Unseen from the message after seq (a Message.Seq) on: a reader that leaves some
+// messages unseen pages with the last Seq it read, and so reaches every one.
+func (c *Client) UnseenAfter(seq uint64, limit int) ([]*Message, error) {
 	var recs []*store.HistoryRecord
 	err := c.st.View(func(tx *store.Tx) error {
 		var err error
-		recs, err = tx.Unseen(limit)
+		recs, err = tx.UnseenAfter(seq, limit)
 		return err
 	})
 	if err != nil {

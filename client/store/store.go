@@ -668,10 +668,15 @@ func (t *Tx) HistoryBefore(before uint64, limit int) ([]*HistoryRecord, error) {
 }
 
 // Unseen returns up to limit shown records (HistoryRecord.Shown) not yet shown, oldest first.
-func (t *Tx) Unseen(limit int) ([]*HistoryRecord, error) {
+func (t *Tx) Unseen(limit int) ([]*HistoryRecord, error) { return t.UnseenAfter(0, limit) }
+
+// UnseenAfter is Unseen from the record after seq on: pass the last Seq of a page to read the
+// next one, so that a reader that leaves some records unseen (those of other conversations)
+// still reaches every one.
+func (t *Tx) UnseenAfter(seq uint64, limit int) ([]*HistoryRecord, error) {
 	var out []*HistoryRecord
 	c := t.b(bUnseen).Cursor()
-	for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+	for k, _ := c.Seek(u64key(seq + 1)); k != nil && len(out) < limit; k, _ = c.Next() {
 		var r HistoryRecord
 		ok, err := getJSON(t.b(bHistory), k, &r)
 		if err != nil {

@@ -96,6 +96,13 @@ func TestHistoryIndexesAndUnseen(t *testing.T) {
 		if len(u) != 2 || u[0].ID != "m1" || u[1].ID != "m2" {
 			t.Fatalf("unseen: %+v", u)
 		}
+		// Paging: after the first record's seq comes the second, after the last nothing.
+		if p, _ := tx.UnseenAfter(u[0].Seq, 10); len(p) != 1 || p[0].ID != "m2" {
+			t.Fatalf("unseen after %d: %+v", u[0].Seq, p)
+		}
+		if p, _ := tx.UnseenAfter(u[1].Seq, 10); len(p) != 0 {
+			t.Fatalf("unseen after the last: %+v", p)
+		}
 		return nil
 	})
 	var first uint64

@@ -647,13 +647,16 @@ func runChat(ctx context.Context, e *env, args []string) int {
 				show(otherNotice(counts[k], notes[k][0], notes[k][1]))
 			}
 		}()
+		// Paged by seq: the others' messages stay unseen, so a page full of them must not hide
+		// this conversation's older ones behind it.
+		var after uint64
 		for {
-			unseen, err := c.Unseen(unseenScan)
+			unseen, err := c.UnseenAfter(after, unseenScan)
 			if err != nil || len(unseen) == 0 {
 				return err
 			}
-			claimedAny := false
 			for _, m := range unseen {
+				after = m.Seq
 				if !pick.isOurs(m) {
 					key, what, open := otherConv(c, m)
 					if counts[key] == 0 {
@@ -663,7 +666,6 @@ func runChat(ctx context.Context, e *env, args []string) int {
 					counts[key]++
 					continue
 				}
-				claimedAny = true
 				if claimed, err := c.ClaimSeen(m.Seq); err != nil {
 					return err
 				} else if claimed {
@@ -673,11 +675,9 @@ func runChat(ctx context.Context, e *env, args []string) int {
 					}
 				}
 			}
-			if !claimedAny || len(unseen) < unseenScan {
+			if len(unseen) < unseenScan {
 				return nil
 			}
-			clear(counts) // counted again on the next pass
-			order = order[:0]
 		}
 	}
 	s, err := startClient(ctx, e, showUnseen, handle)
