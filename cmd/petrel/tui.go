@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -116,6 +118,13 @@ type tuiModel struct {
 	typing *typingNotifier
 	target *typingTarget
 	quit   bool
+
+	// drawn holds the unseen items of the open conversation in the window of the last view, and
+	// since when they have been there (tui_drawn.go); out is the terminal (nil in tests), now
+	// the clock (nil: time.Now).
+	drawn map[*tuiItem]time.Time
+	out   *drawOutput
+	now   func() time.Time
 }
 
 // typingTarget is the conversation typing indicators go to (read by the notifier's goroutine).
@@ -188,7 +197,12 @@ func runTUI(ctx context.Context, e *env, args []string) int {
 		c.Close()
 		return fail(e, cmd, err)
 	}
-	p := tea.NewProgram(m, tea.WithContext(ctx), tea.WithInput(e.stdin), tea.WithOutput(e.stdout))
+	var out io.Writer = e.stdout
+	if f, ok := e.stdout.(*os.File); ok {
+		m.out = &drawOutput{File: f}
+		out = m.out
+	}
+	p := tea.NewProgram(m, tea.WithContext(ctx), tea.WithInput(e.stdin), tea.WithOutput(out))
 	m.typing = newTypingNotifier(ctx, func(ctx context.Context, on bool) {
 		key, group := m.target.get()
 		tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
@@ -351,40 +365,25 @@ func (m *tuiModel) sortConvs() {
 	})
 }
 
-// openConv makes key the open conversation and marks its messages seen and read.
+// openConv makes key the open conversation, scrolled to its first unseen message when the newest
+// would hide it. Its messages become seen and read as they are drawn (tui_drawn.go).
 func (m *tuiModel) openConv(key string) {
 	cv, ok := m.convs[key]
 	if !ok {
 		return
 	}
 	m.open, m.scroll, m.search, m.help = key, 0, "", false
+	m.drawn = nil
 	m.target.set(cv.key, cv.group)
-	m.markSeen(cv)
-}
-
-// markSeen marks the conversation's unseen messages seen, and sends read receipts for them.
-func (m *tuiModel) markSeen(cv *tuiConv) {
-	var seqs []uint64
-	var msgs []*client.Message
-	for _, it := range cv.items {
-		if it.unseen {
-			it.unseen = false
-			seqs = append(seqs, it.seq)
-			if !it.note && !it.own && !it.synced {
-				msgs = append(msgs, &client.Message{Seq: it.seq, ID: it.id, From: it.from, Group: it.group})
+	_, right, bodyH := m.panes(cv)
+	lines, owners := m.convLines(cv, right)
+	for i, it := range owners {
+		if it != nil && it.unseen {
+			if len(lines)-i > bodyH {
+				m.scroll = len(lines) - i - bodyH
 			}
+			break
 		}
-	}
-	cv.unread = 0
-	if len(seqs) == 0 {
-		return
-	}
-	if err := m.c.MarkSeen(seqs...); err != nil {
-		m.notice = "could not mark messages seen: " + describe(err)
-		return
-	}
-	if err := m.c.MarkRead(msgs...); err != nil {
-		m.notice = describe(err)
 	}
 }
 
@@ -395,6 +394,7 @@ func tick() tea.Cmd { return tea.Tick(tuiTick, func(time.Time) tea.Msg { return 
 
 // Update handles keys, client events and ticks.
 func (m *tuiModel) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	m.markDrawn() // what the views so far have shown long enough
 	switch msg := msg.(type) {
 	case tea.WindowSizeMsg:
 		m.width, m.height = msg.Width, msg.Height
@@ -817,8 +817,7 @@ func (m *tuiModel) message(ev *client.Message) tea.Cmd {
 		return nil
 	}
 	if m.open == key {
-		m.markSeen(cv)
-		return nil
+		return nil // seen and read once drawn (tui_drawn.go)
 	}
 	if it.note || ev.Outgoing {
 		m.markSeenQuiet(it)

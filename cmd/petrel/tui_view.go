@@ -191,16 +191,18 @@ func itemLines(it *tuiItem, w int) []string {
 	return lines
 }
 
-// convLines lays out the open conversation: day separators, items (or search results, or help).
-func (m *tuiModel) convLines(cv *tuiConv, w int) []string {
+// convLines lays out the open conversation: day separators, items (or search results, or help),
+// and for each line the item it shows (nil for the others).
+func (m *tuiModel) convLines(cv *tuiConv, w int) ([]string, []*tuiItem) {
 	if m.help {
 		var out []string
 		for _, h := range tuiHelp {
 			out = append(out, wrap(h, w, 4)...)
 		}
-		return out
+		return out, make([]*tuiItem, len(out))
 	}
 	var out []string
+	var owners []*tuiItem
 	needle := strings.ToLower(m.search)
 	matches := 0
 	var lastDay string
@@ -215,16 +217,34 @@ func (m *tuiModel) convLines(cv *tuiConv, w int) []string {
 			label := " " + dayName(it.at.Local(), now) + " "
 			side := max(2, (w-width(label))/2)
 			out = append(out, styleFaint.Render(truncate(strings.Repeat("─", side)+label+strings.Repeat("─", side), w)))
+			owners = append(owners, nil)
 		}
-		out = append(out, itemLines(it, w)...)
+		for _, l := range itemLines(it, w) {
+			out = append(out, l)
+			owners = append(owners, it)
+		}
 	}
 	if needle != "" {
 		head := fmt.Sprintf("search %q: %d match(es) — Esc clears", sanitize(m.search), matches)
 		out = append([]string{styleBold.Render(truncate(head, w))}, out...)
+		owners = append([]*tuiItem{nil}, owners...)
 	} else if len(cv.items) == 0 {
 		out = append(out, styleFaint.Render("no messages yet: type one and press Enter"))
+		owners = append(owners, nil)
 	}
-	return out
+	return out, owners
+}
+
+// panes returns the widths of the list and of the open conversation, and the lines of the
+// conversation's body (cv may be nil).
+func (m *tuiModel) panes(cv *tuiConv) (leftW, rightW, bodyH int) {
+	leftW = min(28, m.width/3)
+	rightW = m.width - leftW - 1
+	bodyH = m.height - 3 // the header, the status line, the composer
+	if cv != nil && len(cv.typing) > 0 {
+		bodyH--
+	}
+	return leftW, rightW, bodyH
 }
 
 // statusText is the status line in words.
@@ -274,6 +294,7 @@ func (m *tuiModel) statusText() string {
 func (m *tuiModel) View() tea.View {
 	W, H := m.width, m.height
 	if W < 20 || H < 6 {
+		m.noteDrawn(nil)
 		v := tea.NewView("petrel: the window is too small")
 		v.AltScreen = true
 		return v
@@ -339,7 +360,7 @@ func (m *tuiModel) View() tea.View {
 		if len(typers) > 0 {
 			bodyH--
 		}
-		lines := m.convLines(cv, R)
+		lines, owners := m.convLines(cv, R)
 		end := len(lines) - m.scroll
 		if end < min(bodyH, len(lines)) {
 			end = min(bodyH, len(lines))
@@ -347,6 +368,7 @@ func (m *tuiModel) View() tea.View {
 		}
 		start := max(0, end-bodyH)
 		right = append(right, lines[start:end]...)
+		m.noteDrawn(owners[start:end])
 		for len(right) < bodyH+1 {
 			right = append(right, "")
 		}
@@ -358,10 +380,12 @@ func (m *tuiModel) View() tea.View {
 			right = append(right, styleFaint.Render(truncate(strings.Join(sortedCopy(typers), ", ")+verb, R)))
 		}
 	} else if m.help {
+		m.noteDrawn(nil)
 		for _, h := range tuiHelp {
 			right = append(right, wrap(h, R, 4)...)
 		}
 	} else {
+		m.noteDrawn(nil)
 		right = append(right, "", styleFaint.Render(truncate(" /new NAME opens a conversation; /help lists keys and commands", R)))
 	}
 
