@@ -153,6 +153,8 @@ type (
 	tuiNoticeMsg  string
 	tuiRunEnded   struct{ err error }
 	tuiRefreshMsg struct{}
+	// tuiGroupCreated says /group create made group id.
+	tuiGroupCreated struct{ id, notice string }
 )
 
 func runTUI(ctx context.Context, e *env, args []string) int {
@@ -419,6 +421,10 @@ func (m *tuiModel) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case tuiNoticeMsg:
 		m.notice = string(msg)
 		m.refresh()
+	case tuiGroupCreated:
+		m.groupCreated(msg.id)
+		m.notice = msg.notice
+		m.refresh()
 	case tuiRunEnded:
 		m.conn = connStopped
 		if msg.err != nil && !errors.Is(msg.err, client.ErrClosed) {
@@ -643,13 +649,17 @@ func (m *tuiModel) groupCommand(args []string) tea.Cmd {
 			return nil
 		}
 		gname, members := args[1], splitMembers(args[2:])
-		return run("creating group "+sanitize(gname), func(ctx context.Context) (string, error) {
-			g, err := c.CreateGroup(ctx, gname, members)
+		what := "creating group " + sanitize(gname)
+		m.notice = what + "…"
+		return func() tea.Msg {
+			gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			g, err := c.CreateGroup(gctx, gname, members)
 			if err != nil {
-				return "", err
+				return tuiNoticeMsg(what + " failed: " + describe(err))
 			}
-			return fmt.Sprintf("created group %s with %s", sanitize(g.Name), sanitize(strings.Join(g.Members, ", "))), nil
-		})
+			return tuiGroupCreated{id: g.ID, notice: fmt.Sprintf("created group %s with %s", sanitize(g.Name), sanitize(strings.Join(g.Members, ", ")))}
+		}
 	}
 	cv, ok := m.convs[m.open]
 	if !ok || cv.group == "" {
@@ -693,6 +703,32 @@ func splitMembers(args []string) []string {
 		}
 	}
 	return out
+}
+
+// groupCreated lists and opens a group this device just created, with its first membership line
+// (the creator's own change is stored seen and never comes as an event).
+func (m *tuiModel) groupCreated(id string) {
+	key := store.GroupKey(id)
+	cv := m.conv(key, id)
+	if n := m.c.GroupName(id); n != "" {
+		cv.title = n
+	}
+	var rec *store.HistoryRecord
+	_ = m.st.View(func(tx *store.Tx) error {
+		r, err := tx.HistoryByID(store.Incoming, key, "v1")
+		if err == nil {
+			rec = r
+		}
+		return nil
+	})
+	switch {
+	case rec != nil && !slices.ContainsFunc(cv.items, func(it *tuiItem) bool { return it.seq == rec.Seq }):
+		m.add(cv, m.itemOf(rec))
+	case cv.last.IsZero():
+		cv.last = time.Now()
+		m.sortConvs()
+	}
+	m.openConv(key)
 }
 
 // subscribe asks for the presence of the 1:1 conversations' accounts (once connected).

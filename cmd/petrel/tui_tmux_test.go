@@ -131,6 +131,39 @@ func (u *sdkUser) readMessage(t *testing.T, ctx context.Context, text string) {
 	}
 }
 
+// groupEvent waits for u's next membership change, and returns its group id.
+func (u *sdkUser) groupEvent(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	for {
+		select {
+		case ev := <-u.events:
+			if m, ok := ev.(*client.Message); ok && m.GroupEvent != nil {
+				return m.Group
+			}
+		case <-ctx.Done():
+			t.Fatal("no group event")
+		}
+	}
+}
+
+// groupMessage waits for alice's message text in group gid (skipping other events and members).
+func (u *sdkUser) groupMessage(t *testing.T, ctx context.Context, gid, text string) *client.Message {
+	t.Helper()
+	for {
+		select {
+		case ev := <-u.events:
+			if m, ok := ev.(*client.Message); ok && m.Group == gid && m.GroupEvent == nil && m.From == "alice" {
+				if m.Text != text {
+					t.Fatalf("got %q from alice in the group, want %q", m.Text, text)
+				}
+				return m
+			}
+		case <-ctx.Done():
+			t.Fatalf("no group message %q", text)
+		}
+	}
+}
+
 func TestTUIInTmux(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -219,6 +252,39 @@ func TestTUIInTmux(t *testing.T) {
 	p.waitStatus("reconnected")
 	bu.readMessage(t, ctx, "while offline")
 	p.waitRight("you: while offline ✓✓ read")
+
+	// A group: it is listed and opened at once with its membership line; a member's message shows
+	// with their name; a reply reaches both, and is delivered (read) once every member has it.
+	p.typeText("/group create club bob,carol")
+	p.key("Enter")
+	p.waitStatus("created group club with alice, bob, carol")
+	p.waitFor("# club in the list", func(s string) bool { return strings.Contains(left(s), "▸ # club") })
+	p.waitRight("alice created the group with bob, carol")
+	gid := bu.groupEvent(t, ctx)
+	cu.groupEvent(t, ctx)
+	if _, err := bu.SendGroup(ctx, gid, "hi club from bob"); err != nil {
+		t.Fatal(err)
+	}
+	p.waitRight("bob: hi club from bob")
+	p.typeText("hello club")
+	p.key("Enter")
+	mb, mc := bu.groupMessage(t, ctx, gid, "hello club"), cu.groupMessage(t, ctx, gid, "hello club")
+	p.waitRight("you: hello club ✓✓ delivered")
+	// bob's read alone is not enough: his next message comes after his receipt.
+	if err := bu.MarkRead(mb); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bu.SendGroup(ctx, gid, "read it"); err != nil {
+		t.Fatal(err)
+	}
+	s = p.waitRight("bob: read it")
+	if !strings.Contains(right(s), "you: hello club ✓✓ delivered") {
+		t.Fatalf("read before every member read it:\n%s", s)
+	}
+	if err := cu.MarkRead(mc); err != nil {
+		t.Fatal(err)
+	}
+	p.waitRight("you: hello club ✓✓ read")
 
 	// /quit leaves and restores the terminal.
 	p.typeText("/quit")
