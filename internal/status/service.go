@@ -71,6 +71,9 @@ type Config struct {
 	Subject string
 	// Incidents is the incidents bucket. Nil: incidents cannot be posted.
 	Incidents jetstream.KeyValue
+	// Baseline is the bucket of the nodes' report counts per hour of the week (baseline.go). Nil:
+	// the baseline is this node's own counts since it started.
+	Baseline jetstream.KeyValue
 	// OperatorToken and ProbeToken are accepted on POST /v1/probes (ProbeToken "" : only the
 	// operator token).
 	OperatorToken, ProbeToken string
@@ -110,6 +113,9 @@ type Service struct {
 
 	reports *prometheus.CounterVec
 	probesN *prometheus.CounterVec
+
+	// persist asks persistBaseline to write this node's baseline record (capacity 1).
+	persist chan struct{}
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -166,6 +172,7 @@ func New(cfg Config) *Service {
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(s.reports, s.probesN)
 	}
+	s.persist = make(chan struct{}, 1)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -187,7 +194,8 @@ func (s *Service) ObserveSend(ok bool, lag time.Duration) { s.agg.ObserveSend(ok
 func (s *Service) Incidents() *Incidents { return s.inc }
 
 // Start subscribes to the other nodes' views and starts the service's goroutines: the sampler
-// and sharer (once a second, and every ShareInterval), and the incidents watch.
+// and sharer (once a second, and every ShareInterval), the incidents watch, and the baseline's
+// watch and writer.
 func (s *Service) Start() error {
 	s.sample()
 	s.render()
@@ -201,6 +209,12 @@ func (s *Service) Start() error {
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.loop() }()
 	go func() { defer s.wg.Done(); s.inc.watch(s.ctx) }()
+	if s.cfg.Baseline != nil {
+		loaded := make(chan struct{})
+		s.wg.Add(2)
+		go func() { defer s.wg.Done(); s.followBaseline(s.ctx, loaded) }()
+		go func() { defer s.wg.Done(); s.persistBaseline(s.ctx, loaded, s.persist) }()
+	}
 	return nil
 }
 
@@ -237,6 +251,12 @@ func (s *Service) loop() {
 		}
 		s.forget(now)
 		s.render()
+		if s.agg.takeFolded() { // an hour ended: write this node's counts (at most once an hour)
+			select {
+			case s.persist <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
