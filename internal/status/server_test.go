@@ -394,3 +394,63 @@ func TestStatusWhileMessagingSaturated(t *testing.T) {
 	v := view(t, s.URL())
 	t.Logf("under load the page said %s; sends_5m %+v", saw, v.Nodes[0].Sends5)
 }
+
+// Report notes are kept for operators (admin listener, operator token; the newest first, at most
+// MaxReportNotes, with no address or client id) and never shown on the public page.
+func TestReportNotesForOperators(t *testing.T) {
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
+		fastStatus(c)
+		c.ReportsPerIPPerMinute = 10000
+	}))
+	const evil = `<script>alert(1)</script> & "quotes"`
+	for i, note := range []string{"first note", "   ", evil} {
+		req := status.ReportRequest{Category: status.CategoryNotSending, Client: fmt.Sprintf("c%d", i), Note: note}
+		if code, _, body := post(t, s.URL()+status.ReportsPath, "", mustJSON(req)); code != http.StatusAccepted {
+			t.Fatalf("report: %d %s", code, body)
+		}
+	}
+	url := s.AdminURL() + status.AdminReportsPath
+	if code, _, _ := get(t, url); code != http.StatusUnauthorized {
+		t.Fatalf("without the operator token: %d", code)
+	}
+	list := func() (status.ReportNoteList, string) {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		req.Header.Set("Authorization", "Bearer "+s.AdminToken(t))
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		var l status.ReportNoteList
+		if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &l) != nil {
+			t.Fatalf("%s: %d %s", status.AdminReportsPath, resp.StatusCode, b)
+		}
+		return l, string(b)
+	}
+	l, raw := list()
+	if len(l.Notes) != 2 || l.Notes[0].Note != evil || l.Notes[1].Note != "first note" || l.Notes[0].Category != status.CategoryNotSending ||
+		l.Notes[0].At.IsZero() || l.Max != status.MaxReportNotes || l.Node != "test" {
+		t.Fatalf("notes: %+v", l)
+	}
+	if strings.Contains(raw, "<script>") || strings.Contains(raw, "127.0.0.1") || strings.Contains(raw, `"c2"`) {
+		t.Fatalf("the answer carries raw markup, an address or a client id: %s", raw)
+	}
+	_, page, _ := get(t, s.URL()+status.PagePath)
+	_, js, _ := get(t, s.URL()+status.JSONPath)
+	if strings.Contains(page, "first note") || strings.Contains(js, "first note") || strings.Contains(page, "alert(1)") {
+		t.Fatal("a report note is on the public page")
+	}
+	// Bounded: only the latest MaxReportNotes are kept.
+	for i := range status.MaxReportNotes + 5 {
+		req := status.ReportRequest{Category: status.CategoryOther, Note: fmt.Sprintf("note %d", i)}
+		if code, _, body := post(t, s.URL()+status.ReportsPath, "", mustJSON(req)); code != http.StatusAccepted {
+			t.Fatalf("report %d: %d %s", i, code, body)
+		}
+	}
+	l, _ = list()
+	if len(l.Notes) != status.MaxReportNotes || l.Notes[0].Note != fmt.Sprintf("note %d", status.MaxReportNotes+4) ||
+		l.Notes[status.MaxReportNotes-1].Note != "note 5" {
+		t.Fatalf("%d notes, newest %q, oldest %q", len(l.Notes), l.Notes[0].Note, l.Notes[len(l.Notes)-1].Note)
+	}
+}

@@ -111,6 +111,7 @@ type Service struct {
 	cacheJS  []byte
 	cacheHTM []byte
 
+	notes   noteRing // the latest report notes, for operators
 	reports *prometheus.CounterVec
 	probesN *prometheus.CounterVec
 
@@ -496,6 +497,7 @@ func (s *Service) report(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	counted := s.agg.RecordReport(req.Category, req.Client)
+	s.notes.add(s.cfg.Now(), req.Category, req.Note)
 	if counted {
 		s.reports.WithLabelValues("counted").Inc()
 	} else {
@@ -577,6 +579,7 @@ func (s *Service) AdminHandlers() map[string]http.Handler {
 	return map[string]http.Handler{
 		"GET " + AdminIncidentsPath:  http.HandlerFunc(s.listIncidents),
 		"POST " + AdminIncidentsPath: http.HandlerFunc(s.postIncident),
+		"GET " + AdminReportsPath:    http.HandlerFunc(s.listReportNotes),
 	}
 }
 
