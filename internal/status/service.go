@@ -418,11 +418,20 @@ func (s *Service) limited(w http.ResponseWriter, r *http.Request, l *keyrate.Lim
 	return false
 }
 
+// serverTiming sets the Server-Timing header to the time since start: how long this node took
+// to handle a page request (rate limit, cache, render when needed), without the network and the
+// time before the handler ran.
+func serverTiming(w http.ResponseWriter, start time.Time) {
+	w.Header().Set("Server-Timing", fmt.Sprintf("page;dur=%.3f", float64(time.Since(start))/1e6))
+}
+
 func (s *Service) page(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	if s.limited(w, r, s.pageLimit) {
 		return
 	}
 	_, htm := s.rendered()
+	serverTiming(w, start)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
@@ -430,10 +439,12 @@ func (s *Service) page(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) pageJSON(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	if s.limited(w, r, s.pageLimit) {
 		return
 	}
 	js, _ := s.rendered()
+	serverTiming(w, start)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-cache")
 	_, _ = w.Write(js)
