@@ -17,11 +17,11 @@ import (
 	"github.com/petrelchat/petrel/internal/server"
 )
 
-const adminUsage = "admin invite [--data DIR] [--token-file FILE] [--admin URL] | admin incident open|update|resolve|list ..."
+const adminUsage = "admin invite [--data DIR] [--token-file FILE] [--admin URL] | admin incident open|update|resolve|list ... | admin reports [--json]"
 
 func runAdmin(ctx context.Context, e *env, args []string) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprintln(e.stderr, "usage: petrel "+adminUsage+"\n\n  invite   print a one-time invite code (for registration = \"invite\")\n  incident post or list incident notes for the status page")
+		fmt.Fprintln(e.stderr, "usage: petrel "+adminUsage+"\n\n  invite   print a one-time invite code (for registration = \"invite\")\n  incident post or list incident notes for the status page\n  reports  list the notes of the latest problem reports")
 		if len(args) == 0 {
 			return 2
 		}
@@ -32,8 +32,10 @@ func runAdmin(ctx context.Context, e *env, args []string) int {
 		return runAdminInvite(ctx, e, args[1:])
 	case "incident":
 		return runAdminIncident(ctx, e, args[1:])
+	case "reports":
+		return runAdminReports(ctx, e, args[1:])
 	default:
-		fmt.Fprintf(e.stderr, "petrel admin: unknown subcommand %q (want: invite, incident)\n", args[0])
+		fmt.Fprintf(e.stderr, "petrel admin: unknown subcommand %q (want: invite, incident, reports)\n", args[0])
 		return 2
 	}
 }

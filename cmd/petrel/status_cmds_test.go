@@ -81,3 +81,25 @@ func TestCLIAdminIncident(t *testing.T) {
 		t.Fatalf("open without text: %q", r.stderr)
 	}
 }
+
+// petrel admin reports lists report notes, newest first, with terminal escapes defused.
+func TestCLIAdminReports(t *testing.T) {
+	s := testserver.Start(t)
+	home := t.TempDir()
+	r := petrel(t, home, "", "admin", "reports", "--data", s.DataDir()).must(t, 0)
+	if !strings.Contains(r.stdout, "no report notes") {
+		t.Fatalf("empty: %q", r.stdout)
+	}
+	petrel(t, home, "", "report", "--server", s.URL(), "--category", "not-receiving", "--note", "nothing arrives \x1b[31mred").must(t, 0)
+	r = petrel(t, home, "", "admin", "reports", "--data", s.DataDir()).must(t, 0)
+	if !strings.Contains(r.stdout, "not-receiving") || !strings.Contains(r.stdout, "nothing arrives") || strings.Contains(r.stdout, "\x1b") {
+		t.Fatalf("list: %q", r.stdout)
+	}
+	r = petrel(t, home, "", "admin", "reports", "--json", "--data", s.DataDir()).must(t, 0)
+	if !strings.Contains(r.stdout, `"notes":[{"at":`) || !strings.Contains(r.stdout, `"category":"not-receiving"`) {
+		t.Fatalf("json: %q", r.stdout)
+	}
+	if r := petrel(t, home, "", "admin", "reports", "extra", "--data", s.DataDir()).must(t, 2); !strings.Contains(r.stderr, "unexpected argument") {
+		t.Fatalf("extra argument: %q", r.stderr)
+	}
+}

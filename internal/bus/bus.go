@@ -161,6 +161,9 @@ type Bus struct {
 
 	// Incidents holds the status page's incident notes (package status).
 	Incidents jetstream.KeyValue
+	// Baseline holds each node's problem-report counts for the status page's baseline (package
+	// status).
+	Baseline jetstream.KeyValue
 
 	// A single-node store being imported into the cluster (grow.go); nil otherwise.
 	single   *server.Server

@@ -59,6 +59,16 @@ const StatusSubject = "petrel.status"
 // format like the names above.
 const IncidentsBucket = "incidents"
 
+// BaselineBucket holds the problem-report baseline of the status page (package status): one
+// record per node (key: the node's name, or a hash of it) with its report counts per hour of the
+// week over the last weeks, rewritten by that node at most once an hour. A storage format like the
+// names above.
+const BaselineBucket = "status_baseline"
+
+// BaselineMaxAge is the baseline bucket's age limit: the record of a node not heard for longer
+// (decommissioned) is dropped. A running node rewrites its record every hour.
+const BaselineMaxAge = 9 * 7 * 24 * time.Hour
+
 // DeviceSubject carries live deliveries, wake-ups and takeovers for a connected device.
 func DeviceSubject(deviceID string) string { return "dev." + deviceID }
 
@@ -214,6 +224,9 @@ func (b *Bus) migrate(ctx context.Context) error {
 		return err
 	}
 	if b.Incidents, err = kv(jetstream.KeyValueConfig{Bucket: IncidentsBucket, Description: "incident id → incident notes for the status page (JSON)", History: 1}, kvOptions{}); err != nil {
+		return err
+	}
+	if b.Baseline, err = kv(jetstream.KeyValueConfig{Bucket: BaselineBucket, Description: "node → its problem-report counts per hour of the week for the status page's baseline (JSON)", History: 1, TTL: BaselineMaxAge}, kvOptions{}); err != nil {
 		return err
 	}
 	b.PreKeys, err = b.ensureStream(ctx, jetstream.StreamConfig{

@@ -20,6 +20,7 @@ func (s *Server) startStatus() {
 		Storage: s.storageState,
 		Conn:    s.bus.Conn(), Subject: bus.StatusSubject,
 		Incidents:     s.bus.Incidents,
+		Baseline:      s.bus.Baseline,
 		OperatorToken: s.token, ProbeToken: s.cfg.ProbeToken,
 		ShareInterval: s.cfg.StatusShareInterval.Duration,
 		Thresholds: status.Thresholds{

@@ -111,7 +111,7 @@ type probeSeries struct {
 
 // Aggregates are one node's own view: probe results by (probed node, source), the send outcomes
 // the gateway reports, and user problem reports, each in per-minute rings over 24 hours, plus the
-// per-hour-of-week report baseline. It implements ProbeSink. Safe for concurrent use; every method
+// report counts per hour of the week of this node and the others (the baseline, baseline.go). It implements ProbeSink. Safe for concurrent use; every method
 // works on memory only.
 type Aggregates struct {
 	now func() time.Time
@@ -124,12 +124,13 @@ type Aggregates struct {
 	// clientsWin); cleared when the window changes.
 	clients    map[string]struct{}
 	clientsWin int64
-	// baseline is, per hour of the week (Sunday 00 UTC = 0), a moving average of the reports
-	// counted in that hour (weight 1/4 for the newest week); baseSeen marks the hours folded at
-	// least once. folded is the last hour (Unix hours) folded in.
-	baseline [7 * 24]float64
-	baseSeen [7 * 24]bool
-	folded   int64
+	// own is this node's report counts per hour of the week over the last weeks (baseline.go),
+	// others the other nodes' (from the baseline bucket). folded is the last hour (Unix hours)
+	// folded into own; foldedNew is set when an hour is folded (to write own).
+	own       baseTable
+	others    map[string]*baseTable
+	folded    int64
+	foldedNew bool
 }
 
 // NewAggregates returns empty aggregates on clock now (nil: time.Now).
@@ -138,7 +139,7 @@ func NewAggregates(now func() time.Time) *Aggregates {
 		now = time.Now
 	}
 	return &Aggregates{now: now, probes: make(map[probeKey]*probeSeries), clients: make(map[string]struct{}),
-		folded: now().Unix()/3600 - 1}
+		others: make(map[string]*baseTable), folded: now().Unix()/3600 - 1}
 }
 
 // RecordProbe adds one probe result (ProbeSink). Names are cut to a bounded length; a result
@@ -242,26 +243,22 @@ func hourOfWeek(h int64) int {
 	return int(t.Weekday())*24 + t.Hour()
 }
 
-// foldLocked folds every hour completed since the last fold into the baseline.
+// foldLocked folds every hour completed since the last fold into this node's counts per hour of
+// the week.
 func (a *Aggregates) foldLocked(now time.Time) {
 	cur := now.Unix() / 3600
 	if cur-a.folded > 24 { // asleep for longer than the ring: what is older is gone
 		a.folded = cur - 24
 	}
 	for h := a.folded + 1; h < cur; h++ {
-		var n float64
+		var n uint32
 		a.reports.each(h*60, h*60+59, func(_ int64, s *reportSlot) {
 			for _, c := range s.cat {
-				n += float64(c)
+				n += c
 			}
 		})
-		w := hourOfWeek(h)
-		if a.baseSeen[w] {
-			a.baseline[w] = 0.75*a.baseline[w] + 0.25*n
-		} else {
-			a.baseline[w], a.baseSeen[w] = n, true
-		}
-		a.folded = h
+		a.own[hourOfWeek(h)].set(h/hoursPerWeek, n, true)
+		a.folded, a.foldedNew = h, true
 	}
 }
 
@@ -298,7 +295,7 @@ func (a *Aggregates) Snapshot() Summary {
 				r.Hourly[i] += int(c)
 			}
 		})
-		r.Baseline[i] = round2(a.baseline[hourOfWeek(h)])
+		r.Baseline[i] = round2(a.baselineLocked(h))
 	}
 	s.Reports = r
 

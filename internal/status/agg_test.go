@@ -5,6 +5,8 @@ package status
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -86,22 +88,93 @@ func TestBaselineIsPerHourOfWeek(t *testing.T) {
 	for i := range 8 {
 		a.RecordReport(CategoryOther, string(rune('a'+i)))
 	}
-	c.add(time.Hour) // the hour ends: folded into Monday 10:00's baseline
+	c.add(time.Hour) // the hour ends: folded into Monday 10:00's counts
 	s := a.Snapshot()
-	// Hourly[22] is the past hour (Monday 10), [23] the current (Monday 11, no baseline yet).
-	if s.Reports.Hourly[22] != 8 || s.Reports.Baseline[22] != 8 || s.Reports.Baseline[23] != 0 {
+	// Hourly[22] is the past hour (Monday 10), [23] the current (Monday 11). An hour's baseline
+	// is made of past weeks only: none yet.
+	if s.Reports.Hourly[22] != 8 || s.Reports.Baseline[22] != 0 || s.Reports.Baseline[23] != 0 {
 		t.Fatalf("hourly %v baseline %v", s.Reports.Hourly[20:], s.Reports.Baseline[20:])
 	}
-	// A week later, the same hour of the week has that baseline; the next week's hour with no
-	// reports lowers it by a quarter.
+	if !a.takeFolded() || a.takeFolded() {
+		t.Fatal("a folded hour is not reported exactly once")
+	}
+	// A week later, the same hour of the week has that baseline; after a quiet Monday 10:00 it is
+	// the mean of the two weeks.
 	c.add(7*24*time.Hour - time.Hour)
-	s = a.Snapshot()
-	if s.Reports.Baseline[23] != 8 {
+	if s = a.Snapshot(); s.Reports.Baseline[23] != 8 {
 		t.Fatalf("Monday 10:00 a week later: baseline %v, want 8", s.Reports.Baseline[23])
 	}
 	c.add(time.Hour)
-	if s = a.Snapshot(); s.Reports.Baseline[22] != 6 {
-		t.Fatalf("after a quiet Monday 10:00: baseline %v, want 6", s.Reports.Baseline[22])
+	if s = a.Snapshot(); s.Reports.Baseline[22] != 8 || s.Reports.Hourly[22] != 0 {
+		t.Fatalf("the quiet Monday 10:00: baseline %v hourly %v, want 8 and 0", s.Reports.Baseline[22], s.Reports.Hourly[22])
+	}
+	c.add(7 * 24 * time.Hour)
+	if s = a.Snapshot(); s.Reports.Baseline[22] != 4 {
+		t.Fatalf("after a quiet Monday 10:00: baseline %v, want 4 (8 and 0)", s.Reports.Baseline[22])
+	}
+	// Other nodes' counts add up week by week; after BaselineWeeks weeks a count is forgotten.
+	other := baselineRecord{V: baselineRecordV, Node: "n2", Counts: make([][]int64, hoursPerWeek)}
+	now := c.now().Unix() / 3600
+	other.Week = (now - 1) / hoursPerWeek
+	other.Counts[hourOfWeek(now-1)] = []int64{-1, 6, 2} // nothing this week; 6 a week ago, 2 before
+	if !a.applyBaseline(&other, false) {
+		t.Fatal("record refused")
+	}
+	if s = a.Snapshot(); s.Reports.Baseline[22] != 8 { // ((0+6) + (8+2)) / 2
+		t.Fatalf("with another node: baseline %v, want 8", s.Reports.Baseline[22])
+	}
+	c.add(BaselineWeeks * 7 * 24 * time.Hour)
+	if s = a.Snapshot(); s.Reports.Baseline[22] != 0 {
+		t.Fatalf("%d weeks later: baseline %v, want 0", BaselineWeeks, s.Reports.Baseline[22])
+	}
+}
+
+func TestBaselineRecords(t *testing.T) {
+	c := newClock()
+	a := NewAggregates(c.now)
+	for i := range 3 {
+		a.RecordReport(CategoryOther, string(rune('a'+i)))
+	}
+	c.add(time.Hour)
+	a.Snapshot()
+	rec := recordOf("node-1", &a.own)
+	b, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > 4096 {
+		t.Fatalf("a record is %d bytes: want a few KB at most", len(b))
+	}
+	week := c.now().Unix() / 3600 / hoursPerWeek
+	got, err := parseBaseline("node-1", b, week)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Read back into fresh aggregates (a restart), a week later: the count is the baseline.
+	c.add(7*24*time.Hour - time.Hour)
+	a2 := NewAggregates(c.now)
+	a2.RecordReport(CategoryOther, "z") // counted since the restart: kept
+	a2.applyBaseline(&got, true)
+	if s := a2.Snapshot(); s.Reports.Baseline[23] != 3 || s.Reports.Hourly[23] != 1 {
+		t.Fatalf("after a restart: baseline %v hourly %v, want 3 and 1", s.Reports.Baseline[23], s.Reports.Hourly[23])
+	}
+	if k := baselineKey("db 1.example/x"); k == "db 1.example/x" || !strings.HasPrefix(k, "h-") || baselineKey("db1-3f9a0c12") != "db1-3f9a0c12" {
+		t.Fatalf("keys: %q", k)
+	}
+	for _, tc := range []struct{ name, key, body, want string }{
+		{"not JSON", "node-1", "\x00\x01garbage", "not a baseline record"},
+		{"other version", "node-1", `{"v":2,"node":"node-1","week":1,"counts":[]}`, "version 2"},
+		{"foreign key", "node-2", string(b), "another node's key"},
+		{"unknown field", "node-1", `{"v":1,"node":"node-1","week":1,"counts":[],"x":1}`, "unknown field"},
+		{"short", "node-1", `{"v":1,"node":"node-1","week":1,"counts":[[1]]}`, "hours of the week"},
+		{"future", "node-1", fmt.Sprintf(`{"v":1,"node":"node-1","week":%d,"counts":[]}`, week+5), "not a past week"},
+		{"negative", "node-1", strings.Replace(string(b), "[3]", "[-7]", 1), "out of range"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := parseBaseline(tc.key, []byte(tc.body), week); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err %v, want one saying %q", err, tc.want)
+			}
+		})
 	}
 }
 

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	mrand "math/rand/v2"
 	"sort"
 	"strings"
 	"sync"
@@ -283,49 +282,19 @@ func (s *Incidents) Shown() []IncidentView {
 }
 
 // watch keeps the memory copy current until ctx ends: a watch of the whole bucket (it starts
-// with every current entry). When the watch cannot be made (storage down) it tries again with a
-// jittered backoff.
+// with every current entry), made again with a jittered backoff when it cannot be made (storage
+// down).
 func (s *Incidents) watch(ctx context.Context) {
 	if s.kv == nil {
 		return
 	}
-	delay := time.Second
-	for ctx.Err() == nil {
-		w, err := s.kv.WatchAll(ctx)
-		if err == nil {
-			s.follow(ctx, w)
-			_ = w.Stop()
-			delay = time.Second
-		} else {
-			s.log.Debug("incidents: watch", "err", err)
+	watchBucket(ctx, s.kv, s.log, "incidents", func(e jetstream.KeyValueEntry) {
+		if e == nil || e.Operation() != jetstream.KeyValuePut {
+			return // nil: the initial values are all delivered
 		}
-		t := time.NewTimer(delay/2 + time.Duration(mrand.Int64N(int64(delay))))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
+		var inc IncidentView
+		if json.Unmarshal(e.Value(), &inc) == nil && inc.ID != "" {
+			s.apply(inc)
 		}
-		delay = min(2*delay, 30*time.Second)
-	}
-}
-
-func (s *Incidents) follow(ctx context.Context, w jetstream.KeyWatcher) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case e, ok := <-w.Updates():
-			if !ok {
-				return
-			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue // nil: the initial values are all delivered
-			}
-			var inc IncidentView
-			if json.Unmarshal(e.Value(), &inc) == nil && inc.ID != "" {
-				s.apply(inc)
-			}
-		}
-	}
+	})
 }

@@ -71,6 +71,9 @@ type Config struct {
 	Subject string
 	// Incidents is the incidents bucket. Nil: incidents cannot be posted.
 	Incidents jetstream.KeyValue
+	// Baseline is the bucket of the nodes' report counts per hour of the week (baseline.go). Nil:
+	// the baseline is this node's own counts since it started.
+	Baseline jetstream.KeyValue
 	// OperatorToken and ProbeToken are accepted on POST /v1/probes (ProbeToken "" : only the
 	// operator token).
 	OperatorToken, ProbeToken string
@@ -108,8 +111,12 @@ type Service struct {
 	cacheJS  []byte
 	cacheHTM []byte
 
+	notes   noteRing // the latest report notes, for operators
 	reports *prometheus.CounterVec
 	probesN *prometheus.CounterVec
+
+	// persist asks persistBaseline to write this node's baseline record (capacity 1).
+	persist chan struct{}
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -166,6 +173,7 @@ func New(cfg Config) *Service {
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(s.reports, s.probesN)
 	}
+	s.persist = make(chan struct{}, 1)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -187,7 +195,8 @@ func (s *Service) ObserveSend(ok bool, lag time.Duration) { s.agg.ObserveSend(ok
 func (s *Service) Incidents() *Incidents { return s.inc }
 
 // Start subscribes to the other nodes' views and starts the service's goroutines: the sampler
-// and sharer (once a second, and every ShareInterval), and the incidents watch.
+// and sharer (once a second, and every ShareInterval), the incidents watch, and the baseline's
+// watch and writer.
 func (s *Service) Start() error {
 	s.sample()
 	s.render()
@@ -201,6 +210,12 @@ func (s *Service) Start() error {
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.loop() }()
 	go func() { defer s.wg.Done(); s.inc.watch(s.ctx) }()
+	if s.cfg.Baseline != nil {
+		loaded := make(chan struct{})
+		s.wg.Add(2)
+		go func() { defer s.wg.Done(); s.followBaseline(s.ctx, loaded) }()
+		go func() { defer s.wg.Done(); s.persistBaseline(s.ctx, loaded, s.persist) }()
+	}
 	return nil
 }
 
@@ -237,6 +252,12 @@ func (s *Service) loop() {
 		}
 		s.forget(now)
 		s.render()
+		if s.agg.takeFolded() { // an hour ended: write this node's counts (at most once an hour)
+			select {
+			case s.persist <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
@@ -397,11 +418,20 @@ func (s *Service) limited(w http.ResponseWriter, r *http.Request, l *keyrate.Lim
 	return false
 }
 
+// serverTiming sets the Server-Timing header to the time since start: how long this node took
+// to handle a page request (rate limit, cache, render when needed), without the network and the
+// time before the handler ran.
+func serverTiming(w http.ResponseWriter, start time.Time) {
+	w.Header().Set("Server-Timing", fmt.Sprintf("page;dur=%.3f", float64(time.Since(start))/1e6))
+}
+
 func (s *Service) page(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	if s.limited(w, r, s.pageLimit) {
 		return
 	}
 	_, htm := s.rendered()
+	serverTiming(w, start)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
@@ -409,10 +439,12 @@ func (s *Service) page(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) pageJSON(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	if s.limited(w, r, s.pageLimit) {
 		return
 	}
 	js, _ := s.rendered()
+	serverTiming(w, start)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-cache")
 	_, _ = w.Write(js)
@@ -476,6 +508,7 @@ func (s *Service) report(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	counted := s.agg.RecordReport(req.Category, req.Client)
+	s.notes.add(s.cfg.Now(), req.Category, req.Note)
 	if counted {
 		s.reports.WithLabelValues("counted").Inc()
 	} else {
@@ -557,6 +590,7 @@ func (s *Service) AdminHandlers() map[string]http.Handler {
 	return map[string]http.Handler{
 		"GET " + AdminIncidentsPath:  http.HandlerFunc(s.listIncidents),
 		"POST " + AdminIncidentsPath: http.HandlerFunc(s.postIncident),
+		"GET " + AdminReportsPath:    http.HandlerFunc(s.listReportNotes),
 	}
 }
 

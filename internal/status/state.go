@@ -316,7 +316,8 @@ func buildView(self string, sums []peer, incidents []IncidentView, th Thresholds
 	}
 	v.State = overall
 
-	// Reports: the sum of every node's counts and baselines.
+	// Reports: the sum of every node's counts; the baseline is this node's (own first), which
+	// already merges every node's counts (baseline.go).
 	r := ReportsView{WindowMinutes: int(ReportWindow / time.Minute), ByCategory: map[string]int{},
 		Hourly: make([]int, 24), BaselineHour: make([]float64, 24)}
 	for _, c := range Categories {
@@ -334,15 +335,17 @@ func buildView(self string, sums []peer, incidents []IncidentView, th Thresholds
 			r.HourStart = rs.HourStart
 		}
 	}
-	for _, p := range sums {
+	for k, p := range sums {
 		rs := p.Reports
 		// Align each node's hours on the newest start (a node's snapshot may be an hour older).
 		shift := int(r.HourStart.Sub(rs.HourStart) / time.Hour)
 		for i := range 24 {
 			j := i + shift
-			if j >= 0 && j < len(rs.Hourly) && j < len(rs.Baseline) {
+			if j >= 0 && j < len(rs.Hourly) {
 				r.Hourly[i] += rs.Hourly[j]
-				r.BaselineHour[i] = round2(r.BaselineHour[i] + rs.Baseline[j])
+			}
+			if k == 0 && j >= 0 && j < len(rs.Baseline) {
+				r.BaselineHour[i] = round2(rs.Baseline[j])
 			}
 		}
 	}
