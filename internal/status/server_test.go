@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -320,22 +321,29 @@ func serverTime(t *testing.T, h http.Header) time.Duration {
 	return time.Duration(ms * float64(time.Millisecond))
 }
 
-// assertFast fetches /status and /status.json and fails if either takes 100 ms or more.
-func assertFast(t *testing.T, base string) (page string) {
+// assertFast fetches /status and /status.json: the server's own handling time (Server-Timing)
+// must stay under 100 ms, and the wall clock under 1 s (a page blocked on the store or the
+// messaging path takes seconds; the wall clock also holds this machine's scheduling, which other
+// tests running at the same time may load: see TestStatusWhileMessagingSaturated).
+func assertFast(t *testing.T, base string) (page string, walls []time.Duration) {
 	t.Helper()
 	for _, p := range []string{status.PagePath, status.JSONPath} {
-		code, body, took := get(t, base+p)
+		code, h, body, took := timedGet(t, base+p)
 		if code != http.StatusOK {
 			t.Fatalf("%s: %d %s", p, code, body)
 		}
-		if took >= 100*time.Millisecond {
-			t.Fatalf("%s took %s (want < 100ms)", p, took)
+		if st := serverTime(t, h); st >= 100*time.Millisecond {
+			t.Fatalf("%s: the server took %s (want < 100ms)", p, st)
+		}
+		if took >= time.Second {
+			t.Fatalf("%s took %s (want < 1s, and < 100ms on a quiet machine)", p, took)
 		}
 		if p == status.PagePath {
 			page = body
 		}
+		walls = append(walls, took)
 	}
-	return page
+	return page, walls
 }
 
 func TestStatusWhileStoreBroken(t *testing.T) {
@@ -345,8 +353,10 @@ func TestStatusWhileStoreBroken(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
+	var walls []time.Duration
 	for {
-		page := assertFast(t, s.URL())
+		page, w := assertFast(t, s.URL())
+		walls = append(walls, w...)
 		if strings.Contains(page, "State: outage") || strings.Contains(page, "State: degraded") {
 			if !strings.Contains(page, "storage unavailable") {
 				t.Fatalf("the page does not say why: %s", page)
@@ -357,6 +367,14 @@ func TestStatusWhileStoreBroken(t *testing.T) {
 			t.Fatal("the page still says operational 10s after the store broke")
 		}
 		time.Sleep(100 * time.Millisecond) // the state is sampled once a second
+	}
+	for range 10 {
+		_, w := assertFast(t, s.URL())
+		walls = append(walls, w...)
+	}
+	slices.Sort(walls)
+	if med := walls[len(walls)/2]; med >= 100*time.Millisecond {
+		t.Fatalf("while the store is down the page took %s (median of %d), want < 100ms", med, len(walls))
 	}
 	v := view(t, s.URL())
 	if v.State != status.Outage || v.Nodes[0].StorageOK {
