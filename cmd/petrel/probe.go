@@ -49,7 +49,7 @@ func runProbe(ctx context.Context, e *env, args []string) int {
 	invite := fs.String("invite", "", "invite codes for creating the two probe accounts on an invite-only server: CODE,CODE (one per account)")
 	fs.Usage = func() {
 		fmt.Fprintf(e.stderr, "usage: petrel %s\n%s\nflags:\n", probeUsage, probeHelp)
-		fs.PrintDefaults()
+		writeFlags(e.stderr, fs, probeUsage)
 	}
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
