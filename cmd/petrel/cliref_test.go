@@ -336,3 +336,22 @@ func TestCLIHelpMatchesREADME(t *testing.T) {
 		})
 	}
 }
+
+// --help after a command's arguments is help too (petrel settings read-receipts --help), but not
+// after "--", where it is text.
+func TestCLIHelpAfterArguments(t *testing.T) {
+	home := t.TempDir()
+	want := petrel(t, home, "", "settings", "--help").must(t, 0).stderr
+	for _, args := range [][]string{{"settings", "read-receipts", "--help"}, {"settings", "last-seen", "-h"}} {
+		if r := petrel(t, home, "", args...).must(t, 0); r.stderr != want {
+			t.Errorf("%v: printed\n%s\nwant settings --help:\n%s", args, r.stderr, want)
+		}
+	}
+	if r := petrel(t, home, "", "help", "recovery-key", "show").must(t, 0); !strings.HasPrefix(r.stdout, "usage: petrel recovery-key show") {
+		t.Errorf("help recovery-key show: %q", r.stdout)
+	}
+	// Not help: the home is not registered, so send fails (exit 1) instead of printing usage.
+	if r := petrel(t, home, "", "send", "--to", "bob", "--", "--help").must(t, 1); strings.Contains(r.stderr, "usage:") {
+		t.Errorf("send -- --help printed the usage: %q", r.stderr)
+	}
+}

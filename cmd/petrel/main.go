@@ -235,6 +235,7 @@ func synopsisValue(text, name string) string {
 	}
 }
 
+// flagPlaceholder is the VALUE writeFlags prints after --name (see there).
 func flagPlaceholder(f *flag.Flag, quoted, usageText string) string {
 	if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
 		return ""
@@ -273,15 +274,13 @@ func parseFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
 		}
 		return 2, false
 	}
+	if slices.Contains(args, "--") { // the arguments after it are text, even "--help"
+		return 0, true
+	}
 	for _, a := range fs.Args() {
-		if a == "--" {
-			break
-		}
 		if a == "-h" || a == "-help" || a == "--help" {
-			if !slices.Contains(args, "--") {
-				fs.Usage()
-				return 0, false
-			}
+			fs.Usage()
+			return 0, false
 		}
 	}
 	return 0, true
