@@ -141,7 +141,7 @@ func runProbe(ctx context.Context, e *env, args []string) int {
 		if pusher != nil {
 			// The last round's results may still be on their way: give them a moment.
 			deadline := time.Now().Add(5 * time.Second)
-			for pusher.Pending() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+			for !pusher.Idle() && time.Now().Before(deadline) && ctx.Err() == nil {
 				time.Sleep(20 * time.Millisecond) // polling with a deadline
 			}
 		}
