@@ -214,7 +214,7 @@ func runBench(ctx context.Context, e *env, args []string) int {
 	}
 	fs.Usage = func() {
 		fmt.Fprintf(e.stderr, "usage: petrel %s\n\n%s\nflags for %s:\n", benchUsage, benchHelp, scenario)
-		fs.PrintDefaults()
+		writeFlags(e.stderr, fs, benchUsage)
 	}
 	if code, ok := parseFlags(fs, args[1:]); !ok {
 		return code

@@ -240,7 +240,7 @@ func runRegister(ctx context.Context, e *env, args []string) int {
 
 func runSend(ctx context.Context, e *env, args []string) int {
 	const cmd = "send"
-	fs := newFlags(e, cmd, "send --to NAME TEXT... | send --to NAME - | send --group GROUP TEXT... | send --group GROUP -\n\n"+
+	fs := newFlags(e, cmd, "send [--timeout DURATION] --to NAME TEXT... | send --to NAME - | send --group GROUP TEXT... | send --group GROUP -\n\n"+
 		"Sends TEXT (the arguments joined by spaces), or with '-' each non-empty line of standard\n"+
 		"input as one message, in order, to account NAME or to group GROUP (its local name, see\n"+
 		"petrel group list). Prints each message id once the server has acked it.")
@@ -415,7 +415,7 @@ func (p *printer) print(m *client.Message) error {
 
 func runRecv(ctx context.Context, e *env, args []string) int {
 	const cmd = "recv"
-	fs := newFlags(e, cmd, "recv [--wait DURATION] [--json]\n\n"+
+	fs := newFlags(e, cmd, "recv [--wait DURATION] [--json] [--timeout DURATION]\n\n"+
 		"Receives every pending message, then keeps waiting until DURATION passes with nothing\n"+
 		"new. Prints 'NAME: TEXT' per message ('ME -> NAME: TEXT' for one this account sent from\n"+
 		"another device), or with --json one JSON object per line with id, from, from_device,\n"+

@@ -363,7 +363,8 @@ func describeDeviceErr(err error) string {
 	case errors.Is(err, client.ErrPermissionDenied):
 		return "not allowed from this device (approve links and remove other devices from your primary device): " + err.Error()
 	case errors.Is(err, client.ErrDeviceRemoved):
-		return "this device was removed from its account: link it again with petrel link in a new --home (" + err.Error() + ")"
+		return "this device was removed from its account (by its primary device, or because the account was recovered on another device): " +
+			"link it again with petrel link in a new --home, or recover the account there with petrel recover (" + err.Error() + ")"
 	case errors.Is(err, client.ErrUntrustedDeviceList):
 		return "refusing a device list that does not verify: " + err.Error()
 	}

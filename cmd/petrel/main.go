@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -30,6 +31,9 @@ type env struct {
 	home string
 	// account is the home's account name once a client command opened it.
 	account string
+	// flagSets, when set (tests), collects every FlagSet newFlags makes, in order: the help test
+	// compares what each command defines with README.md.
+	flagSets *[]*flag.FlagSet
 }
 
 type command struct {
@@ -73,7 +77,14 @@ func commands() []command {
 // reads it from the binary's build information (versionString).
 var version = ""
 
-func runVersion(_ context.Context, e *env, _ []string) int {
+func runVersion(_ context.Context, e *env, args []string) int {
+	fs := newFlags(e, "version", "version\n\nPrints the version (also: petrel --version).")
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return usageErr(e, "version", "takes no arguments")
+	}
 	fmt.Fprintf(e.stdout, "petrel %s\n", versionString())
 	return 0
 }
@@ -156,27 +167,121 @@ func usage(w io.Writer) {
 }
 
 // newFlags returns a FlagSet for a subcommand that also accepts --home after the subcommand name.
+// Its --help prints the usage line, then every flag written as README.md writes it: --name VALUE.
 func newFlags(e *env, name, usageLine string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	fs.Func("home", "client state directory (overrides the global --home)", func(s string) error {
+	fs.Func("home", "client state directory `DIR` (overrides the global --home)", func(s string) error {
 		e.home = s
 		return nil
 	})
 	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "usage: petrel %s\n\nflags:\n", usageLine)
-		fs.PrintDefaults()
+		fmt.Fprintf(fs.Output(), "usage: petrel %s\n\nflags:\n", usageLine)
+		writeFlags(fs.Output(), fs, usageLine)
+	}
+	if e.flagSets != nil {
+		*e.flagSets = append(*e.flagSets, fs)
 	}
 	return fs
 }
 
-// parseFlags parses args and maps -h to exit code 0 and other errors to 2 (ok=false).
+// writeFlags lists fs's flags as "--name VALUE" and their usage, as flag.PrintDefaults does but with
+// the double dash and the placeholders of the usage text (README's style). VALUE is the usage's
+// back-quoted name, else the one the usage text gives the flag ("--wait DURATION"), else one for its
+// type; a boolean flag has none.
+func writeFlags(w io.Writer, fs *flag.FlagSet, usageText string) {
+	var b strings.Builder
+	fs.VisitAll(func(f *flag.Flag) {
+		quoted, usage := flag.UnquoteUsage(f)
+		value := flagPlaceholder(f, quoted, usageText)
+		fmt.Fprintf(&b, "  --%s", f.Name)
+		if value != "" {
+			fmt.Fprintf(&b, " %s", value)
+		}
+		fmt.Fprintf(&b, "\n    \t%s", strings.ReplaceAll(usage, "\n", "\n    \t"))
+		if !zeroDefault(f) {
+			if fmt.Sprintf("%T", f.Value) == "*flag.stringValue" {
+				fmt.Fprintf(&b, " (default %q)", f.DefValue)
+			} else {
+				fmt.Fprintf(&b, " (default %v)", f.DefValue)
+			}
+		}
+		b.WriteString("\n")
+	})
+	io.WriteString(w, b.String())
+}
+
+// synopsisValue finds "--name VALUE" in a usage text and returns VALUE ("" if the text does not
+// write the flag with a value).
+func synopsisValue(text, name string) string {
+	for rest := text; ; {
+		i := strings.Index(rest, "--"+name)
+		if i < 0 {
+			return ""
+		}
+		rest = rest[i+2+len(name):]
+		if rest == "" || rest[0] != ' ' {
+			continue // --name=false, or a longer flag name
+		}
+		tok, _, _ := strings.Cut(rest[1:], " ")
+		tok, _, _ = strings.Cut(tok, "\n")
+		for strings.HasSuffix(tok, "]") && strings.Count(tok, "]") > strings.Count(tok, "[") {
+			tok = tok[:len(tok)-1]
+		}
+		if tok == "" || strings.ContainsAny(tok[:1], "-[]|") {
+			return ""
+		}
+		return tok
+	}
+}
+
+// flagPlaceholder is the VALUE writeFlags prints after --name (see there).
+func flagPlaceholder(f *flag.Flag, quoted, usageText string) string {
+	if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+		return ""
+	}
+	if strings.Contains(f.Usage, "`") {
+		return quoted
+	}
+	if v := synopsisValue(usageText, f.Name); v != "" {
+		return v
+	}
+	switch quoted {
+	case "duration":
+		return "DURATION"
+	case "int", "uint", "int64", "uint64", "float":
+		return "N"
+	}
+	return "VALUE"
+}
+
+// zeroDefault reports whether f's default is its type's zero value (not worth printing).
+func zeroDefault(f *flag.Flag) bool {
+	switch f.DefValue {
+	case "", "false", "0", "0s", "[]", "<nil>":
+		return true
+	}
+	return false
+}
+
+// parseFlags parses args and maps -h to exit code 0 and other errors to 2 (ok=false). A --help
+// after the arguments (petrel settings read-receipts --help) is help too, unless a "--" ends the
+// flags before it.
 func parseFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0, false
 		}
 		return 2, false
+	}
+	if slices.Contains(args, "--") { // the arguments after it are text, even "--help"
+		return 0, true
+	}
+	for _, a := range fs.Args() {
+		if a == "-h" || a == "-help" || a == "--help" {
+			fs.Usage()
+			return 0, false
+		}
 	}
 	return 0, true
 }

@@ -49,7 +49,7 @@ func runProbe(ctx context.Context, e *env, args []string) int {
 	invite := fs.String("invite", "", "invite codes for creating the two probe accounts on an invite-only server: CODE,CODE (one per account)")
 	fs.Usage = func() {
 		fmt.Fprintf(e.stderr, "usage: petrel %s\n%s\nflags:\n", probeUsage, probeHelp)
-		fs.PrintDefaults()
+		writeFlags(e.stderr, fs, probeUsage)
 	}
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
@@ -141,7 +141,7 @@ func runProbe(ctx context.Context, e *env, args []string) int {
 		if pusher != nil {
 			// The last round's results may still be on their way: give them a moment.
 			deadline := time.Now().Add(5 * time.Second)
-			for pusher.Pending() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+			for !pusher.Idle() && time.Now().Before(deadline) && ctx.Err() == nil {
 				time.Sleep(20 * time.Millisecond) // polling with a deadline
 			}
 		}

@@ -4,11 +4,14 @@
 package main
 
 import (
+	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/petrelchat/petrel/internal/testserver"
 )
@@ -100,6 +103,50 @@ func TestCLIRecover(t *testing.T) {
 	r = petrel(t, t.TempDir(), "", "recover", "--server", srv.URL(), "--name", "alice", "--recovery-key", key).must(t, 1)
 	if !strings.Contains(r.stderr, "too many recovery attempts") {
 		t.Fatalf("right key while limited: %q", r.stderr)
+	}
+}
+
+// A petrel chat running on the old device when the account is recovered on another home: the
+// server closes its connection (DEVICE_REMOVED) and chat exits 1, saying why in words and what
+// to do.
+func TestCLIRecoverStopsRunningChat(t *testing.T) {
+	fastClients(t)
+	srv := testserver.Start(t)
+	alice, bob, alice2 := t.TempDir(), t.TempDir(), t.TempDir()
+	r := petrel(t, alice, "", "register", "--server", srv.URL(), "--name", "alice").must(t, 0)
+	m := recoveryKeyRE.FindStringSubmatch(r.stdout)
+	if m == nil {
+		t.Fatalf("register printed no recovery key:\n%s", r.stdout)
+	}
+	petrel(t, bob, "", "register", "--server", srv.URL(), "--name", "bob").must(t, 0)
+	petrel(t, bob, "", "send", "--to", "alice", "are you there").must(t, 0)
+
+	inR, inW := io.Pipe()
+	defer inW.Close()
+	out, errb := &testserver.Buffer{}, &testserver.Buffer{}
+	done := make(chan int, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), cliWait)
+	defer cancel()
+	go func() {
+		e := &env{stdin: inR, stdout: out, stderr: errb, getenv: func(string) string { return "" }}
+		done <- run(ctx, []string{"--home", alice, "chat", "bob"}, e)
+	}()
+	out.WaitFor(t, "bob: are you there\n", cliWait) // connected: the stored message came through
+
+	petrel(t, alice2, "", "recover", "--server", srv.URL(), "--name", "alice", "--recovery-key", m[1]).must(t, 0)
+	select {
+	case code := <-done:
+		if code != 1 {
+			t.Fatalf("chat exit code %d after the recovery, want 1; stderr:\n%s", code, errb.String())
+		}
+	case <-time.After(cliWait):
+		t.Fatalf("chat kept running after the account was recovered on another home; stderr:\n%s", errb.String())
+	}
+	msg := errb.String()
+	for _, want := range []string{"petrel chat: ", "this device was removed from its account", "recovered on another device"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("chat's error does not say %q:\n%s", want, msg)
+		}
 	}
 }
 

@@ -14,7 +14,7 @@ import (
 	"github.com/petrelchat/petrel/internal/server"
 )
 
-const serveUsage = "serve [--listen ADDR] [--admin-listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F | --acme-domain NAME,... [--acme-email ADDR] [--acme-directory URL] [--acme-http-listen ADDR]] [--insecure] [--nats URL,...] [--cluster-listen ADDR --peers ADDR,... [--cluster-name NAME] [--cluster-advertise ADDR] [--replicas N] [--cluster-token-file F] [--cluster-tls-cert F --cluster-tls-key F --cluster-tls-ca F]]"
+const serveUsage = "serve [--listen ADDR] [--admin-listen ADDR] [--data DIR] [--config FILE] [--tls-cert F --tls-key F | --acme-domain NAME,... [--acme-email ADDR] [--acme-directory URL] [--acme-http-listen ADDR]] [--insecure] [--registration POLICY] [--public-url URL] [--nats URL,...] [--cluster-listen ADDR --peers ADDR,... [--cluster-name NAME] [--cluster-advertise ADDR] [--replicas N] [--cluster-token-file F] [--cluster-tls-cert F --cluster-tls-key F --cluster-tls-ca F]] [--log-level L]"
 
 func runServe(ctx context.Context, e *env, args []string) int {
 	cfg, code, ok := serveConfig(e, args)

@@ -148,8 +148,12 @@ func runAdminIncident(ctx context.Context, e *env, args []string) int {
 	data := fs.String("data", "./petrel-data", "the server's data directory (holds admin.token and admin.addr)")
 	adminURL := fs.String("admin", "", "the admin listener's URL (default: from DIR/admin.addr)")
 	tokenFile := fs.String("token-file", "", "the operator token (default: DIR/admin.token)")
-	id := fs.String("id", "", "the incident (update, resolve; default: the only open one)")
-	asJSON := fs.Bool("json", false, "list as JSON")
+	id, asJSON := new(string), new(bool)
+	if action == "list" {
+		fs.BoolVar(asJSON, "json", false, "list as JSON")
+	} else {
+		fs.StringVar(id, "id", "", "the incident (update, resolve; default: the only open one)")
+	}
 	if code, ok := parseFlags(fs, args[1:]); !ok {
 		return code
 	}

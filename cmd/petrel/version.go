@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"runtime/debug"
+	"strings"
 )
 
 // versionString is the version this binary reports: the one set with -ldflags "-X
@@ -62,6 +63,17 @@ func versionFromBuildInfo(bi *debug.BuildInfo) string {
 
 // helpCommand is 'petrel help CMD [SUB]': the same as 'petrel CMD [SUB] --help', exit 0.
 func helpCommand(ctx context.Context, e *env, args []string) int {
+	if args[0] == "help" || strings.HasPrefix(args[0], "-") {
+		// petrel help --help, petrel help help: help's own usage, on standard output.
+		he := *e
+		he.stderr = e.stdout
+		fs := newFlags(&he, "help", helpUsage)
+		if code, ok := parseFlags(fs, args[1:]); !ok {
+			return code
+		}
+		fs.Usage()
+		return 0
+	}
 	for _, c := range commands() {
 		if c.name == args[0] && c.summary != "" {
 			sub := append(append([]string{}, args[1:]...), "--help")
@@ -78,3 +90,5 @@ func helpCommand(ctx context.Context, e *env, args []string) int {
 	usage(e.stderr)
 	return 2
 }
+
+const helpUsage = "help COMMAND [SUB]\n\nPrints the same text as 'petrel COMMAND [SUB] --help', on standard output."

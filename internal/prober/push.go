@@ -61,7 +61,8 @@ type Pusher struct {
 
 	mu      sync.Mutex // guards the following fields
 	queue   []status.ProbeBatch
-	dropped int // batches dropped: queue full, or every try failed
+	sending bool // Run is sending a batch taken off queue
+	dropped int  // batches dropped: queue full, or every try failed
 	sent    int
 }
 
@@ -108,11 +109,19 @@ func (p *Pusher) Stats() (sent, dropped int) {
 	return p.sent, p.dropped
 }
 
-// Pending returns how many batches wait to be sent.
+// Pending returns how many batches wait to be sent (not counting one being sent).
 func (p *Pusher) Pending() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.queue)
+}
+
+// Idle reports whether no batch waits and none is being sent: a caller that waits for it before
+// cancelling Run does not cut a push in flight.
+func (p *Pusher) Idle() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.queue) == 0 && !p.sending
 }
 
 // Run sends queued batches until ctx ends.
@@ -124,6 +133,7 @@ func (p *Pusher) Run(ctx context.Context) {
 			v := p.queue[0]
 			b = &v
 			p.queue = p.queue[1:]
+			p.sending = true
 		}
 		p.mu.Unlock()
 		if b == nil {
@@ -136,6 +146,7 @@ func (p *Pusher) Run(ctx context.Context) {
 		}
 		ok := p.send(ctx, b)
 		p.mu.Lock()
+		p.sending = false
 		if ok {
 			p.sent++
 		} else {

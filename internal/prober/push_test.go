@@ -80,6 +80,9 @@ func TestPusherQueueBounded(t *testing.T) {
 	defer func() { cancel(); wg.Wait() }()
 	p.Push(status.ProbeBatch{Results: []status.ProbeResult{{Node: "first"}}})
 	waitCond(t, "the first batch in flight", func() bool { return p.Pending() == 0 })
+	if p.Idle() {
+		t.Fatal("Idle while a batch is being sent: petrel probe would cancel the push in flight")
+	}
 	start := time.Now()
 	for i := range 3 * prober.PushQueue {
 		p.Push(status.ProbeBatch{Results: []status.ProbeResult{{Node: string(rune('A' + i%26))}}})
