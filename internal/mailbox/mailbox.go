@@ -288,10 +288,13 @@ type Mailbox struct {
 	pinger      pinger             // coalesces confirmInterest's pings
 	leaderReads chan struct{}      // bounds concurrent leader reads (leaderGet)
 	lastClaim   atomic.Uint64      // the last claim value taken on this node (takeover.go)
-	pendingMu   sync.Mutex
-	pending     map[uint64]liveReq        // guarded by pendingMu
-	reads       map[uint64]chan *nats.Msg // batched direct gets in progress; guarded by pendingMu
-	nextToken   atomic.Uint64
+	// latencyCount counts the sends measured for the delivery latency, up to latencyAlways
+	// (route.go): the first ones are all measured, later one in latencySample.
+	latencyCount atomic.Int64
+	pendingMu    sync.Mutex
+	pending      map[uint64]liveReq        // guarded by pendingMu
+	reads        map[uint64]chan *nats.Msg // batched direct gets in progress; guarded by pendingMu
+	nextToken    atomic.Uint64
 	// replicaPinger coalesces replica rounds (replicas.go); its replicas is set in New.
 	replicaPinger pinger
 

@@ -87,7 +87,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	acks := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_mailbox_acks_total",
 		Help: "Envelopes acked by a device attached on this node, by path: live, stored."}, []string{"path"})
 	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "petrel_mailbox_delivery_seconds",
-		Help:    "End-to-end delivery latency, by path: live (from the Send reaching this node's mailbox to the device's ack reaching it back; on the sending node), stored (from the server accepting the Send, the envelope's server time, to the device's ack; on the node holding the device).",
+		Help:    "End-to-end delivery latency, by path: live (from the Send reaching this node's mailbox to the device's ack reaching it back; on the sending node; after a node's first 1,024 sends, one in 8, at random), stored (from the server accepting the Send, the envelope's server time, to the device's ack; on the node holding the device).",
 		Buckets: deliveryBuckets}, []string{"path"})
 	m.pushedLive, m.pushedStored = deliveries.WithLabelValues(pathLive), deliveries.WithLabelValues(pathStored)
 	m.ackedLive, m.ackedStored = acks.WithLabelValues(pathLive), acks.WithLabelValues(pathStored)

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -115,6 +116,11 @@ type probeSeries struct {
 // works on memory only.
 type Aggregates struct {
 	now func() time.Time
+	// minute is the current minute as Snapshot last saw it (every second while the service
+	// runs), so that ObserveSend, on every send's path, reads no clock. Only with the real
+	// clock (coarse): a test's clock is read each time.
+	minute atomic.Int64
+	coarse bool
 
 	mu      sync.Mutex // guards the fields below
 	sends   ring[sendSlot]
@@ -133,13 +139,17 @@ type Aggregates struct {
 	foldedNew bool
 }
 
-// NewAggregates returns empty aggregates on clock now (nil: time.Now).
+// NewAggregates returns empty aggregates on clock now (nil: time.Now, read by Snapshot and
+// remembered to the minute for ObserveSend, which then reads no clock).
 func NewAggregates(now func() time.Time) *Aggregates {
-	if now == nil {
+	coarse := now == nil
+	if coarse {
 		now = time.Now
 	}
-	return &Aggregates{now: now, probes: make(map[probeKey]*probeSeries), clients: make(map[string]struct{}),
+	a := &Aggregates{now: now, coarse: coarse, probes: make(map[probeKey]*probeSeries), clients: make(map[string]struct{}),
 		others: make(map[string]*baseTable), folded: now().Unix()/3600 - 1}
+	a.minute.Store(minuteOf(now()))
+	return a
 }
 
 // RecordProbe adds one probe result (ProbeSink). Names are cut to a bounded length; a result
@@ -197,9 +207,13 @@ func (a *Aggregates) RecordProbe(r ProbeResult) {
 // calls it (gateway.SendObserver).
 func (a *Aggregates) ObserveSend(ok bool, lag time.Duration) {
 	ms := float64(lag) / 1e6
+	m := a.minute.Load()
+	if !a.coarse {
+		m = minuteOf(a.now())
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := a.sends.at(minuteOf(a.now()))
+	s := a.sends.at(m)
 	s.n++
 	if !ok {
 		s.errs++
@@ -267,6 +281,7 @@ func (a *Aggregates) foldLocked(now time.Time) {
 func (a *Aggregates) Snapshot() Summary {
 	now := a.now()
 	cur := minuteOf(now)
+	a.minute.Store(cur)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.foldLocked(now)

@@ -132,6 +132,7 @@ type heard struct {
 
 // New returns the service. It does no I/O.
 func New(cfg Config) *Service {
+	clock := cfg.Now // nil: the real clock, which lets the aggregates read it coarsely
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -153,7 +154,7 @@ func New(cfg Config) *Service {
 	if cfg.URL == nil {
 		cfg.URL = func() string { return "" }
 	}
-	s := &Service{cfg: cfg, log: cfg.Logger, agg: NewAggregates(cfg.Now), peers: map[string]heard{},
+	s := &Service{cfg: cfg, log: cfg.Logger, agg: NewAggregates(clock), peers: map[string]heard{},
 		inc: NewIncidents(cfg.Incidents, cfg.Now, cfg.Logger)}
 	s.storageOK.Store(true)
 	s.storageNote.Store("")
