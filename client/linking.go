@@ -5,11 +5,8 @@ package client
 
 import (
 	"context"
-	"crypto/rand"
-	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"time"
 
 	"github.com/petrelchat/petrel/client/store"
@@ -67,30 +64,10 @@ const linkExpiryGrace = 10 * time.Second
 // identity key) before anything is stored. It refuses (ErrAlreadyRegistered) a store that holds a
 // registered device. After Link, Open and Run the device like a registered one.
 func Link(ctx context.Context, st *store.Store, opts LinkOptions) (Linked, error) {
-	if opts.Timeout <= 0 {
-		opts.Timeout = 30 * time.Second
-	}
-	if opts.Rand == nil {
-		opts.Rand = rand.Reader
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	var urls []string
-	for _, u := range append([]string{opts.ServerURL}, opts.ServerURLs...) {
-		if u = normURL(u); u == "" || slices.Contains(urls, u) {
-			continue
-		}
-		if _, err := connectURL(u); err != nil {
-			return Linked{}, err
-		}
-		urls = append(urls, u)
-	}
-	if len(urls) == 0 {
-		return Linked{}, errors.New("client: no server URL")
-	}
-	if len(urls) > maxServers {
-		return Linked{}, fmt.Errorf("client: %d server URLs, at most %d", len(urls), maxServers)
+	onboardDefaults(&opts.PreKeys, &opts.Timeout, &opts.Rand, &opts.Now)
+	urls, err := serverURLs(opts.ServerURL, opts.ServerURLs)
+	if err != nil {
+		return Linked{}, err
 	}
 	keys, err := Provision(st, ProvisionOptions{PreKeys: opts.PreKeys, Rand: opts.Rand, Now: opts.Now})
 	if err != nil {

@@ -6,11 +6,9 @@ package client
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"time"
 
 	"github.com/petrelchat/petrel/client/store"
@@ -58,18 +56,7 @@ type RecoverOptions struct {
 // device list naming only itself. The same recovery key stays valid and is kept in st. A wrong
 // key is ErrWrongRecoveryKey; too many attempts ErrRateLimited.
 func Recover(ctx context.Context, st *store.Store, opts RecoverOptions) (Account, error) {
-	if opts.PreKeys <= 0 {
-		opts.PreKeys = 100
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = 30 * time.Second
-	}
-	if opts.Rand == nil {
-		opts.Rand = rand.Reader
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
+	onboardDefaults(&opts.PreKeys, &opts.Timeout, &opts.Rand, &opts.Now)
 	if !petrelv1.ValidName(opts.Name) {
 		return Account{}, fmt.Errorf("%w: %q (want 1-32 of a-z 0-9 _ . -, starting with a letter or digit)", ErrInvalidName, opts.Name)
 	}
@@ -77,21 +64,9 @@ func Recover(ctx context.Context, st *store.Store, opts RecoverOptions) (Account
 	if err != nil {
 		return Account{}, err
 	}
-	var urls []string
-	for _, u := range append([]string{opts.ServerURL}, opts.ServerURLs...) {
-		if u = normURL(u); u == "" || slices.Contains(urls, u) {
-			continue
-		}
-		if _, err := connectURL(u); err != nil {
-			return Account{}, err
-		}
-		urls = append(urls, u)
-	}
-	if len(urls) == 0 {
-		return Account{}, errors.New("client: no server URL")
-	}
-	if len(urls) > maxServers {
-		return Account{}, fmt.Errorf("client: %d server URLs, at most %d", len(urls), maxServers)
+	urls, err := serverURLs(opts.ServerURL, opts.ServerURLs)
+	if err != nil {
+		return Account{}, err
 	}
 	now := opts.Now()
 	keys, err := Provision(st, ProvisionOptions{PreKeys: opts.PreKeys, Rand: opts.Rand, Now: opts.Now})

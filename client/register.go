@@ -39,41 +39,58 @@ type RegisterOptions struct {
 	Now func() time.Time
 }
 
+// onboardDefaults fills the options Register, Link and Recover share: 100 one-time prekeys of
+// each kind, a 30 s exchange, crypto/rand, time.Now.
+func onboardDefaults(preKeys *int, timeout *time.Duration, rnd *io.Reader, now *func() time.Time) {
+	if *preKeys <= 0 {
+		*preKeys = 100
+	}
+	if *timeout <= 0 {
+		*timeout = 30 * time.Second
+	}
+	if *rnd == nil {
+		*rnd = rand.Reader
+	}
+	if *now == nil {
+		*now = time.Now
+	}
+}
+
+// serverURLs is the list of server URLs an onboarding (Register, Link, Recover) stores: first
+// and then more, normalised, without repeats, each a valid connect URL; at least one, at most
+// maxServers.
+func serverURLs(first string, more []string) ([]string, error) {
+	var urls []string
+	for _, u := range append([]string{first}, more...) {
+		if u = normURL(u); u == "" || slices.Contains(urls, u) {
+			continue
+		}
+		if _, err := connectURL(u); err != nil {
+			return nil, err
+		}
+		urls = append(urls, u)
+	}
+	if len(urls) == 0 {
+		return nil, errors.New("client: no server URL")
+	}
+	if len(urls) > maxServers {
+		return nil, fmt.Errorf("client: %d server URLs, at most %d", len(urls), maxServers)
+	}
+	return urls, nil
+}
+
 // Register creates this device's keys (Provision), stores them in st, and registers a new
 // account with this device as its first device. It refuses (ErrAlreadyRegistered) if st already holds a registered
 // device. Server refusals are *Error values matching ErrNameTaken, ErrInvalidName,
 // ErrInvalidInvite, ErrRegistrationClosed, ...
 func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Account, error) {
-	if opts.PreKeys <= 0 {
-		opts.PreKeys = 100
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = 30 * time.Second
-	}
-	if opts.Rand == nil {
-		opts.Rand = rand.Reader
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
+	onboardDefaults(&opts.PreKeys, &opts.Timeout, &opts.Rand, &opts.Now)
 	if !petrelv1.ValidName(opts.Name) {
 		return Account{}, fmt.Errorf("%w: %q (want 1-32 of a-z 0-9 _ . -, starting with a letter or digit)", ErrInvalidName, opts.Name)
 	}
-	var urls []string
-	for _, u := range append([]string{opts.ServerURL}, opts.ServerURLs...) {
-		if u = normURL(u); u == "" || slices.Contains(urls, u) {
-			continue
-		}
-		if _, err := connectURL(u); err != nil {
-			return Account{}, err
-		}
-		urls = append(urls, u)
-	}
-	if len(urls) == 0 {
-		return Account{}, errors.New("client: no server URL")
-	}
-	if len(urls) > maxServers {
-		return Account{}, fmt.Errorf("client: %d server URLs, at most %d", len(urls), maxServers)
+	urls, err := serverURLs(opts.ServerURL, opts.ServerURLs)
+	if err != nil {
+		return Account{}, err
 	}
 	now := opts.Now()
 

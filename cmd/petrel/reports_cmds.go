@@ -7,14 +7,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
-	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/status"
 )
 
@@ -36,45 +31,9 @@ func runAdminReports(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "%s: unexpected argument %q\n", name, fs.Arg(0))
 		return 2
 	}
-	base, from, err := resolveAdminURL(*adminURL, *data)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "%s: %v\n", name, err)
-		return 2
-	}
-	tokPath := filepath.Join(*data, server.AdminTokenFile)
-	if *tokenFile != "" {
-		tokPath = *tokenFile
-	}
-	tok, err := os.ReadFile(tokPath)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "%s: read operator token: %v (is --data the server's data directory, or --token-file its [admin] token_file?)\n", name, err)
-		return 1
-	}
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+status.AdminReportsPath, nil)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "%s: %v\n", name, err)
-		return 2
-	}
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
-	resp, err := adminHTTPClient.Do(req)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "%s: cannot reach the admin listener at %s%s: %v; is the server running?\n", name, base, from, err)
-		return 1
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		var je struct {
-			Error string `json:"error"`
-		}
-		msg := strings.TrimSpace(string(raw))
-		if json.Unmarshal(raw, &je) == nil && je.Error != "" {
-			msg = je.Error
-		}
-		fmt.Fprintf(e.stderr, "%s: %s: %s\n", name, resp.Status, sanitize(msg))
-		return 1
+	raw, code := adminCall(ctx, e, name, *adminURL, *data, *tokenFile, http.MethodGet, status.AdminReportsPath, nil)
+	if code != 0 {
+		return code
 	}
 	if *asJSON {
 		_, _ = e.stdout.Write(raw)

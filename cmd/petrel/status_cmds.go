@@ -175,51 +175,14 @@ func runAdminIncident(ctx context.Context, e *env, args []string) int {
 			return 2
 		}
 	}
-	base, from, err := resolveAdminURL(*adminURL, *data)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "%s: %v\n", name, err)
-		return 2
-	}
-	tokPath := filepath.Join(*data, server.AdminTokenFile)
-	if *tokenFile != "" {
-		tokPath = *tokenFile
-	}
-	tok, err := os.ReadFile(tokPath)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "%s: read operator token: %v (is --data the server's data directory, or --token-file its [admin] token_file?)\n", name, err)
-		return 1
-	}
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
 	method, body := http.MethodGet, []byte(nil)
 	if action != "list" {
 		method = http.MethodPost
 		body, _ = json.Marshal(status.IncidentRequest{Action: action, ID: *id, Text: text})
 	}
-	req, err := http.NewRequestWithContext(ctx, method, base+status.AdminIncidentsPath, bytes.NewReader(body))
-	if err != nil {
-		fmt.Fprintf(e.stderr, "%s: %v\n", name, err)
-		return 2
-	}
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := adminHTTPClient.Do(req)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "%s: cannot reach the admin listener at %s%s: %v; is the server running?\n", name, base, from, err)
-		return 1
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if resp.StatusCode != http.StatusOK {
-		var je struct {
-			Error string `json:"error"`
-		}
-		msg := strings.TrimSpace(string(raw))
-		if json.Unmarshal(raw, &je) == nil && je.Error != "" {
-			msg = je.Error
-		}
-		fmt.Fprintf(e.stderr, "%s: %s: %s\n", name, resp.Status, msg)
-		return 1
+	raw, code := adminCall(ctx, e, name, *adminURL, *data, *tokenFile, method, status.AdminIncidentsPath, body)
+	if code != 0 {
+		return code
 	}
 	if action != "list" {
 		var inc status.IncidentView
@@ -253,4 +216,55 @@ func runAdminIncident(ctx context.Context, e *env, args []string) int {
 		}
 	}
 	return 0
+}
+
+// adminCall sends one operator request to the admin listener (--admin, or DIR/admin.addr) with
+// the operator token (--token-file, or DIR/admin.token) and returns the answer's body when it is
+// 200 OK. Otherwise it prints why, in words, to stderr and returns the exit code (2: usage, 1:
+// the server or the token).
+func adminCall(ctx context.Context, e *env, name, adminURL, data, tokenFile, method, path string, body []byte) ([]byte, int) {
+	base, from, err := resolveAdminURL(adminURL, data)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "%s: %v\n", name, err)
+		return nil, 2
+	}
+	tokPath := filepath.Join(data, server.AdminTokenFile)
+	if tokenFile != "" {
+		tokPath = tokenFile
+	}
+	tok, err := os.ReadFile(tokPath)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "%s: read operator token: %v (is --data the server's data directory, or --token-file its [admin] token_file?)\n", name, err)
+		return nil, 1
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(body))
+	if err != nil {
+		fmt.Fprintf(e.stderr, "%s: %v\n", name, err)
+		return nil, 2
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := adminHTTPClient.Do(req)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "%s: cannot reach the admin listener at %s%s: %v; is the server running?\n", name, base, from, err)
+		return nil, 1
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if resp.StatusCode != http.StatusOK {
+		var je struct {
+			Error string `json:"error"`
+		}
+		msg := strings.TrimSpace(string(raw))
+		if json.Unmarshal(raw, &je) == nil && je.Error != "" {
+			msg = je.Error
+		}
+		fmt.Fprintf(e.stderr, "%s: %s: %s\n", name, resp.Status, sanitize(msg))
+		return nil, 1
+	}
+	return raw, 0
 }
