@@ -125,23 +125,10 @@ func Recover(ctx context.Context, st *store.Store, opts RecoverOptions) (Account
 		return Account{}, err
 	}
 	w := f.GetWelcome()
-	if w == nil || w.GetDeviceId() != keys.DeviceID || w.GetName() != opts.Name {
-		return Account{}, fmt.Errorf("%w: expected Welcome for this device", ErrProtocol)
+	if err := checkWelcome(w, keys.DeviceID, opts.Name); err != nil {
+		return Account{}, err
 	}
-	err = st.Update(func(tx *store.Tx) error {
-		a, err := tx.Account()
-		if err != nil {
-			return err
-		}
-		a.Registered = true
-		a.RegisteredAt = now
-		a.MaxFrameBytes = w.GetMaxFrameBytes()
-		learned := newServerList(urls, nil)
-		learned.learn(w.GetNodes())
-		a.LearnedServers = learned.learnedURLs()
-		return tx.PutAccount(a)
-	})
-	if err != nil {
+	if err := storeWelcome(st, w, urls, now); err != nil {
 		return Account{}, fmt.Errorf("the account was recovered but storing it failed: %w", err)
 	}
 	return Account{Name: opts.Name, DeviceID: keys.DeviceID, ServerURL: urls[0], Servers: urls,

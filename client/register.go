@@ -145,23 +145,10 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 		return Account{}, errorFromProto(e)
 	}
 	w := f.GetWelcome()
-	if w == nil || w.GetDeviceId() != keys.DeviceID || w.GetName() != opts.Name {
-		return Account{}, fmt.Errorf("%w: expected Welcome for this device", ErrProtocol)
+	if err := checkWelcome(w, keys.DeviceID, opts.Name); err != nil {
+		return Account{}, err
 	}
-	err = st.Update(func(tx *store.Tx) error {
-		a, err := tx.Account()
-		if err != nil {
-			return err
-		}
-		a.Registered = true
-		a.RegisteredAt = now
-		a.MaxFrameBytes = w.GetMaxFrameBytes()
-		learned := newServerList(urls, nil)
-		learned.learn(w.GetNodes())
-		a.LearnedServers = learned.learnedURLs()
-		return tx.PutAccount(a)
-	})
-	if err != nil {
+	if err := storeWelcome(st, w, urls, now); err != nil {
 		return Account{}, fmt.Errorf("the account was created but storing it failed: %w", err)
 	}
 	return Account{Name: opts.Name, DeviceID: keys.DeviceID, ServerURL: urls[0], Servers: urls,
@@ -211,4 +198,31 @@ func challenge(ctx context.Context, url string, timeout time.Duration) (*conn, *
 		return nil, nil, fmt.Errorf("%w: expected Challenge", ErrProtocol)
 	}
 	return cn, ch, nil
+}
+
+// checkWelcome checks that the server's answer to an onboarding device is a Welcome for it
+// (deviceID) and for account name.
+func checkWelcome(w *petrelv1.Welcome, deviceID, name string) error {
+	if w == nil || w.GetDeviceId() != deviceID || w.GetName() != name {
+		return fmt.Errorf("%w: expected Welcome for this device", ErrProtocol)
+	}
+	return nil
+}
+
+// storeWelcome records in st that the device is registered (Welcome w): when, the server's frame
+// limit, and the nodes the server named besides urls.
+func storeWelcome(st *store.Store, w *petrelv1.Welcome, urls []string, now time.Time) error {
+	return st.Update(func(tx *store.Tx) error {
+		a, err := tx.Account()
+		if err != nil {
+			return err
+		}
+		a.Registered = true
+		a.RegisteredAt = now
+		a.MaxFrameBytes = w.GetMaxFrameBytes()
+		learned := newServerList(urls, nil)
+		learned.learn(w.GetNodes())
+		a.LearnedServers = learned.learnedURLs()
+		return tx.PutAccount(a)
+	})
 }
