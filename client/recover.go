@@ -73,16 +73,7 @@ func Recover(ctx context.Context, st *store.Store, opts RecoverOptions) (Account
 	if err != nil {
 		return Account{}, err
 	}
-	err = st.Update(func(tx *store.Tx) error {
-		a, err := tx.Account()
-		if err != nil {
-			return err
-		}
-		a.ServerURL, a.Servers, a.Name = urls[0], urls[1:], opts.Name
-		a.RecoveryKey = rk.Text()
-		return tx.PutAccount(a)
-	})
-	if err != nil {
+	if err := storeOnboarding(st, urls, opts.Name, rk); err != nil {
 		return Account{}, err
 	}
 	// The new list: this device alone, primary. Its version must be above the stored list's,

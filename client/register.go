@@ -105,16 +105,7 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 	if err != nil {
 		return Account{}, err
 	}
-	err = st.Update(func(tx *store.Tx) error {
-		a, err := tx.Account()
-		if err != nil {
-			return err
-		}
-		a.ServerURL, a.Servers, a.Name = urls[0], urls[1:], opts.Name
-		a.RecoveryKey = rk.Text()
-		return tx.PutAccount(a)
-	})
-	if err != nil {
+	if err := storeOnboarding(st, urls, opts.Name, rk); err != nil {
 		return Account{}, err
 	}
 
@@ -223,6 +214,20 @@ func storeWelcome(st *store.Store, w *petrelv1.Welcome, urls []string, now time.
 		learned := newServerList(urls, nil)
 		learned.learn(w.GetNodes())
 		a.LearnedServers = learned.learnedURLs()
+		return tx.PutAccount(a)
+	})
+}
+
+// storeOnboarding records in st, before the server hears of the device, the account an
+// onboarding device is for: its name, the server URLs and the recovery key.
+func storeOnboarding(st *store.Store, urls []string, name string, rk e2ee.RecoveryKey) error {
+	return st.Update(func(tx *store.Tx) error {
+		a, err := tx.Account()
+		if err != nil {
+			return err
+		}
+		a.ServerURL, a.Servers, a.Name = urls[0], urls[1:], name
+		a.RecoveryKey = rk.Text()
 		return tx.PutAccount(a)
 	})
 }
