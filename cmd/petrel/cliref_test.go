@@ -24,7 +24,7 @@ func cliInvocations() [][]string {
 	inv := [][]string{
 		{"serve"}, {"admin"}, {"admin", "invite"}, {"admin", "incident"},
 		{"admin", "incident", "open"}, {"admin", "incident", "update"}, {"admin", "incident", "resolve"},
-		{"admin", "incident", "list"},
+		{"admin", "incident", "list"}, {"admin", "reports"},
 		{"report"}, {"register"}, {"send"}, {"recv"}, {"chat"},
 		{"group"}, {"group", "create"}, {"group", "add"}, {"group", "remove"}, {"group", "admin"},
 		{"group", "leave"}, {"group", "list"}, {"group", "info"},
