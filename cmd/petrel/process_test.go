@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -80,7 +81,10 @@ func startServer(t *testing.T, data, addr string, extra ...string) *serverProc {
 	t.Cleanup(func() { p.kill() })
 	select {
 	case line := <-lines:
-		// "petrel dev serving on http://127.0.0.1:PORT (data: ..., registration: open, admin: http://127.0.0.1:PORT)"
+		// "petrel VERSION serving on http://127.0.0.1:PORT (data: ..., registration: open, admin: http://127.0.0.1:PORT)"
+		if !regexp.MustCompile(`^petrel \S+ serving on http://`).MatchString(line) {
+			t.Fatalf("serve's first line %q: want petrel VERSION serving on URL", line)
+		}
 		i := strings.Index(line, "http://")
 		j := strings.Index(line, "admin: http://")
 		if i < 0 || j < 0 {

@@ -36,7 +36,7 @@ func runServe(ctx context.Context, e *env, args []string) int {
 		if adm == "" {
 			adm = "off"
 		}
-		fmt.Fprintf(e.stdout, "petrel %s serving on %s (data: %s, registration: %s, admin: %s)\n", version, srv.URL(), abs, cfg.Registration, adm)
+		fmt.Fprintf(e.stdout, "petrel %s serving on %s (data: %s, registration: %s, admin: %s)\n", versionString(), srv.URL(), abs, cfg.Registration, adm)
 	case err := <-errc:
 		fmt.Fprintf(e.stderr, "petrel serve: %v\n", err)
 		return 1
@@ -161,7 +161,7 @@ func serveConfig(e *env, args []string) (cfg server.Config, code int, ok bool) {
 	if set["acme-http-listen"] {
 		cfg.ACMEHTTPListen = *acmeHTTPListen
 	}
-	cfg.Version = version
+	cfg.Version = versionString()
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(e.stderr, "petrel serve: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
