@@ -613,6 +613,20 @@ func (c *Client) awaitAck(ctx context.Context, id string, done chan error) error
 	}
 }
 
+// runEnded reports whether Run has returned with an error while the client is not closed: a
+// message may still be stored in the outbox for a later run (queuedAfterRun).
+func (c *Client) runEnded() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.runErr != nil && c.state != stateClosed
+}
+
+// queuedAfterRun is the error of a message stored in the outbox after Run had ended with err:
+// the same words as a send whose run ended while it waited, whichever came first.
+func queuedAfterRun(id string, err error) error {
+	return fmt.Errorf("message %s not acked yet, it stays in the outbox: %w", id, err)
+}
+
 // addWaiter registers done (if not nil) for the answer to message id, unless Run has returned
 // (or never will): the message would not leave now.
 func (c *Client) addWaiter(id string, done chan error) error {
@@ -669,8 +683,9 @@ func (c *Client) enqueue(to, text string, done chan error) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := c.addWaiter(id, done); err != nil {
-		return "", err
+	stopped := c.addWaiter(id, done)
+	if stopped != nil && !c.runEnded() {
+		return "", stopped
 	}
 	err = c.st.Update(func(tx *store.Tx) error {
 		if err := tx.AddOutbox(&store.OutboxEntry{ID: id, To: to, Kind: store.KindText, Content: content, CreatedAt: now}); err != nil {
@@ -685,6 +700,9 @@ func (c *Client) enqueue(to, text string, done chan error) (string, error) {
 	if err != nil {
 		c.finish(id, nil)
 		return "", fmt.Errorf("store message: %w", err)
+	}
+	if stopped != nil {
+		return id, queuedAfterRun(id, stopped)
 	}
 	c.kickOutbox()
 	return id, nil

@@ -65,8 +65,9 @@ func (c *Client) enqueueGroup(group, text string, done chan error) (string, erro
 		return "", err
 	}
 	now := c.cfg.Now()
-	if err := c.addWaiter(id, done); err != nil {
-		return "", err
+	stopped := c.addWaiter(id, done)
+	if stopped != nil && !c.runEnded() {
+		return "", stopped
 	}
 	err = c.st.Update(func(tx *store.Tx) error {
 		g, err := findGroup(tx, group)
@@ -103,6 +104,9 @@ func (c *Client) enqueueGroup(group, text string, done chan error) (string, erro
 			return "", err
 		}
 		return "", fmt.Errorf("store message: %w", err)
+	}
+	if stopped != nil {
+		return id, queuedAfterRun(id, stopped)
 	}
 	c.kickOutbox()
 	return id, nil

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -266,4 +267,38 @@ func TestAutoReportCountedByARealServer(t *testing.T) {
 		return v.Reports.ByCategory[status.CategoryCantConnect] == 1
 	}
 	waitUntil(t, "the report on the status page", counted)
+}
+
+// TestSendAfterRunEndedIsQueued: with FailFast, Run ends at the first failed connection; a Send
+// made after that is still stored in the outbox and says so (the same words as a Send whose run
+// ended while it waited), so that a send with the server down queues its message whichever
+// comes first.
+func TestSendAfterRunEndedIsQueued(t *testing.T) {
+	home := registeredHome(t, "erin")
+	st, err := store.Open(home, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	c, err := client.Open(client.Config{Store: st, OnlyServer: deadURL(t), FailFast: true, NoAutoReport: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Run(context.Background()); err == nil {
+		t.Fatal("Run with nothing to connect to ended without an error")
+	}
+	id, err := c.Send(context.Background(), "frank", "are you there?")
+	if err == nil || id == "" || !strings.Contains(err.Error(), "it stays in the outbox") {
+		t.Fatalf("Send after Run ended: id %q, err %v", id, err)
+	}
+	if err := st.View(func(tx *store.Tx) error {
+		e, err := tx.OutboxByID("frank", id)
+		if err != nil || e == nil || !e.Pending() {
+			t.Fatalf("message %s in the outbox: %+v, %v", id, e, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
