@@ -130,6 +130,23 @@ func (c *conn) read(ctx context.Context) (*petrelv1.Frame, error) {
 	return f, nil
 }
 
+// handshake sends one handshake frame (Register, Recover, Auth: before the reader goroutine runs)
+// and reads the server's answer: its Welcome (nil if the answer is another frame), or its Error
+// as *Error.
+func (c *conn) handshake(ctx context.Context, f *petrelv1.Frame) (*petrelv1.Welcome, error) {
+	if err := c.write(ctx, f); err != nil {
+		return nil, err
+	}
+	a, err := c.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if e := a.GetError(); e != nil {
+		return nil, errorFromProto(e)
+	}
+	return a.GetWelcome(), nil
+}
+
 // request sends f with a fresh id and waits for the response with the same id. A response
 // carrying Error is returned as *Error.
 func (c *conn) request(ctx context.Context, f *petrelv1.Frame) (*petrelv1.Frame, error) {

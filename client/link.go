@@ -133,17 +133,10 @@ func (c *Client) authenticate(ctx context.Context, cn *conn, url string) (*petre
 		auth.FailoverReason = fo.reason
 	}
 	c.mu.Unlock()
-	if err := cn.write(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Auth{Auth: auth}}); err != nil {
-		return nil, err
-	}
-	f, err = cn.read(ctx)
+	w, err := cn.handshake(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Auth{Auth: auth}})
 	if err != nil {
 		return nil, err
 	}
-	if e := f.GetError(); e != nil {
-		return nil, errorFromProto(e)
-	}
-	w := f.GetWelcome()
 	if w == nil {
 		return nil, fmt.Errorf("%w: expected Welcome", ErrProtocol)
 	}

@@ -101,21 +101,13 @@ func Recover(ctx context.Context, st *store.Store, opts RecoverOptions) (Account
 		RecoverySignature: ed25519.Sign(rk.SigningKey(), petrelv1.RecoverPayload(ch.GetNonce(), opts.Name, keys.AuthKey)),
 		DeviceList:        sdl,
 	}
-	if err := cn.write(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Recover{Recover: req}}); err != nil {
-		return Account{}, err
+	w, err := cn.handshake(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Recover{Recover: req}})
+	if errors.Is(err, ErrAuthFailed) {
+		return Account{}, fmt.Errorf("%w: %w", ErrWrongRecoveryKey, err)
 	}
-	f, err := cn.read(ctx)
 	if err != nil {
 		return Account{}, err
 	}
-	if e := f.GetError(); e != nil {
-		err := errorFromProto(e)
-		if errors.Is(err, ErrAuthFailed) {
-			return Account{}, fmt.Errorf("%w: %w", ErrWrongRecoveryKey, err)
-		}
-		return Account{}, err
-	}
-	w := f.GetWelcome()
 	if err := checkWelcome(w, keys.DeviceID, opts.Name); err != nil {
 		return Account{}, err
 	}

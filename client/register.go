@@ -125,17 +125,10 @@ func Register(ctx context.Context, st *store.Store, opts RegisterOptions) (Accou
 
 		RecoveryVerifier: rk.Verifier(),
 	}
-	if err := cn.write(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Register{Register: reg}}); err != nil {
-		return Account{}, err
-	}
-	f, err := cn.read(ctx)
+	w, err := cn.handshake(ctx, &petrelv1.Frame{Body: &petrelv1.Frame_Register{Register: reg}})
 	if err != nil {
 		return Account{}, err
 	}
-	if e := f.GetError(); e != nil {
-		return Account{}, errorFromProto(e)
-	}
-	w := f.GetWelcome()
 	if err := checkWelcome(w, keys.DeviceID, opts.Name); err != nil {
 		return Account{}, err
 	}
