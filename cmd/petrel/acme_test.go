@@ -134,12 +134,7 @@ func (a *testACME) start(tlsPort, httpPort int) *x509.CertPool {
 // https.
 func TestServeACMEHTTP01(t *testing.T) {
 	a := newTestACME(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closedPort := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	closedPort := deadPort(t)
 	args := []string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data", t.TempDir(),
 		"--acme-domain", acmeTestDomain, "--acme-directory", a.directory, "--acme-http-listen", "127.0.0.1:0"}
 	srv := startACMEServer(t, a.env, args)

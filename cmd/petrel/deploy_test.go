@@ -464,12 +464,7 @@ func TestHealthcheck(t *testing.T) {
 		t.Errorf("healthcheck output %q", out.String())
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := "http://" + ln.Addr().String() + "/healthz"
-	ln.Close()
+	closed := deadURL(t) + "/healthz"
 	out.Reset()
 	errb.Reset()
 	if code := run(context.Background(), []string{"healthcheck", "--url", closed, "--timeout", "2s"}, e); code != 1 {

@@ -5,6 +5,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"syscall"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/petrelchat/petrel/client"
+	"github.com/petrelchat/petrel/internal/freeport"
 	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/testserver"
 )
@@ -21,12 +23,7 @@ func TestCLIErrorMessages(t *testing.T) {
 	fastClients(t)
 	srv := testserver.Start(t)
 	inviteOnly := testserver.Start(t, testserver.WithConfig(func(c *server.Config) { c.Registration = "invite" }))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	down := "http://" + ln.Addr().String()
-	ln.Close() // nothing listens there now
+	down := deadURL(t) // nothing listens there
 
 	sender := t.TempDir()
 	petrel(t, sender, "", "register", "--server", srv.URL(), "--name", "sender").must(t, 0)
@@ -111,4 +108,20 @@ func TestSizeText(t *testing.T) {
 			t.Errorf("sizeText(%d) = %q, want %q", n, got, want)
 		}
 	}
+}
+
+// deadPort returns a loopback port nothing listens on, below the kernel's ephemeral range so that
+// no other socket is given it meanwhile.
+func deadPort(t *testing.T) int {
+	t.Helper()
+	ports, err := freeport.Loopback(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ports[0]
+}
+
+// deadURL is deadPort's http:// base URL.
+func deadURL(t *testing.T) string {
+	return fmt.Sprintf("http://127.0.0.1:%d", deadPort(t))
 }

@@ -8,7 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -93,12 +92,7 @@ func TestCLIProbeText(t *testing.T) {
 // TestCLIProbeFailure: a node that does not answer gives a FAIL line and exit code 1.
 func TestCLIProbeFailure(t *testing.T) {
 	srv := testserver.Start(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := "http://" + ln.Addr().String()
-	ln.Close()
+	dead := deadURL(t)
 	home := t.TempDir()
 	// The accounts are created through the live node; the dead one fails its probe.
 	r := probeCLI(t, home, nil, "--server", srv.URL()+","+dead, "--count", "1").must(t, 1)

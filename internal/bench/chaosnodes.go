@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/petrelchat/petrel/internal/faultproxy"
+	"github.com/petrelchat/petrel/internal/freeport"
 )
 
 // chaosNode is one node process that chaos may kill, stop, restart and partition. A managed node
@@ -294,7 +294,9 @@ func (cn *chaosNodes) startManaged(n int, dir, logLevel string, command func([]s
 	if err := os.WriteFile(conf, fmt.Appendf(nil, "[admin]\ntoken_file = %q\n", tokenFile), 0o600); err != nil {
 		return err
 	}
-	ports, err := freeLoopbackPorts(3*n + 1)
+	// Below the ephemeral range: no port 0 bind (a node's NATS client listener, a proxy) takes
+	// one before its node binds it.
+	ports, err := freeport.Loopback(3*n + 1)
 	if err != nil {
 		return err
 	}
@@ -465,25 +467,4 @@ func (cn *chaosNodes) stop(managed bool, bound time.Duration) {
 	if managed {
 		cn.wg.Wait()
 	}
-}
-
-// freeLoopbackPorts finds n free loopback TCP ports (held open together, so they differ). Another
-// process could take one before the node binds it; on a test machine that is rare enough.
-func freeLoopbackPorts(n int) ([]int, error) {
-	ports := make([]int, n)
-	lns := make([]net.Listener, 0, n)
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	for i := range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
-		}
-		lns = append(lns, ln)
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-	}
-	return ports, nil
 }

@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/petrelchat/petrel/internal/freeport"
 	"github.com/petrelchat/petrel/internal/testcerts"
 )
 
@@ -54,13 +54,12 @@ type routeNode struct {
 func startPair(t *testing.T, ctx context.Context, secrets [2]string, tlsCfgs [2]*tls.Config) [2]*routeNode {
 	t.Helper()
 	var addrs [2]string
-	for i := range addrs {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs[i] = ln.Addr().String()
-		ln.Close()
+	ports, err := freeport.Loopback(len(addrs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range ports {
+		addrs[i] = fmt.Sprintf("127.0.0.1:%d", p)
 	}
 	var nodes [2]*routeNode
 	for i := range nodes {

@@ -24,7 +24,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -32,6 +31,7 @@ import (
 	"time"
 
 	"github.com/petrelchat/petrel/internal/faultproxy"
+	"github.com/petrelchat/petrel/internal/freeport"
 	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/testcerts"
 	"github.com/petrelchat/petrel/internal/testserver"
@@ -265,20 +265,13 @@ func (c *Cluster) RouteCA() *testcerts.CA { return c.routeCA }
 // TokenFile is the nodes' cluster_token_file (Options.SecureRoutes), "" without it.
 func (c *Cluster) TokenFile() string { return c.tokenFile }
 
-// freePorts finds n free loopback TCP ports (held open together, so they differ).
+// freePorts finds n free loopback TCP ports, below the kernel's ephemeral range so that no
+// port 0 bind (another node's NATS client listener, a proxy) takes one before its node binds it.
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	ports := make([]int, n)
-	lns := make([]net.Listener, n)
-	for i := range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("testcluster: free port: %v", err)
-		}
-		lns[i], ports[i] = ln, ln.Addr().(*net.TCPAddr).Port
-	}
-	for _, ln := range lns {
-		ln.Close()
+	ports, err := freeport.Loopback(n)
+	if err != nil {
+		t.Fatalf("testcluster: %v", err)
 	}
 	return ports
 }
