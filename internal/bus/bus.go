@@ -529,7 +529,9 @@ func (b *Bus) Healthy() bool {
 	return true
 }
 
-// Close drains the connection and stops the embedded server. Safe to call more than once.
+// Close drains the connection and stops the embedded server. Safe to call more than once, and
+// while other goroutines still ask the bus about its server (a killed node's mailbox watching its
+// routes): b.srv stays set, a shut-down server answers with nothing routed.
 func (b *Bus) Close() {
 	b.closeSingle()
 	if b.nc != nil {
@@ -538,7 +540,6 @@ func (b *Bus) Close() {
 	if b.srv != nil {
 		b.srv.Shutdown()
 		b.srv.WaitForShutdown()
-		b.srv = nil
 	}
 }
 
