@@ -492,6 +492,9 @@ func (m *Mailbox) expireLive() {
 		}
 		m.pendingMu.Unlock()
 		slices.Sort(expired) // in request order, so a route's stores queue in send order
+		if len(expired) > 0 {
+			m.log.Debug("live deliveries not acked in time: stored instead", "n", len(expired))
+		}
 		for _, tok := range expired {
 			m.finishLive(tok, liveRefused)
 		}
@@ -568,6 +571,8 @@ func (m *Mailbox) onReply(msg *nats.Msg) {
 		res.acked = true
 	case len(msg.Data) > len(replyStore) && string(msg.Data[:len(replyStore)]) == string(replyStore):
 		res.ticket = string(msg.Data[len(replyStore):])
+	case len(msg.Data) == 0:
+		m.log.Debug("live delivery: no responders, stored instead", "status", msg.Header.Get("Status"))
 	}
 	m.finishLive(tok, res)
 }
