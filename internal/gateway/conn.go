@@ -57,6 +57,9 @@ type conn struct {
 	// the handshake deadline, then the idle deadline, pushed on by every frame.
 	deadline atomic.Int64
 	sends    atomic.Int32 // sends in flight
+	// lane is the request lane (lane.go), made by the frame job on the first request that waits
+	// on the store; only the frame job sets it.
+	lane *lane
 
 	mu     sync.Mutex // guards the fields below
 	dev    directory.Principal
@@ -73,8 +76,10 @@ type conn struct {
 	wclosed    bool
 }
 
-// handle processes one frame. A panic here is contained to this connection (invariant 6).
-func (c *conn) handle(mt websocket.MessageType, data []byte) {
+// handle processes one frame whose admission charge is charge. It reports whether the frame went
+// to the connection's request lane (lane.go), which then gives the charge back; otherwise the
+// caller does. A panic here is contained to this connection (invariant 6).
+func (c *conn) handle(mt websocket.MessageType, data []byte, charge int64) (toLane bool) {
 	var reqID uint64
 	defer func() {
 		if r := recover(); r != nil {
@@ -100,7 +105,7 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 		c.fail(0, pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frames are binary WebSocket messages")
 		return
 	}
-	if len(data) <= c.g.cfg.MaxFrameBytes && c.state.Load() == stateAuthed && frameHook.Load() == nil {
+	if len(data) <= c.g.cfg.MaxFrameBytes && c.state.Load() == stateAuthed && frameHook.Load() == nil && !c.laneBusy() {
 		// The hottest frame, parsed without building messages; anything unusual takes the
 		// general path below, which answers exactly as before.
 		s := getSendScratch()
@@ -129,7 +134,7 @@ func (c *conn) handle(mt websocket.MessageType, data []byte) {
 	if h := frameHook.Load(); h != nil {
 		(*h)(f)
 	}
-	c.dispatch(f)
+	return c.dispatch(f, charge)
 }
 
 func (c *conn) ctx() (context.Context, context.CancelFunc) {

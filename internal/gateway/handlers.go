@@ -10,7 +10,9 @@ import (
 )
 
 // A handler handles one decoded frame whose body is of the type it is registered for. It runs on
-// the connection's executor, one frame of the connection at a time.
+// the connection's executor, one frame of the connection at a time, or, for requests that wait
+// on the store, on the connection's request lane (lane.go): one lane frame at a time, while the
+// executor goes on with DeliverAcks and Pings.
 type handler func(c *conn, f *pb.Frame)
 
 // handlers maps a frame body type (*pb.Frame_Send, ...) to its handler.
@@ -75,14 +77,23 @@ func stateTable(state int32) (handlers, handler) {
 }
 
 // dispatch runs the handler of f's body type in the connection's state.
-func (c *conn) dispatch(f *pb.Frame) {
-	table, other := stateTable(c.state.Load())
+// An authenticated connection's requests that wait on the store, and every frame but DeliverAck
+// and Ping behind them, go to the connection's request lane with their admission charge (true).
+func (c *conn) dispatch(f *pb.Frame, charge int64) (toLane bool) {
+	state := c.state.Load()
+	table, other := stateTable(state)
 	if table == nil {
-		return
+		return false
 	}
-	h := table[reflect.TypeOf(f.Body)]
+	t := reflect.TypeOf(f.Body)
+	h := table[t]
 	if h == nil {
 		h = other
 	}
+	if state == stateAuthed && (laneFrames[t] || (c.laneBusy() && !passLane[t])) {
+		c.toLane(f, h, charge)
+		return true
+	}
 	h(c, f)
+	return false
 }

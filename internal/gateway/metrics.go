@@ -19,6 +19,7 @@ type metrics struct {
 	registrations prometheus.Counter
 	authFailures  prometheus.Counter
 	panics        prometheus.Counter
+	laneRuns      prometheus.Counter
 	flushes       prometheus.Counter
 	slowConsumers prometheus.Counter
 	refused       *prometheus.CounterVec
@@ -81,6 +82,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		registrations: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_registrations_total", Help: "Accounts registered."}),
 		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_handshake_failures_total", Help: "Refused Register/Auth/StartLink."}),
 		panics:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_panics_total", Help: "Panics contained while handling a frame."}),
+		laneRuns:      prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_lane_runs_total", Help: "Goroutines started for connections' request lanes: requests that wait on the store, run apart from the connection's acks and pings."}),
 		flushes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_flushes_total", Help: "Coalesced writes (each one or more frames)."}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_slow_consumers_total", Help: "Connections closed because they stopped reading."}),
 		refused:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_refused_total", Help: "Connections refused before upgrade, by reason."}, []string{"reason"}),
@@ -121,7 +123,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.linkConns, m.control, m.seenDropped, m.connects, m.limited)
-		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.flushes, m.slowConsumers, m.refused, m.rejected, m.timeouts, m.rateLimited, m.inboundClosed, m.httpRefused, m.sentAway, m.failovers, m.failoverTime)
+		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.laneRuns, m.flushes, m.slowConsumers, m.refused, m.rejected, m.timeouts, m.rateLimited, m.inboundClosed, m.httpRefused, m.sentAway, m.failovers, m.failoverTime)
 	}
 	return m
 }

@@ -311,7 +311,11 @@ func (r *wsReader) dispatch(op byte, msg []byte, charge int64) {
 	if op == opText {
 		mt = websocket.TextMessage
 	}
-	if !r.wsc.Execute(func() { defer c.finished(charge); c.handle(mt, msg) }) {
+	if !r.wsc.Execute(func() {
+		if !c.handle(mt, msg, charge) {
+			c.finished(charge)
+		}
+	}) {
 		c.finished(charge)
 	}
 }

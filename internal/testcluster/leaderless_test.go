@@ -10,18 +10,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/petrelchat/petrel/client"
 	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/testcluster"
 	"github.com/petrelchat/petrel/internal/testserver"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
-// TestServedWhileInboxLeaderless: bob's inbox stream is led by n1, and alice's messages are
-// stored there while bob is offline. n1 is cut off and then killed, so its leadership is not
-// handed over (as with kill -9): n2 and n3 elect a new leader only after nats-server's election
-// timeout (4–9 s). Bob connects to n2 meanwhile and is served before that election: he gets the
+// TestServedWhileInboxLeaderless: every stream is led by n1 (bob's inbox, the accounts, the
+// prekeys: the worst case), and alice's messages are stored in bob's inbox while bob is offline,
+// until every replica has applied them. n1 is cut off and then killed, so its leadership is not
+// handed over (as with kill -9): n2 and n3 elect new leaders only after nats-server's election
+// timeout (4–9 s). Bob connects to n2 (or n3) meanwhile and is served before that election: he gets the
 // stored messages in order, QueueEmpty, and then a live message from alice, while neither n2 nor
-// n3 leads his inbox. Nothing is shown twice once a leader is back.
+// n3 leads his inbox, though his client's own requests (its device list, read through the
+// accounts stream's leader; its prekey upload) wait for the election meanwhile. Nothing is
+// shown twice once a leader is back.
 func TestServedWhileInboxLeaderless(t *testing.T) {
 	c := testcluster.Start(t, nodes, testcluster.Options{Proxies: true})
 	n1, n2, n3 := c.Node(0), c.Node(1), c.Node(2)
@@ -34,7 +40,7 @@ func TestServedWhileInboxLeaderless(t *testing.T) {
 	bobID := probe.Account().DeviceID
 	probe.Close()
 	stream := bus.InboxStreamName(n2.Server().Bus().Shard(bobID))
-	leadInboxFrom(t, n1, stream)
+	leadEveryStreamFrom(t, n1)
 
 	alice := startSDKDevice(t, "alice", n3.URL())
 	alice.nextConnected()
@@ -51,6 +57,8 @@ func TestServedWhileInboxLeaderless(t *testing.T) {
 	if l, err := n1.Server().Bus().StreamLeaderForTest(stream); err != nil || l != n1.Name() {
 		t.Fatalf("%s is led by %q (%v) after the sends, want %s", stream, l, err, n1.Name())
 	}
+
+	waitReplicasApplied(t, n2.Server().Bus().Shard(bobID), n1, n2, n3)
 
 	// Cut first, so that n1's shutdown cannot hand its leadership over.
 	c.Partition(t, 0)
@@ -71,8 +79,15 @@ func TestServedWhileInboxLeaderless(t *testing.T) {
 	}
 
 	bob := runSDKDevice(t, "bob", bobSt)
-	if got := bob.nextConnected(); got != n2.URL() {
-		t.Fatalf("bob connected to %s, want n2 %s", got, n2.URL())
+	// n2, where he registered; or n3, when n2 answered his handshake UNAVAILABLE (its replica
+	// of the devices bucket not answering yet, a moment after the kill) and his client moved on.
+	served := n2
+	switch got := bob.nextConnected(); got {
+	case n2.URL():
+	case n3.URL():
+		served = n3
+	default:
+		t.Fatalf("bob connected to %s, want n2 %s or n3 %s", got, n2.URL(), n3.URL())
 	}
 	for i, id := range want {
 		select {
@@ -91,8 +106,8 @@ func TestServedWhileInboxLeaderless(t *testing.T) {
 	}
 	t.Logf("bob served %s after the cut", time.Since(cutAt).Round(time.Millisecond))
 	noNewLeader("when bob was served")
-	if got := metric(t, n2.AdminURL(), "petrel_mailbox_replica_reads_total"); got < 1 {
-		t.Fatalf("n2 counted %v replica reads, want at least bob's", got)
+	if got := metric(t, served.AdminURL(), "petrel_mailbox_replica_reads_total"); got < 1 {
+		t.Fatalf("%s counted %v replica reads, want at least bob's", served.Name(), got)
 	}
 
 	live, err := alice.c.Send(ctx, "bob", "live")
@@ -126,6 +141,142 @@ func TestServedWhileInboxLeaderless(t *testing.T) {
 	case m := <-bob.msgs:
 		t.Fatalf("bob shown another message %s: %q", m.ID, m.Text)
 	default:
+	}
+}
+
+// waitReplicasApplied waits until every node's replica of inbox shard has applied its whole Raft
+// log and holds the same last sequence. A follower learns that a write was committed from the
+// leader's next append or heartbeat: when the leader dies before, no replica round can show that
+// the replicas hold every acked write, and a drain rightly waits for the new leader.
+func waitReplicasApplied(t *testing.T, shard int, nds ...*testcluster.Node) {
+	t.Helper()
+	testcluster.WaitFor(t, failoverWait, func() error {
+		var last []uint64
+		for _, nd := range nds {
+			reps, ok := nd.Server().Bus().InboxReplicas()
+			if !ok {
+				return fmt.Errorf("%s cannot tell its inbox replicas", nd.Name())
+			}
+			found := false
+			for _, r := range reps {
+				if r.Shard != shard {
+					continue
+				}
+				if !r.Applied {
+					return fmt.Errorf("%s has not applied its replica of shard %d", nd.Name(), shard)
+				}
+				found = true
+				last = append(last, r.LastSeq)
+			}
+			if !found {
+				return fmt.Errorf("%s has no replica of shard %d", nd.Name(), shard)
+			}
+		}
+		for _, l := range last[1:] {
+			if l != last[0] {
+				return fmt.Errorf("replicas of shard %d hold different last sequences %v", shard, last)
+			}
+		}
+		return nil
+	})
+}
+
+// TestStoreWaitHoldsNoAcks: every stream is led by n1, which is cut off and killed, so none has a
+// leader for 4–9 s. Bob (raw protocol, on n2, live) asks for his devices, a read through the
+// accounts stream's leader that waits for the election, and, without waiting for the answer,
+// pings: the pong comes while no stream has a leader. A message alice sends him meanwhile is
+// delivered live, and his ack reaches her as her send's result, still before any election. Before
+// the request lane a connection's frames waited behind its request: the ack too, so the message
+// went to the store, which waited for the same election.
+func TestStoreWaitHoldsNoAcks(t *testing.T) {
+	c := testcluster.Start(t, nodes, testcluster.Options{Proxies: true})
+	n1, n2, n3 := c.Node(0), c.Node(1), c.Node(2)
+	bob := testserver.Dial(t, n2.URL())
+	bob.MustRegister("bob")
+	if f := bob.NextPush(); f.GetQueueEmpty() == nil {
+		t.Fatalf("bob: want QueueEmpty, got %v", f)
+	}
+	alice := testserver.Dial(t, n3.URL())
+	alice.MustRegister("alice")
+	leadEveryStreamFrom(t, n1)
+	// One message before the cut, so that n3 knows bob's devices (the directory's cache).
+	first := alice.SendAsync("m0", "bob", []string{bob.DeviceID}, nil, []byte("before"))
+	bob.AckNextDeliver()
+	if r := alice.Await(first); r.GetSendResult() == nil {
+		t.Fatalf("alice: first send: %v", r)
+	}
+	streams := []string{"KV_" + bus.AccountsBucket, bus.InboxStreamName(n2.Server().Bus().Shard(bob.DeviceID))}
+
+	c.Partition(t, 0)
+	n1.Kill()
+	cutAt := time.Now()
+	noLeader := func(when string) {
+		t.Helper()
+		for _, stream := range streams {
+			for _, nd := range []*testcluster.Node{n2, n3} {
+				l, err := nd.Server().Bus().StreamLeaderForTest(stream)
+				if err != nil {
+					t.Fatalf("%s: leader of %s: %v", nd.Name(), stream, err)
+				}
+				if l == n2.Name() || l == n3.Name() {
+					t.Fatalf("%s: %s had a new leader (%s) %s, %s after the cut: it waited for the election",
+						nd.Name(), stream, l, when, time.Since(cutAt).Round(time.Millisecond))
+				}
+			}
+		}
+	}
+
+	const getDevices, ping = 1001, 1002
+	bob.Write(&pb.Frame{Id: getDevices, Body: &pb.Frame_GetDevices{GetDevices: &pb.GetDevices{}}})
+	bob.Write(&pb.Frame{Id: ping, Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 1}}})
+	if r := bob.Await(ping); r.GetPong() == nil {
+		t.Fatalf("bob: ping answered with %v", r)
+	}
+	t.Logf("pong %s after the cut", time.Since(cutAt).Round(time.Millisecond))
+	noLeader("when bob's pong came")
+	for _, f := range bob.Pushes {
+		if f.GetId() == getDevices {
+			t.Fatalf("GetDevices answered before the election: %v (the test needs it to wait)", f)
+		}
+	}
+
+	live := alice.SendAsync("m1", "bob", []string{bob.DeviceID}, nil, []byte("live"))
+	if env := bob.AckNextDeliver(); env.GetMessageId() != "m1" {
+		t.Fatalf("bob got %q, want m1", env.GetMessageId())
+	}
+	if r := alice.Await(live); r.GetSendResult() == nil {
+		t.Fatalf("alice: live send: %v", r)
+	}
+	t.Logf("live send acked %s after the cut", time.Since(cutAt).Round(time.Millisecond))
+	noLeader("when alice's live send was acked")
+	if got := metric(t, n2.AdminURL(), "petrel_gateway_lane_runs_total"); got < 1 {
+		t.Fatalf("n2 ran %v request lanes, want at least bob's", got)
+	}
+	// The request is answered once a leader is back (or times out as UNAVAILABLE).
+	if r := bob.Await(getDevices); r.GetDeviceListResult() == nil && r.GetError().GetCode() != pb.ErrorCode_ERROR_CODE_UNAVAILABLE {
+		t.Fatalf("bob: GetDevices answered %v", r)
+	}
+}
+
+// leadEveryStreamFrom makes nd the leader of every stream and bucket.
+func leadEveryStreamFrom(t *testing.T, nd *testcluster.Node) {
+	t.Helper()
+	js, err := jetstream.New(nd.Server().Bus().Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), failoverWait)
+	defer cancel()
+	names := js.StreamNames(ctx)
+	var streams []string
+	for n := range names.Name() {
+		streams = append(streams, n)
+	}
+	if err := names.Err(); err != nil {
+		t.Fatalf("stream names: %v", err)
+	}
+	for _, s := range streams {
+		leadInboxFrom(t, nd, s)
 	}
 }
 
