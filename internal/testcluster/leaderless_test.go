@@ -66,16 +66,7 @@ func TestServedWhileInboxLeaderless(t *testing.T) {
 	cutAt := time.Now()
 	noNewLeader := func(when string) {
 		t.Helper()
-		for _, nd := range []*testcluster.Node{n2, n3} {
-			l, err := nd.Server().Bus().StreamLeaderForTest(stream)
-			if err != nil {
-				t.Fatalf("%s: leader of %s: %v", nd.Name(), stream, err)
-			}
-			if l == n2.Name() || l == n3.Name() {
-				t.Fatalf("%s: %s had a new leader (%s) %s, %s after the cut: bob waited for the election",
-					nd.Name(), stream, l, when, time.Since(cutAt).Round(time.Millisecond))
-			}
-		}
+		noLeaderAmong(t, cutAt, when, []string{stream}, n2, n3)
 	}
 
 	bob := runSDKDevice(t, "bob", bobSt)
@@ -212,18 +203,7 @@ func TestStoreWaitHoldsNoAcks(t *testing.T) {
 	cutAt := time.Now()
 	noLeader := func(when string) {
 		t.Helper()
-		for _, stream := range streams {
-			for _, nd := range []*testcluster.Node{n2, n3} {
-				l, err := nd.Server().Bus().StreamLeaderForTest(stream)
-				if err != nil {
-					t.Fatalf("%s: leader of %s: %v", nd.Name(), stream, err)
-				}
-				if l == n2.Name() || l == n3.Name() {
-					t.Fatalf("%s: %s had a new leader (%s) %s, %s after the cut: it waited for the election",
-						nd.Name(), stream, l, when, time.Since(cutAt).Round(time.Millisecond))
-				}
-			}
-		}
+		noLeaderAmong(t, cutAt, when, streams, n2, n3)
 	}
 
 	const getDevices, ping = 1001, 1002
@@ -255,6 +235,26 @@ func TestStoreWaitHoldsNoAcks(t *testing.T) {
 	// The request is answered once a leader is back (or times out as UNAVAILABLE).
 	if r := bob.Await(getDevices); r.GetDeviceListResult() == nil && r.GetError().GetCode() != pb.ErrorCode_ERROR_CODE_UNAVAILABLE {
 		t.Fatalf("bob: GetDevices answered %v", r)
+	}
+}
+
+// noLeaderAmong fails the test if, as each of nds sees it, one of nds leads one of streams: the
+// survivors of a cut at cutAt have elected a leader, so what happened (when) waited for it.
+func noLeaderAmong(t *testing.T, cutAt time.Time, when string, streams []string, nds ...*testcluster.Node) {
+	t.Helper()
+	for _, stream := range streams {
+		for _, nd := range nds {
+			l, err := nd.Server().Bus().StreamLeaderForTest(stream)
+			if err != nil {
+				t.Fatalf("%s: leader of %s: %v", nd.Name(), stream, err)
+			}
+			for _, other := range nds {
+				if l == other.Name() {
+					t.Fatalf("%s: %s had a new leader (%s) %s, %s after the cut: it waited for the election",
+						nd.Name(), stream, l, when, time.Since(cutAt).Round(time.Millisecond))
+				}
+			}
+		}
 	}
 }
 
