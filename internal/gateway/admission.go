@@ -19,7 +19,9 @@ import (
 // on the poller goroutine before it is buffered or queued for the connection's executor:
 //
 //   - bytes: a frame's declared payload (plus frameOverhead) is charged when its header arrives
-//     and given back when its message has been handled. A connection may hold QueuedBytes
+//     and given back when its message has been handled; a data message's first frame is charged
+//     the capacity of the pooled buffer it is read into (wsread.go, msgBufCap), at least its
+//     payload. A connection may hold QueuedBytes
 //     (PreauthQueuedBytes before it authenticates); the node InboundBytes in all, of which
 //     unauthenticated connections together may use half.
 //   - frames: a connection may have QueuedFrames messages queued and not yet handled

@@ -105,17 +105,25 @@ func (c *conn) handle(mt websocket.MessageType, data []byte, charge int64) (toLa
 		c.fail(0, pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frames are binary WebSocket messages")
 		return
 	}
-	if len(data) <= c.g.cfg.MaxFrameBytes && c.state.Load() == stateAuthed && frameHook.Load() == nil && !c.laneBusy() {
-		// The hottest frame, parsed without building messages; anything unusual takes the
-		// general path below, which answers exactly as before.
-		s := getSendScratch()
-		if pb.ParseSendFrame(data, &s.v) {
-			reqID = s.v.ID
-			c.sendView(&s.v, &s.msg)
+	if len(data) <= c.g.cfg.MaxFrameBytes && c.state.Load() == stateAuthed && frameHook.Load() == nil {
+		// The hottest frames, parsed without building messages; anything unusual takes the
+		// general path below, which answers exactly as before. A Send waits behind a busy
+		// request lane; a DeliverAck never does (lane.go).
+		if !c.laneBusy() {
+			s := getSendScratch()
+			if pb.ParseSendFrame(data, &s.v) {
+				reqID = s.v.ID
+				c.sendView(&s.v, &s.msg)
+				putSendScratch(s)
+				return
+			}
 			putSendScratch(s)
+		}
+		var backing [64]uint64
+		if tags, ok := pb.ParseDeliverAckFrame(data, backing[:0]); ok {
+			c.ack(tags)
 			return
 		}
-		putSendScratch(s)
 	}
 	f, err := pb.DecodeFrame(data, c.g.cfg.MaxFrameBytes)
 	if err != nil && linking {
@@ -242,12 +250,15 @@ func (c *conn) unknownFrame(f *pb.Frame) {
 }
 
 // onDeliverAck hands the device's acks to its attachment.
-func (c *conn) onDeliverAck(f *pb.Frame) {
+func (c *conn) onDeliverAck(f *pb.Frame) { c.ack(f.GetDeliverAck().GetTags()) }
+
+// ack hands acked tags to the device's attachment (which keeps nothing of the slice).
+func (c *conn) ack(tags []uint64) {
 	c.mu.Lock()
 	att := c.att
 	c.mu.Unlock()
 	if att != nil {
-		att.Ack(f.GetDeliverAck().GetTags())
+		att.Ack(tags)
 	}
 }
 
@@ -441,7 +452,7 @@ func (c *conn) Push(tag uint64, envelope []byte) error {
 	if c.state.Load() == stateClosed {
 		return errors.New("connection closed")
 	}
-	if err := c.enqueue(deliverFrame(tag, envelope)); err != nil {
+	if err := c.enqueueDeliver(tag, envelope); err != nil {
 		return err
 	}
 	c.g.metrics.pushed.Inc()
@@ -451,14 +462,27 @@ func (c *conn) Push(tag uint64, envelope []byte) error {
 // deliverFrame builds Frame{deliver: Deliver{tag, envelope}} around already-encoded envelope
 // bytes, in one allocation, without decoding and re-encoding the envelope.
 func deliverFrame(tag uint64, envelope []byte) []byte {
-	innerLen := protowire.SizeTag(1) + protowire.SizeVarint(tag) + protowire.SizeTag(2) + protowire.SizeBytes(len(envelope))
-	frame := make([]byte, 0, protowire.SizeTag(13)+protowire.SizeBytes(innerLen))
-	frame = protowire.AppendTag(frame, 13, protowire.BytesType)
-	frame = protowire.AppendVarint(frame, uint64(innerLen))
-	frame = protowire.AppendTag(frame, 1, protowire.VarintType)
-	frame = protowire.AppendVarint(frame, tag)
-	frame = protowire.AppendTag(frame, 2, protowire.BytesType)
-	return protowire.AppendBytes(frame, envelope)
+	inner := deliverInnerLen(tag, envelope)
+	frame := make([]byte, 0, protowire.SizeTag(fieldDeliver)+protowire.SizeBytes(inner))
+	return appendDeliver(frame, tag, envelope, inner)
+}
+
+// fieldDeliver is Frame.deliver's field number.
+const fieldDeliver = 13
+
+// deliverInnerLen is the encoded size of Deliver{tag, envelope}.
+func deliverInnerLen(tag uint64, envelope []byte) int {
+	return protowire.SizeTag(1) + protowire.SizeVarint(tag) + protowire.SizeTag(2) + protowire.SizeBytes(len(envelope))
+}
+
+// appendDeliver appends Frame{deliver: Deliver{tag, envelope}}; inner is deliverInnerLen's.
+func appendDeliver(b []byte, tag uint64, envelope []byte, inner int) []byte {
+	b = protowire.AppendTag(b, fieldDeliver, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(inner))
+	b = protowire.AppendTag(b, 1, protowire.VarintType)
+	b = protowire.AppendVarint(b, tag)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	return protowire.AppendBytes(b, envelope)
 }
 
 // QueueEmpty implements mailbox.Sink.

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
@@ -22,6 +23,24 @@ func TestDeliverFrameMatchesProtobuf(t *testing.T) {
 	}
 	if f.GetDeliver().GetTag() != 1<<63|5 || f.GetDeliver().GetEnvelope().GetMessageId() != "m1" || len(f.GetDeliver().GetEnvelope().GetCiphertext()) != 300 {
 		t.Fatalf("decoded %v", f)
+	}
+}
+
+// A Deliver frame encoded straight into the pending buffer (enqueueDeliver) is byte for byte the
+// WebSocket frame around deliverFrame's bytes, for every length encoding of the header.
+func TestDeliverEncodedInPlace(t *testing.T) {
+	for _, n := range []int{0, 50, 120, 300, 70000} {
+		env, _ := proto.Marshal(&pb.Envelope{MessageId: "m1", Ciphertext: bytes.Repeat([]byte{9}, n)})
+		for _, tag := range []uint64{1, 1<<63 | 5} {
+			inner := deliverInnerLen(tag, env)
+			size := protowire.SizeTag(fieldDeliver) + protowire.SizeBytes(inner)
+			prefix := []byte("pending")
+			got := appendDeliver(appendBinaryHeader(prefix, size), tag, env, inner)
+			want := appendBinaryFrame([]byte("pending"), deliverFrame(tag, env))
+			if !bytes.Equal(got, want) {
+				t.Fatalf("envelope %d B, tag %d: in place %d bytes, apart %d bytes, differ", len(env), tag, len(got), len(want))
+			}
+		}
 	}
 }
 
@@ -47,6 +66,7 @@ func BenchmarkDeliverFrame(b *testing.B) {
 	buf := make([]byte, 0, 4096)
 	b.ReportAllocs()
 	for b.Loop() {
-		buf = appendBinaryFrame(buf[:0], deliverFrame(7, env))
+		inner := deliverInnerLen(7, env)
+		buf = appendDeliver(appendBinaryHeader(buf[:0], protowire.SizeTag(fieldDeliver)+protowire.SizeBytes(inner)), 7, env, inner)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/bits"
 	"net"
+	"sync"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -217,7 +218,10 @@ func (r *wsReader) readHeader(data []byte) (int, bool) {
 		return used, true
 	}
 	charge := int64(length)
-	if op != opContinuation {
+	if op == opText || op == opBinary {
+		// A message's first frame gets its buffer from a pool (msgBufCap): charged as allocated.
+		charge = int64(msgBufCap(int(length))) + frameOverhead
+	} else if op != opContinuation {
 		charge += frameOverhead
 	}
 	if reason := r.c.charge(charge); reason != "" {
@@ -232,7 +236,7 @@ func (r *wsReader) readHeader(data []byte) (int, bool) {
 		r.msgCharge += charge
 	default:
 		r.msgOp, r.msgCharge = op, charge
-		r.msg = make([]byte, 0, length) // non-nil: a message is open, even if empty
+		r.msg = getMsgBuf(int(length)) // non-nil: a message is open, even if empty
 	}
 	r.in = r.left > 0
 	return used, true
@@ -315,8 +319,56 @@ func (r *wsReader) dispatch(op byte, msg []byte, charge int64) {
 		if !c.handle(mt, msg, charge) {
 			c.finished(charge)
 		}
+		putMsgBuf(msg) // handle keeps nothing of it (see msgPools)
 	}) {
 		c.finished(charge)
+		putMsgBuf(msg)
+	}
+}
+
+// Message buffers. A data message is read into a buffer from the pool of its size class and given
+// back once handle has returned: handle keeps nothing of the bytes (the Send fast path's views end
+// with the send's resolution, which copies what it keeps into the envelopes it builds; every
+// other frame is decoded, which copies). Reading each message into a new buffer was a fifth of
+// the bytes a relayed message allocated, and collections are what make the slowest messages wait.
+// A message is charged its buffer's capacity (admission.go), so the pools hold no memory the
+// budgets do not count; a message larger than the largest class, or assembled from fragments,
+// gets a buffer of its own.
+var msgClasses = [...]int{128, 512, 2048, 8192}
+
+var msgPools [len(msgClasses)]sync.Pool
+
+// msgBufCap is the capacity of the buffer getMsgBuf gives for a message of n bytes.
+func msgBufCap(n int) int {
+	for _, c := range msgClasses {
+		if n <= c {
+			return c
+		}
+	}
+	return n
+}
+
+// getMsgBuf returns an empty buffer of capacity msgBufCap(n).
+func getMsgBuf(n int) []byte {
+	for i, c := range msgClasses {
+		if n <= c {
+			if p, ok := msgPools[i].Get().(*[]byte); ok {
+				return (*p)[:0]
+			}
+			return make([]byte, 0, c)
+		}
+	}
+	return make([]byte, 0, n)
+}
+
+// putMsgBuf gives b back to its pool (a buffer of no class's capacity is left to the collector).
+func putMsgBuf(b []byte) {
+	for i, c := range msgClasses {
+		if cap(b) == c {
+			b = b[:0]
+			msgPools[i].Put(&b)
+			return
+		}
 	}
 }
 

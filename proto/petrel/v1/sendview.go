@@ -136,3 +136,53 @@ func parseCiphertext(b []byte, c *CiphertextView) bool {
 	}
 	return true
 }
+
+// ParseDeliverAckFrame parses b as a Frame whose only field is a DeliverAck (the frame a device
+// sends for every batch of deliveries), appending its tags to tags and returning them, without
+// building messages. Like ParseSendFrame it accepts only what a well-behaved encoder writes
+// (no request id, the body once, only the tags field, packed or not); on false the caller must use
+// DecodeFrame, which then decides exactly as for any other frame. It never panics.
+func ParseDeliverAckFrame(b []byte, tags []uint64) ([]uint64, bool) {
+	num, typ, n := protowire.ConsumeTag(b)
+	if n < 0 || num != fieldDeliverAck || typ != protowire.BytesType {
+		return tags, false
+	}
+	body, m := protowire.ConsumeBytes(b[n:])
+	if m < 0 || n+m != len(b) {
+		return tags, false
+	}
+	for len(body) > 0 {
+		num, typ, n := protowire.ConsumeTag(body)
+		if n < 0 || num != 1 {
+			return tags, false
+		}
+		body = body[n:]
+		switch typ {
+		case protowire.VarintType:
+			x, n := protowire.ConsumeVarint(body)
+			if n < 0 {
+				return tags, false
+			}
+			tags, body = append(tags, x), body[n:]
+		case protowire.BytesType:
+			packed, n := protowire.ConsumeBytes(body)
+			if n < 0 {
+				return tags, false
+			}
+			body = body[n:]
+			for len(packed) > 0 {
+				x, n := protowire.ConsumeVarint(packed)
+				if n < 0 {
+					return tags, false
+				}
+				tags, packed = append(tags, x), packed[n:]
+			}
+		default:
+			return tags, false
+		}
+	}
+	return tags, true
+}
+
+// fieldDeliverAck is Frame.deliver_ack's field number.
+const fieldDeliverAck = 43

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -140,6 +141,79 @@ func BenchmarkParseSendFrame(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		if !ParseSendFrame(frame, &v) {
+			b.Fatal("refused")
+		}
+	}
+}
+
+// ParseDeliverAckFrame accepts exactly what DecodeFrame reads as a DeliverAck with no request id,
+// with the same tags; what it refuses DecodeFrame still decides.
+func ackSameAsDecode(t *testing.T, b []byte) bool {
+	t.Helper()
+	tags, ok := ParseDeliverAckFrame(b, nil)
+	if !ok {
+		return false
+	}
+	f, err := DecodeFrame(b, 1<<20)
+	if err != nil {
+		t.Fatalf("accepted %x, which DecodeFrame refuses: %v", b, err)
+	}
+	want := f.GetDeliverAck().GetTags()
+	if f.GetId() != 0 || f.GetDeliverAck() == nil || len(tags) != len(want) {
+		t.Fatalf("accepted %x as tags %v; DecodeFrame: %v", b, tags, f)
+	}
+	for i := range want {
+		if tags[i] != want[i] {
+			t.Fatalf("accepted %x as tags %v; DecodeFrame: %v", b, tags, want)
+		}
+	}
+	return true
+}
+
+func TestParseDeliverAckFrame(t *testing.T) {
+	packed, _ := proto.Marshal(&Frame{Body: &Frame_DeliverAck{DeliverAck: &DeliverAck{Tags: []uint64{1, 1 << 63, 300}}}})
+	if !ackSameAsDecode(t, packed) {
+		t.Fatal("refused a packed DeliverAck")
+	}
+	empty, _ := proto.Marshal(&Frame{Body: &Frame_DeliverAck{DeliverAck: &DeliverAck{}}})
+	if !ackSameAsDecode(t, empty) {
+		t.Fatal("refused an empty DeliverAck")
+	}
+	// Unpacked tags (field 1 as varints) are valid protobuf too.
+	var inner []byte
+	for _, x := range []uint64{5, 6} {
+		inner = protowire.AppendTag(inner, 1, protowire.VarintType)
+		inner = protowire.AppendVarint(inner, x)
+	}
+	unpacked := protowire.AppendBytes(protowire.AppendTag(nil, 43, protowire.BytesType), inner)
+	if !ackSameAsDecode(t, unpacked) {
+		t.Fatal("refused unpacked tags")
+	}
+	withID, _ := proto.Marshal(&Frame{Id: 9, Body: &Frame_DeliverAck{DeliverAck: &DeliverAck{Tags: []uint64{1}}}})
+	twice := append(append([]byte(nil), packed...), packed...)
+	send, _ := proto.Marshal(&Frame{Id: 1, Body: &Frame_Send{Send: &Send{To: "bob"}}})
+	for _, b := range [][]byte{withID, twice, send, packed[:len(packed)-1], {}} {
+		if ackSameAsDecode(t, b) {
+			t.Fatalf("accepted %x", b)
+		}
+	}
+}
+
+func FuzzParseDeliverAckFrame(f *testing.F) {
+	seed, _ := proto.Marshal(&Frame{Body: &Frame_DeliverAck{DeliverAck: &DeliverAck{Tags: []uint64{1, 2, 1 << 63}}}})
+	f.Add(seed)
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ackSameAsDecode(t, b)
+	})
+}
+
+func BenchmarkParseDeliverAckFrame(b *testing.B) {
+	frame, _ := proto.Marshal(&Frame{Body: &Frame_DeliverAck{DeliverAck: &DeliverAck{Tags: []uint64{1 << 62, 1<<62 + 1}}}})
+	var backing [64]uint64
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok := ParseDeliverAckFrame(frame, backing[:0]); !ok {
 			b.Fatal("refused")
 		}
 	}
