@@ -139,9 +139,6 @@ func (c *conn) handle(mt websocket.MessageType, data []byte, charge int64) (toLa
 		return
 	}
 	reqID = f.Id
-	if h := frameHook.Load(); h != nil {
-		(*h)(f)
-	}
 	return c.dispatch(f, charge)
 }
 
@@ -459,14 +456,6 @@ func (c *conn) Push(tag uint64, envelope []byte) error {
 	return nil
 }
 
-// deliverFrame builds Frame{deliver: Deliver{tag, envelope}} around already-encoded envelope
-// bytes, in one allocation, without decoding and re-encoding the envelope.
-func deliverFrame(tag uint64, envelope []byte) []byte {
-	inner := deliverInnerLen(tag, envelope)
-	frame := make([]byte, 0, protowire.SizeTag(fieldDeliver)+protowire.SizeBytes(inner))
-	return appendDeliver(frame, tag, envelope, inner)
-}
-
 // fieldDeliver is Frame.deliver's field number.
 const fieldDeliver = 13
 
@@ -475,7 +464,8 @@ func deliverInnerLen(tag uint64, envelope []byte) int {
 	return protowire.SizeTag(1) + protowire.SizeVarint(tag) + protowire.SizeTag(2) + protowire.SizeBytes(len(envelope))
 }
 
-// appendDeliver appends Frame{deliver: Deliver{tag, envelope}}; inner is deliverInnerLen's.
+// appendDeliver appends Frame{deliver: Deliver{tag, envelope}} around already-encoded envelope
+// bytes (not decoded and encoded again); inner is deliverInnerLen's.
 func appendDeliver(b []byte, tag uint64, envelope []byte, inner int) []byte {
 	b = protowire.AppendTag(b, fieldDeliver, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(inner))

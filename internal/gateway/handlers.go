@@ -94,6 +94,15 @@ func (c *conn) dispatch(f *pb.Frame, charge int64) (toLane bool) {
 		c.toLane(f, h, charge)
 		return true
 	}
-	h(c, f)
+	c.call(h, f)
 	return false
+}
+
+// call runs h on f, after the test hook (testhook.go) if one is set: on the executor or on the
+// request lane, wherever the handler runs.
+func (c *conn) call(h handler, f *pb.Frame) {
+	if hook := frameHook.Load(); hook != nil {
+		(*hook)(f)
+	}
+	h(c, f)
 }

@@ -125,5 +125,5 @@ func (c *conn) handleLaneItem(it laneItem) {
 			c.write(errorFrame(it.f.Id, &codedError{code: pb.ErrorCode_ERROR_CODE_INTERNAL, msg: "internal error", retry: 1000}, errID))
 		}
 	}()
-	it.h(c, it.f)
+	c.call(it.h, it.f)
 }

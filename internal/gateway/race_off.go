@@ -11,3 +11,6 @@ import "github.com/petrelchat/petrel/third_party/nbio/nbhttp"
 func instrumentForRace(*nbhttp.Engine) {}
 
 func raceHandoff() {}
+
+// poisonPooled is off outside race builds (see race_on.go).
+const poisonPooled = false

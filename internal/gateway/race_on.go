@@ -19,6 +19,9 @@ import (
 // compile this; production builds add nothing to the hot path.
 var raceMu sync.Mutex
 
+// poisonPooled: race builds overwrite a message buffer given back to its pool (putMsgBuf).
+const poisonPooled = true
+
 func raceHandoff() { raceMu.Lock(); raceMu.Unlock() } //nolint:staticcheck // an intentional empty critical section
 
 func instrumentForRace(e *nbhttp.Engine) {

@@ -10,7 +10,8 @@ import (
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
-// frameHook, when set (tests only), runs on every decoded frame before it is handled.
+// frameHook, when set (tests only), runs on every decoded frame right before its handler, where
+// the handler runs (the connection's executor, or its request lane).
 var frameHook atomic.Pointer[func(*pb.Frame)]
 
 // SetFrameHookForTest installs h as a hook on every decoded frame (for failure injection, e.g. a

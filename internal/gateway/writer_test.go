@@ -13,6 +13,13 @@ import (
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
+// deliverFrame is Frame{deliver: Deliver{tag, envelope}} on its own (Push encodes it straight into
+// the pending buffer: enqueueDeliver).
+func deliverFrame(tag uint64, envelope []byte) []byte {
+	inner := deliverInnerLen(tag, envelope)
+	return appendDeliver(nil, tag, envelope, inner)
+}
+
 // The hand-built Deliver frame must be exactly what protobuf would encode.
 func TestDeliverFrameMatchesProtobuf(t *testing.T) {
 	env, _ := proto.Marshal(&pb.Envelope{MessageId: "m1", From: "alice", Ciphertext: bytes.Repeat([]byte{7}, 300)})

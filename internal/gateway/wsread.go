@@ -362,9 +362,17 @@ func getMsgBuf(n int) []byte {
 }
 
 // putMsgBuf gives b back to its pool (a buffer of no class's capacity is left to the collector).
+// Race builds (every test run) overwrite it first, so that a view of a message kept past its
+// handling reads garbage and fails its test instead of passing by luck.
 func putMsgBuf(b []byte) {
 	for i, c := range msgClasses {
 		if cap(b) == c {
+			if poisonPooled {
+				p := b[:c]
+				for j := range p {
+					p[j] = 0xa5
+				}
+			}
 			b = b[:0]
 			msgPools[i].Put(&b)
 			return

@@ -132,8 +132,9 @@ func TestPanicIsContainedToOneRequest(t *testing.T) {
 	victim.MustRegister("vic")
 	other := testserver.Dial(t, s.URL())
 	other.MustRegister("oscar")
+	const poisonID = 6660 // a GetDevices with this id panics: it runs on the request lane
 	defer gateway.SetFrameHookForTest(func(f *pb.Frame) {
-		if f.GetPing().GetClientTimeMs() == 666 {
+		if f.GetPing().GetClientTimeMs() == 666 || (f.GetGetDevices() != nil && f.Id == poisonID) {
 			panic("poison frame")
 		}
 	})()
@@ -141,9 +142,16 @@ func TestPanicIsContainedToOneRequest(t *testing.T) {
 	if code(r) != pb.ErrorCode_ERROR_CODE_INTERNAL || r.GetError().GetErrorId() == "" {
 		t.Fatalf("want INTERNAL with an error id, got %v", r)
 	}
+	victim.Write(&pb.Frame{Id: poisonID, Body: &pb.Frame_GetDevices{GetDevices: &pb.GetDevices{}}})
+	if r := victim.Await(poisonID); code(r) != pb.ErrorCode_ERROR_CODE_INTERNAL || r.GetError().GetErrorId() == "" {
+		t.Fatalf("request lane: want INTERNAL with an error id, got %v", r)
+	}
 	for _, c := range []*testserver.RawClient{victim, other} {
 		if p := c.Request(&pb.Frame{Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 1}}}); p.GetPong().GetClientTimeMs() != 1 {
 			t.Fatalf("connection broken after a contained panic: %v", p)
+		}
+		if d := c.Request(&pb.Frame{Body: &pb.Frame_GetDevices{GetDevices: &pb.GetDevices{}}}); d.GetDeviceListResult() == nil {
+			t.Fatalf("request lane broken after a contained panic: %v", d)
 		}
 	}
 }
