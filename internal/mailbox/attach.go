@@ -380,8 +380,10 @@ func (a *Attachment) offer(routeID string, unanswered bool, env []byte, w waiter
 			// unconfirmed store could no longer be pending (as when tickets expire).
 			a.overflowUntil = time.Now().Add(2 * a.m.cfg.StoreTimeout)
 		}
-		a.m.log.Debug("live delivery refused: the sender stores it", "device", a.dev, "draining", a.draining,
-			"window_full", len(a.live)+len(a.outstanding) >= a.m.cfg.Window, "behind_unanswered", !seen && unanswered)
+		if a.m.debug() {
+			a.m.log.Debug("live delivery refused: the sender stores it", "device", a.dev, "draining", a.draining,
+				"window_full", len(a.live)+len(a.outstanding) >= a.m.cfg.Window, "behind_unanswered", !seen && unanswered)
+		}
 		a.gen++
 		a.startDrainLocked()
 		a.mu.Unlock()

@@ -463,6 +463,10 @@ func (m *Mailbox) Close() {
 // maxLeaderReads bounds the leader reads (JetStream API message gets) one node has in flight.
 const maxLeaderReads = 32
 
+// debug reports whether debug lines are logged: those on the send path are built only then (every
+// send to an offline device answers "no responders").
+func (m *Mailbox) debug() bool { return m.log.Enabled(context.Background(), slog.LevelDebug) }
+
 // clock is the base of nanotime.
 var clock = time.Now()
 
@@ -492,7 +496,7 @@ func (m *Mailbox) expireLive() {
 		}
 		m.pendingMu.Unlock()
 		slices.Sort(expired) // in request order, so a route's stores queue in send order
-		if len(expired) > 0 {
+		if len(expired) > 0 && m.debug() {
 			m.log.Debug("live deliveries not acked in time: stored instead", "n", len(expired))
 		}
 		for _, tok := range expired {
@@ -571,7 +575,7 @@ func (m *Mailbox) onReply(msg *nats.Msg) {
 		res.acked = true
 	case len(msg.Data) > len(replyStore) && string(msg.Data[:len(replyStore)]) == string(replyStore):
 		res.ticket = string(msg.Data[len(replyStore):])
-	case len(msg.Data) == 0:
+	case len(msg.Data) == 0 && m.debug():
 		m.log.Debug("live delivery: no responders, stored instead", "status", msg.Header.Get("Status"))
 	}
 	m.finishLive(tok, res)
