@@ -76,14 +76,7 @@ func runReport(ctx context.Context, e *env, args []string) int {
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if resp.StatusCode != http.StatusAccepted {
-		var je struct {
-			Error string `json:"error"`
-		}
-		msg := strings.TrimSpace(string(raw))
-		if json.Unmarshal(raw, &je) == nil && je.Error != "" {
-			msg = je.Error
-		}
-		fmt.Fprintf(e.stderr, "petrel report: %s: %s\n", resp.Status, msg)
+		fmt.Fprintf(e.stderr, "petrel report: %s: %s\n", resp.Status, errorText(raw))
 		return 1
 	}
 	var ans status.ReportAnswer
@@ -256,15 +249,21 @@ func adminCall(ctx context.Context, e *env, name, adminURL, data, tokenFile, met
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	if resp.StatusCode != http.StatusOK {
-		var je struct {
-			Error string `json:"error"`
-		}
-		msg := strings.TrimSpace(string(raw))
-		if json.Unmarshal(raw, &je) == nil && je.Error != "" {
-			msg = je.Error
-		}
-		fmt.Fprintf(e.stderr, "%s: %s: %s\n", name, resp.Status, sanitize(msg))
+		fmt.Fprintf(e.stderr, "%s: %s: %s\n", name, resp.Status, errorText(raw))
 		return nil, 1
 	}
 	return raw, 0
+}
+
+// errorText is what an HTTP error answer says: its JSON "error" if it has one, else its text,
+// escaped for the terminal (the server's words are not trusted there).
+func errorText(raw []byte) string {
+	var je struct {
+		Error string `json:"error"`
+	}
+	msg := strings.TrimSpace(string(raw))
+	if json.Unmarshal(raw, &je) == nil && je.Error != "" {
+		msg = je.Error
+	}
+	return sanitize(msg)
 }
