@@ -359,32 +359,39 @@ func admWaitClosed(c net.Conn, within time.Duration) (code int, closed bool) {
 
 // admFindClose scans a server byte stream for a close frame and returns its code (0 if none).
 func admFindClose(b []byte) int {
+	code := 0
+	admEachFrame(b, func(op byte, payload []byte) bool {
+		if op != 0x8 {
+			return true
+		}
+		code = 1005
+		if len(payload) >= 2 {
+			code = int(binary.BigEndian.Uint16(payload))
+		}
+		return false
+	})
+	return code
+}
+
+// admEachFrame calls f with each whole server frame in b (opcode, payload) until f returns false.
+func admEachFrame(b []byte, f func(op byte, payload []byte) bool) {
 	for len(b) >= 2 {
-		op := b[0] & 0x0f
-		n := int(b[1] & 0x7f)
-		h := 2
+		op, n, h := b[0]&0x0f, int(b[1]&0x7f), 2
 		switch n {
 		case 126:
 			if len(b) < 4 {
-				return 0
+				return
 			}
 			n, h = int(binary.BigEndian.Uint16(b[2:4])), 4
 		case 127:
 			if len(b) < 10 {
-				return 0
+				return
 			}
 			n, h = int(binary.BigEndian.Uint64(b[2:10])), 10
 		}
-		if len(b) < h+n {
-			return 0
-		}
-		if op == 0x8 {
-			if n < 2 {
-				return 1005
-			}
-			return int(binary.BigEndian.Uint16(b[h:]))
+		if len(b) < h+n || !f(op, b[h:h+n]) {
+			return
 		}
 		b = b[h+n:]
 	}
-	return 0
 }
