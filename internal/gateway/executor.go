@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // workers runs the engine's jobs (a connection's frames, in order: nbio hands each connection's
@@ -19,17 +22,57 @@ import (
 //
 // The number of goroutines is bounded by the number of connections with a job running (one each:
 // nbio never runs two jobs of a connection at once) plus the engine's own few callbacks; at most
-// maxIdle of them wait parked.
+// maxIdle of them wait parked, and a goroutine that stayed parked through a whole retire period
+// exits (retire): after a burst (a reconnect storm parks up to maxIdle) an idle node does not keep
+// their grown stacks.
 type workers struct {
 	maxIdle int
 
 	mu     sync.Mutex
 	idle   []chan func() // LIFO
 	closed bool
+	// low is the fewest goroutines parked since the last retire: the bottom low of idle were not
+	// used since.
+	low int
+
+	done    chan struct{} // closed by stop: ends the retire loop
+	running atomic.Int32  // goroutines started and not yet exited (tests)
 }
 
-func newWorkers(maxIdle int) *workers {
-	return &workers{maxIdle: maxIdle}
+// newWorkers makes the executor; with retireEvery > 0, goroutines left parked a whole period
+// exit.
+func newWorkers(maxIdle int, retireEvery time.Duration) *workers {
+	w := &workers{maxIdle: maxIdle, done: make(chan struct{})}
+	if retireEvery > 0 {
+		go w.retireLoop(retireEvery)
+	}
+	return w
+}
+
+func (w *workers) retireLoop(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.done:
+			return
+		case <-t.C:
+			w.retire()
+		}
+	}
+}
+
+// retire ends the goroutines parked since the last retire and never taken meanwhile.
+func (w *workers) retire() {
+	w.mu.Lock()
+	n := min(w.low, len(w.idle))
+	old := slices.Clone(w.idle[:n])
+	w.idle = slices.Delete(w.idle, 0, n)
+	w.low = len(w.idle)
+	w.mu.Unlock()
+	for _, ch := range old {
+		ch <- nil
+	}
 }
 
 // Go runs f on a parked goroutine, or on a new one when none is parked. It never blocks.
@@ -39,15 +82,18 @@ func (w *workers) Go(f func()) {
 		ch := w.idle[n-1]
 		w.idle[n-1] = nil
 		w.idle = w.idle[:n-1]
+		w.low = min(w.low, n-1)
 		w.mu.Unlock()
 		ch <- f // buffered: the parked goroutine takes it
 		return
 	}
 	w.mu.Unlock()
+	w.running.Add(1)
 	go w.run(f)
 }
 
 func (w *workers) run(f func()) {
+	defer w.running.Add(-1)
 	var ch chan func()
 	for {
 		w.call(f)
@@ -85,6 +131,9 @@ func (w *workers) stop() {
 	w.mu.Lock()
 	idle := w.idle
 	w.idle = nil
+	if !w.closed {
+		close(w.done)
+	}
 	w.closed = true
 	w.mu.Unlock()
 	for _, ch := range idle {

@@ -9,7 +9,7 @@ import (
 // TestWorkersReuseParkedGoroutines: a finished job's goroutine parks and runs the next job, up to
 // maxIdle parked; stop ends them, and jobs after stop still run.
 func TestWorkersReuseParkedGoroutines(t *testing.T) {
-	w := newWorkers(2)
+	w := newWorkers(2, 0)
 	// Jobs one after another: one goroutine, parked between them.
 	for range 3 {
 		done := make(chan struct{})
@@ -58,5 +58,48 @@ func waitParked(t *testing.T, w *workers, n int) {
 			t.Fatalf("parked = %d, want %d", w.parked(), n)
 		}
 		runtime.Gosched()
+	}
+}
+
+// TestWorkersRetireUnused: retire ends the goroutines that stayed parked since the last retire
+// and keeps the ones taken meanwhile; the retired goroutines exit.
+func TestWorkersRetireUnused(t *testing.T) {
+	w := newWorkers(16, 0)
+	defer w.stop()
+	var wg sync.WaitGroup
+	release := make(chan struct{})
+	for range 10 {
+		wg.Add(1)
+		w.Go(func() { defer wg.Done(); <-release })
+	}
+	close(release)
+	wg.Wait()
+	waitParked(t, w, 10)
+	w.retire() // the first period: the ten were taken during it (parked count fell to 0)
+	if got := w.parked(); got != 10 {
+		t.Fatalf("parked after a busy period = %d, want 10", got)
+	}
+	// One job during the next period: one goroutine taken, nine never.
+	done := make(chan struct{})
+	w.Go(func() { close(done) })
+	<-done
+	waitParked(t, w, 10)
+	w.retire()
+	if got := w.parked(); got != 1 {
+		t.Fatalf("parked after retiring the unused = %d, want 1", got)
+	}
+	for i := 0; w.running.Load() != 1; i++ {
+		if i > 1e6 {
+			t.Fatalf("goroutines running = %d, want 1 (the retired ones must exit)", w.running.Load())
+		}
+		runtime.Gosched()
+	}
+	// The one kept still runs jobs.
+	done = make(chan struct{})
+	w.Go(func() { close(done) })
+	<-done
+	waitParked(t, w, 1)
+	if got := w.running.Load(); got != 1 {
+		t.Fatalf("goroutines running = %d, want 1 (the parked one reused)", got)
 	}
 }

@@ -691,11 +691,14 @@ func (e *Engine) Stop() {
 // maxIdleWorkers bounds the goroutines that wait parked for the engine's next job (workers).
 const maxIdleWorkers = 1024
 
+// retireWorkersEvery: a goroutine parked this long without a job exits (workers.retire).
+const retireWorkersEvery = 30 * time.Second
+
 // NewEngine builds the engine that serves handler on addr, with TLS when tlsOpts is set.
 // bound, if not nil, is told the listener's address (port 0 picks one). The engine always listens
 // with listen: callers must not replace Engine.Listen, or accepted sockets get TCP keepalive back.
 func NewEngine(name, addr string, tlsOpts *TLS, maxConns int, handler http.Handler, bound func(net.Addr)) (*Engine, error) {
-	jobs := newWorkers(maxIdleWorkers)
+	jobs := newWorkers(maxIdleWorkers, retireWorkersEvery)
 	conf := nbhttp.Config{
 		Name:                    name,
 		ServerExecutor:          jobs.Go,
