@@ -215,6 +215,7 @@ func TestIdle(t *testing.T) {
 		t.Errorf("implausible figures: %v", m)
 	}
 	num(t, m, "rss_per_conn_bytes")
+	num(t, m, "rss_settled_per_conn_bytes")
 	if m["workers"].(float64) != 0 {
 		t.Errorf("workers = %v, want 0", m["workers"])
 	}

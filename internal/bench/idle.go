@@ -356,12 +356,15 @@ func (r *run) idle(ctx context.Context) error {
 	if rssOK {
 		res.set("server_rss_before_bytes", rssBefore, "before connecting")
 		res.set("server_rss_bytes", max(rssHeld, rssEnd), "while all are held")
+		res.set("server_rss_end_bytes", rssEnd, "at the end of the hold")
 		if conn.Conns > 0 {
 			res.set("rss_per_conn_bytes", float64(max(rssHeld, rssEnd)-rssBefore)/float64(conn.Conns), "server RSS growth / connections")
+			res.set("rss_settled_per_conn_bytes", float64(rssEnd-rssBefore)/float64(conn.Conns), "the same at the end of the hold: what idle connections cost once the connect burst is over")
 		}
 	} else {
 		res.set("server_rss_bytes", nil, "needs --server-pid")
 		res.set("rss_per_conn_bytes", nil, "needs --server-pid")
+		res.set("rss_settled_per_conn_bytes", nil, "needs --server-pid")
 	}
 	res.set("client_rss_bytes", clientRSS, "the generator's RSS (all its processes) while all are held")
 	connCPU := cpu0.to(cpu1)
