@@ -58,6 +58,10 @@ type Config struct {
 	// a node with the same secret (empty matches only empty) and presents it on the routes it
 	// dials, inside TLS when ClusterTLS is set. Never printed. Default: empty.
 	ClusterSecret string
+	// ClusterSecretsAccepted are further secrets this node accepts on inbound routes (never
+	// presents): the previous secret while the cluster rotates it (README: Rotating the cluster
+	// secret). Ignored without ClusterSecret. Default: none.
+	ClusterSecretsAccepted []string
 	// ClusterTLS, if set, makes every cluster route mutual TLS (RouteTLS builds it). Default: nil,
 	// plain TCP.
 	ClusterTLS *tls.Config
@@ -303,7 +307,7 @@ func (b *Bus) clusterOptions(o *server.Options) error {
 		o.Cluster.TLSConfig = b.cfg.ClusterTLS.Clone()
 		o.Cluster.TLSTimeout = 5 // seconds
 	}
-	b.routes = newRouteGuard(b.cfg.ClusterSecret, b.cfg.Logger.With("component", "routes"), b.cfg.Registry)
+	b.routes = newRouteGuard(b.cfg.ClusterSecret, b.cfg.ClusterSecretsAccepted, b.cfg.Logger.With("component", "routes"), b.cfg.Registry)
 	b.routes.options(o)
 	// nats-server starts routing only once its client accept loop runs, which DontListen skips.
 	// So a clustered node listens for clients too, on a random loopback port, behind a random

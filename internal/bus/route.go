@@ -50,6 +50,7 @@ const routeLogInterval = 10 * time.Second
 // "waiting for jetstream" warning.
 type routeGuard struct {
 	secret   string
+	accepted []string // further secrets accepted on inbound routes (a rotation's previous one)
 	log      *slog.Logger
 	refusals *prometheus.CounterVec
 	last     atomic.Pointer[string] // the last refusal, for waitJetStream's warning
@@ -59,10 +60,14 @@ type routeGuard struct {
 	suppressed map[string]int
 }
 
-func newRouteGuard(secret string, log *slog.Logger, reg prometheus.Registerer) *routeGuard {
+func newRouteGuard(secret string, accepted []string, log *slog.Logger, reg prometheus.Registerer) *routeGuard {
+	if secret == "" {
+		accepted = nil
+	}
 	g := &routeGuard{
-		secret: secret,
-		log:    log,
+		secret:   secret,
+		accepted: accepted,
+		log:      log,
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "petrel_cluster_route_refusals_total",
 			Help: "Cluster routes that failed to form, by reason: auth (this node refused a peer without the cluster secret), auth_by_peer (a peer refused this node's secret), tls (a route's TLS handshake failed).",
@@ -99,16 +104,19 @@ func (g *routeGuard) routeURL(hostPort string) *url.URL {
 }
 
 // Check implements server.Authentication for inbound routes: the peer's password must be this
-// node's secret (empty matches only empty, whatever the user, so that nodes without a secret
-// still route with each other and with older releases).
+// node's secret or one of the accepted ones (empty matches only empty, whatever the user, so that
+// nodes without a secret still route with each other and with older releases).
 func (g *routeGuard) Check(c server.ClientAuthentication) bool {
 	o := c.GetOpts()
 	user, pass := "", ""
 	if o != nil {
 		user, pass = o.Username, o.Password
 	}
-	ok := subtle.ConstantTimeCompare([]byte(pass), []byte(g.secret)) == 1 && (g.secret == "" || user == routeUser)
-	if ok {
+	match := subtle.ConstantTimeCompare([]byte(pass), []byte(g.secret))
+	for _, a := range g.accepted {
+		match |= subtle.ConstantTimeCompare([]byte(pass), []byte(a)) // every one compared: no early exit
+	}
+	if match == 1 && (g.secret == "" || user == routeUser) {
 		return true
 	}
 	peer := "unknown"
@@ -156,14 +164,16 @@ func (g *routeGuard) lastRefusal() string {
 	return ""
 }
 
-// redact removes the secret, raw or escaped in a URL, from s.
+// redact removes the secrets, raw or escaped in a URL, from s.
 func (g *routeGuard) redact(s string) string {
 	if g.secret == "" {
 		return s
 	}
-	s = strings.ReplaceAll(s, g.secret, redacted)
-	if esc := url.UserPassword(routeUser, g.secret).String(); esc != routeUser+":"+g.secret {
-		s = strings.ReplaceAll(s, strings.TrimPrefix(esc, routeUser+":"), redacted)
+	for _, secret := range append([]string{g.secret}, g.accepted...) {
+		s = strings.ReplaceAll(s, secret, redacted)
+		if esc := url.UserPassword(routeUser, secret).String(); esc != routeUser+":"+secret {
+			s = strings.ReplaceAll(s, strings.TrimPrefix(esc, routeUser+":"), redacted)
+		}
 	}
 	return s
 }

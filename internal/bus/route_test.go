@@ -50,7 +50,7 @@ type routeNode struct {
 
 // startPair opens two clustered buses on loopback, each with its own secret and TLS settings,
 // without waiting: neither is ready until both route (a JetStream majority of two). They close
-// when the test ends.
+// when the test ends. A secret's further lines are the secrets the node accepts besides it.
 func startPair(t *testing.T, ctx context.Context, secrets [2]string, tlsCfgs [2]*tls.Config) [2]*routeNode {
 	t.Helper()
 	var addrs [2]string
@@ -68,10 +68,12 @@ func startPair(t *testing.T, ctx context.Context, secrets [2]string, tlsCfgs [2]
 		cfg := Config{
 			DataDir: t.TempDir(), InboxShards: 1, Name: fmt.Sprintf("r%d", i+1),
 			ClusterListen: addrs[i], ClusterPeers: addrs[:], ClusterName: "routes-test",
-			ClusterSecret: secrets[i], ClusterTLS: tlsCfgs[i],
-			Logger:   slog.New(slog.NewTextHandler(nd.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-			Registry: nd.reg,
+			ClusterTLS: tlsCfgs[i],
+			Logger:     slog.New(slog.NewTextHandler(nd.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+			Registry:   nd.reg,
 		}
+		lines := strings.Split(secrets[i], "\n")
+		cfg.ClusterSecret, cfg.ClusterSecretsAccepted = lines[0], lines[1:]
 		go func() {
 			defer close(nd.done)
 			nd.bus, nd.err = Open(ctx, cfg)
@@ -181,6 +183,37 @@ func TestRouteAuthRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The cluster secret rotates in three rolling steps, and at every step a node of the step before
+// and one of the step after still route: each presents its first secret and accepts the others.
+// Step 1 accepts the new secret everywhere, step 2 presents it, step 3 forgets the old one.
+func TestRouteSecretRotation(t *testing.T) {
+	oldS, newS := secretA, secretB
+	steps := []string{
+		oldS,               // before
+		oldS + "\n" + newS, // 1: present the old, accept the new too
+		newS + "\n" + oldS, // 2: present the new, accept the old too
+		newS,               // 3: the new only
+	}
+	for i := 1; i < len(steps); i++ {
+		t.Run(fmt.Sprintf("step %d beside step %d", i, i-1), func(t *testing.T) {
+			nodes := startPair(t, context.Background(), [2]string{steps[i], steps[i-1]}, [2]*tls.Config{})
+			waitOpen(t, nodes)
+			for j, nd := range nodes {
+				if logs := nd.logs.String(); strings.Contains(logs, oldS) || strings.Contains(logs, newS) {
+					t.Fatalf("node %d logged a secret:\n%s", j+1, logs)
+				}
+			}
+		})
+	}
+	// Skipping step 2 (the new secret presented to a node that does not accept it yet) is refused.
+	t.Run("step 3 beside step 0", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		nodes := startPair(t, ctx, [2]string{steps[3], steps[0]}, [2]*tls.Config{})
+		waitRefused(t, cancel, nodes, [2]string{"presented a wrong cluster secret", "presented a wrong cluster secret"})
+	})
 }
 
 // Two nodes with certificates from the same CA route over mutual TLS; a node whose certificate

@@ -80,6 +80,20 @@ func TestClusterRouteSecurityConfig(t *testing.T) {
 	if err := os.WriteFile(short, []byte("tooshort"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A rotation's file: the new secret first, the previous one accepted too.
+	rotating := filepath.Join(dir, "rotating.token")
+	rotSecret := strings.Repeat("ab", 32)
+	if err := os.WriteFile(rotating, []byte(strings.Repeat("cd", 32)+"\n"+rotSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rotatingBad := filepath.Join(dir, "rotating-bad.token")
+	if err := os.WriteFile(rotatingBad, []byte(rotSecret+"\ntooshort\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tooMany := filepath.Join(dir, "too-many.token")
+	if err := os.WriteFile(tooMany, []byte(strings.Repeat(rotSecret+"\n", 5)), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	ca := testcerts.NewCA(t, "cluster CA")
 	node := ca.Issue(t, "n1")
 	other := testcerts.NewCA(t, "other CA")
@@ -112,6 +126,9 @@ func TestClusterRouteSecurityConfig(t *testing.T) {
 		{name: "public, TLS only", cs: withTLS(public, node, ca.CertFile), want: []string{"authenticate the cluster routes with cluster_token_file"}, not: []string{"encrypt the cluster routes"}},
 		{name: "missing token file", cs: withToken(loop, filepath.Join(dir, "none")), want: []string{"cluster_token_file: ", "does not exist"}},
 		{name: "short token", cs: withToken(loop, short), want: []string{"does not hold one cluster secret of at least 32 characters"}, not: []string{"tooshort"}},
+		{name: "rotating: two secrets", cs: withToken(loop, rotating)},
+		{name: "rotating: a short second line", cs: withToken(loop, rotatingBad), want: []string{"line 2 is not a cluster secret of at least 32 characters"}, not: []string{"tooshort", rotSecret}},
+		{name: "too many secrets", cs: withToken(loop, tooMany), want: []string{"holds 5 lines: at most 4"}, not: []string{rotSecret}},
 		{name: "TLS keys apart", cs: server.ClusterSection{ClusterListen: "127.0.0.1:6222", ClusterTLSCert: node.CertFile}, want: []string{"must be given together"}},
 		{name: "cert of another CA", cs: withTLS(loop, foreign, ca.CertFile), want: []string{"cluster_tls_cert, cluster_tls_key, cluster_tls_ca: ", "not signed by the CA"}},
 		{name: "route keys without cluster", cs: withToken(server.ClusterSection{}, token), want: []string{"need cluster_listen"}},

@@ -268,6 +268,10 @@ type LimitsSection struct {
 	// the smaller of the cgroup memory limit and the machine's memory. -1 leaves the runtime's
 	// (GOMEMLIMIT, or none). A GOMEMLIMIT environment variable always wins. Default: 0.
 	MemoryLimit int64 `toml:"memory_limit"`
+	// MemoryTrimQuiet: once the node has allocated little for this long (idle connections held
+	// after a burst), it returns the freed heap the burst left behind to the system (memtrim.go).
+	// Negative: never. Default: 30s.
+	MemoryTrimQuiet Duration `toml:"memory_trim_quiet"`
 	// RegistrationsPerSecond rate-limits registrations on this node; only registrations that pass
 	// every check spend it. Default: 20.
 	RegistrationsPerSecond float64 `toml:"registrations_per_second"`
@@ -478,6 +482,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.IdleTimeout.Duration == 0 {
 		c.IdleTimeout.Duration = 120 * time.Second
+	}
+	if c.MemoryTrimQuiet.Duration == 0 {
+		c.MemoryTrimQuiet.Duration = 30 * time.Second
 	}
 	if c.MaxPendingUpgrades == 0 {
 		c.MaxPendingUpgrades = gateway.DefaultMaxPendingUpgrades
@@ -706,7 +713,7 @@ func (c *Config) validateCluster() []error {
 		bad("cluster_token_file and cluster_tls_* need cluster_listen: they secure the routes of an embedded cluster")
 	}
 	if c.ClusterTokenFile != "" {
-		if _, err := readClusterSecret(c.ClusterTokenFile); err != nil {
+		if _, _, err := readClusterSecrets(c.ClusterTokenFile); err != nil {
 			bad("cluster_token_file: %v", err)
 		}
 	}

@@ -76,7 +76,8 @@ type Server struct {
 	// probeSink takes the self-prober's results (selfprobe.go): the status aggregates once
 	// they run (startStatus), plus Config.ProbeSink when set.
 	probeSink status.ProbeSink
-	selfProbe *selfProbe // nil when probe_interval is 0
+	selfProbe *selfProbe  // nil when probe_interval is 0
+	trim      *memoryTrim // nil when limits.memory_trim_quiet is negative
 
 	status *status.Service // the status page, problem reports, probe intake, incidents
 
@@ -212,8 +213,9 @@ func (s *Server) start(ctx context.Context) error {
 	}
 
 	var clusterSecret string
+	var clusterAccepted []string
 	if s.cfg.ClusterTokenFile != "" {
-		if clusterSecret, err = readClusterSecret(s.cfg.ClusterTokenFile); err != nil {
+		if clusterSecret, clusterAccepted, err = readClusterSecrets(s.cfg.ClusterTokenFile); err != nil {
 			return fmt.Errorf("cluster_token_file: %w", err)
 		}
 	}
@@ -230,23 +232,24 @@ func (s *Server) start(ctx context.Context) error {
 	s.reg = prometheus.NewRegistry()
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.bus, err = bus.Open(ctx, bus.Config{
-		DataDir:             s.cfg.Data,
-		URLs:                s.cfg.NATS,
-		InboxShards:         s.cfg.InboxShards,
-		InboxMaxAge:         s.cfg.InboxTTL.Duration,
-		InboxMaxPerDevice:   s.cfg.InboxMaxPerDevice,
-		InboxStreamMaxBytes: s.cfg.InboxStreamMaxBytes,
-		StoreMaxBytes:       s.cfg.StoreMaxBytes,
-		Replicas:            s.cfg.Replicas,
-		ClusterListen:       s.cfg.ClusterListen,
-		ClusterPeers:        s.cfg.Peers,
-		ClusterAdvertise:    s.cfg.ClusterAdvertise,
-		ClusterName:         s.cfg.ClusterName,
-		ClusterSecret:       clusterSecret,
-		ClusterTLS:          clusterTLS,
-		Name:                s.cfg.Node,
-		Logger:              s.log.With("component", "bus"),
-		Registry:            s.reg,
+		DataDir:                s.cfg.Data,
+		URLs:                   s.cfg.NATS,
+		InboxShards:            s.cfg.InboxShards,
+		InboxMaxAge:            s.cfg.InboxTTL.Duration,
+		InboxMaxPerDevice:      s.cfg.InboxMaxPerDevice,
+		InboxStreamMaxBytes:    s.cfg.InboxStreamMaxBytes,
+		StoreMaxBytes:          s.cfg.StoreMaxBytes,
+		Replicas:               s.cfg.Replicas,
+		ClusterListen:          s.cfg.ClusterListen,
+		ClusterPeers:           s.cfg.Peers,
+		ClusterAdvertise:       s.cfg.ClusterAdvertise,
+		ClusterName:            s.cfg.ClusterName,
+		ClusterSecret:          clusterSecret,
+		ClusterSecretsAccepted: clusterAccepted,
+		ClusterTLS:             clusterTLS,
+		Name:                   s.cfg.Node,
+		Logger:                 s.log.With("component", "bus"),
+		Registry:               s.reg,
 	})
 	if err != nil {
 		return err
@@ -392,6 +395,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.startSelfProbe(); err != nil {
 		return fmt.Errorf("self-prober: %w", err)
 	}
+	s.trim = startMemoryTrim(s.cfg.MemoryTrimQuiet.Duration, s.reg, s.log.With("component", "memory"))
 	return nil
 }
 
@@ -494,6 +498,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		defer close(s.done)
 		var errs []error
 		s.selfProbe.stop() // its probe clients would only see the drain
+		s.trim.close()
 		if s.nodes != nil {
 			// First, so the nodes that stay stop telling clients to come here.
 			s.nodes.Close(true)
@@ -529,6 +534,7 @@ func (s *Server) Kill() {
 	s.shutOnce.Do(func() {
 		defer close(s.done)
 		s.selfProbe.stop()
+		s.trim.close()
 		// No goodbye: the others forget this node when its announcements stop.
 		if s.nodes != nil {
 			s.nodes.Close(false)
@@ -653,37 +659,72 @@ func readTokenFile(path string) (string, error) {
 	return readSecretFile(path, "operator token", fmt.Sprintf("give every node the same token file, e.g. one node's <data>/%s", AdminTokenFile))
 }
 
-// readClusterSecret reads the cluster routes' secret (cluster_token_file).
-func readClusterSecret(path string) (string, error) {
-	return readSecretFile(path, "cluster secret", "create it once (openssl rand -hex 32 > cluster.token; chmod 600 cluster.token) and give every node a copy")
+// maxClusterSecrets bounds the lines of cluster_token_file: the secret presented and those
+// accepted besides it during a rotation.
+const maxClusterSecrets = 4
+
+// readClusterSecrets reads the cluster routes' secrets (cluster_token_file): one per line, the
+// first presented on the routes this node dials and accepted, the others only accepted (the
+// previous secret while the cluster rotates it; README: Rotating the cluster secret).
+func readClusterSecrets(path string) (present string, accepted []string, err error) {
+	lines, err := readSecretLines(path, "cluster secret", "create it once (openssl rand -hex 32 > cluster.token; chmod 600 cluster.token) and give every node a copy", maxClusterSecrets)
+	if err != nil {
+		return "", nil, err
+	}
+	return lines[0], lines[1:], nil
 }
 
 // readSecretFile reads a secret of at least minTokenLen characters, without white space, from a
 // file the operator provides. Its errors never quote the file's content.
 func readSecretFile(path, what, missingHint string) (string, error) {
+	lines, err := readSecretLines(path, what, missingHint, 1)
+	if err != nil {
+		return "", err
+	}
+	return lines[0], nil
+}
+
+// readSecretLines reads 1 to max secrets, one per line (blank lines ignored), each of at least
+// minTokenLen characters without white space. Its errors never quote the file's content.
+func readSecretLines(path, what, missingHint string, max int) ([]string, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("%s does not exist (%s)", path, missingHint)
+		return nil, fmt.Errorf("%s does not exist (%s)", path, missingHint)
 	}
 	if err != nil {
-		return "", fmt.Errorf("read %s: %w", what, err)
+		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	defer f.Close()
 	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("%s is not a regular file", path)
+		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, 4096))
 	if err != nil {
-		return "", fmt.Errorf("read %s %s: %w", what, path, err)
+		return nil, fmt.Errorf("read %s %s: %w", what, path, err)
 	}
-	t := strings.TrimSpace(string(b))
+	var lines []string
+	for l := range strings.Lines(string(b)) {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
 	switch {
-	case t == "":
-		return "", fmt.Errorf("%s is empty: it must hold the %s", path, what)
-	case len(t) < minTokenLen || strings.ContainsAny(t, " \t\r\n"):
-		return "", fmt.Errorf("%s does not hold one %s of at least %d characters (e.g. 64 hex digits: openssl rand -hex 32)", path, what, minTokenLen)
+	case len(lines) == 0:
+		return nil, fmt.Errorf("%s is empty: it must hold the %s", path, what)
+	case len(lines) > max && max == 1:
+		return nil, fmt.Errorf("%s does not hold one %s of at least %d characters (e.g. 64 hex digits: openssl rand -hex 32)", path, what, minTokenLen)
+	case len(lines) > max:
+		return nil, fmt.Errorf("%s holds %d lines: at most %d (the %s this node presents first, then the ones it also accepts)", path, len(lines), max, what)
 	}
-	return t, nil
+	for i, l := range lines {
+		if len(l) < minTokenLen || strings.ContainsAny(l, " \t") {
+			if len(lines) == 1 {
+				return nil, fmt.Errorf("%s does not hold one %s of at least %d characters (e.g. 64 hex digits: openssl rand -hex 32)", path, what, minTokenLen)
+			}
+			return nil, fmt.Errorf("%s line %d is not a %s of at least %d characters without spaces (e.g. 64 hex digits: openssl rand -hex 32)", path, i+1, what, minTokenLen)
+		}
+	}
+	return lines, nil
 }
 
 func loadOrCreateToken(path string) (string, error) {

@@ -1,0 +1,132 @@
+// Copyright 2026 The Petrel Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package server
+
+import (
+	"io"
+	"log/slog"
+	"runtime/debug"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+func TestQuietAndWorth(t *testing.T) {
+	live := uint64(400 << 20)
+	if !quietCheck(trimSample{allocs: 1000}, trimSample{allocs: 1000 + live/8 - 1, live: live}) {
+		t.Error("allocating less than an eighth of the live heap is quiet")
+	}
+	if quietCheck(trimSample{allocs: 1000}, trimSample{allocs: 1000 + live/8, live: live}) {
+		t.Error("allocating an eighth of the live heap is not quiet")
+	}
+	if !quietCheck(trimSample{}, trimSample{allocs: trimQuietFloor - 1, live: 1 << 20}) {
+		t.Error("below the floor is quiet on a small heap")
+	}
+	if worthTrim(trimSample{live: 400 << 20, objects: 400 << 20, free: 90 << 20}) {
+		t.Error("less than a quarter of the live heap is not worth a trim")
+	}
+	if !worthTrim(trimSample{live: 400 << 20, objects: 450 << 20, free: 60 << 20}) {
+		t.Error("a quarter of the live heap, counting dead objects, is worth a trim")
+	}
+	if worthTrim(trimSample{live: 8 << 20, objects: 8 << 20, free: trimMinGain - 1}) {
+		t.Error("less than trimMinGain is never worth a trim")
+	}
+}
+
+// TestTrimOnlyWhenQuiet drives the trimmer's loop with samples: a burst (much allocated, much
+// free) is not trimmed while it goes on, is trimmed after need quiet checks, and not again within
+// trimMinInterval; a busy node is never trimmed.
+func TestTrimOnlyWhenQuiet(t *testing.T) {
+	const live = 100 << 20
+	var s trimSample
+	s.live, s.objects = live, live
+	clock := time.Unix(1000, 0)
+	frees := 0
+	reg := prometheus.NewRegistry()
+	l := &trimLoop{
+		need: 3,
+		read: func() trimSample { return s },
+		free: func() {
+			frees++
+			s.released += s.free
+			s.free = 0
+		},
+		now:     func() time.Time { return clock },
+		metrics: newTrimMetrics(reg),
+		log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	l.prev = l.read()
+	step := func(alloc, free uint64) {
+		s.allocs += alloc
+		s.free += free
+		clock = clock.Add(5 * time.Second)
+		l.check()
+	}
+	// A burst: each check allocates the live heap again.
+	for range 10 {
+		step(live, 20<<20)
+	}
+	if frees != 0 {
+		t.Fatalf("trimmed %d times while busy", frees)
+	}
+	// Quiet: the third quiet check trims.
+	step(1<<20, 0)
+	step(1<<20, 0)
+	if frees != 0 {
+		t.Fatalf("trimmed after 2 quiet checks, want 3")
+	}
+	step(1<<20, 0)
+	if frees != 1 {
+		t.Fatalf("trims after 3 quiet checks: %d, want 1", frees)
+	}
+	if got := counterOf(l.metrics.released); got != 200<<20 {
+		t.Fatalf("petrel_memory_trimmed_bytes_total %v, want %d", got, 200<<20)
+	}
+	// Another burst and quiet within trimMinInterval: not trimmed again until it passed.
+	step(live, 60<<20)
+	for range 4 {
+		step(1<<20, 0)
+	}
+	if frees != 1 {
+		t.Fatalf("trimmed again within %v", trimMinInterval)
+	}
+	for range 12 {
+		step(1<<20, 0)
+	}
+	if frees != 2 {
+		t.Fatalf("trims after trimMinInterval: %d, want 2", frees)
+	}
+	if got := counterOf(l.metrics.trims); got != 2 {
+		t.Fatalf("petrel_memory_trims_total %v, want 2", got)
+	}
+}
+
+// TestMemoryTrimStartsAndStops: the real trimmer (runtime samples, debug.FreeOSMemory) starts,
+// is off with a negative quiet period, and stops.
+func TestMemoryTrimStartsAndStops(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if tr := startMemoryTrim(-time.Second, prometheus.NewRegistry(), log); tr != nil {
+		t.Fatal("a negative memory_trim_quiet must turn the trimmer off")
+	}
+	tr := startMemoryTrim(30*time.Millisecond, prometheus.NewRegistry(), log)
+	if tr == nil {
+		t.Fatal("trimmer not started")
+	}
+	s := readTrimSample(newTrimSamples())
+	if s.live == 0 || s.allocs == 0 {
+		t.Fatalf("runtime samples not read: %+v", s)
+	}
+	debug.FreeOSMemory()
+	tr.close()
+}
+
+func counterOf(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
+}
