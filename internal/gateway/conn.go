@@ -61,6 +61,9 @@ type conn struct {
 	// on the store; only the frame job sets it.
 	lane *lane
 
+	// idx is the connection's index in g.conns, -1 when not there; guarded by g.mu.
+	idx int
+
 	mu     sync.Mutex // guards the fields below
 	dev    directory.Principal
 	att    *mailbox.Attachment

@@ -103,3 +103,36 @@ func TestWorkersRetireUnused(t *testing.T) {
 		t.Fatalf("goroutines running = %d, want 1 (the parked one reused)", got)
 	}
 }
+
+// TestConnListRemove: g.conns keeps every open connection at its index; removing one moves the
+// last into its place, and removing it twice reports it absent.
+func TestConnListRemove(t *testing.T) {
+	g := &Gateway{}
+	cs := make([]*conn, 5)
+	for i := range cs {
+		cs[i] = &conn{idx: -1}
+		g.addConnLocked(cs[i])
+	}
+	if !g.removeConnLocked(cs[1]) || g.removeConnLocked(cs[1]) {
+		t.Fatal("remove: want present once, then absent")
+	}
+	if g.removeConnLocked(&conn{idx: 0}) {
+		t.Fatal("a connection never added reported present")
+	}
+	if len(g.conns) != 4 {
+		t.Fatalf("%d connections, want 4", len(g.conns))
+	}
+	for i, c := range g.conns {
+		if c.idx != i || c == cs[1] {
+			t.Fatalf("conns[%d] has idx %d (removed one present: %v)", i, c.idx, c == cs[1])
+		}
+	}
+	for _, c := range []*conn{cs[4], cs[0], cs[2], cs[3]} {
+		if !g.removeConnLocked(c) {
+			t.Fatal("an open connection reported absent")
+		}
+	}
+	if len(g.conns) != 0 {
+		t.Fatalf("%d connections left, want 0", len(g.conns))
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -231,9 +232,11 @@ type Gateway struct {
 	upgrading sync.Map     // *nbio.Conn -> *conn: upgraded, reader not installed yet
 	pre       *preUpgrade  // sockets that have not upgraded (preupgrade.go)
 
-	mu    sync.Mutex
-	conns map[*conn]struct{} // guarded by mu
-	links map[string]*conn   // link id → the new device's waiting connection; guarded by mu
+	mu sync.Mutex
+	// conns are the open connections, each at its index (conn.idx); guarded by mu. A slice, not
+	// a map: 8 bytes a connection instead of ~140 (addConn, removeConn).
+	conns []*conn
+	links map[string]*conn // link id → the new device's waiting connection; guarded by mu
 
 	pendingLinks atomic.Int64         // linking connections, and StartLinks in progress (link.go)
 	ctlSubs      []*nats.Subscription // the control channel (control.go)
@@ -276,7 +279,6 @@ func New(dir *directory.Directory, mb *mailbox.Mailbox, msg *messaging.Service, 
 		recoverOps: newRecoverLimiter(),
 		groupOps:   newGroupOps(),
 		ext:        newExtras(cfg),
-		conns:      map[*conn]struct{}{},
 		links:      map[string]*conn{},
 
 		groupMetrics: newGroupMetrics(cfg.Registry),
@@ -345,7 +347,7 @@ func (g *Gateway) sweep() {
 		g.now.Store(now)
 		expired = expired[:0]
 		g.mu.Lock()
-		for c := range g.conns {
+		for _, c := range g.conns {
 			if d := c.deadline.Load(); d != 0 && d <= now {
 				expired = append(expired, c)
 			}
@@ -457,9 +459,34 @@ func headerHasToken(r *http.Request, name string, match func(string) bool) bool 
 	return false
 }
 
+// addConnLocked adds c to g.conns. Call with g.mu held.
+func (g *Gateway) addConnLocked(c *conn) {
+	c.idx = len(g.conns)
+	g.conns = append(g.conns, c)
+}
+
+// removeConnLocked removes c from g.conns (the last one takes its place) and reports whether it
+// was there. Call with g.mu held.
+func (g *Gateway) removeConnLocked(c *conn) bool {
+	i := c.idx
+	if i < 0 || i >= len(g.conns) || g.conns[i] != c {
+		return false
+	}
+	last := len(g.conns) - 1
+	g.conns[i] = g.conns[last]
+	g.conns[i].idx = i
+	g.conns[last] = nil
+	g.conns = g.conns[:last]
+	c.idx = -1
+	if cap(g.conns) > 1024 && len(g.conns) < cap(g.conns)/4 {
+		g.conns = slices.Clip(slices.Clone(g.conns)) // give back what a burst grew
+	}
+	return true
+}
+
 // newConn makes the state of a connection about to be upgraded.
 func (g *Gateway) newConn(nbc *nbio.Conn) *conn {
-	c := &conn{g: g, nbc: nbc}
+	c := &conn{g: g, nbc: nbc, idx: -1}
 	c.id = newErrorID()
 	c.tokens, c.tokensTime = float64(g.cfg.FrameBurst), time.Since(g.clockBase)
 	return c
@@ -481,7 +508,7 @@ func (g *Gateway) onOpen(ws *websocket.Conn) {
 	}
 	ws.SetSession(c)
 	g.mu.Lock()
-	g.conns[c] = struct{}{}
+	g.addConnLocked(c)
 	g.mu.Unlock()
 	g.metrics.conns.Inc() // the slot was reserved in ServeHTTP
 	c.deadline.Store(g.now.Load() + int64(g.cfg.HandshakeTimeout))
@@ -500,8 +527,7 @@ func (g *Gateway) onClose(ws *websocket.Conn, _ error) {
 	g.upgrading.Delete(c.nbc) // if no frame ever came
 	c.releaseAll()
 	g.mu.Lock()
-	_, present := g.conns[c]
-	delete(g.conns, c)
+	present := g.removeConnLocked(c)
 	g.mu.Unlock()
 	if !present {
 		return
@@ -554,10 +580,7 @@ const drainTick = 10 * time.Millisecond
 // moving) before it gets here. It returns how many were sent away.
 func (g *Gateway) sendAway(ctx context.Context, reason pb.ErrorCode, msg, label string) int {
 	g.mu.Lock()
-	conns := make([]*conn, 0, len(g.conns))
-	for c := range g.conns {
-		conns = append(conns, c)
-	}
+	conns := slices.Clone(g.conns)
 	g.mu.Unlock()
 	n := len(conns)
 	rand.Shuffle(n, func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
@@ -602,10 +625,7 @@ func (g *Gateway) sendAway(ctx context.Context, reason pb.ErrorCode, msg, label 
 // closeAll closes every connection.
 func (g *Gateway) closeAll() {
 	g.mu.Lock()
-	conns := make([]*conn, 0, len(g.conns))
-	for c := range g.conns {
-		conns = append(conns, c)
-	}
+	conns := slices.Clone(g.conns)
 	g.mu.Unlock()
 	for _, c := range conns {
 		c.close()
