@@ -16,8 +16,8 @@ import (
 // does not answer in time), so nothing can be stored or acked through the store path.
 var ErrNoQuorum = errors.New("no jetstream quorum")
 
-// ErrAPISlow: the JetStream API did not answer in time although this node's connection is up and
-// (embedded) its own view of the meta group is healthy. A majority lost elsewhere looks the same
+// ErrAPISlow: the JetStream API did not answer in time, or answered that it is unavailable,
+// although this node's connection is up and (embedded) its own view of the meta group is healthy. A majority lost elsewhere looks the same
 // from an edge node, but so does a JetStream API queue under load (a reconnect storm): the node
 // stops acking, but moving its clients would only add to the load. Wraps ErrNoQuorum.
 var ErrAPISlow = errors.New("jetstream api slow")
@@ -44,12 +44,22 @@ func (b *Bus) Quorum(ctx context.Context) error {
 		return err
 	}
 	if _, err := b.js.AccountInfo(ctx); err != nil {
-		if b.nc.IsConnected() && errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("%w: jetstream api did not answer (%w): %v", ErrNoQuorum, ErrAPISlow, err)
-		}
-		return fmt.Errorf("%w: jetstream api did not answer: %v", ErrNoQuorum, err)
+		return apiCheckErr(b.nc.IsConnected(), err)
 	}
 	return nil
+}
+
+// apiCheckErr classifies a failed JetStream API check. While this node's connection is up (and,
+// embedded, its own view of the meta group passed), whatever the API answered — no answer in
+// time, or 503 "JetStream system temporarily unavailable" while the meta group re-elects under
+// load — is the cluster's state, the same from every node: ErrAPISlow, so clients stay. A 200,000
+// connection storm on two cores got the 503 on every edge node, and each sent its ~11,000
+// clients away. Only a node whose connection is down is the one to leave.
+func apiCheckErr(connected bool, err error) error {
+	if connected {
+		return fmt.Errorf("%w: jetstream api did not answer (%w): %v", ErrNoQuorum, ErrAPISlow, err)
+	}
+	return fmt.Errorf("%w: jetstream api did not answer: %v", ErrNoQuorum, err)
 }
 
 // metaView checks the embedded server's own view of the JetStream meta group (nil when external

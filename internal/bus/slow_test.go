@@ -6,6 +6,7 @@ package bus
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -105,5 +107,33 @@ func TestSubjectKind(t *testing.T) {
 		if got := SubjectKind(subj); got != want {
 			t.Errorf("SubjectKind(%q) = %q, want %q", subj, got, want)
 		}
+	}
+}
+
+// A failed JetStream API check while the node's connection is up — no answer in time, or 503
+// "JetStream system temporarily unavailable" — is the cluster's state (ErrAPISlow: clients stay);
+// only with the connection down is it this node's (clients move).
+func TestAPICheckErr(t *testing.T) {
+	unavailable := &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}
+	for _, tc := range []struct {
+		name      string
+		connected bool
+		err       error
+		slow      bool
+	}{
+		{"timeout, connected", true, context.DeadlineExceeded, true},
+		{"503 unavailable, connected", true, unavailable, true},
+		{"timeout, disconnected", false, context.DeadlineExceeded, false},
+		{"503 unavailable, disconnected", false, unavailable, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := apiCheckErr(tc.connected, tc.err)
+			if !errors.Is(err, ErrNoQuorum) {
+				t.Fatalf("%v does not wrap ErrNoQuorum", err)
+			}
+			if got := errors.Is(err, ErrAPISlow); got != tc.slow {
+				t.Fatalf("ErrAPISlow = %v, want %v (%v)", got, tc.slow, err)
+			}
+		})
 	}
 }
