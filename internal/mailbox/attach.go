@@ -794,7 +794,7 @@ func (a *Attachment) readBatch(from uint64, max, maxBytes int) (int, error) {
 	detached := false
 	// The inbox's names are derived here, not kept: an idle attachment stays small.
 	shard := a.m.bus.Shard(a.dev)
-	n, err := a.m.getBatch(ctx, bus.InboxStreamName(shard), a.m.bus.InboxSubject(a.dev), from, max, maxBytes, func(seq uint64, data []byte) bool {
+	n, err := a.m.getBatchBounded(ctx, bus.InboxStreamName(shard), a.m.bus.InboxSubject(a.dev), from, max, maxBytes, func(seq uint64, data []byte) bool {
 		a.mu.Lock()
 		closed := a.closed
 		a.mu.Unlock()

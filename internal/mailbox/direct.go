@@ -56,6 +56,21 @@ func (m *Mailbox) getBatch(ctx context.Context, stream, subject string, from uin
 	return m.getBatchMsgs(ctx, stream, subject, from, max, maxBytes, func(seq uint64, msg *nats.Msg) bool { return each(seq, msg.Data) })
 }
 
+// getBatchBounded is getBatch for a drain: it first waits for one of the node's maxInboxReads
+// read slots (within ctx), so a reconnect storm's drains queue here, not on the servers. The store
+// path's own reads (quota.go) do not wait behind drains.
+func (m *Mailbox) getBatchBounded(ctx context.Context, stream, subject string, from uint64, max, maxBytes int, each func(seq uint64, data []byte) bool) (int, error) {
+	select {
+	case m.inboxReads <- struct{}{}:
+		defer func() { <-m.inboxReads }()
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-m.stop:
+		return 0, ErrClosed
+	}
+	return m.getBatch(ctx, stream, subject, from, max, maxBytes, each)
+}
+
 // getBatchMsgs is getBatch handing each the whole message (headers too).
 func (m *Mailbox) getBatchMsgs(ctx context.Context, stream, subject string, from uint64, max, maxBytes int, each func(seq uint64, msg *nats.Msg) bool) (int, error) {
 	if max <= 0 {

@@ -287,6 +287,7 @@ type Mailbox struct {
 	pingSub     *nats.Subscription // answers bus.MailboxPingSubject
 	pinger      pinger             // coalesces confirmInterest's pings
 	leaderReads chan struct{}      // bounds concurrent leader reads (leaderGet)
+	inboxReads  chan struct{}      // bounds concurrent drain reads (getBatchBounded)
 	lastClaim   atomic.Uint64      // the last claim value taken on this node (takeover.go)
 	// latencyCount counts the sends measured for the delivery latency, up to latencyAlways
 	// (route.go): the first ones are all measured, later one in latencySample.
@@ -327,6 +328,7 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		reads:   make(map[uint64]chan *nats.Msg),
 
 		leaderReads: make(chan struct{}, maxLeaderReads),
+		inboxReads:  make(chan struct{}, maxInboxReads),
 
 		replicaPinger: pinger{replicas: true},
 	}
@@ -462,6 +464,13 @@ func (m *Mailbox) Close() {
 
 // maxLeaderReads bounds the leader reads (JetStream API message gets) one node has in flight.
 const maxLeaderReads = 32
+
+// maxInboxReads bounds the batched inbox reads (direct gets) one node has in flight. Every drain
+// reads its inbox at least once, so a reconnect storm starts one per device at once: 200,000 over
+// twelve edge nodes kept the three JetStream servers so busy that every read timed out and was
+// sent again, a retry storm with no end. Bounded, the reads wait their turn on the node (no
+// stale request for the servers to answer) and each is answered in time.
+const maxInboxReads = 256
 
 // debug reports whether debug lines are logged: those on the send path are built only then (every
 // send to an offline device answers "no responders").

@@ -165,7 +165,7 @@ func (a *Attachment) replicasSettled() bool {
 // After replicasSettled it is as good as the leader's answer.
 func (a *Attachment) firstFrom(ctx context.Context, from uint64) (seq uint64, data []byte, found bool, err error) {
 	// A batch of one: the read ends with the server's end-of-batch answer, so none is left over.
-	_, err = a.m.getBatch(ctx, bus.InboxStreamName(a.m.bus.Shard(a.dev)), a.m.bus.InboxSubject(a.dev), from, 1, 0, func(s uint64, d []byte) bool {
+	_, err = a.m.getBatchBounded(ctx, bus.InboxStreamName(a.m.bus.Shard(a.dev)), a.m.bus.InboxSubject(a.dev), from, 1, 0, func(s uint64, d []byte) bool {
 		seq, data, found = s, d, true
 		return true
 	})
