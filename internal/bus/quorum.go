@@ -17,9 +17,10 @@ import (
 var ErrNoQuorum = errors.New("no jetstream quorum")
 
 // ErrAPISlow: the JetStream API did not answer in time, or answered that it is unavailable,
-// although this node's connection is up and (embedded) its own view of the meta group is healthy. A majority lost elsewhere looks the same
-// from an edge node, but so does a JetStream API queue under load (a reconnect storm): the node
-// stops acking, but moving its clients would only add to the load. Wraps ErrNoQuorum.
+// although this node's connection is up and (embedded) its own view of the meta group is
+// healthy. A majority lost elsewhere looks the same from an edge node, but so does a JetStream
+// API queue under load (a reconnect storm): the node stops acking, but moving its clients would
+// only add to the load. Wraps ErrNoQuorum.
 var ErrAPISlow = errors.New("jetstream api slow")
 
 // ErrCutOff: this node's embedded server has routes to too few of the cluster's nodes to make a

@@ -60,15 +60,25 @@ func (m *Mailbox) getBatch(ctx context.Context, stream, subject string, from uin
 // read slots (within ctx), so a reconnect storm's drains queue here, not on the servers. The store
 // path's own reads (quota.go) do not wait behind drains.
 func (m *Mailbox) getBatchBounded(ctx context.Context, stream, subject string, from uint64, max, maxBytes int, each func(seq uint64, data []byte) bool) (int, error) {
-	select {
-	case m.inboxReads <- struct{}{}:
-		defer func() { <-m.inboxReads }()
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	case <-m.stop:
-		return 0, ErrClosed
+	release, err := m.takeSlot(ctx, m.inboxReads)
+	if err != nil {
+		return 0, err
 	}
+	defer release()
 	return m.getBatch(ctx, stream, subject, from, max, maxBytes, each)
+}
+
+// takeSlot waits for a slot of slots (a node-wide bound on reads towards the store) within ctx
+// and returns the function that gives it back.
+func (m *Mailbox) takeSlot(ctx context.Context, slots chan struct{}) (release func(), err error) {
+	select {
+	case slots <- struct{}{}:
+		return func() { <-slots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-m.stop:
+		return nil, ErrClosed
+	}
 }
 
 // getBatchMsgs is getBatch handing each the whole message (headers too).
@@ -160,14 +170,11 @@ func (m *Mailbox) leaderGet(ctx context.Context, stream, subject string, from ui
 	req = append(req, `"}`...)
 	// Bounded per node: in a reconnect storm every attachment asks once, and the JetStream API
 	// queue that answers is shared by the whole cluster.
-	select {
-	case m.leaderReads <- struct{}{}:
-		defer func() { <-m.leaderReads }()
-	case <-ctx.Done():
-		return 0, nil, false, ctx.Err()
-	case <-m.stop:
-		return 0, nil, false, ErrClosed
+	release, err := m.takeSlot(ctx, m.leaderReads)
+	if err != nil {
+		return 0, nil, false, err
 	}
+	defer release()
 	// While the stream has no leader (its node was just killed and an election runs) the request
 	// is not answered at all: ask again after leaderAttempt rather than wait out the whole
 	// budget, so a device is served about as soon as the new leader is elected. An API that is
