@@ -94,6 +94,7 @@ func runBench(ctx context.Context, e *env, args []string) int {
 	tokenFile := fs.String("admin-token-file", benchDefaultTokenFile, "the operator token: the server's <data>/admin.token (comma-separated: one per server); env PETREL_ADMIN_TOKEN when not given")
 	admins := fs.String("admin", "", "admin listener URL(s), comma-separated: one for all servers or one per server; loopback only (default: the admin.addr beside each --admin-token-file)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 200, "connection attempts in flight per process")
+	fs.Float64Var(&cfg.ConnectRate, "connect-rate", 0, "at most this many new connections a second over all processes, as a fleet reconnecting with backoff arrives (0: as fast as the servers accept)")
 	fs.IntVar(&cfg.Retries, "retries", 3, "retries of a refused connection attempt (HTTP 503, UNAVAILABLE), jittered backoff")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "bound on one connection attempt (dial + auth)")
 	fs.IntVar(&cfg.MaxConnsPerProcess, "max-conns-per-process", bench.DefaultMaxConnsPerProcess, "beyond this many connections, use worker processes (each on its own 127.0.0.x source address)")

@@ -124,6 +124,10 @@ type Config struct {
 
 	// Concurrency is the number of connection attempts in flight per process. Default: 200.
 	Concurrency int
+	// ConnectRate paces the connection phase: at most this many new connections a second over
+	// all processes (each its share), the way a fleet reconnecting with jittered backoff
+	// arrives, instead of as fast as the servers accept them. 0: unpaced.
+	ConnectRate float64
 	// Retries is how often a refused connection attempt (HTTP 503, UNAVAILABLE, …) is retried,
 	// with jittered backoff. Default: 3; < 0: never.
 	Retries int
@@ -327,6 +331,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Rate < 0 || math.IsNaN(c.Rate) || math.IsInf(c.Rate, 0) {
 		bad("rate must be a positive number")
+	}
+	if c.ConnectRate < 0 || math.IsNaN(c.ConnectRate) || math.IsInf(c.ConnectRate, 0) {
+		bad("connect-rate must be a positive number (0: unpaced)")
 	}
 	if c.Scenario == ScenarioChurn && c.Rate <= 0 {
 		bad("churn needs a positive rate")
@@ -549,6 +556,7 @@ func (r *run) baseParams() shardParams {
 		Window:         r.cfg.Window,
 		Duration:       r.cfg.Duration,
 		Concurrency:    r.cfg.Concurrency,
+		ConnectRate:    r.cfg.ConnectRate,
 		Retries:        max(0, r.cfg.Retries),
 		ConnectTimeout: r.cfg.ConnectTimeout,
 		DrainTimeout:   r.cfg.DrainTimeout,
@@ -557,8 +565,15 @@ func (r *run) baseParams() shardParams {
 
 // start starts the shards and records the worker layout in the result.
 func (r *run) startShards(ctx context.Context, specs []*shardSpec) (*cluster, error) {
+	total := 0
+	for _, s := range specs {
+		total += len(s.Accounts)
+	}
 	for _, s := range specs {
 		s.Scenario, s.Servers, s.Deadline = r.cfg.Scenario, r.cfg.Servers, r.deadline
+		if s.P.ConnectRate > 0 && total > 0 { // each process its share
+			s.P.ConnectRate = r.cfg.ConnectRate * float64(len(s.Accounts)) / float64(total)
+		}
 	}
 	cl, err := startShards(ctx, r.cfg, specs)
 	if err != nil {

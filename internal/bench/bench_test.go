@@ -221,6 +221,22 @@ func TestIdle(t *testing.T) {
 	}
 }
 
+// TestIdleConnectRate: --connect-rate paces the connect phase (device j no earlier than j/rate
+// after the start), so the connects a second cannot exceed it.
+func TestIdleConnectRate(t *testing.T) {
+	srv := testserver.Start(t)
+	cfg := newConfig(t, srv, ScenarioIdle)
+	const n, rate = 30, 60.0
+	cfg.Conns, cfg.Hold, cfg.PingSample, cfg.ConnectRate = n, 200*time.Millisecond, -1, rate
+	_, m := runBench(t, cfg)
+	wantEq(t, m, "connected", n)
+	wantEq(t, m, "errors", 0)
+	// n connections spread over at least (n-1)/rate seconds.
+	if got, most := num(t, m, "connects_per_s"), rate*n/(n-1); got > most {
+		t.Errorf("connects_per_s = %.1f with --connect-rate %v: want at most %.1f", got, rate, most)
+	}
+}
+
 func TestAccounts(t *testing.T) {
 	srv := testserver.Start(t)
 	cfg := newConfig(t, srv, ScenarioAccounts)

@@ -64,6 +64,7 @@ type shardParams struct {
 	Duration       time.Duration `json:"duration,omitempty"`
 	PingSample     int           `json:"ping_sample,omitempty"` // this shard's share
 	Concurrency    int           `json:"concurrency"`
+	ConnectRate    float64       `json:"connect_rate,omitempty"` // this shard's share, new connections a second
 	Retries        int           `json:"retries"`
 	ConnectTimeout time.Duration `json:"connect_timeout"`
 	DrainTimeout   time.Duration `json:"drain_timeout"`
@@ -167,8 +168,19 @@ func (b *shardBase) connectDevices(ctx context.Context, devs []*account, rep *re
 			}
 		}()
 	}
+	// Paced (ConnectRate): device j is handed out no earlier than j/rate after the start.
+	var interval time.Duration
+	if r := b.spec.P.ConnectRate; r > 0 {
+		interval = time.Duration(float64(time.Second) / r)
+	}
+	start := time.Now()
 feed:
 	for j := range devs {
+		if interval > 0 && j > 0 {
+			if sleepUntil(ctx, start.Add(time.Duration(j)*interval)) != nil {
+				break feed
+			}
+		}
 		select {
 		case work <- j:
 		case <-ctx.Done():
