@@ -9,6 +9,10 @@
 //   - every node publishes an announcement, JSON {"node": NAME, "url": URL}, when it starts,
 //     every Interval, and once in answer to an announcement from a node it did not know (so a
 //     node that starts learns the others within a round trip, not an interval);
+//   - a node that cannot serve (no JetStream quorum: SetReady(false)) adds "unready": true, and
+//     announces at once whenever that changes; the others remember each node's last word on
+//     it for readyTTL (ReadyPeer), longer than the URL, so that a node cut off from the others
+//     still knows whether they were serving when it lost them;
 //   - a node that leaves gracefully publishes {"node": NAME, "bye": true}, and the others forget
 //     it at once;
 //   - an entry not refreshed within 3×Interval is dropped (a killed node), and at most MaxNodes
@@ -36,6 +40,8 @@ const (
 	maxURLLen = 256
 	// maxAnnouncement bounds an announcement's size; larger ones are ignored unparsed.
 	maxAnnouncement = 1024
+	// readyTTL, in Intervals, is how long a node's last word on its readiness counts.
+	readyTTL = 12
 )
 
 // Config configures a Registry.
@@ -52,14 +58,21 @@ type Config struct {
 }
 
 type announcement struct {
-	Node string `json:"node"`
-	URL  string `json:"url,omitempty"`
-	Bye  bool   `json:"bye,omitempty"`
+	Node    string `json:"node"`
+	URL     string `json:"url,omitempty"`
+	Bye     bool   `json:"bye,omitempty"`
+	Unready bool   `json:"unready,omitempty"` // absent from nodes that predate it: ready
 }
 
 type entry struct {
 	url  string
 	seen time.Time
+}
+
+// readiness is a node's last word on whether it can serve.
+type readiness struct {
+	ready bool
+	seen  time.Time
 }
 
 // Registry holds the public URLs of the nodes that announced themselves recently.
@@ -69,7 +82,11 @@ type Registry struct {
 
 	mu    sync.Mutex // guards the following fields
 	url   string     // this node's public URL ("": not announced); set by Start
+	ready bool       // this node's readiness (SetReady); true until told otherwise
 	peers map[string]entry
+	// said holds the other nodes' last word on their readiness, kept readyTTL Intervals (an
+	// entry in peers expires sooner); at most MaxNodes.
+	said  map[string]readiness
 	sub   *nats.Subscription
 	stop  chan struct{} // closed by Close
 	done  chan struct{} // closed when the announcer goroutine returns
@@ -87,7 +104,8 @@ func New(nc *nats.Conn, cfg Config) *Registry {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Registry{nc: nc, cfg: cfg, peers: map[string]entry{}, stop: make(chan struct{}), done: make(chan struct{})}
+	return &Registry{nc: nc, cfg: cfg, ready: true, peers: map[string]entry{}, said: map[string]readiness{},
+		stop: make(chan struct{}), done: make(chan struct{})}
 }
 
 // Start subscribes to announcements, announces this node at url ("" announces nothing) and keeps
@@ -179,9 +197,41 @@ func (r *Registry) selfURL() string {
 	return r.url
 }
 
+// SetReady records whether this node can serve (it reaches a JetStream quorum) and, when that
+// changed, announces it at once.
+func (r *Registry) SetReady(ready bool) {
+	r.mu.Lock()
+	changed := r.ready != ready
+	r.ready = ready
+	started := r.sub != nil && !r.left
+	r.mu.Unlock()
+	if changed && started {
+		r.announce()
+	}
+}
+
+// ReadyPeer reports whether another node's last word, within readyTTL Intervals, was that it
+// can serve. A node that lost its quorum moves its clients only then: when every node lost it
+// (a JetStream API overwhelmed by a reconnect storm), moving them would only add to the load,
+// but when another node still serves, this one is the one cut off.
+func (r *Registry) ReadyPeer() bool {
+	now := r.cfg.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.said {
+		if s.ready && now.Sub(s.seen) <= readyTTL*r.cfg.Interval {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *Registry) announce() {
-	if u := r.selfURL(); u != "" {
-		r.publish(announcement{Node: r.cfg.Node, URL: u})
+	r.mu.Lock()
+	u, ready := r.url, r.ready
+	r.mu.Unlock()
+	if u != "" {
+		r.publish(announcement{Node: r.cfg.Node, URL: u, Unready: !ready})
 	}
 }
 
@@ -207,6 +257,7 @@ func (r *Registry) handle(m *nats.Msg) {
 	if a.Bye {
 		r.mu.Lock()
 		delete(r.peers, a.Node)
+		delete(r.said, a.Node)
 		r.mu.Unlock()
 		return
 	}
@@ -221,6 +272,9 @@ func (r *Registry) handle(m *nats.Msg) {
 		return
 	}
 	r.peers[a.Node] = entry{url: a.URL, seen: now}
+	if _, ok := r.said[a.Node]; ok || len(r.said) < MaxNodes {
+		r.said[a.Node] = readiness{ready: !a.Unready, seen: now}
+	}
 	r.mu.Unlock()
 	if !known || old.url != a.URL {
 		r.cfg.Logger.Info("node announced", "node", a.Node, "url", a.URL)
@@ -238,6 +292,11 @@ func (r *Registry) expire() {
 		if now.Sub(e.seen) > r.ttl() {
 			delete(r.peers, name)
 			r.cfg.Logger.Info("node expired", "node", name, "url", e.url)
+		}
+	}
+	for name, s := range r.said {
+		if now.Sub(s.seen) > readyTTL*r.cfg.Interval {
+			delete(r.said, name)
 		}
 	}
 }

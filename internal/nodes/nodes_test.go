@@ -125,3 +125,74 @@ func TestRegistry(t *testing.T) {
 		t.Fatalf("n1 after expiry: %v, want only itself", got)
 	}
 }
+
+// waitReadyPeer polls r until ReadyPeer reports want (see waitURLs).
+func waitReadyPeer(t *testing.T, r *Registry, want bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for r.ReadyPeer() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: ReadyPeer = %v, want %v", r.cfg.Node, !want, want)
+		}
+		time.Sleep(10 * time.Millisecond) // polling, see waitURLs
+	}
+}
+
+// TestReadyPeer: a node's readiness reaches the others at once when it changes, outlives its URL
+// (a node cut off from the others still knows they were serving when it lost them) and expires
+// after readyTTL intervals; a goodbye withdraws it. A node counts only the others, never itself.
+func TestReadyPeer(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var now atomic.Int64
+	now.Store(time.Unix(1000, 0).UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	newReg := func(name, url string) *Registry {
+		r := New(b.Conn(), Config{Subject: bus.NodesSubject, Node: name, Interval: time.Hour, Logger: quiet, Now: clock})
+		if err := r.Start(url); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close(false) })
+		return r
+	}
+	const u1, u2 = "https://n1.example:7443", "https://n2.example:7443"
+	r1 := newReg("n1", u1)
+	if r1.ReadyPeer() {
+		t.Fatal("n1 alone counts a ready peer: itself?")
+	}
+	r2 := newReg("n2", u2)
+	waitReadyPeer(t, r1, true)
+	waitReadyPeer(t, r2, true)
+
+	r2.SetReady(false) // announced at once, not an interval later
+	waitReadyPeer(t, r1, false)
+	if !r2.ReadyPeer() {
+		t.Fatal("n2's own readiness changed what it knows of n1")
+	}
+	r2.SetReady(true)
+	waitReadyPeer(t, r1, true)
+
+	// Past the URL's expiry (3 intervals) n2's last word still counts; past readyTTL it does not.
+	now.Add(int64(4 * time.Hour))
+	if got := r1.URLs(); !slices.Equal(got, []string{u1}) {
+		t.Fatalf("n1 after the URL expiry: %v, want only itself", got)
+	}
+	if !r1.ReadyPeer() {
+		t.Fatal("n2's readiness expired with its URL")
+	}
+	now.Add(int64((readyTTL-4)*time.Hour + time.Second))
+	if r1.ReadyPeer() {
+		t.Fatal("n2's readiness counts after readyTTL")
+	}
+
+	// A goodbye withdraws it at once.
+	r2.SetReady(false)
+	r2.SetReady(true) // a fresh word: ready again
+	waitReadyPeer(t, r1, true)
+	r2.Close(true)
+	waitReadyPeer(t, r1, false)
+}

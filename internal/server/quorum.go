@@ -20,7 +20,9 @@ import (
 // one success marks it back. /readyz reads the cached state, never JetStream. In a cluster, a
 // node whose quorum stays lost for quorumMoveAfter sends its clients to other nodes and refuses
 // new ones until it is back (a node alone has nowhere to send them); at once when the node is
-// cut off (bus.ErrCutOff: it has no routes to a majority of the nodes).
+// cut off (bus.ErrCutOff: it has no routes to a majority of the nodes). When only the JetStream
+// API failed (bus.ErrAPISlow), it does so only while another node's last word was that it
+// serves (nodes.Registry.ReadyPeer): see shouldMove.
 const (
 	quorumEvery     = time.Second
 	quorumTimeout   = 2 * time.Second
@@ -100,12 +102,7 @@ func (s *Server) startQuorumWatch() {
 		// move sends the clients away, once per loss: after quorumMoveAfter, or at once when the
 		// node is cut off.
 		move := func(err error) {
-			// Clients move only off a node that is cut off itself (its own view of the meta
-			// group, or its bus connection): a JetStream API that is merely slow is the same
-			// for every node, and moving 10,000 clients each off every node under a reconnect
-			// storm was how 117,000 of 196,000 held connections were dropped.
-			if !clustered || moved || errors.Is(err, bus.ErrAPISlow) ||
-				time.Since(lostAt) < quorumMoveAfter && !errors.Is(err, bus.ErrCutOff) {
+			if !clustered || moved || !shouldMove(err, time.Since(lostAt), s.readyPeer) {
 				return
 			}
 			moved = true
@@ -144,6 +141,7 @@ func (s *Server) startQuorumWatch() {
 				q.ok.Store(true)
 				q.reason.Store(nil)
 				q.gauge.Set(1)
+				s.setReadyAnnounced(true)
 				if moved {
 					s.gw.Resume()
 					moved = false
@@ -159,6 +157,7 @@ func (s *Server) startQuorumWatch() {
 				q.gauge.Set(0)
 				q.lost.Inc()
 				lostAt = time.Now()
+				s.setReadyAnnounced(false)
 				s.log.Warn("jetstream quorum lost: not ready, sends are refused (UNAVAILABLE) until it is back", "reason", reason)
 				move(err)
 			default:
@@ -168,4 +167,34 @@ func (s *Server) startQuorumWatch() {
 			}
 		}
 	})
+}
+
+// shouldMove decides whether a node whose quorum has been lost for lostFor (err: the last
+// check's failure) sends its clients to other nodes. At once when it is cut off itself
+// (bus.ErrCutOff: no routes to a majority); after quorumMoveAfter for any other failure of its
+// own (its bus connection down, no meta leader in its view). A JetStream API that failed while
+// the node's own state is healthy (bus.ErrAPISlow) looks the same from every node when the API
+// is overwhelmed (a reconnect storm: moving 10,000 clients off every node at once was how
+// 117,000 of 196,000 held connections were dropped) as from an edge whose NATS server sits in a
+// minority partition: it moves them only while readyPeer reports another node serving.
+func shouldMove(err error, lostFor time.Duration, readyPeer func() bool) bool {
+	switch {
+	case errors.Is(err, bus.ErrCutOff):
+		return true
+	case lostFor < quorumMoveAfter:
+		return false
+	case errors.Is(err, bus.ErrAPISlow):
+		return readyPeer()
+	}
+	return true
+}
+
+// readyPeer reports whether another node's last word was that it serves (nodes.Registry).
+func (s *Server) readyPeer() bool { return s.nodes != nil && s.nodes.ReadyPeer() }
+
+// setReadyAnnounced tells the other nodes whether this one serves.
+func (s *Server) setReadyAnnounced(ready bool) {
+	if s.nodes != nil {
+		s.nodes.SetReady(ready)
+	}
 }
