@@ -86,11 +86,11 @@ type Registry struct {
 	peers map[string]entry
 	// said holds the other nodes' last word on their readiness, kept readyTTL Intervals (an
 	// entry in peers expires sooner); at most MaxNodes.
-	said  map[string]readiness
-	sub   *nats.Subscription
-	stop  chan struct{} // closed by Close
-	done  chan struct{} // closed when the announcer goroutine returns
-	left  bool
+	said map[string]readiness
+	sub  *nats.Subscription
+	stop chan struct{} // closed by Close
+	done chan struct{} // closed when the announcer goroutine returns
+	left bool
 }
 
 // New returns a registry. It does no I/O.
