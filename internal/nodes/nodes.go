@@ -11,8 +11,8 @@
 //     node that starts learns the others within a round trip, not an interval);
 //   - a node that cannot serve (no JetStream quorum: SetReady(false)) adds "unready": true, and
 //     announces at once whenever that changes; the others remember each node's last word on
-//     it for readyTTL (ReadyPeer), longer than the URL, so that a node cut off from the others
-//     still knows whether they were serving when it lost them;
+//     it for readyTTL, longer than the URL, so that a node cut off from the others still knows
+//     that they were serving when it lost them (ReadyPeerLost);
 //   - a node that leaves gracefully publishes {"node": NAME, "bye": true}, and the others forget
 //     it at once;
 //   - an entry not refreshed within 3×Interval is dropped (a killed node), and at most MaxNodes
@@ -210,16 +210,19 @@ func (r *Registry) SetReady(ready bool) {
 	}
 }
 
-// ReadyPeer reports whether another node's last word, within readyTTL Intervals, was that it
-// can serve. A node that lost its quorum moves its clients only then: when every node lost it
-// (a JetStream API overwhelmed by a reconnect storm), moving them would only add to the load,
-// but when another node still serves, this one is the one cut off.
-func (r *Registry) ReadyPeer() bool {
+// ReadyPeerLost reports whether a node whose last word was that it serves has gone silent: not
+// heard for more than 3 Intervals (when its URL expires), but within readyTTL Intervals. That is
+// what a node cut off from the others sees: they were serving, and nothing of theirs arrives any
+// more. A node that lost its quorum because the JetStream API stopped answering moves its clients
+// only then: when the API is overwhelmed (a reconnect storm) every node still hears the others,
+// ready or not, and moving clients onto the nodes that still cope only spreads the storm (seen:
+// edges that lost their quorum a little earlier sent their clients to the ones still ready).
+func (r *Registry) ReadyPeerLost() bool {
 	now := r.cfg.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, s := range r.said {
-		if s.ready && now.Sub(s.seen) <= readyTTL*r.cfg.Interval {
+		if silent := now.Sub(s.seen); s.ready && silent > r.ttl() && silent <= readyTTL*r.cfg.Interval {
 			return true
 		}
 	}

@@ -126,22 +126,29 @@ func TestRegistry(t *testing.T) {
 	}
 }
 
-// waitReadyPeer polls r until ReadyPeer reports want (see waitURLs).
-func waitReadyPeer(t *testing.T, r *Registry, want bool) {
+// waitSaid polls until r holds want as node's last word on its readiness (see waitURLs).
+func waitSaid(t *testing.T, r *Registry, node string, want bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for r.ReadyPeer() != want {
+	for {
+		r.mu.Lock()
+		s, ok := r.said[node]
+		r.mu.Unlock()
+		if ok && s.ready == want {
+			return
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: ReadyPeer = %v, want %v", r.cfg.Node, !want, want)
+			t.Fatalf("%s: %s's readiness = %v (known: %v), want %v", r.cfg.Node, node, s.ready, ok, want)
 		}
 		time.Sleep(10 * time.Millisecond) // polling, see waitURLs
 	}
 }
 
-// TestReadyPeer: a node's readiness reaches the others at once when it changes, outlives its URL
-// (a node cut off from the others still knows they were serving when it lost them) and expires
-// after readyTTL intervals; a goodbye withdraws it. A node counts only the others, never itself.
-func TestReadyPeer(t *testing.T) {
+// TestReadyPeerLost: a node's readiness reaches the others at once when it changes; a node whose
+// last word was that it serves and that has gone silent (past its URL's expiry, within readyTTL)
+// counts as lost — what a node cut off from the others sees — while one still heard does not,
+// ready or not (a reconnect storm), nor one that said it was not ready or said goodbye.
+func TestReadyPeerLost(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
 	if err != nil {
@@ -161,38 +168,57 @@ func TestReadyPeer(t *testing.T) {
 	}
 	const u1, u2 = "https://n1.example:7443", "https://n2.example:7443"
 	r1 := newReg("n1", u1)
-	if r1.ReadyPeer() {
-		t.Fatal("n1 alone counts a ready peer: itself?")
-	}
 	r2 := newReg("n2", u2)
-	waitReadyPeer(t, r1, true)
-	waitReadyPeer(t, r2, true)
+	waitSaid(t, r1, "n2", true)
+	waitSaid(t, r2, "n1", true)
+	if r1.ReadyPeerLost() {
+		t.Fatal("n2 was just heard: not lost")
+	}
 
 	r2.SetReady(false) // announced at once, not an interval later
-	waitReadyPeer(t, r1, false)
-	if !r2.ReadyPeer() {
-		t.Fatal("n2's own readiness changed what it knows of n1")
-	}
+	waitSaid(t, r1, "n2", false)
 	r2.SetReady(true)
-	waitReadyPeer(t, r1, true)
+	waitSaid(t, r1, "n2", true)
 
-	// Past the URL's expiry (3 intervals) n2's last word still counts; past readyTTL it does not.
-	now.Add(int64(4 * time.Hour))
+	// Silent past its URL's expiry (3 intervals): lost, until readyTTL.
+	now.Add(int64(3*time.Hour + time.Second))
 	if got := r1.URLs(); !slices.Equal(got, []string{u1}) {
 		t.Fatalf("n1 after the URL expiry: %v, want only itself", got)
 	}
-	if !r1.ReadyPeer() {
-		t.Fatal("n2's readiness expired with its URL")
+	if !r1.ReadyPeerLost() {
+		t.Fatal("n2 was serving and went silent: want lost")
 	}
-	now.Add(int64((readyTTL-4)*time.Hour + time.Second))
-	if r1.ReadyPeer() {
-		t.Fatal("n2's readiness counts after readyTTL")
+	now.Add(int64((readyTTL - 3) * time.Hour))
+	if r1.ReadyPeerLost() {
+		t.Fatal("n2's last word counts after readyTTL")
 	}
 
-	// A goodbye withdraws it at once.
+	// Silent after saying it was not ready: not a serving node lost.
 	r2.SetReady(false)
-	r2.SetReady(true) // a fresh word: ready again
-	waitReadyPeer(t, r1, true)
+	waitSaid(t, r1, "n2", false)
+	now.Add(int64(4 * time.Hour))
+	if r1.ReadyPeerLost() {
+		t.Fatal("n2 said it was not ready: not a serving node lost")
+	}
+	// A goodbye withdraws its word at once.
+	r2.SetReady(true)
+	waitSaid(t, r1, "n2", true)
 	r2.Close(true)
-	waitReadyPeer(t, r1, false)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r1.mu.Lock()
+		_, known := r1.said["n2"]
+		r1.mu.Unlock()
+		if !known {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("n2's goodbye did not withdraw its readiness")
+		}
+		time.Sleep(10 * time.Millisecond) // polling, see waitURLs
+	}
+	now.Add(int64(4 * time.Hour))
+	if r1.ReadyPeerLost() {
+		t.Fatal("n2 said goodbye: not lost")
+	}
 }

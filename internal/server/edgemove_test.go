@@ -63,9 +63,9 @@ func proxiedNATS(t *testing.T) ([]*natsserver.Server, [][]*faultproxy.Proxy) {
 // TestEdgeOnCutOffNATSMovesClients: an edge node (external NATS) whose nats-server is cut off from
 // the other two sees only a JetStream API that does not answer, as every node does when the API
 // is overwhelmed (where it must keep its clients). It tells them apart by the other nodes' last
-// word: the edge on the majority side was serving when the partition began, so the cut-off edge
-// sends its clients away and refuses new ones, while the other edge keeps acking; after the heal
-// the cut-off edge is ready again.
+// word and their silence since: the edge on the majority side was serving when the partition
+// began and is heard no more, so the cut-off edge sends its clients away and refuses new ones,
+// while the other edge keeps acking; after the heal the cut-off edge is ready again.
 func TestEdgeOnCutOffNATSMovesClients(t *testing.T) {
 	ext, proxies := proxiedNATS(t)
 	e1 := testserver.Start(t, testserver.WithConfig(func(c *server.Config) { c.NATS, c.Node = []string{ext[0].ClientURL()}, "edge1" }))
@@ -97,7 +97,7 @@ func TestEdgeOnCutOffNATSMovesClients(t *testing.T) {
 		proxies[j][0].Cut()
 	}
 	for {
-		f, err := alice.ReadErr(45 * time.Second)
+		f, err := alice.ReadErr(60 * time.Second)
 		if err != nil {
 			t.Fatalf("alice on the cut-off edge: no GoAway %s after the partition: %v", time.Since(start).Round(time.Millisecond), err)
 		}
