@@ -7,5 +7,6 @@ import "context"
 
 // SampleInboxDepthForTest samples the inbox depth now instead of at the next 15 s tick.
 func (s *Server) SampleInboxDepthForTest() error {
-	return s.nodeMetrics.sampleInboxDepth(context.Background(), s.bus)
+	_, err := s.nodeMetrics.sampleInboxDepth(context.Background(), s.bus)
+	return err
 }

@@ -6,8 +6,10 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,6 +44,8 @@ type nodeMetrics struct {
 	checkFailures *prometheus.CounterVec
 	inboxMsgs     prometheus.Gauge
 	inboxBytes    prometheus.Gauge
+	// inboxUnavailable: inbox streams whose info the last sample did not get.
+	inboxUnavailable prometheus.Gauge
 
 	sampleMu sync.Mutex // one inbox depth sample at a time
 }
@@ -60,6 +64,8 @@ func registerNodeMetrics(reg prometheus.Registerer, b *bus.Bus, version string) 
 			Help: "Envelopes stored in the inbox streams, all devices (sampled every 15s from stream info; the whole cluster's, the same on every node)."}),
 		inboxBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_mailbox_inbox_bytes",
 			Help: "Bytes stored in the inbox streams, all devices (sampled with petrel_mailbox_inbox_messages)."}),
+		inboxUnavailable: prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_mailbox_inbox_streams_unavailable",
+			Help: "Inbox streams whose leader did not answer the last sample (every 15s): no leader (with more than three JetStream nodes a stream can lose its majority while the cluster keeps its own), or no JetStream quorum. 0 when all serve."}),
 	}
 	for _, r := range []string{checkCutOff, checkAPISlow, checkOther} {
 		m.checkFailures.WithLabelValues(r) // every reason shows, at 0, from the start
@@ -67,7 +73,7 @@ func registerNodeMetrics(reg prometheus.Registerer, b *bus.Bus, version string) 
 	m.jsOK.Set(1) // the bus opened only once JetStream answered
 	nc := b.Conn()
 	info := buildInfo(version)
-	reg.MustRegister(m.jsOK, m.checkSeconds, m.checkFailures, m.inboxMsgs, m.inboxBytes,
+	reg.MustRegister(m.jsOK, m.checkSeconds, m.checkFailures, m.inboxMsgs, m.inboxBytes, m.inboxUnavailable,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "petrel_build_info",
 			Help:        "Always 1; the labels say which build runs: version, go_version, revision (the VCS commit, or unknown).",
 			ConstLabels: prometheus.Labels{"version": info.version, "go_version": info.goVersion, "revision": info.revision}},
@@ -102,37 +108,74 @@ func (m *nodeMetrics) observeCheck(d time.Duration, err error) {
 	}
 }
 
-// sampleInboxDepth sets the inbox gauges from every inbox stream's info. A stream that does not
-// answer leaves the gauges as they were (the quorum watch reports an unreachable JetStream).
-func (m *nodeMetrics) sampleInboxDepth(ctx context.Context, b *bus.Bus) error {
+// sampleInboxDepth sets the inbox gauges from every inbox stream's info (the stream leader's
+// answer; all shards at once, each bounded by inboxDepthTimeout) and returns the streams that did
+// not answer: a stream with no leader (with more than three JetStream nodes, two lost replicas of
+// one stream leave it without a majority while the meta group keeps its own), or an API that
+// does not answer at all. petrel_mailbox_inbox_streams_unavailable counts them; the depth gauges
+// keep their last full sample until every stream answers again.
+func (m *nodeMetrics) sampleInboxDepth(ctx context.Context, b *bus.Bus) (unavailable []string, err error) {
 	m.sampleMu.Lock()
 	defer m.sampleMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, inboxDepthTimeout)
 	defer cancel()
-	var msgs, bytes uint64
-	for shard := range b.InboxShards() {
-		info, err := b.Inbox(shard).Info(ctx)
-		if err != nil {
-			return err
-		}
-		msgs += info.State.Msgs
-		bytes += info.State.Bytes
+	n := b.InboxShards()
+	msgs, bytes, errs := make([]uint64, n), make([]uint64, n), make([]error, n)
+	var wg sync.WaitGroup
+	for shard := range n {
+		wg.Go(func() {
+			info, err := b.Inbox(shard).Info(ctx)
+			if err != nil {
+				errs[shard] = err
+				return
+			}
+			msgs[shard], bytes[shard] = info.State.Msgs, info.State.Bytes
+		})
 	}
-	m.inboxMsgs.Set(float64(msgs))
-	m.inboxBytes.Set(float64(bytes))
-	return nil
+	wg.Wait()
+	var sumMsgs, sumBytes uint64
+	for shard := range n {
+		if errs[shard] != nil {
+			unavailable = append(unavailable, bus.InboxStreamName(shard))
+			if err == nil {
+				err = fmt.Errorf("%s: %w", bus.InboxStreamName(shard), errs[shard])
+			}
+			continue
+		}
+		sumMsgs += msgs[shard]
+		sumBytes += bytes[shard]
+	}
+	m.inboxUnavailable.Set(float64(len(unavailable)))
+	if err != nil {
+		return unavailable, err
+	}
+	m.inboxMsgs.Set(float64(sumMsgs))
+	m.inboxBytes.Set(float64(sumBytes))
+	return nil, nil
 }
 
 // startInboxDepth samples the inbox depth now and every inboxDepthEvery until ctx ends, on a
-// goroutine wg owns.
+// goroutine wg owns, and logs when inbox streams stop or start answering again.
 func (s *Server) startInboxDepth(ctx context.Context, wg *sync.WaitGroup) {
 	wg.Go(func() {
 		t := time.NewTicker(inboxDepthEvery)
 		defer t.Stop()
+		before := 0
 		for {
-			if err := s.nodeMetrics.sampleInboxDepth(ctx, s.bus); err != nil && ctx.Err() == nil {
+			unavailable, err := s.nodeMetrics.sampleInboxDepth(ctx, s.bus)
+			if ctx.Err() != nil {
+				return
+			}
+			switch {
+			case len(unavailable) > 0 && len(unavailable) != before:
+				s.log.Warn("inbox streams not answering (no leader, or no jetstream quorum): devices whose inbox is there cannot be stored to or drained until they elect one",
+					"streams", strings.Join(unavailable, ","), "of", s.bus.InboxShards(), "err", err)
+			case len(unavailable) == 0 && before > 0:
+				s.log.Info("every inbox stream answers again", "streams", s.bus.InboxShards())
+			case err != nil:
 				s.log.Debug("inbox depth not sampled", "err", err)
 			}
+			before = len(unavailable)
 			select {
 			case <-ctx.Done():
 				return
