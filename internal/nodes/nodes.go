@@ -11,8 +11,9 @@
 //     node that starts learns the others within a round trip, not an interval);
 //   - a node that cannot serve (no JetStream quorum: SetReady(false)) adds "unready": true, and
 //     announces at once whenever that changes; the others remember each node's last word on
-//     it for readyTTL, longer than the URL, so that a node cut off from the others still knows
-//     that they were serving when it lost them (ReadyPeerLost);
+//     it for readyTTL, longer than the URL;
+//   - every node answers requests on its own probe subject (ProbeSubject), so that another can
+//     ask whether NATS still routes to it (ServingPeersUnreachable);
 //   - a node that leaves gracefully publishes {"node": NAME, "bye": true}, and the others forget
 //     it at once;
 //   - an entry not refreshed within 3×Interval is dropped (a killed node), and at most MaxNodes
@@ -23,11 +24,16 @@
 package nodes
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"hash/fnv"
 	"log/slog"
 	"net/url"
 	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -86,11 +92,12 @@ type Registry struct {
 	peers map[string]entry
 	// said holds the other nodes' last word on their readiness, kept readyTTL Intervals (an
 	// entry in peers expires sooner); at most MaxNodes.
-	said map[string]readiness
-	sub  *nats.Subscription
-	stop chan struct{} // closed by Close
-	done chan struct{} // closed when the announcer goroutine returns
-	left bool
+	said  map[string]readiness
+	sub   *nats.Subscription
+	probe *nats.Subscription // answers ProbeSubject
+	stop  chan struct{}      // closed by Close
+	done  chan struct{}      // closed when the announcer goroutine returns
+	left  bool
 }
 
 // New returns a registry. It does no I/O.
@@ -118,8 +125,13 @@ func (r *Registry) Start(url string) error {
 	if err != nil {
 		return err
 	}
+	probe, err := r.nc.Subscribe(ProbeSubject(r.cfg.Subject, r.cfg.Node), func(m *nats.Msg) { _ = m.Respond(nil) })
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return err
+	}
 	r.mu.Lock()
-	r.sub = sub
+	r.sub, r.probe = sub, probe
 	r.mu.Unlock()
 	r.announce()
 	go r.loop()
@@ -159,6 +171,10 @@ func (r *Registry) Close(bye bool) {
 	close(r.stop)
 	<-r.done
 	_ = sub.Unsubscribe()
+	r.mu.Lock()
+	probe := r.probe
+	r.mu.Unlock()
+	_ = probe.Unsubscribe()
 	if bye && r.selfURL() != "" {
 		r.publish(announcement{Node: r.cfg.Node, Bye: true})
 		_ = r.nc.FlushTimeout(time.Second)
@@ -210,23 +226,53 @@ func (r *Registry) SetReady(ready bool) {
 	}
 }
 
-// ReadyPeerLost reports whether a node whose last word was that it serves has gone silent: not
-// heard for more than 3 Intervals (when its URL expires), but within readyTTL Intervals. That is
-// what a node cut off from the others sees: they were serving, and nothing of theirs arrives any
-// more. A node that lost its quorum because the JetStream API stopped answering moves its clients
-// only then: when the API is overwhelmed (a reconnect storm) every node still hears the others,
-// ready or not, and moving clients onto the nodes that still cope only spreads the storm (seen:
-// edges that lost their quorum a little earlier sent their clients to the ones still ready).
-func (r *Registry) ReadyPeerLost() bool {
+// ProbeSubject is the core subject on which the node named node answers (with an empty reply):
+// the announcement subject, ".probe.", and a hash of the name (any name is a valid token).
+func ProbeSubject(subject, node string) string {
+	h := fnv.New64a()
+	h.Write([]byte(node))
+	return subject + ".probe." + strconv.FormatUint(h.Sum64(), 16)
+}
+
+// probeTimeout bounds one probe request. Only "no responders" counts as unreachable: a probe
+// that times out reached a node too slow to answer, which is not what a partition looks like.
+const probeTimeout = time.Second
+
+// ServingPeersUnreachable reports whether most of the nodes whose last word (within readyTTL
+// Intervals) was that they serve are not routed to any more: a request to each one's probe
+// subject is answered "no responders" at once by this node's NATS server, which knows no
+// subscriber for it. That is what a node whose NATS server is cut off from the others sees (the
+// routes are gone, and their subscriptions with them); a reconnect storm that makes every
+// JetStream API slow leaves the routes and subscriptions in place, so a probe there is slow or
+// answered, never "no responders". (Judged by silence instead, a 200,000-connection storm made
+// every edge node send its clients away: announcements stopped arriving there too.) A NATS
+// server that has not noticed a silent partition yet still routes, and so still looks reachable.
+func (r *Registry) ServingPeersUnreachable(ctx context.Context) bool {
 	now := r.cfg.Now()
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, s := range r.said {
-		if silent := now.Sub(s.seen); s.ready && silent > r.ttl() && silent <= readyTTL*r.cfg.Interval {
-			return true
+	var serving []string
+	for name, s := range r.said {
+		if s.ready && now.Sub(s.seen) <= readyTTL*r.cfg.Interval {
+			serving = append(serving, name)
 		}
 	}
-	return false
+	r.mu.Unlock()
+	if len(serving) == 0 {
+		return false
+	}
+	var unreachable atomic.Int32
+	var wg sync.WaitGroup
+	for _, name := range serving {
+		wg.Go(func() {
+			pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+			defer cancel()
+			if _, err := r.nc.RequestWithContext(pctx, ProbeSubject(r.cfg.Subject, name), nil); errors.Is(err, nats.ErrNoResponders) {
+				unreachable.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return 2*int(unreachable.Load()) > len(serving)
 }
 
 func (r *Registry) announce() {

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/petrelchat/petrel/internal/bus"
 )
 
@@ -144,81 +146,75 @@ func waitSaid(t *testing.T, r *Registry, node string, want bool) {
 	}
 }
 
-// TestReadyPeerLost: a node's readiness reaches the others at once when it changes; a node whose
-// last word was that it serves and that has gone silent (past its URL's expiry, within readyTTL)
-// counts as lost — what a node cut off from the others sees — while one still heard does not,
-// ready or not (a reconnect storm), nor one that said it was not ready or said goodbye.
-func TestReadyPeerLost(t *testing.T) {
+// TestServingPeersUnreachable: a node's readiness reaches the others at once when it changes; a
+// node whose last word was that it serves counts as unreachable only when NATS answers "no
+// responders" for its probe (its subscription is gone: cut off, or crashed without a goodbye),
+// not while it is routed to but too slow to answer (a storm), nor once it said it was not ready;
+// and only a majority of the serving nodes unreachable counts.
+func TestServingPeersUnreachable(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	var now atomic.Int64
-	now.Store(time.Unix(1000, 0).UnixNano())
-	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	ctx := context.Background()
 	newReg := func(name, url string) *Registry {
-		r := New(b.Conn(), Config{Subject: bus.NodesSubject, Node: name, Interval: time.Hour, Logger: quiet, Now: clock})
+		r := New(b.Conn(), Config{Subject: bus.NodesSubject, Node: name, Interval: time.Hour, Logger: quiet})
 		if err := r.Start(url); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { r.Close(false) })
 		return r
 	}
-	const u1, u2 = "https://n1.example:7443", "https://n2.example:7443"
-	r1 := newReg("n1", u1)
-	r2 := newReg("n2", u2)
-	waitSaid(t, r1, "n2", true)
-	waitSaid(t, r2, "n1", true)
-	if r1.ReadyPeerLost() {
-		t.Fatal("n2 was just heard: not lost")
+	r1 := newReg("n1", "https://n1.example:7443")
+	if r1.ServingPeersUnreachable(ctx) {
+		t.Fatal("n1 alone: no serving node to lose")
 	}
-
+	r2 := newReg("n2", "https://n2.example:7443")
+	waitSaid(t, r1, "n2", true)
+	if r1.ServingPeersUnreachable(ctx) {
+		t.Fatal("n2 is routed to and answers: not unreachable")
+	}
 	r2.SetReady(false) // announced at once, not an interval later
 	waitSaid(t, r1, "n2", false)
 	r2.SetReady(true)
 	waitSaid(t, r1, "n2", true)
 
-	// Silent past its URL's expiry (3 intervals): lost, until readyTTL.
-	now.Add(int64(3*time.Hour + time.Second))
-	if got := r1.URLs(); !slices.Equal(got, []string{u1}) {
-		t.Fatalf("n1 after the URL expiry: %v, want only itself", got)
+	// n3 is routed to but does not answer its probe (too slow): reachable.
+	nc := b.Conn()
+	slow, err := nc.Subscribe(ProbeSubject(bus.NodesSubject, "n3"), func(*nats.Msg) {})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !r1.ReadyPeerLost() {
-		t.Fatal("n2 was serving and went silent: want lost")
+	defer slow.Unsubscribe()
+	if err := nc.Publish(bus.NodesSubject, []byte(`{"node":"n3","url":"https://n3.example:7443"}`)); err != nil {
+		t.Fatal(err)
 	}
-	now.Add(int64((readyTTL - 3) * time.Hour))
-	if r1.ReadyPeerLost() {
-		t.Fatal("n2's last word counts after readyTTL")
-	}
+	waitSaid(t, r1, "n3", true)
 
-	// Silent after saying it was not ready: not a serving node lost.
-	r2.SetReady(false)
+	// n2 crashes (no goodbye): its probe has no responders, but that is one of the two serving.
+	r2.Close(false)
+	if r1.ServingPeersUnreachable(ctx) {
+		t.Fatal("one of two serving nodes unreachable counts as most")
+	}
+	// n3 gone too: both unreachable.
+	if err := slow.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
+	if !r1.ServingPeersUnreachable(ctx) {
+		t.Fatal("every serving node unreachable: want true")
+	}
+	// A node that said it was not ready is not a serving node lost.
+	if err := nc.Publish(bus.NodesSubject, []byte(`{"node":"n3","url":"https://n3.example:7443","unready":true}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitSaid(t, r1, "n3", false)
+	if err := nc.Publish(bus.NodesSubject, []byte(`{"node":"n2","url":"https://n2.example:7443","unready":true}`)); err != nil {
+		t.Fatal(err)
+	}
 	waitSaid(t, r1, "n2", false)
-	now.Add(int64(4 * time.Hour))
-	if r1.ReadyPeerLost() {
-		t.Fatal("n2 said it was not ready: not a serving node lost")
-	}
-	// A goodbye withdraws its word at once.
-	r2.SetReady(true)
-	waitSaid(t, r1, "n2", true)
-	r2.Close(true)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r1.mu.Lock()
-		_, known := r1.said["n2"]
-		r1.mu.Unlock()
-		if !known {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("n2's goodbye did not withdraw its readiness")
-		}
-		time.Sleep(10 * time.Millisecond) // polling, see waitURLs
-	}
-	now.Add(int64(4 * time.Hour))
-	if r1.ReadyPeerLost() {
-		t.Fatal("n2 said goodbye: not lost")
+	if r1.ServingPeersUnreachable(ctx) {
+		t.Fatal("no node said it serves: nothing lost")
 	}
 }

@@ -22,7 +22,7 @@ import (
 // new ones until it is back (a node alone has nowhere to send them); at once when the node is
 // cut off (bus.ErrCutOff: it has no routes to a majority of the nodes). When only the JetStream
 // API failed (bus.ErrAPISlow), it does so only while another node's last word was that it
-// serves and it has gone silent since (nodes.Registry.ReadyPeerLost): see shouldMove.
+// serves are no longer routed to (nodes.Registry.ServingPeersUnreachable): see shouldMove.
 const (
 	quorumEvery     = time.Second
 	quorumTimeout   = 2 * time.Second
@@ -102,7 +102,7 @@ func (s *Server) startQuorumWatch() {
 		// move sends the clients away, once per loss: after quorumMoveAfter, or at once when the
 		// node is cut off.
 		move := func(err error) {
-			if !clustered || moved || !shouldMove(err, time.Since(lostAt), s.readyPeerLost) {
+			if !clustered || moved || !shouldMove(err, time.Since(lostAt), func() bool { return s.servingLost(ctx) }) {
 				return
 			}
 			moved = true
@@ -175,25 +175,28 @@ func (s *Server) startQuorumWatch() {
 // own (its bus connection down, no meta leader in its view). A JetStream API that failed while
 // the node's own state is healthy (bus.ErrAPISlow) looks the same from every node when the API
 // is overwhelmed (a reconnect storm: moving 10,000 clients off every node at once was how
-// 117,000 of 196,000 held connections were dropped; moving them off the nodes that lost it first
-// onto those still ready spread it) as from an edge whose NATS server sits in a minority
-// partition. It moves them only when readyPeerLost: nodes that were serving have gone silent,
-// which a storm does not do (announcements still arrive) and a partition does.
-func shouldMove(err error, lostFor time.Duration, readyPeerLost func() bool) bool {
+// 117,000 of 196,000 held connections were dropped) as from an edge whose NATS server sits in a
+// minority partition. It moves them only when servingLost: most nodes whose last word was that
+// they serve are no longer routed to at all, which a partition does and a storm does not. (Two
+// weaker signals each sent clients away in a 200,000-connection storm: another node still
+// ready, and ready nodes gone silent.)
+func shouldMove(err error, lostFor time.Duration, servingLost func() bool) bool {
 	switch {
 	case errors.Is(err, bus.ErrCutOff):
 		return true
 	case lostFor < quorumMoveAfter:
 		return false
 	case errors.Is(err, bus.ErrAPISlow):
-		return readyPeerLost()
+		return servingLost()
 	}
 	return true
 }
 
-// readyPeerLost reports whether a node whose last word was that it serves has gone silent
-// (nodes.Registry.ReadyPeerLost).
-func (s *Server) readyPeerLost() bool { return s.nodes != nil && s.nodes.ReadyPeerLost() }
+// servingLost reports whether most nodes that were serving are no longer routed to
+// (nodes.Registry.ServingPeersUnreachable), within ctx.
+func (s *Server) servingLost(ctx context.Context) bool {
+	return s.nodes != nil && s.nodes.ServingPeersUnreachable(ctx)
+}
 
 // setReadyAnnounced tells the other nodes whether this one serves.
 func (s *Server) setReadyAnnounced(ready bool) {
