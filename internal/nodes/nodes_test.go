@@ -61,21 +61,18 @@ func waitURLs(t *testing.T, r *Registry, want ...string) {
 	}
 }
 
-// TestRegistry runs registries on a real embedded NATS server: a newcomer is answered at once (the
-// interval is an hour, so only the start and the answer announce), a goodbye is honoured at once,
-// invalid announcements are ignored, the set is bounded, and a silent node expires after three
-// intervals.
-func TestRegistry(t *testing.T) {
+// registries opens a bus on a real embedded NATS server for the test and returns it with a
+// function that starts a registry on it (interval an hour: only starts, answers and changes
+// announce; clock nil: the real one), closed when the test ends.
+func registries(t *testing.T, clock func() time.Time) (*bus.Bus, func(name, url string) *Registry) {
+	t.Helper()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
-	var now atomic.Int64
-	now.Store(time.Unix(1000, 0).UnixNano())
-	clock := func() time.Time { return time.Unix(0, now.Load()) }
-	newReg := func(name, url string) *Registry {
+	t.Cleanup(b.Close)
+	return b, func(name, url string) *Registry {
 		r := New(b.Conn(), Config{Subject: bus.NodesSubject, Node: name, Interval: time.Hour, Logger: quiet, Now: clock})
 		if err := r.Start(url); err != nil {
 			t.Fatal(err)
@@ -83,6 +80,16 @@ func TestRegistry(t *testing.T) {
 		t.Cleanup(func() { r.Close(false) })
 		return r
 	}
+}
+
+// TestRegistry runs registries on a real embedded NATS server: a newcomer is answered at once (the
+// interval is an hour, so only the start and the answer announce), a goodbye is honoured at once,
+// invalid announcements are ignored, the set is bounded, and a silent node expires after three
+// intervals.
+func TestRegistry(t *testing.T) {
+	var now atomic.Int64
+	now.Store(time.Unix(1000, 0).UnixNano())
+	b, newReg := registries(t, func() time.Time { return time.Unix(0, now.Load()) })
 	const u1, u2 = "https://n1.example:7443", "https://n2.example:7443"
 	r1 := newReg("n1", u1)
 	r2 := newReg("n2", u2)
@@ -152,21 +159,8 @@ func waitSaid(t *testing.T, r *Registry, node string, want bool) {
 // not while it is routed to but too slow to answer (a storm), nor once it said it was not ready;
 // and only a majority of the serving nodes unreachable counts.
 func TestServingPeersUnreachable(t *testing.T) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b, newReg := registries(t, nil)
 	ctx := context.Background()
-	newReg := func(name, url string) *Registry {
-		r := New(b.Conn(), Config{Subject: bus.NodesSubject, Node: name, Interval: time.Hour, Logger: quiet})
-		if err := r.Start(url); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { r.Close(false) })
-		return r
-	}
 	r1 := newReg("n1", "https://n1.example:7443")
 	if r1.ServingPeersUnreachable(ctx) {
 		t.Fatal("n1 alone: no serving node to lose")

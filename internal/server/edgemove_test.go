@@ -112,7 +112,7 @@ func TestEdgeOnCutOffNATSMovesClients(t *testing.T) {
 	if code, _ := get(t, e1.URL()+"/readyz"); code != http.StatusServiceUnavailable {
 		t.Fatalf("cut-off edge /readyz %d, want 503", code)
 	}
-	if code := wsUpgradeStatus(t, e1.URL()); code != http.StatusServiceUnavailable {
+	if code := testserver.UpgradeStatus(t, e1.URL()); code != http.StatusServiceUnavailable {
 		t.Fatalf("connect to the cut-off edge: HTTP %d, want 503", code)
 	}
 
@@ -142,24 +142,4 @@ func TestEdgeOnCutOffNATSMovesClients(t *testing.T) {
 	if d := mustDeliver(t, bob); string(d.GetEnvelope().GetCiphertext()) != "majority" {
 		t.Fatalf("bob got %v", d)
 	}
-}
-
-// wsUpgradeStatus is the HTTP status of a WebSocket upgrade request to the connect path.
-func wsUpgradeStatus(t *testing.T, base string) int {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, base+pb.ConnectPath, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", "websocket")
-	req.Header.Set("Sec-WebSocket-Version", "13")
-	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-	req.Header.Set("Sec-WebSocket-Protocol", pb.Subprotocol)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
 }

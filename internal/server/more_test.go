@@ -268,13 +268,7 @@ func TestMaxConnsIsExact(t *testing.T) {
 	results := make(chan bool, 12)
 	for range 12 {
 		go func() {
-			req, _ := http.NewRequest("GET", s.URL()+pb.ConnectPath, nil)
-			req.Header.Set("Connection", "Upgrade")
-			req.Header.Set("Upgrade", "websocket")
-			req.Header.Set("Sec-WebSocket-Version", "13")
-			req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-			req.Header.Set("Sec-WebSocket-Protocol", pb.Subprotocol)
-			resp, err := http.DefaultTransport.RoundTrip(req)
+			resp, err := http.DefaultTransport.RoundTrip(testserver.UpgradeRequest(s.URL()))
 			if err != nil {
 				results <- false
 				return

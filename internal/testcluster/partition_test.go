@@ -124,7 +124,7 @@ func TestPartitionedNodeStopsAckingAndRecovers(t *testing.T) {
 		}
 	}
 	// New connections to n1 are refused while it is cut off.
-	if code := upgradeStatus(t, n1.URL()); code != http.StatusServiceUnavailable {
+	if code := testserver.UpgradeStatus(t, n1.URL()); code != http.StatusServiceUnavailable {
 		t.Fatalf("connect to n1 while cut off: HTTP %d, want 503", code)
 	}
 
@@ -235,24 +235,4 @@ func readyz(t *testing.T, url string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
-}
-
-// upgradeStatus tries a WebSocket upgrade and returns the HTTP status.
-func upgradeStatus(t *testing.T, url string) int {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url+pb.ConnectPath, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", "websocket")
-	req.Header.Set("Sec-WebSocket-Version", "13")
-	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-	req.Header.Set("Sec-WebSocket-Protocol", pb.Subprotocol)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
 }
