@@ -54,7 +54,8 @@ type conn struct {
 
 	state atomic.Int32
 	// deadline is when the connection is closed unless a frame comes (gateway clock, see sweep):
-	// the handshake deadline, then the idle deadline, pushed on by every frame.
+	// the handshake deadline, then the idle deadline, pushed on as each frame is read
+	// (wsReader.frameDone), not as it is handled.
 	deadline atomic.Int64
 	sends    atomic.Int32 // sends in flight
 	// lane is the request lane (lane.go), made by the frame job on the first request that waits
@@ -96,9 +97,6 @@ func (c *conn) handle(mt websocket.MessageType, data []byte, charge int64) (toLa
 		return
 	}
 	c.g.metrics.frames.Inc()
-	if c.state.Load() == stateAuthed {
-		c.deadline.Store(c.g.now.Load() + int64(c.g.cfg.IdleTimeout))
-	}
 	linking := c.state.Load() == stateLinking
 	if mt != websocket.BinaryMessage {
 		if linking {

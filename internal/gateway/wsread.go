@@ -246,6 +246,13 @@ func (r *wsReader) readHeader(data []byte) (int, bool) {
 func (r *wsReader) frameDone() {
 	r.in = false
 	c := r.c
+	if c.state.Load() == stateAuthed {
+		// The client is alive: its idle deadline moves on as the frame is read, not when it is
+		// handled. A frame may wait behind its connection's earlier one (nbio runs them in order,
+		// and one may wait on the store), and a node slowed by its own dependencies must not
+		// close, as idle, clients that keep talking to it.
+		c.deadline.Store(c.g.now.Load() + int64(c.g.cfg.IdleTimeout))
+	}
 	switch r.op {
 	case opClose:
 		c.release(r.charge)

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/petrelchat/petrel/internal/gateway"
 	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/testserver"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
@@ -372,5 +373,47 @@ func TestHandshakeAndIdleTimeouts(t *testing.T) {
 	}
 	if err := <-busyErr; err != nil {
 		t.Fatalf("a pinging connection was closed: %v", err)
+	}
+}
+
+// idle_timeout is about the client: a connection whose frames keep coming is not closed as idle
+// while the server has not handled them yet. Here one frame's handling is held (as a read of the
+// store can be, on a loaded cluster) for more than twice the idle timeout; the pings queued behind
+// it are read but not handled. The connection stays, and every ping is answered once the frame is
+// let go.
+func TestSlowHandlingIsNotIdle(t *testing.T) {
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
+		c.IdleTimeout.Duration = time.Second
+	}))
+	c := testserver.Dial(t, s.URL())
+	c.MustRegister("patient")
+	held, release := make(chan struct{}), make(chan struct{})
+	defer gateway.SetFrameHookForTest(func(f *pb.Frame) {
+		if f.GetPing().GetClientTimeMs() == 777 {
+			close(held)
+			<-release
+		}
+	})()
+	c.Write(&pb.Frame{Id: 1, Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 777}}})
+	<-held
+	const pings = 15
+	for i := range pings {
+		time.Sleep(200 * time.Millisecond) // the client's pace: 3 s of pings, 3 idle timeouts
+		c.Write(&pb.Frame{Id: uint64(2 + i), Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 1}}})
+	}
+	close(release)
+	for want := uint64(1); want <= pings+1; want++ {
+		f, err := c.ReadErr(5 * time.Second)
+		if err != nil {
+			t.Fatalf("waiting for pong %d: %v (closed as idle while its pings waited?)", want, err)
+		}
+		for f.GetQueueEmpty() != nil {
+			if f, err = c.ReadErr(5 * time.Second); err != nil {
+				t.Fatalf("waiting for pong %d: %v", want, err)
+			}
+		}
+		if f.GetPong() == nil || f.Id != want {
+			t.Fatalf("want pong %d, got %v", want, f)
+		}
 	}
 }
