@@ -125,6 +125,9 @@ func (g *Gateway) onData(nc *nbio.Conn, data []byte) {
 			_ = nc.Close()
 		}
 	}()
+	if h := pollerHook.Load(); h != nil {
+		(*h)()
+	}
 	if t, ok := nc.Session().(*tlsConn); ok {
 		t.s.data(nc, data) // buffered for the handshake or a drain job (tls.go)
 		return

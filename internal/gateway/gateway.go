@@ -337,6 +337,7 @@ func (g *Gateway) sweep() {
 	t := time.NewTicker(g.sweepEvery())
 	defer t.Stop()
 	var expired []*conn
+	var lastUnreadLog time.Time
 	for {
 		select {
 		case <-t.C:
@@ -353,6 +354,7 @@ func (g *Gateway) sweep() {
 			}
 		}
 		g.mu.Unlock()
+		spared := 0
 		for _, c := range expired {
 			switch c.state.Load() {
 			case stateLinking:
@@ -361,11 +363,26 @@ func (g *Gateway) sweep() {
 			case stateHandshake:
 				g.metrics.timeouts.WithLabelValues("handshake").Inc()
 			default:
+				// Bytes waiting in the socket were sent by the client: it is not idle, the node
+				// has not read them yet (one poller reads every socket, and it falls behind when
+				// the cores are starved). Closing it would only add a reconnect to the overload.
+				if socketUnread(c.nbc) > 0 {
+					c.deadline.Store(now + int64(g.cfg.IdleTimeout))
+					spared++
+					continue
+				}
 				g.metrics.timeouts.WithLabelValues("idle").Inc()
 			}
 			c.closeNow()
 		}
 		clear(expired)
+		if spared > 0 {
+			g.metrics.idleUnread.Add(float64(spared))
+			if t := time.Now(); t.Sub(lastUnreadLog) >= time.Minute {
+				lastUnreadLog = t
+				g.log.Warn("connections past idle_timeout had sent bytes this node has not read yet: kept open; the node is not keeping up with its sockets", "connections", spared)
+			}
+		}
 	}
 }
 

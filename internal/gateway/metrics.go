@@ -34,6 +34,7 @@ type metrics struct {
 	linkConns     *prometheus.CounterVec
 	control       *prometheus.CounterVec
 	seenDropped   prometheus.Counter
+	idleUnread    prometheus.Counter
 	// connects counts authenticated connections (its rate is connects per second).
 	connects prometheus.Counter
 	// limited counts requests refused by a per-device limit, by limit (limitHit).
@@ -98,6 +99,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		linkConns:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_link_connections_total", Help: "Connections of new devices that waited for a link approval, by how they ended (approved: LinkApproved written; expired: LINK_EXPIRED at the link's expiry; closed: the client left or broke a rule; limited: StartLink refused, max_pending_links reached)."}, []string{"outcome"}),
 		control:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_control_events_total", Help: "Control-channel events acted on for a device connected to this node, by kind (device_list: DeviceListChanged pushed; removed: closed with DEVICE_REMOVED)."}, []string{"kind"}),
 		seenDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_last_seen_dropped_total", Help: "Last-seen updates not made because their queue was full (the device's next Auth tries again)."}),
+		idleUnread:  prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_idle_unread_total", Help: "Connections past idle_timeout kept open because bytes they sent still waited, unread, in their socket: the node was too busy to read them. Rising means an overloaded node, not idle clients."}),
 		connects:    prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_gateway_connects_total", Help: "Device connections authenticated (Register or Auth answered Welcome); its rate is connects per second."}),
 		limited:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_gateway_requests_limited_total", Help: "Requests answered RATE_LIMITED by a per-device limit, by limit: device_changes, groups, presence, ephemeral, sends_in_flight."}, []string{"limit"}),
 	}
@@ -122,7 +124,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.linkConns.WithLabelValues(o)
 	}
 	if reg != nil {
-		reg.MustRegister(m.linkConns, m.control, m.seenDropped, m.connects, m.limited)
+		reg.MustRegister(m.linkConns, m.control, m.seenDropped, m.idleUnread, m.connects, m.limited)
 		reg.MustRegister(m.conns, m.frames, m.sends, m.pushed, m.registrations, m.authFailures, m.panics, m.laneRuns, m.flushes, m.slowConsumers, m.refused, m.rejected, m.timeouts, m.rateLimited, m.inboundClosed, m.httpRefused, m.sentAway, m.failovers, m.failoverTime)
 	}
 	return m

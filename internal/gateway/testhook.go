@@ -23,3 +23,17 @@ func SetFrameHookForTest(h func(*pb.Frame)) (restore func()) {
 	frameHook.Store(&h)
 	return func() { frameHook.Store(nil) }
 }
+
+// pollerHook, when set (tests only), runs on the poller goroutine for every chunk read from a
+// plain socket, before it is parsed: a test can hold the poller, as a starved one is.
+var pollerHook atomic.Pointer[func()]
+
+// SetPollerHookForTest installs h as a hook on every chunk the public listener's pollers read and
+// returns a function that removes it. It panics outside tests.
+func SetPollerHookForTest(h func()) (restore func()) {
+	if !testing.Testing() {
+		panic("gateway.SetPollerHookForTest called outside a test")
+	}
+	pollerHook.Store(&h)
+	return func() { pollerHook.Store(nil) }
+}

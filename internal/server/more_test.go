@@ -17,7 +17,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -415,5 +418,59 @@ func TestSlowHandlingIsNotIdle(t *testing.T) {
 		if f.GetPong() == nil || f.Id != want {
 			t.Fatalf("want pong %d, got %v", want, f)
 		}
+	}
+}
+
+// A client whose frames wait unread in its socket (the node's poller, one for every socket on a
+// small machine, is held, as a starved one falls behind) is not closed as idle: the bytes in the
+// socket show it sent them. Every ping is answered once the poller reads again.
+func TestUnreadSocketIsNotIdle(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("reads the socket's receive queue (SIOCINQ)")
+	}
+	if runtime.NumCPU()/4 > 1 {
+		t.Skip("needs the single nbio poller of a machine with fewer than 8 CPUs")
+	}
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
+		c.IdleTimeout.Duration = time.Second
+	}))
+	holder := testserver.Dial(t, s.URL())
+	holder.MustRegister("holder")
+	c := testserver.Dial(t, s.URL())
+	c.MustRegister("patient")
+	var armed atomic.Bool
+	held, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	let := func() { releaseOnce.Do(func() { close(release) }) }
+	defer gateway.SetPollerHookForTest(func() {
+		if armed.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+		}
+	})()
+	defer let() // a failed write must not leave the poller held (the server could not stop)
+	armed.Store(true)
+	holder.Write(&pb.Frame{Id: 1, Body: &pb.Frame_Ping{Ping: &pb.Ping{}}}) // its chunk holds the poller
+	<-held
+	const pings = 15
+	for i := range pings {
+		time.Sleep(200 * time.Millisecond) // the client's pace: 3 s of pings, 3 idle timeouts
+		c.Write(&pb.Frame{Id: uint64(1 + i), Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 1}}})
+	}
+	let()
+	for want := uint64(1); want <= pings; want++ {
+		f, err := c.ReadErr(5 * time.Second)
+		for err == nil && f.GetQueueEmpty() != nil {
+			f, err = c.ReadErr(5 * time.Second)
+		}
+		if err != nil {
+			t.Fatalf("waiting for pong %d: %v (closed as idle while its pings waited in the socket?)", want, err)
+		}
+		if f.GetPong() == nil || f.Id != want {
+			t.Fatalf("want pong %d, got %v", want, f)
+		}
+	}
+	if n := value(t, scrape(t, s.AdminURL()), "petrel_gateway_idle_unread_total"); n < 1 {
+		t.Errorf("petrel_gateway_idle_unread_total = %v, want at least 1", n)
 	}
 }
