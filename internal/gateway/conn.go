@@ -204,7 +204,7 @@ func (c *conn) authenticated(ctx context.Context, f *pb.Frame, dev directory.Pri
 		return false
 	}
 	c.g.metrics.connects.Inc()
-	c.deadline.Store(c.g.now.Load() + int64(c.g.cfg.IdleTimeout))
+	c.deadline.Store(c.g.clock() + int64(c.g.cfg.IdleTimeout))
 	if a := f.GetAuth(); a.GetFailoverMs() > 0 {
 		c.g.countFailover(a)
 	}

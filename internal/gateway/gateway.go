@@ -245,9 +245,8 @@ type Gateway struct {
 	seenOnce     sync.Once
 	seenWG       sync.WaitGroup
 
-	// now is a coarse clock (nanoseconds since clockBase) advanced by sweep; connection
-	// deadlines are on it, so a frame costs an atomic store instead of a timer reset.
-	now       atomic.Int64
+	// clockBase is the origin of the gateway clock (clock): connection deadlines are on it, so a
+	// frame costs a clock read and an atomic store instead of a timer reset.
 	clockBase time.Time
 	sweepStop chan struct{}
 	sweepDone chan struct{}
@@ -324,6 +323,13 @@ func (g *Gateway) Close() {
 	<-g.sweepDone
 }
 
+// clock is the gateway clock: nanoseconds since clockBase (monotonic). Deadlines are read from it
+// where they are set, never from a value the sweep last stored: a sweep held up (its closes detach
+// devices, which can wait on a loaded bus) would leave such a value stale, and every deadline set
+// meanwhile would fall due early, all at once when the sweep comes back: a mass close of
+// connections whose clients kept pinging, as a 200,000-connection storm showed.
+func (g *Gateway) clock() int64 { return int64(time.Since(g.clockBase)) }
+
 // sweepEvery is how often sweep runs: a connection is closed between its deadline and one period
 // after it.
 func (g *Gateway) sweepEvery() time.Duration {
@@ -344,8 +350,10 @@ func (g *Gateway) sweep() {
 		case <-g.sweepStop:
 			return
 		}
-		now := int64(time.Since(g.clockBase))
-		g.now.Store(now)
+		if h := sweepHook.Load(); h != nil {
+			(*h)()
+		}
+		now := g.clock()
 		expired = expired[:0]
 		g.mu.Lock()
 		for _, c := range g.conns {
@@ -528,7 +536,7 @@ func (g *Gateway) onOpen(ws *websocket.Conn) {
 	g.addConnLocked(c)
 	g.mu.Unlock()
 	g.metrics.conns.Inc() // the slot was reserved in ServeHTTP
-	c.deadline.Store(g.now.Load() + int64(g.cfg.HandshakeTimeout))
+	c.deadline.Store(g.clock() + int64(g.cfg.HandshakeTimeout))
 	c.write(&pb.Frame{Body: &pb.Frame_Challenge{Challenge: &pb.Challenge{
 		Nonce:        c.nonce[:],
 		ServerTimeMs: time.Now().UnixMilli(),

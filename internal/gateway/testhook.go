@@ -37,3 +37,17 @@ func SetPollerHookForTest(h func()) (restore func()) {
 	pollerHook.Store(&h)
 	return func() { pollerHook.Store(nil) }
 }
+
+// sweepHook, when set (tests only), runs at the start of every sweep tick, on the sweep goroutine:
+// a test can hold the sweep, as slow closes do.
+var sweepHook atomic.Pointer[func()]
+
+// SetSweepHookForTest installs h as a hook on every sweep tick and returns a function that
+// removes it. It panics outside tests.
+func SetSweepHookForTest(h func()) (restore func()) {
+	if !testing.Testing() {
+		panic("gateway.SetSweepHookForTest called outside a test")
+	}
+	sweepHook.Store(&h)
+	return func() { sweepHook.Store(nil) }
+}

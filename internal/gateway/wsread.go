@@ -251,7 +251,7 @@ func (r *wsReader) frameDone() {
 		// handled. A frame may wait behind its connection's earlier one (nbio runs them in order,
 		// and one may wait on the store), and a node slowed by its own dependencies must not
 		// close, as idle, clients that keep talking to it.
-		c.deadline.Store(c.g.now.Load() + int64(c.g.cfg.IdleTimeout))
+		c.deadline.Store(c.g.clock() + int64(c.g.cfg.IdleTimeout))
 	}
 	switch r.op {
 	case opClose:

@@ -474,3 +474,54 @@ func TestUnreadSocketIsNotIdle(t *testing.T) {
 		t.Errorf("petrel_gateway_idle_unread_total = %v, want at least 1", n)
 	}
 }
+
+// A sweep held up (its closes detach devices, which can wait on a loaded bus) must not turn into a
+// mass close when it comes back: deadlines are set from the clock, not from the time the sweep
+// last saw. Here the sweep is held for three idle timeouts while a client keeps pinging.
+func TestHeldSweepClosesNoTalkingClient(t *testing.T) {
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
+		c.IdleTimeout.Duration = time.Second
+	}))
+	c := testserver.Dial(t, s.URL())
+	c.MustRegister("pinger")
+	var armed atomic.Bool
+	held, release := make(chan struct{}), make(chan struct{})
+	ticks := make(chan struct{}, 1)
+	var releaseOnce sync.Once
+	let := func() { releaseOnce.Do(func() { close(release) }) }
+	defer gateway.SetSweepHookForTest(func() {
+		if armed.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+			return
+		}
+		select {
+		case ticks <- struct{}{}:
+		default:
+		}
+	})()
+	defer let()
+	armed.Store(true)
+	<-held
+	const pings = 15
+	for i := range pings {
+		time.Sleep(200 * time.Millisecond) // the client's pace: 3 s of pings, 3 idle timeouts
+		c.Write(&pb.Frame{Id: uint64(1 + i), Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 1}}})
+	}
+	let()
+	// Two more sweep ticks after the held one came back: every deadline has been checked again.
+	<-ticks
+	<-ticks
+	for want := uint64(1); want <= pings; want++ {
+		f, err := c.ReadErr(5 * time.Second)
+		for err == nil && f.GetQueueEmpty() != nil {
+			f, err = c.ReadErr(5 * time.Second)
+		}
+		if err != nil || f.GetPong() == nil || f.Id != want {
+			t.Fatalf("want pong %d, got %v, %v", want, f, err)
+		}
+	}
+	if p := c.Request(&pb.Frame{Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 2}}}); p.GetPong().GetClientTimeMs() != 2 {
+		t.Fatalf("the connection was closed after the sweep came back: %v", p)
+	}
+}
