@@ -17,11 +17,7 @@ var frameHook atomic.Pointer[func(*pb.Frame)]
 // SetFrameHookForTest installs h as a hook on every decoded frame (for failure injection, e.g. a
 // panic) and returns a function that removes it. It panics outside tests.
 func SetFrameHookForTest(h func(*pb.Frame)) (restore func()) {
-	if !testing.Testing() {
-		panic("gateway.SetFrameHookForTest called outside a test")
-	}
-	frameHook.Store(&h)
-	return func() { frameHook.Store(nil) }
+	return setHook(&frameHook, h, "SetFrameHookForTest")
 }
 
 // pollerHook, when set (tests only), runs on the poller goroutine for every chunk read from a
@@ -31,11 +27,7 @@ var pollerHook atomic.Pointer[func()]
 // SetPollerHookForTest installs h as a hook on every chunk the public listener's pollers read and
 // returns a function that removes it. It panics outside tests.
 func SetPollerHookForTest(h func()) (restore func()) {
-	if !testing.Testing() {
-		panic("gateway.SetPollerHookForTest called outside a test")
-	}
-	pollerHook.Store(&h)
-	return func() { pollerHook.Store(nil) }
+	return setHook(&pollerHook, h, "SetPollerHookForTest")
 }
 
 // sweepHook, when set (tests only), runs at the start of every sweep tick, on the sweep goroutine:
@@ -45,9 +37,15 @@ var sweepHook atomic.Pointer[func()]
 // SetSweepHookForTest installs h as a hook on every sweep tick and returns a function that
 // removes it. It panics outside tests.
 func SetSweepHookForTest(h func()) (restore func()) {
+	return setHook(&sweepHook, h, "SetSweepHookForTest")
+}
+
+// setHook installs h in p and returns what removes it; outside tests it panics (name says which
+// function was called).
+func setHook[T any](p *atomic.Pointer[T], h T, name string) (restore func()) {
 	if !testing.Testing() {
-		panic("gateway.SetSweepHookForTest called outside a test")
+		panic("gateway." + name + " called outside a test")
 	}
-	sweepHook.Store(&h)
-	return func() { sweepHook.Store(nil) }
+	p.Store(&h)
+	return func() { p.Store(nil) }
 }

@@ -385,11 +385,7 @@ func TestHandshakeAndIdleTimeouts(t *testing.T) {
 // it are read but not handled. The connection stays, and every ping is answered once the frame is
 // let go.
 func TestSlowHandlingIsNotIdle(t *testing.T) {
-	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
-		c.IdleTimeout.Duration = time.Second
-	}))
-	c := testserver.Dial(t, s.URL())
-	c.MustRegister("patient")
+	_, c := idleSecondServer(t, "patient")
 	held, release := make(chan struct{}), make(chan struct{})
 	defer gateway.SetFrameHookForTest(func(f *pb.Frame) {
 		if f.GetPing().GetClientTimeMs() == 777 {
@@ -399,21 +395,72 @@ func TestSlowHandlingIsNotIdle(t *testing.T) {
 	})()
 	c.Write(&pb.Frame{Id: 1, Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 777}}})
 	<-held
-	const pings = 15
-	for i := range pings {
-		time.Sleep(200 * time.Millisecond) // the client's pace: 3 s of pings, 3 idle timeouts
-		c.Write(&pb.Frame{Id: uint64(2 + i), Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 1}}})
-	}
+	pingThroughIdleTimeouts(c, 2)
 	close(release)
-	for want := uint64(1); want <= pings+1; want++ {
+	expectPongs(t, c, 1, idlePings+1)
+}
+
+// idleSecondServer starts a server with a 1 s idle_timeout and registers one client, name.
+func idleSecondServer(t *testing.T, name string) (*testserver.Server, *testserver.RawClient) {
+	t.Helper()
+	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
+		c.IdleTimeout.Duration = time.Second
+	}))
+	c := testserver.Dial(t, s.URL())
+	c.MustRegister(name)
+	return s, c
+}
+
+// holdGate holds, once armed, the first goroutine that calls hold (a test hook's), until let.
+type holdGate struct {
+	armed   atomic.Bool
+	held    chan struct{} // closed when a goroutine is held
+	release chan struct{}
+	once    sync.Once
+}
+
+func newHoldGate() *holdGate {
+	return &holdGate{held: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (g *holdGate) arm() { g.armed.Store(true) }
+
+// hold holds the caller until let if the gate is armed (once), and reports whether it did.
+func (g *holdGate) hold() bool {
+	if !g.armed.CompareAndSwap(true, false) {
+		return false
+	}
+	close(g.held)
+	<-g.release
+	return true
+}
+
+// let releases the held goroutine (and any later one); idempotent.
+func (g *holdGate) let() { g.once.Do(func() { close(g.release) }) }
+
+// idlePings is how many pings pingThroughIdleTimeouts sends.
+const idlePings = 15
+
+// pingThroughIdleTimeouts sends idlePings pings (ids from first on), one every 200 ms: 3 s of a
+// client talking, three idle timeouts of 1 s.
+func pingThroughIdleTimeouts(c *testserver.RawClient, first uint64) {
+	for i := range uint64(idlePings) {
+		time.Sleep(200 * time.Millisecond) // the client's pace, not synchronisation
+		c.Write(&pb.Frame{Id: first + i, Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 1}}})
+	}
+}
+
+// expectPongs reads the pongs of requests first … first+n-1, in order (QueueEmpty frames
+// skipped): the connection was not closed meanwhile.
+func expectPongs(t *testing.T, c *testserver.RawClient, first uint64, n int) {
+	t.Helper()
+	for want := first; want < first+uint64(n); want++ {
 		f, err := c.ReadErr(5 * time.Second)
-		if err != nil {
-			t.Fatalf("waiting for pong %d: %v (closed as idle while its pings waited?)", want, err)
+		for err == nil && f.GetQueueEmpty() != nil {
+			f, err = c.ReadErr(5 * time.Second)
 		}
-		for f.GetQueueEmpty() != nil {
-			if f, err = c.ReadErr(5 * time.Second); err != nil {
-				t.Fatalf("waiting for pong %d: %v", want, err)
-			}
+		if err != nil {
+			t.Fatalf("waiting for pong %d: %v (closed as idle while it kept pinging?)", want, err)
 		}
 		if f.GetPong() == nil || f.Id != want {
 			t.Fatalf("want pong %d, got %v", want, f)
@@ -431,45 +478,18 @@ func TestUnreadSocketIsNotIdle(t *testing.T) {
 	if runtime.NumCPU()/4 > 1 {
 		t.Skip("needs the single nbio poller of a machine with fewer than 8 CPUs")
 	}
-	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
-		c.IdleTimeout.Duration = time.Second
-	}))
-	holder := testserver.Dial(t, s.URL())
-	holder.MustRegister("holder")
+	s, holder := idleSecondServer(t, "holder")
 	c := testserver.Dial(t, s.URL())
 	c.MustRegister("patient")
-	var armed atomic.Bool
-	held, release := make(chan struct{}), make(chan struct{})
-	var releaseOnce sync.Once
-	let := func() { releaseOnce.Do(func() { close(release) }) }
-	defer gateway.SetPollerHookForTest(func() {
-		if armed.CompareAndSwap(true, false) {
-			close(held)
-			<-release
-		}
-	})()
-	defer let() // a failed write must not leave the poller held (the server could not stop)
-	armed.Store(true)
+	g := newHoldGate()
+	defer gateway.SetPollerHookForTest(func() { g.hold() })()
+	defer g.let() // a failed write must not leave the poller held (the server could not stop)
+	g.arm()
 	holder.Write(&pb.Frame{Id: 1, Body: &pb.Frame_Ping{Ping: &pb.Ping{}}}) // its chunk holds the poller
-	<-held
-	const pings = 15
-	for i := range pings {
-		time.Sleep(200 * time.Millisecond) // the client's pace: 3 s of pings, 3 idle timeouts
-		c.Write(&pb.Frame{Id: uint64(1 + i), Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 1}}})
-	}
-	let()
-	for want := uint64(1); want <= pings; want++ {
-		f, err := c.ReadErr(5 * time.Second)
-		for err == nil && f.GetQueueEmpty() != nil {
-			f, err = c.ReadErr(5 * time.Second)
-		}
-		if err != nil {
-			t.Fatalf("waiting for pong %d: %v (closed as idle while its pings waited in the socket?)", want, err)
-		}
-		if f.GetPong() == nil || f.Id != want {
-			t.Fatalf("want pong %d, got %v", want, f)
-		}
-	}
+	<-g.held
+	pingThroughIdleTimeouts(c, 1)
+	g.let()
+	expectPongs(t, c, 1, idlePings)
 	if n := value(t, scrape(t, s.AdminURL()), "petrel_gateway_idle_unread_total"); n < 1 {
 		t.Errorf("petrel_gateway_idle_unread_total = %v, want at least 1", n)
 	}
@@ -479,20 +499,11 @@ func TestUnreadSocketIsNotIdle(t *testing.T) {
 // mass close when it comes back: deadlines are set from the clock, not from the time the sweep
 // last saw. Here the sweep is held for three idle timeouts while a client keeps pinging.
 func TestHeldSweepClosesNoTalkingClient(t *testing.T) {
-	s := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
-		c.IdleTimeout.Duration = time.Second
-	}))
-	c := testserver.Dial(t, s.URL())
-	c.MustRegister("pinger")
-	var armed atomic.Bool
-	held, release := make(chan struct{}), make(chan struct{})
+	_, c := idleSecondServer(t, "pinger")
+	g := newHoldGate()
 	ticks := make(chan struct{}, 1)
-	var releaseOnce sync.Once
-	let := func() { releaseOnce.Do(func() { close(release) }) }
 	defer gateway.SetSweepHookForTest(func() {
-		if armed.CompareAndSwap(true, false) {
-			close(held)
-			<-release
+		if g.hold() {
 			return
 		}
 		select {
@@ -500,27 +511,15 @@ func TestHeldSweepClosesNoTalkingClient(t *testing.T) {
 		default:
 		}
 	})()
-	defer let()
-	armed.Store(true)
-	<-held
-	const pings = 15
-	for i := range pings {
-		time.Sleep(200 * time.Millisecond) // the client's pace: 3 s of pings, 3 idle timeouts
-		c.Write(&pb.Frame{Id: uint64(1 + i), Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 1}}})
-	}
-	let()
+	defer g.let()
+	g.arm()
+	<-g.held
+	pingThroughIdleTimeouts(c, 1)
+	g.let()
 	// Two more sweep ticks after the held one came back: every deadline has been checked again.
 	<-ticks
 	<-ticks
-	for want := uint64(1); want <= pings; want++ {
-		f, err := c.ReadErr(5 * time.Second)
-		for err == nil && f.GetQueueEmpty() != nil {
-			f, err = c.ReadErr(5 * time.Second)
-		}
-		if err != nil || f.GetPong() == nil || f.Id != want {
-			t.Fatalf("want pong %d, got %v, %v", want, f, err)
-		}
-	}
+	expectPongs(t, c, 1, idlePings)
 	if p := c.Request(&pb.Frame{Body: &pb.Frame_Ping{Ping: &pb.Ping{ClientTimeMs: 2}}}); p.GetPong().GetClientTimeMs() != 2 {
 		t.Fatalf("the connection was closed after the sweep came back: %v", p)
 	}
