@@ -327,7 +327,7 @@ func (g *Gateway) Close() {
 // where they are set, never from a value the sweep last stored: a sweep held up (its closes detach
 // devices, which can wait on a loaded bus) would leave such a value stale, and every deadline set
 // meanwhile would fall due early, all at once when the sweep comes back: a mass close of
-// connections whose clients kept pinging, as a 200,000-connection storm showed.
+// connections whose clients kept pinging. (One clock read per frame; allow reads it too.)
 func (g *Gateway) clock() int64 { return int64(time.Since(g.clockBase)) }
 
 // sweepEvery is how often sweep runs: a connection is closed between its deadline and one period
