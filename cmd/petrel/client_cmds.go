@@ -500,7 +500,14 @@ func runRecv(ctx context.Context, e *env, args []string) int {
 			t.Stop()
 		}
 	}()
+	printEvent := func(ev client.Event) error {
+		if m, ok := ev.(*client.Message); ok {
+			return p.print(m)
+		}
+		return p.printReceipt(ev) // recv_extras.go
+	}
 	started := false
+	var synced chan error // set while the group changes of the backlog are being applied
 	backlog := time.NewTimer(*timeout)
 	defer backlog.Stop()
 	for {
@@ -514,24 +521,47 @@ func runRecv(ctx context.Context, e *env, args []string) int {
 				return fail(e, cmd, fmt.Errorf("no answer within %v: %w", *timeout, err))
 			}
 		case ev := <-msgs:
-			var err error
-			if m, ok := ev.(*client.Message); ok {
-				err = p.print(m)
-			} else {
-				err = p.printReceipt(ev) // recv_extras.go
-			}
-			if err != nil {
+			if err := printEvent(ev); err != nil {
 				return fail(e, cmd, err)
 			}
 			if started {
 				restart()
 			}
 		case <-queueEmpty:
+			if !started && synced == nil {
+				// The backlog is here; group changes in it may still wait for the group's
+				// state from the server (a group this device has not seen yet): apply them
+				// before the wait starts, so that what was pending is shown now.
+				ch := make(chan error, 1)
+				synced = ch
+				go func() {
+					sctx, scancel := context.WithTimeout(ctx, *timeout)
+					defer scancel()
+					ch <- s.c.SyncGroups(sctx)
+				}()
+			}
+		case err := <-synced:
+			synced = nil
+			if err != nil && ctx.Err() == nil {
+				fmt.Fprintf(e.stderr, "petrel %s: warning: some group changes are not applied yet (they will be next time): %s\n", cmd, describe(err))
+			}
 			if !started {
 				started = true
 				restart()
 			}
 		case <-timer:
+			// What was handed over already is shown before leaving (select picks the timer
+			// at random among ready cases).
+			for more := true; more; {
+				select {
+				case ev := <-msgs:
+					if err := printEvent(ev); err != nil {
+						return fail(e, cmd, err)
+					}
+				default:
+					more = false
+				}
+			}
 			// Let the delivery receipts (and anything else queued) reach the server.
 			fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
 			err := s.c.Flush(fctx)

@@ -16,7 +16,15 @@ import (
 // recvLines runs recv --json on home and returns each line as a generic object.
 func recvLines(t *testing.T, home string) []map[string]any {
 	t.Helper()
-	r := petrel(t, home, "", "recv", "--json", "--wait", "200ms").must(t, 0)
+	return recvLinesWait(t, home, "200ms")
+}
+
+func recvLinesWait(t *testing.T, home, wait string) []map[string]any {
+	t.Helper()
+	r := petrel(t, home, "", "recv", "--json", "--wait", wait).must(t, 0)
+	if r.stderr != "" {
+		t.Logf("recv --json stderr: %s", r.stderr)
+	}
 	var out []map[string]any
 	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
 		if line == "" {
@@ -124,7 +132,9 @@ func cliGroupFlow(t *testing.T, urls []string) {
 	if !strings.Contains(r.stdout, "added dave") {
 		t.Fatalf("add: %q", r.stdout)
 	}
-	lines = recvLines(t, dave)
+	// --wait 0: recv shows the change even though dave's device must first fetch the group,
+	// which it did not know, from the server.
+	lines = recvLinesWait(t, dave, "0s")
 	if len(lines) != 1 {
 		t.Fatalf("dave got %v", lines)
 	}
