@@ -221,6 +221,26 @@ func TestIdle(t *testing.T) {
 	}
 }
 
+// TestIdleDroppedSilence: connections the server closes as idle (here after 300 ms, long before
+// the generator's 50 s keepalive) count as dropped, each with how long the generator had not
+// written to it; none had been silent for over 100 s, so none counts as dropped_silent.
+func TestIdleDroppedSilence(t *testing.T) {
+	srv := testserver.Start(t, testserver.WithConfig(func(c *server.Config) {
+		c.IdleTimeout.Duration = 300 * time.Millisecond
+	}))
+	cfg := newConfig(t, srv, ScenarioIdle)
+	const n = 10
+	cfg.Conns, cfg.Hold, cfg.PingSample = n, 3*time.Second, -1
+	_, m := runBench(t, cfg)
+	wantEq(t, m, "connected", n)
+	wantEq(t, m, "dropped", n)
+	wantEq(t, m, "held", 0)
+	wantEq(t, m, "dropped_silent", 0)
+	if p50, most := num(t, m, "dropped_silence_p50_s"), num(t, m, "dropped_silence_max_s"); p50 < 0.3 || most > 3 || p50 > most {
+		t.Errorf("dropped_silence_p50_s = %v, dropped_silence_max_s = %v: want 0.3 s ≤ p50 ≤ max ≤ the 3 s hold", p50, most)
+	}
+}
+
 // TestIdleConnectRate: --connect-rate paces the connect phase (device j no earlier than j/rate
 // after the start), so the connects a second cannot exceed it.
 func TestIdleConnectRate(t *testing.T) {

@@ -57,6 +57,9 @@ type corkConn struct {
 	corked bool
 	buf    []byte // frames not yet written: gathered (corked) or being written
 	werr   error
+	// lastWrite is when a write to the socket last completed (Unix ns; 0: none yet): what the
+	// idle scenario reports for a connection the server closed (how long it had been silent).
+	lastWrite atomic.Int64
 }
 
 func (c *corkConn) Read(p []byte) (int, error) {
@@ -92,6 +95,8 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	if err != nil {
 		c.werr = err
+	} else {
+		c.lastWrite.Store(time.Now().UnixNano())
 	}
 	return n, err
 }
@@ -121,6 +126,9 @@ func (c *corkConn) flushLocked() error {
 		return c.werr
 	}
 	_, err := c.Conn.Write(c.buf)
+	if err == nil {
+		c.lastWrite.Store(time.Now().UnixNano())
+	}
 	c.buf = c.buf[:0]
 	if cap(c.buf) > corkMax+maxClientHeader { // one large frame: do not keep its buffer
 		c.buf = nil

@@ -35,6 +35,8 @@ type idleShard struct {
 	pings   atomic.Pointer[[]idlePing] // by sample slot
 	hold    *report                    // errors while holding
 	dropped atomic.Int64
+	silent  atomic.Int64 // dropped after more than 2×keepAliveEvery without a write from this side
+	silence *hist        // per dropped connection, the time since this side last wrote to it
 	ping    *hist
 	stopKA  chan struct{}
 	kaDone  chan struct{}
@@ -62,6 +64,13 @@ func (s *idleShard) handle(c *wsConn, f frameView) {
 		if !c.closing.Load() {
 			s.dropped.Add(1)
 			s.hold.error("dropped" + closeCause(c.err))
+			if last := c.cc.lastWrite.Load(); last != 0 {
+				d := time.Duration(time.Now().UnixNano() - last)
+				s.silence.Record(d)
+				if d > 2*keepAliveEvery {
+					s.silent.Add(1)
+				}
+			}
 		}
 	case kMalformed:
 		s.hold.error("malformed_frame")
@@ -83,6 +92,7 @@ func (s *idleShard) step(ctx context.Context, name string, at time.Time) (*repor
 	case stepConnect:
 		s.hold = newReport()
 		s.ping = newHist()
+		s.silence = newHist()
 		rep := newReport()
 		idx := make([]int, len(s.spec.Accounts))
 		for i := range idx {
@@ -121,6 +131,10 @@ func (s *idleShard) step(ctx context.Context, name string, at time.Time) (*repor
 		}
 		s.closeConns(s.conns)
 		rep.Dropped = s.dropped.Load()
+		rep.DroppedSilent = s.silent.Load()
+		if s.silence != nil && s.silence.Count() > 0 {
+			rep.Silence = s.silence
+		}
 		rep.Conns = live - rep.Dropped
 		s.conns = nil
 		return rep, nil
@@ -354,6 +368,11 @@ func (r *run) idle(ctx context.Context) error {
 	res.set("connected", conn.Conns, "connections established")
 	res.set("held", closed.Conns, "connections still open at the end of the hold")
 	res.set("dropped", closed.Dropped, "held connections the server closed")
+	res.set("dropped_silent", closed.DroppedSilent, "of those, ones this side had not written to for over 100 s (its keepalive fell behind)")
+	if h := closed.Silence; h != nil && h.Count() > 0 {
+		res.set("dropped_silence_p50_s", h.Quantile(0.50).Seconds(), "time since this side's last write, per dropped connection")
+		res.set("dropped_silence_max_s", h.Max().Seconds(), "")
+	}
 	res.set("hold_s", cfg.Hold.Seconds(), "")
 	res.set("connects_per_s", perSecond(conn.Conns, conn.elapsed()), "connections established per second")
 	res.set("connect_p50_ms", ms(conn.Connect.Quantile(0.50)), "dial + auth")

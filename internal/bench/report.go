@@ -21,6 +21,9 @@ type report struct {
 	Conns      int64 `json:"conns,omitempty"`       // connections established (or held)
 	ConnFailed int64 `json:"conn_failed,omitempty"` // connections given up after retries
 	Dropped    int64 `json:"dropped,omitempty"`     // held connections that the server closed
+	// DroppedSilent counts the dropped connections this side had written nothing to for longer
+	// than twice the keepalive interval (the keepalive fell behind, not the server).
+	DroppedSilent int64 `json:"dropped_silent,omitempty"`
 
 	Sent              int64 `json:"sent,omitempty"`
 	Acked             int64 `json:"acked,omitempty"`
@@ -43,6 +46,7 @@ type report struct {
 	Latency *hist `json:"latency,omitempty"` // end-to-end message latency
 	Ack     *hist `json:"ack,omitempty"`     // Send → SendResult
 	Lag     *hist `json:"lag,omitempty"`     // open loop: actual - scheduled send time
+	Silence *hist `json:"silence,omitempty"` // idle: how long a dropped connection had had no write from this side
 
 	SourceIPs []string `json:"source_ips,omitempty"`
 
@@ -108,6 +112,7 @@ func (r *report) merge(o *report) {
 	r.Conns += o.Conns
 	r.ConnFailed += o.ConnFailed
 	r.Dropped += o.Dropped
+	r.DroppedSilent += o.DroppedSilent
 	r.Sent += o.Sent
 	r.Acked += o.Acked
 	r.AckedInWindow += o.AckedInWindow
@@ -125,6 +130,7 @@ func (r *report) merge(o *report) {
 	mergeHist(&r.Latency, o.Latency)
 	mergeHist(&r.Ack, o.Ack)
 	mergeHist(&r.Lag, o.Lag)
+	mergeHist(&r.Silence, o.Silence)
 	for _, ip := range o.SourceIPs {
 		if !slices.Contains(r.SourceIPs, ip) {
 			r.SourceIPs = append(r.SourceIPs, ip)
