@@ -239,6 +239,17 @@ func TestIdleDroppedSilence(t *testing.T) {
 	if p50, most := num(t, m, "dropped_silence_p50_s"), num(t, m, "dropped_silence_max_s"); p50 < 0.3 || most > 3 || p50 > most {
 		t.Errorf("dropped_silence_p50_s = %v, dropped_silence_max_s = %v: want 0.3 s ≤ p50 ≤ max ≤ the 3 s hold", p50, most)
 	}
+	if first := num(t, m, "drop_at_first_s"); first < 0.3 {
+		t.Errorf("drop_at_first_s = %v, want at least the 300 ms idle timeout", first)
+	}
+	by, _ := m["dropped_by_source"].(map[string]any)
+	var sum float64
+	for _, v := range by {
+		sum += v.(float64)
+	}
+	if sum != n {
+		t.Errorf("dropped_by_source = %v, want %d in all", m["dropped_by_source"], n)
+	}
 }
 
 // TestIdleConnectRate: --connect-rate paces the connect phase (device j no earlier than j/rate

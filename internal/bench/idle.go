@@ -6,6 +6,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,7 @@ type idleShard struct {
 	dropped atomic.Int64
 	silent  atomic.Int64 // dropped after more than 2×keepAliveEvery without a write from this side
 	silence *hist        // per dropped connection, the time since this side last wrote to it
+	diag    *keepaliveDiag
 	ping    *hist
 	stopKA  chan struct{}
 	kaDone  chan struct{}
@@ -64,11 +66,15 @@ func (s *idleShard) handle(c *wsConn, f frameView) {
 		if !c.closing.Load() {
 			s.dropped.Add(1)
 			s.hold.error("dropped" + closeCause(c.err))
+			now := time.Now().UnixNano()
+			s.diag.dropAt.Record(time.Duration(now - s.diag.start))
+			s.diag.dropped(c.local)
 			if last := c.cc.lastWrite.Load(); last != 0 {
-				d := time.Duration(time.Now().UnixNano() - last)
+				d := time.Duration(now - last)
 				s.silence.Record(d)
 				if d > 2*keepAliveEvery {
 					s.silent.Add(1)
+					s.diag.silentSince.Record(time.Duration(last - s.diag.start))
 				}
 			}
 		}
@@ -93,6 +99,7 @@ func (s *idleShard) step(ctx context.Context, name string, at time.Time) (*repor
 		s.hold = newReport()
 		s.ping = newHist()
 		s.silence = newHist()
+		s.diag = newKeepaliveDiag()
 		rep := newReport()
 		idx := make([]int, len(s.spec.Accounts))
 		for i := range idx {
@@ -103,6 +110,7 @@ func (s *idleShard) step(ctx context.Context, name string, at time.Time) (*repor
 		// server's idle timeout before the keepalive below starts: ping them meanwhile.
 		early := &earlyPings{}
 		stopEarly, earlyDone := make(chan struct{}), make(chan struct{})
+		early.diag = s.diag
 		go early.run(stopEarly, earlyDone)
 		s.conns = s.connectAll(ctx, idx, rep, s.handle, func(_ int, c *wsConn) { early.add(c) })
 		close(stopEarly)
@@ -132,6 +140,7 @@ func (s *idleShard) step(ctx context.Context, name string, at time.Time) (*repor
 		s.closeConns(s.conns)
 		rep.Dropped = s.dropped.Load()
 		rep.DroppedSilent = s.silent.Load()
+		s.diag.report(rep)
 		if s.silence != nil && s.silence.Count() > 0 {
 			rep.Silence = s.silence
 		}
@@ -231,12 +240,15 @@ func (s *idleShard) keepAlive() {
 	t := time.NewTicker(keepAliveTick)
 	defer t.Stop()
 	start := time.Now()
+	last := start
 	for sent := int64(0); ; {
-		due := int64(time.Since(start))*int64(n)/int64(keepAliveEvery) + 1
+		now := time.Now()
+		s.diag.pingerGap.Record(now.Sub(last))
+		last = now
+		due := int64(now.Sub(start))*int64(n)/int64(keepAliveEvery) + 1
 		for ; sent < due; sent++ {
 			if c := s.conns[sent%int64(n)]; c != nil {
-				var buf [32]byte
-				_ = c.write(appendPing(buf[:0], c.nextID.Add(1), time.Now().UnixMilli()))
+				s.diag.ping(c)
 			}
 		}
 		select {
@@ -245,6 +257,49 @@ func (s *idleShard) keepAlive() {
 		case <-t.C:
 		}
 	}
+}
+
+// keepaliveDiag records where a shard's keepalive pings went (see report.DropAt and after).
+type keepaliveDiag struct {
+	start                                     int64 // Unix ns the connect step began
+	dropAt, silentSince, pingWrite, pingerGap *hist
+	mu                                        sync.Mutex
+	bySource                                  map[string]int64
+}
+
+func newKeepaliveDiag() *keepaliveDiag {
+	return &keepaliveDiag{start: time.Now().UnixNano(), dropAt: newHist(), silentSince: newHist(),
+		pingWrite: newHist(), pingerGap: newHist(), bySource: map[string]int64{}}
+}
+
+// ping sends a keepalive ping on c, timing the write.
+func (d *keepaliveDiag) ping(c *wsConn) {
+	var buf [32]byte
+	t := time.Now()
+	_ = c.write(appendPing(buf[:0], c.nextID.Add(1), t.UnixMilli()))
+	d.pingWrite.Record(time.Since(t))
+}
+
+func (d *keepaliveDiag) dropped(source string) {
+	d.mu.Lock()
+	d.bySource[source]++
+	d.mu.Unlock()
+}
+
+func (d *keepaliveDiag) report(rep *report) {
+	for _, p := range []struct {
+		dst **hist
+		h   *hist
+	}{{&rep.DropAt, d.dropAt}, {&rep.SilentSince, d.silentSince}, {&rep.PingWrite, d.pingWrite}, {&rep.PingerGap, d.pingerGap}} {
+		if p.h != nil && p.h.Count() > 0 {
+			*p.dst = p.h
+		}
+	}
+	d.mu.Lock()
+	if len(d.bySource) > 0 {
+		rep.DroppedBySource = maps.Clone(d.bySource)
+	}
+	d.mu.Unlock()
 }
 
 // keepAliveTick is how often keepAlive sends the pings that came due.
@@ -256,6 +311,7 @@ type earlyPings struct {
 	mu    sync.Mutex
 	conns []*wsConn
 	last  []time.Time
+	diag  *keepaliveDiag
 }
 
 func (e *earlyPings) add(c *wsConn) {
@@ -269,6 +325,7 @@ func (e *earlyPings) run(stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	last := time.Now()
 	for {
 		select {
 		case <-stop:
@@ -276,11 +333,12 @@ func (e *earlyPings) run(stop <-chan struct{}, done chan<- struct{}) {
 		case <-t.C:
 		}
 		now := time.Now()
+		e.diag.pingerGap.Record(now.Sub(last))
+		last = now
 		e.mu.Lock()
 		for i, c := range e.conns {
 			if now.Sub(e.last[i]) >= keepAliveEvery {
-				var buf [32]byte
-				_ = c.write(appendPing(buf[:0], c.nextID.Add(1), now.UnixMilli()))
+				e.diag.ping(c)
 				e.last[i] = now
 			}
 		}
@@ -372,6 +430,26 @@ func (r *run) idle(ctx context.Context) error {
 	if h := closed.Silence; h != nil && h.Count() > 0 {
 		res.set("dropped_silence_p50_s", h.Quantile(0.50).Seconds(), "time since this side's last write, per dropped connection")
 		res.set("dropped_silence_max_s", h.Max().Seconds(), "")
+	}
+	// Where the keepalive's pings went (times since the connect step began).
+	if h := closed.DropAt; h != nil && h.Count() > 0 {
+		res.set("drop_at_first_s", h.Quantile(0).Seconds(), "when the first drop was seen")
+		res.set("drop_at_p50_s", h.Quantile(0.50).Seconds(), "")
+	}
+	if h := closed.SilentSince; h != nil && h.Count() > 0 {
+		res.set("silent_since_p01_s", h.Quantile(0.01).Seconds(), "when this side last wrote to the connections dropped silent")
+		res.set("silent_since_p50_s", h.Quantile(0.50).Seconds(), "")
+		res.set("silent_since_p99_s", h.Quantile(0.99).Seconds(), "")
+	}
+	if h := closed.PingWrite; h != nil && h.Count() > 0 {
+		res.set("ping_write_p999_ms", ms(h.Quantile(0.999)), "one keepalive ping's write")
+		res.set("ping_write_max_ms", ms(h.Max()), "")
+	}
+	if h := closed.PingerGap; h != nil && h.Count() > 0 {
+		res.set("pinger_gap_max_s", h.Max().Seconds(), "the longest gap between two passes of a shard's keepalive")
+	}
+	if len(closed.DroppedBySource) > 0 {
+		res.set("dropped_by_source", closed.DroppedBySource, "dropped connections by source address (one per worker)")
 	}
 	res.set("hold_s", cfg.Hold.Seconds(), "")
 	res.set("connects_per_s", perSecond(conn.Conns, conn.elapsed()), "connections established per second")

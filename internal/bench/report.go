@@ -47,6 +47,15 @@ type report struct {
 	Ack     *hist `json:"ack,omitempty"`     // Send → SendResult
 	Lag     *hist `json:"lag,omitempty"`     // open loop: actual - scheduled send time
 	Silence *hist `json:"silence,omitempty"` // idle: how long a dropped connection had had no write from this side
+	// Idle's keepalive, to tell where a connection's pings went: when each drop was seen and when
+	// this side had last written to a connection dropped silent (both since the connect step
+	// began), how long each keepalive write took, and the gaps between the pingers' passes.
+	DropAt      *hist `json:"drop_at,omitempty"`
+	SilentSince *hist `json:"silent_since,omitempty"`
+	PingWrite   *hist `json:"ping_write,omitempty"`
+	PingerGap   *hist `json:"pinger_gap,omitempty"`
+	// DroppedBySource counts idle's dropped connections by source address (one per worker).
+	DroppedBySource map[string]int64 `json:"dropped_by_source,omitempty"`
 
 	SourceIPs []string `json:"source_ips,omitempty"`
 
@@ -131,6 +140,16 @@ func (r *report) merge(o *report) {
 	mergeHist(&r.Ack, o.Ack)
 	mergeHist(&r.Lag, o.Lag)
 	mergeHist(&r.Silence, o.Silence)
+	mergeHist(&r.DropAt, o.DropAt)
+	mergeHist(&r.SilentSince, o.SilentSince)
+	mergeHist(&r.PingWrite, o.PingWrite)
+	mergeHist(&r.PingerGap, o.PingerGap)
+	for k, v := range o.DroppedBySource {
+		if r.DroppedBySource == nil {
+			r.DroppedBySource = map[string]int64{}
+		}
+		r.DroppedBySource[k] += v
+	}
 	for _, ip := range o.SourceIPs {
 		if !slices.Contains(r.SourceIPs, ip) {
 			r.SourceIPs = append(r.SourceIPs, ip)
