@@ -265,6 +265,7 @@ type keepaliveDiag struct {
 	dropAt, silentSince, pingWrite, pingerGap *hist
 	mu                                        sync.Mutex
 	bySource                                  map[string]int64
+	writeErrors                               atomic.Int64
 }
 
 func newKeepaliveDiag() *keepaliveDiag {
@@ -272,13 +273,24 @@ func newKeepaliveDiag() *keepaliveDiag {
 		pingWrite: newHist(), pingerGap: newHist(), bySource: map[string]int64{}}
 }
 
-// ping sends a keepalive ping on c, timing the write.
+// ping sends a keepalive ping on c, timing the write. The write has a deadline: one socket that
+// takes no more bytes (its server not reading it) must not stall the pings of every other
+// connection of the shard, which are sent one after another (a client pings each connection on
+// its own). A write past it leaves that connection unusable (counted as keepalive_write).
 func (d *keepaliveDiag) ping(c *wsConn) {
 	var buf [32]byte
 	t := time.Now()
-	_ = c.write(appendPing(buf[:0], c.nextID.Add(1), t.UnixMilli()))
+	_ = c.cc.SetWriteDeadline(t.Add(pingWriteTimeout))
+	err := c.write(appendPing(buf[:0], c.nextID.Add(1), t.UnixMilli()))
+	_ = c.cc.SetWriteDeadline(time.Time{})
 	d.pingWrite.Record(time.Since(t))
+	if err != nil {
+		d.writeErrors.Add(1)
+	}
 }
+
+// pingWriteTimeout bounds one keepalive ping's write.
+const pingWriteTimeout = 2 * time.Second
 
 func (d *keepaliveDiag) dropped(source string) {
 	d.mu.Lock()
@@ -294,6 +306,11 @@ func (d *keepaliveDiag) report(rep *report) {
 		if p.h != nil && p.h.Count() > 0 {
 			*p.dst = p.h
 		}
+	}
+	if n := d.writeErrors.Load(); n > 0 {
+		rep.mu.Lock()
+		rep.Errors["keepalive_write"] += n
+		rep.mu.Unlock()
 	}
 	d.mu.Lock()
 	if len(d.bySource) > 0 {
