@@ -121,6 +121,13 @@ func (c *corkConn) writeFrame(op byte, payload []byte, flush bool) error {
 	return c.flushLocked()
 }
 
+// writeFailed reports whether a write on this connection has failed: nothing more can be sent.
+func (c *corkConn) writeFailed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.werr != nil
+}
+
 func (c *corkConn) flushLocked() error {
 	if c.werr != nil || len(c.buf) == 0 {
 		return c.werr

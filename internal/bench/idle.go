@@ -5,8 +5,10 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,9 +38,7 @@ type idleShard struct {
 	pings   atomic.Pointer[[]idlePing] // by sample slot
 	hold    *report                    // errors while holding
 	dropped atomic.Int64
-	silent  atomic.Int64 // dropped after more than 2×keepAliveEvery without a write from this side
-	silence *hist        // per dropped connection, the time since this side last wrote to it
-	diag    *keepaliveDiag
+	diag    *keepaliveDiag // where the keepalive's pings went, and each drop
 	ping    *hist
 	stopKA  chan struct{}
 	kaDone  chan struct{}
@@ -66,17 +66,7 @@ func (s *idleShard) handle(c *wsConn, f frameView) {
 		if !c.closing.Load() {
 			s.dropped.Add(1)
 			s.hold.error("dropped" + closeCause(c.err))
-			now := time.Now().UnixNano()
-			s.diag.dropAt.Record(time.Duration(now - s.diag.start))
-			s.diag.dropped(c.local)
-			if last := c.cc.lastWrite.Load(); last != 0 {
-				d := time.Duration(now - last)
-				s.silence.Record(d)
-				if d > 2*keepAliveEvery {
-					s.silent.Add(1)
-					s.diag.silentSince.Record(time.Duration(last - s.diag.start))
-				}
-			}
+			s.diag.dropped(c)
 		}
 	case kMalformed:
 		s.hold.error("malformed_frame")
@@ -98,7 +88,6 @@ func (s *idleShard) step(ctx context.Context, name string, at time.Time) (*repor
 	case stepConnect:
 		s.hold = newReport()
 		s.ping = newHist()
-		s.silence = newHist()
 		s.diag = newKeepaliveDiag()
 		rep := newReport()
 		idx := make([]int, len(s.spec.Accounts))
@@ -139,11 +128,7 @@ func (s *idleShard) step(ctx context.Context, name string, at time.Time) (*repor
 		}
 		s.closeConns(s.conns)
 		rep.Dropped = s.dropped.Load()
-		rep.DroppedSilent = s.silent.Load()
 		s.diag.report(rep)
-		if s.silence != nil && s.silence.Count() > 0 {
-			rep.Silence = s.silence
-		}
 		rep.Conns = live - rep.Dropped
 		s.conns = nil
 		return rep, nil
@@ -259,55 +244,73 @@ func (s *idleShard) keepAlive() {
 	}
 }
 
-// keepaliveDiag records where a shard's keepalive pings went (see report.DropAt and after).
+// keepaliveDiag records where a shard's keepalive pings went and, for each connection the server
+// closed, how long this side had not written to it (see report.Silence and after).
 type keepaliveDiag struct {
-	start                                     int64 // Unix ns the connect step began
-	dropAt, silentSince, pingWrite, pingerGap *hist
-	mu                                        sync.Mutex
-	bySource                                  map[string]int64
-	writeErrors                               atomic.Int64
+	start                                              int64 // Unix ns the connect step began
+	silence, dropAt, silentSince, pingWrite, pingerGap *hist
+	silent                                             atomic.Int64 // drops after more than 2×keepAliveEvery without a write
+	missed                                             atomic.Int64 // ping writes past pingWriteTimeout
+	mu                                                 sync.Mutex
+	bySource                                           map[string]int64
 }
 
 func newKeepaliveDiag() *keepaliveDiag {
-	return &keepaliveDiag{start: time.Now().UnixNano(), dropAt: newHist(), silentSince: newHist(),
+	return &keepaliveDiag{start: time.Now().UnixNano(), silence: newHist(), dropAt: newHist(), silentSince: newHist(),
 		pingWrite: newHist(), pingerGap: newHist(), bySource: map[string]int64{}}
+}
+
+// dropped records a connection the server closed.
+func (d *keepaliveDiag) dropped(c *wsConn) {
+	now := time.Now().UnixNano()
+	d.dropAt.Record(time.Duration(now - d.start))
+	if last := c.cc.lastWrite.Load(); last != 0 {
+		quiet := time.Duration(now - last)
+		d.silence.Record(quiet)
+		if quiet > 2*keepAliveEvery {
+			d.silent.Add(1)
+			d.silentSince.Record(time.Duration(last - d.start))
+		}
+	}
+	d.mu.Lock()
+	d.bySource[c.local]++
+	d.mu.Unlock()
 }
 
 // ping sends a keepalive ping on c, timing the write. The write has a deadline: one socket that
 // takes no more bytes (its server not reading it) must not stall the pings of every other
 // connection of the shard, which are sent one after another (a client pings each connection on
-// its own). A write past it leaves that connection unusable (counted as keepalive_write).
+// its own). A write past it leaves that connection unusable (counted as keepalive_write); a
+// connection whose writes failed before (that, or the server closed it) is not pinged again.
 func (d *keepaliveDiag) ping(c *wsConn) {
+	if c.cc.writeFailed() {
+		return
+	}
 	var buf [32]byte
 	t := time.Now()
 	_ = c.cc.SetWriteDeadline(t.Add(pingWriteTimeout))
 	err := c.write(appendPing(buf[:0], c.nextID.Add(1), t.UnixMilli()))
 	_ = c.cc.SetWriteDeadline(time.Time{})
 	d.pingWrite.Record(time.Since(t))
-	if err != nil {
-		d.writeErrors.Add(1)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		d.missed.Add(1)
 	}
 }
 
 // pingWriteTimeout bounds one keepalive ping's write.
 const pingWriteTimeout = 2 * time.Second
 
-func (d *keepaliveDiag) dropped(source string) {
-	d.mu.Lock()
-	d.bySource[source]++
-	d.mu.Unlock()
-}
-
 func (d *keepaliveDiag) report(rep *report) {
+	rep.DroppedSilent = d.silent.Load()
 	for _, p := range []struct {
 		dst **hist
 		h   *hist
-	}{{&rep.DropAt, d.dropAt}, {&rep.SilentSince, d.silentSince}, {&rep.PingWrite, d.pingWrite}, {&rep.PingerGap, d.pingerGap}} {
+	}{{&rep.Silence, d.silence}, {&rep.DropAt, d.dropAt}, {&rep.SilentSince, d.silentSince}, {&rep.PingWrite, d.pingWrite}, {&rep.PingerGap, d.pingerGap}} {
 		if p.h != nil && p.h.Count() > 0 {
 			*p.dst = p.h
 		}
 	}
-	if n := d.writeErrors.Load(); n > 0 {
+	if n := d.missed.Load(); n > 0 {
 		rep.mu.Lock()
 		rep.Errors["keepalive_write"] += n
 		rep.mu.Unlock()
