@@ -30,7 +30,11 @@
 //   - heartbeats (bus.PresenceHeartbeat): "NODE" every HeartbeatInterval, "NODE hello" at start
 //     (the others answer with their heartbeat at once), "NODE bye" when it stops. A node not
 //     heard for 3 intervals is gone: the accounts it had online go offline, last seen at its
-//     last heartbeat.
+//     last heartbeat. The intervals are counted up to the last time this node heard its own
+//     heartbeat come back, not up to now: a node whose own deliveries stall (a loaded machine,
+//     a NATS reconnect) cannot tell who else went quiet, and declares nobody gone. A node
+//     declared gone that is heard again without a "hello" (it never stopped: its heartbeats were
+//     late) is asked again about every watched account, so what it holds online shows again.
 //   - settings (bus.PresenceSettingsChanged): "ACCOUNT" after its settings changed; nodes that
 //     watch it read them again and tell subscribers who can no longer (or can now) see it.
 //
@@ -210,6 +214,7 @@ type Service struct {
 	replyPrefix string
 	seq         atomic.Uint64
 	kick        chan struct{}
+	resync      chan struct{} // a node declared gone was heard again
 	stop        chan struct{}
 	wg          sync.WaitGroup
 	subs        []*nats.Subscription
@@ -222,9 +227,11 @@ type Service struct {
 	mu       sync.Mutex // guards the fields below; never held while calling out
 	local    map[string]int32
 	lastSeen map[string]int64
-	seenFIFO []seenEntry // eviction order of lastSeen (entries whose time changed since are stale)
-	pending  []byte      // transitions not yet published
-	nodes    map[string]int64
+	seenFIFO []seenEntry      // eviction order of lastSeen (entries whose time changed since are stale)
+	pending  []byte           // transitions not yet published
+	nodes    map[string]int64 // other nodes → when last heard (ms)
+	gone     map[string]int64 // nodes declared gone for silence → when (ms); pruned
+	selfSeen int64            // when this node last heard its own heartbeat (ms; 0: not yet)
 	watched  map[string]*watch
 	watchers map[Watcher]*subscription
 }
@@ -236,11 +243,13 @@ func New(nc *nats.Conn, kv jetstream.KeyValue, accounts Accounts, cfg Config) *S
 		nc: nc, kv: kv, accounts: accounts, cfg: cfg, log: cfg.Logger,
 		replyPrefix: "_PRESQ." + nuid.Next() + ".",
 		kick:        make(chan struct{}, 1),
+		resync:      make(chan struct{}, 1),
 		stop:        make(chan struct{}),
 		queries:     map[uint64]chan *nats.Msg{},
 		local:       map[string]int32{},
 		lastSeen:    map[string]int64{},
 		nodes:       map[string]int64{},
+		gone:        map[string]int64{},
 		watched:     map[string]*watch{},
 		watchers:    map[Watcher]*subscription{},
 	}
@@ -270,9 +279,10 @@ func (s *Service) Start() error {
 		s.subs = append(s.subs, sub)
 	}
 	s.heartbeat("hello")
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.runHeartbeats() }()
 	go func() { defer s.wg.Done(); s.runPublisher() }()
+	go func() { defer s.wg.Done(); s.runResync() }()
 	return nil
 }
 
@@ -554,10 +564,16 @@ func (s *Service) heartbeat(kind string) {
 
 func (s *Service) onHeartbeat(msg *nats.Msg) {
 	node, kind, _ := strings.Cut(string(msg.Data), " ")
-	if node == "" || node == s.cfg.Node {
+	if node == "" {
 		return
 	}
 	now := s.cfg.Now().UnixMilli()
+	if node == s.cfg.Node {
+		s.mu.Lock()
+		s.selfSeen = now
+		s.mu.Unlock()
+		return
+	}
 	switch kind {
 	case "bye":
 		s.deliver(s.nodeGone(node, now))
@@ -566,11 +582,46 @@ func (s *Service) onHeartbeat(msg *nats.Msg) {
 		s.heartbeat("")
 	}
 	s.mu.Lock()
+	_, wasGone := s.gone[node]
+	delete(s.gone, node)
 	s.nodes[node] = now
 	s.mu.Unlock()
+	if wasGone && kind != "hello" { // late, not restarted: what it holds online was forgotten
+		s.metrics.returned.Inc()
+		s.log.Info("presence: node heard again after it was declared gone", "node", node)
+		select {
+		case s.resync <- struct{}{}:
+		default:
+		}
+	}
 }
 
-// runHeartbeats publishes heartbeats and forgets nodes not heard for 3 intervals.
+// runResync asks every node again about every watched account each time a node declared gone
+// was heard again (queries of pb.MaxPresenceAccounts accounts, one at a time).
+func (s *Service) runResync() {
+	for {
+		select {
+		case <-s.resync:
+		case <-s.stop:
+			return
+		}
+		s.mu.Lock()
+		accounts := make([]string, 0, len(s.watched))
+		for a := range s.watched {
+			accounts = append(accounts, a)
+		}
+		expect := len(s.nodes) + 1
+		s.mu.Unlock()
+		for len(accounts) > 0 {
+			n := min(len(accounts), pb.MaxPresenceAccounts)
+			s.deliver(s.query(context.Background(), accounts[:n], expect))
+			accounts = accounts[n:]
+		}
+	}
+}
+
+// runHeartbeats publishes heartbeats and forgets nodes not heard for 3 intervals before this
+// node last heard its own.
 func (s *Service) runHeartbeats() {
 	t := time.NewTicker(s.cfg.HeartbeatInterval)
 	defer t.Stop()
@@ -581,28 +632,51 @@ func (s *Service) runHeartbeats() {
 			return
 		}
 		s.heartbeat("")
-		limit := s.cfg.Now().Add(-3 * s.cfg.HeartbeatInterval).UnixMilli()
-		var gone []string
-		var at []int64
+		var out []push
 		s.mu.Lock()
-		for n, seen := range s.nodes {
-			if seen < limit {
-				gone, at = append(gone, n), append(at, seen)
+		gone, at := s.silentLocked()
+		for i, n := range gone {
+			s.gone[n] = s.selfSeen
+			out = s.nodeGoneLocked(n, at[i], out)
+		}
+		forget := s.selfSeen - 100*s.cfg.HeartbeatInterval.Milliseconds()
+		for n, when := range s.gone {
+			if when < forget {
+				delete(s.gone, n)
 			}
 		}
 		s.mu.Unlock()
-		for i, n := range gone {
+		for _, n := range gone {
 			s.log.Info("presence: node gone (no heartbeat)", "node", n)
-			s.deliver(s.nodeGone(n, at[i]))
+		}
+		s.deliver(out)
+	}
+}
+
+// silentLocked returns the other nodes not heard for 3 intervals before this node last heard its
+// own heartbeat, and when each was last heard.
+func (s *Service) silentLocked() (nodes []string, at []int64) {
+	if s.selfSeen == 0 {
+		return nil, nil
+	}
+	limit := s.selfSeen - 3*s.cfg.HeartbeatInterval.Milliseconds()
+	for n, seen := range s.nodes {
+		if seen < limit {
+			nodes, at = append(nodes, n), append(at, seen)
 		}
 	}
+	return nodes, at
 }
 
 // nodeGone forgets a node: the watched accounts it had online go offline, last seen at.
 func (s *Service) nodeGone(node string, at int64) []push {
-	var out []push
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.nodeGoneLocked(node, at, nil)
+}
+
+// nodeGoneLocked is nodeGone with s.mu held; it appends the pushes to out.
+func (s *Service) nodeGoneLocked(node string, at int64, out []push) []push {
 	delete(s.nodes, node)
 	for _, w := range s.watched {
 		ns, ok := w.nodes[node]
@@ -898,6 +972,7 @@ type metrics struct {
 	transitions   prometheus.Counter
 	pushes        prometheus.Counter
 	queryTimeouts prometheus.Counter
+	returned      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, s *Service) *metrics {
@@ -905,6 +980,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) *metrics {
 		transitions:   prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_presence_transitions_total", Help: "Accounts that went online (first device) or offline (last device) on this node."}),
 		pushes:        prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_presence_pushes_total", Help: "PresenceChanged pushes handed to connections (a loaded connection may still drop one)."}),
 		queryTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_presence_query_timeouts_total", Help: "Presence queries that did not hear from every known node within the query timeout."}),
+		returned:      prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_presence_nodes_returned_total", Help: "Nodes declared gone for missed heartbeats that were heard again without having restarted (their accounts were asked about again)."}),
 	}
 	if reg != nil {
 		gauge := func(name, help string, f func() int) prometheus.Collector {
@@ -914,7 +990,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) *metrics {
 				return float64(f())
 			})
 		}
-		reg.MustRegister(m.transitions, m.pushes, m.queryTimeouts,
+		reg.MustRegister(m.transitions, m.pushes, m.queryTimeouts, m.returned,
 			gauge("petrel_presence_online_accounts", "Accounts with at least one device connected to this node.", func() int { return len(s.local) }),
 			gauge("petrel_presence_watched_accounts", "Accounts this node's connections subscribed to.", func() int { return len(s.watched) }),
 			gauge("petrel_presence_last_seen_entries", "Last-seen times this node keeps (presence.max_last_seen bounds them).", func() int { return len(s.lastSeen) }),

@@ -9,10 +9,15 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/petrelchat/petrel/internal/bus"
+	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
 
 func openService(t testing.TB, cfg Config) *Service {
@@ -23,7 +28,13 @@ func openService(t testing.TB, cfg Config) *Service {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
-	cfg.Logger = quiet
+	return startService(t, b, cfg)
+}
+
+// startService starts a service on b (several may share one bus: each is a node).
+func startService(t testing.TB, b *bus.Bus, cfg Config) *Service {
+	t.Helper()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	if cfg.Node == "" {
 		cfg.Node = "n1"
 	}
@@ -33,6 +44,122 @@ func openService(t testing.TB, cfg Config) *Service {
 	}
 	t.Cleanup(s.Close)
 	return s
+}
+
+// recorder is a Watcher that hands its pushes to a channel.
+type recorder chan *pb.Presence
+
+func (r recorder) PresenceChanged(p *pb.Presence) { r <- p }
+
+// watchFor makes s watch account for a ready subscriber with the default settings (EVERYONE).
+func watchFor(s *Service, account string, w Watcher) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sub := &subscription{w: w, asker: "bob", accounts: []string{account}, ready: true}
+	wt := &watch{account: account, nodes: map[string]nodeState{}, subs: map[*subscription]struct{}{sub: {}}}
+	wt.setSettings(nil)
+	s.watched[account] = wt
+	s.watchers[w] = sub
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	_ = c.Write(&m)
+	return m.GetCounter().GetValue()
+}
+
+func nextState(t *testing.T, r recorder) pb.PresenceState {
+	t.Helper()
+	select {
+	case p := <-r:
+		return p.GetState()
+	case <-time.After(10 * time.Second):
+		t.Fatal("no presence push within 10 s")
+		return 0
+	}
+}
+
+// A node declares another gone only for silence it could have heard: the 3 intervals are
+// counted up to when it last heard its own heartbeat, so a node whose own deliveries stall
+// declares nobody gone.
+func TestOwnStallDeclaresNobodyGone(t *testing.T) {
+	s := openService(t, Config{HeartbeatInterval: time.Second})
+	s.mu.Lock() // held throughout: the heartbeat loop waits
+	defer s.mu.Unlock()
+	s.nodes = map[string]int64{"n2": 10_000, "n3": 1_000}
+	s.selfSeen = 0
+	if n, _ := s.silentLocked(); len(n) != 0 {
+		t.Fatalf("gone before this node heard itself: %v", n)
+	}
+	// This node's own heartbeats stalled as long as n2's (the clock is far past both): n2's
+	// silence is not known; n3 was silent for 9 s while this node heard itself.
+	s.selfSeen = 10_500
+	if n, _ := s.silentLocked(); !slices.Equal(n, []string{"n3"}) {
+		t.Fatalf("gone while this node's own heartbeats stalled: %v, want only n3", n)
+	}
+	s.selfSeen = 13_500 // heard itself 3.5 intervals after n2's last: n2 is gone, n3 was already
+	n, at := s.silentLocked()
+	slices.Sort(n)
+	if !slices.Equal(n, []string{"n2", "n3"}) || len(at) != 2 {
+		t.Fatalf("gone: %v %v, want n2 and n3", n, at)
+	}
+}
+
+// A node declared gone for late heartbeats is asked again when heard again: the account it
+// holds online shows online again instead of staying offline until its next transition.
+func TestNodeHeardAgainIsAskedAgain(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := bus.Open(context.Background(), bus.Config{DataDir: t.TempDir(), InboxShards: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	s1 := startService(t, b, Config{Node: "n1", HeartbeatInterval: time.Hour})
+	s2 := startService(t, b, Config{Node: "n2", HeartbeatInterval: time.Hour})
+	r := make(recorder, 16)
+	watchFor(s1, "alice", r)
+	s2.Connected("alice")
+	if st := nextState(t, r); st != pb.PresenceState_PRESENCE_STATE_ONLINE {
+		t.Fatalf("alice connected to n2: %v", st)
+	}
+	// n1 declares n2 gone, as its heartbeat loop does after 3 silent intervals.
+	s1.mu.Lock()
+	s1.gone["n2"] = time.Now().UnixMilli()
+	out := s1.nodeGoneLocked("n2", time.Now().UnixMilli(), nil)
+	s1.mu.Unlock()
+	s1.deliver(out)
+	if st := nextState(t, r); st != pb.PresenceState_PRESENCE_STATE_OFFLINE {
+		t.Fatalf("n2 declared gone: %v", st)
+	}
+	s2.heartbeat("") // n2 was only late
+	if st := nextState(t, r); st != pb.PresenceState_PRESENCE_STATE_ONLINE {
+		t.Fatalf("n2 heard again: %v", st)
+	}
+	if got := counterValue(s1.metrics.returned); got != 1 {
+		t.Fatalf("petrel_presence_nodes_returned_total %v, want 1", got)
+	}
+	// A restarted node ("hello") is not asked again: it holds nothing it has not announced.
+	s1.mu.Lock()
+	s1.gone["n2"] = time.Now().UnixMilli()
+	s1.mu.Unlock()
+	s2.heartbeat("hello")
+	s2.heartbeat("") // after the hello: n2 is known again, not returned
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s1.mu.Lock()
+		_, gone := s1.gone["n2"]
+		s1.mu.Unlock()
+		if !gone {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("n2's hello was not heard")
+		}
+		runtime.Gosched()
+	}
+	if got := counterValue(s1.metrics.returned); got != 1 {
+		t.Fatalf("petrel_presence_nodes_returned_total %v after a hello, want 1", got)
+	}
 }
 
 // Memory per online account on a node (one device each: the worst case per device) stays small:

@@ -29,7 +29,10 @@ func nextPresence(t *testing.T, c *testserver.RawClient, account string) *pb.Pre
 // setting made on one node hides her on the others.
 func TestPresenceAcrossNodes(t *testing.T) {
 	c := testcluster.Start(t, nodes, testcluster.Options{Config: func(_ int, cfg *server.Config) {
-		cfg.PresenceHeartbeat.Duration = 200 * time.Millisecond
+		// Gone after 1.5 s of silence: short for the kill below, long enough that a node held up
+		// under -race on a loaded machine is not declared gone (that would show alice offline
+		// until the node is heard again).
+		cfg.PresenceHeartbeat.Duration = 500 * time.Millisecond
 	}})
 	n1, n2, n3 := c.Node(0), c.Node(1), c.Node(2)
 	alice := testserver.NewAccount(t, n2.URL(), "alice")
