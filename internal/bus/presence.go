@@ -18,6 +18,7 @@ const (
 	// PresenceHeartbeat carries each node's heartbeat (and hello, and goodbye), so that a node's
 	// accounts are taken offline when it dies.
 	PresenceHeartbeat = "petrel.presence.hb"
-	// PresenceSettingsChanged carries the name of an account whose settings changed.
+	// PresenceSettingsChanged carries the name of an account whose settings changed (header
+	// Petrel-Revision: the settings bucket's revision of the new value).
 	PresenceSettingsChanged = "petrel.presence.s"
 )

@@ -35,8 +35,11 @@
 //     a NATS reconnect) cannot tell who else went quiet, and declares nobody gone. A node
 //     declared gone that is heard again without a "hello" (it never stopped: its heartbeats were
 //     late) is asked again about every watched account, so what it holds online shows again.
-//   - settings (bus.PresenceSettingsChanged): "ACCOUNT" after its settings changed; nodes that
-//     watch it read them again and tell subscribers who can no longer (or can now) see it.
+//   - settings (bus.PresenceSettingsChanged): "ACCOUNT" after its settings changed, with header
+//     Petrel-Revision: the settings bucket's revision of the new value (older nodes send none);
+//     nodes that watch it read them again, until they read that revision or a later one (a
+//     replica may answer before it has the new value), and tell subscribers who can no longer (or
+//     can now) see it.
 //
 // Visibility: an account's Settings.last_seen is EVERYONE (the default), CONTACTS (only the
 // accounts in its Settings.contacts) or NOBODY. An asker who may not see an account, and anyone
@@ -50,6 +53,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -862,18 +866,52 @@ func (w *watch) setSettings(st *pb.Settings) {
 
 // Settings returns an account's stored settings (the defaults when it has none).
 func (s *Service) Settings(ctx context.Context, account string) (*pb.Settings, error) {
+	st, _, err := s.readSettings(ctx, account)
+	return st, err
+}
+
+// readSettings reads account's settings and the bucket revision they were read at (0: none
+// stored).
+func (s *Service) readSettings(ctx context.Context, account string) (*pb.Settings, uint64, error) {
 	e, err := s.kv.Get(ctx, account)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return &pb.Settings{}, nil
+		return &pb.Settings{}, 0, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read settings: %w", err)
+		return nil, 0, fmt.Errorf("read settings: %w", err)
 	}
 	st := &pb.Settings{}
 	if err := proto.Unmarshal(e.Value(), st); err != nil {
-		return nil, fmt.Errorf("read settings: %w", err)
+		return nil, 0, fmt.Errorf("read settings: %w", err)
 	}
-	return st, nil
+	return st, e.Revision(), nil
+}
+
+// settingsAtLeast reads account's settings until it reads revision rev or a later one: the
+// bucket's replicas answer reads, and one that has not applied the change yet returns the value
+// before it. Retries back off (10 ms doubling to 500 ms, jittered) until ctx ends.
+func (s *Service) settingsAtLeast(ctx context.Context, account string, rev uint64) (*pb.Settings, error) {
+	wait := 10 * time.Millisecond
+	for {
+		st, at, err := s.readSettings(ctx, account)
+		if err == nil && at >= rev {
+			return st, nil
+		}
+		if err == nil {
+			err = fmt.Errorf("read revision %d, want %d or later", at, rev)
+		}
+		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-s.stop:
+			t.Stop()
+			return nil, err
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
 }
 
 // NormalizeSettings checks st and returns what is stored: contacts sorted and de-duplicated,
@@ -912,19 +950,26 @@ func (s *Service) PutSettings(ctx context.Context, account string, st *pb.Settin
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.kv.Put(ctx, account, b); err != nil {
+	rev, err := s.kv.Put(ctx, account, b)
+	if err != nil {
 		return nil, fmt.Errorf("store settings: %w", err)
 	}
-	if err := s.nc.Publish(bus.PresenceSettingsChanged, []byte(account)); err != nil {
+	msg := &nats.Msg{Subject: bus.PresenceSettingsChanged, Data: []byte(account), Header: nats.Header{}}
+	msg.Header.Set(revisionHeader, strconv.FormatUint(rev, 10))
+	if err := s.nc.PublishMsg(msg); err != nil {
 		s.log.Warn("presence: settings change not published", "err", err)
 	}
 	return norm, nil
 }
 
+// revisionHeader carries, on a settings change, the bucket revision of the new settings.
+const revisionHeader = "Petrel-Revision"
+
 // onSettingsChanged reads a watched account's settings again and tells the subscribers whose view
 // of it changed (hidden now: UNKNOWN; visible now: its presence).
 func (s *Service) onSettingsChanged(msg *nats.Msg) {
 	account := string(msg.Data)
+	rev, _ := strconv.ParseUint(msg.Header.Get(revisionHeader), 10, 64) // 0 (an older node): any
 	s.mu.Lock()
 	_, watched := s.watched[account]
 	s.mu.Unlock()
@@ -937,9 +982,9 @@ func (s *Service) onSettingsChanged(msg *nats.Msg) {
 		defer s.wg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		st, err := s.Settings(ctx, account)
+		st, err := s.settingsAtLeast(ctx, account, rev)
 		if err != nil {
-			s.log.Warn("presence: read changed settings", "err", err)
+			s.log.Warn("presence: read changed settings", "account", account, "err", err)
 			return
 		}
 		var out []push

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/petrelchat/petrel/internal/bus"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
@@ -262,4 +263,57 @@ func TestParseInfos(t *testing.T) {
 	if node, infos := parseInfos(nil); node != "" || infos != nil {
 		t.Fatalf("empty: %q %v", node, infos)
 	}
+}
+
+// A node told of a settings change reads until it has that revision: a replica that has not
+// applied the change yet answers with the value before it, which must not be taken as the news
+// (a NOBODY setting would not hide the account from live subscribers on that node).
+func TestSettingsChangeReadsItsRevision(t *testing.T) {
+	s := openService(t, Config{})
+	ctx := context.Background()
+	if _, err := s.PutSettings(ctx, "alice", &pb.Settings{LastSeen: pb.LastSeenVisibility_LAST_SEEN_VISIBILITY_EVERYONE}); err != nil {
+		t.Fatal(err)
+	}
+	_, rev, err := s.readSettings(ctx, "alice")
+	if err != nil || rev == 0 {
+		t.Fatalf("read: rev %d, %v", rev, err)
+	}
+	if _, err := s.settingsAtLeast(ctx, "alice", rev); err != nil {
+		t.Fatalf("the stored revision: %v", err)
+	}
+	// A later revision than the store has (what a lagging replica looks like): not accepted...
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if st, err := s.settingsAtLeast(short, "alice", rev+1); err == nil {
+		t.Fatalf("revision %d taken for %d: %v", rev, rev+1, st)
+	}
+	// ...until it is there.
+	got := make(chan *pb.Settings, 1)
+	go func() {
+		st, err := s.settingsAtLeast(ctx, "alice", rev+1)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- st
+	}()
+	if _, err := s.kv.Put(ctx, "alice", mustMarshal(t, &pb.Settings{LastSeen: pb.LastSeenVisibility_LAST_SEEN_VISIBILITY_NOBODY})); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case st := <-got:
+		if st.GetLastSeen() != pb.LastSeenVisibility_LAST_SEEN_VISIBILITY_NOBODY {
+			t.Fatalf("read %v, want NOBODY", st)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the new revision was not read within 10 s")
+	}
+}
+
+func mustMarshal(t *testing.T, m *pb.Settings) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
