@@ -27,13 +27,28 @@ type cache[K comparable, V any] struct {
 	// replica) is not taken for the truth after the watch already dropped the entry. Bounded by
 	// max/deletedFraction (random eviction): a replica lags by moments, not by many deletions.
 	deleted map[K]uint64
+	// updated remembers, for keys the watch saw updated, the revision of the update, so that a
+	// read answered by a replica that has not applied it yet is not cached: it would stay in the
+	// cache, stale, until the key changed again. Bounded like deleted.
+	updated map[K]uint64
 }
 
 // deletedFraction: a cache remembers up to max/deletedFraction deletions (at least 64).
 const deletedFraction = 16
 
 func newCache[K comparable, V any](max int) *cache[K, V] {
-	return &cache[K, V]{max: max, entries: make(map[K]V), deleted: make(map[K]uint64)}
+	return &cache[K, V]{max: max, entries: make(map[K]V), deleted: make(map[K]uint64), updated: make(map[K]uint64)}
+}
+
+// remember records rev for k in m, evicting a random entry when m is full.
+func (c *cache[K, V]) remember(m map[K]uint64, k K, rev uint64) {
+	if _, ok := m[k]; !ok && len(m) >= max(64, c.max/deletedFraction) {
+		for old := range m { // map order is random: a cheap random eviction
+			delete(m, old)
+			break
+		}
+	}
+	m[k] = rev
 }
 
 // bury drops k's entry and remembers that k was deleted at revision rev.
@@ -42,13 +57,18 @@ func (c *cache[K, V]) bury(k K, rev uint64) {
 	defer c.mu.Unlock()
 	c.gen++
 	delete(c.entries, k)
-	if _, ok := c.deleted[k]; !ok && len(c.deleted) >= max(64, c.max/deletedFraction) {
-		for old := range c.deleted { // map order is random: a cheap random eviction
-			delete(c.deleted, old)
-			break
-		}
-	}
-	c.deleted[k] = rev
+	delete(c.updated, k)
+	c.remember(c.deleted, k, rev)
+}
+
+// renew drops k's entry and remembers that k was updated at revision rev: a read of an older
+// revision is not cached.
+func (c *cache[K, V]) renew(k K, rev uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	delete(c.entries, k)
+	c.remember(c.updated, k, rev)
 }
 
 // buried reports whether a read of k at revision rev is older than a deletion of k the watch
@@ -74,11 +94,12 @@ func (c *cache[K, V]) get(k K) (V, uint64, bool) {
 	return v, c.gen, ok
 }
 
-// put caches a read that started at generation gen, unless an invalidation happened since.
-func (c *cache[K, V]) put(k K, v V, gen uint64) {
+// put caches a read of revision rev that started at generation gen, unless an invalidation
+// happened since or the watch saw a later revision of k.
+func (c *cache[K, V]) put(k K, v V, gen, rev uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen != gen {
+	if c.gen != gen || rev < c.updated[k] {
 		return
 	}
 	if _, ok := c.entries[k]; !ok && len(c.entries) >= c.max {
@@ -90,19 +111,20 @@ func (c *cache[K, V]) put(k K, v V, gen uint64) {
 	c.entries[k] = v
 }
 
-// load returns k's entry from the cache, or reads it (read) and caches it when the read
-// succeeds. Without a usable cache it just reads.
-func (c *cache[K, V]) load(k K, read func() (V, error)) (V, error) {
+// load returns k's entry from the cache, or reads it (read: the value and its revision) and
+// caches it when the read succeeds. Without a usable cache it just reads.
+func (c *cache[K, V]) load(k K, read func() (V, uint64, error)) (V, error) {
 	if !c.usable() {
-		return read()
+		v, _, err := read()
+		return v, err
 	}
 	v, gen, ok := c.get(k)
 	if ok {
 		return v, nil
 	}
-	v, err := read()
+	v, rev, err := read()
 	if err == nil {
-		c.put(k, v, gen)
+		c.put(k, v, gen, rev)
 	}
 	return v, err
 }
@@ -119,6 +141,7 @@ func (c *cache[K, V]) invalidateAll() {
 	c.gen++
 	clear(c.entries)
 	clear(c.deleted)
+	clear(c.updated)
 	c.mu.Unlock()
 }
 
@@ -175,7 +198,7 @@ func follow[K comparable, V any](ctx context.Context, w jetstream.KeyWatcher, c 
 				case jetstream.KeyValueDelete, jetstream.KeyValuePurge:
 					c.bury(k, e.Revision())
 				default:
-					c.invalidate(k)
+					c.renew(k, e.Revision())
 				}
 			}
 		}

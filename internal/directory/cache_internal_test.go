@@ -21,7 +21,7 @@ import (
 // deletions remembered are bounded.
 func TestCacheBuried(t *testing.T) {
 	c := newCache[string, int](64 * deletedFraction)
-	c.put("a", 1, 0)
+	c.put("a", 1, 0, 1)
 	c.bury("a", 5)
 	if _, _, ok := c.get("a"); ok {
 		t.Fatal("a buried entry is still cached")
@@ -43,6 +43,37 @@ func TestCacheBuried(t *testing.T) {
 	var nilCache *cache[string, int]
 	if nilCache.buried("a", 1) {
 		t.Fatal("a nil cache buried something")
+	}
+}
+
+// An update the watch saw keeps a read of an older revision (a replica behind the update) out of
+// the cache, where it would stay stale until the next update; a read of that revision or a later
+// one is cached. The updates remembered are bounded.
+func TestCacheSkipsReadBehindUpdate(t *testing.T) {
+	c := newCache[string, int](64 * deletedFraction)
+	c.put("a", 1, 0, 1)
+	c.renew("a", 5)
+	if _, _, ok := c.get("a"); ok {
+		t.Fatal("an updated entry is still cached")
+	}
+	_, gen, _ := c.get("a")
+	c.put("a", 2, gen, 4)
+	if _, _, ok := c.get("a"); ok {
+		t.Fatal("a read of revision 4 was cached after the watch saw revision 5")
+	}
+	c.put("a", 3, gen, 5)
+	if v, _, ok := c.get("a"); !ok || v != 3 {
+		t.Fatalf("a read of revision 5: cached %v %v", v, ok)
+	}
+	for i := range 1000 {
+		c.renew(string(rune('A'+i)), uint64(i))
+	}
+	if n := len(c.updated); n > 64 {
+		t.Fatalf("%d updates remembered, bound is 64", n)
+	}
+	c.bury("a", 6) // a deletion replaces the update's floor
+	if _, ok := c.updated["a"]; ok {
+		t.Fatal("a deleted key keeps its update revision")
 	}
 }
 

@@ -836,14 +836,14 @@ type authRecord struct {
 // authEntry returns the auth entry of a device from the cache, or reads it from the bucket and
 // caches it. Errors are those of readAuth.
 func (d *Directory) authEntry(ctx context.Context, deviceID string, k deviceKey) (authEntry, error) {
-	return d.auth.load(k, func() (authEntry, error) {
+	return d.auth.load(k, func() (authEntry, uint64, error) {
 		e, rev, err := d.readAuth(ctx, deviceID)
 		if err == nil && d.auth.buried(k, rev) {
 			// A replica answered that has not applied the device's deletion (a removal)
 			// that this node's watch already saw.
-			return authEntry{}, ErrUnknownDevice
+			return authEntry{}, 0, ErrUnknownDevice
 		}
-		return e, err
+		return e, rev, err
 	})
 }
 
@@ -904,7 +904,7 @@ func (d *Directory) Account(ctx context.Context, name string) (*Account, error) 
 	if !pb.ValidName(name) {
 		return nil, ErrUnknownUser
 	}
-	return d.accounts.load(name, func() (*Account, error) {
+	return d.accounts.load(name, func() (*Account, uint64, error) {
 		if _, ok := ctx.Deadline(); !ok {
 			// Callers on the send path pass no deadline, so that a cache hit costs no timer.
 			ctx, cancel := context.WithTimeout(ctx, readTimeout)
@@ -915,19 +915,20 @@ func (d *Directory) Account(ctx context.Context, name string) (*Account, error) 
 	})
 }
 
-func (d *Directory) readAccount(ctx context.Context, name string) (*Account, error) {
+// readAccount reads an account record and its revision.
+func (d *Directory) readAccount(ctx context.Context, name string) (*Account, uint64, error) {
 	e, err := d.bus.Accounts.Get(ctx, name)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, ErrUnknownUser
+		return nil, 0, ErrUnknownUser
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: read account: %v", ErrUnavailable, err)
+		return nil, 0, fmt.Errorf("%w: read account: %v", ErrUnavailable, err)
 	}
 	acc := &Account{}
 	if err := json.Unmarshal(e.Value(), acc); err != nil {
-		return nil, fmt.Errorf("%w: account record %s: %v", ErrUnavailable, name, err)
+		return nil, 0, fmt.Errorf("%w: account record %s: %v", ErrUnavailable, name, err)
 	}
-	return acc, nil
+	return acc, e.Revision(), nil
 }
 
 // CreateInvite makes a one-time invite code, valid for bus.InviteTTL.
