@@ -160,6 +160,7 @@ func newDialer(sourceIP string, retries int, timeout time.Duration) *dialer {
 	nd := &net.Dialer{Timeout: timeout, KeepAlive: -1}
 	if sourceIP != "" {
 		nd.LocalAddr = &net.TCPAddr{IP: net.ParseIP(sourceIP)}
+		nd.Control = bindNoPort // the port is picked at connect: see bindport_linux.go
 	}
 	return &dialer{nd: nd, retries: retries, timeout: timeout}
 }
