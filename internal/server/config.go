@@ -272,6 +272,11 @@ type LimitsSection struct {
 	// after a burst), it returns the freed heap the burst left behind to the system (memtrim.go).
 	// Negative: never. Default: 30s.
 	MemoryTrimQuiet Duration `toml:"memory_trim_quiet"`
+	// MemoryQuietGCPercent: while the node is quiet (as memory_trim_quiet counts it), the
+	// collector runs at this percent (as GOGC) instead of the runtime's, so the heap the idle
+	// connections' pings grow between collections stays small (memtrim.go). 0: the default, 25;
+	// negative: the runtime's percent always.
+	MemoryQuietGCPercent int `toml:"memory_quiet_gc_percent"`
 	// RegistrationsPerSecond rate-limits registrations on this node; only registrations that pass
 	// every check spend it. Default: 20.
 	RegistrationsPerSecond float64 `toml:"registrations_per_second"`
@@ -482,6 +487,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.IdleTimeout.Duration == 0 {
 		c.IdleTimeout.Duration = 120 * time.Second
+	}
+	if c.MemoryQuietGCPercent == 0 {
+		c.MemoryQuietGCPercent = 25
 	}
 	if c.MemoryTrimQuiet.Duration == 0 {
 		c.MemoryTrimQuiet.Duration = 30 * time.Second

@@ -23,6 +23,15 @@ import (
 // memory worth returning, it runs one collection and returns every free page
 // (debug.FreeOSMemory). A busy node is left alone: the collector's headroom is what keeps its
 // latency low, and the next burst grows the heap again as before.
+//
+// A trim alone does not keep the memory away: the pings of the idle connections go on
+// allocating, the heap grows back to its goal (twice the live heap) before the next collection,
+// and the runtime keeps those pages. So while the node is quiet the collector also runs at
+// memory_quiet_gc_percent (GOGC 25 by default: the heap grows a quarter over the live heap
+// between collections). At a quiet node's allocation rate that costs little (an edge holding
+// 16,000 idle connections allocates about its live heap a minute, so it collects every 15 s or
+// so); the first busy check restores the runtime's percent (GOGC, default 100). The percent is
+// the process's: every server in a process shares one lowering (gcLowering).
 
 // trimSample is what one check reads from the runtime.
 type trimSample struct {
@@ -104,6 +113,7 @@ type memoryTrim struct {
 type trimMetrics struct {
 	trims    prometheus.Counter
 	released prometheus.Counter
+	quiet    prometheus.Gauge
 }
 
 func newTrimMetrics(reg prometheus.Registerer) *trimMetrics {
@@ -112,14 +122,18 @@ func newTrimMetrics(reg prometheus.Registerer) *trimMetrics {
 			Help: "Times the node returned freed heap to the system after it went quiet (limits.memory_trim_quiet)."}),
 		released: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_memory_trimmed_bytes_total",
 			Help: "Heap bytes returned to the system by those trims."}),
+		quiet: prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_memory_quiet",
+			Help: "1 while the node counts as quiet and its collector runs at limits.memory_quiet_gc_percent, else 0."}),
 	}
-	reg.MustRegister(m.trims, m.released)
+	reg.MustRegister(m.trims, m.released, m.quiet)
 	return m
 }
 
 // startMemoryTrim starts the trimmer (nil when quiet is negative: off). It checks every
-// quiet/3 (at most every 5 s) and trims once every check of the last quiet period was quiet.
-func startMemoryTrim(quiet time.Duration, reg prometheus.Registerer, log *slog.Logger) *memoryTrim {
+// quiet/3 (at most every 5 s); once every check of the last quiet period was quiet it lowers
+// the collector's percent to quietGC (unless quietGC is negative or not below the runtime's) and
+// trims.
+func startMemoryTrim(quiet time.Duration, quietGC int, reg prometheus.Registerer, log *slog.Logger) *memoryTrim {
 	if quiet < 0 {
 		return nil
 	}
@@ -134,6 +148,10 @@ func startMemoryTrim(quiet time.Duration, reg prometheus.Registerer, log *slog.L
 		metrics: m,
 		log:     log,
 	}
+	if quietGC >= 0 {
+		l.lowerGC = func() { processGC.lower(quietGC, debug.SetGCPercent) }
+		l.restoreGC = func() { processGC.restore(debug.SetGCPercent) }
+	}
 	t := &memoryTrim{stop: make(chan struct{})}
 	t.wg.Add(1)
 	go func() {
@@ -141,8 +159,51 @@ func startMemoryTrim(quiet time.Duration, reg prometheus.Registerer, log *slog.L
 		tick := time.NewTicker(every)
 		defer tick.Stop()
 		l.run(tick.C, t.stop)
+		l.setQuiet(false)
 	}()
 	return t
+}
+
+// gcLowering is the process's lowering of the collector's percent: every trimmer in the process
+// (one per server) that counts its node quiet holds it; the first lowers the percent, the last
+// to let go restores what the runtime had. A percent the runtime has at or below the quiet one
+// (or off: GOGC=off) is left as it is.
+type gcLowering struct {
+	mu      sync.Mutex
+	holders int
+	saved   int  // the runtime's percent before the first holder lowered it
+	lowered bool // the percent was changed (and saved must be restored)
+}
+
+var processGC gcLowering
+
+// lower takes a hold (restore gives it back) and lowers the percent to pct if it is the first.
+func (g *gcLowering) lower(pct int, set func(int) int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.holders++
+	if g.holders == 1 {
+		g.saved = set(pct)
+		g.lowered = true
+		if g.saved < 0 || g.saved <= pct {
+			set(g.saved) // off, or already as low: leave the runtime's
+			g.lowered = false
+		}
+	}
+}
+
+// restore gives a hold back; the last one restores the runtime's percent.
+func (g *gcLowering) restore(set func(int) int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.holders == 0 {
+		return
+	}
+	g.holders--
+	if g.holders == 0 && g.lowered {
+		set(g.saved)
+		g.lowered = false
+	}
 }
 
 // trimLoop is the trimmer's loop, with what it reads and does as functions (tests give their own).
@@ -153,10 +214,34 @@ type trimLoop struct {
 	now     func() time.Time
 	metrics *trimMetrics
 	log     *slog.Logger
+	// lowerGC and restoreGC lower the collector's percent while the node is quiet and restore it
+	// (nil: the percent is left alone).
+	lowerGC   func()
+	restoreGC func()
 
-	prev  trimSample // the last check's sample
-	quiet int        // quiet checks in a row
-	last  time.Time  // the last trim
+	prev   trimSample // the last check's sample
+	quiet  int        // quiet checks in a row
+	last   time.Time  // the last trim
+	holdGC bool       // lowerGC was called and restoreGC not yet
+}
+
+// setQuiet lowers the collector's percent when the node turns quiet and restores it when it
+// turns busy (or the trimmer stops).
+func (l *trimLoop) setQuiet(q bool) {
+	if l.lowerGC == nil || q == l.holdGC {
+		return
+	}
+	if q {
+		l.lowerGC()
+		l.holdGC = true
+		l.metrics.quiet.Set(1)
+		l.log.Debug("quiet: collector percent lowered")
+		return
+	}
+	l.restoreGC()
+	l.holdGC = false
+	l.metrics.quiet.Set(0)
+	l.log.Debug("busy: collector percent restored")
 }
 
 // run checks on every tick until stop closes.
@@ -179,8 +264,12 @@ func (l *trimLoop) check() {
 		l.quiet++
 	} else {
 		l.quiet = 0
+		l.setQuiet(false)
 	}
 	l.prev = cur
+	if l.quiet >= l.need {
+		l.setQuiet(true)
+	}
 	if l.quiet < l.need || !worthTrim(cur) || (!l.last.IsZero() && l.now().Sub(l.last) < trimMinInterval) {
 		return
 	}

@@ -109,10 +109,10 @@ func TestTrimOnlyWhenQuiet(t *testing.T) {
 // is off with a negative quiet period, and stops.
 func TestMemoryTrimStartsAndStops(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if tr := startMemoryTrim(-time.Second, prometheus.NewRegistry(), log); tr != nil {
+	if tr := startMemoryTrim(-time.Second, 25, prometheus.NewRegistry(), log); tr != nil {
 		t.Fatal("a negative memory_trim_quiet must turn the trimmer off")
 	}
-	tr := startMemoryTrim(30*time.Millisecond, prometheus.NewRegistry(), log)
+	tr := startMemoryTrim(30*time.Millisecond, -1, prometheus.NewRegistry(), log)
 	if tr == nil {
 		t.Fatal("trimmer not started")
 	}
@@ -125,6 +125,119 @@ func TestMemoryTrimStartsAndStops(t *testing.T) {
 	}
 	debug.FreeOSMemory()
 	tr.close()
+}
+
+// TestQuietLowersCollectorPercent: the percent is lowered once need checks in a row were quiet
+// (not before), stays lowered across a trim, is restored by the first busy check, and by the
+// trimmer's stop while quiet.
+func TestQuietLowersCollectorPercent(t *testing.T) {
+	const live = 100 << 20
+	var s trimSample
+	s.live, s.objects = live, live
+	clock := time.Unix(1000, 0)
+	lowered := false
+	changes := 0
+	l := &trimLoop{
+		need:    3,
+		read:    func() trimSample { return s },
+		free:    func() { s.released += s.free; s.free = 0 },
+		now:     func() time.Time { return clock },
+		metrics: newTrimMetrics(prometheus.NewRegistry()),
+		log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		lowerGC: func() {
+			if lowered {
+				t.Fatal("lowered twice without a restore")
+			}
+			lowered = true
+			changes++
+		},
+		restoreGC: func() {
+			if !lowered {
+				t.Fatal("restored without a lowering")
+			}
+			lowered = false
+			changes++
+		},
+	}
+	l.prev = l.read()
+	step := func(alloc uint64) {
+		s.allocs += alloc
+		s.free += 40 << 20
+		clock = clock.Add(5 * time.Second)
+		l.check()
+	}
+	step(live)
+	step(1 << 20)
+	step(1 << 20)
+	if lowered {
+		t.Fatal("lowered after 2 quiet checks, want 3")
+	}
+	step(1 << 20)
+	if !lowered || gaugeOf(l.metrics.quiet) != 1 {
+		t.Fatalf("not lowered (or petrel_memory_quiet %v) after 3 quiet checks", gaugeOf(l.metrics.quiet))
+	}
+	for range 20 { // trims come and go; the percent stays lowered
+		step(1 << 20)
+	}
+	if !lowered || changes != 1 {
+		t.Fatalf("lowered %v after %d changes over quiet checks, want lowered after 1", lowered, changes)
+	}
+	step(live)
+	if lowered || gaugeOf(l.metrics.quiet) != 0 {
+		t.Fatal("a busy check must restore the percent")
+	}
+	for range 3 {
+		step(1 << 20)
+	}
+	if !lowered {
+		t.Fatal("not lowered again after 3 quiet checks")
+	}
+	l.setQuiet(false) // what the trimmer does when it stops
+	if lowered {
+		t.Fatal("stopping must restore the percent")
+	}
+}
+
+// TestGCLoweringIsTheProcesss: servers in one process share one lowering: the first hold lowers,
+// the last release restores what the runtime had; a runtime percent at or below the quiet one, or
+// off, is left alone.
+func TestGCLoweringIsTheProcesss(t *testing.T) {
+	pct := 100
+	set := func(p int) int { old := pct; pct = p; return old }
+	var g gcLowering
+	g.lower(25, set)
+	g.lower(25, set)
+	if pct != 25 {
+		t.Fatalf("percent %d after two holds, want 25", pct)
+	}
+	g.restore(set)
+	if pct != 25 {
+		t.Fatalf("percent %d with one hold left, want 25", pct)
+	}
+	g.restore(set)
+	if pct != 100 {
+		t.Fatalf("percent %d after the last release, want the runtime's 100", pct)
+	}
+	g.restore(set) // more releases than holds change nothing
+	for _, runtimePct := range []int{20, 25, -1} {
+		pct = runtimePct
+		g.lower(25, set)
+		if pct != runtimePct {
+			t.Fatalf("runtime percent %d changed to %d", runtimePct, pct)
+		}
+		g.restore(set)
+		if pct != runtimePct {
+			t.Fatalf("runtime percent %d became %d after the release", runtimePct, pct)
+		}
+	}
+}
+
+func gaugeOf(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetGauge().GetValue()
 }
 
 func counterOf(c prometheus.Counter) float64 {

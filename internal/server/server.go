@@ -395,7 +395,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.startSelfProbe(); err != nil {
 		return fmt.Errorf("self-prober: %w", err)
 	}
-	s.trim = startMemoryTrim(s.cfg.MemoryTrimQuiet.Duration, s.reg, s.log.With("component", "memory"))
+	s.trim = startMemoryTrim(s.cfg.MemoryTrimQuiet.Duration, s.cfg.MemoryQuietGCPercent, s.reg, s.log.With("component", "memory"))
 	return nil
 }
 
