@@ -126,7 +126,7 @@ func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error
 	m.metrics.attached.Inc()
 	// Take the device over (takeover.go): on a node alone, from the attachment this one replaces
 	// in the node's table; in a cluster, by a claim, made on a goroutine of its own.
-	var prev any
+	var prev *Attachment
 	var replaced bool
 	if m.claims {
 		m.local.Store(deviceID, a)
@@ -142,7 +142,7 @@ func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error
 	a.startDrainLocked()
 	a.mu.Unlock()
 	if replaced && prev != nil {
-		prev.(*Attachment).takenOver()
+		prev.takenOver()
 	}
 	return a, nil
 }

@@ -302,9 +302,9 @@ type Mailbox struct {
 	// Device subscriptions deliver into these channels; one dispatcher goroutine each keeps the
 	// order of one device's messages (a device always maps to the same dispatcher).
 	dispatch []chan *nats.Msg
-	attached sync.Map // *nats.Subscription → *Attachment
-	local    sync.Map // device id → *Attachment attached on this node (the node-local fast path)
-	purges   sync.Map // device id → *purgeRun while acked envelopes are being purged
+	attached *devTable[*nats.Subscription, *Attachment]
+	local    *devTable[string, *Attachment] // attached on this node (the node-local fast path), by device id
+	purges   sync.Map                       // device id → *purgeRun while acked envelopes are being purged
 
 	// resyncReq asks for a resync after the bus dropped device messages (resync.go);
 	// stopSlowConsumer removes the bus callback that sends it.
@@ -326,6 +326,9 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		stop:    make(chan struct{}),
 		pending: make(map[uint64]liveReq),
 		reads:   make(map[uint64]chan *nats.Msg),
+
+		attached: newDevTable[*nats.Subscription, *Attachment](),
+		local:    newDevTable[string, *Attachment](),
 
 		leaderReads: make(chan struct{}, maxLeaderReads),
 		inboxReads:  make(chan struct{}, maxInboxReads),
@@ -519,7 +522,7 @@ func (m *Mailbox) runDispatch(ch chan *nats.Msg) {
 		select {
 		case msg := <-ch:
 			if a, ok := m.attached.Load(msg.Sub); ok {
-				a.(*Attachment).onMsg(msg)
+				a.onMsg(msg)
 			}
 		case <-m.stop:
 			return

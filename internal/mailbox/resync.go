@@ -89,11 +89,10 @@ func (m *Mailbox) resync() (dropped, woken int) {
 		}
 		grown = grown[:0]
 		lost := 0
-		m.attached.Range(func(_, v any) bool {
-			a := v.(*Attachment)
+		for _, a := range m.attached.Values() {
 			n, err := a.sub.Dropped()
 			if err != nil { // unsubscribed: detached, nothing to deliver
-				return true
+				continue
 			}
 			// seenDropped is only touched by this goroutine.
 			if n > a.seenDropped {
@@ -101,8 +100,7 @@ func (m *Mailbox) resync() (dropped, woken int) {
 				grown = append(grown, wake{a, a.seenDropped})
 				a.seenDropped = n
 			}
-			return true
-		})
+		}
 		if len(grown) == 0 {
 			return dropped, woken
 		}
@@ -230,10 +228,9 @@ func (m *Mailbox) watchRoutes() {
 // does), so that each reads its inbox; it returns how many it sent.
 func (m *Mailbox) wakeAttached() (woken int) {
 	var subs []string
-	m.attached.Range(func(_, v any) bool {
-		subs = append(subs, v.(*Attachment).sub.Subject)
-		return true
-	})
+	for _, a := range m.attached.Values() {
+		subs = append(subs, a.sub.Subject)
+	}
 	chunk := m.resyncChunk()
 	for i, subj := range subs {
 		if i%chunk == 0 {

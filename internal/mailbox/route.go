@@ -112,10 +112,8 @@ func (r *Route) endStore(dev string) {
 
 // localAttachment is the device's attachment on this node, or nil.
 func (m *Mailbox) localAttachment(dev string) *Attachment {
-	if a, ok := m.local.Load(dev); ok {
-		return a.(*Attachment)
-	}
-	return nil
+	a, _ := m.local.Load(dev)
+	return a
 }
 
 // Send delivers one message to every target and calls done once, when each device has either
