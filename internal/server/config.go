@@ -273,8 +273,9 @@ type LimitsSection struct {
 	// Negative: never. Default: 30s.
 	MemoryTrimQuiet Duration `toml:"memory_trim_quiet"`
 	// MemoryQuietGCPercent: while the node is quiet (as memory_trim_quiet counts it), the
-	// collector runs at this percent (as GOGC) instead of the runtime's, so the heap the idle
-	// connections' pings grow between collections stays small (memtrim.go). 0: the default, 25;
+	// collector runs at a lower percent (as GOGC) than the runtime's, starting at this one and
+	// raised (up to 100) while the collector would take over 1% of a core, so the heap the idle
+	// connections' pings grow between collections stays small (memtrim.go). 0: the default, 10;
 	// negative: the runtime's percent always.
 	MemoryQuietGCPercent int `toml:"memory_quiet_gc_percent"`
 	// RegistrationsPerSecond rate-limits registrations on this node; only registrations that pass
@@ -489,7 +490,7 @@ func (c *Config) SetDefaults() {
 		c.IdleTimeout.Duration = 120 * time.Second
 	}
 	if c.MemoryQuietGCPercent == 0 {
-		c.MemoryQuietGCPercent = 25
+		c.MemoryQuietGCPercent = 10
 	}
 	if c.MemoryTrimQuiet.Duration == 0 {
 		c.MemoryTrimQuiet.Duration = 30 * time.Second

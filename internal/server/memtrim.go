@@ -26,20 +26,24 @@ import (
 //
 // A trim alone does not keep the memory away: the pings of the idle connections go on
 // allocating, the heap grows back to its goal (twice the live heap) before the next collection,
-// and the runtime keeps those pages. So while the node is quiet the collector also runs at
-// memory_quiet_gc_percent (GOGC 25 by default: the heap grows a quarter over the live heap
-// between collections). At a quiet node's allocation rate that costs little (an edge holding
-// 16,000 idle connections allocates about its live heap a minute, so it collects every 15 s or
-// so); the first busy check restores the runtime's percent (GOGC, default 100). The percent is
-// the process's: every server in a process shares one lowering (gcLowering).
+// and the runtime keeps those pages. So while the node is quiet the collector also runs at a
+// lower percent (as GOGC), starting at memory_quiet_gc_percent (10 by default: the heap grows a
+// tenth over the live heap between collections). What that costs depends on the allocation
+// rate, not on the heap's size (each collection marks the live heap, and collections come every
+// percent-of-the-live-heap allocated), so the trimmer measures it: while the collector takes
+// more than gcQuietBudget of a core, the percent doubles (up to 100), and while it takes less
+// than a quarter of that, it halves (down to memory_quiet_gc_percent). The first busy check
+// restores the runtime's percent (GOGC, default 100). The percent is the process's: every
+// server in a process shares one lowering (gcLowering).
 
 // trimSample is what one check reads from the runtime.
 type trimSample struct {
 	allocs   uint64 // bytes allocated since the process started
 	live     uint64 // live heap after the last collection
 	objects  uint64 // heap bytes in objects, live or not yet collected
-	free     uint64 // free heap pages not yet returned to the system
-	released uint64 // heap pages returned to the system
+	free     uint64  // free heap pages not yet returned to the system
+	released uint64  // heap pages returned to the system
+	gcCPU    float64 // CPU seconds the collector has used (the runtime's estimate)
 }
 
 var trimMetricNames = []string{
@@ -48,6 +52,7 @@ var trimMetricNames = []string{
 	"/memory/classes/heap/objects:bytes",
 	"/memory/classes/heap/free:bytes",
 	"/memory/classes/heap/released:bytes",
+	"/cpu/classes/gc/total:cpu-seconds",
 }
 
 // newTrimSamples makes the runtime/metrics samples readTrimSample reads.
@@ -67,7 +72,11 @@ func readTrimSample(s []metrics.Sample) trimSample {
 		}
 		return s[i].Value.Uint64()
 	}
-	return trimSample{allocs: u(0), live: u(1), objects: u(2), free: u(3), released: u(4)}
+	var gcCPU float64
+	if s[5].Value.Kind() == metrics.KindFloat64 {
+		gcCPU = s[5].Value.Float64()
+	}
+	return trimSample{allocs: u(0), live: u(1), objects: u(2), free: u(3), released: u(4), gcCPU: gcCPU}
 }
 
 const (
@@ -77,6 +86,11 @@ const (
 	trimQuietFloor = 2 << 20
 	// trimMinInterval between two trims.
 	trimMinInterval = time.Minute
+	// gcQuietBudget is the share of one core the collector may take while the node is quiet
+	// (see above): past it the lowered percent doubles, under a quarter of it the percent halves.
+	gcQuietBudget = 0.01
+	// gcQuietMax is the highest lowered percent (the runtime's default).
+	gcQuietMax = 100
 )
 
 // quietCheck reports whether the node allocated little between two checks: less than an eighth of
@@ -114,6 +128,7 @@ type trimMetrics struct {
 	trims    prometheus.Counter
 	released prometheus.Counter
 	quiet    prometheus.Gauge
+	gcPct    prometheus.Gauge
 }
 
 func newTrimMetrics(reg prometheus.Registerer) *trimMetrics {
@@ -123,16 +138,18 @@ func newTrimMetrics(reg prometheus.Registerer) *trimMetrics {
 		released: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_memory_trimmed_bytes_total",
 			Help: "Heap bytes returned to the system by those trims."}),
 		quiet: prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_memory_quiet",
-			Help: "1 while the node counts as quiet and its collector runs at limits.memory_quiet_gc_percent, else 0."}),
+			Help: "1 while the node counts as quiet and its collector runs at a lowered percent (limits.memory_quiet_gc_percent), else 0."}),
+		gcPct: prometheus.NewGauge(prometheus.GaugeOpts{Name: "petrel_memory_quiet_gc_percent",
+			Help: "The collector's percent (as GOGC) while the node is quiet: from limits.memory_quiet_gc_percent up to 100, as its measured cost allows; 0 while busy (the runtime's percent)."}),
 	}
-	reg.MustRegister(m.trims, m.released, m.quiet)
+	reg.MustRegister(m.trims, m.released, m.quiet, m.gcPct)
 	return m
 }
 
 // startMemoryTrim starts the trimmer (nil when quiet is negative: off). It checks every
 // quiet/3 (at most every 5 s); once every check of the last quiet period was quiet it lowers
-// the collector's percent to quietGC (unless quietGC is negative or not below the runtime's) and
-// trims.
+// the collector's percent, starting at quietGC (never when quietGC is negative; not below the
+// runtime's), and trims.
 func startMemoryTrim(quiet time.Duration, quietGC int, reg prometheus.Registerer, log *slog.Logger) *memoryTrim {
 	if quiet < 0 {
 		return nil
@@ -149,7 +166,8 @@ func startMemoryTrim(quiet time.Duration, quietGC int, reg prometheus.Registerer
 		log:     log,
 	}
 	if quietGC >= 0 {
-		l.lowerGC = func() { processGC.lower(quietGC, debug.SetGCPercent) }
+		l.minGC = max(quietGC, 1)
+		l.setGC = func(pct int, again bool) { processGC.lower(pct, debug.SetGCPercent, again) }
 		l.restoreGC = func() { processGC.restore(debug.SetGCPercent) }
 	}
 	t := &memoryTrim{stop: make(chan struct{})}
@@ -177,18 +195,25 @@ type gcLowering struct {
 
 var processGC gcLowering
 
-// lower takes a hold (restore gives it back) and lowers the percent to pct if it is the first.
-func (g *gcLowering) lower(pct int, set func(int) int) {
+// lower takes a hold (restore gives it back; a holder calling it again only changes the percent)
+// and sets the percent to pct, never above the runtime's. The first hold saves the runtime's.
+func (g *gcLowering) lower(pct int, set func(int) int, again bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.holders++
-	if g.holders == 1 {
+	if !again {
+		g.holders++
+	}
+	if g.holders == 1 && !again {
 		g.saved = set(pct)
 		g.lowered = true
 		if g.saved < 0 || g.saved <= pct {
 			set(g.saved) // off, or already as low: leave the runtime's
 			g.lowered = false
 		}
+		return
+	}
+	if g.lowered {
+		set(min(pct, g.saved))
 	}
 }
 
@@ -214,39 +239,63 @@ type trimLoop struct {
 	now     func() time.Time
 	metrics *trimMetrics
 	log     *slog.Logger
-	// lowerGC and restoreGC lower the collector's percent while the node is quiet and restore it
-	// (nil: the percent is left alone).
-	lowerGC   func()
+	// setGC and restoreGC set the collector's percent while the node is quiet (again: a change
+	// of a percent already set) and restore the runtime's (nil: the percent is left alone); minGC
+	// is the lowest percent set.
+	setGC     func(pct int, again bool)
 	restoreGC func()
+	minGC     int
 
-	prev   trimSample // the last check's sample
-	quiet  int        // quiet checks in a row
-	last   time.Time  // the last trim
-	holdGC bool       // lowerGC was called and restoreGC not yet
+	prev     trimSample // the last check's sample
+	prevTime time.Time  // when it was read
+	quiet    int        // quiet checks in a row
+	last     time.Time  // the last trim
+	gcPct    int        // the percent set while quiet; 0: none set (busy)
 }
 
-// setQuiet lowers the collector's percent when the node turns quiet and restores it when it
-// turns busy (or the trimmer stops).
+// setQuiet lowers the collector's percent to minGC when the node turns quiet and restores the
+// runtime's when it turns busy (or the trimmer stops).
 func (l *trimLoop) setQuiet(q bool) {
-	if l.lowerGC == nil || q == l.holdGC {
+	if l.setGC == nil || q == (l.gcPct != 0) {
 		return
 	}
 	if q {
-		l.lowerGC()
-		l.holdGC = true
+		l.gcPct = l.minGC
+		l.setGC(l.gcPct, false)
 		l.metrics.quiet.Set(1)
-		l.log.Debug("quiet: collector percent lowered")
+		l.metrics.gcPct.Set(float64(l.gcPct))
+		l.log.Debug("quiet: collector percent lowered", "percent", l.gcPct)
 		return
 	}
 	l.restoreGC()
-	l.holdGC = false
+	l.gcPct = 0
 	l.metrics.quiet.Set(0)
+	l.metrics.gcPct.Set(0)
 	l.log.Debug("busy: collector percent restored")
+}
+
+// tuneGC doubles the lowered percent while the collector costs more than gcQuietBudget of a core
+// (gcShare: its share over the last check) and halves it, down to minGC, while it costs less than
+// a quarter of that.
+func (l *trimLoop) tuneGC(gcShare float64) {
+	pct := l.gcPct
+	switch {
+	case gcShare > gcQuietBudget:
+		pct = min(pct*2, gcQuietMax)
+	case gcShare < gcQuietBudget/4:
+		pct = max(pct/2, l.minGC)
+	}
+	if pct != l.gcPct {
+		l.gcPct = pct
+		l.setGC(pct, true)
+		l.metrics.gcPct.Set(float64(pct))
+		l.log.Debug("quiet: collector percent changed", "percent", pct, "gc_share", gcShare)
+	}
 }
 
 // run checks on every tick until stop closes.
 func (l *trimLoop) run(tick <-chan time.Time, stop <-chan struct{}) {
-	l.prev = l.read()
+	l.prev, l.prevTime = l.read(), l.now()
 	for {
 		select {
 		case <-stop:
@@ -259,17 +308,21 @@ func (l *trimLoop) run(tick <-chan time.Time, stop <-chan struct{}) {
 
 // check is one check: it trims when the last need checks were quiet and a trim is worth it.
 func (l *trimLoop) check() {
-	cur := l.read()
+	cur, now := l.read(), l.now()
 	if quietCheck(l.prev, cur) {
 		l.quiet++
 	} else {
 		l.quiet = 0
 		l.setQuiet(false)
 	}
-	l.prev = cur
-	if l.quiet >= l.need {
+	if l.gcPct != 0 {
+		if wall := now.Sub(l.prevTime).Seconds(); wall > 0 {
+			l.tuneGC((cur.gcCPU - l.prev.gcCPU) / wall)
+		}
+	} else if l.quiet >= l.need {
 		l.setQuiet(true)
 	}
+	l.prev, l.prevTime = cur, now
 	if l.quiet < l.need || !worthTrim(cur) || (!l.last.IsZero() && l.now().Sub(l.last) < trimMinInterval) {
 		return
 	}
@@ -284,7 +337,7 @@ func (l *trimLoop) check() {
 	l.metrics.trims.Inc()
 	l.metrics.released.Add(float64(freed))
 	l.log.Debug("quiet: returned freed heap to the system", "bytes", freed, "live_heap", after.live, "took", l.last.Sub(start))
-	l.prev = after
+	l.prev, l.prevTime = after, l.last // the trim's own collection is not the percent's cost
 	l.quiet = 0
 }
 

@@ -135,7 +135,7 @@ func TestQuietLowersCollectorPercent(t *testing.T) {
 	var s trimSample
 	s.live, s.objects = live, live
 	clock := time.Unix(1000, 0)
-	lowered := false
+	pct := 0 // 0: the runtime's
 	changes := 0
 	l := &trimLoop{
 		need:    3,
@@ -144,22 +144,23 @@ func TestQuietLowersCollectorPercent(t *testing.T) {
 		now:     func() time.Time { return clock },
 		metrics: newTrimMetrics(prometheus.NewRegistry()),
 		log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
-		lowerGC: func() {
-			if lowered {
-				t.Fatal("lowered twice without a restore")
+		minGC:   10,
+		setGC: func(p int, again bool) {
+			if again != (pct != 0) {
+				t.Fatalf("setGC(%d, again=%v) with the percent at %d", p, again, pct)
 			}
-			lowered = true
+			pct = p
 			changes++
 		},
 		restoreGC: func() {
-			if !lowered {
+			if pct == 0 {
 				t.Fatal("restored without a lowering")
 			}
-			lowered = false
+			pct = 0
 			changes++
 		},
 	}
-	l.prev = l.read()
+	l.prev, l.prevTime = l.read(), clock
 	step := func(alloc uint64) {
 		s.allocs += alloc
 		s.free += 40 << 20
@@ -169,51 +170,113 @@ func TestQuietLowersCollectorPercent(t *testing.T) {
 	step(live)
 	step(1 << 20)
 	step(1 << 20)
-	if lowered {
+	if pct != 0 {
 		t.Fatal("lowered after 2 quiet checks, want 3")
 	}
 	step(1 << 20)
-	if !lowered || gaugeOf(l.metrics.quiet) != 1 {
-		t.Fatalf("not lowered (or petrel_memory_quiet %v) after 3 quiet checks", gaugeOf(l.metrics.quiet))
+	if pct != 10 || gaugeOf(l.metrics.quiet) != 1 || gaugeOf(l.metrics.gcPct) != 10 {
+		t.Fatalf("percent %d (petrel_memory_quiet %v) after 3 quiet checks, want 10", pct, gaugeOf(l.metrics.quiet))
 	}
-	for range 20 { // trims come and go; the percent stays lowered
+	for range 20 { // trims come and go; the percent stays lowered (the collector costs nothing here)
 		step(1 << 20)
 	}
-	if !lowered || changes != 1 {
-		t.Fatalf("lowered %v after %d changes over quiet checks, want lowered after 1", lowered, changes)
+	if pct != 10 || changes != 1 {
+		t.Fatalf("percent %d after %d changes over quiet checks, want 10 after 1", pct, changes)
 	}
 	step(live)
-	if lowered || gaugeOf(l.metrics.quiet) != 0 {
+	if pct != 0 || gaugeOf(l.metrics.quiet) != 0 || gaugeOf(l.metrics.gcPct) != 0 {
 		t.Fatal("a busy check must restore the percent")
 	}
 	for range 3 {
 		step(1 << 20)
 	}
-	if !lowered {
+	if pct != 10 {
 		t.Fatal("not lowered again after 3 quiet checks")
 	}
 	l.setQuiet(false) // what the trimmer does when it stops
-	if lowered {
+	if pct != 0 {
 		t.Fatal("stopping must restore the percent")
 	}
 }
 
+// TestQuietPercentFollowsCollectorCost: while quiet, a collector taking more than gcQuietBudget
+// of a core doubles the percent (up to gcQuietMax), one taking under a quarter of it halves it
+// (down to minGC), and in between it stays.
+func TestQuietPercentFollowsCollectorCost(t *testing.T) {
+	const live = 100 << 20
+	var s trimSample
+	s.live, s.objects = live, live
+	clock := time.Unix(1000, 0)
+	pct := 0
+	l := &trimLoop{
+		need:      1,
+		read:      func() trimSample { return s },
+		free:      func() {},
+		now:       func() time.Time { return clock },
+		metrics:   newTrimMetrics(prometheus.NewRegistry()),
+		log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		minGC:     10,
+		setGC:     func(p int, _ bool) { pct = p },
+		restoreGC: func() { pct = 0 },
+	}
+	l.prev, l.prevTime = l.read(), clock
+	step := func(gcShare float64) {
+		s.allocs += 1 << 20
+		s.gcCPU += gcShare * 5
+		clock = clock.Add(5 * time.Second)
+		l.check()
+	}
+	step(0)
+	if pct != 10 {
+		t.Fatalf("percent %d once quiet, want 10", pct)
+	}
+	want := []int{20, 40, 80, 100, 100}
+	for i, w := range want {
+		step(3 * gcQuietBudget)
+		if pct != w {
+			t.Fatalf("check %d over budget: percent %d, want %d", i, pct, w)
+		}
+	}
+	step(gcQuietBudget / 2) // within budget, above a quarter: stays
+	if pct != 100 {
+		t.Fatalf("percent %d within budget, want it kept at 100", pct)
+	}
+	for _, w := range []int{50, 25, 12, 10, 10} {
+		step(gcQuietBudget / 10)
+		if pct != w {
+			t.Fatalf("percent %d under a quarter of the budget, want %d", pct, w)
+		}
+	}
+	if gaugeOf(l.metrics.gcPct) != 10 {
+		t.Fatalf("petrel_memory_quiet_gc_percent %v, want 10", gaugeOf(l.metrics.gcPct))
+	}
+}
+
 // TestGCLoweringIsTheProcesss: servers in one process share one lowering: the first hold lowers,
-// the last release restores what the runtime had; a runtime percent at or below the quiet one, or
-// off, is left alone.
+// a holder may change the percent (never above the runtime's), the last release restores what
+// the runtime had; a runtime percent at or below the quiet one, or off, is left alone.
 func TestGCLoweringIsTheProcesss(t *testing.T) {
 	pct := 100
 	set := func(p int) int { old := pct; pct = p; return old }
 	var g gcLowering
-	g.lower(25, set)
-	g.lower(25, set)
+	g.lower(25, set, false)
+	g.lower(25, set, false)
 	if pct != 25 {
 		t.Fatalf("percent %d after two holds, want 25", pct)
 	}
-	g.restore(set)
-	if pct != 25 {
-		t.Fatalf("percent %d with one hold left, want 25", pct)
+	g.lower(50, set, true)
+	if pct != 50 {
+		t.Fatalf("percent %d after a holder's change, want 50", pct)
 	}
+	g.lower(400, set, true)
+	if pct != 100 {
+		t.Fatalf("percent %d after a change above the runtime's, want the runtime's 100", pct)
+	}
+	g.restore(set)
+	if pct != 100 {
+		t.Fatalf("percent %d with one hold left, want 100", pct)
+	}
+	g.lower(10, set, true)
 	g.restore(set)
 	if pct != 100 {
 		t.Fatalf("percent %d after the last release, want the runtime's 100", pct)
@@ -221,7 +284,8 @@ func TestGCLoweringIsTheProcesss(t *testing.T) {
 	g.restore(set) // more releases than holds change nothing
 	for _, runtimePct := range []int{20, 25, -1} {
 		pct = runtimePct
-		g.lower(25, set)
+		g.lower(25, set, false)
+		g.lower(10, set, true)
 		if pct != runtimePct {
 			t.Fatalf("runtime percent %d changed to %d", runtimePct, pct)
 		}
