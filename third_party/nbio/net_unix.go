@@ -11,8 +11,27 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync/atomic"
 	"syscall"
 )
+
+// lastLocalAddr is the local address of the last TCP connection taken over (Petrel fork).
+var lastLocalAddr atomic.Pointer[net.TCPAddr]
+
+// sharedLocalAddr returns the local address the last TCP connection had when a is equal to it, so
+// that the connections accepted on one listener share one (Petrel fork): each held its own
+// *net.TCPAddr and IP, 64 bytes a connection for the same value. Callers never modify it.
+func sharedLocalAddr(a net.Addr) net.Addr {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a
+	}
+	if last := lastLocalAddr.Load(); last != nil && last.Port == ta.Port && last.Zone == ta.Zone && last.IP.Equal(ta.IP) {
+		return last
+	}
+	lastLocalAddr.Store(ta)
+	return ta
+}
 
 //go:norace
 func init() {
@@ -50,7 +69,7 @@ func dupStdConn(conn net.Conn) (*Conn, error) {
 		return nil, err
 	}
 
-	lAddr := conn.LocalAddr()
+	lAddr := sharedLocalAddr(conn.LocalAddr())
 	rAddr := conn.RemoteAddr()
 
 	_ = conn.Close()
