@@ -60,6 +60,11 @@ type Attachment struct {
 	// draining: stored envelopes may be waiting; live deliveries are stored instead, in order.
 	draining     bool
 	drainRunning bool
+	// settled: on a replicated inbox, the first switch to live waits until every node has seen
+	// this attachment's subscription and the stream leader has nothing more for the device (see
+	// settle); interestConfirmed: the first half of that is done. (The flags sit together: the
+	// attachment stays within 256 bytes.)
+	settled, interestConfirmed bool
 	// gen counts wake-ups: a drain that read an empty inbox may only switch to live if gen did not
 	// move meanwhile and every refused live delivery has been stored (its ticket came back).
 	gen uint64
@@ -68,29 +73,18 @@ type Attachment struct {
 	// the drain reads on until it read past wakeSeq, or asks the leader, before it goes live: a
 	// direct get may be answered by a replica that has not applied the acked write yet.
 	wakeSeq, leaderTo uint64
-	// settled: on a replicated inbox, the first switch to live waits until every node has seen
-	// this attachment's subscription and the stream leader has nothing more for the device (see
-	// settle); interestConfirmed: the first half of that is done.
-	settled, interestConfirmed bool
-	tickets                    map[string]time.Time // refusals whose store has not been confirmed, by ticket
-	routes                     map[string]struct{}  // routes seen by this attachment
-	overflowUntil              time.Time            // refusals beyond maxTickets: drain at least until then
-	nextTicket                 uint64
-	live                       map[uint64]waiter // live tag → the waiting sender
-	nextLive                   uint64
-	outstanding                []uint64 // stream sequences pushed and not yet purged, ascending
-	outBytes                   []uint32 // the size of each outstanding envelope
-	outSent                    []int64  // each outstanding envelope's server time (Unix ms; 0 unknown, sentExpired)
-	unackedBytes               int      // the sum of outBytes
-	acked                      map[uint64]bool
-	purgeWant                  uint64 // purge stored envelopes up to here (all acked)
-	purgedTo                   uint64 // purged up to here
-	purgeCount                 int    // acked envelopes not yet counted as purged
-	purging                    bool   // a purge goroutine runs
-	nextSeq                    uint64
-	queueEmpty                 bool // QueueEmpty was sent
-	pushedStored               int
-
+	tickets           map[string]time.Time // refusals whose store has not been confirmed, by ticket
+	routes            map[string]struct{}  // routes seen by this attachment
+	overflowUntil     time.Time            // refusals beyond maxTickets: drain at least until then
+	nextTicket        uint64
+	live              map[uint64]waiter // live tag → the waiting sender
+	nextLive          uint64
+	// sp is the state of stored envelopes pushed, made by the first push: most attachments of
+	// idle devices never push one, and it is a third of the attachment's size.
+	sp           *storedPushes
+	nextSeq      uint64
+	pushedStored int
+	queueEmpty   bool // QueueEmpty was sent
 	// interestAll: every node answered the round that confirmed the subscription (settle).
 	interestAll bool
 
@@ -98,6 +92,48 @@ type Attachment struct {
 	// newerClaim the highest claim announced by another attachment before it was (takeover.go).
 	claimRev   uint64
 	newerClaim claimOf
+}
+
+// storedPushes is an attachment's stored envelopes pushed and not yet purged, and its purges;
+// guarded by the attachment's mu.
+type storedPushes struct {
+	outstanding  []uint64 // stream sequences pushed and not yet purged, ascending
+	outBytes     []uint32 // the size of each outstanding envelope
+	outSent      []int64  // each outstanding envelope's server time (Unix ms; 0 unknown, sentExpired)
+	unackedBytes int      // the sum of outBytes
+	acked        map[uint64]bool
+	purgeWant    uint64 // purge stored envelopes up to here (all acked)
+	purgedTo     uint64 // purged up to here
+	purgeCount   int    // acked envelopes not yet counted as purged
+	purging      bool   // a purge goroutine runs
+}
+
+// outstandingLocked is the number of stored envelopes pushed and not yet acked in order.
+func (a *Attachment) outstandingLocked() int {
+	if a.sp == nil {
+		return 0
+	}
+	return len(a.sp.outstanding)
+}
+
+// unackedBytesLocked is their size.
+func (a *Attachment) unackedBytesLocked() int {
+	if a.sp == nil {
+		return 0
+	}
+	return a.sp.unackedBytes
+}
+
+// addOutstandingLocked records a stored envelope pushed (or dropped as expired: sent is
+// sentExpired).
+func (a *Attachment) addOutstandingLocked(seq uint64, size int, sent int64) {
+	if a.sp == nil {
+		a.sp = &storedPushes{}
+	}
+	sp := a.sp
+	sp.outstanding, sp.outBytes = append(sp.outstanding, seq), append(sp.outBytes, uint32(size))
+	sp.outSent = append(sp.outSent, sent)
+	sp.unackedBytes += size
 }
 
 // Attach starts delivery to a connected device: it subscribes to its live subject, takes the
@@ -363,7 +399,7 @@ func (a *Attachment) offer(routeID string, unanswered bool, env []byte, w waiter
 		}
 		a.routes[routeID] = struct{}{}
 	}
-	if a.draining || len(a.live)+len(a.outstanding) >= a.m.cfg.Window || (!seen && unanswered) {
+	if a.draining || len(a.live)+a.outstandingLocked() >= a.m.cfg.Window || (!seen && unanswered) {
 		// Refuse: the sender stores it, in its own order, and hands our ticket back with the
 		// wake-up that follows the commit. Until every ticket is back the drain does not switch
 		// to live, so nothing from that sender can overtake it.
@@ -382,7 +418,7 @@ func (a *Attachment) offer(routeID string, unanswered bool, env []byte, w waiter
 		}
 		if a.m.debug() {
 			a.m.log.Debug("live delivery refused: the sender stores it", "device", a.dev, "draining", a.draining,
-				"window_full", len(a.live)+len(a.outstanding) >= a.m.cfg.Window, "behind_unanswered", !seen && unanswered)
+				"window_full", len(a.live)+a.outstandingLocked() >= a.m.cfg.Window, "behind_unanswered", !seen && unanswered)
 		}
 		a.gen++
 		a.startDrainLocked()
@@ -428,24 +464,28 @@ func (a *Attachment) Ack(tags []uint64) {
 			continue
 		}
 		// Only tags pushed and not yet purged count: a client cannot grow this map with bogus tags.
-		if i, ok := slices.BinarySearch(a.outstanding, t); ok {
-			if a.acked == nil {
-				a.acked = make(map[uint64]bool)
+		if sp := a.sp; sp != nil {
+			if i, ok := slices.BinarySearch(sp.outstanding, t); ok {
+				if sp.acked == nil {
+					sp.acked = make(map[uint64]bool)
+				}
+				if !sp.acked[t] {
+					a.ackedStoredLocked(sp.outSent[i], &now)
+				}
+				sp.acked[t] = true
 			}
-			if !a.acked[t] {
-				a.ackedStoredLocked(a.outSent[i], &now)
-			}
-			a.acked[t] = true
 		}
 	}
 	n := 0
-	for n < len(a.outstanding) && a.acked[a.outstanding[n]] {
-		delete(a.acked, a.outstanding[n])
-		purgeTo = a.outstanding[n]
-		a.unackedBytes -= int(a.outBytes[n])
-		n++
+	if sp := a.sp; sp != nil {
+		for n < len(sp.outstanding) && sp.acked[sp.outstanding[n]] {
+			delete(sp.acked, sp.outstanding[n])
+			purgeTo = sp.outstanding[n]
+			sp.unackedBytes -= int(sp.outBytes[n])
+			n++
+		}
+		sp.outstanding, sp.outBytes, sp.outSent = sp.outstanding[n:], sp.outBytes[n:], sp.outSent[n:]
 	}
-	a.outstanding, a.outBytes, a.outSent = a.outstanding[n:], a.outBytes[n:], a.outSent[n:]
 	a.mu.Unlock()
 	if len(replies) > 0 {
 		a.m.metrics.ackedLive.Add(float64(len(replies)))
@@ -472,13 +512,14 @@ type purgeRun struct {
 // so a fast reader costs a purge per round trip, not per ack.
 func (a *Attachment) purge(to uint64, n int) {
 	a.mu.Lock()
-	a.purgeWant = max(a.purgeWant, to)
-	a.purgeCount += n
-	if a.purging {
+	sp := a.sp // made by the push of what is purged
+	sp.purgeWant = max(sp.purgeWant, to)
+	sp.purgeCount += n
+	if sp.purging {
 		a.mu.Unlock()
 		return
 	}
-	a.purging = true
+	sp.purging = true
 	a.mu.Unlock()
 	p := &purgeRun{owner: a, done: make(chan struct{})}
 	a.m.purges.Store(a.dev, p)
@@ -491,13 +532,13 @@ func (a *Attachment) purge(to uint64, n int) {
 		}()
 		for {
 			a.mu.Lock()
-			to, n := a.purgeWant, a.purgeCount
-			if to <= a.purgedTo {
-				a.purging = false
+			to, n := sp.purgeWant, sp.purgeCount
+			if to <= sp.purgedTo {
+				sp.purging = false
 				a.mu.Unlock()
 				return
 			}
-			a.purgeCount = 0
+			sp.purgeCount = 0
 			a.mu.Unlock()
 			ctx, cancel := a.m.ctxStore()
 			shard := a.m.bus.Shard(a.dev)
@@ -506,7 +547,7 @@ func (a *Attachment) purge(to uint64, n int) {
 			a.m.metrics.purges.Inc()
 			a.mu.Lock()
 			if err == nil {
-				a.purgedTo = to
+				sp.purgedTo = to
 			}
 			a.mu.Unlock()
 			if err == nil {
@@ -516,7 +557,7 @@ func (a *Attachment) purge(to uint64, n int) {
 				// The envelopes stay stored and will be delivered again: at-least-once.
 				a.m.log.Warn("purge acked envelopes", "device", a.dev, "err", err)
 				a.mu.Lock()
-				a.purging = false
+				sp.purging = false
 				a.mu.Unlock()
 				return
 			}
@@ -548,8 +589,8 @@ func (a *Attachment) drain() {
 			return
 		}
 		gen, from := a.gen, a.nextSeq
-		free := a.m.cfg.Window - len(a.live) - len(a.outstanding)
-		budget := a.m.cfg.WindowBytes - a.unackedBytes
+		free := a.m.cfg.Window - len(a.live) - a.outstandingLocked()
+		budget := a.m.cfg.WindowBytes - a.unackedBytesLocked()
 		var space chan struct{}
 		if free <= 0 || budget <= 0 {
 			space = a.spaceLocked()
@@ -752,9 +793,7 @@ func (a *Attachment) pushStored(seq uint64, data []byte) bool {
 		a.mu.Unlock()
 		return true
 	}
-	a.outstanding, a.outBytes = append(a.outstanding, seq), append(a.outBytes, uint32(len(data)))
-	a.outSent = append(a.outSent, pb.EnvelopeServerTime(data))
-	a.unackedBytes += len(data)
+	a.addOutstandingLocked(seq, len(data), pb.EnvelopeServerTime(data))
 	a.nextSeq = seq + 1
 	a.pushedStored++
 	a.mu.Unlock()

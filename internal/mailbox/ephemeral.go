@@ -51,7 +51,7 @@ func (a *Attachment) pushEphemeral(env []byte) {
 		a.mu.Unlock()
 		return
 	}
-	if a.draining || len(a.live)+len(a.outstanding) >= a.m.cfg.Window {
+	if a.draining || len(a.live)+a.outstandingLocked() >= a.m.cfg.Window {
 		a.mu.Unlock()
 		a.m.ext.ephemeral.WithLabelValues(ephemeralBusy).Inc()
 		return

@@ -71,9 +71,7 @@ func (a *Attachment) dropExpired(seq uint64, size int) {
 		a.mu.Unlock()
 		return
 	}
-	a.outstanding, a.outBytes = append(a.outstanding, seq), append(a.outBytes, uint32(size))
-	a.outSent = append(a.outSent, sentExpired)
-	a.unackedBytes += size
+	a.addOutstandingLocked(seq, size, sentExpired)
 	a.nextSeq = seq + 1
 	a.mu.Unlock()
 	a.m.ext.expired.WithLabelValues("read").Inc()
