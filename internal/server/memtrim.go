@@ -38,9 +38,9 @@ import (
 
 // trimSample is what one check reads from the runtime.
 type trimSample struct {
-	allocs   uint64 // bytes allocated since the process started
-	live     uint64 // live heap after the last collection
-	objects  uint64 // heap bytes in objects, live or not yet collected
+	allocs   uint64  // bytes allocated since the process started
+	live     uint64  // live heap after the last collection
+	objects  uint64  // heap bytes in objects, live or not yet collected
 	free     uint64  // free heap pages not yet returned to the system
 	released uint64  // heap pages returned to the system
 	gcCPU    float64 // CPU seconds the collector has used (the runtime's estimate)
