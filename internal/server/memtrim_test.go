@@ -37,51 +37,67 @@ func TestQuietAndWorth(t *testing.T) {
 	}
 }
 
+// trimRig is the runtime a test trimmer reads: samples it sets, a clock it moves, frees it counts.
+type trimRig struct {
+	s     trimSample
+	clock time.Time
+	frees int
+}
+
+// newTrimRig starts with a live heap of live bytes, all in objects.
+func newTrimRig(live uint64) *trimRig {
+	r := &trimRig{clock: time.Unix(1000, 0)}
+	r.s.live, r.s.objects = live, live
+	return r
+}
+
+// loop is a trimmer over the rig (a free returns every free page), read once as run does.
+func (r *trimRig) loop(need int) *trimLoop {
+	l := &trimLoop{
+		need: need,
+		read: func() trimSample { return r.s },
+		free: func() {
+			r.frees++
+			r.s.released += r.s.free
+			r.s.free = 0
+		},
+		now:     func() time.Time { return r.clock },
+		metrics: newTrimMetrics(prometheus.NewRegistry()),
+		log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	l.prev, l.prevTime = l.read(), r.clock
+	return l
+}
+
 // TestTrimOnlyWhenQuiet drives the trimmer's loop with samples: a burst (much allocated, much
 // free) is not trimmed while it goes on, is trimmed after need quiet checks, and not again within
 // trimMinInterval; a busy node is never trimmed.
 func TestTrimOnlyWhenQuiet(t *testing.T) {
 	const live = 100 << 20
-	var s trimSample
-	s.live, s.objects = live, live
-	clock := time.Unix(1000, 0)
-	frees := 0
-	reg := prometheus.NewRegistry()
-	l := &trimLoop{
-		need: 3,
-		read: func() trimSample { return s },
-		free: func() {
-			frees++
-			s.released += s.free
-			s.free = 0
-		},
-		now:     func() time.Time { return clock },
-		metrics: newTrimMetrics(reg),
-		log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}
-	l.prev = l.read()
+	r := newTrimRig(live)
+	l := r.loop(3)
 	step := func(alloc, free uint64) {
-		s.allocs += alloc
-		s.free += free
-		clock = clock.Add(5 * time.Second)
+		r.s.allocs += alloc
+		r.s.free += free
+		r.clock = r.clock.Add(5 * time.Second)
 		l.check()
 	}
 	// A burst: each check allocates the live heap again.
 	for range 10 {
 		step(live, 20<<20)
 	}
-	if frees != 0 {
-		t.Fatalf("trimmed %d times while busy", frees)
+	if r.frees != 0 {
+		t.Fatalf("trimmed %d times while busy", r.frees)
 	}
 	// Quiet: the third quiet check trims.
 	step(1<<20, 0)
 	step(1<<20, 0)
-	if frees != 0 {
+	if r.frees != 0 {
 		t.Fatalf("trimmed after 2 quiet checks, want 3")
 	}
 	step(1<<20, 0)
-	if frees != 1 {
-		t.Fatalf("trims after 3 quiet checks: %d, want 1", frees)
+	if r.frees != 1 {
+		t.Fatalf("trims after 3 quiet checks: %d, want 1", r.frees)
 	}
 	if got := counterOf(l.metrics.released); got != 200<<20 {
 		t.Fatalf("petrel_memory_trimmed_bytes_total %v, want %d", got, 200<<20)
@@ -91,14 +107,14 @@ func TestTrimOnlyWhenQuiet(t *testing.T) {
 	for range 4 {
 		step(1<<20, 0)
 	}
-	if frees != 1 {
+	if r.frees != 1 {
 		t.Fatalf("trimmed again within %v", trimMinInterval)
 	}
 	for range 12 {
 		step(1<<20, 0)
 	}
-	if frees != 2 {
-		t.Fatalf("trims after trimMinInterval: %d, want 2", frees)
+	if r.frees != 2 {
+		t.Fatalf("trims after trimMinInterval: %d, want 2", r.frees)
 	}
 	if got := counterOf(l.metrics.trims); got != 2 {
 		t.Fatalf("petrel_memory_trims_total %v, want 2", got)
@@ -132,39 +148,29 @@ func TestMemoryTrimStartsAndStops(t *testing.T) {
 // trimmer's stop while quiet.
 func TestQuietLowersCollectorPercent(t *testing.T) {
 	const live = 100 << 20
-	var s trimSample
-	s.live, s.objects = live, live
-	clock := time.Unix(1000, 0)
+	r := newTrimRig(live)
 	pct := 0 // 0: the runtime's
 	changes := 0
-	l := &trimLoop{
-		need:    3,
-		read:    func() trimSample { return s },
-		free:    func() { s.released += s.free; s.free = 0 },
-		now:     func() time.Time { return clock },
-		metrics: newTrimMetrics(prometheus.NewRegistry()),
-		log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
-		minGC:   10,
-		setGC: func(p int, again bool) {
-			if again != (pct != 0) {
-				t.Fatalf("setGC(%d, again=%v) with the percent at %d", p, again, pct)
-			}
-			pct = p
-			changes++
-		},
-		restoreGC: func() {
-			if pct == 0 {
-				t.Fatal("restored without a lowering")
-			}
-			pct = 0
-			changes++
-		},
+	l := r.loop(3)
+	l.minGC = 10
+	l.setGC = func(p int, again bool) {
+		if again != (pct != 0) {
+			t.Fatalf("setGC(%d, again=%v) with the percent at %d", p, again, pct)
+		}
+		pct = p
+		changes++
 	}
-	l.prev, l.prevTime = l.read(), clock
+	l.restoreGC = func() {
+		if pct == 0 {
+			t.Fatal("restored without a lowering")
+		}
+		pct = 0
+		changes++
+	}
 	step := func(alloc uint64) {
-		s.allocs += alloc
-		s.free += 40 << 20
-		clock = clock.Add(5 * time.Second)
+		r.s.allocs += alloc
+		r.s.free += 40 << 20
+		r.clock = r.clock.Add(5 * time.Second)
 		l.check()
 	}
 	step(live)
@@ -203,27 +209,16 @@ func TestQuietLowersCollectorPercent(t *testing.T) {
 // of a core doubles the percent (up to gcQuietMax), one taking under a quarter of it halves it
 // (down to minGC), and in between it stays.
 func TestQuietPercentFollowsCollectorCost(t *testing.T) {
-	const live = 100 << 20
-	var s trimSample
-	s.live, s.objects = live, live
-	clock := time.Unix(1000, 0)
+	r := newTrimRig(100 << 20)
 	pct := 0
-	l := &trimLoop{
-		need:      1,
-		read:      func() trimSample { return s },
-		free:      func() {},
-		now:       func() time.Time { return clock },
-		metrics:   newTrimMetrics(prometheus.NewRegistry()),
-		log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
-		minGC:     10,
-		setGC:     func(p int, _ bool) { pct = p },
-		restoreGC: func() { pct = 0 },
-	}
-	l.prev, l.prevTime = l.read(), clock
+	l := r.loop(1)
+	l.minGC = 10
+	l.setGC = func(p int, _ bool) { pct = p }
+	l.restoreGC = func() { pct = 0 }
 	step := func(gcShare float64) {
-		s.allocs += 1 << 20
-		s.gcCPU += gcShare * 5
-		clock = clock.Add(5 * time.Second)
+		r.s.allocs += 1 << 20
+		r.s.gcCPU += gcShare * 5
+		r.clock = r.clock.Add(5 * time.Second)
 		l.check()
 	}
 	step(0)
