@@ -65,16 +65,20 @@ func (c *Conn) IsUnix() bool {
 
 // Session returns user session.
 //
-//go:norace
+// Petrel fork: the session is an atomic pointer (was a plain field, with the race detector
+// switched off here): a session set on the poller goroutine and read by a job on another one
+// (nbhttp's close job) now orders what was written before it, for the race detector as for the
+// memory model.
 func (c *Conn) Session() interface{} {
-	return c.session
+	if p := c.session.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // SetSession sets user session.
-//
-//go:norace
 func (c *Conn) SetSession(session interface{}) {
-	c.session = session
+	c.session.Store(&session)
 }
 
 // OnData registers Conn's data handler.

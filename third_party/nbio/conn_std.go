@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -38,8 +39,8 @@ type Conn struct {
 
 	ReadBuffer []byte
 
-	// user session.
-	session interface{}
+	// user session (Petrel fork: atomic, see Session).
+	session atomic.Pointer[interface{}]
 
 	jobList []func()
 

@@ -136,8 +136,8 @@ type Conn struct {
 	// remote addr.
 	rAddr net.Addr
 
-	// user session.
-	session interface{}
+	// user session (Petrel fork: atomic, see Session).
+	session atomic.Pointer[interface{}]
 
 	// job list.
 	jobList []func()
