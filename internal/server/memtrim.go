@@ -30,9 +30,11 @@ import (
 // lower percent (as GOGC), starting at memory_quiet_gc_percent (10 by default: the heap grows a
 // tenth over the live heap between collections). What that costs depends on the allocation
 // rate, not on the heap's size (each collection marks the live heap, and collections come every
-// percent-of-the-live-heap allocated), so the trimmer measures it: while the collector takes
-// more than gcQuietBudget of a core, the percent doubles (up to 100), and while it takes less
-// than a quarter of that, it halves (down to memory_quiet_gc_percent). The first busy check
+// percent-of-the-live-heap allocated), so the trimmer measures it over windows of gcTuneWindow
+// (the runtime adds a cycle's CPU when the cycle ends, so a shorter window would see nothing, then
+// all of it): past gcQuietBudget of a core the percent doubles (up to 100; at once when the
+// window's allowance is spent), under a quarter of it the percent halves (down to
+// memory_quiet_gc_percent). The first busy check
 // restores the runtime's percent (GOGC, default 100). The percent is the process's: every
 // server in a process shares one lowering (gcLowering).
 
@@ -91,6 +93,8 @@ const (
 	gcQuietBudget = 0.01
 	// gcQuietMax is the highest lowered percent (the runtime's default).
 	gcQuietMax = 100
+	// gcTuneWindow is how long the collector's cost is measured before the percent is halved.
+	gcTuneWindow = time.Minute
 )
 
 // quietCheck reports whether the node allocated little between two checks: less than an eighth of
@@ -246,11 +250,13 @@ type trimLoop struct {
 	restoreGC func()
 	minGC     int
 
-	prev     trimSample // the last check's sample
-	prevTime time.Time  // when it was read
-	quiet    int        // quiet checks in a row
-	last     time.Time  // the last trim
-	gcPct    int        // the percent set while quiet; 0: none set (busy)
+	prev  trimSample // the last check's sample
+	quiet int        // quiet checks in a row
+	last  time.Time  // the last trim
+	gcPct int        // the percent set while quiet; 0: none set (busy)
+	// tuneCPU and tuneStart: the collector's CPU and the time when the current window began.
+	tuneCPU   float64
+	tuneStart time.Time
 }
 
 // setQuiet lowers the collector's percent to minGC when the node turns quiet and restores the
@@ -274,28 +280,34 @@ func (l *trimLoop) setQuiet(q bool) {
 	l.log.Debug("busy: collector percent restored")
 }
 
-// tuneGC doubles the lowered percent while the collector costs more than gcQuietBudget of a core
-// (gcShare: its share over the last check) and halves it, down to minGC, while it costs less than
-// a quarter of that.
-func (l *trimLoop) tuneGC(gcShare float64) {
+// tuneGC doubles the lowered percent when the collector has cost more than gcQuietBudget of a
+// core over the current window (at once once the whole window's allowance is spent) and halves
+// it, down to minGC, when a full window cost less than a quarter of that; each decision starts a
+// new window.
+func (l *trimLoop) tuneGC(cur trimSample, now time.Time) {
+	spent, elapsed := cur.gcCPU-l.tuneCPU, now.Sub(l.tuneStart)
+	allowance := gcQuietBudget * gcTuneWindow.Seconds()
 	pct := l.gcPct
 	switch {
-	case gcShare > gcQuietBudget:
+	case spent > allowance || (elapsed >= gcTuneWindow && spent > gcQuietBudget*elapsed.Seconds()):
 		pct = min(pct*2, gcQuietMax)
-	case gcShare < gcQuietBudget/4:
+	case elapsed < gcTuneWindow:
+		return // measuring
+	case spent < gcQuietBudget/4*elapsed.Seconds():
 		pct = max(pct/2, l.minGC)
 	}
+	l.tuneCPU, l.tuneStart = cur.gcCPU, now
 	if pct != l.gcPct {
 		l.gcPct = pct
 		l.setGC(pct, true)
 		l.metrics.gcPct.Set(float64(pct))
-		l.log.Debug("quiet: collector percent changed", "percent", pct, "gc_share", gcShare)
+		l.log.Debug("quiet: collector percent changed", "percent", pct, "gc_cpu_s", spent, "over", elapsed)
 	}
 }
 
 // run checks on every tick until stop closes.
 func (l *trimLoop) run(tick <-chan time.Time, stop <-chan struct{}) {
-	l.prev, l.prevTime = l.read(), l.now()
+	l.prev = l.read()
 	for {
 		select {
 		case <-stop:
@@ -316,13 +328,12 @@ func (l *trimLoop) check() {
 		l.setQuiet(false)
 	}
 	if l.gcPct != 0 {
-		if wall := now.Sub(l.prevTime).Seconds(); wall > 0 {
-			l.tuneGC((cur.gcCPU - l.prev.gcCPU) / wall)
-		}
+		l.tuneGC(cur, now)
 	} else if l.quiet >= l.need {
 		l.setQuiet(true)
+		l.tuneCPU, l.tuneStart = cur.gcCPU, now
 	}
-	l.prev, l.prevTime = cur, now
+	l.prev = cur
 	if l.quiet < l.need || !worthTrim(cur) || (!l.last.IsZero() && l.now().Sub(l.last) < trimMinInterval) {
 		return
 	}
@@ -337,7 +348,8 @@ func (l *trimLoop) check() {
 	l.metrics.trims.Inc()
 	l.metrics.released.Add(float64(freed))
 	l.log.Debug("quiet: returned freed heap to the system", "bytes", freed, "live_heap", after.live, "took", l.last.Sub(start))
-	l.prev, l.prevTime = after, l.last // the trim's own collection is not the percent's cost
+	l.prev = after
+	l.tuneCPU += after.gcCPU - cur.gcCPU // the trim's own collection is not the percent's cost
 	l.quiet = 0
 }
 

@@ -65,7 +65,7 @@ func (r *trimRig) loop(need int) *trimLoop {
 		metrics: newTrimMetrics(prometheus.NewRegistry()),
 		log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
-	l.prev, l.prevTime = l.read(), r.clock
+	l.prev = l.read()
 	return l
 }
 
@@ -205,9 +205,11 @@ func TestQuietLowersCollectorPercent(t *testing.T) {
 	}
 }
 
-// TestQuietPercentFollowsCollectorCost: while quiet, a collector taking more than gcQuietBudget
-// of a core doubles the percent (up to gcQuietMax), one taking under a quarter of it halves it
-// (down to minGC), and in between it stays.
+// TestQuietPercentFollowsCollectorCost: while quiet, a collector that cost more than
+// gcQuietBudget of a core over a window doubles the percent (up to gcQuietMax), one under a
+// quarter of it halves it after a whole window (down to minGC), and in between it stays. The
+// runtime counts a cycle's CPU when the cycle ends, so the cost arrives in lumps: checks that saw
+// none must not halve a percent that costs too much.
 func TestQuietPercentFollowsCollectorCost(t *testing.T) {
 	r := newTrimRig(100 << 20)
 	pct := 0
@@ -215,35 +217,53 @@ func TestQuietPercentFollowsCollectorCost(t *testing.T) {
 	l.minGC = 10
 	l.setGC = func(p int, _ bool) { pct = p }
 	l.restoreGC = func() { pct = 0 }
-	step := func(gcShare float64) {
-		r.s.allocs += 1 << 20
-		r.s.gcCPU += gcShare * 5
-		r.clock = r.clock.Add(5 * time.Second)
-		l.check()
+	checks := int(gcTuneWindow / (5 * time.Second))
+	// window runs one window of checks 5 s apart; the collector's cost (share of a core) is
+	// counted in one lump every lump-th check, as cycles end.
+	window := func(share float64, lump int) {
+		for i := 1; i <= checks; i++ {
+			r.s.allocs += 1 << 20
+			if i%lump == 0 {
+				r.s.gcCPU += share * 5 * float64(lump)
+			}
+			r.clock = r.clock.Add(5 * time.Second)
+			l.check()
+		}
 	}
-	step(0)
+	r.s.allocs += 1 << 20
+	r.clock = r.clock.Add(5 * time.Second)
+	l.check()
 	if pct != 10 {
 		t.Fatalf("percent %d once quiet, want 10", pct)
 	}
-	want := []int{20, 40, 80, 100, 100}
-	for i, w := range want {
-		step(3 * gcQuietBudget)
-		if pct != w {
-			t.Fatalf("check %d over budget: percent %d, want %d", i, pct, w)
+	for _, w := range []int{20, 40, 80, 100, 100} {
+		window(1.5*gcQuietBudget, 4) // over budget, counted every fourth check
+		if pct < w {
+			t.Fatalf("over budget: percent %d, want at least %d", pct, w)
 		}
 	}
-	step(gcQuietBudget / 2) // within budget, above a quarter: stays
+	if pct != 100 {
+		t.Fatalf("percent %d after windows over budget, want 100", pct)
+	}
+	window(gcQuietBudget/2, 3) // within budget, above a quarter: stays
 	if pct != 100 {
 		t.Fatalf("percent %d within budget, want it kept at 100", pct)
 	}
 	for _, w := range []int{50, 25, 12, 10, 10} {
-		step(gcQuietBudget / 10)
+		window(gcQuietBudget/10, 6)
 		if pct != w {
-			t.Fatalf("percent %d under a quarter of the budget, want %d", pct, w)
+			t.Fatalf("percent %d after a window under a quarter of the budget, want %d", pct, w)
 		}
 	}
 	if gaugeOf(l.metrics.gcPct) != 10 {
 		t.Fatalf("petrel_memory_quiet_gc_percent %v, want 10", gaugeOf(l.metrics.gcPct))
+	}
+	// A whole window's allowance spent in one check doubles at once.
+	r.s.gcCPU += 2 * gcQuietBudget * gcTuneWindow.Seconds()
+	r.clock = r.clock.Add(5 * time.Second)
+	l.check()
+	if pct != 20 {
+		t.Fatalf("percent %d after the window's allowance was spent at once, want 20", pct)
 	}
 }
 
