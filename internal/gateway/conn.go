@@ -35,22 +35,24 @@ const (
 
 // conn is one device connection. It holds no buffers while idle.
 type conn struct {
-	g     *Gateway
-	ws    *websocket.Conn // set by onOpen, under wmu (flushLocked may run before)
-	id    string
-	nonce [pb.NonceSize]byte
+	g  *Gateway
+	ws *websocket.Conn // set by onOpen, under wmu (flushLocked may run before)
+	id string
+	// hs is what only the handshake needs (its nonce, its refused frames): made by onOpen, dropped
+	// once the device is authenticated, so an idle connection does not carry it. Only the
+	// connection's frame handler uses it after onOpen (handshake frames never go to the lane).
+	hs *handshake
 	// The per-connection frame rate limit, a token bucket (rate.Limiter is six times the size). Only
 	// the connection's reader uses it, on the poller goroutine (admission.go).
 	tokens     float64
 	tokensTime time.Duration // gateway clock (since clockBase) of the last refill
-	hsFailures int           // refused handshake frames (see handshakeFailed); only handle uses it
 
 	// Admission (admission.go, wsread.go): what the connection's frames hold before they are
 	// handled. rd belongs to the poller goroutine; queued and held are shared with the executor.
 	rd     wsReader
 	nbc    *nbio.Conn   // the socket, the key of the reader until it is installed
-	queued atomic.Int32 // frames queued and not yet handled
 	held   atomic.Int64 // inbound bytes charged and not yet released; -1 once closed
+	queued atomic.Int32 // frames queued and not yet handled
 
 	state atomic.Int32
 	// deadline is when the connection is closed unless a frame comes (gateway clock, see sweep):
@@ -58,26 +60,40 @@ type conn struct {
 	// (wsReader.frameDone), not as it is handled.
 	deadline atomic.Int64
 	sends    atomic.Int32 // sends in flight
+	// idx is the connection's index in g.conns, -1 when not there; guarded by g.mu.
+	idx int32
 	// lane is the request lane (lane.go), made by the frame job on the first request that waits
 	// on the store; only the frame job sets it.
 	lane *lane
-
-	// idx is the connection's index in g.conns, -1 when not there; guarded by g.mu.
-	idx int
 
 	mu     sync.Mutex // guards the fields below
 	dev    directory.Principal
 	att    *mailbox.Attachment
 	route  *mailbox.Route
 	linkID string // the pending link of a linking connection
-	// presenceOn: the device was counted online by the presence service (presence.go).
-	presenceOn bool
 
-	fmu        sync.Mutex // held while flushing (see writer.go)
-	wmu        sync.Mutex // guards the write fields below
-	wbuf       *[]byte    // pending frames; nil while idle
-	wscheduled bool
-	wclosed    bool
+	fmu  sync.Mutex // held while flushing (see writer.go)
+	wmu  sync.Mutex // guards the write fields below
+	wbuf *[]byte    // pending frames; nil while idle
+	// The flags share a word; each is guarded as its comment says.
+	presenceOn bool // the device was counted online by the presence service (presence.go); under mu
+	wscheduled bool // under wmu
+	wclosed    bool // under wmu
+}
+
+// handshake is what a connection holds until its device is authenticated.
+type handshake struct {
+	nonce    [pb.NonceSize]byte
+	failures int32 // refused handshake frames (see handshakeFailed)
+}
+
+// nonce is the handshake's challenge nonce; nil once the device is authenticated (nothing signed
+// over it verifies then).
+func (c *conn) nonce() []byte {
+	if c.hs == nil {
+		return nil
+	}
+	return c.hs.nonce[:]
 }
 
 // handle processes one frame whose admission charge is charge. It reports whether the frame went
@@ -166,7 +182,7 @@ func (c *conn) onAuth(f *pb.Frame) {
 	ctx, cancel := c.ctx()
 	defer cancel()
 	a := f.GetAuth()
-	dev, err := c.g.dir.Authenticate(ctx, a.GetDeviceId(), c.nonce[:], a.GetSignature())
+	dev, err := c.g.dir.Authenticate(ctx, a.GetDeviceId(), c.nonce(), a.GetSignature())
 	if c.authenticated(ctx, f, dev, errors.Is(err, directory.ErrAuthFailed), err) {
 		c.g.seen(dev.ID)
 	}
@@ -203,6 +219,7 @@ func (c *conn) authenticated(ctx context.Context, f *pb.Frame, dev directory.Pri
 	if !c.state.CompareAndSwap(stateHandshake, stateAuthed) {
 		return false
 	}
+	c.hs = nil // the handshake is over: an authenticated connection refuses handshake frames
 	c.g.metrics.connects.Inc()
 	c.deadline.Store(c.g.clock() + int64(c.g.cfg.IdleTimeout))
 	if a := f.GetAuth(); a.GetFailoverMs() > 0 {

@@ -123,7 +123,7 @@ func TestConnListRemove(t *testing.T) {
 		t.Fatalf("%d connections, want 4", len(g.conns))
 	}
 	for i, c := range g.conns {
-		if c.idx != i || c == cs[1] {
+		if int(c.idx) != i || c == cs[1] {
 			t.Fatalf("conns[%d] has idx %d (removed one present: %v)", i, c.idx, c == cs[1])
 		}
 	}

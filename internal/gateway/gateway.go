@@ -486,20 +486,20 @@ func headerHasToken(r *http.Request, name string, match func(string) bool) bool 
 
 // addConnLocked adds c to g.conns. Call with g.mu held.
 func (g *Gateway) addConnLocked(c *conn) {
-	c.idx = len(g.conns)
+	c.idx = int32(len(g.conns)) // at most max_connections, far below 2^31
 	g.conns = append(g.conns, c)
 }
 
 // removeConnLocked removes c from g.conns (the last one takes its place) and reports whether it
 // was there. Call with g.mu held.
 func (g *Gateway) removeConnLocked(c *conn) bool {
-	i := c.idx
+	i := int(c.idx)
 	if i < 0 || i >= len(g.conns) || g.conns[i] != c {
 		return false
 	}
 	last := len(g.conns) - 1
 	g.conns[i] = g.conns[last]
-	g.conns[i].idx = i
+	g.conns[i].idx = int32(i)
 	g.conns[last] = nil
 	g.conns = g.conns[:last]
 	c.idx = -1
@@ -527,10 +527,12 @@ func (g *Gateway) onOpen(ws *websocket.Conn) {
 	c.wmu.Lock() // flushLocked reads ws under wmu: a frame may be answered before this runs
 	c.ws = ws
 	c.wmu.Unlock()
-	if _, err := cryptorand.Read(c.nonce[:]); err != nil {
+	hs := new(handshake)
+	if _, err := cryptorand.Read(hs.nonce[:]); err != nil {
 		ws.Close()
 		return
 	}
+	c.hs = hs
 	ws.SetSession(c)
 	g.mu.Lock()
 	g.addConnLocked(c)
@@ -538,7 +540,7 @@ func (g *Gateway) onOpen(ws *websocket.Conn) {
 	g.metrics.conns.Inc() // the slot was reserved in ServeHTTP
 	c.deadline.Store(g.clock() + int64(g.cfg.HandshakeTimeout))
 	c.write(&pb.Frame{Body: &pb.Frame_Challenge{Challenge: &pb.Challenge{
-		Nonce:        c.nonce[:],
+		Nonce:        hs.nonce[:],
 		ServerTimeMs: time.Now().UnixMilli(),
 		Node:         g.cfg.Node,
 	}}})

@@ -128,7 +128,7 @@ func (c *conn) register(ctx context.Context, req *pb.Register) (dev *directory.D
 		return nil, true, &codedError{code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED,
 			msg: "too many registrations from this address, try later", retry: retryMs(retry)}
 	}
-	r, err := c.g.dir.CheckRegister(ctx, req, c.nonce[:])
+	r, err := c.g.dir.CheckRegister(ctx, req, c.nonce())
 	if err != nil {
 		return nil, !errors.Is(err, directory.ErrUnavailable) && ctx.Err() == nil, err
 	}
@@ -146,8 +146,11 @@ func (c *conn) register(ctx context.Context, req *pb.Register) (dev *directory.D
 // handshakeFailed counts a refused handshake frame; at the limit it closes the connection with an
 // Error (RATE_LIMITED) and close code 1008 (policy violation).
 func (c *conn) handshakeFailed() {
-	c.hsFailures++ // only the connection's frame handler touches it, one frame at a time
-	if c.hsFailures < c.g.reg.cfg.MaxHandshakeFailures {
+	if c.hs == nil { // authenticated meanwhile: not a handshake frame any more
+		return
+	}
+	c.hs.failures++ // only the connection's frame handler touches it, one frame at a time
+	if int(c.hs.failures) < c.g.reg.cfg.MaxHandshakeFailures {
 		return
 	}
 	c.g.reg.closes.Inc()

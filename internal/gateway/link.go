@@ -56,7 +56,7 @@ func (c *conn) onStartLink(f *pb.Frame) {
 	}
 	ctx, cancel := c.ctx()
 	defer cancel()
-	id, expires, err := c.g.dir.StartLink(ctx, c.nonce[:], f.GetStartLink())
+	id, expires, err := c.g.dir.StartLink(ctx, c.nonce(), f.GetStartLink())
 	if err != nil {
 		c.g.pendingLinks.Add(-1)
 		c.g.metrics.authFailures.Inc()

@@ -59,7 +59,7 @@ func (c *conn) recover(ctx context.Context, req *pb.Recover) (r *directory.Recov
 				msg: "too many recovery attempts for this account, try later", retry: retryMs(retry)}
 		}
 	}
-	r, err = c.g.dir.Recover(ctx, req, c.nonce[:])
+	r, err = c.g.dir.Recover(ctx, req, c.nonce())
 	if errors.Is(err, directory.ErrRecoveryRefused) {
 		err = &codedError{code: pb.ErrorCode_ERROR_CODE_AUTH_FAILED, msg: "the recovery key does not match this account"}
 	}

@@ -60,24 +60,23 @@ type wsReader struct {
 	wsc *websocket.Conn
 
 	hdr  [maxHeaderLen]byte
-	hdrN int  // header bytes read so far
-	in   bool // reading a frame's payload (else a header)
+	hdrN uint8 // header bytes read so far (at most maxHeaderLen)
+	in   bool  // reading a frame's payload (else a header)
 
-	op     byte
-	fin    bool
-	key    [4]byte
+	op   byte
+	fin  bool
+	skip bool // the current frame is over max_frame_bytes: its payload is dropped
+	dead bool // closed by the reader: everything after is discarded
+	key  [4]byte
+
 	left   int    // payload bytes of the current frame still to come
 	off    int    // payload bytes of the current frame read so far (the mask phase)
 	charge int64  // bytes charged for the current frame
 	ctl    []byte // payload of the control frame being read
 
-	skip bool // the current frame is over max_frame_bytes: its payload is dropped
-
 	msg       []byte // the data message being assembled (nil when none)
-	msgOp     byte   // its opcode (text or binary)
 	msgCharge int64  // bytes charged for it so far
-
-	dead bool // closed by the reader: everything after is discarded
+	msgOp     byte   // its opcode (text or binary)
 }
 
 // errReaderClosed ends parsing of a connection the reader has closed.
@@ -159,14 +158,14 @@ func (r *wsReader) readHeader(data []byte) (int, bool) {
 				want = 6
 			}
 		}
-		if r.hdrN == want {
+		if int(r.hdrN) == want {
 			break
 		}
 		if used == len(data) {
 			return used, false
 		}
 		n := copy(r.hdr[r.hdrN:want], data[used:])
-		r.hdrN += n
+		r.hdrN += uint8(n) // n <= want-hdrN <= maxHeaderLen
 		used += n
 	}
 	h := r.hdr[:r.hdrN]
