@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/petrelchat/petrel/e2ee"
 	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/directory"
@@ -363,4 +365,76 @@ func TestStatusCounts(t *testing.T) {
 	}
 	check(t, op, 3, 3)
 	check(t, p, 0, 0)
+}
+
+// A replica that cannot serve a direct get answers it "not found" (nats-server does so for any
+// error loading the message, e.g. its store closing on a node being stopped): the directory
+// confirms a missing device or account record with the bucket stream's leader before it refuses
+// a device or a user as unknown. Seen in CI: a device moving off a draining node was refused as
+// unknown (auth_failed) by another node, and its client gave up. A device or user that does not
+// exist is still refused, and each confirmed read is counted.
+func TestReadsConfirmNotFoundWithLeader(t *testing.T) {
+	ctx := context.Background()
+	d0, b := startedDir(t, directory.Config{})
+	amy := register(t, d0, "amy", 12, 1)
+	// A second directory on the same bus, as another node's: nothing of amy cached.
+	reg := prometheus.NewRegistry()
+	d := directory.New(b, directory.Config{Registry: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx2, cancel := context.WithCancel(ctx)
+	t.Cleanup(func() { cancel(); d.Wait() })
+	if err := d.Start(ctx2); err != nil {
+		t.Fatal(err)
+	}
+	if d.AuthCachedForTest(amy.id) || d.AccountCachedForTest("amy") {
+		t.Fatal("amy is cached on a directory that never read her")
+	}
+	nonce := bytes.Repeat([]byte{0x5b}, 32)
+	directory.SetDirectNotFoundForTest(t, func(key string) bool { return key == amy.id || key == "amy" })
+
+	p, err := d.Authenticate(ctx, amy.id, nonce, amy.sign(nonce))
+	if err != nil {
+		t.Fatalf("a registered device whose direct get answered not found: %v", err)
+	}
+	if p.ID != amy.id || p.Name != "amy" {
+		t.Fatalf("principal %+v", p)
+	}
+	if dev, err := d.Device(ctx, amy.id); err != nil || dev.ID != amy.id {
+		t.Fatalf("Device of a registered device whose direct get answered not found: %v, %v", dev, err)
+	}
+	if acc, err := d.Account(ctx, "amy"); err != nil || acc.Name != "amy" {
+		t.Fatalf("an account whose direct get answered not found: %v, %v", acc, err)
+	}
+	if _, err := d.Authenticate(ctx, "0123456789abcdef0123456789abcdef", nonce, amy.sign(nonce)); !errors.Is(err, directory.ErrAuthFailed) {
+		t.Fatalf("an unknown device: %v, want ErrAuthFailed", err)
+	}
+	if _, err := d.Account(ctx, "nobody"); !errors.Is(err, directory.ErrUnknownUser) {
+		t.Fatalf("an unknown user: %v, want ErrUnknownUser", err)
+	}
+	if n := counterValue(t, reg, "petrel_directory_reads_confirmed_total", "devices"); n != 2 {
+		t.Fatalf("reads confirmed in devices: %v, want 2 (Authenticate, Device)", n)
+	}
+	if n := counterValue(t, reg, "petrel_directory_reads_confirmed_total", "accounts"); n != 1 {
+		t.Fatalf("reads confirmed in accounts: %v, want 1", n)
+	}
+}
+
+// counterValue is the value of the counter name with the one label value label in reg.
+func counterValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == label {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no counter %s{%s}", name, label)
+	return 0
 }

@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -851,15 +852,12 @@ func (d *Directory) authEntry(ctx context.Context, deviceID string, k deviceKey)
 // ErrUnknownDevice when there is none,
 // ErrAuthFailed when its auth key is malformed, ErrUnavailable when it cannot be read.
 func (d *Directory) readAuth(ctx context.Context, deviceID string) (authEntry, uint64, error) {
-	kv, err := d.bus.Devices.Get(ctx, deviceID)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return authEntry{}, 0, ErrUnknownDevice
-	}
+	value, revision, err := d.deviceRecord(ctx, deviceID)
 	if err != nil {
-		return authEntry{}, 0, fmt.Errorf("%w: read device: %v", ErrUnavailable, err)
+		return authEntry{}, 0, err
 	}
 	var rec authRecord
-	if err := json.Unmarshal(kv.Value(), &rec); err != nil {
+	if err := json.Unmarshal(value, &rec); err != nil {
 		return authEntry{}, 0, fmt.Errorf("%w: device record %s: %v", ErrUnavailable, deviceID, err)
 	}
 	if rec.ID != deviceID {
@@ -871,8 +869,52 @@ func (d *Directory) readAuth(ctx context.Context, deviceID string) (authEntry, u
 	created := rec.SignedPreKey.Created
 	e := authEntry{name: rec.Name, createdSec: created.Unix(), createdNsec: int32(created.Nanosecond())}
 	copy(e.key[:], rec.AuthKey)
-	return e, kv.Revision(), nil
+	return e, revision, nil
 }
+
+// deviceRecord reads a device's stored record and its revision: ErrUnknownDevice when there is
+// none, ErrUnavailable when it cannot be read.
+func (d *Directory) deviceRecord(ctx context.Context, deviceID string) ([]byte, uint64, error) {
+	value, revision, ok, err := d.getConfirmed(ctx, d.bus.Devices, bus.DevicesBucket, deviceID)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: read device: %v", ErrUnavailable, err)
+	}
+	if !ok {
+		return nil, 0, ErrUnknownDevice
+	}
+	return value, revision, nil
+}
+
+// getConfirmed reads key from bucket (kv) with a direct get, which any replica of the bucket
+// may answer. A "not found" is confirmed through the bucket stream's leader before it is
+// believed, because nats-server answers a direct get it cannot serve (its store closing on a
+// node being stopped, for one) as "not found" too: a registered device refused as unknown is
+// told its credentials are wrong and its client gives up; a user refused as unknown looks
+// deleted to the sender. ok is false when the leader has no such key either.
+func (d *Directory) getConfirmed(ctx context.Context, kv jetstream.KeyValue, bucket, key string) (value []byte, revision uint64, ok bool, err error) {
+	e, err := kv.Get(ctx, key)
+	if h := directNotFoundHook.Load(); err == nil && h != nil && (*h)(key) {
+		e, err = nil, jetstream.ErrKeyNotFound
+	}
+	if err == nil {
+		return e.Value(), e.Revision(), true, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, false, err
+	}
+	value, revision, ok, err = d.bus.KVLatest(ctx, bucket, key)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("from the stream leader: %w", err)
+	}
+	if ok {
+		d.metrics.readsConfirmed.WithLabelValues(bucket).Inc()
+	}
+	return value, revision, ok, nil
+}
+
+// directNotFoundHook, set only by tests, makes the direct get of the keys it names (device ids,
+// account names) answer "not found", as a replica that cannot serve it does.
+var directNotFoundHook atomic.Pointer[func(deviceID string) bool]
 
 // Device returns a device record.
 func (d *Directory) Device(ctx context.Context, deviceID string) (*Device, error) {
@@ -881,18 +923,15 @@ func (d *Directory) Device(ctx context.Context, deviceID string) (*Device, error
 }
 
 func (d *Directory) device(ctx context.Context, deviceID string) (*Device, uint64, error) {
-	e, err := d.bus.Devices.Get(ctx, deviceID)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, 0, ErrUnknownDevice
-	}
+	value, revision, err := d.deviceRecord(ctx, deviceID)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: read device: %v", ErrUnavailable, err)
+		return nil, 0, err
 	}
 	dev := &Device{}
-	if err := json.Unmarshal(e.Value(), dev); err != nil {
+	if err := json.Unmarshal(value, dev); err != nil {
 		return nil, 0, fmt.Errorf("%w: device record %s: %v", ErrUnavailable, deviceID, err)
 	}
-	return dev, e.Revision(), nil
+	return dev, revision, nil
 }
 
 // readTimeout bounds a bucket read made for a caller that gave no deadline.
@@ -917,18 +956,18 @@ func (d *Directory) Account(ctx context.Context, name string) (*Account, error) 
 
 // readAccount reads an account record and its revision.
 func (d *Directory) readAccount(ctx context.Context, name string) (*Account, uint64, error) {
-	e, err := d.bus.Accounts.Get(ctx, name)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, 0, ErrUnknownUser
-	}
+	value, revision, ok, err := d.getConfirmed(ctx, d.bus.Accounts, bus.AccountsBucket, name)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: read account: %v", ErrUnavailable, err)
 	}
+	if !ok {
+		return nil, 0, ErrUnknownUser
+	}
 	acc := &Account{}
-	if err := json.Unmarshal(e.Value(), acc); err != nil {
+	if err := json.Unmarshal(value, acc); err != nil {
 		return nil, 0, fmt.Errorf("%w: account record %s: %v", ErrUnavailable, name, err)
 	}
-	return acc, e.Revision(), nil
+	return acc, revision, nil
 }
 
 // CreateInvite makes a one-time invite code, valid for bus.InviteTTL.

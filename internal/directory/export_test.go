@@ -8,6 +8,13 @@ import (
 	"unsafe"
 )
 
+// SetDirectNotFoundForTest makes the direct gets of the device records f names answer "not
+// found" until the test ends, as a replica that cannot serve them does.
+func SetDirectNotFoundForTest(t testing.TB, f func(deviceID string) bool) {
+	directNotFoundHook.Store(&f)
+	t.Cleanup(func() { directNotFoundHook.Store(nil) })
+}
+
 // AuthCachedForTest reports whether the auth cache holds device id.
 func (d *Directory) AuthCachedForTest(id string) bool {
 	k, ok := parseDeviceKey(id)

@@ -16,6 +16,7 @@ type metrics struct {
 	devicesRemoved  *prometheus.CounterVec // by who asked: primary, self
 	seenWrites      prometheus.Counter
 	recoveries      *prometheus.CounterVec // by result: recovered, refused (recovery.go)
+	readsConfirmed  *prometheus.CounterVec // by bucket: devices, accounts
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -38,6 +39,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Account records written to update a device's last-seen time (at most one a device an hour)."}),
 		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_directory_recoveries_total",
 			Help: "Account recoveries (Recover), by result: recovered; refused (a wrong recovery key, no verifier, a malformed request; rate limits are counted by the gateway)."}, []string{"result"}),
+		readsConfirmed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_directory_reads_confirmed_total",
+			Help: "Records that a replica answered as not found and the bucket stream's leader held, by bucket (devices, accounts): a replica that could not serve the read, e.g. on a node being stopped. Without the leader's read the device or user would have been refused as unknown."}, []string{"bucket"}),
 	}
 	for _, r := range []string{"recovered", "refused"} {
 		m.recoveries.WithLabelValues(r)
@@ -45,12 +48,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{linkStarted, linkApproved, linkExpired, linkRefused} {
 		m.links.WithLabelValues(r)
 	}
+	for _, b := range []string{"devices", "accounts"} {
+		m.readsConfirmed.WithLabelValues(b)
+	}
 	for _, by := range []string{"primary", "self"} {
 		m.devicesRemoved.WithLabelValues(by)
 	}
 	if reg != nil {
 		reg.MustRegister(m.prekeysClaimed, m.claimLimited, m.bundleCached, m.registerRefused, m.invitesReturned,
-			m.links, m.devicesRemoved, m.seenWrites, m.recoveries)
+			m.links, m.devicesRemoved, m.seenWrites, m.recoveries, m.readsConfirmed)
 	}
 	return m
 }
