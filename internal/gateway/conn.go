@@ -220,6 +220,10 @@ func (c *conn) authenticated(ctx context.Context, f *pb.Frame, dev directory.Pri
 		return false
 	}
 	c.hs = nil // the handshake is over: an authenticated connection refuses handshake frames
+	// The takeover order is taken now, not at the attach below: of two connections of the
+	// device, the one that authenticated later stays, even if this handler is held up before
+	// it attaches (mailbox.AttachAfter).
+	order := c.g.mb.Order()
 	c.g.metrics.connects.Inc()
 	c.deadline.Store(c.g.clock() + int64(c.g.cfg.IdleTimeout))
 	if a := f.GetAuth(); a.GetFailoverMs() > 0 {
@@ -236,7 +240,12 @@ func (c *conn) authenticated(ctx context.Context, f *pb.Frame, dev directory.Pri
 		MaxFrameBytes:         uint32(c.g.cfg.MaxFrameBytes),
 		Nodes:                 c.g.nodeURLs(),
 	}}})
-	att, err := c.g.mb.Attach(dev.ID, c.id, c)
+	if h := welcomeHook.Load(); h != nil {
+		if done := (*h)(dev.ID); done != nil {
+			defer done()
+		}
+	}
+	att, err := c.g.mb.AttachAfter(dev.ID, c.id, order, c)
 	if err != nil {
 		c.writeError(0, err)
 		c.close()

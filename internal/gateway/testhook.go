@@ -40,6 +40,18 @@ func SetSweepHookForTest(h func()) (restore func()) {
 	return setHook(&sweepHook, h, "SetSweepHookForTest")
 }
 
+// welcomeHook, when set (tests only), runs in a handshake after the Welcome is written and
+// before the device is attached, with the device's id; the function it returns (if any) runs
+// when the handshake's handler returns. A test can hold a connection there, as a starved
+// executor does.
+var welcomeHook atomic.Pointer[func(deviceID string) (done func())]
+
+// SetWelcomeHookForTest installs h as a hook between a handshake's Welcome and its attach and
+// returns a function that removes it. It panics outside tests.
+func SetWelcomeHookForTest(h func(deviceID string) (done func())) (restore func()) {
+	return setHook(&welcomeHook, h, "SetWelcomeHookForTest")
+}
+
 // setHook installs h in p and returns what removes it; outside tests it panics (name says which
 // function was called).
 func setHook[T any](p *atomic.Pointer[T], h T, name string) (restore func()) {

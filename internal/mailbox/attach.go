@@ -137,8 +137,23 @@ func (a *Attachment) addOutstandingLocked(seq uint64, size int, sent int64) {
 }
 
 // Attach starts delivery to a connected device: it subscribes to its live subject, takes the
-// device over from any other connection (on any node; takeover.go) and drains its inbox.
+// device over from any other connection (on any node; takeover.go) and drains its inbox. Of two
+// connections of a device on a node alone, the one attached last stays; AttachAfter orders them
+// by when they authenticated instead.
 func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error) {
+	return m.AttachAfter(deviceID, connID, 0, sink)
+}
+
+// Order is a value of the node's takeover order (its clock in nanoseconds, strictly
+// increasing): a connection takes one when it authenticates and passes it to AttachAfter.
+func (m *Mailbox) Order() uint64 { return m.nextClaim() }
+
+// AttachAfter is Attach for a connection that authenticated at order (from Order; 0: at the
+// attach itself, as Attach does). On a node
+// alone a connection whose attach comes late (its handler held up between the Welcome and the
+// attach) does not take the device over from one that authenticated after it: it is the one
+// taken over (CONNECTED_ELSEWHERE). In a cluster the claims order them (takeover.go).
+func (m *Mailbox) AttachAfter(deviceID, connID string, order uint64, sink Sink) (*Attachment, error) {
 	if m.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -150,6 +165,7 @@ func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error
 		draining: true,
 		nextSeq:  1,
 	}
+
 	if h := m.hooks.attachSubscribe; h != nil {
 		h(a)
 	}
@@ -172,7 +188,18 @@ func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error
 			a.claim()
 		}()
 	} else {
-		prev, replaced = m.local.Swap(deviceID, a)
+		// On a node alone claimRev is the takeover order, set once here, before a is shared.
+		a.claimRev = order
+		if order == 0 {
+			a.claimRev = m.nextClaim()
+		}
+		var set bool
+		prev, replaced, set = m.local.SwapUnless(deviceID, a, func(p *Attachment) bool { return p.claimRev > a.claimRev })
+		if !set {
+			// A connection that authenticated after this one is attached already: it stays.
+			a.takenOver()
+			return a, nil
+		}
 	}
 	a.mu.Lock()
 	a.startDrainLocked()

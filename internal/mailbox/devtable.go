@@ -66,6 +66,20 @@ func (t *devTable[K, V]) Swap(k K, v V) (prev V, loaded bool) {
 	return prev, loaded
 }
 
+// SwapUnless sets the value for k to v unless keep says the value there stays; it returns the
+// value it found, if any, and whether v was set.
+func (t *devTable[K, V]) SwapUnless(k K, v V, keep func(prev V) bool) (prev V, loaded, set bool) {
+	s := t.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	prev, loaded = s.m[k]
+	if loaded && keep(prev) {
+		return prev, true, false
+	}
+	s.m[k] = v
+	return prev, loaded, true
+}
+
 // CompareAndDelete deletes k if its value is v, and reports whether it did.
 func (t *devTable[K, V]) CompareAndDelete(k K, v V) bool {
 	s := t.shard(k)

@@ -101,3 +101,24 @@ func BenchmarkTableMemory(b *testing.B) {
 		})
 	})
 }
+
+// SwapUnless keeps the value its keep function asks for and replaces any other.
+func TestDevTableSwapUnless(t *testing.T) {
+	tb := newDevTable[string, int]()
+	higher := func(v int) func(int) bool { return func(prev int) bool { return prev > v } }
+	if prev, loaded, set := tb.SwapUnless("d", 5, higher(5)); loaded || !set || prev != 0 {
+		t.Fatalf("into an empty table: %v %v %v", prev, loaded, set)
+	}
+	if prev, loaded, set := tb.SwapUnless("d", 3, higher(3)); !loaded || set || prev != 5 {
+		t.Fatalf("a lower value over 5: %v %v %v", prev, loaded, set)
+	}
+	if v, _ := tb.Load("d"); v != 5 {
+		t.Fatalf("after a refused swap the table holds %d, want 5", v)
+	}
+	if prev, loaded, set := tb.SwapUnless("d", 7, higher(7)); !loaded || !set || prev != 5 {
+		t.Fatalf("a higher value over 5: %v %v %v", prev, loaded, set)
+	}
+	if v, _ := tb.Load("d"); v != 7 {
+		t.Fatalf("after a swap the table holds %d, want 7", v)
+	}
+}

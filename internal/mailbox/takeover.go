@@ -15,7 +15,9 @@ import (
 // Takeover: one connection per device across the cluster.
 //
 // On a node alone, Attach swaps the device's entry in the node's table of attachments: of two
-// racing attachments, the one that swaps last stays, and it takes the other over.
+// racing attachments, the one whose connection authenticated last stays (the gateway takes the
+// order at authentication, AttachAfter), and it takes the other over, even when the other's
+// attach comes later (its handler held up between the Welcome and the attach).
 //
 // In a cluster (bus.Clustered), a new attachment first subscribes to its device's subject, waits
 // until every routed node has that subscription (confirmInterest), then takes a claim: the node's
