@@ -20,6 +20,7 @@ import (
 	"github.com/petrelchat/petrel/e2ee"
 	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/directory"
+	"github.com/petrelchat/petrel/internal/metricstest"
 	"github.com/petrelchat/petrel/internal/testserver"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
 )
@@ -418,23 +419,12 @@ func TestReadsConfirmNotFoundWithLeader(t *testing.T) {
 	}
 }
 
-// counterValue is the value of the counter name with the one label value label in reg.
-func counterValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+// counterValue is the value of the counter name{bucket=bucket} in reg.
+func counterValue(t *testing.T, reg *prometheus.Registry, name, bucket string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	v, ok, err := metricstest.Counter(reg, name, "bucket", bucket)
+	if err != nil || !ok {
+		t.Fatalf("counter %s{bucket=%q}: found %v, %v", name, bucket, ok, err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == label {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no counter %s{%s}", name, label)
-	return 0
+	return v
 }

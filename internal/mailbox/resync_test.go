@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/petrelchat/petrel/internal/bus"
+	"github.com/petrelchat/petrel/internal/metricstest"
 )
 
 // dropSink blocks the first live push until release is closed (a dispatcher stuck behind a slow
@@ -62,28 +63,11 @@ func (s *dropSink) Kicked()        {}
 // counterValue is the value of a counter (with the given label, if any) in reg.
 func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	v, ok, err := metricstest.Counter(reg, name, label, value)
+	if err != nil || !ok {
+		t.Fatalf("metric %s{%s=%q}: found %v, %v", name, label, value, ok, err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := label == ""
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == value {
-					match = true
-				}
-			}
-			if match {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no metric %s{%s=%q}", name, label, value)
-	return 0
+	return v
 }
 
 // When the bus drops a device's wake-ups and live requests (its dispatch channel is full), the drop

@@ -13,9 +13,10 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/petrelchat/petrel/client"
+	"github.com/petrelchat/petrel/internal/metricstest"
 	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/testcluster"
 )
@@ -111,28 +112,14 @@ func waitReady(t *testing.T, url string) {
 	})
 }
 
-// counterValue reads a counter with one label from a gatherer.
-func counterValue(t *testing.T, g interface {
-	Gather() ([]*dto.MetricFamily, error)
-}, name, label, value string) float64 {
+// counterValue reads a counter with one label from a gatherer (0 when it has none).
+func counterValue(t *testing.T, g prometheus.Gatherer, name, label, value string) float64 {
 	t.Helper()
-	mfs, err := g.Gather()
+	v, _, err := metricstest.Counter(g, name, label, value)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return v
 }
 
 // TestRollingRestartUnderLoad follows README "Cluster", "Rolling restart and upgrade", on three
