@@ -373,7 +373,8 @@ func TestStatusCounts(t *testing.T) {
 // confirms a missing device or account record with the bucket stream's leader before it refuses
 // a device or a user as unknown. Seen in CI: a device moving off a draining node was refused as
 // unknown (auth_failed) by another node, and its client gave up. A device or user that does not
-// exist is still refused, and each confirmed read is counted.
+// exist is still refused, each confirmed read is counted, and a registration's prechecks (a
+// create follows) are not confirmed.
 func TestReadsConfirmNotFoundWithLeader(t *testing.T) {
 	ctx := context.Background()
 	d0, b := startedDir(t, directory.Config{})
@@ -401,6 +402,18 @@ func TestReadsConfirmNotFoundWithLeader(t *testing.T) {
 	}
 	if dev, err := d.Device(ctx, amy.id); err != nil || dev.ID != amy.id {
 		t.Fatalf("Device of a registered device whose direct get answered not found: %v, %v", dev, err)
+	}
+	// A registration's prechecks do not ask the leader: the create that follows refuses the
+	// taken name itself.
+	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{13}, 32))
+	pub := priv.Public().(ed25519.PublicKey)
+	_, up := testserver.NewKeys(t, 1)
+	if _, err := d.Register(ctx, &pb.Register{Name: "amy", AuthKey: pub, Keys: up,
+		Signature: ed25519.Sign(priv, pb.AuthPayload(nonce, pb.DeviceID(pub)))}, nonce); !errors.Is(err, directory.ErrNameTaken) {
+		t.Fatalf("registering the taken name amy: %v, want ErrNameTaken", err)
+	}
+	if n := counterValue(t, reg, "petrel_directory_reads_confirmed_total", "accounts"); n != 0 {
+		t.Fatalf("a registration's precheck asked the leader (%v confirmed reads in accounts)", n)
 	}
 	if acc, err := d.Account(ctx, "amy"); err != nil || acc.Name != "amy" {
 		t.Fatalf("an account whose direct get answered not found: %v, %v", acc, err)

@@ -334,7 +334,7 @@ func (d *Directory) SeenBatch(ctx context.Context, deviceIDs []string, now time.
 		if ms-last < seenInterval.Milliseconds() {
 			continue
 		}
-		if _, err := d.authEntry(ctx, id, k); err != nil {
+		if _, err := d.authEntry(ctx, id, k, confirmed); err != nil {
 			continue // unknown or removed
 		}
 		m := nats.NewMsg("$KV." + bus.LastSeenBucket + "." + id)

@@ -424,15 +424,17 @@ func (d *Directory) checkRegister(ctx context.Context, req *pb.Register, nonce [
 	if err != nil {
 		return nil, err
 	}
-	// Reads: the name, the device, the invite.
-	switch _, err := d.Account(ctx, dev.Name); {
+	// Reads: the name, the device, the invite. A "not found" here is not confirmed with the
+	// leader (see getConfirmed): the creates in CompleteRegister refuse a taken name or key
+	// themselves, and most registrations find neither.
+	switch _, err := d.account(ctx, dev.Name, precheck); {
 	case err == nil:
 		return nil, ErrNameTaken
 	case !errors.Is(err, ErrUnknownUser):
 		return nil, err
 	}
 	k, _ := parseDeviceKey(deviceID)
-	switch _, err := d.authEntry(ctx, deviceID, k); {
+	switch _, err := d.authEntry(ctx, deviceID, k, precheck); {
 	case err == nil:
 		return nil, ErrDeviceExists
 	case !errors.Is(err, ErrUnknownDevice):
@@ -783,7 +785,7 @@ func (d *Directory) Authenticate(ctx context.Context, deviceID string, nonce, si
 	if !ok {
 		return Principal{}, fmt.Errorf("%w: malformed device id", ErrAuthFailed)
 	}
-	e, err := d.authEntry(ctx, deviceID, k)
+	e, err := d.authEntry(ctx, deviceID, k, confirmed)
 	if errors.Is(err, ErrUnknownDevice) {
 		return Principal{}, fmt.Errorf("%w: unknown device", ErrAuthFailed)
 	}
@@ -834,11 +836,11 @@ type authRecord struct {
 	} `json:"signed_prekey"`
 }
 
-// authEntry returns the auth entry of a device from the cache, or reads it from the bucket and
-// caches it. Errors are those of readAuth.
-func (d *Directory) authEntry(ctx context.Context, deviceID string, k deviceKey) (authEntry, error) {
+// authEntry returns the auth entry of a device from the cache, or reads it from the bucket (how:
+// see getConfirmed) and caches it. Errors are those of readAuth.
+func (d *Directory) authEntry(ctx context.Context, deviceID string, k deviceKey, how readKind) (authEntry, error) {
 	return d.auth.load(k, func() (authEntry, uint64, error) {
-		e, rev, err := d.readAuth(ctx, deviceID)
+		e, rev, err := d.readAuth(ctx, deviceID, how)
 		if err == nil && d.auth.buried(k, rev) {
 			// A replica answered that has not applied the device's deletion (a removal)
 			// that this node's watch already saw.
@@ -851,8 +853,8 @@ func (d *Directory) authEntry(ctx context.Context, deviceID string, k deviceKey)
 // readAuth reads the auth entry of a device from the bucket, with the record's revision:
 // ErrUnknownDevice when there is none,
 // ErrAuthFailed when its auth key is malformed, ErrUnavailable when it cannot be read.
-func (d *Directory) readAuth(ctx context.Context, deviceID string) (authEntry, uint64, error) {
-	value, revision, err := d.deviceRecord(ctx, deviceID)
+func (d *Directory) readAuth(ctx context.Context, deviceID string, how readKind) (authEntry, uint64, error) {
+	value, revision, err := d.deviceRecord(ctx, deviceID, how)
 	if err != nil {
 		return authEntry{}, 0, err
 	}
@@ -874,8 +876,8 @@ func (d *Directory) readAuth(ctx context.Context, deviceID string) (authEntry, u
 
 // deviceRecord reads a device's stored record and its revision: ErrUnknownDevice when there is
 // none, ErrUnavailable when it cannot be read.
-func (d *Directory) deviceRecord(ctx context.Context, deviceID string) ([]byte, uint64, error) {
-	value, revision, ok, err := d.getConfirmed(ctx, d.bus.Devices, bus.DevicesBucket, deviceID)
+func (d *Directory) deviceRecord(ctx context.Context, deviceID string, how readKind) ([]byte, uint64, error) {
+	value, revision, ok, err := d.getConfirmed(ctx, d.bus.Devices, bus.DevicesBucket, deviceID, how)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: read device: %v", ErrUnavailable, err)
 	}
@@ -890,8 +892,9 @@ func (d *Directory) deviceRecord(ctx context.Context, deviceID string) ([]byte, 
 // believed, because nats-server answers a direct get it cannot serve (its store closing on a
 // node being stopped, for one) as "not found" too: a registered device refused as unknown is
 // told its credentials are wrong and its client gives up; a user refused as unknown looks
-// deleted to the sender. ok is false when the leader has no such key either.
-func (d *Directory) getConfirmed(ctx context.Context, kv jetstream.KeyValue, bucket, key string) (value []byte, revision uint64, ok bool, err error) {
+// deleted to the sender. ok is false when the leader has no such key either. A precheck read
+// skips the leader: its caller writes with a create next, which refuses an existing key itself.
+func (d *Directory) getConfirmed(ctx context.Context, kv jetstream.KeyValue, bucket, key string, how readKind) (value []byte, revision uint64, ok bool, err error) {
 	e, err := kv.Get(ctx, key)
 	if h := directNotFoundHook.Load(); err == nil && h != nil && (*h)(key) {
 		e, err = nil, jetstream.ErrKeyNotFound
@@ -901,6 +904,9 @@ func (d *Directory) getConfirmed(ctx context.Context, kv jetstream.KeyValue, buc
 	}
 	if !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, false, err
+	}
+	if how == precheck {
+		return nil, 0, false, nil
 	}
 	value, revision, ok, err = d.bus.KVLatest(ctx, bucket, key)
 	if err != nil {
@@ -912,9 +918,17 @@ func (d *Directory) getConfirmed(ctx context.Context, kv jetstream.KeyValue, buc
 	return value, revision, ok, nil
 }
 
+// readKind says whether a "not found" from a replica is confirmed with the stream's leader.
+type readKind bool
+
+const (
+	confirmed readKind = true  // the caller acts on "not found" (refuses a device or user)
+	precheck  readKind = false // a create follows, which refuses an existing key itself
+)
+
 // directNotFoundHook, set only by tests, makes the direct get of the keys it names (device ids,
 // account names) answer "not found", as a replica that cannot serve it does.
-var directNotFoundHook atomic.Pointer[func(deviceID string) bool]
+var directNotFoundHook atomic.Pointer[func(key string) bool]
 
 // Device returns a device record.
 func (d *Directory) Device(ctx context.Context, deviceID string) (*Device, error) {
@@ -923,7 +937,7 @@ func (d *Directory) Device(ctx context.Context, deviceID string) (*Device, error
 }
 
 func (d *Directory) device(ctx context.Context, deviceID string) (*Device, uint64, error) {
-	value, revision, err := d.deviceRecord(ctx, deviceID)
+	value, revision, err := d.deviceRecord(ctx, deviceID, confirmed)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -940,6 +954,11 @@ const readTimeout = 10 * time.Second
 // Account returns an account record (from the cache when Start runs). The result is shared: do not
 // modify it.
 func (d *Directory) Account(ctx context.Context, name string) (*Account, error) {
+	return d.account(ctx, name, confirmed)
+}
+
+// account is Account, reading the record (on a cache miss) as how says (see getConfirmed).
+func (d *Directory) account(ctx context.Context, name string, how readKind) (*Account, error) {
 	if !pb.ValidName(name) {
 		return nil, ErrUnknownUser
 	}
@@ -948,15 +967,15 @@ func (d *Directory) Account(ctx context.Context, name string) (*Account, error) 
 			// Callers on the send path pass no deadline, so that a cache hit costs no timer.
 			ctx, cancel := context.WithTimeout(ctx, readTimeout)
 			defer cancel()
-			return d.readAccount(ctx, name)
+			return d.readAccount(ctx, name, how)
 		}
-		return d.readAccount(ctx, name)
+		return d.readAccount(ctx, name, how)
 	})
 }
 
 // readAccount reads an account record and its revision.
-func (d *Directory) readAccount(ctx context.Context, name string) (*Account, uint64, error) {
-	value, revision, ok, err := d.getConfirmed(ctx, d.bus.Accounts, bus.AccountsBucket, name)
+func (d *Directory) readAccount(ctx context.Context, name string, how readKind) (*Account, uint64, error) {
+	value, revision, ok, err := d.getConfirmed(ctx, d.bus.Accounts, bus.AccountsBucket, name, how)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: read account: %v", ErrUnavailable, err)
 	}

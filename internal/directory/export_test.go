@@ -10,7 +10,7 @@ import (
 
 // SetDirectNotFoundForTest makes the direct gets of the device records f names answer "not
 // found" until the test ends, as a replica that cannot serve them does.
-func SetDirectNotFoundForTest(t testing.TB, f func(deviceID string) bool) {
+func SetDirectNotFoundForTest(t testing.TB, f func(key string) bool) {
 	directNotFoundHook.Store(&f)
 	t.Cleanup(func() { directNotFoundHook.Store(nil) })
 }

@@ -93,7 +93,7 @@ func (d *Directory) startLink(ctx context.Context, nonce []byte, req *pb.StartLi
 		return "", time.Time{}, err
 	}
 	k, _ := parseDeviceKey(deviceID)
-	switch _, err := d.authEntry(ctx, deviceID, k); {
+	switch _, err := d.authEntry(ctx, deviceID, k, precheck); { // ApproveLink creates the device
 	case err == nil:
 		return "", time.Time{}, ErrDeviceExists
 	case !errors.Is(err, ErrUnknownDevice):
