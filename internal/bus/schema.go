@@ -69,8 +69,35 @@ const BaselineBucket = "status_baseline"
 // (decommissioned) is dropped. A running node rewrites its record every hour.
 const BaselineMaxAge = 9 * 7 * 24 * time.Hour
 
-// DeviceSubject carries live deliveries, wake-ups and takeovers for a connected device.
+// Device traffic between nodes' mailboxes (package mailbox). No subject is subscribed per device:
+// each node's mailbox subscribes once to each pattern below. (A subscription per connected device
+// cost 3.9 KB per connection across the cluster: each JetStream server keeps every subscription's
+// interest, 200,000 of them 200 MB each.)
+const (
+	// DeviceSubjects matches DeviceSubject: every node's mailbox hears every device's takeovers,
+	// ticket releases and resync wake-ups, and ephemeral envelopes for a device whose node the
+	// sender does not know.
+	DeviceSubjects = "dev.*"
+	// WakeSubjects matches WakeSubject.
+	WakeSubjects = "mbw.*"
+)
+
+// DeviceSubject carries, to every node, events for one device: dev.<device>.
 func DeviceSubject(deviceID string) string { return "dev." + deviceID }
+
+// NodeDevices matches NodeDeviceSubject for one node: the node's mailbox subscribes to it.
+func NodeDevices(node string) string { return "pn." + node + ".*" }
+
+// NodeDeviceSubject carries live deliveries (requests) and ephemeral envelopes for a device to the
+// node that holds its connection: pn.<node>.<device>. No responders means the node is gone.
+func NodeDeviceSubject(node, deviceID string) string { return "pn." + node + "." + deviceID }
+
+// WakeSubject carries, to every node, one inbox commit's wake-ups from the node that committed it:
+// mbw.<node>.
+func WakeSubject(node string) string { return "mbw." + node }
+
+// HintSubject carries to a node the locations of devices it stored envelopes for: mbh.<node>.
+func HintSubject(node string) string { return "mbh." + node }
 
 // The control channel: core subjects for rare events between nodes, each node subscribed once to
 // each pattern (never a subscription per connection).

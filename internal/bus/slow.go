@@ -16,7 +16,7 @@ import (
 
 // Kinds of subject, the subject_kind label of the bus's metrics.
 const (
-	KindDevice = "device" // dev.<device>: live deliveries, wake-ups, takeovers
+	KindDevice = "device" // dev.*, pn.<node>.*, mbw.*: live deliveries, wake-ups, takeovers
 	KindReply  = "reply"  // _PR.<node>.*: a node's replies (live acks, inbox reads)
 	KindOther  = "other"
 )
@@ -24,7 +24,7 @@ const (
 // SubjectKind classifies a subscription's subject for metrics and logs (never the device id).
 func SubjectKind(subject string) string {
 	switch {
-	case strings.HasPrefix(subject, "dev."):
+	case strings.HasPrefix(subject, "dev."), strings.HasPrefix(subject, "pn."), strings.HasPrefix(subject, "mbw."):
 		return KindDevice
 	case strings.HasPrefix(subject, "_PR."):
 		return KindReply

@@ -46,10 +46,7 @@ type Attachment struct {
 	dev    string
 	connID string
 	sink   Sink
-	sub    *nats.Subscription
-	// seenDropped is sub.Dropped() when the last resync looked; only the resync goroutine uses it.
-	seenDropped int
-	space       chan struct{} // signalled when the window frees up or the attachment closes; guarded by mu, made on first wait
+	space  chan struct{} // signalled when the window frees up or the attachment closes; guarded by mu, made on first wait
 
 	// handMu is held by Detach while it answers this node's waiting senders (see Detach); taken
 	// after mu, never while holding anything else.
@@ -61,7 +58,7 @@ type Attachment struct {
 	draining     bool
 	drainRunning bool
 	// settled: on a replicated inbox, the first switch to live waits until every node has seen
-	// this attachment's subscription and the stream leader has nothing more for the device (see
+	// this node's device subscriptions and the stream leader has nothing more for the device (see
 	// settle); interestConfirmed: the first half of that is done. (The flags sit together: the
 	// attachment stays within 256 bytes.)
 	settled, interestConfirmed bool
@@ -88,10 +85,9 @@ type Attachment struct {
 	// interestAll: every node answered the round that confirmed the subscription (settle).
 	interestAll bool
 
-	// claimRev is this attachment's claim on its device in a cluster (0 until stored);
-	// newerClaim the highest claim announced by another attachment before it was (takeover.go).
-	claimRev   uint64
-	newerClaim claimOf
+	// claimRev is this attachment's claim on its device: its connection's takeover order, set
+	// before the attachment is shared (takeover.go).
+	claimRev uint64
 }
 
 // storedPushes is an attachment's stored envelopes pushed and not yet purged, and its purges;
@@ -136,10 +132,10 @@ func (a *Attachment) addOutstandingLocked(seq uint64, size int, sent int64) {
 	sp.unackedBytes += size
 }
 
-// Attach starts delivery to a connected device: it subscribes to its live subject, takes the
-// device over from any other connection (on any node; takeover.go) and drains its inbox. Of two
-// connections of a device on a node alone, the one attached last stays; AttachAfter orders them
-// by when they authenticated instead.
+// Attach starts delivery to a connected device: it enters the device in the node's table (where
+// the node's device subscriptions find it; location.go), takes the device over from any other
+// connection (on any node; takeover.go) and drains its inbox. Of two connections of a device, the
+// one attached last stays; AttachAfter orders them by when they authenticated instead.
 func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error) {
 	return m.AttachAfter(deviceID, connID, 0, sink)
 }
@@ -149,10 +145,10 @@ func (m *Mailbox) Attach(deviceID, connID string, sink Sink) (*Attachment, error
 func (m *Mailbox) Order() uint64 { return m.nextClaim() }
 
 // AttachAfter is Attach for a connection that authenticated at order (from Order; 0: at the
-// attach itself, as Attach does). On a node
-// alone a connection whose attach comes late (its handler held up between the Welcome and the
-// attach) does not take the device over from one that authenticated after it: it is the one
-// taken over (CONNECTED_ELSEWHERE). In a cluster the claims order them (takeover.go).
+// attach itself, as Attach does). A connection whose attach comes late (its handler held up
+// between the Welcome and the attach) does not take the device over from one that authenticated
+// after it: it is the one taken over (CONNECTED_ELSEWHERE). Across nodes the order is the claim
+// (takeover.go).
 func (m *Mailbox) AttachAfter(deviceID, connID string, order uint64, sink Sink) (*Attachment, error) {
 	if m.closed.Load() {
 		return nil, ErrClosed
@@ -169,37 +165,26 @@ func (m *Mailbox) AttachAfter(deviceID, connID string, order uint64, sink Sink) 
 	if h := m.hooks.attachSubscribe; h != nil {
 		h(a)
 	}
-	sub, err := m.nc.ChanSubscribe(bus.DeviceSubject(deviceID), m.dispatcherFor(deviceID))
-	if err != nil {
-		return nil, err
+	// claimRev is the takeover order, set once here, before a is shared.
+	a.claimRev = order
+	if order == 0 {
+		a.claimRev = m.nextClaim()
 	}
-	a.sub = sub
-	m.attached.Store(sub, a)
 	m.metrics.attached.Inc()
-	// Take the device over (takeover.go): on a node alone, from the attachment this one replaces
-	// in the node's table; in a cluster, by a claim, made on a goroutine of its own.
-	var prev *Attachment
-	var replaced bool
+	// Take the device over (takeover.go): from the attachment this one replaces in the node's
+	// table; in a cluster also by a claim, announced on a goroutine of its own.
+	prev, replaced, set := m.local.SwapUnless(deviceID, a, func(p *Attachment) bool { return p.claimRev > a.claimRev })
+	if !set {
+		// A connection that authenticated after this one is attached already: it stays.
+		a.takenOver()
+		return a, nil
+	}
 	if m.claims {
-		m.local.Store(deviceID, a)
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
 			a.claim()
 		}()
-	} else {
-		// On a node alone claimRev is the takeover order, set once here, before a is shared.
-		a.claimRev = order
-		if order == 0 {
-			a.claimRev = m.nextClaim()
-		}
-		var set bool
-		prev, replaced, set = m.local.SwapUnless(deviceID, a, func(p *Attachment) bool { return p.claimRev > a.claimRev })
-		if !set {
-			// A connection that authenticated after this one is attached already: it stays.
-			a.takenOver()
-			return a, nil
-		}
 	}
 	a.mu.Lock()
 	a.startDrainLocked()
@@ -239,8 +224,6 @@ func (a *Attachment) Detach() {
 	}
 	a.handMu.Unlock()
 	a.m.local.CompareAndDelete(a.dev, a)
-	_ = a.sub.Unsubscribe()
-	a.m.attached.Delete(a.sub)
 	a.m.metrics.attached.Dec()
 	a.signal()
 	for _, t := range tags {
@@ -759,15 +742,15 @@ func (a *Attachment) authoritativeGet(ctx context.Context, from uint64, replicas
 	return a.m.leaderGet(ctx, bus.InboxStreamName(a.m.bus.Shard(a.dev)), a.m.bus.InboxSubject(a.dev), from)
 }
 
-// settle closes, on a replicated inbox, the window in which this attachment's subscription has
-// not reached every node yet: a sender on such a node finds no responders and stores, and its
-// wake-up is lost; and a direct get here may be answered by a replica that has not applied that
-// store. So before its first switch to live the drain waits until every routed node has seen
-// the subscription (confirmInterest); a wake-up published after that reaches it, and a store
-// whose wake-up was lost was acked before. Then it reads the first envelope from where it read
-// to, as the leader would answer (authoritativeGet: through the replicas only if every node
-// confirmed the subscription, so that the replica round began after every such store was
-// acked): one is pushed (and the drain goes on), none settles it.
+// settle closes, on a replicated inbox, the window in which a commit's wake-up did not reach
+// this attachment: one that reached the node before the attachment was in the node's table, or
+// before the node's device subscriptions reached the committing node; and a direct get here may
+// be answered by a replica that has not applied that commit. So before its first switch to live
+// the drain makes sure that every routed node has the node's device subscriptions (nodeInterest,
+// once per node) and then reads the first envelope from where it read to, as the leader would
+// answer (authoritativeGet: through the replicas only if every node has the subscriptions, so
+// that a commit acked after the replica round began wakes it): one is pushed (and the drain goes
+// on), none settles it.
 func (a *Attachment) settle() error {
 	a.mu.Lock()
 	confirmed, all := a.interestConfirmed, a.interestAll
@@ -776,7 +759,7 @@ func (a *Attachment) settle() error {
 		// Best effort: external NATS cannot tell, a silent node times out. A round not answered
 		// by every node (one was being cut off) is tried again on the next attempt: only after
 		// one that was can the replicas stand in for the leader.
-		all = a.m.confirmInterest()
+		all = a.m.nodeInterest()
 		a.mu.Lock()
 		a.interestConfirmed, a.interestAll = true, all
 		a.mu.Unlock()

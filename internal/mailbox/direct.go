@@ -251,6 +251,21 @@ func (m *Mailbox) confirmInterest() bool {
 	return r != nil && r.ok
 }
 
+// nodeInterest reports whether every routed node has this node's device subscriptions: a ping
+// round (confirmInterest) after they were made was answered by every routed node. Once one was,
+// it is remembered: the subscriptions stay, and a route made again carries them again (a wake-up
+// lost meanwhile is made good by a resync: resync.go).
+func (m *Mailbox) nodeInterest() bool {
+	if m.interestOK.Load() {
+		return true
+	}
+	ok := m.confirmInterest()
+	if ok {
+		m.interestOK.Store(true)
+	}
+	return ok
+}
+
 // pingRound joins p's next round and waits for it; nil with external NATS or once the mailbox
 // closes.
 func (m *Mailbox) pingRound(p *pinger) *pingRound {

@@ -11,7 +11,8 @@ import (
 
 // Ephemeral delivery (Send.ephemeral: typing indicators). An ephemeral envelope goes only to the
 // devices connected at that moment: to an attachment on this node directly, to one on another
-// node as a kindEphemeral message on its device subject (no reply, no ack awaited). It is never
+// node as a kindEphemeral message (no reply, no ack awaited) to that node when this node knows
+// where the device is (location.go), else to every node (its device subject). It is never
 // stored and never retried, and it is the first thing dropped: an attachment that is draining
 // its inbox or has a full window drops it, and so does a connection that says it is loaded
 // (EphemeralSink). Nothing about it reaches the sender: its ack says only that the server took
@@ -37,8 +38,11 @@ func (m *Mailbox) SendEphemeral(targets []Target) {
 		}
 		payload := make([]byte, 0, 1+len(t.Envelope))
 		payload = append(append(payload, kindEphemeral), t.Envelope...)
-		// No interest (the device is not connected anywhere) costs the bus nothing more.
-		if err := m.nc.PublishMsg(&nats.Msg{Subject: bus.DeviceSubject(t.DeviceID), Data: payload}); err == nil {
+		subj := bus.DeviceSubject(t.DeviceID)
+		if node, ok := m.locs.get(t.DeviceID); ok {
+			subj = bus.NodeDeviceSubject(node, t.DeviceID)
+		}
+		if err := m.nc.PublishMsg(&nats.Msg{Subject: subj, Data: payload}); err == nil {
 			m.ext.ephemeral.WithLabelValues(ephemeralRelayed).Inc()
 		}
 	}

@@ -5,33 +5,37 @@
 // live when that device is connected to any node (the sender is acked when the device acks), and
 // otherwise appends it to the device's durable inbox before the sender is acked (invariant 1).
 //
-// Live path: a request on the core subject dev.<device> (bus.DeviceSubject), answered by the node
-// holding that device's connection once the device acks. No responders, a refusal, or no ack
-// within LiveAckTimeout send the envelope down the store path instead. When the device is attached
-// on the sending node itself, the request skips the bus (the node-local fast path): same rules,
-// same answers, no bus round trip. A route switches between the two only when the path it used
-// has no request unanswered, and a commit wakes a device attached on its node directly (as well as
-// over the bus) before the senders are acked, so neither path can overtake the other.
+// Live path: a request on the core subject pn.<node>.<device> (bus.NodeDeviceSubject) to the node
+// holding that device's connection, answered once the device acks. A node knows where a device
+// is only from a hint of the node holding it (location.go; no subscription per device): without
+// one, on "not here" or no responders (that node is gone), after a refusal, or without an ack
+// within LiveAckTimeout the envelope goes down the store path instead. When the device is
+// attached on the sending node itself, the request skips the bus (the node-local fast path):
+// same rules, same answers, no bus round trip. A route switches between the two only when the
+// path it used has no request unanswered (and sends to one node while requests to it are
+// unanswered), and a commit wakes a device attached on its node directly (as well as over the
+// bus) before the senders are acked, so neither path can overtake the other.
 //
 // Store path: per inbox shard, a writer group-commits appends as atomic batches (one fsync for
-// many messages), then publishes a wake-up on dev.<device> and acks the senders. The wake-up
-// carries the last inbox sequence the commit stored for the device: on a replicated inbox any
-// current replica answers direct gets (nats-server v2.15 has no read-after-write guarantee for
-// them), and one may not have applied a write the leader acked. A drain that read less than a
-// wake-up announced reads again (1, 2, 4 ms later), then asks the stream leader (a JetStream
-// API message get), before it reports the inbox empty or goes live. And a new attachment's
-// subscription reaches the other nodes a moment after it is made: a sender there may find no
-// responders, store, and publish its wake-up before that. So on a replicated inbox the first
-// switch to live waits until every routed node whose mailbox runs answered a ping sent after the
-// subscription (bus.MailboxPingSubject), then asks the stream leader whether anything is left
-// (settle). Where the leader is asked, a replica round may answer instead, without it (while it
-// is being elected after its node died; replicas.go). A single node's reads are the leader's: it
-// never waits and never asks. A route made again after it broke may have lost wake-ups: every
-// attachment on the node then reads its inbox again (resync.go).
+// many messages), then publishes the commit's wake-ups to every node (one message, mbw.<node>)
+// and acks the senders. The node holding a woken device answers with a hint (where it is), so
+// the next envelope from the committing node goes live. Each wake-up carries the last inbox
+// sequence the commit stored for the device: on a replicated inbox any current replica answers
+// direct gets (nats-server v2.15 has no read-after-write guarantee for them), and one may not
+// have applied a write the leader acked. A drain that read less than a wake-up announced reads
+// again (1, 2, 4 ms later), then asks the stream leader (a JetStream API message get), before it
+// reports the inbox empty or goes live. And a wake-up that reached the node before the
+// attachment was in the node's table is lost for it. So on a replicated inbox the first switch
+// to live asks the stream leader whether anything is left (settle), once every routed node has
+// answered a ping sent after the node's device subscriptions were made (bus.MailboxPingSubject;
+// once per node). Where the leader is asked, a replica round may answer instead, without it
+// (while it is being elected after its node died; replicas.go). A single node's reads are the
+// leader's: it never waits and never asks. A route made again after it broke may have lost
+// wake-ups: every attachment on the node then reads its inbox again (resync.go).
 //
 // Takeover (takeover.go): one attachment per device across the cluster; of racing ones, the
-// highest claim (the node's clock, then the connection id; announced on the device's subject)
-// stays and the others are told CONNECTED_ELSEWHERE.
+// highest claim (the node's clock when the connection authenticated, then the connection id;
+// announced to every node on dev.<device>) stays and the others are told CONNECTED_ELSEWHERE.
 //
 // Delivery: a device's Attachment drains its inbox in order with a bounded in-flight window,
 // signals QueueEmpty once the backlog present at connect has been sent, then switches to live mode;
@@ -45,7 +49,7 @@
 //     (behind it, in the shard writer's FIFO).
 //   - An attachment never stores. It refuses a live request while it drains, when its window is
 //     full, or when it is the first request it sees from a route that still has earlier requests
-//     unanswered (those were published before it subscribed); a refusal carries a ticket, the
+//     unanswered (those went elsewhere: to another node, or stored); a refusal carries a ticket, the
 //     sender hands the ticket back in the wake-up it publishes after the commit, and the drain
 //     switches to live only when the inbox read empty, no wake-up came meanwhile and every ticket
 //     is back. The writer publishes wake-ups before it acks, on the same bus connection as later
@@ -54,9 +58,9 @@
 // The exception: a live delivery the device does not ack within LiveAckTimeout is stored then, and
 // may land behind envelopes sent after it.
 //
-// Messages the bus drops (a full dispatch channel or reply subscription: a slow consumer) lose
+// Messages the bus drops (a full ingress channel or reply subscription: a slow consumer) lose
 // nothing for long: a dropped live request is stored after LiveAckTimeout, a dropped wake-up is
-// made good by a resync that re-reads the affected devices' inboxes (resync.go), and an inbox
+// made good by a resync that re-reads every attached device's inbox (resync.go), and an inbox
 // read that lost an answer stops before the gap and is read again (direct.go).
 package mailbox
 
@@ -192,10 +196,11 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Kinds of message on dev.<device>: the first byte of the payload.
+// Kinds of message for a device (on pn.<node>.<device> or dev.<device>, or made from a commit's
+// wake-ups): the first byte of the payload.
 const (
 	kindLive = 'm' // + Envelope bytes; reply expected
-	kindWake = 'w' // the inbox has new envelopes (+ a ticket, optional); sent by resyncs
+	kindWake = 'w' // the inbox has new envelopes (+ a ticket, optional); sent by nodes of older versions' resyncs
 	// kindWakeSeq: the inbox has new envelopes, up to the 8-byte big-endian stream sequence that
 	// follows (+ a ticket, optional). A direct get may be answered by a replica that has not yet
 	// applied what the leader acked: the drain reads on until it has seen that sequence.
@@ -299,12 +304,21 @@ type Mailbox struct {
 	// replicaPinger coalesces replica rounds (replicas.go); its replicas is set in New.
 	replicaPinger pinger
 
-	// Device subscriptions deliver into these channels; one dispatcher goroutine each keeps the
-	// order of one device's messages (a device always maps to the same dispatcher).
-	dispatch []chan *nats.Msg
-	attached *devTable[*nats.Subscription, *Attachment]
-	local    *devTable[string, *Attachment] // attached on this node (the node-local fast path), by device id
-	purges   sync.Map                       // device id → *purgeRun while acked envelopes are being purged
+	// The device subscriptions deliver into ingress; runIngress hands each message on to its
+	// device's dispatch channel, whose one dispatcher goroutine keeps the order of the device's
+	// messages (a device always maps to the same dispatcher). See location.go.
+	ingress     chan *nats.Msg
+	ingressSubs []*nats.Subscription
+	hintSub     *nats.Subscription
+	dispatch    []chan devMsg
+	locs        locations                      // where devices this node sends to are attached
+	local       *devTable[string, *Attachment] // attached on this node, by device id
+	// interestOK: a ping round after the device subscriptions were made was answered by every
+	// routed node (they have the subscriptions); see settle.
+	interestOK atomic.Bool
+	// seenDropped is ingressDropped when the last resync looked; only the resync goroutine uses it.
+	seenDropped int
+	purges      sync.Map // device id → *purgeRun while acked envelopes are being purged
 
 	// resyncReq asks for a resync after the bus dropped device messages (resync.go);
 	// stopSlowConsumer removes the bus callback that sends it.
@@ -327,8 +341,7 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 		pending: make(map[uint64]liveReq),
 		reads:   make(map[uint64]chan *nats.Msg),
 
-		attached: newDevTable[*nats.Subscription, *Attachment](),
-		local:    newDevTable[string, *Attachment](),
+		local: newDevTable[string, *Attachment](),
 
 		leaderReads: make(chan struct{}, maxLeaderReads),
 		inboxReads:  make(chan struct{}, maxInboxReads),
@@ -357,8 +370,9 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 			usage: make(map[string]*inboxUsage), unindexed: make(map[string]struct{}),
 		})
 	}
+	m.ingress = make(chan *nats.Msg, cfg.dispatchCap)
 	for range 4 {
-		m.dispatch = append(m.dispatch, make(chan *nats.Msg, cfg.dispatchCap))
+		m.dispatch = append(m.dispatch, make(chan devMsg, cfg.dispatchCap))
 	}
 	m.resyncReq = make(chan struct{}, 1)
 	m.resyncAllReq = make(chan struct{}, 1)
@@ -382,6 +396,9 @@ func (m *Mailbox) StartContext(ctx context.Context) error {
 	if m.pingSub, err = m.nc.Subscribe(bus.MailboxPingSubject, m.answerPing); err != nil {
 		return fmt.Errorf("subscribe to mailbox pings: %w", err)
 	}
+	if err := m.subscribeDevices(); err != nil {
+		return fmt.Errorf("subscribe to device traffic: %w", err)
+	}
 	for i, w := range m.writers {
 		if err := m.loadUnindexed(ctx, w, i); err != nil {
 			return err
@@ -400,6 +417,8 @@ func (m *Mailbox) StartContext(ctx context.Context) error {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); m.runDispatch(ch) }()
 	}
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.runIngress() }()
 	m.stopSlowConsumer = m.bus.OnSlowConsumer(m.onSlowConsumer)
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.runResync() }()
@@ -449,6 +468,12 @@ func (m *Mailbox) Close() {
 	}
 	if m.pingSub != nil {
 		_ = m.pingSub.Unsubscribe()
+	}
+	for _, sub := range m.ingressSubs {
+		_ = sub.Unsubscribe()
+	}
+	if m.hintSub != nil {
+		_ = m.hintSub.Unsubscribe()
 	}
 	if m.stopSlowConsumer != nil {
 		m.stopSlowConsumer()
@@ -517,12 +542,14 @@ func (m *Mailbox) expireLive() {
 	}
 }
 
-func (m *Mailbox) runDispatch(ch chan *nats.Msg) {
+func (m *Mailbox) runDispatch(ch chan devMsg) {
 	for {
 		select {
-		case msg := <-ch:
-			if a, ok := m.attached.Load(msg.Sub); ok {
-				a.onMsg(msg)
+		case dm := <-ch:
+			if a, ok := m.local.Load(dm.dev); ok {
+				a.onMsg(dm.msg)
+			} else {
+				m.notHere(dm.msg) // detached meanwhile
 			}
 		case <-m.stop:
 			return
@@ -530,7 +557,7 @@ func (m *Mailbox) runDispatch(ch chan *nats.Msg) {
 	}
 }
 
-func (m *Mailbox) dispatcherFor(deviceID string) chan *nats.Msg {
+func (m *Mailbox) dispatcherFor(deviceID string) chan devMsg {
 	var h uint32
 	for i := 0; i < len(deviceID); i++ {
 		h = h*31 + uint32(deviceID[i])
@@ -542,6 +569,9 @@ func (m *Mailbox) dispatcherFor(deviceID string) chan *nats.Msg {
 type liveReq struct {
 	deadline int64 // monotonic nanoseconds (nanotime); swept by expireLive
 	done     func(liveResult)
+	// dev and node: where a request over the bus was sent (its node is forgotten for the device
+	// if it answers "not here" or is gone); empty for this node's own attachments.
+	dev, node string
 }
 
 var liveRefused = liveResult{}
@@ -549,18 +579,31 @@ var liveRefused = liveResult{}
 // addPending registers a live request that ends with done, by the device's answer or by
 // LiveAckTimeout (as a refusal), and returns its token.
 func (m *Mailbox) addPending(done func(liveResult)) uint64 {
+	return m.addPendingAt(liveReq{done: done})
+}
+
+// addPendingAt is addPending for a request over the bus to r.dev on r.node.
+func (m *Mailbox) addPendingAt(r liveReq) uint64 {
 	tok := m.nextToken.Add(1)
+	r.deadline = nanotime() + int64(m.cfg.LiveAckTimeout)
 	m.pendingMu.Lock()
-	m.pending[tok] = liveReq{done: done, deadline: nanotime() + int64(m.cfg.LiveAckTimeout)}
+	m.pending[tok] = r
 	m.pendingMu.Unlock()
 	return tok
 }
 
-// sendLive publishes a live request; done runs exactly once with how it ended.
-func (m *Mailbox) sendLive(deviceID string, payload []byte, done func(liveResult)) {
-	tok := m.addPending(done)
+// sendLive publishes a live request to the node holding the device (node, from locations; empty:
+// none known, and the request is refused at once, as by no responders); done runs exactly once
+// with how it ended.
+func (m *Mailbox) sendLive(deviceID, node string, payload []byte, done func(liveResult)) {
+	if node == "" {
+		m.metrics.unlocated.Inc()
+		done(liveRefused)
+		return
+	}
+	tok := m.addPendingAt(liveReq{done: done, dev: deviceID, node: node})
 	reply := m.replyPrefix + strconv.FormatUint(tok, 36)
-	if err := m.nc.PublishMsg(&nats.Msg{Subject: bus.DeviceSubject(deviceID), Reply: reply, Data: payload}); err != nil {
+	if err := m.nc.PublishMsg(&nats.Msg{Subject: bus.NodeDeviceSubject(node, deviceID), Reply: reply, Data: payload}); err != nil {
 		m.finishLive(tok, liveRefused)
 	}
 }
@@ -580,32 +623,52 @@ func (m *Mailbox) onReply(msg *nats.Msg) {
 		}
 		return
 	}
-	// An empty reply with a header is NATS's "no responders": the device is not connected.
+	// An empty reply with a header is NATS's "no responders": the node is gone. "Not here": the
+	// device is not attached there (any more). Either way its node is forgotten.
 	var res liveResult
+	moved := false
 	switch {
 	case string(msg.Data) == string(replyAcked):
 		res.acked = true
 	case len(msg.Data) > len(replyStore) && string(msg.Data[:len(replyStore)]) == string(replyStore):
 		res.ticket = string(msg.Data[len(replyStore):])
-	case len(msg.Data) == 0 && m.debug():
-		m.log.Debug("live delivery: no responders, stored instead", "status", msg.Header.Get("Status"))
+	case string(msg.Data) == string(replyNotHere):
+		moved = true
+	case len(msg.Data) == 0:
+		moved = true
+		if m.debug() {
+			m.log.Debug("live delivery: no responders, stored instead", "status", msg.Header.Get("Status"))
+		}
 	}
-	m.finishLive(tok, res)
-}
-
-func (m *Mailbox) finishLive(tok uint64, res liveResult) {
-	m.pendingMu.Lock()
-	p, ok := m.pending[tok]
-	delete(m.pending, tok)
-	m.pendingMu.Unlock()
+	p, ok := m.takeLive(tok)
 	if !ok {
 		return
+	}
+	if moved && p.node != "" {
+		m.locs.forget(p.dev, p.node)
+		m.metrics.moved.Inc()
 	}
 	p.done(res)
 }
 
+func (m *Mailbox) finishLive(tok uint64, res liveResult) {
+	if p, ok := m.takeLive(tok); ok {
+		p.done(res)
+	}
+}
+
+// takeLive removes and returns the pending live request tok.
+func (m *Mailbox) takeLive(tok uint64) (liveReq, bool) {
+	m.pendingMu.Lock()
+	p, ok := m.pending[tok]
+	delete(m.pending, tok)
+	m.pendingMu.Unlock()
+	return p, ok
+}
+
 // wakeAll tells each device that got an envelope in a successful commit to drain its inbox, up to
-// the last sequence the commit stored for it (see kindWakeSeq).
+// the last sequence the commit stored for it (see kindWakeSeq): on this node directly, on the
+// others with one message for the whole commit (WakeSubject; location.go).
 func (m *Mailbox) wakeAll(reqs []*appendReq, err error) {
 	if err != nil {
 		return
@@ -614,13 +677,20 @@ func (m *Mailbox) wakeAll(reqs []*appendReq, err error) {
 	for _, r := range reqs {
 		last[r.deviceID] = max(last[r.deviceID], r.seq)
 	}
+	batch := make([]byte, 0, 64*len(last))
+	wake := func(dev string, seq uint64, ticket string) {
+		var ok bool
+		if batch, ok = encodeWakes(batch, dev, seq, ticket); !ok {
+			_ = m.nc.Publish(bus.DeviceSubject(dev), encodeWake(seq, ticket))
+		}
+		if a := m.localAttachment(dev); a != nil {
+			a.wake(ticket, seq)
+		}
+	}
 	for _, r := range reqs {
 		if r.ticket != "" {
 			// Hands the refusing attachment its ticket back; also a wake-up.
-			_ = m.nc.Publish(bus.DeviceSubject(r.deviceID), encodeWake(last[r.deviceID], r.ticket))
-			if a := m.localAttachment(r.deviceID); a != nil {
-				a.wake(r.ticket, last[r.deviceID])
-			}
+			wake(r.deviceID, last[r.deviceID], r.ticket)
 			last[r.deviceID] = 0 // woken
 		}
 	}
@@ -630,10 +700,10 @@ func (m *Mailbox) wakeAll(reqs []*appendReq, err error) {
 			continue
 		}
 		delete(last, r.deviceID)
-		_ = m.nc.Publish(bus.DeviceSubject(r.deviceID), encodeWake(seq, ""))
-		if a := m.localAttachment(r.deviceID); a != nil {
-			a.wake("", seq)
-		}
+		wake(r.deviceID, seq, "")
+	}
+	if len(batch) > 0 {
+		_ = m.nc.Publish(bus.WakeSubject(m.cfg.Node), batch)
 	}
 }
 

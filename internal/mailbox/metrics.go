@@ -26,6 +26,9 @@ type metrics struct {
 	resyncWakes      prometheus.Counter
 	crossNode        prometheus.Counter
 	takeovers        prometheus.Counter
+	hints            prometheus.Counter
+	unlocated        prometheus.Counter
+	moved            prometheus.Counter
 	ticketsReleased  prometheus.Counter
 	noQuorum         prometheus.Counter
 	leaderReads      prometheus.Counter
@@ -80,6 +83,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		noQuorum:          prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_no_quorum_total", Help: "Envelopes refused at once (UNAVAILABLE, not acked) because this node had no JetStream quorum."}),
 		ticketsReleased:   prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_tickets_released_total", Help: "Refused live deliveries whose store then failed for certain (nothing stored, sender not acked): the refusing attachment forgets them at once instead of holding its drain until they expire."}),
 		inboxesDropped:    prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_inboxes_dropped_total", Help: "Inboxes deleted because their device was removed from its account."}),
+		hints:             prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_location_hints_total", Help: "Device locations this node learnt from the node holding the device (its answer to a commit's wake-up): later live deliveries to the device go there."}),
+		unlocated:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_unlocated_total", Help: "Envelopes to a device attached on no node this node knows of, stored without a live attempt (the device is offline, or its node has not told this one yet: the commit's wake-up brings the hint)."}),
+		moved:             prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_location_moved_total", Help: "Live deliveries sent to a node that no longer held the device (it answered \"not here\", or was gone): stored instead, and the device's location forgotten."}),
 		takeovers:         prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_mailbox_takeovers_total", Help: "Device connections on this node taken over by a newer connection of the same device, on this node or another (each told CONNECTED_ELSEWHERE)."}),
 	}
 	deliveries := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_mailbox_deliveries_total",
@@ -96,7 +102,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.inboxFull.WithLabelValues(r) // every reason shows, at 0, from the start
 	}
 	if reg != nil {
-		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.crossNode, m.takeovers, m.noQuorum, m.leaderReads, m.leaderReadRetries, m.replicaReads, m.purges, m.ticketsReleased, m.inboxesDropped)
+		reg.MustRegister(m.sends, m.deliveredLive, m.stored, m.purged, m.commits, m.commitErrors, m.commitSeconds, m.appendRejected, m.batchFallbacks, m.batchSplits, m.inboxFull, m.storeFull, m.indexRebuilds, m.queryRateLimited, m.attached, m.busDropped, m.resyncWakes, m.crossNode, m.takeovers, m.noQuorum, m.leaderReads, m.leaderReadRetries, m.replicaReads, m.purges, m.ticketsReleased, m.inboxesDropped, m.hints, m.unlocated, m.moved)
 		reg.MustRegister(deliveries, acks, latency)
 	}
 	return m

@@ -13,31 +13,28 @@ import (
 
 // Recovery from messages the bus dropped.
 //
-// Device subscriptions deliver into a few shared, bounded channels (see dispatch). When one is
+// The device subscriptions deliver into one bounded channel (ingress; location.go). When it is
 // full, nats.go drops the message (a wake-up, a live request, a takeover) and reports a slow
 // consumer. A dropped live request ends in its sender's LiveAckTimeout and is stored then; a
-// dropped wake-up would leave stored envelopes waiting until the next wake-up or reconnect. So a
-// report starts a resync: every attachment on this node whose subscription dropped something
-// (Subscription.Dropped grew) is sent a wake-up of its own over the bus, which makes it read its
-// inbox. The resync waits for room in the channels before it publishes, sends at most
-// resyncChunk wake-ups between flushes, and repeats until a pass finds no new drop.
+// dropped wake-up would leave stored envelopes waiting until the next wake-up or reconnect; a
+// dropped claim is announced again (takeover.go). Which device a dropped message was for is not
+// known, so a report starts a resync: once the channels have room again, every attachment on this
+// node is woken (it reads its inbox, asks the stream leader or a replica round whether anything
+// is left, and announces its claim again, as after it attached), and the pass repeats while
+// the subscriptions dropped more meanwhile.
 //
 // A route that broke and came back loses messages the same way, without a report: while it was
-// down, a sender on the other side found no responders for a device attached here, stored, and
-// published a wake-up that could not reach it (a partition healed before its clients were moved;
-// a route that dropped for a moment). So a node that sees a route to the same server made again
+// down, a sender on the other side stored for a device attached here and published a wake-up
+// that could not reach it (a partition healed before its clients were moved; a route that
+// dropped for a moment). So a node that sees a route to the same server made again
 // (bus.RouteConns; a server restarted has a new id and had no senders while it was down) wakes
 // every attachment it holds, the same way.
 //
-// Why that cannot lose a drop: nats.go reports a subscription's drops once per episode; it
-// reports again only after one of its messages got through. A pass flushes its wake-ups, so
-// each was either delivered (the episode is over: later drops are reported again) or dropped
-// (Dropped grew: the next pass sends another). A pass that finds no growth therefore leaves no
-// subscription in an unreported episode.
-
-// resyncChunk is the most resync wake-ups published between flushes: a quarter of one dispatch
-// channel, so a resync cannot fill the channels by itself.
-func (m *Mailbox) resyncChunk() int { return max(1, cap(m.dispatch[0])/4) }
+// Why that cannot lose a drop: a pass reads the drop count after the channels have room and
+// before it wakes anything, so every drop counted is followed by a wake-up of every attachment.
+// A drop after the count either shows in the next pass's count, or belongs to a new episode
+// (once the channel has room, the next message gets through, and nats.go reports the next drop
+// again), whose report asks for another resync.
 
 // onSlowConsumer is the bus's slow-consumer callback; it must not block.
 func (m *Mailbox) onSlowConsumer(sub *nats.Subscription) {
@@ -75,85 +72,32 @@ func (m *Mailbox) runResync() {
 	}
 }
 
-// resync wakes every attachment whose subscription dropped messages since the last resync, and
-// repeats until it finds none. It returns how many drops it found and how many wake-ups it sent.
+// resync wakes every attachment when the device subscriptions dropped messages since the last
+// resync, and repeats until they dropped none meanwhile. It returns how many drops it found and
+// how many wake-ups it made.
 func (m *Mailbox) resync() (dropped, woken int) {
-	type wake struct {
-		a    *Attachment
-		prev int // seenDropped before this pass
-	}
-	var grown []wake
 	for {
 		if !m.waitDispatchRoom() {
 			return
 		}
-		grown = grown[:0]
-		lost := 0
-		for _, a := range m.attached.Values() {
-			n, err := a.sub.Dropped()
-			if err != nil { // unsubscribed: detached, nothing to deliver
-				continue
-			}
-			// seenDropped is only touched by this goroutine.
-			if n > a.seenDropped {
-				lost += n - a.seenDropped
-				grown = append(grown, wake{a, a.seenDropped})
-				a.seenDropped = n
-			}
-		}
-		if len(grown) == 0 {
+		n := m.ingressDropped()
+		if n <= m.seenDropped {
 			return dropped, woken
 		}
-		chunk := m.resyncChunk()
-		var err error
-		for i, w := range grown {
-			if i > 0 && i%chunk == 0 {
-				// Let the dispatchers catch up before the next chunk.
-				if err = m.nc.Flush(); err != nil {
-					break
-				}
-				if !m.waitDispatchRoom() {
-					return
-				}
-			}
-			if err = m.nc.Publish(w.a.sub.Subject, []byte{kindWake}); err != nil {
-				break
-			}
-			m.metrics.resyncWakes.Inc()
-			woken++
-		}
-		// After the flush each wake-up was either delivered or dropped (the connection handles
-		// what the server sent before its PONG): the next pass tells which.
-		if err == nil {
-			err = m.nc.Flush()
-		}
-		if err == nil {
-			m.metrics.busDropped.Add(float64(lost))
-			dropped += lost
-		} else {
-			// The bus is away: forget this pass's drops, so the next pass finds (and counts) them
-			// again and sends their wake-ups again.
-			m.log.Warn("resync wake-ups not confirmed; retrying", "err", err)
-			for _, w := range grown {
-				w.a.seenDropped = w.prev
-			}
-			t := time.NewTimer(time.Second)
-			select {
-			case <-t.C:
-			case <-m.stop:
-				t.Stop()
-				return
-			}
-		}
+		lost := n - m.seenDropped
+		m.seenDropped = n
+		m.metrics.busDropped.Add(float64(lost))
+		dropped += lost
+		woken += m.wakeAttached()
 	}
 }
 
-// waitDispatchRoom waits until every dispatch channel is at most half full. It returns false if
-// the mailbox closed meanwhile.
+// waitDispatchRoom waits until ingress and every dispatch channel are at most half full. It
+// returns false if the mailbox closed meanwhile.
 func (m *Mailbox) waitDispatchRoom() bool {
 	var t *time.Ticker
 	for {
-		full := false
+		full := len(m.ingress) > cap(m.ingress)/2
 		for _, ch := range m.dispatch {
 			if len(ch) > cap(ch)/2 {
 				full = true
@@ -224,33 +168,36 @@ func (m *Mailbox) watchRoutes() {
 	}
 }
 
-// wakeAttached sends every attachment on this node a wake-up of its own over the bus (as resync
-// does), so that each reads its inbox; it returns how many it sent.
+// wakeAttached wakes every attachment on this node (seq 0: each reads its inbox, settles again,
+// and announces its claim again) and returns how many. It wakes them resyncPace at a time, each
+// group once the node's inbox reads have room again, so that a resync of a node holding tens of
+// thousands of devices adds no burst of its own to a bus that was already too slow.
 func (m *Mailbox) wakeAttached() (woken int) {
-	var subs []string
-	for _, a := range m.attached.Values() {
-		subs = append(subs, a.sub.Subject)
-	}
-	chunk := m.resyncChunk()
-	for i, subj := range subs {
-		if i%chunk == 0 {
-			// Let the dispatchers catch up before the next chunk.
-			if i > 0 {
-				if err := m.nc.Flush(); err != nil {
-					m.log.Warn("wake-ups after a route came back: not all sent", "err", err, "sent", woken, "attached", len(subs))
-					return woken
-				}
-			}
-			if !m.waitDispatchRoom() {
-				return woken
-			}
+	for i, a := range m.local.Values() {
+		if i > 0 && i%resyncPace == 0 && !m.waitReadRoom() {
+			break
 		}
-		if err := m.nc.Publish(subj, []byte{kindWake}); err != nil {
-			m.log.Warn("wake-ups after a route came back: not all sent", "err", err, "sent", woken, "attached", len(subs))
-			return woken
-		}
+		a.wake("", 0)
 		m.metrics.resyncWakes.Inc()
 		woken++
 	}
 	return woken
+}
+
+// resyncPace is how many attachments a resync wakes before it waits for room in the inbox reads.
+const resyncPace = 256
+
+// waitReadRoom waits until at most half of the node's inbox read slots are taken (polled every
+// 5 ms). It returns false if the mailbox closed meanwhile.
+func (m *Mailbox) waitReadRoom() bool {
+	for len(m.inboxReads) > cap(m.inboxReads)/2 {
+		t := time.NewTimer(5 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-m.stop:
+			t.Stop()
+			return false
+		}
+	}
+	return !m.closed.Load()
 }

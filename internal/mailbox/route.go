@@ -45,7 +45,10 @@ type Route struct {
 	// Per device, guarded by mu; the maps are made on first use (most connections never send).
 	storing map[string]int // envelopes in the store path
 	remote  map[string]int // live requests over the bus not yet answered
-	local   map[string]int // node-local live requests not yet answered
+	// at is the node the unanswered requests over the bus went to: later ones go there too, so
+	// that their answers come back in order (from one node), whatever its location says meanwhile.
+	at    map[string]string
+	local map[string]int // node-local live requests not yet answered
 }
 
 // NewRoute returns an empty route.
@@ -58,27 +61,34 @@ func NewRoute() *Route {
 // stores are queued in send order. Otherwise, while an earlier envelope is being stored, it is
 // stored (queued behind it). Otherwise it goes live. A live request goes straight to att (the
 // device's attachment on this node, if any) unless requests over the bus are still unanswered:
-// the path changes only when the old one has nothing unanswered.
-func (r *Route) decide(dev string, att *Attachment) (store, unanswered, local bool) {
+// the path changes only when the old one has nothing unanswered. A request over the bus goes to
+// node: the node of the route's unanswered requests to dev, else the one locs knows ("": none).
+func (r *Route) decide(dev string, att *Attachment, locs *locations) (store, unanswered, local bool, node string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	remote, loc := r.remote[dev], r.local[dev]
 	unanswered = remote+loc > 0
 	if !unanswered && r.storing[dev] > 0 {
-		return true, false, false
+		return true, false, false, ""
 	}
 	if att != nil && remote == 0 {
 		if r.local == nil {
 			r.local = make(map[string]int)
 		}
 		r.local[dev]++
-		return false, unanswered, true
+		return false, unanswered, true, ""
 	}
 	if r.remote == nil {
-		r.remote = make(map[string]int)
+		r.remote, r.at = make(map[string]int), make(map[string]string)
+	}
+	if remote > 0 {
+		node = r.at[dev]
+	} else {
+		node, _ = locs.get(dev)
+		r.at[dev] = node
 	}
 	r.remote[dev]++
-	return false, unanswered, false
+	return false, unanswered, false, node
 }
 
 func (r *Route) liveAnswered(dev string, local bool) {
@@ -89,6 +99,9 @@ func (r *Route) liveAnswered(dev string, local bool) {
 	}
 	if m[dev]--; m[dev] <= 0 {
 		delete(m, dev)
+		if !local {
+			delete(r.at, dev)
+		}
 	}
 	r.mu.Unlock()
 }
@@ -199,7 +212,7 @@ type sendTarget struct {
 func (x *sendTarget) start() {
 	m, route, dev := x.op.m, x.op.route, x.t.DeviceID
 	att := m.localAttachment(dev)
-	mustStore, unanswered, local := route.decide(dev, att)
+	mustStore, unanswered, local, node := route.decide(dev, att, &m.locs)
 	if mustStore {
 		x.store("")
 		return
@@ -209,7 +222,7 @@ func (x *sendTarget) start() {
 		att.offer(route.id, unanswered, x.t.Envelope, waiter{tok: m.addPending(x.answered)})
 		return
 	}
-	m.sendLive(dev, x.op.livePayload(route.id, unanswered, x.t.Envelope), x.answered)
+	m.sendLive(dev, node, x.op.livePayload(route.id, unanswered, x.t.Envelope), x.answered)
 }
 
 // livePayload is encodeLive(routeID, unanswered, env), shared by the targets of this send whose

@@ -188,9 +188,9 @@ func TestResyncWakeAsksTheLeader(t *testing.T) {
 	if _, err := b.JS().Publish(ctx, b.InboxSubject(orderDev), []byte("e1")); err != nil {
 		t.Fatal(err)
 	}
-	// What resync publishes for a subscription that dropped messages.
-	if err := m.nc.Publish(a.sub.Subject, []byte{kindWake}); err != nil {
-		t.Fatal(err)
+	// What a resync does after the bus dropped messages.
+	if n := m.wakeAttached(); n != 1 {
+		t.Fatalf("a resync woke %d attachments, want 1", n)
 	}
 	if got := s.waitPushes(t, 1); len(got) != 1 || got[0] != "e1" {
 		t.Fatalf("pushed %q, want [e1]", got)

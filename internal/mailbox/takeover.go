@@ -14,27 +14,26 @@ import (
 
 // Takeover: one connection per device across the cluster.
 //
-// On a node alone, Attach swaps the device's entry in the node's table of attachments: of two
-// racing attachments, the one whose connection authenticated last stays (the gateway takes the
-// order at authentication, AttachAfter), and it takes the other over, even when the other's
-// attach comes later (its handler held up between the Welcome and the attach).
+// A connection takes its takeover order when it authenticates (Mailbox.Order: the node's clock in
+// nanoseconds, strictly increasing on each node), and its attachment keeps it as its claim; ties
+// between nodes are broken by the connection id, so claims are totally ordered. Attach enters the
+// attachment in the node's table unless an attachment with a higher claim is there already (then
+// it is the one taken over, CONNECTED_ELSEWHERE), and takes over the one it replaces: of two
+// racing attachments on one node, the one whose connection authenticated last stays, even when
+// the other's attach comes later (its handler held up between the Welcome and the attach).
 //
-// In a cluster (bus.Clustered), a new attachment first subscribes to its device's subject, waits
-// until every routed node has that subscription (confirmInterest), then takes a claim: the node's
-// clock in nanoseconds (strictly increasing on each node), ties between nodes broken by the
-// connection id, so claims are totally ordered. It announces the claim on the device's subject
-// (kindClaim) and once more interestTimeout later. An attachment that hears a claim higher than
-// its own is taken over (CONNECTED_ELSEWHERE); one that hears a lower claim announces its own
-// again, so the lower one hears it; a claim heard before its own is taken is remembered and
-// compared then. So of any attachments of a device only the one with the highest claim stays:
-//   - once both subscriptions have reached every node, any announcement of either is heard by the
-//     other, and both compare the same two claims;
-//   - an announcement made before the other's subscription had spread is followed by the
-//     announcement interestTimeout later (by then it has spread, or confirmInterest would have
-//     waited for it), and a resync (the bus dropped messages) announces again too.
+// In a cluster (bus.Clustered) the attachment then announces its claim to every node (on
+// dev.<device>, which every node's mailbox subscribes to; kindClaim, with the node's name, so
+// that every node learns where the device is: location.go), and once more
+// interestTimeout later. An attachment that hears a claim higher than its own is taken over; one
+// that hears a lower claim announces its own again, so the lower one hears it. So of any
+// attachments of a device only the one with the highest claim stays: each is in its node's table
+// before it announces, so of two racing attachments the one that announces last is heard by the
+// other, and both compare the same two claims. An announcement the bus dropped is made good by
+// the second one, and by a resync (which announces again too).
 // Of two racing connections the later one normally wins: claims follow the nodes' clocks, and a
 // clock skew only decides which of two connections made within the skew stays. No claim is
-// written anywhere: a connect costs two or three core NATS messages, not a replicated write (with
+// written anywhere: a connect costs one or two core NATS messages, not a replicated write (with
 // 200,000 devices reconnecting, replicated claims kept three fsync'd stores busy for minutes).
 
 // kindClaim on dev.<device>: + the 8-byte big-endian claim + the connection id.
@@ -64,31 +63,20 @@ func (m *Mailbox) nextClaim() uint64 {
 }
 
 // claim claims the device for a in the cluster (see above). It runs on its own goroutine from
-// Attach, owned by m.wg, until the claim is announced or a is detached.
+// Attach, owned by m.wg, until the claim is announced twice or a is detached.
 func (a *Attachment) claim() {
 	m := a.m
-	m.confirmInterest() // the subscription has spread (or interestTimeout passed)
 	if a.isClosed() {
 		return
 	}
 	if h := m.hooks.claim; h != nil {
 		h(a)
 	}
-	rev := m.nextClaim()
 	if h := m.hooks.claimed; h != nil {
-		h(a, rev)
-	}
-	mine := claimOf{rev, a.connID}
-	a.mu.Lock()
-	a.claimRev = rev
-	lost := a.newerClaim.above(mine)
-	a.mu.Unlock()
-	if lost {
-		a.takenOver()
-		return
+		h(a, a.claimRev)
 	}
 	a.announce()
-	// Once more when the other attachment's subscription has surely spread too (see above).
+	// Once more, for an announcement of either attachment the bus may have dropped.
 	if m.pause(interestTimeout) {
 		if h := m.hooks.recheck; h != nil {
 			h(a)
@@ -99,16 +87,15 @@ func (a *Attachment) claim() {
 
 // announce publishes a's claim on its device's subject.
 func (a *Attachment) announce() {
-	a.mu.Lock()
-	rev, closed := a.claimRev, a.closed
-	a.mu.Unlock()
-	if rev == 0 || closed {
+	rev := a.claimRev // set before a was shared
+	if a.isClosed() {
 		return
 	}
 	msg := make([]byte, 9, 9+len(a.connID))
 	msg[0] = kindClaim
 	binary.BigEndian.PutUint64(msg[1:], rev)
-	_ = a.m.nc.Publish(bus.DeviceSubject(a.dev), append(msg, a.connID...))
+	_ = a.m.nc.PublishMsg(&nats.Msg{Subject: bus.DeviceSubject(a.dev), Data: append(msg, a.connID...),
+		Header: nats.Header{claimNodeHeader: []string{a.m.cfg.Node}}})
 }
 
 // onClaim handles a claim announcement (another attachment's, or a's own).
@@ -123,21 +110,10 @@ func (a *Attachment) onClaim(msg *nats.Msg) {
 	if h := a.m.hooks.claimHeard; h != nil && !h(a) {
 		return
 	}
-	a.mu.Lock()
-	mine := claimOf{a.claimRev, a.connID}
-	switch {
-	case a.claimRev == 0: // ours is not taken yet: compare when it is
-		if heard.above(a.newerClaim) {
-			a.newerClaim = heard
-		}
-		a.mu.Unlock()
-		return
-	case mine.above(heard): // an older one: make sure it hears ours
-		a.mu.Unlock()
+	if (claimOf{a.claimRev, a.connID}).above(heard) { // an older one: make sure it hears ours
 		a.announce()
 		return
 	}
-	a.mu.Unlock()
 	a.takenOver()
 }
 

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/petrelchat/petrel/internal/bus"
 )
 
@@ -150,9 +152,9 @@ func TestRacingAttachmentsOneStays(t *testing.T) {
 	}
 }
 
-// A claim announced while an attachment's own claim is stored but not yet back: the attachment
-// compares when it is, and the lower claim is taken over, without announcing its own.
-func TestClaimHeardBeforeOwnIsBack(t *testing.T) {
+// A claim announced before an attachment announced its own: the attachment compares at once (its
+// claim was taken when it attached), and the lower claim is taken over without announcing its own.
+func TestClaimHeardBeforeOwnIsAnnounced(t *testing.T) {
 	hold := newGate()
 	b, m1 := openHooked(t, Config{Node: "n1"}, testHooks{claimed: func(a *Attachment, _ uint64) { hold.wait() }}, hold)
 	m1.claims = true // before any Attach
@@ -169,13 +171,8 @@ func TestClaimHeardBeforeOwnIsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a2.Detach()
-	waitCond(t, "the second claim heard by the first attachment", func() bool {
-		a1.mu.Lock()
-		defer a1.mu.Unlock()
-		return a1.newerClaim.rev != 0
-	})
+	awaitKick(t, s1, "the connection with the lower claim, before it announced")
 	hold.release()
-	awaitKick(t, s1, "the connection with the lower claim")
 	notKicked(t, s2, "the connection with the higher claim")
 }
 
@@ -204,18 +201,38 @@ func TestUnheardClaimSettledByTheSecondAnnouncement(t *testing.T) {
 	}, hold)
 	m1.claims = true // before any Attach
 	// The newer attachment's own second announcement is held: only the older one's can settle it.
-	m2 := openNode(t, b, "n2", testHooks{recheck: func(*Attachment) { hold2.wait() }}, true, hold2)
+	// And it does not hear the older one's first announcement (it may reach n2 after it attached):
+	// nothing is heard before the older one's second announcement.
+	var hearing atomic.Bool
+	m2 := openNode(t, b, "n2", testHooks{
+		recheck:    func(*Attachment) { hold2.wait() },
+		claimHeard: func(*Attachment) bool { return hearing.Load() },
+	}, true, hold2)
 	s1, s2 := newKickSink(), newKickSink()
+	// The first attachment's first announcement, as every node hears it.
+	announced := make(chan struct{}, 1)
+	sub, err := b.Conn().Subscribe(bus.DeviceSubject(orderDev), func(msg *nats.Msg) {
+		if len(msg.Data) > 9 && msg.Data[0] == kindClaim && string(msg.Data[9:]) == "c1" {
+			select {
+			case announced <- struct{}{}:
+			default:
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
 	a1, err := m1.Attach(orderDev, "c1", s1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a1.Detach()
-	waitCond(t, "the first claim taken", func() bool {
-		a1.mu.Lock()
-		defer a1.mu.Unlock()
-		return a1.claimRev != 0
-	})
+	select {
+	case <-announced:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first claim was not announced")
+	}
 	a2, err := m2.Attach(orderDev, "c2", s2)
 	if err != nil {
 		t.Fatal(err)
@@ -224,6 +241,7 @@ func TestUnheardClaimSettledByTheSecondAnnouncement(t *testing.T) {
 	waitCond(t, "the second claim's announcement missed by the first attachment", missed.Load)
 	hold.awaitReached(t, "the first attachment's second announcement")
 	notKicked(t, s1, "the older connection, before its second announcement")
+	hearing.Store(true)
 	hold.release()
 	awaitKick(t, s1, "the older connection")
 	notKicked(t, s2, "the newer connection")

@@ -85,15 +85,9 @@ func TestLiveAcrossNodes(t *testing.T) {
 	}
 	alice := testserver.Dial(t, cNode.URL())
 	alice.MustRegister("alice")
-	// Bob's subscription reaches n3 through the routes a moment after he attached on n1.
-	subj := bus.DeviceSubject(bob.DeviceID)
-	testcluster.WaitFor(t, 10*time.Second, func() error {
-		ok, err := cNode.Server().Bus().InterestForTest(subj)
-		if err != nil || !ok {
-			return fmt.Errorf("n3 sees no subscriber on %s (%v)", subj, err)
-		}
-		return nil
-	})
+	// n3 learns where bob is from his connection's claim (no subscription per device).
+	locate(t, c, cNode, bob, "bob")
+	unlocated := metric(t, cNode.AdminURL(), "petrel_mailbox_unlocated_total")
 	before := metric(t, cNode.AdminURL(), "petrel_mailbox_delivered_live_total")
 	crossBefore := metric(t, cNode.AdminURL(), "petrel_mailbox_cross_node_deliveries_total")
 
@@ -124,6 +118,32 @@ func TestLiveAcrossNodes(t *testing.T) {
 	if after := metric(t, cNode.AdminURL(), "petrel_mailbox_cross_node_deliveries_total"); after != crossBefore+1 {
 		t.Fatalf("n3 counted %v cross-node deliveries, want %v", after, crossBefore+1)
 	}
+	if got := metric(t, cNode.AdminURL(), "petrel_mailbox_unlocated_total"); got != unlocated {
+		t.Fatalf("n3 counted %v unlocated sends, want %v", got, unlocated)
+	}
+}
+
+// locate waits until from knows the node recipient's device is attached on (every node hears a
+// new connection's claim, which names its node) and the recipient's attachment there is live
+// (its drain ended), so that the next send from there goes live.
+func locate(t *testing.T, c *testcluster.Cluster, from *testcluster.Node, recipient *testserver.RawClient, name string) {
+	t.Helper()
+	testcluster.WaitFor(t, 10*time.Second, func() error {
+		node, ok := from.Server().Mailbox().Located(recipient.DeviceID)
+		if !ok {
+			return fmt.Errorf("%s does not know where %s is", from.Name(), name)
+		}
+		for _, nd := range c.Nodes() {
+			if nd.Server().Mailbox().Node() != node {
+				continue
+			}
+			if _, live := nd.Server().Mailbox().Attached(recipient.DeviceID); !live {
+				return fmt.Errorf("%s is not live on %s yet", name, nd.Name())
+			}
+			return nil
+		}
+		return fmt.Errorf("%s is located on %s, which is no node of the cluster", name, node)
+	})
 }
 
 // TestStoredSurvivesKill: an envelope stored through n2 for an offline device (R3) is delivered
@@ -135,15 +155,6 @@ func TestStoredSurvivesKill(t *testing.T) {
 	bob.MustRegister("bob")
 	bobKey, bobDev := bob.AuthKey, bob.DeviceID
 	bob.WS.CloseNow()
-	// Bob's detach reaches n2 through the routes: until then a send could go live to a dead end.
-	subj := bus.DeviceSubject(bobDev)
-	testcluster.WaitFor(t, 10*time.Second, func() error {
-		ok, err := b.Server().Bus().InterestForTest(subj)
-		if err != nil || ok {
-			return fmt.Errorf("n2 still sees a subscriber on %s (%v)", subj, err)
-		}
-		return nil
-	})
 
 	alice := testserver.Dial(t, b.URL())
 	alice.MustRegister("alice")

@@ -43,10 +43,9 @@ func TestGrowSingleNode(t *testing.T) {
 		r.MustRegister(name) // 5 one-time prekeys of each kind
 		r.WS.CloseNow()
 		recipients[name] = r
-		subj := bus.DeviceSubject(r.DeviceID)
 		testcluster.WaitFor(t, 10*time.Second, func() error {
-			if ok, err := n1.Server().Bus().InterestForTest(subj); err != nil || ok {
-				return fmt.Errorf("n1 still sees %s attached (%v)", name, err)
+			if attached, _ := n1.Server().Mailbox().Attached(r.DeviceID); attached {
+				return fmt.Errorf("n1 still sees %s attached", name)
 			}
 			return nil
 		})
@@ -205,11 +204,10 @@ func TestScaleUpReplicas(t *testing.T) {
 	bob := testserver.Dial(t, c.Node(0).URL())
 	bob.MustRegister("bob")
 	bob.WS.CloseNow()
-	subj := bus.DeviceSubject(bob.DeviceID)
 	testcluster.WaitFor(t, 10*time.Second, func() error {
 		for _, nd := range c.Nodes() {
-			if ok, err := nd.Server().Bus().InterestForTest(subj); err != nil || ok {
-				return fmt.Errorf("%s still sees bob attached (%v)", nd.Name(), err)
+			if attached, _ := nd.Server().Mailbox().Attached(bob.DeviceID); attached {
+				return fmt.Errorf("%s still sees bob attached", nd.Name())
 			}
 		}
 		return nil

@@ -303,7 +303,7 @@ func leadInboxFrom(t *testing.T, nd *testcluster.Node, stream string) {
 
 // TestWakeUpLostOnACutRouteIsMadeGood: the route between n1 and n2 is cut for a moment (too short
 // for any Raft election; n3 still reaches both). Alice on n2 sends to bob, attached on n1 and
-// live: n2 sees no subscriber for him, stores the message (acked) and publishes a wake-up that
+// live: n2 does not know where he is, stores the message (acked) and publishes a wake-up that
 // cannot reach n1. When the route is back, n1 sees a route to the same server made again and
 // wakes every device attached on it, so bob reads his inbox and gets the message; before, it
 // stayed stored until he reconnected.
@@ -328,10 +328,11 @@ func TestWakeUpLostOnACutRouteIsMadeGood(t *testing.T) {
 			return nil
 		})
 	}
-	subj := bus.DeviceSubject(bob.DeviceID)
+	// n1's device subscriptions (a subject only n1's mailbox subscribes to), as n2 sees them.
+	subj := bus.NodeDeviceSubject(n1.Server().Mailbox().Node(), bob.DeviceID)
 	testcluster.WaitFor(t, failoverWait, func() error {
 		if ok, err := n2.Server().Bus().InterestForTest(subj); err != nil || !ok {
-			return fmt.Errorf("n2 does not see bob's subscription yet (%v)", err)
+			return fmt.Errorf("n2 does not see n1's device subscriptions yet (%v)", err)
 		}
 		return nil
 	})
@@ -339,7 +340,7 @@ func TestWakeUpLostOnACutRouteIsMadeGood(t *testing.T) {
 	c.CutRoute(t, 0, 1)
 	testcluster.WaitFor(t, failoverWait, func() error {
 		if ok, err := n2.Server().Bus().InterestForTest(subj); err != nil || ok {
-			return fmt.Errorf("n2 still sees bob's subscription (%v)", err)
+			return fmt.Errorf("n2 still sees n1's device subscriptions (%v)", err)
 		}
 		return nil
 	})

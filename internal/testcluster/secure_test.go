@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/testcluster"
 	"github.com/petrelchat/petrel/internal/testserver"
@@ -40,13 +39,7 @@ func TestSecureRoutes(t *testing.T) {
 	}
 	alice := testserver.Dial(t, n3.URL())
 	alice.MustRegister("alice")
-	subj := bus.DeviceSubject(bob.DeviceID)
-	testcluster.WaitFor(t, 10*time.Second, func() error {
-		if ok, err := n3.Server().Bus().InterestForTest(subj); err != nil || !ok {
-			return fmt.Errorf("n3 sees no subscriber on %s (%v)", subj, err)
-		}
-		return nil
-	})
+	locate(t, c, n3, bob, "bob")
 	got := make(chan *pb.Deliver, 1)
 	go func() {
 		f, err := bob.ReadErr(10 * time.Second)

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/petrelchat/petrel/internal/bus"
 	"github.com/petrelchat/petrel/internal/server"
 	"github.com/petrelchat/petrel/internal/testcluster"
 	"github.com/petrelchat/petrel/internal/testserver"
@@ -32,13 +31,7 @@ func TestStoredWhileOnlineAcrossNodes(t *testing.T) {
 		if f := bob.NextPush(); f.GetQueueEmpty() == nil {
 			t.Fatalf("%s: want QueueEmpty first, got %v", name, f)
 		}
-		subj := bus.DeviceSubject(bob.DeviceID)
-		testcluster.WaitFor(t, 10*time.Second, func() error {
-			if ok, err := cNode.Server().Bus().InterestForTest(subj); err != nil || !ok {
-				return fmt.Errorf("n3 sees no subscriber on %s (%v)", subj, err)
-			}
-			return nil
-		})
+		locate(t, c, cNode, bob, name)
 		// Bob does not ack the live push: after live_ack_timeout alice's node stores it.
 		if r := alice.Send("m-"+name, name, []string{bob.DeviceID}, []byte("x")); r.GetSendResult() == nil {
 			t.Fatalf("%s: want SendResult, got %v", name, r)

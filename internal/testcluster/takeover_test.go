@@ -6,12 +6,15 @@ package testcluster_test
 import (
 	"context"
 	"crypto/ed25519"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/petrelchat/petrel/internal/gateway"
 	"github.com/petrelchat/petrel/internal/testcluster"
 	"github.com/petrelchat/petrel/internal/testserver"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
@@ -129,5 +132,76 @@ func TestRacingConnectionsOneStays(t *testing.T) {
 	}
 	if total != 2*rounds-1 {
 		t.Fatalf("takeovers counted %v, want %d (one per round, and each round's survivor once)", total, 2*rounds-1)
+	}
+}
+
+// TestLateAttachDoesNotTakeOverAcrossNodes: of two connections of a device on two nodes, the one
+// that authenticated later stays, even when the earlier one's attach comes after it (its handler
+// held up between the Welcome and the attach): the claim is taken when a connection
+// authenticates, not when it attaches. Fails with claims taken at the attach (A would win).
+func TestLateAttachDoesNotTakeOverAcrossNodes(t *testing.T) {
+	c := testcluster.Start(t, nodes, testcluster.Options{})
+	n1, n2 := c.Node(0), c.Node(1)
+	reg := testserver.Dial(t, n1.URL())
+	reg.MustRegister("ursa")
+	key := reg.AuthKey
+	reg.WS.CloseNow()
+
+	var calls atomic.Int32
+	held, release, doneA := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	defer gateway.SetWelcomeHookForTest(func(string) func() {
+		if calls.Add(1) != 1 {
+			return nil
+		}
+		close(held)
+		<-release
+		return func() { close(doneA) }
+	})()
+
+	// A authenticates on n1; its handler is held after the Welcome, before the attach.
+	a := testserver.Dial(t, n1.URL())
+	if w := a.Auth(key); w.GetWelcome() == nil {
+		t.Fatalf("A: %v", w)
+	}
+	<-held
+	// B authenticates on n2 and is attached; then A's handler goes on and attaches.
+	b := testserver.Dial(t, n2.URL())
+	if w := b.Auth(key); w.GetWelcome() == nil {
+		t.Fatalf("B: %v", w)
+	}
+	if f := b.NextPush(); f.GetQueueEmpty() == nil {
+		t.Fatalf("B: want QueueEmpty, got %v", f)
+	}
+	close(release)
+	<-doneA
+
+	// A, the earlier connection, is the one taken over.
+	for {
+		f, err := a.ReadErr(10 * time.Second)
+		if err != nil {
+			t.Fatalf("A was not told CONNECTED_ELSEWHERE: %v", err)
+		}
+		if f.GetError().GetCode() == pb.ErrorCode_ERROR_CODE_CONNECTED_ELSEWHERE {
+			break
+		}
+	}
+	// B is still served and was never told it: it heard A's lower claim and answered with its
+	// own, which took A over; A, detached, announces nothing more.
+	testcluster.WaitFor(t, 10*time.Second, func() error {
+		if v := metric(t, n1.AdminURL(), "petrel_mailbox_takeovers_total"); v != 1 {
+			return fmt.Errorf("n1 counted %v takeovers, want 1", v)
+		}
+		return nil
+	})
+	if r := b.Request(&pb.Frame{Body: &pb.Frame_Ping{Ping: &pb.Ping{}}}); r.GetPong() == nil {
+		t.Fatalf("B's ping: %v", r)
+	}
+	for _, f := range b.Pushes {
+		if f.GetError().GetCode() == pb.ErrorCode_ERROR_CODE_CONNECTED_ELSEWHERE {
+			t.Fatalf("B was taken over by the late attach of an earlier connection: %v", f)
+		}
+	}
+	if v := metric(t, n2.AdminURL(), "petrel_mailbox_takeovers_total"); v != 0 {
+		t.Fatalf("n2 counted %v takeovers, want 0", v)
 	}
 }
