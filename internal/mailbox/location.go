@@ -42,12 +42,6 @@ import (
 // replyNotHere answers a live request sent to a node that does not hold the device.
 var replyNotHere = []byte("nh")
 
-// devMsg is one message for an attached device, on its dispatcher's channel.
-type devMsg struct {
-	dev string
-	msg *nats.Msg
-}
-
 // maxLocations bounds the devices' nodes a node remembers (about 90 bytes each); past it an
 // eighth are forgotten (a forgotten device's next envelope is stored, and its wake-up brings the
 // hint again). The claims of every connection fill it: it keeps the most recent ones.
@@ -162,7 +156,7 @@ func (m *Mailbox) route(msg *nats.Msg) {
 		m.onWakes(subj[len("mbw."):], msg.Data)
 		return
 	}
-	dev := subj[strings.LastIndexByte(subj, '.')+1:]
+	dev := subjectDevice(subj)
 	if len(msg.Data) > 0 && msg.Data[0] == kindClaim {
 		if node := msg.Header.Get(claimNodeHeader); node != "" && node != m.cfg.Node {
 			m.locs.put(dev, node)
@@ -183,11 +177,15 @@ func (m *Mailbox) notHere(msg *nats.Msg) {
 	}
 }
 
-// toDispatcher queues msg on dev's dispatcher; it waits for room (so ingress fills, and the bus
-// reports a slow consumer, rather than a message being lost here).
+// subjectDevice is the device a subject of pn.<node>.* or dev.* is for: its last token.
+func subjectDevice(subj string) string { return subj[strings.LastIndexByte(subj, '.')+1:] }
+
+// toDispatcher queues msg (its subject's last token is dev) on dev's dispatcher; it waits for
+// room (so ingress fills, and the bus reports a slow consumer, rather than a message being lost
+// here).
 func (m *Mailbox) toDispatcher(dev string, msg *nats.Msg) {
 	select {
-	case m.dispatcherFor(dev) <- devMsg{dev, msg}:
+	case m.dispatcherFor(dev) <- msg:
 	case <-m.stop:
 	}
 }

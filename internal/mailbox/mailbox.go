@@ -310,7 +310,7 @@ type Mailbox struct {
 	ingress     chan *nats.Msg
 	ingressSubs []*nats.Subscription
 	hintSub     *nats.Subscription
-	dispatch    []chan devMsg
+	dispatch    []chan *nats.Msg
 	locs        locations                      // where devices this node sends to are attached
 	local       *devTable[string, *Attachment] // attached on this node, by device id
 	// interestOK: a ping round after the device subscriptions were made was answered by every
@@ -372,7 +372,7 @@ func New(b *bus.Bus, cfg Config) *Mailbox {
 	}
 	m.ingress = make(chan *nats.Msg, cfg.dispatchCap)
 	for range 4 {
-		m.dispatch = append(m.dispatch, make(chan devMsg, cfg.dispatchCap))
+		m.dispatch = append(m.dispatch, make(chan *nats.Msg, cfg.dispatchCap))
 	}
 	m.resyncReq = make(chan struct{}, 1)
 	m.resyncAllReq = make(chan struct{}, 1)
@@ -542,14 +542,14 @@ func (m *Mailbox) expireLive() {
 	}
 }
 
-func (m *Mailbox) runDispatch(ch chan devMsg) {
+func (m *Mailbox) runDispatch(ch chan *nats.Msg) {
 	for {
 		select {
-		case dm := <-ch:
-			if a, ok := m.local.Load(dm.dev); ok {
-				a.onMsg(dm.msg)
+		case msg := <-ch:
+			if a, ok := m.local.Load(subjectDevice(msg.Subject)); ok {
+				a.onMsg(msg)
 			} else {
-				m.notHere(dm.msg) // detached meanwhile
+				m.notHere(msg) // detached meanwhile
 			}
 		case <-m.stop:
 			return
@@ -557,7 +557,7 @@ func (m *Mailbox) runDispatch(ch chan devMsg) {
 	}
 }
 
-func (m *Mailbox) dispatcherFor(deviceID string) chan devMsg {
+func (m *Mailbox) dispatcherFor(deviceID string) chan *nats.Msg {
 	var h uint32
 	for i := 0; i < len(deviceID); i++ {
 		h = h*31 + uint32(deviceID[i])
