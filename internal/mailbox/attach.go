@@ -82,7 +82,7 @@ type Attachment struct {
 	nextSeq      uint64
 	pushedStored int
 	queueEmpty   bool // QueueEmpty was sent
-	// interestAll: every node answered the round that confirmed the subscription (settle).
+	// interestAll: every node has the node's device subscriptions (nodeInterest; settle).
 	interestAll bool
 
 	// claimRev is this attachment's claim on its device: its connection's takeover order, set
@@ -713,7 +713,7 @@ func (a *Attachment) readLeader(from, want uint64) error {
 	ctx, cancel := a.m.ctxStore()
 	defer cancel()
 	// The wake-up that announced want came after its write was acked: a replica round after it
-	// covers that write, whatever the subscription's spread.
+	// covers that write.
 	seq, data, found, err := a.authoritativeGet(ctx, from, true)
 	if err != nil {
 		return err

@@ -338,7 +338,7 @@ func (m *Mailbox) ping(replicas bool) (bool, map[string][]bus.InboxReplica) {
 	defer t.Stop()
 	want := routed + 1 // every routed server's node, and this one
 	if !replicas {
-		// To confirm a subscription, only nodes whose mailbox runs need to answer: a node still
+		// To confirm subscriptions, only nodes whose mailbox runs need to answer: a node still
 		// starting has no senders yet, and waiting for it held every connecting device's first
 		// QueueEmpty for interestTimeout per round while a restarted node caught up. A replica
 		// round waits for every routed node: a starting node's replica may answer direct gets.

@@ -230,14 +230,14 @@ type liveResult struct {
 // decided, so that a race can be run the same way every time. All nil outside tests: each costs
 // one nil check on its path.
 type testHooks struct {
-	// attachSubscribe runs in Attach just before the device's subscription is made.
+	// attachSubscribe runs in Attach just before the attachment enters the node's table.
 	attachSubscribe func(a *Attachment)
 	// claim runs before a connection claim is taken; claimed when it was, before the attachment
 	// looks at the claims it heard meanwhile (takeover.go).
 	claim   func(a *Attachment)
 	claimed func(a *Attachment, rev uint64)
 	// claimHeard runs before an attachment looks at a claim announcement (false: it is not heard,
-	// as one the bus dropped or sent before the subscription reached that node); recheck runs
+	// as one the bus dropped); recheck runs
 	// before a claim is announced again, interestTimeout after the first time.
 	claimHeard func(a *Attachment) bool
 	recheck    func(a *Attachment)

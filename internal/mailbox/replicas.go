@@ -30,8 +30,8 @@ import (
 // every write acked before the round is then readable on each replica that can answer a direct
 // get (those of nodes that can be reached all answered), and a direct get after the round reads
 // it. Writes acked after the round announce themselves with a wake-up, which reaches the
-// attachment once the round that confirmed its subscription on every node (confirmInterest)
-// has ended before this one began. A replica with an entry it has not applied (a write in
+// attachment: it was in the node's table before the round began, and every node has the node's
+// device subscriptions (nodeInterest). A replica with an entry it has not applied (a write in
 // flight when the leader died, or one it has not learnt was committed) or a node that does not
 // answer makes the drain ask the leader instead, as before.
 

@@ -118,7 +118,7 @@ func (a *Attachment) onClaim(msg *nats.Msg) {
 }
 
 // checkClaim announces a's claim again: for an announcement a or the other attachment may not
-// have heard (a subscription still spreading, or dropped by the bus: see settle). A higher claim
+// have heard (dropped by the bus: see settle). A higher claim
 // answers with its own announcement.
 func (a *Attachment) checkClaim() {
 	a.announce()
