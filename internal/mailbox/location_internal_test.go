@@ -21,6 +21,20 @@ func counterOf(t *testing.T, c prometheus.Counter) float64 {
 	return m.GetCounter().GetValue()
 }
 
+// attachAcking attaches orderDev on m with a sink that acks every push, and waits for its
+// QueueEmpty.
+func attachAcking(t *testing.T, m *Mailbox) (*Attachment, *orderSink) {
+	t.Helper()
+	s := newOrderSink()
+	a, err := m.Attach(orderDev, "c1", s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.ackAll(t, a)
+	<-s.empty
+	return a, s
+}
+
 // A node learns where a device is from the node holding it, without a subscription per device:
 // its first envelope to the device is stored (it knows no node) and the commit's wake-up, which
 // the holding node answers with a hint, tells it; the next envelope goes live to that node. After
@@ -30,13 +44,7 @@ func counterOf(t *testing.T, c prometheus.Counter) float64 {
 func TestLocationLearntFromTheHoldingNode(t *testing.T) {
 	b, m1 := openHooked(t, Config{Node: "n1", LiveAckTimeout: 10 * time.Second}, testHooks{})
 	m2 := openNode(t, b, "n2", testHooks{}, false)
-	s := newOrderSink()
-	a, err := m2.Attach(orderDev, "c1", s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.ackAll(t, a)
-	<-s.empty
+	a, s := attachAcking(t, m2)
 	if n, ok := m1.Located(orderDev); ok {
 		t.Fatalf("n1 knows the device is on %q before anything was sent to it", n)
 	}
@@ -79,13 +87,7 @@ func TestLocationLearntFromClaims(t *testing.T) {
 	b, m1 := openHooked(t, Config{Node: "n1", LiveAckTimeout: 10 * time.Second}, testHooks{})
 	m1.claims = true
 	m2 := openNode(t, b, "n2", testHooks{}, true)
-	s := newOrderSink()
-	a, err := m2.Attach(orderDev, "c1", s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.ackAll(t, a)
-	<-s.empty
+	attachAcking(t, m2)
 	waitCond(t, "n1 heard the claim", func() bool { n, ok := m1.Located(orderDev); return ok && n == "n2" })
 	if o := outcome(t, send(m1, NewRoute(), "e1"), "e1"); o.Live != 1 {
 		t.Fatalf("e1: %+v, want live", o)

@@ -7,14 +7,12 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/petrelchat/petrel/internal/gateway"
 	"github.com/petrelchat/petrel/internal/testcluster"
 	"github.com/petrelchat/petrel/internal/testserver"
 	pb "github.com/petrelchat/petrel/proto/petrel/v1"
@@ -147,44 +145,12 @@ func TestLateAttachDoesNotTakeOverAcrossNodes(t *testing.T) {
 	key := reg.AuthKey
 	reg.WS.CloseNow()
 
-	var calls atomic.Int32
-	held, release, doneA := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	defer gateway.SetWelcomeHookForTest(func(string) func() {
-		if calls.Add(1) != 1 {
-			return nil
-		}
-		close(held)
-		<-release
-		return func() { close(doneA) }
-	})()
-
-	// A authenticates on n1; its handler is held after the Welcome, before the attach.
-	a := testserver.Dial(t, n1.URL())
-	if w := a.Auth(key); w.GetWelcome() == nil {
-		t.Fatalf("A: %v", w)
-	}
-	<-held
-	// B authenticates on n2 and is attached; then A's handler goes on and attaches.
-	b := testserver.Dial(t, n2.URL())
-	if w := b.Auth(key); w.GetWelcome() == nil {
-		t.Fatalf("B: %v", w)
-	}
-	if f := b.NextPush(); f.GetQueueEmpty() == nil {
-		t.Fatalf("B: want QueueEmpty, got %v", f)
-	}
-	close(release)
-	<-doneA
+	// A authenticates on n1 and its handler is held before the attach; B authenticates on n2
+	// and is attached; then A attaches.
+	a, b := testserver.LateAttach(t, key, n1.URL(), n2.URL())
 
 	// A, the earlier connection, is the one taken over.
-	for {
-		f, err := a.ReadErr(10 * time.Second)
-		if err != nil {
-			t.Fatalf("A was not told CONNECTED_ELSEWHERE: %v", err)
-		}
-		if f.GetError().GetCode() == pb.ErrorCode_ERROR_CODE_CONNECTED_ELSEWHERE {
-			break
-		}
-	}
+	a.WantTakenOver("A")
 	// B is still served and was never told it: it heard A's lower claim and answered with its
 	// own, which took A over; A, detached, announces nothing more.
 	testcluster.WaitFor(t, 10*time.Second, func() error {
@@ -193,14 +159,7 @@ func TestLateAttachDoesNotTakeOverAcrossNodes(t *testing.T) {
 		}
 		return nil
 	})
-	if r := b.Request(&pb.Frame{Body: &pb.Frame_Ping{Ping: &pb.Ping{}}}); r.GetPong() == nil {
-		t.Fatalf("B's ping: %v", r)
-	}
-	for _, f := range b.Pushes {
-		if f.GetError().GetCode() == pb.ErrorCode_ERROR_CODE_CONNECTED_ELSEWHERE {
-			t.Fatalf("B was taken over by the late attach of an earlier connection: %v", f)
-		}
-	}
+	b.WantStillServed("B, by the late attach of an earlier connection,")
 	if v := metric(t, n2.AdminURL(), "petrel_mailbox_takeovers_total"); v != 0 {
 		t.Fatalf("n2 counted %v takeovers, want 0", v)
 	}
