@@ -59,9 +59,8 @@ type Attachment struct {
 	drainRunning bool
 	// settled: on a replicated inbox, the first switch to live waits until every node has seen
 	// this node's device subscriptions and the stream leader has nothing more for the device (see
-	// settle); interestConfirmed: the first half of that is done. (The flags sit together: the
-	// attachment stays within 256 bytes.)
-	settled, interestConfirmed bool
+	// settle).
+	settled bool
 	// gen counts wake-ups: a drain that read an empty inbox may only switch to live if gen did not
 	// move meanwhile and every refused live delivery has been stored (its ticket came back).
 	gen uint64
@@ -82,8 +81,6 @@ type Attachment struct {
 	nextSeq      uint64
 	pushedStored int
 	queueEmpty   bool // QueueEmpty was sent
-	// interestAll: every node has the node's device subscriptions (nodeInterest; settle).
-	interestAll bool
 
 	// claimRev is this attachment's claim on its device: its connection's takeover order, set
 	// before the attachment is shared (takeover.go).
@@ -752,25 +749,18 @@ func (a *Attachment) authoritativeGet(ctx context.Context, from uint64, replicas
 // that a commit acked after the replica round began wakes it): one is pushed (and the drain goes
 // on), none settles it.
 func (a *Attachment) settle() error {
+	// Best effort: external NATS cannot tell, a silent node times out. A round not answered by
+	// every node (one was being cut off) is tried again on the next attempt: only after one that
+	// was can the replicas stand in for the leader.
+	all := a.m.nodeInterest()
 	a.mu.Lock()
-	confirmed, all := a.interestConfirmed, a.interestAll
+	from, resettled := a.nextSeq, a.queueEmpty
 	a.mu.Unlock()
-	if !confirmed || !all {
-		// Best effort: external NATS cannot tell, a silent node times out. A round not answered
-		// by every node (one was being cut off) is tried again on the next attempt: only after
-		// one that was can the replicas stand in for the leader.
-		all = a.m.nodeInterest()
-		a.mu.Lock()
-		a.interestConfirmed, a.interestAll = true, all
-		a.mu.Unlock()
-	}
-	if a.m.claims {
-		// After a resync the bus may have dropped a newer claim's announcement too.
+	if a.m.claims && resettled {
+		// Settling again after a resync: the bus may have dropped a newer claim's announcement
+		// too. (The first settle needs none: claim announces twice on its own.)
 		a.checkClaim()
 	}
-	a.mu.Lock()
-	from := a.nextSeq
-	a.mu.Unlock()
 	ctx, cancel := a.m.ctxStore()
 	defer cancel()
 	seq, data, found, err := a.authoritativeGet(ctx, from, all)
