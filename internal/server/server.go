@@ -765,5 +765,8 @@ func (s *Server) Metrics() prometheus.Gatherer { return s.reg }
 // Bus exposes the node's bus to tests in other packages (failure injection).
 func (s *Server) Bus() *bus.Bus { return s.bus }
 
+// Presence exposes the node's presence service to tests in other packages (what it knows).
+func (s *Server) Presence() *presence.Service { return s.pres }
+
 // Mailbox exposes the node's mailbox to tests in other packages (where devices are attached).
 func (s *Server) Mailbox() *mailbox.Mailbox { return s.mb }

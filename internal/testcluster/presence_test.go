@@ -5,6 +5,7 @@ package testcluster_test
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -27,7 +28,7 @@ func nextPresence(t *testing.T, c *testserver.RawClient, account string) *pb.Pre
 // Presence across nodes: bob on n1 sees alice come online on n2 and n3 (two devices), stay
 // online while one device remains, go offline with a last-seen time when both left, and go
 // offline when the node holding her dies without a goodbye (its heartbeats stop). A NOBODY
-// setting made on one node hides her on the others.
+// setting made on one node hides her on the others, and EVERYONE shows her again.
 func TestPresenceAcrossNodes(t *testing.T) {
 	c := testcluster.Start(t, nodes, testcluster.Options{Config: func(_ int, cfg *server.Config) {
 		// Gone after 1.5 s of silence: short for the kill below, long enough that a node held up
@@ -67,26 +68,71 @@ func TestPresenceAcrossNodes(t *testing.T) {
 	if env := bob.AckNextDeliver(); env.GetMessageId() != "typing1" || env.GetFrom() != "alice" {
 		t.Fatalf("bob got %v", env)
 	}
+	// heldBy waits until n1 knows exactly these nodes hold alice online. Nodes' reports cross on
+	// the bus: had n2 said "phone gone" before n3's "laptop here" reached n1, bob would be told
+	// "offline", rightly, for that moment, and this test would read a stale push later.
+	heldBy := func(want ...string) {
+		t.Helper()
+		testcluster.WaitFor(t, 10*time.Second, func() error {
+			if got, _ := n1.Server().Presence().OnlineAt("alice"); !slices.Equal(got, want) {
+				return fmt.Errorf("n1 knows alice online at %v, want %v", got, want)
+			}
+			return nil
+		})
+	}
 	phoneKey := alice.Primary.AuthKey
 	lap := testserver.Connect(t, n3.URL(), laptop) // a second device, on n3
-	alice.Primary.WS.CloseNow()                    // the phone leaves n2: still online on n3
-	// The phone reconnects on n2 and the laptop leaves n3; bob is told nothing in between, or
-	// only "online". Then the phone leaves too: offline, last seen now.
+	heldBy("n2", "n3")
+	alice.Primary.WS.CloseNow() // the phone leaves n2: still online on n3
+	heldBy("n3")
+	// The phone reconnects on n2 and the laptop leaves n3: bob is told nothing. Then the phone
+	// leaves too: offline, last seen now.
 	phone := testserver.Dial(t, n2.URL())
 	if r := phone.Auth(phoneKey); r.GetWelcome() == nil {
 		t.Fatalf("phone auth: %v", r)
 	}
+	heldBy("n2", "n3")
 	lap.WS.CloseNow()
+	heldBy("n2")
 	phone.WS.CloseNow()
-	p := nextPresence(t, bob, "alice")
-	for p.GetState() == pb.PresenceState_PRESENCE_STATE_ONLINE {
-		p = nextPresence(t, bob, "alice")
-	}
-	if p.GetState() != pb.PresenceState_PRESENCE_STATE_OFFLINE || p.GetLastSeenMs() == 0 || p.GetLastSeenMs()%60_000 != 0 {
+	if p := nextPresence(t, bob, "alice"); p.GetState() != pb.PresenceState_PRESENCE_STATE_OFFLINE || p.GetLastSeenMs() == 0 || p.GetLastSeenMs()%60_000 != 0 {
 		t.Fatalf("alice gone, seen from n1: %v", p)
 	}
 	if p := sub(mallory, "alice"); p.GetState() != pb.PresenceState_PRESENCE_STATE_OFFLINE {
 		t.Fatalf("alice gone, seen from n3 (a new subscription): %v", p)
+	}
+
+	// NOBODY, set from n2 while alice is online there, reaches bob's subscription on n1 at once;
+	// EVERYONE shows her again. (Before the kill below: while the cluster re-elects leaders after
+	// it, a node held up under -race can be counted gone for a moment, which bob would see.)
+	phone = testserver.Dial(t, n2.URL())
+	if r := phone.Auth(phoneKey); r.GetWelcome() == nil {
+		t.Fatalf("phone auth: %v", r)
+	}
+	if p := nextPresence(t, bob, "alice"); p.GetState() != pb.PresenceState_PRESENCE_STATE_ONLINE {
+		t.Fatalf("alice back on n2: %v", p)
+	}
+	lastSeen := func(v pb.LastSeenVisibility) {
+		t.Helper()
+		r := phone.Request(&pb.Frame{Body: &pb.Frame_PutSettings{PutSettings: &pb.PutSettings{Settings: &pb.Settings{LastSeen: v}}}})
+		if r.GetSettingsResult() == nil {
+			t.Fatalf("PutSettings %v: %v", v, r)
+		}
+	}
+	lastSeen(pb.LastSeenVisibility_LAST_SEEN_VISIBILITY_NOBODY)
+	if p := nextPresence(t, bob, "alice"); p.GetState() != pb.PresenceState_PRESENCE_STATE_UNKNOWN || p.GetLastSeenMs() != 0 {
+		t.Fatalf("bob's view once NOBODY took: %v", p)
+	}
+	if p := sub(bob, "alice"); p.GetState() != pb.PresenceState_PRESENCE_STATE_UNKNOWN || p.GetLastSeenMs() != 0 {
+		t.Fatalf("alice under NOBODY, asked again from n1: %v", p)
+	}
+	lastSeen(pb.LastSeenVisibility_LAST_SEEN_VISIBILITY_EVERYONE)
+	if p := nextPresence(t, bob, "alice"); p.GetState() != pb.PresenceState_PRESENCE_STATE_ONLINE {
+		t.Fatalf("bob's view once EVERYONE took: %v", p)
+	}
+	phone.WS.CloseNow()
+	if p := nextPresence(t, bob, "alice"); p.GetState() != pb.PresenceState_PRESENCE_STATE_OFFLINE || p.GetLastSeenMs() == 0 {
+		t.Fatalf("alice's phone left n2: %v", p)
 	}
 
 	// The laptop comes back on n3, which then dies: bob (n1) sees alice online, then offline.
@@ -97,23 +143,5 @@ func TestPresenceAcrossNodes(t *testing.T) {
 	n3.Kill()
 	if p := nextPresence(t, bob, "alice"); p.GetState() != pb.PresenceState_PRESENCE_STATE_OFFLINE || p.GetLastSeenMs() == 0 {
 		t.Fatalf("alice's node died: %v", p)
-	}
-
-	// NOBODY, set from n2, reaches bob's subscription on n1 at once.
-	phone = testserver.Dial(t, n2.URL())
-	if r := phone.Auth(phoneKey); r.GetWelcome() == nil {
-		t.Fatalf("phone auth: %v", r)
-	}
-	r := phone.Request(&pb.Frame{Body: &pb.Frame_PutSettings{PutSettings: &pb.PutSettings{Settings: &pb.Settings{LastSeen: pb.LastSeenVisibility_LAST_SEEN_VISIBILITY_NOBODY}}}})
-	if r.GetSettingsResult() == nil {
-		t.Fatalf("PutSettings: %v", r)
-	}
-	for p := nextPresence(t, bob, "alice"); p.GetState() != pb.PresenceState_PRESENCE_STATE_UNKNOWN; p = nextPresence(t, bob, "alice") {
-		if p.GetState() != pb.PresenceState_PRESENCE_STATE_ONLINE {
-			t.Fatalf("bob's view before NOBODY took: %v", p)
-		}
-	}
-	if p := sub(bob, "alice"); p.GetState() != pb.PresenceState_PRESENCE_STATE_UNKNOWN || p.GetLastSeenMs() != 0 {
-		t.Fatalf("alice under NOBODY, asked again from n1: %v", p)
 	}
 }
