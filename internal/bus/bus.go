@@ -406,6 +406,10 @@ func (b *Bus) JS() jetstream.JetStream { return b.js }
 // leader's acks), it sees every acked write.
 func MsgGetSubject(stream string) string { return "$JS.API.STREAM.MSG.GET." + stream }
 
+// StreamInfoSubject is the JetStream API subject of stream's info, which its leader answers (and
+// replicas that count it leaderless); with a subjects_filter it carries per-subject totals.
+func StreamInfoSubject(stream string) string { return "$JS.API.STREAM.INFO." + stream }
+
 // KVLatest reads the latest value of key in bucket, and its revision, from the bucket stream's
 // leader: unlike jetstream.KeyValue.Get (a direct get, which any replica may answer, a moment
 // behind), it sees every acknowledged write, so a read-check-update with the revision (optimistic

@@ -289,7 +289,9 @@ func TestAuthCacheOffWhenWatchEnds(t *testing.T) {
 }
 
 // Status counts exactly what is left of each kind, through uploads and claims, next to other
-// devices' keys.
+// devices' keys: from the stream's subject index (stream info), and the same with direct gets,
+// its fallback when the stream's leader does not answer (here: an API subject that answers an
+// error, and one nobody answers), which is counted and then used for a while without asking.
 func TestStatusCounts(t *testing.T) {
 	ctx := context.Background()
 	d, _ := startedDir(t, directory.Config{})
@@ -300,17 +302,32 @@ func TestStatusCounts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checks := 0
 	check := func(t *testing.T, p directory.Principal, otk, kem uint32) {
 		t.Helper()
-		st, err := d.Status(ctx, p)
-		if err != nil {
-			t.Fatal(err)
+		checks++
+		direct := d.PreKeyCountsDirectForTest()
+		for _, how := range []string{"stream info", "direct gets after an error answer", "direct gets in the backoff", "direct gets after no answer"} {
+			switch how {
+			case "direct gets after an error answer":
+				d.SetPreKeyTotalsSubjectForTest(t, "$JS.API.STREAM.INFO.NO_SUCH_STREAM")
+			case "direct gets after no answer":
+				d.SetPreKeyTotalsSubjectForTest(t, "petrel.test.nobody")
+			}
+			st, err := d.Status(ctx, p)
+			if err != nil {
+				t.Fatalf("%s: %v", how, err)
+			}
+			if st.GetOneTimePrekeysLeft() != otk || st.GetKemPrekeysLeft() != kem {
+				t.Fatalf("%s: %s: %d one-time and %d KEM prekeys left, want %d and %d", how, p.Name, st.GetOneTimePrekeysLeft(), st.GetKemPrekeysLeft(), otk, kem)
+			}
+			if st.GetSignedPrekeyCreatedMs() != p.SignedPreKeyCreated.UnixMilli() {
+				t.Fatalf("%s: signed prekey created %d, want %d", how, st.GetSignedPrekeyCreatedMs(), p.SignedPreKeyCreated.UnixMilli())
+			}
 		}
-		if st.GetOneTimePrekeysLeft() != otk || st.GetKemPrekeysLeft() != kem {
-			t.Fatalf("%s: %d one-time and %d KEM prekeys left, want %d and %d", p.Name, st.GetOneTimePrekeysLeft(), st.GetKemPrekeysLeft(), otk, kem)
-		}
-		if st.GetSignedPrekeyCreatedMs() != p.SignedPreKeyCreated.UnixMilli() {
-			t.Fatalf("signed prekey created %d, want %d", st.GetSignedPrekeyCreatedMs(), p.SignedPreKeyCreated.UnixMilli())
+		d.SetPreKeyTotalsSubjectForTest(t, "")
+		if got := d.PreKeyCountsDirectForTest() - direct; got != 3 {
+			t.Fatalf("%v counts by direct gets, want 3 (all but the stream info's)", got)
 		}
 	}
 	check(t, p, 0, 0)

@@ -8,6 +8,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
+	"math/rand/v2"
+	"runtime"
 	"testing"
 	"time"
 
@@ -95,25 +97,88 @@ func BenchmarkAuthenticate(b *testing.B) {
 	}
 }
 
-// BenchmarkStatus measures the connect-time prekey count of a device.
+// BenchmarkStatus measures the connect-time prekey count of a device. warm: one device with 3
+// keys of each kind, asked again and again, next to 1,000 other devices' keys, by both ways
+// below. cold: 3,000
+// devices with 100 keys of each kind (40 B and 1,300 B, as real ones: ~400 MB of stream, ~100
+// blocks), asked in a random order, as a reconnect storm does, by the stream-info request (info)
+// and by the fallback's direct gets (direct), which load the block holding the device's first
+// key. heap-MB is the process's peak heap in use (the embedded server's included).
 func BenchmarkStatus(b *testing.B) {
-	nonce := bytes.Repeat([]byte{4}, 32)
-	d, devs := openBenchDir(b, directory.Config{}, nonce, 1)
-	ctx := context.Background()
-	p, err := d.Authenticate(ctx, devs[0].id, nonce, devs[0].sig)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	start := cpuTime()
-	for b.Loop() {
-		st, err := d.Status(ctx, p)
+	b.Run("warm", func(b *testing.B) {
+		nonce := bytes.Repeat([]byte{4}, 32)
+		d, devs := openBenchDir(b, directory.Config{}, nonce, 1)
+		ctx := context.Background()
+		p, err := d.Authenticate(ctx, devs[0].id, nonce, devs[0].sig)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if st.GetOneTimePrekeysLeft() != 3 || st.GetKemPrekeysLeft() != 3 {
-			b.Fatalf("status %v", st)
+		for _, how := range []string{"info", "direct"} {
+			b.Run(how, func(b *testing.B) {
+				if how == "direct" {
+					d.SetPreKeyTotalsSubjectForTest(b, "petrel.bench.nobody") // fails at once, then backs off
+				}
+				b.ReportAllocs()
+				start := cpuTime()
+				for b.Loop() {
+					st, err := d.Status(ctx, p)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if st.GetOneTimePrekeysLeft() != 3 || st.GetKemPrekeysLeft() != 3 {
+						b.Fatalf("status %v", st)
+					}
+				}
+				reportCPU(b, start)
+			})
 		}
-	}
-	reportCPU(b, start)
+	})
+	b.Run("cold", func(b *testing.B) {
+		const devices, keys = 3000, 100
+		d, bs := startedDir(b, directory.Config{})
+		ctx := context.Background()
+		var batch []*nats.Msg
+		for i := range devices {
+			id := fmt.Sprintf("%032x", i)
+			for range keys {
+				batch = append(batch,
+					&nats.Msg{Subject: bus.OneTimePreKeySubject(id), Data: bytes.Repeat([]byte{1}, 40), Header: nats.Header{}},
+					&nats.Msg{Subject: bus.KEMPreKeySubject(id), Data: bytes.Repeat([]byte{2}, 1300), Header: nats.Header{}})
+				if len(batch) >= 200 {
+					if _, err := jetstreamext.PublishMsgBatch(ctx, bs.JS(), batch); err != nil {
+						b.Fatal(err)
+					}
+					batch = batch[:0]
+				}
+			}
+		}
+		for _, how := range []string{"info", "direct"} {
+			b.Run(how, func(b *testing.B) {
+				if how == "direct" {
+					d.SetPreKeyTotalsSubjectForTest(b, "petrel.bench.nobody") // fails at once, then backs off
+				}
+				order := rand.Perm(devices)
+				var ms runtime.MemStats
+				runtime.GC()
+				var peak uint64
+				b.ReportAllocs()
+				start := cpuTime()
+				for i := 0; b.Loop(); i++ {
+					st, err := d.Status(ctx, directory.Principal{ID: fmt.Sprintf("%032x", order[i%devices])})
+					if err != nil {
+						b.Fatal(err)
+					}
+					if st.GetOneTimePrekeysLeft() != keys || st.GetKemPrekeysLeft() != keys {
+						b.Fatalf("status %v", st)
+					}
+					if i%256 == 0 {
+						runtime.ReadMemStats(&ms)
+						peak = max(peak, ms.HeapInuse)
+					}
+				}
+				reportCPU(b, start)
+				b.ReportMetric(float64(peak)/(1<<20), "heap-MB")
+			})
+		}
+	})
 }

@@ -6,6 +6,8 @@ package directory
 import (
 	"testing"
 	"unsafe"
+
+	dto "github.com/prometheus/client_model/go"
 )
 
 // SetDirectNotFoundForTest makes the direct gets of the device records f names answer "not
@@ -13,6 +15,27 @@ import (
 func SetDirectNotFoundForTest(t testing.TB, f func(key string) bool) {
 	directNotFoundHook.Store(&f)
 	t.Cleanup(func() { directNotFoundHook.Store(nil) })
+}
+
+// SetPreKeyTotalsSubjectForTest makes Status ask subject for the prekey totals instead of the
+// PREKEYS stream's stream-info API ("" restores it), and forgets a failure's backoff.
+func (d *Directory) SetPreKeyTotalsSubjectForTest(t testing.TB, subject string) {
+	if subject == "" {
+		totalsSubjectHook.Store(nil)
+	} else {
+		totalsSubjectHook.Store(&subject)
+		t.Cleanup(func() { totalsSubjectHook.Store(nil) })
+	}
+	d.totalsDownUntil.Store(0)
+}
+
+// PreKeyCountsDirectForTest is petrel_directory_prekey_counts_direct_total.
+func (d *Directory) PreKeyCountsDirectForTest() float64 {
+	var m dto.Metric
+	if err := d.metrics.countsDirect.Write(&m); err != nil {
+		panic(err)
+	}
+	return m.GetCounter().GetValue()
 }
 
 // AuthCachedForTest reports whether the auth cache holds device id.

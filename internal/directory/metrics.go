@@ -17,6 +17,7 @@ type metrics struct {
 	seenWrites      prometheus.Counter
 	recoveries      *prometheus.CounterVec // by result: recovered, refused (recovery.go)
 	readsConfirmed  *prometheus.CounterVec // by bucket: devices, accounts
+	countsDirect    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,6 +42,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Account recoveries (Recover), by result: recovered; refused (a wrong recovery key, no verifier, a malformed request; rate limits are counted by the gateway)."}, []string{"result"}),
 		readsConfirmed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_directory_reads_confirmed_total",
 			Help: "Records that a replica answered as not found and the bucket stream's leader held, by bucket (devices, accounts): a replica that could not serve the read, e.g. on a node being stopped. Without the leader's read the device or user would have been refused as unknown."}, []string{"bucket"}),
+		countsDirect: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_directory_prekey_counts_direct_total",
+			Help: "Connects whose prekey counts were taken with direct gets, which any replica answers (each loads a block of the PREKEYS stream into memory), because the PREKEYS stream's leader did not answer the stream-info request that reads them from its subject index, within 1 s, or in the 5 s before."}),
 	}
 	for _, r := range []string{"recovered", "refused"} {
 		m.recoveries.WithLabelValues(r)
@@ -56,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.prekeysClaimed, m.claimLimited, m.bundleCached, m.registerRefused, m.invitesReturned,
-			m.links, m.devicesRemoved, m.seenWrites, m.recoveries, m.readsConfirmed)
+			m.links, m.devicesRemoved, m.seenWrites, m.recoveries, m.readsConfirmed, m.countsDirect)
 	}
 	return m
 }
