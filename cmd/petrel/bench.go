@@ -24,13 +24,14 @@ import (
 const benchUsage = "bench SCENARIO --server URL[,URL...] [--admin URL[,URL...]] [--json FILE] [--server-pid PID[,PID...]] [scenario flags]"
 
 const benchHelp = `scenarios:
-  idle     --conns N --hold D [--ping-sample N] [--settle D]    N authenticated connections held open
+  idle     --conns N --hold D [--ping-sample N] [--settle D] [--prekeys K]
+                                                                N authenticated connections held open
   relay    --pairs P --duration D [--size B] [--window W] [--rate R] [--e2ee]
            [--devices-per-account K]                            online senders → receivers (K devices
                                                                 per account: fan-out to every device)
   offline  --recipients R --messages M [--senders S] [--size B] [--window W]
                                                                 store for offline devices, then drain
-  churn    --conns N --rate R --duration D                      connect, authenticate, close
+  churn    --conns N --rate R --duration D [--prekeys K]        connect, authenticate, close
   group    --members M --groups G [--rate R] [--duration D] [--messages N] [--size B]
                                                                 group messages fanned out by the
                                                                 server: time to the last member
@@ -104,6 +105,7 @@ func runBench(ctx context.Context, e *env, args []string) int {
 		fs.DurationVar(&cfg.Hold, "hold", 10*time.Second, "how long to hold them once all are open")
 		fs.IntVar(&cfg.PingSample, "ping-sample", 200, "held connections to ping (5 pings each) for the round-trip percentiles")
 		fs.DurationVar(&cfg.Settle, "settle", 0, "wait this long after registering before measuring the server's RSS and connecting")
+		fs.IntVar(&cfg.PreKeys, "prekeys", 0, "one-time prekeys of each kind (EC, ML-KEM) each device uploads at registration, as real clients do (~100); at most 200")
 	case bench.ScenarioRelay:
 		fs.IntVar(&cfg.Pairs, "pairs", 100, "sender/receiver pairs")
 		fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measurement window")
@@ -140,6 +142,7 @@ func runBench(ctx context.Context, e *env, args []string) int {
 		fs.IntVar(&cfg.Conns, "conns", 100, "devices, and the most connections in flight at once")
 		fs.Float64Var(&cfg.Rate, "rate", 500, "connects/s offered")
 		fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to churn")
+		fs.IntVar(&cfg.PreKeys, "prekeys", 0, "one-time prekeys of each kind (EC, ML-KEM) each device uploads at registration, as real clients do (~100); at most 200")
 	case bench.ScenarioAccounts:
 		a := &cfg.Accounts
 		fs.IntVar(&a.Accounts, "accounts", 10000, "accounts to register now (one device each); 0: none, measure only")

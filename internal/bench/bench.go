@@ -100,6 +100,10 @@ type Config struct {
 	// connects, so that what registration costs (JetStream writes and caches) is not counted per
 	// connection. Default: 0.
 	Settle time.Duration
+	// PreKeys is how many one-time prekeys of each kind (EC and ML-KEM) each idle or churn device
+	// uploads at registration, as a real client does (~100), so that a connect counts them in a
+	// PREKEYS stream of real size. Default: 0 (none; 200 at most).
+	PreKeys int
 
 	// Pairs is the number of sender/receiver pairs for relay. Default: 100.
 	Pairs int
@@ -329,6 +333,9 @@ func (c *Config) Validate() error {
 			bad("%s must be positive (got %v)", name, d)
 		}
 	}
+	if c.PreKeys < 0 || c.PreKeys > 200 {
+		bad("prekeys %d: want 0 to 200 of each kind (one upload)", c.PreKeys)
+	}
 	if c.Rate < 0 || math.IsNaN(c.Rate) || math.IsInf(c.Rate, 0) {
 		bad("rate must be a positive number")
 	}
@@ -380,6 +387,8 @@ func (c *Config) bound() time.Duration {
 		n = c.Recipients + c.Senders + c.Messages/10
 	case ScenarioAccounts:
 		n = c.Accounts.Accounts * (1 + c.Accounts.PreKeys/10)
+	case ScenarioIdle, ScenarioChurn:
+		n = c.Conns * (1 + c.PreKeys/10)
 	case ScenarioGroup:
 		n = c.Group.Members*c.Group.Groups + 2*c.Group.Messages*c.Group.Members/100
 	}

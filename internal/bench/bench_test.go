@@ -203,9 +203,10 @@ var cpuKeys = []string{"server_cpu_pct", "client_cpu_pct", "other_cpu_pct", "err
 func TestIdle(t *testing.T) {
 	srv := testserver.Start(t)
 	cfg := newConfig(t, srv, ScenarioIdle)
-	cfg.Conns, cfg.Hold, cfg.PingSample = 30, time.Second, 10
+	cfg.Conns, cfg.Hold, cfg.PingSample, cfg.PreKeys = 30, time.Second, 10, 2
 	_, m := runBench(t, cfg)
 	wantKeys(t, m, append(cpuKeys, "conns", "connects_per_s", "server_rss_bytes", "rss_per_conn_bytes", "ping_p99_ms", "connect_p99_ms")...)
+	wantEq(t, m, "prekeys_per_kind", 2)
 	wantEq(t, m, "connected", 30)
 	wantEq(t, m, "held", 30)
 	wantEq(t, m, "dropped", 0)
@@ -545,6 +546,8 @@ func TestValidate(t *testing.T) {
 		{"accounts: nothing to measure", func(c *Config) {
 			c.Scenario, c.ServerPIDs, c.Accounts.Accounts = ScenarioAccounts, []int{os.Getpid()}, -1
 		}, "no accounts"},
+		{"idle: too many prekeys", func(c *Config) { c.PreKeys = 201 }, "prekeys"},
+		{"churn: negative prekeys", func(c *Config) { c.Scenario, c.PreKeys = ScenarioChurn, -1 }, "prekeys"},
 		{"accounts: too many prekeys", func(c *Config) {
 			c.Scenario, c.ServerPIDs, c.Accounts.PreKeys = ScenarioAccounts, []int{os.Getpid()}, 201
 		}, "prekeys"},

@@ -113,7 +113,7 @@ func (s *churnShard) run(ctx context.Context, at time.Time) *report {
 // churn is the coordinator of the churn scenario.
 func (r *run) churn(ctx context.Context) error {
 	cfg := r.cfg
-	accts, _, err := r.register(ctx, cfg.Conns, 0, false)
+	accts, _, err := r.register(ctx, cfg.Conns, cfg.PreKeys, false)
 	if err != nil {
 		return err
 	}
@@ -141,6 +141,7 @@ func (r *run) churn(ctx context.Context) error {
 	}
 	res := r.res
 	res.set("conns", int64(cfg.Conns), "devices; most connections in flight at once")
+	res.set("prekeys_per_kind", int64(cfg.PreKeys), "one-time EC and ML-KEM prekeys uploaded per device")
 	res.set("rate", cfg.Rate, "offered connects/s")
 	res.set("run_s", cfg.Duration.Seconds(), "")
 	res.set("attempts", run.Conns+run.ConnFailed, "")

@@ -379,7 +379,7 @@ func (s *idleShard) close() {
 // idle is the coordinator of the idle scenario.
 func (r *run) idle(ctx context.Context) error {
 	cfg := r.cfg
-	accts, _, err := r.register(ctx, cfg.Conns, 0, false)
+	accts, _, err := r.register(ctx, cfg.Conns, cfg.PreKeys, false)
 	if err != nil {
 		return err
 	}
@@ -443,6 +443,7 @@ func (r *run) idle(ctx context.Context) error {
 
 	res := r.res
 	res.set("conns", int64(cfg.Conns), "connections asked for")
+	res.set("prekeys_per_kind", int64(cfg.PreKeys), "one-time EC and ML-KEM prekeys uploaded per device")
 	res.set("connected", conn.Conns, "connections established")
 	res.set("held", closed.Conns, "connections still open at the end of the hold")
 	res.set("dropped", closed.Dropped, "held connections the server closed")
