@@ -108,9 +108,10 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 		}
 	}
 	for i := range n {
+		listen, admin := nodeAddrs(t)
 		cfg := server.Config{
-			Listen:         "127.0.0.1:0",
-			AdminSection:   server.AdminSection{AdminListen: "127.0.0.1:0"},
+			Listen:         listen,
+			AdminSection:   server.AdminSection{AdminListen: admin},
 			InboxSection:   server.InboxSection{InboxShards: 4},
 			Data:           t.TempDir(),
 			Node:           fmt.Sprintf("n%d", i+1),
@@ -163,9 +164,10 @@ func StartSingle(t testing.TB, opts Options) *Cluster {
 		t.Fatal("testcluster: StartSingle does not support Options.Proxies")
 	}
 	c := &Cluster{opts: opts, base: baseLogger(opts)}
+	listen, admin := nodeAddrs(t)
 	cfg := server.Config{
-		Listen:       "127.0.0.1:0",
-		AdminSection: server.AdminSection{AdminListen: "127.0.0.1:0"},
+		Listen:       listen,
+		AdminSection: server.AdminSection{AdminListen: admin},
 		InboxSection: server.InboxSection{InboxShards: 4},
 		Data:         t.TempDir(),
 		Node:         "n1",
@@ -200,9 +202,10 @@ func (c *Cluster) Grow(t testing.TB, n int) {
 	c.prepareSecureRoutes(t)
 	c.secureRoutes(t, &first.cfg)
 	for i := 1; i < n; i++ {
+		listen, admin := nodeAddrs(t)
 		cfg := server.Config{
-			Listen:         "127.0.0.1:0",
-			AdminSection:   server.AdminSection{AdminListen: "127.0.0.1:0"},
+			Listen:         listen,
+			AdminSection:   server.AdminSection{AdminListen: admin},
 			InboxSection:   server.InboxSection{InboxShards: first.cfg.InboxShards},
 			Data:           t.TempDir(),
 			Node:           fmt.Sprintf("n%d", i+1),
@@ -266,7 +269,8 @@ func (c *Cluster) RouteCA() *testcerts.CA { return c.routeCA }
 func (c *Cluster) TokenFile() string { return c.tokenFile }
 
 // freePorts finds n free loopback TCP ports, below the kernel's ephemeral range so that no
-// port 0 bind (another node's NATS client listener, a proxy) takes one before its node binds it.
+// port 0 bind (another node's NATS client listener, a proxy) and no outgoing connection takes
+// one before its node binds it.
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	ports, err := freeport.Loopback(n)
@@ -274,6 +278,16 @@ func freePorts(t testing.TB, n int) []int {
 		t.Fatalf("testcluster: %v", err)
 	}
 	return ports
+}
+
+// nodeAddrs returns a node's public and admin listen addresses, on ports from freePorts. A node
+// keeps its ports across restarts (wait pins them); a port 0 bind at its first start came from
+// the ephemeral range, where, while the node was down, any process's outgoing connection could
+// take it (seen: a RestartAll's admin listener found its port in use).
+func nodeAddrs(t testing.TB) (listen, admin string) {
+	t.Helper()
+	p := freePorts(t, 2)
+	return fmt.Sprintf("127.0.0.1:%d", p[0]), fmt.Sprintf("127.0.0.1:%d", p[1])
 }
 
 // Nodes returns the nodes, in start order.

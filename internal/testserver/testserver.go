@@ -8,6 +8,7 @@ package testserver
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/petrelchat/petrel/internal/freeport"
 	"github.com/petrelchat/petrel/internal/server"
 )
 
@@ -42,9 +44,15 @@ func WithLog(w io.Writer) Option { return func(s *Server) { s.log = w } }
 // Start starts a server and stops it when the test ends.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
+	// Ports below the ephemeral range (freeport): a restart binds them again, and a port 0 bind's
+	// port could be taken meanwhile by any process's outgoing connection.
+	ports, err := freeport.Loopback(2)
+	if err != nil {
+		t.Fatalf("testserver: %v", err)
+	}
 	s := &Server{cfg: server.Config{
-		Listen:       "127.0.0.1:0",
-		AdminSection: server.AdminSection{AdminListen: "127.0.0.1:0"},
+		Listen:       fmt.Sprintf("127.0.0.1:%d", ports[0]),
+		AdminSection: server.AdminSection{AdminListen: fmt.Sprintf("127.0.0.1:%d", ports[1])},
 		InboxSection: server.InboxSection{InboxShards: 4},
 		Data:         t.TempDir(),
 		Node:         "test",
