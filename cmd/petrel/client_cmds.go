@@ -101,6 +101,9 @@ type clientSession struct {
 	events chan client.Event
 	runErr chan error // Run's result, buffered
 	wg     sync.WaitGroup
+	// barrier: handed's requests; the event goroutine closes each once it has handled every
+	// event queued before the request.
+	barrier chan chan struct{}
 }
 
 // startClient opens the store and the client, calls before (if not nil) and then starts Run.
@@ -110,7 +113,7 @@ func startClient(ctx context.Context, e *env, before func(*client.Client) error,
 	if err != nil {
 		return nil, err
 	}
-	s := &clientSession{st: st, events: make(chan client.Event, 64), runErr: make(chan error, 1)}
+	s := &clientSession{st: st, events: make(chan client.Event, 64), runErr: make(chan error, 1), barrier: make(chan chan struct{})}
 	cfg := clientTuning
 	cfg.Store = st
 	cfg.Events = s.events
@@ -131,9 +134,22 @@ func startClient(ctx context.Context, e *env, before func(*client.Client) error,
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
-		for ev := range s.events {
-			if handle != nil {
-				handle(ev)
+		for {
+			select {
+			case ev, ok := <-s.events:
+				if !ok {
+					return
+				}
+				if handle != nil {
+					handle(ev)
+				}
+			case done := <-s.barrier:
+				for n := len(s.events); n > 0; n-- {
+					if ev, ok := <-s.events; ok && handle != nil {
+						handle(ev)
+					}
+				}
+				close(done)
 			}
 		}
 	}()
@@ -142,6 +158,22 @@ func startClient(ctx context.Context, e *env, before func(*client.Client) error,
 		s.runErr <- c.Run(ctx)
 	}()
 	return s, nil
+}
+
+// handed waits until every event the client emitted before the call has been handed to the
+// handler (events pass through a buffered channel to the event goroutine). The caller must not
+// be the one the handler may wait on.
+func (s *clientSession) handed(ctx context.Context) {
+	done := make(chan struct{})
+	select {
+	case s.barrier <- done:
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 // close stops the client, waits for its goroutines, and closes the store.
@@ -537,7 +569,11 @@ func runRecv(ctx context.Context, e *env, args []string) int {
 				go func() {
 					sctx, scancel := context.WithTimeout(ctx, *timeout)
 					defer scancel()
-					ch <- s.c.SyncGroups(sctx)
+					err := s.c.SyncGroups(sctx)
+					// What applying them showed must reach msgs before the wait starts: with
+					// --wait 0 the loop leaves at once (seen under load: a group change missed).
+					s.handed(ctx)
+					ch <- err
 				}()
 			}
 		case err := <-synced:
