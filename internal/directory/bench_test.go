@@ -42,23 +42,37 @@ func openBenchDir(b *testing.B, cfg directory.Config, nonce []byte, n int) (*dir
 		}
 		devs[i] = benchDevice{id: dev.ID, sig: ed25519.Sign(priv, pb.AuthPayload(nonce, dev.ID))}
 	}
-	// 1,000 other devices with 2 keys of each kind.
+	fillPreKeys(b, bs, 1000, 2) // other devices' keys
+	return d, devs
+}
+
+// fillPreKeys stores keys one-time prekeys of each kind (40 and 1,300 bytes, as real ones) for
+// as many made-up devices (ids %032x of 0 … devices-1), in atomic batches of 200.
+func fillPreKeys(b *testing.B, bs *bus.Bus, devices, keys int) {
+	b.Helper()
+	ctx := context.Background()
 	var batch []*nats.Msg
-	for i := range 1000 {
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		if _, err := jetstreamext.PublishMsgBatch(ctx, bs.JS(), batch); err != nil {
+			b.Fatal(err)
+		}
+		batch = batch[:0]
+	}
+	for i := range devices {
 		id := fmt.Sprintf("%032x", i)
-		for range 2 {
+		for range keys {
 			batch = append(batch,
 				&nats.Msg{Subject: bus.OneTimePreKeySubject(id), Data: bytes.Repeat([]byte{1}, 40), Header: nats.Header{}},
 				&nats.Msg{Subject: bus.KEMPreKeySubject(id), Data: bytes.Repeat([]byte{2}, 1300), Header: nats.Header{}})
-		}
-		if len(batch) >= 100 {
-			if _, err := jetstreamext.PublishMsgBatch(ctx, bs.JS(), batch); err != nil {
-				b.Fatal(err)
+			if len(batch) >= 200 {
+				flush()
 			}
-			batch = batch[:0]
 		}
 	}
-	return d, devs
+	flush()
 }
 
 // reportCPU adds the process CPU time per operation (client and embedded server together).
@@ -137,21 +151,7 @@ func BenchmarkStatus(b *testing.B) {
 		const devices, keys = 3000, 100
 		d, bs := startedDir(b, directory.Config{})
 		ctx := context.Background()
-		var batch []*nats.Msg
-		for i := range devices {
-			id := fmt.Sprintf("%032x", i)
-			for range keys {
-				batch = append(batch,
-					&nats.Msg{Subject: bus.OneTimePreKeySubject(id), Data: bytes.Repeat([]byte{1}, 40), Header: nats.Header{}},
-					&nats.Msg{Subject: bus.KEMPreKeySubject(id), Data: bytes.Repeat([]byte{2}, 1300), Header: nats.Header{}})
-				if len(batch) >= 200 {
-					if _, err := jetstreamext.PublishMsgBatch(ctx, bs.JS(), batch); err != nil {
-						b.Fatal(err)
-					}
-					batch = batch[:0]
-				}
-			}
-		}
+		fillPreKeys(b, bs, devices, keys)
 		for _, how := range []string{"info", "direct"} {
 			b.Run(how, func(b *testing.B) {
 				if how == "direct" {
