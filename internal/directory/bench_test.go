@@ -46,8 +46,8 @@ func openBenchDir(b *testing.B, cfg directory.Config, nonce []byte, n int) (*dir
 	return d, devs
 }
 
-// fillPreKeys stores keys one-time prekeys of each kind (40 and 1,300 bytes, as real ones) for
-// as many made-up devices (ids %032x of 0 … devices-1), in atomic batches of 200.
+// fillPreKeys stores, for each of devices made-up devices (ids %032x of 0 … devices-1), keys
+// one-time prekeys of each kind (40 and 1,300 bytes, as real ones), in atomic batches of 200.
 func fillPreKeys(b *testing.B, bs *bus.Bus, devices, keys int) {
 	b.Helper()
 	ctx := context.Background()
