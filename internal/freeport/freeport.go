@@ -72,6 +72,19 @@ func Loopback(n int) ([]int, error) {
 	return ports, nil
 }
 
+// LoopbackAddrs is Loopback as 127.0.0.1:PORT addresses.
+func LoopbackAddrs(n int) ([]string, error) {
+	ports, err := Loopback(n)
+	if err != nil {
+		return nil, err
+	}
+	addrs := make([]string, len(ports))
+	for i, p := range ports {
+		addrs[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+	}
+	return addrs, nil
+}
+
 // ephemeralLow is the low end of the kernel's ephemeral port range (32768 if it cannot be read).
 func ephemeralLow() int {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")

@@ -33,11 +33,11 @@ import (
 // node hears each new connection's claim (takeover.go), which names its node (claimNodeHeader).
 // The sender's node keeps the device's node in a bounded cache (locations) and sends later live
 // requests there: a device that reconnected to another node after its node died is reached live
-// at once, even while its inbox stream elects a leader. Without a known node a live request is not sent: the envelope is stored (as
-// when nobody answered), and the commit's wake-up brings the hint. A "not here" answer or no
-// responders (the node is gone) drops the cached node. So a device costs the bus nothing while
-// it is idle, and the first envelope a node sends to a device after it moved goes through its
-// inbox: stored, then delivered by the drain.
+// at once, even while its inbox stream elects a leader. Without a known node a live request is
+// not sent: the envelope is stored (as when nobody answered), and the commit's wake-up brings the
+// hint. A "not here" answer or no responders (the node is gone) drops the cached node. So a
+// device costs the bus nothing while it is idle, and the first envelope a node sends to a device
+// after it moved goes through its inbox: stored, then delivered by the drain.
 
 // replyNotHere answers a live request sent to a node that does not hold the device.
 var replyNotHere = []byte("nh")

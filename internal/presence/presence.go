@@ -1013,22 +1013,21 @@ func (s *Service) Online(account string) bool {
 	return s.local[account] > 0
 }
 
-// OnlineAt reports the nodes this node knows hold account online, sorted, if it watches account
-// (tests: what a subscriber here sees comes from this).
-func (s *Service) OnlineAt(account string) (nodes []string, watched bool) {
+// OnlineAt reports the nodes this node knows hold account online, sorted (none if it does not
+// watch account). Tests: what a subscriber here sees comes from this.
+func (s *Service) OnlineAt(account string) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	w := s.watched[account]
-	if w == nil {
-		return nil, false
-	}
-	for n, st := range w.nodes {
-		if st.online {
-			nodes = append(nodes, n)
+	var nodes []string
+	if w := s.watched[account]; w != nil {
+		for n, st := range w.nodes {
+			if st.online {
+				nodes = append(nodes, n)
+			}
 		}
 	}
 	slices.Sort(nodes)
-	return nodes, true
+	return nodes
 }
 
 type metrics struct {

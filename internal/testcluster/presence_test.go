@@ -74,7 +74,7 @@ func TestPresenceAcrossNodes(t *testing.T) {
 	heldBy := func(want ...string) {
 		t.Helper()
 		testcluster.WaitFor(t, 10*time.Second, func() error {
-			if got, _ := n1.Server().Presence().OnlineAt("alice"); !slices.Equal(got, want) {
+			if got := n1.Server().Presence().OnlineAt("alice"); !slices.Equal(got, want) {
 				return fmt.Errorf("n1 knows alice online at %v, want %v", got, want)
 			}
 			return nil

@@ -83,11 +83,8 @@ const startTimeout = 60 * time.Second
 // peers list holds every node's cluster address, its own included.
 func Start(t testing.TB, n int, opts Options) *Cluster {
 	t.Helper()
-	ports := freePorts(t, n+1) // the last one stays closed: the advertised address with Proxies
-	peers := make([]string, n)
-	for i, p := range ports[:n] {
-		peers[i] = fmt.Sprintf("127.0.0.1:%d", p)
-	}
+	addrs := freeAddrs(t, n+1) // the last one stays closed: the advertised address with Proxies
+	peers := addrs[:n]
 	c := &Cluster{opts: opts, base: baseLogger(opts)}
 	base := c.base
 	c.prepareSecureRoutes(t)
@@ -124,7 +121,7 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 					cfg.Peers = append(cfg.Peers, p.Addr())
 				}
 			}
-			cfg.ClusterAdvertise = fmt.Sprintf("127.0.0.1:%d", ports[n])
+			cfg.ClusterAdvertise = addrs[n]
 		}
 		c.secureRoutes(t, &cfg)
 		if opts.Config != nil {
@@ -191,11 +188,7 @@ func (c *Cluster) Grow(t testing.TB, n int) {
 	if len(c.nodes) != 1 || c.proxies != nil {
 		t.Fatal("testcluster: Grow needs a cluster from StartSingle")
 	}
-	ports := freePorts(t, n)
-	peers := make([]string, n)
-	for i, p := range ports {
-		peers[i] = fmt.Sprintf("127.0.0.1:%d", p)
-	}
+	peers := freeAddrs(t, n)
 	first := c.nodes[0]
 	first.Stop()
 	first.cfg.ClusterSection = server.ClusterSection{ClusterListen: peers[0], Peers: peers, ClusterName: "petrel-test"}
@@ -268,26 +261,26 @@ func (c *Cluster) RouteCA() *testcerts.CA { return c.routeCA }
 // TokenFile is the nodes' cluster_token_file (Options.SecureRoutes), "" without it.
 func (c *Cluster) TokenFile() string { return c.tokenFile }
 
-// freePorts finds n free loopback TCP ports, below the kernel's ephemeral range so that no
-// port 0 bind (another node's NATS client listener, a proxy) and no outgoing connection takes
+// freeAddrs finds n free loopback addresses, on ports below the kernel's ephemeral range so that
+// no port 0 bind (another node's NATS client listener, a proxy) and no outgoing connection takes
 // one before its node binds it.
-func freePorts(t testing.TB, n int) []int {
+func freeAddrs(t testing.TB, n int) []string {
 	t.Helper()
-	ports, err := freeport.Loopback(n)
+	addrs, err := freeport.LoopbackAddrs(n)
 	if err != nil {
 		t.Fatalf("testcluster: %v", err)
 	}
-	return ports
+	return addrs
 }
 
-// nodeAddrs returns a node's public and admin listen addresses, on ports from freePorts. A node
-// keeps its ports across restarts (wait pins them); a port 0 bind at its first start came from
-// the ephemeral range, where, while the node was down, any process's outgoing connection could
-// take it (seen: a RestartAll's admin listener found its port in use).
+// nodeAddrs returns a node's public and admin listen addresses, from freeAddrs. A node keeps its
+// ports across restarts (wait pins them); a port 0 bind at its first start came from the
+// ephemeral range, where, while the node was down, any process's outgoing connection could take
+// it (seen: a RestartAll's admin listener found its port in use).
 func nodeAddrs(t testing.TB) (listen, admin string) {
 	t.Helper()
-	p := freePorts(t, 2)
-	return fmt.Sprintf("127.0.0.1:%d", p[0]), fmt.Sprintf("127.0.0.1:%d", p[1])
+	a := freeAddrs(t, 2)
+	return a[0], a[1]
 }
 
 // Nodes returns the nodes, in start order.

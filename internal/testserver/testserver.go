@@ -8,7 +8,6 @@ package testserver
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -46,13 +45,13 @@ func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	// Ports below the ephemeral range (freeport): a restart binds them again, and a port 0 bind's
 	// port could be taken meanwhile by any process's outgoing connection.
-	ports, err := freeport.Loopback(2)
+	addrs, err := freeport.LoopbackAddrs(2)
 	if err != nil {
 		t.Fatalf("testserver: %v", err)
 	}
 	s := &Server{cfg: server.Config{
-		Listen:       fmt.Sprintf("127.0.0.1:%d", ports[0]),
-		AdminSection: server.AdminSection{AdminListen: fmt.Sprintf("127.0.0.1:%d", ports[1])},
+		Listen:       addrs[0],
+		AdminSection: server.AdminSection{AdminListen: addrs[1]},
 		InboxSection: server.InboxSection{InboxShards: 4},
 		Data:         t.TempDir(),
 		Node:         "test",
