@@ -186,7 +186,15 @@ func (b *Bus) openSingle(dir string) error {
 	if err != nil {
 		return fmt.Errorf("%w: read inbox_shards of the single-node store %s: %v", errRefused, dir, err)
 	}
-	if got := string(e.Value()); got != strconv.Itoa(b.cfg.InboxShards) {
+	if got := string(e.Value()); got != strconv.Itoa(b.cfg.InboxShards) && b.shardsAuto {
+		n, err := parseShards(got)
+		if err != nil {
+			return fmt.Errorf("%w: the single-node store's inbox_shards %q: %v", errRefused, got, err)
+		}
+		b.cfg.Logger.Info("grow: using the single-node store's inbox_shards (the configuration names none)", "inbox_shards", n)
+		b.cfg.InboxShards = n
+		return b.checkStreamBytes()
+	} else if got != strconv.Itoa(b.cfg.InboxShards) {
 		return fmt.Errorf("%w: the single-node store was created with inbox_shards %s but this node is configured with %d: set inbox_shards = %s on every node of the cluster",
 			errRefused, got, b.cfg.InboxShards, got)
 	}

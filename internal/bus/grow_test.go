@@ -67,7 +67,8 @@ func TestGrowRefusesOtherShardCount(t *testing.T) {
 // An import interrupted after some copies (here: six of ten committed, the claim open, as after
 // a crash) resumes after the last copy the target holds: every message once, in order, with its
 // message id; a message id the source holds twice (a resend after its duplicate window) is
-// stored once. The target is an external nats-server, the other form a grow can take.
+// stored once. The target is an external nats-server, the other form a grow can take. The node
+// names no shard count, so it takes the single-node store's.
 func TestGrowResumesExactly(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
@@ -138,11 +139,18 @@ func TestGrowResumesExactly(t *testing.T) {
 		}
 	}
 
-	b, err = bus.Open(ctx, bus.Config{DataDir: dir, InboxShards: 2, Name: "g1", URLs: []string{ext.ClientURL()}, Replicas: 1})
+	// No shard count configured: the node adopts the single-node store's.
+	b, err = bus.Open(ctx, bus.Config{DataDir: dir, Name: "g1", URLs: []string{ext.ClientURL()}, Replicas: 1})
 	if err != nil {
 		t.Fatalf("resume: %v", err)
 	}
 	defer b.Close()
+	if n := b.InboxShards(); n != 2 {
+		t.Fatalf("after the import the node has %d inbox shards, want the single-node store's 2", n)
+	}
+	if e, err := meta.Get(ctx, "inbox_shards"); err != nil || string(e.Value()) != "2" {
+		t.Fatalf("the deployment's recorded inbox_shards after the import: %v", err)
+	}
 	cons, err := inbox.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)

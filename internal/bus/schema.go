@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"reflect"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -435,12 +436,27 @@ func (b *Bus) ensureKV(ctx context.Context, cfg jetstream.KeyValueConfig, opts k
 	return kv, err
 }
 
-// checkShards records the shard count on first start and refuses a different one later.
+// checkShards records the shard count on first start; later it adopts the recorded one if the
+// configuration named none, and refuses a different one if it did.
 func (b *Bus) checkShards(ctx context.Context, meta jetstream.KeyValue) error {
 	ctx, cancel := context.WithTimeout(ctx, objectTimeout)
 	defer cancel()
 	want := fmt.Sprint(b.cfg.InboxShards)
 	e, err := meta.Get(ctx, "inbox_shards")
+	if err == nil && string(e.Value()) == want || errors.Is(err, jetstream.ErrKeyNotFound) {
+		if err := b.checkStreamBytes(); err != nil {
+			return err
+		}
+	}
+	if err == nil && string(e.Value()) != want && b.shardsAuto {
+		n, perr := parseShards(string(e.Value()))
+		if perr != nil {
+			return fmt.Errorf("%w: the deployment's recorded inbox_shards %q: %v", errRefused, e.Value(), perr)
+		}
+		b.cfg.Logger.Info("inbox_shards: using the deployment's count (the configuration names none)", "inbox_shards", n)
+		b.cfg.InboxShards = n
+		return b.checkStreamBytes()
+	}
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		_, err = meta.Create(ctx, "inbox_shards", []byte(want))
@@ -454,7 +470,30 @@ func (b *Bus) checkShards(ctx context.Context, meta jetstream.KeyValue) error {
 	case err != nil:
 		return fmt.Errorf("read inbox shard count: %w", err)
 	case string(e.Value()) != want:
-		return fmt.Errorf("%w: inbox_shards is %s but this deployment was created with %s: changing it would orphan stored messages", errShardsChanged, want, e.Value())
+		return fmt.Errorf("%w: inbox_shards is %s but this deployment was created with %s: changing it would orphan stored messages; set inbox_shards = %s (or leave it unset)", errShardsChanged, want, e.Value(), e.Value())
+	}
+	return nil
+}
+
+// parseShards reads a recorded shard count.
+func parseShards(v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > MaxInboxShards {
+		return 0, fmt.Errorf("want 1..%d", MaxInboxShards)
+	}
+	return n, nil
+}
+
+// MaxInboxShards is the largest inbox shard count.
+const MaxInboxShards = 256
+
+// checkStreamBytes refuses per-stream byte caps that the store cannot reserve for every shard
+// (JetStream reserves each stream's MaxBytes): the configuration checks this when it names the
+// shard count; an adopted count is checked here.
+func (b *Bus) checkStreamBytes() error {
+	c := b.cfg
+	if c.InboxStreamMaxBytes > 0 && c.StoreMaxBytes > 0 && int64(c.InboxShards) > c.StoreMaxBytes/c.InboxStreamMaxBytes {
+		return fmt.Errorf("%w: inbox.stream_max_bytes %d × inbox_shards %d exceeds inbox.store_max_bytes %d (JetStream reserves each stream's cap)", errRefused, c.InboxStreamMaxBytes, c.InboxShards, c.StoreMaxBytes)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,6 +126,71 @@ func TestShardCountIsFixed(t *testing.T) {
 		t.Fatalf("reopen with the same shard count: %v", err)
 	}
 	b3.Close()
+}
+
+// A node whose configuration names no shard count creates a new deployment with the default for
+// its replication (32 on a single node) and adopts an existing deployment's count; a named count
+// must match it.
+func TestShardCountDefault(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx := context.Background()
+	fresh := t.TempDir()
+	b, err := bus.Open(ctx, bus.Config{DataDir: fresh, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, want := b.InboxShards(), bus.DefaultInboxShards(1); n != want || want != 32 {
+		t.Fatalf("a new single node has %d inbox shards, want %d (32)", n, want)
+	}
+	if _, err := b.JS().Stream(ctx, bus.InboxStreamName(31)); err != nil {
+		t.Fatalf("stream of shard 31: %v", err)
+	}
+	b.Close()
+	if b, err = bus.Open(ctx, bus.Config{DataDir: fresh, Logger: quiet}); err != nil || b.InboxShards() != 32 {
+		t.Fatalf("reopen without a count: %v", err)
+	}
+	b.Close()
+	if b2, err := bus.Open(ctx, bus.Config{DataDir: fresh, InboxShards: 16, Logger: quiet}); err == nil {
+		b2.Close()
+		t.Fatal("a named count of 16 accepted on a deployment of 32")
+	} else if !strings.Contains(err.Error(), "set inbox_shards = 32") {
+		t.Fatalf("the refusal does not say what to set: %v", err)
+	}
+
+	// A deployment created with 4 (an older default, or a named count): a node that names
+	// none keeps 4, and a device's inbox subject is the one it was stored under.
+	old := t.TempDir()
+	b, err = bus.Open(ctx, bus.Config{DataDir: old, InboxShards: 4, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := b.InboxSubject("0123456789abcdef0123456789abcdef")
+	b.Close()
+	b, err = bus.Open(ctx, bus.Config{DataDir: old, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := b.InboxShards(); n != 4 {
+		t.Fatalf("reopened without a count: %d inbox shards, want the deployment's 4", n)
+	}
+	if got := b.InboxSubject("0123456789abcdef0123456789abcdef"); got != subject {
+		t.Fatalf("inbox subject %s, was %s", got, subject)
+	}
+	if _, err := b.JS().Stream(ctx, bus.InboxStreamName(4)); err == nil {
+		t.Fatal("a fifth inbox stream was created")
+	}
+
+	// The count a node ends with is checked against the byte caps the store must reserve for
+	// every shard: 4 × 16 MiB fit a 64 MiB store, 32 × 4 MiB do not.
+	b.Close()
+	b3, err := bus.Open(ctx, bus.Config{DataDir: old, InboxStreamMaxBytes: 16 << 20, StoreMaxBytes: 64 << 20, Logger: quiet})
+	if err != nil {
+		t.Fatalf("4 shards × 16 MiB in a 64 MiB store: %v", err)
+	}
+	b3.Close()
+	if _, err := bus.Open(ctx, bus.Config{DataDir: fresh, InboxStreamMaxBytes: 4 << 20, StoreMaxBytes: 64 << 20, Logger: quiet}); err == nil || !strings.Contains(err.Error(), "inbox_shards 32") {
+		t.Fatalf("32 shards × 4 MiB in a 64 MiB store: want a refusal, got %v", err)
+	}
 }
 
 // Appends without a dedupe id are never merged with each other (regression: a batch of them was

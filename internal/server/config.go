@@ -193,7 +193,9 @@ type AdminSection struct {
 type InboxSection struct {
 	// InboxTTL is how long undelivered envelopes are kept. Default: 720h (30 days).
 	InboxTTL Duration `toml:"ttl"`
-	// InboxShards is the number of inbox streams; fixed once the data directory exists. Default: 16.
+	// InboxShards is the number of inbox streams; fixed once the deployment exists. Default (0):
+	// the deployment's count, and for a new deployment 32 on a single node, 16 replicated
+	// (bus.DefaultInboxShards).
 	InboxShards int `toml:"shards"`
 	// InboxMaxPerDevice caps one device's stored envelopes. Default: 100000.
 	InboxMaxPerDevice int64 `toml:"max_per_device"`
@@ -444,9 +446,6 @@ func (c *Config) SetDefaults() {
 	if c.InboxTTL.Duration == 0 {
 		c.InboxTTL.Duration = 30 * 24 * time.Hour
 	}
-	if c.InboxShards == 0 {
-		c.InboxShards = 16
-	}
 	if c.InboxMaxPerDevice == 0 {
 		c.InboxMaxPerDevice = 100_000
 	}
@@ -599,8 +598,8 @@ func (c *Config) Validate() error {
 	if c.InboxTTL.Duration < time.Minute {
 		bad("inbox.ttl %s: want at least 1m", c.InboxTTL.Duration)
 	}
-	if c.InboxShards < 1 || c.InboxShards > 256 {
-		bad("inbox.shards %d: want 1..256", c.InboxShards)
+	if c.InboxShards < 0 || c.InboxShards > bus.MaxInboxShards {
+		bad("inbox.shards %d: want 1..%d, or 0 (unset: the deployment's count, 32 for a new single node, 16 for a new cluster)", c.InboxShards, bus.MaxInboxShards)
 	}
 	if c.InboxMaxPerDevice < 1 {
 		bad("inbox.max_per_device %d: want at least 1", c.InboxMaxPerDevice)
@@ -616,7 +615,7 @@ func (c *Config) Validate() error {
 	if c.InboxStreamMaxBytes < 0 || c.StoreMaxBytes < 0 {
 		bad("inbox.stream_max_bytes and inbox.store_max_bytes must not be negative (0: no cap of their own)")
 	}
-	if c.InboxStreamMaxBytes > 0 && c.StoreMaxBytes > 0 && int64(c.InboxShards) > c.StoreMaxBytes/c.InboxStreamMaxBytes {
+	if c.InboxShards > 0 && c.InboxStreamMaxBytes > 0 && c.StoreMaxBytes > 0 && int64(c.InboxShards) > c.StoreMaxBytes/c.InboxStreamMaxBytes {
 		bad("inbox.stream_max_bytes %d × inbox.shards %d exceeds inbox.store_max_bytes %d (JetStream reserves each stream's cap)", c.InboxStreamMaxBytes, c.InboxShards, c.StoreMaxBytes)
 	}
 	if c.QueryQueuedPerSecond < 0 || c.QueryQueuedBurst < 0 {

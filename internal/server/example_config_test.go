@@ -26,7 +26,7 @@ var exampleCommented = []string{
 	"cluster_listen", "peers", "cluster_token_file", "cluster_tls_cert", "cluster_tls_key", "cluster_tls_ca",
 	"tls.cert", "tls.key", "tls.acme_domain", "tls.acme_email", "tls.acme_http_listen",
 	"admin.token_file",
-	"inbox.max_per_sender", "inbox.max_bytes_per_sender",
+	"inbox.shards", "inbox.max_per_sender", "inbox.max_bytes_per_sender",
 	"limits.preauth_queued_bytes",
 	"status.probe_token",
 }

@@ -21,7 +21,7 @@ func TestInboxQuotaConfig(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	bad := server.Config{InboxSection: server.InboxSection{InboxMaxPerSender: -5, InboxStreamMaxBytes: 1 << 30, StoreMaxBytes: 1 << 30, QueryQueuedBurst: -1}}
+	bad := server.Config{InboxSection: server.InboxSection{InboxMaxPerSender: -5, InboxShards: 16, InboxStreamMaxBytes: 1 << 30, StoreMaxBytes: 1 << 30, QueryQueuedBurst: -1}}
 	bad.SetDefaults()
 	err := bad.Validate()
 	for _, want := range []string{"inbox.max_per_sender", "exceeds inbox.store_max_bytes", "query_queued"} {
