@@ -186,7 +186,10 @@ func (b *Bus) openSingle(dir string) error {
 	if err != nil {
 		return fmt.Errorf("%w: read inbox_shards of the single-node store %s: %v", errRefused, dir, err)
 	}
-	if got := string(e.Value()); got != strconv.Itoa(b.cfg.InboxShards) && b.shardsAuto {
+	switch got := string(e.Value()); {
+	case got == strconv.Itoa(b.cfg.InboxShards):
+		return nil
+	case b.shardsAuto:
 		n, err := parseShards(got)
 		if err != nil {
 			return fmt.Errorf("%w: the single-node store's inbox_shards %q: %v", errRefused, got, err)
@@ -194,11 +197,10 @@ func (b *Bus) openSingle(dir string) error {
 		b.cfg.Logger.Info("grow: using the single-node store's inbox_shards (the configuration names none)", "inbox_shards", n)
 		b.cfg.InboxShards = n
 		return b.checkStreamBytes()
-	} else if got != strconv.Itoa(b.cfg.InboxShards) {
-		return fmt.Errorf("%w: the single-node store was created with inbox_shards %s but this node is configured with %d: set inbox_shards = %s on every node of the cluster",
+	default:
+		return fmt.Errorf("%w: the single-node store was created with inbox_shards %s but this node is configured with %d: set inbox_shards = %s on every node of the cluster (or leave it unset)",
 			errRefused, got, b.cfg.InboxShards, got)
 	}
-	return nil
 }
 
 func (b *Bus) closeSingle() {
