@@ -441,38 +441,36 @@ func (b *Bus) ensureKV(ctx context.Context, cfg jetstream.KeyValueConfig, opts k
 func (b *Bus) checkShards(ctx context.Context, meta jetstream.KeyValue) error {
 	ctx, cancel := context.WithTimeout(ctx, objectTimeout)
 	defer cancel()
-	want := fmt.Sprint(b.cfg.InboxShards)
-	e, err := meta.Get(ctx, "inbox_shards")
-	if err == nil && string(e.Value()) == want || errors.Is(err, jetstream.ErrKeyNotFound) {
+	want := strconv.Itoa(b.cfg.InboxShards)
+	e, err := meta.Get(ctx, metaInboxShards)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound): // a new deployment: record this node's count
 		if err := b.checkStreamBytes(); err != nil {
 			return err
 		}
-	}
-	if err == nil && string(e.Value()) != want && b.shardsAuto {
-		n, perr := parseShards(string(e.Value()))
-		if perr != nil {
-			return fmt.Errorf("%w: the deployment's recorded inbox_shards %q: %v", errRefused, e.Value(), perr)
-		}
-		b.cfg.Logger.Info("inbox_shards: using the deployment's count (the configuration names none)", "inbox_shards", n)
-		b.cfg.InboxShards = n
-		return b.checkStreamBytes()
-	}
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		_, err = meta.Create(ctx, "inbox_shards", []byte(want))
-		if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-			return fmt.Errorf("record inbox shard count: %w", err)
-		}
-		if errors.Is(err, jetstream.ErrKeyExists) {
+		_, err = meta.Create(ctx, metaInboxShards, []byte(want))
+		if errors.Is(err, jetstream.ErrKeyExists) { // another node recorded first: check against its count
 			return b.checkShards(ctx, meta)
+		}
+		if err != nil {
+			return fmt.Errorf("record inbox shard count: %w", err)
 		}
 		return nil
 	case err != nil:
 		return fmt.Errorf("read inbox shard count: %w", err)
-	case string(e.Value()) != want:
+	case string(e.Value()) == want:
+		return b.checkStreamBytes()
+	case b.shardsAuto:
+		n, err := parseShards(string(e.Value()))
+		if err != nil {
+			return fmt.Errorf("%w: the deployment's recorded inbox_shards %q: %v", errRefused, e.Value(), err)
+		}
+		b.cfg.Logger.Info("inbox_shards: using the deployment's count (the configuration names none)", "inbox_shards", n)
+		b.cfg.InboxShards = n
+		return b.checkStreamBytes()
+	default:
 		return fmt.Errorf("%w: inbox_shards is %s but this deployment was created with %s: changing it would orphan stored messages; set inbox_shards = %s (or leave it unset)", errShardsChanged, want, e.Value(), e.Value())
 	}
-	return nil
 }
 
 // parseShards reads a recorded shard count.
