@@ -335,23 +335,7 @@ func TestStatusCounts(t *testing.T) {
 	// Upload 7 one-time and 5 KEM prekeys, in two uploads.
 	upload := func(firstID uint32, otk, kem int) *pb.PreKeyStatus {
 		t.Helper()
-		up := &pb.KeyBundleUpload{}
-		ots, err := e2ee.GenerateOneTimePreKeys(nil, firstID, otk)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, o := range ots {
-			up.OneTimePrekeys = append(up.OneTimePrekeys, &pb.OneTimePreKey{Id: o.Public().ID, PublicKey: o.Public().PublicKey})
-		}
-		for i := range kem {
-			k, err := e2ee.GenerateKEMPreKey(nil, firstID+uint32(i), bo.keys.Identity, false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			pk := k.Public()
-			up.KemPrekeys = append(up.KemPrekeys, &pb.KEMPreKey{Id: pk.ID, PublicKey: pk.PublicKey, Signature: pk.Signature})
-		}
-		st, err := d.UploadPreKeys(ctx, bo.id, up)
+		st, err := uploadPreKeys(t, d, bo, firstID, otk, kem)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -383,6 +367,60 @@ func TestStatusCounts(t *testing.T) {
 	}
 	check(t, op, 3, 3)
 	check(t, p, 0, 0)
+}
+
+// uploadPreKeys uploads otk one-time and kem KEM prekeys of dev, with ids from firstID.
+func uploadPreKeys(t *testing.T, d *directory.Directory, dev registered, firstID uint32, otk, kem int) (*pb.PreKeyStatus, error) {
+	t.Helper()
+	up := &pb.KeyBundleUpload{}
+	ots, err := e2ee.GenerateOneTimePreKeys(nil, firstID, otk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range ots {
+		up.OneTimePrekeys = append(up.OneTimePrekeys, &pb.OneTimePreKey{Id: o.Public().ID, PublicKey: o.Public().PublicKey})
+	}
+	for i := range kem {
+		k, err := e2ee.GenerateKEMPreKey(nil, firstID+uint32(i), dev.keys.Identity, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pk := k.Public()
+		up.KemPrekeys = append(up.KemPrekeys, &pb.KEMPreKey{Id: pk.ID, PublicKey: pk.PublicKey, Signature: pk.Signature})
+	}
+	return d.UploadPreKeys(context.Background(), dev.id, up)
+}
+
+// An upload past the cap of stored prekeys (of either kind) is refused whole: neither kind is
+// stored, so a client that retries with fewer keys does not end with a half upload.
+func TestUploadPreKeysCap(t *testing.T) {
+	ctx := context.Background()
+	d, _ := startedDir(t, directory.Config{})
+	cy := register(t, d, "cy", 53, 0)
+	nonce := bytes.Repeat([]byte{0x67}, 32)
+	p, err := d.Authenticate(ctx, cy.id, nonce, cy.sign(nonce))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range directory.MaxPreKeysStored / directory.MaxPreKeysPerUpload {
+		if _, err := uploadPreKeys(t, d, cy, uint32(1+i*directory.MaxPreKeysPerUpload), 0, directory.MaxPreKeysPerUpload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = uploadPreKeys(t, d, cy, 5000, 3, 1)
+	if !errors.Is(err, directory.ErrTooManyPreKeys) {
+		t.Fatalf("one KEM prekey past the cap: %v, want ErrTooManyPreKeys", err)
+	}
+	st, err := d.Status(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetOneTimePrekeysLeft() != 0 || st.GetKemPrekeysLeft() != directory.MaxPreKeysStored {
+		t.Fatalf("after the refused upload: %d one-time and %d KEM prekeys, want 0 and %d", st.GetOneTimePrekeysLeft(), st.GetKemPrekeysLeft(), directory.MaxPreKeysStored)
+	}
+	if st, err := uploadPreKeys(t, d, cy, 6000, 3, 0); err != nil || st.GetOneTimePrekeysLeft() != 3 {
+		t.Fatalf("one-time prekeys alone: %v, %v", st, err)
+	}
 }
 
 // A replica that cannot serve a direct get answers it "not found" (nats-server does so for any

@@ -591,12 +591,17 @@ func (d *Directory) addPreKeys(ctx context.Context, dev *Device, keys *pb.KeyBun
 	if err != nil {
 		return err
 	}
+	if len(otks)+len(kems) == 0 {
+		return nil
+	}
+	// Both kinds are checked before either is stored. Without counts the upload goes on: the
+	// stream's per-subject limit still refuses keys past the cap.
+	if otk, kem, err := d.preKeyCounts(ctx, dev.ID); err == nil && (otk+len(otks) > MaxPreKeysStored || kem+len(kems) > MaxPreKeysStored) {
+		return fmt.Errorf("%w: a device may hold at most %d unclaimed prekeys of each kind", ErrTooManyPreKeys, MaxPreKeysStored)
+	}
 	for _, batch := range [][]*nats.Msg{otks, kems} {
 		if len(batch) == 0 {
 			continue
-		}
-		if n, err := d.count(ctx, batch[0].Subject); err == nil && n+len(batch) > MaxPreKeysStored {
-			return fmt.Errorf("%w: a device may hold at most %d unclaimed prekeys of each kind", ErrTooManyPreKeys, MaxPreKeysStored)
 		}
 		if err := d.publishPreKeys(ctx, batch, 100); err != nil {
 			return err
@@ -724,8 +729,8 @@ func (d *Directory) UploadPreKeys(ctx context.Context, deviceID string, keys *pb
 }
 
 // Status reports how many one-time prekeys (EC and KEM) device p has left. It asks the PREKEYS
-// stream for the totals of the device's two subjects in one stream-info request (totals), which
-// the server answers from its subject index without loading a message. Counting with direct gets
+// stream for the totals of the device's two subjects in one stream-info request (preKeyCounts),
+// which the server answers from its subject index without loading a message. Counting with direct gets
 // (count) loads the block of the stream file that holds the device's first key instead (up to
 // 4 MB, kept in memory ~10 s): with real devices' keys (100 of each kind) that costs ~1.1 ms of
 // CPU per connect and hundreds of MB of server heap in a reconnect storm, against ~0.08 ms and
@@ -738,18 +743,9 @@ func (d *Directory) Status(ctx context.Context, p Principal) (*pb.PreKeyStatus, 
 	if !pb.ValidDeviceID(p.ID) {
 		return nil, fmt.Errorf("%w: malformed device id", ErrInvalidRequest)
 	}
-	otk, kem, err := d.totals(ctx, p.ID)
+	otk, kem, err := d.preKeyCounts(ctx, p.ID)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w: prekey count: %v", ErrUnavailable, ctx.Err())
-		}
-		d.metrics.countsDirect.Inc()
-		if otk, err = d.count(ctx, bus.OneTimePreKeySubject(p.ID)); err != nil {
-			return nil, err
-		}
-		if kem, err = d.count(ctx, bus.KEMPreKeySubject(p.ID)); err != nil {
-			return nil, err
-		}
+		return nil, err
 	}
 	return &pb.PreKeyStatus{
 		OneTimePrekeysLeft:    uint32(otk),
@@ -774,6 +770,26 @@ var streamInfoPreKeys = bus.StreamInfoSubject(bus.PreKeysStream)
 
 // totalsSubjectHook, when set (tests), replaces streamInfoPreKeys in totals.
 var totalsSubjectHook atomic.Pointer[string]
+
+// preKeyCounts returns device id's one-time EC and KEM prekey counts: from the PREKEYS stream's
+// subject index (totals), or with direct gets (count) when its leader does not answer.
+func (d *Directory) preKeyCounts(ctx context.Context, id string) (otk, kem int, err error) {
+	otk, kem, err = d.totals(ctx, id)
+	if err == nil {
+		return otk, kem, nil
+	}
+	if ctx.Err() != nil {
+		return 0, 0, fmt.Errorf("%w: prekey count: %v", ErrUnavailable, ctx.Err())
+	}
+	d.metrics.countsDirect.Inc()
+	if otk, err = d.count(ctx, bus.OneTimePreKeySubject(id)); err != nil {
+		return 0, 0, err
+	}
+	if kem, err = d.count(ctx, bus.KEMPreKeySubject(id)); err != nil {
+		return 0, 0, err
+	}
+	return otk, kem, nil
+}
 
 // totals returns device id's one-time EC and KEM prekey counts from one stream-info request
 // with a subjects filter (prekeys.*.ID): the per-subject totals the stream keeps in its subject

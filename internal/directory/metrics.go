@@ -43,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		readsConfirmed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_directory_reads_confirmed_total",
 			Help: "Records that a replica answered as not found and the bucket stream's leader held, by bucket (devices, accounts): a replica that could not serve the read, e.g. on a node being stopped. Without the leader's read the device or user would have been refused as unknown."}, []string{"bucket"}),
 		countsDirect: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_directory_prekey_counts_direct_total",
-			Help: "Connects whose prekey counts were taken with direct gets, which any replica answers (each loads a block of the PREKEYS stream into memory), because the PREKEYS stream's leader did not answer the stream-info request that reads them from its subject index, within 1 s, or in the 5 s before."}),
+			Help: "Prekey counts (a connect's, an upload's) taken with direct gets, which any replica answers (each loads a block of the PREKEYS stream into memory), because the PREKEYS stream's leader did not answer the stream-info request that reads them from its subject index, within 1 s, or in the 5 s before."}),
 	}
 	for _, r := range []string{"recovered", "refused"} {
 		m.recoveries.WithLabelValues(r)
