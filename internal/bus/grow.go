@@ -190,13 +190,7 @@ func (b *Bus) openSingle(dir string) error {
 	case got == strconv.Itoa(b.cfg.InboxShards):
 		return nil
 	case b.shardsAuto:
-		n, err := parseShards(got)
-		if err != nil {
-			return fmt.Errorf("%w: the single-node store's inbox_shards %q: %v", errRefused, got, err)
-		}
-		b.cfg.Logger.Info("grow: using the single-node store's inbox_shards (the configuration names none)", "inbox_shards", n)
-		b.cfg.InboxShards = n
-		return b.checkStreamBytes()
+		return b.adoptShards(got, "the single-node store's")
 	default:
 		return fmt.Errorf("%w: the single-node store was created with inbox_shards %s but this node is configured with %d: set inbox_shards = %s on every node of the cluster (or leave it unset)",
 			errRefused, got, b.cfg.InboxShards, got)

@@ -461,25 +461,22 @@ func (b *Bus) checkShards(ctx context.Context, meta jetstream.KeyValue) error {
 	case string(e.Value()) == want:
 		return b.checkStreamBytes()
 	case b.shardsAuto:
-		n, err := parseShards(string(e.Value()))
-		if err != nil {
-			return fmt.Errorf("%w: the deployment's recorded inbox_shards %q: %v", errRefused, e.Value(), err)
-		}
-		b.cfg.Logger.Info("inbox_shards: using the deployment's count (the configuration names none)", "inbox_shards", n)
-		b.cfg.InboxShards = n
-		return b.checkStreamBytes()
+		return b.adoptShards(string(e.Value()), "the deployment's")
 	default:
 		return fmt.Errorf("%w: inbox_shards is %s but this deployment was created with %s: changing it would orphan stored messages; set inbox_shards = %s (or leave it unset)", errShardsChanged, want, e.Value(), e.Value())
 	}
 }
 
-// parseShards reads a recorded shard count.
-func parseShards(v string) (int, error) {
+// adoptShards makes this node, whose configuration names no shard count, use v: the count
+// recorded by the deployment, or by the single-node store it imports (whose names which).
+func (b *Bus) adoptShards(v, whose string) error {
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 || n > MaxInboxShards {
-		return 0, fmt.Errorf("want 1..%d", MaxInboxShards)
+		return fmt.Errorf("%w: %s recorded inbox_shards %q: want 1..%d", errRefused, whose, v, MaxInboxShards)
 	}
-	return n, nil
+	b.cfg.Logger.Info("inbox_shards: using "+whose+" count (the configuration names none)", "inbox_shards", n)
+	b.cfg.InboxShards = n
+	return b.checkStreamBytes()
 }
 
 // MaxInboxShards is the largest inbox shard count.
